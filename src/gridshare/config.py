@@ -1,0 +1,350 @@
+"""Site configuration: YAML in, a validated :class:`~gridshare.core.topology.Topology` out.
+
+Every problem found is reported at once, each with the file, the line, the path of the
+bad node (``groups[0].groups[1].max_current``) and what is wrong, so an installer fixes
+the whole file in one pass instead of one error per start-up.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gridshare.core.topology import (
+    Charger,
+    Connector,
+    ConnectorType,
+    Group,
+    Phase,
+    Policy,
+    Topology,
+)
+
+Loc = tuple[str | int, ...]
+Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+Amps = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+PositiveAmps = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    source: str
+    line: int | None
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.source}:{self.line}" if self.line is not None else self.source
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; ``issues`` lists every problem found."""
+
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        self.issues = issues
+        super().__init__("\n".join(str(i) for i in issues))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ConnectorSpec(_Strict):
+    type: ConnectorType | None = None
+    max_current: PositiveAmps | None = None
+    max_power: PositiveAmps | None = None
+    """kW, for DC connectors."""
+    min_current: Amps | None = None
+
+
+class ChargerSpec(_Strict):
+    id: Id
+    max_current: PositiveAmps | None = None
+    max_power: PositiveAmps | None = None
+    """kW (typically DC); converted to A per phase at the site voltage."""
+    min_current: Amps = 6.0
+    phases: Literal[1, 3] = 3
+    phase: Literal["L1", "L2", "L3"] | None = None
+    failsafe_current: Amps = 0.0
+    priority: int = 0
+    connectors: Annotated[int, Field(ge=1, le=16)] | list[ConnectorSpec] = 1
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ChargerSpec:
+        if self.max_current is None and self.max_power is None:
+            raise ValueError("needs max_current (A) or max_power (kW)")
+        if self.max_current is not None and self.min_current > self.max_current:
+            raise ValueError(f"min_current {self.min_current} A is above "
+                             f"max_current {self.max_current} A")
+        if self.phases == 1 and self.phase is None:
+            raise ValueError("a 1-phase charger needs phase: L1, L2 or L3")
+        if self.phases == 3 and self.phase is not None:
+            raise ValueError(f"phase: {self.phase} given for a 3-phase charger")
+        return self
+
+
+class GroupSpec(_Strict):
+    id: Id
+    max_current: Amps | None = None
+    max_power: Amps | None = None
+    """kW."""
+    phases: Literal[1, 3] = 3
+    policy: Policy | None = None
+    meter: str | None = None
+    parent: Id | None = None
+    groups: list[GroupSpec] = []
+    chargers: list[Id] = []
+
+    @model_validator(mode="after")
+    def _has_limit(self) -> GroupSpec:
+        if self.max_current is None and self.max_power is None:
+            raise ValueError("needs max_current (A per phase) or max_power (kW)")
+        return self
+
+
+class SiteSpec(_Strict):
+    site: Id
+    voltage: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)] = 230.0
+    policy: Policy = Policy.EQUAL
+    rotation_interval: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 900.0
+    """Seconds a set of paused cars stays paused before the pause rotates."""
+    resolution: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.1
+    """Setpoint step in A."""
+    groups: Annotated[list[GroupSpec], Field(min_length=1)]
+    chargers: list[ChargerSpec] = []
+
+
+# --- YAML with line numbers ---------------------------------------------------------------
+
+
+def _line_map(node: yaml.Node, loc: Loc, out: dict[Loc, int], dups: list[tuple[Loc, int]]) -> None:
+    out[loc] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key, value in node.value:
+            name = str(key.value)
+            if name in seen:
+                dups.append(((*loc, name), key.start_mark.line + 1))
+            seen.add(name)
+            out[(*loc, name)] = key.start_mark.line + 1
+            _line_map(value, (*loc, name), out, dups)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _line_map(item, (*loc, i), out, dups)
+
+
+def _fmt(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _line_of(lines: dict[Loc, int], loc: Loc) -> int | None:
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return None
+
+
+def parse_site(text: str, source: str = "<string>") -> Topology:
+    """Validate a site YAML document and build its topology; raise ConfigError."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([ConfigIssue(source, line, "", f"not valid YAML: {problem}")]) from exc
+    if node is None or not isinstance(data, dict):
+        raise ConfigError([ConfigIssue(source, 1, "", "expected a mapping with site, groups, "
+                                       "chargers")])
+    lines: dict[Loc, int] = {}
+    dups: list[tuple[Loc, int]] = []
+    _line_map(node, (), lines, dups)
+    issues = [ConfigIssue(source, line, _fmt(loc), "duplicate key") for loc, line in dups]
+    try:
+        spec = SiteSpec.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = _clean_loc(err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] not in ("missing", "model_type") and "input" in err:
+                shown = err["input"]
+                if not isinstance(shown, dict | list):
+                    msg += f" (got {shown!r})"
+            issues.append(ConfigIssue(source, _line_of(lines, loc), _fmt(loc), msg))
+        raise ConfigError(issues) from exc
+    issues.extend(_cross_check(spec, source, lines))
+    if issues:
+        raise ConfigError(issues)
+    return _build(spec)
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> Loc:
+    """Drop pydantic's union-branch markers (``int``, ``list[ConnectorSpec]``)."""
+    return tuple(p for p in loc if isinstance(p, int) or not (
+        isinstance(p, str) and (p in ("int", "constrained-int") or "[" in p or p.startswith(
+            "function-"))))
+
+
+def load_site(path: str | Path) -> Topology:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigIssue(str(p), None, "", f"cannot read: {exc.strerror}")]) from exc
+    return parse_site(text, str(p))
+
+
+# --- cross-references --------------------------------------------------------------------
+
+
+def _walk(groups: list[GroupSpec], loc: Loc, parent: str | None
+          ) -> Iterator[tuple[GroupSpec, Loc, str | None]]:
+    for i, g in enumerate(groups):
+        here = (*loc, i)
+        yield g, here, parent
+        yield from _walk(g.groups, (*here, "groups"), g.id)
+
+
+def _cross_check(spec: SiteSpec, source: str, lines: dict[Loc, int]) -> list[ConfigIssue]:
+    issues: list[ConfigIssue] = []
+
+    def bad(loc: Loc, msg: str) -> None:
+        issues.append(ConfigIssue(source, _line_of(lines, loc), _fmt(loc), msg))
+
+    groups: dict[str, tuple[GroupSpec, Loc, str | None]] = {}
+    for g, loc, nested_parent in _walk(spec.groups, ("groups",), None):
+        if g.id in groups:
+            bad((*loc, "id"), f"duplicate group id {g.id!r} (first at "
+                f"{_fmt(groups[g.id][1])})")
+            continue
+        if g.parent is not None and nested_parent is not None and g.parent != nested_parent:
+            bad((*loc, "parent"), f"parent {g.parent!r} contradicts nesting under "
+                f"{nested_parent!r}")
+        groups[g.id] = (g, loc, g.parent if g.parent is not None else nested_parent)
+    for _, loc, parent in groups.values():
+        if parent is not None and parent not in groups:
+            bad((*loc, "parent"), f"unknown parent group {parent!r}")
+    # cycles through parent references
+    for gid, (_, loc, _) in groups.items():
+        seen = [gid]
+        cur = groups[gid][2]
+        while cur is not None and cur in groups:
+            if cur in seen:
+                bad((*loc, "parent"), "cycle in group parents: " + " -> ".join([*seen, cur]))
+                break
+            seen.append(cur)
+            cur = groups[cur][2]
+    chargers: dict[str, tuple[ChargerSpec, Loc]] = {}
+    for i, c in enumerate(spec.chargers):
+        if c.id in chargers:
+            bad(("chargers", i, "id"), f"duplicate charger id {c.id!r} (first at "
+                f"{_fmt(chargers[c.id][1])})")
+        else:
+            chargers[c.id] = (c, ("chargers", i))
+        if c.id in groups:
+            bad(("chargers", i, "id"), f"id {c.id!r} is also a group id")
+    placed: dict[str, Loc] = {}
+    for gid, (g, loc, _) in groups.items():
+        for j, cid in enumerate(g.chargers):
+            where = (*loc, "chargers", j)
+            if cid not in chargers:
+                bad(where, f"unknown charger {cid!r}")
+                continue
+            if cid in placed:
+                bad(where, f"charger {cid!r} is already in group at {_fmt(placed[cid])}")
+                continue
+            placed[cid] = where
+            if g.phases == 1 and chargers[cid][0].phases == 3:
+                bad(where, f"3-phase charger {cid!r} in 1-phase group {gid!r}")
+    for cid, (_, loc) in chargers.items():
+        if cid not in placed:
+            bad((*loc, "id"), f"charger {cid!r} is in no group: nothing would limit it")
+    return issues
+
+
+def _build(spec: SiteSpec) -> Topology:
+    groups: dict[str, Group] = {}
+    charger_group: dict[str, str] = {}
+    flat = list(_walk(spec.groups, ("groups",), None))
+    children: dict[str, list[str]] = {g.id: [] for g, _, _ in flat}
+    parents: dict[str, str | None] = {}
+    for g, _, nested_parent in flat:
+        parent = g.parent if g.parent is not None else nested_parent
+        parents[g.id] = parent
+        if parent is not None:
+            children[parent].append(g.id)
+        for cid in g.chargers:
+            charger_group[cid] = g.id
+
+    def policy_of(gid: str) -> Policy:
+        cur: str | None = gid
+        while cur is not None:
+            own = next(g for g, _, _ in flat if g.id == cur).policy
+            if own is not None:
+                return own
+            cur = parents[cur]
+        return spec.policy
+
+    for g, _, _ in flat:
+        groups[g.id] = Group(
+            id=g.id, max_current=g.max_current, max_power_kw=g.max_power, phases=g.phases,
+            policy=policy_of(g.id), parent=parents[g.id], groups=tuple(children[g.id]),
+            chargers=tuple(g.chargers), meter=g.meter)
+    chargers: dict[str, Charger] = {}
+    for c in spec.chargers:
+        amps_from_kw = (c.max_power * 1000.0 / (spec.voltage * c.phases)
+                        if c.max_power is not None else math.inf)
+        max_a = min(c.max_current if c.max_current is not None else math.inf, amps_from_kw)
+        conns = _connectors(c, max_a, spec.voltage)
+        chargers[c.id] = Charger(
+            id=c.id, phases=c.phases, phase=Phase[c.phase] if c.phase else None,
+            max_current=max_a, min_current=c.min_current,
+            failsafe_current=c.failsafe_current, priority=c.priority, connectors=conns,
+            max_power_kw=c.max_power, group=charger_group[c.id])
+    roots = tuple(g.id for g, _, _ in flat if parents[g.id] is None)
+    return Topology(site=spec.site, voltage=spec.voltage, policy=spec.policy, groups=groups,
+                    chargers=chargers, roots=roots, rotation_interval_s=spec.rotation_interval,
+                    resolution_a=spec.resolution)
+
+
+def _connectors(c: ChargerSpec, max_a: float, voltage: float) -> tuple[Connector, ...]:
+    if isinstance(c.connectors, int):
+        return tuple(Connector(c.id, n, max_a, c.min_current) for n in range(1, c.connectors + 1))
+    out = []
+    for n, spec in enumerate(c.connectors, start=1):
+        limit = max_a
+        if spec.max_current is not None:
+            limit = min(limit, spec.max_current)
+        if spec.max_power is not None:
+            limit = min(limit, spec.max_power * 1000.0 / (voltage * c.phases))
+        low = spec.min_current if spec.min_current is not None else c.min_current
+        out.append(Connector(c.id, n, limit, low, spec.type))
+    return tuple(out)
+
+
+def failsafe_warnings(topology: Topology) -> list[str]:
+    """Groups that would be overloaded if every charger under them lost contact at once."""
+    out = []
+    for gid, group in topology.groups.items():
+        amps = [0.0, 0.0, 0.0]
+        for cid in topology.subtree_chargers(gid):
+            ch = topology.chargers[cid]
+            for p, on in enumerate(ch.phase_vector):
+                amps[p] += on * ch.failsafe_current * len(ch.connectors)
+        if group.max_current is not None and max(amps) > group.max_current:
+            phase = Phase(amps.index(max(amps))).name
+            out.append(f"group {gid}: failsafe currents add up to {max(amps):g} A on {phase}, "
+                       f"above its {group.max_current:g} A limit; if every charger lost contact "
+                       f"at once the limit could be exceeded")
+    return out

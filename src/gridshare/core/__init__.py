@@ -1,0 +1,1 @@
+"""The pure core: topology, allocation, safety guard. No I/O, no clock, no globals."""

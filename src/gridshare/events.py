@@ -1,0 +1,156 @@
+"""Typed events that adapters (OCPP, meters, operators, demand response) hand the controller.
+
+Adapters decode and validate the outside world and publish these on the bus; the
+controller folds them into site state and re-allocates. Times are timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+class ConnectorStatus(StrEnum):
+    """Union of OCPP 1.6 ChargePointStatus and 2.0.1 ConnectorStatusEnum, normalised."""
+
+    AVAILABLE = "Available"
+    PREPARING = "Preparing"
+    CHARGING = "Charging"
+    SUSPENDED_EV = "SuspendedEV"
+    SUSPENDED_EVSE = "SuspendedEVSE"
+    FINISHING = "Finishing"
+    OCCUPIED = "Occupied"
+    RESERVED = "Reserved"
+    UNAVAILABLE = "Unavailable"
+    FAULTED = "Faulted"
+
+
+@dataclass(frozen=True, slots=True)
+class ChargerBooted:
+    charger: str
+    at: datetime
+    protocol: str
+    """"ocpp1.6" or "ocpp2.0.1"."""
+    vendor: str = ""
+    model: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ChargerOnline:
+    charger: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ChargerOffline:
+    """The connection closed or the charger was silent past its heartbeat allowance."""
+
+    charger: str
+    at: datetime
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChanged:
+    charger: str
+    connector: int
+    status: ConnectorStatus
+    at: datetime
+    error_code: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStarted:
+    charger: str
+    connector: int
+    transaction_id: str
+    at: datetime
+    id_tag: str = ""
+    meter_start_wh: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStopped:
+    charger: str
+    connector: int
+    transaction_id: str
+    at: datetime
+    meter_stop_wh: float | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ChargingNeeds:
+    """What the EV told us it needs (2.0.1 NotifyEVChargingNeeds, or an app)."""
+
+    charger: str
+    connector: int
+    at: datetime
+    energy_needed_kwh: float | None = None
+    departure: datetime | None = None
+    max_current: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MeterReading:
+    """One validated sample from a charger's MeterValues (any field may be missing)."""
+
+    charger: str
+    connector: int
+    at: datetime
+    transaction_id: str | None = None
+    power_w: float | None = None
+    current_a: tuple[float | None, float | None, float | None] = (None, None, None)
+    voltage_v: float | None = None
+    energy_wh: float | None = None
+    soc_percent: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupMeterReading:
+    """A site/sub-meter reading of a whole group's draw (A per phase)."""
+
+    group: str
+    at: datetime
+    current_a: tuple[float, float, float]
+    includes_chargers: bool = True
+    """True when the meter also measures our chargers (the usual 'follow a meter' case)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LimitChanged:
+    """A group limit from a source other than the static config (DR, operator, ...)."""
+
+    group: str
+    at: datetime
+    source: str
+    max_current: float | None = None
+    max_power_kw: float | None = None
+    until: datetime | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileRejected:
+    charger: str
+    connector: int
+    at: datetime
+    detail: str = ""
+
+
+Event = (
+    ChargerBooted | ChargerOnline | ChargerOffline | StatusChanged | SessionStarted
+    | SessionStopped | ChargingNeeds | MeterReading | GroupMeterReading | LimitChanged
+    | ProfileRejected
+)
+
+
+@dataclass(slots=True)
+class EventCounters:
+    """Rejections are counted, never stored: the operator sees how much bad input arrived."""
+
+    rejected: dict[str, int] = field(default_factory=dict)
+
+    def reject(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
