@@ -1,0 +1,161 @@
+"""``gridshare check`` and ``gridshare allocate``: the core, from the command line."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.tree import Tree
+
+from gridshare.cli.demand import load_demand
+from gridshare.config import ConfigError, failsafe_warnings, load_site
+from gridshare.core.allocation import allocate
+from gridshare.core.decision import Allocation
+from gridshare.core.topology import Policy, Topology
+
+out = Console()
+err = Console(stderr=True)
+
+SiteArg = Annotated[Path, typer.Argument(help="Site topology YAML file.", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+
+
+def _load(site: Path) -> Topology:
+    try:
+        return load_site(site)
+    except ConfigError as exc:
+        err.print(f"[bold red]{len(exc.issues)} problem(s) in {site}:[/]")
+        for issue in exc.issues:
+            err.print(f"  {issue}", markup=False, highlight=False)
+        raise typer.Exit(2) from exc
+
+
+def _limit(amps: float | None, kw: float | None) -> str:
+    parts = []
+    if amps is not None:
+        parts.append(f"{amps:g} A")
+    if kw is not None:
+        parts.append(f"{kw:g} kW")
+    return " / ".join(parts)
+
+
+def _num(x: float) -> float | None:
+    return None if math.isinf(x) else round(x, 3)
+
+
+def check(site: SiteArg, as_json: JsonOpt = False) -> None:
+    """Validate a site file and print its tree of groups, chargers and limits."""
+    topo = _load(site)
+    warnings = failsafe_warnings(topo)
+    if as_json:
+        json.dump({
+            "site": topo.site, "voltage": topo.voltage, "policy": topo.policy.value,
+            "groups": [{"id": g.id, "parent": g.parent, "max_current": g.max_current,
+                        "max_power": g.max_power_kw, "policy": g.policy.value,
+                        "chargers": list(g.chargers), "groups": list(g.groups)}
+                       for g in topo.groups.values()],
+            "chargers": [{"id": c.id, "group": c.group, "phases": c.phases,
+                          "phase": c.phase.name if c.phase else None,
+                          "max_current": _num(c.max_current), "min_current": c.min_current,
+                          "failsafe_current": c.failsafe_current, "priority": c.priority,
+                          "connectors": len(c.connectors)} for c in topo.chargers.values()],
+            "warnings": warnings,
+        }, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    tree = Tree(f"[bold]{topo.site}[/] {topo.voltage:g} V, policy {topo.policy.value}")
+
+    def add(node: Tree, gid: str) -> None:
+        g = topo.groups[gid]
+        branch = node.add(f"[cyan]{gid}[/] ≤ {_limit(g.max_current, g.max_power_kw)}"
+                          f" ({g.phases}-phase, {g.policy.value})"
+                          + (f" meter {g.meter}" if g.meter else ""))
+        for sub in g.groups:
+            add(branch, sub)
+        for cid in g.chargers:
+            c = topo.chargers[cid]
+            wiring = "3-phase" if c.phases == 3 else f"1-phase {c.phase.name if c.phase else ''}"
+            branch.add(f"{cid}: {c.min_current:g}–{c.max_current:.4g} A {wiring}, failsafe "
+                       f"{c.failsafe_current:g} A, priority {c.priority}, "
+                       f"{len(c.connectors)} connector(s)")
+
+    for root in topo.roots:
+        add(tree, root)
+    out.print(tree)
+    for w in warnings:
+        err.print(f"[yellow]warning:[/] {w}")
+    out.print(f"[green]ok[/]: {len(topo.groups)} groups, {len(topo.chargers)} chargers, "
+              f"{sum(len(c.connectors) for c in topo.chargers.values())} connectors")
+
+
+def allocation_json(topo: Topology, result: Allocation) -> dict[str, Any]:
+    """The public JSON shape of an allocation (scripts rely on these keys)."""
+    return {
+        "setpoints": [
+            {"charger": key[0], "connector": key[1], "current": round(amps, 3),
+             "power": round(amps * topo.power_kw_per_amp(topo.chargers[key[0]]), 3),
+             "online": key not in result.offline}
+            for key, amps in result.setpoints.items()],
+        "groups": [
+            {"id": g.id, "current": [round(a, 3) for a in g.current], "limit": _num(g.limit),
+             "available": [round(a, 3) for a in g.available], "power": round(g.power_kw, 3),
+             "limit_power": _num(g.limit_power_kw)}
+            for g in result.groups.values()],
+        "alarms": [{"group": a.group, "phase": a.phase.name if a.phase else None,
+                    "message": a.message} for a in result.alarms],
+        "guarded": result.guarded,
+    }
+
+
+def allocate_cmd(
+    site: SiteArg,
+    demand: Annotated[Path, typer.Option("--demand", help="Demand snapshot JSON file.")],
+    policy: Annotated[Policy | None, typer.Option(
+        "--policy", help="Override every group's sharing policy.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compute a setpoint for every connector from a demand snapshot."""
+    topo = _load(site)
+    try:
+        snapshot = load_demand(demand, topo)
+    except ConfigError as exc:
+        err.print(f"[bold red]{len(exc.issues)} problem(s) in {demand}:[/]")
+        for issue in exc.issues:
+            err.print(f"  {issue}", markup=False, highlight=False)
+        raise typer.Exit(2) from exc
+    result = allocate(topo, snapshot, policy=policy)
+    if as_json:
+        json.dump(allocation_json(topo, result), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    table = Table(title=f"{topo.site}: setpoints ({(policy or topo.policy).value})")
+    for col in ("charger", "conn", "A/phase", "kW", "state"):
+        table.add_column(col, justify="right" if col in ("A/phase", "kW") else "left")
+    for key, amps in result.setpoints.items():
+        d = snapshot.demand(key)
+        state = ("offline (failsafe)" if key in result.offline else
+                 "charging" if amps > 0 else "paused" if d.active else "idle")
+        table.add_row(key[0], str(key[1]), f"{amps:.1f}",
+                      f"{amps * topo.power_kw_per_amp(topo.chargers[key[0]]):.2f}", state)
+    out.print(table)
+    groups = Table(title="groups (A per phase)")
+    for col in ("group", "L1", "L2", "L3", "limit", "available", "kW"):
+        groups.add_column(col, justify="left" if col == "group" else "right")
+    for g in result.groups.values():
+        groups.add_row(g.id, *(f"{a:.1f}" for a in g.current),
+                       "—" if math.isinf(g.limit) else f"{g.limit:g}",
+                       "/".join(f"{a:.1f}" for a in g.available), f"{g.power_kw:.1f}")
+    out.print(groups)
+    for alarm in result.alarms:
+        err.print(f"[bold red]alarm:[/] {alarm.message}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("check")(check)
+    app.command("allocate")(allocate_cmd)

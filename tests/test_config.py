@@ -1,0 +1,164 @@
+"""Site YAML validation: every error names the file, the line, the path and the problem."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from gridshare.config import ConfigError, failsafe_warnings, load_site, parse_site
+from gridshare.core.topology import Phase, Policy
+
+GOOD = textwrap.dedent("""\
+    site: carport            # site id
+    voltage: 230
+    policy: equal
+    groups:
+      - id: service
+        max_current: 100
+        phases: 3
+        meter: site-meter
+        groups:
+          - id: circuit-1
+            max_current: 40
+            policy: priority
+            chargers: [cp-1, cp-2]
+    chargers:
+      - id: cp-1
+        max_current: 32
+        min_current: 6
+        phases: 1
+        phase: L2
+        failsafe_current: 6
+        priority: 1
+        connectors: 1
+      - id: cp-2
+        max_power: 50
+        min_current: 0
+        connectors:
+          - {type: CCS, max_power: 50}
+          - {type: CHAdeMO, max_power: 25}
+    """)
+
+
+def issues_of(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_site(text, "site.yaml")
+    return [str(i) for i in info.value.issues]
+
+
+def test_the_documented_format_loads() -> None:
+    topo = parse_site(GOOD, "site.yaml")
+    assert topo.site == "carport"
+    assert topo.roots == ("service",)
+    assert topo.groups["circuit-1"].parent == "service"
+    assert topo.groups["circuit-1"].policy is Policy.PRIORITY
+    assert topo.groups["service"].policy is Policy.EQUAL
+    assert topo.groups["service"].meter == "site-meter"
+    cp1 = topo.chargers["cp-1"]
+    assert (cp1.phases, cp1.phase, cp1.failsafe_current, cp1.group) == (1, Phase.L2, 6, "circuit-1")
+    assert topo.charger_groups("cp-1") == ("circuit-1", "service")
+    cp2 = topo.chargers["cp-2"]
+    # 50 kW at 3 x 230 V is 72.46 A per phase; the CHAdeMO side is capped at 25 kW.
+    assert cp2.max_current == pytest.approx(50_000 / 690)
+    assert [c.max_current for c in cp2.connectors] == pytest.approx([50_000 / 690, 25_000 / 690])
+    assert [c.type.value for c in cp2.connectors if c.type] == ["CCS", "CHAdeMO"]
+
+
+def test_negative_limit_names_file_line_and_path() -> None:
+    bad = GOOD.replace("max_current: 40", "max_current: -5")
+    [msg] = issues_of(bad)
+    assert msg.startswith("site.yaml:11: groups[0].groups[0].max_current:")
+    assert "greater than or equal to 0" in msg and "-5" in msg
+
+
+def test_missing_limit_is_an_error_but_a_loose_child_limit_is_fine() -> None:
+    [msg] = issues_of(GOOD.replace("        max_current: 40\n", ""))
+    assert "groups[0].groups[0]" in msg and "needs max_current" in msg
+    loose = parse_site(GOOD.replace("max_current: 40", "max_current: 400"))
+    assert loose.groups["circuit-1"].max_current == 400
+
+
+@pytest.mark.parametrize(("edit", "expected"), [
+    (("chargers: [cp-1, cp-2]", "chargers: [cp-1, cp-2, cp-9]"), "unknown charger 'cp-9'"),
+    (("chargers: [cp-1, cp-2]", "chargers: [cp-1, cp-2, cp-1]"), "already in group"),
+    (("  - id: cp-2\n", "  - id: cp-1\n"), "duplicate charger id 'cp-1'"),
+    (("- id: circuit-1", "- id: service"), "duplicate group id 'service'"),
+    (("    min_current: 6\n", "    min_current: 40\n"), "min_current 40.0 A is above"),
+    (("    phase: L2\n", "    phase: L4\n"), "chargers[0].phase"),
+    (("    phase: L2\n", ""), "needs phase"),
+    (("policy: priority", "policy: fastest"), "groups[0].groups[0].policy"),
+    (("voltage: 230", "voltage: nan"), "voltage"),
+    (("    priority: 1\n", "    priority: 1\n    colour: red\n"), "chargers[0].colour"),
+])
+def test_each_mistake_is_named(edit: tuple[str, str], expected: str) -> None:
+    msgs = issues_of(GOOD.replace(*edit))
+    assert any(expected in m for m in msgs), msgs
+    assert all(m.startswith("site.yaml:") for m in msgs)
+
+
+def test_cycle_through_parent_references() -> None:
+    text = textwrap.dedent("""\
+        site: s
+        groups:
+          - {id: a, max_current: 10, parent: b}
+          - {id: b, max_current: 10, parent: a, chargers: [c]}
+        chargers:
+          - {id: c, max_current: 10}
+        """)
+    msgs = issues_of(text)
+    assert any("cycle in group parents: a -> b -> a" in m for m in msgs), msgs
+
+
+def test_flat_parent_form_builds_the_same_tree() -> None:
+    text = textwrap.dedent("""\
+        site: s
+        groups:
+          - {id: top, max_current: 63}
+          - {id: sub, max_current: 32, parent: top, chargers: [c]}
+        chargers:
+          - {id: c, max_current: 16}
+        """)
+    topo = parse_site(text)
+    assert topo.groups["top"].groups == ("sub",)
+    assert topo.charger_groups("c") == ("sub", "top")
+
+
+def test_all_problems_reported_at_once_with_lines() -> None:
+    text = GOOD.replace("max_current: 100", "max_current: -1").replace(
+        "min_current: 6", "min_current: -6")
+    msgs = issues_of(text)
+    assert len(msgs) == 2
+    assert msgs[0].startswith("site.yaml:6:") and msgs[1].startswith("site.yaml:17:")
+
+
+def test_duplicate_yaml_keys_and_broken_yaml() -> None:
+    assert any("duplicate key" in m for m in issues_of(GOOD.replace(
+        "voltage: 230", "voltage: 230\nvoltage: 400")))
+    [msg] = issues_of("site: [unclosed\n")
+    assert msg.startswith("site.yaml:") and "not valid YAML" in msg
+
+
+def test_charger_in_no_group_and_three_phase_in_single_phase_group() -> None:
+    msgs = issues_of(GOOD + "  - {id: cp-3, max_current: 16}\n")
+    assert any("cp-3" in m and "in no group" in m for m in msgs)
+    single = GOOD.replace("        policy: priority\n",
+                          "        policy: priority\n        phases: 1\n")
+    msgs = issues_of(single)
+    assert any("3-phase charger 'cp-2' in 1-phase group" in m for m in msgs)
+
+
+def test_load_site_reads_files_and_reports_missing_ones(tmp_path: Path) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text(GOOD)
+    assert load_site(path).site == "carport"
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_site(tmp_path / "nope.yaml")
+
+
+def test_failsafe_warning_when_all_offline_would_overload() -> None:
+    topo = parse_site(GOOD.replace("failsafe_current: 6", "failsafe_current: 30").replace(
+        "max_current: 40", "max_current: 20"))
+    [warning] = failsafe_warnings(topo)
+    assert "circuit-1" in warning and "30 A on L2" in warning
