@@ -17,20 +17,30 @@ connectors are fixed loads at their failsafe current. Solving happens in three s
 
 A group may override its parent's policy: the parent's policy decides how much the
 subtree gets, per phase, then the subtree is re-shared by its own policy within that.
+
+Everything runs on arrays (see :mod:`gridshare.core.arrays`) so that 10,000 connectors
+take milliseconds; the guard re-checks the result independently before it is returned.
 """
 
 from __future__ import annotations
 
-import heapq
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 
 import numpy as np
-import numpy.typing as npt
 
 from gridshare.core import guard
+from gridshare.core.arrays import (
+    BoolArray,
+    DemandArrays,
+    FloatArray,
+    IntArray,
+    TopologyArrays,
+    available_arrays,
+    demand_arrays,
+    topology_arrays,
+)
 from gridshare.core.decision import (
     Alarm,
     Allocation,
@@ -40,363 +50,304 @@ from gridshare.core.decision import (
     TransitionPlan,
 )
 from gridshare.core.limits import effective_limit
-from gridshare.core.snapshot import ConnectorDemand, Snapshot
-from gridshare.core.topology import Connector, ConnectorKey, Policy, Topology
+from gridshare.core.snapshot import Snapshot
+from gridshare.core.topology import ConnectorKey, Policy, Topology
 
-FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
 _TOL = 1e-9
-
-
-@dataclass(slots=True)
-class _Candidate:
-    """An online connector whose car wants power, with its bounds in A per phase."""
-
-    index: int
-    key: ConnectorKey
-    low: float
-    high: float
-    kw_per_amp: float
-    priority: int
-    arrival: float
-    laxity_h: float
-    required_a: float
+_ROWS_PER_GROUP = 4
+"""Constraint rows per group: L1, L2, L3 and kW."""
 
 
 @dataclass(slots=True)
 class _Problem:
-    """Constraints restricted to one set of candidates, in compressed sparse form."""
+    """Binding-capable constraints over one set of candidates, in both sparse orientations.
+
+    Members are positions in the candidate array, not connector indices.
+    """
 
     capacity: FloatArray
-    # constraint -> members
     c_ptr: IntArray
     c_member: IntArray
     c_weight: FloatArray
-    # member -> constraints
-    m_ptr: IntArray
-    m_cons: IntArray
-    m_weight: FloatArray
-    names: list[str]
+    m_ptr_np: IntArray
+    m_cons_np: IntArray
+    m_weight_np: FloatArray
+    m_ptr: list[int]
+    m_cons: list[int]
+    m_weight: list[float]
 
-    def members(self, i: int) -> tuple[list[int], list[float]]:
-        lo, hi = self.m_ptr[i], self.m_ptr[i + 1]
-        return self.m_cons[lo:hi].tolist(), self.m_weight[lo:hi].tolist()
+    def rows_of_entries(self) -> IntArray:
+        return np.repeat(np.arange(len(self.capacity)), np.diff(self.c_ptr))
 
     def load(self, x: FloatArray) -> FloatArray:
-        counts = np.diff(self.c_ptr)
-        rows = np.repeat(np.arange(len(self.capacity)), counts)
-        loads: FloatArray = np.bincount(rows, weights=self.c_weight * x[self.c_member],
-                                        minlength=len(self.capacity)).astype(np.float64)
+        loads: FloatArray = np.bincount(
+            self.rows_of_entries(), weights=self.c_weight * x[self.c_member],
+            minlength=len(self.capacity)).astype(np.float64)
         return loads
 
-
-class _Site:
-    """Per-allocation view of the topology: candidates, fixed offline loads, constraints."""
-
-    def __init__(self, topology: Topology, snapshot: Snapshot) -> None:
-        self.topology = topology
-        self.snapshot = snapshot
-        self.connectors: list[Connector] = list(topology.connectors())
-        self.index = {c.key: i for i, c in enumerate(self.connectors)}
-        self.candidates: list[_Candidate] = []
-        self.fixed = np.zeros(len(self.connectors))
-        self.offline: set[ConnectorKey] = set()
-        res = topology.resolution_a
-        now_ts = snapshot.now.timestamp()
-        for i, conn in enumerate(self.connectors):
-            charger = topology.chargers[conn.charger_id]
-            demand = snapshot.demand(conn.key)
-            if not demand.online:
-                self.offline.add(conn.key)
-                self.fixed[i] = charger.failsafe_current
-                continue
-            if not demand.active:
-                continue
-            high = min(conn.max_current, charger.max_current)
-            if demand.max_current is not None:
-                high = min(high, demand.max_current)
-            high = math.floor(high / res + _TOL) * res
-            low = math.ceil(conn.min_current / res - _TOL) * res
-            if high < low or high <= 0:
-                continue
-            kw_per_amp = topology.power_kw_per_amp(charger)
-            self.candidates.append(_Candidate(
-                index=i, key=conn.key, low=low, high=high, kw_per_amp=kw_per_amp,
-                priority=demand.priority if demand.priority is not None else charger.priority,
-                arrival=demand.arrival.timestamp() if demand.arrival else now_ts,
-                laxity_h=_laxity_h(demand, snapshot.now, high * kw_per_amp),
-                required_a=_required_a(demand, snapshot.now, kw_per_amp),
-            ))
-
-    def problem(self, cands: Sequence[_Candidate], groups: Sequence[str],
-                budgets: Mapping[str, tuple[FloatArray, float]]) -> _Problem:
-        """Constraints of ``groups`` (and of chargers) over ``cands``; a budget (A per
-        phase, kW) replaces a group's capacity when tighter."""
-        topo = self.topology
-        rows: list[tuple[str, float, list[int], list[float]]] = []
-        by_group: dict[str, list[int]] = {g: [] for g in groups}
-        wanted = set(groups)
-        for j, cand in enumerate(cands):
-            for gid in topo.charger_groups(cand.key[0]):
-                if gid in wanted:
-                    by_group[gid].append(j)
-        for gid in groups:
-            members = by_group[gid]
-            if not members:
-                continue
-            group = topo.groups[gid]
-            lim = effective_limit(group, self.snapshot.conditions(gid), topo.voltage)
-            fixed_phase, fixed_kw = self._fixed_load(gid)
-            budget = budgets.get(gid)
-            for phase in range(3):
-                on_phase = [j for j in members
-                            if topo.chargers[cands[j].key[0]].phase_vector[phase]]
-                cap = lim.available[phase] - fixed_phase[phase]
-                if budget is not None:
-                    cap = min(cap, float(budget[0][phase]))
-                if on_phase and math.isfinite(cap):
-                    rows.append((f"{gid}/L{phase + 1}", cap, on_phase, [1.0] * len(on_phase)))
-            cap_kw = lim.available_power_kw - fixed_kw
-            if budget is not None:
-                cap_kw = min(cap_kw, budget[1])
-            if math.isfinite(cap_kw):
-                rows.append((f"{gid}/kW", cap_kw, members,
-                             [cands[j].kw_per_amp for j in members]))
-        by_charger: dict[str, list[int]] = {}
-        for j, cand in enumerate(cands):
-            by_charger.setdefault(cand.key[0], []).append(j)
-        for cid, members in by_charger.items():
-            charger = topo.chargers[cid]
-            if len(charger.connectors) < 2:
-                continue
-            fixed = sum(self.fixed[self.index[c.key]] for c in charger.connectors)
-            rows.append((f"{cid}/charger", charger.max_current - fixed, members,
-                         [1.0] * len(members)))
-        return _compress(rows, len(cands), cands)
-
-    def _fixed_load(self, gid: str) -> tuple[list[float], float]:
-        amps = [0.0, 0.0, 0.0]
-        kw = 0.0
-        if not self.offline:
-            return amps, kw
-        for cid in self.topology.subtree_chargers(gid):
-            charger = self.topology.chargers[cid]
-            for conn in charger.connectors:
-                if conn.key in self.offline:
-                    vec = charger.phase_vector
-                    for p in range(3):
-                        amps[p] += vec[p] * charger.failsafe_current
-                    kw += charger.failsafe_current * self.topology.power_kw_per_amp(charger)
-        return amps, kw
+    def member_rows(self, j: int) -> zip[tuple[int, float]]:
+        s, e = self.m_ptr[j], self.m_ptr[j + 1]
+        return zip(self.m_cons[s:e], self.m_weight[s:e], strict=True)
 
 
-def _compress(rows: list[tuple[str, float, list[int], list[float]]], n: int,
-              cands: Sequence[_Candidate]) -> _Problem:
-    """Drop constraints that can never bind; build both sparse orientations."""
-    high = np.array([c.high for c in cands], dtype=float)
-    kept = [r for r in rows if r[1] < sum(w * high[j] for j, w in zip(r[2], r[3], strict=True))
-            - _TOL]
-    capacity = np.array([max(0.0, r[1]) for r in kept], dtype=float)
-    lengths = np.array([len(r[2]) for r in kept], dtype=np.int64)
-    c_ptr = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
-    c_member = np.array([j for r in kept for j in r[2]], dtype=np.int64)
-    c_weight = np.array([w for r in kept for w in r[3]], dtype=float)
-    rows_of = np.repeat(np.arange(len(kept), dtype=np.int64), lengths)
-    order = np.argsort(c_member, kind="stable")
-    m_counts = np.bincount(c_member, minlength=n) if len(c_member) else np.zeros(n, np.int64)
+@dataclass(slots=True)
+class _Capacity:
+    """What each constraint row leaves for online connectors (offline loads deducted)."""
+
+    rows: FloatArray
+    """Shape (groups * 4 + chargers,): (g, L1..L3, kW) rows, then one row per charger."""
+
+    def with_budget(self, group: int, amps: FloatArray, kw: float) -> _Capacity:
+        rows = self.rows.copy()
+        base = group * _ROWS_PER_GROUP
+        rows[base:base + 3] = np.minimum(rows[base:base + 3], amps)
+        rows[base + 3] = min(rows[base + 3], kw)
+        return _Capacity(rows)
+
+
+def _capacity(topology: Topology, ta: TopologyArrays, snapshot: Snapshot,
+              fixed: guard.Sums) -> tuple[_Capacity, list[str]]:
+    avail = available_arrays(topology, ta, snapshot)
+    left = avail.amps - fixed.group_amps
+    left_kw = avail.kw - fixed.group_kw
+    rows = np.concatenate((
+        np.column_stack((left, left_kw)).ravel(),
+        np.where(ta.multi, ta.charger_max - fixed.charger_amps, np.inf)))
+    bad = (left < -1e-6).any(axis=1) | (left_kw < -1e-6)
+    return _Capacity(rows), [ta.group_ids[g] for g in np.flatnonzero(bad).tolist()]
+
+
+def _problem(ta: TopologyArrays, cands: IntArray, groups_ok: BoolArray, cap: _Capacity,
+             high: FloatArray) -> _Problem:
+    """Constraint rows of the allowed groups (and multi-connector chargers) over ``cands``.
+
+    Rows that cannot bind even with every candidate at its maximum are dropped: in an
+    uncongested site almost nothing is left to solve.
+    """
+    rows: list[IntArray] = []
+    members: list[IntArray] = []
+    weights: list[FloatArray] = []
+    positions = np.arange(len(cands))
+    phases = ta.phases[cands]
+    kw = ta.kw_per_amp[cands]
+    for level in range(ta.chain.shape[1]):
+        g = ta.chain[cands, level]
+        ok = g >= 0
+        ok[ok] = groups_ok[g[ok]]
+        for p in range(3):
+            sel = ok & (phases[:, p] == 1)
+            rows.append(g[sel] * _ROWS_PER_GROUP + p)
+            members.append(positions[sel])
+            weights.append(np.ones(int(sel.sum())))
+        rows.append(g[ok] * _ROWS_PER_GROUP + 3)
+        members.append(positions[ok])
+        weights.append(kw[ok])
+    charger = ta.charger_of[cands]
+    multi = ta.multi[charger]
+    rows.append(len(ta.group_ids) * _ROWS_PER_GROUP + charger[multi])
+    members.append(positions[multi])
+    weights.append(np.ones(int(multi.sum())))
+    row = np.concatenate(rows)
+    member = np.concatenate(members)
+    weight = np.concatenate(weights)
+    total_high = np.bincount(row, weights=weight * high[member], minlength=len(cap.rows))
+    binding = np.isfinite(cap.rows) & (cap.rows < total_high - _TOL)
+    keep = binding[row]
+    row, member, weight = row[keep], member[keep], weight[keep]
+    used, row = np.unique(row, return_inverse=True)
+    order = np.argsort(row, kind="stable")
+    counts = np.bincount(row, minlength=len(used))
+    c_ptr = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+    by_member = np.argsort(member, kind="stable")
+    m_counts = np.bincount(member, minlength=len(cands))
     m_ptr = np.concatenate(([0], np.cumsum(m_counts))).astype(np.int64)
-    return _Problem(capacity, c_ptr, c_member, c_weight, m_ptr,
-                    rows_of[order], c_weight[order], [r[0] for r in kept])
-
-
-def _laxity_h(demand: ConnectorDemand, now: datetime, max_kw: float) -> float:
-    """Hours of slack before the car must charge flat out to meet its departure."""
-    if demand.departure is None or demand.energy_needed_kwh is None or max_kw <= 0:
-        return math.inf
-    hours_left = (demand.departure - now).total_seconds() / 3600.0
-    return hours_left - demand.energy_needed_kwh / max_kw
-
-
-def _required_a(demand: ConnectorDemand, now: datetime, kw_per_amp: float) -> float:
-    """The steady current that delivers the energy needed by departure (inf if overdue)."""
-    if demand.departure is None or demand.energy_needed_kwh is None:
-        return 0.0
-    hours_left = (demand.departure - now).total_seconds() / 3600.0
-    if hours_left <= 0:
-        return math.inf if demand.energy_needed_kwh > 0 else 0.0
-    return demand.energy_needed_kwh / hours_left / kw_per_amp
+    return _Problem(
+        capacity=np.maximum(cap.rows[used], 0.0), c_ptr=c_ptr, c_member=member[order],
+        c_weight=weight[order], m_ptr_np=m_ptr, m_cons_np=row[by_member],
+        m_weight_np=weight[by_member], m_ptr=m_ptr.tolist(), m_cons=row[by_member].tolist(),
+        m_weight=weight[by_member].tolist())
 
 
 # --- admission and rotation -------------------------------------------------------------
 
 
-def _class_key(cand: _Candidate, policy: Policy) -> float:
+def _rank(policy: Policy, inp: _Inputs, cands: IntArray) -> FloatArray:
+    """Admission class per candidate, lower first: who pauses last under the policy."""
     if policy is Policy.PRIORITY:
-        return float(-cand.priority)
+        return -inp.demand.priority[cands].astype(float)
     if policy is Policy.DEADLINE:
-        return cand.laxity_h
-    return 0.0
+        return inp.laxity_h[cands]
+    return np.zeros(len(cands))
 
 
-def _admit(problem: _Problem, cands: Sequence[_Candidate], policy: Policy, *, now: datetime,
-           interval_s: float, previous: RotationState) -> tuple[list[bool], RotationState]:
-    """Choose who charges. Returns per-candidate admission and the new rotation state."""
-    low = np.array([c.low for c in cands], dtype=float)
-    if np.all(problem.load(low) <= problem.capacity + _TOL):
-        return [True] * len(cands), RotationState(
-            previous.last_rotation, {c.key: previous.admitted_since.get(c.key, now)
-                                     for c in cands}, {})
+def _admit(problem: _Problem, keys: list[ConnectorKey], low: FloatArray, rank: FloatArray,
+           arrival: FloatArray, *, now: datetime, interval_s: float,
+           previous: RotationState) -> tuple[BoolArray, RotationState]:
+    """Choose who charges; returns per-candidate admission and the new rotation state.
+
+    ``rank`` is the policy's class (lower first); inside a class, between rotations the
+    connectors already charging keep their place, at a rotation the longest waiting go
+    first and the longest served pause. Only rows that cannot hold every minimum can
+    refuse anyone, so only they are checked one connector at a time.
+    """
+    over = problem.load(low) > problem.capacity + _TOL
+    if not over.any():
+        return np.ones(len(keys), dtype=bool), RotationState(
+            previous.last_rotation,
+            {k: previous.admitted_since.get(k, now) for k in keys}, {})
     last = previous.last_rotation
     due = last is None or (now - last).total_seconds() >= interval_s
-    def order_key(j: int) -> tuple[float, int, float, float, int]:
-        cand = cands[j]
-        was_admitted = cand.key in previous.admitted_since
-        if was_admitted:
-            since = previous.admitted_since[cand.key].timestamp()
-            # Stable between rotations; at a rotation, the longest served pause first.
-            rank, t = (0, 0.0) if not due else (1, -since)
+    now_s = now.timestamp()
+    place = np.zeros(len(keys))
+    since_s = np.zeros(len(keys))
+    for j, key in enumerate(keys):
+        since = previous.admitted_since.get(key)
+        if since is not None:
+            place[j], since_s[j] = (1.0, -since.timestamp()) if due else (0.0, 0.0)
         else:
-            rank = 1 if not due else 0
-            t = previous.waiting_since.get(cand.key, now).timestamp()
-        return (_class_key(cand, policy), rank, t, cand.arrival, j)
-
-    order = sorted(range(len(cands)), key=order_key)
-    headroom = problem.capacity.copy()
-    admitted = [False] * len(cands)
-    for j in order:
-        cons, weights = problem.members(j)
-        need = cands[j].low
-        if all(headroom[c] >= w * need - _TOL for c, w in zip(cons, weights, strict=True)):
-            admitted[j] = True
-            for c, w in zip(cons, weights, strict=True):
-                headroom[c] -= w * need
-    admitted_since = {
-        c.key: (previous.admitted_since.get(c.key, now) if ok else now)
-        for c, ok in zip(cands, admitted, strict=True) if ok
-    }
-    waiting = {c.key: previous.waiting_since.get(c.key, now)
-               for c, ok in zip(cands, admitted, strict=True) if not ok}
+            waited = previous.waiting_since.get(key)
+            place[j] = 0.0 if due else 1.0
+            since_s[j] = waited.timestamp() if waited is not None else now_s
+    order = np.lexsort((np.arange(len(keys)), arrival, since_s, place, rank))
+    # Per candidate, only its entries in over-full rows, each as (row, amps it takes).
+    owner = np.repeat(np.arange(len(keys)), np.diff(problem.m_ptr_np))
+    in_over = over[problem.m_cons_np]
+    takes = (problem.m_weight_np * low[owner])[in_over]
+    ptr = np.concatenate(([0], np.cumsum(np.bincount(owner[in_over], minlength=len(keys)))))
+    ptr_l, rows_l, takes_l = ptr.tolist(), problem.m_cons_np[in_over].tolist(), takes.tolist()
+    headroom = (problem.capacity + _TOL).tolist()
+    admitted = np.ones(len(keys), dtype=bool)
+    for j in order.tolist():
+        s, e = ptr_l[j], ptr_l[j + 1]
+        if s == e:
+            continue
+        for k in range(s, e):
+            if headroom[rows_l[k]] < takes_l[k]:
+                admitted[j] = False
+                break
+        else:
+            for k in range(s, e):
+                headroom[rows_l[k]] -= takes_l[k]
+    flags = admitted.tolist()
+    admitted_since = {k: previous.admitted_since.get(k, now)
+                      for k, ok in zip(keys, flags, strict=True) if ok}
+    waiting = {k: previous.waiting_since.get(k, now)
+               for k, ok in zip(keys, flags, strict=True) if not ok}
     return admitted, RotationState(now if due else last, admitted_since, waiting)
 
 
 # --- sharing ----------------------------------------------------------------------------
 
 
-def _binding_level(cap_left: float, weight: FloatArray, low: FloatArray, high: FloatArray,
-                   rate: FloatArray) -> float:
-    """Smallest λ at which Σ weight·clamp(λ·rate, low, high) reaches ``cap_left``."""
-    if len(weight) == 0 or float(weight @ high) <= cap_left + _TOL:
-        return math.inf
-    base = float(weight @ low)
-    if cap_left <= base:
-        return 0.0
+def _levels(rows: IntArray, weight: FloatArray, low: FloatArray, high: FloatArray,
+            rate: FloatArray, cap_left: FloatArray) -> FloatArray:
+    """For every row, the smallest λ at which Σ weight·clamp(λ·rate, low, high) over its
+    entries reaches ``cap_left`` (inf if it never does). ``rows`` must be sorted."""
+    n_rows = len(cap_left)
+    lam = np.full(n_rows, np.inf)
+    if len(rows) == 0:
+        return lam
+    base = np.bincount(rows, weights=weight * low, minlength=n_rows)
+    top = np.bincount(rows, weights=weight * high, minlength=n_rows)
+    present = np.bincount(rows, minlength=n_rows) > 0
+    need = present & (top > cap_left + _TOL)
+    at_start = need & (cap_left <= base)
+    lam[at_start] = 0.0
+    solve = need & ~at_start
+    e = solve[rows]
+    if not e.any():
+        return lam
+    rows, weight, low, high, rate = rows[e], weight[e], low[e], high[e], rate[e]
     points = np.concatenate((low / rate, high / rate))
-    slope_step = np.concatenate((weight * rate, -weight * rate))
-    order = np.argsort(points, kind="stable")
-    points = points[order]
-    slope = np.cumsum(slope_step[order])
-    loads = base + np.concatenate(([0.0], np.cumsum(slope[:-1] * np.diff(points))))
-    k = int(np.searchsorted(loads, cap_left, side="right")) - 1
-    if k < 0:
-        return 0.0
-    if slope[k] <= _TOL:
-        return float(points[k])
-    return float(points[k] + (cap_left - loads[k]) / slope[k])
+    seg = np.concatenate((rows, rows))
+    step = np.concatenate((weight * rate, -weight * rate))
+    order = np.lexsort((points, seg))
+    points, seg, step = points[order], seg[order], step[order]
+    first = np.ones(len(seg), dtype=bool)
+    first[1:] = seg[1:] != seg[:-1]
+    last = np.ones(len(seg), dtype=bool)
+    last[:-1] = first[1:]
+    seg_no = np.cumsum(first) - 1
+    starts = np.flatnonzero(first)
+    cum = np.cumsum(step)
+    slope = cum - (cum[starts] - step[starts])[seg_no]
+    length = np.where(last, 0.0, np.diff(points, append=points[-1]))
+    rise = slope * length
+    cum_rise = np.cumsum(rise)
+    before = cum_rise - rise
+    load = base[seg] + before - before[starts][seg_no]
+    cap = cap_left[seg]
+    cross = (load <= cap) & (load + rise > cap) & (slope > _TOL)
+    np.minimum.at(lam, seg[cross], points[cross] + (cap[cross] - load[cross]) / slope[cross])
+    missed = solve & np.isinf(lam)
+    if missed.any():  # rounding left no exact crossing: stop at the last point that fits
+        fits = (load <= cap) & missed[seg]
+        fallback = np.full(n_rows, 0.0)
+        np.maximum.at(fallback, seg[fits], points[fits])
+        lam[missed] = fallback[missed]
+    return lam
 
 
 def _fill(problem: _Problem, low: FloatArray, high: FloatArray, rate: FloatArray) -> FloatArray:
-    """Progressive filling: raise a common level until every connector is stopped by a
-    full constraint or its own maximum."""
-    n_cons = len(problem.capacity)
-    frozen = low >= high
+    """Progressive filling, in rounds: a row whose level is the lowest of every row its
+    members belong to fills first, whatever the rest do; freeze its members, recompute
+    the rows they touch, repeat."""
+    n_rows = len(problem.capacity)
     x = low.copy()
-    frozen_load = np.zeros(n_cons)
-    # Connectors stuck at their bound count as fixed load from the start.
-    if frozen.any():
-        for j in np.flatnonzero(frozen & (x > 0)).tolist():
-            cons, weights = problem.members(j)
-            for c, w in zip(cons, weights, strict=True):
-                frozen_load[c] += w * x[j]
-    done = np.zeros(n_cons, dtype=bool)
-    dirty = np.zeros(n_cons, dtype=bool)
-
-    def level(c: int) -> float:
-        s, e = problem.c_ptr[c], problem.c_ptr[c + 1]
-        members = problem.c_member[s:e]
-        live = ~frozen[members]
-        m = members[live]
-        return _binding_level(problem.capacity[c] - frozen_load[c], problem.c_weight[s:e][live],
-                              low[m], high[m], rate[m])
-
-    heap = [(level(c), c) for c in range(n_cons)]
-    heapq.heapify(heap)
-    while heap:
-        lam, c = heapq.heappop(heap)
-        if done[c]:
-            continue
-        if dirty[c]:
-            dirty[c] = False
-            heapq.heappush(heap, (level(c), c))
-            continue
-        if math.isinf(lam):
+    frozen = low >= high
+    rows = problem.rows_of_entries()
+    members = problem.c_member
+    weights = problem.c_weight
+    held = frozen[members]
+    frozen_load = np.bincount(rows[held], weights=weights[held] * x[members[held]],
+                              minlength=n_rows).astype(np.float64)
+    rows, members, weights = rows[~held], members[~held], weights[~held]
+    lam = np.full(n_rows, np.inf)
+    dirty = np.ones(n_rows, dtype=bool)
+    while len(rows):
+        sel = dirty[rows]
+        fresh = _levels(rows[sel], weights[sel], low[members[sel]], high[members[sel]],
+                        rate[members[sel]], problem.capacity - frozen_load)
+        lam[dirty] = fresh[dirty]
+        dirty[:] = False
+        lam_e = lam[rows]
+        if not np.isfinite(lam_e).any():
             break
-        done[c] = True
-        s, e = problem.c_ptr[c], problem.c_ptr[c + 1]
-        members = problem.c_member[s:e]
-        m = members[~frozen[members]]
-        if len(m) == 0:
-            continue
-        x[m] = np.clip(lam * rate[m], low[m], high[m])
-        frozen[m] = True
-        starts = problem.m_ptr[m]
-        counts = problem.m_ptr[m + 1] - starts
-        idx = np.repeat(starts - np.concatenate(([0], np.cumsum(counts)[:-1])), counts) + \
-            np.arange(int(counts.sum()))
-        touched = problem.m_cons[idx]
-        np.add.at(frozen_load, touched, problem.m_weight[idx] * np.repeat(x[m], counts))
-        dirty[touched] = True
-    rest = ~frozen
-    x[rest] = high[rest]
+        member_min = np.full(len(low), np.inf)
+        np.minimum.at(member_min, members, lam_e)
+        row_min = np.full(n_rows, np.inf)
+        np.minimum.at(row_min, rows, member_min[members])
+        final = np.isfinite(lam) & (lam <= row_min)
+        newly = np.unique(members[final[rows]])
+        x[newly] = np.clip(member_min[newly] * rate[newly], low[newly], high[newly])
+        frozen[newly] = True
+        gone = frozen[members]
+        frozen_load += np.bincount(rows[gone], weights=weights[gone] * x[members[gone]],
+                                   minlength=n_rows)
+        dirty[rows[gone]] = True
+        rows, members, weights = rows[~gone], members[~gone], weights[~gone]
+    x[~frozen] = high[~frozen]
     return x
 
 
 def _greedy_raise(problem: _Problem, x: FloatArray, cap_at: FloatArray,
-                  order: Sequence[int]) -> None:
-    """In ``order``, raise each connector to ``cap_at`` as far as every constraint allows."""
+                  order: list[int]) -> None:
+    """In ``order``, raise each connector to ``cap_at`` as far as every row allows."""
     headroom = (problem.capacity - problem.load(x)).tolist()
+    xs = x.tolist()
+    caps = cap_at.tolist()
     for j in order:
-        room = float(cap_at[j] - x[j])
+        room = caps[j] - xs[j]
         if room <= 0:
             continue
-        cons, weights = problem.members(j)
-        for c, w in zip(cons, weights, strict=True):
+        rows = list(problem.member_rows(j))
+        for c, w in rows:
             room = min(room, headroom[c] / w)
         if room > 0:
-            x[j] += room
-            for c, w in zip(cons, weights, strict=True):
+            xs[j] += room
+            for c, w in rows:
                 headroom[c] -= w * room
-
-
-def _share(problem: _Problem, cands: Sequence[_Candidate], admitted: Sequence[bool],
-           policy: Policy) -> FloatArray:
-    ok = np.array(admitted, dtype=bool)
-    low = np.where(ok, [c.low for c in cands], 0.0)
-    high = np.where(ok, [c.high for c in cands], 0.0)
-    if policy is Policy.PRIORITY:
-        x = low.copy()
-        order = sorted((j for j in range(len(cands)) if ok[j]),
-                       key=lambda j: (-cands[j].priority, cands[j].arrival, j))
-        _greedy_raise(problem, x, high, order)
-        return x
-    if policy is Policy.DEADLINE:
-        required = np.minimum(high, np.maximum(low, [c.required_a for c in cands]))
-        boosted = low.copy()
-        order = sorted((j for j in range(len(cands)) if ok[j]),
-                       key=lambda j: (cands[j].laxity_h, cands[j].arrival, j))
-        _greedy_raise(problem, boosted, required, order)
-        low = boosted
-    rate = np.where(high > 0, high, 1.0) if policy is Policy.PROPORTIONAL else np.ones(len(low))
-    return _fill(problem, low, high, rate)
+    x[:] = xs
 
 
 def _round(problem: _Problem, x: FloatArray, low: FloatArray, res: float) -> FloatArray:
@@ -409,24 +360,78 @@ def _round(problem: _Problem, x: FloatArray, low: FloatArray, res: float) -> Flo
         return floored
     headroom = (problem.capacity - problem.load(floored)).tolist()
     for j in sorted(candidates.tolist(), key=lambda j: (-remainder[j], j)):
-        cons, weights = problem.members(j)
-        if all(headroom[c] >= w * res - _TOL for c, w in zip(cons, weights, strict=True)):
+        rows = list(problem.member_rows(j))
+        if all(headroom[c] >= w * res - _TOL for c, w in rows):
             floored[j] += res
-            for c, w in zip(cons, weights, strict=True):
+            for c, w in rows:
                 headroom[c] -= w * res
     return floored
 
 
+@dataclass(slots=True)
+class _Inputs:
+    """Per-connector arrays of one allocation, shared by every (sub)solve."""
+
+    ta: TopologyArrays
+    demand: DemandArrays
+    low: FloatArray
+    high: FloatArray
+    laxity_h: FloatArray
+    required_a: FloatArray
+
+
+def _inputs(topology: Topology, ta: TopologyArrays, snapshot: Snapshot) -> _Inputs:
+    demand = demand_arrays(ta, snapshot)
+    res = topology.resolution_a
+    high = np.floor(np.minimum(ta.max_current, demand.ev_max) / res + 1e-7) * res
+    low = np.ceil(ta.min_current / res - 1e-7) * res
+    hours_left = (demand.departure_s - snapshot.now.timestamp()) / 3600.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        max_kw = high * ta.kw_per_amp
+        laxity = np.where(np.isnan(hours_left) | np.isnan(demand.energy_kwh) | (max_kw <= 0),
+                          np.inf, hours_left - demand.energy_kwh / max_kw)
+        required = np.where(np.isnan(hours_left) | np.isnan(demand.energy_kwh), 0.0,
+                            np.where(hours_left > 0,
+                                     demand.energy_kwh / hours_left / ta.kw_per_amp, np.inf))
+    return _Inputs(ta, demand, low, high, laxity, np.nan_to_num(required, posinf=np.inf))
+
+
+def _share(problem: _Problem, inp: _Inputs, cands: IntArray, admitted: BoolArray,
+           policy: Policy) -> FloatArray:
+    low = np.where(admitted, inp.low[cands], 0.0)
+    high = np.where(admitted, inp.high[cands], 0.0)
+    positions = np.flatnonzero(admitted)
+    if policy is Policy.PRIORITY:
+        x = low.copy()
+        order = np.lexsort((positions, inp.demand.arrival_s[cands][positions],
+                            -inp.demand.priority[cands][positions]))
+        _greedy_raise(problem, x, high, positions[order].tolist())
+        return x
+    if policy is Policy.DEADLINE:
+        required = np.minimum(high, np.maximum(low, inp.required_a[cands]))
+        boosted = low.copy()
+        order = np.lexsort((positions, inp.demand.arrival_s[cands][positions],
+                            inp.laxity_h[cands][positions]))
+        _greedy_raise(problem, boosted, required, positions[order].tolist())
+        low = boosted
+    rate = np.where(high > 0, high, 1.0) if policy is Policy.PROPORTIONAL else np.ones(len(low))
+    return _fill(problem, low, high, rate)
+
+
+def _solve(topology: Topology, inp: _Inputs, cands: IntArray, groups_ok: BoolArray,
+           cap: _Capacity, policy: Policy, previous: RotationState,
+           now: datetime) -> tuple[FloatArray, RotationState]:
+    problem = _problem(inp.ta, cands, groups_ok, cap, inp.high[cands])
+    keys = [inp.ta.keys[i] for i in cands.tolist()]
+    admitted, state = _admit(problem, keys, inp.low[cands], _rank(policy, inp, cands),
+                             inp.demand.arrival_s[cands], now=now,
+                             interval_s=topology.rotation_interval_s, previous=previous)
+    x = _share(problem, inp, cands, admitted, policy)
+    return _round(problem, x, np.where(admitted, inp.low[cands], 0.0),
+                  topology.resolution_a), state
+
+
 # --- the whole tree ---------------------------------------------------------------------
-
-
-def _subtree_groups(topology: Topology, root: str) -> list[str]:
-    out, stack = [], [root]
-    while stack:
-        gid = stack.pop()
-        out.append(gid)
-        stack.extend(topology.groups[gid].groups)
-    return out
 
 
 def _override_roots(topology: Topology, gid: str, policy: Policy) -> list[str]:
@@ -447,66 +452,57 @@ def allocate(topology: Topology, snapshot: Snapshot, *, policy: Policy | None = 
     ``policy`` overrides every group's configured policy. ``rotation`` is the state the
     previous allocation returned; pass it back so pauses rotate and do not flap.
     """
-    site = _Site(topology, snapshot)
+    ta = topology_arrays(topology)
+    inp = _inputs(topology, ta, snapshot)
+    demand = inp.demand
+    fixed = np.where(demand.online, 0.0, ta.failsafe)
+    cap, overloaded = _capacity(topology, ta, snapshot, guard.sums(ta, fixed))
+    candidate = demand.online & demand.active & (inp.high >= inp.low) & (inp.high > 0)
+    setpoints = fixed.copy()
     previous = rotation or RotationState()
-    setpoints = np.array(site.fixed)
-    new_admitted: dict[ConnectorKey, datetime] = {}
-    new_waiting: dict[ConnectorKey, datetime] = {}
+    admitted_since: dict[ConnectorKey, datetime] = {}
+    waiting_since: dict[ConnectorKey, datetime] = {}
     last_rotation = previous.last_rotation
 
-    def solve(group_ids: list[str], cands: list[_Candidate], pol: Policy,
-              budgets: Mapping[str, tuple[FloatArray, float]]) -> None:
+    def solve_tree(root: str, pol: Policy, cap: _Capacity) -> None:
         nonlocal last_rotation
-        if not cands:
+        root_i = ta.group_index[root]
+        in_tree = (ta.chain == root_i).any(axis=1)
+        cands = np.flatnonzero(candidate & in_tree)
+        if len(cands) == 0:
             return
-        problem = site.problem(cands, group_ids, budgets)
-        admitted, state = _admit(problem, cands, pol, now=snapshot.now,
-                                 interval_s=topology.rotation_interval_s, previous=previous)
-        x = _share(problem, cands, admitted, pol)
-        low = np.array([c.low for c in cands], dtype=float)
-        x = _round(problem, x, low, topology.resolution_a)
-        for cand, amps in zip(cands, x.tolist(), strict=True):
-            setpoints[cand.index] = amps
-        new_admitted.update(state.admitted_since)
-        new_waiting.update(state.waiting_since)
-        if state.last_rotation is not None and (last_rotation is None
-                                                or state.last_rotation > last_rotation):
+        groups_ok = np.array([root in topology.group_chain(g) for g in ta.group_ids])
+        x, state = _solve(topology, inp, cands, groups_ok, cap, pol, previous, snapshot.now)
+        setpoints[cands] = x
+        admitted_since.update(state.admitted_since)
+        waiting_since.update(state.waiting_since)
+        if state.last_rotation is not None and (
+                last_rotation is None or state.last_rotation > last_rotation):
             last_rotation = state.last_rotation
-
-    def solve_tree(root: str, pol: Policy, budgets: Mapping[str, tuple[FloatArray, float]],
-                   ) -> None:
-        groups = _subtree_groups(topology, root)
-        in_tree = set(topology.subtree_chargers(root))
-        cands = [c for c in site.candidates if c.key[0] in in_tree]
-        solve(groups, cands, pol, budgets)
         if policy is not None:
             return
         for sub in _override_roots(topology, root, pol):
-            sub_chargers = set(topology.subtree_chargers(sub))
-            amps = np.zeros(3)
-            kw = 0.0
-            for cand in cands:
-                if cand.key[0] in sub_chargers:
-                    charger = topology.chargers[cand.key[0]]
-                    amps += np.array(charger.phase_vector) * setpoints[cand.index]
-                    kw += setpoints[cand.index] * cand.kw_per_amp
-            solve_tree(sub, topology.groups[sub].policy, {sub: (amps, kw + _TOL)})
+            sub_i = ta.group_index[sub]
+            in_sub = cands[(ta.chain[cands] == sub_i).any(axis=1)]
+            amps = (setpoints[in_sub, None] * ta.phases[in_sub]).sum(axis=0)
+            kw = float((setpoints[in_sub] * ta.kw_per_amp[in_sub]).sum())
+            solve_tree(sub, topology.groups[sub].policy,
+                       cap.with_budget(sub_i, amps + _TOL, kw + _TOL))
 
     for root in topology.roots:
-        solve_tree(root, policy or topology.groups[root].policy, {})
+        solve_tree(root, policy or topology.groups[root].policy, cap)
 
-    result = {c.key: float(setpoints[i]) for i, c in enumerate(site.connectors)}
-    loads = group_loads(topology, snapshot, result)
-    overloaded = {gid for gid in topology.groups if _offline_overload(site, gid)}
+    result = dict(zip(ta.keys, setpoints.tolist(), strict=True))
     alarms = tuple(
-        Alarm(gid, None, max(loads[gid].current), min(loads[gid].available),
-              f"group {gid}: offline chargers alone draw more than it allows; "
-              f"every online charger below it is paused")
-        for gid in sorted(overloaded))
+        Alarm(gid, None, 0.0, 0.0, f"group {gid}: offline chargers alone draw more than it "
+              f"allows; every online charger below it is paused")
+        for gid in overloaded)
+    offline = frozenset(k for k, on in zip(ta.keys, demand.online.tolist(), strict=True)
+                        if not on)
     allocation = Allocation(
-        setpoints=result, offline=frozenset(site.offline), groups=loads,
-        rotation=RotationState(last_rotation, new_admitted, new_waiting), alarms=alarms)
-    unexplained = [a for a in guard.check(topology, snapshot, result)
+        setpoints=result, offline=offline, groups=_group_loads(topology, snapshot, setpoints),
+        rotation=RotationState(last_rotation, admitted_since, waiting_since), alarms=alarms)
+    unexplained = [a for a in guard.check_array(topology, snapshot, setpoints)
                    if a.group not in overloaded]
     if not unexplained:
         return allocation
@@ -514,36 +510,36 @@ def allocate(topology: Topology, snapshot: Snapshot, *, policy: Policy | None = 
     return replace(guarded, groups=group_loads(topology, snapshot, guarded.setpoints))
 
 
-def _offline_overload(site: _Site, gid: str) -> bool:
-    group = site.topology.groups[gid]
-    lim = effective_limit(group, site.snapshot.conditions(gid), site.topology.voltage)
-    amps, kw = site._fixed_load(gid)
-    return any(a > av + 1e-6 for a, av in zip(amps, lim.available, strict=True)) or \
-        kw > lim.available_power_kw + 1e-6
-
-
 def group_loads(topology: Topology, snapshot: Snapshot,
                 setpoints: Mapping[ConnectorKey, float]) -> dict[str, GroupLoad]:
-    """Per-phase and kW load of every group for reporting (offline at failsafe)."""
-    drawn = guard.drawn_current(topology, snapshot, setpoints)
-    amps = {gid: [0.0, 0.0, 0.0] for gid in topology.groups}
-    kw = dict.fromkeys(topology.groups, 0.0)
-    for charger in topology.chargers.values():
-        total = sum(drawn[c.key] for c in charger.connectors)
-        if total == 0:
-            continue
-        vec = charger.phase_vector
-        for gid in topology.charger_groups(charger.id):
-            for p in range(3):
-                amps[gid][p] += vec[p] * total
-            kw[gid] += total * topology.power_kw_per_amp(charger)
+    """Per-phase and kW load of every group, for reporting (offline at failsafe)."""
+    ta = topology_arrays(topology)
+    values = np.fromiter((setpoints.get(k, 0.0) for k in ta.keys), dtype=float,
+                         count=len(ta.keys))
+    return _group_loads(topology, snapshot, values)
+
+
+def _group_loads(topology: Topology, snapshot: Snapshot,
+                 setpoints: FloatArray) -> dict[str, GroupLoad]:
+    ta = topology_arrays(topology)
+    drawn = np.where(demand_arrays(ta, snapshot).online, setpoints, ta.failsafe)
+    total = guard.sums(ta, drawn)
+    avail = available_arrays(topology, ta, snapshot)
+    amps = total.group_amps.tolist()
+    kw = total.group_kw.tolist()
+    available = avail.amps.tolist()
     out: dict[str, GroupLoad] = {}
-    for gid, group in topology.groups.items():
-        cond = snapshot.conditions(gid)
-        lim = effective_limit(group, cond, topology.voltage)
-        a = amps[gid]
-        out[gid] = GroupLoad(gid, (a[0], a[1], a[2]), cond.uncontrolled, lim.current,
-                             lim.available, kw[gid], lim.power_kw)
+    for gi, gid in enumerate(ta.group_ids):
+        cond = snapshot.groups.get(gid)
+        if cond is None:  # no live conditions: the static limit as configured
+            limit, limit_kw, unc = (float(ta.group_max_current[gi]),
+                                    float(ta.group_max_kw[gi]), (0.0, 0.0, 0.0))
+        else:
+            lim = effective_limit(topology.groups[gid], cond, topology.voltage)
+            limit, limit_kw, unc = lim.current, lim.power_kw, cond.uncontrolled
+        a, av = amps[gi], available[gi]
+        out[gid] = GroupLoad(gid, (a[0], a[1], a[2]), unc, limit, (av[0], av[1], av[2]),
+                             kw[gi], limit_kw)
     return out
 
 
@@ -561,3 +557,6 @@ def plan_transition(previous: Mapping[ConnectorKey, float],
         elif new > old:
             increases.append(Command(key, new, old))
     return TransitionPlan(tuple(decreases), tuple(increases))
+
+
+__all__ = ["allocate", "group_loads", "plan_transition"]

@@ -1,82 +1,119 @@
 """The safety guard: the last check before any setpoint leaves the core.
 
-Deliberately naive: it re-adds every connector's current into every group above it, phase
-by phase, and compares with the limit in force. It shares no code with the policies
-beyond the definition of a limit, so a bug in a clever policy cannot hide here.
+Deliberately naive: it adds every connector's current into every group above it, phase
+by phase, and compares each sum with the limit in force. It shares no code with the
+policies beyond the definition of a limit and the array form of the topology, so a bug in
+a clever policy cannot hide here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
+import numpy as np
+
+from gridshare.core.arrays import FloatArray, TopologyArrays, demand_arrays, topology_arrays
 from gridshare.core.decision import Alarm, Allocation, RotationState, TransitionPlan
 from gridshare.core.limits import effective_limit
 from gridshare.core.snapshot import Snapshot
-from gridshare.core.topology import ALL_PHASES, ConnectorKey, Topology
+from gridshare.core.topology import Phase, Topology
 
 EPS = 1e-6
 
 
-def drawn_current(topology: Topology, snapshot: Snapshot,
-                  setpoints: Mapping[ConnectorKey, float]) -> dict[ConnectorKey, float]:
+@dataclass(frozen=True, slots=True)
+class Sums:
+    group_amps: FloatArray
+    """Shape (groups, 3): A per phase in every group."""
+    group_kw: FloatArray
+    charger_amps: FloatArray
+
+
+def drawn_array(ta: TopologyArrays, online: FloatArray | np.ndarray,
+                setpoints: Mapping[tuple[str, int], float]) -> FloatArray:
     """What each connector may draw: its setpoint, or its failsafe current if offline."""
-    out: dict[ConnectorKey, float] = {}
-    for charger in topology.chargers.values():
-        for conn in charger.connectors:
-            if snapshot.demand(conn.key).online:
-                out[conn.key] = setpoints.get(conn.key, 0.0)
-            else:
-                out[conn.key] = charger.failsafe_current
-    return out
+    values = np.fromiter((setpoints.get(k, 0.0) for k in ta.keys), dtype=float,
+                         count=len(ta.keys))
+    return np.where(online, values, ta.failsafe)
+
+
+def sums(ta: TopologyArrays, drawn: FloatArray) -> Sums:
+    """Add each connector's current into its charger and every group above it."""
+    per_phase = drawn[:, None] * ta.phases
+    amps = np.zeros((len(ta.group_ids), 3))
+    kw = np.zeros(len(ta.group_ids))
+    for level in range(ta.chain.shape[1]):
+        groups = ta.chain[:, level]
+        there = groups >= 0
+        np.add.at(amps, groups[there], per_phase[there])
+        np.add.at(kw, groups[there], (drawn * ta.kw_per_amp)[there])
+    chargers = np.bincount(ta.charger_of, weights=drawn, minlength=len(ta.charger_ids))
+    return Sums(amps, kw, chargers.astype(float))
+
+
+def drawn_current(topology: Topology, snapshot: Snapshot,
+                  setpoints: Mapping[tuple[str, int], float]) -> dict[tuple[str, int], float]:
+    ta = topology_arrays(topology)
+    drawn = drawn_array(ta, demand_arrays(ta, snapshot).online, setpoints)
+    return dict(zip(ta.keys, drawn.tolist(), strict=True))
 
 
 def check(topology: Topology, snapshot: Snapshot,
-          setpoints: Mapping[ConnectorKey, float]) -> list[Alarm]:
+          setpoints: Mapping[tuple[str, int], float]) -> list[Alarm]:
     """Every limit the setpoints break: connector bounds, charger and group, per phase."""
+    ta = topology_arrays(topology)
+    values = np.fromiter((setpoints.get(k, 0.0) for k in ta.keys), dtype=float,
+                         count=len(ta.keys))
+    return check_array(topology, snapshot, values)
+
+
+def check_array(topology: Topology, snapshot: Snapshot, setpoints: FloatArray) -> list[Alarm]:
+    """:func:`check` for setpoints already aligned with the topology's connector order."""
+    ta = topology_arrays(topology)
+    demand = demand_arrays(ta, snapshot)
+    drawn = np.where(demand.online, setpoints, ta.failsafe)
     alarms: list[Alarm] = []
-    drawn = drawn_current(topology, snapshot, setpoints)
-    group_amps = {gid: [0.0, 0.0, 0.0] for gid in topology.groups}
-    group_kw = dict.fromkeys(topology.groups, 0.0)
-    for charger in topology.chargers.values():
-        charger_amps = 0.0
-        for conn in charger.connectors:
-            amps = drawn[conn.key]
-            demand = snapshot.demand(conn.key)
-            if demand.online and amps != 0.0:
-                top = min(conn.max_current, charger.max_current)
-                if demand.max_current is not None:
-                    top = min(top, demand.max_current)
-                if not (conn.min_current - EPS <= amps <= top + EPS):
-                    alarms.append(Alarm(charger.group, None, amps, top,
-                                        f"{conn.key[0]}/{conn.key[1]}: setpoint {amps:.2f} A "
-                                        f"outside 0 or [{conn.min_current}, {top}] A"))
-            charger_amps += amps
-            for gid in topology.charger_groups(charger.id):
-                for phase in ALL_PHASES:
-                    if charger.loads(phase):
-                        group_amps[gid][phase] += amps
-                group_kw[gid] += amps * topology.power_kw_per_amp(charger)
-        if charger_amps > charger.max_current + EPS:
-            alarms.append(Alarm(charger.group, None, charger_amps, charger.max_current,
-                                f"charger {charger.id}: {charger_amps:.2f} A above its "
-                                f"{charger.max_current} A"))
-    for gid, group in topology.groups.items():
-        lim = effective_limit(group, snapshot.conditions(gid), topology.voltage)
-        for phase in ALL_PHASES:
-            load = group_amps[gid][phase]
-            if load > lim.available[phase] + EPS:
-                alarms.append(Alarm(gid, phase, load, lim.available[phase],
-                                    f"group {gid} {phase.name}: {load:.2f} A above the "
-                                    f"{lim.available[phase]:.2f} A available"))
-        if group_kw[gid] > lim.available_power_kw + EPS:
-            alarms.append(Alarm(gid, None, group_kw[gid], lim.available_power_kw,
-                                f"group {gid}: {group_kw[gid]:.2f} kW above the "
-                                f"{lim.available_power_kw:.2f} kW available"))
+    top = np.minimum(ta.max_current, demand.ev_max)
+    bad = demand.online & (drawn != 0.0) & (
+        (drawn < ta.min_current - EPS) | (drawn > top + EPS) | ~np.isfinite(drawn))
+    for i in np.flatnonzero(bad).tolist():
+        charger, conn = ta.keys[i]
+        alarms.append(Alarm(topology.chargers[charger].group, None, float(drawn[i]),
+                            float(top[i]),
+                            f"{charger}/{conn}: setpoint {drawn[i]:.2f} A outside 0 or "
+                            f"[{ta.min_current[i]:g}, {top[i]:g}] A"))
+    total = sums(ta, drawn)
+    for c in np.flatnonzero(total.charger_amps > ta.charger_max + EPS).tolist():
+        cid = ta.charger_ids[c]
+        alarms.append(Alarm(topology.chargers[cid].group, None, float(total.charger_amps[c]),
+                            float(ta.charger_max[c]),
+                            f"charger {cid}: {total.charger_amps[c]:.2f} A above its "
+                            f"{ta.charger_max[c]:g} A"))
+    # Groups without live conditions are held to their static limit as configured.
+    available = np.repeat(ta.group_max_current[:, None], 3, axis=1)
+    available_kw = ta.group_max_kw.copy()
+    for gid, cond in snapshot.groups.items():
+        if gid in ta.group_index:
+            lim = effective_limit(topology.groups[gid], cond, topology.voltage)
+            available[ta.group_index[gid]] = lim.available
+            available_kw[ta.group_index[gid]] = lim.available_power_kw
+    over_amps = total.group_amps > available + EPS
+    for gi, phase in zip(*np.nonzero(over_amps), strict=True):
+        gid, load, room = ta.group_ids[gi], total.group_amps[gi, phase], available[gi, phase]
+        alarms.append(Alarm(gid, Phase(int(phase)), float(load), float(room),
+                            f"group {gid} {Phase(int(phase)).name}: {load:.2f} A above the "
+                            f"{room:.2f} A available"))
+    for gi in np.flatnonzero(total.group_kw > available_kw + EPS).tolist():
+        gid, load, room = ta.group_ids[gi], total.group_kw[gi], available_kw[gi]
+        alarms.append(Alarm(gid, None, float(load), float(room),
+                            f"group {gid}: {load:.2f} kW above the {room:.2f} kW available"))
     return alarms
 
 
-def check_plan(topology: Topology, snapshot: Snapshot, previous: Mapping[ConnectorKey, float],
-               plan: TransitionPlan, target: Mapping[ConnectorKey, float]) -> list[Alarm]:
+def check_plan(topology: Topology, snapshot: Snapshot,
+               previous: Mapping[tuple[str, int], float], plan: TransitionPlan,
+               target: Mapping[tuple[str, int], float]) -> list[Alarm]:
     """A plan is safe when its first step only lowers, its second only raises, and it ends
     at a safe target: then every moment of step two is at or below the target."""
     alarms = check(topology, snapshot, target)
@@ -98,7 +135,7 @@ def check_plan(topology: Topology, snapshot: Snapshot, previous: Mapping[Connect
     return alarms
 
 
-def failsafe_setpoints(topology: Topology, snapshot: Snapshot) -> dict[ConnectorKey, float]:
+def failsafe_setpoints(topology: Topology, snapshot: Snapshot) -> dict[tuple[str, int], float]:
     """Every connector at its failsafe current if that holds every limit, else paused."""
     failsafe = {c.key: topology.chargers[c.charger_id].failsafe_current
                 for c in topology.connectors()}

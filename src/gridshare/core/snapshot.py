@@ -85,6 +85,9 @@ class Snapshot:
     connectors: Mapping[ConnectorKey, ConnectorDemand] = field(default_factory=dict)
     """Connectors absent here are idle and online."""
     groups: Mapping[str, GroupConditions] = field(default_factory=dict)
+    _cache: dict[str, object] = field(default_factory=dict, repr=False, compare=False,
+                                      hash=False)
+    """Derived views (the array form) computed once per snapshot."""
 
     def demand(self, key: ConnectorKey) -> ConnectorDemand:
         found = self.connectors.get(key)

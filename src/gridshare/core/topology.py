@@ -127,6 +127,9 @@ class Topology:
     resolution_a: float = 0.1
     """Setpoints are multiples of this (OCPP 1.6 allows one decimal)."""
     _ancestors: Mapping[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
+    _cache: dict[str, object] = field(default_factory=dict, repr=False, compare=False,
+                                      hash=False)
+    """Derived, immutable views (e.g. the array form) computed once per topology."""
 
     def __post_init__(self) -> None:
         chains: dict[str, tuple[str, ...]] = {}
