@@ -1,0 +1,673 @@
+"""The control loop of one site: state ← events, decide (pure core), act, verify.
+
+One worker runs allocation cycles one at a time, so a cycle's "decreases first, then
+increases" ordering is never interleaved with another cycle's increases. A cycle:
+
+1. refreshes the state for the passing of time and builds a snapshot;
+2. allocates (``core.allocation.allocate``) and passes the result through the safety guard;
+3. plans the transition from what each charger may be drawing now to the target;
+4. sends every decrease (and due lease renewals) concurrently and waits until each is
+   accepted, refused or timed out — an urgent change (limit cut, charger offline, stale
+   meter) interrupts the wait and starts a fresh cycle at once;
+5. only if every decrease was accepted and nothing urgent happened, sends the increases.
+
+Events arrive on the bus (or through :meth:`Controller.handle`); bursts are batched by a
+short debounce, while anything that lowers headroom triggers a cycle at once. A 1 s tick
+handles what time alone changes: stale meters, expired limits and leases, violators,
+rotation of paused cars, retries and failsafe re-sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal, Protocol
+
+from gridshare.bus import Bus, Subscription
+from gridshare.controller.clock import Clock, SystemClock
+from gridshare.controller.state import Impact, SiteState, StateSettings
+from gridshare.core import guard
+from gridshare.core.allocation import allocate, plan_transition
+from gridshare.core.decision import Alarm, Allocation, Command, RotationState
+from gridshare.core.snapshot import Snapshot
+from gridshare.core.topology import ConnectorKey, Policy, Topology
+from gridshare.drivers import ChargerDriver, CommandResult
+from gridshare.events import ChargerBooted, ChargerOnline, Event
+
+log = logging.getLogger("gridshare.controller")
+
+CommandKind = Literal["decrease", "increase", "renew", "retry", "failsafe"]
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerSettings:
+    lease_s: float = 180.0
+    """Validity of every live setpoint; the charger falls back to failsafe after it."""
+    renew_fraction: float = 0.5
+    """Re-send a live setpoint once this fraction of its lease has passed."""
+    debounce_s: float = 0.075
+    """Bursts of events within this window become one allocation."""
+    tick_s: float | None = 1.0
+    """Period of the housekeeping tick; None disables the task (tests call ``tick``)."""
+    recompute_s: float = 5.0
+    """Re-allocate at least this often (rotation of pauses, deadlines)."""
+    retry_backoff_s: float = 5.0
+    """After a refused or timed-out command, wait this long before re-sending to it."""
+    failsafe_retry_s: float = 10.0
+    policy: Policy | None = None
+    """Override every group's configured policy."""
+    state: StateSettings = field(default_factory=StateSettings)
+    max_alarms: int = 200
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRecord:
+    """One command and its outcome, for the audit log."""
+
+    at: datetime
+    charger: str
+    connector: int
+    """0 for a charger-wide command (failsafe)."""
+    kind: CommandKind
+    current_a: float
+    previous_a: float | None
+    result: CommandResult
+    latency_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmRecord:
+    at: datetime
+    kind: str
+    """limit | guard | violation | command | internal"""
+    group: str
+    phase: str | None
+    load: float
+    limit: float
+    message: str
+    cleared: bool = False
+
+
+class AuditSink(Protocol):
+    """Where commands and alarms go besides the log (the store). Must not block."""
+
+    def record_command(self, record: CommandRecord) -> None: ...
+
+    def record_alarm(self, record: AlarmRecord) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CycleReport:
+    at: datetime
+    allocation: Allocation
+    decreases: tuple[Command, ...]
+    increases: tuple[Command, ...]
+    renewals: tuple[Command, ...]
+    increases_sent: bool
+    """False when a decrease failed or an urgent change interrupted the cycle."""
+    compute_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class GroupView:
+    id: str
+    limit_a: float | None
+    """Tightest A-per-phase limit in force (None: kW only)."""
+    available_a: tuple[float, float, float]
+    """Left for our chargers after uncontrolled load (0 when the meter is stale)."""
+    allocated_a: tuple[float, float, float]
+    """What our chargers are counted at (setpoints, offline ones at failsafe)."""
+    uncontrolled_a: tuple[float, float, float]
+    measured_a: tuple[float, float, float]
+    """Sum of our chargers' own meter readings below the group."""
+    meter_a: tuple[float, float, float] | None
+    meter_stale: bool
+    power_kw: float
+    limit_power_kw: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorView:
+    charger: str
+    connector: int
+    online: bool
+    active: bool
+    status: str | None
+    setpoint_a: float | None
+    """Accepted setpoint inside its lease (None: the charger's default/failsafe)."""
+    target_a: float | None
+    """What the last allocation wants."""
+    drawn_a: float | None
+    """Highest per-phase current of its last meter reading."""
+    violator: bool
+    uncertain: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerStatus:
+    site: str
+    at: datetime
+    chargers_configured: int
+    chargers_online: int
+    groups: tuple[GroupView, ...]
+    connectors: tuple[ConnectorView, ...]
+    alarms: tuple[AlarmRecord, ...]
+    counters: Mapping[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (infinite limits become null)."""
+        return {
+            "site": self.site,
+            "at": self.at.isoformat(),
+            "chargers_configured": self.chargers_configured,
+            "chargers_online": self.chargers_online,
+            "groups": [_jsonable(_fields(g)) for g in self.groups],
+            "connectors": [_jsonable(_fields(c)) for c in self.connectors],
+            "alarms": [_jsonable(_fields(a)) for a in self.alarms],
+            "counters": dict(self.counters),
+        }
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    return {name: getattr(obj, name) for name in obj.__slots__}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float):
+        return None if not math.isfinite(value) else round(value, 3)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+class Controller:
+    """The live loop of one site. Start it, feed it events, stop it."""
+
+    def __init__(self, topology: Topology, driver: ChargerDriver, clock: Clock | None = None,
+                 *, settings: ControllerSettings | None = None, bus: Bus | None = None,
+                 audit: AuditSink | None = None) -> None:
+        self.topology = topology
+        self.driver = driver
+        self.clock: Clock = clock or SystemClock()
+        self.settings = settings or ControllerSettings()
+        self.state = SiteState(topology, self.settings.state)
+        self.audit = audit
+        self._bus = bus
+        self._subscription: Subscription | None = None
+        self._wake = asyncio.Event()
+        self._urgent = asyncio.Event()
+        self._urgent_gen = 0
+        self._busy = False
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._commands: set[asyncio.Task[CommandResult]] = set()
+        self._decreases: set[asyncio.Task[CommandResult]] = set()
+        self._failsafe_tasks: dict[str, asyncio.Task[None]] = {}
+        self._failsafe_ok: set[str] = set()
+        self._failsafe_due: dict[str, datetime] = {}
+        self._retry_after: dict[ConnectorKey, datetime] = {}
+        self._rotation: RotationState | None = None
+        self._allocation: Allocation | None = None
+        self._snapshot: Snapshot | None = None
+        self._last_cycle_at: datetime | None = None
+        self._alarms: deque[AlarmRecord] = deque(maxlen=self.settings.max_alarms)
+        self._active_alarms: dict[tuple[str, str, str | None, str], AlarmRecord] = {}
+        self._flagged: set[ConnectorKey] = set()
+        self.counters: Counter[str] = Counter()
+        self.last_report: CycleReport | None = None
+        self._cycle_listeners: list[Callable[[CycleReport], None]] = []
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Subscribe to the bus (before adapters start publishing) and start the tasks."""
+        if self._tasks:
+            return
+        if self._bus is not None:
+            self._subscription = self._bus.subscribe("controller")
+            self._supervise("events", self._consume)
+        self._supervise("worker", self._work)
+        if self.settings.tick_s is not None:
+            self._supervise("tick", self._tick_loop)
+        self._trigger(Impact.CHANGED)
+
+    async def stop(self) -> None:
+        """Stop deciding. Commands in flight are cancelled; leases let chargers fall back."""
+        if self._subscription is not None:
+            self._subscription.close()
+        tasks: list[asyncio.Task[Any]] = [*self._tasks.values(), *self._commands,
+                                          *self._failsafe_tasks.values()]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+
+    def _supervise(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
+        """Run ``factory`` as a named task; log and restart it if it crashes."""
+
+        async def runner() -> None:
+            backoff_s = 0.2
+            while True:
+                try:
+                    await factory()
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self.counters["task_crashes"] += 1
+                    log.exception("controller task %r crashed; restarting", name)
+                    self._alarm("internal", f"controller task {name} crashed: {exc!r}")
+                    await asyncio.sleep(backoff_s)
+                    backoff_s = min(backoff_s * 2, 10.0)
+
+        self._tasks[name] = asyncio.create_task(runner(), name=f"gridshare-{name}")
+
+    def on_cycle(self, listener: Callable[[CycleReport], None]) -> None:
+        """Call ``listener`` after every allocation cycle (benchmarks, dashboards)."""
+        self._cycle_listeners.append(listener)
+
+    # --- input ----------------------------------------------------------------------------
+
+    def handle(self, event: Event) -> None:
+        """Fold one event into the state and schedule what it calls for."""
+        self.counters["events"] += 1
+        impact = self.state.apply(event)
+        # A booted charger may have lost its profiles; one we have not served since we
+        # started may never have had them.
+        if isinstance(event, ChargerBooted) or (isinstance(event, ChargerOnline)
+                                                and event.charger not in self._failsafe_ok):
+            self._send_failsafe(event.charger)
+        self._trigger(impact)
+
+    def handle_many(self, events: Iterable[Event]) -> None:
+        for event in events:
+            self.handle(event)
+
+    def _trigger(self, impact: Impact) -> None:
+        if impact is Impact.URGENT:
+            self._urgent_gen += 1
+            self._urgent.set()
+            self._wake.set()
+        elif impact is Impact.CHANGED:
+            self._wake.set()
+
+    def request_cycle(self, *, urgent: bool = False) -> None:
+        self._trigger(Impact.URGENT if urgent else Impact.CHANGED)
+
+    async def _consume(self) -> None:
+        assert self._subscription is not None
+        async for event in self._subscription:
+            try:
+                self.handle(event)
+            except Exception:
+                # One bad event must not stop every later one (a limit cut among them).
+                self.counters["event_errors"] += 1
+                log.exception("controller: event %r could not be handled", event)
+
+    # --- the worker -----------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        while True:
+            await self._wake.wait()
+            if not self._urgent.is_set() and self.settings.debounce_s > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._urgent.wait(), self.settings.debounce_s)
+            self._wake.clear()
+            self._urgent.clear()
+            self._busy = True
+            try:
+                await self.run_cycle()
+            finally:
+                self._busy = False
+
+    async def run_cycle(self) -> CycleReport:
+        """One allocation cycle (see the module docstring)."""
+        started = time.perf_counter()
+        now = self.clock.now()
+        self.state.refresh(now)
+        self._report_violators(now)
+        gen = self._urgent_gen
+        snapshot = self.state.to_snapshot(now)
+        allocation = allocate(self.topology, snapshot, policy=self.settings.policy,
+                              rotation=self._rotation)
+        allocation = guard.enforce(self.topology, snapshot, allocation)
+        self._rotation = allocation.rotation
+        self._allocation = allocation
+        self._snapshot = snapshot
+        self._last_cycle_at = now
+        self.counters["cycles"] += 1
+        self._allocation_alarms(allocation, now)
+
+        keys = self.state.command_keys()
+        target = {k: allocation.setpoints[k] for k in keys}
+        previous = {k: self.state.believed_a(k) for k in keys}
+        plan = plan_transition(previous, target)
+        decreases = tuple(c for c in plan.decreases if self._may_send(c, now))
+        increases = tuple(c for c in plan.increases if self._may_send(c, now))
+        planned = {c.key for c in plan.decreases} | {c.key for c in plan.increases}
+        renewals = self._renewals(target, planned, now)
+        compute_s = time.perf_counter() - started
+
+        dec_tasks = [self._send(c, "decrease") for c in decreases]
+        for c, kind in renewals:
+            self._send(c, kind)
+        waiting = set(dec_tasks) | self._decreases
+        all_done = await self._wait(waiting, gen)
+        increases_sent = False
+        if all_done and gen == self._urgent_gen and \
+                all(t.result() is CommandResult.ACCEPTED for t in dec_tasks):
+            for c in increases:
+                self._send(c, "increase")
+            increases_sent = True
+        elif increases:
+            self.counters["increases_deferred"] += 1
+            self._trigger(Impact.CHANGED)
+        report = CycleReport(now, allocation, decreases, increases,
+                             tuple(c for c, _ in renewals), increases_sent, compute_s)
+        self.last_report = report
+        for listener in self._cycle_listeners:
+            listener(report)
+        if decreases or increases:
+            log.debug("cycle: %d decreases, %d increases (%s), %d renewals, %.1f ms",
+                      len(decreases), len(increases), "sent" if increases_sent else "held",
+                      len(renewals), compute_s * 1000)
+        return report
+
+    def _may_send(self, cmd: Command, now: datetime) -> bool:
+        if self.state.pending_a(cmd.key) == cmd.current:
+            return False  # the same value is already on its way
+        retry = self._retry_after.get(cmd.key)
+        return retry is None or retry <= now
+
+    def _renewals(self, target: Mapping[ConnectorKey, float], planned: set[ConnectorKey],
+                  now: datetime) -> list[tuple[Command, CommandKind]]:
+        out: list[tuple[Command, CommandKind]] = []
+        due = set(self.state.renewals_due(now, self.settings.renew_fraction))
+        for key, amps in target.items():
+            if key in planned or self.state.pending_a(key) is not None:
+                continue
+            retry = self._retry_after.get(key)
+            if retry is not None and retry > now:
+                continue
+            if key in due:
+                out.append((Command(key, amps, amps), "renew"))
+            elif self.state.uncertain_a(key) is not None:
+                out.append((Command(key, amps, amps), "retry"))
+        return out
+
+    async def _wait(self, tasks: set[asyncio.Task[CommandResult]], gen: int) -> bool:
+        """Wait for ``tasks``; False as soon as an urgent change arrives instead."""
+        if not tasks:
+            return gen == self._urgent_gen
+        if gen != self._urgent_gen:
+            return False
+        urgent: asyncio.Task[Any] = asyncio.create_task(self._urgent.wait())
+        try:
+            pending: set[asyncio.Task[Any]] = set(tasks)
+            while pending:
+                done, pending = await asyncio.wait(pending | {urgent},
+                                                   return_when=asyncio.FIRST_COMPLETED)
+                if urgent in done:
+                    return False
+                pending.discard(urgent)
+            return True
+        finally:
+            urgent.cancel()
+
+    def _send(self, cmd: Command, kind: CommandKind) -> asyncio.Task[CommandResult]:
+        self.state.mark_pending(cmd.key, cmd.current)
+        task = asyncio.create_task(self._command(cmd, kind),
+                                   name=f"setpoint {cmd.key[0]}/{cmd.key[1]}")
+        self._commands.add(task)
+        task.add_done_callback(self._commands.discard)
+        if kind == "decrease":
+            self._decreases.add(task)
+            task.add_done_callback(self._decreases.discard)
+        return task
+
+    async def _command(self, cmd: Command, kind: CommandKind) -> CommandResult:
+        started = time.perf_counter()
+        charger, connector = cmd.key
+        try:
+            result = await self.driver.apply_setpoint(charger, connector, cmd.current,
+                                                      self.settings.lease_s)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("setpoint %s/%s: driver error", charger, connector)
+            self._alarm("command", f"{charger}/{connector}: driver error {exc!r}",
+                        group=self.topology.chargers[charger].group, load=cmd.current)
+            result = CommandResult.TIMEOUT
+        at = self.clock.now()
+        self.counters[f"setpoint_{result.value}"] += 1
+        impact = self.state.record_result(cmd.key, cmd.current, result, at,
+                                          self.settings.lease_s)
+        if result is CommandResult.ACCEPTED:
+            self._retry_after.pop(cmd.key, None)
+        else:
+            self._retry_after[cmd.key] = at + timedelta(seconds=self.settings.retry_backoff_s)
+            log.warning("setpoint %.1f A to %s/%s: %s", cmd.current, charger, connector,
+                        result.value)
+        if self.audit is not None:
+            self.audit.record_command(CommandRecord(
+                at, charger, connector, kind, cmd.current, cmd.previous, result,
+                time.perf_counter() - started))
+        self._trigger(impact)
+        return result
+
+    # --- failsafe -------------------------------------------------------------------------
+
+    def _send_failsafe(self, charger_id: str) -> None:
+        if charger_id not in self.topology.chargers:
+            return
+        self._failsafe_due.pop(charger_id, None)
+        running = self._failsafe_tasks.get(charger_id)
+        if running is not None and not running.done():
+            running.cancel()
+        task = asyncio.create_task(self._failsafe(charger_id), name=f"failsafe {charger_id}")
+        self._failsafe_tasks[charger_id] = task
+
+        def done(t: asyncio.Task[None]) -> None:
+            if self._failsafe_tasks.get(charger_id) is t:
+                del self._failsafe_tasks[charger_id]
+
+        task.add_done_callback(done)
+
+    async def _failsafe(self, charger_id: str) -> None:
+        amps = self.topology.chargers[charger_id].failsafe_current
+        started = time.perf_counter()
+        try:
+            result = await self.driver.apply_failsafe(charger_id, amps)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("failsafe %s: driver error", charger_id)
+            result = CommandResult.TIMEOUT
+        at = self.clock.now()
+        self.counters[f"failsafe_{result.value}"] += 1
+        if result is CommandResult.ACCEPTED:
+            self._failsafe_ok.add(charger_id)
+        elif result is not CommandResult.OFFLINE:
+            # Sent again at the next connection if offline; retried here otherwise.
+            self._failsafe_due[charger_id] = at + timedelta(
+                seconds=self.settings.failsafe_retry_s)
+            self._alarm("command", f"{charger_id}: failsafe {amps} A not installed "
+                        f"({result.value})", group=self.topology.chargers[charger_id].group,
+                        load=amps)
+        if self.audit is not None:
+            self.audit.record_command(CommandRecord(at, charger_id, 0, "failsafe", amps, None,
+                                                    result, time.perf_counter() - started))
+
+    # --- time -----------------------------------------------------------------------------
+
+    async def _tick_loop(self) -> None:
+        assert self.settings.tick_s is not None
+        while True:
+            await asyncio.sleep(self.settings.tick_s)
+            await self.tick()
+
+    async def tick(self) -> None:
+        """Housekeeping for the passing of time; schedules a cycle when one is needed."""
+        now = self.clock.now()
+        impact = self.state.refresh(now)
+        self._report_violators(now)
+        if impact is Impact.NONE:
+            overdue = self._last_cycle_at is None or \
+                (now - self._last_cycle_at).total_seconds() >= self.settings.recompute_s
+            if overdue or self.state.renewals_due(now, self.settings.renew_fraction):
+                impact = Impact.CHANGED
+        for key, when in list(self._retry_after.items()):
+            if when <= now:
+                del self._retry_after[key]
+                impact = max(impact, Impact.CHANGED)
+        for charger_id, when in list(self._failsafe_due.items()):
+            if when <= now and self.state.online(charger_id):
+                self._send_failsafe(charger_id)
+        self._trigger(impact)
+
+    def _report_violators(self, now: datetime) -> None:
+        """Alarm on violators as they appear; log when they comply again."""
+        current = {v.key: v for v in self.state.violators(now)}
+        for key, v in current.items():
+            if key not in self._flagged:
+                charger = self.topology.chargers[key[0]]
+                self._alarm("violation", f"{key[0]}/{key[1]} draws {v.measured_a:.1f} A, "
+                            f"above its {v.allowed_a:.1f} A setpoint; counted at what it "
+                            f"draws and paused", group=charger.group, load=v.measured_a,
+                            limit=v.allowed_a)
+        for key in self._flagged - set(current):
+            log.info("%s/%s is back within its setpoint", key[0], key[1])
+        self._flagged = set(current)
+
+    # --- alarms ---------------------------------------------------------------------------
+
+    def _alarm(self, kind: str, message: str, *, group: str = "", phase: str | None = None,
+               load: float = 0.0, limit: float = 0.0) -> AlarmRecord:
+        record = AlarmRecord(self.clock.now(), kind, group, phase, load, limit, message)
+        self._alarms.append(record)
+        self.counters[f"alarms_{kind}"] += 1
+        log.warning("ALARM %s: %s", kind, message)
+        if self.audit is not None:
+            self.audit.record_alarm(record)
+        return record
+
+    def _allocation_alarms(self, allocation: Allocation, now: datetime) -> None:
+        """Log allocation alarms when they appear and when they clear, not every cycle."""
+        seen: dict[tuple[str, str, str | None, str], Alarm] = {}
+        kind = "guard" if allocation.guarded else "limit"
+        for alarm in allocation.alarms:
+            phase = alarm.phase.name if alarm.phase is not None else None
+            seen[(kind, alarm.group, phase, alarm.message.split(":")[0])] = alarm
+        for key, alarm in seen.items():
+            if key not in self._active_alarms:
+                self._active_alarms[key] = self._alarm(
+                    key[0], alarm.message, group=alarm.group, phase=key[2], load=alarm.load,
+                    limit=alarm.limit)
+        for key in list(self._active_alarms):
+            if key[0] in ("limit", "guard") and key not in seen:
+                old = self._active_alarms.pop(key)
+                cleared = AlarmRecord(now, old.kind, old.group, old.phase, old.load, old.limit,
+                                      f"cleared: {old.message}", cleared=True)
+                self._alarms.append(cleared)
+                log.info("alarm cleared: %s", old.message)
+                if self.audit is not None:
+                    self.audit.record_alarm(cleared)
+
+    # --- views ----------------------------------------------------------------------------
+
+    @property
+    def allocation(self) -> Allocation | None:
+        return self._allocation
+
+    def in_force(self) -> dict[ConnectorKey, float]:
+        """Accepted setpoints still inside their lease."""
+        now = self.clock.now()
+        out = {}
+        for conn in self.topology.connectors():
+            amps = self.state.in_force_a(conn.key, now)
+            if amps is not None:
+                out[conn.key] = amps
+        return out
+
+    @property
+    def commands_in_flight(self) -> int:
+        return len(self._commands)
+
+    @property
+    def idle(self) -> bool:
+        return not (self._wake.is_set() or self._busy or self._commands
+                    or self._failsafe_tasks)
+
+    async def settle(self, timeout_s: float = 5.0) -> None:
+        """Wait until no cycle is due or running and no command is in flight (tests)."""
+        deadline = time.monotonic() + timeout_s
+        quiet = 0
+        while quiet < 3:
+            await asyncio.sleep(0.005 if self.idle else 0.01)
+            quiet = quiet + 1 if self.idle else 0
+            if time.monotonic() > deadline:
+                raise TimeoutError("controller did not settle")
+
+    def status(self) -> ControllerStatus:
+        now = self.clock.now()
+        alloc = self._allocation
+        snapshot = self._snapshot or self.state.to_snapshot(now)
+        violators = {v.key for v in self.state.violators(now)}
+        groups = []
+        for gid, group in self.topology.groups.items():
+            measured = [0.0, 0.0, 0.0]
+            for cid in self.topology.subtree_chargers(gid):
+                for conn in self.topology.chargers[cid].connectors:
+                    m = self.state.measured_a(conn.key, now)
+                    if m is not None:
+                        for p in range(3):
+                            measured[p] += m[p]
+            meter = self.state.group_meter(gid)
+            cond = snapshot.conditions(gid)
+            load = alloc.groups.get(gid) if alloc is not None else None
+            groups.append(GroupView(
+                id=gid,
+                limit_a=load.limit if load is not None and math.isfinite(load.limit)
+                else group.max_current,
+                available_a=load.available if load is not None else (0.0, 0.0, 0.0),
+                allocated_a=load.current if load is not None else (0.0, 0.0, 0.0),
+                uncontrolled_a=cond.uncontrolled,
+                measured_a=(measured[0], measured[1], measured[2]),
+                meter_a=meter[0] if meter is not None else None,
+                meter_stale=cond.meter_stale,
+                power_kw=load.power_kw if load is not None else 0.0,
+                limit_power_kw=load.limit_power_kw if load is not None
+                and math.isfinite(load.limit_power_kw) else None,
+            ))
+        connectors = []
+        for conn in self.topology.connectors():
+            key = conn.key
+            m = self.state.measured_a(key, now)
+            status = self.state.status_of(key)
+            connectors.append(ConnectorView(
+                charger=key[0], connector=key[1], online=self.state.online(key[0]),
+                active=self.state.active(key),
+                status=status.value if status is not None else None,
+                setpoint_a=self.state.in_force_a(key, now),
+                target_a=alloc.setpoints.get(key) if alloc is not None else None,
+                drawn_a=max(m) if m is not None else None,
+                violator=key in violators,
+                uncertain=self.state.uncertain_a(key) is not None,
+            ))
+        return ControllerStatus(
+            site=self.topology.site, at=now, chargers_configured=len(self.topology.chargers),
+            chargers_online=self.state.online_count(), groups=tuple(groups),
+            connectors=tuple(connectors), alarms=tuple(self._alarms),
+            counters=dict(self.counters))

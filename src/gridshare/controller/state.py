@@ -1,0 +1,638 @@
+"""Live site state: events folded into what the allocation engine decides from.
+
+Pure: no I/O, no clock; every method that depends on time takes ``now``. The controller
+owns one instance per site, feeds it every event and every command result, and asks for a
+:class:`~gridshare.core.snapshot.Snapshot` whenever it re-allocates.
+
+Safety rules that live here, because they decide what the snapshot counts:
+
+- A charger we cannot hear from (never connected since start, disconnected, silent) is
+  offline and counted at its failsafe current.
+- A group meter that stopped reporting is stale: the group fails closed (no headroom).
+- A connector whose last command failed may still be at the higher of its old and new
+  setpoint (or at failsafe if its lease lapsed): that *uncertain* current is reserved in
+  every group above it until a command is accepted again.
+- A charger whose meter shows it drawing more than its setpoint plus a tolerance for longer
+  than a grace period is a *violator*: it is counted at what it really draws (reserved as
+  uncontrolled load in every group above it) and its own setpoint goes to 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import IntEnum
+
+from gridshare.core.snapshot import (
+    ConnectorDemand,
+    GroupConditions,
+    GroupLimit,
+    LimitSource,
+    PhaseCurrents,
+    Snapshot,
+)
+from gridshare.core.topology import Charger, ConnectorKey, Topology
+from gridshare.drivers import CommandResult
+from gridshare.events import (
+    ChargerBooted,
+    ChargerOffline,
+    ChargerOnline,
+    ChargingNeeds,
+    ConnectorStatus,
+    Event,
+    EventCounters,
+    GroupMeterReading,
+    LimitChanged,
+    MeterReading,
+    ProfileRejected,
+    SessionStarted,
+    SessionStopped,
+    StatusChanged,
+)
+
+CAR_STATUSES = frozenset({ConnectorStatus.PREPARING, ConnectorStatus.CHARGING,
+                          ConnectorStatus.SUSPENDED_EV, ConnectorStatus.SUSPENDED_EVSE})
+"""A car is plugged in and may want power. SuspendedEVSE counts: it is what a car we have
+paused (0 A) reports, and it must be able to get power back."""
+NO_CAR_STATUSES = frozenset({ConnectorStatus.AVAILABLE, ConnectorStatus.FINISHING,
+                             ConnectorStatus.FAULTED, ConnectorStatus.UNAVAILABLE,
+                             ConnectorStatus.RESERVED})
+"""Statuses in which a connector draws nothing even if a session is still open."""
+
+
+class Impact(IntEnum):
+    """What an event or the passing of time means for the allocation."""
+
+    NONE = 0
+    CHANGED = 1
+    """Demand or headroom changed: re-allocate soon (bursts are batched)."""
+    URGENT = 2
+    """Headroom fell or a load may be above what we count: re-allocate at once."""
+
+
+@dataclass(frozen=True, slots=True)
+class StateSettings:
+    meter_stale_after_s: float = 60.0
+    """A group meter silent for this long fails closed."""
+    verify_tolerance_a: float = 2.0
+    """Draw above the setpoint tolerated (meter accuracy, car overshoot)."""
+    verify_grace_s: float = 15.0
+    """How long a charger may draw above a lowered setpoint (settling takes 5–10 s)."""
+    reading_max_age_s: float = 180.0
+    """A charger's own meter reading older than this is not used."""
+    offline_after_s: float | None = None
+    """Mark a charger offline after this long without any event from it (None: rely on
+    the transport's ChargerOffline)."""
+    uncontrolled_deadband_a: float = 0.5
+    """A change in a group's uncontrolled load smaller than this does not re-allocate."""
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    key: ConnectorKey
+    allowed_a: float
+    """What we count the connector at (its setpoint in force)."""
+    measured_a: float
+    """Highest per-phase current its last meter reading showed."""
+    since: datetime
+
+
+@dataclass(slots=True)
+class _ConnectorState:
+    status: ConnectorStatus | None = None
+    transaction_id: str | None = None
+    arrival: datetime | None = None
+    ev_max_current_a: float | None = None
+    energy_needed_kwh: float | None = None
+    departure: datetime | None = None
+    priority: int | None = None
+    # last meter reading, on site phases
+    measured_a: PhaseCurrents | None = None
+    measured_max_a: float = 0.0
+    measured_at: datetime | None = None
+    energy_wh: float | None = None
+    power_w: float | None = None
+    soc_percent: float | None = None
+    over_since: datetime | None = None
+    flagged: bool = False
+    # setpoints
+    confirmed_a: float | None = None
+    """Last accepted live setpoint (None: the charger's default, i.e. its failsafe)."""
+    confirmed_at: datetime | None = None
+    lease_until: datetime | None = None
+    pending_a: float | None = None
+    """A command in flight; the charger may already be at it."""
+    uncertain_a: float | None = None
+    """A command failed: the connector may be drawing up to this much."""
+    lowered_at: datetime | None = None
+    """Last time what we count it at went down; the verification grace starts here."""
+
+    @property
+    def active(self) -> bool:
+        if self.status in CAR_STATUSES:
+            return True
+        return self.transaction_id is not None and self.status not in NO_CAR_STATUSES
+
+
+@dataclass(slots=True)
+class _ChargerState:
+    online: bool = False
+    """Never heard from since start counts as offline: fail closed."""
+    changed_at: datetime | None = None
+    last_seen: datetime | None = None
+    protocol: str = ""
+    vendor: str = ""
+    model: str = ""
+    boots: int = 0
+
+
+@dataclass(slots=True)
+class _GroupMeterState:
+    current_a: PhaseCurrents
+    at: datetime
+    includes_chargers: bool
+
+
+@dataclass(slots=True)
+class _ExtraLimit:
+    limit: GroupLimit
+    until: datetime | None
+
+
+@dataclass(slots=True)
+class _Cache:
+    """Results of the last ``refresh`` so time-driven transitions are reported once."""
+
+    stale: frozenset[str] = frozenset()
+    uncontrolled: dict[str, PhaseCurrents] = field(default_factory=dict)
+
+
+def _source(name: str) -> LimitSource:
+    try:
+        return LimitSource(name)
+    except ValueError:
+        return LimitSource.OPERATOR
+
+
+class SiteState:
+    """Everything the controller knows about one site, folded from events."""
+
+    def __init__(self, topology: Topology, settings: StateSettings | None = None) -> None:
+        self.topology = topology
+        self.settings = settings or StateSettings()
+        self.counters = EventCounters()
+        self._chargers = {cid: _ChargerState() for cid in topology.chargers}
+        self._connectors = {c.key: _ConnectorState() for c in topology.connectors()}
+        self._meters: dict[str, _GroupMeterState] = {}
+        self._limits: dict[tuple[str, str], _ExtraLimit] = {}
+        self._cache = _Cache()
+        self._subtrees = {gid: tuple(topology.subtree_chargers(gid)) for gid in topology.groups}
+        self.last_event_at: datetime | None = None
+
+    # --- events ---------------------------------------------------------------------------
+
+    def apply(self, event: Event) -> Impact:
+        """Fold one event in; say whether (and how urgently) to re-allocate."""
+        self.last_event_at = event.at
+        if isinstance(event, GroupMeterReading):
+            return self._group_meter(event)
+        if isinstance(event, LimitChanged):
+            return self._limit(event)
+        charger = self._chargers.get(event.charger)
+        if charger is None:
+            self.counters.reject("unknown charger")
+            return Impact.NONE
+        if charger.last_seen is None or event.at > charger.last_seen:
+            charger.last_seen = event.at
+        impact = Impact.NONE
+        if isinstance(event, ChargerBooted):
+            charger.protocol, charger.vendor, charger.model = (event.protocol, event.vendor,
+                                                               event.model)
+            charger.boots += 1
+            self.record_boot(event.charger, event.at)
+            return max(self.set_online(event.charger, True, event.at), Impact.CHANGED)
+        if isinstance(event, ChargerOnline):
+            return self.set_online(event.charger, True, event.at)
+        if isinstance(event, ChargerOffline):
+            return self.set_online(event.charger, False, event.at)
+        if not charger.online and not isinstance(event, ProfileRejected) and \
+                (charger.changed_at is None or event.at > charger.changed_at):
+            # A charger that talks after it went offline is connected, whatever we missed.
+            impact = self.set_online(event.charger, True, event.at)
+        key = (event.charger, event.connector)
+        conn = self._connectors.get(key)
+        if conn is None:
+            if not (isinstance(event, MeterReading | StatusChanged) and event.connector == 0):
+                self.counters.reject("unknown connector")
+            return impact
+        was_active = conn.active
+        if isinstance(event, StatusChanged):
+            conn.status = event.status
+        elif isinstance(event, SessionStarted):
+            conn.transaction_id = event.transaction_id
+            if conn.status in NO_CAR_STATUSES:
+                conn.status = None  # the status notification may still be on its way
+        elif isinstance(event, SessionStopped):
+            if conn.transaction_id in (None, event.transaction_id):
+                conn.transaction_id = None
+                if conn.status in CAR_STATUSES:
+                    conn.status = ConnectorStatus.FINISHING
+        elif isinstance(event, ChargingNeeds):
+            conn.energy_needed_kwh = event.energy_needed_kwh
+            conn.departure = event.departure
+            if event.max_current is not None:
+                conn.ev_max_current_a = event.max_current
+            return max(impact, Impact.CHANGED if conn.active else Impact.NONE)
+        elif isinstance(event, MeterReading):
+            self._meter_value(event, conn)
+            return impact
+        elif isinstance(event, ProfileRejected):
+            return impact
+        if conn.active != was_active:
+            if conn.active:
+                conn.arrival = event.at
+            else:
+                self._session_over(conn, event.at)
+            return max(impact, Impact.CHANGED)
+        return impact
+
+    def set_online(self, charger_id: str, online: bool, at: datetime) -> Impact:
+        charger = self._chargers[charger_id]
+        if charger.online == online:
+            return Impact.NONE
+        charger.online = online
+        charger.changed_at = at
+        # Going offline raises what we must count (failsafe) for it: others must give way.
+        return Impact.URGENT if not online else Impact.CHANGED
+
+    def record_boot(self, charger_id: str, at: datetime) -> None:
+        """The charger restarted: live setpoints are gone, it is at its default profile."""
+        for conn in self._charger_connectors(charger_id):
+            conn.confirmed_a = conn.confirmed_at = conn.lease_until = None
+            conn.pending_a = conn.uncertain_a = None
+            conn.lowered_at = at
+
+    def _session_over(self, conn: _ConnectorState, at: datetime) -> None:
+        conn.arrival = None
+        conn.ev_max_current_a = conn.energy_needed_kwh = None
+        conn.departure = None
+        conn.priority = None
+        conn.confirmed_a = conn.confirmed_at = conn.lease_until = None
+        conn.pending_a = conn.uncertain_a = None
+        conn.lowered_at = at
+
+    def _meter_value(self, event: MeterReading, conn: _ConnectorState) -> None:
+        charger = self.topology.chargers[event.charger]
+        amps = _site_phase_currents(charger, event, self.topology.voltage)
+        if event.energy_wh is not None:
+            conn.energy_wh = event.energy_wh
+        if event.power_w is not None:
+            conn.power_w = event.power_w
+        if event.soc_percent is not None:
+            conn.soc_percent = event.soc_percent
+        if amps is None:
+            return
+        conn.measured_a = amps
+        conn.measured_max_a = max(amps)
+        conn.measured_at = event.at
+        allowed = self.allowed_a((event.charger, event.connector))
+        if conn.measured_max_a > allowed + self.settings.verify_tolerance_a:
+            if conn.over_since is None:
+                conn.over_since = event.at
+        else:
+            conn.over_since = None
+            conn.flagged = False
+
+    def _group_meter(self, event: GroupMeterReading) -> Impact:
+        if event.group not in self.topology.groups:
+            self.counters.reject("unknown group")
+            return Impact.NONE
+        was_stale = event.group in self._cache.stale
+        self._meters[event.group] = _GroupMeterState(event.current_a, event.at,
+                                                     event.includes_chargers)
+        if was_stale:
+            self._cache.stale = self._cache.stale - {event.group}
+        before = self._cache.uncontrolled.get(event.group, (0.0, 0.0, 0.0))
+        after = self._metered_uncontrolled(event.group, event.at)
+        self._cache.uncontrolled[event.group] = after
+        band = self.settings.uncontrolled_deadband_a
+        if any(a > b + band for a, b in zip(after, before, strict=True)):
+            return Impact.URGENT
+        if was_stale or any(abs(a - b) > band for a, b in zip(after, before, strict=True)):
+            return Impact.CHANGED
+        return Impact.NONE
+
+    def _limit(self, event: LimitChanged) -> Impact:
+        if event.group not in self.topology.groups:
+            self.counters.reject("unknown group")
+            return Impact.NONE
+        before = self._tightest(event.group, event.at)
+        key = (event.group, event.source)
+        if event.max_current is None and event.max_power_kw is None:
+            self._limits.pop(key, None)
+        else:
+            self._limits[key] = _ExtraLimit(
+                GroupLimit(_source(event.source), event.max_current, event.max_power_kw,
+                           event.reason or event.source), event.until)
+        after = self._tightest(event.group, event.at)
+        if after[0] < before[0] or after[1] < before[1]:
+            return Impact.URGENT
+        return Impact.CHANGED if after != before else Impact.NONE
+
+    def _tightest(self, group_id: str, now: datetime) -> tuple[float, float]:
+        amps, kw = math.inf, math.inf
+        for lim in self._extra_limits(group_id, now):
+            if lim.max_current is not None:
+                amps = min(amps, lim.max_current)
+            if lim.max_power_kw is not None:
+                kw = min(kw, lim.max_power_kw)
+        return amps, kw
+
+    def _extra_limits(self, group_id: str, now: datetime) -> list[GroupLimit]:
+        return [x.limit for (gid, _), x in self._limits.items()
+                if gid == group_id and (x.until is None or x.until > now)]
+
+    # --- commands -------------------------------------------------------------------------
+
+    def believed_a(self, key: ConnectorKey) -> float:
+        """The most an online, active connector may be drawing given what we sent:
+        the setpoint in force (or its failsafe default), a command in flight, and any
+        uncertainty left by a failed command."""
+        conn = self._connectors[key]
+        charger = self.topology.chargers[key[0]]
+        value = conn.confirmed_a if conn.confirmed_a is not None else charger.failsafe_current
+        if conn.pending_a is not None:
+            value = max(value, conn.pending_a)
+        if conn.uncertain_a is not None:
+            value = max(value, conn.uncertain_a)
+        return value
+
+    def allowed_a(self, key: ConnectorKey) -> float:
+        """What the allocation counts this connector at, for verification."""
+        if not self._chargers[key[0]].online:
+            return self.topology.chargers[key[0]].failsafe_current
+        conn = self._connectors[key]
+        return self.believed_a(key) if conn.active else 0.0
+
+    def mark_pending(self, key: ConnectorKey, current_a: float) -> None:
+        self._connectors[key].pending_a = current_a
+
+    def pending_a(self, key: ConnectorKey) -> float | None:
+        return self._connectors[key].pending_a
+
+    def record_result(self, key: ConnectorKey, current_a: float, result: CommandResult,
+                      at: datetime, lease_s: float) -> Impact:
+        """Record a command's outcome; say whether headroom must be recomputed."""
+        conn = self._connectors[key]
+        before = self.believed_a(key)
+        if conn.pending_a == current_a:
+            conn.pending_a = None
+        if result is CommandResult.ACCEPTED:
+            conn.confirmed_a = current_a
+            conn.confirmed_at = at
+            conn.lease_until = at + timedelta(seconds=lease_s)
+            conn.uncertain_a = None
+            if self.believed_a(key) < before:
+                conn.lowered_at = at
+            return Impact.NONE
+        if result is CommandResult.OFFLINE:
+            return self.set_online(key[0], False, at)
+        failsafe = self.topology.chargers[key[0]].failsafe_current
+        conn.uncertain_a = max(before, current_a, failsafe)
+        return Impact.URGENT
+
+    def renewals_due(self, now: datetime, fraction: float) -> list[ConnectorKey]:
+        """Live setpoints past ``fraction`` of their lease: re-send them unchanged."""
+        out = []
+        for key in self.command_keys():
+            conn = self._connectors[key]
+            if conn.confirmed_at is None or conn.lease_until is None or \
+                    conn.pending_a is not None:
+                continue
+            lease = (conn.lease_until - conn.confirmed_at).total_seconds()
+            if now >= conn.confirmed_at + timedelta(seconds=lease * fraction):
+                out.append(key)
+        return out
+
+    def command_keys(self) -> list[ConnectorKey]:
+        """Connectors a setpoint must be sent to: online charger, car present."""
+        return [key for key, conn in self._connectors.items()
+                if conn.active and self._chargers[key[0]].online]
+
+    def in_force_a(self, key: ConnectorKey, now: datetime) -> float | None:
+        """The accepted setpoint still inside its lease, or None."""
+        conn = self._connectors[key]
+        if conn.confirmed_a is None or conn.lease_until is None or conn.lease_until <= now:
+            return None
+        return conn.confirmed_a
+
+    # --- time -----------------------------------------------------------------------------
+
+    def refresh(self, now: datetime) -> Impact:
+        """Apply what the passing of time changes: stale meters, expired limits and leases,
+        silent chargers, new violators. Call every tick and before each allocation."""
+        impact = Impact.NONE
+        stale = frozenset(self.stale_groups(now))
+        if stale - self._cache.stale:
+            impact = Impact.URGENT
+        elif stale != self._cache.stale:
+            impact = Impact.CHANGED
+        self._cache.stale = stale
+        for lim_key, lim in list(self._limits.items()):
+            if lim.until is not None and lim.until <= now:
+                del self._limits[lim_key]
+                impact = max(impact, Impact.CHANGED)
+        for key, conn in self._connectors.items():
+            if conn.lease_until is not None and conn.lease_until <= now:
+                # The charger fell back to its default profile: its failsafe current.
+                before = self.believed_a(key)
+                conn.confirmed_a = conn.confirmed_at = conn.lease_until = None
+                after = self.believed_a(key)
+                if after > before:
+                    impact = Impact.URGENT
+                elif after < before:
+                    conn.lowered_at = now
+                    impact = max(impact, Impact.CHANGED)
+        limit_s = self.settings.offline_after_s
+        if limit_s is not None:
+            for cid, charger in self._chargers.items():
+                if charger.online and charger.last_seen is not None and \
+                        (now - charger.last_seen).total_seconds() > limit_s:
+                    impact = max(impact, self.set_online(cid, False, now))
+        for v in self.violators(now):
+            conn = self._connectors[v.key]
+            if not conn.flagged:
+                conn.flagged = True
+                impact = Impact.URGENT
+        for gid in self._meters:
+            if gid not in stale:
+                self._cache.uncontrolled[gid] = self._metered_uncontrolled(gid, now)
+        return impact
+
+    def stale_groups(self, now: datetime) -> list[str]:
+        """Groups whose meter is configured or was seen, and has not reported recently."""
+        limit = timedelta(seconds=self.settings.meter_stale_after_s)
+        out = []
+        for gid, group in self.topology.groups.items():
+            meter = self._meters.get(gid)
+            if meter is None:
+                if group.meter is not None:
+                    out.append(gid)
+            elif now - meter.at > limit:
+                out.append(gid)
+        return out
+
+    def violators(self, now: datetime) -> list[Violation]:
+        """Connectors drawing above what we count them at, beyond tolerance and grace."""
+        grace = timedelta(seconds=self.settings.verify_grace_s)
+        max_age = timedelta(seconds=self.settings.reading_max_age_s)
+        out = []
+        for key, conn in self._connectors.items():
+            if conn.over_since is None or conn.measured_at is None:
+                continue
+            if now - conn.measured_at > max_age or not self._chargers[key[0]].online:
+                continue
+            allowed = self.allowed_a(key)
+            if conn.measured_max_a <= allowed + self.settings.verify_tolerance_a:
+                continue
+            since = conn.over_since
+            if conn.lowered_at is not None and conn.lowered_at > since:
+                since = conn.lowered_at
+            if conn.flagged or now - since >= grace:
+                out.append(Violation(key, allowed, conn.measured_max_a, conn.over_since))
+        return out
+
+    # --- the snapshot ---------------------------------------------------------------------
+
+    def measured_a(self, key: ConnectorKey, now: datetime) -> PhaseCurrents | None:
+        conn = self._connectors[key]
+        if conn.measured_a is None or conn.measured_at is None:
+            return None
+        if now - conn.measured_at > timedelta(seconds=self.settings.reading_max_age_s):
+            return None
+        return conn.measured_a
+
+    def _metered_uncontrolled(self, group_id: str, now: datetime) -> PhaseCurrents:
+        meter = self._meters[group_id]
+        if not meter.includes_chargers:
+            return meter.current_a
+        ours = [0.0, 0.0, 0.0]
+        for cid in self._subtrees[group_id]:
+            for conn in self.topology.chargers[cid].connectors:
+                measured = self.measured_a(conn.key, now)
+                if measured is not None:
+                    for p in range(3):
+                        ours[p] += measured[p]
+        m = meter.current_a
+        return (max(0.0, m[0] - ours[0]), max(0.0, m[1] - ours[1]), max(0.0, m[2] - ours[2]))
+
+    def reserved(self, now: datetime, violators: set[ConnectorKey] | None = None,
+                 ) -> dict[str, PhaseCurrents]:
+        """Per group, current we count outside the allocation: violators at what they
+        draw, connectors with a failed command at what they may still draw."""
+        if violators is None:
+            violators = {v.key for v in self.violators(now)}
+        out: dict[str, list[float]] = {}
+        for key, conn in self._connectors.items():
+            if not self._chargers[key[0]].online:
+                continue
+            charger = self.topology.chargers[key[0]]
+            amps: PhaseCurrents | None = None
+            if key in violators:
+                amps = self.measured_a(key, now)
+            elif conn.uncertain_a is not None and conn.active:
+                vec = charger.phase_vector
+                amps = (vec[0] * conn.uncertain_a, vec[1] * conn.uncertain_a,
+                        vec[2] * conn.uncertain_a)
+            if amps is None:
+                continue
+            for gid in self.topology.charger_groups(key[0]):
+                acc = out.setdefault(gid, [0.0, 0.0, 0.0])
+                for p in range(3):
+                    acc[p] += amps[p]
+        return {gid: (a[0], a[1], a[2]) for gid, a in out.items()}
+
+    def to_snapshot(self, now: datetime) -> Snapshot:
+        """What the allocation decides from, as of ``now`` (does not change the state)."""
+        violators = {v.key for v in self.violators(now)}
+        connectors: dict[ConnectorKey, ConnectorDemand] = {}
+        for key, conn in self._connectors.items():
+            charger = self._chargers[key[0]]
+            if not charger.online:
+                connectors[key] = ConnectorDemand(key[0], key[1], active=conn.active,
+                                                  online=False)
+            elif conn.active and key not in violators:
+                connectors[key] = ConnectorDemand(
+                    key[0], key[1], active=True, max_current=conn.ev_max_current_a,
+                    priority=conn.priority, arrival=conn.arrival,
+                    energy_needed_kwh=conn.energy_needed_kwh, departure=conn.departure)
+        reserved = self.reserved(now, violators)
+        stale = set(self.stale_groups(now))
+        groups: dict[str, GroupConditions] = {}
+        for gid in self.topology.groups:
+            extra = tuple(self._extra_limits(gid, now))
+            unc = [0.0, 0.0, 0.0]
+            if gid in self._meters and gid not in stale:
+                unc = list(self._metered_uncontrolled(gid, now))
+            res = reserved.get(gid)
+            if res is not None:
+                unc = [unc[p] + res[p] for p in range(3)]
+            if extra or gid in stale or any(unc):
+                groups[gid] = GroupConditions(uncontrolled=(unc[0], unc[1], unc[2]),
+                                              limits=extra, meter_stale=gid in stale)
+        return Snapshot(now=now, connectors=connectors, groups=groups)
+
+    # --- views for status -----------------------------------------------------------------
+
+    def _charger_connectors(self, charger_id: str) -> Iterable[_ConnectorState]:
+        for conn in self.topology.chargers[charger_id].connectors:
+            yield self._connectors[conn.key]
+
+    def online(self, charger_id: str) -> bool:
+        return self._chargers[charger_id].online
+
+    def active(self, key: ConnectorKey) -> bool:
+        return self._connectors[key].active
+
+    def status_of(self, key: ConnectorKey) -> ConnectorStatus | None:
+        return self._connectors[key].status
+
+    def transaction_of(self, key: ConnectorKey) -> str | None:
+        return self._connectors[key].transaction_id
+
+    def uncertain_a(self, key: ConnectorKey) -> float | None:
+        return self._connectors[key].uncertain_a
+
+    def protocol(self, charger_id: str) -> str:
+        return self._chargers[charger_id].protocol
+
+    def group_meter(self, group_id: str) -> tuple[PhaseCurrents, datetime] | None:
+        meter = self._meters.get(group_id)
+        return None if meter is None else (meter.current_a, meter.at)
+
+    def online_count(self) -> int:
+        return sum(1 for c in self._chargers.values() if c.online)
+
+
+def _site_phase_currents(charger: Charger, event: MeterReading,
+                         voltage: float) -> PhaseCurrents | None:
+    """A reading's per-phase currents on the site's phases. A 1-phase charger reports its
+    current on its own L1 whatever line it is wired to, so its largest value goes on the
+    line the topology says; a missing phase of a 3-phase charger counts as the largest."""
+    values = [v for v in event.current_a if v is not None and math.isfinite(v)]
+    if values:
+        if charger.phases == 1:
+            amps = max(0.0, *values)
+            vec = charger.phase_vector
+            return (vec[0] * amps, vec[1] * amps, vec[2] * amps)
+        top = max(0.0, *values)
+        got = [top if v is None or not math.isfinite(v) else max(0.0, v)
+               for v in event.current_a]
+        return (got[0], got[1], got[2])
+    if event.power_w is not None and math.isfinite(event.power_w):
+        amps = max(0.0, event.power_w) / (voltage * charger.phases)
+        vec = charger.phase_vector
+        return (vec[0] * amps, vec[1] * amps, vec[2] * amps)
+    return None
