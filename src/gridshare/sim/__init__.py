@@ -1,0 +1,25 @@
+"""Simulated OCPP chargers and EVs for demos, end-to-end tests and benchmarks.
+
+The simulator speaks real OCPP 1.6J / 2.0.1 over websockets, so whatever CSMS it talks to
+runs its real code paths. Entry points: :class:`~gridshare.sim.ev.EV`,
+:class:`~gridshare.sim.charger.SimCharger`, :class:`~gridshare.sim.site.SimSite` and
+``python -m gridshare.sim``.
+"""
+
+from gridshare.sim.charger import SimCharger, Status, Transaction
+from gridshare.sim.clock import Clock, ManualClock, ScaledClock
+from gridshare.sim.ev import EV
+from gridshare.sim.profiles import ChargingProfile, Period, Purpose
+
+__all__ = [
+    "EV",
+    "ChargingProfile",
+    "Clock",
+    "ManualClock",
+    "Period",
+    "Purpose",
+    "ScaledClock",
+    "SimCharger",
+    "Status",
+    "Transaction",
+]

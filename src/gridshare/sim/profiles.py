@@ -1,0 +1,327 @@
+"""OCPP smart-charging profiles as a charger applies them (pure, version-neutral).
+
+Both OCPP 1.6 and 2.0.1 profiles are parsed into :class:`ChargingProfile`; a
+:class:`ProfileStore` holds what a charger has installed and answers "what limit applies
+on connector *c* at time *t*, and until when". The rules follow the specs:
+
+* Within a purpose the highest ``stackLevel`` whose schedule covers *t* wins; when it runs
+  out (``duration``, ``validTo``) the next lower one applies.
+* A TxProfile (for the running transaction) overrides TxDefaultProfiles; a TxDefault set on
+  the connector overrides one set on connector 0.
+* The charger-wide Max profile (1.6 ChargePointMaxProfile / 2.0.1
+  ChargingStationMaxProfile, connector 0) caps everything; the charger takes the minimum.
+* Same purpose + stack level (+ connector) or the same id replaces an installed profile.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+DAY_S = 86_400
+WEEK_S = 7 * DAY_S
+
+
+class Purpose(StrEnum):
+    MAX = "ChargePointMaxProfile"
+    """1.6 ChargePointMaxProfile and 2.0.1 ChargingStationMaxProfile."""
+    TX_DEFAULT = "TxDefaultProfile"
+    TX = "TxProfile"
+    EXTERNAL = "ChargingStationExternalConstraints"
+
+    @classmethod
+    def parse(cls, value: str) -> Purpose:
+        if value == "ChargingStationMaxProfile":
+            return cls.MAX
+        return cls(value)
+
+    def wire(self, version: str) -> str:
+        """Name on the wire for an OCPP version ("1.6" or "2.0.1")."""
+        if self is Purpose.MAX and version != "1.6":
+            return "ChargingStationMaxProfile"
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    start_s: int
+    limit: float
+    number_phases: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChargingProfile:
+    """One installed profile, whichever OCPP version it came from."""
+
+    id: int
+    connector: int
+    """1.6 connectorId / 2.0.1 evseId; 0 is the whole charger."""
+    purpose: Purpose
+    stack_level: int
+    kind: str
+    """"Absolute", "Relative" or "Recurring"."""
+    unit: str
+    """"A" (per phase) or "W" (total)."""
+    periods: tuple[Period, ...]
+    installed_at: datetime
+    duration_s: int | None = None
+    start_schedule: datetime | None = None
+    recurrency: str | None = None
+    valid_from: datetime | None = None
+    valid_to: datetime | None = None
+    transaction_id: str | None = None
+    min_rate: float | None = None
+
+    def schedule_start(self, t: datetime, relative_start: datetime) -> datetime:
+        """Start of the schedule instance that is current at ``t``."""
+        if self.kind == "Relative":
+            return relative_start
+        base = self.start_schedule or self.installed_at
+        if self.kind == "Recurring":
+            period_s = WEEK_S if self.recurrency == "Weekly" else DAY_S
+            k = math.floor((t - base).total_seconds() / period_s)
+            return base + timedelta(seconds=k * period_s)
+        return base
+
+    def evaluate(
+        self, t: datetime, relative_start: datetime
+    ) -> tuple[Period | None, datetime | None]:
+        """The period in force at ``t`` (None if the profile does not apply) and the next
+        instant the answer can change (None: never)."""
+        if self.valid_from is not None and t < self.valid_from:
+            return None, self.valid_from
+        if self.valid_to is not None and t >= self.valid_to:
+            return None, None
+        changes: list[datetime] = []
+        if self.valid_to is not None:
+            changes.append(self.valid_to)
+        start = self.schedule_start(t, relative_start)
+        if self.kind == "Recurring":
+            period_s = WEEK_S if self.recurrency == "Weekly" else DAY_S
+            changes.append(start + timedelta(seconds=period_s))
+        if t < start:
+            changes.append(start)
+            return None, min(changes)
+        offset_s = (t - start).total_seconds()
+        if self.duration_s is not None:
+            if offset_s >= self.duration_s:
+                return None, min(changes) if self.kind == "Recurring" else None
+            changes.append(start + timedelta(seconds=self.duration_s))
+        current: Period | None = None
+        for p in self.periods:
+            if p.start_s <= offset_s:
+                current = p
+            else:
+                changes.append(start + timedelta(seconds=p.start_s))
+                break
+        return current, (min(changes) if changes else None)
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """A limit from one profile, still in the profile's unit."""
+
+    value: float
+    unit: str
+    number_phases: int | None
+    profile_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorLimits:
+    max: Limit | None
+    """Charger-wide Max profile in force (None: none)."""
+    tx: Limit | None
+    """TxProfile, or TxDefaultProfile when no TxProfile applies (None: none)."""
+    next_change: datetime | None
+
+
+class ProfileStore:
+    """The profiles installed on one charger."""
+
+    __slots__ = ("_profiles",)
+
+    def __init__(self) -> None:
+        self._profiles: list[ChargingProfile] = []
+
+    def __len__(self) -> int:
+        return len(self._profiles)
+
+    @property
+    def all(self) -> tuple[ChargingProfile, ...]:
+        return tuple(self._profiles)
+
+    def install(self, profile: ChargingProfile) -> None:
+        """Add ``profile``, replacing one with the same id or the same purpose, stack level
+        and connector (the OCPP replacement rules)."""
+        self._profiles = [
+            p
+            for p in self._profiles
+            if p.id != profile.id
+            and not (
+                p.purpose is profile.purpose
+                and p.stack_level == profile.stack_level
+                and p.connector == profile.connector
+            )
+        ]
+        self._profiles.append(profile)
+
+    def clear(
+        self,
+        *,
+        profile_id: int | None = None,
+        connector: int | None = None,
+        purpose: Purpose | None = None,
+        stack_level: int | None = None,
+    ) -> int:
+        """Remove matching profiles; return how many went. With ``profile_id`` only that
+        one is considered; otherwise every given criterion must match."""
+        keep: list[ChargingProfile] = []
+        for p in self._profiles:
+            if profile_id is not None:
+                hit = p.id == profile_id
+            else:
+                hit = (
+                    (connector is None or p.connector == connector)
+                    and (purpose is None or p.purpose is purpose)
+                    and (stack_level is None or p.stack_level == stack_level)
+                )
+            if not hit:
+                keep.append(p)
+        removed = len(self._profiles) - len(keep)
+        self._profiles = keep
+        return removed
+
+    def drop_tx_profiles(self, connector: int) -> int:
+        """A TxProfile lives only as long as its transaction."""
+        return self.clear(connector=connector, purpose=Purpose.TX)
+
+    def limits(
+        self,
+        connector: int,
+        t: datetime,
+        *,
+        tx_id: str | None,
+        tx_start: datetime | None,
+        ref: datetime | None = None,
+    ) -> ConnectorLimits:
+        """Limits on ``connector`` at ``t``. ``tx_id``/``tx_start`` describe the running
+        transaction (None: none); without one, Relative schedules start at ``ref``
+        (default ``t``), i.e. as if a transaction started then."""
+        next_change: list[datetime] = []
+        rel = tx_start if tx_start is not None else (ref or t)
+
+        def best(cands: Iterable[ChargingProfile], rel_start: datetime | None) -> Limit | None:
+            found: Limit | None = None
+            found_level = -1
+            for p in cands:
+                period, nxt = p.evaluate(t, rel_start or p.installed_at)
+                if nxt is not None:
+                    next_change.append(nxt)
+                if period is not None and p.stack_level > found_level:
+                    found_level = p.stack_level
+                    found = Limit(period.limit, p.unit, period.number_phases, p.id)
+            return found
+
+        by_purpose: dict[Purpose, list[ChargingProfile]] = {}
+        for p in self._profiles:
+            by_purpose.setdefault(p.purpose, []).append(p)
+        max_lim = best((p for p in by_purpose.get(Purpose.MAX, ()) if p.connector == 0), None)
+        tx_lim: Limit | None = None
+        if tx_id is not None:
+            tx_lim = best(
+                (
+                    p
+                    for p in by_purpose.get(Purpose.TX, ())
+                    if p.connector == connector and p.transaction_id in (None, tx_id)
+                ),
+                rel,
+            )
+        defaults = by_purpose.get(Purpose.TX_DEFAULT, ())
+        if tx_lim is None:
+            tx_lim = best((p for p in defaults if p.connector == connector), rel)
+        if tx_lim is None:
+            tx_lim = best((p for p in defaults if p.connector == 0), rel)
+        return ConnectorLimits(max_lim, tx_lim, min(next_change) if next_change else None)
+
+
+def to_amps(limit: Limit, voltage_v: float, phases: int) -> float:
+    """A per phase for ``limit`` when ``phases`` phases carry the current."""
+    if limit.unit == "W":
+        return limit.value / (voltage_v * max(1, phases))
+    return limit.value
+
+
+def parse_time(value: str | None) -> datetime | None:
+    """OCPP date-time string to an aware datetime (naive means UTC)."""
+    if value is None:
+        return None
+    dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+
+
+def format_time(t: datetime) -> str:
+    """Aware datetime to the OCPP wire form with a Z suffix (millisecond precision)."""
+    t = t.astimezone(UTC)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+
+
+def _periods(raw: Iterable[Mapping[str, Any]]) -> tuple[Period, ...]:
+    periods = [
+        Period(
+            start_s=int(p["start_period"]),
+            limit=float(p["limit"]),
+            number_phases=int(p["number_phases"]) if p.get("number_phases") else None,
+        )
+        for p in raw
+    ]
+    periods.sort(key=lambda p: p.start_s)
+    return tuple(periods)
+
+
+def _common(raw: Mapping[str, Any], sched: Mapping[str, Any]) -> dict[str, Any]:
+    tx = raw.get("transaction_id")
+    min_rate = sched.get("min_charging_rate")
+    return {
+        "purpose": Purpose.parse(raw["charging_profile_purpose"]),
+        "stack_level": int(raw["stack_level"]),
+        "kind": raw["charging_profile_kind"],
+        "unit": sched["charging_rate_unit"],
+        "periods": _periods(sched["charging_schedule_period"]),
+        "duration_s": int(sched["duration"]) if sched.get("duration") is not None else None,
+        "start_schedule": parse_time(sched.get("start_schedule")),
+        "recurrency": raw.get("recurrency_kind"),
+        "valid_from": parse_time(raw.get("valid_from")),
+        "valid_to": parse_time(raw.get("valid_to")),
+        "transaction_id": str(tx) if tx is not None else None,
+        "min_rate": float(min_rate) if min_rate is not None else None,
+    }
+
+
+def profile_from_v16(
+    connector_id: int, raw: Mapping[str, Any], installed_at: datetime
+) -> ChargingProfile:
+    """Build from a 1.6 ``csChargingProfiles`` (snake_case keys, as the ocpp package
+    hands them to handlers)."""
+    return ChargingProfile(
+        id=int(raw["charging_profile_id"]),
+        connector=connector_id,
+        installed_at=installed_at,
+        **_common(raw, raw["charging_schedule"]),
+    )
+
+
+def profile_from_v201(
+    evse_id: int, raw: Mapping[str, Any], installed_at: datetime
+) -> ChargingProfile:
+    """Build from a 2.0.1 ``chargingProfile`` (snake_case keys). Only the first of up to
+    three schedules is used."""
+    scheds = raw["charging_schedule"]
+    sched = scheds[0] if isinstance(scheds, list) else scheds
+    return ChargingProfile(
+        id=int(raw["id"]), connector=evse_id, installed_at=installed_at, **_common(raw, sched)
+    )
