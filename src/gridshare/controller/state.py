@@ -246,8 +246,7 @@ class SiteState:
                 conn.ev_max_current_a = event.max_current
             return max(impact, Impact.CHANGED if conn.active else Impact.NONE)
         elif isinstance(event, MeterReading):
-            self._meter_value(event, conn)
-            return impact
+            return max(impact, self._meter_value(event, conn))
         elif isinstance(event, ProfileRejected):
             return impact
         if conn.active != was_active:
@@ -283,7 +282,7 @@ class SiteState:
         conn.pending_a = conn.uncertain_a = None
         conn.lowered_at = at
 
-    def _meter_value(self, event: MeterReading, conn: _ConnectorState) -> None:
+    def _meter_value(self, event: MeterReading, conn: _ConnectorState) -> Impact:
         charger = self.topology.chargers[event.charger]
         amps = _site_phase_currents(charger, event, self.topology.voltage)
         if event.energy_wh is not None:
@@ -293,7 +292,7 @@ class SiteState:
         if event.soc_percent is not None:
             conn.soc_percent = event.soc_percent
         if amps is None:
-            return
+            return Impact.NONE
         conn.measured_a = amps
         conn.measured_max_a = max(amps)
         conn.measured_at = event.at
@@ -301,9 +300,12 @@ class SiteState:
         if conn.measured_max_a > allowed + self.settings.verify_tolerance_a:
             if conn.over_since is None:
                 conn.over_since = event.at
-        else:
-            conn.over_since = None
+            return Impact.NONE
+        conn.over_since = None
+        if conn.flagged:
             conn.flagged = False
+            return Impact.CHANGED  # back within its setpoint: give it power again
+        return Impact.NONE
 
     def _group_meter(self, event: GroupMeterReading) -> Impact:
         if event.group not in self.topology.groups:
@@ -390,13 +392,15 @@ class SiteState:
         if conn.pending_a == current_a:
             conn.pending_a = None
         if result is CommandResult.ACCEPTED:
+            was_uncertain = conn.uncertain_a is not None
             conn.confirmed_a = current_a
             conn.confirmed_at = at
             conn.lease_until = at + timedelta(seconds=lease_s)
             conn.uncertain_a = None
             if self.believed_a(key) < before:
                 conn.lowered_at = at
-            return Impact.NONE
+            # A reservation for an uncertain current is released: headroom came back.
+            return Impact.CHANGED if was_uncertain else Impact.NONE
         if result is CommandResult.OFFLINE:
             return self.set_online(key[0], False, at)
         failsafe = self.topology.chargers[key[0]].failsafe_current
@@ -461,11 +465,14 @@ class SiteState:
                 if charger.online and charger.last_seen is not None and \
                         (now - charger.last_seen).total_seconds() > limit_s:
                     impact = max(impact, self.set_online(cid, False, now))
-        for v in self.violators(now):
-            conn = self._connectors[v.key]
-            if not conn.flagged:
+        current = {v.key for v in self.violators(now)}
+        for key, conn in self._connectors.items():
+            if key in current and not conn.flagged:
                 conn.flagged = True
                 impact = Impact.URGENT
+            elif key not in current and conn.flagged:
+                conn.flagged = False  # its reading went stale or it went offline
+                impact = max(impact, Impact.CHANGED)
         for gid in self._meters:
             if gid not in stale:
                 self._cache.uncontrolled[gid] = self._metered_uncontrolled(gid, now)
