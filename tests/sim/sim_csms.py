@@ -226,12 +226,14 @@ class TestCSMS:
         predicate: Callable[[dict[str, Any]], bool] | None = None,
         *,
         count: int = 1,
-        timeout: float = 10.0,
+        timeout_s: float = 10.0,
     ) -> list[Msg]:
         """Wait until ``count`` matching messages arrived; return them."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout_s
         while True:
-            hits = [m for m in self.of(action, charger_id) if predicate is None or predicate(m.payload)]
+            hits = [
+                m for m in self.of(action, charger_id) if predicate is None or predicate(m.payload)
+            ]
             if len(hits) >= count:
                 return hits
             if time.monotonic() > deadline:
@@ -239,8 +241,8 @@ class TestCSMS:
                 raise TimeoutError(f"waited for {count}x {action} from {charger_id}: {seen}")
             await asyncio.sleep(0.01)
 
-    async def wait_point(self, charger_id: str, timeout: float = 10.0) -> Any:
-        deadline = time.monotonic() + timeout
+    async def wait_point(self, charger_id: str, timeout_s: float = 10.0) -> Any:
+        deadline = time.monotonic() + timeout_s
         while charger_id not in self.points:
             if time.monotonic() > deadline:
                 raise TimeoutError(charger_id)
@@ -256,16 +258,15 @@ class TestCSMS:
 async def _main() -> None:
     csms = await TestCSMS(record=False).start()
     print(f"PORT {csms.port}", flush=True)
-    # exit when the parent closes our stdin
+    # serve until the parent closes our stdin (or forever if stdin is not a pipe)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    while True:
-        line = await reader.readline()
-        if not line:
-            break
-        if line.strip() == b"count":
-            print(f"POINTS {len(csms.points)} BOOTS {csms.counts.get('BootNotification', 0)}", flush=True)
+    try:
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    except (OSError, ValueError):
+        await asyncio.Event().wait()
+    while await reader.readline():
+        print(f"POINTS {len(csms.points)} COUNTS {csms.counts}", flush=True)
     await csms.stop()
 
 

@@ -217,7 +217,7 @@ class V16Point(SimPoint, V16ChargePoint):  # type: ignore[misc]
                 )
             )
             tx.id = str(res.transaction_id)
-            sim._event(f"tx id c{item.connector} = {tx.id}")
+            sim._event(f"tx_id c{item.connector} = {tx.id}")
             if res.id_tag_info.get("status") != "Accepted" and not tx.ended:
                 sim._authorized(tx, False)
         elif kind == "meter":

@@ -250,6 +250,8 @@ class SimCharger:
         self._ws: Any = None
         self._callbacks: list[SetpointCallback] = []
         self.listener: EventListener | None = None
+        self.connect_gate: asyncio.Semaphore | None = None
+        """Shared by a SimSite to limit simultaneous websocket handshakes."""
         self.boot_count = 0
         self._connected_event = asyncio.Event()
 
@@ -402,7 +404,7 @@ class SimCharger:
         tx.offline_start = offline
         tx.started_at = now
         tx.meter_start_wh = conn.energy_wh
-        self._event(f"tx start c{tx.connector}" + (" (offline)" if offline else ""))
+        self._event(f"tx_start c{tx.connector}" + (" (offline)" if offline else ""))
         self._enqueue(Outgoing("started", tx.connector, now, tx=tx, offline=offline))
         self._dirty = True
         self._refresh(self.clock.time())
@@ -431,7 +433,7 @@ class SimCharger:
         elif tx.stopped_event is not None:
             tx.stopped_event.set()
         self._store.drop_tx_profiles(conn.id)
-        self._event(f"tx stop c{conn.id} reason={reason} energy={self._tx_energy(conn):.0f}Wh")
+        self._event(f"tx_stop c{conn.id} reason={reason} energy={self._tx_energy(conn):.0f}Wh")
         self._set_status(conn, Status.FINISHING)
         self._dirty = True
         self._refresh(self.clock.time())
@@ -879,7 +881,7 @@ class SimCharger:
         kwargs: dict[str, Any] = {}
         if self.endpoint.startswith("wss://"):
             kwargs["ssl"] = self.ssl or ssl_mod.create_default_context()
-        async with ws_connect(
+        opening = ws_connect(
             self.endpoint,
             subprotocols=[self.protocol],  # type: ignore[list-item]
             additional_headers=self._headers(),
@@ -890,9 +892,17 @@ class SimCharger:
             close_timeout=2,
             max_queue=4,
             **kwargs,
-        ) as ws:
+        )
+        if self.connect_gate is not None:
+            async with self.connect_gate:
+                ws = await opening
+        else:
+            ws = await opening
+        try:
             if ws.subprotocol != self.protocol:
                 self._event(f"CSMS did not accept subprotocol {self.protocol}")
+                return False
+            if self._hold_offline:
                 return False
             self._ws = ws
             point = make_point(self, ws)
@@ -904,6 +914,8 @@ class SimCharger:
                 recv.cancel()
                 with contextlib.suppress(BaseException):
                     await recv
+        finally:
+            await ws.close()
 
     def _recv_done(self, task: asyncio.Task[Any]) -> None:
         if not task.cancelled():
