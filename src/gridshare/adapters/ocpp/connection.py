@@ -102,7 +102,8 @@ class Command:
     future: asyncio.Future[Outcome]
     profile: bool = False
     """A SetChargingProfile: a refusal is reported as ProfileRejected."""
-    superseded: bool = False
+    replaced_by: Command | None = None
+    """A newer command with the same key arrived while this one was in flight: do not retry."""
 
 
 _ACCEPTED = frozenset({"Accepted"})
@@ -444,10 +445,9 @@ class Connection:
         return self._command(self._unique_key("composite"), "GetCompositeSchedule",
                              lambda now: payload, _ACCEPTED, connector)
 
-    @staticmethod
-    def _follow(old: Command, new: Command) -> None:
-        """``old`` was replaced by ``new``: its caller gets ``new``'s outcome."""
-        old.superseded = True
+    def _follow(self, old: Command, new: Command) -> None:
+        """``old`` is dropped in favour of ``new``: its caller gets ``new``'s outcome."""
+        self.central.metrics.coalesced += 1
 
         def copy(done: asyncio.Future[Outcome]) -> None:
             if old.future.done():
@@ -465,12 +465,10 @@ class Connection:
             return command.future
         queued = self._pending.pop(command.key, None)
         if queued is not None:
-            self.central.metrics.coalesced += 1
             self._follow(queued, command)
         inflight = self._inflight
-        if inflight is not None and inflight.key == command.key and not inflight.superseded:
-            self.central.metrics.coalesced += 1
-            self._follow(inflight, command)
+        if inflight is not None and inflight.key == command.key:
+            inflight.replaced_by = command
         self._pending[command.key] = command
         self._wake.set()
         return command.future
@@ -491,7 +489,7 @@ class Connection:
                 self._inflight = None
             if outcome is None:  # replaced while waiting to retry: the newer one reports
                 continue
-            if not command.superseded and not command.future.done():
+            if not command.future.done():
                 command.future.set_result(outcome)
             self.central.command_done(self, command, outcome)
 
@@ -500,7 +498,8 @@ class Connection:
         stats = self.central.metrics
         attempts = cfg.command_retries + 1
         for attempt in range(attempts):
-            if command.superseded:
+            if command.replaced_by is not None:
+                self._follow(command, command.replaced_by)
                 return None
             payload = command.build(self.now())
             started = time.perf_counter()
