@@ -32,7 +32,7 @@ def _load(site: Path) -> Topology:
     except ConfigError as exc:
         err.print(f"[bold red]{len(exc.issues)} problem(s) in {site}:[/]")
         for issue in exc.issues:
-            err.print(f"  {issue}", markup=False, highlight=False)
+            err.print(f"  {issue}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from exc
 
 
@@ -127,7 +127,7 @@ def allocate_cmd(
     except ConfigError as exc:
         err.print(f"[bold red]{len(exc.issues)} problem(s) in {demand}:[/]")
         for issue in exc.issues:
-            err.print(f"  {issue}", markup=False, highlight=False)
+            err.print(f"  {issue}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from exc
     result = allocate(topo, snapshot, policy=policy)
     if as_json:

@@ -1,0 +1,104 @@
+"""The gridshare command line: exit codes, JSON shapes and readable errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from gridshare.cli import app
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "src" / "gridshare" / "examples"
+SITE = EXAMPLES / "carport.yaml"
+DEMAND = EXAMPLES / "carport-demand.json"
+runner = CliRunner()
+
+
+def test_help_lists_the_commands() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("check", "allocate"):
+        assert command in result.output
+
+
+def test_check_prints_the_tree() -> None:
+    result = runner.invoke(app, ["check", str(SITE)])
+    assert result.exit_code == 0, result.output
+    assert "service ≤ 100 A" in result.output and "circuit-3 ≤ 40 A" in result.output
+    assert "20 chargers" in result.output
+
+
+def test_check_json_for_scripts() -> None:
+    result = runner.invoke(app, ["check", str(SITE), "--json"])
+    data = json.loads(result.stdout)
+    assert data["site"] == "carport"
+    assert {g["id"] for g in data["groups"]} == {"service", "circuit-1", "circuit-2",
+                                                 "circuit-3", "circuit-4"}
+    assert any("failsafe currents add up to 120 A" in w for w in data["warnings"])
+
+
+def test_check_reports_bad_file_with_line_and_exit_code(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SITE.read_text().replace("max_current: 100", "max_current: -100"))
+    result = runner.invoke(app, ["check", str(bad)])
+    assert result.exit_code == 2
+    expected = f"{bad}:8: groups[0].max_current: Input should be greater than or equal to 0"
+    assert expected in result.output
+
+
+def test_allocate_json_shape_and_limits() -> None:
+    result = runner.invoke(app, ["allocate", str(SITE), "--demand", str(DEMAND), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    setpoints = {(s["charger"], s["connector"]): s for s in data["setpoints"]}
+    assert set(setpoints[("cp-1", 1)]) >= {"charger", "connector", "current", "power"}
+    # 100 A service - 20 A uncontrolled = 80 A: 6 A for the offline cp-16, 74 A shared.
+    groups = {g["id"]: g for g in data["groups"]}
+    assert set(groups["service"]) >= {"id", "current", "limit"}
+    assert groups["service"]["limit"] == 100
+    assert max(groups["service"]["current"]) == pytest.approx(80.0)
+    assert groups["service"]["available"] == [80.0, 80.0, 80.0]
+    assert setpoints[("cp-16", 1)]["current"] == 6.0 and not setpoints[("cp-16", 1)]["online"]
+    assert setpoints[("cp-2", 1)]["current"] <= 16.0
+    assert setpoints[("cp-1", 1)]["power"] == pytest.approx(
+        setpoints[("cp-1", 1)]["current"] * 3 * 230 / 1000, abs=1e-3)
+
+
+def test_allocate_policy_override_changes_the_split() -> None:
+    def amps(policy: str) -> dict[str, float]:
+        result = runner.invoke(app, ["allocate", str(SITE), "--demand", str(DEMAND), "--json",
+                                     "--policy", policy])
+        return {s["charger"]: s["current"] for s in json.loads(result.stdout)["setpoints"]}
+
+    equal, priority = amps("equal"), amps("priority")
+    assert equal["cp-11"] == equal["cp-12"]
+    assert priority["cp-11"] > priority["cp-12"]  # cp-11 asks with priority 5
+
+
+def test_allocate_rejects_unknown_charger(tmp_path: Path) -> None:
+    demand = tmp_path / "d.json"
+    demand.write_text(json.dumps({"connectors": [{"charger": "nope", "active": True}]}))
+    result = runner.invoke(app, ["allocate", str(SITE), "--demand", str(demand)])
+    assert result.exit_code == 2
+    assert "unknown charger 'nope'" in result.output
+
+
+def test_allocate_rejects_nan_and_missing_fields(tmp_path: Path) -> None:
+    demand = tmp_path / "d.json"
+    demand.write_text('{"connectors": [{"charger": "cp-1", "active": true, '
+                      '"max_current": NaN}, {"charger": "cp-2"}]}')
+    result = runner.invoke(app, ["allocate", str(SITE), "--demand", str(demand)])
+    assert result.exit_code == 2
+    assert "connectors.0.max_current" in result.output
+    assert "connectors.1.active" in result.output
+
+
+def test_installed_entry_point_runs() -> None:
+    result = subprocess.run([sys.executable, "-m", "gridshare", "check", str(SITE), "--json"],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["site"] == "carport"
