@@ -474,8 +474,13 @@ def allocate(topology: Topology, snapshot: Snapshot, *, policy: Policy | None = 
         groups_ok = np.array([root in topology.group_chain(g) for g in ta.group_ids])
         x, state = _solve(topology, inp, cands, groups_ok, cap, pol, previous, snapshot.now)
         setpoints[cands] = x
-        admitted_since.update(state.admitted_since)
-        waiting_since.update(state.waiting_since)
+        # A subtree re-solved by its own policy has the last word on its connectors.
+        for key, since in state.admitted_since.items():
+            admitted_since[key] = since
+            waiting_since.pop(key, None)
+        for key, since in state.waiting_since.items():
+            waiting_since[key] = since
+            admitted_since.pop(key, None)
         if state.last_rotation is not None and (
                 last_rotation is None or state.last_rotation > last_rotation):
             last_rotation = state.last_rotation
