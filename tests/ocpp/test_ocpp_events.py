@@ -51,6 +51,18 @@ async def test_boot_heartbeat_and_status(make_csms: CsmsFactory, version: str,
     assert csms.connected() == frozenset()
 
 
+async def test_authorize_accepted(csms: tuple, version: str, msgs: Msgs) -> None:
+    server, _ = csms
+    async with charger(server, "CP-A", version) as cp:
+        if msgs.v16:
+            reply = await cp.call(call16.Authorize(id_tag="TAG"))
+            assert reply.id_tag_info == {"status": "Accepted"}
+        else:
+            reply = await cp.call(call201.Authorize(id_token={"id_token": "TAG",
+                                                              "type": "ISO14443"}))
+            assert reply.id_token_info == {"status": "Accepted"}
+
+
 async def test_meter_values_one_reading_per_timestamp(csms: tuple, version: str,
                                                       msgs: Msgs) -> None:
     server, events = csms
@@ -82,8 +94,11 @@ async def test_v16_session_start_stop_and_duplicates(csms: tuple) -> None:
         assert server.transaction_of("CP-S", 2) == str(first.transaction_id)
         await cp.call(msgs.meter_values(2, [(now_iso(-1), [
             msgs.sampled("Energy.Active.Import.Register", 1500.0, "Wh")])]))
-        stop = call16.StopTransaction(meter_stop=2500, timestamp=now_iso(), reason="EVDisconnected",
-                                      transaction_id=first.transaction_id, id_tag="TAG1")
+        stop = call16.StopTransaction(
+            meter_stop=2500, timestamp=now_iso(), reason="EVDisconnected",
+            transaction_id=first.transaction_id, id_tag="TAG1",
+            transaction_data=[{"timestamp": now_iso(), "sampled_value": [
+                {"value": "2.5", "unit": "kWh", "context": "Transaction.End"}]}])
         reply = await cp.call(stop)
         assert reply.id_tag_info == {"status": "Accepted"}
         await cp.call(stop)  # duplicate stop: answered, not republished
@@ -96,8 +111,10 @@ async def test_v16_session_start_stop_and_duplicates(csms: tuple) -> None:
     assert stopped.transaction_id == str(first.transaction_id)
     assert (stopped.connector, stopped.meter_stop_wh, stopped.reason) == (2, 2500.0,
                                                                           "EVDisconnected")
-    (reading,) = events.of(MeterReading, "CP-S")
-    assert reading.transaction_id == str(first.transaction_id)
+    periodic, final = events.of(MeterReading, "CP-S")
+    assert periodic.transaction_id == final.transaction_id == str(first.transaction_id)
+    assert (periodic.energy_wh, final.energy_wh) == (1500.0, 2500.0)
+    assert events.events.index(final) < events.events.index(stopped)
     assert server.counters.rejected["tx_duplicate_start"] == 1
     assert server.counters.rejected["tx_duplicate_stop"] == 1
     assert server.transaction_of("CP-S", 2) is None
@@ -241,6 +258,20 @@ async def test_silent_charger_declared_offline_and_closed(make_csms: CsmsFactory
     await asyncio.sleep(0.05)
     assert len(events.of(ChargerOffline, "CP-Q")) == 1
     assert csms.connected() == frozenset()
+
+
+async def test_offline_follows_the_injected_clock(make_csms: CsmsFactory, msgs: Msgs,
+                                                 version: str) -> None:
+    fake_now = [datetime(2024, 5, 1, 12, tzinfo=UTC)]
+    csms, events = await make_csms(clock=lambda: fake_now[0], heartbeat_interval_s=1,
+                                   offline_after_s=0.25)
+    async with charger(csms, "CP-C", version) as cp:
+        await cp.call(msgs.boot())
+        await asyncio.sleep(0.4)  # real time passes, the fake clock does not
+        assert events.of(ChargerOffline) == []
+        fake_now[0] += timedelta(seconds=1)
+        (offline,) = await events.wait_kind(ChargerOffline, "CP-C", within_s=3)
+    assert offline.at == datetime(2024, 5, 1, 12, 0, 1, tzinfo=UTC)
 
 
 async def test_new_connection_replaces_old_one(csms: tuple, version: str, msgs: Msgs) -> None:
