@@ -216,6 +216,8 @@ class Controller:
         self._failsafe_ok: set[str] = set()
         self._failsafe_due: dict[str, datetime] = {}
         self._retry_after: dict[ConnectorKey, datetime] = {}
+        self._latest: dict[ConnectorKey, int] = {}
+        self._command_seq = 0
         self._rotation: RotationState | None = None
         self._allocation: Allocation | None = None
         self._snapshot: Snapshot | None = None
@@ -322,8 +324,10 @@ class Controller:
         while True:
             await self._wake.wait()
             if not self._urgent.is_set() and self.settings.debounce_s > 0:
+                # Not wait_for: on 3.11 it can swallow a cancellation racing the event.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._urgent.wait(), self.settings.debounce_s)
+                    async with asyncio.timeout(self.settings.debounce_s):
+                        await self._urgent.wait()
             self._wake.clear()
             self._urgent.clear()
             self._busy = True
@@ -434,7 +438,9 @@ class Controller:
 
     def _send(self, cmd: Command, kind: CommandKind) -> asyncio.Task[CommandResult]:
         self.state.mark_pending(cmd.key, cmd.current)
-        task = asyncio.create_task(self._command(cmd, kind),
+        self._command_seq += 1
+        self._latest[cmd.key] = self._command_seq
+        task = asyncio.create_task(self._command(cmd, kind, self._command_seq),
                                    name=f"setpoint {cmd.key[0]}/{cmd.key[1]}")
         self._commands.add(task)
         task.add_done_callback(self._commands.discard)
@@ -443,7 +449,7 @@ class Controller:
             task.add_done_callback(self._decreases.discard)
         return task
 
-    async def _command(self, cmd: Command, kind: CommandKind) -> CommandResult:
+    async def _command(self, cmd: Command, kind: CommandKind, seq: int) -> CommandResult:
         started = time.perf_counter()
         charger, connector = cmd.key
         try:
@@ -458,6 +464,11 @@ class Controller:
             result = CommandResult.TIMEOUT
         at = self.clock.now()
         self.counters[f"setpoint_{result.value}"] += 1
+        if self._latest.get(cmd.key) != seq:
+            # A newer command to this connector was sent since (a driver may merge a queued
+            # one into it): only the newest outcome says what the charger is at.
+            self.counters["setpoint_superseded"] += 1
+            return result
         impact = self.state.record_result(cmd.key, cmd.current, result, at,
                                           self.settings.lease_s)
         if result is CommandResult.ACCEPTED:

@@ -1,0 +1,394 @@
+"""The audit log and history: events, sessions, meter readings, setpoint commands, alarms.
+
+SQLAlchemy 2 (async). SQLite through aiosqlite is the default
+(``sqlite+aiosqlite:///<data dir>/gridshare.db``); PostgreSQL through asyncpg can use the
+same tables later. Writing never happens on the hot path: ``record_*`` only appends to an
+in-memory queue, and one supervised writer task inserts in batches (every
+``flush_interval_s`` or ``batch_size`` rows, one transaction per batch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+from collections import deque
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from gridshare.bus import Subscription
+from gridshare.controller.loop import AlarmRecord, CommandRecord
+from gridshare.events import (
+    Event,
+    GroupMeterReading,
+    MeterReading,
+    SessionStarted,
+    SessionStopped,
+)
+
+log = logging.getLogger(__name__)
+
+DB_FILE = "gridshare.db"
+
+metadata = MetaData()
+
+events = Table(
+    "events", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("kind", String(40), nullable=False),
+    Column("charger", String(64)),
+    Column("connector", Integer),
+    Column("group_id", String(64)),
+    Column("payload", Text, nullable=False),
+    Index("ix_events_at", "at"),
+    Index("ix_events_charger", "charger", "at"),
+)
+
+sessions = Table(
+    "sessions", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("charger", String(64), nullable=False),
+    Column("connector", Integer, nullable=False),
+    Column("transaction_id", String(64), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("stopped_at", DateTime(timezone=True)),
+    Column("id_tag", String(64)),
+    Column("meter_start_wh", Float),
+    Column("meter_stop_wh", Float),
+    Column("stop_reason", String(64)),
+    Index("ix_sessions_tx", "charger", "transaction_id"),
+)
+
+meter_readings = Table(
+    "meter_readings", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("charger", String(64)),
+    Column("connector", Integer),
+    Column("group_id", String(64)),  # a group (site/sub-)meter reading: charger is null
+    Column("transaction_id", String(64)),
+    Column("power_w", Float),
+    Column("current_l1_a", Float),
+    Column("current_l2_a", Float),
+    Column("current_l3_a", Float),
+    Column("voltage_v", Float),
+    Column("energy_wh", Float),
+    Column("soc_percent", Float),
+    Column("includes_chargers", Boolean),
+    Index("ix_meter_charger_at", "charger", "at"),
+    Index("ix_meter_group_at", "group_id", "at"),
+)
+
+setpoint_commands = Table(
+    "setpoint_commands", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("charger", String(64), nullable=False),
+    Column("connector", Integer, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("current_a", Float, nullable=False),
+    Column("previous_a", Float),
+    Column("result", String(16), nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    Index("ix_commands_charger_at", "charger", "at"),
+)
+
+alarms = Table(
+    "alarms", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("group_id", String(64)),
+    Column("phase", String(4)),
+    Column("load", Float),
+    Column("limit_value", Float),
+    Column("message", Text, nullable=False),
+    Column("cleared", Boolean, nullable=False),
+    Index("ix_alarms_at", "at"),
+)
+
+TABLES = {t.name: t for t in (events, sessions, meter_readings, setpoint_commands, alarms)}
+
+
+class StoreError(ValueError):
+    """The database URL cannot be used."""
+
+
+def default_data_dir() -> Path:
+    """``$GRIDSHARE_DATA_DIR``, else ``./var``."""
+    return Path(os.environ.get("GRIDSHARE_DATA_DIR", "var"))
+
+
+def default_url(data_dir: Path | None = None) -> str:
+    return f"sqlite+aiosqlite:///{(data_dir or default_data_dir()) / DB_FILE}"
+
+
+def normalise_url(url: str) -> str:
+    """Pick the async driver for plain URLs (sqlite:// → aiosqlite, postgresql:// →
+    asyncpg) and reject what we cannot open, with a message an operator can act on."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise StoreError(f"database URL {url!r} is not valid: {exc}") from exc
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        if parsed.drivername in ("sqlite", "sqlite+aiosqlite"):
+            return parsed.set(drivername="sqlite+aiosqlite").render_as_string(
+                hide_password=False)
+        raise StoreError(f"database URL {url!r}: use sqlite:// or sqlite+aiosqlite://")
+    if backend == "postgresql":
+        fixed = parsed.set(drivername="postgresql+asyncpg") \
+            if parsed.drivername in ("postgresql", "postgres") else parsed
+        driver = fixed.get_driver_name()
+        try:
+            __import__(driver)
+        except ImportError as exc:
+            raise StoreError(f"database URL {url!r} needs the {driver!r} package "
+                             f"(pip install {driver})") from exc
+        return fixed.render_as_string(hide_password=False)
+    raise StoreError(f"database URL {url!r}: only SQLite and PostgreSQL are supported")
+
+
+def _payload(event_obj: Event) -> str:
+    data = dataclasses.asdict(event_obj)
+    return json.dumps(data, default=lambda v: v.isoformat() if isinstance(v, datetime)
+                      else str(v), separators=(",", ":"))
+
+
+class Store:
+    """Batched, asynchronous writer of the audit log (and the AuditSink of the controller)."""
+
+    def __init__(self, url: str, *, batch_size: int = 1000, flush_interval_s: float = 0.5,
+                 max_queue: int = 200_000) -> None:
+        self.url = normalise_url(url)
+        self.batch_size = batch_size
+        self.flush_interval_s = flush_interval_s
+        self.max_queue = max_queue
+        self._engine: AsyncEngine | None = None
+        self._queue: deque[tuple[Table, dict[str, Any]]] = deque()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._writer: asyncio.Task[None] | None = None
+        self._consumers: set[asyncio.Task[None]] = set()
+        self.written = 0
+        self.dropped = 0
+        self.failed_batches = 0
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        url = make_url(self.url)
+        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        self._engine = create_async_engine(self.url)
+        if url.get_backend_name() == "sqlite":
+            event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
+        async with self._engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        self._writer = asyncio.create_task(self._write_loop(), name="gridshare-store")
+
+    async def stop(self) -> None:
+        """Write what is queued, then close."""
+        for task in list(self._consumers):
+            task.cancel()
+        for task in list(self._consumers):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(10.0):
+                    await self.flush()
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
+    def consume(self, subscription: Subscription) -> asyncio.Task[None]:
+        """Record every event of ``subscription`` (until it closes or the store stops)."""
+
+        async def run() -> None:
+            async for item in subscription:
+                self.record_event(item)
+
+        task = asyncio.create_task(run(), name="gridshare-store-events")
+        self._consumers.add(task)
+        task.add_done_callback(self._consumer_done)
+        return task
+
+    def _consumer_done(self, task: asyncio.Task[None]) -> None:
+        self._consumers.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("store: event consumer failed", exc_info=task.exception())
+
+    # --- recording (hot path: append only) ------------------------------------------------
+
+    def _put(self, table: Table, row: dict[str, Any]) -> None:
+        if len(self._queue) >= self.max_queue:
+            self.dropped += 1
+            if self.dropped in (1, 1000) or self.dropped % 100_000 == 0:
+                log.warning("store: %d rows dropped (database too slow)", self.dropped)
+            return
+        self._queue.append((table, row))
+        self._idle.clear()
+        if len(self._queue) >= self.batch_size:
+            self._wake.set()
+
+    def record_event(self, item: Event) -> None:
+        if isinstance(item, MeterReading):
+            cur = item.current_a
+            self._put(meter_readings, {
+                "at": item.at, "charger": item.charger, "connector": item.connector,
+                "group_id": None, "transaction_id": item.transaction_id,
+                "power_w": item.power_w, "current_l1_a": cur[0], "current_l2_a": cur[1],
+                "current_l3_a": cur[2], "voltage_v": item.voltage_v,
+                "energy_wh": item.energy_wh, "soc_percent": item.soc_percent,
+                "includes_chargers": None})
+            return
+        if isinstance(item, GroupMeterReading):
+            cur3 = item.current_a
+            self._put(meter_readings, {
+                "at": item.at, "charger": None, "connector": None, "group_id": item.group,
+                "transaction_id": None, "power_w": None, "current_l1_a": cur3[0],
+                "current_l2_a": cur3[1], "current_l3_a": cur3[2], "voltage_v": None,
+                "energy_wh": None, "soc_percent": None,
+                "includes_chargers": item.includes_chargers})
+            return
+        if isinstance(item, SessionStarted):
+            self._put(sessions, {
+                "charger": item.charger, "connector": item.connector,
+                "transaction_id": item.transaction_id, "started_at": item.at,
+                "id_tag": item.id_tag, "meter_start_wh": item.meter_start_wh})
+        elif isinstance(item, SessionStopped):
+            self._put(sessions, {"_update": True, "charger": item.charger,
+                                 "transaction_id": item.transaction_id, "stopped_at": item.at,
+                                 "meter_stop_wh": item.meter_stop_wh,
+                                 "stop_reason": item.reason})
+        self._put(events, {
+            "at": item.at, "kind": type(item).__name__,
+            "charger": getattr(item, "charger", None),
+            "connector": getattr(item, "connector", None),
+            "group_id": getattr(item, "group", None),
+            "payload": _payload(item)})
+
+    def record_command(self, record: CommandRecord) -> None:
+        self._put(setpoint_commands, {
+            "at": record.at, "charger": record.charger, "connector": record.connector,
+            "kind": record.kind, "current_a": record.current_a,
+            "previous_a": record.previous_a, "result": record.result.value,
+            "latency_ms": record.latency_s * 1000.0})
+
+    def record_alarm(self, record: AlarmRecord) -> None:
+        self._put(alarms, {
+            "at": record.at, "kind": record.kind, "group_id": record.group or None,
+            "phase": record.phase, "load": record.load, "limit_value": record.limit,
+            "message": record.message, "cleared": record.cleared})
+
+    # --- writing --------------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Wait until everything recorded so far is written."""
+        if self._writer is None:
+            raise RuntimeError("store not started")
+        self._wake.set()
+        await self._idle.wait()
+
+    async def _write_loop(self) -> None:
+        while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+            # that races with the event, and stop() would then wait forever.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.flush_interval_s):
+                    await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch = [self._queue.popleft()
+                         for _ in range(min(self.batch_size, len(self._queue)))]
+                try:
+                    await self._write(batch)
+                    self.written += len(batch)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    # The log is an audit trail, not a control path: never stop control
+                    # for it. Count and report; the next batch may succeed.
+                    self.failed_batches += 1
+                    log.exception("store: a batch of %d rows could not be written",
+                                  len(batch))
+            self._idle.set()
+
+    async def _write(self, batch: Iterable[tuple[Table, dict[str, Any]]]) -> None:
+        assert self._engine is not None
+        inserts: dict[str, list[dict[str, Any]]] = {}
+        updates: list[dict[str, Any]] = []
+        for table, row in batch:
+            if row.get("_update"):
+                updates.append(row)
+            else:
+                inserts.setdefault(table.name, []).append(row)
+        async with self._engine.begin() as conn:
+            for name, rows in inserts.items():
+                await conn.execute(insert(TABLES[name]), rows)
+            for row in updates:
+                await conn.execute(
+                    update(sessions)
+                    .where(sessions.c.charger == row["charger"],
+                           sessions.c.transaction_id == row["transaction_id"],
+                           sessions.c.stopped_at.is_(None))
+                    .values(stopped_at=row["stopped_at"], meter_stop_wh=row["meter_stop_wh"],
+                            stop_reason=row["stop_reason"]))
+
+    # --- reading (tests, the later API) ---------------------------------------------------
+
+    async def count(self, table: str) -> int:
+        assert self._engine is not None
+        async with self._engine.connect() as conn:
+            result = await conn.execute(select(func.count()).select_from(TABLES[table]))
+            return int(result.scalar_one())
+
+    async def rows(self, table: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The latest ``limit`` rows of ``table``, newest first."""
+        assert self._engine is not None
+        t = TABLES[table]
+        async with self._engine.connect() as conn:
+            result = await conn.execute(select(t).order_by(t.c.id.desc()).limit(limit))
+            return [dict(r._mapping) for r in result]
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """WAL: readers (the API) do not block the writer; NORMAL sync is durable enough for
+    an audit log and much faster."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
