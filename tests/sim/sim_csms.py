@@ -255,6 +255,17 @@ class TestCSMS:
         return await cp.call(payload, suppress=False)
 
 
+async def eventually(
+    check: Callable[[], bool], timeout_s: float = 10.0, interval_s: float = 0.01
+) -> None:
+    """Poll ``check`` until it holds (tests against a live connection)."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(interval_s)
+
+
 async def _main() -> None:
     csms = await TestCSMS(record=False).start()
     print(f"PORT {csms.port}", flush=True)

@@ -537,9 +537,16 @@ class SimCharger:
                 active.append(conn)
                 caps.append(cap)
                 total = min(total, tot)
-        alloc = _waterfill(total, caps) if active else []
+        # connectors whose own limit is below the pilot minimum are paused and take no
+        # share of the charger-wide limit
+        sharing = [
+            (c, cap)
+            for c, cap in zip(active, caps, strict=True)
+            if _quantize(cap, self.min_current_a) > 0
+        ]
+        alloc = _waterfill(total, [cap for _, cap in sharing]) if sharing else []
         new_values = {
-            c.id: _quantize(a, self.min_current_a) for c, a in zip(active, alloc, strict=True)
+            c.id: _quantize(a, self.min_current_a) for (c, _), a in zip(sharing, alloc, strict=True)
         }
         self._valid_until = next_change.timestamp() if next_change is not None else _INF
         for conn in self._conns:
@@ -777,11 +784,15 @@ class SimCharger:
         """Close the connection and end all tasks."""
         self._stopping = True
         self._resume.set()
-        tasks = [t for t in (self._task, self._physics_task) if t is not None]
+        self._wake.set()
+        pending = {t for t in (self._task, self._physics_task) if t is not None}
         self._task = self._physics_task = None
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # cancel until done: on Python 3.11 asyncio.wait_for (used inside the ocpp
+        # package) can swallow a cancellation that races with a reply
+        while pending:
+            for t in pending:
+                t.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.5)
         self._set_connected(False)
 
     async def disconnect(self, *, offline_for_s: float | None = None) -> None:
@@ -792,6 +803,7 @@ class SimCharger:
         ws = self._ws
         if ws is not None:
             await ws.close()
+        self._set_connected(False)
         if offline_for_s is not None:
             asyncio.get_running_loop().call_later(offline_for_s, self._release)
 
@@ -961,8 +973,8 @@ class SimCharger:
         t = self.clock.time()
         next_hb = t + self.heartbeat_interval_s
         next_meter = t + self.meter_interval_s * (0.5 + 0.5 * _unit_hash(self.id, "meter"))
-        while not recv.done() and not self._hold_offline:
-            while self._outbox and not recv.done():
+        while not recv.done() and not self._hold_offline and not self._stopping:
+            while self._outbox and not recv.done() and not self._stopping:
                 item = self._outbox[0]
                 await self._deliver(point, item)
                 if self._outbox and self._outbox[0] is item:
