@@ -116,6 +116,7 @@ class SimSite:
         self._next_arrival: dict[tuple[str, int], float] = {}
         self._tick_task: asyncio.Task[None] | None = None
         self._started = False
+        self._seeded = False
         self._connection_change = asyncio.Event()
         self.ticks = 0
         self.ev_count = 0
@@ -206,7 +207,7 @@ class SimSite:
         connected = self.connected_count
         if wait_connected_s:
             connected = await self.wait_connected(timeout_s=wait_connected_s)
-        if self.scenario is not None:
+        if self.scenario is not None and not self._seeded:
             self._seed_scenario()
         if not isinstance(self.clock, ManualClock):
             self._tick_task = asyncio.create_task(self._tick_loop(), name="sim-site-ticks")
@@ -237,6 +238,8 @@ class SimSite:
         clock = self.clock
         if not isinstance(clock, ManualClock):
             raise TypeError("advance() needs a ManualClock")
+        if self.scenario is not None and not self._seeded:
+            self._seed_scenario()
         steps = max(1, round(seconds / self.tick_s))
         for _ in range(steps):
             clock.advance(self.tick_s)
@@ -314,6 +317,7 @@ class SimSite:
     def _seed_scenario(self) -> None:
         sc = self.scenario
         assert sc is not None
+        self._seeded = True
         now_ts = self.clock.time()
         now = self.clock.now()
         for ch in self.chargers.values():
