@@ -151,18 +151,22 @@ class TestCSMS:
         self.auth_headers: dict[str, str | None] = {}
         self._server: Any = None
         self.port = 0
+        self.tls = False
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
+        return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.port}"
 
     def record(self, charger_id: str, action: str, payload: dict[str, Any]) -> None:
         self.counts[action] = self.counts.get(action, 0) + 1
         if self.keep:
             self.messages.append(Msg(charger_id, action, payload, time.monotonic()))
 
-    async def start(self, port: int = 0) -> TestCSMS:
+    async def start(self, port: int = 0, ssl: Any = None) -> TestCSMS:
         kwargs: dict[str, Any] = {}
+        if ssl is not None:
+            kwargs["ssl"] = ssl
+            self.tls = True
         if self.password is not None:
             pw = self.password
             kwargs["process_request"] = basic_auth(check_credentials=lambda _u, p: p == pw)

@@ -526,3 +526,97 @@ async def test_subprotocol_not_offered_by_csms_fails_cleanly(make_charger: Facto
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_boot_pending_is_retried_until_accepted(make_charger: Factory) -> None:
+    csms = await TestCSMS(boot_status="Pending", heartbeat_interval=1).start()
+    try:
+        ch = make_charger("CP-PEND", url=csms.url, clock=ScaledClock(speed=5))
+        await ch.start(physics=False)
+        await csms.wait_for("BootNotification", "CP-PEND", count=2, timeout_s=5)
+        assert not ch.connected and csms.of("StatusNotification") == []
+        csms.boot_status = "Accepted"
+        assert await ch.wait_connected(5)
+        await csms.wait_for("StatusNotification", "CP-PEND", count=2)
+    finally:
+        await csms.stop()
+
+
+def _self_signed(tmp: Any) -> tuple[str, str]:
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test-csms")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "csms.pem", tmp / "csms.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_path), str(key_path)
+
+
+@BOTH
+async def test_tls_with_basic_auth_security_profile_2(
+    protocol: str, make_charger: Factory, tmp_path: Any
+) -> None:
+    import ssl
+
+    cert, key = _self_signed(tmp_path)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    server_ctx.load_cert_chain(cert, key)
+    csms = await TestCSMS(password="a-16-char-password").start(ssl=server_ctx)
+    try:
+        assert csms.url.startswith("wss://")
+        client_ctx = ssl.create_default_context(cafile=cert)
+        ch = make_charger(
+            "CP-TLS", url=csms.url, protocol=protocol, ssl=client_ctx, password="a-16-char-password"
+        )
+        await ch.start(physics=False)
+        assert await ch.wait_connected(5)
+        assert (csms.auth_headers["CP-TLS"] or "").startswith("Basic ")
+        untrusted = make_charger(
+            "CP-NOCA",
+            url=csms.url,
+            protocol=protocol,
+            password="a-16-char-password",
+            auto_reconnect=False,
+        )
+        await untrusted.start(physics=False)  # default context: self-signed is refused
+        assert not await untrusted.wait_connected(1)
+    finally:
+        await csms.stop()
+
+
+async def test_offline_queue_is_bounded(make_charger: Factory) -> None:
+    ch = make_charger("CP-Q", max_queued=5)  # never started: everything stays queued
+    for _ in range(4):
+        ch.plug_nowait(1, EV(capacity_kwh=50, soc=0.5))
+        ch.unplug_nowait(1)
+    assert len(ch._outbox) == 5 and ch.dropped == 7

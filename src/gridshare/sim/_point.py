@@ -9,6 +9,7 @@ validation is switched off per call and per handler).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -45,6 +46,10 @@ if TYPE_CHECKING:
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
+WIRE_LOG = logging.getLogger("gridshare.sim.wire")
+"""Frame log of the simulated chargers (INFO: every frame), separate from the ``ocpp``
+logger a CSMS in the same process uses."""
+
 
 def _handler(action: Any) -> Callable[[_F], _F]:
     """``ocpp.routing.on`` with the package's validation off (we validate faster)."""
@@ -57,7 +62,9 @@ class SimPoint(BaseChargePoint):  # type: ignore[misc]
     _ocpp_version: str
 
     def __init__(self, sim: SimCharger, connection: Any) -> None:
-        super().__init__(sim.id, connection, response_timeout=sim.response_timeout_s)
+        super().__init__(
+            sim.id, connection, response_timeout=sim.response_timeout_s, logger=WIRE_LOG
+        )
         self.sim = sim
         self._pending_action: str | None = None
 

@@ -195,6 +195,7 @@ class SimCharger:
         clock: Clock | None = None,
         seed: int = 0,
         events_maxlen: int = 64,
+        max_queued: int = 500,
         response_timeout_s: float = 30.0,
         open_timeout_s: float = 10.0,
         default_heartbeat_s: float = 300.0,
@@ -234,6 +235,9 @@ class SimCharger:
         self.vendor = vendor
         self.model = model
         self.events: deque[tuple[datetime, str]] = deque(maxlen=events_maxlen)
+        self.max_queued = max_queued
+        """Messages kept while offline; beyond this the oldest meter sample is lost."""
+        self.dropped = 0
         self._conns = [_Conn(i + 1) for i in range(connectors)]
         self._store = ProfileStore()
         self._ever_profile = False
@@ -763,7 +767,13 @@ class SimCharger:
     def _enqueue(self, item: Outgoing) -> None:
         if item.kind == "status" and not self._connected:
             return  # statuses are re-sent after the next boot
-        self._outbox.append(item)
+        box = self._outbox
+        if len(box) >= self.max_queued:
+            # bounded offline queue, like real chargers: lose a meter sample first
+            victim = next((i for i in box if i.kind == "meter"), box[0])
+            box.remove(victim)
+            self.dropped += 1
+        box.append(item)
         self._wake.set()
 
     @property
@@ -959,8 +969,10 @@ class SimCharger:
                 if interval > 0:
                     self.heartbeat_interval_s = float(interval)
                 break
-            await self._wait(recv, float(interval or 10))
-            if recv.done():
+            retry_at = self.clock.time() + float(interval or 10)
+            while not recv.done() and not self._stopping and self.clock.time() < retry_at:
+                await self._wait(recv, retry_at - self.clock.time())
+            if recv.done() or self._stopping:
                 return False
         # after (re)boot, statuses of all connectors go first
         self._outbox = deque(i for i in self._outbox if i.kind != "status")
