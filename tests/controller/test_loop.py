@@ -35,6 +35,7 @@ from gridshare.events import (
 from .conftest import RecordingDriver
 
 FAST = ControllerSettings(tick_s=None, debounce_s=0.005, lease_s=60.0, retry_backoff_s=5.0,
+                          settle_s=0.0,
                           state=StateSettings(meter_stale_after_s=30.0, verify_grace_s=10.0,
                                               verify_tolerance_a=1.0))
 
@@ -95,7 +96,7 @@ async def test_car_arrives_at_3s(controller: Controller, driver: RecordingDriver
 async def test_burst_of_arrivals_is_one_allocation(topology: Topology, driver: RecordingDriver,
                                                    clock: FakeClock) -> None:
     c = Controller(topology, driver, clock,
-                   settings=ControllerSettings(tick_s=None, debounce_s=0.05))
+                   settings=ControllerSettings(tick_s=None, debounce_s=0.05, settle_s=0.0))
     await c.start()
     try:
         await boot(c, clock)

@@ -36,12 +36,15 @@ from gridshare.controller.state import Impact, SiteState, StateSettings
 from gridshare.core import guard
 from gridshare.core.allocation import allocate, plan_transition
 from gridshare.core.decision import Alarm, Allocation, Command, RotationState
+from gridshare.core.limits import effective_limit
 from gridshare.core.snapshot import Snapshot
 from gridshare.core.topology import ConnectorKey, Policy, Topology
 from gridshare.drivers import ChargerDriver, CommandResult
 from gridshare.events import ChargerBooted, ChargerOnline, Event
 
 log = logging.getLogger("gridshare.controller")
+
+_EPS = 1e-6
 
 CommandKind = Literal["decrease", "increase", "renew", "retry", "failsafe"]
 
@@ -58,8 +61,14 @@ class ControllerSettings:
     """Period of the housekeeping tick; None disables the task (tests call ``tick``)."""
     recompute_s: float = 5.0
     """Re-allocate at least this often (rotation of pauses, deadlines)."""
-    retry_backoff_s: float = 5.0
-    """After a refused or timed-out command, wait this long before re-sending to it."""
+    settle_s: float = 5.0
+    """Cars follow a lowered setpoint only after a few seconds (5–10 s to settle): for this
+    long after a decrease is accepted the connector is counted at its old value, and an
+    increase that only fits once it has settled waits (others go at once)."""
+    retry_backoff_s: float = 1.0
+    """After a refused or timed-out command, wait this long before re-sending to that
+    connector; doubled after each further failure up to ``retry_backoff_max_s``."""
+    retry_backoff_max_s: float = 30.0
     failsafe_retry_s: float = 10.0
     policy: Policy | None = None
     """Override every group's configured policy."""
@@ -112,6 +121,8 @@ class CycleReport:
     renewals: tuple[Command, ...]
     increases_sent: bool
     """False when a decrease failed or an urgent change interrupted the cycle."""
+    increases_held: int
+    """Increases waiting for recent decreases to settle (sent by a later cycle)."""
     compute_s: float
 
 
@@ -216,7 +227,11 @@ class Controller:
         self._failsafe_ok: set[str] = set()
         self._failsafe_due: dict[str, datetime] = {}
         self._retry_after: dict[ConnectorKey, datetime] = {}
+        self._failures: dict[ConnectorKey, int] = {}
         self._latest: dict[ConnectorKey, int] = {}
+        self._settling: dict[ConnectorKey, tuple[float, float]] = {}
+        """Connector → (current it may still draw, loop time its decrease has settled)."""
+        self._settle_timer: asyncio.TimerHandle | None = None
         self._command_seq = 0
         self._rotation: RotationState | None = None
         self._allocation: Allocation | None = None
@@ -247,6 +262,8 @@ class Controller:
         """Stop deciding. Commands in flight are cancelled; leases let chargers fall back."""
         if self._subscription is not None:
             self._subscription.close()
+        if self._settle_timer is not None:
+            self._settle_timer.cancel()
         tasks: list[asyncio.Task[Any]] = [*self._tasks.values(), *self._commands,
                                           *self._failsafe_tasks.values()]
         for task in tasks:
@@ -376,16 +393,22 @@ class Controller:
         waiting = set(dec_tasks) | self._decreases
         all_done = await self._wait(waiting, gen)
         increases_sent = False
+        held: list[Command] = []
         if all_done and gen == self._urgent_gen and \
                 all(t.result() is CommandResult.ACCEPTED for t in dec_tasks):
-            for c in increases:
+            ready, held = self._fitting_increases(snapshot, allocation, target, increases)
+            for c in ready:
                 self._send(c, "increase")
-            increases_sent = True
+            increases_sent = not held
+            if held:
+                self.counters["increases_settling"] += 1
+                self._wake_when_settled()
         elif increases:
             self.counters["increases_deferred"] += 1
             self._trigger(Impact.CHANGED)
         report = CycleReport(now, allocation, decreases, increases,
-                             tuple(c for c, _ in renewals), increases_sent, compute_s)
+                             tuple(c for c, _ in renewals), increases_sent, len(held),
+                             compute_s)
         self.last_report = report
         for listener in self._cycle_listeners:
             listener(report)
@@ -394,6 +417,78 @@ class Controller:
                       len(decreases), len(increases), "sent" if increases_sent else "held",
                       len(renewals), compute_s * 1000)
         return report
+
+    def _fitting_increases(self, snapshot: Snapshot, allocation: Allocation,
+                           target: Mapping[ConnectorKey, float],
+                           increases: Iterable[Command]) -> tuple[list[Command], list[Command]]:
+        """Split increases into those safe now and those that must wait for recent
+        decreases to settle. Worst case now: every connector at the most it may draw (its
+        old value while its decrease settles); an increase goes if every group above it
+        (per phase and in kW) and its charger still have room for it."""
+        increases = list(increases)
+        loop_now = asyncio.get_running_loop().time()
+        settling = {k: amps for k, (amps, until) in self._settling.items() if until > loop_now}
+        if not increases or not settling:
+            return increases, []
+        topo = self.topology
+        worst: dict[ConnectorKey, float] = {}
+        for conn in topo.connectors():
+            key = conn.key
+            if key in target:
+                worst[key] = max(self.state.believed_a(key), settling.get(key, 0.0))
+            else:
+                worst[key] = allocation.setpoints.get(key, 0.0)
+        amps = {gid: [0.0, 0.0, 0.0] for gid in topo.groups}
+        kw = dict.fromkeys(topo.groups, 0.0)
+        per_charger: dict[str, float] = {}
+        for key, value in worst.items():
+            charger = topo.chargers[key[0]]
+            per_charger[key[0]] = per_charger.get(key[0], 0.0) + value
+            vec = charger.phase_vector
+            for gid in topo.charger_groups(key[0]):
+                for p in range(3):
+                    amps[gid][p] += vec[p] * value
+                kw[gid] += value * topo.power_kw_per_amp(charger)
+        room = {gid: effective_limit(group, snapshot.conditions(gid), topo.voltage)
+                for gid, group in topo.groups.items()}
+        ready: list[Command] = []
+        held: list[Command] = []
+        for cmd in increases:
+            charger = topo.chargers[cmd.key[0]]
+            delta = cmd.current - worst[cmd.key]
+            vec = charger.phase_vector
+            chain = topo.charger_groups(charger.id)
+            fits = delta <= 0 or (
+                per_charger[charger.id] + delta <= charger.max_current + _EPS
+                and all(amps[g][p] + vec[p] * delta <= room[g].available[p] + _EPS
+                        for g in chain for p in range(3))
+                and all(kw[g] + delta * topo.power_kw_per_amp(charger)
+                        <= room[g].available_power_kw + _EPS for g in chain))
+            if not fits:
+                held.append(cmd)
+                continue
+            ready.append(cmd)
+            if delta > 0:
+                worst[cmd.key] = cmd.current
+                per_charger[charger.id] += delta
+                for g in chain:
+                    for p in range(3):
+                        amps[g][p] += vec[p] * delta
+                    kw[g] += delta * topo.power_kw_per_amp(charger)
+        return ready, held
+
+    def _wake_when_settled(self) -> None:
+        """Run a cycle again when the next recent decrease has settled."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        pending = [until for _, until in self._settling.values() if until > now]
+        if not pending:
+            self._trigger(Impact.CHANGED)
+            return
+        if self._settle_timer is not None:
+            self._settle_timer.cancel()
+        self._settle_timer = loop.call_later(min(pending) - now + 0.01, self._trigger,
+                                             Impact.CHANGED)
 
     def _may_send(self, cmd: Command, now: datetime) -> bool:
         if self.state.pending_a(cmd.key) == cmd.current:
@@ -473,8 +568,17 @@ class Controller:
                                           self.settings.lease_s)
         if result is CommandResult.ACCEPTED:
             self._retry_after.pop(cmd.key, None)
+            self._failures.pop(cmd.key, None)
+            if cmd.current < cmd.previous and self.settings.settle_s > 0:
+                loop_now = asyncio.get_running_loop().time()
+                amps, until = self._settling.get(cmd.key, (0.0, 0.0))
+                amps = max(amps, cmd.previous) if until > loop_now else cmd.previous
+                self._settling[cmd.key] = (amps, loop_now + self.settings.settle_s)
         else:
-            self._retry_after[cmd.key] = at + timedelta(seconds=self.settings.retry_backoff_s)
+            failures = self._failures[cmd.key] = self._failures.get(cmd.key, 0) + 1
+            backoff_s = min(self.settings.retry_backoff_s * 2 ** (failures - 1),
+                            self.settings.retry_backoff_max_s)
+            self._retry_after[cmd.key] = at + timedelta(seconds=backoff_s)
             log.warning("setpoint %.1f A to %s/%s: %s", cmd.current, charger, connector,
                         result.value)
         if self.audit is not None:
@@ -549,6 +653,9 @@ class Controller:
             if when <= now:
                 del self._retry_after[key]
                 impact = max(impact, Impact.CHANGED)
+        loop_now = asyncio.get_running_loop().time()
+        for key in [k for k, (_, until) in self._settling.items() if until <= loop_now]:
+            del self._settling[key]
         for charger_id, when in list(self._failsafe_due.items()):
             if when <= now and self.state.online(charger_id):
                 self._send_failsafe(charger_id)

@@ -1,0 +1,153 @@
+"""The composition root: configuration → validated models → wired objects, in one place.
+
+Nothing else in gridshare constructs the bus, the CSMS, the controller or the store for a
+running system; tests, ``gridshare serve``, ``gridshare demo`` and the benchmarks all go
+through :func:`build_app`, so what they exercise is what production runs.
+
+Start order matters: the store and the controller subscribe to the bus *before* the CSMS
+accepts its first charger, so no event is lost; stop order is the reverse, and chargers
+left without us fall back to their failsafe profile when their lease runs out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from gridshare.adapters.ocpp import CentralSystem, ChargerCredentials, CsmsConfig
+from gridshare.bus import Bus, open_bus
+from gridshare.controller.clock import Clock, SystemClock
+from gridshare.controller.loop import Controller, ControllerSettings
+from gridshare.controller.status_http import StatusServer
+from gridshare.core.topology import Topology
+from gridshare.store import Store, default_url, normalise_url
+
+log = logging.getLogger("gridshare")
+
+NO_DB = ("none", "off", "")
+
+
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    host: str = "0.0.0.0"
+    ocpp_port: int = 9000
+    """0 picks a free port."""
+    api_port: int | None = 8080
+    """Read-only ``GET /status``; None disables it, 0 picks a free port."""
+    db_url: str | None = None
+    """None: SQLite under ``data_dir``; "none": no audit store."""
+    bus_url: str = "memory://"
+    data_dir: Path | None = None
+    csms: CsmsConfig | None = None
+    """CSMS settings (security profile, TLS, timeouts). Chargers, phases and voltage are
+    filled in from the topology; None uses the defaults."""
+    controller: ControllerSettings = field(default_factory=ControllerSettings)
+
+
+def csms_config(topology: Topology, base: CsmsConfig | None,
+                settings: ControllerSettings) -> CsmsConfig:
+    """The CSMS knows exactly the site's chargers, their phases and the site voltage."""
+    base = base or CsmsConfig()
+    chargers = {cid: base.chargers.get(cid, ChargerCredentials()) for cid in topology.chargers}
+    phases = {cid: ch.phases for cid, ch in topology.chargers.items()}
+    return replace(base, chargers=chargers, phases={**phases, **base.phases},
+                   voltage_v=topology.voltage, lease_s=settings.lease_s)
+
+
+class GridshareApp:
+    """One running site: bus, CSMS, controller, audit store and status endpoint."""
+
+    def __init__(self, topology: Topology, options: ServeOptions | None = None, *,
+                 clock: Clock | None = None) -> None:
+        self.topology = topology
+        self.options = options = options or ServeOptions()
+        self.clock: Clock = clock or SystemClock()
+        self.bus: Bus = open_bus(options.bus_url)
+        url = options.db_url
+        if url is None:
+            url = default_url(options.data_dir)
+        self.store: Store | None = None if url.lower() in NO_DB else Store(normalise_url(url))
+        self.csms = CentralSystem(csms_config(topology, options.csms, options.controller),
+                                  self.bus.publish, clock=self.clock.now)
+        self.controller = Controller(topology, self.csms, self.clock,
+                                     settings=options.controller, bus=self.bus,
+                                     audit=self.store)
+        self.status_server: StatusServer | None = None
+        if options.api_port is not None:
+            self.status_server = StatusServer(lambda: self.controller.status().to_dict())
+        self._started = False
+
+    async def start(self) -> None:
+        if self.store is not None:
+            await self.store.start()
+            self.store.consume(self.bus.subscribe("store"))
+        await self.controller.start()
+        try:
+            await self.csms.start(self.options.host, self.options.ocpp_port)
+            if self.status_server is not None and self.options.api_port is not None:
+                await self.status_server.start(self.options.host, self.options.api_port)
+        except BaseException:
+            await self.stop()
+            raise
+        self._started = True
+
+    async def stop(self) -> None:
+        """Stop accepting, close every charger connection, stop deciding, flush the log."""
+        if self.status_server is not None:
+            await self.status_server.stop()
+        with contextlib.suppress(Exception):
+            await self.csms.stop()
+        await self.controller.stop()
+        if self.store is not None:
+            await self.store.stop()
+        await self.bus.close()
+        self._started = False
+
+    @property
+    def ocpp_port(self) -> int:
+        return self.csms.port
+
+    @property
+    def ocpp_url(self) -> str:
+        scheme = "wss" if (self.csms.config.security_profile >= 2) else "ws"
+        return f"{scheme}://{self.options.host}:{self.ocpp_port}"
+
+    def ready_line(self) -> str:
+        parts = [f"gridshare ready: site {self.topology.site}", f"OCPP {self.ocpp_url}",
+                 f"{len(self.topology.chargers)} chargers configured"]
+        if self.status_server is not None:
+            parts.append(f"status http://{self.options.host}:{self.status_server.port}/status")
+        return ", ".join(parts)
+
+
+def build_app(topology: Topology, options: ServeOptions | None = None, *,
+              clock: Clock | None = None) -> GridshareApp:
+    return GridshareApp(topology, options, clock=clock)
+
+
+async def serve(topology: Topology, options: ServeOptions,
+                ready: asyncio.Event | None = None) -> None:
+    """Run until SIGINT or SIGTERM; print the ready line once everything listens."""
+    app = build_app(topology, options)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    try:
+        await app.start()
+        print(app.ready_line(), flush=True)
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+        log.info("stopping: chargers fall back to their failsafe when their lease ends")
+    finally:
+        await app.stop()
+        for sig in installed:
+            loop.remove_signal_handler(sig)

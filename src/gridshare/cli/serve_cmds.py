@@ -1,0 +1,325 @@
+"""``gridshare serve`` (the live system) and ``gridshare demo`` (it, with simulated chargers)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from gridshare.app import GridshareApp, ServeOptions, build_app, serve
+from gridshare.bus import BusError, open_bus
+from gridshare.config import ConfigError, load_site, parse_site
+from gridshare.controller.loop import ControllerSettings
+from gridshare.controller.state import StateSettings
+from gridshare.core.topology import Topology
+from gridshare.events import GroupMeterReading
+from gridshare.store import StoreError, normalise_url
+
+err = Console(stderr=True)
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _load(site: Path) -> Topology:
+    try:
+        return load_site(site)
+    except ConfigError as exc:
+        err.print(f"[bold red]{len(exc.issues)} problem(s) in {site}:[/]")
+        for issue in exc.issues:
+            err.print(f"  {issue}", markup=False, highlight=False)
+        raise typer.Exit(2) from exc
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def serve_cmd(
+    site: Annotated[Path, typer.Argument(help="Site topology YAML file.", show_default=False)],
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "0.0.0.0",
+    ocpp_port: Annotated[int, typer.Option(
+        "--ocpp-port", help="OCPP WebSocket port; chargers connect to ws://HOST:PORT/<id>.")
+    ] = 9000,
+    api_port: Annotated[int, typer.Option(
+        "--api-port", help="HTTP port: read-only JSON at GET /status for now (the REST API "
+        "comes later); -1 disables it.")] = 8080,
+    db: Annotated[str | None, typer.Option(
+        "--db", help="Audit log database URL (default: sqlite under --data-dir; "
+        "'none' disables it).")] = None,
+    bus: Annotated[str, typer.Option(
+        "--bus", help="Event bus URL: memory:// (one process). NATS comes later.")
+    ] = "memory://",
+    data_dir: Annotated[Path | None, typer.Option(
+        "--data-dir", help="Where the default database lives ($GRIDSHARE_DATA_DIR or ./var).")
+    ] = None,
+    log_level: Annotated[str, typer.Option(
+        "--log-level", help="debug, info, warning or error (logs go to stderr).")
+    ] = "warning",
+) -> None:
+    """Run the CSMS and the controller for a site until SIGINT or SIGTERM."""
+    if log_level.lower() not in LOG_LEVELS:
+        err.print(f"[red]--log-level must be one of {', '.join(LOG_LEVELS)}[/]")
+        raise typer.Exit(2)
+    _logging(log_level)
+    topology = _load(site)
+    try:
+        open_bus(bus)
+        if db is not None and db.lower() not in ("none", "off", ""):
+            normalise_url(db)
+    except (BusError, StoreError) as exc:
+        err.print(f"[red]{exc}[/]", markup=True, highlight=False)
+        raise typer.Exit(2) from exc
+    options = ServeOptions(host=host, ocpp_port=ocpp_port,
+                           api_port=None if api_port < 0 else api_port, db_url=db,
+                           bus_url=bus, data_dir=data_dir)
+    try:
+        asyncio.run(serve(topology, options))
+    except OSError as exc:
+        err.print(f"[red]cannot start: {exc.strerror or exc}[/] "
+                  f"(OCPP port {ocpp_port}, API port {api_port} on {host})")
+        raise typer.Exit(1) from exc
+
+
+# --- demo ---------------------------------------------------------------------------------
+
+
+def demo_site_text(chargers: int) -> str:
+    """The demo site for ``chargers`` chargers: 40 A circuits of five under a service of
+    25 A per circuit (100 A for the default 20), every third charger 1-phase."""
+    if chargers == 20:
+        return resources.files("gridshare").joinpath("examples/demo-site.yaml").read_text(
+            encoding="utf-8")
+    circuits = max(1, math.ceil(chargers / 5))
+    lines = ["site: carport-demo", "voltage: 230", "policy: equal", "rotation_interval: 120",
+             "groups:", "  - id: service",
+             f"    max_current: {max(40, 25 * circuits)}", "    meter: building",
+             "    groups:"]
+    for c in range(circuits):
+        ids = ", ".join(f"cp-{i + 1:02d}" for i in range(c * 5, min(chargers, c * 5 + 5)))
+        lines.append(f"      - {{id: circuit-{c + 1}, max_current: 40, chargers: [{ids}]}}")
+    lines.append("chargers:")
+    for i in range(chargers):
+        if i % 3 == 1:
+            phase = ("L1", "L2", "L3")[(i // 3) % 3]
+            lines.append(f"  - {{id: cp-{i + 1:02d}, max_current: 32, phases: 1, "
+                         f"phase: {phase}, failsafe_current: 6}}")
+        else:
+            lines.append(f"  - {{id: cp-{i + 1:02d}, max_current: 32, phases: 3, "
+                         f"failsafe_current: 0}}")
+    return "\n".join(lines) + "\n"
+
+
+BUILDING_LOAD_A = (14.0, 6.0, 9.0)
+"""What the rest of the building draws through the service in the demo (A per phase)."""
+
+
+@dataclass
+class DemoStats:
+    samples: int = 0
+    worst: dict[str, float] = field(default_factory=dict)
+    """Per group, the highest (drawn + building) / limit seen on any phase."""
+    over_s: dict[str, float] = field(default_factory=dict)
+    """Per group, seconds above its limit (cars take a few seconds to follow a cut)."""
+    arrivals: int = 0
+    departures: int = 0
+
+
+def _group_draw(app: GridshareApp, sim: object, gid: str) -> tuple[float, float, float]:
+    from gridshare.sim.site import SimSite
+
+    assert isinstance(sim, SimSite)
+    chargers = app.topology.subtree_chargers(gid)
+    loads: tuple[str, ...] = ("building",) if app.topology.groups[gid].parent is None else ()
+    return sim.meter_a(chargers, loads=loads)
+
+
+def _tables(app: GridshareApp, sim: object, elapsed_s: float, duration_s: float) -> Group:
+    from gridshare.sim.site import SimSite
+
+    assert isinstance(sim, SimSite)
+    status = app.controller.status()
+    groups = Table(title=f"{app.topology.site}: load vs limit, t = {elapsed_s:.0f} / "
+                         f"{duration_s:.0f} s", title_justify="left")
+    for col in ("group", "L1 A", "L2 A", "L3 A", "limit A", "left for EVs A"):
+        groups.add_column(col, justify="left" if col == "group" else "right")
+    for g in status.groups:
+        drawn = _group_draw(app, sim, g.id)
+        limit = g.limit_a if g.limit_a is not None else math.inf
+        cells = [f"[{'red' if a > limit + 0.5 else 'green'}]{a:5.1f}[/]" for a in drawn]
+        groups.add_row(g.id, *cells, f"{limit:g}", "/".join(f"{a:.0f}" for a in g.available_a))
+    chargers = Table(title="chargers (A per phase)", title_justify="left")
+    for col in ("charger", "OCPP", "wiring", "status", "setpoint", "offered", "drawn"):
+        chargers.add_column(col, justify="right" if col in ("setpoint", "offered", "drawn")
+                            else "left")
+    for view in status.connectors:
+        ch = sim.chargers[view.charger]
+        topo = app.topology.chargers[view.charger]
+        line = topo.phase.name if topo.phase is not None else ""
+        wiring = "3-ph" if topo.phases == 3 else f"1-ph {line}"
+        setpoint = "—" if view.setpoint_a is None else f"{view.setpoint_a:.1f}"
+        peak_a = max(ch.drawn_a(view.connector))
+        chargers.add_row(view.charger, ch.ocpp_version, wiring,
+                         ch.status(view.connector).value if ch.connected else "[red]offline",
+                         setpoint, f"{ch.offered_a(view.connector):.1f}", f"{peak_a:.1f}")
+    return Group(groups, chargers)
+
+
+def _plain_line(app: GridshareApp, sim: object, elapsed_s: float) -> str:
+    from gridshare.sim.site import SimSite
+
+    assert isinstance(sim, SimSite)
+    parts = [f"t={elapsed_s:4.0f}s"]
+    for gid, group in app.topology.groups.items():
+        drawn = _group_draw(app, sim, gid)
+        parts.append(f"{gid} {max(drawn):.0f}/{group.max_current:g}A")
+    status = app.controller.status()
+    charging = sum(1 for c in status.connectors if (c.setpoint_a or 0) > 0 and c.active)
+    waiting = sum(1 for c in status.connectors if c.active and not (c.setpoint_a or 0) > 0)
+    parts.append(f"cars charging {charging}, waiting/paused {waiting}, "
+                 f"chargers online {status.chargers_online}")
+    return "  ".join(parts)
+
+
+async def run_demo(duration_s: float, seed: int, chargers: int, *, plain: bool,
+                   console: Console, stop: asyncio.Event | None = None) -> DemoStats:
+    """Start a sample site, the CSMS and controller on free ports and simulated chargers
+    whose cars come and go; show loads against limits until ``duration_s`` has passed."""
+    from gridshare.sim import SimCharger
+    from gridshare.sim.site import ConstantLoad, Scenario, SimSite
+
+    topology = parse_site(demo_site_text(chargers), "demo-site.yaml")
+    settings = ControllerSettings(lease_s=120.0, state=StateSettings(meter_stale_after_s=15.0))
+    app = build_app(topology, ServeOptions(host="127.0.0.1", ocpp_port=0, api_port=None,
+                                           db_url="none", controller=settings))
+    await app.start()
+    url = f"ws://127.0.0.1:{app.ocpp_port}"
+    sims = []
+    for i, (cid, ch) in enumerate(topology.chargers.items()):
+        sims.append(SimCharger(
+            cid, url, protocol=("ocpp1.6", "ocpp2.0.1")[i % 2], phases=ch.phases,
+            phase=ch.phase.name if ch.phase is not None else "L1", max_current_a=ch.max_current,
+            min_current_a=ch.min_current, meter_interval_s=5.0, seed=seed))
+    # Short stays so that arrivals and departures happen within the first minute.
+    scenario = Scenario(seed=seed, arrivals_per_hour=150.0, dwell_mean_h=50 / 3600,
+                        dwell_sigma=0.4, min_dwell_s=20.0, initial_occupancy=0.4,
+                        max_currents_a=(16.0, 32.0), lag_range_s=(1.0, 3.0))
+    sim = SimSite(sims, tick_s=0.5, scenario=scenario)
+    sim.add_load("building", ConstantLoad(BUILDING_LOAD_A))
+    stats = DemoStats()
+
+    def on_event(_ch: object, _at: datetime, what: str) -> None:
+        if what.startswith("plug"):
+            stats.arrivals += 1
+        elif what.startswith("unplug"):
+            stats.departures += 1
+
+    sim.listeners.append(on_event)
+    stop = stop or asyncio.Event()
+
+    async def meter() -> None:
+        while True:
+            app.bus.publish(GroupMeterReading("service", datetime.now(UTC),
+                                              sim.meter_a((), loads=("building",)),
+                                              includes_chargers=False))
+            await asyncio.sleep(2.0)
+
+    async def sample() -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.5)
+            now = time.monotonic()
+            stats.samples += 1
+            for gid, group in topology.groups.items():
+                limit = group.max_current or math.inf
+                ratio = max(_group_draw(app, sim, gid)) / limit
+                stats.worst[gid] = max(stats.worst.get(gid, 0.0), ratio)
+                if ratio > 1.0 + 0.5 / limit:
+                    stats.over_s[gid] = stats.over_s.get(gid, 0.0) + (now - last)
+            last = now
+
+    helpers = [asyncio.create_task(meter(), name="demo-meter")]
+    started = time.monotonic()
+    try:
+        connected = await sim.start(wait_connected_s=15.0)
+        if connected < len(sims):
+            console.print(f"[yellow]{connected} of {len(sims)} chargers connected[/]")
+        helpers.append(asyncio.create_task(sample(), name="demo-sample"))
+        if plain or not console.is_terminal:
+            next_line = 0.0
+            while (elapsed := time.monotonic() - started) < duration_s and not stop.is_set():
+                if elapsed >= next_line:
+                    console.print(_plain_line(app, sim, elapsed), highlight=False)
+                    next_line += 5.0
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.5):
+                        await stop.wait()
+        else:
+            with Live(_tables(app, sim, 0.0, duration_s), console=console,
+                      refresh_per_second=2) as live:
+                while (elapsed := time.monotonic() - started) < duration_s and \
+                        not stop.is_set():
+                    live.update(_tables(app, sim, elapsed, duration_s))
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(1.0):
+                            await stop.wait()
+    finally:
+        for task in helpers:
+            task.cancel()
+        for task in helpers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await sim.stop()
+        await app.stop()
+    return stats
+
+
+def demo_cmd(
+    duration: Annotated[float, typer.Option(
+        "--duration", min=1, max=3600, help="Seconds to run (bounded).")] = 60.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the car arrivals.")] = 1,
+    chargers: Annotated[int, typer.Option(
+        "--chargers", min=1, max=500, help="Number of simulated chargers.")] = 20,
+    plain: Annotated[bool, typer.Option(
+        "--plain", help="Periodic lines instead of a live table.")] = False,
+) -> None:
+    """Watch load sharing: a sample site, the real CSMS and controller, simulated chargers
+    (OCPP 1.6J and 2.0.1, 1- and 3-phase) and cars that come and go."""
+    _logging("error")
+    console = Console()
+
+    async def main() -> DemoStats:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        return await run_demo(duration, seed, chargers, plain=plain, console=console,
+                              stop=stop)
+
+    stats = asyncio.run(main())
+    console.print(f"{stats.arrivals} cars arrived, {stats.departures} left.")
+    for gid, worst in stats.worst.items():
+        over = stats.over_s.get(gid, 0.0)
+        note = "" if over == 0 else f" (above its limit for {over:.1f} s while cars " \
+                                    f"followed a lower setpoint)"
+        console.print(f"  {gid}: peak {worst * 100:.0f} % of its limit{note}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve_cmd)
+    app.command("demo")(demo_cmd)
