@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gridshare.bus import MemoryBus
+from gridshare.config import parse_site
 from gridshare.controller import loop as loop_module
 from gridshare.controller.clock import FakeClock
 from gridshare.controller.loop import (
@@ -32,7 +33,7 @@ from gridshare.events import (
     StatusChanged,
 )
 
-from .conftest import RecordingDriver
+from .conftest import SITE, RecordingDriver
 
 FAST = ControllerSettings(tick_s=None, debounce_s=0.005, lease_s=60.0, retry_backoff_s=5.0,
                           settle_s=0.0,
@@ -375,5 +376,31 @@ async def test_audit_and_status(topology: Topology, driver: RecordingDriver,
         c.handle(LimitChanged("main", clock.now(), "operator"))
         await c.settle()
         assert any(a.cleared for a in audit.alarms)
+    finally:
+        await c.stop()
+
+
+async def test_increase_waits_for_decreases_to_settle_unless_it_fits(
+        driver: RecordingDriver, clock: FakeClock) -> None:
+    topology = parse_site(SITE.replace("max_current: 63", "max_current: 100"), "roomy")
+    settings = ControllerSettings(tick_s=None, debounce_s=0.005, settle_s=0.4)
+    c = Controller(topology, driver, clock, settings=settings)
+    await c.start()
+    try:
+        await boot(c, clock, "a1", "a2", "a3", "b2")
+        await arrive(c, clock, "a1")
+        assert driver.last("a1") == 32.0
+        await arrive(c, clock, "a2")
+        # a1 was told 16 A, but its car may draw 32 A for a few more seconds: a2 waits.
+        assert driver.last("a1") == 16.0
+        assert driver.setpoints("a2") == []
+        assert c.last_report is not None and c.last_report.increases_held == 1
+        # An increase elsewhere that fits even with a1 at 32 A goes at once.
+        await arrive(c, clock, "b2")
+        assert driver.last("b2") == 26.0  # 32 A circuit, never-seen b1 at its 6 A failsafe
+        assert driver.setpoints("a2") == []
+        await asyncio.sleep(0.5)
+        await c.settle()
+        assert driver.last("a2") == 16.0
     finally:
         await c.stop()
