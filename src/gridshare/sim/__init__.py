@@ -10,16 +10,21 @@ from gridshare.sim.charger import SimCharger, Status, Transaction
 from gridshare.sim.clock import Clock, ManualClock, ScaledClock
 from gridshare.sim.ev import EV
 from gridshare.sim.profiles import ChargingProfile, Period, Purpose
+from gridshare.sim.site import ConstantLoad, Scenario, SimSite, SwitchingLoad
 
 __all__ = [
     "EV",
     "ChargingProfile",
     "Clock",
+    "ConstantLoad",
     "ManualClock",
     "Period",
     "Purpose",
     "ScaledClock",
+    "Scenario",
     "SimCharger",
+    "SimSite",
     "Status",
+    "SwitchingLoad",
     "Transaction",
 ]

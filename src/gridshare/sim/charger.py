@@ -448,9 +448,10 @@ class SimCharger:
 
     # ------------------------------------------------------------------ physics
 
-    def step(self, dt_s: float) -> None:
-        """Advance every connector by ``dt_s`` simulated seconds."""
-        now = self.clock.time()
+    def step(self, dt_s: float, now_ts: float | None = None) -> None:
+        """Advance every connector by ``dt_s`` simulated seconds (``now_ts``: the clock's
+        time, when the caller already has it)."""
+        now = self.clock.time() if now_ts is None else now_ts
         self._refresh(now)
         v = self.voltage_v
         for conn in self._conns:

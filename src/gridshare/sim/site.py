@@ -161,6 +161,7 @@ class SimSite:
         if protocol != "mixed" and protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be mixed or one of {PROTOCOLS}")
         rng = random.Random(seed)
+        charger_kwargs.setdefault("events_maxlen", 16)  # the site keeps its own log
         site = cls(
             clock=clock,
             tick_s=tick_s,
@@ -276,10 +277,11 @@ class SimSite:
             self._tick(dt)
 
     def _tick(self, dt: float) -> None:
+        now = self.clock.time()
         if self.scenario is not None:
-            self._scenario_step(self.clock.time())
+            self._scenario_step(now)
         for ch in self.chargers.values():
-            ch.step(dt)
+            ch.step(dt, now)
         self.ticks += 1
 
     # ------------------------------------------------------------------ scenario
