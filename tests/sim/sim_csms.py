@@ -124,6 +124,11 @@ class Central201(CP201):  # type: ignore[misc]
         self.csms.record(self.id, "MeterValues", kw)
         return r201.MeterValues()
 
+    @on(A201.notify_ev_charging_needs)
+    def _needs(self, **kw: Any) -> Any:
+        self.csms.record(self.id, "NotifyEVChargingNeeds", kw)
+        return r201.NotifyEVChargingNeeds(status="Accepted")
+
 
 class TestCSMS:
     """Serve OCPP 1.6 and 2.0.1 on 127.0.0.1; record everything (unless ``record=False``)."""

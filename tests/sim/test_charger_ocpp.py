@@ -620,3 +620,30 @@ async def test_offline_queue_is_bounded(make_charger: Factory) -> None:
         ch.plug_nowait(1, EV(capacity_kwh=50, soc=0.5))
         ch.unplug_nowait(1)
     assert len(ch._outbox) == 5 and ch.dropped == 7
+
+
+async def test_ocpp201_charging_needs_carry_departure_and_energy(
+    csms: TestCSMS, make_charger: Factory
+) -> None:
+    from datetime import timedelta
+
+    clock = ScaledClock(speed=1)
+    ch = make_charger("CP-NEEDS", protocol="ocpp2.0.1", charging_needs=True, clock=clock)
+    await ch.start(physics=False)
+    assert await ch.wait_connected(5)
+    car = EV(
+        capacity_kwh=60,
+        soc=0.4,
+        target_soc=0.9,
+        phases=1,
+        max_current_a=32,
+        departure=clock.now() + timedelta(hours=3),
+    )
+    await ch.plug(1, car)
+    needs = (await csms.wait_for("NotifyEVChargingNeeds", "CP-NEEDS"))[0].payload
+    assert needs["evse_id"] == 1
+    cn = needs["charging_needs"]
+    assert cn["requested_energy_transfer"] == "AC_single_phase"
+    assert cn["ac_charging_parameters"]["energy_amount"] == 30000
+    assert cn["ac_charging_parameters"]["ev_max_current"] == 32
+    assert cn["departure_time"].startswith(car.departure.strftime("%Y-%m-%dT%H:%M"))  # type: ignore[union-attr]

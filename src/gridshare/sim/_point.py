@@ -207,7 +207,7 @@ class V16Point(SimPoint, V16ChargePoint):  # type: ignore[misc]
             )
         elif kind == "heartbeat":
             await self.send(call16.Heartbeat())
-        elif kind == "plugged":
+        elif kind in ("plugged", "needs"):
             return
         elif kind == "authorize":
             assert tx is not None
@@ -521,6 +521,27 @@ class V201Point(SimPoint, V201ChargePoint):  # type: ignore[misc]
                 {},
                 id_token={"id_token": tx.id_tag, "type": "ISO14443"},
             )
+        elif kind == "needs":
+            ev = sim.ev(item.connector)
+            if ev is None or tx is None or tx.ended:
+                return
+            phases = ev.phases_used(sim.phases)
+            params = {
+                "energy_amount": round(ev.energy_needed_kwh * 1000),
+                "ev_min_current": round(ev.min_current_a),
+                "ev_max_current": round(ev.max_current_a),
+                "ev_max_voltage": round(sim.voltage_v),
+            }
+            needs: dict[str, Any] = {
+                "requested_energy_transfer": "AC_three_phase" if phases == 3 else "AC_single_phase",
+                "ac_charging_parameters": params,
+            }
+            if ev.departure is not None:
+                needs["departure_time"] = format_time(ev.departure)
+            res = await self.send(
+                call201.NotifyEVChargingNeeds(evse_id=item.connector, charging_needs=needs)
+            )
+            sim._event(f"needs c{item.connector} {res.status}")
         elif kind == "meter":
             assert tx is not None and item.sample is not None
             trigger = "Trigger" if item.sample.context == "Trigger" else "MeterValuePeriodic"

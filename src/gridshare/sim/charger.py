@@ -118,7 +118,7 @@ class Outgoing:
     """A message waiting in the charger's outbox (sent in order when connected)."""
 
     kind: str
-    """status | plugged | authorize | started | meter | stopped | heartbeat"""
+    """status | plugged | authorize | started | needs | meter | stopped | heartbeat"""
     connector: int
     at: datetime
     tx: Transaction | None = None
@@ -200,6 +200,7 @@ class SimCharger:
         open_timeout_s: float = 10.0,
         default_heartbeat_s: float = 300.0,
         id_tag: str = "SIMTAG",
+        charging_needs: bool = False,
         vendor: str = "gridshare",
         model: str = "SimCharger",
     ) -> None:
@@ -232,6 +233,9 @@ class SimCharger:
         self.open_timeout_s = open_timeout_s
         self.heartbeat_interval_s = default_heartbeat_s
         self.id_tag = id_tag
+        self.charging_needs = charging_needs
+        """OCPP 2.0.1: send NotifyEVChargingNeeds (departure time, energy) once authorized,
+        as an ISO 15118 car would."""
         self.vendor = vendor
         self.model = model
         self.events: deque[tuple[datetime, str]] = deque(maxlen=events_maxlen)
@@ -410,6 +414,8 @@ class SimCharger:
         tx.meter_start_wh = conn.energy_wh
         self._event(f"tx_start c{tx.connector}" + (" (offline)" if offline else ""))
         self._enqueue(Outgoing("started", tx.connector, now, tx=tx, offline=offline))
+        if self.charging_needs and self.protocol == "ocpp2.0.1":
+            self._enqueue(Outgoing("needs", tx.connector, now, tx=tx))
         self._dirty = True
         self._refresh(self.clock.time())
 
