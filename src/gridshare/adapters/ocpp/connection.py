@@ -410,6 +410,8 @@ class Connection:
 
         def build(now: datetime) -> dict[str, Any]:
             tx = self.state.tx_by_connector.get(connector)
+            if tx is not None and self.protocol == profiles.V16 and not tx.isdigit():
+                tx = None  # a 2.0.1 id from before a firmware change: 1.6 needs an integer
             return profiles.setpoint_request(self.protocol, connector=connector, limit=limit,
                                              lease_s=lease_s, now=now, transaction_id=tx)
 
@@ -501,7 +503,11 @@ class Connection:
             if command.replaced_by is not None:
                 self._follow(command, command.replaced_by)
                 return None
-            payload = command.build(self.now())
+            try:
+                payload = command.build(self.now())
+            except Exception as error:  # a builder bug must not kill this charger's queue
+                LOG.exception("%s: cannot build %s", self.charger, command.action)
+                return Outcome(CommandResult.REJECTED, detail=f"not sent: {error}")
             started = time.perf_counter()
             stats.calls_sent += 1
             try:
