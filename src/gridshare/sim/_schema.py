@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import fastjsonschema
+import ocpp
 from ocpp.exceptions import (
     FormatViolationError,
     OCPPError,
@@ -26,8 +27,6 @@ from ocpp.exceptions import (
 from ocpp.exceptions import (
     NotImplementedError as OCPPNotImplementedError,
 )
-
-import ocpp
 
 _SCHEMAS = Path(ocpp.__file__).parent
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 import fastjsonschema
-
 import ocpp
 
 from .profiles import V16, V201
