@@ -359,3 +359,17 @@ def drawn_offline(topology: Topology, snapshot: Snapshot, group: str) -> float:
                 for p, on in enumerate(charger.phase_vector):
                     amps[p] += on * charger.failsafe_current
     return max(amps)
+
+
+def test_offline_charger_counts_at_its_live_setpoint_until_the_lease_ends(
+        topology: Topology) -> None:
+    state = SiteState(topology)
+    boot_all(state)
+    plug(state, "a1", 1)
+    state.record_result(("a1", 1), 20.0, CommandResult.ACCEPTED, t(1), 60)
+    state.apply(ChargerOffline("a1", t(2)))
+    snap = state.to_snapshot(t(2))
+    assert not snap.demand(("a1", 1)).online  # counted at its 6 A failsafe...
+    assert snap.conditions("c1").uncontrolled == (14.0, 14.0, 14.0)  # ...plus 14 A more
+    assert state.refresh(t(61)) is Impact.CHANGED  # lease over: failsafe only
+    assert "c1" not in state.to_snapshot(t(61)).groups

@@ -7,7 +7,8 @@ owns one instance per site, feeds it every event and every command result, and a
 Safety rules that live here, because they decide what the snapshot counts:
 
 - A charger we cannot hear from (never connected since start, disconnected, silent) is
-  offline and counted at its failsafe current.
+  offline and counted at its failsafe current — or at its last live setpoint while that
+  setpoint's lease runs, since the charger keeps obeying it until then.
 - A group meter that stopped reporting is stale: the group fails closed (no headroom).
 - A connector whose last command failed may still be at the higher of its old and new
   setpoint (or at failsafe if its lease lapsed): that *uncertain* current is reserved in
@@ -543,11 +544,18 @@ class SiteState:
             violators = {v.key for v in self.violators(now)}
         out: dict[str, list[float]] = {}
         for key, conn in self._connectors.items():
-            if not self._chargers[key[0]].online:
-                continue
             charger = self.topology.chargers[key[0]]
             amps: PhaseCurrents | None = None
-            if key in violators:
+            if not self._chargers[key[0]].online:
+                # Counted at failsafe by the allocation, but a live setpoint stays in force
+                # in the charger until its lease ends: reserve what it adds above failsafe.
+                live = self.in_force_a(key, now)
+                if live is None or live <= charger.failsafe_current:
+                    continue
+                extra = live - charger.failsafe_current
+                vec = charger.phase_vector
+                amps = (vec[0] * extra, vec[1] * extra, vec[2] * extra)
+            elif key in violators:
                 amps = self.measured_a(key, now)
             elif conn.uncertain_a is not None and conn.active:
                 vec = charger.phase_vector
