@@ -404,3 +404,16 @@ async def test_increase_waits_for_decreases_to_settle_unless_it_fits(
         assert driver.last("a2") == 16.0
     finally:
         await c.stop()
+
+
+async def test_departure_releases_the_connector(controller: Controller, driver: RecordingDriver,
+                                                clock: FakeClock) -> None:
+    await boot(controller, clock)
+    await arrive(controller, clock, "a1")
+    assert driver.last("a1") == 32.0
+    controller.handle(StatusChanged("a1", 1, ConnectorStatus.AVAILABLE, clock.now()))
+    await controller.settle()
+    assert driver.last("a1") == 0.0
+    # The next car starts from 0, is raised by an increase, not left at the last share.
+    await arrive(controller, clock, "a1")
+    assert [x.current_a for x in driver.setpoints("a1")] == [32.0, 0.0, 32.0]

@@ -373,3 +373,20 @@ def test_offline_charger_counts_at_its_live_setpoint_until_the_lease_ends(
     assert snap.conditions("c1").uncontrolled == (14.0, 14.0, 14.0)  # ...plus 14 A more
     assert state.refresh(t(61)) is Impact.CHANGED  # lease over: failsafe only
     assert "c1" not in state.to_snapshot(t(61)).groups
+
+
+def test_a_setpoint_outlives_the_session_until_released(topology: Topology) -> None:
+    state = SiteState(topology)
+    boot_all(state)
+    plug(state, "a1", 1)
+    state.record_result(("a1", 1), 12.5, CommandResult.ACCEPTED, t(1), 60)
+    state.apply(StatusChanged("a1", 1, ConnectorStatus.AVAILABLE, t(5)))
+    # A connector profile sent before the transaction was known still applies to the next
+    # car: keep believing it, and ask for it to be released.
+    assert state.believed_a(("a1", 1)) == 12.5
+    assert state.releases_due(t(5)) == [("a1", 1)]
+    state.record_result(("a1", 1), 0.0, CommandResult.ACCEPTED, t(6), 60)
+    assert state.releases_due(t(6)) == []
+    # Lease over without a car: nothing to recompute.
+    assert state.refresh(t(70)) is Impact.NONE
+    assert state.believed_a(("a1", 1)) == 6.0

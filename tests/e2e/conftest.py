@@ -64,6 +64,9 @@ class Monitor:
     samples: int = 0
     violations: list[Violation] = field(default_factory=list)
     peak: dict[str, float] = field(default_factory=dict)
+    diagnose: Callable[[], str] | None = None
+    first_violation: str = ""
+    """What every charger offered and what the controller believed, at the first one."""
     _started: float = field(default_factory=time.monotonic)
 
     def sample(self) -> None:
@@ -87,6 +90,8 @@ class Monitor:
                     if value > limit + TOLERANCE_A:
                         self.violations.append(Violation(
                             time.monotonic() - self._started, gid, p, what, value, limit))
+                        if not self.first_violation and self.diagnose is not None:
+                            self.first_violation = f"{self.violations[0]}\n{self.diagnose()}"
 
     async def run(self) -> None:
         while True:
@@ -105,7 +110,7 @@ class Rig:
             host="127.0.0.1", ocpp_port=0, api_port=None, db_url="none",
             controller=settings))
         self.sim = SimSite(tick_s=0.1)
-        self.monitor = Monitor(self.topology, self.sim, self.limit)
+        self.monitor = Monitor(self.topology, self.sim, self.limit, diagnose=self.diagnose)
         self._tasks: list[asyncio.Task[None]] = []
         self.extra_limits: dict[str, float] = {}
 
@@ -137,6 +142,27 @@ class Rig:
                 await task
         await self.sim.stop()
         await self.app.stop()
+
+    def diagnose(self) -> str:
+        """One line per charger: simulator view (offered, drawn, profiles) against the
+        controller's (believed, in force, target)."""
+        controller = self.app.controller
+        allocation = controller.allocation
+        now = controller.clock.now()
+        lines = []
+        for cid, ch in self.sim.chargers.items():
+            key = (cid, 1)
+            profiles = ", ".join(f"{p.purpose.value}@c{p.connector}:{p.periods[0].limit:g}"
+                                 f"{' tx=' + str(p.transaction_id) if p.transaction_id else ''}"
+                                 for p in ch.profiles)
+            lines.append(
+                f"{cid}: sim offered {ch.offered_a(1):.1f} drawn {max(ch.drawn_a(1)):.1f} "
+                f"status {ch.status(1).value} profiles [{profiles}] | controller active "
+                f"{controller.state.active(key)} believed {controller.state.believed_a(key)} "
+                f"in force {controller.state.in_force_a(key, now)} pending "
+                f"{controller.state.pending_a(key)} target "
+                f"{allocation.setpoints.get(key) if allocation else None}")
+        return "\n".join(lines)
 
     def plug(self, charger: str, max_current_a: float = 32.0) -> None:
         ev = EV(capacity_kwh=60.0, soc=0.3, max_current_a=max_current_a,

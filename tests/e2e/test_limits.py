@@ -34,7 +34,7 @@ async def test_limits_hold_as_cars_arrive_and_leave(rig: Rig) -> None:
     rig.plug("e-1")
     await rig.settle()
     assert rig.monitor.samples > 50
-    assert rig.monitor.violations == []
+    assert rig.monitor.violations == [], rig.monitor.first_violation
     # The 40 A service was the binding limit at some point.
     assert rig.monitor.peak["service"] >= 35.0
 
@@ -57,7 +57,7 @@ async def test_limit_cut_is_followed_and_released(rig: Rig) -> None:
     rig.app.bus.publish(LimitChanged("service", rig.app.clock.now(), "demand_response"))
     await rig.settle()
     assert rig.offered("e-4") == 15.0
-    assert rig.monitor.violations == []
+    assert rig.monitor.violations == [], rig.monitor.first_violation
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -85,6 +85,6 @@ async def test_charger_dropping_off_falls_back_and_others_are_recomputed(
         await rig.settle()
         assert rig.offered("e-4") == rig.offered("e-5") == 12.5
         assert rig.app.controller.counters["setpoint_accepted"] > 4
-        assert rig.monitor.violations == []
+        assert rig.monitor.violations == [], rig.monitor.first_violation
     finally:
         await rig.stop()

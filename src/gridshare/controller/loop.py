@@ -46,7 +46,7 @@ log = logging.getLogger("gridshare.controller")
 
 _EPS = 1e-6
 
-CommandKind = Literal["decrease", "increase", "renew", "retry", "failsafe"]
+CommandKind = Literal["decrease", "increase", "renew", "retry", "release", "failsafe"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,6 +385,8 @@ class Controller:
         increases = tuple(c for c in plan.increases if self._may_send(c, now))
         planned = {c.key for c in plan.decreases} | {c.key for c in plan.increases}
         renewals = self._renewals(target, planned, now)
+        renewals += [(Command(k, 0.0, self.state.believed_a(k)), "release")
+                     for k in self.state.releases_due(now) if self._retry_ok(k, now)]
         compute_s = time.perf_counter() - started
 
         dec_tasks = [self._send(c, "decrease") for c in decreases]
@@ -493,7 +495,10 @@ class Controller:
     def _may_send(self, cmd: Command, now: datetime) -> bool:
         if self.state.pending_a(cmd.key) == cmd.current:
             return False  # the same value is already on its way
-        retry = self._retry_after.get(cmd.key)
+        return self._retry_ok(cmd.key, now)
+
+    def _retry_ok(self, key: ConnectorKey, now: datetime) -> bool:
+        retry = self._retry_after.get(key)
         return retry is None or retry <= now
 
     def _renewals(self, target: Mapping[ConnectorKey, float], planned: set[ConnectorKey],

@@ -275,12 +275,13 @@ class SiteState:
             conn.lowered_at = at
 
     def _session_over(self, conn: _ConnectorState, at: datetime) -> None:
+        """The car left. What we sent stays believed: a setpoint installed on the connector
+        before the transaction was known outlives the session until its lease ends and
+        would apply to the next car (the controller releases it, see releases_due)."""
         conn.arrival = None
         conn.ev_max_current_a = conn.energy_needed_kwh = None
         conn.departure = None
         conn.priority = None
-        conn.confirmed_a = conn.confirmed_at = conn.lease_until = None
-        conn.pending_a = conn.uncertain_a = None
         conn.lowered_at = at
 
     def _meter_value(self, event: MeterReading, conn: _ConnectorState) -> Impact:
@@ -421,6 +422,18 @@ class SiteState:
                 out.append(key)
         return out
 
+    def releases_due(self, now: datetime) -> list[ConnectorKey]:
+        """Online connectors without a car that may still hold a live setpoint above 0:
+        set them to 0 so the next car starts from nothing, not from the last car's share."""
+        out = []
+        for key, conn in self._connectors.items():
+            if conn.active or conn.pending_a is not None or not self._chargers[key[0]].online:
+                continue
+            live = self.in_force_a(key, now)
+            if (live is not None and live > 0) or conn.uncertain_a is not None:
+                out.append(key)
+        return out
+
     def command_keys(self) -> list[ConnectorKey]:
         """Connectors a setpoint must be sent to: online charger, car present."""
         return [key for key, conn in self._connectors.items()
@@ -455,10 +468,13 @@ class SiteState:
                 before = self.believed_a(key)
                 conn.confirmed_a = conn.confirmed_at = conn.lease_until = None
                 after = self.believed_a(key)
+                if after < before:
+                    conn.lowered_at = now
+                if not (conn.active or not self._chargers[key[0]].online):
+                    continue  # no car, counted at 0 whatever profile it holds
                 if after > before:
                     impact = Impact.URGENT
                 elif after < before:
-                    conn.lowered_at = now
                     impact = max(impact, Impact.CHANGED)
         limit_s = self.settings.offline_after_s
         if limit_s is not None:
