@@ -136,10 +136,12 @@ def _templates(small_mins: bool) -> list[tuple[int, float, tuple[tuple[float, fl
 
 
 @functools.cache
-def _template_choice(small_mins: bool, phases: int | None) -> st.SearchStrategy[
+def _template_choice(small_mins: bool, phases: int | None,
+                     positive_mins: bool = False) -> st.SearchStrategy[
         tuple[int, float, tuple[tuple[float, float], ...], float]]:
     return st.sampled_from([t for t in _templates(small_mins)
-                            if phases is None or t[0] == phases])
+                            if (phases is None or t[0] == phases)
+                            and not (positive_mins and min(c[1] for c in t[2]) <= 0)])
 
 
 _PHASE = st.sampled_from(list(Phase))
@@ -149,8 +151,10 @@ _PRIORITY = st.integers(0, 3)
 
 @st.composite
 def charger_drafts(draw: st.DrawFn, *, phases: int | None = None,
-                   small_mins: bool = False, resolution: float = 0.1) -> ChargerDraft:
-    n_phases, top, conns, failsafe = draw(_template_choice(small_mins, phases))
+                   small_mins: bool = False, resolution: float = 0.1,
+                   positive_mins: bool = False) -> ChargerDraft:
+    n_phases, top, conns, failsafe = draw(_template_choice(small_mins, phases,
+                                                           positive_mins))
     conns = tuple((mx, round(round(mn / resolution) * resolution, 6)) for mx, mn in conns)
     phase = None if n_phases == 3 else draw(_PHASE)
     return ChargerDraft(draw(_GROUP_INDEX), n_phases, phase, top, conns, failsafe,
@@ -284,10 +288,10 @@ _EXTRA_KW = st.none() | tenths(0, 120)
 
 
 @st.composite
-def group_limits(draw: st.DrawFn) -> tuple[float | None, float | None]:
+def group_limits(draw: st.DrawFn, scale: float = 1.0) -> tuple[float | None, float | None]:
     kind = draw(_LIMIT_KIND)
-    max_a = draw(tenths(0, 250)) if kind in ("A", "both") else None
-    max_kw = draw(tenths(0, 150)) if kind in ("kW", "both") else None
+    max_a = draw(tenths(0, 250 * scale)) if kind in ("A", "both") else None
+    max_kw = draw(tenths(0, 150 * scale)) if kind in ("kW", "both") else None
     return max_a, max_kw
 
 
@@ -295,7 +299,8 @@ def group_limits(draw: st.DrawFn) -> tuple[float | None, float | None]:
 def _site(draw: st.DrawFn, *, min_chargers: int, max_chargers: int, max_depth: int,
           policy: Policy | None, mixed_policies: bool, phases: int | None,
           small_mins: bool, resolution_a: float | None,
-          options: Options | None) -> tuple[Topology, list[DemandDraft]]:
+          options: Options | None, limit_scale: float = 1.0,
+          positive_mins: bool = False) -> tuple[Topology, list[DemandDraft]]:
     resolution = resolution_a if resolution_a is not None else draw(
         st.sampled_from([0.1, 0.1, 0.1, 1.0]))
     site_policy = policy if policy is not None else draw(st.sampled_from(POLICIES))
@@ -303,14 +308,14 @@ def _site(draw: st.DrawFn, *, min_chargers: int, max_chargers: int, max_depth: i
                           draw(st.lists(st.integers(0, 20), max_size=7)))
     @st.composite
     def element(draw: st.DrawFn) -> tuple[ChargerDraft, DemandDraft | None]:
-        charger = draw(charger_drafts(phases=phases,
-                                      small_mins=small_mins, resolution=resolution))
+        charger = draw(charger_drafts(phases=phases, small_mins=small_mins,
+                                      resolution=resolution, positive_mins=positive_mins))
         if options is None:
             return charger, None
         return charger, draw(demand_drafts(options, len(charger.connectors)))
 
     pairs = draw(st.lists(element(), min_size=min_chargers, max_size=max_chargers))
-    limits = {gid: draw(group_limits()) for gid in parents}
+    limits = {gid: draw(group_limits(limit_scale)) for gid in parents}
     policies = {gid: (policy if policy is not None
                       else draw(st.sampled_from(POLICIES)) if mixed_policies else site_policy)
                 for gid in parents}
@@ -388,11 +393,16 @@ def cases(
     min_chargers: int = 1,
     max_chargers: int = 40,
     options: Options = Options(),
+    limit_scale: float = 1.0,
+    positive_mins: bool = False,
 ) -> Case:
+    """A site with its demand. ``limit_scale`` < 1 draws tighter group limits: more
+    contention, more pauses; ``positive_mins`` leaves out connectors with a 0 A minimum."""
     topology, drafts = draw(_site(
         min_chargers=min_chargers, max_chargers=max_chargers, max_depth=4, policy=policy,
         mixed_policies=mixed_policies, phases=None, small_mins=False,
-        resolution_a=None, options=options))
+        resolution_a=None, options=options, limit_scale=limit_scale,
+        positive_mins=positive_mins))
     now = BASE_TIME + timedelta(seconds=draw(st.integers(0, 86_400)))
     return Case(topology, _snapshot(topology, drafts, now,
                                     draw(conditions(topology, options))))

@@ -1,0 +1,167 @@
+"""Small hand-built sites with exact expected setpoints, one behaviour each. The first
+failures hypothesis found were reduced to cases here, so each is also a reproducer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import pytest
+
+from gridshare.core.allocation import allocate
+from gridshare.core.decision import RotationState
+from gridshare.core.snapshot import ConnectorDemand, GroupConditions, Snapshot
+from gridshare.core.topology import Charger, Connector, Group, Phase, Policy, Topology
+
+from .invariants import Model, safety_problems
+from .strategies import BASE_TIME
+
+
+@dataclass(frozen=True)
+class Car:
+    charger: str
+    phases: int = 3
+    phase: Phase | None = None
+    max_current: float = 16
+    min_current: float = 6
+    failsafe: float = 0
+    priority: int = 0
+    online: bool = True
+    active: bool = True
+    ev_max: float | None = None
+    arrival_s: int | None = None
+    energy_kwh: float | None = None
+    departure_s: int | None = None
+
+
+@dataclass(frozen=True)
+class Site:
+    """One group holding every car (nested sites are built in the tests that need them)."""
+
+    limit_a: float | None
+    cars: tuple[Car, ...]
+    limit_kw: float | None = None
+    conditions: GroupConditions = field(default_factory=GroupConditions)
+
+    def topology(self) -> Topology:
+        chargers = {
+            c.charger: Charger(c.charger, c.phases, c.phase if c.phases == 1 else None,
+                               c.max_current, c.min_current, c.failsafe, c.priority,
+                               (Connector(c.charger, 1, c.max_current, c.min_current),),
+                               group="g")
+            for c in self.cars}
+        group = Group("g", self.limit_a, self.limit_kw, 3, Policy.EQUAL, None,
+                      chargers=tuple(chargers))
+        return Topology("t", 230, Policy.EQUAL, {"g": group}, chargers, ("g",))
+
+    def snapshot(self, seconds: float = 0) -> Snapshot:
+        now = BASE_TIME + timedelta(seconds=seconds)
+        return Snapshot(now, {
+            (c.charger, 1): ConnectorDemand(
+                c.charger, 1, active=c.active, max_current=c.ev_max, online=c.online,
+                arrival=None if c.arrival_s is None else now - timedelta(seconds=c.arrival_s),
+                energy_needed_kwh=c.energy_kwh,
+                departure=(None if c.departure_s is None
+                           else now + timedelta(seconds=c.departure_s)))
+            for c in self.cars}, {"g": self.conditions})
+
+
+def setpoints(site: Site, policy: Policy, seconds: float = 0) -> dict[str, float]:
+    topo, snap = site.topology(), site.snapshot(seconds)
+    alloc = allocate(topo, snap, policy=policy)
+    model = Model.build(topo, snap)
+    problems = safety_problems(model, alloc.setpoints, {a.group for a in alloc.alarms})
+    assert not problems, problems
+    return {k[0]: v for k, v in alloc.setpoints.items()}
+
+
+TABLE = [
+    pytest.param(Site(40, (Car("a"), Car("b"), Car("c", ev_max=10))), Policy.EQUAL,
+                 {"a": 15.0, "b": 15.0, "c": 10.0}, id="equal-ev-max-frees-room"),
+    pytest.param(Site(30, (Car("a", max_current=32), Car("b", max_current=16))),
+                 Policy.PROPORTIONAL, {"a": 20.0, "b": 10.0}, id="proportional-same-fraction"),
+    pytest.param(Site(30, (Car("a", max_current=32), Car("b", max_current=16))),
+                 Policy.EQUAL, {"a": 15.0, "b": 15.0}, id="equal-same-amps"),
+    pytest.param(Site(None, (Car("a"), Car("b", phases=1, phase=Phase.L2)), limit_kw=9.2),
+                 Policy.EQUAL, {"a": 10.0, "b": 10.0}, id="equal-in-amps-under-a-kw-limit"),
+    pytest.param(Site(22, (Car("a", arrival_s=600), Car("b", arrival_s=60))),
+                 Policy.PRIORITY, {"a": 16.0, "b": 6.0}, id="priority-tie-first-come"),
+    pytest.param(Site(22, (Car("a", priority=0), Car("b", priority=2))), Policy.PRIORITY,
+                 {"a": 6.0, "b": 16.0}, id="priority-larger-first"),
+    pytest.param(Site(32, (Car("a", phases=1, phase=Phase.L1), Car("b", phases=1,
+                                                                    phase=Phase.L2))),
+                 Policy.EQUAL, {"a": 16.0, "b": 16.0}, id="other-phases-do-not-share"),
+    pytest.param(Site(20, (Car("a"), Car("b")), conditions=GroupConditions(
+                     uncontrolled=(0, 8, 0))), Policy.EQUAL, {"a": 6.0, "b": 6.0},
+                 id="uncontrolled-load-on-one-phase-binds-three-phase-cars"),
+    pytest.param(Site(32, (Car("a"), Car("b")), conditions=GroupConditions(meter_stale=True)),
+                 Policy.EQUAL, {"a": 0.0, "b": 0.0}, id="stale-meter-fails-closed"),
+    pytest.param(Site(32, (Car("a", online=False, failsafe=10), Car("b"))), Policy.EQUAL,
+                 {"a": 10.0, "b": 16.0}, id="offline-at-failsafe"),
+    pytest.param(Site(6, (Car("a", energy_kwh=20, departure_s=7200), Car("b"))),
+                 Policy.DEADLINE, {"a": 6.0, "b": 0.0}, id="deadline-urgent-car-admitted"),
+]
+
+
+@pytest.mark.parametrize(("site", "policy", "expected"), TABLE)
+def test_table(site: Site, policy: Policy, expected: dict[str, float]) -> None:
+    assert setpoints(site, policy) == pytest.approx(expected)
+
+
+# -- reproducers of engine bugs found by the property tests ----------------------------------
+
+
+def test_offline_overload_pauses_every_online_charger_below_the_group() -> None:
+    """Spec invariant 1: a group its offline chargers alone overload cannot be saved, so
+    every online connector under it must be 0, not only those on the overloaded phase.
+    Here L3 is over (6 A failsafe vs 5.9 A left) while L1 still has room."""
+    site = Site(12, (Car("off", online=False, failsafe=6),
+                     Car("on", phases=1, phase=Phase.L1)),
+                conditions=GroupConditions(uncontrolled=(0, 0, 6.1)))
+    topo, snap = site.topology(), site.snapshot()
+    alloc = allocate(topo, snap)
+    assert {a.group for a in alloc.alarms} == {"g"}
+    assert alloc.setpoints[("on", 1)] == 0.0
+
+
+def test_offline_overload_alarm_reports_load_and_limit() -> None:
+    """An alarm carries the overloaded phase, the load and the limit it breaks."""
+    site = Site(12, (Car("off", online=False, failsafe=6), Car("on")),
+                conditions=GroupConditions(uncontrolled=(0, 0, 6.1)))
+    alloc = allocate(site.topology(), site.snapshot())
+    (alarm,) = alloc.alarms
+    assert alarm.group == "g"
+    assert alarm.phase is Phase.L3
+    assert alarm.load == pytest.approx(6.0)
+    assert alarm.limit == pytest.approx(5.9)
+
+
+def test_priority_lower_priority_gets_nothing_a_higher_one_could_take() -> None:
+    """Spec invariant 4 (priority): 12 A for two cars of 6-16 A. The priority-2 car could
+    take all 12 A; the priority-0 car must not keep its 6 A minimum meanwhile."""
+    site = Site(12, (Car("low", priority=0), Car("high", priority=2)))
+    assert setpoints(site, Policy.PRIORITY) == {"low": 0.0, "high": 12.0}
+
+
+def test_deadline_required_rate_comes_first() -> None:
+    """Policy.DEADLINE: the urgent car (20 kWh in 2 h = 14.5 A on 3 phases) gets its
+    required rate before the car without a deadline gets anything; 1.5 A left is below
+    the other car's 6 A minimum, so it pauses."""
+    site = Site(16, (Car("urgent", energy_kwh=20, departure_s=7200), Car("relaxed")))
+    got = setpoints(site, Policy.DEADLINE)
+    assert got["urgent"] >= 14.4
+    assert got["relaxed"] == 0.0
+
+
+def test_zero_minimum_connector_does_not_starve() -> None:
+    """Spec invariant 5: a connector whose minimum is 0 A is always "admitted" but gets
+    0 A while another car's 6 A minimum fills the group; it must get its turn."""
+    site = Site(6, (Car("six"), Car("zero", min_current=0, max_current=32)))
+    topo = site.topology()
+    rotation: RotationState | None = None
+    charged = set()
+    for n in range(4):
+        alloc = allocate(topo, site.snapshot(n * topo.rotation_interval_s), rotation=rotation)
+        rotation = alloc.rotation
+        charged |= {k[0] for k, v in alloc.setpoints.items() if v > 0}
+    assert charged == {"six", "zero"}
