@@ -180,44 +180,47 @@ def _rank(policy: Policy, inp: _Inputs, cands: IntArray) -> FloatArray:
     return np.zeros(len(cands))
 
 
-def _admit(problem: _Problem, keys: list[ConnectorKey], low: FloatArray, rank: FloatArray,
-           arrival: FloatArray, *, now: datetime, interval_s: float,
-           previous: RotationState) -> tuple[BoolArray, RotationState]:
-    """Choose who charges; returns per-candidate admission and the new rotation state.
+def _rotation_order(keys: list[ConnectorKey], rank: FloatArray, arrival: FloatArray, *,
+                    now: datetime, due: bool, previous: RotationState,
+                    fixed: BoolArray) -> list[int]:
+    """Candidates in the order they are served when not everyone can be.
 
-    ``rank`` is the policy's class (lower first); inside a class, between rotations the
-    connectors already charging keep their place, at a rotation the longest waiting go
-    first and the longest served pause. Only rows that cannot hold every minimum can
-    refuse anyone, so only they are checked one connector at a time.
+    ``rank`` is the policy's class (lower first). Inside a class, between rotations the
+    connectors already charging keep their place and their order; at a rotation the
+    longest waiting go first and the longest served go last, so nobody starves.
+    ``fixed`` connectors (whose pauses a subtree policy rotates itself) keep their place.
     """
-    over = problem.load(low) > problem.capacity + _TOL
-    if not over.any():
-        return np.ones(len(keys), dtype=bool), RotationState(
-            previous.last_rotation,
-            {k: previous.admitted_since.get(k, now) for k in keys}, {})
-    last = previous.last_rotation
-    due = last is None or (now - last).total_seconds() >= interval_s
     now_s = now.timestamp()
     place = np.zeros(len(keys))
     since_s = np.zeros(len(keys))
     for j, key in enumerate(keys):
         since = previous.admitted_since.get(key)
-        if since is not None:
-            place[j], since_s[j] = (1.0, -since.timestamp()) if due else (0.0, 0.0)
+        if fixed[j]:
+            place[j], since_s[j] = -1.0, 0.0
+        elif since is not None:
+            # Most recently admitted first: the order the last rotation served them in.
+            place[j], since_s[j] = (1.0 if due else 0.0), -since.timestamp()
         else:
             waited = previous.waiting_since.get(key)
             place[j] = 0.0 if due else 1.0
             since_s[j] = waited.timestamp() if waited is not None else now_s
-    order = np.lexsort((np.arange(len(keys)), arrival, since_s, place, rank))
-    # Per candidate, only its entries in over-full rows, each as (row, amps it takes).
-    owner = np.repeat(np.arange(len(keys)), np.diff(problem.m_ptr_np))
+    order: list[int] = np.lexsort(
+        (np.arange(len(keys)), arrival, since_s, place, rank)).tolist()
+    return order
+
+
+def _admit(problem: _Problem, low: FloatArray, over: BoolArray, order: list[int]) -> BoolArray:
+    """Who gets at least their minimum, served in ``order``. Only rows that cannot hold
+    every minimum (``over``) can refuse anyone, so only they are checked one by one."""
+    n = len(low)
+    owner = np.repeat(np.arange(n), np.diff(problem.m_ptr_np))
     in_over = over[problem.m_cons_np]
     takes = (problem.m_weight_np * low[owner])[in_over]
-    ptr = np.concatenate(([0], np.cumsum(np.bincount(owner[in_over], minlength=len(keys)))))
+    ptr = np.concatenate(([0], np.cumsum(np.bincount(owner[in_over], minlength=n))))
     ptr_l, rows_l, takes_l = ptr.tolist(), problem.m_cons_np[in_over].tolist(), takes.tolist()
     headroom = (problem.capacity + _TOL).tolist()
-    admitted = np.ones(len(keys), dtype=bool)
-    for j in order.tolist():
+    admitted = np.ones(n, dtype=bool)
+    for j in order:
         s, e = ptr_l[j], ptr_l[j + 1]
         if s == e:
             continue
@@ -228,12 +231,7 @@ def _admit(problem: _Problem, keys: list[ConnectorKey], low: FloatArray, rank: F
         else:
             for k in range(s, e):
                 headroom[rows_l[k]] -= takes_l[k]
-    flags = admitted.tolist()
-    admitted_since = {k: previous.admitted_since.get(k, now)
-                      for k, ok in zip(keys, flags, strict=True) if ok}
-    waiting = {k: previous.waiting_since.get(k, now)
-               for k, ok in zip(keys, flags, strict=True) if not ok}
-    return admitted, RotationState(now if due else last, admitted_since, waiting)
+    return admitted
 
 
 # --- sharing ----------------------------------------------------------------------------
@@ -350,6 +348,25 @@ def _greedy_raise(problem: _Problem, x: FloatArray, cap_at: FloatArray,
     x[:] = xs
 
 
+def _serve_in_order(problem: _Problem, low: FloatArray, high: FloatArray,
+                    order: list[int]) -> FloatArray:
+    """Strict priority: each connector in turn takes all it can; one that would get less
+    than its minimum pauses and leaves the room to those after it."""
+    headroom = problem.capacity.tolist()
+    lows, highs = low.tolist(), high.tolist()
+    x = [0.0] * len(lows)
+    for j in order:
+        rows = list(problem.member_rows(j))
+        room = highs[j]
+        for c, w in rows:
+            room = min(room, headroom[c] / w)
+        if room >= lows[j] - _TOL and room > 0:
+            x[j] = room
+            for c, w in rows:
+                headroom[c] -= w * room
+    return np.array(x, dtype=float)
+
+
 def _round(problem: _Problem, x: FloatArray, low: FloatArray, res: float) -> FloatArray:
     """Floor to the resolution, then hand back whole steps, largest remainders first."""
     floored = np.floor(x / res + 1e-7) * res
@@ -397,22 +414,18 @@ def _inputs(topology: Topology, ta: TopologyArrays, snapshot: Snapshot) -> _Inpu
 
 
 def _share(problem: _Problem, inp: _Inputs, cands: IntArray, admitted: BoolArray,
-           policy: Policy) -> FloatArray:
+           policy: Policy, order: list[int]) -> FloatArray:
     low = np.where(admitted, inp.low[cands], 0.0)
     high = np.where(admitted, inp.high[cands], 0.0)
-    positions = np.flatnonzero(admitted)
     if policy is Policy.PRIORITY:
-        x = low.copy()
-        order = np.lexsort((positions, inp.demand.arrival_s[cands][positions],
-                            -inp.demand.priority[cands][positions]))
-        _greedy_raise(problem, x, high, positions[order].tolist())
-        return x
+        return _serve_in_order(problem, low, high, [j for j in order if admitted[j]])
+    positions = np.flatnonzero(admitted)
     if policy is Policy.DEADLINE:
         required = np.minimum(high, np.maximum(low, inp.required_a[cands]))
         boosted = low.copy()
-        order = np.lexsort((positions, inp.demand.arrival_s[cands][positions],
-                            inp.laxity_h[cands][positions]))
-        _greedy_raise(problem, boosted, required, positions[order].tolist())
+        urgent = np.lexsort((positions, inp.demand.arrival_s[cands][positions],
+                             inp.laxity_h[cands][positions]))
+        _greedy_raise(problem, boosted, required, positions[urgent].tolist())
         low = boosted
     rate = np.where(high > 0, high, 1.0) if policy is Policy.PROPORTIONAL else np.ones(len(low))
     return _fill(problem, low, high, rate)
@@ -420,15 +433,29 @@ def _share(problem: _Problem, inp: _Inputs, cands: IntArray, admitted: BoolArray
 
 def _solve(topology: Topology, inp: _Inputs, cands: IntArray, groups_ok: BoolArray,
            cap: _Capacity, policy: Policy, previous: RotationState,
-           now: datetime) -> tuple[FloatArray, RotationState]:
+           now: datetime, fixed: BoolArray) -> tuple[FloatArray, RotationState]:
     problem = _problem(inp.ta, cands, groups_ok, cap, inp.high[cands])
     keys = [inp.ta.keys[i] for i in cands.tolist()]
-    admitted, state = _admit(problem, keys, inp.low[cands], _rank(policy, inp, cands),
-                             inp.demand.arrival_s[cands], now=now,
-                             interval_s=topology.rotation_interval_s, previous=previous)
-    x = _share(problem, inp, cands, admitted, policy)
-    return _round(problem, x, np.where(admitted, inp.low[cands], 0.0),
-                  topology.resolution_a), state
+    low = inp.low[cands]
+    last = previous.last_rotation
+    due = last is None or (now - last).total_seconds() >= topology.rotation_interval_s
+    over = problem.load(low) > problem.capacity + _TOL
+    order: list[int] = []
+    if over.any() or policy is Policy.PRIORITY:
+        order = _rotation_order(keys, _rank(policy, inp, cands), inp.demand.arrival_s[cands],
+                                now=now, due=due, previous=previous, fixed=fixed)
+    admitted = _admit(problem, low, over, order) if over.any() else np.ones(len(keys), bool)
+    x = _share(problem, inp, cands, admitted, policy, order)
+    x = _round(problem, x, np.where(admitted, low, 0.0), topology.resolution_a)
+    charging = (x > 0).tolist()
+    contended = not all(charging)
+    state = RotationState(
+        (now if due else last) if contended else last,
+        {k: previous.admitted_since.get(k, now)
+         for k, on in zip(keys, charging, strict=True) if on},
+        {k: previous.waiting_since.get(k, now)
+         for k, on in zip(keys, charging, strict=True) if not on})
+    return x, state
 
 
 # --- the whole tree ---------------------------------------------------------------------
@@ -472,7 +499,12 @@ def allocate(topology: Topology, snapshot: Snapshot, *, policy: Policy | None = 
         if len(cands) == 0:
             return
         groups_ok = np.array([root in topology.group_chain(g) for g in ta.group_ids])
-        x, state = _solve(topology, inp, cands, groups_ok, cap, pol, previous, snapshot.now)
+        subs = [] if policy is not None else _override_roots(topology, root, pol)
+        fixed = np.zeros(len(cands), dtype=bool)
+        for sub in subs:
+            fixed |= (ta.chain[cands] == ta.group_index[sub]).any(axis=1)
+        x, state = _solve(topology, inp, cands, groups_ok, cap, pol, previous, snapshot.now,
+                          fixed)
         setpoints[cands] = x
         # A subtree re-solved by its own policy has the last word on its connectors.
         for key, since in state.admitted_since.items():
@@ -484,9 +516,7 @@ def allocate(topology: Topology, snapshot: Snapshot, *, policy: Policy | None = 
         if state.last_rotation is not None and (
                 last_rotation is None or state.last_rotation > last_rotation):
             last_rotation = state.last_rotation
-        if policy is not None:
-            return
-        for sub in _override_roots(topology, root, pol):
+        for sub in subs:
             sub_i = ta.group_index[sub]
             in_sub = cands[(ta.chain[cands] == sub_i).any(axis=1)]
             amps = (setpoints[in_sub, None] * ta.phases[in_sub]).sum(axis=0)
