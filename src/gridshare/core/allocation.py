@@ -51,7 +51,7 @@ from gridshare.core.decision import (
 )
 from gridshare.core.limits import effective_limit
 from gridshare.core.snapshot import Snapshot
-from gridshare.core.topology import ConnectorKey, Policy, Topology
+from gridshare.core.topology import ConnectorKey, Phase, Policy, Topology
 
 _TOL = 1e-9
 _ROWS_PER_GROUP = 4
@@ -106,15 +106,30 @@ class _Capacity:
 
 
 def _capacity(topology: Topology, ta: TopologyArrays, snapshot: Snapshot,
-              fixed: guard.Sums) -> tuple[_Capacity, list[str]]:
+              fixed: guard.Sums) -> tuple[_Capacity, list[Alarm]]:
+    """Room per constraint row once offline connectors draw their failsafe current, and an
+    alarm for every group and phase that those alone already overload."""
     avail = available_arrays(topology, ta, snapshot)
     left = avail.amps - fixed.group_amps
     left_kw = avail.kw - fixed.group_kw
     rows = np.concatenate((
         np.column_stack((left, left_kw)).ravel(),
         np.where(ta.multi, ta.charger_max - fixed.charger_amps, np.inf)))
-    bad = (left < -1e-6).any(axis=1) | (left_kw < -1e-6)
-    return _Capacity(rows), [ta.group_ids[g] for g in np.flatnonzero(bad).tolist()]
+    alarms: list[Alarm] = []
+    for gi, p in zip(*np.nonzero(left < -1e-6), strict=True):
+        gid, phase = ta.group_ids[gi], Phase(int(p))
+        load, room = float(fixed.group_amps[gi, p]), float(avail.amps[gi, p])
+        alarms.append(Alarm(gid, phase, load, room,
+                            f"group {gid} {phase.name}: offline chargers alone draw {load:.1f} A "
+                            f"at their failsafe current, above the {room:.1f} A available; "
+                            f"online chargers on {phase.name} below it are paused"))
+    for gi in np.flatnonzero(left_kw < -1e-6).tolist():
+        gid = ta.group_ids[gi]
+        load, room = float(fixed.group_kw[gi]), float(avail.kw[gi])
+        alarms.append(Alarm(gid, None, load, room,
+                            f"group {gid}: offline chargers alone draw {load:.1f} kW, above "
+                            f"the {room:.1f} kW available; online chargers below it are paused"))
+    return _Capacity(rows), alarms
 
 
 def _problem(ta: TopologyArrays, cands: IntArray, groups_ok: BoolArray, cap: _Capacity,
@@ -328,26 +343,6 @@ def _fill(problem: _Problem, low: FloatArray, high: FloatArray, rate: FloatArray
     return x
 
 
-def _greedy_raise(problem: _Problem, x: FloatArray, cap_at: FloatArray,
-                  order: list[int]) -> None:
-    """In ``order``, raise each connector to ``cap_at`` as far as every row allows."""
-    headroom = (problem.capacity - problem.load(x)).tolist()
-    xs = x.tolist()
-    caps = cap_at.tolist()
-    for j in order:
-        room = caps[j] - xs[j]
-        if room <= 0:
-            continue
-        rows = list(problem.member_rows(j))
-        for c, w in rows:
-            room = min(room, headroom[c] / w)
-        if room > 0:
-            xs[j] += room
-            for c, w in rows:
-                headroom[c] -= w * room
-    x[:] = xs
-
-
 def _serve_in_order(problem: _Problem, low: FloatArray, high: FloatArray,
                     order: list[int]) -> FloatArray:
     """Strict priority: each connector in turn takes all it can; one that would get less
@@ -401,7 +396,9 @@ def _inputs(topology: Topology, ta: TopologyArrays, snapshot: Snapshot) -> _Inpu
     demand = demand_arrays(ta, snapshot)
     res = topology.resolution_a
     high = np.floor(np.minimum(ta.max_current, demand.ev_max) / res + 1e-7) * res
-    low = np.ceil(ta.min_current / res - 1e-7) * res
+    # Less than one step is no charging: a 0 A minimum still competes for one step, so a
+    # car without a minimum waits its turn like the others instead of starving at 0 A.
+    low = np.maximum(np.ceil(ta.min_current / res - 1e-7) * res, res)
     hours_left = (demand.departure_s - snapshot.now.timestamp()) / 3600.0
     with np.errstate(divide="ignore", invalid="ignore"):
         max_kw = high * ta.kw_per_amp
@@ -419,14 +416,12 @@ def _share(problem: _Problem, inp: _Inputs, cands: IntArray, admitted: BoolArray
     high = np.where(admitted, inp.high[cands], 0.0)
     if policy is Policy.PRIORITY:
         return _serve_in_order(problem, low, high, [j for j in order if admitted[j]])
-    positions = np.flatnonzero(admitted)
     if policy is Policy.DEADLINE:
+        # Least laxity first, each car its required rate (at least its minimum) or a
+        # pause; then whatever is left is shared equally among the cars still charging.
         required = np.minimum(high, np.maximum(low, inp.required_a[cands]))
-        boosted = low.copy()
-        urgent = np.lexsort((positions, inp.demand.arrival_s[cands][positions],
-                             inp.laxity_h[cands][positions]))
-        _greedy_raise(problem, boosted, required, positions[urgent].tolist())
-        low = boosted
+        low = _serve_in_order(problem, low, required, [j for j in order if admitted[j]])
+        high = np.where(low > 0, high, 0.0)
     rate = np.where(high > 0, high, 1.0) if policy is Policy.PROPORTIONAL else np.ones(len(low))
     return _fill(problem, low, high, rate)
 
@@ -441,7 +436,7 @@ def _solve(topology: Topology, inp: _Inputs, cands: IntArray, groups_ok: BoolArr
     due = last is None or (now - last).total_seconds() >= topology.rotation_interval_s
     over = problem.load(low) > problem.capacity + _TOL
     order: list[int] = []
-    if over.any() or policy is Policy.PRIORITY:
+    if over.any() or policy in (Policy.PRIORITY, Policy.DEADLINE):
         order = _rotation_order(keys, _rank(policy, inp, cands), inp.demand.arrival_s[cands],
                                 now=now, due=due, previous=previous, fixed=fixed)
     admitted = _admit(problem, low, over, order) if over.any() else np.ones(len(keys), bool)
@@ -483,7 +478,7 @@ def allocate(topology: Topology, snapshot: Snapshot, *, policy: Policy | None = 
     inp = _inputs(topology, ta, snapshot)
     demand = inp.demand
     fixed = np.where(demand.online, 0.0, ta.failsafe)
-    cap, overloaded = _capacity(topology, ta, snapshot, guard.sums(ta, fixed))
+    cap, overload_alarms = _capacity(topology, ta, snapshot, guard.sums(ta, fixed))
     candidate = demand.online & demand.active & (inp.high >= inp.low) & (inp.high > 0)
     setpoints = fixed.copy()
     previous = rotation or RotationState()
@@ -528,17 +523,15 @@ def allocate(topology: Topology, snapshot: Snapshot, *, policy: Policy | None = 
         solve_tree(root, policy or topology.groups[root].policy, cap)
 
     result = dict(zip(ta.keys, setpoints.tolist(), strict=True))
-    alarms = tuple(
-        Alarm(gid, None, 0.0, 0.0, f"group {gid}: offline chargers alone draw more than it "
-              f"allows; every online charger below it is paused")
-        for gid in overloaded)
+    alarms = tuple(overload_alarms)
+    overloaded = {(a.group, a.phase) for a in alarms}
     offline = frozenset(k for k, on in zip(ta.keys, demand.online.tolist(), strict=True)
                         if not on)
     allocation = Allocation(
         setpoints=result, offline=offline, groups=_group_loads(topology, snapshot, setpoints),
         rotation=RotationState(last_rotation, admitted_since, waiting_since), alarms=alarms)
     unexplained = [a for a in guard.check_array(topology, snapshot, setpoints)
-                   if a.group not in overloaded]
+                   if (a.group, a.phase) not in overloaded]
     if not unexplained:
         return allocation
     guarded = guard.enforce(topology, snapshot, allocation)
