@@ -163,6 +163,20 @@ class Model:
                 return con
         return None
 
+    def full(self, key: ConnectorKey, drawn: Mapping[ConnectorKey, float],
+             setpoints: Mapping[ConnectorKey, float]) -> Constraint | None:
+        """A constraint over ``key`` without room for one more step of the most expensive
+        connector in it that could still rise. In a kW row a 3-phase step costs three
+        1-phase steps, so a fair rounding may leave a 1-phase car up to that much unused
+        (one more step to it would put it two steps above its 3-phase neighbour)."""
+        for con in self.of[key]:
+            risers = [c for k, c in con.coef.items() if k == key or (
+                k in self.online and self.wants(k)
+                and 0 < setpoints.get(k, 0.0) < self.top(k) - EPS)]
+            if con.headroom(drawn) < max(risers) * self.res + EPS:
+                return con
+        return None
+
     def tight(self, key: ConnectorKey, drawn: Mapping[ConnectorKey, float]) -> list[Constraint]:
         """Constraints over ``key`` that leave it less than one resolution step."""
         return [con for con in self.of[key]
@@ -229,7 +243,8 @@ def bound_problems(model: Model, setpoints: Mapping[ConnectorKey, float]) -> lis
 
 
 def conservation_problems(model: Model, setpoints: Mapping[ConnectorKey, float]) -> list[str]:
-    """Invariant 3: nobody is held below its maximum while every limit above it has room."""
+    """Invariant 3: nobody is held below its maximum while every limit above it has room
+    (for its minimum if paused; for one step, see :meth:`Model.full`, if charging)."""
     drawn = model.drawn(setpoints)
     out = []
     for key in sorted(model.failsafe):
@@ -239,7 +254,9 @@ def conservation_problems(model: Model, setpoints: Mapping[ConnectorKey, float])
         if s >= model.top(key) - EPS:
             continue
         need = model.start(key) if s == 0.0 else model.res
-        if model.blocked(key, drawn, need) is None:
+        stop = (model.blocked(key, drawn, need) if s == 0.0
+                else model.full(key, drawn, setpoints))
+        if stop is None:
             rooms = ", ".join(f"{c.name} {c.headroom(drawn) / c.coef[key]:.3f} A"
                               for c in model.of[key])
             out.append(f"{key}: at {s} A (top {model.top(key)}) could take {need} A more: "

@@ -165,3 +165,27 @@ def test_zero_minimum_connector_does_not_starve() -> None:
         rotation = alloc.rotation
         charged |= {k[0] for k, v in alloc.setpoints.items() if v > 0}
     assert charged == {"six", "zero"}
+
+
+def test_mixed_policies_unused_subtree_budget_goes_back_to_siblings() -> None:
+    """Spec invariant 3 with policy=None: ``main`` (equal, 6.1 A) first gives its 6 A to the
+    3-phase car of ``sub`` (priority); ``sub`` re-shares that to its priority-1 car on L1
+    and pauses the 3-phase one, so L2 and L3 of the budget go unused, while the car on L2
+    directly under ``main`` stays paused with 6.1 A free on its phase."""
+    def charger(cid: str, group: str, phase: Phase | None, priority: int) -> Charger:
+        return Charger(cid, 1 if phase is not None else 3, phase, 16, 6, 0, priority,
+                       (Connector(cid, 1, 16, 6),), group=group)
+
+    chargers = {"three": charger("three", "sub", None, 0),
+                "l1": charger("l1", "sub", Phase.L1, 1),
+                "l2": charger("l2", "main", Phase.L2, 0)}
+    groups = {
+        "main": Group("main", 6.1, None, 3, Policy.EQUAL, None, groups=("sub",),
+                      chargers=("l2",)),
+        "sub": Group("sub", 6, None, 3, Policy.PRIORITY, "main", chargers=("three", "l1")),
+    }
+    topo = Topology("t", 230, Policy.EQUAL, groups, chargers, ("main",))
+    snap = Snapshot(BASE_TIME, {(c, 1): ConnectorDemand(c, 1, active=True) for c in chargers})
+    alloc = allocate(topo, snap)
+    assert {k[0]: v for k, v in alloc.setpoints.items()} == {"three": 0.0, "l1": 6.0,
+                                                             "l2": 6.0}
