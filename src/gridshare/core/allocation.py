@@ -97,6 +97,11 @@ class _Capacity:
     rows: FloatArray
     """Shape (groups * 4 + chargers,): (g, L1..L3, kW) rows, then one row per charger."""
 
+    def minus(self, load: guard.Sums) -> _Capacity:
+        """The room left once ``load`` is drawn."""
+        groups = np.column_stack((load.group_amps, load.group_kw)).ravel()
+        return _Capacity(self.rows - np.concatenate((groups, load.charger_amps)))
+
     def with_budget(self, group: int, amps: FloatArray, kw: float) -> _Capacity:
         rows = self.rows.copy()
         base = group * _ROWS_PER_GROUP
@@ -487,7 +492,6 @@ def allocate(topology: Topology, snapshot: Snapshot, *, policy: Policy | None = 
     last_rotation = previous.last_rotation
 
     def solve_tree(root: str, pol: Policy, cap: _Capacity) -> None:
-        nonlocal last_rotation
         root_i = ta.group_index[root]
         in_tree = (ta.chain == root_i).any(axis=1)
         cands = np.flatnonzero(candidate & in_tree)
@@ -501,7 +505,28 @@ def allocate(topology: Topology, snapshot: Snapshot, *, policy: Policy | None = 
         x, state = _solve(topology, inp, cands, groups_ok, cap, pol, previous, snapshot.now,
                           fixed)
         setpoints[cands] = x
-        # A subtree re-solved by its own policy has the last word on its connectors.
+        record(state)
+        for sub in subs:
+            sub_i = ta.group_index[sub]
+            in_sub = cands[(ta.chain[cands] == sub_i).any(axis=1)]
+            amps = (setpoints[in_sub, None] * ta.phases[in_sub]).sum(axis=0)
+            kw = float((setpoints[in_sub] * ta.kw_per_amp[in_sub]).sum())
+            solve_tree(sub, topology.groups[sub].policy,
+                       cap.with_budget(sub_i, amps + _TOL, kw + _TOL))
+        if subs and fixed.any() and not fixed.all():
+            # What the subtrees left of their budget goes back to everyone else: solve
+            # the rest again with the subtrees' final draw as a fixed load.
+            held = np.zeros(len(ta.keys))
+            held[cands[fixed]] = setpoints[cands[fixed]]
+            rest = cands[~fixed]
+            x, state = _solve(topology, inp, rest, groups_ok, cap.minus(guard.sums(ta, held)),
+                              pol, previous, snapshot.now, np.zeros(len(rest), dtype=bool))
+            setpoints[rest] = x
+            record(state)
+
+    def record(state: RotationState) -> None:
+        """The latest solve of a connector has the last word on its rotation state."""
+        nonlocal last_rotation
         for key, since in state.admitted_since.items():
             admitted_since[key] = since
             waiting_since.pop(key, None)
@@ -511,13 +536,6 @@ def allocate(topology: Topology, snapshot: Snapshot, *, policy: Policy | None = 
         if state.last_rotation is not None and (
                 last_rotation is None or state.last_rotation > last_rotation):
             last_rotation = state.last_rotation
-        for sub in subs:
-            sub_i = ta.group_index[sub]
-            in_sub = cands[(ta.chain[cands] == sub_i).any(axis=1)]
-            amps = (setpoints[in_sub, None] * ta.phases[in_sub]).sum(axis=0)
-            kw = float((setpoints[in_sub] * ta.kw_per_amp[in_sub]).sum())
-            solve_tree(sub, topology.groups[sub].policy,
-                       cap.with_budget(sub_i, amps + _TOL, kw + _TOL))
 
     for root in topology.roots:
         solve_tree(root, policy or topology.groups[root].policy, cap)
