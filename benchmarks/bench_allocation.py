@@ -206,6 +206,21 @@ def count(snapshot: Snapshot, alloc: Allocation) -> tuple[int, int]:
     return on, paused
 
 
+def demand_over_supply(topology: Topology, snapshot: Snapshot) -> float:
+    """Flat-out demand of the active online connectors on the site's busiest phase, over
+    the site limit: above 1 means not every car can get its maximum."""
+    per = [0.0, 0.0, 0.0]
+    for key, d in snapshot.connectors.items():
+        if d.active and d.online:
+            charger = topology.chargers[key[0]]
+            top = min(charger.max_current, topology.connector(key).max_current,
+                      d.max_current if d.max_current is not None else math.inf)
+            for p in range(3):
+                per[p] += top * charger.phase_vector[p]
+    root = topology.groups[topology.roots[0]]
+    return max(per) / (root.max_current or math.inf)
+
+
 def peak_memory_mib(topology: Topology, snapshot: Snapshot, policy: Policy) -> float:
     gc.collect()
     tracemalloc.start()
@@ -263,6 +278,7 @@ def run(connectors: int, repeat: int, seed: int, console: Console) -> dict[str, 
         "repeat": repeat,
         "seed": seed,
         "build_site_s": round(build_s, 3),
+        "demand_over_supply": round(demand_over_supply(topology, first_snapshot), 2),
         "python": platform.python_version(),
         "machine": f"{platform.machine()} {platform.processor() or platform.system()}",
         "policies": {p.value: figures[p].summary() for p in POLICIES},
@@ -284,7 +300,9 @@ def render(result: dict[str, object], console: Console) -> None:
                       f"{s['mean_paused']:,}", str(s["guarded_runs"]))
     console.print(table)
     console.print(f"python {result['python']} on {result['machine']}; site built in "
-                  f"{result['build_site_s']} s; charging/paused are means per run")
+                  f"{result['build_site_s']} s; flat-out demand / site limit (busiest phase, "
+                  f"first run) {result['demand_over_supply']}; charging/paused are means per "
+                  f"run")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -296,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.connectors < 1 or args.repeat < 1:
         parser.error("--connectors and --repeat must be at least 1")
-    console = Console(stderr=args.json)
+    stream = sys.stderr if args.json else sys.stdout
+    console = Console(stderr=args.json, width=None if stream.isatty() else 120)
     result = run(args.connectors, args.repeat, args.seed, console)
     if args.json:
         json.dump(result, sys.stdout, indent=2)

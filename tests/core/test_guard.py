@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gridshare.core import guard
 from gridshare.core.decision import (
@@ -32,6 +34,9 @@ from gridshare.core.topology import (
     Policy,
     Topology,
 )
+
+from .invariants import Model
+from .strategies import CORE_SETTINGS, Case, cases
 
 NOW = datetime(2025, 3, 3, 8, 0, tzinfo=UTC)
 
@@ -64,8 +69,8 @@ def snap(*demands: ConnectorDemand, **conditions: GroupConditions) -> Snapshot:
     return Snapshot(NOW, {d.key: d for d in demands}, conditions)
 
 
-def on(cid: str, number: int = 1, **kw: object) -> ConnectorDemand:
-    return ConnectorDemand(cid, number, active=True, **kw)  # type: ignore[arg-type]
+def on(cid: str, number: int = 1, max_current: float | None = None) -> ConnectorDemand:
+    return ConnectorDemand(cid, number, active=True, max_current=max_current)
 
 
 def names(alarms: list[Alarm]) -> set[tuple[str, Phase | None]]:
@@ -220,3 +225,40 @@ def test_check_plan_flags_wrong_direction_and_wrong_end() -> None:
     plan = TransitionPlan((), (Command(("b", 1), 20, 10),))
     assert names(guard.check_plan(topo, demands, previous, plan, unsafe_target)) == {
         ("main", Phase.L1)}
+
+
+# -- the guard against the independent model, on random setpoints ---------------------------
+
+
+@st.composite
+def _case_and_setpoints(draw: st.DrawFn) -> tuple[Case, dict[ConnectorKey, float]]:
+    case = draw(cases(max_chargers=15))
+    amps = st.integers(0, 400).map(lambda n: n / 10)
+    return case, {c.key: draw(amps) for c in case.topology.connectors()}
+
+
+@CORE_SETTINGS
+@given(data=_case_and_setpoints())
+def test_guard_agrees_with_an_independent_model(
+        data: tuple[Case, dict[ConnectorKey, float]]) -> None:
+    """Every group phase, group kW and charger limit the model finds broken, the guard
+    names; and the guard names nothing else."""
+    case, setpoints = data
+    model = Model.build(case.topology, case.snapshot)
+    alarms = guard.check(case.topology, case.snapshot, setpoints)
+    drawn = model.drawn(setpoints)
+    broken = [c for c in model.constraints if c.load(drawn) > c.capacity + 1e-6]
+    phase_rows = {(c.group, c.phase) for c in broken if c.phase is not None}
+    assert {(a.group, a.phase) for a in alarms if a.phase is not None} == phase_rows
+    kw_groups = {c.group for c in broken if c.group is not None and c.phase is None}
+    kw_alarms = {a.group for a in alarms if a.phase is None and " kW above " in a.message}
+    assert kw_alarms == kw_groups
+    chargers = {c.name.removeprefix("charger ") for c in broken if c.group is None}
+    charger_alarms = {a.message.split()[1].rstrip(":") for a in alarms
+                      if a.message.startswith("charger ")}
+    assert charger_alarms == chargers
+    out_of_bounds = {k for k in model.online if setpoints[k] != 0.0 and not (
+        case.topology.connector(k).min_current - 1e-6 <= setpoints[k]
+        <= model.upper(k) + 1e-6)}
+    bound_alarms = {a.message.split(":")[0] for a in alarms if "setpoint" in a.message}
+    assert bound_alarms == {f"{k[0]}/{k[1]}" for k in out_of_bounds}
