@@ -50,10 +50,15 @@ async def controller(topology: Topology, driver: RecordingDriver,
     await c.stop()
 
 
-async def boot(c: Controller, clock: FakeClock, *chargers: str) -> None:
+async def boot(c: Controller, clock: FakeClock, *chargers: str, keep: bool = False) -> None:
+    """Boot chargers; forget the calls that booting causes (failsafe, idle holds at 0 A)
+    unless ``keep``."""
     for cid in chargers or tuple(c.topology.chargers):
         c.handle(ChargerBooted(cid, clock.now(), "ocpp1.6"))
     await c.settle()
+    if not keep:
+        assert isinstance(c.driver, RecordingDriver)
+        c.driver.clear()
 
 
 async def arrive(c: Controller, clock: FakeClock, *chargers: str) -> None:
@@ -81,16 +86,20 @@ def assert_safe(c: Controller) -> None:
 
 async def test_car_arrives_at_3s(controller: Controller, driver: RecordingDriver,
                                  clock: FakeClock) -> None:
-    await boot(controller, clock)
-    # Every charger got its failsafe when it booted, and no live setpoint yet.
+    await boot(controller, clock, keep=True)
+    # Every charger got its failsafe when it booted; idle connectors whose failsafe is above
+    # 0 are held at 0 A while we are connected, so a new car does not start at failsafe.
     assert sorted((c.charger, c.current_a) for c in driver.calls if c.kind == "failsafe") == \
         [("a1", 6.0), ("a2", 6.0), ("a3", 6.0), ("b1", 6.0), ("b2", 0.0)]
-    assert driver.setpoints() == []
+    assert sorted((c.charger, c.current_a) for c in driver.setpoints()) == \
+        [("a1", 0.0), ("a2", 0.0), ("a3", 0.0), ("b1", 0.0)]
+    driver.clear()
     await advance(controller, clock, 3)
     await arrive(controller, clock, "a1")
     (call,) = driver.setpoints()
     assert (call.charger, call.connector, call.current_a, call.lease_s) == ("a1", 1, 32.0, 60.0)
-    assert controller.in_force() == {("a1", 1): 32.0}
+    assert controller.in_force() == {("a1", 1): 32.0, ("a2", 1): 0.0, ("a3", 1): 0.0,
+                                     ("b1", 1): 0.0}
     assert_safe(controller)
 
 
@@ -139,8 +148,10 @@ async def test_meter_goes_stale_at_40s_fails_closed(metered: Topology, driver: R
     try:
         await boot(c, clock)
         await arrive(c, clock, "m1")
-        # The meter has never reported: no headroom, down from the 6 A default to 0.
-        assert [x.current_a for x in driver.setpoints()] == [0.0]
+        # The meter has never reported: no headroom; m1 stays at the 0 A its idle connector
+        # was held at (not its 6 A failsafe).
+        assert driver.setpoints() == []
+        assert c.in_force() == {("m1", 1): 0.0, ("m2", 1): 0.0}
         for _ in range(3):  # t = 0, 5, 10
             c.handle(GroupMeterReading("main", clock.now(), (8.0, 8.0, 8.0),
                                        includes_chargers=False))
@@ -230,9 +241,11 @@ async def test_failed_decrease_holds_increases_and_reserves(
     await arrive(controller, clock, "a1")
     driver.results["a1"] = CommandResult.REJECTED
     await arrive(controller, clock, "a2")
-    # a1 refused to come down from 32 A: it is reserved, so a2 may not rise; it is
-    # lowered from its 6 A default to 0 instead.
-    assert [x.current_a for x in driver.setpoints("a2")] == [0.0]
+    # a1 refused to come down from 32 A: it is reserved, so a2 may not rise from the 0 A
+    # its idle connector was held at.
+    assert driver.setpoints("a2") == []
+    assert controller.allocation is not None
+    assert controller.allocation.setpoints[("a2", 1)] == 0.0
     assert controller.status().connectors[0].uncertain
     assert controller.status().alarms == () or all(
         a.kind != "guard" for a in controller.status().alarms)
@@ -273,14 +286,14 @@ async def test_failsafe_on_boot_and_on_first_connection(
     await controller.settle()
     controller.handle(ChargerBooted("a1", clock.now(), "ocpp2.0.1"))
     await controller.settle()
-    assert [(x.kind, x.charger, x.current_a) for x in driver.calls] == \
-        [("failsafe", "a1", 6.0), ("failsafe", "a1", 6.0)]
+    assert [(x.kind, x.charger, x.current_a) for x in driver.calls if x.kind == "failsafe"] \
+        == [("failsafe", "a1", 6.0), ("failsafe", "a1", 6.0)]
 
 
 async def test_failsafe_retried_until_accepted(controller: Controller, driver: RecordingDriver,
                                                clock: FakeClock) -> None:
     driver.results["b1"] = CommandResult.TIMEOUT
-    await boot(controller, clock, "b1")
+    await boot(controller, clock, "b1", keep=True)
     driver.results["b1"] = CommandResult.ACCEPTED
     await advance(controller, clock, 9)
     assert len([x for x in driver.calls if x.kind == "failsafe"]) == 1
@@ -357,7 +370,7 @@ async def test_audit_and_status(topology: Topology, driver: RecordingDriver,
         await boot(c, clock, "a1", "a2", "a3")
         await arrive(c, clock, "a1")
         kinds = sorted(r.kind for r in audit.commands)
-        assert kinds == ["failsafe", "failsafe", "failsafe", "increase"]
+        assert kinds == ["failsafe"] * 3 + ["increase"] + ["release"] * 3
         # b1 and b2 never connected: 6 A on L2 and 0 A at failsafe, no alarm.
         c.handle(LimitChanged("main", clock.now(), "operator", max_current=3.0))
         await c.settle()

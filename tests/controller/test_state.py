@@ -384,9 +384,13 @@ def test_a_setpoint_outlives_the_session_until_released(topology: Topology) -> N
     # A connector profile sent before the transaction was known still applies to the next
     # car: keep believing it, and ask for it to be released.
     assert state.believed_a(("a1", 1)) == 12.5
-    assert state.releases_due(t(5)) == [("a1", 1)]
+    assert ("a1", 1) in state.releases_due(t(5), 0.5)
     state.record_result(("a1", 1), 0.0, CommandResult.ACCEPTED, t(6), 60)
-    assert state.releases_due(t(6)) == []
+    # Held at 0 (its failsafe is 6 A): renewed at half its lease, like a live setpoint.
+    assert ("a1", 1) not in state.releases_due(t(35), 0.5)
+    assert ("a1", 1) in state.releases_due(t(36), 0.5)
     # Lease over without a car: nothing to recompute.
     assert state.refresh(t(70)) is Impact.NONE
     assert state.believed_a(("a1", 1)) == 6.0
+    # A charger whose failsafe is 0 needs no holding once released.
+    assert [k for k in state.releases_due(t(70), 0.5) if k[0] == "b2"] == []

@@ -386,7 +386,8 @@ class Controller:
         planned = {c.key for c in plan.decreases} | {c.key for c in plan.increases}
         renewals = self._renewals(target, planned, now)
         renewals += [(Command(k, 0.0, self.state.believed_a(k)), "release")
-                     for k in self.state.releases_due(now) if self._retry_ok(k, now)]
+                     for k in self.state.releases_due(now, self.settings.renew_fraction)
+                     if self._retry_ok(k, now)]
         compute_s = time.perf_counter() - started
 
         dec_tasks = [self._send(c, "decrease") for c in decreases]
@@ -652,7 +653,9 @@ class Controller:
         if impact is Impact.NONE:
             overdue = self._last_cycle_at is None or \
                 (now - self._last_cycle_at).total_seconds() >= self.settings.recompute_s
-            if overdue or self.state.renewals_due(now, self.settings.renew_fraction):
+            fraction = self.settings.renew_fraction
+            if overdue or self.state.renewals_due(now, fraction) or \
+                    self.state.releases_due(now, fraction):
                 impact = Impact.CHANGED
         for key, when in list(self._retry_after.items()):
             if when <= now:

@@ -422,16 +422,26 @@ class SiteState:
                 out.append(key)
         return out
 
-    def releases_due(self, now: datetime) -> list[ConnectorKey]:
-        """Online connectors without a car that may still hold a live setpoint above 0:
-        set them to 0 so the next car starts from nothing, not from the last car's share."""
+    def releases_due(self, now: datetime, fraction: float) -> list[ConnectorKey]:
+        """Online connectors without a car to hold at a leased 0 A: one that may still have
+        a live setpoint above 0 (the last car's share would apply to the next car), or one
+        whose charger's failsafe is above 0 (a new car would be offered the failsafe at
+        once, before we count it). Renewed like live setpoints; if the charger loses us,
+        the lease lapses and its failsafe applies again."""
         out = []
         for key, conn in self._connectors.items():
             if conn.active or conn.pending_a is not None or not self._chargers[key[0]].online:
                 continue
             live = self.in_force_a(key, now)
-            if (live is not None and live > 0) or conn.uncertain_a is not None:
+            if conn.uncertain_a is not None or (live is not None and live > 0):
                 out.append(key)
+            elif self.topology.chargers[key[0]].failsafe_current > 0:
+                if live is None:
+                    out.append(key)
+                elif conn.confirmed_at is not None and conn.lease_until is not None:
+                    lease = (conn.lease_until - conn.confirmed_at).total_seconds()
+                    if now >= conn.confirmed_at + timedelta(seconds=lease * fraction):
+                        out.append(key)
         return out
 
     def command_keys(self) -> list[ConnectorKey]:
