@@ -170,6 +170,35 @@ async def probe_worker(url: str, measure_s: float, period_s: float = 0.2) -> Non
 # --- server side ---------------------------------------------------------------------------
 
 
+class LoopWatch:
+    """Event-loop lag (how late a 10 ms sleep wakes up) and garbage-collector pauses in the
+    server: what makes a round trip's tail."""
+
+    def __init__(self) -> None:
+        self.lags_ms: list[float] = []
+        self.gc_ms: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self._gc_started = 0.0
+        self.recording = False
+
+    def _gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        elif self.recording:
+            self.gc_ms[info["generation"]].append((time.perf_counter() - self._gc_started)
+                                                  * 1000)
+
+    async def run(self) -> None:
+        gc.callbacks.append(self._gc)
+        try:
+            while True:
+                started = time.perf_counter()
+                await asyncio.sleep(0.01)
+                if self.recording:
+                    self.lags_ms.append((time.perf_counter() - started) * 1000 - 10)
+        finally:
+            gc.callbacks.remove(self._gc)
+
+
 async def run(count: int, heartbeat_s: int, measure_s: float) -> dict[str, Any]:
     import psutil
 
@@ -194,6 +223,8 @@ async def run(count: int, heartbeat_s: int, measure_s: float) -> dict[str, Any]:
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=2**26)
     assert proc.stdin is not None and proc.stdout is not None
     probe_proc: asyncio.subprocess.Process | None = None
+    watch = LoopWatch()
+    watch_task = asyncio.create_task(watch.run())
     try:
         connected = json.loads(await asyncio.wait_for(proc.stdout.readline(), 900))
         connected["connected"] += PROBES
@@ -213,10 +244,12 @@ async def run(count: int, heartbeat_s: int, measure_s: float) -> dict[str, Any]:
         rss_after = me.memory_info().rss
         connections = len(app.csms.connected())
         idle_cpu_before = me.cpu_times()
+        watch.recording = True
         proc.stdin.write(b"go\n")
         await proc.stdin.drain()
         beats = json.loads(await asyncio.wait_for(proc.stdout.readline(), measure_s + 300))
         idle_cpu = me.cpu_times()
+        watch.recording = False
         probe = json.loads(await asyncio.wait_for(probe_proc.stdout.readline(), 120))
         await probe_proc.wait()
         rtts: list[float] = beats["rtt_ms"]
@@ -236,11 +269,19 @@ async def run(count: int, heartbeat_s: int, measure_s: float) -> dict[str, Any]:
             "goal_met": per_conn_kb <= GOAL_KB,
             "heartbeat_rtt_ms": {"probes": PROBES, **rtt_summary(server_rtts)},
             "heartbeat_rtt_seen_by_simulated_chargers_ms": rtt_summary(rtts),
+            "server_loop_lag_ms": {"p50": round(statistics.median(watch.lags_ms), 2),
+                                   "p99": round(percentile(watch.lags_ms, 0.99), 2),
+                                   "max": round(max(watch.lags_ms), 2)}
+            if watch.lags_ms else {},
+            "server_gc_pauses": {f"gen{g}": {"count": len(v),
+                                             "max_ms": round(max(v), 1) if v else 0.0}
+                                 for g, v in watch.gc_ms.items()},
             "server_cpu_percent_while_idle": round(100 * busy_s / measure_s, 1),
             "server_cpu_s_total": round(idle_cpu.user + idle_cpu.system
                                         - cpu_before.user - cpu_before.system, 1),
         }
     finally:
+        watch_task.cancel()
         with contextlib.suppress(Exception):
             proc.stdin.close()
         if probe_proc is not None and probe_proc.returncode is None:
@@ -295,6 +336,10 @@ def main() -> None:
     print(f"  as seen by the simulated chargers (heartbeat every "
           f"{result['heartbeat_interval_s']} s, {sim_rtt['count']} samples, their own process "
           f"saturated): p50 {sim_rtt['p50']} ms, p99 {sim_rtt['p99']} ms")
+    lag, gcs = result["server_loop_lag_ms"], result["server_gc_pauses"]
+    print(f"  server event-loop lag p50 {lag.get('p50')} ms, p99 {lag.get('p99')} ms, max "
+          f"{lag.get('max')} ms; GC pauses: " + ", ".join(
+              f"{g} ×{v['count']} max {v['max_ms']} ms" for g, v in gcs.items()))
     print(f"  server CPU while idle: {result['server_cpu_percent_while_idle']} % of one core")
 
 

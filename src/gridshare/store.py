@@ -43,7 +43,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from gridshare.bus import Subscription
-from gridshare.controller.loop import AlarmRecord, CommandRecord
+from gridshare.controller.audit import AlarmRecord, CommandRecord
 from gridshare.events import (
     Event,
     GroupMeterReading,

@@ -1,27 +1,24 @@
 """The live control loop: site state folded from events, allocation cycles, verification."""
 
+from gridshare.controller.audit import AlarmRecord, AuditSink, CommandKind, CommandRecord
 from gridshare.controller.clock import Clock, FakeClock, SystemClock
-from gridshare.controller.loop import (
-    AlarmRecord,
-    AuditSink,
-    CommandRecord,
-    Controller,
-    ControllerSettings,
-    ControllerStatus,
-    CycleReport,
-)
+from gridshare.controller.loop import Controller, ControllerSettings, CycleReport
 from gridshare.controller.state import Impact, SiteState, StateSettings, Violation
+from gridshare.controller.views import ConnectorView, ControllerStatus, GroupView
 
 __all__ = [
     "AlarmRecord",
     "AuditSink",
     "Clock",
+    "CommandKind",
     "CommandRecord",
+    "ConnectorView",
     "Controller",
     "ControllerSettings",
     "ControllerStatus",
     "CycleReport",
     "FakeClock",
+    "GroupView",
     "Impact",
     "SiteState",
     "StateSettings",

@@ -6,10 +6,16 @@ increases" ordering is never interleaved with another cycle's increases. A cycle
 1. refreshes the state for the passing of time and builds a snapshot;
 2. allocates (``core.allocation.allocate``) and passes the result through the safety guard;
 3. plans the transition from what each charger may be drawing now to the target;
-4. sends every decrease (and due lease renewals) concurrently and waits until each is
-   accepted, refused or timed out — an urgent change (limit cut, charger offline, stale
-   meter) interrupts the wait and starts a fresh cycle at once;
-5. only if every decrease was accepted and nothing urgent happened, sends the increases.
+4. sends every decrease (and due lease renewals and idle-connector holds) concurrently and
+   waits until each is accepted, refused or timed out — an urgent change (limit cut,
+   charger offline, stale meter) interrupts the wait and starts a fresh cycle at once;
+5. only if every decrease was accepted and nothing urgent happened, sends the increases —
+   those that fit even while recent decreases settle (cars take seconds to follow a
+   lower setpoint) go at once, the others when the decreases have settled.
+
+What each connector may be drawing is tracked conservatively in
+:class:`~gridshare.controller.state.SiteState`: a command in flight, a failed command, a
+lease, a setpoint left from the previous car all count until proven otherwise.
 
 Events arrive on the bus (or through :meth:`Controller.handle`); bursts are batched by a
 short debounce, while anything that lowers headroom triggers a cycle at once. A 1 s tick
@@ -22,17 +28,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal, Protocol
+from typing import Any
 
 from gridshare.bus import Bus, Subscription
+from gridshare.controller.audit import AlarmRecord, AuditSink, CommandKind, CommandRecord
 from gridshare.controller.clock import Clock, SystemClock
 from gridshare.controller.state import Impact, SiteState, StateSettings
+from gridshare.controller.views import ControllerStatus, build_status
 from gridshare.core import guard
 from gridshare.core.allocation import allocate, plan_transition
 from gridshare.core.decision import Alarm, Allocation, Command, RotationState
@@ -45,9 +52,6 @@ from gridshare.events import ChargerBooted, ChargerOnline, Event
 log = logging.getLogger("gridshare.controller")
 
 _EPS = 1e-6
-
-CommandKind = Literal["decrease", "increase", "renew", "retry", "release", "failsafe"]
-
 
 @dataclass(frozen=True, slots=True)
 class ControllerSettings:
@@ -77,42 +81,6 @@ class ControllerSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class CommandRecord:
-    """One command and its outcome, for the audit log."""
-
-    at: datetime
-    charger: str
-    connector: int
-    """0 for a charger-wide command (failsafe)."""
-    kind: CommandKind
-    current_a: float
-    previous_a: float | None
-    result: CommandResult
-    latency_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class AlarmRecord:
-    at: datetime
-    kind: str
-    """limit | guard | violation | command | internal"""
-    group: str
-    phase: str | None
-    load: float
-    limit: float
-    message: str
-    cleared: bool = False
-
-
-class AuditSink(Protocol):
-    """Where commands and alarms go besides the log (the store). Must not block."""
-
-    def record_command(self, record: CommandRecord) -> None: ...
-
-    def record_alarm(self, record: AlarmRecord) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
 class CycleReport:
     at: datetime
     allocation: Allocation
@@ -124,82 +92,6 @@ class CycleReport:
     increases_held: int
     """Increases waiting for recent decreases to settle (sent by a later cycle)."""
     compute_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class GroupView:
-    id: str
-    limit_a: float | None
-    """Tightest A-per-phase limit in force (None: kW only)."""
-    available_a: tuple[float, float, float]
-    """Left for our chargers after uncontrolled load (0 when the meter is stale)."""
-    allocated_a: tuple[float, float, float]
-    """What our chargers are counted at (setpoints, offline ones at failsafe)."""
-    uncontrolled_a: tuple[float, float, float]
-    measured_a: tuple[float, float, float]
-    """Sum of our chargers' own meter readings below the group."""
-    meter_a: tuple[float, float, float] | None
-    meter_stale: bool
-    power_kw: float
-    limit_power_kw: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectorView:
-    charger: str
-    connector: int
-    online: bool
-    active: bool
-    status: str | None
-    setpoint_a: float | None
-    """Accepted setpoint inside its lease (None: the charger's default/failsafe)."""
-    target_a: float | None
-    """What the last allocation wants."""
-    drawn_a: float | None
-    """Highest per-phase current of its last meter reading."""
-    violator: bool
-    uncertain: bool
-
-
-@dataclass(frozen=True, slots=True)
-class ControllerStatus:
-    site: str
-    at: datetime
-    chargers_configured: int
-    chargers_online: int
-    groups: tuple[GroupView, ...]
-    connectors: tuple[ConnectorView, ...]
-    alarms: tuple[AlarmRecord, ...]
-    counters: Mapping[str, int]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (infinite limits become null)."""
-        return {
-            "site": self.site,
-            "at": self.at.isoformat(),
-            "chargers_configured": self.chargers_configured,
-            "chargers_online": self.chargers_online,
-            "groups": [_jsonable(_fields(g)) for g in self.groups],
-            "connectors": [_jsonable(_fields(c)) for c in self.connectors],
-            "alarms": [_jsonable(_fields(a)) for a in self.alarms],
-            "counters": dict(self.counters),
-        }
-
-
-def _fields(obj: Any) -> dict[str, Any]:
-    return {name: getattr(obj, name) for name in obj.__slots__}
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float):
-        return None if not math.isfinite(value) else round(value, 3)
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value
 
 
 class Controller:
@@ -723,6 +615,14 @@ class Controller:
     def allocation(self) -> Allocation | None:
         return self._allocation
 
+    @property
+    def last_snapshot(self) -> Snapshot | None:
+        return self._snapshot
+
+    @property
+    def recent_alarms(self) -> tuple[AlarmRecord, ...]:
+        return tuple(self._alarms)
+
     def in_force(self) -> dict[ConnectorKey, float]:
         """Accepted setpoints still inside their lease."""
         now = self.clock.now()
@@ -753,53 +653,5 @@ class Controller:
                 raise TimeoutError("controller did not settle")
 
     def status(self) -> ControllerStatus:
-        now = self.clock.now()
-        alloc = self._allocation
-        snapshot = self._snapshot or self.state.to_snapshot(now)
-        violators = {v.key for v in self.state.violators(now)}
-        groups = []
-        for gid, group in self.topology.groups.items():
-            measured = [0.0, 0.0, 0.0]
-            for cid in self.topology.subtree_chargers(gid):
-                for conn in self.topology.chargers[cid].connectors:
-                    m = self.state.measured_a(conn.key, now)
-                    if m is not None:
-                        for p in range(3):
-                            measured[p] += m[p]
-            meter = self.state.group_meter(gid)
-            cond = snapshot.conditions(gid)
-            load = alloc.groups.get(gid) if alloc is not None else None
-            groups.append(GroupView(
-                id=gid,
-                limit_a=load.limit if load is not None and math.isfinite(load.limit)
-                else group.max_current,
-                available_a=load.available if load is not None else (0.0, 0.0, 0.0),
-                allocated_a=load.current if load is not None else (0.0, 0.0, 0.0),
-                uncontrolled_a=cond.uncontrolled,
-                measured_a=(measured[0], measured[1], measured[2]),
-                meter_a=meter[0] if meter is not None else None,
-                meter_stale=cond.meter_stale,
-                power_kw=load.power_kw if load is not None else 0.0,
-                limit_power_kw=load.limit_power_kw if load is not None
-                and math.isfinite(load.limit_power_kw) else None,
-            ))
-        connectors = []
-        for conn in self.topology.connectors():
-            key = conn.key
-            m = self.state.measured_a(key, now)
-            status = self.state.status_of(key)
-            connectors.append(ConnectorView(
-                charger=key[0], connector=key[1], online=self.state.online(key[0]),
-                active=self.state.active(key),
-                status=status.value if status is not None else None,
-                setpoint_a=self.state.in_force_a(key, now),
-                target_a=alloc.setpoints.get(key) if alloc is not None else None,
-                drawn_a=max(m) if m is not None else None,
-                violator=key in violators,
-                uncertain=self.state.uncertain_a(key) is not None,
-            ))
-        return ControllerStatus(
-            site=self.topology.site, at=now, chargers_configured=len(self.topology.chargers),
-            chargers_online=self.state.online_count(), groups=tuple(groups),
-            connectors=tuple(connectors), alarms=tuple(self._alarms),
-            counters=dict(self.counters))
+        """Groups (load against limit per phase), connectors, recent alarms, counters."""
+        return build_status(self)

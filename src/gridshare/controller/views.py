@@ -1,0 +1,146 @@
+"""Read-only views of a running controller, for the status endpoint, the API and the
+dashboard: groups with load against limit per phase, connectors, alarms."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from gridshare.controller.audit import AlarmRecord
+
+if TYPE_CHECKING:
+    from gridshare.controller.loop import Controller
+
+
+@dataclass(frozen=True, slots=True)
+class GroupView:
+    id: str
+    limit_a: float | None
+    """Tightest A-per-phase limit in force (None: kW only)."""
+    available_a: tuple[float, float, float]
+    """Left for our chargers after uncontrolled load (0 when the meter is stale)."""
+    allocated_a: tuple[float, float, float]
+    """What our chargers are counted at (setpoints, offline ones at failsafe)."""
+    uncontrolled_a: tuple[float, float, float]
+    measured_a: tuple[float, float, float]
+    """Sum of our chargers' own meter readings below the group."""
+    meter_a: tuple[float, float, float] | None
+    meter_stale: bool
+    power_kw: float
+    limit_power_kw: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorView:
+    charger: str
+    connector: int
+    online: bool
+    active: bool
+    status: str | None
+    setpoint_a: float | None
+    """Accepted setpoint inside its lease (None: the charger's default/failsafe)."""
+    target_a: float | None
+    """What the last allocation wants."""
+    drawn_a: float | None
+    """Highest per-phase current of its last meter reading."""
+    violator: bool
+    uncertain: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerStatus:
+    site: str
+    at: datetime
+    chargers_configured: int
+    chargers_online: int
+    groups: tuple[GroupView, ...]
+    connectors: tuple[ConnectorView, ...]
+    alarms: tuple[AlarmRecord, ...]
+    counters: Mapping[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (infinite limits become null)."""
+        return {
+            "site": self.site,
+            "at": self.at.isoformat(),
+            "chargers_configured": self.chargers_configured,
+            "chargers_online": self.chargers_online,
+            "groups": [_jsonable(_fields(g)) for g in self.groups],
+            "connectors": [_jsonable(_fields(c)) for c in self.connectors],
+            "alarms": [_jsonable(_fields(a)) for a in self.alarms],
+            "counters": dict(self.counters),
+        }
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    return {name: getattr(obj, name) for name in obj.__slots__}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float):
+        return None if not math.isfinite(value) else round(value, 3)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def build_status(controller: Controller) -> ControllerStatus:
+    """The view of ``controller`` now."""
+    now = controller.clock.now()
+    alloc = controller.allocation
+    snapshot = controller.last_snapshot or controller.state.to_snapshot(now)
+    violators = {v.key for v in controller.state.violators(now)}
+    groups = []
+    for gid, group in controller.topology.groups.items():
+        measured = [0.0, 0.0, 0.0]
+        for cid in controller.topology.subtree_chargers(gid):
+            for conn in controller.topology.chargers[cid].connectors:
+                m = controller.state.measured_a(conn.key, now)
+                if m is not None:
+                    for p in range(3):
+                        measured[p] += m[p]
+        meter = controller.state.group_meter(gid)
+        cond = snapshot.conditions(gid)
+        load = alloc.groups.get(gid) if alloc is not None else None
+        groups.append(GroupView(
+            id=gid,
+            limit_a=load.limit if load is not None and math.isfinite(load.limit)
+            else group.max_current,
+            available_a=load.available if load is not None else (0.0, 0.0, 0.0),
+            allocated_a=load.current if load is not None else (0.0, 0.0, 0.0),
+            uncontrolled_a=cond.uncontrolled,
+            measured_a=(measured[0], measured[1], measured[2]),
+            meter_a=meter[0] if meter is not None else None,
+            meter_stale=cond.meter_stale,
+            power_kw=load.power_kw if load is not None else 0.0,
+            limit_power_kw=load.limit_power_kw if load is not None
+            and math.isfinite(load.limit_power_kw) else None,
+        ))
+    connectors = []
+    for conn in controller.topology.connectors():
+        key = conn.key
+        m = controller.state.measured_a(key, now)
+        status = controller.state.status_of(key)
+        connectors.append(ConnectorView(
+            charger=key[0], connector=key[1], online=controller.state.online(key[0]),
+            active=controller.state.active(key),
+            status=status.value if status is not None else None,
+            setpoint_a=controller.state.in_force_a(key, now),
+            target_a=alloc.setpoints.get(key) if alloc is not None else None,
+            drawn_a=max(m) if m is not None else None,
+            violator=key in violators,
+            uncertain=controller.state.uncertain_a(key) is not None,
+        ))
+    return ControllerStatus(
+        site=controller.topology.site, at=now,
+        chargers_configured=len(controller.topology.chargers),
+        chargers_online=controller.state.online_count(), groups=tuple(groups),
+        connectors=tuple(connectors), alarms=tuple(controller.recent_alarms),
+        counters=dict(controller.counters))
