@@ -70,6 +70,9 @@ class Model:
     infeasible: set[str]
     """Groups whose offline connectors alone break a limit: they cannot be saved."""
     under_infeasible: set[ConnectorKey]
+    """Online connectors that load a limit (group and phase, or kW) offline ones break."""
+    lost: list[Constraint]
+    """The limits offline connectors alone break."""
 
     @classmethod
     def build(cls, topology: Topology, snapshot: Snapshot) -> Model:
@@ -83,11 +86,11 @@ class Model:
         failsafe = {c.key: topology.chargers[c.charger_id].failsafe_current
                     for c in topology.connectors()}
         base = {k: (failsafe[k] if k in offline else 0.0) for k in failsafe}
-        infeasible = {con.group for con in cons
-                      if con.group is not None and con.headroom(base) < -EPS}
-        under = {k for k in online
-                 if set(topology.charger_groups(k[0])) & infeasible}
-        return cls(topology, snapshot, cons, of, online, offline, failsafe, infeasible, under)
+        lost = [con for con in cons if con.group is not None and con.headroom(base) < -EPS]
+        infeasible = {con.group for con in lost if con.group is not None}
+        under = {k for k in online if any(k in con.coef for con in lost)}
+        return cls(topology, snapshot, cons, of, online, offline, failsafe, infeasible, under,
+                   lost)
 
     # -- per-connector bounds -------------------------------------------------------------
 
@@ -147,7 +150,7 @@ class Model:
         drawn = self.drawn(setpoints)
         out = []
         for con in self.constraints:
-            if con.group in self.infeasible and not include_infeasible:
+            if not include_infeasible and any(con is lost for lost in self.lost):
                 continue
             load = con.load(drawn)
             if load > con.capacity + EPS:
@@ -160,20 +163,6 @@ class Model:
         borderline float noise counts as blocked, in the engine's favour."""
         for con in self.of[key]:
             if con.headroom(drawn) < con.coef[key] * need_a + EPS:
-                return con
-        return None
-
-    def full(self, key: ConnectorKey, drawn: Mapping[ConnectorKey, float],
-             setpoints: Mapping[ConnectorKey, float]) -> Constraint | None:
-        """A constraint over ``key`` without room for one more step of the most expensive
-        connector in it that could still rise. In a kW row a 3-phase step costs three
-        1-phase steps, so a fair rounding may leave a 1-phase car up to that much unused
-        (one more step to it would put it two steps above its 3-phase neighbour)."""
-        for con in self.of[key]:
-            risers = [c for k, c in con.coef.items() if k == key or (
-                k in self.online and self.wants(k)
-                and 0 < setpoints.get(k, 0.0) < self.top(k) - EPS)]
-            if con.headroom(drawn) < max(risers) * self.res + EPS:
                 return con
         return None
 
@@ -205,14 +194,16 @@ def on_grid(model: Model, amps: float) -> bool:
 
 def safety_problems(model: Model, setpoints: Mapping[ConnectorKey, float],
                     alarm_groups: set[str]) -> list[str]:
-    """Invariant 1: every savable limit holds; unsavable groups pause and raise an alarm."""
+    """Invariant 1: every savable limit holds; a limit that offline chargers alone break
+    cannot be saved: every online connector that loads it pauses, and an alarm names the
+    group. (A 1-phase charger on another phase of that group adds nothing to it.)"""
     out = model.violations(setpoints)
-    for gid in sorted(model.infeasible):
-        running = [k for k in model.online if gid in model.topology.charger_groups(k[0])
-                   and setpoints.get(k, 0.0) != 0.0]
+    for con in model.lost:
+        running = [k for k in con.coef if k in model.online and setpoints.get(k, 0.0) != 0.0]
         if running:
-            out.append(f"group {gid} is overloaded by offline chargers alone but online "
+            out.append(f"{con.name} is overloaded by offline chargers alone but online "
                        f"{sorted(running)} still get current")
+    for gid in sorted(model.infeasible):
         if gid not in alarm_groups:
             out.append(f"group {gid} is overloaded by offline chargers alone; no alarm names it")
     return out
@@ -244,7 +235,8 @@ def bound_problems(model: Model, setpoints: Mapping[ConnectorKey, float]) -> lis
 
 def conservation_problems(model: Model, setpoints: Mapping[ConnectorKey, float]) -> list[str]:
     """Invariant 3: nobody is held below its maximum while every limit above it has room
-    (for its minimum if paused; for one step, see :meth:`Model.full`, if charging)."""
+    for it: for its minimum if paused, for one more step if charging (in its own A, so
+    in a kW row a 1-phase car's step costs a third of a 3-phase car's)."""
     drawn = model.drawn(setpoints)
     out = []
     for key in sorted(model.failsafe):
@@ -254,9 +246,7 @@ def conservation_problems(model: Model, setpoints: Mapping[ConnectorKey, float])
         if s >= model.top(key) - EPS:
             continue
         need = model.start(key) if s == 0.0 else model.res
-        stop = (model.blocked(key, drawn, need) if s == 0.0
-                else model.full(key, drawn, setpoints))
-        if stop is None:
+        if model.blocked(key, drawn, need) is None:
             rooms = ", ".join(f"{c.name} {c.headroom(drawn) / c.coef[key]:.3f} A"
                               for c in model.of[key])
             out.append(f"{key}: at {s} A (top {model.top(key)}) could take {need} A more: "
@@ -271,10 +261,14 @@ def utilisation(model: Model, setpoints: Mapping[ConnectorKey, float],
 
 def _fair_problems(model: Model, setpoints: Mapping[ConnectorKey, float],
                    weight: dict[ConnectorKey, float], label: str) -> list[str]:
-    """Weighted max-min fairness: every connector below its top has a bottleneck (a full
-    constraint over it) where its level s/w is, within rounding, the highest among the
-    connectors that are not held up at their own minimum."""
+    """Weighted max-min fairness on the setpoint grid: every connector x below its top has
+    a bottleneck, a constraint full for x, in which no connector y (charging, above its own
+    minimum) could give x one more step by dropping whole steps of its own and still stay
+    at or above x's new level s/w. With equal coefficients that is "within one step"; in a
+    kW row a 3-phase y must drop one step to free one for a 1-phase x, but a 1-phase y must
+    drop three for a 3-phase x."""
     drawn = model.drawn(setpoints)
+    res = model.res
     out = []
     for x in sorted(model.failsafe):
         sx = setpoints[x]
@@ -283,7 +277,8 @@ def _fair_problems(model: Model, setpoints: Mapping[ConnectorKey, float],
         best: tuple[str, float] | None = None
         ok = False
         for con in model.tight(x, drawn):
-            worst = 0.0
+            short = con.coef[x] * res - con.headroom(drawn)
+            worst = -math.inf
             who = ""
             for y in con.coef:
                 if y == x or not model.wants(y):
@@ -291,11 +286,11 @@ def _fair_problems(model: Model, setpoints: Mapping[ConnectorKey, float],
                 sy = setpoints[y]
                 if sy == 0.0 or sy <= model.floor_setpoint(y) + EPS:
                     continue
-                excess = sy / weight[y] - sx / weight[x] - model.res / weight[x] \
-                    - model.res / weight[y]
+                drop = res * max(1, math.ceil(short / (con.coef[y] * res) - 1e-9))
+                excess = (sy - drop) / weight[y] - (sx + res) / weight[x]
                 if excess > worst:
                     worst, who = excess, f"{y} at {sy}"
-            if worst <= EPS:
+            if worst < -1e-9:  # y ending level with x's would already be an improvement
                 ok = True
                 break
             if best is None or worst < best[1]:

@@ -65,7 +65,8 @@ def test_every_savable_limit_holds(case: Case, policy: Policy | None) -> None:
 @settings(CORE_SETTINGS, max_examples=150)
 @given(case=cases(options=Options(p_offline=0.4), max_chargers=12, limit_scale=0.2),
        policy=ANY_POLICY)
-def test_offline_overload_pauses_the_whole_group(case: Case, policy: Policy | None) -> None:
+def test_offline_overload_pauses_what_loads_the_lost_limit(case: Case,
+                                                             policy: Policy | None) -> None:
     """Many offline chargers at their failsafe current: some groups cannot be saved."""
     model, alloc = run(case, policy)
     problems = safety_problems(model, alloc.setpoints, {a.group for a in alloc.alarms})

@@ -24,6 +24,7 @@ take milliseconds; the guard re-checks the result independently before it is ret
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -367,6 +368,40 @@ def _serve_in_order(problem: _Problem, low: FloatArray, high: FloatArray,
     return np.array(x, dtype=float)
 
 
+def _top_up(problem: _Problem, x: FloatArray, low: FloatArray, high: FloatArray,
+            res: float, only: IntArray | None = None) -> FloatArray:
+    """Raise, lowest first, every connector (of ``only``) that every row above it still
+    has room for, in whole steps, a paused one only by at least its minimum. Policies
+    stop at their fair level; this makes sure nothing is left that someone could use."""
+    headroom_np = problem.capacity - problem.load(x)
+    if only is not None:
+        if len(problem.capacity) == 0 or len(only) == 0:
+            return x
+        # Skip, without a Python loop, everyone some full row already blocks.
+        per_entry = headroom_np[problem.m_cons_np] / problem.m_weight_np
+        owner = np.repeat(np.arange(len(x)), np.diff(problem.m_ptr_np))
+        least = np.full(len(x), np.inf)
+        np.minimum.at(least, owner, per_entry)
+        only = only[least[only] >= res - _TOL]
+        if len(only) == 0:
+            return x
+    headroom = headroom_np.tolist()
+    xs, lows, highs = x.tolist(), low.tolist(), high.tolist()
+    todo = range(len(xs)) if only is None else only.tolist()
+    for j in sorted(todo, key=lambda j: (xs[j], j)):
+        rows = list(problem.member_rows(j))
+        room = highs[j] - xs[j]
+        for c, w in rows:
+            room = min(room, headroom[c] / w)
+        room = math.floor(room / res + 1e-7) * res
+        if room <= 0 or (xs[j] == 0 and room < lows[j] - _TOL):
+            continue
+        xs[j] += room
+        for c, w in rows:
+            headroom[c] -= w * room
+    return np.array(xs, dtype=float)
+
+
 def _round(problem: _Problem, x: FloatArray, low: FloatArray, res: float) -> FloatArray:
     """Floor to the resolution, then hand back whole steps, largest remainders first."""
     floored = np.floor(x / res + 1e-7) * res
@@ -447,6 +482,8 @@ def _solve(topology: Topology, inp: _Inputs, cands: IntArray, groups_ok: BoolArr
     admitted = _admit(problem, low, over, order) if over.any() else np.ones(len(keys), bool)
     x = _share(problem, inp, cands, admitted, policy, order)
     x = _round(problem, x, np.where(admitted, low, 0.0), topology.resolution_a)
+    x = _top_up(problem, x, low, inp.high[cands], topology.resolution_a,
+                only=np.flatnonzero((x > 0) & (x < inp.high[cands] - _TOL)))
     charging = (x > 0).tolist()
     contended = not all(charging)
     state = RotationState(
@@ -539,6 +576,14 @@ def allocate(topology: Topology, snapshot: Snapshot, *, policy: Policy | None = 
 
     for root in topology.roots:
         solve_tree(root, policy or topology.groups[root].policy, cap)
+    if policy is None and any(_override_roots(topology, r, topology.groups[r].policy)
+                              for r in topology.roots):
+        # Budgets handed down between policies can strand room; hand it out last.
+        cands = np.flatnonzero(candidate)
+        problem = _problem(ta, cands, np.ones(len(ta.group_ids), dtype=bool), cap,
+                           inp.high[cands])
+        setpoints[cands] = _top_up(problem, setpoints[cands], inp.low[cands],
+                                   inp.high[cands], topology.resolution_a)
 
     result = dict(zip(ta.keys, setpoints.tolist(), strict=True))
     alarms = tuple(overload_alarms)
