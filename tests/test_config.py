@@ -162,3 +162,35 @@ def test_failsafe_warning_when_all_offline_would_overload() -> None:
         "max_current: 40", "max_current: 20"))
     [warning] = failsafe_warnings(topo)
     assert "circuit-1" in warning and "30 A on L2" in warning
+
+
+def test_ocpp_section_security_needs_tls_and_passwords() -> None:
+    msgs = issues_of(GOOD + "ocpp:\n  security_profile: 2\n")
+    assert any("ocpp: security_profile 2 needs tls" in m for m in msgs), msgs
+    msgs = issues_of(GOOD + "ocpp:\n  security_profile: 1\n")
+    assert any("chargers[0].id" in m and "needs a password_hash for 'cp-1'" in m for m in msgs)
+    assert issues_of(GOOD + "ocpp:\n  security_profile: 7\n")[0].startswith("site.yaml:")
+
+
+def test_ocpp_section_becomes_csms_settings(tmp_path: Path) -> None:
+    from gridshare.adapters.ocpp import hash_password, verify_password
+    from gridshare.cli.serve_cmds import csms_settings
+    from gridshare.config import load_site_config
+
+    (tmp_path / "server.pem").write_text("x")
+    (tmp_path / "server.key").write_text("x")
+    hashed = hash_password("correct horse battery")
+    line = f"    password_hash: '{hashed}'\n"
+    text = GOOD.replace("    connectors: 1\n", "    connectors: 1\n" + line)
+    text = text.replace("  - id: cp-2\n", "  - id: cp-2\n" + line)
+    path = tmp_path / "site.yaml"
+    path.write_text(text + "ocpp:\n  security_profile: 2\n  lease: 120\n  heartbeat_interval: 30\n"
+                    "  tls: {certfile: server.pem, keyfile: server.key}\n")
+    csms = csms_settings(load_site_config(path))
+    assert csms.security_profile == 2 and csms.lease_s == 120 and csms.heartbeat_interval_s == 30
+    assert csms.tls is not None and Path(csms.tls.certfile) == tmp_path / "server.pem"
+    assert set(csms.chargers) == {"cp-1", "cp-2"} and not csms.allow_auto_register
+    assert verify_password("correct horse battery", csms.chargers["cp-1"].password_hash or "")
+    (tmp_path / "server.key").unlink()
+    with pytest.raises(ConfigError, match="no such file"):
+        load_site_config(path)

@@ -75,6 +75,9 @@ class ChargerSpec(_Strict):
     failsafe_current: Amps = 0.0
     priority: int = 0
     connectors: Annotated[int, Field(ge=1, le=16)] | list[ConnectorSpec] = 1
+    password_hash: str | None = None
+    """For security profiles 1 and 2: ``gridshare hash-password`` prints one; the plain
+    password is never written down."""
 
     @model_validator(mode="after")
     def _consistent(self) -> ChargerSpec:
@@ -109,6 +112,38 @@ class GroupSpec(_Strict):
         return self
 
 
+class TlsSpec(_Strict):
+    certfile: Path
+    keyfile: Path
+    cafile: Path | None = None
+    """CA that signs the chargers' client certificates (security profile 3)."""
+
+
+class OcppSpec(_Strict):
+    """How the central system meets the chargers; every field has a safe default."""
+
+    security_profile: Literal[0, 1, 2, 3] = 0
+    """0 none, 1 basic auth, 2 TLS + basic auth, 3 mutual TLS with client certificates."""
+    allow_auto_register: bool = False
+    """Accept charger ids that are not in this file (off: unknown ids are refused)."""
+    tls: TlsSpec | None = None
+    heartbeat_interval: Annotated[int, Field(ge=1, le=86400)] = 60
+    """Seconds; a charger silent for 2.5 x this is offline (counted at its failsafe)."""
+    lease: Annotated[float, Field(ge=10, le=86400, allow_inf_nan=False)] = 180.0
+    """Seconds a live setpoint stays valid on the charger unless renewed."""
+    command_timeout: Annotated[float, Field(gt=0, le=300, allow_inf_nan=False)] = 10.0
+    command_retries: Annotated[int, Field(ge=0, le=10)] = 2
+
+    @model_validator(mode="after")
+    def _tls_when_needed(self) -> OcppSpec:
+        if self.security_profile >= 2 and self.tls is None:
+            raise ValueError(f"security_profile {self.security_profile} needs tls: "
+                             "{certfile, keyfile}")
+        if self.security_profile == 3 and (self.tls is None or self.tls.cafile is None):
+            raise ValueError("security_profile 3 needs tls.cafile to check client certificates")
+        return self
+
+
 class SiteSpec(_Strict):
     site: Id
     voltage: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)] = 230.0
@@ -119,6 +154,7 @@ class SiteSpec(_Strict):
     """Setpoint step in A."""
     groups: Annotated[list[GroupSpec], Field(min_length=1)]
     chargers: list[ChargerSpec] = []
+    ocpp: OcppSpec = OcppSpec()
 
 
 # --- YAML with line numbers ---------------------------------------------------------------
@@ -154,8 +190,23 @@ def _line_of(lines: dict[Loc, int], loc: Loc) -> int | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class SiteConfig:
+    """The topology (pure core) and the settings of the adapters around it."""
+
+    topology: Topology
+    ocpp: OcppSpec
+    passwords: dict[str, str]
+    """Charger id -> password hash, for chargers that have one."""
+
+
 def parse_site(text: str, source: str = "<string>") -> Topology:
     """Validate a site YAML document and build its topology; raise ConfigError."""
+    return parse_site_config(text, source).topology
+
+
+def parse_site_config(text: str, source: str = "<string>") -> SiteConfig:
+    """Validate a whole site file: topology and adapter settings; raise ConfigError."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -184,9 +235,18 @@ def parse_site(text: str, source: str = "<string>") -> Topology:
             issues.append(ConfigIssue(source, _line_of(lines, loc), _fmt(loc), msg))
         raise ConfigError(issues) from exc
     issues.extend(_cross_check(spec, source, lines))
+    if spec.ocpp.security_profile in (1, 2) and not spec.ocpp.allow_auto_register:
+        for i, c in enumerate(spec.chargers):
+            if c.password_hash is None:
+                where: Loc = ("chargers", i, "id")
+                issues.append(ConfigIssue(
+                    source, _line_of(lines, where), _fmt(where),
+                    f"security_profile {spec.ocpp.security_profile} needs a password_hash "
+                    f"for {c.id!r} (gridshare hash-password)"))
     if issues:
         raise ConfigError(issues)
-    return _build(spec)
+    return SiteConfig(_build(spec), spec.ocpp,
+                      {c.id: c.password_hash for c in spec.chargers if c.password_hash})
 
 
 def _clean_loc(loc: tuple[Any, ...]) -> Loc:
@@ -197,12 +257,29 @@ def _clean_loc(loc: tuple[Any, ...]) -> Loc:
 
 
 def load_site(path: str | Path) -> Topology:
+    return load_site_config(path).topology
+
+
+def load_site_config(path: str | Path) -> SiteConfig:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([ConfigIssue(str(p), None, "", f"cannot read: {exc.strerror}")]) from exc
-    return parse_site(text, str(p))
+    config = parse_site_config(text, str(p))
+    tls = config.ocpp.tls
+    if tls is not None:  # relative paths are relative to the site file
+        resolved = TlsSpec(
+            certfile=p.parent / tls.certfile, keyfile=p.parent / tls.keyfile,
+            cafile=None if tls.cafile is None else p.parent / tls.cafile)
+        missing = [f for f in (resolved.certfile, resolved.keyfile, resolved.cafile)
+                   if f is not None and not f.is_file()]
+        if missing:
+            raise ConfigError([ConfigIssue(str(p), None, "ocpp.tls", f"no such file: {f}")
+                               for f in missing])
+        config = SiteConfig(config.topology, config.ocpp.model_copy(update={"tls": resolved}),
+                            config.passwords)
+    return config
 
 
 # --- cross-references --------------------------------------------------------------------

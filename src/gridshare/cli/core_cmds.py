@@ -156,6 +156,21 @@ def allocate_cmd(
         err.print(f"[bold red]alarm:[/] {alarm.message}")
 
 
+def hash_password_cmd(
+    password: Annotated[str, typer.Option(
+        "--password", prompt=True, hide_input=True, confirmation_prompt=True,
+        help="The charger's basic-auth password (OCPP 2.0.1: 16-40 characters).")],
+) -> None:
+    """Print a salted hash of a charger password for the site file's password_hash."""
+    from gridshare.adapters.ocpp import hash_password
+
+    if not 8 <= len(password) <= 40:
+        err.print("[red]a charger password should be 8-40 characters (16-40 for OCPP 2.0.1)[/]")
+        raise typer.Exit(2)
+    sys.stdout.write(hash_password(password) + "\n")
+
+
 def register(app: typer.Typer) -> None:
     app.command("check")(check)
     app.command("allocate")(allocate_cmd)
+    app.command("hash-password")(hash_password_cmd)

@@ -20,12 +20,12 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from gridshare.adapters.ocpp import ChargerCredentials, CsmsConfig, TlsConfig
 from gridshare.app import GridshareApp, ServeOptions, build_app, serve
 from gridshare.bus import BusError, open_bus
-from gridshare.config import ConfigError, load_site, parse_site
+from gridshare.config import ConfigError, SiteConfig, load_site_config, parse_site
 from gridshare.controller.loop import ControllerSettings
 from gridshare.controller.state import StateSettings
-from gridshare.core.topology import Topology
 from gridshare.events import GroupMeterReading
 from gridshare.store import StoreError, normalise_url
 
@@ -34,14 +34,28 @@ err = Console(stderr=True)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def _load(site: Path) -> Topology:
+def _load(site: Path) -> SiteConfig:
     try:
-        return load_site(site)
+        return load_site_config(site)
     except ConfigError as exc:
         err.print(f"[bold red]{len(exc.issues)} problem(s) in {site}:[/]")
         for issue in exc.issues:
             err.print(f"  {issue}", markup=False, highlight=False)
         raise typer.Exit(2) from exc
+
+
+def csms_settings(config: SiteConfig) -> CsmsConfig:
+    """The site file's ``ocpp:`` section as the central system's settings."""
+    ocpp = config.ocpp
+    tls = None if ocpp.tls is None else TlsConfig(ocpp.tls.certfile, ocpp.tls.keyfile,
+                                                  ocpp.tls.cafile)
+    return CsmsConfig(
+        security_profile=ocpp.security_profile, allow_auto_register=ocpp.allow_auto_register,
+        tls=tls, heartbeat_interval_s=ocpp.heartbeat_interval,
+        command_timeout_s=ocpp.command_timeout, command_retries=ocpp.command_retries,
+        lease_s=ocpp.lease,
+        chargers={cid: ChargerCredentials(config.passwords.get(cid))
+                  for cid in config.topology.chargers})
 
 
 def _logging(level: str) -> None:
@@ -76,7 +90,8 @@ def serve_cmd(
         err.print(f"[red]--log-level must be one of {', '.join(LOG_LEVELS)}[/]")
         raise typer.Exit(2)
     _logging(log_level)
-    topology = _load(site)
+    config = _load(site)
+    topology = config.topology
     try:
         open_bus(bus)
         if db is not None and db.lower() not in ("none", "off", ""):
@@ -86,7 +101,8 @@ def serve_cmd(
         raise typer.Exit(2) from exc
     options = ServeOptions(host=host, ocpp_port=ocpp_port,
                            api_port=None if api_port < 0 else api_port, db_url=db,
-                           bus_url=bus, data_dir=data_dir)
+                           bus_url=bus, data_dir=data_dir, csms=csms_settings(config),
+                           controller=ControllerSettings(lease_s=config.ocpp.lease))
     try:
         asyncio.run(serve(topology, options))
     except OSError as exc:
