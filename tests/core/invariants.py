@@ -287,10 +287,12 @@ def _fair_problems(model: Model, setpoints: Mapping[ConnectorKey, float],
                 if sy == 0.0 or sy <= model.floor_setpoint(y) + EPS:
                     continue
                 drop = res * max(1, math.ceil(short / (con.coef[y] * res) - 1e-9))
+                if sy - drop < model.floor_setpoint(y) - EPS:
+                    continue  # y cannot free that much without pausing
                 excess = (sy - drop) / weight[y] - (sx + res) / weight[x]
                 if excess > worst:
                     worst, who = excess, f"{y} at {sy}"
-            if worst < -1e-9:  # y ending level with x's would already be an improvement
+            if worst < -1e-9:  # no y could swap a step to x and stay at or above it
                 ok = True
                 break
             if best is None or worst < best[1]:

@@ -191,3 +191,26 @@ def test_mixed_policies_unused_subtree_budget_goes_back_to_siblings() -> None:
     alloc = allocate(topo, snap)
     assert {k[0]: v for k, v in alloc.setpoints.items()} == pytest.approx(
         {"three": 0.0, "l1": 6.0, "l2": 6.1})
+
+
+def test_top_up_after_rounding_stays_fair() -> None:
+    """Spec invariant 4 (equal): connectors sharing the binding constraint with the same
+    bounds differ by at most one step. 28.87 kW for two 1-phase and two 3-phase connectors
+    gives 15.69 A each; after rounding down, 0.166 kW is left: one step of every 1-phase
+    connector costs 0.023 kW, so the two 1-phase ones can both reach 15.8 A (one 3-phase at
+    15.7 A), not one 15.9 A and the other 15.7 A."""
+    def charger(cid: str, phase: Phase | None) -> Charger:
+        return Charger(cid, 1 if phase is not None else 3, phase, 32, 6, 0, 0,
+                       (Connector(cid, 1, 32, 6), Connector(cid, 2, 32, 6)), group="g")
+
+    chargers = {"one": charger("one", Phase.L1), "three": charger("three", None)}
+    group = Group("g", None, 28.87, 3, Policy.EQUAL, None, chargers=("one", "three"))
+    topo = Topology("t", 230, Policy.EQUAL, {"g": group}, chargers, ("g",))
+    snap = Snapshot(BASE_TIME, {(c, n): ConnectorDemand(c, n, active=True)
+                                for c in chargers for n in (1, 2)})
+    alloc = allocate(topo, snap)
+    one = sorted((alloc.setpoints[("one", 1)], alloc.setpoints[("one", 2)]))
+    three = sorted((alloc.setpoints[("three", 1)], alloc.setpoints[("three", 2)]))
+    assert one[1] - one[0] <= 0.1 + 1e-9, one
+    assert three[1] - three[0] <= 0.1 + 1e-9, three
+    assert alloc.groups["g"].power_kw > 28.87 - 0.023  # and nothing a 1-phase step could use
