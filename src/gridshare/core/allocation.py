@@ -24,7 +24,7 @@ take milliseconds; the guard re-checks the result independently before it is ret
 
 from __future__ import annotations
 
-import math
+import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -388,17 +388,21 @@ def _top_up(problem: _Problem, x: FloatArray, low: FloatArray, high: FloatArray,
     headroom = headroom_np.tolist()
     xs, lows, highs = x.tolist(), low.tolist(), high.tolist()
     todo = range(len(xs)) if only is None else only.tolist()
-    for j in sorted(todo, key=lambda j: (xs[j], j)):
-        rows = list(problem.member_rows(j))
-        room = highs[j] - xs[j]
-        for c, w in rows:
-            room = min(room, headroom[c] / w)
-        room = math.floor(room / res + 1e-7) * res
-        if room <= 0 or (xs[j] == 0 and room < lows[j] - _TOL):
+    # One step at a time to whoever is lowest, so the left-over is shared, not grabbed.
+    queue = [(xs[j], j) for j in todo]
+    heapq.heapify(queue)
+    while queue:
+        _, j = heapq.heappop(queue)
+        step = lows[j] if xs[j] == 0 else res
+        if xs[j] + step > highs[j] + _TOL:
             continue
-        xs[j] += room
+        rows = list(problem.member_rows(j))
+        if any(headroom[c] < w * step - _TOL for c, w in rows):
+            continue
+        xs[j] += step
         for c, w in rows:
-            headroom[c] -= w * room
+            headroom[c] -= w * step
+        heapq.heappush(queue, (xs[j], j))
     return np.array(xs, dtype=float)
 
 
