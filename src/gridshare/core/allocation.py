@@ -73,9 +73,8 @@ class _Problem:
     m_ptr_np: IntArray
     m_cons_np: IntArray
     m_weight_np: FloatArray
-    m_ptr: list[int]
-    m_cons: list[int]
-    m_weight: list[float]
+    _lists: tuple[list[int], list[int], list[float]] | None = None
+    """The member orientation as Python lists, built on first use by a Python loop."""
 
     def rows_of_entries(self) -> IntArray:
         return np.repeat(np.arange(len(self.capacity)), np.diff(self.c_ptr))
@@ -87,8 +86,12 @@ class _Problem:
         return loads
 
     def member_rows(self, j: int) -> zip[tuple[int, float]]:
-        s, e = self.m_ptr[j], self.m_ptr[j + 1]
-        return zip(self.m_cons[s:e], self.m_weight[s:e], strict=True)
+        if self._lists is None:
+            self._lists = (self.m_ptr_np.tolist(), self.m_cons_np.tolist(),
+                           self.m_weight_np.tolist())
+        ptr, cons, weight = self._lists
+        s, e = ptr[j], ptr[j + 1]
+        return zip(cons[s:e], weight[s:e], strict=True)
 
 
 @dataclass(slots=True)
@@ -185,8 +188,7 @@ def _problem(ta: TopologyArrays, cands: IntArray, groups_ok: BoolArray, cap: _Ca
     return _Problem(
         capacity=np.maximum(cap.rows[used], 0.0), c_ptr=c_ptr, c_member=member[order],
         c_weight=weight[order], m_ptr_np=m_ptr, m_cons_np=row[by_member],
-        m_weight_np=weight[by_member], m_ptr=m_ptr.tolist(), m_cons=row[by_member].tolist(),
-        m_weight=weight[by_member].tolist())
+        m_weight_np=weight[by_member])
 
 
 # --- admission and rotation -------------------------------------------------------------
@@ -212,6 +214,10 @@ def _rotation_order(keys: list[ConnectorKey], rank: FloatArray, arrival: FloatAr
     ``fixed`` connectors (whose pauses a subtree policy rotates itself) keep their place.
     """
     now_s = now.timestamp()
+    if not previous.admitted_since and not previous.waiting_since:  # nobody has a history
+        first: list[int] = np.lexsort(
+            (np.arange(len(keys)), arrival, -fixed.astype(float), rank)).tolist()
+        return first
     place = np.zeros(len(keys))
     since_s = np.zeros(len(keys))
     for j, key in enumerate(keys):
@@ -225,8 +231,7 @@ def _rotation_order(keys: list[ConnectorKey], rank: FloatArray, arrival: FloatAr
             waited = previous.waiting_since.get(key)
             place[j] = 0.0 if due else 1.0
             since_s[j] = waited.timestamp() if waited is not None else now_s
-    order: list[int] = np.lexsort(
-        (np.arange(len(keys)), arrival, since_s, place, rank)).tolist()
+    order: list[int] = np.lexsort((np.arange(len(keys)), arrival, since_s, place, rank)).tolist()
     return order
 
 
