@@ -412,20 +412,42 @@ def _top_up(problem: _Problem, x: FloatArray, low: FloatArray, high: FloatArray,
 
 
 def _round(problem: _Problem, x: FloatArray, low: FloatArray, res: float) -> FloatArray:
-    """Floor to the resolution, then hand back whole steps, largest remainders first."""
+    """Floor to the resolution, then hand the left-over back one step each, largest
+    remainder first, in vectorised rounds: in every row only as many members get a step
+    as the row has room for at its heaviest member's step, so no row can overflow."""
     floored = np.floor(x / res + 1e-7) * res
     floored = np.where(floored + _TOL < low, 0.0, floored)
     remainder = x - floored
-    candidates = np.flatnonzero((remainder > 1e-7) & (floored > 0))
-    if len(candidates) == 0 or len(problem.capacity) == 0:
+    active = (remainder > 1e-7) & (floored > 0)
+    if not active.any() or len(problem.capacity) == 0:
         return floored
-    headroom = (problem.capacity - problem.load(floored)).tolist()
-    for j in sorted(candidates.tolist(), key=lambda j: (-remainder[j], j)):
-        rows = list(problem.member_rows(j))
-        if all(headroom[c] >= w * res - _TOL for c, w in rows):
-            floored[j] += res
-            for c, w in rows:
-                headroom[c] -= w * res
+    head = problem.capacity - problem.load(floored)
+    owner = np.repeat(np.arange(len(x)), np.diff(problem.m_ptr_np))
+    rows, weight = problem.m_cons_np, problem.m_weight_np
+    for _ in range(6):
+        e = active[owner]
+        if not e.any():
+            break
+        eo, er, ew = owner[e], rows[e], weight[e]
+        heaviest = np.zeros(len(head))
+        np.maximum.at(heaviest, er, ew)
+        slots = np.floor((head + _TOL) / (np.maximum(heaviest, _TOL) * res))
+        order = np.lexsort((eo, -remainder[eo], er))
+        er_sorted = er[order]
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = er_sorted[1:] != er_sorted[:-1]
+        starts = np.flatnonzero(first)
+        rank = np.arange(len(order)) - starts[np.cumsum(first) - 1]
+        fits = np.empty(len(order), dtype=bool)
+        fits[order] = rank < slots[er_sorted]
+        blocked = np.bincount(eo[~fits], minlength=len(x)) > 0
+        chosen = active & ~blocked
+        if not chosen.any():
+            break
+        floored[chosen] += res
+        got = chosen[eo]
+        head -= np.bincount(er[got], weights=ew[got] * res, minlength=len(head))
+        active &= ~chosen
     return floored
 
 

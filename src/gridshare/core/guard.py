@@ -40,14 +40,18 @@ def drawn_array(ta: TopologyArrays, online: FloatArray | np.ndarray,
 
 def sums(ta: TopologyArrays, drawn: FloatArray) -> Sums:
     """Add each connector's current into its charger and every group above it."""
+    n_groups = len(ta.group_ids)
     per_phase = drawn[:, None] * ta.phases
-    amps = np.zeros((len(ta.group_ids), 3))
-    kw = np.zeros(len(ta.group_ids))
+    power = drawn * ta.kw_per_amp
+    amps = np.zeros((n_groups, 3))
+    kw = np.zeros(n_groups)
     for level in range(ta.chain.shape[1]):
         groups = ta.chain[:, level]
         there = groups >= 0
-        np.add.at(amps, groups[there], per_phase[there])
-        np.add.at(kw, groups[there], (drawn * ta.kw_per_amp)[there])
+        g = groups[there]
+        for phase in range(3):
+            amps[:, phase] += np.bincount(g, weights=per_phase[there, phase], minlength=n_groups)
+        kw += np.bincount(g, weights=power[there], minlength=n_groups)
     chargers = np.bincount(ta.charger_of, weights=drawn, minlength=len(ta.charger_ids))
     return Sums(amps, kw, chargers.astype(float))
 
