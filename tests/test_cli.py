@@ -102,3 +102,13 @@ def test_installed_entry_point_runs() -> None:
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["site"] == "carport"
+
+
+def test_check_json_names_l1_chargers(tmp_path: Path) -> None:
+    """Phase.L1 is index 0: it must not read as 'no phase'."""
+    site = tmp_path / "s.yaml"
+    site.write_text("site: s\ngroups:\n  - {id: g, max_current: 16, chargers: [a]}\n"
+                    "chargers:\n  - {id: a, max_current: 16, phases: 1, phase: L1}\n")
+    data = json.loads(runner.invoke(app, ["check", str(site), "--json"]).stdout)
+    assert data["chargers"][0]["phase"] == "L1"
+    assert "1-phase L1" in runner.invoke(app, ["check", str(site)]).output

@@ -61,7 +61,7 @@ def check(site: SiteArg, as_json: JsonOpt = False) -> None:
                         "chargers": list(g.chargers), "groups": list(g.groups)}
                        for g in topo.groups.values()],
             "chargers": [{"id": c.id, "group": c.group, "phases": c.phases,
-                          "phase": c.phase.name if c.phase else None,
+                          "phase": c.phase.name if c.phase is not None else None,
                           "max_current": _num(c.max_current), "min_current": c.min_current,
                           "failsafe_current": c.failsafe_current, "priority": c.priority,
                           "connectors": len(c.connectors)} for c in topo.chargers.values()],
@@ -80,7 +80,8 @@ def check(site: SiteArg, as_json: JsonOpt = False) -> None:
             add(branch, sub)
         for cid in g.chargers:
             c = topo.chargers[cid]
-            wiring = "3-phase" if c.phases == 3 else f"1-phase {c.phase.name if c.phase else ''}"
+            line = c.phase.name if c.phase is not None else ""
+            wiring = "3-phase" if c.phases == 3 else f"1-phase {line}"
             branch.add(f"{cid}: {c.min_current:g}–{c.max_current:.4g} A {wiring}, failsafe "
                        f"{c.failsafe_current:g} A, priority {c.priority}, "
                        f"{len(c.connectors)} connector(s)")
@@ -107,7 +108,7 @@ def allocation_json(topo: Topology, result: Allocation) -> dict[str, Any]:
              "available": [round(a, 3) for a in g.available], "power": round(g.power_kw, 3),
              "limit_power": _num(g.limit_power_kw)}
             for g in result.groups.values()],
-        "alarms": [{"group": a.group, "phase": a.phase.name if a.phase else None,
+        "alarms": [{"group": a.group, "phase": a.phase.name if a.phase is not None else None,
                     "message": a.message} for a in result.alarms],
         "guarded": result.guarded,
     }
