@@ -413,8 +413,8 @@ def _top_up(problem: _Problem, x: FloatArray, low: FloatArray, high: FloatArray,
 
 def _round(problem: _Problem, x: FloatArray, low: FloatArray, res: float) -> FloatArray:
     """Floor to the resolution, then hand the left-over back one step each, largest
-    remainder first, in vectorised rounds: in every row only as many members get a step
-    as the row has room for at its heaviest member's step, so no row can overflow."""
+    remainder first, in vectorised rounds: in every row, members in that order get a step
+    only while the steps of everyone before them still fit, so no row can overflow."""
     floored = np.floor(x / res + 1e-7) * res
     floored = np.where(floored + _TOL < low, 0.0, floored)
     remainder = x - floored
@@ -429,17 +429,15 @@ def _round(problem: _Problem, x: FloatArray, low: FloatArray, res: float) -> Flo
         if not e.any():
             break
         eo, er, ew = owner[e], rows[e], weight[e]
-        heaviest = np.zeros(len(head))
-        np.maximum.at(heaviest, er, ew)
-        slots = np.floor((head + _TOL) / (np.maximum(heaviest, _TOL) * res))
         order = np.lexsort((eo, -remainder[eo], er))
         er_sorted = er[order]
         first = np.ones(len(order), dtype=bool)
         first[1:] = er_sorted[1:] != er_sorted[:-1]
         starts = np.flatnonzero(first)
-        rank = np.arange(len(order)) - starts[np.cumsum(first) - 1]
+        cost = np.cumsum(ew[order] * res)
+        used = cost - (cost[starts] - ew[order][starts] * res)[np.cumsum(first) - 1]
         fits = np.empty(len(order), dtype=bool)
-        fits[order] = rank < slots[er_sorted]
+        fits[order] = used <= head[er_sorted] + _TOL
         blocked = np.bincount(eo[~fits], minlength=len(x)) > 0
         chosen = active & ~blocked
         if not chosen.any():
