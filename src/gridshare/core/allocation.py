@@ -85,11 +85,14 @@ class _Problem:
             minlength=len(self.capacity)).astype(np.float64)
         return loads
 
-    def member_rows(self, j: int) -> zip[tuple[int, float]]:
+    def lists(self) -> tuple[list[int], list[int], list[float]]:
         if self._lists is None:
             self._lists = (self.m_ptr_np.tolist(), self.m_cons_np.tolist(),
                            self.m_weight_np.tolist())
-        ptr, cons, weight = self._lists
+        return self._lists
+
+    def member_rows(self, j: int) -> zip[tuple[int, float]]:
+        ptr, cons, weight = self.lists()
         s, e = ptr[j], ptr[j + 1]
         return zip(cons[s:e], weight[s:e], strict=True)
 
@@ -359,18 +362,29 @@ def _serve_in_order(problem: _Problem, low: FloatArray, high: FloatArray,
     """Strict priority: each connector in turn takes all it can; one that would get less
     than its minimum pauses and leaves the room to those after it."""
     headroom = problem.capacity.tolist()
+    ptr, cons, weights = problem.lists()
     lows, highs = low.tolist(), high.tolist()
     x = [0.0] * len(lows)
     for j in order:
-        rows = list(problem.member_rows(j))
+        s, e = ptr[j], ptr[j + 1]
         room = highs[j]
-        for c, w in rows:
-            room = min(room, headroom[c] / w)
+        for k in range(s, e):
+            fit = headroom[cons[k]] / weights[k]
+            if fit < room:  # noqa: PLR1730 - a bare comparison is twice as fast as min() here
+                room = fit
         if room >= lows[j] - _TOL and room > 0:
             x[j] = room
-            for c, w in rows:
-                headroom[c] -= w * room
+            for k in range(s, e):
+                headroom[cons[k]] -= weights[k] * room
     return np.array(x, dtype=float)
+
+
+def _least_room(problem: _Problem, head: FloatArray, n: int) -> FloatArray:
+    """Per member, the fewest A (in its own units) any of its rows still has room for."""
+    owner = np.repeat(np.arange(n), np.diff(problem.m_ptr_np))
+    least = np.full(n, np.inf)
+    np.minimum.at(least, owner, head[problem.m_cons_np] / problem.m_weight_np)
+    return least
 
 
 def _top_up(problem: _Problem, x: FloatArray, low: FloatArray, high: FloatArray,
@@ -378,23 +392,23 @@ def _top_up(problem: _Problem, x: FloatArray, low: FloatArray, high: FloatArray,
     """Raise, lowest first, every connector (of ``only``) that every row above it still
     has room for, in whole steps, a paused one only by at least its minimum. Policies
     stop at their fair level; this makes sure nothing is left that someone could use."""
-    headroom_np = problem.capacity - problem.load(x)
-    if only is not None:
-        if len(problem.capacity) == 0 or len(only) == 0:
-            return x
-        # Skip, without a Python loop, everyone some full row already blocks.
-        per_entry = headroom_np[problem.m_cons_np] / problem.m_weight_np
-        owner = np.repeat(np.arange(len(x)), np.diff(problem.m_ptr_np))
-        least = np.full(len(x), np.inf)
-        np.minimum.at(least, owner, per_entry)
-        only = only[least[only] >= res - _TOL]
-        if len(only) == 0:
-            return x
-    headroom = headroom_np.tolist()
+    head = problem.capacity - problem.load(x)
+    x = x.copy()
+    allowed = np.zeros(len(x), dtype=bool)
+    allowed[np.arange(len(x)) if only is None else only] = True
+    if len(problem.capacity):
+        # Whole vectorised rounds first (lowest first in every row); the step-by-step loop
+        # below then only sees the few that those rounds could not settle.
+        for _ in range(20):
+            steps = np.where(x == 0, low, res)
+            active = allowed & (x + steps <= high + _TOL)
+            if not active.any() or not _give_steps(problem, x, active, x, steps, head).any():
+                break
+        allowed &= (_least_room(problem, head, len(x)) >= res - _TOL) & (x < high - _TOL)
+    headroom = head.tolist()
     xs, lows, highs = x.tolist(), low.tolist(), high.tolist()
-    todo = range(len(xs)) if only is None else only.tolist()
     # One step at a time to whoever is lowest, so the left-over is shared, not grabbed.
-    queue = [(xs[j], j) for j in todo]
+    queue = [(xs[j], j) for j in np.flatnonzero(allowed).tolist()]
     heapq.heapify(queue)
     while queue:
         _, j = heapq.heappop(queue)
@@ -411,10 +425,37 @@ def _top_up(problem: _Problem, x: FloatArray, low: FloatArray, high: FloatArray,
     return np.array(xs, dtype=float)
 
 
+def _give_steps(problem: _Problem, x: FloatArray, active: BoolArray, first_key: FloatArray,
+                step: FloatArray, head: FloatArray) -> BoolArray:
+    """One vectorised round: in every row, the active members in ``first_key`` order get
+    their ``step`` while the steps of everyone before them in that row still fit; a member
+    gets it only if every one of its rows agrees. Updates ``x`` and ``head`` in place and
+    returns who got a step. No row can overflow: what it gives is at most a prefix sum."""
+    owner = np.repeat(np.arange(len(x)), np.diff(problem.m_ptr_np))
+    # Who some row blocks on its own takes no place in any row's queue.
+    active = active & (_least_room(problem, head, len(x)) >= step - _TOL)
+    e = active[owner]
+    eo, er = owner[e], problem.m_cons_np[e]
+    cost_e = problem.m_weight_np[e] * step[eo]
+    order = np.lexsort((eo, first_key[eo], er))
+    er_sorted = er[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = er_sorted[1:] != er_sorted[:-1]
+    starts = np.flatnonzero(first)
+    cum = np.cumsum(cost_e[order])
+    used = cum - (cum[starts] - cost_e[order][starts])[np.cumsum(first) - 1]
+    fits = np.empty(len(order), dtype=bool)
+    fits[order] = used <= head[er_sorted] + _TOL
+    chosen = active & ~(np.bincount(eo[~fits], minlength=len(x)) > 0)
+    x[chosen] += step[chosen]
+    got = chosen[eo]
+    head -= np.bincount(er[got], weights=cost_e[got], minlength=len(head))
+    return chosen
+
+
 def _round(problem: _Problem, x: FloatArray, low: FloatArray, res: float) -> FloatArray:
     """Floor to the resolution, then hand the left-over back one step each, largest
-    remainder first, in vectorised rounds: in every row, members in that order get a step
-    only while the steps of everyone before them still fit, so no row can overflow."""
+    remainder first (see :func:`_give_steps`)."""
     floored = np.floor(x / res + 1e-7) * res
     floored = np.where(floored + _TOL < low, 0.0, floored)
     remainder = x - floored
@@ -422,29 +463,11 @@ def _round(problem: _Problem, x: FloatArray, low: FloatArray, res: float) -> Flo
     if not active.any() or len(problem.capacity) == 0:
         return floored
     head = problem.capacity - problem.load(floored)
-    owner = np.repeat(np.arange(len(x)), np.diff(problem.m_ptr_np))
-    rows, weight = problem.m_cons_np, problem.m_weight_np
+    steps = np.full(len(x), res)
     for _ in range(6):
-        e = active[owner]
-        if not e.any():
-            break
-        eo, er, ew = owner[e], rows[e], weight[e]
-        order = np.lexsort((eo, -remainder[eo], er))
-        er_sorted = er[order]
-        first = np.ones(len(order), dtype=bool)
-        first[1:] = er_sorted[1:] != er_sorted[:-1]
-        starts = np.flatnonzero(first)
-        cost = np.cumsum(ew[order] * res)
-        used = cost - (cost[starts] - ew[order][starts] * res)[np.cumsum(first) - 1]
-        fits = np.empty(len(order), dtype=bool)
-        fits[order] = used <= head[er_sorted] + _TOL
-        blocked = np.bincount(eo[~fits], minlength=len(x)) > 0
-        chosen = active & ~blocked
+        chosen = _give_steps(problem, floored, active, -remainder, steps, head)
         if not chosen.any():
             break
-        floored[chosen] += res
-        got = chosen[eo]
-        head -= np.bincount(er[got], weights=ew[got] * res, minlength=len(head))
         active &= ~chosen
     return floored
 
