@@ -63,8 +63,8 @@ def test_every_car_charges_within_a_bounded_number_of_rotations_positive_minimum
 
 
 def starvation_check(case: Case, policy: Policy) -> None:
-    """Rotate ``len(candidates) + 2`` times at most; every car that could charge alone
-    must have charged at least once."""
+    """Rotate once per competing car (plus two) at most; every car that could charge
+    alone must have charged at least once."""
     model = Model.build(case.topology, case.snapshot)
     candidates = chargeable_alone(model)
     first = allocate(case.topology, case.snapshot, policy=policy)
@@ -72,7 +72,9 @@ def starvation_check(case: Case, policy: Policy) -> None:
     interval = case.topology.rotation_interval_s
     rotation: RotationState | None = None
     charged: set[ConnectorKey] = set()
-    rounds = len(candidates) + 2
+    # Every online car that wants power competes for the room, not only those that could
+    # charge alone: one rotation each, plus slack.
+    rounds = len([k for k in model.online if model.wants(k)]) + 2
     history = []
     for n in range(rounds):
         snap = at(case.snapshot, n * interval)
