@@ -116,12 +116,9 @@ class Model:
         return self.floor_res(self.upper(key))
 
     def start(self, key: ConnectorKey) -> float:
-        """The smallest non-zero setpoint on the resolution grid."""
+        """The smallest non-zero setpoint on the resolution grid: the least a charging
+        connector can be squeezed to without pausing it (one step if its minimum is 0)."""
         return max(self.ceil_res(self.topology.connector(key).min_current), self.res)
-
-    def floor_setpoint(self, key: ConnectorKey) -> float:
-        """Where a charging connector can be squeezed to without pausing it."""
-        return self.ceil_res(self.topology.connector(key).min_current)
 
     def active(self, key: ConnectorKey) -> bool:
         return self.snapshot.demand(key).active
@@ -284,10 +281,10 @@ def _fair_problems(model: Model, setpoints: Mapping[ConnectorKey, float],
                 if y == x or not model.wants(y):
                     continue
                 sy = setpoints[y]
-                if sy == 0.0 or sy <= model.floor_setpoint(y) + EPS:
+                if sy == 0.0 or sy <= model.start(y) + EPS:
                     continue
                 drop = res * max(1, math.ceil(short / (con.coef[y] * res) - 1e-9))
-                if sy - drop < model.floor_setpoint(y) - EPS:
+                if sy - drop < model.start(y) - EPS:
                     continue  # y cannot free that much without pausing
                 excess = (sy - drop) / weight[y] - (sx + res) / weight[x]
                 if excess > worst:
@@ -317,7 +314,7 @@ def proportional_problems(model: Model,
 def maximal_admission_problems(model: Model,
                                setpoints: Mapping[ConnectorKey, float]) -> list[str]:
     """A paused car would not fit even with every charging car squeezed to its minimum."""
-    squeezed = {k: (model.floor_setpoint(k) if setpoints.get(k, 0.0) > 0 else 0.0)
+    squeezed = {k: (model.start(k) if setpoints.get(k, 0.0) > 0 else 0.0)
                 for k in model.online}
     drawn = model.drawn(squeezed)
     out = []

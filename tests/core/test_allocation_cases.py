@@ -13,7 +13,7 @@ from gridshare.core.decision import RotationState
 from gridshare.core.snapshot import ConnectorDemand, GroupConditions, Snapshot
 from gridshare.core.topology import Charger, Connector, Group, Phase, Policy, Topology
 
-from .invariants import Model, safety_problems
+from .invariants import Model, proportional_problems, safety_problems
 from .strategies import BASE_TIME
 
 
@@ -214,3 +214,23 @@ def test_top_up_after_rounding_stays_fair() -> None:
     assert one[1] - one[0] <= 0.1 + 1e-9, one
     assert three[1] - three[0] <= 0.1 + 1e-9, three
     assert alloc.groups["g"].power_kw > 28.87 - 0.023  # and nothing a 1-phase step could use
+
+
+def test_top_up_follows_the_policy_level_not_amps() -> None:
+    """Spec invariant 4 (proportional): left-over steps after rounding go to the lowest
+    fraction of its maximum, not the lowest current. 5.7 kW for a 5 A car and two 63 A
+    cars (1- and 3-phase, 6 A minimum) is 9.6 % each: 0.48 A and 6.07 A. The small car
+    must not end at 0.6 A (12 %) while the big 1-phase car could take that step at 9.7 %."""
+    def charger(cid: str, phase: Phase | None, top: float, low: float) -> Charger:
+        return Charger(cid, 1 if phase is not None else 3, phase, top, low, 0, 0,
+                       (Connector(cid, 1, top, low),), group="g")
+
+    chargers = {"small": charger("small", Phase.L1, 5, 0),
+                "big": charger("big", Phase.L1, 63, 6),
+                "three": charger("three", None, 63, 6)}
+    group = Group("g", None, 5.7, 3, Policy.PROPORTIONAL, None, chargers=tuple(chargers))
+    topo = Topology("t", 230, Policy.PROPORTIONAL, {"g": group}, chargers, ("g",))
+    snap = Snapshot(BASE_TIME, {(c, 1): ConnectorDemand(c, 1, active=True) for c in chargers})
+    alloc = allocate(topo, snap)
+    assert not proportional_problems(Model.build(topo, snap), alloc.setpoints)
+    assert alloc.setpoints[("small", 1)] <= 0.5 + 1e-9
