@@ -388,10 +388,14 @@ def _least_room(problem: _Problem, head: FloatArray, n: int) -> FloatArray:
 
 
 def _top_up(problem: _Problem, x: FloatArray, low: FloatArray, high: FloatArray,
-            res: float, only: IntArray | None = None) -> FloatArray:
+            res: float, only: IntArray | None = None,
+            scale: FloatArray | None = None) -> FloatArray:
     """Raise, lowest first, every connector (of ``only``) that every row above it still
     has room for, in whole steps, a paused one only by at least its minimum. Policies
-    stop at their fair level; this makes sure nothing is left that someone could use."""
+    stop at their fair level; this makes sure nothing is left that someone could use.
+    "Lowest" is the policy's level: x / ``scale`` (a connector's maximum under
+    ``proportional``), plain amps otherwise."""
+    per = np.ones(len(x)) if scale is None else np.where(scale > 0, scale, 1.0)
     head = problem.capacity - problem.load(x)
     x = x.copy()
     allowed = np.zeros(len(x), dtype=bool)
@@ -402,13 +406,15 @@ def _top_up(problem: _Problem, x: FloatArray, low: FloatArray, high: FloatArray,
         for _ in range(20):
             steps = np.where(x == 0, low, res)
             active = allowed & (x + steps <= high + _TOL)
-            if not active.any() or not _give_steps(problem, x, active, x, steps, head).any():
+            if not active.any() or not _give_steps(problem, x, active, x / per, steps,
+                                                   head).any():
                 break
         allowed &= (_least_room(problem, head, len(x)) >= res - _TOL) & (x < high - _TOL)
     headroom = head.tolist()
     xs, lows, highs = x.tolist(), low.tolist(), high.tolist()
     # One step at a time to whoever is lowest, so the left-over is shared, not grabbed.
-    queue = [(xs[j], j) for j in np.flatnonzero(allowed).tolist()]
+    pers = per.tolist()
+    queue = [(xs[j] / pers[j], j) for j in np.flatnonzero(allowed).tolist()]
     heapq.heapify(queue)
     while queue:
         _, j = heapq.heappop(queue)
@@ -421,7 +427,7 @@ def _top_up(problem: _Problem, x: FloatArray, low: FloatArray, high: FloatArray,
         xs[j] += step
         for c, w in rows:
             headroom[c] -= w * step
-        heapq.heappush(queue, (xs[j], j))
+        heapq.heappush(queue, (xs[j] / pers[j], j))
     return np.array(xs, dtype=float)
 
 
@@ -535,7 +541,8 @@ def _solve(topology: Topology, inp: _Inputs, cands: IntArray, groups_ok: BoolArr
     x = _share(problem, inp, cands, admitted, policy, order)
     x = _round(problem, x, np.where(admitted, low, 0.0), topology.resolution_a)
     x = _top_up(problem, x, low, inp.high[cands], topology.resolution_a,
-                only=np.flatnonzero((x > 0) & (x < inp.high[cands] - _TOL)))
+                only=np.flatnonzero((x > 0) & (x < inp.high[cands] - _TOL)),
+                scale=inp.high[cands] if policy is Policy.PROPORTIONAL else None)
     charging = (x > 0).tolist()
     contended = not all(charging)
     state = RotationState(
