@@ -234,3 +234,14 @@ def test_top_up_follows_the_policy_level_not_amps() -> None:
     alloc = allocate(topo, snap)
     assert not proportional_problems(Model.build(topo, snap), alloc.setpoints)
     assert alloc.setpoints[("small", 1)] <= 0.5 + 1e-9
+
+
+def test_priority_room_a_paused_car_held_goes_to_the_next() -> None:
+    """Spec invariant 3 (priority): 12.1 A per phase; ``a`` (priority 2, L1) takes all of
+    L1, so ``b`` (priority 1, 3-phase) cannot have its 6 A on L1 and pauses; ``c``
+    (priority 0, L2, 10 A minimum) must then get L2, which nobody else uses."""
+    site = Site(12.1, (Car("a", phases=1, phase=Phase.L1, max_current=32, priority=2),
+                       Car("b", priority=1),
+                       Car("c", phases=1, phase=Phase.L2, max_current=32, min_current=10)))
+    assert setpoints(site, Policy.PRIORITY) == pytest.approx({"a": 12.1, "b": 0.0,
+                                                              "c": 12.1})
