@@ -513,7 +513,9 @@ def _share(problem: _Problem, inp: _Inputs, cands: IntArray, admitted: BoolArray
     low = np.where(admitted, inp.low[cands], 0.0)
     high = np.where(admitted, inp.high[cands], 0.0)
     if policy is Policy.PRIORITY:
-        return _serve_in_order(problem, low, high, [j for j in order if admitted[j]])
+        # Strict priority admits by itself, in order: a car the minimums' admission left
+        # out may still fit once a higher one has paused for want of its own minimum.
+        return _serve_in_order(problem, inp.low[cands], inp.high[cands], order)
     if policy is Policy.DEADLINE:
         # Least laxity first, each car its required rate (at least its minimum) or a
         # pause; then whatever is left is shared equally among the cars still charging.
@@ -539,6 +541,8 @@ def _solve(topology: Topology, inp: _Inputs, cands: IntArray, groups_ok: BoolArr
                                 now=now, due=due, previous=previous, fixed=fixed)
     admitted = _admit(problem, low, over, order) if over.any() else np.ones(len(keys), bool)
     x = _share(problem, inp, cands, admitted, policy, order)
+    if policy is Policy.PRIORITY:
+        admitted = x > 0
     x = _round(problem, x, np.where(admitted, low, 0.0), topology.resolution_a)
     x = _top_up(problem, x, low, inp.high[cands], topology.resolution_a,
                 only=np.flatnonzero((x > 0) & (x < inp.high[cands] - _TOL)),
