@@ -245,3 +245,27 @@ def test_priority_room_a_paused_car_held_goes_to_the_next() -> None:
                        Car("c", phases=1, phase=Phase.L2, max_current=32, min_current=10)))
     assert setpoints(site, Policy.PRIORITY) == pytest.approx({"a": 12.1, "b": 0.0,
                                                               "c": 12.1})
+
+
+def test_left_over_steps_go_to_the_lowest_fraction() -> None:
+    """Spec invariant 4 (proportional): 8.3 kW; two 1-phase 16 A connectors sit at their
+    6 A minimum (37 % of their maximum), the 3-phase car gets 4.6 A (14 %), the 63 A
+    1-phase car its 10 A minimum (16 %). 0.066 kW is left after rounding, not enough for
+    a 3-phase step: both 1-phase steps (0.023 kW each) belong to the 63 A car (10.2 A,
+    16 %), not to a 16 A connector already at 37 %."""
+    chargers = {
+        "three": Charger("three", 3, None, 32, 0, 0, 0, (Connector("three", 1, 32, 0),),
+                         group="g"),
+        "big": Charger("big", 1, Phase.L1, 63, 10, 0, 0, (Connector("big", 1, 63, 10),),
+                       group="g"),
+        "pair": Charger("pair", 1, Phase.L1, 16, 6, 0, 0,
+                        (Connector("pair", 1, 16, 6), Connector("pair", 2, 16, 6)),
+                        group="g"),
+    }
+    group = Group("g", None, 8.3, 3, Policy.PROPORTIONAL, None, chargers=tuple(chargers))
+    topo = Topology("t", 230, Policy.PROPORTIONAL, {"g": group}, chargers, ("g",))
+    keys = [("three", 1), ("big", 1), ("pair", 1), ("pair", 2)]
+    snap = Snapshot(BASE_TIME, {k: ConnectorDemand(k[0], k[1], active=True) for k in keys})
+    alloc = allocate(topo, snap)
+    assert not proportional_problems(Model.build(topo, snap), alloc.setpoints)
+    assert [alloc.setpoints[k] for k in keys] == pytest.approx([4.6, 10.2, 6.0, 6.0])
