@@ -13,7 +13,7 @@ from gridshare.core.decision import RotationState
 from gridshare.core.snapshot import ConnectorDemand, GroupConditions, Snapshot
 from gridshare.core.topology import Charger, Connector, Group, Phase, Policy, Topology
 
-from .invariants import Model, proportional_problems, safety_problems
+from .invariants import Model, priority_problems, proportional_problems, safety_problems
 from .strategies import BASE_TIME
 
 
@@ -269,3 +269,27 @@ def test_left_over_steps_go_to_the_lowest_fraction() -> None:
     alloc = allocate(topo, snap)
     assert not proportional_problems(Model.build(topo, snap), alloc.setpoints)
     assert [alloc.setpoints[k] for k in keys] == pytest.approx([4.6, 10.2, 6.0, 6.0])
+
+
+def test_priority_rounding_does_not_hand_a_higher_cars_room_down() -> None:
+    """Spec invariant 4 (priority), a rounding edge: ``sub`` has 4.2 kW, which the
+    priority-1 3-phase car fills to 6.09 A; rounded to 6.0 A it leaves 0.06 kW, room for
+    0.2 A of the priority-1 1-phase car (0 A minimum). Serving in priority order must give
+    it that before the priority-0 car under ``main`` takes the last of L1."""
+    def charger(cid: str, phase: Phase | None, low: float, priority: int,
+                group: str) -> Charger:
+        return Charger(cid, 1 if phase is not None else 3, phase, 16, low, 0, priority,
+                       (Connector(cid, 1, 16, low),), group=group)
+
+    chargers = {"low": charger("low", None, 6, 0, "main"),
+                "high3": charger("high3", None, 6, 1, "sub"),
+                "high1": charger("high1", Phase.L1, 0, 1, "sub")}
+    groups = {"main": Group("main", 12.1, None, 3, Policy.PRIORITY, None, groups=("sub",),
+                            chargers=("low",)),
+              "sub": Group("sub", None, 4.2, 3, Policy.PRIORITY, "main",
+                           chargers=("high3", "high1"))}
+    topo = Topology("t", 230, Policy.PRIORITY, groups, chargers, ("main",))
+    snap = Snapshot(BASE_TIME, {(c, 1): ConnectorDemand(c, 1, active=True) for c in chargers})
+    alloc = allocate(topo, snap)
+    assert not priority_problems(Model.build(topo, snap), alloc.setpoints)
+    assert alloc.setpoints[("high1", 1)] == pytest.approx(0.2)
