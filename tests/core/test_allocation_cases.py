@@ -13,7 +13,14 @@ from gridshare.core.decision import RotationState
 from gridshare.core.snapshot import ConnectorDemand, GroupConditions, Snapshot
 from gridshare.core.topology import Charger, Connector, Group, Phase, Policy, Topology
 
-from .invariants import Model, priority_problems, proportional_problems, safety_problems
+from .invariants import (
+    Model,
+    deadline_problems,
+    equal_problems,
+    priority_problems,
+    proportional_problems,
+    safety_problems,
+)
 from .strategies import BASE_TIME
 
 
@@ -293,3 +300,58 @@ def test_priority_rounding_does_not_hand_a_higher_cars_room_down() -> None:
     alloc = allocate(topo, snap)
     assert not priority_problems(Model.build(topo, snap), alloc.setpoints)
     assert alloc.setpoints[("high1", 1)] == pytest.approx(0.2)
+
+
+def test_deadline_room_a_paused_urgent_car_held_goes_to_the_next_urgent() -> None:
+    """Spec invariant 4 (deadline): 18 A per phase, an offline 3-phase charger drawing 2 × 3 A.
+    The most urgent car (3-phase, 6 A) cannot keep its 6 A once the 1-phase L1 car with a
+    deadline takes its required rate, so it pauses; the room it held on L2 must then go to
+    the L2 car with a deadline (10 A minimum, 1.3 h of laxity), not to the L2 car without
+    one (which gets 12 A while the urgent one waits)."""
+    now = BASE_TIME
+    departure = now + timedelta(hours=4)
+
+    def charger(cid: str, phase: Phase | None, top: float,
+                conns: tuple[tuple[float, float], ...], failsafe: float = 0) -> Charger:
+        return Charger(cid, 1 if phase is not None else 3, phase, top,
+                       min(c[1] for c in conns), failsafe, 0,
+                       tuple(Connector(cid, n, mx, mn) for n, (mx, mn) in enumerate(conns, 1)),
+                       group="g")
+
+    chargers = {"off": charger("off", None, 6, ((6, 6), (6, 6)), failsafe=3),
+                "three": charger("three", None, 6, ((6, 6), (6, 6))),
+                "l2": charger("l2", Phase.L2, 32, ((16, 6), (32, 10))),
+                "l1": charger("l1", Phase.L1, 63, ((63, 6), (63, 6)))}
+    group = Group("g", 18, None, 3, Policy.DEADLINE, None, chargers=tuple(chargers))
+    topo = Topology("t", 230, Policy.DEADLINE, {"g": group}, chargers, ("g",))
+    demands = {("off", n): ConnectorDemand("off", n, active=True, online=False) for n in (1, 2)}
+    for cid in ("three", "l2", "l1"):
+        demands[(cid, 1)] = ConnectorDemand(cid, 1, active=True)
+        demands[(cid, 2)] = ConnectorDemand(cid, 2, active=True, energy_needed_kwh=20,
+                                            departure=departure,
+                                            max_current=13.3 if cid == "l1" else None)
+    snap = Snapshot(now, demands)
+    alloc = allocate(topo, snap)
+    assert not deadline_problems(Model.build(topo, snap), alloc.setpoints)
+    assert alloc.setpoints[("l2", 2)] >= 10.0
+
+
+def test_left_over_steps_skip_a_connector_held_at_its_minimum() -> None:
+    """Spec invariant 4 (equal): 4.3 kW; ``pair`` has two L1 connectors, the second held
+    up at its 10 A minimum, the first at its 6 A minimum; the 3-phase car gets 0.8 A. The
+    0.068 kW left is two 1-phase steps: both belong to the 6 A connector (6.2 A), none to
+    the one already at 10 A."""
+    chargers = {
+        "pair": Charger("pair", 1, Phase.L1, 63, 6, 0, 0,
+                        (Connector("pair", 1, 16, 6), Connector("pair", 2, 63, 10)),
+                        group="g"),
+        "three": Charger("three", 3, None, 16, 0, 0, 0, (Connector("three", 1, 16, 0),),
+                         group="g"),
+    }
+    group = Group("g", None, 4.3, 3, Policy.EQUAL, None, chargers=tuple(chargers))
+    topo = Topology("t", 230, Policy.EQUAL, {"g": group}, chargers, ("g",))
+    keys = [("pair", 1), ("pair", 2), ("three", 1)]
+    snap = Snapshot(BASE_TIME, {k: ConnectorDemand(k[0], k[1], active=True) for k in keys})
+    alloc = allocate(topo, snap)
+    assert not equal_problems(Model.build(topo, snap), alloc.setpoints)
+    assert [alloc.setpoints[k] for k in keys] == pytest.approx([6.2, 10.0, 0.8])
