@@ -34,6 +34,10 @@ class ChargerBooted:
     """"ocpp1.6" or "ocpp2.0.1"."""
     vendor: str = ""
     model: str = ""
+    frame_seq: int | None = None
+    """Inbound-frame sequence number of the BootNotification (see
+    :attr:`gridshare.drivers.CommandOutcome.answer_seq`): answers with a lower number came
+    before the reboot and are void; None when the adapter does not number frames."""
 
 
 @dataclass(frozen=True, slots=True)
