@@ -80,7 +80,7 @@ def test_guard_agrees_when_offline_load_is_feasible(case: Case, policy: Policy |
     if model.infeasible:
         return
     assert guard.check(case.topology, case.snapshot, alloc.setpoints) == []
-    assert not alloc.guarded
+    assert guard.enforce(case.topology, case.snapshot, alloc) is alloc
     assert alloc.alarms == ()
 
 

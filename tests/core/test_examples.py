@@ -71,7 +71,7 @@ def assert_sound(topo: Topology, snap: Snapshot, alloc: Allocation) -> None:
                 + conservation_problems(model, alloc.setpoints))
     assert not problems, problems
     assert guard.check(topo, snap, alloc.setpoints) == []
-    assert not alloc.guarded
+    assert guard.enforce(topo, snap, alloc) is alloc
 
 
 def circuit_loads(alloc: Allocation) -> Iterable[tuple[str, float]]:

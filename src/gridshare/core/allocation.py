@@ -19,19 +19,19 @@ A group may override its parent's policy: the parent's policy decides how much t
 subtree gets, per phase, then the subtree is re-shared by its own policy within that.
 
 Everything runs on arrays (see :mod:`gridshare.core.arrays`) so that 10,000 connectors
-take milliseconds; the guard re-checks the result independently before it is returned.
+take milliseconds. The result is the policy's answer, unguarded: the caller runs the
+safety guard (:func:`gridshare.core.guard.enforce`) on it once per cycle.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
 
-from gridshare.core import guard
 from gridshare.core.arrays import (
     BoolArray,
     DemandArrays,
@@ -57,6 +57,34 @@ from gridshare.core.topology import ConnectorKey, Phase, Policy, Topology
 _TOL = 1e-9
 _ROWS_PER_GROUP = 4
 """Constraint rows per group: L1, L2, L3 and kW."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sums:
+    """What a set of connector currents adds up to in every limit the allocator keeps."""
+
+    group_amps: FloatArray
+    """Shape (groups, 3): A per phase in every group."""
+    group_kw: FloatArray
+    charger_amps: FloatArray
+
+
+def sums(ta: TopologyArrays, drawn: FloatArray) -> Sums:
+    """Add each connector's current into its charger and every group above it."""
+    n_groups = len(ta.group_ids)
+    per_phase = drawn[:, None] * ta.phases
+    power = drawn * ta.kw_per_amp
+    amps = np.zeros((n_groups, 3))
+    kw = np.zeros(n_groups)
+    for level in range(ta.chain.shape[1]):
+        groups = ta.chain[:, level]
+        there = groups >= 0
+        g = groups[there]
+        for phase in range(3):
+            amps[:, phase] += np.bincount(g, weights=per_phase[there, phase], minlength=n_groups)
+        kw += np.bincount(g, weights=power[there], minlength=n_groups)
+    chargers = np.bincount(ta.charger_of, weights=drawn, minlength=len(ta.charger_ids))
+    return Sums(amps, kw, chargers.astype(float))
 
 
 @dataclass(slots=True)
@@ -104,7 +132,7 @@ class _Capacity:
     rows: FloatArray
     """Shape (groups * 4 + chargers,): (g, L1..L3, kW) rows, then one row per charger."""
 
-    def minus(self, load: guard.Sums) -> _Capacity:
+    def minus(self, load: Sums) -> _Capacity:
         """The room left once ``load`` is drawn."""
         groups = np.column_stack((load.group_amps, load.group_kw)).ravel()
         return _Capacity(self.rows - np.concatenate((groups, load.charger_amps)))
@@ -118,7 +146,7 @@ class _Capacity:
 
 
 def _capacity(topology: Topology, ta: TopologyArrays, snapshot: Snapshot,
-              fixed: guard.Sums) -> tuple[_Capacity, list[Alarm]]:
+              fixed: Sums) -> tuple[_Capacity, list[Alarm]]:
     """Room per constraint row once offline connectors draw their failsafe current, and an
     alarm for every group and phase that those alone already overload."""
     avail = available_arrays(topology, ta, snapshot)
@@ -583,7 +611,7 @@ def allocate(topology: Topology, snapshot: Snapshot, *, policy: Policy | None = 
     inp = _inputs(topology, ta, snapshot)
     demand = inp.demand
     fixed = np.where(demand.online, 0.0, ta.failsafe)
-    cap, overload_alarms = _capacity(topology, ta, snapshot, guard.sums(ta, fixed))
+    cap, overload_alarms = _capacity(topology, ta, snapshot, sums(ta, fixed))
     candidate = demand.online & demand.active & (inp.high >= inp.low) & (inp.high > 0)
     setpoints = fixed.copy()
     previous = rotation or RotationState()
@@ -619,7 +647,7 @@ def allocate(topology: Topology, snapshot: Snapshot, *, policy: Policy | None = 
             held = np.zeros(len(ta.keys))
             held[cands[fixed]] = setpoints[cands[fixed]]
             rest = cands[~fixed]
-            x, state = _solve(topology, inp, rest, groups_ok, cap.minus(guard.sums(ta, held)),
+            x, state = _solve(topology, inp, rest, groups_ok, cap.minus(sums(ta, held)),
                               pol, previous, snapshot.now, np.zeros(len(rest), dtype=bool))
             setpoints[rest] = x
             record(state)
@@ -650,18 +678,11 @@ def allocate(topology: Topology, snapshot: Snapshot, *, policy: Policy | None = 
 
     result = dict(zip(ta.keys, setpoints.tolist(), strict=True))
     alarms = tuple(overload_alarms)
-    overloaded = {(a.group, a.phase) for a in alarms}
     offline = frozenset(k for k, on in zip(ta.keys, demand.online.tolist(), strict=True)
                         if not on)
-    allocation = Allocation(
+    return Allocation(
         setpoints=result, offline=offline, groups=_group_loads(topology, snapshot, setpoints),
         rotation=RotationState(last_rotation, admitted_since, waiting_since), alarms=alarms)
-    unexplained = [a for a in guard.check_array(topology, snapshot, setpoints)
-                   if (a.group, a.phase) not in overloaded]
-    if not unexplained:
-        return allocation
-    guarded = guard.enforce(topology, snapshot, allocation)
-    return replace(guarded, groups=group_loads(topology, snapshot, guarded.setpoints))
 
 
 def group_loads(topology: Topology, snapshot: Snapshot,
@@ -677,7 +698,7 @@ def _group_loads(topology: Topology, snapshot: Snapshot,
                  setpoints: FloatArray) -> dict[str, GroupLoad]:
     ta = topology_arrays(topology)
     drawn = np.where(demand_arrays(ta, snapshot).online, setpoints, ta.failsafe)
-    total = guard.sums(ta, drawn)
+    total = sums(ta, drawn)
     avail = available_arrays(topology, ta, snapshot)
     amps = total.group_amps.tolist()
     kw = total.group_kw.tolist()
