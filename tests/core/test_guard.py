@@ -3,6 +3,7 @@ and phase; enforce() substitutes failsafes (or zeros) and passes safe answers th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
@@ -11,13 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gridshare.core import guard
-from gridshare.core.decision import (
-    Alarm,
-    Allocation,
-    Command,
-    RotationState,
-    TransitionPlan,
-)
+from gridshare.core.decision import Alarm, Allocation, RotationState
 from gridshare.core.snapshot import (
     ConnectorDemand,
     GroupConditions,
@@ -200,31 +195,226 @@ def test_enforce_keeps_offline_connectors_at_failsafe() -> None:
     assert out.setpoints == {("a", 1): 20, ("b", 1): 0}
 
 
-def test_failsafe_setpoints() -> None:
+def test_enforce_reports_the_substitute_loads_and_every_violation() -> None:
+    topo = site(charger("a", "sub", failsafe=6), charger("b", "sub", failsafe=6),
+                main_a=40, sub_a=32)
+    out = guard.enforce(topo, snap(on("a"), on("b")),
+                        allocation({("a", 1): 20, ("b", 1): 20}))
+    assert out.groups["sub"].current == (12.0, 0.0, 0.0)
+    assert out.groups["main"].available == (40.0, 40.0, 40.0)
+    [alarm] = out.alarms
+    assert (alarm.group, alarm.phase, alarm.load, alarm.limit) == ("sub", Phase.L1, 40, 32)
+
+
+def test_failsafe_setpoints_charge_active_connectors_at_their_failsafe() -> None:
     topo = site(charger("a", "main", failsafe=10, connectors=2), main_a=40)
-    assert guard.failsafe_setpoints(topo, snap()) == {("a", 1): 10, ("a", 2): 10}
+    assert guard.failsafe_setpoints(topo, snap(on("a", 1), on("a", 2))) == {
+        ("a", 1): 10, ("a", 2): 10}
+    assert guard.failsafe_setpoints(topo, snap(on("a", 1))) == {("a", 1): 10, ("a", 2): 0}
     tight = site(charger("a", "main", failsafe=10, connectors=2), main_a=15)
-    assert guard.failsafe_setpoints(tight, snap()) == {("a", 1): 0, ("a", 2): 0}
+    assert guard.failsafe_setpoints(tight, snap(on("a", 1), on("a", 2))) == {
+        ("a", 1): 0, ("a", 2): 0}
 
 
-# -- check_plan ------------------------------------------------------------------------------
+def two_circuits(*chargers: Charger, x_a: float = 16, y_a: float = 16,
+                 main_a: float = 100) -> Topology:
+    """main → circuits x and y; each charger sits in the group its ``group`` names."""
+    groups = {
+        "main": Group("main", main_a, None, 3, Policy.EQUAL, None, groups=("x", "y")),
+        "x": Group("x", x_a, None, 3, Policy.EQUAL, "main",
+                   chargers=tuple(c.id for c in chargers if c.group == "x")),
+        "y": Group("y", y_a, None, 3, Policy.EQUAL, "main",
+                   chargers=tuple(c.id for c in chargers if c.group == "y")),
+    }
+    return Topology(site="t", voltage=230, policy=Policy.EQUAL, groups=groups,
+                    chargers={c.id: c for c in chargers}, roots=("main",))
 
 
-def test_check_plan_flags_wrong_direction_and_wrong_end() -> None:
+def test_failsafe_setpoints_pause_only_under_the_limits_failsafes_break() -> None:
+    """Failsafes overload circuit x on L1 only; y keeps charging, and so does the charger
+    on another phase of x."""
+    topo = two_circuits(charger("x1", "x", failsafe=10), charger("x2", "x", failsafe=10),
+                        charger("x3", "x", failsafe=10, phase=Phase.L2),
+                        charger("y1", "y", failsafe=10))
+    demands = snap(on("x1"), on("x2"), on("x3"), on("y1"))
+    assert guard.failsafe_setpoints(topo, demands) == {
+        ("x1", 1): 0, ("x2", 1): 0, ("x3", 1): 10, ("y1", 1): 10}
+
+
+def test_failsafe_above_the_ev_maximum_pauses_that_connector() -> None:
+    topo = site(charger("a", "main", failsafe=10), charger("b", "main", failsafe=10))
+    assert guard.failsafe_setpoints(topo, snap(on("a", max_current=8), on("b"))) == {
+        ("a", 1): 0, ("b", 1): 10}
+
+
+# -- offline load: overloads are reported, not held against the allocation -------------------
+
+
+def test_offline_chargers_alone_overloading_a_limit_are_an_overload_not_a_violation() -> None:
+    topo = site(charger("a", "main", failsafe=20), charger("b", "main", failsafe=20),
+                charger("c", "main"), charger("d", "main", phase=Phase.L2))
+    offline = (ConnectorDemand("a", 1, online=False), ConnectorDemand("b", 1, online=False))
+    demands = snap(*offline, on("c"), on("d"))
+    verdict = guard.assess(topo, demands, {("c", 1): 0, ("d", 1): 16})
+    assert verdict.passed
+    assert guard.check(topo, demands, {("c", 1): 0, ("d", 1): 16}) == []
+    [overload] = verdict.overloads
+    assert (overload.group, overload.phase, overload.load, overload.limit) == (
+        "main", Phase.L1, 40, 32)
+    # The same limit with an online connector still charging under it is a violation.
+    charging = guard.assess(topo, demands, {("c", 1): 6, ("d", 1): 16})
+    assert names(list(charging.violations)) == {("main", Phase.L1)}
+    assert charging.overloads == ()
+
+
+def test_a_stale_meter_under_offline_chargers_is_an_overload() -> None:
+    topo = site(charger("a", "main", phases=3, failsafe=6), charger("b", "main"))
+    demands = snap(ConnectorDemand("a", 1, online=False), on("b"),
+                   main=GroupConditions(meter_stale=True))
+    verdict = guard.assess(topo, demands, {("b", 1): 0})
+    assert verdict.passed
+    assert names(list(verdict.overloads)) == {
+        ("main", Phase.L1), ("main", Phase.L2), ("main", Phase.L3), ("main", None)}
+    charging = guard.assess(topo, demands, {("b", 1): 6})
+    assert names(list(charging.violations)) == {("main", Phase.L1), ("main", None)}
+    assert names(list(charging.overloads)) == {("main", Phase.L2), ("main", Phase.L3)}
+
+
+def test_charger_maximum_broken_by_failsafes_alone_is_an_overload() -> None:
+    topo = site(charger("a", "main", connectors=2, max_current=16, failsafe=10), main_a=100)
+    demands = snap(ConnectorDemand("a", 1, online=False), ConnectorDemand("a", 2, online=False))
+    verdict = guard.assess(topo, demands, {})
+    assert verdict.passed
+    assert [a.message.split(":")[0] for a in verdict.overloads] == ["charger a"]
+
+
+def test_not_a_number_fails_closed() -> None:
+    topo = site(charger("a", "main"), charger("b", "main"))
+    alarms = guard.check(topo, snap(on("a"), on("b")), {("a", 1): math.nan, ("b", 1): 16})
+    assert "a/1" in alarms[0].message
+    assert ("main", Phase.L1) in names(alarms)
+
+
+# -- check_plan: one send step, any subset of it applied ------------------------------------
+
+
+def test_a_step_that_only_lowers_always_passes() -> None:
+    """Even when what is counted already breaks the limit: lowering can only help."""
     topo = site(charger("a", "main"), charger("b", "main"))
     demands = snap(on("a"), on("b"))
-    previous = {("a", 1): 16.0, ("b", 1): 10.0}
-    target = {("a", 1): 10.0, ("b", 1): 16.0}
-    good = TransitionPlan((Command(("a", 1), 10, 16),), (Command(("b", 1), 16, 10),))
-    assert guard.check_plan(topo, demands, previous, good, target) == []
-    swapped = TransitionPlan((Command(("b", 1), 16, 10),), (Command(("a", 1), 10, 16),))
-    assert len(guard.check_plan(topo, demands, previous, swapped, target)) == 2
-    short = TransitionPlan((Command(("a", 1), 10, 16),), ())
-    assert len(guard.check_plan(topo, demands, previous, short, target)) == 1
-    unsafe_target = {("a", 1): 16.0, ("b", 1): 20.0}
-    plan = TransitionPlan((), (Command(("b", 1), 20, 10),))
-    assert names(guard.check_plan(topo, demands, previous, plan, unsafe_target)) == {
+    counted = {("a", 1): 32.0, ("b", 1): 32.0}
+    assert guard.check_plan(topo, demands, counted, {("a", 1): 10.0, ("b", 1): 0.0}) == []
+    assert guard.check_plan(topo, demands, counted, {("a", 1): 32.0}) == []
+    assert guard.check_plan(topo, demands, counted, {}) == []
+
+
+def test_a_raise_that_fits_only_after_a_decrease_took_effect_is_refused() -> None:
+    topo = site(charger("a", "main"), charger("b", "main"))
+    demands = snap(on("a"), on("b"))
+    # a is being lowered 20 -> 10, its answer not in yet: it is still counted at 20.
+    counted = {("a", 1): 20.0, ("b", 1): 10.0}
+    alarms = guard.check_plan(topo, demands, counted, {("b", 1): 22.0})
+    assert names(alarms) == {("main", Phase.L1)}
+    assert (alarms[0].load, alarms[0].limit) == (42, 32)
+    assert "raises b/1 under it" in alarms[0].message
+    assert guard.check_plan(topo, demands, counted, {("b", 1): 12.0}) == []
+    # Once the decrease is confirmed, the same raise fits.
+    assert guard.check_plan(topo, demands, {("a", 1): 10.0, ("b", 1): 10.0},
+                            {("b", 1): 22.0}) == []
+
+
+def test_a_mixed_step_counts_each_connector_at_its_worst() -> None:
+    """Lowering a and raising b in one step: b may have risen before a has lowered."""
+    topo = site(charger("a", "main"), charger("b", "main"))
+    demands = snap(on("a"), on("b"))
+    counted = {("a", 1): 20.0, ("b", 1): 10.0}
+    alarms = guard.check_plan(topo, demands, counted, {("a", 1): 10.0, ("b", 1): 20.0})
+    assert names(alarms) == {("main", Phase.L1)}
+    assert alarms[0].load == pytest.approx(40)
+    assert guard.check_plan(topo, demands, counted, {("a", 1): 10.0, ("b", 1): 12.0}) == []
+
+
+def test_check_plan_counts_offline_chargers_as_counted_and_minds_uncontrolled_load() -> None:
+    topo = site(charger("a", "main", failsafe=10), charger("b", "main"))
+    demands = snap(ConnectorDemand("a", 1, online=False), on("b"),
+                   main=GroupConditions(uncontrolled=(6, 0, 0)))
+    counted = {("a", 1): 10.0, ("b", 1): 0.0}
+    assert names(guard.check_plan(topo, demands, counted, {("b", 1): 17.0})) == {
         ("main", Phase.L1)}
+    assert guard.check_plan(topo, demands, counted, {("b", 1): 16.0}) == []
+    # Missing from counted: taken at its failsafe current since it is offline.
+    assert names(guard.check_plan(topo, demands, {("b", 1): 0.0}, {("b", 1): 17.0})) == {
+        ("main", Phase.L1)}
+
+
+def test_check_plan_only_refuses_limits_the_step_raises_a_connector_under() -> None:
+    """x is over already (commands in flight); raising a charger in y is allowed."""
+    topo = two_circuits(charger("x1", "x"), charger("x2", "x"), charger("y1", "y"),
+                        x_a=32, y_a=32)
+    demands = snap(on("x1"), on("x2"), on("y1"))
+    counted = {("x1", 1): 20.0, ("x2", 1): 20.0, ("y1", 1): 0.0}
+    assert guard.check_plan(topo, demands, counted, {("y1", 1): 32.0}) == []
+    assert names(guard.check_plan(topo, demands, counted, {("x1", 1): 21.0})) == {
+        ("x", Phase.L1)}
+    # A raise on another phase of the same group does not load the broken phase.
+    other = two_circuits(charger("x1", "x"), charger("x2", "x"),
+                         charger("x3", "x", phase=Phase.L3), x_a=32)
+    assert guard.check_plan(other, snap(on("x1"), on("x2"), on("x3")),
+                            {("x1", 1): 20.0, ("x2", 1): 20.0, ("x3", 1): 0.0},
+                            {("x3", 1): 32.0}) == []
+
+
+def test_check_plan_kw_and_charger_limits() -> None:
+    topo = site(charger("a", "main", phases=3, max_current=32), main_a=None, main_kw=10)
+    assert names(guard.check_plan(topo, snap(on("a")), {("a", 1): 0.0},
+                                  {("a", 1): 16.0})) == {("main", None)}
+    two = site(charger("a", "main", connectors=2, max_current=32), main_a=100)
+    alarms = guard.check_plan(two, snap(on("a", 1), on("a", 2)),
+                              {("a", 1): 20.0, ("a", 2): 0.0}, {("a", 2): 16.0})
+    assert [a.message.split(":")[0] for a in alarms] == ["charger a"]
+
+
+@pytest.mark.parametrize(("send", "ev_max"), [(-1.0, None), (3.0, None), (40.0, None),
+                                              (20.0, 16.0), (math.nan, None)],
+                         ids=["negative", "below-min", "above-max", "above-ev-max", "nan"])
+def test_check_plan_refuses_a_send_outside_its_bounds(send: float,
+                                                      ev_max: float | None) -> None:
+    topo = site(charger("a", "main"), main_a=100)
+    alarms = guard.check_plan(topo, snap(on("a", max_current=ev_max)), {("a", 1): 32.0},
+                              {("a", 1): send})
+    assert alarms[0].message.startswith("a/1: send")
+
+
+def test_check_plan_refuses_a_send_to_an_unknown_connector() -> None:
+    topo = site(charger("a", "main"))
+    alarms = guard.check_plan(topo, snap(on("a")), {("a", 1): 0.0}, {("zz", 1): 0.0})
+    assert len(alarms) == 1
+    assert "zz/1" in alarms[0].message
+
+
+@CORE_SETTINGS
+@given(case=cases(max_chargers=15), data=st.data())
+def test_check_plan_agrees_with_the_model_on_random_steps(case: Case,
+                                                         data: st.DataObject) -> None:
+    """Refused exactly when a limit the model finds broken at the worst case is loaded by a
+    connector the step raises, or a send is out of bounds."""
+    model = Model.build(case.topology, case.snapshot)
+    keys = sorted(model.failsafe)
+    amps = st.integers(0, 400).map(lambda n: n / 10)
+    counted = {k: data.draw(amps) for k in keys}
+    chosen = data.draw(st.lists(st.sampled_from(keys), unique=True))
+    sends = {k: data.draw(amps) for k in chosen}
+    worst = {k: max(counted[k], sends.get(k, counted[k])) for k in keys}
+    raised = {k for k, v in sends.items() if v > counted[k] + 1e-6}
+    refused_by_limits = any(c.load(worst) > c.capacity + 1e-6 and raised & set(c.coef)
+                            for c in model.constraints)
+    out_of_bounds = any(v != 0.0 and not (
+        case.topology.connector(k).min_current - 1e-6 <= v <= model.upper(k) + 1e-6)
+        for k, v in sends.items())
+    alarms = guard.check_plan(case.topology, case.snapshot, counted, sends)
+    assert bool(alarms) == (refused_by_limits or out_of_bounds)
+    if not raised:
+        assert all(": send " in a.message for a in alarms)
 
 
 # -- the guard against the independent model, on random setpoints ---------------------------
@@ -242,23 +432,53 @@ def _case_and_setpoints(draw: st.DrawFn) -> tuple[Case, dict[ConnectorKey, float
 def test_guard_agrees_with_an_independent_model(
         data: tuple[Case, dict[ConnectorKey, float]]) -> None:
     """Every group phase, group kW and charger limit the model finds broken, the guard
-    names; and the guard names nothing else."""
+    names: as a violation when an online connector under it has a setpoint above 0, as an
+    overload otherwise; and it names nothing else."""
     case, setpoints = data
     model = Model.build(case.topology, case.snapshot)
-    alarms = guard.check(case.topology, case.snapshot, setpoints)
+    verdict = guard.assess(case.topology, case.snapshot, setpoints)
     drawn = model.drawn(setpoints)
     broken = [c for c in model.constraints if c.load(drawn) > c.capacity + 1e-6]
-    phase_rows = {(c.group, c.phase) for c in broken if c.phase is not None}
-    assert {(a.group, a.phase) for a in alarms if a.phase is not None} == phase_rows
-    kw_groups = {c.group for c in broken if c.group is not None and c.phase is None}
-    kw_alarms = {a.group for a in alarms if a.phase is None and " kW above " in a.message}
-    assert kw_alarms == kw_groups
-    chargers = {c.name.removeprefix("charger ") for c in broken if c.group is None}
-    charger_alarms = {a.message.split()[1].rstrip(":") for a in alarms
-                      if a.message.startswith("charger ")}
-    assert charger_alarms == chargers
+    for kind, alarms in (("violation", verdict.violations), ("overload", verdict.overloads)):
+        expected = [c for c in broken if any(
+            k in model.online and setpoints[k] > 0 for k in c.coef) == (kind == "violation")]
+        phase_rows = {(c.group, c.phase) for c in expected if c.phase is not None}
+        assert {(a.group, a.phase) for a in alarms if a.phase is not None} == phase_rows, kind
+        kw_groups = {c.group for c in expected if c.group is not None and c.phase is None}
+        kw_alarms = {a.group for a in alarms if a.phase is None and " kW above " in a.message}
+        assert kw_alarms == kw_groups, kind
+        chargers = {c.name.removeprefix("charger ") for c in expected if c.group is None}
+        charger_alarms = {a.message.split()[1].rstrip(":") for a in alarms
+                          if a.message.startswith("charger ")}
+        assert charger_alarms == chargers, kind
     out_of_bounds = {k for k in model.online if setpoints[k] != 0.0 and not (
         case.topology.connector(k).min_current - 1e-6 <= setpoints[k]
         <= model.upper(k) + 1e-6)}
-    bound_alarms = {a.message.split(":")[0] for a in alarms if "setpoint" in a.message}
+    bound_alarms = {a.message.split(":")[0] for a in verdict.violations
+                    if "setpoint" in a.message}
     assert bound_alarms == {f"{k[0]}/{k[1]}" for k in out_of_bounds}
+    assert guard.check(case.topology, case.snapshot, setpoints) == list(verdict.violations)
+
+
+@CORE_SETTINGS
+@given(data=_case_and_setpoints())
+def test_the_substitute_always_passes(data: tuple[Case, dict[ConnectorKey, float]]) -> None:
+    """Whatever the allocation was, what enforce puts in its place passes the guard and
+    the model (limits offline chargers alone break aside), and keeps offline connectors at
+    their failsafe current."""
+    case, setpoints = data
+    model = Model.build(case.topology, case.snapshot)
+    unsafe = Allocation(setpoints=setpoints, offline=frozenset(), groups={},
+                        rotation=RotationState(last_rotation=NOW))
+    out = guard.enforce(case.topology, case.snapshot, unsafe)
+    if not out.guarded:
+        assert out is unsafe
+        assert guard.check(case.topology, case.snapshot, setpoints) == []
+        return
+    assert guard.check(case.topology, case.snapshot, out.setpoints) == []
+    assert model.violations(out.setpoints) == []
+    assert out.offline == frozenset(model.offline)
+    for key in model.offline:
+        assert out.setpoints[key] == model.failsafe[key]
+    for key in model.online:
+        assert out.setpoints[key] in (0.0, model.failsafe[key])

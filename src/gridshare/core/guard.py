@@ -1,164 +1,459 @@
-"""The safety guard: the last check before any setpoint leaves the core.
+"""The safety guard: an independent second opinion on every setpoint before it leaves the core.
 
-Deliberately naive: it adds every connector's current into every group above it, phase
-by phase, and compares each sum with the limit in force. It shares no code with the
-policies beyond the definition of a limit and the array form of the topology, so a bug in
-a clever policy cannot hide here.
+Runtime assurance: the allocator may be clever, the guard must be obviously right. It adds
+every connector's current into its charger and its innermost group, then every group into
+its parent, phase by phase and in kW, with its own plain loops over the Topology, and
+compares each sum with the limit in force (:func:`gridshare.core.limits.effective_limit`,
+the one definition of a limit). It imports nothing from the allocator and shares no cached
+arrays with it, so a bug there cannot hide here.
+
+One rule for alarms, applied in one place (:func:`assess`): a limit exceeded while some
+online connector loading it has a setpoint above 0 is a *violation* of the allocation (a
+command can fix it); a limit exceeded only by what no command can change (offline chargers
+at their failsafe current, uncontrolled load, every online connector under it at 0 on that
+phase) is an *overload*, reported but not held against the allocation.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
-import numpy as np
-
-from gridshare.core.arrays import FloatArray, TopologyArrays, demand_arrays, topology_arrays
-from gridshare.core.decision import Alarm, Allocation, RotationState, TransitionPlan
-from gridshare.core.limits import effective_limit
-from gridshare.core.snapshot import Snapshot
-from gridshare.core.topology import Phase, Topology
+from gridshare.core.decision import Alarm, Allocation, GroupLoad, RotationState
+from gridshare.core.limits import EffectiveLimit, effective_limit
+from gridshare.core.snapshot import ConnectorDemand, GroupConditions, Snapshot
+from gridshare.core.topology import ALL_PHASES, ConnectorKey, Phase, Topology
 
 EPS = 1e-6
+"""Float noise tolerated on a sum before it counts as above its limit (A or kW)."""
+
+_CACHE_KEY = "guard.site"
+
+
+class _Connector(NamedTuple):
+    """One connector, flattened for the summing loop (a tuple unpacks fastest)."""
+
+    key: ConnectorKey
+    charger: int
+    """Index into _Site.charger_ids."""
+    group: int
+    """Index of its innermost group into _Site.group_ids."""
+    phases: tuple[int, ...]
+    """The phases its current flows on: (p,) for 1-phase, (0, 1, 2) for 3-phase."""
+    kw_per_amp: float
+    upper: float
+    """min(connector maximum, charger maximum): the most it may get before the EV's say."""
+    min_current: float
+    failsafe: float
+    chain: frozenset[int]
+    """Every group it counts against (innermost to root), to find who loads a limit."""
 
 
 @dataclass(frozen=True, slots=True)
-class Sums:
-    group_amps: FloatArray
-    """Shape (groups, 3): A per phase in every group."""
-    group_kw: FloatArray
-    charger_amps: FloatArray
+class _Site:
+    """The guard's own view of a topology, built once by the guard's own code."""
+
+    group_ids: tuple[str, ...]
+    """Children before parents, so one pass in index order carries sums up the tree."""
+    parent: tuple[int, ...]
+    """Per group: index of its parent, -1 for a root."""
+    static_limits: tuple[EffectiveLimit, ...]
+    """Per group: its limit with no live conditions (the static configuration)."""
+    connectors: tuple[_Connector, ...]
+    index: Mapping[ConnectorKey, int]
+    charger_ids: tuple[str, ...]
+    charger_max: tuple[float, ...]
+    charger_group: tuple[int, ...]
+    """Per charger: index of its innermost group, named in alarms about the charger."""
 
 
-def drawn_array(ta: TopologyArrays, online: FloatArray | np.ndarray,
-                setpoints: Mapping[tuple[str, int], float]) -> FloatArray:
-    """What each connector may draw: its setpoint, or its failsafe current if offline."""
-    values = np.fromiter((setpoints.get(k, 0.0) for k in ta.keys), dtype=float,
-                         count=len(ta.keys))
-    return np.where(online, values, ta.failsafe)
+def _site(topology: Topology) -> _Site:
+    cached = topology._cache.get(_CACHE_KEY)
+    if isinstance(cached, _Site):
+        return cached
+    site = _build_site(topology)
+    topology._cache[_CACHE_KEY] = site
+    return site
 
 
-def sums(ta: TopologyArrays, drawn: FloatArray) -> Sums:
-    """Add each connector's current into its charger and every group above it."""
-    n_groups = len(ta.group_ids)
-    per_phase = drawn[:, None] * ta.phases
-    power = drawn * ta.kw_per_amp
-    amps = np.zeros((n_groups, 3))
-    kw = np.zeros(n_groups)
-    for level in range(ta.chain.shape[1]):
-        groups = ta.chain[:, level]
-        there = groups >= 0
-        g = groups[there]
+def _build_site(topology: Topology) -> _Site:
+    group_ids = tuple(sorted(topology.groups,
+                             key=lambda gid: -len(topology.group_chain(gid))))
+    position = {gid: i for i, gid in enumerate(group_ids)}
+    parent = tuple(-1 if (up := topology.groups[gid].parent) is None else position[up]
+                   for gid in group_ids)
+    no_conditions = GroupConditions()
+    static = tuple(effective_limit(topology.groups[gid], no_conditions, topology.voltage)
+                   for gid in group_ids)
+    connectors: list[_Connector] = []
+    for ci, charger in enumerate(topology.chargers.values()):
+        phases = tuple(p for p in range(3) if charger.phase_vector[p])
+        chain = frozenset(position[g] for g in topology.charger_groups(charger.id))
+        for conn in charger.connectors:
+            connectors.append(_Connector(
+                conn.key, ci, position[charger.group], phases,
+                topology.power_kw_per_amp(charger), min(conn.max_current, charger.max_current),
+                conn.min_current, charger.failsafe_current, chain))
+    return _Site(
+        group_ids=group_ids, parent=parent, static_limits=static,
+        connectors=tuple(connectors), index={c.key: i for i, c in enumerate(connectors)},
+        charger_ids=tuple(topology.chargers),
+        charger_max=tuple(c.max_current for c in topology.chargers.values()),
+        charger_group=tuple(position[c.group] for c in topology.chargers.values()))
+
+
+def _limits(topology: Topology, site: _Site, snapshot: Snapshot) -> list[EffectiveLimit]:
+    """Every group's limit in force: static, unless the snapshot has live conditions."""
+    limits = list(site.static_limits)
+    for i, gid in enumerate(site.group_ids):
+        cond = snapshot.groups.get(gid)
+        if cond is not None:
+            limits[i] = effective_limit(topology.groups[gid], cond, topology.voltage)
+    return limits
+
+
+# -- summing ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Totals:
+    """Sums per group (A per phase at ``3 * group + phase``, and kW) and per charger, and
+    which of those rows a flagged connector loads (see :func:`_add_up`)."""
+
+    amps: list[float]
+    kw: list[float]
+    charger_amps: list[float]
+    flagged_amps: list[bool]
+    flagged_kw: list[bool]
+    flagged_charger: list[bool]
+
+
+def _add_up(site: _Site, drawn: list[float], flagged: list[bool]) -> _Totals:
+    """Add each connector's current into its charger and every group above it, and mark
+    every row that a flagged connector loads (a connector a command can lower)."""
+    n_groups = len(site.group_ids)
+    amps = [0.0] * (3 * n_groups)
+    kw = [0.0] * n_groups
+    charger_amps = [0.0] * len(site.charger_ids)
+    flagged_amps = [False] * (3 * n_groups)
+    flagged_kw = [False] * n_groups
+    flagged_charger = [False] * len(site.charger_ids)
+    for conn, amps_drawn, flag in zip(site.connectors, drawn, flagged, strict=True):
+        if amps_drawn == 0.0 and not flag:
+            continue
+        group = conn.group
+        base = 3 * group
+        charger_amps[conn.charger] += amps_drawn
+        kw[group] += amps_drawn * conn.kw_per_amp
+        for phase in conn.phases:
+            amps[base + phase] += amps_drawn
+        if flag:
+            flagged_charger[conn.charger] = True
+            flagged_kw[group] = True
+            for phase in conn.phases:
+                flagged_amps[base + phase] = True
+    # Children come before parents: by the time a group is reached it holds its subtree.
+    for group, up in enumerate(site.parent):
+        if up < 0:
+            continue
+        kw[up] += kw[group]
+        flagged_kw[up] = flagged_kw[up] or flagged_kw[group]
         for phase in range(3):
-            amps[:, phase] += np.bincount(g, weights=per_phase[there, phase], minlength=n_groups)
-        kw += np.bincount(g, weights=power[there], minlength=n_groups)
-    chargers = np.bincount(ta.charger_of, weights=drawn, minlength=len(ta.charger_ids))
-    return Sums(amps, kw, chargers.astype(float))
+            amps[3 * up + phase] += amps[3 * group + phase]
+            flagged_amps[3 * up + phase] = (flagged_amps[3 * up + phase]
+                                            or flagged_amps[3 * group + phase])
+    return _Totals(amps, kw, charger_amps, flagged_amps, flagged_kw, flagged_charger)
 
 
-def drawn_current(topology: Topology, snapshot: Snapshot,
-                  setpoints: Mapping[tuple[str, int], float]) -> dict[tuple[str, int], float]:
-    ta = topology_arrays(topology)
-    drawn = drawn_array(ta, demand_arrays(ta, snapshot).online, setpoints)
-    return dict(zip(ta.keys, drawn.tolist(), strict=True))
+@dataclass(frozen=True, slots=True)
+class _Breach:
+    """A limit a sum exceeds; ``flagged`` when a flagged connector loads it."""
+
+    group: int
+    """Index of the group whose limit it is, or of the charger's innermost group."""
+    phase: Phase | None
+    """None for a kW limit or a charger's maximum."""
+    charger: int | None
+    """Index of the charger when the limit is its own maximum."""
+    load: float
+    limit: float
+    flagged: bool
+
+    def loaded_by(self, conn: _Connector) -> bool:
+        """Whether current drawn by ``conn`` counts in this limit."""
+        if self.charger is not None:
+            return conn.charger == self.charger
+        return self.group in conn.chain and (self.phase is None or self.phase in conn.phases)
+
+    def alarm(self, site: _Site, why: str = "") -> Alarm:
+        gid = site.group_ids[self.group]
+        if self.charger is not None:
+            text = (f"charger {site.charger_ids[self.charger]}: {self.load:.2f} A above its "
+                    f"{self.limit:g} A")
+        elif self.phase is not None:
+            text = (f"group {gid} {self.phase.name}: {self.load:.2f} A above the "
+                    f"{self.limit:.2f} A available")
+        else:
+            text = f"group {gid}: {self.load:.2f} kW above the {self.limit:.2f} kW available"
+        return Alarm(gid, self.phase, self.load, self.limit, text + why)
+
+
+def _breaches(site: _Site, limits: list[EffectiveLimit], totals: _Totals) -> list[_Breach]:
+    """Every group phase, group kW and charger maximum the totals exceed."""
+    out: list[_Breach] = []
+    for group, limit in enumerate(limits):
+        for phase in ALL_PHASES:
+            load = totals.amps[3 * group + phase]
+            if load > limit.available[phase] + EPS:
+                out.append(_Breach(group, phase, None, load, limit.available[phase],
+                                   totals.flagged_amps[3 * group + phase]))
+        if totals.kw[group] > limit.available_power_kw + EPS:
+            out.append(_Breach(group, None, None, totals.kw[group], limit.available_power_kw,
+                               totals.flagged_kw[group]))
+    for charger, load in enumerate(totals.charger_amps):
+        if load > site.charger_max[charger] + EPS:
+            out.append(_Breach(site.charger_group[charger], None, charger, load,
+                               site.charger_max[charger], totals.flagged_charger[charger]))
+    return out
+
+
+def _top(conn: _Connector, demand: ConnectorDemand | None) -> float:
+    """The most this connector may get now: its own and its charger's maximum, and the EV's."""
+    if demand is None or demand.max_current is None:
+        return conn.upper
+    return min(conn.upper, demand.max_current)
+
+
+def _within_bounds(conn: _Connector, amps: float, top: float) -> bool:
+    """0, or within [min, top]; NaN and infinities are never within."""
+    return amps == 0.0 or conn.min_current - EPS <= amps <= top + EPS
+
+
+def _bound_alarm(site: _Site, conn: _Connector, amps: float, top: float, what: str) -> Alarm:
+    return Alarm(site.group_ids[site.charger_group[conn.charger]], None, amps, top,
+                 f"{conn.key[0]}/{conn.key[1]}: {what} {amps:.2f} A outside 0 or "
+                 f"[{conn.min_current:g}, {top:g}] A")
+
+
+def _summable(amps: float) -> float:
+    """A value that cannot be trusted (NaN, ±inf) counts as unlimited: fail closed."""
+    return amps if math.isfinite(amps) else math.inf
+
+
+# -- the check of an allocation --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """One guard pass over a set of setpoints."""
+
+    violations: tuple[Alarm, ...]
+    """Setpoints outside a connector's bounds, and broken limits a command can fix."""
+    overloads: tuple[Alarm, ...]
+    """Limits broken only by what no command can change; every online connector under
+    them is at 0 on that phase, so they are reported, not held against the allocation."""
+
+    @property
+    def passed(self) -> bool:
+        return not self.violations
+
+
+@dataclass(frozen=True, slots=True)
+class _Judgement:
+    """What one pass found, by index, for :func:`assess` to name and the fallback to use."""
+
+    out_of_bounds: list[tuple[int, float, float]]
+    """(connector index, its setpoint, the most it may get)."""
+    breaches: list[_Breach]
+    """``flagged`` when some online connector loading the limit has a setpoint above 0."""
+    totals: _Totals
+    limits: list[EffectiveLimit]
+
+
+def _judge(topology: Topology, snapshot: Snapshot,
+           setpoints: Mapping[ConnectorKey, float]) -> _Judgement:
+    """The one pass: bounds of every online connector, then every sum against its limit,
+    with offline connectors drawing their failsafe current whatever their setpoint says."""
+    site = _site(topology)
+    demands = snapshot.connectors
+    out_of_bounds: list[tuple[int, float, float]] = []
+    drawn: list[float] = []
+    lowerable: list[bool] = []
+    for i, conn in enumerate(site.connectors):
+        demand = demands.get(conn.key)
+        if demand is not None and not demand.online:
+            drawn.append(conn.failsafe)
+            lowerable.append(False)
+            continue
+        amps = setpoints.get(conn.key, 0.0)
+        if amps == 0.0:
+            drawn.append(0.0)
+            lowerable.append(False)
+            continue
+        top = _top(conn, demand)
+        if not _within_bounds(conn, amps, top):
+            out_of_bounds.append((i, amps, top))
+            amps = _summable(amps)
+        drawn.append(amps)
+        lowerable.append(amps > 0.0)
+    totals = _add_up(site, drawn, lowerable)
+    limits = _limits(topology, site, snapshot)
+    return _Judgement(out_of_bounds, _breaches(site, limits, totals), totals, limits)
+
+
+def assess(topology: Topology, snapshot: Snapshot,
+           setpoints: Mapping[ConnectorKey, float]) -> Verdict:
+    """Check ``setpoints`` against every limit: each online connector's bounds (0 or
+    [min, max], at most the EV's maximum), each charger's maximum, and each group's A per
+    phase and kW in force, offline connectors counted at their failsafe current. A missing
+    setpoint is 0 A. The one rule for alarms (module docstring) is applied here."""
+    site = _site(topology)
+    found = _judge(topology, snapshot, setpoints)
+    violations = [_bound_alarm(site, site.connectors[i], amps, top, "setpoint")
+                  for i, amps, top in found.out_of_bounds]
+    overloads: list[Alarm] = []
+    for breach in found.breaches:
+        if breach.flagged:
+            violations.append(breach.alarm(site))
+        else:
+            overloads.append(breach.alarm(
+                site, "; drawn by what no command can change (offline chargers at their "
+                      "failsafe current, uncontrolled load): every online connector under "
+                      "it is at 0 A"))
+    return Verdict(tuple(violations), tuple(overloads))
 
 
 def check(topology: Topology, snapshot: Snapshot,
-          setpoints: Mapping[tuple[str, int], float]) -> list[Alarm]:
-    """Every limit the setpoints break: connector bounds, charger and group, per phase."""
-    ta = topology_arrays(topology)
-    values = np.fromiter((setpoints.get(k, 0.0) for k in ta.keys), dtype=float,
-                         count=len(ta.keys))
-    return check_array(topology, snapshot, values)
+          setpoints: Mapping[ConnectorKey, float]) -> list[Alarm]:
+    """The violations :func:`assess` finds: empty exactly when the setpoints are safe, also
+    when offline chargers alone overload a limit that every online connector under it has
+    given up."""
+    return list(assess(topology, snapshot, setpoints).violations)
 
 
-def check_array(topology: Topology, snapshot: Snapshot, setpoints: FloatArray) -> list[Alarm]:
-    """:func:`check` for setpoints already aligned with the topology's connector order."""
-    ta = topology_arrays(topology)
-    demand = demand_arrays(ta, snapshot)
-    drawn = np.where(demand.online, setpoints, ta.failsafe)
-    alarms: list[Alarm] = []
-    top = np.minimum(ta.max_current, demand.ev_max)
-    bad = demand.online & (drawn != 0.0) & (
-        (drawn < ta.min_current - EPS) | (drawn > top + EPS) | ~np.isfinite(drawn))
-    for i in np.flatnonzero(bad).tolist():
-        charger, conn = ta.keys[i]
-        alarms.append(Alarm(topology.chargers[charger].group, None, float(drawn[i]),
-                            float(top[i]),
-                            f"{charger}/{conn}: setpoint {drawn[i]:.2f} A outside 0 or "
-                            f"[{ta.min_current[i]:g}, {top[i]:g}] A"))
-    total = sums(ta, drawn)
-    for c in np.flatnonzero(total.charger_amps > ta.charger_max + EPS).tolist():
-        cid = ta.charger_ids[c]
-        alarms.append(Alarm(topology.chargers[cid].group, None, float(total.charger_amps[c]),
-                            float(ta.charger_max[c]),
-                            f"charger {cid}: {total.charger_amps[c]:.2f} A above its "
-                            f"{ta.charger_max[c]:g} A"))
-    # Groups without live conditions are held to their static limit as configured.
-    available = np.repeat(ta.group_max_current[:, None], 3, axis=1)
-    available_kw = ta.group_max_kw.copy()
-    for gid, cond in snapshot.groups.items():
-        if gid in ta.group_index:
-            lim = effective_limit(topology.groups[gid], cond, topology.voltage)
-            available[ta.group_index[gid]] = lim.available
-            available_kw[ta.group_index[gid]] = lim.available_power_kw
-    over_amps = total.group_amps > available + EPS
-    for gi, phase in zip(*np.nonzero(over_amps), strict=True):
-        gid, load, room = ta.group_ids[gi], total.group_amps[gi, phase], available[gi, phase]
-        alarms.append(Alarm(gid, Phase(int(phase)), float(load), float(room),
-                            f"group {gid} {Phase(int(phase)).name}: {load:.2f} A above the "
-                            f"{room:.2f} A available"))
-    for gi in np.flatnonzero(total.group_kw > available_kw + EPS).tolist():
-        gid, load, room = ta.group_ids[gi], total.group_kw[gi], available_kw[gi]
-        alarms.append(Alarm(gid, None, float(load), float(room),
-                            f"group {gid}: {load:.2f} kW above the {room:.2f} kW available"))
-    return alarms
+def _group_loads(topology: Topology, snapshot: Snapshot,
+                 found: _Judgement) -> dict[str, GroupLoad]:
+    site = _site(topology)
+    amps, kw = found.totals.amps, found.totals.kw
+    out: dict[str, GroupLoad] = {}
+    for group, gid in enumerate(site.group_ids):
+        limit = found.limits[group]
+        base = 3 * group
+        out[gid] = GroupLoad(gid, (amps[base], amps[base + 1], amps[base + 2]),
+                             snapshot.conditions(gid).uncontrolled, limit.current,
+                             limit.available, kw[group], limit.power_kw)
+    return out
 
 
-def check_plan(topology: Topology, snapshot: Snapshot,
-               previous: Mapping[tuple[str, int], float], plan: TransitionPlan,
-               target: Mapping[tuple[str, int], float]) -> list[Alarm]:
-    """A plan is safe when its first step only lowers, its second only raises, and it ends
-    at a safe target: then every moment of step two is at or below the target."""
-    alarms = check(topology, snapshot, target)
-    reached = dict(previous)
-    for cmd in plan.decreases:
-        if not cmd.current < cmd.previous:
-            alarms.append(Alarm("", None, cmd.current, cmd.previous,
-                                f"{cmd.key}: step 1 raises {cmd.previous} -> {cmd.current} A"))
-        reached[cmd.key] = cmd.current
-    for cmd in plan.increases:
-        if not cmd.current > cmd.previous:
-            alarms.append(Alarm("", None, cmd.current, cmd.previous,
-                                f"{cmd.key}: step 2 lowers {cmd.previous} -> {cmd.current} A"))
-        reached[cmd.key] = cmd.current
-    for key, amps in target.items():
-        if abs(reached.get(key, 0.0) - amps) > EPS:
-            alarms.append(Alarm("", None, reached.get(key, 0.0), amps,
-                                f"{key}: plan ends at {reached.get(key, 0.0)} A, not {amps} A"))
-    return alarms
+def group_loads(topology: Topology, snapshot: Snapshot,
+                setpoints: Mapping[ConnectorKey, float]) -> dict[str, GroupLoad]:
+    """Per-phase and kW load of every group as the guard sums it (offline at failsafe)."""
+    return _group_loads(topology, snapshot, _judge(topology, snapshot, setpoints))
 
 
-def failsafe_setpoints(topology: Topology, snapshot: Snapshot) -> dict[tuple[str, int], float]:
-    """Every connector at its failsafe current if that holds every limit, else paused."""
-    failsafe = {c.key: topology.chargers[c.charger_id].failsafe_current
-                for c in topology.connectors()}
-    if not check(topology, snapshot, failsafe):
-        return failsafe
-    return dict.fromkeys(failsafe, 0.0)
+# -- the fallback ----------------------------------------------------------------------------
+
+
+def failsafe_setpoints(topology: Topology, snapshot: Snapshot) -> dict[ConnectorKey, float]:
+    """A safe substitute for setpoints the guard rejected, decided without the allocator:
+    online active connectors at their failsafe current (what they would draw if we were
+    gone), idle ones at 0, offline ones at their failsafe current (they draw it anyway);
+    then 0 A for every online connector whose failsafe current is outside its bounds or
+    that loads a limit those failsafes break."""
+    site = _site(topology)
+    setpoints: dict[ConnectorKey, float] = {}
+    online: list[bool] = []
+    for conn in site.connectors:
+        demand = snapshot.connectors.get(conn.key)
+        is_online = demand is None or demand.online
+        online.append(is_online)
+        charging = demand is not None and (demand.active or not is_online)
+        setpoints[conn.key] = conn.failsafe if charging else 0.0
+    found = _judge(topology, snapshot, setpoints)
+    broken = [breach for breach in found.breaches if breach.flagged]
+    for i, _, _ in found.out_of_bounds:
+        setpoints[site.connectors[i].key] = 0.0
+    for conn, is_online in zip(site.connectors, online, strict=True):
+        if is_online and any(breach.loaded_by(conn) for breach in broken):
+            setpoints[conn.key] = 0.0
+    return setpoints
 
 
 def enforce(topology: Topology, snapshot: Snapshot, allocation: Allocation) -> Allocation:
-    """Pass a safe allocation through unchanged; replace an unsafe one by failsafes."""
-    alarms = check(topology, snapshot, allocation.setpoints)
-    if not alarms:
+    """One guard pass: ``allocation`` itself when it passes; otherwise a safe substitute
+    (:func:`failsafe_setpoints`), marked ``guarded``, with the rotation state reset, its
+    own group loads, and an alarm for every violation naming group, phase, load and limit."""
+    verdict = assess(topology, snapshot, allocation.setpoints)
+    if verdict.passed:
         return allocation
-    fallback = failsafe_setpoints(topology, snapshot)
+    substitute = failsafe_setpoints(topology, snapshot)
+    offline = frozenset(conn.key for conn in _site(topology).connectors
+                        if not snapshot.demand(conn.key).online)
     return Allocation(
-        setpoints=drawn_current(topology, snapshot, fallback),
-        offline=allocation.offline,
-        groups=allocation.groups,
+        setpoints=substitute,
+        offline=offline,
+        groups=group_loads(topology, snapshot, substitute),
         rotation=RotationState(),
-        alarms=allocation.alarms + tuple(alarms),
+        alarms=allocation.alarms + verdict.violations,
         guarded=True,
     )
+
+
+# -- the check of one send step ---------------------------------------------------------------
+
+
+def check_plan(topology: Topology, snapshot: Snapshot, counted: Mapping[ConnectorKey, float],
+               sends: Mapping[ConnectorKey, float]) -> list[Alarm]:
+    """Whether one send step is safe at every moment while it is in flight; empty if so.
+
+    ``counted`` is what each connector may be drawing right now in the worst case (A per
+    phase, every connector, offline ones at what they are counted at; a connector missing
+    from it is taken at its failsafe current when offline in ``snapshot``, else at 0 A).
+    ``sends`` are the values about to be sent in this step. Any subset of the step's
+    commands may have been applied at any moment, so each connector is counted at
+    max(counted, send). The step is refused (alarms returned) when that worst-case sum
+    exceeds a group's A on some phase or its kW in force (limit minus the snapshot's
+    uncontrolled load), or a charger's maximum, *and* the step raises some connector under
+    that limit: a step that raises nothing is always allowed, since it can only help. It
+    is also refused for any send outside its connector's bounds (negative, NaN, between 0
+    and the minimum, above the connector's, charger's or EV's maximum) or to a connector
+    the site does not have.
+    """
+    site = _site(topology)
+    alarms = [Alarm("", None, amps, 0.0,
+                    f"{key[0]}/{key[1]}: send {amps} A to a connector the site does not have")
+              for key, amps in sends.items() if key not in site.index]
+    demands = snapshot.connectors
+    worst: list[float] = []
+    raised: list[bool] = []
+    for conn in site.connectors:
+        now = counted.get(conn.key)
+        send = sends.get(conn.key)
+        if now is None:
+            demand = demands.get(conn.key)
+            now = conn.failsafe if demand is not None and not demand.online else 0.0
+        now = _summable(now)
+        if send is None:
+            worst.append(now)
+            raised.append(False)
+            continue
+        top = _top(conn, demands.get(conn.key))
+        if not _within_bounds(conn, send, top):
+            alarms.append(_bound_alarm(site, conn, send, top, "send"))
+        send = _summable(send)
+        worst.append(max(now, send))
+        raised.append(send > now + EPS)
+    if not any(raised):
+        return alarms
+    totals = _add_up(site, worst, raised)
+    for breach in _breaches(site, _limits(topology, site, snapshot), totals):
+        if breach.flagged:
+            ups = ", ".join(f"{c.key[0]}/{c.key[1]}" for c, up
+                            in zip(site.connectors, raised, strict=True)
+                            if up and breach.loaded_by(c))
+            alarms.append(breach.alarm(
+                site, f" if every command in flight and in this step took effect; the step "
+                      f"raises {ups} under it"))
+    return alarms
