@@ -1,0 +1,242 @@
+"""Every limit as a linear row over connector currents, and what load leaves of it.
+
+Each group gives four rows (L1, L2, L3 in A, and kW), each multi-connector charger one
+(its own maximum over the sum of its connectors). A connector contributes ``weight ×
+current`` to every row above it: 1 per A on a phase it loads, kW per A on a kW row.
+Policies, admission and rounding all work on these rows; nothing else knows the tree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from gridshare.core.arrays import (
+    BoolArray,
+    FloatArray,
+    IntArray,
+    TopologyArrays,
+    available_arrays,
+    demand_arrays,
+    topology_arrays,
+)
+from gridshare.core.decision import Alarm, GroupLoad
+from gridshare.core.limits import effective_limit
+from gridshare.core.snapshot import Snapshot
+from gridshare.core.topology import ConnectorKey, Phase, Topology
+
+TOL = 1e-9
+"""Float slack when comparing currents with room: far below any setpoint step."""
+ROWS_PER_GROUP = 4
+"""Constraint rows per group: L1, L2, L3 and kW."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sums:
+    """What a set of connector currents adds up to in every limit the allocator keeps."""
+
+    group_amps: FloatArray
+    """Shape (groups, 3): A per phase in every group."""
+    group_kw: FloatArray
+    charger_amps: FloatArray
+
+
+def sums(ta: TopologyArrays, drawn: FloatArray) -> Sums:
+    """Add each connector's current into its charger and every group above it."""
+    n_groups = len(ta.group_ids)
+    per_phase = drawn[:, None] * ta.phases
+    power = drawn * ta.kw_per_amp
+    amps = np.zeros((n_groups, 3))
+    kw = np.zeros(n_groups)
+    for level in range(ta.chain.shape[1]):
+        groups = ta.chain[:, level]
+        there = groups >= 0
+        g = groups[there]
+        for phase in range(3):
+            amps[:, phase] += np.bincount(g, weights=per_phase[there, phase], minlength=n_groups)
+        kw += np.bincount(g, weights=power[there], minlength=n_groups)
+    chargers = np.bincount(ta.charger_of, weights=drawn, minlength=len(ta.charger_ids))
+    return Sums(amps, kw, chargers.astype(float))
+
+
+@dataclass(slots=True)
+class Problem:
+    """Binding-capable rows over one set of candidates, in both sparse orientations.
+
+    Members are positions in the candidate array, not connector indices.
+    """
+
+    capacity: FloatArray
+    c_ptr: IntArray
+    c_member: IntArray
+    c_weight: FloatArray
+    m_ptr: IntArray
+    m_cons: IntArray
+    m_weight: FloatArray
+    member_lists: tuple[list[int], list[int], list[float]] | None = None
+    """The member orientation as Python lists, built on first use by a Python loop."""
+
+    def lists(self) -> tuple[list[int], list[int], list[float]]:
+        if self.member_lists is None:
+            self.member_lists = (self.m_ptr.tolist(), self.m_cons.tolist(),
+                                 self.m_weight.tolist())
+        return self.member_lists
+
+    def member_rows(self, j: int) -> zip[tuple[int, float]]:
+        """(row, weight) of every row member ``j`` belongs to."""
+        ptr, cons, weight = self.lists()
+        s, e = ptr[j], ptr[j + 1]
+        return zip(cons[s:e], weight[s:e], strict=True)
+
+    def rows_of_entries(self) -> IntArray:
+        return np.repeat(np.arange(len(self.capacity)), np.diff(self.c_ptr))
+
+    def owners(self) -> IntArray:
+        """Per entry of the member orientation, the member it belongs to."""
+        return np.repeat(np.arange(len(self.m_ptr) - 1), np.diff(self.m_ptr))
+
+    def load(self, x: FloatArray) -> FloatArray:
+        loads: FloatArray = np.bincount(
+            self.rows_of_entries(), weights=self.c_weight * x[self.c_member],
+            minlength=len(self.capacity)).astype(np.float64)
+        return loads
+
+    def least_room(self, head: FloatArray) -> FloatArray:
+        """Per member, the fewest A (in its own units) any of its rows still has room for."""
+        least = np.full(len(self.m_ptr) - 1, np.inf)
+        np.minimum.at(least, self.owners(), head[self.m_cons] / self.m_weight)
+        return least
+
+
+@dataclass(slots=True)
+class Capacity:
+    """What each constraint row leaves for online connectors (offline loads deducted)."""
+
+    rows: FloatArray
+    """Shape (groups * 4 + chargers,): (g, L1..L3, kW) rows, then one row per charger."""
+
+    def minus(self, load: Sums) -> Capacity:
+        """The room left once ``load`` is drawn."""
+        groups = np.column_stack((load.group_amps, load.group_kw)).ravel()
+        return Capacity(self.rows - np.concatenate((groups, load.charger_amps)))
+
+    def with_budget(self, group: int, amps: FloatArray, kw: float) -> Capacity:
+        """The same rows with ``group`` held to at most ``amps`` per phase and ``kw``."""
+        rows = self.rows.copy()
+        base = group * ROWS_PER_GROUP
+        rows[base:base + 3] = np.minimum(rows[base:base + 3], amps)
+        rows[base + 3] = min(rows[base + 3], kw)
+        return Capacity(rows)
+
+
+def capacity(topology: Topology, ta: TopologyArrays, snapshot: Snapshot,
+             fixed: Sums) -> tuple[Capacity, list[Alarm]]:
+    """Room per constraint row once offline connectors draw their failsafe current, and an
+    alarm for every group and phase that those alone already overload."""
+    avail = available_arrays(topology, ta, snapshot)
+    left = avail.amps - fixed.group_amps
+    left_kw = avail.kw - fixed.group_kw
+    rows = np.concatenate((
+        np.column_stack((left, left_kw)).ravel(),
+        np.where(ta.multi, ta.charger_max - fixed.charger_amps, np.inf)))
+    alarms: list[Alarm] = []
+    for gi, p in zip(*np.nonzero(left < -1e-6), strict=True):
+        gid, phase = ta.group_ids[gi], Phase(int(p))
+        load, room = float(fixed.group_amps[gi, p]), float(avail.amps[gi, p])
+        alarms.append(Alarm(gid, phase, load, room,
+                            f"group {gid} {phase.name}: offline chargers alone draw {load:.1f} A "
+                            f"at their failsafe current, above the {room:.1f} A available; "
+                            f"online chargers on {phase.name} below it are paused"))
+    for gi in np.flatnonzero(left_kw < -1e-6).tolist():
+        gid = ta.group_ids[gi]
+        load, room = float(fixed.group_kw[gi]), float(avail.kw[gi])
+        alarms.append(Alarm(gid, None, load, room,
+                            f"group {gid}: offline chargers alone draw {load:.1f} kW, above "
+                            f"the {room:.1f} kW available; online chargers below it are paused"))
+    return Capacity(rows), alarms
+
+
+def build_problem(ta: TopologyArrays, cands: IntArray, groups_ok: BoolArray, cap: Capacity,
+                  high: FloatArray) -> Problem:
+    """Rows of the allowed groups (and multi-connector chargers) over ``cands``.
+
+    Rows that cannot bind even with every candidate at its maximum are dropped: in an
+    uncongested site almost nothing is left to solve.
+    """
+    rows: list[IntArray] = []
+    members: list[IntArray] = []
+    weights: list[FloatArray] = []
+    positions = np.arange(len(cands))
+    phases = ta.phases[cands]
+    kw = ta.kw_per_amp[cands]
+    for level in range(ta.chain.shape[1]):
+        g = ta.chain[cands, level]
+        ok = g >= 0
+        ok[ok] = groups_ok[g[ok]]
+        for p in range(3):
+            sel = ok & (phases[:, p] == 1)
+            rows.append(g[sel] * ROWS_PER_GROUP + p)
+            members.append(positions[sel])
+            weights.append(np.ones(int(sel.sum())))
+        rows.append(g[ok] * ROWS_PER_GROUP + 3)
+        members.append(positions[ok])
+        weights.append(kw[ok])
+    charger = ta.charger_of[cands]
+    multi = ta.multi[charger]
+    rows.append(len(ta.group_ids) * ROWS_PER_GROUP + charger[multi])
+    members.append(positions[multi])
+    weights.append(np.ones(int(multi.sum())))
+    row = np.concatenate(rows)
+    member = np.concatenate(members)
+    weight = np.concatenate(weights)
+    total_high = np.bincount(row, weights=weight * high[member], minlength=len(cap.rows))
+    binding = np.isfinite(cap.rows) & (cap.rows < total_high - TOL)
+    keep = binding[row]
+    row, member, weight = row[keep], member[keep], weight[keep]
+    used, row = np.unique(row, return_inverse=True)
+    order = np.argsort(row, kind="stable")
+    counts = np.bincount(row, minlength=len(used))
+    c_ptr = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+    by_member = np.argsort(member, kind="stable")
+    m_counts = np.bincount(member, minlength=len(cands))
+    m_ptr = np.concatenate(([0], np.cumsum(m_counts))).astype(np.int64)
+    return Problem(
+        capacity=np.maximum(cap.rows[used], 0.0), c_ptr=c_ptr, c_member=member[order],
+        c_weight=weight[order], m_ptr=m_ptr, m_cons=row[by_member],
+        m_weight=weight[by_member])
+
+
+def group_loads(topology: Topology, snapshot: Snapshot,
+                setpoints: Mapping[ConnectorKey, float]) -> dict[str, GroupLoad]:
+    """Per-phase and kW load of every group, for reporting (offline at failsafe)."""
+    ta = topology_arrays(topology)
+    values = np.fromiter((setpoints.get(k, 0.0) for k in ta.keys), dtype=float,
+                         count=len(ta.keys))
+    return group_loads_of(topology, snapshot, values)
+
+
+def group_loads_of(topology: Topology, snapshot: Snapshot,
+                   setpoints: FloatArray) -> dict[str, GroupLoad]:
+    """:func:`group_loads` for setpoints aligned with the topology's connector order."""
+    ta = topology_arrays(topology)
+    drawn = np.where(demand_arrays(ta, snapshot).online, setpoints, ta.failsafe)
+    total = sums(ta, drawn)
+    avail = available_arrays(topology, ta, snapshot)
+    amps = total.group_amps.tolist()
+    kw = total.group_kw.tolist()
+    available = avail.amps.tolist()
+    out: dict[str, GroupLoad] = {}
+    for gi, gid in enumerate(ta.group_ids):
+        cond = snapshot.groups.get(gid)
+        if cond is None:  # no live conditions: the static limit as configured
+            limit, limit_kw, unc = (float(ta.group_max_current[gi]),
+                                    float(ta.group_max_kw[gi]), (0.0, 0.0, 0.0))
+        else:
+            lim = effective_limit(topology.groups[gid], cond, topology.voltage)
+            limit, limit_kw, unc = lim.current, lim.power_kw, cond.uncontrolled
+        a, av = amps[gi], available[gi]
+        out[gid] = GroupLoad(gid, (a[0], a[1], a[2]), unc, limit, (av[0], av[1], av[2]),
+                             kw[gi], limit_kw)
+    return out
