@@ -7,8 +7,10 @@ the whole file in one pass instead of one error per start-up.
 
 from __future__ import annotations
 
+import gc
 import math
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -157,7 +159,140 @@ class SiteSpec(_Strict):
     ocpp: OcppSpec = OcppSpec()
 
 
-# --- YAML with line numbers ---------------------------------------------------------------
+# --- YAML: parsed once, line numbers only when a problem needs them ---------------------
+#
+# A 10,000-charger site file is about 1.5 MB of YAML. PyYAML's pure-Python parser takes
+# seconds for it; libyaml's C parser (``CSafeLoader``) composes the node tree in a fraction
+# of that, with every node's position (its mark) included at no extra cost. The node tree
+# is turned into plain data by ``_plain_data`` below instead of PyYAML's generic
+# constructor (about a third faster: no per-node bookkeeping for recursive objects), and
+# it is kept: when validation finds a problem, the line of every path is read from it,
+# so nothing is parsed twice and nothing is spent on line numbers for a good file.
+
+_STR_TAG = "tag:yaml.org,2002:str"
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_INT_TAG = "tag:yaml.org,2002:int"
+_SCALAR_TAGS = (_INT_TAG, "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool",
+                "tag:yaml.org,2002:null")
+_FastLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's loader when PyYAML was built with it (``yaml.__with_libyaml__``; the wheels
+are), else the pure-Python one: slower, same results."""
+
+
+class _NeedsFullConstructor(Exception):
+    """A node the fast path leaves to PyYAML: merge keys, explicit or unusual tags,
+    collections as keys, recursive aliases."""
+
+
+def _plain_data(root: yaml.Node, loader: yaml.SafeLoader) -> tuple[Any, bool]:
+    """The document as dicts, lists and scalars, exactly as ``yaml.safe_load`` builds it,
+    and whether some mapping repeats a key (spelled the same way, as ``_line_map`` checks).
+
+    Scalars other than strings go through PyYAML's own constructors (octal, ``1_000``,
+    ``.inf``, ``yes``...), so their values are PyYAML's. Anything else unusual is handed
+    to the full constructor, which also produces today's errors for it.
+    """
+    scalar_of = {tag: loader.yaml_constructors[tag] for tag in _SCALAR_TAGS}
+    repeated_key = False
+    built: dict[int, Any] = {}
+    """Collections already built, by node identity: an alias shares its anchor's object
+    (as safe_load does), so an alias bomb costs no more than its nodes."""
+
+    def convert(node: yaml.Node) -> Any:
+        nonlocal repeated_key
+        if isinstance(node, yaml.ScalarNode):
+            if node.tag == _STR_TAG:
+                return node.value
+            construct = scalar_of.get(node.tag)
+            if construct is None:
+                raise _NeedsFullConstructor
+            value = node.value
+            if node.tag == _INT_TAG and value.isascii() and value.isdigit() and (
+                    value[0] != "0" or value == "0"):
+                return int(value)  # the common case, without PyYAML's octal/base-60 rules
+            return construct(loader, node)
+        key = id(node)
+        if key in built:
+            if built[key] is None:  # an alias to a collection still being built
+                raise _NeedsFullConstructor
+            return built[key]
+        built[key] = None
+        out: Any
+        if isinstance(node, yaml.MappingNode) and node.tag == _MAP_TAG:
+            out = {}
+            raw_keys = set()
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
+                    raise _NeedsFullConstructor
+                out[convert(key_node)] = convert(value_node)
+                raw_keys.add(key_node.value)
+            if len(raw_keys) != len(node.value):
+                repeated_key = True
+        elif isinstance(node, yaml.SequenceNode) and node.tag == _SEQ_TAG:
+            out = [convert(item) for item in node.value]
+        else:
+            raise _NeedsFullConstructor
+        built[key] = out
+        return out
+
+    try:
+        data = convert(root)
+    except _NeedsFullConstructor:
+        return loader.construct_document(root), True
+    return data, repeated_key
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a site file is read.
+
+    Reading a large file makes hundreds of thousands of nodes, values and models that are
+    not garbage; the collector would scan them over and over while they are made, which
+    more than doubles the time of a 10,000-charger file. Nothing read here forms cycles
+    that need collecting meanwhile; the previous state is restored afterwards.
+    """
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _compose(text: str) -> tuple[yaml.Node | None, Any, bool]:
+    """Parse once: the node tree (kept for line numbers), the data, and whether the line
+    map must be walked anyway (a repeated key, or a document the fast path left to PyYAML).
+    """
+    loader = _FastLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, None, False
+        data, needs_lines = _plain_data(node, loader)
+        return node, data, needs_lines
+    finally:
+        loader.dispose()
+
+
+def _yaml_problem(text: str, fast_error: yaml.YAMLError) -> tuple[int | None, str]:
+    """Line and wording of a YAML error, as the pure-Python parser words it.
+
+    libyaml words its errors differently ("did not find expected ..."); the error path
+    re-reads the text with the pure-Python parser so that messages stay the same whichever
+    parser found the problem. It stops at the error, so this costs at most one slow parse.
+    """
+    error = fast_error
+    if _FastLoader is not yaml.SafeLoader:
+        try:
+            yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            error = exc
+    mark = getattr(error, "problem_mark", None)
+    line = mark.line + 1 if mark is not None else None
+    return line, getattr(error, "problem", None) or str(error)
 
 
 def _line_map(node: yaml.Node, loc: Loc, out: dict[Loc, int], dups: list[tuple[Loc, int]]) -> None:
@@ -176,18 +311,39 @@ def _line_map(node: yaml.Node, loc: Loc, out: dict[Loc, int], dups: list[tuple[L
             _line_map(item, (*loc, i), out, dups)
 
 
+class _Lines:
+    """Line of each path of the document, walked from the node tree on first use only."""
+
+    def __init__(self, root: yaml.Node) -> None:
+        self._root = root
+        self._lines: dict[Loc, int] | None = None
+        self._dups: list[tuple[Loc, int]] = []
+
+    def _walked(self) -> dict[Loc, int]:
+        if self._lines is None:
+            self._lines = {}
+            _line_map(self._root, (), self._lines, self._dups)
+        return self._lines
+
+    def repeated_keys(self) -> list[tuple[Loc, int]]:
+        """Each key that repeats in its mapping, with the line of the repetition."""
+        self._walked()
+        return self._dups
+
+    def __call__(self, loc: Loc) -> int | None:
+        """The line of ``loc``, or of its nearest ancestor that has one."""
+        lines = self._walked()
+        for n in range(len(loc), -1, -1):
+            if loc[:n] in lines:
+                return lines[loc[:n]]
+        return None
+
+
 def _fmt(loc: Loc) -> str:
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
-
-
-def _line_of(lines: dict[Loc, int], loc: Loc) -> int | None:
-    for n in range(len(loc), -1, -1):
-        if loc[:n] in lines:
-            return lines[loc[:n]]
-    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,21 +363,22 @@ def parse_site(text: str, source: str = "<string>") -> Topology:
 
 def parse_site_config(text: str, source: str = "<string>") -> SiteConfig:
     """Validate a whole site file: topology and adapter settings; raise ConfigError."""
+    with _gc_paused():
+        return _parse_site_config(text, source)
+
+
+def _parse_site_config(text: str, source: str) -> SiteConfig:
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node, data, needs_lines = _compose(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
+        line, problem = _yaml_problem(text, exc)
         raise ConfigError([ConfigIssue(source, line, "", f"not valid YAML: {problem}")]) from exc
     if node is None or not isinstance(data, dict):
         raise ConfigError([ConfigIssue(source, 1, "", "expected a mapping with site, groups, "
                                        "chargers")])
-    lines: dict[Loc, int] = {}
-    dups: list[tuple[Loc, int]] = []
-    _line_map(node, (), lines, dups)
-    issues = [ConfigIssue(source, line, _fmt(loc), "duplicate key") for loc, line in dups]
+    line_of = _Lines(node)
+    issues = ([ConfigIssue(source, line, _fmt(loc), "duplicate key")
+               for loc, line in line_of.repeated_keys()] if needs_lines else [])
     try:
         spec = SiteSpec.model_validate(data)
     except ValidationError as exc:
@@ -232,15 +389,15 @@ def parse_site_config(text: str, source: str = "<string>") -> SiteConfig:
                 shown = err["input"]
                 if not isinstance(shown, dict | list):
                     msg += f" (got {shown!r})"
-            issues.append(ConfigIssue(source, _line_of(lines, loc), _fmt(loc), msg))
+            issues.append(ConfigIssue(source, line_of(loc), _fmt(loc), msg))
         raise ConfigError(issues) from exc
-    issues.extend(_cross_check(spec, source, lines))
+    issues.extend(_cross_check(spec, source, line_of))
     if spec.ocpp.security_profile in (1, 2) and not spec.ocpp.allow_auto_register:
         for i, c in enumerate(spec.chargers):
             if c.password_hash is None:
                 where: Loc = ("chargers", i, "id")
                 issues.append(ConfigIssue(
-                    source, _line_of(lines, where), _fmt(where),
+                    source, line_of(where), _fmt(where),
                     f"security_profile {spec.ocpp.security_profile} needs a password_hash "
                     f"for {c.id!r} (gridshare hash-password)"))
     if issues:
@@ -293,11 +450,11 @@ def _walk(groups: list[GroupSpec], loc: Loc, parent: str | None
         yield from _walk(g.groups, (*here, "groups"), g.id)
 
 
-def _cross_check(spec: SiteSpec, source: str, lines: dict[Loc, int]) -> list[ConfigIssue]:
+def _cross_check(spec: SiteSpec, source: str, line_of: _Lines) -> list[ConfigIssue]:
     issues: list[ConfigIssue] = []
 
     def bad(loc: Loc, msg: str) -> None:
-        issues.append(ConfigIssue(source, _line_of(lines, loc), _fmt(loc), msg))
+        issues.append(ConfigIssue(source, line_of(loc), _fmt(loc), msg))
 
     groups: dict[str, tuple[GroupSpec, Loc, str | None]] = {}
     for g, loc, nested_parent in _walk(spec.groups, ("groups",), None):
@@ -364,10 +521,12 @@ def _build(spec: SiteSpec) -> Topology:
         for cid in g.chargers:
             charger_group[cid] = g.id
 
+    by_id = {g.id: g for g, _, _ in flat}
+
     def policy_of(gid: str) -> Policy:
         cur: str | None = gid
         while cur is not None:
-            own = next(g for g, _, _ in flat if g.id == cur).policy
+            own = by_id[cur].policy
             if own is not None:
                 return own
             cur = parents[cur]
