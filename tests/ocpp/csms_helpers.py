@@ -115,6 +115,7 @@ class Behaviour:
 class Client16(RecordingMixin, ChargePoint16):
     def __init__(self, cid: str, ws: ClientConnection, behaviour: Behaviour | None = None):
         super().__init__(cid, ws, response_timeout=5)
+        self.ws = ws
         self.frames = []
         self.behaviour = behaviour or Behaviour()
 
@@ -141,6 +142,7 @@ class Client16(RecordingMixin, ChargePoint16):
 class Client201(RecordingMixin, ChargePoint201):
     def __init__(self, cid: str, ws: ClientConnection, behaviour: Behaviour | None = None):
         super().__init__(cid, ws, response_timeout=5)
+        self.ws = ws
         self.frames = []
         self.behaviour = behaviour or Behaviour()
 

@@ -1,18 +1,21 @@
-"""CSMS → charger: setpoints, failsafe, cap, clear, composite schedule; rejection, timeout,
-coalescing and concurrency, against real ``ocpp`` client ChargePoints."""
+"""CSMS → charger: setpoints, failsafe, cap, clear, composite schedule; every outcome
+(accepted, rejected, timeout, lost, offline, superseded), answer numbering, batching and
+concurrency, against real ``ocpp`` client ChargePoints."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from datetime import UTC, datetime
 
 import pytest
-from csms_helpers import Behaviour, CsmsFactory, Msgs, charger, eventually, now_iso
+from csms_helpers import Behaviour, CsmsFactory, Msgs, charger, eventually, now_iso, raw_socket
 from ocpp.v16 import call as call16
 from ocpp.v201 import call as call201
 
-from gridshare.drivers import CommandResult
-from gridshare.events import ProfileRejected
+from gridshare.drivers import CommandResult, SetpointRequest
+from gridshare.events import ChargerBooted, ProfileRejected
 
 
 async def start_session(cp: object, msgs: Msgs, connector: int = 1) -> str:
@@ -43,8 +46,9 @@ async def test_setpoint_goes_to_running_transaction(csms: tuple, version: str,
     server, _ = csms
     async with charger(server, "CP-1", version) as cp:
         tx = await start_session(cp, msgs)
-        result = await server.apply_setpoint("CP-1", 1, 13.37, 120)
-        assert result is CommandResult.ACCEPTED
+        outcome = await server.apply_setpoint("CP-1", 1, 13.37, 120)
+        assert outcome.result is CommandResult.ACCEPTED and outcome.sent
+        assert outcome.answer_seq is not None and outcome.valid_to is not None
         (payload,) = cp.calls("SetChargingProfile")
     profile = profile_of(payload, msgs.v16)
     assert profile["chargingProfilePurpose"] == "TxProfile"
@@ -63,7 +67,7 @@ async def test_setpoint_without_transaction_uses_connector_default(csms: tuple, 
     server, _ = csms
     async with charger(server, "CP-2", version) as cp:
         await cp.call(msgs.heartbeat())
-        assert await server.apply_setpoint("CP-2", 2, 10, None) is CommandResult.ACCEPTED
+        assert (await server.apply_setpoint("CP-2", 2, 10, None)).result is CommandResult.ACCEPTED
         (payload,) = cp.calls("SetChargingProfile")
     profile = profile_of(payload, msgs.v16)
     assert profile["chargingProfilePurpose"] == "TxDefaultProfile"
@@ -76,7 +80,7 @@ async def test_watt_unit_per_charger(make_csms: CsmsFactory, version: str) -> No
     csms, _ = await make_csms(rate_unit={"CP-W": "W"}, phases={"CP-W": 1})
     v16 = version == "ocpp1.6"
     async with charger(csms, "CP-W", version) as cp:
-        assert await csms.apply_setpoint("CP-W", 1, 16, 60) is CommandResult.ACCEPTED
+        assert (await csms.apply_setpoint("CP-W", 1, 16, 60)).result is CommandResult.ACCEPTED
         (payload,) = cp.calls("SetChargingProfile")
     profile = profile_of(payload, v16)
     schedule = profile["chargingSchedule"] if v16 else profile["chargingSchedule"][0]
@@ -88,8 +92,8 @@ async def test_watt_unit_per_charger(make_csms: CsmsFactory, version: str) -> No
 async def test_failsafe_remembered_and_sent_on_every_connect(csms: tuple, version: str,
                                                              msgs: Msgs) -> None:
     server, _ = csms
-    assert await server.apply_failsafe("CP-F", 6.0) is CommandResult.OFFLINE
-    assert await server.apply_charger_cap("CP-F", 32.0) is CommandResult.OFFLINE
+    assert (await server.apply_failsafe("CP-F", 6.0)).result is CommandResult.OFFLINE
+    assert (await server.apply_charger_cap("CP-F", 32.0)).result is CommandResult.OFFLINE
     for _ in range(2):  # connect, reconnect
         async with charger(server, "CP-F", version) as cp:
             await cp.call(msgs.boot())
@@ -109,8 +113,8 @@ async def test_failsafe_remembered_and_sent_on_every_connect(csms: tuple, versio
 async def test_cap_set_and_lifted(csms: tuple, version: str) -> None:
     server, _ = csms
     async with charger(server, "CP-C", version) as cp:
-        assert await server.apply_charger_cap("CP-C", 20) is CommandResult.ACCEPTED
-        assert await server.apply_charger_cap("CP-C", None) is CommandResult.ACCEPTED
+        assert (await server.apply_charger_cap("CP-C", 20)).result is CommandResult.ACCEPTED
+        assert (await server.apply_charger_cap("CP-C", None)).result is CommandResult.ACCEPTED
         (clear,) = cp.calls("ClearChargingProfile")
     assert clear == ({"id": 1} if version == "ocpp1.6" else {"chargingProfileId": 1})
 
@@ -121,7 +125,7 @@ async def test_clear_profile_and_composite_schedule(csms: tuple, version: str) -
     schedule = {"chargingRateUnit": "A", "chargingSchedulePeriod": [
         {"startPeriod": 0, "limit": 16.0}, {"startPeriod": 300, "limit": 8.5}]}
     async with charger(server, "CP-G", version, Behaviour(schedule=schedule)) as cp:
-        assert await server.clear_profile("CP-G", 1, "TxProfile") is CommandResult.ACCEPTED
+        assert (await server.clear_profile("CP-G", 1, "TxProfile")).result is CommandResult.ACCEPTED
         periods = await server.get_composite_schedule("CP-G", 1, 600)
         (clear,) = cp.calls("ClearChargingProfile")
         (query,) = cp.calls("GetCompositeSchedule")
@@ -143,48 +147,141 @@ async def test_rejection_is_marked_and_published(csms: tuple, version: str,
     server, events = csms
     behaviour = Behaviour(**refusal)
     async with charger(server, "CP-J", version, behaviour) as cp:
-        assert await server.apply_setpoint("CP-J", 1, 16, 60) is CommandResult.REJECTED
+        assert (await server.apply_setpoint("CP-J", 1, 16, 60)).result is CommandResult.REJECTED
         (rejected,) = events.of(ProfileRejected, "CP-J")
         assert rejected.connector == 1
         assert "CP-J" in server.rejected_profiles()
         assert ("GenericError" if behaviour.call_error else "Rejected") in (
             server.rejected_profiles()["CP-J"])
         behaviour.status, behaviour.call_error = "Accepted", False
-        assert await server.apply_setpoint("CP-J", 1, 16, 60) is CommandResult.ACCEPTED
+        assert (await server.apply_setpoint("CP-J", 1, 16, 60)).result is CommandResult.ACCEPTED
         assert "CP-J" not in server.rejected_profiles()
         assert len(cp.calls("SetChargingProfile")) == 2
 
 
-async def test_silent_charger_times_out_after_retries(make_csms: CsmsFactory,
-                                                      version: str) -> None:
+async def test_silent_charger_times_out_after_one_attempt(make_csms: CsmsFactory,
+                                                          version: str) -> None:
+    """No retries of setpoints in the adapter: one attempt, then TIMEOUT (unknown outcome,
+    counted by the controller until the profile's validTo)."""
     csms, _ = await make_csms(command_timeout_s=0.1, command_retries=2, command_backoff_s=0.05)
-    async with charger(csms, "CP-H", version, Behaviour(hang=True)):
-        started = time.perf_counter()
-        assert await csms.apply_setpoint("CP-H", 1, 10, 60) is CommandResult.TIMEOUT
-        elapsed = time.perf_counter() - started
-        # 3 attempts of 0.1 s plus backoff 0.05 s and 0.1 s.
-        assert 0.45 <= elapsed < 2.0
-        assert csms.stats()["calls_sent"] == 3 and csms.stats()["calls_failed"] == 3
+    async with charger(csms, "CP-H", version, Behaviour(hang=True)) as cp:
+        outcome = await csms.apply_setpoint("CP-H", 1, 10, 60)
+        assert outcome.result is CommandResult.TIMEOUT and outcome.unknown
+        assert outcome.answer_seq is None and outcome.valid_to is not None
+        assert len(cp.calls("SetChargingProfile")) == 1
+        assert csms.stats()["calls_sent"] == 1 and csms.stats()["calls_failed"] == 1
         assert csms.connected() == frozenset({"CP-H"})  # a silent charger is not dropped
 
 
-async def test_setpoint_replaced_during_backoff_is_not_retried(make_csms: CsmsFactory,
-                                                              version: str) -> None:
-    csms, _ = await make_csms(command_timeout_s=0.1, command_retries=3, command_backoff_s=0.4)
+async def test_valid_to_is_the_send_time_lease(make_csms: CsmsFactory, version: str) -> None:
+    at = datetime(2030, 1, 1, 12, 0, 0, 700000, tzinfo=UTC)
+    csms, _ = await make_csms(clock=lambda: at)
+    async with charger(csms, "CP-V", version) as cp:
+        outcome = await csms.apply_setpoint("CP-V", 1, 10, 90)
+        (payload,) = cp.calls("SetChargingProfile")
+    assert outcome.valid_to == datetime(2030, 1, 1, 12, 1, 30, tzinfo=UTC)
+    assert profile_of(payload, version == "ocpp1.6")["validTo"] == "2030-01-01T12:01:30Z"
+    failsafe = await csms.apply_failsafe("CP-V", 6)
+    assert failsafe.result is CommandResult.OFFLINE and not failsafe.sent
+
+
+async def test_link_dropped_mid_call_is_lost(make_csms: CsmsFactory, version: str) -> None:
+    csms, _ = await make_csms(command_timeout_s=5)
+    async with charger(csms, "CP-L", version, Behaviour(hang=True)) as cp:
+        pending = asyncio.ensure_future(csms.apply_setpoint("CP-L", 1, 10, 60))
+        queued = asyncio.ensure_future(csms.apply_failsafe("CP-L", 6))
+        await eventually(lambda: len(cp.calls("SetChargingProfile")) == 1)
+        await cp.ws.close()
+        lost, never_sent = await asyncio.gather(pending, queued)
+    assert lost.result is CommandResult.LOST and lost.sent and lost.unknown
+    assert lost.valid_to is not None
+    assert never_sent.result is CommandResult.OFFLINE and not never_sent.sent
+
+
+async def test_queued_setpoint_is_superseded_in_flight_one_keeps_its_outcome(
+        csms: tuple, version: str) -> None:
+    server, _ = csms
     v16 = version == "ocpp1.6"
-    async with charger(csms, "CP-B", version, Behaviour(delays_s=[0.15])) as cp:
-        first = asyncio.create_task(csms.apply_setpoint("CP-B", 1, 10, 60))
-        await asyncio.sleep(0.2)  # first attempt timed out, now in backoff
-        second = await csms.apply_setpoint("CP-B", 1, 12, 60)
-        assert second is CommandResult.ACCEPTED
-        assert await first is CommandResult.ACCEPTED  # the newer outcome
+    async with charger(server, "CP-B", version, Behaviour(delays_s=[0.2])) as cp:
+        first = asyncio.ensure_future(server.apply_setpoint("CP-B", 1, 10, 60))
+        await eventually(lambda: len(cp.calls("SetChargingProfile")) == 1)
+        (second,) = server.submit_setpoints([SetpointRequest("CP-B", 1, 11, 60)])
+        third = await server.apply_setpoint("CP-B", 1, 12, 60)
+        in_flight = await first  # replaced while in flight: still its own, real outcome
+        assert in_flight.result is CommandResult.ACCEPTED
+        assert in_flight.answer_seq is not None and third.answer_seq is not None
+        assert in_flight.answer_seq < third.answer_seq
+        superseded = await second
+        assert superseded.result is CommandResult.SUPERSEDED and not superseded.sent
+        assert third.result is CommandResult.ACCEPTED
         assert [limit_of(p, v16) for p in cp.calls("SetChargingProfile")] == [10.0, 12.0]
-    assert csms.stats()["coalesced"] == 1
+    assert server.stats()["coalesced"] == 1
+
+
+async def test_submit_setpoints_batch(csms: tuple) -> None:
+    server, _ = csms
+    async with charger(server, "CP-S1", "ocpp1.6") as one, \
+            charger(server, "CP-S2", "ocpp2.0.1") as two:
+        awaitables = server.submit_setpoints([
+            SetpointRequest("CP-S1", 1, 16, 60), SetpointRequest("ghost", 1, 16, 60),
+            SetpointRequest("CP-S2", 2, 8, 60)])
+        outcomes = [await a for a in awaitables]
+        assert [o.result for o in outcomes] == [CommandResult.ACCEPTED, CommandResult.OFFLINE,
+                                                CommandResult.ACCEPTED]
+        assert len(one.calls("SetChargingProfile")) == 1
+        assert len(two.calls("SetChargingProfile")) == 1
+    with pytest.raises(ValueError, match="current"):
+        server.submit_setpoints([SetpointRequest("CP-S1", 1, 16, 60),
+                                 SetpointRequest("CP-S2", 1, -1, 60)])
+
+
+async def test_answers_and_boots_are_numbered_in_arrival_order(csms: tuple, version: str,
+                                                               msgs: Msgs) -> None:
+    """A BootNotification written right behind a CALLRESULT is numbered after it, and the
+    numbers keep increasing across reconnects."""
+    server, events = csms
+    seqs: list[int] = []
+    for _ in range(2):
+        async with raw_socket(server, "CP-Q", version) as ws:
+            pending = asyncio.ensure_future(server.apply_setpoint("CP-Q", 1, 10, 60))
+            call = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            boot_payload = ({"chargePointVendor": "A", "chargePointModel": "B"} if msgs.v16
+                            else {"chargingStation": {"model": "B", "vendorName": "A"},
+                                  "reason": "PowerUp"})
+            await ws.send(json.dumps([3, call[1], {"status": "Accepted"}]))
+            await ws.send(json.dumps([2, "boot", "BootNotification", boot_payload]))
+            outcome = await pending
+            booted = (await events.wait_kind(ChargerBooted, "CP-Q", count=len(seqs) // 2 + 1))[-1]
+            assert outcome.answer_seq is not None and booted.frame_seq is not None
+            assert booted.frame_seq == outcome.answer_seq + 1
+            seqs += [outcome.answer_seq, booted.frame_seq]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 4
+
+
+async def test_failsafe_install_retried_after_timeout(make_csms: CsmsFactory,
+                                                      version: str) -> None:
+    """Provisioning is the adapter's only retry (tenacity, exponential backoff)."""
+    csms, _ = await make_csms(command_timeout_s=0.1, command_retries=2, command_backoff_s=0.01)
+    await csms.apply_failsafe("CP-R", 6.0)
+    async with raw_socket(csms, "CP-R", version) as ws:
+        await ws.send('[2,"hb","Heartbeat",{}]')
+        calls = []
+        async with asyncio.timeout(5):
+            while len(calls) < 3:
+                message = json.loads(await ws.recv())
+                if message[0] == 2:
+                    calls.append(message)
+        await ws.send(json.dumps([3, calls[-1][1], {"status": "Accepted"}]))
+        await eventually(lambda: csms.stats()["calls_sent"] == 3
+                         and len(csms.metrics.latencies_s) == 1)
+    assert [c[2] for c in calls] == ["SetChargingProfile"] * 3
+    assert len({c[1] for c in calls}) == 3  # a new message id per attempt
+    assert csms.stats()["calls_failed"] == 2
 
 
 async def test_offline_charger_gets_nothing(csms: tuple) -> None:
     server, _ = csms
-    assert await server.apply_setpoint("ghost", 1, 10, 60) is CommandResult.OFFLINE
+    assert (await server.apply_setpoint("ghost", 1, 10, 60)).result is CommandResult.OFFLINE
     with pytest.raises(ValueError, match="current"):
         await server.apply_setpoint("ghost", 1, float("nan"), 60)
     with pytest.raises(ValueError, match="connector"):
@@ -196,13 +293,14 @@ async def test_stale_setpoint_is_coalesced(csms: tuple, version: str) -> None:
     v16 = version == "ocpp1.6"
     async with charger(server, "CP-K", version, Behaviour(delay_s=0.2)) as cp:
         first = asyncio.create_task(server.apply_setpoint("CP-K", 1, 10, 60))
-        await asyncio.sleep(0.05)  # first is in flight now
+        await eventually(lambda: len(cp.calls("SetChargingProfile")) == 1)  # in flight
         queued = [asyncio.create_task(server.apply_setpoint("CP-K", 1, 11 + i, 60))
                   for i in range(5)]
         other = asyncio.create_task(server.apply_setpoint("CP-K", 2, 7, 60))
-        results = await asyncio.gather(first, *queued, other)
+        outcomes = await asyncio.gather(first, *queued, other)
         sent = cp.calls("SetChargingProfile")
-    assert all(r is CommandResult.ACCEPTED for r in results)
+    assert [o.result for o in outcomes] == [CommandResult.ACCEPTED] + [
+        CommandResult.SUPERSEDED] * 4 + [CommandResult.ACCEPTED] * 2
     assert [limit_of(p, v16) for p in sent] == [10.0, 15.0, 7.0]
     assert server.stats()["coalesced"] == 4
 
@@ -219,7 +317,7 @@ async def test_fifty_chargers_are_served_concurrently(csms: tuple) -> None:
         results = await asyncio.gather(*(server.apply_setpoint(f"CP-{i:02d}", 1, 16, 60)
                                          for i in range(50)))
         elapsed = time.perf_counter() - started
-        assert results == [CommandResult.ACCEPTED] * 50
+        assert [o.result for o in results] == [CommandResult.ACCEPTED] * 50
         assert elapsed < 10 * delay_s  # serial would be 50 × 0.2 s = 10 s
         assert all(len(c.result().calls("SetChargingProfile")) == 1 for c in clients)
     finally:

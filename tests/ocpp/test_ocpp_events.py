@@ -187,11 +187,16 @@ async def test_v201_ev_charging_needs(csms: tuple) -> None:
 async def test_other_actions_answered_correctly(csms: tuple, version: str) -> None:
     server, _ = csms
     async with raw_socket(server, "CP-X", version) as ws:
-        # CSMS→charger action sent the wrong way: known to the version, no handler.
+        # OCPP-J 1.6 §4.2.3, 2.0.1 part 4 §4.3: a CSMS→charger action sent the wrong way is
+        # known to the version but not supported; an action no version defines is not
+        # implemented (the ocpp package 2.1.0 swaps the two).
         action = "GetConfiguration" if version == "ocpp1.6" else "GetVariables"
-        assert (await exchange(ws, f'[2,"a","{action}",{{}}]'))[:3] == [
-            4, "a", "NotImplemented"]
-        assert (await exchange(ws, '[2,"b","FlyToTheMoon",{}]'))[:3] == [4, "b", "NotSupported"]
+        await ws.send(f'[2,"a","{action}",{{}}]')
+        assert await asyncio.wait_for(ws.recv(), 5) == (
+            f'[4,"a","NotSupported","{action} is not supported",{{}}]')
+        await ws.send('[2,"b","FlyToTheMoon",{}]')
+        assert await asyncio.wait_for(ws.recv(), 5) == (
+            '[4,"b","NotImplemented","unknown action \'FlyToTheMoon\'",{}]')
         assert (await exchange(ws, '[2,"c","DataTransfer",{"vendorId":"x"}]')) == [
             3, "c", {"status": "UnknownVendorId"}]
         ok = await exchange(ws, '[2,"d","SecurityEventNotification",{"type":"x",'
@@ -216,8 +221,24 @@ async def test_duplicate_message_id_gets_same_answer_without_side_effects(
     assert server.counters.rejected["duplicate_message"] == 1
 
 
-async def test_client_without_subprotocol_is_closed_with_1002(csms: tuple) -> None:
+async def test_client_without_subprotocol_is_served_as_16(csms: tuple) -> None:
+    """Many real chargers offer no subprotocol: served as OCPP 1.6 by default, and the
+    charger id is the last path segment, percent-decoded, whatever prefix comes before."""
     server, events = csms
+    async with connect(f"ws://127.0.0.1:{server.port}/steve/websocket/CP%3A16") as ws:
+        assert ws.subprotocol is None
+        await ws.send('[2,"b","BootNotification",{"chargePointVendor":"A",'
+                      '"chargePointModel":"B"}]')
+        answer = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert answer[:2] == [3, "b"] and answer[2]["status"] == "Accepted"
+        assert server.protocol_of("CP:16") == "ocpp1.6"
+    (booted,) = events.of(ChargerBooted, "CP:16")
+    assert booted.protocol == "ocpp1.6"
+
+
+async def test_client_without_subprotocol_closed_when_configured(
+        make_csms: CsmsFactory) -> None:
+    server, events = await make_csms(no_subprotocol=None)
     async with connect(f"ws://127.0.0.1:{server.port}/CP-0") as ws:
         assert ws.subprotocol is None
         with contextlib.suppress(ConnectionClosed):
@@ -254,7 +275,7 @@ async def test_silent_charger_declared_offline_and_closed(make_csms: CsmsFactory
         assert events.of(ChargerOffline) == []
         (offline,) = await events.wait_kind(ChargerOffline, "CP-Q", within_s=3)
         assert "silent" in offline.reason
-        await asyncio.wait_for(cp._connection.wait_closed(), 3)
+        await asyncio.wait_for(cp.ws.wait_closed(), 3)
     await asyncio.sleep(0.05)
     assert len(events.of(ChargerOffline, "CP-Q")) == 1
     assert csms.connected() == frozenset()
@@ -280,7 +301,7 @@ async def test_new_connection_replaces_old_one(csms: tuple, version: str, msgs: 
         await old.call(msgs.heartbeat())
         async with charger(server, "CP-R", version) as new:
             await new.call(msgs.heartbeat())
-            await asyncio.wait_for(old._connection.wait_closed(), 3)
+            await asyncio.wait_for(old.ws.wait_closed(), 3)
             assert server.connected() == frozenset({"CP-R"})
             assert events.of(ChargerOffline, "CP-R") == []
     await events.wait_kind(ChargerOffline, "CP-R")
@@ -293,7 +314,7 @@ async def test_stop_closes_everything(make_csms: CsmsFactory, version: str,
     async with charger(csms, "CP-Z", version) as cp:
         await cp.call(msgs.heartbeat())
         await csms.stop()
-        await asyncio.wait_for(cp._connection.wait_closed(), 3)
-        assert cp._connection.close_code == 1001
+        await asyncio.wait_for(cp.ws.wait_closed(), 3)
+        assert cp.ws.close_code == 1001
     (offline,) = events.of(ChargerOffline, "CP-Z")
     assert offline.charger == "CP-Z"

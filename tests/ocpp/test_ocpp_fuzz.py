@@ -115,12 +115,12 @@ class Fuzzer:
 
     def unknown_action(self, uid: str) -> Case:
         action = "Make" + "".join(self.rng.choice("ABCDEFGH") for _ in range(6))
-        return Case("unknown", json.dumps([2, uid, action, {}]), (uid, "NotSupported"),
-                    ("call_NotSupported",))
+        return Case("unknown", json.dumps([2, uid, action, {}]), (uid, "NotImplemented"),
+                    ("call_NotImplemented",))
 
     def unhandled_action(self, uid: str) -> Case:
         return Case("unhandled", json.dumps([2, uid, "Reset", {"type": "Hard"}]),
-                    (uid, "NotImplemented"), ("call_NotImplemented",))
+                    (uid, "NotSupported"), ("call_NotSupported",))
 
     def huge(self, uid: str) -> Case:
         size = self.rng.randint(MAX_BYTES, 3 * MAX_BYTES)
@@ -241,7 +241,7 @@ async def test_fuzz_frames_rejected_connection_and_neighbours_unharmed(
                     assert reply[0] == 4 and reply[2] == code, (case.name, case.frame, reply)
                     assert isinstance(reply[3], str) and isinstance(reply[4], dict)
             if i % 100 == 0:
-                setpoints.append(await csms.apply_setpoint("GOOD", 1, 6 + i % 10, 60))
+                setpoints.append((await csms.apply_setpoint("GOOD", 1, 6 + i % 10, 60)).result)
         stop.set()
         await neighbour
         assert csms.connected() == frozenset({"GOOD", "FUZZ"})

@@ -5,6 +5,7 @@ ocpp package's per-call validation)."""
 from __future__ import annotations
 
 import copy
+import json
 import math
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -13,20 +14,28 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from ocpp.messages import Call, CallResult, _validate_payload
+from jsonschema.validators import validator_for
 
 from gridshare.adapters.ocpp import profiles
-from gridshare.adapters.ocpp.profiles import V16, V201, ScheduleLimit, encode_call, limit_for
+from gridshare.adapters.ocpp.frames import call_frame as encode_call
+from gridshare.adapters.ocpp.profiles import ScheduleLimit, limit_for
+from gridshare.adapters.ocpp.schemas import load_schema
+from gridshare.adapters.ocpp.version import V16, V201, OcppVersion
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, 654321, tzinfo=UTC)
 A16 = ScheduleLimit("A", 16.0, 3)
-PKG_VERSION = {V16: "1.6", V201: "2.0.1"}
 
 
-def official_valid(protocol: str, action: str, payload: dict[str, Any]) -> None:
-    """Validate with the ocpp package's own validator (jsonschema + official schemas,
-    Decimal floats for 1.6 multipleOf); raises on any violation."""
-    _validate_payload(Call("1", action, copy.deepcopy(payload)), PKG_VERSION[protocol])
+def official_valid(protocol: OcppVersion, action: str, payload: dict[str, Any], *,
+                   response: bool = False) -> None:
+    """Validate with jsonschema against the official schema as published, multipleOf
+    included (floats read as Decimal, as on the wire); raises on any violation. Independent
+    of the adapter's own compiled validators, which drop multipleOf."""
+    published = load_schema(protocol, action, response=response)
+    assert published is not None
+    schema = json.loads(json.dumps(published), parse_float=Decimal)
+    wire = json.loads(json.dumps(copy.deepcopy(payload)), parse_float=Decimal)
+    validator_for(schema)(schema).validate(wire)
 
 
 # --- wire-exact ---------------------------------------------------------------------------
@@ -214,7 +223,7 @@ def test_parse_composite_schedule_v201_and_refusal() -> None:
     reply = {"status": "Accepted", "schedule": {
         "evseId": 1, "duration": 60, "scheduleStart": "2024-05-01T12:00:00Z",
         "chargingRateUnit": "A", "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 10.5}]}}
-    _validate_payload(CallResult("1", reply, "GetCompositeSchedule"), "2.0.1")
+    official_valid(V201, "GetCompositeSchedule", reply, response=True)
     assert profiles.parse_composite_schedule(V201, reply) == [(0.0, 10.5)]
     assert profiles.parse_composite_schedule(V201, {"status": "Rejected"}) is None
     assert profiles.parse_composite_schedule(V16, {"status": "Accepted"}) is None

@@ -1,5 +1,12 @@
 """OCPP 1.6J / 2.0.1 central system (CSMS) adapter: chargers in, typed events out,
-charging profiles back. Built on the ``ocpp`` package and ``websockets``.
+charging profiles back. Built on ``websockets`` and our own small RPC layer; the ``ocpp``
+package supplies the official JSON schemas and the action enums.
+
+One job per module: central (the CSMS and ChargerDriver), server (handshake: auth, charger
+id, version), session (one charger's connection), rpc (routing, correlation, writing),
+handlers (answers to the charger's calls), frames (OCPP-J framing), schemas (the one schema
+loader), profiles (charging-profile builders), meter (MeterValues), auth (passwords, TLS,
+charger id), config, stats, version (the OCPP version enum).
 
 >>> from gridshare.adapters.ocpp import CentralSystem, CsmsConfig
 """
@@ -7,12 +14,14 @@ charging profiles back. Built on the ``ocpp`` package and ``websockets``.
 from .auth import hash_password, verify_password
 from .central import CentralSystem, CsmsStats
 from .config import ChargerCredentials, CsmsConfig, TlsConfig
+from .version import OcppVersion
 
 __all__ = [
     "CentralSystem",
     "ChargerCredentials",
     "CsmsConfig",
     "CsmsStats",
+    "OcppVersion",
     "TlsConfig",
     "hash_password",
     "verify_password",

@@ -51,11 +51,16 @@ class CsmsConfig:
     """Silence allowance before ChargerOffline; None means 2.5 × heartbeat_interval_s."""
     command_timeout_s: float = 10.0
     command_retries: int = 2
-    """Retries after a timeout, with exponential backoff command_backoff_s, 2×, 4×, …"""
+    """Retries of a timed-out failsafe/cap (re)installation after a (re)connect, with
+    exponential backoff command_backoff_s, 2×, 4×, … Setpoints get one attempt each: the
+    controller owns their retries."""
     command_backoff_s: float = 0.5
     max_message_bytes: int = 65536
     subprotocols: tuple[str, ...] = SUPPORTED_SUBPROTOCOLS
     """Preference order: the first one the charger also offers wins."""
+    no_subprotocol: str | None = "ocpp1.6"
+    """The version a charger that offers no subprotocol at all is served with (many real
+    ones offer none); None: complete the handshake, then close with 1002."""
     lease_s: float = 180.0
     """Default duration of a live setpoint profile; the charger falls back after it."""
     rate_unit: dict[str, str] = field(default_factory=dict)
@@ -76,6 +81,9 @@ class CsmsConfig:
         if not self.subprotocols or unknown:
             raise ValueError(f"subprotocols must be a non-empty subset of "
                              f"{SUPPORTED_SUBPROTOCOLS}, got {self.subprotocols}")
+        if self.no_subprotocol is not None and self.no_subprotocol not in SUPPORTED_SUBPROTOCOLS:
+            raise ValueError(f"no_subprotocol must be one of {SUPPORTED_SUBPROTOCOLS} or "
+                             f"None, got {self.no_subprotocol!r}")
         for charger, unit in self.rate_unit.items():
             if unit not in RATE_UNITS:
                 raise ValueError(f"rate_unit for {charger!r} must be 'A' or 'W', got {unit!r}")

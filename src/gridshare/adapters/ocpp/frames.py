@@ -1,26 +1,18 @@
 """OCPP-J framing: decode an inbound WebSocket message before it reaches a handler.
 
-Everything a charger can get wrong at the RPC level is caught here and turned into the
-version's CallError code (or a counted drop when no message id can be read), so the
-handlers only ever see well-formed, schema-valid calls. Schema validation uses the official
-schemas shipped with the ocpp package, compiled once with fastjsonschema (~20 µs a message
-instead of ~320 µs for the package's jsonschema path).
+Everything a charger can get wrong in the framing is caught here and turned into the
+version's CallError code (or a counted drop when no message id can be read); payloads are
+then checked against the official schemas (schemas.py) by the RPC layer (rpc.py).
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
-import fastjsonschema
-import ocpp
-
-from .profiles import V16, V201
+from .version import V16, V201, OcppVersion
 
 MAX_UNIQUE_ID_CHARS = 36
 """OCPP 2.0.1 messageId maxLength; 1.6 chargers use UUIDs too."""
@@ -30,7 +22,7 @@ _CALL_ID_RE = re.compile(r'^\s*\[\s*2\s*,\s*"([^"\\]{1,36})"')
 
 # Semantic error kind → CallError code per version. 1.6 spells FormationViolation and
 # OccurenceConstraintViolation (sic); 2.0.1 added RpcFrameworkError/MessageTypeNotSupported.
-ERROR_CODES: dict[str, dict[str, str]] = {
+ERROR_CODES: dict[OcppVersion, dict[str, str]] = {
     V16: {
         "rpc": "FormationViolation",
         "message_type": "FormationViolation",
@@ -52,25 +44,6 @@ ERROR_CODES: dict[str, dict[str, str]] = {
         "internal": "InternalError",
     },
 }
-
-_SCHEMA_RULE_KIND = {
-    "type": "type",
-    "required": "required",
-    "additionalProperties": "format",
-    "minItems": "occurrence",
-    "maxItems": "occurrence",
-    "enum": "property",
-    "maxLength": "property",
-    "minLength": "property",
-    "minimum": "property",
-    "maximum": "property",
-    "exclusiveMinimum": "property",
-    "exclusiveMaximum": "property",
-    "pattern": "property",
-    "multipleOf": "property",
-    "format": "property",
-}
-
 
 @dataclass(frozen=True, slots=True)
 class InboundCall:
@@ -104,8 +77,8 @@ class BadFrame:
     description: str
     reply_id: str | None
 
-    def code(self, protocol: str) -> str:
-        return ERROR_CODES[protocol][self.kind]
+    def code(self, version: OcppVersion) -> str:
+        return ERROR_CODES[version][self.kind]
 
 
 Inbound = InboundCall | InboundResult | InboundError | BadFrame
@@ -124,7 +97,7 @@ def _valid_id(value: Any) -> TypeGuard[str]:
     return isinstance(value, str) and 0 < len(value) <= MAX_UNIQUE_ID_CHARS
 
 
-def decode_frame(raw: str | bytes, *, protocol: str, max_bytes: int) -> Inbound:
+def decode_frame(raw: str | bytes, *, protocol: OcppVersion, max_bytes: int) -> Inbound:
     """Parse one WebSocket message into a typed OCPP-J message or a :class:`BadFrame`.
 
     ``protocol`` decides only what can be answered: OCPP 2.0.1 answers an unreadable frame
@@ -182,57 +155,7 @@ def call_result_frame(unique_id: str, payload: dict[str, Any]) -> str:
     return json.dumps([3, unique_id, payload], separators=(",", ":"), allow_nan=False)
 
 
-# --- schemas ---------------------------------------------------------------------------
-
-_SCHEMA_DIRS = {V16: "v16", V201: "v201"}
-
-
-def _strip_multiple_of(node: Any) -> Any:
-    """Drop ``multipleOf``: binary floats fail it (21.4 / 0.1 ≠ 214) and we accept any
-    precision a charger sends; our own outbound 1.6 limits are rounded by the builders."""
-    if isinstance(node, dict):
-        return {k: _strip_multiple_of(v) for k, v in node.items() if k != "multipleOf"}
-    if isinstance(node, list):
-        return [_strip_multiple_of(v) for v in node]
-    return node
-
-
-def schema_path(protocol: str, name: str) -> str:
-    return os.path.join(os.path.dirname(ocpp.__file__), _SCHEMA_DIRS[protocol], "schemas",
-                        f"{name}.json")
-
-
-def schema_name(protocol: str, action: str, *, response: bool) -> str:
-    if protocol == V16:
-        return f"{action}Response" if response else action
-    return f"{action}Response" if response else f"{action}Request"
-
-
-@functools.cache
-def _compiled(protocol: str, name: str) -> Callable[[Any], Any] | None:
-    try:
-        with open(schema_path(protocol, name), encoding="utf-8-sig") as f:
-            schema = json.load(f)
-    except (OSError, ValueError):
-        return None
-    validate: Callable[[Any], Any] = fastjsonschema.compile(_strip_multiple_of(schema),
-                                                            use_formats=False)
-    return validate
-
-
-def schema_violation(protocol: str, action: str, payload: Any, *,
-                     response: bool = False) -> tuple[str, str] | None:
-    """None when ``payload`` is valid; otherwise (error kind, description).
-
-    Unknown actions have no schema and pass: routing answers NotSupported/NotImplemented.
-    Date-time formats are not checked here (many chargers omit the zone); the handlers
-    parse timestamps themselves and reject what they cannot read.
-    """
-    validate = _compiled(protocol, schema_name(protocol, action, response=response))
-    if validate is None:
-        return None
-    try:
-        validate(payload)
-    except fastjsonschema.JsonSchemaValueException as exc:
-        return _SCHEMA_RULE_KIND.get(exc.rule or "", "format"), exc.message
-    return None
+def call_frame(unique_id: str, action: str, payload: dict[str, Any]) -> str:
+    """The OCPP-J CALL frame exactly as sent (compact separators, no NaN allowed)."""
+    return json.dumps([2, unique_id, action, payload], separators=(",", ":"),
+                      allow_nan=False)

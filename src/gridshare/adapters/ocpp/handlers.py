@@ -1,66 +1,26 @@
-"""The per-connection ``ocpp`` ChargePoint objects: thin @on handlers, one class per version.
+"""What the central system answers to each call a charger makes: one table per version.
 
-Handlers only translate keyword arguments and build the response; what an event *means*
-(transactions, duplicates, meter validation) lives in :class:`~.connection.Connection`,
-the ``sink``. Inbound frames are decoded and schema-checked before they get here (see
-frames.py), hence ``skip_schema_validation=True`` everywhere. Handlers never await a call
-to the charger: the receive loop waits for them (see protocols.md).
-
-Outbound commands use :meth:`CallMixin.call_raw`: the payload comes from the tested
-builders in profiles.py and is serialised once, without the package's dataclass and
-jsonschema round trip; the reply is validated against the official response schema.
+A handler translates the call's payload (already schema-valid, keys in snake_case) into a
+call on the :class:`Sink` (the session, where an event's *meaning* lives) and returns the
+response payload as sent (camelCase, proven valid against the official schemas by the
+tests, whose client chargers validate every frame). Handlers never wait for the charger.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
-from ocpp.routing import on
-from ocpp.v16 import ChargePoint as ChargePoint16
-from ocpp.v16 import call_result as result16
-from ocpp.v201 import ChargePoint as ChargePoint201
-from ocpp.v201 import call_result as result201
-
-from .frames import InboundError, InboundResult, schema_violation
-from .profiles import V16, V201, encode_call, iso_utc
-
-LOG = logging.getLogger("gridshare.ocpp")
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
-def handles(action: str) -> Callable[[_F], _F]:
-    """``@on(action)`` with a type, and without the package's schema validation: frames
-    are validated by frames.schema_violation before they are routed."""
-    decorator: Callable[[_F], _F] = on(action, skip_schema_validation=True)
-    return decorator
-
-
-class CallErrorReply(Exception):
-    """The charger answered our call with a CALLERROR."""
-
-    def __init__(self, code: str, description: str) -> None:
-        super().__init__(f"{code}: {description}")
-        self.code = code
-        self.description = description
-
-
-class InvalidReply(Exception):
-    """The charger's CALLRESULT does not match the official response schema."""
+from .profiles import iso_utc
+from .version import OcppVersion
 
 
 class Sink(Protocol):
-    """What the handlers need from the connection that owns them."""
-
-    charger: str
+    """What the handlers need from the session that owns the connection."""
 
     def now(self) -> datetime: ...
     def heartbeat_interval_s(self) -> int: ...
-    def remember_reply(self, unique_id: str, frame: str) -> None: ...
     def on_boot(self, vendor: str, model: str) -> None: ...
     def on_status(self, connector: int, status: str, error_code: str,
                   timestamp: str | None) -> None: ...
@@ -77,256 +37,144 @@ class Sink(Protocol):
     def on_charging_needs(self, evse_id: int, charging_needs: dict[str, Any]) -> None: ...
 
 
-class CallMixin:
-    """Shared plumbing: cheap outbound calls and response matching.
+Handler = Callable[[Sink, dict[str, Any]], dict[str, Any]]
+"""(session, snake_case payload) → response payload."""
 
-    Only a response to the one call in flight is accepted; anything else is the caller's
-    to count and drop, so stray CALLRESULTs cannot pile up in a queue.
-    """
-
-    sink: Sink
-    _call_lock: asyncio.Lock
-    _connection: Any
-    _unique_id_generator: Any
-    _reply_for: str | None
-    _waiting: tuple[str, asyncio.Future[InboundResult | InboundError]] | None
-    protocol: str
-
-    def deliver(self, frame: InboundResult | InboundError) -> bool:
-        """Hand a CALLRESULT/CALLERROR to the waiting call; False if nobody waits for it."""
-        waiting = self._waiting
-        if waiting is None or waiting[0] != frame.unique_id or waiting[1].done():
-            return False
-        waiting[1].set_result(frame)
-        return True
-
-    async def call_raw(self, action: str, payload: dict[str, Any],
-                       timeout_s: float) -> dict[str, Any]:
-        """Send one CALL and return the reply payload.
-
-        Raises TimeoutError, CallErrorReply, InvalidReply or websockets' ConnectionClosed.
-        """
-        unique_id = str(self._unique_id_generator())
-        frame = encode_call(unique_id, action, payload)
-        async with self._call_lock:
-            future: asyncio.Future[InboundResult | InboundError] = (
-                asyncio.get_running_loop().create_future())
-            self._waiting = (unique_id, future)
-            try:
-                await self._connection.send(frame)
-                reply = await asyncio.wait_for(future, timeout_s)
-            finally:
-                self._waiting = None
-        if isinstance(reply, InboundError):
-            raise CallErrorReply(reply.code, reply.description)
-        violation = schema_violation(self.protocol, action, reply.payload, response=True)
-        if violation is not None:
-            raise InvalidReply(f"invalid {action} response: {violation[1]}")
-        return reply.payload
-
-    async def _send(self, message: str) -> None:
-        # The package sends a handler's CALLRESULT/CALLERROR through here: keep a copy so a
-        # retransmitted CALL (same message id) gets the same answer without side effects.
-        if self._reply_for is not None and message.startswith(("[3", "[4")):
-            self.sink.remember_reply(self._reply_for, message)
-        await self._connection.send(message)
+_ACCEPTED = {"status": "Accepted"}
 
 
-def _init(cp: Any, sink: Sink, protocol: str) -> None:
-    cp.sink = sink
-    cp.protocol = protocol
-    cp._reply_for = None
-    cp._waiting = None
+def _empty(sink: Sink, payload: dict[str, Any]) -> dict[str, Any]:
+    """Notifications whose answer is an empty object: acknowledged, nothing to act on yet."""
+    return {}
 
 
-class ChargePointV16(CallMixin, ChargePoint16):  # type: ignore[misc]
-    """OCPP 1.6J central-system side of one connection."""
-
-    def __init__(self, sink: Sink, connection: Any, timeout_s: float) -> None:
-        ChargePoint16.__init__(self, sink.charger, connection, response_timeout=timeout_s,
-                               logger=LOG)
-        _init(self, sink, V16)
-
-    @handles("BootNotification")
-    def on_boot_notification(self, charge_point_vendor: str, charge_point_model: str,
-                             **_: Any) -> Any:
-        self.sink.on_boot(charge_point_vendor, charge_point_model)
-        return result16.BootNotification(current_time=iso_utc(self.sink.now()),
-                                         interval=self.sink.heartbeat_interval_s(),
-                                         status="Accepted")
-
-    @handles("Heartbeat")
-    def on_heartbeat(self, **_: Any) -> Any:
-        return result16.Heartbeat(current_time=iso_utc(self.sink.now()))
-
-    @handles("StatusNotification")
-    def on_status_notification(self, connector_id: int, error_code: str, status: str,
-                               timestamp: str | None = None, **_: Any) -> Any:
-        self.sink.on_status(connector_id, status, "" if error_code == "NoError" else error_code,
-                            timestamp)
-        return result16.StatusNotification()
-
-    @handles("Authorize")
-    def on_authorize(self, id_tag: str, **_: Any) -> Any:
-        return result16.Authorize(id_tag_info={"status": "Accepted"})
-
-    @handles("StartTransaction")
-    def on_start_transaction(self, connector_id: int, id_tag: str, meter_start: int,
-                             timestamp: str, **_: Any) -> Any:
-        tx = self.sink.on_start_v16(connector_id, id_tag, float(meter_start), timestamp)
-        return result16.StartTransaction(transaction_id=tx, id_tag_info={"status": "Accepted"})
-
-    @handles("StopTransaction")
-    def on_stop_transaction(self, meter_stop: int, timestamp: str, transaction_id: int,
-                            reason: str = "", id_tag: str | None = None,
-                            transaction_data: list[dict[str, Any]] | None = None,
-                            **_: Any) -> Any:
-        self.sink.on_stop_v16(transaction_id, float(meter_stop), timestamp, reason,
-                              transaction_data or [])
-        info = {"status": "Accepted"} if id_tag is not None else None
-        return result16.StopTransaction(id_tag_info=info)
-
-    @handles("MeterValues")
-    def on_meter_values(self, connector_id: int, meter_value: list[dict[str, Any]],
-                        transaction_id: int | None = None, **_: Any) -> Any:
-        self.sink.on_meter_values(connector_id, meter_value,
-                                  None if transaction_id is None else str(transaction_id))
-        return result16.MeterValues()
-
-    @handles("DataTransfer")
-    def on_data_transfer(self, **_: Any) -> Any:
-        return result16.DataTransfer(status="UnknownVendorId")
-
-    @handles("DiagnosticsStatusNotification")
-    def on_diagnostics_status(self, **_: Any) -> Any:
-        return result16.DiagnosticsStatusNotification()
-
-    @handles("FirmwareStatusNotification")
-    def on_firmware_status(self, **_: Any) -> Any:
-        return result16.FirmwareStatusNotification()
-
-    @handles("SecurityEventNotification")
-    def on_security_event(self, **_: Any) -> Any:
-        return result16.SecurityEventNotification()
-
-    @handles("LogStatusNotification")
-    def on_log_status(self, **_: Any) -> Any:
-        return result16.LogStatusNotification()
-
-    @handles("SignedFirmwareStatusNotification")
-    def on_signed_firmware_status(self, **_: Any) -> Any:
-        return result16.SignedFirmwareStatusNotification()
+def _heartbeat(sink: Sink, payload: dict[str, Any]) -> dict[str, Any]:
+    return {"currentTime": iso_utc(sink.now())}
 
 
-class ChargePointV201(CallMixin, ChargePoint201):  # type: ignore[misc]
-    """OCPP 2.0.1 CSMS side of one connection."""
+def _boot_answer(sink: Sink) -> dict[str, Any]:
+    return {"currentTime": iso_utc(sink.now()), "interval": sink.heartbeat_interval_s(),
+            "status": "Accepted"}
 
-    def __init__(self, sink: Sink, connection: Any, timeout_s: float) -> None:
-        ChargePoint201.__init__(self, sink.charger, connection, response_timeout=timeout_s,
-                                logger=LOG)
-        _init(self, sink, V201)
 
-    @handles("BootNotification")
-    def on_boot_notification(self, charging_station: dict[str, Any], **_: Any) -> Any:
-        self.sink.on_boot(str(charging_station.get("vendor_name", "")),
-                          str(charging_station.get("model", "")))
-        return result201.BootNotification(current_time=iso_utc(self.sink.now()),
-                                          interval=self.sink.heartbeat_interval_s(),
-                                          status="Accepted")
+def _data_transfer(sink: Sink, payload: dict[str, Any]) -> dict[str, Any]:
+    return {"status": "UnknownVendorId"}
 
-    @handles("Heartbeat")
-    def on_heartbeat(self, **_: Any) -> Any:
-        return result201.Heartbeat(current_time=iso_utc(self.sink.now()))
 
-    @handles("StatusNotification")
-    def on_status_notification(self, timestamp: str, connector_status: str, evse_id: int,
-                               **_: Any) -> Any:
-        self.sink.on_status(evse_id, connector_status, "", timestamp)
-        return result201.StatusNotification()
+# --- OCPP 1.6 -------------------------------------------------------------------------------
 
-    @handles("Authorize")
-    def on_authorize(self, **_: Any) -> Any:
-        return result201.Authorize(id_token_info={"status": "Accepted"})
+def _boot_v16(sink: Sink, p: dict[str, Any]) -> dict[str, Any]:
+    sink.on_boot(p["charge_point_vendor"], p["charge_point_model"])
+    return _boot_answer(sink)
 
-    @handles("TransactionEvent")
-    def on_transaction_event(self, event_type: str, timestamp: str, seq_no: int,
-                             transaction_info: dict[str, Any],
-                             evse: dict[str, Any] | None = None,
-                             id_token: dict[str, Any] | None = None,
-                             meter_value: list[dict[str, Any]] | None = None,
-                             **_: Any) -> Any:
-        self.sink.on_transaction_event(event_type=event_type, timestamp=timestamp,
-                                       seq_no=seq_no, transaction_info=transaction_info,
-                                       evse=evse, id_token=id_token,
-                                       meter_value=meter_value or [])
-        info = {"status": "Accepted"} if id_token is not None else None
-        return result201.TransactionEvent(id_token_info=info)
 
-    @handles("MeterValues")
-    def on_meter_values(self, evse_id: int, meter_value: list[dict[str, Any]],
-                        **_: Any) -> Any:
-        self.sink.on_meter_values(evse_id, meter_value, None)
-        return result201.MeterValues()
+def _status_v16(sink: Sink, p: dict[str, Any]) -> dict[str, Any]:
+    error_code = p["error_code"]
+    sink.on_status(p["connector_id"], p["status"], "" if error_code == "NoError" else error_code,
+                   p.get("timestamp"))
+    return {}
 
-    @handles("NotifyEVChargingNeeds")
-    def on_notify_ev_charging_needs(self, charging_needs: dict[str, Any], evse_id: int,
-                                    **_: Any) -> Any:
-        self.sink.on_charging_needs(evse_id, charging_needs)
-        return result201.NotifyEVChargingNeeds(status="Accepted")
 
-    @handles("DataTransfer")
-    def on_data_transfer(self, **_: Any) -> Any:
-        return result201.DataTransfer(status="UnknownVendorId")
+def _authorize_v16(sink: Sink, p: dict[str, Any]) -> dict[str, Any]:
+    return {"idTagInfo": _ACCEPTED}
 
-    # Notifications whose answer is an empty object: acknowledge, nothing to act on yet.
-    @handles("FirmwareStatusNotification")
-    def on_firmware_status(self, **_: Any) -> Any:
-        return result201.FirmwareStatusNotification()
 
-    @handles("LogStatusNotification")
-    def on_log_status(self, **_: Any) -> Any:
-        return result201.LogStatusNotification()
+def _start_v16(sink: Sink, p: dict[str, Any]) -> dict[str, Any]:
+    tx = sink.on_start_v16(p["connector_id"], p["id_tag"], float(p["meter_start"]),
+                           p["timestamp"])
+    return {"transactionId": tx, "idTagInfo": _ACCEPTED}
 
-    @handles("SecurityEventNotification")
-    def on_security_event(self, **_: Any) -> Any:
-        return result201.SecurityEventNotification()
 
-    @handles("NotifyEvent")
-    def on_notify_event(self, **_: Any) -> Any:
-        return result201.NotifyEvent()
+def _stop_v16(sink: Sink, p: dict[str, Any]) -> dict[str, Any]:
+    sink.on_stop_v16(p["transaction_id"], float(p["meter_stop"]), p["timestamp"],
+                     p.get("reason", ""), p.get("transaction_data") or [])
+    return {"idTagInfo": _ACCEPTED} if p.get("id_tag") is not None else {}
 
-    @handles("NotifyReport")
-    def on_notify_report(self, **_: Any) -> Any:
-        return result201.NotifyReport()
 
-    @handles("NotifyMonitoringReport")
-    def on_notify_monitoring_report(self, **_: Any) -> Any:
-        return result201.NotifyMonitoringReport()
+def _meter_v16(sink: Sink, p: dict[str, Any]) -> dict[str, Any]:
+    tx = p.get("transaction_id")
+    sink.on_meter_values(p["connector_id"], p["meter_value"], None if tx is None else str(tx))
+    return {}
 
-    @handles("NotifyChargingLimit")
-    def on_notify_charging_limit(self, **_: Any) -> Any:
-        return result201.NotifyChargingLimit()
 
-    @handles("ClearedChargingLimit")
-    def on_cleared_charging_limit(self, **_: Any) -> Any:
-        return result201.ClearedChargingLimit()
+HANDLERS_V16: Mapping[str, Handler] = {
+    "BootNotification": _boot_v16,
+    "Heartbeat": _heartbeat,
+    "StatusNotification": _status_v16,
+    "Authorize": _authorize_v16,
+    "StartTransaction": _start_v16,
+    "StopTransaction": _stop_v16,
+    "MeterValues": _meter_v16,
+    "DataTransfer": _data_transfer,
+    "DiagnosticsStatusNotification": _empty,
+    "FirmwareStatusNotification": _empty,
+    "SecurityEventNotification": _empty,
+    "LogStatusNotification": _empty,
+    "SignedFirmwareStatusNotification": _empty,
+}
 
-    @handles("ReportChargingProfiles")
-    def on_report_charging_profiles(self, **_: Any) -> Any:
-        return result201.ReportChargingProfiles()
 
-    @handles("NotifyCustomerInformation")
-    def on_notify_customer_information(self, **_: Any) -> Any:
-        return result201.NotifyCustomerInformation()
+# --- OCPP 2.0.1 -----------------------------------------------------------------------------
 
-    @handles("NotifyDisplayMessages")
-    def on_notify_display_messages(self, **_: Any) -> Any:
-        return result201.NotifyDisplayMessages()
+def _boot_v201(sink: Sink, p: dict[str, Any]) -> dict[str, Any]:
+    station = p["charging_station"]
+    sink.on_boot(str(station.get("vendor_name", "")), str(station.get("model", "")))
+    return _boot_answer(sink)
 
-    @handles("ReservationStatusUpdate")
-    def on_reservation_status_update(self, **_: Any) -> Any:
-        return result201.ReservationStatusUpdate()
 
-    @handles("PublishFirmwareStatusNotification")
-    def on_publish_firmware_status(self, **_: Any) -> Any:
-        return result201.PublishFirmwareStatusNotification()
+def _status_v201(sink: Sink, p: dict[str, Any]) -> dict[str, Any]:
+    sink.on_status(p["evse_id"], p["connector_status"], "", p["timestamp"])
+    return {}
+
+
+def _authorize_v201(sink: Sink, p: dict[str, Any]) -> dict[str, Any]:
+    return {"idTokenInfo": _ACCEPTED}
+
+
+def _transaction_event(sink: Sink, p: dict[str, Any]) -> dict[str, Any]:
+    id_token = p.get("id_token")
+    sink.on_transaction_event(event_type=p["event_type"], timestamp=p["timestamp"],
+                              seq_no=p["seq_no"], transaction_info=p["transaction_info"],
+                              evse=p.get("evse"), id_token=id_token,
+                              meter_value=p.get("meter_value") or [])
+    return {"idTokenInfo": _ACCEPTED} if id_token is not None else {}
+
+
+def _meter_v201(sink: Sink, p: dict[str, Any]) -> dict[str, Any]:
+    sink.on_meter_values(p["evse_id"], p["meter_value"], None)
+    return {}
+
+
+def _charging_needs(sink: Sink, p: dict[str, Any]) -> dict[str, Any]:
+    sink.on_charging_needs(p["evse_id"], p["charging_needs"])
+    return {"status": "Accepted"}
+
+
+HANDLERS_V201: Mapping[str, Handler] = {
+    "BootNotification": _boot_v201,
+    "Heartbeat": _heartbeat,
+    "StatusNotification": _status_v201,
+    "Authorize": _authorize_v201,
+    "TransactionEvent": _transaction_event,
+    "MeterValues": _meter_v201,
+    "NotifyEVChargingNeeds": _charging_needs,
+    "DataTransfer": _data_transfer,
+    "FirmwareStatusNotification": _empty,
+    "LogStatusNotification": _empty,
+    "SecurityEventNotification": _empty,
+    "NotifyEvent": _empty,
+    "NotifyReport": _empty,
+    "NotifyMonitoringReport": _empty,
+    "NotifyChargingLimit": _empty,
+    "ClearedChargingLimit": _empty,
+    "ReportChargingProfiles": _empty,
+    "NotifyCustomerInformation": _empty,
+    "NotifyDisplayMessages": _empty,
+    "ReservationStatusUpdate": _empty,
+    "PublishFirmwareStatusNotification": _empty,
+}
+
+HANDLERS: Mapping[OcppVersion, Mapping[str, Handler]] = {
+    OcppVersion.V16: HANDLERS_V16,
+    OcppVersion.V201: HANDLERS_V201,
+}

@@ -22,15 +22,13 @@ not share one. When a lease expires the charger falls back to the failsafe profi
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-V16 = "ocpp1.6"
-V201 = "ocpp2.0.1"
+from .version import V16, V201, OcppVersion
 
 CAP_PROFILE_ID = 1
 FAILSAFE_PROFILE_ID = 2
@@ -38,9 +36,10 @@ _TX_DEFAULT_BASE_ID = 10_000
 _TX_BASE_ID = 20_000
 
 Purpose = Literal["max", "tx_default", "tx"]
-"""Version-neutral purpose: the charger-wide maximum, the default for sessions, a session."""
+"""The adapter's one profile-purpose type, version-neutral: the charger-wide maximum, the
+default for sessions, a session."""
 
-_PURPOSE_NAMES: dict[str, dict[str, str]] = {
+_PURPOSE_NAMES: dict[OcppVersion, dict[Purpose, str]] = {
     V16: {"max": "ChargePointMaxProfile", "tx_default": "TxDefaultProfile", "tx": "TxProfile"},
     V201: {"max": "ChargingStationMaxProfile", "tx_default": "TxDefaultProfile",
            "tx": "TxProfile"},
@@ -60,7 +59,7 @@ def purpose_of(name: str) -> Purpose:
         raise ValueError(f"unknown charging profile purpose {name!r}") from None
 
 
-def purpose_name(protocol: str, purpose: Purpose) -> str:
+def purpose_name(protocol: OcppVersion, purpose: Purpose) -> str:
     return _PURPOSE_NAMES[protocol][purpose]
 
 
@@ -106,8 +105,18 @@ def _period(limit: ScheduleLimit) -> dict[str, Any]:
     return {"startPeriod": 0, "limit": limit.value, "numberPhases": limit.number_phases}
 
 
-def set_charging_profile(protocol: str, *, connector: int, profile_id: int, stack_level: int,
-                         purpose: Purpose, limit: ScheduleLimit, now: datetime,
+def profile_start(now: datetime) -> datetime:
+    """A profile starts at ``now`` in whole UTC seconds (what :func:`iso_utc` prints)."""
+    return now.astimezone(UTC).replace(microsecond=0)
+
+
+def lease_valid_to(now: datetime, lease_s: float) -> datetime:
+    """The validTo a setpoint built at ``now`` with ``lease_s`` carries."""
+    return profile_start(now) + timedelta(seconds=lease_seconds(lease_s))
+
+
+def set_charging_profile(protocol: OcppVersion, *, connector: int, profile_id: int,
+                         stack_level: int, purpose: Purpose, limit: ScheduleLimit, now: datetime,
                          duration_s: int | None = None,
                          transaction_id: str | None = None) -> dict[str, Any]:
     """SetChargingProfile request payload: one constant period, kind Absolute from ``now``.
@@ -115,7 +124,7 @@ def set_charging_profile(protocol: str, *, connector: int, profile_id: int, stac
     With ``duration_s`` the schedule ends and the profile expires (validTo) after that many
     seconds, so a charger that stops hearing from us falls back to its failsafe.
     """
-    start = now.astimezone(UTC).replace(microsecond=0)
+    start = profile_start(now)
     valid_to = iso_utc(start + timedelta(seconds=duration_s)) if duration_s else None
     if protocol == V16:
         schedule: dict[str, Any] = {}
@@ -159,7 +168,7 @@ def lease_seconds(lease_s: float) -> int:
     return int(lease_s)
 
 
-def setpoint_request(protocol: str, *, connector: int, limit: ScheduleLimit, lease_s: float,
+def setpoint_request(protocol: OcppVersion, *, connector: int, limit: ScheduleLimit, lease_s: float,
                      now: datetime, transaction_id: str | None) -> dict[str, Any]:
     """The live setpoint: a TxProfile for the running transaction, or — with no transaction,
     where a 1.6 TxProfile is not allowed — a TxDefaultProfile on that connector."""
@@ -171,19 +180,20 @@ def setpoint_request(protocol: str, *, connector: int, limit: ScheduleLimit, lea
         duration_s=lease_seconds(lease_s), transaction_id=transaction_id)
 
 
-def failsafe_request(protocol: str, *, limit: ScheduleLimit, now: datetime) -> dict[str, Any]:
+def failsafe_request(protocol: OcppVersion, *, limit: ScheduleLimit,
+                     now: datetime) -> dict[str, Any]:
     """TxDefaultProfile on connector 0, stack 0, no duration: what the charger uses alone."""
     return set_charging_profile(protocol, connector=0, profile_id=FAILSAFE_PROFILE_ID,
                                 stack_level=0, purpose="tx_default", limit=limit, now=now)
 
 
-def cap_request(protocol: str, *, limit: ScheduleLimit, now: datetime) -> dict[str, Any]:
+def cap_request(protocol: OcppVersion, *, limit: ScheduleLimit, now: datetime) -> dict[str, Any]:
     """ChargePointMaxProfile / ChargingStationMaxProfile on connector 0 (whole charger)."""
     return set_charging_profile(protocol, connector=0, profile_id=CAP_PROFILE_ID,
                                 stack_level=0, purpose="max", limit=limit, now=now)
 
 
-def clear_by_id_request(protocol: str, profile_id: int) -> dict[str, Any]:
+def clear_by_id_request(protocol: OcppVersion, profile_id: int) -> dict[str, Any]:
     if protocol == V16:
         return {"id": profile_id}
     if protocol == V201:
@@ -191,7 +201,7 @@ def clear_by_id_request(protocol: str, profile_id: int) -> dict[str, Any]:
     raise ValueError(f"unsupported protocol {protocol!r}")
 
 
-def clear_request(protocol: str, *, connector: int, purpose: Purpose) -> dict[str, Any]:
+def clear_request(protocol: OcppVersion, *, connector: int, purpose: Purpose) -> dict[str, Any]:
     """Clear every profile of ``purpose`` on ``connector`` (what the operator asks for)."""
     if protocol == V16:
         return {"connectorId": connector, "chargingProfilePurpose": purpose_name(V16, purpose)}
@@ -202,7 +212,7 @@ def clear_request(protocol: str, *, connector: int, purpose: Purpose) -> dict[st
     raise ValueError(f"unsupported protocol {protocol!r}")
 
 
-def composite_schedule_request(protocol: str, *, connector: int,
+def composite_schedule_request(protocol: OcppVersion, *, connector: int,
                                duration_s: int) -> dict[str, Any]:
     if protocol == V16:
         return {"connectorId": connector, "duration": duration_s, "chargingRateUnit": "A"}
@@ -211,7 +221,7 @@ def composite_schedule_request(protocol: str, *, connector: int,
     raise ValueError(f"unsupported protocol {protocol!r}")
 
 
-def parse_composite_schedule(protocol: str, payload: Mapping[str, Any], *,
+def parse_composite_schedule(protocol: OcppVersion, payload: Mapping[str, Any], *,
                              voltage_v: float = 230.0,
                              phases: int = 3) -> list[tuple[float, float]] | None:
     """GetCompositeSchedule response → ``[(start_offset_s, limit_a_per_phase), ...]``.
@@ -236,9 +246,3 @@ def parse_composite_schedule(protocol: str, payload: Mapping[str, Any], *,
             limit = limit / (voltage_v * n)
         result.append((start, limit))
     return result
-
-
-def encode_call(unique_id: str, action: str, payload: Mapping[str, Any]) -> str:
-    """The OCPP-J CALL frame exactly as sent (compact separators, no NaN allowed)."""
-    return json.dumps([2, unique_id, action, payload], separators=(",", ":"),
-                      allow_nan=False)

@@ -1,0 +1,165 @@
+"""The OCPP-J RPC layer we own: routing of inbound calls, correlation of our own calls,
+and one writer for the frames of every connection.
+
+- Routing: an action this version does not define is answered ``NotImplemented``, one it
+  defines but we do not handle ``NotSupported`` (OCPP-J 1.6 §4.2.3, 2.0.1 part 4 §4.3; the
+  ``ocpp`` package 2.1.0 swaps the two). Payloads are validated with the official schemas.
+- Correlation: one call in flight per charger (OCPP-J), matched by message id, with a
+  timeout from the event loop's timer (no task per call).
+- Writing: :class:`FrameWriter` writes the queued frames of many connections from one task
+  per event-loop pass, so a batch of 1,000 setpoints costs no task hop and no lock per
+  charger; a connection whose socket is backed up drains in its own task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ocpp.charge_point import camel_to_snake_case
+from ocpp.v16.enums import Action as Action16
+from ocpp.v201.enums import Action as Action201
+from websockets.exceptions import ConnectionClosed
+
+from .frames import ERROR_CODES, InboundCall
+from .handlers import HANDLERS, Handler
+from .schemas import schema_violation
+from .version import OcppVersion
+
+LOG = logging.getLogger("gridshare.ocpp")
+
+KNOWN_ACTIONS: Mapping[OcppVersion, frozenset[str]] = {
+    OcppVersion.V16: frozenset(a.value for a in Action16),
+    OcppVersion.V201: frozenset(a.value for a in Action201),
+}
+"""Every action the version defines, in either direction."""
+
+NOT_IMPLEMENTED = "NotImplemented"
+"""OCPP-J: the requested action is not known by the receiver."""
+NOT_SUPPORTED = "NotSupported"
+"""OCPP-J: the requested action is recognised but not supported by the receiver."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why an inbound call gets a CALLERROR instead of reaching a handler."""
+
+    code: str
+    description: str
+    counter: str
+    """Counter key for the operator (EventCounters)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """A valid call and its handler; ``payload`` with snake_case keys."""
+
+    handler: Handler
+    payload: dict[str, Any]
+
+
+def route(version: OcppVersion, call: InboundCall) -> Routed | Refusal:
+    """The handler of a call, or the CALLERROR it gets (unknown, unhandled, invalid)."""
+    handler = HANDLERS[version].get(call.action)
+    if handler is None:
+        if call.action in KNOWN_ACTIONS[version]:
+            return Refusal(NOT_SUPPORTED, f"{call.action} is not supported",
+                           f"call_{NOT_SUPPORTED}")
+        return Refusal(NOT_IMPLEMENTED, f"unknown action {call.action[:64]!r}",
+                       f"call_{NOT_IMPLEMENTED}")
+    violation = schema_violation(version, call.action, call.payload)
+    if violation is not None:
+        kind, description = violation
+        return Refusal(ERROR_CODES[version][kind], description, f"schema_{kind}")
+    return Routed(handler, camel_to_snake_case(call.payload))
+
+
+# --- our own calls ------------------------------------------------------------------------
+
+
+@dataclass(eq=False, slots=True)
+class PendingCall:
+    """The one call in flight on a connection, waiting for its answer or its timeout."""
+
+    unique_id: str
+    action: str
+    sent_at: float
+    """perf_counter() when it was queued for writing (for the latency statistics)."""
+    timer: asyncio.TimerHandle | None = None
+    written: bool = False
+    """Its frame reached the socket: from then on the charger may have applied it."""
+
+
+Outgoing = tuple[str, PendingCall | None]
+"""A frame to write, and the call it starts (None for answers to the charger's calls)."""
+
+
+# --- writing --------------------------------------------------------------------------------
+
+
+class Outlet(Protocol):
+    """What the writer needs from a connection: its socket and its queue of frames."""
+
+    outbox: deque[Outgoing]
+    draining: bool
+
+    async def send_now(self, frame: str) -> None: ...
+    def backed_up(self) -> bool: ...
+    def spawn_drain(self) -> None: ...
+
+
+class FrameWriter:
+    """Writes queued frames of many connections from one task per event-loop pass."""
+
+    def __init__(self, spawn: Callable[[Coroutine[Any, Any, Any], str], asyncio.Task[Any]],
+                 ) -> None:
+        self._spawn = spawn
+        self._ready: dict[Outlet, None] = {}
+        self._task: asyncio.Task[Any] | None = None
+
+    def ready(self, outlet: Outlet) -> None:
+        """``outlet`` has frames in its outbox: write them on the next loop pass."""
+        self._ready[outlet] = None
+        if self._task is None:
+            self._task = self._spawn(self._flush(), "ocpp-writer")
+
+    async def _flush(self) -> None:
+        try:
+            while self._ready:
+                batch = list(self._ready)
+                self._ready.clear()
+                for outlet in batch:
+                    await drain(outlet)
+        finally:
+            self._task = None
+
+
+async def drain(outlet: Outlet) -> None:
+    """Write ``outlet``'s queued frames in order. A connection whose socket is backed up is
+    handed to a task of its own (which then owns its outbox), so it delays no other."""
+    if outlet.draining:
+        return
+    while outlet.outbox:
+        if outlet.backed_up():
+            outlet.spawn_drain()
+            return
+        if not await write_next(outlet):
+            return
+
+
+async def write_next(outlet: Outlet) -> bool:
+    """Write the oldest queued frame; False when the connection is closed (its receive
+    loop sees the close and settles every call, unwritten ones as never sent)."""
+    frame, call = outlet.outbox.popleft()
+    try:
+        await outlet.send_now(frame)
+    except ConnectionClosed:
+        outlet.outbox.clear()
+        return False
+    if call is not None:
+        call.written = True
+    return True
