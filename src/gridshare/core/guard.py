@@ -448,12 +448,17 @@ def check_plan(topology: Topology, snapshot: Snapshot, counted: Mapping[Connecto
     if not any(raised):
         return alarms
     totals = _add_up(site, worst, raised)
+    raised_connectors = [c for c, up in zip(site.connectors, raised, strict=True) if up]
     for breach in _breaches(site, _limits(topology, site, snapshot), totals):
         if breach.flagged:
-            ups = ", ".join(f"{c.key[0]}/{c.key[1]}" for c, up
-                            in zip(site.connectors, raised, strict=True)
-                            if up and breach.loaded_by(c))
-            alarms.append(breach.alarm(
-                site, f" if every command in flight and in this step took effect; the step "
-                      f"raises {ups} under it"))
+            alarms.append(breach.alarm(site, " if every command in flight and in this step "
+                                             "took effect; the step raises "
+                                             + _some(raised_connectors, breach) + " under it"))
     return alarms
+
+
+def _some(connectors: list[_Connector], breach: _Breach, shown: int = 5) -> str:
+    """The first few of ``connectors`` that load the limit ``breach`` names, for an alarm."""
+    under = [f"{c.key[0]}/{c.key[1]}" for c in connectors if breach.loaded_by(c)]
+    more = f" and {len(under) - shown} more" if len(under) > shown else ""
+    return ", ".join(under[:shown]) + more
