@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from gridshare.clock import FakeClock
 from gridshare.config import parse_site
-from gridshare.controller.clock import FakeClock
 from gridshare.core.topology import Topology
-from gridshare.drivers import CommandResult
+from gridshare.drivers import CommandOutcome, CommandResult, SetpointRequest
 
 SITE = """
 site: test
@@ -82,37 +83,51 @@ class Call:
 
 @dataclass
 class RecordingDriver:
-    """A ChargerDriver that records every call in order. A charger's commands can be held
-    at a gate (to test ordering) and its answers chosen (to test failures)."""
+    """A ChargerDriver that records every call in order (a setpoint when it is submitted,
+    as a real driver writes the frame). A charger's answers can be held at a gate (to test
+    ordering) and chosen (to test failures); accepted answers carry increasing frame
+    numbers like a real adapter's."""
 
     calls: list[Call] = field(default_factory=list)
     results: dict[str, CommandResult] = field(default_factory=dict)
     gates: dict[str, asyncio.Event] = field(default_factory=dict)
     errors: set[str] = field(default_factory=set)
     _seq: itertools.count[int] = field(default_factory=itertools.count)
+    frames: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
-    async def _call(self, kind: str, charger: str, connector: int, current_a: float | None,
-                    lease_s: float | None) -> CommandResult:
+    def _start(self, kind: str, charger: str, connector: int, current_a: float | None,
+               lease_s: float | None) -> Call:
         call = Call(kind, charger, connector, current_a, lease_s, next(self._seq))
         self.calls.append(call)
-        gate = self.gates.get(charger)
+        return call
+
+    async def _finish(self, call: Call) -> CommandOutcome:
+        gate = self.gates.get(call.charger)
         if gate is not None:
             await gate.wait()
         call.finished = next(self._seq)
-        if charger in self.errors:
-            raise RuntimeError(f"driver broke on {charger}")
-        call.result = self.results.get(charger, CommandResult.ACCEPTED)
-        return call.result
+        if call.charger in self.errors:
+            raise RuntimeError(f"driver broke on {call.charger}")
+        call.result = self.results.get(call.charger, CommandResult.ACCEPTED)
+        return CommandOutcome(call.result, sent=call.result is not CommandResult.OFFLINE,
+                              answer_seq=next(self.frames))
+
+    def submit_setpoints(self, requests: Sequence[SetpointRequest],
+                         ) -> list[Awaitable[CommandOutcome]]:
+        return [self._finish(self._start("setpoint", r.charger, r.connector, r.current_a,
+                                         r.lease_s)) for r in requests]
 
     async def apply_setpoint(self, charger: str, connector: int, current_a: float,
-                             lease_s: float) -> CommandResult:
-        return await self._call("setpoint", charger, connector, current_a, lease_s)
+                             lease_s: float) -> CommandOutcome:
+        return await self._finish(self._start("setpoint", charger, connector, current_a,
+                                              lease_s))
 
-    async def apply_failsafe(self, charger: str, current_a: float) -> CommandResult:
-        return await self._call("failsafe", charger, 0, current_a, None)
+    async def apply_failsafe(self, charger: str, current_a: float) -> CommandOutcome:
+        return await self._finish(self._start("failsafe", charger, 0, current_a, None))
 
-    async def apply_charger_cap(self, charger: str, current_a: float | None) -> CommandResult:
-        return await self._call("cap", charger, 0, current_a, None)
+    async def apply_charger_cap(self, charger: str, current_a: float | None,
+                                ) -> CommandOutcome:
+        return await self._finish(self._start("cap", charger, 0, current_a, None))
 
     def setpoints(self, charger: str | None = None) -> list[Call]:
         return [c for c in self.calls if c.kind == "setpoint"

@@ -5,18 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import pytest
 
 from gridshare.bus import MemoryBus
+from gridshare.clock import FakeClock
 from gridshare.config import parse_site
 from gridshare.controller import loop as loop_module
-from gridshare.controller.clock import FakeClock
 from gridshare.controller.loop import (
     AlarmRecord,
     CommandRecord,
     Controller,
     ControllerSettings,
+    CycleReport,
 )
 from gridshare.controller.state import StateSettings
 from gridshare.core import guard
@@ -110,11 +112,14 @@ async def test_burst_of_arrivals_is_one_allocation(topology: Topology, driver: R
     await c.start()
     try:
         await boot(c, clock)
-        before = c.counters["cycles"]
+        reports: list[CycleReport] = []
+        c.on_cycle(reports.append)
         for cid in ("a1", "a2", "a3"):
             c.handle(StatusChanged(cid, 1, ConnectorStatus.CHARGING, clock.now()))
         await c.settle()
-        assert c.counters["cycles"] == before + 1
+        # One allocation sent all three; the cycles after it (each answer triggers one)
+        # found nothing more to send.
+        assert [len(r.sent) for r in reports] == [3] + [0] * (len(reports) - 1)
         assert sorted(x.current_a or 0 for x in driver.setpoints()) == [10.6, 10.7, 10.7]
     finally:
         await c.stop()
@@ -235,25 +240,31 @@ async def test_urgent_cut_does_not_wait_for_a_stuck_decrease(
     assert_safe(controller)
 
 
-async def test_failed_decrease_holds_increases_and_reserves(
+async def test_rejected_decrease_keeps_the_old_profile_counted_and_raises_an_alarm(
         controller: Controller, driver: RecordingDriver, clock: FakeClock) -> None:
     await boot(controller, clock)
     await arrive(controller, clock, "a1")
     driver.results["a1"] = CommandResult.REJECTED
     await arrive(controller, clock, "a2")
-    # a1 refused to come down from 32 A: it is reserved, so a2 may not rise from the 0 A
-    # its idle connector was held at.
+    # a1 refused to come down from 32 A: its 32 A profile stays in force and counts, so
+    # a2 may not rise from the 0 A its idle connector was held at.
+    assert driver.last("a1") == 16.0
     assert driver.setpoints("a2") == []
-    assert controller.allocation is not None
-    assert controller.allocation.setpoints[("a2", 1)] == 0.0
-    assert controller.status().connectors[0].uncertain
-    assert controller.status().alarms == () or all(
-        a.kind != "guard" for a in controller.status().alarms)
+    status = controller.status()
+    a1, a2 = status.connectors[0], status.connectors[1]
+    assert (a1.setpoint_a, a1.counted_a) == (32.0, 32.0)
+    assert a1.rejected is not None and a1.rejected.current_a == 16.0
+    assert a2.held
+    assert [a.kind for a in status.alarms] == ["rejected"]
+    data = json.loads(json.dumps(status.to_dict()))
+    assert data["connectors"][0]["rejected"]["current_a"] == 16.0
     driver.results["a1"] = CommandResult.ACCEPTED
-    await advance(controller, clock, 5)  # retry after the back-off
+    await advance(controller, clock, 4)
+    assert driver.last("a2") is None  # back-off: 5 s after the refusal
+    await advance(controller, clock, 1)
     assert driver.last("a1") == 16.0
     assert driver.last("a2") == 16.0
-    assert not controller.status().connectors[0].uncertain
+    assert controller.status().connectors[0].rejected is None
 
 
 async def test_violator_is_paused_and_counted_at_its_draw(
@@ -295,7 +306,8 @@ async def test_failsafe_retried_until_accepted(controller: Controller, driver: R
     driver.results["b1"] = CommandResult.TIMEOUT
     await boot(controller, clock, "b1", keep=True)
     driver.results["b1"] = CommandResult.ACCEPTED
-    await advance(controller, clock, 9)
+    # The one back-off policy (retry_backoff_s = 5 s here), as for setpoints.
+    await advance(controller, clock, 4)
     assert len([x for x in driver.calls if x.kind == "failsafe"]) == 1
     await advance(controller, clock, 1)
     assert [x.result for x in driver.calls if x.kind == "failsafe"] == \
@@ -396,7 +408,7 @@ async def test_audit_and_status(topology: Topology, driver: RecordingDriver,
 async def test_increase_waits_for_decreases_to_settle_unless_it_fits(
         driver: RecordingDriver, clock: FakeClock) -> None:
     topology = parse_site(SITE.replace("max_current: 63", "max_current: 100"), "roomy")
-    settings = ControllerSettings(tick_s=None, debounce_s=0.005, settle_s=0.4)
+    settings = ControllerSettings(tick_s=None, debounce_s=0.005, settle_s=5.0)
     c = Controller(topology, driver, clock, settings=settings)
     await c.start()
     try:
@@ -408,12 +420,14 @@ async def test_increase_waits_for_decreases_to_settle_unless_it_fits(
         assert driver.last("a1") == 16.0
         assert driver.setpoints("a2") == []
         assert c.last_report is not None and c.last_report.increases_held == 1
+        assert c.last_report.decision.wake_at == clock.now() + timedelta(seconds=5)
         # An increase elsewhere that fits even with a1 at 32 A goes at once.
         await arrive(c, clock, "b2")
         assert driver.last("b2") == 26.0  # 32 A circuit, never-seen b1 at its 6 A failsafe
         assert driver.setpoints("a2") == []
-        await asyncio.sleep(0.5)
-        await c.settle()
+        await advance(c, clock, 4.9, step=4.9)
+        assert driver.setpoints("a2") == []
+        await advance(c, clock, 0.1, step=0.1)  # exactly settle_s after the accept
         assert driver.last("a2") == 16.0
     finally:
         await c.stop()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -11,7 +13,7 @@ from gridshare.core import guard
 from gridshare.core.allocation import allocate
 from gridshare.core.snapshot import LimitSource, Snapshot
 from gridshare.core.topology import Topology
-from gridshare.drivers import CommandResult
+from gridshare.drivers import CommandOutcome, CommandResult
 from gridshare.events import (
     ChargerBooted,
     ChargerOffline,
@@ -30,8 +32,20 @@ from .conftest import t
 
 
 def boot_all(state: SiteState, at_s: float = 0.0) -> None:
+    """Boot every charger and hold its idle connectors at 0 A, as the controller does (an
+    idle connector is otherwise reserved at its failsafe: a car may arrive)."""
     for cid in state.topology.chargers:
         state.apply(ChargerBooted(cid, t(at_s), "ocpp1.6"))
+    for conn in state.topology.connectors():
+        record(state, conn.key, 0.0, CommandResult.ACCEPTED, t(at_s), 600)
+
+
+def record(state: SiteState, key: tuple[str, int], amps: float, result: CommandResult,
+           at: datetime, lease_s: float) -> Impact:
+    """Send one command at ``at`` and get its answer at once; the impact of the answer."""
+    command_id = state.record_sent(key, amps, at, lease_s)
+    outcome = CommandOutcome(result, sent=result is not CommandResult.OFFLINE)
+    return state.record_outcome(key, command_id, outcome, at, settle_s=0.0)[1]
 
 
 def plug(state: SiteState, charger: str, at_s: float, connector: int = 1) -> Impact:
@@ -186,7 +200,7 @@ def test_unknown_ids_are_counted_not_fatal(topology: Topology) -> None:
 
 def _charging(state: SiteState, charger: str, setpoint_a: float, at_s: float) -> None:
     plug(state, charger, at_s)
-    state.record_result((charger, 1), setpoint_a, CommandResult.ACCEPTED, t(at_s), 180)
+    record(state, (charger, 1), setpoint_a, CommandResult.ACCEPTED, t(at_s), 180)
 
 
 def test_violator_flagged_after_grace_and_reserved(topology: Topology) -> None:
@@ -206,7 +220,7 @@ def test_violator_flagged_after_grace_and_reserved(topology: Topology) -> None:
     assert snap.conditions("main").uncontrolled == (16.0, 16.0, 16.0)
     assert snap.conditions("c2").uncontrolled == (0.0, 0.0, 0.0)
     # Paused at 0 A it stays flagged while it still draws...
-    state.record_result(("a1", 1), 0.0, CommandResult.ACCEPTED, t(16), 180)
+    record(state, ("a1", 1), 0.0, CommandResult.ACCEPTED, t(16), 180)
     assert [v.key for v in state.violators(t(17))] == [("a1", 1)]
     # ...and is released once it complies.
     state.apply(MeterReading("a1", 1, t(20), current_a=(0.0, 0.0, 0.0)))
@@ -219,7 +233,7 @@ def test_grace_restarts_when_the_setpoint_is_lowered(topology: Topology) -> None
     boot_all(state)
     _charging(state, "a1", 16.0, 1)
     state.apply(MeterReading("a1", 1, t(2), current_a=(20.0, 20.0, 20.0)))  # over from t=2
-    state.record_result(("a1", 1), 8.0, CommandResult.ACCEPTED, t(10), 180)
+    record(state, ("a1", 1), 8.0, CommandResult.ACCEPTED, t(10), 180)
     state.apply(MeterReading("a1", 1, t(12), current_a=(15.0, 15.0, 15.0)))
     assert state.violators(t(19)) == []  # still settling after the decrease at t=10
     assert [v.key for v in state.violators(t(20))] == [("a1", 1)]
@@ -229,13 +243,13 @@ def test_failed_command_reserves_what_the_charger_may_draw(topology: Topology) -
     state = SiteState(topology)
     boot_all(state)
     _charging(state, "a1", 20.0, 1)
-    assert state.record_result(("a1", 1), 10.0, CommandResult.TIMEOUT, t(5), 180) is \
+    assert record(state, ("a1", 1), 10.0, CommandResult.TIMEOUT, t(5), 180) is \
         Impact.URGENT
     assert state.believed_a(("a1", 1)) == 20.0
     snap = state.to_snapshot(t(5))
     assert snap.demand(("a1", 1)).active
     assert snap.conditions("c1").uncontrolled == (20.0, 20.0, 20.0)
-    state.record_result(("a1", 1), 10.0, CommandResult.ACCEPTED, t(6), 180)
+    record(state, ("a1", 1), 10.0, CommandResult.ACCEPTED, t(6), 180)
     assert state.believed_a(("a1", 1)) == 10.0
     assert "c1" not in state.to_snapshot(t(6)).groups
 
@@ -244,7 +258,7 @@ def test_offline_result_marks_charger_offline(topology: Topology) -> None:
     state = SiteState(topology)
     boot_all(state)
     _charging(state, "b1", 10.0, 1)
-    assert state.record_result(("b1", 1), 6.0, CommandResult.OFFLINE, t(2), 180) is \
+    assert record(state, ("b1", 1), 6.0, CommandResult.OFFLINE, t(2), 180) is \
         Impact.URGENT
     assert not state.to_snapshot(t(2)).demand(("b1", 1)).online
 
@@ -253,10 +267,8 @@ def test_lease_lapse_falls_back_to_failsafe(topology: Topology) -> None:
     state = SiteState(topology)
     boot_all(state)
     plug(state, "a1", 1)
-    state.record_result(("a1", 1), 0.0, CommandResult.ACCEPTED, t(1), 60)
+    record(state, ("a1", 1), 0.0, CommandResult.ACCEPTED, t(1), 60)
     assert state.in_force_a(("a1", 1), t(30)) == 0.0
-    assert state.renewals_due(t(31), 0.5) == [("a1", 1)]
-    assert state.renewals_due(t(30), 0.5) == []
     # Not renewed: at 61 s the charger is back at its 6 A failsafe, more than we counted.
     assert state.refresh(t(61)) is Impact.URGENT
     assert state.believed_a(("a1", 1)) == 6.0
@@ -330,7 +342,7 @@ def test_any_history_gives_a_snapshot_the_allocation_keeps_safe(
         elif kind == "limit":
             event = LimitChanged("c1", t(now), "operator", max_current=amps)
         else:
-            state.record_result((charger, 1), amps, CommandResult.TIMEOUT, t(now), 60)
+            record(state, (charger, 1), amps, CommandResult.TIMEOUT, t(now), 60)
         if event is not None:
             state.apply(event)
         state.refresh(t(now))
@@ -366,7 +378,7 @@ def test_offline_charger_counts_at_its_live_setpoint_until_the_lease_ends(
     state = SiteState(topology)
     boot_all(state)
     plug(state, "a1", 1)
-    state.record_result(("a1", 1), 20.0, CommandResult.ACCEPTED, t(1), 60)
+    record(state, ("a1", 1), 20.0, CommandResult.ACCEPTED, t(1), 60)
     state.apply(ChargerOffline("a1", t(2)))
     snap = state.to_snapshot(t(2))
     assert not snap.demand(("a1", 1)).online  # counted at its 6 A failsafe...
@@ -375,22 +387,23 @@ def test_offline_charger_counts_at_its_live_setpoint_until_the_lease_ends(
     assert "c1" not in state.to_snapshot(t(61)).groups
 
 
-def test_a_setpoint_outlives_the_session_until_released(topology: Topology) -> None:
+def test_a_setpoint_outlives_the_session_and_the_idle_connector_is_reserved(
+        topology: Topology) -> None:
     state = SiteState(topology)
     boot_all(state)
     plug(state, "a1", 1)
-    state.record_result(("a1", 1), 12.5, CommandResult.ACCEPTED, t(1), 60)
+    record(state, ("a1", 1), 12.5, CommandResult.ACCEPTED, t(1), 60)
     state.apply(StatusChanged("a1", 1, ConnectorStatus.AVAILABLE, t(5)))
     # A connector profile sent before the transaction was known still applies to the next
-    # car: keep believing it, and ask for it to be released.
-    assert state.believed_a(("a1", 1)) == 12.5
-    assert ("a1", 1) in state.releases_due(t(5), 0.5)
-    state.record_result(("a1", 1), 0.0, CommandResult.ACCEPTED, t(6), 60)
-    # Held at 0 (its failsafe is 6 A): renewed at half its lease, like a live setpoint.
-    assert ("a1", 1) not in state.releases_due(t(35), 0.5)
-    assert ("a1", 1) in state.releases_due(t(36), 0.5)
-    # Lease over without a car: nothing to recompute.
-    assert state.refresh(t(70)) is Impact.NONE
-    assert state.believed_a(("a1", 1)) == 6.0
-    # A charger whose failsafe is 0 needs no holding once released.
-    assert [k for k in state.releases_due(t(70), 0.5) if k[0] == "b2"] == []
+    # car: keep counting it, reserved in every group above (the allocation counts an idle
+    # connector at 0), until it is released (the decision holds it at 0 A).
+    assert state.believed_a(("a1", 1), t(5)) == 12.5
+    assert state.to_snapshot(t(5)).conditions("c1").uncontrolled == (12.5, 12.5, 12.5)
+    assert state.to_snapshot(t(5), commands=False).conditions("c1").uncontrolled == \
+        (0.0, 0.0, 0.0)
+    record(state, ("a1", 1), 0.0, CommandResult.ACCEPTED, t(6), 60)
+    assert "c1" not in state.to_snapshot(t(6)).groups
+    # Lease over without a car: the 6 A failsafe applies again, reserved (a car may come).
+    assert state.refresh(t(70)) is Impact.URGENT
+    assert state.believed_a(("a1", 1), t(70)) == 6.0
+    assert state.to_snapshot(t(70)).conditions("c1").uncontrolled == (6.0, 6.0, 6.0)

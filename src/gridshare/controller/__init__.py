@@ -1,10 +1,16 @@
 """The live control loop: site state folded from events, allocation cycles, verification."""
 
+from gridshare.clock import Clock, FakeClock, SystemClock
 from gridshare.controller.audit import AlarmRecord, AuditSink, CommandKind, CommandRecord
-from gridshare.controller.clock import Clock, FakeClock, SystemClock
 from gridshare.controller.loop import Controller, ControllerSettings, CycleReport
 from gridshare.controller.state import Impact, SiteState, StateSettings, Violation
-from gridshare.controller.views import ConnectorView, ControllerStatus, GroupView
+from gridshare.controller.views import (
+    CommandView,
+    ConnectorView,
+    ControllerStatus,
+    GroupView,
+    RejectionView,
+)
 
 __all__ = [
     "AlarmRecord",
@@ -12,6 +18,7 @@ __all__ = [
     "Clock",
     "CommandKind",
     "CommandRecord",
+    "CommandView",
     "ConnectorView",
     "Controller",
     "ControllerSettings",
@@ -20,6 +27,7 @@ __all__ = [
     "FakeClock",
     "GroupView",
     "Impact",
+    "RejectionView",
     "SiteState",
     "StateSettings",
     "SystemClock",

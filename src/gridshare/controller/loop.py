@@ -1,26 +1,29 @@
 """The control loop of one site: state ← events, decide (pure core), act, verify.
 
-One worker runs allocation cycles one at a time, so a cycle's "decreases first, then
-increases" ordering is never interleaved with another cycle's increases. A cycle:
+The loop only schedules and does I/O; every decision is made in the pure core on the
+injected clock. One worker runs cycles one at a time. A cycle:
 
-1. refreshes the state for the passing of time and builds a snapshot;
-2. allocates (``core.allocation.allocate``) and passes the result through the safety guard;
-3. plans the transition from what each charger may be drawing now to the target;
-4. sends every decrease (and due lease renewals and idle-connector holds) concurrently and
-   waits until each is accepted, refused or timed out — an urgent change (limit cut,
-   charger offline, stale meter) interrupts the wait and starts a fresh cycle at once;
-5. only if every decrease was accepted and nothing urgent happened, sends the increases —
-   those that fit even while recent decreases settle (cars take seconds to follow a
-   lower setpoint) go at once, the others when the decreases have settled.
+1. refreshes the state for the passing of time and builds a snapshot (what the command
+   ledger says connectors may obey beyond the allocation's reach is reserved in it);
+2. allocates (``core.allocation.allocate``) and passes the safety guard once
+   (``core.guard.enforce``);
+3. asks ``core.decide.decide`` what to send now: decreases (anything that raises no
+   connector's worst case: lower targets, renewals, idle holds, retries) and the increases
+   that fit even with every connector at its worst case (old values while decreases are in
+   flight or settling, unknown outcomes until their validTo); the others are held;
+4. checks each step with ``core.guard.check_plan`` against every connector's worst case
+   and submits it as one batch (``driver.submit_setpoints``): decreases, then increases. A
+   refused step is never sent (alarm).
 
-What each connector may be drawing is tracked conservatively in
-:class:`~gridshare.controller.state.SiteState`: a command in flight, a failed command, a
-lease, a setpoint left from the previous car all count until proven otherwise.
+Nothing waits inside a cycle: every command is in the ledger from the moment it is
+submitted, and each outcome, as it arrives, updates the ledger and triggers a new cycle —
+an accepted decrease lets a held increase go, an unknown outcome makes the others give way.
+Time alone (a lease to renew, a settle window over, an unknown outcome expired, a backoff
+over) wakes the loop at the time the decision named.
 
 Events arrive on the bus (or through :meth:`Controller.handle`); bursts are batched by a
-short debounce, while anything that lowers headroom triggers a cycle at once. A 1 s tick
-handles what time alone changes: stale meters, expired limits and leases, violators,
-rotation of paused cars, retries and failsafe re-sends.
+short debounce, while anything that lowers headroom triggers a cycle at once. A tick
+handles what time alone changes (stale meters, expired limits, violators, rotation).
 """
 
 from __future__ import annotations
@@ -30,28 +33,36 @@ import contextlib
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from gridshare.bus import Bus, Subscription
-from gridshare.controller.audit import AlarmRecord, AuditSink, CommandKind, CommandRecord
-from gridshare.controller.clock import Clock, SystemClock
+from gridshare.clock import Clock, SystemClock
+from gridshare.controller.audit import AlarmRecord, AuditSink, CommandRecord
 from gridshare.controller.state import Impact, SiteState, StateSettings
 from gridshare.controller.views import ControllerStatus, build_status
 from gridshare.core import guard
-from gridshare.core.allocation import allocate, plan_transition
-from gridshare.core.decision import Alarm, Allocation, Command, RotationState
-from gridshare.core.limits import effective_limit
+from gridshare.core.allocation import allocate
+from gridshare.core.decide import (
+    DecideSettings,
+    Decision,
+    RetryPolicy,
+    RetryState,
+    Send,
+    decide,
+    next_retry,
+)
+from gridshare.core.decision import Alarm, Allocation, RotationState
+from gridshare.core.ledger import Effect
 from gridshare.core.snapshot import Snapshot
 from gridshare.core.topology import ConnectorKey, Policy, Topology
-from gridshare.drivers import ChargerDriver, CommandResult
+from gridshare.drivers import ChargerDriver, CommandOutcome, CommandResult, SetpointRequest
 from gridshare.events import ChargerBooted, ChargerOnline, Event
 
 log = logging.getLogger("gridshare.controller")
 
-_EPS = 1e-6
 
 @dataclass(frozen=True, slots=True)
 class ControllerSettings:
@@ -62,7 +73,8 @@ class ControllerSettings:
     debounce_s: float = 0.075
     """Bursts of events within this window become one allocation."""
     tick_s: float | None = 1.0
-    """Period of the housekeeping tick; None disables the task (tests call ``tick``)."""
+    """Period of the housekeeping tick; None disables the task and the wake-up timers
+    (tests call ``tick`` and ``run_cycle`` on a fake clock)."""
     recompute_s: float = 5.0
     """Re-allocate at least this often (rotation of pauses, deadlines)."""
     settle_s: float = 5.0
@@ -70,28 +82,46 @@ class ControllerSettings:
     long after a decrease is accepted the connector is counted at its old value, and an
     increase that only fits once it has settled waits (others go at once)."""
     retry_backoff_s: float = 1.0
-    """After a refused or timed-out command, wait this long before re-sending to that
-    connector; doubled after each further failure up to ``retry_backoff_max_s``."""
+    """After a refused or unanswered command, wait this long before sending to that
+    connector (or charger, for its failsafe) again; doubled after each further failure up
+    to ``retry_backoff_max_s``. The one retry policy: the driver does not retry."""
     retry_backoff_max_s: float = 30.0
-    failsafe_retry_s: float = 10.0
     policy: Policy | None = None
     """Override every group's configured policy."""
     state: StateSettings = field(default_factory=StateSettings)
     max_alarms: int = 200
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return RetryPolicy(base_s=self.retry_backoff_s, max_s=self.retry_backoff_max_s)
+
+    @property
+    def decide(self) -> DecideSettings:
+        return DecideSettings(lease_s=self.lease_s, renew_fraction=self.renew_fraction)
 
 
 @dataclass(frozen=True, slots=True)
 class CycleReport:
     at: datetime
     allocation: Allocation
-    decreases: tuple[Command, ...]
-    increases: tuple[Command, ...]
-    renewals: tuple[Command, ...]
-    increases_sent: bool
-    """False when a decrease failed or an urgent change interrupted the cycle."""
-    increases_held: int
-    """Increases waiting for recent decreases to settle (sent by a later cycle)."""
+    decision: Decision
+    sent: tuple[Send, ...]
+    """What was submitted (both steps, unless a step was refused)."""
+    refused: tuple[Alarm, ...]
+    """Why check_plan refused a step (nothing of that step was sent)."""
     compute_s: float
+
+    @property
+    def increases_held(self) -> int:
+        """Increases waiting for answers, settle windows or unknown outcomes to expire."""
+        return len(self.decision.held)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    send: Send
+    command_id: int
+    started: float
 
 
 class Controller:
@@ -110,24 +140,20 @@ class Controller:
         self._subscription: Subscription | None = None
         self._wake = asyncio.Event()
         self._urgent = asyncio.Event()
-        self._urgent_gen = 0
         self._busy = False
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._commands: set[asyncio.Task[CommandResult]] = set()
-        self._decreases: set[asyncio.Task[CommandResult]] = set()
+        self._batches: set[asyncio.Task[None]] = set()
+        self._in_flight = 0
         self._failsafe_tasks: dict[str, asyncio.Task[None]] = {}
         self._failsafe_ok: set[str] = set()
-        self._failsafe_due: dict[str, datetime] = {}
-        self._retry_after: dict[ConnectorKey, datetime] = {}
-        self._failures: dict[ConnectorKey, int] = {}
-        self._latest: dict[ConnectorKey, int] = {}
-        self._settling: dict[ConnectorKey, tuple[float, float]] = {}
-        """Connector → (current it may still draw, loop time its decrease has settled)."""
-        self._settle_timer: asyncio.TimerHandle | None = None
-        self._command_seq = 0
+        self._failsafe_retry: dict[str, RetryState] = {}
+        self._retries: dict[ConnectorKey, RetryState] = {}
+        self._wake_at: datetime | None = None
+        self._wake_timer: asyncio.TimerHandle | None = None
         self._rotation: RotationState | None = None
         self._allocation: Allocation | None = None
         self._snapshot: Snapshot | None = None
+        self._decision: Decision | None = None
         self._last_cycle_at: datetime | None = None
         self._alarms: deque[AlarmRecord] = deque(maxlen=self.settings.max_alarms)
         self._active_alarms: dict[tuple[str, str, str | None, str], AlarmRecord] = {}
@@ -151,12 +177,13 @@ class Controller:
         self._trigger(Impact.CHANGED)
 
     async def stop(self) -> None:
-        """Stop deciding. Commands in flight are cancelled; leases let chargers fall back."""
+        """Stop deciding. Outcomes still awaited are dropped; leases let chargers fall
+        back to their failsafe."""
         if self._subscription is not None:
             self._subscription.close()
-        if self._settle_timer is not None:
-            self._settle_timer.cancel()
-        tasks: list[asyncio.Task[Any]] = [*self._tasks.values(), *self._commands,
+        if self._wake_timer is not None:
+            self._wake_timer.cancel()
+        tasks: list[asyncio.Task[Any]] = [*self._tasks.values(), *self._batches,
                                           *self._failsafe_tasks.values()]
         for task in tasks:
             task.cancel()
@@ -208,7 +235,6 @@ class Controller:
 
     def _trigger(self, impact: Impact) -> None:
         if impact is Impact.URGENT:
-            self._urgent_gen += 1
             self._urgent.set()
             self._wake.set()
         elif impact is Impact.CHANGED:
@@ -246,21 +272,14 @@ class Controller:
                 self._busy = False
 
     async def run_cycle(self) -> CycleReport:
-        """One allocation cycle (see the module docstring)."""
+        """One allocation cycle (see the module docstring). Never waits for an answer."""
         started = time.perf_counter()
         now = self.clock.now()
         self.state.refresh(now)
         self._report_violators(now)
-        gen = self._urgent_gen
         snapshot = self.state.to_snapshot(now)
-        allocation = allocate(self.topology, snapshot, policy=self.settings.policy,
-                              rotation=self._rotation)
-        # The guard again, here, independent of how the allocation was made. Limits that
-        # offline chargers alone break are explained (everything below them is paused).
-        explained = {a.group for a in allocation.alarms}
-        if any(a.group not in explained
-               for a in guard.check(self.topology, snapshot, allocation.setpoints)):
-            allocation = guard.enforce(self.topology, snapshot, allocation)
+        allocation = guard.enforce(self.topology, snapshot, allocate(
+            self.topology, snapshot, policy=self.settings.policy, rotation=self._rotation))
         self._rotation = allocation.rotation
         self._allocation = allocation
         self._snapshot = snapshot
@@ -268,230 +287,142 @@ class Controller:
         self.counters["cycles"] += 1
         self._allocation_alarms(allocation, now)
 
-        keys = self.state.command_keys()
-        # Float noise (10.600000000000001) off: it would make equal values look different.
-        target = {k: round(allocation.setpoints[k], 6) for k in keys}
-        previous = {k: self.state.believed_a(k) for k in keys}
-        plan = plan_transition(previous, target)
-        decreases = tuple(c for c in plan.decreases if self._may_send(c, now))
-        increases = tuple(c for c in plan.increases if self._may_send(c, now))
-        planned = {c.key for c in plan.decreases} | {c.key for c in plan.increases}
-        renewals = self._renewals(target, planned, now)
-        renewals += [(Command(k, 0.0, self.state.believed_a(k)), "release")
-                     for k in self.state.releases_due(now, self.settings.renew_fraction)
-                     if self._retry_ok(k, now)]
+        # The plan is checked against every connector's worst case from the ledger, so
+        # its snapshot must not also reserve them.
+        plan_snapshot = self.state.to_snapshot(now, commands=False)
+        decision = decide(self.topology, plan_snapshot, allocation, self.state.ledger,
+                          self._retries, self.settings.decide, now)
+        self._decision = decision
+        steps: list[tuple[Send, ...]] = []
+        refused: list[Alarm] = []
+        for step in (decision.decreases, decision.increases):
+            if not step:
+                continue
+            alarms = guard.check_plan(self.topology, plan_snapshot, decision.counted,
+                                      {s.key: s.current_a for s in step})
+            if alarms:
+                refused.extend(alarms)
+                self.counters["steps_refused"] += 1
+                for alarm in alarms:
+                    self._alarm("plan", f"step not sent: {alarm.message}", group=alarm.group,
+                                phase=alarm.phase.name if alarm.phase is not None else None,
+                                load=alarm.load, limit=alarm.limit)
+                break  # a refused step stops the cycle: the increases wait
+            steps.append(step)
         compute_s = time.perf_counter() - started
-
-        dec_tasks = [self._send(c, "decrease") for c in decreases]
-        for c, kind in renewals:
-            self._send(c, kind)
-        waiting = set(dec_tasks) | self._decreases
-        all_done = await self._wait(waiting, gen)
-        increases_sent = False
-        held: list[Command] = []
-        if all_done and gen == self._urgent_gen and \
-                all(t.result() is CommandResult.ACCEPTED for t in dec_tasks):
-            ready, held = self._fitting_increases(snapshot, allocation, target, increases)
-            for c in ready:
-                self._send(c, "increase")
-            increases_sent = not held
-            if held:
-                self.counters["increases_settling"] += 1
-                self._wake_when_settled()
-        elif increases:
-            self.counters["increases_deferred"] += 1
-            self._trigger(Impact.CHANGED)
-        report = CycleReport(now, allocation, decreases, increases,
-                             tuple(c for c, _ in renewals), increases_sent, len(held),
-                             compute_s)
+        for step in steps:
+            self._submit(step, now)
+        sent = tuple(s for step in steps for s in step)
+        if decision.held:
+            self.counters["increases_held"] += 1
+        self._schedule_wake(decision.wake_at, now)
+        report = CycleReport(now, allocation, decision, sent, tuple(refused), compute_s)
         self.last_report = report
         for listener in self._cycle_listeners:
             listener(report)
-        if decreases or increases:
-            log.debug("cycle: %d decreases, %d increases (%s), %d renewals, %.1f ms",
-                      len(decreases), len(increases), "sent" if increases_sent else "held",
-                      len(renewals), compute_s * 1000)
+        if sent or decision.held:
+            log.debug("cycle: %d sent, %d increases held, %.1f ms", len(sent),
+                      len(decision.held), compute_s * 1000)
         return report
 
-    def _fitting_increases(self, snapshot: Snapshot, allocation: Allocation,
-                           target: Mapping[ConnectorKey, float],
-                           increases: Iterable[Command]) -> tuple[list[Command], list[Command]]:
-        """Split increases into those safe now and those that must wait for recent
-        decreases to settle. Worst case now: every connector at the most it may draw (its
-        old value while its decrease settles); an increase goes if every group above it
-        (per phase and in kW) and its charger still have room for it."""
-        increases = list(increases)
-        loop_now = asyncio.get_running_loop().time()
-        settling = {k: amps for k, (amps, until) in self._settling.items() if until > loop_now}
-        if not increases or not settling:
-            return increases, []
-        topo = self.topology
-        worst: dict[ConnectorKey, float] = {}
-        for conn in topo.connectors():
-            key = conn.key
-            if key in target:
-                worst[key] = max(self.state.believed_a(key), settling.get(key, 0.0))
-            else:
-                worst[key] = allocation.setpoints.get(key, 0.0)
-        amps = {gid: [0.0, 0.0, 0.0] for gid in topo.groups}
-        kw = dict.fromkeys(topo.groups, 0.0)
-        per_charger: dict[str, float] = {}
-        for key, value in worst.items():
-            charger = topo.chargers[key[0]]
-            per_charger[key[0]] = per_charger.get(key[0], 0.0) + value
-            vec = charger.phase_vector
-            for gid in topo.charger_groups(key[0]):
-                for p in range(3):
-                    amps[gid][p] += vec[p] * value
-                kw[gid] += value * topo.power_kw_per_amp(charger)
-        room = {gid: effective_limit(group, snapshot.conditions(gid), topo.voltage)
-                for gid, group in topo.groups.items()}
-        ready: list[Command] = []
-        held: list[Command] = []
-        for cmd in increases:
-            charger = topo.chargers[cmd.key[0]]
-            delta = cmd.current - worst[cmd.key]
-            vec = charger.phase_vector
-            chain = topo.charger_groups(charger.id)
-            fits = delta <= 0 or (
-                per_charger[charger.id] + delta <= charger.max_current + _EPS
-                and all(amps[g][p] + vec[p] * delta <= room[g].available[p] + _EPS
-                        for g in chain for p in range(3))
-                and all(kw[g] + delta * topo.power_kw_per_amp(charger)
-                        <= room[g].available_power_kw + _EPS for g in chain))
-            if not fits:
-                held.append(cmd)
-                continue
-            ready.append(cmd)
-            if delta > 0:
-                worst[cmd.key] = cmd.current
-                per_charger[charger.id] += delta
-                for g in chain:
-                    for p in range(3):
-                        amps[g][p] += vec[p] * delta
-                    kw[g] += delta * topo.power_kw_per_amp(charger)
-        return ready, held
-
-    def _wake_when_settled(self) -> None:
-        """Run a cycle again when the next recent decrease has settled."""
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        pending = [until for _, until in self._settling.values() if until > now]
-        if not pending:
-            self._trigger(Impact.CHANGED)
+    def _schedule_wake(self, wake_at: datetime | None, now: datetime) -> None:
+        """Remember when time alone changes the decision; with a running tick, also set a
+        timer so a settle window or a backoff ends on time rather than at the next tick."""
+        self._wake_at = wake_at
+        if self._wake_timer is not None:
+            self._wake_timer.cancel()
+            self._wake_timer = None
+        if wake_at is None or self.settings.tick_s is None:
             return
-        if self._settle_timer is not None:
-            self._settle_timer.cancel()
-        self._settle_timer = loop.call_later(min(pending) - now + 0.01, self._trigger,
-                                             Impact.CHANGED)
+        delay_s = max(0.0, (wake_at - now).total_seconds()) + 0.01
+        self._wake_timer = asyncio.get_running_loop().call_later(
+            delay_s, self._trigger, Impact.CHANGED)
 
-    def _may_send(self, cmd: Command, now: datetime) -> bool:
-        if self.state.pending_a(cmd.key) == cmd.current:
-            return False  # the same value is already on its way
-        return self._retry_ok(cmd.key, now)
+    # --- acting ---------------------------------------------------------------------------
 
-    def _retry_ok(self, key: ConnectorKey, now: datetime) -> bool:
-        retry = self._retry_after.get(key)
-        return retry is None or retry <= now
-
-    def _renewals(self, target: Mapping[ConnectorKey, float], planned: set[ConnectorKey],
-                  now: datetime) -> list[tuple[Command, CommandKind]]:
-        out: list[tuple[Command, CommandKind]] = []
-        due = set(self.state.renewals_due(now, self.settings.renew_fraction))
-        for key, amps in target.items():
-            if key in planned or self.state.pending_a(key) is not None:
-                continue
-            retry = self._retry_after.get(key)
-            if retry is not None and retry > now:
-                continue
-            if key in due:
-                out.append((Command(key, amps, amps), "renew"))
-            elif self.state.uncertain_a(key) is not None:
-                out.append((Command(key, amps, amps), "retry"))
-        return out
-
-    async def _wait(self, tasks: set[asyncio.Task[CommandResult]], gen: int) -> bool:
-        """Wait for ``tasks``; False as soon as an urgent change arrives instead."""
-        if not tasks:
-            return gen == self._urgent_gen
-        if gen != self._urgent_gen:
-            return False
-        urgent: asyncio.Task[Any] = asyncio.create_task(self._urgent.wait())
-        try:
-            pending: set[asyncio.Task[Any]] = set(tasks)
-            while pending:
-                done, pending = await asyncio.wait(pending | {urgent},
-                                                   return_when=asyncio.FIRST_COMPLETED)
-                if urgent in done:
-                    return False
-                pending.discard(urgent)
-            return True
-        finally:
-            urgent.cancel()
-
-    def _send(self, cmd: Command, kind: CommandKind) -> asyncio.Task[CommandResult]:
-        self.state.mark_pending(cmd.key, cmd.current)
-        self._command_seq += 1
-        self._latest[cmd.key] = self._command_seq
-        task = asyncio.create_task(self._command(cmd, kind, self._command_seq),
-                                   name=f"setpoint {cmd.key[0]}/{cmd.key[1]}")
-        self._commands.add(task)
-        task.add_done_callback(self._commands.discard)
-        if kind == "decrease":
-            self._decreases.add(task)
-            task.add_done_callback(self._decreases.discard)
-        return task
-
-    async def _command(self, cmd: Command, kind: CommandKind, seq: int) -> CommandResult:
+    def _submit(self, step: Sequence[Send], now: datetime) -> None:
+        """Record every command of the step in the ledger, hand them to the driver as one
+        batch, and collect their outcomes as they come."""
+        lease_s = self.settings.lease_s
         started = time.perf_counter()
-        charger, connector = cmd.key
+        pending = [_Pending(s, self.state.record_sent(s.key, s.current_a, now, lease_s),
+                            started) for s in step]
+        requests = [SetpointRequest(s.key[0], s.key[1], s.current_a, lease_s) for s in step]
+        self._in_flight += len(pending)
         try:
-            result = await self.driver.apply_setpoint(charger, connector, cmd.current,
-                                                      self.settings.lease_s)
-        except asyncio.CancelledError:
-            raise
+            awaitables = self.driver.submit_setpoints(requests)
         except Exception as exc:
-            log.exception("setpoint %s/%s: driver error", charger, connector)
-            self._alarm("command", f"{charger}/{connector}: driver error {exc!r}",
-                        group=self.topology.chargers[charger].group, load=cmd.current)
-            result = CommandResult.TIMEOUT
+            log.exception("driver failed to take %d setpoints", len(requests))
+            outcome = CommandOutcome(CommandResult.TIMEOUT, detail=f"driver error {exc!r}")
+            for item in pending:
+                self._driver_error(item, exc)
+                self._outcome(item, outcome)
+            return
+        task = asyncio.create_task(self._collect(pending, awaitables),
+                                   name=f"setpoints x{len(pending)}")
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+
+    async def _collect(self, pending: Sequence[_Pending],
+                       awaitables: Sequence[Awaitable[CommandOutcome]]) -> None:
+        async def one(item: _Pending, awaitable: Awaitable[CommandOutcome]) -> None:
+            try:
+                outcome = await awaitable
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # We cannot tell whether the frame left: the outcome is unknown.
+                log.exception("setpoint %s/%s: driver error", *item.send.key)
+                self._driver_error(item, exc)
+                outcome = CommandOutcome(CommandResult.TIMEOUT, detail=f"driver error {exc!r}")
+            self._outcome(item, outcome)
+
+        await asyncio.gather(*(one(item, aw) for item, aw in zip(pending, awaitables,
+                                                                strict=True)))
+
+    def _driver_error(self, item: _Pending, exc: Exception) -> None:
+        charger, connector = item.send.key
+        self._alarm("command", f"{charger}/{connector}: driver error {exc!r}",
+                    group=self.topology.chargers[charger].group, load=item.send.current_a)
+
+    def _outcome(self, item: _Pending, outcome: CommandOutcome) -> None:
+        """Fold one answer (or its absence) in: ledger, backoff, alarm, audit, next cycle."""
+        self._in_flight -= 1
+        send = item.send
+        key = send.key
         at = self.clock.now()
-        self.counters[f"setpoint_{result.value}"] += 1
-        if self._latest.get(cmd.key) != seq:
-            # A newer command to this connector was sent since (a driver may merge a queued
-            # one into it): only the newest outcome says what the charger is at.
-            self.counters["setpoint_superseded"] += 1
-            return result
-        impact = self.state.record_result(cmd.key, cmd.current, result, at,
-                                          self.settings.lease_s)
-        if result is CommandResult.ACCEPTED:
-            self._retry_after.pop(cmd.key, None)
-            self._failures.pop(cmd.key, None)
-            if cmd.current < cmd.previous and self.settings.settle_s > 0:
-                loop_now = asyncio.get_running_loop().time()
-                amps, until = self._settling.get(cmd.key, (0.0, 0.0))
-                amps = max(amps, cmd.previous) if until > loop_now else cmd.previous
-                self._settling[cmd.key] = (amps, loop_now + self.settings.settle_s)
+        self.counters[f"setpoint_{outcome.result.value}"] += 1
+        effect, impact = self.state.record_outcome(key, item.command_id, outcome, at,
+                                                   self.settings.settle_s)
+        retry = next_retry(self._retries.get(key), outcome, at, self.settings.retry)
+        if retry is None:
+            self._retries.pop(key, None)
         else:
-            failures = self._failures[cmd.key] = self._failures.get(cmd.key, 0) + 1
-            backoff_s = min(self.settings.retry_backoff_s * 2 ** (failures - 1),
-                            self.settings.retry_backoff_max_s)
-            self._retry_after[cmd.key] = at + timedelta(seconds=backoff_s)
-            log.warning("setpoint %.1f A to %s/%s: %s", cmd.current, charger, connector,
-                        result.value)
+            self._retries[key] = retry
+        charger, connector = key
+        if effect is Effect.REJECTED:
+            in_force = self.state.ledger[key].effective_a(self.state.ledger.failsafe_a(key), at)
+            self._alarm("rejected", f"{charger}/{connector} refused {send.current_a:g} A "
+                        f"({outcome.detail or 'Rejected'}); the profile in force stays "
+                        f"and counts ({in_force:g} A)",
+                        group=self.topology.chargers[charger].group, load=send.current_a)
+        elif effect is Effect.UNKNOWN:
+            log.warning("setpoint %.1f A to %s/%s: %s, outcome unknown; counted until %s",
+                        send.current_a, charger, connector, outcome.result.value,
+                        outcome.valid_to or "its lease ends")
+        elif effect is Effect.VOID:
+            self.counters["setpoint_void"] += 1
         if self.audit is not None:
             self.audit.record_command(CommandRecord(
-                at, charger, connector, kind, cmd.current, cmd.previous, result,
-                time.perf_counter() - started))
-        self._trigger(impact)
-        return result
+                at, charger, connector, send.kind, send.current_a, send.counted_a,
+                outcome.result, time.perf_counter() - item.started))
+        self._trigger(max(impact, Impact.CHANGED) if retry is not None else impact)
 
     # --- failsafe -------------------------------------------------------------------------
 
     def _send_failsafe(self, charger_id: str) -> None:
         if charger_id not in self.topology.chargers:
             return
-        self._failsafe_due.pop(charger_id, None)
         running = self._failsafe_tasks.get(charger_id)
         if running is not None and not running.done():
             running.cancel()
@@ -505,26 +436,33 @@ class Controller:
         task.add_done_callback(done)
 
     async def _failsafe(self, charger_id: str) -> None:
+        """Install the default profile; on failure retry with the one backoff policy (sent
+        again at the next connection when the charger is offline)."""
         amps = self.topology.chargers[charger_id].failsafe_current
         started = time.perf_counter()
         try:
-            result = await self.driver.apply_failsafe(charger_id, amps)
+            outcome = await self.driver.apply_failsafe(charger_id, amps)
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
             log.exception("failsafe %s: driver error", charger_id)
-            result = CommandResult.TIMEOUT
+            outcome = CommandOutcome(CommandResult.TIMEOUT, detail=f"driver error {exc!r}")
         at = self.clock.now()
+        result = outcome.result
         self.counters[f"failsafe_{result.value}"] += 1
+        retry = next_retry(self._failsafe_retry.get(charger_id), outcome, at,
+                           self.settings.retry)
         if result is CommandResult.ACCEPTED:
             self._failsafe_ok.add(charger_id)
-        elif result is not CommandResult.OFFLINE:
-            # Sent again at the next connection if offline; retried here otherwise.
-            self._failsafe_due[charger_id] = at + timedelta(
-                seconds=self.settings.failsafe_retry_s)
-            self._alarm("command", f"{charger_id}: failsafe {amps} A not installed "
-                        f"({result.value})", group=self.topology.chargers[charger_id].group,
-                        load=amps)
+            self._failsafe_retry.pop(charger_id, None)
+        elif result in (CommandResult.OFFLINE, CommandResult.SUPERSEDED):
+            self._failsafe_retry.pop(charger_id, None)
+        elif retry is not None:
+            self._failsafe_retry[charger_id] = retry
+            delay_s = self.settings.retry.delay_s(retry.failures)
+            self._alarm("command", f"{charger_id}: failsafe {amps:g} A not installed "
+                        f"({result.value}); again in {delay_s:g} s",
+                        group=self.topology.chargers[charger_id].group, load=amps)
         if self.audit is not None:
             self.audit.record_command(CommandRecord(at, charger_id, 0, "failsafe", amps, None,
                                                     result, time.perf_counter() - started))
@@ -545,19 +483,11 @@ class Controller:
         if impact is Impact.NONE:
             overdue = self._last_cycle_at is None or \
                 (now - self._last_cycle_at).total_seconds() >= self.settings.recompute_s
-            fraction = self.settings.renew_fraction
-            if overdue or self.state.renewals_due(now, fraction) or \
-                    self.state.releases_due(now, fraction):
+            if overdue or (self._wake_at is not None and now >= self._wake_at):
                 impact = Impact.CHANGED
-        for key, when in list(self._retry_after.items()):
-            if when <= now:
-                del self._retry_after[key]
-                impact = max(impact, Impact.CHANGED)
-        loop_now = asyncio.get_running_loop().time()
-        for key in [k for k, (_, until) in self._settling.items() if until <= loop_now]:
-            del self._settling[key]
-        for charger_id, when in list(self._failsafe_due.items()):
-            if when <= now and self.state.online(charger_id):
+        for charger_id, retry in list(self._failsafe_retry.items()):
+            if retry.not_before <= now and self.state.online(charger_id) and \
+                    charger_id not in self._failsafe_tasks:
                 self._send_failsafe(charger_id)
         self._trigger(impact)
 
@@ -633,13 +563,27 @@ class Controller:
                 out[conn.key] = amps
         return out
 
+    def counted(self) -> dict[ConnectorKey, float]:
+        """Every connector's worst case now (what every limit counts it at)."""
+        now = self.clock.now()
+        return {conn.key: self.state.believed_a(conn.key, now)
+                for conn in self.topology.connectors()}
+
+    @property
+    def last_decision(self) -> Decision | None:
+        return self._decision
+
+    def retry_state(self, key: ConnectorKey) -> RetryState | None:
+        return self._retries.get(key)
+
     @property
     def commands_in_flight(self) -> int:
-        return len(self._commands)
+        """Commands submitted whose outcome has not come back yet."""
+        return self._in_flight
 
     @property
     def idle(self) -> bool:
-        return not (self._wake.is_set() or self._busy or self._commands
+        return not (self._wake.is_set() or self._busy or self._batches
                     or self._failsafe_tasks)
 
     async def settle(self, timeout_s: float = 5.0) -> None:

@@ -10,9 +10,12 @@ Safety rules that live here, because they decide what the snapshot counts:
   offline and counted at its failsafe current — or at its last live setpoint while that
   setpoint's lease runs, since the charger keeps obeying it until then.
 - A group meter that stopped reporting is stale: the group fails closed (no headroom).
-- A connector whose last command failed may still be at the higher of its old and new
-  setpoint (or at failsafe if its lease lapsed): that *uncertain* current is reserved in
-  every group above it until a command is accepted again.
+- What each connector may be obeying is kept in a command ledger
+  (:mod:`gridshare.core.ledger`): in force, in flight, unknown outcomes, settling. The
+  allocation cannot lower what a charger may obey without an answer, so it is *reserved*
+  (counted as uncontrolled load in every group above) where the allocation would not count
+  it: an offline charger's profile above its failsafe, an idle connector's profile (a car
+  may arrive and draw it before we know), a connector with an unanswered command.
 - A charger whose meter shows it drawing more than its setpoint plus a tolerance for longer
   than a grace period is a *violator*: it is counted at what it really draws (reserved as
   uncontrolled load in every group above it) and its own setpoint goes to 0.
@@ -23,9 +26,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 
+from gridshare.core.ledger import ConnectorLedger, Effect, Ledger
 from gridshare.core.snapshot import (
     ConnectorDemand,
     GroupConditions,
@@ -35,7 +39,7 @@ from gridshare.core.snapshot import (
     Snapshot,
 )
 from gridshare.core.topology import Charger, ConnectorKey, Topology
-from gridshare.drivers import CommandResult
+from gridshare.drivers import CommandOutcome, CommandResult
 from gridshare.events import (
     ChargerBooted,
     ChargerOffline,
@@ -61,6 +65,9 @@ NO_CAR_STATUSES = frozenset({ConnectorStatus.AVAILABLE, ConnectorStatus.FINISHIN
                              ConnectorStatus.FAULTED, ConnectorStatus.UNAVAILABLE,
                              ConnectorStatus.RESERVED})
 """Statuses in which a connector draws nothing even if a session is still open."""
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class Impact(IntEnum):
@@ -118,15 +125,6 @@ class _ConnectorState:
     soc_percent: float | None = None
     over_since: datetime | None = None
     flagged: bool = False
-    # setpoints
-    confirmed_a: float | None = None
-    """Last accepted live setpoint (None: the charger's default, i.e. its failsafe)."""
-    confirmed_at: datetime | None = None
-    lease_until: datetime | None = None
-    pending_a: float | None = None
-    """A command in flight; the charger may already be at it."""
-    uncertain_a: float | None = None
-    """A command failed: the connector may be drawing up to this much."""
     lowered_at: datetime | None = None
     """Last time what we count it at went down; the verification grace starts here."""
 
@@ -190,13 +188,19 @@ class SiteState:
         self._limits: dict[tuple[str, str], _ExtraLimit] = {}
         self._cache = _Cache()
         self._subtrees = {gid: tuple(topology.subtree_chargers(gid)) for gid in topology.groups}
+        self.ledger = Ledger(topology)
+        self._refreshed_at: datetime | None = None
         self.last_event_at: datetime | None = None
+        self._now: datetime | None = None
+        """The latest time we were told about (events, refresh): for views without one."""
 
     # --- events ---------------------------------------------------------------------------
 
     def apply(self, event: Event) -> Impact:
         """Fold one event in; say whether (and how urgently) to re-allocate."""
         self.last_event_at = event.at
+        if self._now is None or event.at > self._now:
+            self._now = event.at
         if isinstance(event, GroupMeterReading):
             return self._group_meter(event)
         if isinstance(event, LimitChanged):
@@ -212,7 +216,7 @@ class SiteState:
             charger.protocol, charger.vendor, charger.model = (event.protocol, event.vendor,
                                                                event.model)
             charger.boots += 1
-            self.record_boot(event.charger, event.at)
+            self.record_boot(event.charger, event.at, event.frame_seq)
             return max(self.set_online(event.charger, True, event.at), Impact.CHANGED)
         if isinstance(event, ChargerOnline):
             return self.set_online(event.charger, True, event.at)
@@ -267,11 +271,11 @@ class SiteState:
         # Going offline raises what we must count (failsafe) for it: others must give way.
         return Impact.URGENT if not online else Impact.CHANGED
 
-    def record_boot(self, charger_id: str, at: datetime) -> None:
-        """The charger restarted: live setpoints are gone, it is at its default profile."""
+    def record_boot(self, charger_id: str, at: datetime, frame_seq: int | None = None) -> None:
+        """The charger restarted: setpoints accepted before frame ``frame_seq`` are gone,
+        it is at its default profile (see :meth:`Ledger.boot`)."""
+        self.ledger.boot(charger_id, frame_seq)
         for conn in self._charger_connectors(charger_id):
-            conn.confirmed_a = conn.confirmed_at = conn.lease_until = None
-            conn.pending_a = conn.uncertain_a = None
             conn.lowered_at = at
 
     def _session_over(self, conn: _ConnectorState, at: datetime) -> None:
@@ -298,7 +302,7 @@ class SiteState:
         conn.measured_a = amps
         conn.measured_max_a = max(amps)
         conn.measured_at = event.at
-        allowed = self.allowed_a((event.charger, event.connector))
+        allowed = self.allowed_a((event.charger, event.connector), event.at)
         if conn.measured_max_a > allowed + self.settings.verify_tolerance_a:
             if conn.over_since is None:
                 conn.over_since = event.at
@@ -360,89 +364,52 @@ class SiteState:
 
     # --- commands -------------------------------------------------------------------------
 
-    def believed_a(self, key: ConnectorKey) -> float:
-        """The most an online, active connector may be drawing given what we sent:
-        the setpoint in force (or its failsafe default), a command in flight, and any
-        uncertainty left by a failed command."""
-        conn = self._connectors[key]
-        charger = self.topology.chargers[key[0]]
-        value = conn.confirmed_a if conn.confirmed_a is not None else charger.failsafe_current
-        if conn.pending_a is not None:
-            value = max(value, conn.pending_a)
-        if conn.uncertain_a is not None:
-            value = max(value, conn.uncertain_a)
-        return value
+    def believed_a(self, key: ConnectorKey, now: datetime | None = None) -> float:
+        """The most this connector may draw (its counted value in the ledger); offline, at
+        least its failsafe. ``now`` defaults to the latest time we were told about."""
+        when = now if now is not None else self._now
+        if when is None:
+            return max(self.ledger.failsafe_a(key), self.ledger.counted_a(key, _EPOCH))
+        return self.ledger.counted_a(key, when, offline=not self._chargers[key[0]].online)
 
-    def allowed_a(self, key: ConnectorKey) -> float:
-        """What the allocation counts this connector at, for verification."""
+    def allowed_a(self, key: ConnectorKey, now: datetime) -> float:
+        """What we count this connector at, for verification."""
         if not self._chargers[key[0]].online:
             return self.topology.chargers[key[0]].failsafe_current
-        conn = self._connectors[key]
-        return self.believed_a(key) if conn.active else 0.0
+        return self.believed_a(key, now) if self._connectors[key].active else 0.0
 
-    def mark_pending(self, key: ConnectorKey, current_a: float) -> None:
-        self._connectors[key].pending_a = current_a
+    def record_sent(self, key: ConnectorKey, current_a: float, now: datetime,
+                    lease_s: float) -> int:
+        """A command is about to be submitted: counted from now on. Returns its id."""
+        return self.ledger.sent(key, current_a, now, lease_s)
 
     def pending_a(self, key: ConnectorKey) -> float | None:
-        return self._connectors[key].pending_a
+        """The newest command in flight to this connector."""
+        newest = self.ledger[key].newest_in_flight()
+        return newest.value_a if newest is not None else None
 
-    def record_result(self, key: ConnectorKey, current_a: float, result: CommandResult,
-                      at: datetime, lease_s: float) -> Impact:
-        """Record a command's outcome; say whether headroom must be recomputed."""
+    def record_outcome(self, key: ConnectorKey, command_id: int, outcome: CommandOutcome,
+                       at: datetime, settle_s: float) -> tuple[Effect, Impact]:
+        """Fold a command's outcome into the ledger; say whether to re-allocate. A settle
+        window is only kept for a connector with a car (an idle one draws nothing)."""
         conn = self._connectors[key]
-        before = self.believed_a(key)
-        if conn.pending_a == current_a:
-            conn.pending_a = None
-        if result is CommandResult.ACCEPTED:
-            was_uncertain = conn.uncertain_a is not None
-            conn.confirmed_a = current_a
-            conn.confirmed_at = at
-            conn.lease_until = at + timedelta(seconds=lease_s)
-            conn.uncertain_a = None
-            if self.believed_a(key) < before:
-                conn.lowered_at = at
-            # A reservation for an uncertain current is released: headroom came back.
-            return Impact.CHANGED if was_uncertain else Impact.NONE
-        if result is CommandResult.OFFLINE:
-            return self.set_online(key[0], False, at)
-        failsafe = self.topology.chargers[key[0]].failsafe_current
-        conn.uncertain_a = max(before, current_a, failsafe)
-        return Impact.URGENT
-
-    def renewals_due(self, now: datetime, fraction: float) -> list[ConnectorKey]:
-        """Live setpoints past ``fraction`` of their lease: re-send them unchanged."""
-        out = []
-        for key in self.command_keys():
-            conn = self._connectors[key]
-            if conn.confirmed_at is None or conn.lease_until is None or \
-                    conn.pending_a is not None:
-                continue
-            lease = (conn.lease_until - conn.confirmed_at).total_seconds()
-            if now >= conn.confirmed_at + timedelta(seconds=lease * fraction):
-                out.append(key)
-        return out
-
-    def releases_due(self, now: datetime, fraction: float) -> list[ConnectorKey]:
-        """Online connectors without a car to hold at a leased 0 A: one that may still have
-        a live setpoint above 0 (the last car's share would apply to the next car), or one
-        whose charger's failsafe is above 0 (a new car would be offered the failsafe at
-        once, before we count it). Renewed like live setpoints; if the charger loses us,
-        the lease lapses and its failsafe applies again."""
-        out = []
-        for key, conn in self._connectors.items():
-            if conn.active or conn.pending_a is not None or not self._chargers[key[0]].online:
-                continue
-            live = self.in_force_a(key, now)
-            if conn.uncertain_a is not None or (live is not None and live > 0):
-                out.append(key)
-            elif self.topology.chargers[key[0]].failsafe_current > 0:
-                if live is None:
-                    out.append(key)
-                elif conn.confirmed_at is not None and conn.lease_until is not None:
-                    lease = (conn.lease_until - conn.confirmed_at).total_seconds()
-                    if now >= conn.confirmed_at + timedelta(seconds=lease * fraction):
-                        out.append(key)
-        return out
+        before = self.believed_a(key, at)
+        pinned = bool(self.ledger[key].live_unknowns(at))
+        effect = self.ledger.outcome(key, command_id, outcome, at,
+                                     settle_s if conn.active else 0.0)
+        after = self.believed_a(key, at)
+        impact = Impact.NONE
+        if outcome.result is CommandResult.OFFLINE:
+            impact = self.set_online(key[0], False, at)
+        if after < before:
+            conn.lowered_at = at
+        if effect is Effect.UNKNOWN or after > before:
+            return effect, Impact.URGENT
+        if after < before or effect in (Effect.REJECTED, Effect.APPLIED) or \
+                (pinned and not self.ledger[key].live_unknowns(at)):
+            # An accept may start a settle window or end a wait: decide again.
+            impact = max(impact, Impact.CHANGED)
+        return effect, impact
 
     def command_keys(self) -> list[ConnectorKey]:
         """Connectors a setpoint must be sent to: online charger, car present."""
@@ -451,10 +418,10 @@ class SiteState:
 
     def in_force_a(self, key: ConnectorKey, now: datetime) -> float | None:
         """The accepted setpoint still inside its lease, or None."""
-        conn = self._connectors[key]
-        if conn.confirmed_a is None or conn.lease_until is None or conn.lease_until <= now:
+        in_force = self.ledger[key].in_force
+        if in_force is None or not in_force.valid(now):
             return None
-        return conn.confirmed_a
+        return in_force.value_a
 
     # --- time -----------------------------------------------------------------------------
 
@@ -472,20 +439,25 @@ class SiteState:
             if lim.until is not None and lim.until <= now:
                 del self._limits[lim_key]
                 impact = max(impact, Impact.CHANGED)
-        for key, conn in self._connectors.items():
-            if conn.lease_until is not None and conn.lease_until <= now:
-                # The charger fell back to its default profile: its failsafe current.
-                before = self.believed_a(key)
-                conn.confirmed_a = conn.confirmed_at = conn.lease_until = None
-                after = self.believed_a(key)
-                if after < before:
-                    conn.lowered_at = now
-                if not (conn.active or not self._chargers[key[0]].online):
-                    continue  # no car, counted at 0 whatever profile it holds
+        previous = self._refreshed_at if self._refreshed_at is not None else self._now
+        self._refreshed_at = now
+        if previous is not None and previous < now:
+            for key, entry in self.ledger.items():
+                change = entry.next_change(previous)
+                if change is None or change > now:
+                    continue
+                # A lease lapsed, an unknown outcome expired or a car settled.
+                offline = not self._chargers[key[0]].online
+                before = entry.counted_a(self.ledger.failsafe_a(key), previous, offline=offline)
+                after = entry.counted_a(self.ledger.failsafe_a(key), now, offline=offline)
                 if after > before:
                     impact = Impact.URGENT
                 elif after < before:
+                    self._connectors[key].lowered_at = now
                     impact = max(impact, Impact.CHANGED)
+            self.ledger.prune(now)
+        if self._now is None or now > self._now:
+            self._now = now
         limit_s = self.settings.offline_after_s
         if limit_s is not None:
             for cid, charger in self._chargers.items():
@@ -528,7 +500,7 @@ class SiteState:
                 continue
             if now - conn.measured_at > max_age or not self._chargers[key[0]].online:
                 continue
-            allowed = self.allowed_a(key)
+            allowed = self.allowed_a(key, now)
             if conn.measured_max_a <= allowed + self.settings.verify_tolerance_a:
                 continue
             since = conn.over_since
@@ -562,10 +534,12 @@ class SiteState:
         m = meter.current_a
         return (max(0.0, m[0] - ours[0]), max(0.0, m[1] - ours[1]), max(0.0, m[2] - ours[2]))
 
-    def reserved(self, now: datetime, violators: set[ConnectorKey] | None = None,
-                 ) -> dict[str, PhaseCurrents]:
+    def reserved(self, now: datetime, violators: set[ConnectorKey] | None = None, *,
+                 commands: bool = True) -> dict[str, PhaseCurrents]:
         """Per group, current we count outside the allocation: violators at what they
-        draw, connectors with a failed command at what they may still draw."""
+        draw and, with ``commands``, what the ledger says a connector may obey that the
+        allocation cannot lower by itself — an offline charger above its failsafe, an idle
+        connector (a car may arrive), a connector with an unanswered command."""
         if violators is None:
             violators = {v.key for v in self.violators(now)}
         out: dict[str, list[float]] = {}
@@ -573,20 +547,21 @@ class SiteState:
             charger = self.topology.chargers[key[0]]
             amps: PhaseCurrents | None = None
             if not self._chargers[key[0]].online:
-                # Counted at failsafe by the allocation, but a live setpoint stays in force
-                # in the charger until its lease ends: reserve what it adds above failsafe.
-                live = self.in_force_a(key, now)
-                if live is None or live <= charger.failsafe_current:
+                if not commands:
                     continue
-                extra = live - charger.failsafe_current
-                vec = charger.phase_vector
-                amps = (vec[0] * extra, vec[1] * extra, vec[2] * extra)
+                # Counted at failsafe by the allocation, but a profile stays in force in
+                # the charger until its validTo: reserve what it may add above failsafe.
+                extra = self.ledger.counted_a(key, now, offline=True) - charger.failsafe_current
+                if extra <= 0:
+                    continue
+                amps = _on_phases(charger, extra)
             elif key in violators:
                 amps = self.measured_a(key, now)
-            elif conn.uncertain_a is not None and conn.active:
-                vec = charger.phase_vector
-                amps = (vec[0] * conn.uncertain_a, vec[1] * conn.uncertain_a,
-                        vec[2] * conn.uncertain_a)
+            elif commands and (not conn.active or self.ledger[key].live_unknowns(now)):
+                value = self.ledger.counted_a(key, now)
+                if value <= 0:
+                    continue
+                amps = _on_phases(charger, value)
             if amps is None:
                 continue
             for gid in self.topology.charger_groups(key[0]):
@@ -595,8 +570,10 @@ class SiteState:
                     acc[p] += amps[p]
         return {gid: (a[0], a[1], a[2]) for gid, a in out.items()}
 
-    def to_snapshot(self, now: datetime) -> Snapshot:
-        """What the allocation decides from, as of ``now`` (does not change the state)."""
+    def to_snapshot(self, now: datetime, *, commands: bool = True) -> Snapshot:
+        """What the allocation decides from, as of ``now`` (does not change the state).
+        ``commands=False`` leaves out what the ledger reserves: the view for checking a
+        plan against every connector's worst case, which counts those itself."""
         violators = {v.key for v in self.violators(now)}
         connectors: dict[ConnectorKey, ConnectorDemand] = {}
         for key, conn in self._connectors.items():
@@ -609,7 +586,7 @@ class SiteState:
                     key[0], key[1], active=True, max_current=conn.ev_max_current_a,
                     priority=conn.priority, arrival=conn.arrival,
                     energy_needed_kwh=conn.energy_needed_kwh, departure=conn.departure)
-        reserved = self.reserved(now, violators)
+        reserved = self.reserved(now, violators, commands=commands)
         stale = set(self.stale_groups(now))
         groups: dict[str, GroupConditions] = {}
         for gid in self.topology.groups:
@@ -643,8 +620,15 @@ class SiteState:
     def transaction_of(self, key: ConnectorKey) -> str | None:
         return self._connectors[key].transaction_id
 
-    def uncertain_a(self, key: ConnectorKey) -> float | None:
-        return self._connectors[key].uncertain_a
+    def uncertain_a(self, key: ConnectorKey, now: datetime | None = None) -> float | None:
+        """The largest value among commands with an unknown outcome, or None."""
+        when = now if now is not None else self._now
+        unknowns = self.ledger[key].unknown if when is None else \
+            self.ledger[key].live_unknowns(when)
+        return max((u.value_a for u in unknowns), default=None)
+
+    def commands_of(self, key: ConnectorKey) -> ConnectorLedger:
+        return self.ledger[key]
 
     def protocol(self, charger_id: str) -> str:
         return self._chargers[charger_id].protocol
@@ -655,6 +639,11 @@ class SiteState:
 
     def online_count(self) -> int:
         return sum(1 for c in self._chargers.values() if c.online)
+
+
+def _on_phases(charger: Charger, amps: float) -> PhaseCurrents:
+    vec = charger.phase_vector
+    return (vec[0] * amps, vec[1] * amps, vec[2] * amps)
 
 
 def _site_phase_currents(charger: Charger, event: MeterReading,

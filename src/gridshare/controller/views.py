@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, is_dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +34,23 @@ class GroupView:
 
 
 @dataclass(frozen=True, slots=True)
+class CommandView:
+    """A command the charger may or may not be obeying."""
+
+    current_a: float
+    valid_to: datetime | None
+    result: str
+    """in_flight | timeout | lost"""
+
+
+@dataclass(frozen=True, slots=True)
+class RejectionView:
+    current_a: float
+    at: datetime
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectorView:
     charger: str
     connector: int
@@ -48,6 +65,19 @@ class ConnectorView:
     """Highest per-phase current of its last meter reading."""
     violator: bool
     uncertain: bool
+    """A command with an unknown outcome may be in force."""
+    counted_a: float
+    """What every limit counts it at now: the worst case of what it may obey (in force or
+    failsafe, in flight, unknown outcomes, settling)."""
+    commands: tuple[CommandView, ...]
+    """Commands in flight and those with an unknown outcome, until their validTo."""
+    rejected: RejectionView | None
+    """The last refused command, until a later one is accepted."""
+    settling_until: datetime | None
+    held: bool
+    """An increase for it waits for others' decreases, settling or unknown outcomes."""
+    retry_at: datetime | None
+    """In backoff after a failure until then."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +110,8 @@ def _fields(obj: Any) -> dict[str, Any]:
 
 
 def _jsonable(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(_fields(value))
     if isinstance(value, float):
         return None if not math.isfinite(value) else round(value, 3)
     if isinstance(value, dict):
@@ -124,8 +156,17 @@ def build_status(controller: Controller) -> ControllerStatus:
             and math.isfinite(load.limit_power_kw) else None,
         ))
     connectors = []
+    decision = controller.last_decision
+    held = {s.key for s in decision.held} if decision is not None else set()
     for conn in controller.topology.connectors():
         key = conn.key
+        ledger = controller.state.commands_of(key)
+        commands = [CommandView(s.value_a, s.valid_to, "in_flight") for s in ledger.in_flight]
+        commands += [CommandView(u.value_a, u.valid_to, u.result.value)
+                     for u in ledger.live_unknowns(now)]
+        settling = [x.until for x in ledger.settling if x.until > now]
+        rejection = ledger.rejected
+        retry = controller.retry_state(key)
         m = controller.state.measured_a(key, now)
         status = controller.state.status_of(key)
         connectors.append(ConnectorView(
@@ -136,7 +177,15 @@ def build_status(controller: Controller) -> ControllerStatus:
             target_a=alloc.setpoints.get(key) if alloc is not None else None,
             drawn_a=max(m) if m is not None else None,
             violator=key in violators,
-            uncertain=controller.state.uncertain_a(key) is not None,
+            uncertain=controller.state.uncertain_a(key, now) is not None,
+            counted_a=controller.state.believed_a(key, now),
+            commands=tuple(commands),
+            rejected=RejectionView(rejection.value_a, rejection.at, rejection.detail)
+            if rejection is not None else None,
+            settling_until=max(settling) if settling else None,
+            held=key in held,
+            retry_at=retry.not_before if retry is not None and retry.not_before > now
+            else None,
         ))
     return ControllerStatus(
         site=controller.topology.site, at=now,

@@ -1,0 +1,301 @@
+"""The command ledger: what each connector may be obeying, given every command we sent.
+
+Pure: no I/O and no clock; every rule that depends on time takes ``now``. The controller
+records each command when it is sent and each outcome when it arrives; the ledger answers
+one question for every limit: the most this connector may draw right now (its *counted*
+value).
+
+Why a ledger and not "the last confirmed setpoint": a CALL whose answer never came may have
+been applied (the link dropped after the charger took it), and an applied profile stays in
+force until its own validTo whether the charger can hear us or not. So for each connector
+the ledger keeps
+
+- what is **in force**: the newest accepted command (value, validTo, the answer's frame
+  number), or nothing, in which case the charger is at its failsafe (default) profile;
+- what is **in flight**: every command sent and not answered yet, each with its own id;
+- what has an **unknown outcome** (timed out, link lost mid-call): its value until its
+  validTo (or, when the driver did not say, the send time plus the lease: an upper bound);
+- what is **settling**: after an accepted decrease the car takes 5–10 s to follow, so the
+  old value counts until ``now + settle_s``.
+
+Counted value = max(in force, or failsafe when none or lapsed; every in-flight value; every
+unknown value before its validTo; every settling value). An offline charger is also
+counted at least at its failsafe (it may have rebooted unseen).
+
+Only proof removes a possibility: a later *accepted* command voids every older one of the
+connector (same purpose and stack level replaces; one call in flight per charger keeps
+their order); a boot numbered N voids every accepted command whose answer came before
+frame N (the charger lost it), while answers numbered above N stay even if we process them
+before the boot. A rejected command is dropped and the profile in force stays, counted. A
+command the driver says never left (offline, superseded before sending) is dropped. No
+command is forgotten because a newer one was sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from gridshare.core.topology import ConnectorKey, Topology
+from gridshare.drivers import CommandOutcome, CommandResult
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """A command that left (or is queued to leave) and has no answer yet."""
+
+    id: int
+    value_a: float
+    sent_at: datetime
+    valid_to: datetime
+    """Upper bound of its validTo: the send time plus the lease."""
+
+
+@dataclass(frozen=True, slots=True)
+class InForce:
+    """The newest command the charger accepted."""
+
+    command_id: int
+    value_a: float
+    sent_at: datetime
+    valid_to: datetime | None
+    """None: the profile has no end."""
+    answer_seq: int | None
+    """Frame number of the accept (orders it against a boot)."""
+
+    def valid(self, now: datetime) -> bool:
+        return self.valid_to is None or now < self.valid_to
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """A command that may or may not have been applied."""
+
+    command_id: int
+    value_a: float
+    valid_to: datetime
+    result: CommandResult
+
+
+@dataclass(frozen=True, slots=True)
+class Settling:
+    """The car may still draw ``value_a`` after a decrease, until ``until``."""
+
+    value_a: float
+    until: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """The charger refused this command: the profile in force before it still applies."""
+
+    command_id: int
+    value_a: float
+    at: datetime
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorLedger:
+    in_force: InForce | None = None
+    in_flight: tuple[Sent, ...] = ()
+    unknown: tuple[Unknown, ...] = ()
+    settling: tuple[Settling, ...] = ()
+    rejected: Rejection | None = None
+    """The last refusal, until a later command is accepted."""
+
+    def effective_a(self, failsafe_a: float, now: datetime) -> float:
+        """The profile the charger obeys if every unanswered command failed."""
+        if self.in_force is not None and self.in_force.valid(now):
+            return self.in_force.value_a
+        return failsafe_a
+
+    def counted_a(self, failsafe_a: float, now: datetime, *, offline: bool = False) -> float:
+        """The most this connector may draw now (see the module docstring)."""
+        value = self.effective_a(failsafe_a, now)
+        if offline:
+            value = max(value, failsafe_a)
+        for sent in self.in_flight:
+            value = max(value, sent.value_a)
+        for unknown in self.unknown:
+            if now < unknown.valid_to:
+                value = max(value, unknown.value_a)
+        for settling in self.settling:
+            if now < settling.until:
+                value = max(value, settling.value_a)
+        return value
+
+    def newest_in_flight(self) -> Sent | None:
+        return self.in_flight[-1] if self.in_flight else None
+
+    def live_unknowns(self, now: datetime) -> tuple[Unknown, ...]:
+        return tuple(u for u in self.unknown if now < u.valid_to)
+
+    def next_change(self, now: datetime) -> datetime | None:
+        """When the counted value may next fall by the passing of time alone."""
+        times = [u.valid_to for u in self.unknown if u.valid_to > now]
+        times += [s.until for s in self.settling if s.until > now]
+        if self.in_force is not None and self.in_force.valid_to is not None and \
+                self.in_force.valid_to > now:
+            times.append(self.in_force.valid_to)
+        return min(times) if times else None
+
+    def pruned(self, now: datetime) -> ConnectorLedger:
+        """The same ledger without what time has made irrelevant."""
+        in_force = self.in_force
+        if in_force is not None and not in_force.valid(now):
+            in_force = None
+        unknown = tuple(u for u in self.unknown if now < u.valid_to)
+        settling = tuple(s for s in self.settling if now < s.until)
+        if in_force is self.in_force and len(unknown) == len(self.unknown) and \
+                len(settling) == len(self.settling):
+            return self
+        return replace(self, in_force=in_force, unknown=unknown, settling=settling)
+
+
+class Effect(StrEnum):
+    """What an outcome did to the ledger."""
+
+    APPLIED = "applied"
+    """Accepted: now in force; older commands void."""
+    REJECTED = "rejected"
+    """Refused: dropped, the profile in force stays (raise an alarm)."""
+    UNKNOWN = "unknown"
+    """May have been applied: counted until its validTo."""
+    NOT_APPLIED = "not_applied"
+    """Certainly not applied (never sent, superseded before sending): dropped."""
+    VOID = "void"
+    """Accepted before a later boot (the charger lost it), or older than the command in
+    force, or already voided by a newer accept: nothing changes."""
+
+
+def record_sent(entry: ConnectorLedger, command_id: int, value_a: float, now: datetime,
+                lease_s: float) -> ConnectorLedger:
+    sent = Sent(command_id, value_a, now, now + timedelta(seconds=lease_s))
+    return replace(entry, in_flight=(*entry.in_flight, sent))
+
+
+def record_outcome(entry: ConnectorLedger, command_id: int, outcome: CommandOutcome,
+                   now: datetime, *, failsafe_a: float, settle_s: float,
+                   boot_seq: int | None) -> tuple[ConnectorLedger, Effect]:
+    """Fold one command's outcome in. ``boot_seq``: frame number of the charger's latest
+    boot, to void an accept that arrived before it."""
+    sent = next((s for s in entry.in_flight if s.id == command_id), None)
+    if sent is None:
+        return entry, Effect.VOID  # voided by a newer accept, or by a boot's bookkeeping
+    in_flight = tuple(s for s in entry.in_flight if s.id != command_id)
+    entry = replace(entry, in_flight=in_flight)
+    if outcome.result is CommandResult.ACCEPTED:
+        before_boot = (boot_seq is not None and outcome.answer_seq is not None
+                       and outcome.answer_seq < boot_seq)
+        older = entry.in_force is not None and entry.in_force.command_id > command_id
+        if before_boot or older:
+            return entry, Effect.VOID
+        return _accept(entry, sent, outcome, now, failsafe_a, settle_s), Effect.APPLIED
+    if outcome.result is CommandResult.REJECTED:
+        return replace(entry, rejected=Rejection(command_id, sent.value_a, now,
+                                                 outcome.detail)), Effect.REJECTED
+    if outcome.unknown:
+        valid_to = outcome.valid_to if outcome.valid_to is not None else sent.valid_to
+        unknown = Unknown(command_id, sent.value_a, valid_to, outcome.result)
+        return replace(entry, unknown=(*entry.unknown, unknown)), Effect.UNKNOWN
+    return entry, Effect.NOT_APPLIED
+
+
+def _accept(entry: ConnectorLedger, sent: Sent, outcome: CommandOutcome, now: datetime,
+            failsafe_a: float, settle_s: float) -> ConnectorLedger:
+    """In force now; every older command of the connector is replaced by it. What the car
+    may still draw from the replaced ones settles for ``settle_s``."""
+    older_in_flight = [s for s in entry.in_flight if s.id < sent.id]
+    older_unknown = [u for u in entry.unknown if u.command_id < sent.id]
+    old = entry.effective_a(failsafe_a, now)
+    for s in older_in_flight:
+        old = max(old, s.value_a)
+    for u in older_unknown:
+        if now < u.valid_to:
+            old = max(old, u.value_a)
+    settling = tuple(s for s in entry.settling if now < s.until)
+    if settle_s > 0 and old > sent.value_a:
+        settling = (*settling, Settling(old, now + timedelta(seconds=settle_s)))
+    valid_to = outcome.valid_to if outcome.valid_to is not None else sent.valid_to
+    return ConnectorLedger(
+        in_force=InForce(sent.id, sent.value_a, sent.sent_at, valid_to, outcome.answer_seq),
+        in_flight=tuple(s for s in entry.in_flight if s.id > sent.id),
+        unknown=tuple(u for u in entry.unknown if u.command_id > sent.id),
+        settling=settling,
+        rejected=None,
+    )
+
+
+def record_boot(entry: ConnectorLedger, frame_seq: int | None) -> ConnectorLedger:
+    """The charger restarted at frame ``frame_seq``: an accept answered before it is gone
+    (the charger is at its failsafe profile again). Without frame numbers every accept
+    processed so far is taken as older. In-flight and unknown commands stay: they may
+    still be applied (or may have been, after the boot)."""
+    in_force = entry.in_force
+    if in_force is None:
+        return entry
+    if frame_seq is None or in_force.answer_seq is None or in_force.answer_seq < frame_seq:
+        return replace(entry, in_force=None)
+    return entry
+
+
+class Ledger:
+    """Every connector's :class:`ConnectorLedger`, command ids and the latest boot of each
+    charger. Holds state between calls, but reads no clock and does no I/O."""
+
+    def __init__(self, topology: Topology) -> None:
+        self._failsafe = {c.key: topology.chargers[c.charger_id].failsafe_current
+                          for c in topology.connectors()}
+        self._keys_of: dict[str, tuple[ConnectorKey, ...]] = {
+            cid: tuple(c.key for c in ch.connectors) for cid, ch in topology.chargers.items()}
+        self._entries: dict[ConnectorKey, ConnectorLedger] = dict.fromkeys(
+            self._failsafe, ConnectorLedger())
+        self._boot_seq: dict[str, int] = {}
+        self._next_id = 0
+
+    def __getitem__(self, key: ConnectorKey) -> ConnectorLedger:
+        return self._entries[key]
+
+    def items(self) -> Iterator[tuple[ConnectorKey, ConnectorLedger]]:
+        return iter(self._entries.items())
+
+    def failsafe_a(self, key: ConnectorKey) -> float:
+        return self._failsafe[key]
+
+    def counted_a(self, key: ConnectorKey, now: datetime, *, offline: bool = False) -> float:
+        return self._entries[key].counted_a(self._failsafe[key], now, offline=offline)
+
+    def sent(self, key: ConnectorKey, value_a: float, now: datetime, lease_s: float) -> int:
+        """Record a command about to be submitted; returns its id (increasing)."""
+        self._next_id += 1
+        self._entries[key] = record_sent(self._entries[key], self._next_id, value_a, now,
+                                         lease_s)
+        return self._next_id
+
+    def outcome(self, key: ConnectorKey, command_id: int, outcome: CommandOutcome,
+                now: datetime, settle_s: float) -> Effect:
+        entry, effect = record_outcome(self._entries[key], command_id, outcome, now,
+                                       failsafe_a=self._failsafe[key], settle_s=settle_s,
+                                       boot_seq=self._boot_seq.get(key[0]))
+        self._entries[key] = entry
+        return effect
+
+    def boot(self, charger_id: str, frame_seq: int | None) -> None:
+        if frame_seq is not None:
+            self._boot_seq[charger_id] = max(frame_seq, self._boot_seq.get(charger_id, -1))
+        for key in self._keys_of.get(charger_id, ()):
+            self._entries[key] = record_boot(self._entries[key], frame_seq)
+
+    def prune(self, now: datetime, keys: Iterable[ConnectorKey] | None = None) -> None:
+        for key in self._entries if keys is None else keys:
+            entry = self._entries[key]
+            pruned = entry.pruned(now)
+            if pruned is not entry:
+                self._entries[key] = pruned
+
+    def snapshot(self) -> Mapping[ConnectorKey, ConnectorLedger]:
+        """A read-only copy (entries are immutable)."""
+        return dict(self._entries)
