@@ -206,6 +206,29 @@ def test_enforce_reports_the_substitute_loads_and_every_violation() -> None:
     assert (alarm.group, alarm.phase, alarm.load, alarm.limit) == ("sub", Phase.L1, 40, 32)
 
 
+def test_review_reports_overloads_of_what_it_returns() -> None:
+    """Offline a and b overload main L1; c (online, on L1) is paused: the allocation passes
+    and the overload is reported. Charging c instead is a violation; the substitute pauses
+    it and still reports the overload."""
+    topo = site(charger("a", "main", failsafe=20), charger("b", "main", failsafe=20),
+                charger("c", "main", failsafe=6))
+    demands = snap(ConnectorDemand("a", 1, online=False), ConnectorDemand("b", 1, online=False),
+                   on("c"))
+    paused = allocation({("a", 1): 20, ("b", 1): 20, ("c", 1): 0})
+    passed = guard.review(topo, demands, paused)
+    assert passed.allocation is paused
+    assert passed.violations == ()
+    assert names(list(passed.overloads)) == {("main", Phase.L1)}
+    charging = guard.review(topo, demands, allocation({("a", 1): 20, ("b", 1): 20,
+                                                       ("c", 1): 6}))
+    assert charging.allocation.guarded
+    assert charging.allocation.setpoints == {("a", 1): 20, ("b", 1): 20, ("c", 1): 0}
+    assert charging.allocation.offline == {("a", 1), ("b", 1)}
+    assert names(list(charging.violations)) == {("main", Phase.L1)}
+    assert names(list(charging.overloads)) == {("main", Phase.L1)}
+    assert charging.allocation.groups["main"].current == (40.0, 0.0, 0.0)
+
+
 def test_failsafe_setpoints_charge_active_connectors_at_their_failsafe() -> None:
     topo = site(charger("a", "main", failsafe=10, connectors=2), main_a=40)
     assert guard.failsafe_setpoints(topo, snap(on("a", 1), on("a", 2))) == {
@@ -470,7 +493,11 @@ def test_the_substitute_always_passes(data: tuple[Case, dict[ConnectorKey, float
     model = Model.build(case.topology, case.snapshot)
     unsafe = Allocation(setpoints=setpoints, offline=frozenset(), groups={},
                         rotation=RotationState(last_rotation=NOW))
-    out = guard.enforce(case.topology, case.snapshot, unsafe)
+    reviewed = guard.review(case.topology, case.snapshot, unsafe)
+    out = reviewed.allocation
+    assert reviewed.overloads == guard.assess(case.topology, case.snapshot,
+                                              out.setpoints).overloads
+    assert guard.enforce(case.topology, case.snapshot, unsafe) == out
     if not out.guarded:
         assert out is unsafe
         assert guard.check(case.topology, case.snapshot, setpoints) == []

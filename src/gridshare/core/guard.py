@@ -48,7 +48,7 @@ class _Connector(NamedTuple):
     min_current: float
     failsafe: float
     chain: frozenset[int]
-    """Every group it counts against (innermost to root), to find who loads a limit."""
+    """Every group it counts against, its innermost group up to the root: who loads what."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +57,7 @@ class _Site:
 
     group_ids: tuple[str, ...]
     """Children before parents, so one pass in index order carries sums up the tree."""
+    group_index: Mapping[str, int]
     parent: tuple[int, ...]
     """Per group: index of its parent, -1 for a root."""
     static_limits: tuple[EffectiveLimit, ...]
@@ -97,7 +98,7 @@ def _build_site(topology: Topology) -> _Site:
                 topology.power_kw_per_amp(charger), min(conn.max_current, charger.max_current),
                 conn.min_current, charger.failsafe_current, chain))
     return _Site(
-        group_ids=group_ids, parent=parent, static_limits=static,
+        group_ids=group_ids, group_index=position, parent=parent, static_limits=static,
         connectors=tuple(connectors), index={c.key: i for i, c in enumerate(connectors)},
         charger_ids=tuple(topology.chargers),
         charger_max=tuple(c.max_current for c in topology.chargers.values()),
@@ -107,10 +108,10 @@ def _build_site(topology: Topology) -> _Site:
 def _limits(topology: Topology, site: _Site, snapshot: Snapshot) -> list[EffectiveLimit]:
     """Every group's limit in force: static, unless the snapshot has live conditions."""
     limits = list(site.static_limits)
-    for i, gid in enumerate(site.group_ids):
-        cond = snapshot.groups.get(gid)
-        if cond is not None:
-            limits[i] = effective_limit(topology.groups[gid], cond, topology.voltage)
+    for gid, cond in snapshot.groups.items():
+        group = site.group_index.get(gid)
+        if group is not None:
+            limits[group] = effective_limit(topology.groups[gid], cond, topology.voltage)
     return limits
 
 
@@ -303,14 +304,9 @@ def _judge(topology: Topology, snapshot: Snapshot,
     return _Judgement(out_of_bounds, _breaches(site, limits, totals), totals, limits)
 
 
-def assess(topology: Topology, snapshot: Snapshot,
-           setpoints: Mapping[ConnectorKey, float]) -> Verdict:
-    """Check ``setpoints`` against every limit: each online connector's bounds (0 or
-    [min, max], at most the EV's maximum), each charger's maximum, and each group's A per
-    phase and kW in force, offline connectors counted at their failsafe current. A missing
-    setpoint is 0 A. The one rule for alarms (module docstring) is applied here."""
-    site = _site(topology)
-    found = _judge(topology, snapshot, setpoints)
+def _verdict(site: _Site, found: _Judgement) -> Verdict:
+    """The one rule for alarms: a breach is a violation when some online connector loading
+    it has a setpoint above 0, an overload otherwise; a connector out of bounds always is."""
     violations = [_bound_alarm(site, site.connectors[i], amps, top, "setpoint")
                   for i, amps, top in found.out_of_bounds]
     overloads: list[Alarm] = []
@@ -323,6 +319,15 @@ def assess(topology: Topology, snapshot: Snapshot,
                       "failsafe current, uncontrolled load): every online connector under "
                       "it is at 0 A"))
     return Verdict(tuple(violations), tuple(overloads))
+
+
+def assess(topology: Topology, snapshot: Snapshot,
+           setpoints: Mapping[ConnectorKey, float]) -> Verdict:
+    """Check ``setpoints`` against every limit: each online connector's bounds (0 or
+    [min, max], at most the EV's maximum), each charger's maximum, and each group's A per
+    phase and kW in force, offline connectors counted at their failsafe current. A missing
+    setpoint is 0 A."""
+    return _verdict(_site(topology), _judge(topology, snapshot, setpoints))
 
 
 def check(topology: Topology, snapshot: Snapshot,
@@ -381,24 +386,46 @@ def failsafe_setpoints(topology: Topology, snapshot: Snapshot) -> dict[Connector
     return setpoints
 
 
-def enforce(topology: Topology, snapshot: Snapshot, allocation: Allocation) -> Allocation:
+@dataclass(frozen=True, slots=True)
+class Review:
+    """The outcome of the one guard pass of a cycle."""
+
+    allocation: Allocation
+    """The allocation itself when it passed, else the safe substitute (``guarded``)."""
+    violations: tuple[Alarm, ...]
+    """What the policy's answer broke; empty when it passed."""
+    overloads: tuple[Alarm, ...]
+    """Limits broken by what no command can change, under the allocation returned."""
+
+
+def review(topology: Topology, snapshot: Snapshot, allocation: Allocation) -> Review:
     """One guard pass: ``allocation`` itself when it passes; otherwise a safe substitute
     (:func:`failsafe_setpoints`), marked ``guarded``, with the rotation state reset, its
-    own group loads, and an alarm for every violation naming group, phase, load and limit."""
-    verdict = assess(topology, snapshot, allocation.setpoints)
+    own group loads, and an alarm for every violation naming group, phase, load and limit.
+    Overloads are reported for the allocation returned, for the caller to raise."""
+    site = _site(topology)
+    verdict = _verdict(site, _judge(topology, snapshot, allocation.setpoints))
     if verdict.passed:
-        return allocation
+        return Review(allocation, (), verdict.overloads)
     substitute = failsafe_setpoints(topology, snapshot)
-    offline = frozenset(conn.key for conn in _site(topology).connectors
+    found = _judge(topology, snapshot, substitute)
+    offline = frozenset(conn.key for conn in site.connectors
                         if not snapshot.demand(conn.key).online)
-    return Allocation(
+    guarded = Allocation(
         setpoints=substitute,
         offline=offline,
-        groups=group_loads(topology, snapshot, substitute),
+        groups=_group_loads(topology, snapshot, found),
         rotation=RotationState(),
         alarms=allocation.alarms + verdict.violations,
         guarded=True,
     )
+    return Review(guarded, verdict.violations, _verdict(site, found).overloads)
+
+
+def enforce(topology: Topology, snapshot: Snapshot, allocation: Allocation) -> Allocation:
+    """:func:`review`'s allocation: ``allocation`` itself when it passes the guard, else
+    the safe substitute."""
+    return review(topology, snapshot, allocation).allocation
 
 
 # -- the check of one send step ---------------------------------------------------------------
