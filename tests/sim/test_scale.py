@@ -86,10 +86,10 @@ async def test_500_chargers_in_one_process(csms_process: CSMSProcess) -> None:
         gc.collect()
         rss1 = me.memory_info().rss
         per_charger_kb = (rss1 - rss0) / N / 1024
-        # long-lived tasks: our session plus the ocpp receive loop, per charger (calls in
-        # flight add a short-lived wait_for task inside the ocpp package)
+        # long-lived tasks: the link (session, reconnects) plus the RPC receive loop, per
+        # charger
         kinds = Counter(t.get_coro().__qualname__ for t in asyncio.all_tasks())
-        tasks = kinds["SimCharger._run"] + kinds["ChargePoint.start"]
+        tasks = kinds["Link.run"] + kinds["RpcConnection.serve"]
         # every charger gets a car: transactions, setpoints and meter values flow
         for i, ch in enumerate(site.chargers.values()):
             ch.plug_nowait(

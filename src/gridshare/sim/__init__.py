@@ -6,8 +6,9 @@ runs its real code paths. Entry points: :class:`~gridshare.sim.ev.EV`,
 ``python -m gridshare.sim``.
 """
 
-from gridshare.sim.charger import SimCharger, Status, Transaction
+from gridshare.sim.charger import SimCharger
 from gridshare.sim.clock import Clock, ManualClock, ScaledClock
+from gridshare.sim.connector import Status, Transaction
 from gridshare.sim.ev import EV
 from gridshare.sim.profiles import ChargingProfile, Period, Purpose
 from gridshare.sim.site import ConstantLoad, Scenario, SimSite, SwitchingLoad

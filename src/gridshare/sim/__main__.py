@@ -19,8 +19,9 @@ from collections import Counter
 from datetime import datetime
 from typing import Any
 
-from gridshare.sim.charger import SimCharger, Status
+from gridshare.sim.charger import SimCharger
 from gridshare.sim.clock import ScaledClock
+from gridshare.sim.connector import Status
 from gridshare.sim.site import Scenario, SimSite, SwitchingLoad, raise_fd_limit
 
 

@@ -1,173 +1,59 @@
-"""One simulated charge point speaking OCPP 1.6J or 2.0.1 to a CSMS.
+"""One simulated charge point: its connectors, the cars plugged into them, their
+transactions, and the public face the demo, tests and benchmarks drive.
 
-The charger connects to ``<url>/<id>`` with the ``ocpp`` package's client classes, boots,
-sends heartbeats and status notifications, runs transactions when an :class:`EV` is
-plugged, samples meter values, and obeys smart-charging profiles the way real chargers do
-(see :mod:`gridshare.sim.profiles`). It keeps charging when the CSMS goes away: installed
-profiles keep applying (a TxProfile while its schedule lasts, then the TxDefault failsafe)
-and :attr:`SimCharger.failsafe_current_a` is used only if no profile was ever received.
+The charger speaks real OCPP 1.6J or 2.0.1 to a CSMS and behaves as the specs say, not as
+any CSMS expects. The parts, each in its own module:
 
-Two tasks per charger while connected: the session (sends everything, in order) and the
-``ocpp`` receive loop. Physics runs in :meth:`SimCharger.step`, driven by a
-:class:`~gridshare.sim.site.SimSite` tick loop, or by one extra task when a charger runs on
-its own (``start(physics=True)``).
+* :mod:`~gridshare.sim.link` — connect, boot, heartbeat, send in order, reconnect with
+  backoff; test knobs that fail the link before an answer, hold it offline, reboot;
+* :mod:`~gridshare.sim.smart_charging` — which profiles are accepted, and what current each
+  connector offers because of them (online or not, until each profile's end);
+* :mod:`~gridshare.sim.connector` and :mod:`~gridshare.sim.meter` — the physics and what
+  the meter reads; :mod:`~gridshare.sim.outbox` — what is still to be sent;
+* :mod:`~gridshare.sim.ocpp16` / :mod:`~gridshare.sim.ocpp201` over
+  :mod:`~gridshare.sim.rpc` — the wire.
+
+Physics runs in :meth:`SimCharger.step`, driven by a :class:`~gridshare.sim.site.SimSite`
+tick loop, or by one extra task when a charger runs on its own (``start(physics=True)``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
-import math
 import ssl as ssl_mod
 import uuid
 import zlib
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Literal
 from urllib.parse import quote
 
-from websockets.asyncio.client import connect as ws_connect
-
 from gridshare.sim.clock import Clock, ScaledClock
+from gridshare.sim.configuration import Configuration
+from gridshare.sim.connector import PHASE_NAMES, Connector, PhaseCurrents, Status, Transaction
 from gridshare.sim.ev import EV
-from gridshare.sim.profiles import (
-    ChargingProfile,
-    ConnectorLimits,
-    Period,
-    ProfileStore,
-    Purpose,
-    to_amps,
-)
-
-if TYPE_CHECKING:
-    from gridshare.sim._point import SimPoint
+from gridshare.sim.link import Link
+from gridshare.sim.meter import MeterSample, sample
+from gridshare.sim.outbox import Outbox, Outgoing
+from gridshare.sim.profiles import ChargingProfile, Period, Purpose
+from gridshare.sim.rpc import AnswerFate
+from gridshare.sim.smart_charging import Rating, SmartCharging
 
 log = logging.getLogger(__name__)
 
 Protocol = Literal["ocpp1.6", "ocpp2.0.1"]
 PROTOCOLS: tuple[str, ...] = ("ocpp1.6", "ocpp2.0.1")
-PHASE_NAMES = ("L1", "L2", "L3")
 SetpointCallback = Callable[[int, float], None]
 """Called as ``callback(connector, offered_a)`` when the offered current changes."""
 EventListener = Callable[["SimCharger", datetime, str], None]
-
-MAX_STACK_LEVEL = 10
-MAX_PERIODS = 24
-MAX_PROFILES = 20
-_INF = math.inf
-
-
-class Status(StrEnum):
-    """Connector status in OCPP 1.6 terms (2.0.1 maps them to connector status and
-    transaction chargingState)."""
-
-    AVAILABLE = "Available"
-    PREPARING = "Preparing"
-    CHARGING = "Charging"
-    SUSPENDED_EV = "SuspendedEV"
-    SUSPENDED_EVSE = "SuspendedEVSE"
-    FINISHING = "Finishing"
-
-
-@dataclass(slots=True, eq=False)
-class Transaction:
-    """A charging session on one connector, from plug-in to stop."""
-
-    connector: int
-    id_tag: str
-    plugged_at: datetime
-    local_id: str
-    """Station-generated id (the transactionId in OCPP 2.0.1)."""
-    id: str | None = None
-    """Transaction id the CSMS knows: 1.6 from StartTransaction.conf, 2.0.1 ``local_id``."""
-    started_at: datetime | None = None
-    """When energy transfer was allowed (authorized); None while waiting for it."""
-    meter_start_wh: float = 0.0
-    seq_no: int = 0
-    active: bool = False
-    ended: bool = False
-    offline_start: bool = False
-    stop_reason: str | None = None
-    wire_state: str | None = None
-    """Last charging state reported on the wire (OCPP 2.0.1)."""
-    started_event: asyncio.Event | None = None
-    stopped_event: asyncio.Event | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class MeterSample:
-    timestamp: datetime
-    energy_wh: float
-    power_w: float
-    current_a: tuple[float, ...]
-    """Per reported phase, in the order of ``phases``."""
-    phases: tuple[str, ...]
-    voltage_v: float
-    offered_a: float
-    soc_pct: float | None
-    context: str = "Sample.Periodic"
-
-
-@dataclass(slots=True)
-class Outgoing:
-    """A message waiting in the charger's outbox (sent in order when connected)."""
-
-    kind: str
-    """status | plugged | authorize | started | needs | meter | stopped | heartbeat"""
-    connector: int
-    at: datetime
-    tx: Transaction | None = None
-    status: Status | None = None
-    sample: MeterSample | None = None
-    offline: bool = False
-
-
-@dataclass(slots=True)
-class _Conn:
-    id: int
-    status: Status = Status.AVAILABLE
-    ev: EV | None = None
-    tx: Transaction | None = None
-    offered_a: float = 0.0
-    ev_limit_a: float = 0.0
-    """What the car currently follows (offered current, delayed by its lag)."""
-    pending: deque[tuple[float, float]] = field(default_factory=deque)
-    drawn_a: float = 0.0
-    phases_avail: int = 3
-    phases_used: int = 3
-    energy_wh: float = 0.0
 
 
 def _unit_hash(*parts: object) -> float:
     """Deterministic pseudo-random number in [0, 1) (no per-charger RNG object needed)."""
     return (zlib.crc32(repr(parts).encode()) & 0xFFFFFFFF) / 2**32
-
-
-def _quantize(a: float, min_a: float) -> float:
-    """Pilot resolution 0.1 A (rounded down); below the 6 A minimum the pilot pauses."""
-    if a == _INF:
-        return a
-    q = math.floor(max(0.0, a) * 10 + 1e-6) / 10
-    return q if q >= min_a - 1e-9 else 0.0
-
-
-def _waterfill(total: float, caps: list[float]) -> list[float]:
-    """Share ``total`` max-min fairly among consumers capped at ``caps``."""
-    if sum(caps) <= total:
-        return list(caps)
-    out = [0.0] * len(caps)
-    order = sorted(range(len(caps)), key=lambda i: caps[i])
-    left, n = total, len(caps)
-    for k, i in enumerate(order):
-        share = left / (n - k)
-        out[i] = min(caps[i], share)
-        left -= out[i]
-    return out
 
 
 class SimCharger:
@@ -220,18 +106,16 @@ class SimCharger:
         self.max_current_a = float(max_current_a)
         self.min_current_a = float(min_current_a)
         self.voltage_v = float(voltage_v)
-        self.meter_interval_s = float(meter_interval_s)
         self.failsafe_current_a = failsafe_current_a
+        """Offered while offline by a charger that never received a profile (None: its
+        full rating)."""
         self.password = password
         self.ssl = ssl
-        self.auto_reconnect = auto_reconnect
-        self.reconnect_min_s = reconnect_min_s
-        self.reconnect_max_s = reconnect_max_s
         self.clock: Clock = clock or ScaledClock()
         self.seed = seed
         self.response_timeout_s = response_timeout_s
+        """Real seconds to wait for the CSMS's answer before dropping the connection."""
         self.open_timeout_s = open_timeout_s
-        self.heartbeat_interval_s = default_heartbeat_s
         self.id_tag = id_tag
         self.charging_needs = charging_needs
         """OCPP 2.0.1: send NotifyEVChargingNeeds (departure time, energy) once authorized,
@@ -239,29 +123,31 @@ class SimCharger:
         self.vendor = vendor
         self.model = model
         self.events: deque[tuple[datetime, str]] = deque(maxlen=events_maxlen)
-        self.max_queued = max_queued
-        """Messages kept while offline; beyond this the oldest meter sample is lost."""
-        self.dropped = 0
-        self._conns = [_Conn(i + 1) for i in range(connectors)]
-        self._store = ProfileStore()
-        self._ever_profile = False
-        self._connected = False
-        self._dirty = True
-        self._valid_until = -_INF
-        self._outbox: deque[Outgoing] = deque()
-        self._wake = asyncio.Event()
-        self._resume = asyncio.Event()
-        self._hold_offline = False
-        self._stopping = False
-        self._task: asyncio.Task[None] | None = None
-        self._physics_task: asyncio.Task[None] | None = None
-        self._ws: Any = None
-        self._callbacks: list[SetpointCallback] = []
         self.listener: EventListener | None = None
         self.connect_gate: asyncio.Semaphore | None = None
         """Shared by a SimSite to limit simultaneous websocket handshakes."""
         self.boot_count = 0
+        self.config = Configuration(default_heartbeat_s, float(meter_interval_s), connectors)
+        self.outbox = Outbox(max_queued)
+        self.smart = SmartCharging(
+            Rating(self.max_current_a, self.min_current_a, phases, self.voltage_v),
+            "1.6" if protocol == "ocpp1.6" else "2.0.1",
+        )
+        self.link = Link(
+            self,
+            auto_reconnect=auto_reconnect,
+            reconnect_min_s=reconnect_min_s,
+            reconnect_max_s=reconnect_max_s,
+            seed=seed,
+        )
+        self._conns = [Connector(i + 1) for i in range(connectors)]
+        self._connected = False
         self._connected_event = asyncio.Event()
+        self._dirty = True
+        self._valid_until: datetime | None = None
+        self._callbacks: list[SetpointCallback] = []
+        self._task: asyncio.Task[None] | None = None
+        self._physics_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ observability
 
@@ -279,26 +165,58 @@ class SimCharger:
         return len(self._conns)
 
     @property
+    def heartbeat_interval_s(self) -> float:
+        return self.config.heartbeat_interval_s
+
+    @property
+    def meter_interval_s(self) -> float:
+        return self.config.meter_interval_s
+
+    @property
+    def max_queued(self) -> int:
+        """Messages kept while offline; beyond this the oldest meter sample is lost."""
+        return self.outbox.max_queued
+
+    @property
+    def dropped(self) -> int:
+        """Messages lost because the offline queue was full."""
+        return self.outbox.dropped
+
+    @property
+    def auto_reconnect(self) -> bool:
+        return self.link.auto_reconnect
+
+    @property
     def profiles(self) -> tuple[ChargingProfile, ...]:
         """Profiles installed now (expired ones stay installed until cleared, like real
         chargers; they just stop applying)."""
-        return self._store.all
+        return self.smart.store.all
+
+    @property
+    def meter_phase(self) -> float:
+        """Where in the sampling interval this charger's first sample falls, in [0.5, 1):
+        spreads a site's meter values over the interval."""
+        return 0.5 + 0.5 * _unit_hash(self.id, "meter")
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.url.rstrip('/')}/{quote(self.id, safe='')}"
 
     def offered_a(self, connector: int) -> float:
         """A per phase the charger offers the car (pilot), 0 when paused or idle."""
-        self._refresh(self.clock.time())
+        self._refresh()
         return self._conn(connector).offered_a
 
-    def drawn_a(self, connector: int) -> tuple[float, float, float]:
+    def drawn_a(self, connector: int) -> PhaseCurrents:
         """A drawn on (L1, L2, L3) by the car on ``connector`` in the last step."""
-        return self._phase_vector(self._conn(connector))
+        return self._conn(connector).phase_vector(self.phases, self.phase)
 
-    def meter_a(self) -> tuple[float, float, float]:
+    def meter_a(self) -> PhaseCurrents:
         """A drawn on (L1, L2, L3) by the whole charger."""
         l1 = l2 = l3 = 0.0
         for c in self._conns:
             if c.drawn_a:
-                a, b, d = self._phase_vector(c)
+                a, b, d = c.phase_vector(self.phases, self.phase)
                 l1 += a
                 l2 += b
                 l3 += d
@@ -321,32 +239,36 @@ class SimCharger:
         """Register ``callback(connector, offered_a)``, called on every change."""
         self._callbacks.append(callback)
 
-    def _event(self, what: str) -> None:
+    def log_event(self, what: str) -> None:
+        """Record ``what`` in :attr:`events` and tell the listener (a SimSite)."""
         now = self.clock.now()
         self.events.append((now, what))
         if self.listener is not None:
             self.listener(self, now, what)
 
-    # ------------------------------------------------------------------ EV handling
+    # ------------------------------------------------------------------ cars and transactions
 
     def plug_nowait(self, connector: int, ev: EV, *, id_tag: str | None = None) -> Transaction:
         """Plug ``ev`` in and begin a transaction; messages go out in the background."""
         conn = self._conn(connector)
         if conn.ev is not None:
             raise RuntimeError(f"{self.id} connector {connector} is occupied")
-        now = self.clock.now()
         conn.ev = ev
         conn.ev_limit_a = 0.0
         conn.pending.clear()
-        tx = Transaction(connector, id_tag or self.id_tag, now, uuid.uuid4().hex)
+        self.log_event(f"plug c{connector} soc={ev.soc:.2f} need={ev.energy_needed_kwh:.1f}kWh")
+        return self._begin_transaction(conn, id_tag or self.id_tag)
+
+    def _begin_transaction(self, conn: Connector, id_tag: str) -> Transaction:
+        now = self.clock.now()
+        tx = Transaction(conn.id, id_tag, now, uuid.uuid4().hex)
         if self.protocol == "ocpp2.0.1":
             tx.id = tx.local_id
         conn.tx = tx
-        self._event(f"plug c{connector} soc={ev.soc:.2f} need={ev.energy_needed_kwh:.1f}kWh")
         self._set_status(conn, Status.PREPARING)
-        self._enqueue(Outgoing("plugged", connector, now, tx=tx, offline=not self._connected))
+        self.enqueue(Outgoing("plugged", conn.id, now, tx=tx, offline=not self._connected))
         if self._connected:
-            self._enqueue(Outgoing("authorize", connector, now, tx=tx))
+            self.enqueue(Outgoing("authorize", conn.id, now, tx=tx))
         else:
             self._activate(tx, offline=True)
         return tx
@@ -376,12 +298,11 @@ class SimCharger:
         conn.tx = None
         conn.pending.clear()
         conn.ev_limit_a = conn.drawn_a = 0.0
-        self._event(f"unplug c{connector} soc={ev.soc:.2f}")
+        self.log_event(f"unplug c{connector} soc={ev.soc:.2f}")
         if conn.status is not Status.FINISHING:
             self._set_status(conn, Status.FINISHING)
         self._set_status(conn, Status.AVAILABLE)
-        self._dirty = True
-        self._refresh(self.clock.time())
+        self._changed()
         return ev
 
     async def unplug(self, connector: int, *, wait_s: float = 10.0) -> EV | None:
@@ -403,6 +324,24 @@ class SimCharger:
         self._end_tx(conn, reason)
         return True
 
+    def transaction_authorized(self, tx: Transaction, accepted: bool) -> None:
+        """The CSMS's verdict on the id tag (Authorize, or 1.6 StartTransaction.conf)."""
+        if accepted:
+            if not tx.active:
+                self._activate(tx)
+            return
+        self.log_event(f"authorization rejected c{tx.connector}")
+        conn = self._conn(tx.connector)
+        if conn.tx is tx and not tx.ended:
+            self._end_tx(conn, "DeAuthorized")
+
+    def remote_stop(self, transaction_id: str) -> bool:
+        for conn in self._conns:
+            if conn.tx is not None and conn.tx.id == transaction_id and not conn.tx.ended:
+                self._end_tx(conn, "Remote")
+                return True
+        return False
+
     def _activate(self, tx: Transaction, *, offline: bool = False) -> None:
         conn = self._conn(tx.connector)
         if conn.tx is not tx or tx.ended:
@@ -412,25 +351,13 @@ class SimCharger:
         tx.offline_start = offline
         tx.started_at = now
         tx.meter_start_wh = conn.energy_wh
-        self._event(f"tx_start c{tx.connector}" + (" (offline)" if offline else ""))
-        self._enqueue(Outgoing("started", tx.connector, now, tx=tx, offline=offline))
+        self.log_event(f"tx_start c{tx.connector}" + (" (offline)" if offline else ""))
+        self.enqueue(Outgoing("started", tx.connector, now, tx=tx, offline=offline))
         if self.charging_needs and self.protocol == "ocpp2.0.1":
-            self._enqueue(Outgoing("needs", tx.connector, now, tx=tx))
-        self._dirty = True
-        self._refresh(self.clock.time())
+            self.enqueue(Outgoing("needs", tx.connector, now, tx=tx))
+        self._changed()
 
-    def _authorized(self, tx: Transaction, accepted: bool) -> None:
-        """Result of Authorize (or of the id tag check in StartTransaction.conf)."""
-        if accepted:
-            if not tx.active:
-                self._activate(tx)
-            return
-        self._event(f"authorization rejected c{tx.connector}")
-        conn = self._conn(tx.connector)
-        if conn.tx is tx and not tx.ended:
-            self._end_tx(conn, "DeAuthorized")
-
-    def _end_tx(self, conn: _Conn, reason: str) -> None:
+    def _end_tx(self, conn: Connector, reason: str) -> None:
         tx = conn.tx
         assert tx is not None
         tx.ended = True
@@ -438,19 +365,15 @@ class SimCharger:
         sent_start = tx.active or self.protocol == "ocpp2.0.1"
         tx.active = False
         if sent_start:
-            sample = self._sample(conn, context="Transaction.End")
-            self._enqueue(Outgoing("stopped", conn.id, sample.timestamp, tx=tx, sample=sample))
+            end = self._sample(conn, "Transaction.End")
+            self.enqueue(Outgoing("stopped", conn.id, end.timestamp, tx=tx, sample=end))
         elif tx.stopped_event is not None:
             tx.stopped_event.set()
-        self._store.drop_tx_profiles(conn.id)
-        self._event(f"tx_stop c{conn.id} reason={reason} energy={self._tx_energy(conn):.0f}Wh")
+        self.smart.store.drop_tx_profiles(conn.id)  # a TxProfile lives as long as its tx
+        energy = conn.energy_wh - tx.meter_start_wh
+        self.log_event(f"tx_stop c{conn.id} reason={reason} energy={energy:.0f}Wh")
         self._set_status(conn, Status.FINISHING)
-        self._dirty = True
-        self._refresh(self.clock.time())
-
-    def _tx_energy(self, conn: _Conn) -> float:
-        tx = conn.tx
-        return conn.energy_wh - tx.meter_start_wh if tx is not None else 0.0
+        self._changed()
 
     # ------------------------------------------------------------------ physics
 
@@ -458,195 +381,66 @@ class SimCharger:
         """Advance every connector by ``dt_s`` simulated seconds (``now_ts``: the clock's
         time, when the caller already has it)."""
         now = self.clock.time() if now_ts is None else now_ts
-        self._refresh(now)
-        v = self.voltage_v
+        self._refresh()
         for conn in self._conns:
-            ev = conn.ev
-            if ev is None:
-                continue
-            pending = conn.pending
-            while pending and pending[0][0] <= now:
-                conn.ev_limit_a = pending.popleft()[1]
-            drawn = ev.step(dt_s, conn.ev_limit_a, v, conn.phases_avail)
-            conn.drawn_a = drawn
-            conn.phases_used = ev.phases_used(conn.phases_avail)
-            conn.energy_wh += drawn * v * conn.phases_used * dt_s / 3600.0
-            tx = conn.tx
-            if tx is None or not tx.active:
-                continue
-            if conn.offered_a <= 0:
-                new = Status.SUSPENDED_EVSE
-            elif drawn > 0:
-                new = Status.CHARGING
-            elif ev.full or conn.ev_limit_a > 0:
-                new = Status.SUSPENDED_EV
-            else:
-                new = conn.status
-            if new is not conn.status:
-                self._set_status(conn, new)
+            new_status = conn.advance(dt_s, now, self.voltage_v)
+            if new_status is not None:
+                self._set_status(conn, new_status)
 
-    def _phase_vector(self, conn: _Conn) -> tuple[float, float, float]:
-        a = conn.drawn_a
-        if not a:
-            return (0.0, 0.0, 0.0)
-        if conn.phases_used == 3:
-            return (a, a, a)
-        idx = PHASE_NAMES.index(self.phase) if self.phases == 1 else 0
-        vec = [0.0, 0.0, 0.0]
-        vec[idx] = a
-        return (vec[0], vec[1], vec[2])
+    def _changed(self) -> None:
+        """Something that decides the offered current changed: recompute now."""
+        self._dirty = True
+        self._refresh()
 
-    def _phases_avail(self, conn: _Conn | None, number_phases: int | None) -> int:
-        n = self.phases
-        if number_phases is not None and number_phases < n:
-            n = 1
-        if conn is not None and conn.ev is not None and conn.ev.phases < n:
-            n = 1
-        return n
-
-    def _connector_caps(
-        self, conn: _Conn | None, connector: int, t: datetime, ref: datetime | None = None
-    ) -> tuple[float, float, int, datetime | None]:
-        """(tx cap A, charger-wide cap A, phases available, next change) at ``t``."""
-        tx = conn.tx if conn is not None else None
-        active = tx is not None and tx.active
-        lims: ConnectorLimits = self._store.limits(
-            connector,
-            t,
-            tx_id=tx.id if active and tx is not None else None,
-            tx_start=tx.started_at if active and tx is not None else None,
-            ref=ref,
-        )
-        nphases = lims.tx.number_phases if lims.tx is not None else None
-        phases = self._phases_avail(conn, nphases)
-        cap = self.max_current_a
-        if lims.tx is not None:
-            cap = min(cap, to_amps(lims.tx, self.voltage_v, phases))
-        total = self.max_current_a
-        if lims.max is not None:
-            total = min(total, to_amps(lims.max, self.voltage_v, self.phases))
-        if not self._connected and not self._ever_profile and self.failsafe_current_a is not None:
-            cap = min(cap, self.failsafe_current_a)
-        return cap, total, phases, lims.next_change
-
-    def _refresh(self, now_ts: float) -> None:
+    def _refresh(self) -> None:
         """Recompute offered currents if something changed or a schedule boundary passed."""
-        if not self._dirty and now_ts < self._valid_until:
+        now = self.clock.now()
+        if not self._dirty and (self._valid_until is None or now < self._valid_until):
             return
         self._dirty = False
-        t = self.clock.now()
-        caps: list[float] = []
-        active: list[_Conn] = []
-        total = _INF
-        next_change: datetime | None = None
+        offer = self.smart.offer(self._conns, now, failsafe_a=self._failsafe_a())
+        self._valid_until = offer.valid_until
+        now_ts = now.timestamp()
         for conn in self._conns:
-            cap, tot, phases, nxt = self._connector_caps(conn, conn.id, t)
-            conn.phases_avail = phases
-            if nxt is not None and (next_change is None or nxt < next_change):
-                next_change = nxt
-            if conn.tx is not None and conn.tx.active and conn.ev is not None:
-                active.append(conn)
-                caps.append(cap)
-                total = min(total, tot)
-        # connectors whose own limit is below the pilot minimum are paused and take no
-        # share of the charger-wide limit
-        sharing = [
-            (c, cap)
-            for c, cap in zip(active, caps, strict=True)
-            if _quantize(cap, self.min_current_a) > 0
-        ]
-        alloc = _waterfill(total, [cap for _, cap in sharing]) if sharing else []
-        new_values = {
-            c.id: _quantize(a, self.min_current_a) for (c, _), a in zip(sharing, alloc, strict=True)
-        }
-        self._valid_until = next_change.timestamp() if next_change is not None else _INF
-        for conn in self._conns:
-            value = new_values.get(conn.id, 0.0)
+            conn.phases_avail = offer.phases[conn.id]
+            value = offer.offered_a[conn.id]
             if value != conn.offered_a:
-                self._set_offered(conn, value, now_ts)
+                conn.offer(value, now_ts)
+                self.log_event(f"setpoint c{conn.id} {value:.1f}A")
+                for cb in self._callbacks:
+                    try:
+                        cb(conn.id, value)
+                    except Exception:
+                        log.exception("%s: setpoint callback failed", self.id)
 
-    def _set_offered(self, conn: _Conn, value: float, now_ts: float) -> None:
-        conn.offered_a = value
-        if conn.ev is not None:
-            conn.pending.append((now_ts + conn.ev.setpoint_lag_s, value))
-        self._event(f"setpoint c{conn.id} {value:.1f}A")
-        for cb in self._callbacks:
-            try:
-                cb(conn.id, value)
-            except Exception:
-                log.exception("%s: setpoint callback failed", self.id)
+    def _failsafe_a(self) -> float | None:
+        return None if self._connected else self.failsafe_current_a
 
-    def _sample(self, conn: _Conn, context: str = "Sample.Periodic") -> MeterSample:
-        vec = self._phase_vector(conn)
-        if self.phases == 1:
-            idx = PHASE_NAMES.index(self.phase)
-            currents: tuple[float, ...] = (vec[idx],)
-            phases: tuple[str, ...] = (self.phase,)
-        else:
-            currents, phases = vec, PHASE_NAMES
-        ev = conn.ev
-        return MeterSample(
-            timestamp=self.clock.now(),
-            energy_wh=conn.energy_wh,
-            power_w=sum(currents) * self.voltage_v,
-            current_a=currents,
-            phases=phases,
-            voltage_v=self.voltage_v,
-            offered_a=conn.offered_a,
-            soc_pct=round(ev.soc * 100, 1) if ev is not None else None,
-            context=context,
-        )
+    def _sample(self, conn: Connector, context: str = "Sample.Periodic") -> MeterSample:
+        return sample(conn, self.clock.now(), charger_phases=self.phases,
+                      wired_phase=self.phase, voltage_v=self.voltage_v, context=context)
+
+    def sample_transactions(self, context: str = "Sample.Periodic") -> None:
+        """Queue a meter sample of every connector whose transaction is running."""
+        for conn in self._conns:
+            if conn.tx is not None and conn.tx.active:
+                self.enqueue(Outgoing("meter", conn.id, self.clock.now(), tx=conn.tx,
+                                      sample=self._sample(conn, context)))
 
     # ------------------------------------------------------------------ smart charging
 
     def install_profile(self, profile: ChargingProfile) -> tuple[bool, str]:
         """Apply the OCPP acceptance rules, install, and return (accepted, reason)."""
-        c = profile.connector
-        if c < 0 or c > len(self._conns):
-            return False, "unknown connector"
-        if profile.purpose is Purpose.EXTERNAL:
-            return False, "ChargingStationExternalConstraints cannot be set by the CSMS"
-        if profile.purpose is Purpose.MAX and c != 0:
-            return False, "Max profile only on connector 0"
-        if profile.stack_level < 0 or profile.stack_level > MAX_STACK_LEVEL:
-            return False, "stack level out of range"
-        if not profile.periods or len(profile.periods) > MAX_PERIODS:
-            return False, "number of periods out of range"
-        if profile.periods[0].start_s != 0:
-            return False, "first period must start at 0"
-        if profile.unit not in ("A", "W"):
-            return False, "unit"
-        if profile.purpose is Purpose.TX:
-            if c == 0:
-                return False, "TxProfile needs a connector"
-            tx = self._conns[c - 1].tx
-            if tx is None or not tx.active or tx.id is None:
-                return False, "no transaction"
-            if profile.transaction_id is None:
-                if self.protocol == "ocpp2.0.1":
-                    return False, "TxProfile without transactionId"
-            elif profile.transaction_id != tx.id:
-                return False, "transaction id mismatch"
-        replaced = any(
-            p.id == profile.id
-            or (
-                p.purpose is profile.purpose
-                and p.stack_level == profile.stack_level
-                and p.connector == c
-            )
-            for p in self._store.all
-        )
-        if not replaced and len(self._store) >= MAX_PROFILES:
-            return False, "too many profiles"
-        self._store.install(profile)
-        self._ever_profile = True
+        reason = self.smart.install(profile, self._conns)
+        if reason:
+            self.log_event(f"profile rejected: {reason}")
+            return False, reason
         lim = ", ".join(f"{p.start_s}s:{p.limit:g}{profile.unit}" for p in profile.periods[:3])
-        self._event(
-            f"profile {profile.purpose.value} id={profile.id} c{c} lvl={profile.stack_level} "
-            f"[{lim}] dur={profile.duration_s}"
+        self.log_event(
+            f"profile {profile.purpose.value} id={profile.id} c{profile.connector} "
+            f"lvl={profile.stack_level} [{lim}] dur={profile.duration_s}"
         )
-        self._dirty = True
-        self._refresh(self.clock.time())
+        self._changed()
         return True, ""
 
     def clear_profiles(
@@ -657,12 +451,11 @@ class SimCharger:
         purpose: Purpose | None = None,
         stack_level: int | None = None,
     ) -> int:
-        n = self._store.clear(
+        n = self.smart.store.clear(
             profile_id=profile_id, connector=connector, purpose=purpose, stack_level=stack_level
         )
-        self._event(f"cleared {n} profile(s)")
-        self._dirty = True
-        self._refresh(self.clock.time())
+        self.log_event(f"cleared {n} profile(s)")
+        self._changed()
         return n
 
     def composite_schedule(
@@ -672,165 +465,118 @@ class SimCharger:
         next ``duration_s`` seconds if nothing changes: (start, unit, periods)."""
         unit = unit or "A"
         t0 = self.clock.now()
-        end = t0 + timedelta(seconds=duration_s)
-        conn = self._conns[connector - 1] if connector > 0 else None
-        periods: list[Period] = []
-        t = t0
-        while t < end:
-            cap, total, phases, nxt = self._connector_caps(conn, connector, t, ref=t0)
-            amps = total if connector == 0 else min(cap, total)
-            amps = _quantize(amps, 0.0 if connector == 0 else self.min_current_a)
-            value = amps if unit == "A" else amps * self.voltage_v * phases
-            value = math.floor(value * 10 + 1e-6) / 10
-            nph = phases if phases != 3 else None
-            start_s = round((t - t0).total_seconds())
-            if not periods or periods[-1].limit != value or periods[-1].number_phases != nph:
-                periods.append(Period(start_s, value, nph))
-            if nxt is None or nxt >= end:
-                break
-            t = nxt if nxt > t else t + timedelta(seconds=1)
+        periods = self.smart.composite_schedule(
+            self._conns, connector, duration_s, unit, t0, failsafe_a=self._failsafe_a()
+        )
         return t0, unit, periods
 
     # ------------------------------------------------------------------ configuration
 
     def config_items(self) -> dict[str, tuple[str, bool]]:
         """OCPP 1.6 style configuration: key → (value, read-only)."""
-        return {
-            "HeartbeatInterval": (str(round(self.heartbeat_interval_s)), False),
-            "MeterValueSampleInterval": (str(round(self.meter_interval_s)), False),
-            "NumberOfConnectors": (str(len(self._conns)), True),
-            "ChargeProfileMaxStackLevel": (str(MAX_STACK_LEVEL), True),
-            "ChargingScheduleAllowedChargingRateUnit": ("Current,Power", True),
-            "ChargingScheduleMaxPeriods": (str(MAX_PERIODS), True),
-            "MaxChargingProfilesInstalled": (str(MAX_PROFILES), True),
-            "MeterValuesSampledData": (
-                "Energy.Active.Import.Register,Power.Active.Import,Current.Import,"
-                "Current.Offered,Voltage,SoC",
-                True,
-            ),
-        }
+        return self.config.items()
 
     def set_config(self, key: str, value: str) -> str:
         """Returns "Accepted", "Rejected" or "NotSupported"."""
-        items = self.config_items()
-        if key not in items:
-            return "NotSupported"
-        if items[key][1]:
-            return "Rejected"
-        try:
-            number = float(value)
-        except ValueError:
-            return "Rejected"
-        if number < 0:
-            return "Rejected"
-        if key == "HeartbeatInterval":
-            self.heartbeat_interval_s = number or self.heartbeat_interval_s
-        else:
-            self.meter_interval_s = number
-        self._event(f"config {key}={value}")
-        self._wake.set()
-        return "Accepted"
-
-    def remote_stop(self, transaction_id: str) -> bool:
-        for conn in self._conns:
-            if conn.tx is not None and conn.tx.id == transaction_id and not conn.tx.ended:
-                self._end_tx(conn, "Remote")
-                return True
-        return False
+        status = self.config.change(key, value)
+        if status == "Accepted":
+            self.log_event(f"config {key}={value}")
+            self.outbox.wake.set()  # the link's timers change
+        return status
 
     def trigger(self, what: str, connector: int | None) -> bool:
         """TriggerMessage for Heartbeat, StatusNotification and MeterValues."""
         now = self.clock.now()
         targets = [self._conn(connector)] if connector else self._conns
         if what == "Heartbeat":
-            self._enqueue(Outgoing("heartbeat", 0, now))
+            self.enqueue(Outgoing("heartbeat", 0, now))
         elif what == "StatusNotification":
             for c in targets:
-                self._enqueue(Outgoing("status", c.id, now, tx=c.tx, status=c.status))
+                self.enqueue(Outgoing("status", c.id, now, tx=c.tx, status=c.status))
         elif what in ("MeterValues", "TransactionEvent"):
             for c in targets:
                 if c.tx is not None and c.tx.active:
-                    self._enqueue(
-                        Outgoing("meter", c.id, now, tx=c.tx, sample=self._sample(c, "Trigger"))
-                    )
+                    self.enqueue(Outgoing("meter", c.id, now, tx=c.tx,
+                                          sample=self._sample(c, "Trigger")))
         else:
             return False
         return True
 
     # ------------------------------------------------------------------ connection
 
-    def _conn(self, connector: int) -> _Conn:
+    def _conn(self, connector: int) -> Connector:
         if not 1 <= connector <= len(self._conns):
             raise ValueError(f"{self.id} has no connector {connector}")
         return self._conns[connector - 1]
 
-    def _set_status(self, conn: _Conn, status: Status) -> None:
+    def _set_status(self, conn: Connector, status: Status) -> None:
         if conn.status is status:
             return
         conn.status = status
-        self._event(f"status c{conn.id} {status.value}")
-        self._enqueue(Outgoing("status", conn.id, self.clock.now(), tx=conn.tx, status=status))
+        self.log_event(f"status c{conn.id} {status.value}")
+        self.enqueue(Outgoing("status", conn.id, self.clock.now(), tx=conn.tx, status=status))
 
-    def _enqueue(self, item: Outgoing) -> None:
-        if item.kind == "status" and not self._connected:
-            return  # statuses are re-sent after the next boot
-        box = self._outbox
-        if len(box) >= self.max_queued:
-            # bounded offline queue, like real chargers: lose a meter sample first
-            victim = next((i for i in box if i.kind == "meter"), box[0])
-            box.remove(victim)
-            self.dropped += 1
-        box.append(item)
-        self._wake.set()
+    def enqueue(self, item: Outgoing) -> None:
+        """Queue ``item`` for the CSMS (statuses only while connected)."""
+        self.outbox.put(item, online=self._connected)
 
-    @property
-    def endpoint(self) -> str:
-        return f"{self.url.rstrip('/')}/{quote(self.id, safe='')}"
+    def statuses_after_boot(self) -> list[Outgoing]:
+        """Every connector's status, sent first after each boot (1.6: connector 0 too)."""
+        now = self.clock.now()
+        items = [Outgoing("status", c.id, now, tx=c.tx, status=c.status) for c in self._conns]
+        if self.protocol == "ocpp1.6":
+            items.insert(0, Outgoing("status", 0, now, status=Status.AVAILABLE))
+        return items
+
+    def set_connected(self, value: bool) -> None:
+        """The link's verdict: connected means the websocket is open and boot accepted."""
+        if value == self._connected:
+            return
+        self._connected = value
+        if value:
+            self._connected_event.set()
+        else:
+            self._connected_event.clear()
+            # pending authorizations cannot be answered now: start offline (what
+            # chargers with AllowOfflineTxForUnknownId do)
+            for item in self.outbox.take("authorize"):
+                if item.tx is not None:
+                    self._activate(item.tx, offline=True)
+        self.log_event("connected" if value else "disconnected")
+        self._changed()
 
     async def start(self, *, physics: bool = True, tick_s: float = 1.0) -> None:
         """Begin connecting (in the background); with ``physics`` also run own step loop
         (leave it off when a :class:`SimSite` drives the physics)."""
         if self._task is not None:
             return
-        self._stopping = False
-        self._task = asyncio.create_task(self._run(), name=f"sim-{self.id}")
+        self.link.stopping = False
+        self._task = asyncio.create_task(self.link.run(), name=f"sim-{self.id}")
         if physics:
             self._physics_task = asyncio.create_task(self._physics(tick_s))
 
     async def stop(self) -> None:
         """Close the connection and end all tasks."""
-        self._stopping = True
-        self._resume.set()
-        self._wake.set()
+        self.link.stop()
         pending = {t for t in (self._task, self._physics_task) if t is not None}
         self._task = self._physics_task = None
-        # cancel until done: on Python 3.11 asyncio.wait_for (used inside the ocpp
-        # package) can swallow a cancellation that races with a reply
-        while pending:
-            for t in pending:
-                t.cancel()
-            _, pending = await asyncio.wait(pending, timeout=0.5)
-        self._set_connected(False)
+        for t in pending:
+            t.cancel()
+        if pending:
+            await asyncio.wait(pending)
+        self.set_connected(False)
 
     async def disconnect(self, *, offline_for_s: float | None = None) -> None:
         """Drop the connection as if the network failed and stay offline until
         :meth:`connect` (or for ``offline_for_s`` real seconds, then reconnect)."""
-        self._hold_offline = True
-        self._resume.clear()
-        ws = self._ws
-        if ws is not None:
-            await ws.close()
-        self._set_connected(False)
+        await self.link.drop(hold=True)
+        self.set_connected(False)
         if offline_for_s is not None:
-            asyncio.get_running_loop().call_later(offline_for_s, self._release)
-
-    def _release(self) -> None:
-        self._hold_offline = False
-        self._resume.set()
+            asyncio.get_running_loop().call_later(offline_for_s, self.link.release)
 
     async def connect(self) -> None:
         """Come back online after :meth:`disconnect`."""
-        self._release()
+        self.link.release()
         if self._task is None:
             await self.start(physics=False)
 
@@ -848,190 +594,36 @@ class SimCharger:
             self.step(now - last)
             last = now
 
-    def _set_connected(self, value: bool) -> None:
-        if value == self._connected:
-            return
-        self._connected = value
-        if value:
-            self._connected_event.set()
-        else:
-            self._connected_event.clear()
-            # pending authorizations cannot be answered now: start offline (what
-            # chargers with AllowOfflineTxForUnknownId do)
-            waiting = [i for i in self._outbox if i.kind == "authorize"]
-            for item in waiting:
-                self._outbox.remove(item)
-                if item.tx is not None:
-                    self._activate(item.tx, offline=True)
-        self._event("connected" if value else "disconnected")
-        self._dirty = True
-        self._refresh(self.clock.time())
+    # ------------------------------------------------------------------ faults (test knobs)
 
-    async def _run(self) -> None:
-        backoff = self.reconnect_min_s
-        attempt = 0
-        while not self._stopping:
-            if self._hold_offline:
-                await self._resume.wait()
-                continue
-            booted = False
-            try:
-                booted = await self._connect_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                self._event(f"connection error: {type(e).__name__}: {e}")
-            finally:
-                self._ws = None
-                self._set_connected(False)
-            if self._stopping or not self.auto_reconnect:
-                break
-            if booted:
-                backoff = self.reconnect_min_s
-            if self._hold_offline:
-                continue
-            attempt += 1
-            delay = backoff * (0.5 + 0.5 * _unit_hash(self.id, self.seed, attempt))
-            backoff = min(self.reconnect_max_s, backoff * 2)
-            self._resume.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._resume.wait(), delay)
+    def drop_link_before_answer(
+        self,
+        answers: int = 1,
+        *,
+        actions: Iterable[str] = ("SetChargingProfile",),
+        half_open: bool = False,
+    ) -> None:
+        """The next ``answers`` requests to ``actions`` (empty: any action) are applied,
+        and then the link fails before their CALLRESULT is sent, so the CSMS cannot know
+        the outcome: the link closes (default), or with ``half_open`` it stays open but
+        the answer and everything after it is lost in both directions until a timeout
+        ends the connection (the CSMS's, or ours on the charger's next request; pings are
+        still answered by the websocket library). The charger reconnects as usual."""
+        fate = AnswerFate.LOSE if half_open else AnswerFate.CLOSE_LINK
+        self.link.fail_before_answers(answers, tuple(actions), fate)
 
-    def _headers(self) -> dict[str, str]:
-        if self.password is None:
-            return {}
-        token = base64.b64encode(f"{self.id}:{self.password}".encode()).decode()
-        return {"Authorization": f"Basic {token}"}
-
-    async def _connect_once(self) -> bool:
-        """One connection: returns True if the CSMS accepted our boot."""
-        from gridshare.sim._point import make_point
-
-        kwargs: dict[str, Any] = {}
-        if self.endpoint.startswith("wss://"):
-            kwargs["ssl"] = self.ssl or ssl_mod.create_default_context()
-        opening = ws_connect(
-            self.endpoint,
-            subprotocols=[self.protocol],  # type: ignore[list-item]
-            additional_headers=self._headers(),
-            compression=None,
-            proxy=None,
-            open_timeout=self.open_timeout_s,
-            ping_interval=None,
-            close_timeout=2,
-            max_queue=4,
-            **kwargs,
-        )
-        if self.connect_gate is not None:
-            async with self.connect_gate:
-                ws = await opening
-        else:
-            ws = await opening
-        try:
-            if ws.subprotocol != self.protocol:
-                self._event(f"CSMS did not accept subprotocol {self.protocol}")
-                return False
-            if self._hold_offline:
-                return False
-            self._ws = ws
-            point = make_point(self, ws)
-            recv = asyncio.create_task(point.start())
-            recv.add_done_callback(self._recv_done)
-            try:
-                return await self._session(point, recv)
-            finally:
-                recv.cancel()
-                with contextlib.suppress(BaseException):
-                    await recv
-        finally:
-            await ws.close()
-
-    def _recv_done(self, task: asyncio.Task[Any]) -> None:
-        if not task.cancelled():
-            task.exception()  # retrieved: a closed connection is expected here
-        self._wake.set()
-
-    async def _wait(self, recv: asyncio.Task[Any], sim_s: float) -> None:
-        """Sleep ``sim_s`` or until woken (outbox, config change, connection loss)."""
-        if recv.done():
-            return
-        self._wake.clear()
-        if self._outbox and self._connected:
-            return
-        handle = asyncio.get_running_loop().call_later(
-            self.clock.to_real(max(0.0, sim_s)), self._wake.set
-        )
-        try:
-            await self._wake.wait()
-        finally:
-            handle.cancel()
-
-    async def _session(self, point: SimPoint, recv: asyncio.Task[Any]) -> bool:
-        # Boot until accepted (Pending/Rejected: retry after the interval given)
-        while True:
-            status, interval = await point.boot()
-            self.boot_count += 1
-            self._event(f"boot {status} interval={interval}")
-            if status == "Accepted":
-                if interval > 0:
-                    self.heartbeat_interval_s = float(interval)
-                break
-            retry_at = self.clock.time() + float(interval or 10)
-            while not recv.done() and not self._stopping and self.clock.time() < retry_at:
-                await self._wait(recv, retry_at - self.clock.time())
-            if recv.done() or self._stopping:
-                return False
-        # after (re)boot, statuses of all connectors go first
-        self._outbox = deque(i for i in self._outbox if i.kind != "status")
-        now = self.clock.now()
-        statuses = [Outgoing("status", c.id, now, tx=c.tx, status=c.status) for c in self._conns]
-        if self.protocol == "ocpp1.6":
-            statuses.insert(0, Outgoing("status", 0, now, status=Status.AVAILABLE))
-        self._outbox.extendleft(reversed(statuses))
-        self._set_connected(True)
-        t = self.clock.time()
-        next_hb = t + self.heartbeat_interval_s
-        next_meter = t + self.meter_interval_s * (0.5 + 0.5 * _unit_hash(self.id, "meter"))
-        while not recv.done() and not self._hold_offline and not self._stopping:
-            while self._outbox and not recv.done() and not self._stopping:
-                item = self._outbox[0]
-                await self._deliver(point, item)
-                if self._outbox and self._outbox[0] is item:
-                    self._outbox.popleft()
-            t = self.clock.time()
-            if self.meter_interval_s > 0 and t >= next_meter:
-                for c in self._conns:
-                    if c.tx is not None and c.tx.active:
-                        self._outbox.append(
-                            Outgoing(
-                                "meter", c.id, self.clock.now(), tx=c.tx, sample=self._sample(c)
-                            )
-                        )
-                next_meter = max(next_meter + self.meter_interval_s, t)
-                continue
-            if t >= next_hb:
-                self._outbox.append(Outgoing("heartbeat", 0, self.clock.now()))
-                next_hb = t + self.heartbeat_interval_s
-                continue
-            due = next_hb if self.meter_interval_s <= 0 else min(next_hb, next_meter)
-            await self._wait(recv, due - t)
-        return True
-
-    async def _deliver(self, point: SimPoint, item: Outgoing) -> None:
-        from ocpp.exceptions import OCPPError
-
-        try:
-            await point.deliver(item)
-        except OCPPError as e:
-            self._event(f"CSMS error on {item.kind} c{item.connector}: {e.code}")
-        except TimeoutError:
-            self._event(f"no answer to {item.kind} c{item.connector}: dropping connection")
-            if self._ws is not None:
-                await self._ws.close()
-            raise
-        tx = item.tx
-        if tx is not None:
-            if item.kind == "started" and tx.started_event is not None:
-                tx.started_event.set()
-            elif item.kind == "stopped" and tx.stopped_event is not None:
-                tx.stopped_event.set()
+    async def reboot(self, *, reason: str = "PowerUp") -> None:
+        """Power-cycle: the link drops, running transactions end (stop reason Reboot)
+        and new ones begin for the cars still plugged in (offline, so they start at once),
+        TxProfiles go with their transactions while Max and TxDefault profiles persist,
+        and the charger sends BootNotification (2.0.1 with ``reason``) when it is back."""
+        self.log_event(f"reboot ({reason})")
+        self.link.boot_reason = reason
+        await self.link.drop(hold=False)
+        self.set_connected(False)
+        for conn in self._conns:
+            tx = conn.tx
+            if tx is not None and not tx.ended:
+                self._end_tx(conn, "Reboot")
+            if conn.ev is not None:
+                self._begin_transaction(conn, tx.id_tag if tx is not None else self.id_tag)

@@ -273,9 +273,9 @@ def format_time(t: datetime) -> str:
 def _periods(raw: Iterable[Mapping[str, Any]]) -> tuple[Period, ...]:
     periods = [
         Period(
-            start_s=int(p["start_period"]),
+            start_s=int(p["startPeriod"]),
             limit=float(p["limit"]),
-            number_phases=int(p["number_phases"]) if p.get("number_phases") else None,
+            number_phases=int(p["numberPhases"]) if p.get("numberPhases") else None,
         )
         for p in raw
     ]
@@ -284,19 +284,19 @@ def _periods(raw: Iterable[Mapping[str, Any]]) -> tuple[Period, ...]:
 
 
 def _common(raw: Mapping[str, Any], sched: Mapping[str, Any]) -> dict[str, Any]:
-    tx = raw.get("transaction_id")
-    min_rate = sched.get("min_charging_rate")
+    tx = raw.get("transactionId")
+    min_rate = sched.get("minChargingRate")
     return {
-        "purpose": Purpose.parse(raw["charging_profile_purpose"]),
-        "stack_level": int(raw["stack_level"]),
-        "kind": raw["charging_profile_kind"],
-        "unit": sched["charging_rate_unit"],
-        "periods": _periods(sched["charging_schedule_period"]),
+        "purpose": Purpose.parse(raw["chargingProfilePurpose"]),
+        "stack_level": int(raw["stackLevel"]),
+        "kind": raw["chargingProfileKind"],
+        "unit": sched["chargingRateUnit"],
+        "periods": _periods(sched["chargingSchedulePeriod"]),
         "duration_s": int(sched["duration"]) if sched.get("duration") is not None else None,
-        "start_schedule": parse_time(sched.get("start_schedule")),
-        "recurrency": raw.get("recurrency_kind"),
-        "valid_from": parse_time(raw.get("valid_from")),
-        "valid_to": parse_time(raw.get("valid_to")),
+        "start_schedule": parse_time(sched.get("startSchedule")),
+        "recurrency": raw.get("recurrencyKind"),
+        "valid_from": parse_time(raw.get("validFrom")),
+        "valid_to": parse_time(raw.get("validTo")),
         "transaction_id": str(tx) if tx is not None else None,
         "min_rate": float(min_rate) if min_rate is not None else None,
     }
@@ -305,22 +305,21 @@ def _common(raw: Mapping[str, Any], sched: Mapping[str, Any]) -> dict[str, Any]:
 def profile_from_v16(
     connector_id: int, raw: Mapping[str, Any], installed_at: datetime
 ) -> ChargingProfile:
-    """Build from a 1.6 ``csChargingProfiles`` (snake_case keys, as the ocpp package
-    hands them to handlers)."""
+    """Build from a 1.6 ``csChargingProfiles`` object as it is on the wire."""
     return ChargingProfile(
-        id=int(raw["charging_profile_id"]),
+        id=int(raw["chargingProfileId"]),
         connector=connector_id,
         installed_at=installed_at,
-        **_common(raw, raw["charging_schedule"]),
+        **_common(raw, raw["chargingSchedule"]),
     )
 
 
 def profile_from_v201(
     evse_id: int, raw: Mapping[str, Any], installed_at: datetime
 ) -> ChargingProfile:
-    """Build from a 2.0.1 ``chargingProfile`` (snake_case keys). Only the first of up to
-    three schedules is used."""
-    scheds = raw["charging_schedule"]
+    """Build from a 2.0.1 ``chargingProfile`` object as it is on the wire. Only the first
+    of up to three schedules is used."""
+    scheds = raw["chargingSchedule"]
     sched = scheds[0] if isinstance(scheds, list) else scheds
     return ChargingProfile(
         id=int(raw["id"]), connector=evse_id, installed_at=installed_at, **_common(raw, sched)
