@@ -7,7 +7,7 @@ runs its real code paths. Entry points: :class:`~gridshare.sim.ev.EV`,
 """
 
 from gridshare.sim.charger import SimCharger
-from gridshare.sim.clock import Clock, ManualClock, ScaledClock
+from gridshare.sim.clock import ManualClock, ScaledClock, SimClock
 from gridshare.sim.connector import Status, Transaction
 from gridshare.sim.ev import EV
 from gridshare.sim.profiles import ChargingProfile, Period, Purpose
@@ -16,7 +16,6 @@ from gridshare.sim.site import ConstantLoad, Scenario, SimSite, SwitchingLoad
 __all__ = [
     "EV",
     "ChargingProfile",
-    "Clock",
     "ConstantLoad",
     "ManualClock",
     "Period",
@@ -24,6 +23,7 @@ __all__ = [
     "ScaledClock",
     "Scenario",
     "SimCharger",
+    "SimClock",
     "SimSite",
     "Status",
     "SwitchingLoad",

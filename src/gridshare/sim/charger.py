@@ -31,7 +31,7 @@ from datetime import datetime
 from typing import Literal
 from urllib.parse import quote
 
-from gridshare.sim.clock import Clock, ScaledClock
+from gridshare.sim.clock import ScaledClock, SimClock
 from gridshare.sim.configuration import Configuration
 from gridshare.sim.connector import PHASE_NAMES, Connector, PhaseCurrents, Status, Transaction
 from gridshare.sim.ev import EV
@@ -78,7 +78,7 @@ class SimCharger:
         auto_reconnect: bool = True,
         reconnect_min_s: float = 1.0,
         reconnect_max_s: float = 60.0,
-        clock: Clock | None = None,
+        clock: SimClock | None = None,
         seed: int = 0,
         events_maxlen: int = 64,
         max_queued: int = 500,
@@ -111,7 +111,7 @@ class SimCharger:
         full rating)."""
         self.password = password
         self.ssl = ssl
-        self.clock: Clock = clock or ScaledClock()
+        self.clock: SimClock = clock or ScaledClock()
         self.seed = seed
         self.response_timeout_s = response_timeout_s
         """Real seconds to wait for the CSMS's answer before dropping the connection."""

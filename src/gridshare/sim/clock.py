@@ -1,10 +1,12 @@
 """Time for the simulator: real time, or real time sped up by a factor.
 
-Everything in :mod:`gridshare.sim` reads time and sleeps through a clock so tests can run a
-scenario faster than real time. Durations (setpoint lag, meter and heartbeat intervals,
-profile durations) are in *simulated* seconds; a clock with ``speed=10`` makes them pass
-ten times faster in wall time. Network timeouts (websocket handshake, OCPP response
-timeout) stay in real seconds because the CSMS on the other end runs in real time.
+Everything in :mod:`gridshare.sim` reads time and sleeps through a :class:`SimClock`, which
+is gridshare's one :class:`~gridshare.clock.Clock` plus what a simulation needs: UNIX
+seconds, a speed, and sleeping in simulated time. Durations (setpoint lag, meter and
+heartbeat intervals, profile durations) are in *simulated* seconds; a clock with
+``speed=10`` makes them pass ten times faster in wall time. Network timeouts (websocket
+handshake, OCPP response timeout, reconnect backoff) stay in real seconds because the CSMS
+on the other end runs in real time.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import time
 from datetime import UTC, datetime
 from typing import Protocol
 
+from gridshare.clock import Clock, FakeClock
 
-class Clock(Protocol):
+
+class SimClock(Clock, Protocol):
     """What the simulator needs from a clock."""
 
     speed: float
@@ -23,10 +27,6 @@ class Clock(Protocol):
 
     def time(self) -> float:
         """Simulated UNIX time in seconds."""
-        ...
-
-    def now(self) -> datetime:
-        """Simulated time as an aware UTC datetime."""
         ...
 
     def to_real(self, sim_s: float) -> float:
@@ -67,32 +67,25 @@ class ScaledClock:
         await asyncio.sleep(self.to_real(sim_s))
 
 
-class ManualClock:
+class ManualClock(FakeClock):
     """Time that only moves when told to: for pure, network-free tests of the physics.
 
     ``sleep`` advances the clock instead of waiting, so do not use it with a live
     connection (the other side runs in real time).
     """
 
-    __slots__ = ("_t", "speed")
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self._t = (start or datetime(2025, 1, 1, tzinfo=UTC)).timestamp()
-        self.speed = 1.0
+    speed = 1.0
 
     def time(self) -> float:
-        return self._t
-
-    def now(self) -> datetime:
-        return datetime.fromtimestamp(self._t, UTC)
+        return self.now().timestamp()
 
     def to_real(self, sim_s: float) -> float:
         return 0.0
 
-    def advance(self, sim_s: float) -> None:
-        if sim_s < 0:
+    def advance(self, seconds: float) -> datetime:
+        if seconds < 0:
             raise ValueError("time only moves forward")
-        self._t += sim_s
+        return super().advance(seconds)
 
     async def sleep(self, sim_s: float) -> None:
         self.advance(max(0.0, sim_s))

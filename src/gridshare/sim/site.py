@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from gridshare.sim.charger import PROTOCOLS, SimCharger
-from gridshare.sim.clock import Clock, ManualClock, ScaledClock
+from gridshare.sim.clock import ManualClock, ScaledClock, SimClock
 from gridshare.sim.ev import EV
 
 PhaseCurrents = tuple[float, float, float]
@@ -96,13 +96,13 @@ class SimSite:
         self,
         chargers: Iterable[SimCharger] = (),
         *,
-        clock: Clock | None = None,
+        clock: SimClock | None = None,
         tick_s: float = 1.0,
         scenario: Scenario | None = None,
         connect_concurrency: int = 100,
         recent_events: int = 1000,
     ) -> None:
-        self.clock: Clock = clock or ScaledClock()
+        self.clock: SimClock = clock or ScaledClock()
         self.tick_s = tick_s
         self.scenario = scenario
         self.chargers: dict[str, SimCharger] = {}
@@ -150,7 +150,7 @@ class SimSite:
         max_current_a: float = 32.0,
         connectors: int = 1,
         meter_interval_s: float = 10.0,
-        clock: Clock | None = None,
+        clock: SimClock | None = None,
         tick_s: float = 1.0,
         scenario: Scenario | None = None,
         connect_concurrency: int = 100,
