@@ -174,7 +174,7 @@ def test_ocpp_section_security_needs_tls_and_passwords() -> None:
 
 def test_ocpp_section_becomes_csms_settings(tmp_path: Path) -> None:
     from gridshare.adapters.ocpp import hash_password, verify_password
-    from gridshare.cli.serve_cmds import csms_settings
+    from gridshare.app import csms_settings
     from gridshare.config import load_site_config
 
     (tmp_path / "server.pem").write_text("x")

@@ -18,8 +18,9 @@ import signal
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from gridshare.adapters.ocpp import CentralSystem, ChargerCredentials, CsmsConfig
+from gridshare.adapters.ocpp import CentralSystem, ChargerCredentials, CsmsConfig, TlsConfig
 from gridshare.bus import Bus, open_bus
+from gridshare.config import SiteConfig
 from gridshare.controller.clock import Clock, SystemClock
 from gridshare.controller.loop import Controller, ControllerSettings
 from gridshare.controller.status_http import StatusServer
@@ -46,6 +47,35 @@ class ServeOptions:
     """CSMS settings (security profile, TLS, timeouts). Chargers, phases and voltage are
     filled in from the topology; None uses the defaults."""
     controller: ControllerSettings = field(default_factory=ControllerSettings)
+
+
+def csms_settings(config: SiteConfig) -> CsmsConfig:
+    """The site file's ``ocpp:`` section as the central system's settings.
+
+    The one place where validated site settings become the CSMS's: the section was
+    checked once, by pydantic, when the file was read (:class:`gridshare.config.OcppSpec`);
+    TLS paths are already resolved against the site file's folder.
+    """
+    ocpp = config.ocpp
+    tls = None if ocpp.tls is None else TlsConfig(ocpp.tls.certfile, ocpp.tls.keyfile,
+                                                  ocpp.tls.cafile)
+    return CsmsConfig(
+        security_profile=ocpp.security_profile, allow_auto_register=ocpp.allow_auto_register,
+        tls=tls, heartbeat_interval_s=ocpp.heartbeat_interval,
+        command_timeout_s=ocpp.command_timeout, command_retries=ocpp.command_retries,
+        no_subprotocol=ocpp.no_subprotocol, lease_s=ocpp.lease,
+        chargers={cid: ChargerCredentials(config.passwords.get(cid))
+                  for cid in config.topology.chargers})
+
+
+def serve_options(config: SiteConfig, *, host: str = "0.0.0.0", ocpp_port: int = 9000,
+                  api_port: int | None = 8080, db_url: str | None = None,
+                  bus_url: str = "memory://", data_dir: Path | None = None) -> ServeOptions:
+    """How to run a site read from its file: where to listen and store (from the command
+    line), the CSMS settings and the controller's lease (from the file's ``ocpp:``)."""
+    return ServeOptions(host=host, ocpp_port=ocpp_port, api_port=api_port, db_url=db_url,
+                        bus_url=bus_url, data_dir=data_dir, csms=csms_settings(config),
+                        controller=ControllerSettings(lease_s=config.ocpp.lease))
 
 
 def csms_config(topology: Topology, base: CsmsConfig | None,

@@ -135,6 +135,9 @@ class OcppSpec(_Strict):
     """Seconds a live setpoint stays valid on the charger unless renewed."""
     command_timeout: Annotated[float, Field(gt=0, le=300, allow_inf_nan=False)] = 10.0
     command_retries: Annotated[int, Field(ge=0, le=10)] = 2
+    no_subprotocol: Literal["ocpp1.6", "ocpp2.0.1"] | None = "ocpp1.6"
+    """The OCPP version a charger that offers no WebSocket subprotocol is served with (many
+    real chargers offer none); null: refuse such chargers (the connection is closed)."""
 
     @model_validator(mode="after")
     def _tls_when_needed(self) -> OcppSpec:
@@ -162,96 +165,143 @@ class SiteSpec(_Strict):
 # --- YAML: parsed once, line numbers only when a problem needs them ---------------------
 #
 # A 10,000-charger site file is about 1.5 MB of YAML. PyYAML's pure-Python parser takes
-# seconds for it; libyaml's C parser (``CSafeLoader``) composes the node tree in a fraction
-# of that, with every node's position (its mark) included at no extra cost. The node tree
-# is turned into plain data by ``_plain_data`` below instead of PyYAML's generic
-# constructor (about a third faster: no per-node bookkeeping for recursive objects), and
-# it is kept: when validation finds a problem, the line of every path is read from it,
-# so nothing is parsed twice and nothing is spent on line numbers for a good file.
+# seconds for it. A good file is read once, from libyaml's event stream (C), straight into
+# dicts and lists: no node tree, no generic constructor, and no line numbers, which only a
+# problem needs. When validation finds one, the text is composed again with libyaml, this
+# time into nodes with their positions, and each problem's path is looked up there.
 
 _STR_TAG = "tag:yaml.org,2002:str"
-_MAP_TAG = "tag:yaml.org,2002:map"
-_SEQ_TAG = "tag:yaml.org,2002:seq"
-_MERGE_TAG = "tag:yaml.org,2002:merge"
 _INT_TAG = "tag:yaml.org,2002:int"
-_SCALAR_TAGS = (_INT_TAG, "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool",
-                "tag:yaml.org,2002:null")
-_FastLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 """libyaml's loader when PyYAML was built with it (``yaml.__with_libyaml__``; the wheels
 are), else the pure-Python one: slower, same results."""
 
 
-class _NeedsFullConstructor(Exception):
-    """A node the fast path leaves to PyYAML: merge keys, explicit or unusual tags,
-    collections as keys, recursive aliases."""
+class _FastLoader(_BaseLoader):  # type: ignore[valid-type,misc]
+    """The safe loader, remembering the tag of each plain scalar it has resolved.
 
-
-def _plain_data(root: yaml.Node, loader: yaml.SafeLoader) -> tuple[Any, bool]:
-    """The document as dicts, lists and scalars, exactly as ``yaml.safe_load`` builds it,
-    and whether some mapping repeats a key (spelled the same way, as ``_line_map`` checks).
-
-    Scalars other than strings go through PyYAML's own constructors (octal, ``1_000``,
-    ``.inf``, ``yes``...), so their values are PyYAML's. Anything else unusual is handed
-    to the full constructor, which also produces today's errors for it.
+    A site file repeats the same few keys and numbers tens of thousands of times, and
+    PyYAML resolves each occurrence with its regular expressions again. A plain scalar's
+    tag depends on its text alone (the safe loader has no path resolvers), so one
+    resolution per distinct text gives the same tags.
     """
-    scalar_of = {tag: loader.yaml_constructors[tag] for tag in _SCALAR_TAGS}
-    repeated_key = False
-    built: dict[int, Any] = {}
-    """Collections already built, by node identity: an alias shares its anchor's object
-    (as safe_load does), so an alias bomb costs no more than its nodes."""
 
-    def convert(node: yaml.Node) -> Any:
-        nonlocal repeated_key
-        if isinstance(node, yaml.ScalarNode):
-            if node.tag == _STR_TAG:
-                return node.value
-            construct = scalar_of.get(node.tag)
-            if construct is None:
-                raise _NeedsFullConstructor
-            value = node.value
-            if node.tag == _INT_TAG and value.isascii() and value.isdigit() and (
-                    value[0] != "0" or value == "0"):
-                return int(value)  # the common case, without PyYAML's octal/base-60 rules
-            return construct(loader, node)
-        key = id(node)
-        if key in built:
-            if built[key] is None:  # an alias to a collection still being built
-                raise _NeedsFullConstructor
-            return built[key]
-        built[key] = None
-        out: Any
-        if isinstance(node, yaml.MappingNode) and node.tag == _MAP_TAG:
-            out = {}
-            raw_keys = set()
-            for key_node, value_node in node.value:
-                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
-                    raise _NeedsFullConstructor
-                out[convert(key_node)] = convert(value_node)
-                raw_keys.add(key_node.value)
-            if len(raw_keys) != len(node.value):
-                repeated_key = True
-        elif isinstance(node, yaml.SequenceNode) and node.tag == _SEQ_TAG:
-            out = [convert(item) for item in node.value]
-        else:
-            raise _NeedsFullConstructor
-        built[key] = out
-        return out
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.plain_tags: dict[str, str] = {}
 
+    def resolve(self, kind: type[yaml.Node], value: Any, implicit: Any) -> str:
+        if kind is yaml.ScalarNode and implicit[0] and not self.yaml_path_resolvers:
+            tag = self.plain_tags.get(value)
+            if tag is None:
+                tag = self.plain_tags[value] = super().resolve(kind, value, implicit)
+            return tag
+        resolved: str = super().resolve(kind, value, implicit)
+        return resolved
+
+
+class _NeedsFullLoader(Exception):
+    """Something the event reader leaves to PyYAML's own composer and constructor, which
+    also word today's errors for it: anchors and aliases, explicit tags, merge keys,
+    collections as keys, several documents."""
+
+
+_EXPECT_KEY = object()
+"""Marks an open mapping whose next scalar is a key, not a value."""
+
+
+def _data_from_events(text: str) -> tuple[Any, bool]:
+    """The document as ``yaml.safe_load`` builds it, read from libyaml's events, and
+    whether some mapping repeats a key spelled the same way (as ``_line_map`` counts them).
+
+    Strings, plain integers and the other implicit scalars (PyYAML's own constructors:
+    octal, ``1_000``, ``.inf``, ``yes``, dates) give PyYAML's values. Raises
+    ``_NeedsFullLoader`` for anything else, and ``yaml.YAMLError`` for broken YAML.
+    """
+    loader = _FastLoader(text)
     try:
-        data = convert(root)
-    except _NeedsFullConstructor:
-        return loader.construct_document(root), True
-    return data, repeated_key
+        constructors = loader.yaml_constructors
+        next_event = loader.get_event
+        # An open collection: [container, key awaiting its value (or _EXPECT_KEY),
+        # the keys as written, how many keys].
+        stack: list[list[Any]] = []
+        repeated_key = False
+        if not isinstance(next_event(), yaml.StreamStartEvent):
+            raise _NeedsFullLoader
+        event = next_event()
+        if isinstance(event, yaml.StreamEndEvent):
+            return None, False
+        if not isinstance(event, yaml.DocumentStartEvent):
+            raise _NeedsFullLoader
+        while True:
+            event = next_event()
+            kind = event.__class__
+            if kind is yaml.ScalarEvent:
+                if event.anchor is not None or event.tag is not None:
+                    raise _NeedsFullLoader
+                text_value = event.value
+                tag = (loader.resolve(yaml.ScalarNode, text_value, event.implicit)
+                       if event.implicit[0] else _STR_TAG)
+                if tag == _STR_TAG:
+                    value = text_value
+                elif (tag == _INT_TAG and text_value.isascii() and text_value.isdigit()
+                      and (text_value[0] != "0" or text_value == "0")):
+                    value = int(text_value)  # the common case, without octal/base-60 rules
+                else:
+                    construct = constructors.get(tag)
+                    if construct is None or tag == _MERGE_TAG:
+                        raise _NeedsFullLoader
+                    value = construct(loader, yaml.ScalarNode(tag, text_value))
+            elif kind is yaml.MappingStartEvent or kind is yaml.SequenceStartEvent:
+                if event.anchor is not None or event.tag is not None:
+                    raise _NeedsFullLoader
+                value = {} if kind is yaml.MappingStartEvent else []
+            elif kind is yaml.MappingEndEvent or kind is yaml.SequenceEndEvent:
+                done = stack.pop()
+                if kind is yaml.MappingEndEvent and len(done[2]) != done[3]:
+                    repeated_key = True
+                if stack:
+                    continue
+                value = done[0]
+                break
+            else:  # an alias, or an event that cannot come here in a valid document
+                raise _NeedsFullLoader
+            if stack:
+                parent = stack[-1]
+                if parent[2] is None:
+                    parent[0].append(value)
+                elif parent[1] is _EXPECT_KEY:
+                    if kind is not yaml.ScalarEvent:
+                        raise _NeedsFullLoader
+                    parent[1] = value
+                    parent[2].add(text_value)
+                    parent[3] += 1
+                else:
+                    parent[0][parent[1]] = value
+                    parent[1] = _EXPECT_KEY
+            if kind is yaml.MappingStartEvent:
+                stack.append([value, _EXPECT_KEY, set(), 0])
+            elif kind is yaml.SequenceStartEvent:
+                stack.append([value, None, None, 0])
+            elif not stack:
+                break
+        if not (isinstance(next_event(), yaml.DocumentEndEvent)
+                and isinstance(next_event(), yaml.StreamEndEvent)):
+            raise _NeedsFullLoader
+        return value, repeated_key
+    finally:
+        loader.dispose()
 
 
 @contextmanager
 def _gc_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector while a site file is read.
 
-    Reading a large file makes hundreds of thousands of nodes, values and models that are
-    not garbage; the collector would scan them over and over while they are made, which
-    more than doubles the time of a 10,000-charger file. Nothing read here forms cycles
-    that need collecting meanwhile; the previous state is restored afterwards.
+    Reading a large file makes hundreds of thousands of values and models that are not
+    garbage; the collector would scan them over and over while they are made, which more
+    than doubles the time of a 10,000-charger file. Nothing read here forms cycles that
+    need collecting meanwhile; the previous state is restored afterwards.
     """
     collecting = gc.isenabled()
     gc.disable()
@@ -262,19 +312,13 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _compose(text: str) -> tuple[yaml.Node | None, Any, bool]:
-    """Parse once: the node tree (kept for line numbers), the data, and whether the line
-    map must be walked anyway (a repeated key, or a document the fast path left to PyYAML).
-    """
-    loader = _FastLoader(text)
+def _read_yaml(text: str) -> tuple[Any, bool]:
+    """The document's data, and whether its line map must be walked even if it validates
+    (a repeated key, or a document only PyYAML's full loader reads)."""
     try:
-        node = loader.get_single_node()
-        if node is None:
-            return None, None, False
-        data, needs_lines = _plain_data(node, loader)
-        return node, data, needs_lines
-    finally:
-        loader.dispose()
+        return _data_from_events(text)
+    except _NeedsFullLoader:
+        return yaml.load(text, Loader=_FastLoader), True  # a safe loader: see _FastLoader
 
 
 def _yaml_problem(text: str, fast_error: yaml.YAMLError) -> tuple[int | None, str]:
@@ -285,7 +329,7 @@ def _yaml_problem(text: str, fast_error: yaml.YAMLError) -> tuple[int | None, st
     parser found the problem. It stops at the error, so this costs at most one slow parse.
     """
     error = fast_error
-    if _FastLoader is not yaml.SafeLoader:
+    if _BaseLoader is not yaml.SafeLoader:
         try:
             yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -312,17 +356,24 @@ def _line_map(node: yaml.Node, loc: Loc, out: dict[Loc, int], dups: list[tuple[L
 
 
 class _Lines:
-    """Line of each path of the document, walked from the node tree on first use only."""
+    """Line of each path of the document, from a second parse with positions, made the
+    first time a problem asks for a line (a good file never pays for it)."""
 
-    def __init__(self, root: yaml.Node) -> None:
-        self._root = root
+    def __init__(self, text: str) -> None:
+        self._text = text
         self._lines: dict[Loc, int] | None = None
         self._dups: list[tuple[Loc, int]] = []
 
     def _walked(self) -> dict[Loc, int]:
         if self._lines is None:
             self._lines = {}
-            _line_map(self._root, (), self._lines, self._dups)
+            loader = _FastLoader(self._text)
+            try:
+                root = loader.get_single_node()
+            finally:
+                loader.dispose()
+            if root is not None:
+                _line_map(root, (), self._lines, self._dups)
         return self._lines
 
     def repeated_keys(self) -> list[tuple[Loc, int]]:
@@ -369,14 +420,14 @@ def parse_site_config(text: str, source: str = "<string>") -> SiteConfig:
 
 def _parse_site_config(text: str, source: str) -> SiteConfig:
     try:
-        node, data, needs_lines = _compose(text)
+        data, needs_lines = _read_yaml(text)
     except yaml.YAMLError as exc:
         line, problem = _yaml_problem(text, exc)
         raise ConfigError([ConfigIssue(source, line, "", f"not valid YAML: {problem}")]) from exc
-    if node is None or not isinstance(data, dict):
+    if not isinstance(data, dict):
         raise ConfigError([ConfigIssue(source, 1, "", "expected a mapping with site, groups, "
                                        "chargers")])
-    line_of = _Lines(node)
+    line_of = _Lines(text)
     issues = ([ConfigIssue(source, line, _fmt(loc), "duplicate key")
                for loc, line in line_of.repeated_keys()] if needs_lines else [])
     try:

@@ -1,64 +1,42 @@
-"""``gridshare serve`` (the live system) and ``gridshare demo`` (it, with simulated chargers)."""
+"""``gridshare serve`` (the live system) and ``gridshare demo`` (it, with simulated chargers).
+
+The live system (OCPP, websockets, the controller, SQLAlchemy, the simulator) is imported
+inside the commands, not here: ``gridshare --help`` and the core commands must not pay
+for it at start-up.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 import math
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console, Group
-from rich.live import Live
-from rich.table import Table
 
-from gridshare.adapters.ocpp import ChargerCredentials, CsmsConfig, TlsConfig
-from gridshare.app import GridshareApp, ServeOptions, build_app, serve
-from gridshare.bus import BusError, open_bus
-from gridshare.config import ConfigError, SiteConfig, load_site_config, parse_site
-from gridshare.controller.loop import ControllerSettings
-from gridshare.controller.state import StateSettings
-from gridshare.events import GroupMeterReading
-from gridshare.store import StoreError, normalise_url
+if TYPE_CHECKING:
+    import asyncio
 
-err = Console(stderr=True)
+    from rich.console import Console, Group
+
+    from gridshare.app import GridshareApp
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def _load(site: Path) -> SiteConfig:
-    try:
-        return load_site_config(site)
-    except ConfigError as exc:
-        err.print(f"[bold red]{len(exc.issues)} problem(s) in {site}:[/]")
-        for issue in exc.issues:
-            err.print(f"  {issue}", markup=False, highlight=False)
-        raise typer.Exit(2) from exc
+def _fail(message: str, code: int) -> typer.Exit:
+    """Print a one-line error on stderr; the caller raises the returned Exit."""
+    from rich.console import Console
 
-
-def csms_settings(config: SiteConfig) -> CsmsConfig:
-    """The site file's ``ocpp:`` section as the central system's settings."""
-    ocpp = config.ocpp
-    tls = None if ocpp.tls is None else TlsConfig(ocpp.tls.certfile, ocpp.tls.keyfile,
-                                                  ocpp.tls.cafile)
-    return CsmsConfig(
-        security_profile=ocpp.security_profile, allow_auto_register=ocpp.allow_auto_register,
-        tls=tls, heartbeat_interval_s=ocpp.heartbeat_interval,
-        command_timeout_s=ocpp.command_timeout, command_retries=ocpp.command_retries,
-        lease_s=ocpp.lease,
-        chargers={cid: ChargerCredentials(config.passwords.get(cid))
-                  for cid in config.topology.chargers})
+    Console(stderr=True).print(message, highlight=False)
+    return typer.Exit(code)
 
 
 def _logging(level: str) -> None:
+    import logging
+
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -86,29 +64,35 @@ def serve_cmd(
     ] = "warning",
 ) -> None:
     """Run the CSMS and the controller for a site until SIGINT or SIGTERM."""
+    import asyncio
+
+    from gridshare.app import serve, serve_options
+    from gridshare.bus import BusError, open_bus
+    from gridshare.cli.core_cmds import report_problems
+    from gridshare.config import ConfigError, load_site_config
+    from gridshare.store import StoreError, normalise_url
+
     if log_level.lower() not in LOG_LEVELS:
-        err.print(f"[red]--log-level must be one of {', '.join(LOG_LEVELS)}[/]")
-        raise typer.Exit(2)
+        raise _fail(f"[red]--log-level must be one of {', '.join(LOG_LEVELS)}[/]", 2)
     _logging(log_level)
-    config = _load(site)
-    topology = config.topology
+    try:
+        config = load_site_config(site)
+    except ConfigError as exc:
+        report_problems(site, exc)
     try:
         open_bus(bus)
         if db is not None and db.lower() not in ("none", "off", ""):
             normalise_url(db)
     except (BusError, StoreError) as exc:
-        err.print(f"[red]{exc}[/]", markup=True, highlight=False)
-        raise typer.Exit(2) from exc
-    options = ServeOptions(host=host, ocpp_port=ocpp_port,
-                           api_port=None if api_port < 0 else api_port, db_url=db,
-                           bus_url=bus, data_dir=data_dir, csms=csms_settings(config),
-                           controller=ControllerSettings(lease_s=config.ocpp.lease))
+        raise _fail(f"[red]{exc}[/]", 2) from exc
+    options = serve_options(config, host=host, ocpp_port=ocpp_port,
+                            api_port=None if api_port < 0 else api_port, db_url=db,
+                            bus_url=bus, data_dir=data_dir)
     try:
-        asyncio.run(serve(topology, options))
+        asyncio.run(serve(config.topology, options))
     except OSError as exc:
-        err.print(f"[red]cannot start: {exc.strerror or exc}[/] "
-                  f"(OCPP port {ocpp_port}, API port {api_port} on {host})")
-        raise typer.Exit(1) from exc
+        raise _fail(f"[red]cannot start: {exc.strerror or exc}[/] "
+                    f"(OCPP port {ocpp_port}, API port {api_port} on {host})", 1) from exc
 
 
 # --- demo ---------------------------------------------------------------------------------
@@ -118,6 +102,8 @@ def demo_site_text(chargers: int) -> str:
     """The demo site for ``chargers`` chargers: 40 A circuits of five under a service of
     25 A per circuit (100 A for the default 20), every third charger 1-phase."""
     if chargers == 20:
+        from importlib import resources
+
         return resources.files("gridshare").joinpath("examples/demo-site.yaml").read_text(
             encoding="utf-8")
     circuits = max(1, math.ceil(chargers / 5))
@@ -165,6 +151,9 @@ def _group_draw(app: GridshareApp, sim: object, gid: str) -> tuple[float, float,
 
 
 def _tables(app: GridshareApp, sim: object, elapsed_s: float, duration_s: float) -> Group:
+    from rich.console import Group
+    from rich.table import Table
+
     from gridshare.sim.site import SimSite
 
     assert isinstance(sim, SimSite)
@@ -215,6 +204,17 @@ async def run_demo(duration_s: float, seed: int, chargers: int, *, plain: bool,
                    console: Console, stop: asyncio.Event | None = None) -> DemoStats:
     """Start a sample site, the CSMS and controller on free ports and simulated chargers
     whose cars come and go; show loads against limits until ``duration_s`` has passed."""
+    import asyncio
+    import contextlib
+    from datetime import UTC, datetime
+
+    from rich.live import Live
+
+    from gridshare.app import ServeOptions, build_app
+    from gridshare.config import parse_site
+    from gridshare.controller.loop import ControllerSettings
+    from gridshare.controller.state import StateSettings
+    from gridshare.events import GroupMeterReading
     from gridshare.sim import SimCharger
     from gridshare.sim.site import ConstantLoad, Scenario, SimSite
 
@@ -238,7 +238,7 @@ async def run_demo(duration_s: float, seed: int, chargers: int, *, plain: bool,
     sim.add_load("building", ConstantLoad(BUILDING_LOAD_A))
     stats = DemoStats()
 
-    def on_event(_ch: object, _at: datetime, what: str) -> None:
+    def on_event(_ch: object, _at: object, what: str) -> None:
         if what.startswith("plug"):
             stats.arrivals += 1
         elif what.startswith("unplug"):
@@ -315,6 +315,11 @@ def demo_cmd(
 ) -> None:
     """Watch load sharing: a sample site, the real CSMS and controller, simulated chargers
     (OCPP 1.6J and 2.0.1, 1- and 3-phase) and cars that come and go."""
+    import asyncio
+    import contextlib
+    import signal
+
+    from rich.console import Console
     _logging("error")
     console = Console()
 
