@@ -17,7 +17,7 @@ phase) is an *overload*, reported but not held against the allocation.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -220,6 +220,28 @@ def _breaches(site: _Site, limits: list[EffectiveLimit], totals: _Totals) -> lis
     return out
 
 
+def _loaders(connectors: Iterable[_Connector],
+             breaches: list[_Breach]) -> list[list[_Connector]]:
+    """For each breach, which of ``connectors`` load it: one pass over the connectors, a
+    look-up per group above each (not a scan of every connector per breach)."""
+    out: list[list[_Connector]] = [[] for _ in breaches]
+    by_group: dict[int, list[int]] = {}
+    by_charger: dict[int, list[int]] = {}
+    for i, breach in enumerate(breaches):
+        if breach.charger is None:
+            by_group.setdefault(breach.group, []).append(i)
+        else:
+            by_charger.setdefault(breach.charger, []).append(i)
+    for conn in connectors:
+        for i in by_charger.get(conn.charger, ()):
+            out[i].append(conn)
+        for group in conn.chain:
+            for i in by_group.get(group, ()):
+                if breaches[i].loaded_by(conn):
+                    out[i].append(conn)
+    return out
+
+
 def _top(conn: _Connector, demand: ConnectorDemand | None) -> float:
     """The most this connector may get now: its own and its charger's maximum, and the EV's."""
     if demand is None or demand.max_current is None:
@@ -380,8 +402,10 @@ def failsafe_setpoints(topology: Topology, snapshot: Snapshot) -> dict[Connector
     broken = [breach for breach in found.breaches if breach.flagged]
     for i, _, _ in found.out_of_bounds:
         setpoints[site.connectors[i].key] = 0.0
-    for conn, is_online in zip(site.connectors, online, strict=True):
-        if is_online and any(breach.loaded_by(conn) for breach in broken):
+    online_connectors = (c for c, is_online in zip(site.connectors, online, strict=True)
+                         if is_online)
+    for under in _loaders(online_connectors, broken):
+        for conn in under:
             setpoints[conn.key] = 0.0
     return setpoints
 
@@ -475,17 +499,12 @@ def check_plan(topology: Topology, snapshot: Snapshot, counted: Mapping[Connecto
     if not any(raised):
         return alarms
     totals = _add_up(site, worst, raised)
-    raised_connectors = [c for c, up in zip(site.connectors, raised, strict=True) if up]
-    for breach in _breaches(site, _limits(topology, site, snapshot), totals):
-        if breach.flagged:
-            alarms.append(breach.alarm(site, " if every command in flight and in this step "
-                                             "took effect; the step raises "
-                                             + _some(raised_connectors, breach) + " under it"))
+    raised_connectors = (c for c, up in zip(site.connectors, raised, strict=True) if up)
+    refused = [b for b in _breaches(site, _limits(topology, site, snapshot), totals)
+               if b.flagged]
+    for breach, under in zip(refused, _loaders(raised_connectors, refused), strict=True):
+        shown = ", ".join(f"{c.key[0]}/{c.key[1]}" for c in under[:5])
+        more = f" and {len(under) - 5} more" if len(under) > 5 else ""
+        alarms.append(breach.alarm(site, " if every command in flight and in this step took "
+                                         f"effect; the step raises {shown}{more} under it"))
     return alarms
-
-
-def _some(connectors: list[_Connector], breach: _Breach, shown: int = 5) -> str:
-    """The first few of ``connectors`` that load the limit ``breach`` names, for an alarm."""
-    under = [f"{c.key[0]}/{c.key[1]}" for c in connectors if breach.loaded_by(c)]
-    more = f" and {len(under) - shown} more" if len(under) > shown else ""
-    return ", ".join(under[:shown]) + more
