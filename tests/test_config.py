@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import gc
 import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
-from gridshare.config import ConfigError, failsafe_warnings, load_site, parse_site
+from gridshare import config as config_module
+from gridshare.config import (
+    ConfigError,
+    failsafe_warnings,
+    load_site,
+    parse_site,
+    parse_site_config,
+)
 from gridshare.core.topology import Phase, Policy
 
 GOOD = textwrap.dedent("""\
@@ -194,3 +205,136 @@ def test_ocpp_section_becomes_csms_settings(tmp_path: Path) -> None:
     (tmp_path / "server.key").unlink()
     with pytest.raises(ConfigError, match="no such file"):
         load_site_config(path)
+
+
+# --- reading YAML once: the fast reader gives safe_load's data and today's messages -------
+
+yaml_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-10**12, 10**12),
+    st.floats(allow_nan=False), st.text(max_size=12))
+yaml_documents = st.recursive(
+    yaml_scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4),
+                            st.dictionaries(st.text(max_size=8) | st.integers(), inner,
+                                            max_size=4)),
+    max_leaves=25)
+
+
+@given(yaml_documents, st.booleans())
+def test_fast_reader_builds_what_safe_load_builds(data: object, flow: bool) -> None:
+    text = yaml.safe_dump(data, default_flow_style=flow, allow_unicode=True)
+    read, repeated = config_module._read_yaml(text)
+    assert read == yaml.safe_load(text)
+    assert not repeated
+
+
+@pytest.mark.parametrize("text", [
+    pytest.param("a: 010\nb: 0x1F\nc: 1_000\nd: 1:30\ne: -0\nf: +7\n", id="yaml-1.1-ints"),
+    pytest.param("a: .inf\nb: -.Inf\nc: 1_0.5\nd: 6.\ne: 1e3\nf: 3.0e+2\n", id="floats"),
+    pytest.param("a: yes\nb: Off\nc: ~\nd: null\ne: ''\nf:\n", id="bools-and-nulls"),
+    pytest.param("a: 2026-11-22\nb: 2026-11-22T08:00:00Z\n", id="timestamps"),
+    pytest.param("a: '1'\nb: \"0x1F\"\nc: !!str 5\nd: !!float 2\n", id="quoted-and-tagged"),
+    pytest.param("base: &b {x: 1, y: [1, 2]}\ncopy: *b\n", id="anchor-and-alias"),
+    pytest.param("base: &b {x: 1}\nmerged: {<<: *b, y: 2}\n", id="merge-key"),
+    pytest.param("just a scalar\n", id="scalar-document"),
+    pytest.param("", id="empty"),
+    pytest.param("- a\n- - b\n  - {c: [d, {e: f}]}\n", id="nesting"),
+])
+def test_fast_reader_edge_cases_match_safe_load(text: str) -> None:
+    read, _ = config_module._read_yaml(text)
+    assert read == yaml.safe_load(text)
+    assert type(read) is type(yaml.safe_load(text))
+
+
+def test_fast_reader_fails_where_safe_load_fails() -> None:
+    for text in ("a: 1\n---\nb: 2\n", "a: !!python/name:os.system x\n", "a: *nowhere\n",
+                 "? [a, b]\n: c\n"):
+        with pytest.raises(yaml.YAMLError):
+            yaml.safe_load(text)
+        with pytest.raises(yaml.YAMLError):
+            config_module._read_yaml(text)
+
+
+def test_yaml_errors_keep_the_pure_python_wording() -> None:
+    """libyaml says "did not find expected ..."; the file's author sees the same words
+    as before the fast parser."""
+    text = "site: [unclosed\n"
+    with pytest.raises(yaml.MarkedYAMLError) as pure:
+        yaml.load(text, Loader=yaml.SafeLoader)
+    [msg] = issues_of(text)
+    assert pure.value.problem_mark is not None
+    assert msg == (f"site.yaml:{pure.value.problem_mark.line + 1}: "
+                   f"not valid YAML: {pure.value.problem}")
+
+
+def test_line_numbers_from_libyaml_match_the_pure_python_parser() -> None:
+    text = GOOD + "ocpp:\n  tls: {certfile: a.pem,\n        keyfile: b.key}\n  lease: 60\n"
+    pure: dict[tuple[str | int, ...], int] = {}
+    fast: dict[tuple[str | int, ...], int] = {}
+    config_module._line_map(yaml.compose(text, Loader=yaml.SafeLoader), (), pure, [])
+    config_module._line_map(yaml.compose(text, Loader=yaml.CSafeLoader), (), fast, [])
+    assert fast == pure
+    assert len(pure) > 40
+
+
+def test_a_good_file_never_computes_line_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_line_map(*_args: object) -> None:
+        raise AssertionError("line map walked for a good file")
+
+    monkeypatch.setattr(config_module, "_line_map", no_line_map)
+    assert parse_site(GOOD, "site.yaml").site == "carport"
+    with pytest.raises(AssertionError, match="line map walked"):
+        parse_site(GOOD.replace("max_current: 40", "max_current: -5"), "site.yaml")
+
+
+@pytest.mark.parametrize(("edit", "expected"), [
+    (("voltage: 230", "voltage: 230\nvoltage: 400"), "site.yaml:3: voltage: duplicate key"),
+    (("    phases: 3\n", "    phases: 3\n    phases: 1\n"),
+     "site.yaml:8: groups[0].phases: duplicate key"),
+    (("        max_current: 40\n", "        max_current: 40\n        'max_current': 40\n"),
+     "site.yaml:12: groups[0].groups[0].max_current: duplicate key"),
+    (("voltage: 230", "voltage: &v 230\nvoltage: *v"), "site.yaml:3: voltage: duplicate key"),
+])
+def test_repeated_keys_are_found_on_the_fast_path(edit: tuple[str, str], expected: str) -> None:
+    """Quoted or not, with an alias or not: a key written twice is reported with its line,
+    as the node walk reported it before the fast reader."""
+    assert expected in issues_of(GOOD.replace(*edit))
+
+
+def test_reading_leaves_the_garbage_collector_as_it_was() -> None:
+    assert gc.isenabled()
+    parse_site(GOOD)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        parse_site(GOOD)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    with pytest.raises(ConfigError):
+        parse_site(GOOD.replace("max_current: 40", "max_current: -5"))
+    assert gc.isenabled()
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("", "ocpp1.6"), ("  no_subprotocol: ocpp2.0.1\n", "ocpp2.0.1"),
+    ("  no_subprotocol: null\n", None), ("  no_subprotocol: ocpp1.6\n", "ocpp1.6"),
+])
+def test_ocpp_no_subprotocol_setting(value: str, expected: str | None) -> None:
+    config = parse_site_config(GOOD + "ocpp:\n  lease: 60\n" + value, "site.yaml")
+    assert config.ocpp.no_subprotocol == expected
+
+
+def test_ocpp_no_subprotocol_rejects_unknown_versions() -> None:
+    [msg] = issues_of(GOOD + "ocpp:\n  no_subprotocol: ocpp2.1\n")
+    assert msg == ("site.yaml:30: ocpp.no_subprotocol: Input should be 'ocpp1.6' or "
+                   "'ocpp2.0.1' (got 'ocpp2.1')")
+
+
+def test_no_subprotocol_reaches_the_csms_settings() -> None:
+    from gridshare.app import csms_settings
+
+    for value, expected in (("null", None), ("ocpp2.0.1", "ocpp2.0.1")):
+        config = parse_site_config(GOOD + f"ocpp:\n  no_subprotocol: {value}\n", "site.yaml")
+        assert csms_settings(config).no_subprotocol == expected
+    assert csms_settings(parse_site_config(GOOD)).no_subprotocol == "ocpp1.6"

@@ -64,13 +64,8 @@ def serve_cmd(
     ] = "warning",
 ) -> None:
     """Run the CSMS and the controller for a site until SIGINT or SIGTERM."""
-    import asyncio
-
-    from gridshare.app import serve, serve_options
-    from gridshare.bus import BusError, open_bus
     from gridshare.cli.core_cmds import report_problems
     from gridshare.config import ConfigError, load_site_config
-    from gridshare.store import StoreError, normalise_url
 
     if log_level.lower() not in LOG_LEVELS:
         raise _fail(f"[red]--log-level must be one of {', '.join(LOG_LEVELS)}[/]", 2)
@@ -79,6 +74,14 @@ def serve_cmd(
         config = load_site_config(site)
     except ConfigError as exc:
         report_problems(site, exc)
+    # The live system is imported once the site file is known to be good: a typo in it
+    # is reported without waiting for OCPP, the controller and the store to load.
+    import asyncio
+
+    from gridshare.app import serve, serve_options
+    from gridshare.bus import BusError, open_bus
+    from gridshare.store import StoreError, normalise_url
+
     try:
         open_bus(bus)
         if db is not None and db.lower() not in ("none", "off", ""):
