@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
 from gridshare.cli import app
+from gridshare.core.decision import Allocation
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "src" / "gridshare" / "examples"
 SITE = EXAMPLES / "carport.yaml"
@@ -112,3 +115,101 @@ def test_check_json_names_l1_chargers(tmp_path: Path) -> None:
     data = json.loads(runner.invoke(app, ["check", str(site), "--json"]).stdout)
     assert data["chargers"][0]["phase"] == "L1"
     assert "1-phase L1" in runner.invoke(app, ["check", str(site)]).output
+
+
+# --- start-up: each command imports only what it uses -------------------------------------
+
+LIVE_SYSTEM = ("gridshare.adapters", "gridshare.app", "gridshare.controller", "gridshare.store",
+               "gridshare.sim", "ocpp", "websockets", "sqlalchemy", "jsonschema")
+
+
+def modules_loaded_by(args: list[str]) -> tuple[int, set[str]]:
+    """Run the command line in a fresh interpreter; which of the heavy modules did it load?"""
+    heavy = (*LIVE_SYSTEM, "numpy", "pydantic", "yaml", "rich", "gridshare.config")
+    code = (
+        "import sys\n"
+        "from gridshare.cli import app\n"
+        f"try:\n    app({args!r})\nexcept SystemExit as exc:\n    code = exc.code or 0\n"
+        f"loaded = [m for m in {heavy!r} if m in sys.modules]\n"
+        "sys.stderr.write('\\nLOADED=' + ','.join(loaded) + f'\\nCODE={code}\\n')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False)
+    tail = done.stderr.rsplit("LOADED=", 1)[1].splitlines()
+    loaded = {m for m in tail[0].split(",") if m}
+    return int(tail[1].removeprefix("CODE=")), loaded
+
+
+def test_help_loads_none_of_the_heavy_modules() -> None:
+    code, loaded = modules_loaded_by(["--help"])
+    assert code == 0
+    assert loaded == set()
+
+
+def test_allocate_json_loads_nothing_of_the_live_system() -> None:
+    code, loaded = modules_loaded_by(["allocate", str(SITE), "--demand", str(DEMAND), "--json"])
+    assert code == 0
+    assert not loaded & set(LIVE_SYSTEM)
+    assert "rich" not in loaded  # tables are for people; --json does not need them
+    assert {"numpy", "pydantic", "yaml"} <= loaded
+
+
+def test_help_lists_every_command() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("check", "allocate", "hash-password", "serve", "demo"):
+        assert command in result.output
+
+
+def test_allocate_runs_the_safety_guard_once_on_the_answer(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """allocate() answers unguarded; the command must run the guard and report it."""
+    from gridshare.core import allocation, guard
+
+    real_allocate, real_enforce = allocation.allocate, guard.enforce
+    calls: list[str] = []
+
+    def over_allocating(*args: Any, **kwargs: Any) -> Allocation:
+        answer = real_allocate(*args, **kwargs)
+        calls.append("allocate")
+        return replace(answer, setpoints={**answer.setpoints, ("cp-1", 1): 500.0})
+
+    def counted_enforce(*args: Any) -> Allocation:
+        calls.append("enforce")
+        return real_enforce(*args)
+
+    monkeypatch.setattr(allocation, "allocate", over_allocating)
+    monkeypatch.setattr(guard, "enforce", counted_enforce)
+    result = runner.invoke(app, ["allocate", str(SITE), "--demand", str(DEMAND), "--json"])
+    assert result.exit_code == 0, result.output
+    assert calls == ["allocate", "enforce"]
+    data = json.loads(result.stdout)
+    assert data["guarded"] is True and data["alarms"]
+    assert max(s["current"] for s in data["setpoints"]) < 500
+
+
+def test_allocate_reports_unguarded_when_the_answer_is_safe() -> None:
+    result = runner.invoke(app, ["allocate", str(SITE), "--demand", str(DEMAND), "--json"])
+    assert json.loads(result.stdout)["guarded"] is False
+
+
+def test_allocate_table_for_people() -> None:
+    result = runner.invoke(app, ["allocate", str(SITE), "--demand", str(DEMAND)])
+    assert result.exit_code == 0, result.output
+    assert "setpoints (equal)" in result.output and "groups (A per phase)" in result.output
+    assert "offline (failsafe)" in result.output
+
+
+def test_serve_reports_a_bad_site_file_before_starting(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SITE.read_text().replace("max_current: 100", "max_current: -100"))
+    result = runner.invoke(app, ["serve", str(bad), "--db", "none"])
+    assert result.exit_code == 2
+    assert f"{bad}:8: groups[0].max_current:" in result.output
+
+
+def test_bad_demand_file_names_the_file(tmp_path: Path) -> None:
+    demand = tmp_path / "d.json"
+    demand.write_text("{not json")
+    result = runner.invoke(app, ["allocate", str(SITE), "--demand", str(demand)])
+    assert result.exit_code == 2
+    assert f"problem(s) in {demand}" in result.output and "not valid JSON" in result.output

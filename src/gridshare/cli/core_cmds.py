@@ -33,7 +33,7 @@ def report_problems(path: Path, exc: ConfigError) -> NoReturn:
     from rich.console import Console
 
     err = Console(stderr=True)
-    err.print(f"[bold red]{len(exc.issues)} problem(s) in {path}:[/]")
+    err.print(f"[bold red]{len(exc.issues)} problem(s) in {path}:[/]", soft_wrap=True)
     for issue in exc.issues:
         err.print(f"  {issue}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(2) from exc
