@@ -152,6 +152,7 @@ class TestCSMS:
         self.messages: list[Msg] = []
         self.counts: dict[str, int] = {}
         self.points: dict[str, Any] = {}
+        self.sockets: dict[str, ServerConnection] = {}
         self.tx_ids = itertools.count(1000)
         self.auth_headers: dict[str, str | None] = {}
         self._server: Any = None
@@ -205,6 +206,7 @@ class TestCSMS:
         cp = cls(cid, ws)
         cp.csms = self
         self.points[cid] = cp
+        self.sockets[cid] = ws
         try:
             await cp.start()
         except websockets.ConnectionClosed:
@@ -212,12 +214,13 @@ class TestCSMS:
         finally:
             if self.points.get(cid) is cp:
                 del self.points[cid]
+                del self.sockets[cid]
 
     async def drop(self, charger_id: str) -> None:
         """Close one charger's connection from the CSMS side."""
-        cp = self.points.get(charger_id)
-        if cp is not None:
-            await cp._connection.close()
+        ws = self.sockets.get(charger_id)
+        if ws is not None:
+            await ws.close()
 
     # -- queries
 

@@ -417,15 +417,28 @@ class SimCharger:
         return None if self._connected else self.failsafe_current_a
 
     def _sample(self, conn: Connector, context: str = "Sample.Periodic") -> MeterSample:
-        return sample(conn, self.clock.now(), charger_phases=self.phases,
-                      wired_phase=self.phase, voltage_v=self.voltage_v, context=context)
+        return sample(
+            conn,
+            self.clock.now(),
+            charger_phases=self.phases,
+            wired_phase=self.phase,
+            voltage_v=self.voltage_v,
+            context=context,
+        )
 
     def sample_transactions(self, context: str = "Sample.Periodic") -> None:
         """Queue a meter sample of every connector whose transaction is running."""
         for conn in self._conns:
             if conn.tx is not None and conn.tx.active:
-                self.enqueue(Outgoing("meter", conn.id, self.clock.now(), tx=conn.tx,
-                                      sample=self._sample(conn, context)))
+                self.enqueue(
+                    Outgoing(
+                        "meter",
+                        conn.id,
+                        self.clock.now(),
+                        tx=conn.tx,
+                        sample=self._sample(conn, context),
+                    )
+                )
 
     # ------------------------------------------------------------------ smart charging
 
@@ -496,8 +509,9 @@ class SimCharger:
         elif what in ("MeterValues", "TransactionEvent"):
             for c in targets:
                 if c.tx is not None and c.tx.active:
-                    self.enqueue(Outgoing("meter", c.id, now, tx=c.tx,
-                                          sample=self._sample(c, "Trigger")))
+                    self.enqueue(
+                        Outgoing("meter", c.id, now, tx=c.tx, sample=self._sample(c, "Trigger"))
+                    )
         else:
             return False
         return True

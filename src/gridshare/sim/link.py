@@ -129,9 +129,7 @@ class Link:
         self._resume.set()
         self.charger.outbox.wake.set()
 
-    def fail_before_answers(
-        self, answers: int, actions: Collection[str], fate: AnswerFate
-    ) -> None:
+    def fail_before_answers(self, answers: int, actions: Collection[str], fate: AnswerFate) -> None:
         self.faults = AnswerFaults(answers, frozenset(actions), fate)
 
     def answer_fate(self, action: str) -> AnswerFate:
@@ -140,7 +138,7 @@ class Link:
 
     # ------------------------------------------------------------------ reconnecting
 
-    def _backoff(self) -> AsyncRetrying:
+    def backoff(self) -> AsyncRetrying:
         """Exponential backoff from ``reconnect_min_s`` to ``reconnect_max_s`` plus up to
         ``reconnect_min_s`` of seeded jitter; waits are real seconds, and :meth:`release`
         cuts them short."""
@@ -175,7 +173,7 @@ class Link:
         session: Session | None = None
         try:
             while not self.stopping:
-                async for attempt in self._backoff():
+                async for attempt in self.backoff():
                     with attempt:
                         if session is not None:
                             running, session = session, None
@@ -256,7 +254,8 @@ class Session:
         self.charger = link.charger
         self.ws = ws
         self.wire: Wire = (
-            Ocpp16Wire(self.charger) if self.charger.protocol == "ocpp1.6"
+            Ocpp16Wire(self.charger)
+            if self.charger.protocol == "ocpp1.6"
             else Ocpp201Wire(self.charger)
         )
         self.rpc = RpcConnection(

@@ -31,23 +31,56 @@ def meter_value(s: MeterSample) -> Payload:
     """One 1.6 MeterValue (sampled values are strings in 1.6)."""
     ctx = s.context
     sv: list[Payload] = [
-        {"value": str(round(s.energy_wh)), "context": ctx,
-         "measurand": "Energy.Active.Import.Register", "unit": "Wh"},
-        {"value": _one_decimal(s.power_w), "context": ctx, "measurand": "Power.Active.Import",
-         "unit": "W"},
+        {
+            "value": str(round(s.energy_wh)),
+            "context": ctx,
+            "measurand": "Energy.Active.Import.Register",
+            "unit": "Wh",
+        },
+        {
+            "value": _one_decimal(s.power_w),
+            "context": ctx,
+            "measurand": "Power.Active.Import",
+            "unit": "W",
+        },
     ]
     sv.extend(
-        {"value": _one_decimal(a), "context": ctx, "measurand": "Current.Import", "phase": phase,
-         "unit": "A"}
+        {
+            "value": _one_decimal(a),
+            "context": ctx,
+            "measurand": "Current.Import",
+            "phase": phase,
+            "unit": "A",
+        }
         for phase, a in zip(s.phases, s.current_a, strict=True)
     )
-    sv.append({"value": _one_decimal(s.offered_a), "context": ctx,
-               "measurand": "Current.Offered", "unit": "A"})
-    sv.append({"value": _one_decimal(s.voltage_v), "context": ctx, "measurand": "Voltage",
-               "phase": f"{s.phases[0]}-N", "unit": "V"})
+    sv.append(
+        {
+            "value": _one_decimal(s.offered_a),
+            "context": ctx,
+            "measurand": "Current.Offered",
+            "unit": "A",
+        }
+    )
+    sv.append(
+        {
+            "value": _one_decimal(s.voltage_v),
+            "context": ctx,
+            "measurand": "Voltage",
+            "phase": f"{s.phases[0]}-N",
+            "unit": "V",
+        }
+    )
     if s.soc_pct is not None:
-        sv.append({"value": _one_decimal(s.soc_pct), "context": ctx, "measurand": "SoC",
-                   "location": "EV", "unit": "Percent"})
+        sv.append(
+            {
+                "value": _one_decimal(s.soc_pct),
+                "context": ctx,
+                "measurand": "SoC",
+                "location": "EV",
+                "unit": "Percent",
+            }
+        )
     return {"timestamp": format_time(s.timestamp), "sampledValue": sv}
 
 
@@ -74,11 +107,14 @@ class Ocpp16Wire:
 
     async def boot(self, rpc: RpcConnection, reason: str) -> tuple[str, float]:
         """BootNotification (1.6 has no boot reason); returns (status, interval)."""
-        res = await rpc.call("BootNotification", {
-            "chargePointVendor": self.charger.vendor,
-            "chargePointModel": self.charger.model,
-            "firmwareVersion": "gridshare-sim",
-        })
+        res = await rpc.call(
+            "BootNotification",
+            {
+                "chargePointVendor": self.charger.vendor,
+                "chargePointModel": self.charger.model,
+                "firmwareVersion": "gridshare-sim",
+            },
+        )
         return str(res["status"]), float(res["interval"])
 
     async def heartbeat(self, rpc: RpcConnection) -> None:
@@ -89,12 +125,15 @@ class Ocpp16Wire:
         kind = item.kind
         if kind == "status":
             assert item.status is not None
-            await rpc.call("StatusNotification", {
-                "connectorId": item.connector,
-                "errorCode": "NoError",
-                "status": item.status.value,
-                "timestamp": format_time(item.at),
-            })
+            await rpc.call(
+                "StatusNotification",
+                {
+                    "connectorId": item.connector,
+                    "errorCode": "NoError",
+                    "status": item.status.value,
+                    "timestamp": format_time(item.at),
+                },
+            )
         elif kind == "heartbeat":
             await self.heartbeat(rpc)
         elif kind in ("plugged", "needs"):
@@ -105,12 +144,15 @@ class Ocpp16Wire:
             charger.transaction_authorized(tx, res["idTagInfo"]["status"] == "Accepted")
         elif kind == "started":
             assert tx is not None
-            res = await rpc.call("StartTransaction", {
-                "connectorId": item.connector,
-                "idTag": tx.id_tag,
-                "meterStart": round(tx.meter_start_wh),
-                "timestamp": format_time(item.at),
-            })
+            res = await rpc.call(
+                "StartTransaction",
+                {
+                    "connectorId": item.connector,
+                    "idTag": tx.id_tag,
+                    "meterStart": round(tx.meter_start_wh),
+                    "timestamp": format_time(item.at),
+                },
+            )
             tx.id = str(res["transactionId"])
             charger.log_event(f"tx_id c{item.connector} = {tx.id}")
             if res["idTagInfo"]["status"] != "Accepted" and not tx.ended:
@@ -154,8 +196,9 @@ class Ocpp16Wire:
 
     def set_charging_profile(self, req: Payload) -> Payload:
         charger = self.charger
-        profile = profile_from_v16(req["connectorId"], req["csChargingProfiles"],
-                                   charger.clock.now())
+        profile = profile_from_v16(
+            req["connectorId"], req["csChargingProfiles"], charger.clock.now()
+        )
         ok, _ = charger.install_profile(profile)
         return {"status": "Accepted" if ok else "Rejected"}
 
@@ -194,7 +237,8 @@ class Ocpp16Wire:
         result: Payload = {
             "configurationKey": [
                 {"key": k, "readonly": items[k][1], "value": items[k][0]}
-                for k in wanted if k in items
+                for k in wanted
+                if k in items
             ]
         }
         unknown = [k for k in wanted if k not in items]

@@ -52,23 +52,56 @@ def meter_value(s: MeterSample) -> Payload:
     """One 2.0.1 MeterValue (sampled values are numbers in 2.0.1)."""
     ctx = s.context
     sv: list[Payload] = [
-        {"value": round(s.energy_wh, 1), "context": ctx,
-         "measurand": "Energy.Active.Import.Register", "unitOfMeasure": {"unit": "Wh"}},
-        {"value": round(s.power_w, 1), "context": ctx, "measurand": "Power.Active.Import",
-         "unitOfMeasure": {"unit": "W"}},
+        {
+            "value": round(s.energy_wh, 1),
+            "context": ctx,
+            "measurand": "Energy.Active.Import.Register",
+            "unitOfMeasure": {"unit": "Wh"},
+        },
+        {
+            "value": round(s.power_w, 1),
+            "context": ctx,
+            "measurand": "Power.Active.Import",
+            "unitOfMeasure": {"unit": "W"},
+        },
     ]
     sv.extend(
-        {"value": round(a, 2), "context": ctx, "measurand": "Current.Import", "phase": phase,
-         "unitOfMeasure": {"unit": "A"}}
+        {
+            "value": round(a, 2),
+            "context": ctx,
+            "measurand": "Current.Import",
+            "phase": phase,
+            "unitOfMeasure": {"unit": "A"},
+        }
         for phase, a in zip(s.phases, s.current_a, strict=True)
     )
-    sv.append({"value": round(s.offered_a, 1), "context": ctx, "measurand": "Current.Offered",
-               "unitOfMeasure": {"unit": "A"}})
-    sv.append({"value": round(s.voltage_v, 1), "context": ctx, "measurand": "Voltage",
-               "phase": f"{s.phases[0]}-N", "unitOfMeasure": {"unit": "V"}})
+    sv.append(
+        {
+            "value": round(s.offered_a, 1),
+            "context": ctx,
+            "measurand": "Current.Offered",
+            "unitOfMeasure": {"unit": "A"},
+        }
+    )
+    sv.append(
+        {
+            "value": round(s.voltage_v, 1),
+            "context": ctx,
+            "measurand": "Voltage",
+            "phase": f"{s.phases[0]}-N",
+            "unitOfMeasure": {"unit": "V"},
+        }
+    )
     if s.soc_pct is not None:
-        sv.append({"value": s.soc_pct, "context": ctx, "measurand": "SoC", "location": "EV",
-                   "unitOfMeasure": {"unit": "Percent"}})
+        sv.append(
+            {
+                "value": s.soc_pct,
+                "context": ctx,
+                "measurand": "SoC",
+                "location": "EV",
+                "unitOfMeasure": {"unit": "Percent"},
+            }
+        )
     return {"timestamp": format_time(s.timestamp), "sampledValue": sv}
 
 
@@ -84,8 +117,12 @@ def _lookup(component: Payload, variable: Payload) -> tuple[str, str | None]:
 
 
 def _echo(d: Payload, status: str, **extra: Any) -> Payload:
-    out: Payload = {"attributeStatus": status, "component": d["component"],
-                    "variable": d["variable"], **extra}
+    out: Payload = {
+        "attributeStatus": status,
+        "component": d["component"],
+        "variable": d["variable"],
+        **extra,
+    }
     if "attributeType" in d:
         out["attributeType"] = d["attributeType"]
     return out
@@ -108,22 +145,30 @@ class Ocpp201Wire:
     async def boot(self, rpc: RpcConnection, reason: str) -> tuple[str, float]:
         """BootNotification with ``reason`` (PowerUp, RemoteReset, ...); returns
         (status, interval)."""
-        res = await rpc.call("BootNotification", {
-            "chargingStation": {
-                "model": self.charger.model,
-                "vendorName": self.charger.vendor,
-                "firmwareVersion": "gridshare-sim",
+        res = await rpc.call(
+            "BootNotification",
+            {
+                "chargingStation": {
+                    "model": self.charger.model,
+                    "vendorName": self.charger.vendor,
+                    "firmwareVersion": "gridshare-sim",
+                },
+                "reason": reason,
             },
-            "reason": reason,
-        })
+        )
         return str(res["status"]), float(res["interval"])
 
     async def heartbeat(self, rpc: RpcConnection) -> None:
         await rpc.call("Heartbeat", {})
 
     async def _tx_event(
-        self, rpc: RpcConnection, item: Outgoing, event_type: str, trigger: str,
-        info: Payload, **extra: Any,
+        self,
+        rpc: RpcConnection,
+        item: Outgoing,
+        event_type: str,
+        trigger: str,
+        info: Payload,
+        **extra: Any,
     ) -> Payload:
         tx = item.tx
         assert tx is not None
@@ -148,16 +193,23 @@ class Ocpp201Wire:
             assert item.status is not None
             conn_status = "Available" if item.status.value == "Available" else "Occupied"
             if self._sent_status.get(item.connector) != conn_status:
-                await rpc.call("StatusNotification", {
-                    "timestamp": format_time(item.at),
-                    "connectorStatus": conn_status,
-                    "evseId": item.connector,
-                    "connectorId": 1,
-                })
+                await rpc.call(
+                    "StatusNotification",
+                    {
+                        "timestamp": format_time(item.at),
+                        "connectorStatus": conn_status,
+                        "evseId": item.connector,
+                        "connectorId": 1,
+                    },
+                )
                 self._sent_status[item.connector] = conn_status
             state = _CHARGING_STATE.get(item.status.value)
-            if tx is not None and not tx.ended and tx.seq_no > 0 and state and (
-                tx.wire_state != state
+            if (
+                tx is not None
+                and not tx.ended
+                and tx.seq_no > 0
+                and state
+                and (tx.wire_state != state)
             ):
                 tx.wire_state = state
                 await self._tx_event(
@@ -169,7 +221,11 @@ class Ocpp201Wire:
             assert tx is not None
             tx.wire_state = "EVConnected"
             await self._tx_event(
-                rpc, item, "Started", "CablePluggedIn", {"chargingState": "EVConnected"},
+                rpc,
+                item,
+                "Started",
+                "CablePluggedIn",
+                {"chargingState": "EVConnected"},
                 evse={"id": item.connector, "connectorId": 1},
             )
         elif kind == "authorize":
@@ -181,7 +237,11 @@ class Ocpp201Wire:
         elif kind == "started":
             assert tx is not None
             await self._tx_event(
-                rpc, item, "Updated", "Authorized", {},
+                rpc,
+                item,
+                "Updated",
+                "Authorized",
+                {},
                 idToken={"idToken": tx.id_tag, "type": "ISO14443"},
             )
         elif kind == "needs":
@@ -197,7 +257,10 @@ class Ocpp201Wire:
             assert tx is not None and item.sample is not None
             reason = tx.stop_reason or "Other"
             await self._tx_event(
-                rpc, item, "Ended", _STOP_TRIGGER.get(reason, "AbnormalCondition"),
+                rpc,
+                item,
+                "Ended",
+                _STOP_TRIGGER.get(reason, "AbnormalCondition"),
                 {
                     "chargingState": "Idle" if reason == "EVDisconnected" else "EVConnected",
                     "stoppedReason": reason,

@@ -250,9 +250,7 @@ class RpcConnection:
     # ------------------------------------------------------------------ sending
 
     async def _send_error(self, uid: str, error: CallError) -> None:
-        await self._send(
-            [MessageType.CALLERROR, uid, error.code, error.description, error.details]
-        )
+        await self._send([MessageType.CALLERROR, uid, error.code, error.description, error.details])
 
     async def _send(self, frame: list[Any]) -> None:
         if self.muted:

@@ -127,8 +127,11 @@ class SmartCharging:
                 return "transaction id mismatch"
         replaces = any(
             p.id == profile.id
-            or (p.purpose is profile.purpose and p.stack_level == profile.stack_level
-                and p.connector == c)
+            or (
+                p.purpose is profile.purpose
+                and p.stack_level == profile.stack_level
+                and p.connector == c
+            )
             for p in self.store.all
         )
         if not replaces and len(self.store) >= MAX_PROFILES:

@@ -1,0 +1,162 @@
+"""The simulator's own OCPP-J RPC layer, frame by frame against a raw-frame CSMS."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from raw_csms import Connection, RawCSMS
+
+from gridshare.sim import SimCharger
+
+BOTH = pytest.mark.parametrize("protocol", ["ocpp1.6", "ocpp2.0.1"])
+Factory = Callable[..., SimCharger]
+
+
+@pytest.fixture
+async def raw() -> AsyncIterator[RawCSMS]:
+    server = await RawCSMS().start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def online(
+    raw: RawCSMS, make_charger: Factory, protocol: str, **kw: Any
+) -> tuple[SimCharger, Connection]:
+    ch = make_charger("CP-RAW", url=raw.url, protocol=protocol, **kw)
+    await ch.start(physics=False)
+    conn = await raw.connected()
+    assert await ch.wait_connected(5)
+    return ch, conn
+
+
+def tx_default(protocol: str, limit: float, **profile: Any) -> dict[str, Any]:
+    """A valid SetChargingProfile request (TxDefaultProfile on the whole charger)."""
+    sched = {
+        "chargingRateUnit": "A",
+        "chargingSchedulePeriod": [{"startPeriod": 0, "limit": limit}],
+    }
+    if protocol == "ocpp1.6":
+        return {
+            "connectorId": 0,
+            "csChargingProfiles": {
+                "chargingProfileId": 1,
+                "stackLevel": 0,
+                "chargingProfilePurpose": "TxDefaultProfile",
+                "chargingProfileKind": "Relative",
+                "chargingSchedule": sched,
+                **profile,
+            },
+        }
+    return {
+        "evseId": 0,
+        "chargingProfile": {
+            "id": 1,
+            "stackLevel": 0,
+            "chargingProfilePurpose": "TxDefaultProfile",
+            "chargingProfileKind": "Relative",
+            "chargingSchedule": [{"id": 1, **sched}],
+            **profile,
+        },
+    }
+
+
+@BOTH
+async def test_unknown_action_is_not_implemented_and_unhandled_one_not_supported(
+    protocol: str, raw: RawCSMS, make_charger: Factory
+) -> None:
+    _, conn = await online(raw, make_charger, protocol)
+    uid = await raw.call(conn, "FlyToTheMoon", {})
+    assert (await raw.answer(conn, uid))[:3] == [4, uid, "NotImplemented"]
+    unlock = {"connectorId": 1} if protocol == "ocpp1.6" else {"evseId": 1, "connectorId": 1}
+    uid = await raw.call(conn, "UnlockConnector", unlock)
+    assert (await raw.answer(conn, uid))[:3] == [4, uid, "NotSupported"]
+    uid = await raw.call(conn, "SetChargingProfile", tx_default(protocol, 10))
+    assert await raw.answer(conn, uid) == [3, uid, {"status": "Accepted"}]
+
+
+@BOTH
+async def test_requests_that_break_the_schema_get_the_matching_error_and_change_nothing(
+    protocol: str, raw: RawCSMS, make_charger: Factory
+) -> None:
+    ch, conn = await online(raw, make_charger, protocol)
+    v16 = protocol == "ocpp1.6"
+    connector_key = "connectorId" if v16 else "evseId"
+    wrong_type = {**tx_default(protocol, 10), connector_key: "zero"}
+    incomplete = {connector_key: 0}
+    bad_enum = tx_default(protocol, 10, chargingProfilePurpose="WhateverProfile")
+    extra = {**tx_default(protocol, 10), "surprise": 1}
+    cases = [
+        (wrong_type, "TypeConstraintViolation"),
+        (incomplete, "ProtocolError"),
+        (bad_enum, "PropertyConstraintViolation"),
+        (extra, "FormationViolation" if v16 else "FormatViolation"),
+    ]
+    for payload, code in cases:
+        uid = await raw.call(conn, "SetChargingProfile", payload)
+        assert (await raw.answer(conn, uid))[:3] == [4, uid, code], payload
+    await raw.send(conn, [2, "not-an-object", "SetChargingProfile", [1, 2]])
+    answer = await raw.answer(conn, "not-an-object")
+    assert answer[:3] == [4, "not-an-object", "FormationViolation" if v16 else "FormatViolation"]
+    assert ch.profiles == ()
+    assert ch.connected
+
+
+@BOTH
+async def test_one_call_in_flight_with_unique_ids(
+    protocol: str, raw: RawCSMS, make_charger: Factory
+) -> None:
+    raw.hold = {"StatusNotification"}
+    ch, conn = await online(raw, make_charger, protocol)
+    first = await raw.wait(lambda: conn.calls("StatusNotification"))
+    ch.trigger("Heartbeat", None)
+    ch.trigger("Heartbeat", None)
+    await asyncio.sleep(0.3)
+    assert conn.calls("Heartbeat") == []  # the unanswered status blocks everything after it
+    raw.hold = set()
+    await raw.send(conn, [3, first[0][1], {}])
+    await raw.wait(lambda: len(conn.calls("Heartbeat")) == 2)
+    ids = [f[1] for f in conn.calls()]
+    assert len(ids) == len(set(ids))
+    # every CALL of the charger was answered before its next CALL went out
+    order = [(way, f[0], f[1]) for way, f in conn.log]
+    calls = [i for i, (way, kind, _) in enumerate(order) if way == "in" and kind == 2]
+    for this, following in itertools.pairwise(calls):
+        answered_at = order.index(("out", 3, order[this][2]))
+        assert this < answered_at < following
+
+
+async def test_no_answer_in_time_drops_the_link_and_reconnects(
+    raw: RawCSMS, make_charger: Factory
+) -> None:
+    ch, conn = await online(raw, make_charger, "ocpp1.6", response_timeout_s=0.3)
+    raw.hold = {"Heartbeat"}
+    ch.trigger("Heartbeat", None)
+    await asyncio.wait_for(conn.closed.wait(), 3)
+    raw.hold = set()
+    await raw.connected(2)
+    assert any("no answer to heartbeat" in what for _, what in ch.events)
+    assert await ch.wait_connected(5)
+
+
+@BOTH
+async def test_call_errors_and_invalid_results_are_logged_and_the_link_goes_on(
+    protocol: str, raw: RawCSMS, make_charger: Factory
+) -> None:
+    ch, conn = await online(raw, make_charger, protocol)
+    raw.refuse = {"Heartbeat": "InternalError"}
+    ch.trigger("Heartbeat", None)
+    await raw.wait(lambda: any("heartbeat c0: InternalError" in w for _, w in ch.events))
+    raw.refuse = {}
+    raw.results = {"Heartbeat": {"currentTime": 5}}  # a number where a date-time belongs
+    ch.trigger("Heartbeat", None)
+    await raw.wait(lambda: any("heartbeat c0: TypeConstraintViolation" in w for _, w in ch.events))
+    raw.results = {}
+    ch.trigger("Heartbeat", None)
+    await raw.wait(lambda: len(conn.calls("Heartbeat")) == 3)
+    assert ch.connected and len(raw.connections) == 1
