@@ -6,6 +6,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gridshare.sim import EV, ChargingProfile, ManualClock, Period, Purpose, SimCharger
 from gridshare.sim.profiles import ProfileStore
@@ -307,3 +309,52 @@ def test_status_follows_the_car(soc: float) -> None:
     assert ch.status(1).value == ("Charging" if soc < 1 else "SuspendedEV")
     ch.unplug_nowait(1)
     assert ch.status(1).value == "Available" and ch.drawn_a(1) == (0.0, 0.0, 0.0)
+
+
+# ---------------------------------------------------------------- as the spec says
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    tx_limit=st.integers(6, 32),
+    default_limit=st.one_of(st.none(), st.integers(6, 32)),
+    valid_for_s=st.integers(1, 3600),
+    protocol=st.sampled_from(["ocpp1.6", "ocpp2.0.1"]),
+)
+def test_accepted_tx_profile_applies_offline_until_its_valid_to_then_the_default(
+    tx_limit: int, default_limit: int | None, valid_for_s: int, protocol: str
+) -> None:
+    clock = ManualClock(T0)
+    ch = charger(clock, protocol=protocol, failsafe_current_a=0)
+    plug_offline(ch)
+    if default_limit is not None:
+        assert ch.install_profile(prof(1, Purpose.TX_DEFAULT, default_limit))[0]
+    valid_to = T0 + timedelta(seconds=valid_for_s)
+    assert ch.install_profile(
+        prof(2, Purpose.TX, tx_limit, connector=1, tx="42", valid_to=valid_to)
+    )[0]
+    assert not ch.connected
+    clock.advance(valid_for_s - 0.5)
+    assert ch.offered_a(1) == tx_limit  # offline, and still in force
+    clock.advance(0.5)
+    # ended: the TxDefault failsafe, or with no profile left in force the full rating
+    assert ch.offered_a(1) == (default_limit if default_limit is not None else 32)
+
+
+@pytest.mark.parametrize("protocol", ["ocpp1.6", "ocpp2.0.1"])
+def test_tx_profile_for_a_transaction_the_charger_does_not_know_is_rejected(
+    protocol: str,
+) -> None:
+    clock = ManualClock(T0)
+    ch = charger(clock, protocol=protocol)
+    plug_offline(ch)
+    assert ch.install_profile(prof(1, Purpose.TX, 10, connector=1, tx="7")) == (
+        False,
+        "transaction id mismatch",
+    )
+    ch.stop_transaction(1)
+    assert ch.install_profile(prof(2, Purpose.TX, 10, connector=1, tx="42")) == (
+        False,
+        "no transaction",
+    )
+    assert ch.profiles == ()
