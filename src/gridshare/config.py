@@ -222,6 +222,7 @@ def _data_from_events(text: str) -> tuple[Any, bool]:
     loader = _FastLoader(text)
     try:
         constructors = loader.yaml_constructors
+        plain_tags = loader.plain_tags  # looked up here: most scalars repeat a known text
         next_event = loader.get_event
         # An open collection: [container, key awaiting its value (or _EXPECT_KEY),
         # the keys as written, how many keys].
@@ -241,8 +242,12 @@ def _data_from_events(text: str) -> tuple[Any, bool]:
                 if event.anchor is not None or event.tag is not None:
                     raise _NeedsFullLoader
                 text_value = event.value
-                tag = (loader.resolve(yaml.ScalarNode, text_value, event.implicit)
-                       if event.implicit[0] else _STR_TAG)
+                if event.implicit[0]:  # plain: its tag follows from its text
+                    tag = plain_tags.get(text_value)
+                    if tag is None:
+                        tag = loader.resolve(yaml.ScalarNode, text_value, event.implicit)
+                else:  # quoted
+                    tag = _STR_TAG
                 if tag == _STR_TAG:
                     value = text_value
                 elif (tag == _INT_TAG and text_value.isascii() and text_value.isdigit()
