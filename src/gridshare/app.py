@@ -20,8 +20,8 @@ from pathlib import Path
 
 from gridshare.adapters.ocpp import CentralSystem, ChargerCredentials, CsmsConfig, TlsConfig
 from gridshare.bus import Bus, open_bus
-from gridshare.config import SiteConfig
 from gridshare.clock import Clock, SystemClock
+from gridshare.config import SiteConfig
 from gridshare.controller.loop import Controller, ControllerSettings
 from gridshare.controller.status_http import StatusServer
 from gridshare.core.topology import Topology
