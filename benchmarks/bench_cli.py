@@ -1,6 +1,6 @@
 """Time the ``gridshare`` command as operators run it: whole processes, start to exit.
 
-    python benchmarks/bench_cli.py [--chargers 10000] [--runs 10] [--seed 1] [--json]
+    python benchmarks/bench_cli.py [--chargers 10000] [--runs 10] [--seed 1] [--src DIR] [--json]
 
 Writes a site file and a demand file in a temporary directory — the four-level site of
 ``bench_allocation.py`` (root → 10 feeders → 10 panels → 10 circuits → chargers), as
@@ -11,7 +11,8 @@ then runs, each ``--runs`` times as a fresh subprocess:
 - ``gridshare --help`` (goal: ≤ 0.3 s),
 - ``python -c pass`` (the interpreter's own start-up, the floor under both),
 
-and reports p50, p99 and max wall time (nearest rank; with 10 runs p99 is the maximum),
+and reports p50, p99 and max wall time (nearest rank; with 10 runs p99 is the maximum)
+and the median CPU time (user + system; steadier than wall time on a shared machine),
 plus the import time of ``gridshare.cli`` from ``python -X importtime`` and its five
 heaviest imports. The whole command is timed, not a function inside it, because the
 interpreter start, the imports and the YAML parse are what the operator waits for.
@@ -22,9 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import random
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -123,52 +126,67 @@ def demand_json(snapshot: Snapshot) -> str:
 # -- measuring -------------------------------------------------------------------------------
 
 
+def percentile(samples: Sequence[float], q: float) -> float:
+    """Nearest rank: the smallest sample with at least q % of samples at or below."""
+    ordered = sorted(samples)
+    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
+
+
 @dataclass
 class Timings:
     seconds: list[float]
-
-    def percentile(self, q: float) -> float:
-        """Nearest rank: the smallest sample with at least q % of samples at or below."""
-        ordered = sorted(self.seconds)
-        return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
+    """Wall time of each process."""
+    cpu_seconds: list[float]
+    """User + system CPU time of each process: what the command costs when it has a core
+    to itself, so less disturbed than wall time when other work shares the machine."""
 
     def summary(self) -> dict[str, float | int]:
-        return {"runs": len(self.seconds), "p50_s": round(self.percentile(50), 3),
-                "p99_s": round(self.percentile(99), 3), "max_s": round(max(self.seconds), 3)}
+        return {"runs": len(self.seconds), "p50_s": round(percentile(self.seconds, 50), 3),
+                "p99_s": round(percentile(self.seconds, 99), 3),
+                "max_s": round(max(self.seconds), 3),
+                "cpu_p50_s": round(percentile(self.cpu_seconds, 50), 3)}
 
 
-def gridshare_command() -> list[str]:
-    """The installed ``gridshare`` script next to this interpreter, as operators run it."""
+def gridshare_command(src: Path | None) -> list[str]:
+    """The installed ``gridshare`` script next to this interpreter, as operators run it;
+    ``python -m gridshare`` when another checkout's sources are timed."""
     script = Path(sys.executable).with_name("gridshare")
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "gridshare"]
+    if src is None and script.is_file():
+        return [str(script)]
+    return [sys.executable, "-m", "gridshare"]
 
 
-def time_command(argv: Sequence[str], runs: int) -> tuple[Timings, str]:
+def time_command(argv: Sequence[str], runs: int,
+                 env: dict[str, str] | None = None) -> tuple[Timings, str]:
     """Wall time of ``runs`` fresh processes; every one must succeed. Returns the last
     stdout so the caller can check the command did its job, not just exit."""
     seconds = []
+    cpu_seconds = []
     stdout = ""
     for _ in range(runs):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
-        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        done = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
         seconds.append(time.perf_counter() - started)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu_seconds.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
         if done.returncode != 0:
             raise SystemExit(f"{' '.join(argv)} exited {done.returncode}:\n{done.stderr}")
         stdout = done.stdout
-    return Timings(seconds), stdout
+    return Timings(seconds, cpu_seconds), stdout
 
 
 IMPORTTIME = re.compile(r"import time:\s+\d+ \|\s+(\d+) \| *(\S+)")
 
 
-def import_profile(module: str, runs: int) -> dict[str, object]:
+def import_profile(module: str, runs: int, env: dict[str, str] | None) -> dict[str, object]:
     """Median cumulative import time of ``module`` (``python -X importtime``) and, from
     the median run, the five third-party or standard-library packages that cost most."""
-    own_root = module.split(".")[0]
+    own_root = module.split(".", maxsplit=1)[0]
     samples: list[tuple[int, dict[str, int]]] = []
     for _ in range(runs):
         done = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {module}"],
-                              capture_output=True, text=True, check=True)
+                              capture_output=True, text=True, check=True, env=env)
         total = 0
         packages: dict[str, int] = {}
         for line in done.stderr.splitlines():
@@ -187,7 +205,8 @@ def import_profile(module: str, runs: int) -> dict[str, object]:
             "heaviest_ms": {name: round(us / 1000, 1) for name, us in heaviest}}
 
 
-def run(chargers: int, runs: int, seed: int, keep: Path | None) -> dict[str, object]:
+def run(chargers: int, runs: int, seed: int, keep: Path | None,
+        src: Path | None = None) -> dict[str, object]:
     topology = site_with_chargers(chargers, seed)
     snapshot = draw_snapshot(topology, random.Random(seed * 1_000_003), 0)
     with tempfile.TemporaryDirectory(prefix="bench-cli-") as tmp:
@@ -197,14 +216,15 @@ def run(chargers: int, runs: int, seed: int, keep: Path | None) -> dict[str, obj
         demand = where / "demand.json"
         site.write_text(site_yaml(topology), encoding="utf-8")
         demand.write_text(demand_json(snapshot), encoding="utf-8")
-        gridshare = gridshare_command()
+        gridshare = gridshare_command(src)
+        env = None if src is None else {**os.environ, "PYTHONPATH": str(src.resolve())}
         allocate, out = time_command(
-            [*gridshare, "allocate", str(site), "--demand", str(demand), "--json"], runs)
+            [*gridshare, "allocate", str(site), "--demand", str(demand), "--json"], runs, env)
         setpoints = len(json.loads(out)["setpoints"])
         if setpoints < len(snapshot.connectors):
             raise SystemExit(f"allocate returned {setpoints} setpoints for "
                              f"{len(snapshot.connectors)} connectors in the demand")
-        help_, out = time_command([*gridshare, "--help"], runs)
+        help_, out = time_command([*gridshare, "--help"], runs, env)
         if "allocate" not in out:
             raise SystemExit("gridshare --help does not list allocate")
         bare, _ = time_command([sys.executable, "-c", "pass"], runs)
@@ -217,27 +237,30 @@ def run(chargers: int, runs: int, seed: int, keep: Path | None) -> dict[str, obj
         "demand_connectors": len(snapshot.connectors),
         "seed": seed,
         "command": gridshare,
+        "src": None if src is None else str(src),
         "python": platform.python_version(),
         "machine": f"{platform.machine()} {platform.processor() or platform.system()}",
         "allocate": {**allocate.summary(), "goal_s": GOAL_ALLOCATE_S},
         "help": {**help_.summary(), "goal_s": GOAL_HELP_S},
         "python_startup": bare.summary(),
-        "import": import_profile("gridshare.cli", runs),
+        "import": import_profile("gridshare.cli", runs, env),
     }
 
 
 def render(result: dict[str, object]) -> str:
     out = [f"gridshare command, {result['chargers']:,} chargers / {result['connectors']:,} "
            f"connectors / {result['groups']:,} groups ({result['site_file_mib']} MiB of "
-           f"YAML), seed {result['seed']}, python {result['python']} on {result['machine']}",
-           f"{'case':<34}{'runs':>5}{'p50 s':>9}{'p99 s':>9}{'max s':>9}{'goal s':>9}"]
+           f"YAML), seed {result['seed']}, python {result['python']} on {result['machine']}"
+           + (f", gridshare from {result['src']}" if result["src"] else ""),
+           f"{'case':<34}{'runs':>5}{'p50 s':>9}{'p99 s':>9}{'max s':>9}{'cpu p50 s':>11}"
+           f"{'goal s':>9}"]
     for key, label in (("allocate", "gridshare allocate ... --json"),
                        ("help", "gridshare --help"), ("python_startup", "python -c pass")):
         s = result[key]
         assert isinstance(s, dict)
         goal = f"{s['goal_s']:>9}" if "goal_s" in s else ""
         out.append(f"{label:<34}{s['runs']:>5}{s['p50_s']:>9.3f}{s['p99_s']:>9.3f}"
-                   f"{s['max_s']:>9.3f}{goal}")
+                   f"{s['max_s']:>9.3f}{s['cpu_p50_s']:>11.3f}{goal}")
     imp = result["import"]
     assert isinstance(imp, dict)
     heaviest = ", ".join(f"{name} {ms} ms" for name, ms in imp["heaviest_ms"].items())
@@ -256,11 +279,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="site and demand seed (default 1)")
     parser.add_argument("--keep", type=Path, default=None,
                         help="write the site and demand files here and keep them")
+    parser.add_argument("--src", type=Path, default=None,
+                        help="time the gridshare in this source folder (e.g. an older "
+                             "checkout's src, via PYTHONPATH) instead of the installed one")
     parser.add_argument("--json", action="store_true", help="print JSON on stdout")
     args = parser.parse_args(argv)
     if args.chargers < 1 or args.runs < 1:
         parser.error("--chargers and --runs must be at least 1")
-    result = run(args.chargers, args.runs, args.seed, args.keep)
+    result = run(args.chargers, args.runs, args.seed, args.keep, args.src)
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         sys.stdout.write("\n")
