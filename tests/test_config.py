@@ -338,3 +338,16 @@ def test_no_subprotocol_reaches_the_csms_settings() -> None:
         config = parse_site_config(GOOD + f"ocpp:\n  no_subprotocol: {value}\n", "site.yaml")
         assert csms_settings(config).no_subprotocol == expected
     assert csms_settings(parse_site_config(GOOD)).no_subprotocol == "ocpp1.6"
+
+
+def test_serve_options_take_the_lease_and_csms_from_the_site_file() -> None:
+    from gridshare.app import serve_options
+
+    config = parse_site_config(GOOD + "ocpp:\n  lease: 90\n  command_timeout: 4\n")
+    options = serve_options(config, host="127.0.0.1", ocpp_port=0, api_port=None,
+                            db_url="none")
+    assert options.controller.lease_s == 90
+    assert options.csms is not None
+    assert (options.csms.lease_s, options.csms.command_timeout_s) == (90, 4)
+    assert (options.host, options.ocpp_port, options.api_port, options.db_url) == (
+        "127.0.0.1", 0, None, "none")
