@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import ssl as ssl_mod
 import uuid
 import zlib
@@ -144,7 +145,8 @@ class SimCharger:
         self._connected = False
         self._connected_event = asyncio.Event()
         self._dirty = True
-        self._valid_until: datetime | None = None
+        self._valid_until_ts = math.inf
+        """Simulated UNIX time until which the offered currents stand (unless dirty)."""
         self._callbacks: list[SetpointCallback] = []
         self._task: asyncio.Task[None] | None = None
         self._physics_task: asyncio.Task[None] | None = None
@@ -381,7 +383,7 @@ class SimCharger:
         """Advance every connector by ``dt_s`` simulated seconds (``now_ts``: the clock's
         time, when the caller already has it)."""
         now = self.clock.time() if now_ts is None else now_ts
-        self._refresh()
+        self._refresh(now)
         for conn in self._conns:
             new_status = conn.advance(dt_s, now, self.voltage_v)
             if new_status is not None:
@@ -392,15 +394,18 @@ class SimCharger:
         self._dirty = True
         self._refresh()
 
-    def _refresh(self) -> None:
-        """Recompute offered currents if something changed or a schedule boundary passed."""
-        now = self.clock.now()
-        if not self._dirty and (self._valid_until is None or now < self._valid_until):
+    def _refresh(self, now_ts: float | None = None) -> None:
+        """Recompute offered currents if something changed or a schedule boundary passed
+        (``now_ts``: the clock's UNIX time, when the caller already has it)."""
+        if now_ts is None:
+            now_ts = self.clock.time()
+        if not self._dirty and now_ts < self._valid_until_ts:
             return
         self._dirty = False
+        now = self.clock.now()
         offer = self.smart.offer(self._conns, now, failsafe_a=self._failsafe_a())
-        self._valid_until = offer.valid_until
-        now_ts = now.timestamp()
+        until = offer.valid_until
+        self._valid_until_ts = until.timestamp() if until is not None else math.inf
         for conn in self._conns:
             conn.phases_avail = offer.phases[conn.id]
             value = offer.offered_a[conn.id]
