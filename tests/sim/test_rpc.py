@@ -160,3 +160,13 @@ async def test_call_errors_and_invalid_results_are_logged_and_the_link_goes_on(
     ch.trigger("Heartbeat", None)
     await raw.wait(lambda: len(conn.calls("Heartbeat")) == 3)
     assert ch.connected and len(raw.connections) == 1
+
+
+async def test_a_frame_of_our_own_that_breaks_the_schema_is_never_sent_and_is_reported(
+    raw: RawCSMS, make_charger: Factory
+) -> None:
+    ch = make_charger("CP-BUG", url=raw.url, vendor="a vendor name far too long for 1.6")
+    await ch.start(physics=False)
+    await raw.wait(lambda: any("failed: SchemaViolation" in what for _, what in ch.events))
+    assert not ch.connected
+    assert all(conn.calls() == [] for conn in raw.connections)

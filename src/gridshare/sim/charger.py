@@ -571,8 +571,16 @@ class SimCharger:
             return
         self.link.stopping = False
         self._task = asyncio.create_task(self.link.run(), name=f"sim-{self.id}")
+        self._task.add_done_callback(self._task_ended)
         if physics:
             self._physics_task = asyncio.create_task(self._physics(tick_s))
+            self._physics_task.add_done_callback(self._task_ended)
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        """Supervision: a task that dies of an error says so instead of vanishing."""
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("%s: %s failed", self.id, task.get_name(), exc_info=error)
+            self.log_event(f"{task.get_name()} failed: {type(error).__name__}: {error}")
 
     async def stop(self) -> None:
         """Close the connection and end all tasks."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import random
 import ssl as ssl_mod
 from collections.abc import Collection
@@ -31,7 +32,9 @@ from websockets.asyncio.client import connect as ws_connect
 
 from gridshare.sim.outbox import Outgoing
 from gridshare.sim.rpc import AnswerFate, CallError, Handler, LinkClosed, RpcConnection
-from gridshare.sim.schema import OcppVersion
+from gridshare.sim.schema import OcppVersion, SchemaViolation
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from gridshare.sim.charger import SimCharger
@@ -369,6 +372,10 @@ class Session:
             raise LinkDown("no answer") from e
         except LinkClosed as e:
             raise LinkDown("link closed") from e
+        except SchemaViolation as e:
+            # a simulator bug, not the CSMS's: say so loudly, skip the item, keep going
+            log.error("%s: not sending invalid %s: %s", charger.id, item.kind, e)
+            charger.log_event(f"invalid {item.kind} c{item.connector} not sent: {e}")
         tx = item.tx
         if tx is not None:
             if item.kind == "started" and tx.started_event is not None:
