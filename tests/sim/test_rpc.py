@@ -170,3 +170,18 @@ async def test_a_frame_of_our_own_that_breaks_the_schema_is_never_sent_and_is_re
     await raw.wait(lambda: any("failed: SchemaViolation" in what for _, what in ch.events))
     assert not ch.connected
     assert all(conn.calls() == [] for conn in raw.connections)
+
+
+async def test_round_trips_are_reported_per_answered_request(
+    raw: RawCSMS, make_charger: Factory
+) -> None:
+    ch = make_charger("CP-RTT", url=raw.url)
+    seen: list[tuple[str, float]] = []
+    ch.on_round_trip(lambda action, seconds: seen.append((action, seconds)))
+    await ch.start(physics=False)
+    conn = await raw.connected()
+    ch.trigger("Heartbeat", None)
+    await raw.wait(lambda: ("Heartbeat" in [a for a, _ in seen]))
+    actions = [a for a, _ in seen]
+    assert actions == [f[2] for f in conn.calls()]  # one report per answered CALL, in order
+    assert actions[0] == "BootNotification" and all(0 < s < 5 for _, s in seen)

@@ -49,6 +49,8 @@ Protocol = Literal["ocpp1.6", "ocpp2.0.1"]
 PROTOCOLS: tuple[str, ...] = ("ocpp1.6", "ocpp2.0.1")
 SetpointCallback = Callable[[int, float], None]
 """Called as ``callback(connector, offered_a)`` when the offered current changes."""
+RoundTripCallback = Callable[[str, float], None]
+"""Called as ``callback(action, seconds)`` when a request of the charger was answered."""
 EventListener = Callable[["SimCharger", datetime, str], None]
 
 
@@ -148,6 +150,7 @@ class SimCharger:
         self._valid_until_ts = math.inf
         """Simulated UNIX time until which the offered currents stand (unless dirty)."""
         self._callbacks: list[SetpointCallback] = []
+        self._round_trip_callbacks: list[RoundTripCallback] = []
         self._task: asyncio.Task[None] | None = None
         self._physics_task: asyncio.Task[None] | None = None
 
@@ -240,6 +243,16 @@ class SimCharger:
     def on_setpoint(self, callback: SetpointCallback) -> None:
         """Register ``callback(connector, offered_a)``, called on every change."""
         self._callbacks.append(callback)
+
+    def on_round_trip(self, callback: RoundTripCallback) -> None:
+        """Register ``callback(action, seconds)``, called whenever the CSMS answered a
+        request of this charger (``seconds``: from building the CALL to its result; what a
+        benchmark of the CSMS's latency under load wants)."""
+        self._round_trip_callbacks.append(callback)
+
+    def round_trip_done(self, action: str, seconds: float) -> None:
+        for cb in self._round_trip_callbacks:
+            cb(action, seconds)
 
     def log_event(self, what: str) -> None:
         """Record ``what`` in :attr:`events` and tell the listener (a SimSite)."""

@@ -30,6 +30,8 @@ from tenacity.wait import wait_base
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
+from gridshare.sim.ocpp16 import Ocpp16Wire
+from gridshare.sim.ocpp201 import Ocpp201Wire
 from gridshare.sim.outbox import Outgoing
 from gridshare.sim.rpc import AnswerFate, CallError, Handler, LinkClosed, RpcConnection
 from gridshare.sim.schema import OcppVersion, SchemaViolation
@@ -250,9 +252,6 @@ class Session:
     """One websocket to the CSMS, from BootNotification until it closes."""
 
     def __init__(self, link: Link, ws: ClientConnection) -> None:
-        from gridshare.sim.ocpp16 import Ocpp16Wire
-        from gridshare.sim.ocpp201 import Ocpp201Wire
-
         self.link = link
         self.charger = link.charger
         self.ws = ws
@@ -268,6 +267,7 @@ class Session:
             known_actions=self.wire.known_actions,
             response_timeout_s=self.charger.response_timeout_s,
             answer_fate=link.answer_fate,
+            round_trip=self.charger.round_trip_done,
             name=self.charger.id,
         )
         link.ws = ws

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable, Collection, Mapping
 from enum import Enum, IntEnum
@@ -107,6 +108,7 @@ class RpcConnection:
         known_actions: Collection[str],
         response_timeout_s: float,
         answer_fate: Callable[[str], AnswerFate] | None = None,
+        round_trip: Callable[[str, float], None] | None = None,
         new_id: Callable[[], str] | None = None,
         name: str = "",
     ) -> None:
@@ -116,6 +118,8 @@ class RpcConnection:
         self.known_actions = known_actions
         self.response_timeout_s = response_timeout_s
         self.answer_fate = answer_fate
+        self.round_trip = round_trip
+        """Told ``(action, seconds)`` for every CALL of ours that got its CALLRESULT."""
         self.new_id = new_id or (lambda: str(uuid.uuid4()))
         self.name = name
         self.muted = False
@@ -131,6 +135,7 @@ class RpcConnection:
         """Send a CALL and return the CALLRESULT payload. Raises :class:`CallError` for a
         CALLERROR (or an answer that breaks the schema), :class:`TimeoutError` when no
         answer comes in time, :class:`LinkClosed` when the link closes first."""
+        started = time.perf_counter()
         validate(self.version, action, payload, response=False)  # our own bug if it fails
         async with self._in_flight:
             uid = self.new_id()
@@ -139,11 +144,14 @@ class RpcConnection:
             try:
                 await self._send([MessageType.CALL, uid, action, payload])
                 async with asyncio.timeout(self.response_timeout_s):
-                    return await answer
+                    result = await answer
             except ConnectionClosed as e:
                 raise LinkClosed(f"{action}: link closed") from e
             finally:
                 self._waiting = None
+        if self.round_trip is not None:
+            self.round_trip(action, time.perf_counter() - started)
+        return result
 
     def _resolve(self, frame: list[Any]) -> None:
         waiting = self._waiting
