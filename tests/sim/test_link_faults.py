@@ -177,3 +177,24 @@ def test_reconnect_backoff_doubles_from_the_minimum_with_seeded_jitter() -> None
         assert base <= wait <= base + 1.0
     assert waits(1) == first  # reproducible per seed
     assert waits(2) != first
+
+
+@BOTH
+async def test_reboot_right_after_an_answer_boots_on_a_new_link(
+    protocol: str, raw: RawCSMS, make_charger: Factory
+) -> None:
+    ch, conn = await charging(raw, make_charger, protocol)
+    ch.reboot_after_answer(1)
+    uid = await raw.call(conn, "SetChargingProfile", set_profile(ch, "TxDefaultProfile", 9, 1))
+    await asyncio.wait_for(conn.closed.wait(), 5)
+    # the answer is the last thing the charger said on the old link ...
+    assert conn.frames[-1] == [3, uid, {"status": "Accepted"}]
+    # ... and a BootNotification the first on the new one
+    conn2 = await raw.connected(2)
+    assert conn2.calls()[0][2] == "BootNotification"
+    assert ch.offered_a(1) == 9  # the accepted TxDefault persists across the reboot
+    await raw.wait(lambda: ch.transaction(1).id is not None)  # type: ignore[union-attr]
+    uid = await raw.call(conn2, "SetChargingProfile", set_profile(ch, "TxDefaultProfile", 7, 1))
+    assert await raw.answer(conn2, uid) == [3, uid, {"status": "Accepted"}]
+    await asyncio.sleep(0.3)
+    assert len(raw.connections) == 2  # only one reboot was asked for

@@ -584,12 +584,12 @@ class SimCharger:
             return
         self.link.stopping = False
         self._task = asyncio.create_task(self.link.run(), name=f"sim-{self.id}")
-        self._task.add_done_callback(self._task_ended)
+        self._task.add_done_callback(self.task_ended)
         if physics:
             self._physics_task = asyncio.create_task(self._physics(tick_s))
-            self._physics_task.add_done_callback(self._task_ended)
+            self._physics_task.add_done_callback(self.task_ended)
 
-    def _task_ended(self, task: asyncio.Task[None]) -> None:
+    def task_ended(self, task: asyncio.Task[None]) -> None:
         """Supervision: a task that dies of an error says so instead of vanishing."""
         if not task.cancelled() and (error := task.exception()) is not None:
             log.error("%s: %s failed", self.id, task.get_name(), exc_info=error)
@@ -598,8 +598,9 @@ class SimCharger:
     async def stop(self) -> None:
         """Close the connection and end all tasks."""
         self.link.stop()
-        pending = {t for t in (self._task, self._physics_task) if t is not None}
-        self._task = self._physics_task = None
+        tasks = (self._task, self._physics_task, self.link.reboot_task)
+        pending = {t for t in tasks if t is not None and not t.done()}
+        self._task = self._physics_task = self.link.reboot_task = None
         for t in pending:
             t.cancel()
         if pending:
@@ -651,6 +652,18 @@ class SimCharger:
         still answered by the websocket library). The charger reconnects as usual."""
         fate = AnswerFate.LOSE if half_open else AnswerFate.CLOSE_LINK
         self.link.fail_before_answers(answers, tuple(actions), fate)
+
+    def reboot_after_answer(
+        self,
+        answers: int = 1,
+        *,
+        actions: Iterable[str] = ("SetChargingProfile",),
+        reason: str = "PowerUp",
+    ) -> None:
+        """The next ``answers`` requests to ``actions`` (empty: any action) are applied and
+        answered, and right after each CALLRESULT the charger reboots (:meth:`reboot`): the
+        CSMS sees the answer, the link close, and a BootNotification on a new one."""
+        self.link.reboot_after_answers(answers, tuple(actions), reason)
 
     async def reboot(self, *, reason: str = "PowerUp") -> None:
         """Power-cycle: the link drops, running transactions end (stop reason Reboot)

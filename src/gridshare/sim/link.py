@@ -60,19 +60,17 @@ class LinkDown(Exception):
 
 
 @dataclass(slots=True)
-class AnswerFaults:
-    """Test knob: the next ``remaining`` answers to ``actions`` (empty: any action) meet
-    ``fate`` after the charger has applied the request."""
+class Countdown:
+    """Test knob: picks the next ``remaining`` requests to ``actions`` (empty: any)."""
 
     remaining: int = 0
     actions: frozenset[str] = field(default_factory=frozenset)
-    fate: AnswerFate = AnswerFate.SEND
 
-    def fate_of(self, action: str) -> AnswerFate:
+    def take(self, action: str) -> bool:
         if self.remaining > 0 and (not self.actions or action in self.actions):
             self.remaining -= 1
-            return self.fate
-        return AnswerFate.SEND
+            return True
+        return False
 
 
 class SeededJitter(wait_base):
@@ -103,7 +101,11 @@ class Link:
         self.auto_reconnect = auto_reconnect
         self.reconnect_min_s = reconnect_min_s
         self.reconnect_max_s = reconnect_max_s
-        self.faults = AnswerFaults()
+        self.lost_answers = Countdown()
+        self.lost_answer_fate = AnswerFate.SEND
+        self.reboots_after_answer = Countdown()
+        self.reboot_after_answer_reason = "PowerUp"
+        self.reboot_task: asyncio.Task[None] | None = None
         self.boot_reason = "PowerUp"
         """Reason of the next BootNotification (OCPP 2.0.1)."""
         self.ws: ClientConnection | None = None
@@ -135,11 +137,26 @@ class Link:
         self.charger.outbox.wake.set()
 
     def fail_before_answers(self, answers: int, actions: Collection[str], fate: AnswerFate) -> None:
-        self.faults = AnswerFaults(answers, frozenset(actions), fate)
+        self.lost_answers = Countdown(answers, frozenset(actions))
+        self.lost_answer_fate = fate
+
+    def reboot_after_answers(self, answers: int, actions: Collection[str], reason: str) -> None:
+        self.reboots_after_answer = Countdown(answers, frozenset(actions))
+        self.reboot_after_answer_reason = reason
 
     def answer_fate(self, action: str) -> AnswerFate:
         """What happens to the answer of the ``action`` request just applied."""
-        return self.faults.fate_of(action)
+        return self.lost_answer_fate if self.lost_answers.take(action) else AnswerFate.SEND
+
+    def answer_sent(self, action: str) -> None:
+        """The answer to an ``action`` request went out: reboot now if told to."""
+        if self.reboots_after_answer.take(action):
+            charger = self.charger
+            self.reboot_task = asyncio.create_task(
+                charger.reboot(reason=self.reboot_after_answer_reason),
+                name=f"sim-reboot-{charger.id}",
+            )
+            self.reboot_task.add_done_callback(charger.task_ended)
 
     # ------------------------------------------------------------------ reconnecting
 
@@ -267,6 +284,7 @@ class Session:
             known_actions=self.wire.known_actions,
             response_timeout_s=self.charger.response_timeout_s,
             answer_fate=link.answer_fate,
+            answer_sent=link.answer_sent,
             round_trip=self.charger.round_trip_done,
             name=self.charger.id,
         )

@@ -108,6 +108,7 @@ class RpcConnection:
         known_actions: Collection[str],
         response_timeout_s: float,
         answer_fate: Callable[[str], AnswerFate] | None = None,
+        answer_sent: Callable[[str], None] | None = None,
         round_trip: Callable[[str, float], None] | None = None,
         new_id: Callable[[], str] | None = None,
         name: str = "",
@@ -118,6 +119,8 @@ class RpcConnection:
         self.known_actions = known_actions
         self.response_timeout_s = response_timeout_s
         self.answer_fate = answer_fate
+        self.answer_sent = answer_sent
+        """Told the action once a CALLRESULT to the CSMS has been written."""
         self.round_trip = round_trip
         """Told ``(action, seconds)`` for every CALL of ours that got its CALLRESULT."""
         self.new_id = new_id or (lambda: str(uuid.uuid4()))
@@ -234,6 +237,8 @@ class RpcConnection:
             self.muted = True
             return
         await self._send([MessageType.CALLRESULT, uid, result])
+        if self.answer_sent is not None:
+            self.answer_sent(action)
 
     def _apply(self, action: str, payload: Payload) -> Payload:
         handler = self.handlers.get(action)
