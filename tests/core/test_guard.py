@@ -8,10 +8,11 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from gridshare.core import guard
+from gridshare.core.allocation import allocate
 from gridshare.core.decision import Alarm, Allocation, RotationState
 from gridshare.core.snapshot import (
     ConnectorDemand,
@@ -509,3 +510,40 @@ def test_the_substitute_always_passes(data: tuple[Case, dict[ConnectorKey, float
         assert out.setpoints[key] == model.failsafe[key]
     for key in model.online:
         assert out.setpoints[key] in (0.0, model.failsafe[key])
+
+
+@CORE_SETTINGS
+@given(case=cases(max_chargers=15), data=st.data())
+def test_a_step_of_pure_decreases_always_passes(case: Case, data: st.DataObject) -> None:
+    """Whatever is counted (even far over every limit), lowering connectors to valid values
+    is never refused."""
+    model = Model.build(case.topology, case.snapshot)
+    keys = sorted(model.failsafe)
+    counted = {k: data.draw(st.integers(0, 800).map(lambda n: n / 10)) for k in keys}
+    sends: dict[ConnectorKey, float] = {}
+    for key in data.draw(st.lists(st.sampled_from(keys), unique=True)):
+        low, top = case.topology.connector(key).min_current, model.top(key)
+        valid = [0.0]
+        if low <= top and low <= counted[key]:
+            valid += [low, min(counted[key], top)]
+        sends[key] = data.draw(st.sampled_from(valid))
+    assert guard.check_plan(case.topology, case.snapshot, counted, sends) == []
+
+
+@CORE_SETTINGS
+@given(case=cases(max_chargers=15), data=st.data())
+def test_decreases_then_increases_to_a_passing_allocation_both_pass(
+        case: Case, data: st.DataObject) -> None:
+    """From any state to an allocation the guard passes: sending every decrease, then (once
+    they are confirmed) every increase, is allowed at both steps."""
+    target = allocate(case.topology, case.snapshot).setpoints
+    assume(guard.check(case.topology, case.snapshot, target) == [])
+    model = Model.build(case.topology, case.snapshot)
+    previous = {k: (model.failsafe[k] if k in model.offline
+                    else data.draw(st.integers(0, 400).map(lambda n: n / 10)))
+                for k in sorted(model.failsafe)}
+    decreases = {k: target[k] for k in model.online if target[k] < previous[k]}
+    assert guard.check_plan(case.topology, case.snapshot, previous, decreases) == []
+    confirmed = {**previous, **decreases}
+    increases = {k: target[k] for k in model.online if target[k] > confirmed[k]}
+    assert guard.check_plan(case.topology, case.snapshot, confirmed, increases) == []
