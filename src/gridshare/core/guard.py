@@ -12,6 +12,11 @@ online connector loading it has a setpoint above 0 is a *violation* of the alloc
 command can fix it); a limit exceeded only by what no command can change (offline chargers
 at their failsafe current, uncontrolled load, every online connector under it at 0 on that
 phase) is an *overload*, reported but not held against the allocation.
+
+Entry points: :func:`check` (the violations, ``[]`` on a safe allocation), :func:`assess`
+(violations and overloads), :func:`review` / :func:`enforce` (the one pass per cycle that
+passes an allocation or substitutes failsafes), and :func:`check_plan` (one send step,
+counted at its worst while in flight).
 """
 
 from __future__ import annotations
