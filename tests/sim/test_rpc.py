@@ -185,3 +185,19 @@ async def test_round_trips_are_reported_per_answered_request(
     actions = [a for a, _ in seen]
     assert actions == [f[2] for f in conn.calls()]  # one report per answered CALL, in order
     assert actions[0] == "BootNotification" and all(0 < s < 5 for _, s in seen)
+
+
+@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
+def test_known_actions_are_the_versions_actions_and_every_handler_is_one(version: str) -> None:
+    from ocpp.v16.enums import Action as Action16
+    from ocpp.v201.enums import Action as Action201
+
+    from gridshare.sim.ocpp16 import Ocpp16Wire
+    from gridshare.sim.ocpp201 import Ocpp201Wire
+    from gridshare.sim.schema import actions
+
+    enum = Action16 if version == "1.6" else Action201
+    assert actions(version) == {a.value for a in enum}  # type: ignore[arg-type]
+    wire = Ocpp16Wire if version == "1.6" else Ocpp201Wire
+    charger = SimCharger("CP", "ws://127.0.0.1:1", protocol=f"ocpp{version}")
+    assert set(wire(charger).handlers()) <= actions(version)  # type: ignore[arg-type]

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ocpp.v16.enums import Action
-
 from gridshare.sim.meter import MeterSample
 from gridshare.sim.outbox import Outgoing
 from gridshare.sim.profiles import Purpose, format_time, profile_from_v16
 from gridshare.sim.rpc import Handler, Payload, RpcConnection
-from gridshare.sim.schema import OcppVersion
+from gridshare.sim.schema import OcppVersion, actions
 
 if TYPE_CHECKING:
     from gridshare.sim.charger import SimCharger
 
-KNOWN_ACTIONS = frozenset(a.value for a in Action)
+KNOWN_ACTIONS = actions("1.6")
 
 
 def _one_decimal(value: float) -> str:
@@ -185,13 +183,13 @@ class Ocpp16Wire:
 
     def handlers(self) -> dict[str, Handler]:
         return {
-            Action.set_charging_profile: self.set_charging_profile,
-            Action.clear_charging_profile: self.clear_charging_profile,
-            Action.get_composite_schedule: self.get_composite_schedule,
-            Action.get_configuration: self.get_configuration,
-            Action.change_configuration: self.change_configuration,
-            Action.remote_stop_transaction: self.remote_stop_transaction,
-            Action.trigger_message: self.trigger_message,
+            "SetChargingProfile": self.set_charging_profile,
+            "ClearChargingProfile": self.clear_charging_profile,
+            "GetCompositeSchedule": self.get_composite_schedule,
+            "GetConfiguration": self.get_configuration,
+            "ChangeConfiguration": self.change_configuration,
+            "RemoteStopTransaction": self.remote_stop_transaction,
+            "TriggerMessage": self.trigger_message,
         }
 
     def set_charging_profile(self, req: Payload) -> Payload:

@@ -7,18 +7,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ocpp.v201.enums import Action
-
 from gridshare.sim.meter import MeterSample
 from gridshare.sim.outbox import Outgoing
 from gridshare.sim.profiles import Purpose, format_time, profile_from_v201
 from gridshare.sim.rpc import Handler, Payload, RpcConnection
-from gridshare.sim.schema import OcppVersion
+from gridshare.sim.schema import OcppVersion, actions
 
 if TYPE_CHECKING:
     from gridshare.sim.charger import SimCharger
 
-KNOWN_ACTIONS = frozenset(a.value for a in Action)
+KNOWN_ACTIONS = actions("2.0.1")
 
 _CHARGING_STATE = {
     "Preparing": "EVConnected",
@@ -295,13 +293,13 @@ class Ocpp201Wire:
 
     def handlers(self) -> dict[str, Handler]:
         return {
-            Action.set_charging_profile: self.set_charging_profile,
-            Action.clear_charging_profile: self.clear_charging_profile,
-            Action.get_composite_schedule: self.get_composite_schedule,
-            Action.get_variables: self.get_variables,
-            Action.set_variables: self.set_variables,
-            Action.request_stop_transaction: self.request_stop_transaction,
-            Action.trigger_message: self.trigger_message,
+            "SetChargingProfile": self.set_charging_profile,
+            "ClearChargingProfile": self.clear_charging_profile,
+            "GetCompositeSchedule": self.get_composite_schedule,
+            "GetVariables": self.get_variables,
+            "SetVariables": self.set_variables,
+            "RequestStopTransaction": self.request_stop_transaction,
+            "TriggerMessage": self.trigger_message,
         }
 
     def set_charging_profile(self, req: Payload) -> Payload:
