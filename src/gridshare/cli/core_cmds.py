@@ -141,8 +141,8 @@ def allocate_cmd(
     """Compute a setpoint for every connector from a demand snapshot."""
     # The site, the demand and the answer are hundreds of thousands of objects that live
     # until the command ends and form no garbage cycles: pausing the cyclic collector
-    # meanwhile saves it rescanning them again and again (a third of the time at 10,000
-    # chargers).
+    # meanwhile saves it rescanning them again and again (about 0.15 s of the 1.2 s CPU
+    # of a 10,000-charger site, on top of what the site file reader saves the same way).
     collecting = gc.isenabled()
     gc.disable()
     try:
