@@ -9,11 +9,15 @@ import json
 from datetime import UTC, datetime, timedelta
 
 from csms_helpers import CsmsFactory, Msgs, charger, exchange, now_iso, raw_socket
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from ocpp.charge_point import camel_to_snake_case
 from ocpp.v16 import call as call16
 from ocpp.v201 import call as call201
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from gridshare.adapters.ocpp.rpc import snake_keys
 from gridshare.events import (
     ChargerBooted,
     ChargerOffline,
@@ -318,3 +322,13 @@ async def test_stop_closes_everything(make_csms: CsmsFactory, version: str,
         assert cp.ws.close_code == 1001
     (offline,) = events.of(ChargerOffline, "CP-Z")
     assert offline.charger == "CP-Z"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.recursive(st.none() | st.integers() | st.text(max_size=5),
+                    lambda inner: st.lists(inner, max_size=3)
+                    | st.dictionaries(st.from_regex(r"[A-Za-z][A-Za-z0-9]{0,12}", fullmatch=True),
+                                      inner, max_size=3), max_leaves=12))
+def test_snake_keys_spells_like_the_ocpp_package(payload: object) -> None:
+    """The handlers read the keys the ocpp package's converter would give them."""
+    assert snake_keys(payload) == camel_to_snake_case(payload)

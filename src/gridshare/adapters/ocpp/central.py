@@ -25,7 +25,7 @@ from gridshare.events import ChargerOffline, ChargerOnline, Event, EventCounters
 from . import profiles
 from .auth import charger_id_from_path, server_ssl_context
 from .config import CsmsConfig
-from .rpc import FrameWriter
+from .rpc import Deadlines, FrameWriter
 from .server import Gatekeeper
 from .session import ChargerState, Command, Session, SessionContext
 from .stats import CsmsStats
@@ -62,7 +62,8 @@ class CentralSystem:
         self._tx_ids = itertools.count(int(self._clock().timestamp()) % 1_000_000_000 + 1)
         self._context = SessionContext(
             config=config, counters=self.counters, metrics=self.metrics,
-            writer=FrameWriter(self.spawn), now=self.now, emit=self.emit, spawn=self.spawn,
+            writer=FrameWriter(self.spawn), deadlines=Deadlines(), now=self.now,
+            emit=self.emit, spawn=self.spawn,
             charger_state=self.charger_state, next_transaction_id=lambda: next(self._tx_ids),
             command_done=self._command_done)
 

@@ -155,7 +155,18 @@ def call_result_frame(unique_id: str, payload: dict[str, Any]) -> str:
     return json.dumps([3, unique_id, payload], separators=(",", ":"), allow_nan=False)
 
 
+def payload_json(payload: dict[str, Any]) -> str:
+    """A payload as sent: compact separators, no NaN allowed."""
+    return json.dumps(payload, separators=(",", ":"), allow_nan=False)
+
+
 def call_frame(unique_id: str, action: str, payload: dict[str, Any]) -> str:
-    """The OCPP-J CALL frame exactly as sent (compact separators, no NaN allowed)."""
+    """The OCPP-J CALL frame exactly as sent."""
     return json.dumps([2, unique_id, action, payload], separators=(",", ":"),
                       allow_nan=False)
+
+
+def call_frame_from_json(unique_id: str, action: str, payload: str) -> str:
+    """:func:`call_frame` around an already serialised payload; ``unique_id`` and
+    ``action`` are ours (digits, an action name) and need no escaping."""
+    return f'[2,"{unique_id}","{action}",{payload}]'

@@ -22,6 +22,8 @@ not share one. When a lease expires the charger falls back to the failsafe profi
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -94,6 +96,12 @@ def limit_for(current_a: float, *, unit: str = "A", voltage_v: float = 230.0,
 
 def iso_utc(at: datetime) -> str:
     """RFC 3339 in UTC with a 'Z', whole seconds (what every charger parses)."""
+    return _iso_utc(at)
+
+
+@functools.lru_cache(maxsize=16)
+def _iso_utc(at: datetime) -> str:
+    # Cached: a batch of setpoints formats the same few instants a thousand times.
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -178,6 +186,40 @@ def setpoint_request(protocol: OcppVersion, *, connector: int, limit: ScheduleLi
         profile_id=setpoint_profile_id(connector, transaction=tx), stack_level=connector,
         purpose="tx" if tx else "tx_default", limit=limit, now=now,
         duration_s=lease_seconds(lease_s), transaction_id=transaction_id)
+
+
+def setpoint_json(protocol: OcppVersion, *, connector: int, limit: ScheduleLimit,
+                  lease_s: float, now: datetime, transaction_id: str | None) -> str:
+    """:func:`setpoint_request` already serialised, character for character what
+    ``json.dumps(setpoint_request(...), separators=(",", ":"))`` gives (the tests prove it),
+    in a few µs instead of ~20: the send path of a 1,000-charger batch formats one each."""
+    duration_s = lease_seconds(lease_s)
+    start = profile_start(now)
+    start_iso = iso_utc(start)
+    valid_to = iso_utc(start + timedelta(seconds=duration_s))
+    tx = transaction_id is not None
+    profile_id = setpoint_profile_id(connector, transaction=tx)
+    purpose = purpose_name(protocol, "tx" if tx else "tx_default")
+    period = (f'[{{"startPeriod":0,"limit":{limit.value!r},'
+              f'"numberPhases":{limit.number_phases}}}]')
+    if protocol == V16:
+        tx_part = f'"transactionId":{int(transaction_id)},' if transaction_id is not None else ""
+        return (f'{{"connectorId":{connector},"csChargingProfiles":{{'
+                f'"chargingProfileId":{profile_id},{tx_part}"stackLevel":{connector},'
+                f'"chargingProfilePurpose":"{purpose}","chargingProfileKind":"Absolute",'
+                f'"validTo":"{valid_to}","chargingSchedule":{{"duration":{duration_s},'
+                f'"startSchedule":"{start_iso}","chargingRateUnit":"{limit.unit}",'
+                f'"chargingSchedulePeriod":{period}}}}}}}')
+    if protocol == V201:
+        tx_part = (f',"transactionId":{json.dumps(transaction_id)}'
+                   if transaction_id is not None else "")
+        return (f'{{"evseId":{connector},"chargingProfile":{{"id":{profile_id},'
+                f'"stackLevel":{connector},"chargingProfilePurpose":"{purpose}",'
+                f'"chargingProfileKind":"Absolute","validTo":"{valid_to}"{tx_part},'
+                f'"chargingSchedule":[{{"id":{profile_id},"startSchedule":"{start_iso}",'
+                f'"duration":{duration_s},"chargingRateUnit":"{limit.unit}",'
+                f'"chargingSchedulePeriod":{period}}}]}}}}')
+    raise ValueError(f"unsupported protocol {protocol!r}")
 
 
 def failsafe_request(protocol: OcppVersion, *, limit: ScheduleLimit,

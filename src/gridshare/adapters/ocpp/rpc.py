@@ -14,13 +14,15 @@ and one writer for the frames of every connection.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import math
+import re
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ocpp.charge_point import camel_to_snake_case
 from ocpp.v16.enums import Action as Action16
 from ocpp.v201.enums import Action as Action201
 from websockets.exceptions import ConnectionClosed
@@ -62,6 +64,28 @@ class Routed:
     payload: dict[str, Any]
 
 
+_WORD = re.compile(r"(.)([A-Z][a-z]+)")
+_HUMP = re.compile(r"([a-z0-9])([A-Z])(?=\S)")
+
+
+@functools.lru_cache(maxsize=4096)
+def snake_key(key: str) -> str:
+    """camelCase → snake_case as the ``ocpp`` package spells it (``evseId`` → ``evse_id``);
+    cached, since the schemas allow only a few hundred keys."""
+    key = key.replace("ocppCSMSURL", "ocpp_csms_url").replace("V2X", "_v2x")
+    key = key.replace("V2G", "_v2g")
+    return _HUMP.sub(r"\1_\2", _WORD.sub(r"\1_\2", key)).lower()
+
+
+def snake_keys(data: Any) -> Any:
+    """``data`` with every object key in snake_case (what the handlers read)."""
+    if isinstance(data, dict):
+        return {snake_key(k): snake_keys(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [snake_keys(v) for v in data]
+    return data
+
+
 def route(version: OcppVersion, call: InboundCall) -> Routed | Refusal:
     """The handler of a call, or the CALLERROR it gets (unknown, unhandled, invalid)."""
     handler = HANDLERS[version].get(call.action)
@@ -75,7 +99,7 @@ def route(version: OcppVersion, call: InboundCall) -> Routed | Refusal:
     if violation is not None:
         kind, description = violation
         return Refusal(ERROR_CODES[version][kind], description, f"schema_{kind}")
-    return Routed(handler, camel_to_snake_case(call.payload))
+    return Routed(handler, snake_keys(call.payload))
 
 
 # --- our own calls ------------------------------------------------------------------------
@@ -89,13 +113,41 @@ class PendingCall:
     action: str
     sent_at: float
     """perf_counter() when it was queued for writing (for the latency statistics)."""
-    timer: asyncio.TimerHandle | None = None
     written: bool = False
     """Its frame reached the socket: from then on the charger may have applied it."""
 
 
 Outgoing = tuple[str, PendingCall | None]
 """A frame to write, and the call it starts (None for answers to the charger's calls)."""
+
+
+class Deadlines:
+    """Call timeouts on one event-loop timer per time slot instead of one per call.
+
+    A batch of 1,000 setpoints arms one timer, not 1,000. A callback fires up to
+    ``slot_s`` late; callbacks are never cancelled, so each must ignore a call that was
+    settled in the meantime.
+    """
+
+    def __init__(self, slot_s: float = 0.05) -> None:
+        self.slot_s = slot_s
+        self._slots: dict[int, list[Callable[[], None]]] = {}
+
+    def call_later(self, delay_s: float, callback: Callable[[], None]) -> None:
+        loop = asyncio.get_running_loop()
+        slot = math.ceil((loop.time() + delay_s) / self.slot_s)
+        callbacks = self._slots.get(slot)
+        if callbacks is None:
+            callbacks = self._slots[slot] = []
+            loop.call_at(slot * self.slot_s, self._fire, slot)
+        callbacks.append(callback)
+
+    def _fire(self, slot: int) -> None:
+        for callback in self._slots.pop(slot, ()):
+            try:
+                callback()
+            except Exception:  # one call's bug must not keep the others from timing out
+                LOG.exception("call timeout handler failed")
 
 
 # --- writing --------------------------------------------------------------------------------

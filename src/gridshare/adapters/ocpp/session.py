@@ -18,6 +18,7 @@ is then reported SUPERSEDED; a command already in flight always reports its real
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -52,12 +53,13 @@ from .frames import (
     InboundError,
     InboundResult,
     call_error_frame,
-    call_frame,
+    call_frame_from_json,
     call_result_frame,
     decode_frame,
+    payload_json,
 )
 from .meter import FUTURE_TOLERANCE, energy_register_wh, parse_meter_values, parse_timestamp
-from .rpc import FrameWriter, Outgoing, PendingCall, Refusal, route, write_next
+from .rpc import Deadlines, FrameWriter, Outgoing, PendingCall, Refusal, route, write_next
 from .schemas import schema_violation
 from .stats import CsmsStats
 from .version import OcppVersion
@@ -100,10 +102,15 @@ class ChargerState:
 
 @dataclass(frozen=True, slots=True)
 class Built:
-    """A command's payload as built at send time, and the validTo it carries."""
+    """A command's payload as built (and serialised) at send time, and its validTo."""
 
-    payload: dict[str, Any]
+    payload: str
+    """JSON text, as it goes into the CALL frame."""
     valid_to: datetime | None = None
+
+    @classmethod
+    def of(cls, payload: dict[str, Any]) -> Built:
+        return cls(payload_json(payload))
 
 
 @dataclass(eq=False, slots=True)
@@ -129,6 +136,7 @@ class SessionContext:
     counters: EventCounters
     metrics: CsmsStats
     writer: FrameWriter
+    deadlines: Deadlines
     now: Callable[[], datetime]
     emit: Callable[[Event], None]
     spawn: Callable[[Coroutine[Any, Any, Any], str], asyncio.Task[Any]]
@@ -444,10 +452,11 @@ class Session:
 
         def build(now: datetime) -> Built:
             tx = state.tx_by_connector.get(connector)
-            if tx is not None and version is OcppVersion.V16 and not tx.isdigit():
+            if tx is not None and version is OcppVersion.V16 and not (
+                    tx.isascii() and tx.isdigit()):
                 tx = None  # a 2.0.1 id from before a firmware change: 1.6 needs an integer
-            payload = profiles.setpoint_request(version, connector=connector, limit=limit,
-                                                lease_s=lease_s, now=now, transaction_id=tx)
+            payload = profiles.setpoint_json(version, connector=connector, limit=limit,
+                                             lease_s=lease_s, now=now, transaction_id=tx)
             return Built(payload, profiles.lease_valid_to(now, lease_s))
 
         return self._command(("setpoint", connector), "SetChargingProfile", build, _ACCEPTED,
@@ -457,32 +466,33 @@ class Session:
         limit = self._limit(current_a)
         version = self.protocol
         return self._command(("failsafe",), "SetChargingProfile",
-                             lambda now: Built(profiles.failsafe_request(version, limit=limit,
-                                                                         now=now)),
+                             lambda now: Built.of(profiles.failsafe_request(version,
+                                                                            limit=limit,
+                                                                            now=now)),
                              _ACCEPTED, 0, profile=True)
 
     def cap_command(self, current_a: float | None) -> Command:
         version = self.protocol
         if current_a is None:
             payload = profiles.clear_by_id_request(version, profiles.CAP_PROFILE_ID)
-            return self._command(("cap",), "ClearChargingProfile", lambda now: Built(payload),
-                                 _CLEARED, 0)
+            return self._command(("cap",), "ClearChargingProfile",
+                                 lambda now: Built.of(payload), _CLEARED, 0)
         limit = self._limit(current_a)
         return self._command(("cap",), "SetChargingProfile",
-                             lambda now: Built(profiles.cap_request(version, limit=limit,
-                                                                    now=now)),
+                             lambda now: Built.of(profiles.cap_request(version, limit=limit,
+                                                                       now=now)),
                              _ACCEPTED, 0, profile=True)
 
     def clear_command(self, connector: int, purpose: profiles.Purpose) -> Command:
         payload = profiles.clear_request(self.protocol, connector=connector, purpose=purpose)
         return self._command(self._unique_key("clear"), "ClearChargingProfile",
-                             lambda now: Built(payload), _CLEARED, connector)
+                             lambda now: Built.of(payload), _CLEARED, connector)
 
     def composite_command(self, connector: int, duration_s: int) -> Command:
         payload = profiles.composite_schedule_request(self.protocol, connector=connector,
                                                       duration_s=duration_s)
         return self._command(self._unique_key("composite"), "GetCompositeSchedule",
-                             lambda now: Built(payload), _ACCEPTED, connector)
+                             lambda now: Built.of(payload), _ACCEPTED, connector)
 
     # --- commands: queue, send, settle ----------------------------------------------------
 
@@ -519,11 +529,12 @@ class Session:
                 continue
             self.state.call_seq += 1
             call = PendingCall(str(self.state.call_seq), command.action, time.perf_counter())
-            call.timer = asyncio.get_running_loop().call_later(
-                self.ctx.config.command_timeout_s, self._timed_out, call)
+            self.ctx.deadlines.call_later(self.ctx.config.command_timeout_s,
+                                          functools.partial(self._timed_out, call))
             self._inflight = (call, command, built)
             self.ctx.metrics.calls_sent += 1
-            self.outbox.append((call_frame(call.unique_id, command.action, built.payload), call))
+            frame = call_frame_from_json(call.unique_id, command.action, built.payload)
+            self.outbox.append((frame, call))
             self.ctx.writer.ready(self)
 
     def _finish(self, command: Command, outcome: CommandOutcome) -> None:
@@ -533,10 +544,8 @@ class Session:
     def _settle(self, outcome: CommandOutcome) -> None:
         """The command in flight has its outcome: report it and start the next one."""
         assert self._inflight is not None
-        call, command, _ = self._inflight
+        _, command, _ = self._inflight
         self._inflight = None
-        if call.timer is not None:
-            call.timer.cancel()
         if outcome.result is not CommandResult.ACCEPTED:
             self.ctx.metrics.calls_failed += 1
         self._finish(command, outcome)
