@@ -329,14 +329,17 @@ def _read_yaml(text: str) -> tuple[Any, bool]:
 def _yaml_problem(text: str, fast_error: yaml.YAMLError) -> tuple[int | None, str]:
     """Line and wording of a YAML error, as the pure-Python parser words it.
 
-    libyaml words its errors differently ("did not find expected ..."); the error path
-    re-reads the text with the pure-Python parser so that messages stay the same whichever
-    parser found the problem. It stops at the error, so this costs at most one slow parse.
+    libyaml words its scanner, parser and composer errors differently ("did not find
+    expected ..."); the error path reads the text again with the pure-Python composer so
+    that messages stay the same whichever parser found the problem. It stops at the error,
+    so this costs what reading a broken file cost before libyaml. Constructor errors come
+    from PyYAML's Python constructor either way and are used as they are.
     """
     error = fast_error
-    if _BaseLoader is not yaml.SafeLoader:
+    if _BaseLoader is not yaml.SafeLoader and not isinstance(
+            fast_error, yaml.constructor.ConstructorError):
         try:
-            yaml.safe_load(text)
+            yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.YAMLError as exc:
             error = exc
     mark = getattr(error, "problem_mark", None)
