@@ -29,6 +29,7 @@ from .rpc import Deadlines, FrameWriter
 from .server import Gatekeeper
 from .session import ChargerState, Command, Session, SessionContext
 from .stats import CsmsStats
+from .version import OcppVersion
 
 LOG = logging.getLogger("gridshare.ocpp")
 
@@ -163,12 +164,7 @@ class CentralSystem:
                         ws.remote_address)
             await ws.close(1002, "no supported OCPP subprotocol")
             return
-        session = Session(self._context, ws, charger, version)
-        previous = self._sessions.get(charger)
-        if previous is not None:
-            previous.replaced = True
-            self.spawn(previous.close("replaced by a new connection"), f"ocpp-close-{charger}")
-        self._sessions[charger] = session
+        session = self.open_session(ws, charger, version)
         self.emit(ChargerOnline(charger, self.now()))
         try:
             await session.run()
@@ -177,6 +173,18 @@ class CentralSystem:
                 del self._sessions[charger]
             if not session.replaced:
                 self._offline(session, f"connection closed ({ws.close_code})")
+
+    def open_session(self, ws: ServerConnection, charger: str,
+                     version: OcppVersion) -> Session:
+        """The session of a connection that passed the handshake, registered as the
+        charger's current one (an older connection of the same charger is closed)."""
+        session = Session(self._context, ws, charger, version)
+        previous = self._sessions.get(charger)
+        if previous is not None:
+            previous.replaced = True
+            self.spawn(previous.close("replaced by a new connection"), f"ocpp-close-{charger}")
+        self._sessions[charger] = session
+        return session
 
     def _offline(self, session: Session, reason: str) -> None:
         if session.offline_published:

@@ -1,0 +1,133 @@
+"""One session on a scripted socket: the order in which a charger's frames take effect.
+
+The socket is a fake whose inbound frames are given up front, so what happened by the time
+each event is published can be checked exactly, without a network or timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+
+from gridshare.adapters.ocpp import CentralSystem, CsmsConfig
+from gridshare.adapters.ocpp.session import Session
+from gridshare.adapters.ocpp.version import OcppVersion
+from gridshare.drivers import CommandResult, SetpointRequest
+from gridshare.events import ChargerBooted, Event, SessionStarted
+
+NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+
+
+class Transport:
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+class ScriptedSocket:
+    """Yields the inbound frames it is fed and records every frame written to it."""
+
+    def __init__(self) -> None:
+        self.inbound: asyncio.Queue[str | None] = asyncio.Queue()
+        self.written: list[str] = []
+        self.transport = Transport()
+
+    async def send(self, frame: str) -> None:
+        self.written.append(frame)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        self.inbound.put_nowait(None)
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._frames()
+
+    async def _frames(self) -> AsyncIterator[str]:
+        while (frame := await self.inbound.get()) is not None:
+            yield frame
+
+
+class Published(list[tuple[Event, int]]):
+    """Events with the number of frames written when each was published; ``hook`` sees
+    each one as it comes."""
+
+    def __init__(self, socket: ScriptedSocket) -> None:
+        super().__init__()
+        self.socket = socket
+        self.hook: Callable[[Event], None] = lambda event: None
+
+    def __call__(self, event: Event) -> None:
+        self.hook(event)
+        self.append((event, len(self.socket.written)))
+
+
+def start(version: OcppVersion) -> tuple[CentralSystem, Session, ScriptedSocket, Published]:
+    """A session of a CentralSystem on a scripted socket."""
+    socket = ScriptedSocket()
+    published = Published(socket)
+    csms = CentralSystem(CsmsConfig(), published, clock=lambda: NOW)
+    session = csms.open_session(socket, "CP-1", version)  # type: ignore[arg-type]
+    return csms, session, socket, published
+
+
+async def test_session_started_is_published_after_its_answer_is_written() -> None:
+    _, session, socket, published = start(OcppVersion.V16)
+    runner = asyncio.create_task(session.run())
+    socket.inbound.put_nowait(json.dumps([2, "s1", "StartTransaction", {
+        "connectorId": 1, "idTag": "T", "meterStart": 0, "timestamp": "2030-01-01T11:59:00Z"}]))
+    socket.inbound.put_nowait(None)
+    await runner
+    (answer,) = [f for f in socket.written if f.startswith('[3,"s1"')]
+    (started, written_before) = next((e, n) for e, n in published
+                                     if isinstance(e, SessionStarted))
+    assert socket.written.index(answer) < written_before
+    assert started.transaction_id == str(json.loads(answer)[2]["transactionId"])
+
+
+async def test_answer_settles_before_the_boot_behind_it_is_handled() -> None:
+    """Five chargers reboot at once in the issue: a boot right behind the CALLRESULT of a
+    setpoint must find that setpoint already settled, and be numbered after it."""
+    csms, session, socket, published = start(OcppVersion.V201)
+    runner = asyncio.create_task(session.run())
+    (pending,) = csms.submit_setpoints([SetpointRequest("CP-1", 1, 16, 60)])
+    outcome_when_booted: list[bool] = []
+
+    def watch(event: Event) -> None:
+        if isinstance(event, ChargerBooted):
+            outcome_when_booted.append(asyncio.ensure_future(pending).done())
+
+    published.hook = watch
+    await asyncio.sleep(0)  # the writer task writes the call
+    (call,) = [json.loads(f) for f in socket.written if f.startswith("[2,")]
+    socket.inbound.put_nowait(json.dumps([3, call[1], {"status": "Accepted"}]))
+    socket.inbound.put_nowait(json.dumps([2, "b", "BootNotification", {
+        "chargingStation": {"model": "M", "vendorName": "V"}, "reason": "PowerUp"}]))
+    socket.inbound.put_nowait(None)
+    await runner
+    outcome = await pending
+    booted = next(e for e, _ in published if isinstance(e, ChargerBooted))
+    assert outcome_when_booted == [True]
+    assert outcome.result is CommandResult.ACCEPTED
+    assert outcome.answer_seq == 1 and booted.frame_seq == 2
+
+
+async def test_unwritten_call_is_offline_written_one_lost() -> None:
+    """A link that drops before our frame reached the socket cannot have applied it."""
+    csms, session, socket, _ = start(OcppVersion.V16)
+    runner = asyncio.create_task(session.run())
+    (never_written,) = csms.submit_setpoints([SetpointRequest("CP-1", 1, 16, 60)])
+    socket.inbound.put_nowait(None)  # closes before the writer task ran
+    await runner
+    outcome = await never_written
+    assert outcome.result is CommandResult.OFFLINE and not outcome.sent
+
+    _, session, socket, _ = start(OcppVersion.V16)
+    runner = asyncio.create_task(session.run())
+    future = session.submit(session.setpoint_command(1, 16, 60))
+    await asyncio.sleep(0)
+    assert socket.written
+    socket.inbound.put_nowait(None)
+    await runner
+    lost = await future
+    assert lost.result is CommandResult.LOST and lost.sent
+    assert lost.valid_to == datetime(2030, 1, 1, 12, 1, tzinfo=UTC)
