@@ -255,10 +255,17 @@ def test_fast_reader_fails_where_safe_load_fails() -> None:
             config_module._read_yaml(text)
 
 
-def test_yaml_errors_keep_the_pure_python_wording() -> None:
+@pytest.mark.parametrize("text", [
+    pytest.param("site: [unclosed\n", id="parser"),
+    pytest.param("site: x\n\tgroups: []\n", id="scanner"),
+    pytest.param("site: *nowhere\n", id="composer-undefined-alias"),
+    pytest.param("site: a\n---\nsite: b\n", id="composer-two-documents"),
+    pytest.param("site: !!python/name:os.system x\n", id="constructor-unknown-tag"),
+    pytest.param("site: a\n? [x]\n: y\n", id="constructor-unhashable-key"),
+])
+def test_yaml_errors_keep_the_pure_python_wording(text: str) -> None:
     """libyaml says "did not find expected ..."; the file's author sees the same words
-    as before the fast parser."""
-    text = "site: [unclosed\n"
+    and line as before the fast parser."""
     with pytest.raises(yaml.MarkedYAMLError) as pure:
         yaml.load(text, Loader=yaml.SafeLoader)
     [msg] = issues_of(text)
