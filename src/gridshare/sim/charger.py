@@ -1,15 +1,17 @@
-"""One simulated charge point: its connectors, the cars plugged into them, their
-transactions, and the public face the demo, tests and benchmarks drive.
+"""One simulated charge point: the public face the demo, tests and benchmarks drive, and
+the place where its parts meet.
 
 The charger speaks real OCPP 1.6J or 2.0.1 to a CSMS and behaves as the specs say, not as
-any CSMS expects. The parts, each in its own module:
+any CSMS expects. Its parts, one job each:
 
-* :mod:`~gridshare.sim.link` — connect, boot, heartbeat, send in order, reconnect with
-  backoff; test knobs that fail the link before an answer, hold it offline, reboot;
+* :mod:`~gridshare.sim.transactions` — cars plugging in and out, transactions, statuses;
 * :mod:`~gridshare.sim.smart_charging` — which profiles are accepted, and what current each
   connector offers because of them (online or not, until each profile's end);
 * :mod:`~gridshare.sim.connector` and :mod:`~gridshare.sim.meter` — the physics and what
-  the meter reads; :mod:`~gridshare.sim.outbox` — what is still to be sent;
+  the meter reads;
+* :mod:`~gridshare.sim.link` — connect, boot, heartbeat, send the
+  :mod:`~gridshare.sim.outbox` in order, reconnect with backoff; the test knobs that fail
+  the link before an answer, reboot after one, or hold it offline;
 * :mod:`~gridshare.sim.ocpp16` / :mod:`~gridshare.sim.ocpp201` over
   :mod:`~gridshare.sim.rpc` — the wire.
 
@@ -24,7 +26,6 @@ import contextlib
 import logging
 import math
 import ssl as ssl_mod
-import uuid
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -37,11 +38,12 @@ from gridshare.sim.configuration import Configuration
 from gridshare.sim.connector import PHASE_NAMES, Connector, PhaseCurrents, Status, Transaction
 from gridshare.sim.ev import EV
 from gridshare.sim.link import Link
-from gridshare.sim.meter import MeterSample, sample
+from gridshare.sim.meter import MeterSample, read_meter
 from gridshare.sim.outbox import Outbox, Outgoing
 from gridshare.sim.profiles import ChargingProfile, Period, Purpose
 from gridshare.sim.rpc import AnswerFate
 from gridshare.sim.smart_charging import Rating, SmartCharging
+from gridshare.sim.transactions import Transactions
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +146,7 @@ class SimCharger:
             seed=seed,
         )
         self._conns = [Connector(i + 1) for i in range(connectors)]
+        self.transactions = Transactions(self, self._conns)
         self._connected = False
         self._connected_event = asyncio.Event()
         self._dirty = True
@@ -268,25 +271,7 @@ class SimCharger:
         conn = self._conn(connector)
         if conn.ev is not None:
             raise RuntimeError(f"{self.id} connector {connector} is occupied")
-        conn.ev = ev
-        conn.ev_limit_a = 0.0
-        conn.pending.clear()
-        self.log_event(f"plug c{connector} soc={ev.soc:.2f} need={ev.energy_needed_kwh:.1f}kWh")
-        return self._begin_transaction(conn, id_tag or self.id_tag)
-
-    def _begin_transaction(self, conn: Connector, id_tag: str) -> Transaction:
-        now = self.clock.now()
-        tx = Transaction(conn.id, id_tag, now, uuid.uuid4().hex)
-        if self.protocol == "ocpp2.0.1":
-            tx.id = tx.local_id
-        conn.tx = tx
-        self._set_status(conn, Status.PREPARING)
-        self.enqueue(Outgoing("plugged", conn.id, now, tx=tx, offline=not self._connected))
-        if self._connected:
-            self.enqueue(Outgoing("authorize", conn.id, now, tx=tx))
-        else:
-            self._activate(tx, offline=True)
-        return tx
+        return self.transactions.plug(conn, ev, id_tag or self.id_tag)
 
     async def plug(
         self, connector: int, ev: EV, *, id_tag: str | None = None, wait_s: float = 10.0
@@ -302,23 +287,7 @@ class SimCharger:
 
     def unplug_nowait(self, connector: int) -> EV | None:
         """Take the car away: stop the transaction and free the connector."""
-        conn = self._conn(connector)
-        ev = conn.ev
-        if ev is None:
-            return None
-        tx = conn.tx
-        if tx is not None and not tx.ended:
-            self._end_tx(conn, "EVDisconnected")
-        conn.ev = None
-        conn.tx = None
-        conn.pending.clear()
-        conn.ev_limit_a = conn.drawn_a = 0.0
-        self.log_event(f"unplug c{connector} soc={ev.soc:.2f}")
-        if conn.status is not Status.FINISHING:
-            self._set_status(conn, Status.FINISHING)
-        self._set_status(conn, Status.AVAILABLE)
-        self._changed()
-        return ev
+        return self.transactions.unplug(self._conn(connector))
 
     async def unplug(self, connector: int, *, wait_s: float = 10.0) -> EV | None:
         """Unplug; when connected wait until the stop was delivered to the CSMS."""
@@ -336,59 +305,20 @@ class SimCharger:
         conn = self._conn(connector)
         if conn.tx is None or conn.tx.ended:
             return False
-        self._end_tx(conn, reason)
+        self.transactions.end(conn, reason)
         return True
 
     def transaction_authorized(self, tx: Transaction, accepted: bool) -> None:
         """The CSMS's verdict on the id tag (Authorize, or 1.6 StartTransaction.conf)."""
-        if accepted:
-            if not tx.active:
-                self._activate(tx)
-            return
-        self.log_event(f"authorization rejected c{tx.connector}")
-        conn = self._conn(tx.connector)
-        if conn.tx is tx and not tx.ended:
-            self._end_tx(conn, "DeAuthorized")
+        self.transactions.authorized(tx, accepted)
 
     def remote_stop(self, transaction_id: str) -> bool:
-        for conn in self._conns:
-            if conn.tx is not None and conn.tx.id == transaction_id and not conn.tx.ended:
-                self._end_tx(conn, "Remote")
-                return True
-        return False
+        return self.transactions.remote_stop(transaction_id)
 
-    def _activate(self, tx: Transaction, *, offline: bool = False) -> None:
-        conn = self._conn(tx.connector)
-        if conn.tx is not tx or tx.ended:
-            return
-        now = self.clock.now()
-        tx.active = True
-        tx.offline_start = offline
-        tx.started_at = now
-        tx.meter_start_wh = conn.energy_wh
-        self.log_event(f"tx_start c{tx.connector}" + (" (offline)" if offline else ""))
-        self.enqueue(Outgoing("started", tx.connector, now, tx=tx, offline=offline))
-        if self.charging_needs and self.protocol == "ocpp2.0.1":
-            self.enqueue(Outgoing("needs", tx.connector, now, tx=tx))
-        self._changed()
-
-    def _end_tx(self, conn: Connector, reason: str) -> None:
-        tx = conn.tx
-        assert tx is not None
-        tx.ended = True
-        tx.stop_reason = reason
-        sent_start = tx.active or self.protocol == "ocpp2.0.1"
-        tx.active = False
-        if sent_start:
-            end = self._sample(conn, "Transaction.End")
-            self.enqueue(Outgoing("stopped", conn.id, end.timestamp, tx=tx, sample=end))
-        elif tx.stopped_event is not None:
-            tx.stopped_event.set()
-        self.smart.store.drop_tx_profiles(conn.id)  # a TxProfile lives as long as its tx
-        energy = conn.energy_wh - tx.meter_start_wh
-        self.log_event(f"tx_stop c{conn.id} reason={reason} energy={energy:.0f}Wh")
-        self._set_status(conn, Status.FINISHING)
-        self._changed()
+    def transaction_ended(self, connector: int) -> None:
+        """A TxProfile lives as long as its transaction."""
+        self.smart.store.drop_tx_profiles(connector)
+        self.offer_changed()
 
     # ------------------------------------------------------------------ physics
 
@@ -400,9 +330,9 @@ class SimCharger:
         for conn in self._conns:
             new_status = conn.advance(dt_s, now, self.voltage_v)
             if new_status is not None:
-                self._set_status(conn, new_status)
+                self.transactions.set_status(conn, new_status)
 
-    def _changed(self) -> None:
+    def offer_changed(self) -> None:
         """Something that decides the offered current changed: recompute now."""
         self._dirty = True
         self._refresh()
@@ -434,8 +364,9 @@ class SimCharger:
     def _failsafe_a(self) -> float | None:
         return None if self._connected else self.failsafe_current_a
 
-    def _sample(self, conn: Connector, context: str = "Sample.Periodic") -> MeterSample:
-        return sample(
+    def sample(self, conn: Connector, context: str = "Sample.Periodic") -> MeterSample:
+        """What the meter of ``conn`` reads now."""
+        return read_meter(
             conn,
             self.clock.now(),
             charger_phases=self.phases,
@@ -454,7 +385,7 @@ class SimCharger:
                         conn.id,
                         self.clock.now(),
                         tx=conn.tx,
-                        sample=self._sample(conn, context),
+                        sample=self.sample(conn, context),
                     )
                 )
 
@@ -471,7 +402,7 @@ class SimCharger:
             f"profile {profile.purpose.value} id={profile.id} c{profile.connector} "
             f"lvl={profile.stack_level} [{lim}] dur={profile.duration_s}"
         )
-        self._changed()
+        self.offer_changed()
         return True, ""
 
     def clear_profiles(
@@ -486,7 +417,7 @@ class SimCharger:
             profile_id=profile_id, connector=connector, purpose=purpose, stack_level=stack_level
         )
         self.log_event(f"cleared {n} profile(s)")
-        self._changed()
+        self.offer_changed()
         return n
 
     def composite_schedule(
@@ -528,7 +459,7 @@ class SimCharger:
             for c in targets:
                 if c.tx is not None and c.tx.active:
                     self.enqueue(
-                        Outgoing("meter", c.id, now, tx=c.tx, sample=self._sample(c, "Trigger"))
+                        Outgoing("meter", c.id, now, tx=c.tx, sample=self.sample(c, "Trigger"))
                     )
         else:
             return False
@@ -540,13 +471,6 @@ class SimCharger:
         if not 1 <= connector <= len(self._conns):
             raise ValueError(f"{self.id} has no connector {connector}")
         return self._conns[connector - 1]
-
-    def _set_status(self, conn: Connector, status: Status) -> None:
-        if conn.status is status:
-            return
-        conn.status = status
-        self.log_event(f"status c{conn.id} {status.value}")
-        self.enqueue(Outgoing("status", conn.id, self.clock.now(), tx=conn.tx, status=status))
 
     def enqueue(self, item: Outgoing) -> None:
         """Queue ``item`` for the CSMS (statuses only while connected)."""
@@ -571,11 +495,9 @@ class SimCharger:
             self._connected_event.clear()
             # pending authorizations cannot be answered now: start offline (what
             # chargers with AllowOfflineTxForUnknownId do)
-            for item in self.outbox.take("authorize"):
-                if item.tx is not None:
-                    self._activate(item.tx, offline=True)
+            self.transactions.start_waiting_offline(self.outbox.take("authorize"))
         self.log_event("connected" if value else "disconnected")
-        self._changed()
+        self.offer_changed()
 
     async def start(self, *, physics: bool = True, tick_s: float = 1.0) -> None:
         """Begin connecting (in the background); with ``physics`` also run own step loop
@@ -674,9 +596,4 @@ class SimCharger:
         self.link.boot_reason = reason
         await self.link.drop(hold=False)
         self.set_connected(False)
-        for conn in self._conns:
-            tx = conn.tx
-            if tx is not None and not tx.ended:
-                self._end_tx(conn, "Reboot")
-            if conn.ev is not None:
-                self._begin_transaction(conn, tx.id_tag if tx is not None else self.id_tag)
+        self.transactions.restart_after_reboot()

@@ -29,7 +29,7 @@ class MeterSample:
     """OCPP ReadingContext: Sample.Periodic, Transaction.End, Trigger, ..."""
 
 
-def sample(
+def read_meter(
     conn: Connector,
     at: datetime,
     *,
