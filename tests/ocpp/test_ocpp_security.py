@@ -157,7 +157,7 @@ async def test_profile2_tls_and_basic_auth(make_csms: CsmsFactory, pki: dict[str
     ctx = client_context(pki["ca"])
     async with charger(csms, "CP-2", VERSION, ssl=ctx,
                        additional_headers=basic("CP-2", PASSWORD)) as cp:
-        assert cp._connection.transport.get_extra_info("ssl_object").version() in (
+        assert cp.ws.transport.get_extra_info("ssl_object").version() in (
             "TLSv1.2", "TLSv1.3")
         await cp.call(Msgs(VERSION).boot())
     url = f"wss://127.0.0.1:{csms.port}/CP-2"
