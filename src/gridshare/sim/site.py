@@ -1,7 +1,7 @@
 """Many simulated chargers in one process, cars coming and going, and a site meter.
 
 A :class:`SimSite` owns one clock and one physics loop (``tick_s``) that advances every
-charger and car; each charger only adds its websocket, its ``ocpp`` object and two tasks.
+charger and car; each charger only adds its websocket and two tasks (link, RPC reader).
 A seeded :class:`Scenario` makes cars arrive (Poisson per free connector), stay (log-normal
 dwell) and leave; :meth:`SimSite.meter_a` sums the per-phase current of any set of chargers
 plus uncontrolled loads, which is what a group meter of the real site would read.
