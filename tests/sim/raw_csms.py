@@ -88,12 +88,14 @@ class RawCSMS:
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
-    async def start(self) -> RawCSMS:
+    async def start(self, *, subprotocols: bool = True) -> RawCSMS:
+        """Serve; without ``subprotocols`` the server negotiates none (and accepts a
+        client that offers none)."""
         self._server = await serve(
             self._handle,
             "127.0.0.1",
             0,
-            subprotocols=["ocpp2.0.1", "ocpp1.6"],  # type: ignore[list-item]
+            subprotocols=["ocpp2.0.1", "ocpp1.6"] if subprotocols else None,  # type: ignore[list-item]
         )
         self.port = self._server.sockets[0].getsockname()[1]
         return self

@@ -201,3 +201,33 @@ def test_known_actions_are_the_versions_actions_and_every_handler_is_one(version
     wire = Ocpp16Wire if version == "1.6" else Ocpp201Wire
     charger = SimCharger("CP", "ws://127.0.0.1:1", protocol=f"ocpp{version}")
     assert set(wire(charger).handlers()) <= actions(version)  # type: ignore[arg-type]
+
+
+async def test_charger_offering_no_subprotocol_speaks_its_version_on_a_plain_link(
+    make_charger: Factory,
+) -> None:
+    plain = await RawCSMS().start(subprotocols=False)
+    try:
+        ch = make_charger("CP-PLAIN", url=plain.url, offer_subprotocol=False)
+        await ch.start(physics=False)
+        conn = await plain.connected()
+        assert conn.ws.request is not None
+        assert "Sec-WebSocket-Protocol" not in conn.ws.request.headers
+        assert await ch.wait_connected(5)
+        assert "chargePointVendor" in conn.calls("BootNotification")[0][3]  # OCPP 1.6
+    finally:
+        await plain.stop()
+
+
+async def test_charger_offering_its_subprotocol_refuses_a_link_that_negotiated_none(
+    make_charger: Factory,
+) -> None:
+    plain = await RawCSMS().start(subprotocols=False)
+    try:
+        ch = make_charger("CP-STRICT", url=plain.url, auto_reconnect=False)
+        await ch.start(physics=False)
+        await plain.wait(lambda: any("subprotocol" in what for _, what in ch.events))
+        assert not ch.connected
+        assert all(conn.calls() == [] for conn in plain.connections)
+    finally:
+        await plain.stop()

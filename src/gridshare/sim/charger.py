@@ -92,6 +92,7 @@ class SimCharger:
         default_heartbeat_s: float = 300.0,
         id_tag: str = "SIMTAG",
         charging_needs: bool = False,
+        offer_subprotocol: bool = True,
         vendor: str = "gridshare",
         model: str = "SimCharger",
     ) -> None:
@@ -125,6 +126,9 @@ class SimCharger:
         self.charging_needs = charging_needs
         """OCPP 2.0.1: send NotifyEVChargingNeeds (departure time, energy) once authorized,
         as an ISO 15118 car would."""
+        self.offer_subprotocol = offer_subprotocol
+        """False: offer no WebSocket subprotocol, as many real (1.6) chargers do, and speak
+        ``protocol`` on a link that negotiated none."""
         self.vendor = vendor
         self.model = model
         self.events: deque[tuple[datetime, str]] = deque(maxlen=events_maxlen)

@@ -1,16 +1,16 @@
 """A simulated charger's link to the CSMS: connect, boot, keep talking, reconnect.
 
 One task per charger runs :meth:`Link.run`. A *session* is one websocket: open it (TLS and
-basic auth as configured, the charger's OCPP subprotocol), send BootNotification until it
-is Accepted, queue every connector's status first, then send the outbox in order, a
-heartbeat every HeartbeatInterval and a meter sample of every running transaction every
-MeterValueSampleInterval. While a session runs, a second task reads the socket
-(:meth:`RpcConnection.serve`).
+basic auth as configured, the charger's OCPP subprotocol unless it offers none), send
+BootNotification until it is Accepted, queue every connector's status first, then send
+the outbox in order, a heartbeat every HeartbeatInterval and a meter sample of every
+running transaction every MeterValueSampleInterval. While a session runs, a second task
+reads the socket (:meth:`RpcConnection.serve`).
 
 When a session ends or cannot start, the charger reconnects with exponential backoff and
 jitter (tenacity), starting over from the minimum after every accepted boot. The test knobs
-that make the link fail at chosen moments (:meth:`Link.fail_before_answers`, holding the
-charger offline, a reboot) live here too.
+that make the link fail at chosen moments (lose or withhold an answer, reboot after one,
+hold the charger offline) live here too.
 """
 
 from __future__ import annotations
@@ -224,7 +224,7 @@ class Link:
             raise LinkDown(str(e)) from e
         session = Session(self, ws)
         try:
-            if ws.subprotocol != charger.protocol:
+            if ws.subprotocol != (charger.protocol if charger.offer_subprotocol else None):
                 charger.log_event(f"CSMS did not accept subprotocol {charger.protocol}")
                 raise LinkDown("subprotocol")
             if self.hold_offline:
@@ -249,7 +249,7 @@ class Link:
             headers["Authorization"] = f"Basic {token}"
         opening = ws_connect(
             charger.endpoint,
-            subprotocols=[charger.protocol],  # type: ignore[list-item]
+            subprotocols=[charger.protocol] if charger.offer_subprotocol else None,  # type: ignore[list-item]
             additional_headers=headers,
             compression=None,
             proxy=None,
