@@ -80,23 +80,23 @@ def percentile(values: list[float], q: float) -> float:
 
 async def sim_worker(url: str, count: int, measure_s: float) -> None:
     """Connect ``count`` chargers, then time every heartbeat for ``measure_s`` seconds."""
-    from gridshare.sim import _point
+    from gridshare.sim.rpc import RpcConnection
     from gridshare.sim.site import SimSite
 
     raise_fd_limit(count + 1024)
     rtts: list[float] = []
     recording = False
-    original = _point.SimPoint.send
+    original = RpcConnection.call
 
-    async def send(self: Any, payload: Any) -> Any:
-        if type(payload).__name__ != "Heartbeat" or not recording:
-            return await original(self, payload)
+    async def call(self: RpcConnection, action: str, payload: Any) -> Any:
+        if action != "Heartbeat" or not recording:
+            return await original(self, action, payload)
         started = time.perf_counter()
-        result = await original(self, payload)
+        result = await original(self, action, payload)
         rtts.append((time.perf_counter() - started) * 1000)
         return result
 
-    _point.SimPoint.send = send  # type: ignore[method-assign]
+    RpcConnection.call = call  # type: ignore[method-assign]
     site = SimSite.build(url, count - PROBES, protocol="mixed", three_phase_share=1.0,
                          meter_interval_s=3600.0, connect_concurrency=250,
                          response_timeout_s=120.0, open_timeout_s=120.0)
