@@ -14,6 +14,7 @@ failure by deleting whole chargers: reproducers come out small.
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -40,9 +41,18 @@ from gridshare.core.topology import (
 BASE_TIME = datetime(2025, 3, 3, 8, 0, tzinfo=UTC)
 POLICIES: tuple[Policy, ...] = tuple(Policy)
 
+EXAMPLES_FACTOR = int(os.environ.get("GRIDSHARE_EXAMPLES_FACTOR", "1"))
+"""``scripts/test --deep`` multiplies every property test's example budget by this."""
+
+
+def examples(n: int) -> int:
+    """A test's example budget: ``n`` on ordinary runs, more on deep ones."""
+    return n * EXAMPLES_FACTOR
+
+
 CORE_SETTINGS = settings(
     deadline=None,
-    max_examples=50,
+    max_examples=examples(50),
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                            HealthCheck.filter_too_much],
 )

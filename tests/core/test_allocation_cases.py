@@ -15,6 +15,7 @@ from gridshare.core.topology import Charger, Connector, Group, Phase, Policy, To
 
 from .invariants import (
     Model,
+    conservation_problems,
     deadline_problems,
     equal_problems,
     priority_problems,
@@ -22,8 +23,6 @@ from .invariants import (
     safety_problems,
 )
 from .strategies import BASE_TIME
-
-KNOWN_BUG = "known engine bug, open (strict: passes once fixed): "
 
 
 @dataclass(frozen=True)
@@ -256,9 +255,6 @@ def test_priority_room_a_paused_car_held_goes_to_the_next() -> None:
                                                               "c": 12.1})
 
 
-@pytest.mark.xfail(strict=True,
-                   reason=KNOWN_BUG + "proportional: a left-over step goes to a connector "
-                   "held at its minimum")
 def test_left_over_steps_go_to_the_lowest_fraction() -> None:
     """Spec invariant 4 (proportional): 8.3 kW; two 1-phase 16 A connectors sit at their
     6 A minimum (37 % of their maximum), the 3-phase car gets 4.6 A (14 %), the 63 A
@@ -283,9 +279,6 @@ def test_left_over_steps_go_to_the_lowest_fraction() -> None:
     assert [alloc.setpoints[k] for k in keys] == pytest.approx([4.6, 10.2, 6.0, 6.0])
 
 
-@pytest.mark.xfail(strict=True,
-                   reason=KNOWN_BUG + "priority: rounding hands a higher car's room down "
-                   "(0 A minimums only)")
 def test_priority_rounding_does_not_hand_a_higher_cars_room_down() -> None:
     """Spec invariant 4 (priority), a rounding edge: ``sub`` has 4.2 kW, which the
     priority-1 3-phase car fills to 6.09 A; rounded to 6.0 A it leaves 0.06 kW, room for
@@ -310,9 +303,6 @@ def test_priority_rounding_does_not_hand_a_higher_cars_room_down() -> None:
     assert alloc.setpoints[("high1", 1)] == pytest.approx(0.2)
 
 
-@pytest.mark.xfail(strict=True,
-                   reason=KNOWN_BUG + "deadline: room a paused urgent car held goes to a car "
-                   "without a deadline")
 def test_deadline_room_a_paused_urgent_car_held_goes_to_the_next_urgent() -> None:
     """Spec invariant 4 (deadline): 18 A per phase, an offline 3-phase charger drawing 2 × 3 A.
     The most urgent car (3-phase, 6 A) cannot keep its 6 A once the 1-phase L1 car with a
@@ -347,9 +337,6 @@ def test_deadline_room_a_paused_urgent_car_held_goes_to_the_next_urgent() -> Non
     assert alloc.setpoints[("l2", 2)] >= 10.0
 
 
-@pytest.mark.xfail(strict=True,
-                   reason=KNOWN_BUG + "equal: a left-over step goes to a connector held at "
-                   "its minimum")
 def test_left_over_steps_skip_a_connector_held_at_its_minimum() -> None:
     """Spec invariant 4 (equal): 4.3 kW; ``pair`` has two L1 connectors, the second held
     up at its 10 A minimum, the first at its 6 A minimum; the 3-phase car gets 0.8 A. The
@@ -369,3 +356,48 @@ def test_left_over_steps_skip_a_connector_held_at_its_minimum() -> None:
     alloc = allocate(topo, snap)
     assert not equal_problems(Model.build(topo, snap), alloc.setpoints)
     assert [alloc.setpoints[k] for k in keys] == pytest.approx([6.2, 10.0, 0.8])
+
+
+def test_deadline_group_leaves_no_phase_idle_that_a_paused_car_fits() -> None:
+    """Spec invariant 3 (deadline, found on a random seed): 6.1 A; ``c`` (L1, 6 A max)
+    needs 20 kWh within 4 h and takes L1; the 3-phase ``a`` cannot have its 6 A on L1 and
+    pauses; ``b`` (L2, 6 A minimum) must then get L2, which nobody else uses."""
+    def charger(cid: str, phase: Phase | None, top: float) -> Charger:
+        return Charger(cid, 1 if phase is not None else 3, phase, top, 6, 0, 0,
+                       (Connector(cid, 1, top, 6),), group="g")
+
+    chargers = {"a": charger("a", None, 16), "b": charger("b", Phase.L2, 16),
+                "c": charger("c", Phase.L1, 6)}
+    group = Group("g", 6.1, None, 3, Policy.DEADLINE, None, chargers=tuple(chargers))
+    topo = Topology("t", 230, Policy.EQUAL, {"g": group}, chargers, ("g",))
+    demands = {(c, 1): ConnectorDemand(c, 1, active=True) for c in ("a", "b")}
+    demands[("c", 1)] = ConnectorDemand("c", 1, active=True, energy_needed_kwh=20,
+                                        departure=BASE_TIME + timedelta(hours=4))
+    snap = Snapshot(BASE_TIME, demands)
+    alloc = allocate(topo, snap)
+    model = Model.build(topo, snap)
+    assert not conservation_problems(model, alloc.setpoints)
+    assert {k[0]: v for k, v in alloc.setpoints.items()} == pytest.approx(
+        {"a": 0.0, "b": 6.1, "c": 6.0})
+
+
+def test_priority_takes_whole_steps_in_order() -> None:
+    """Spec invariant 3 (priority, 1 A steps, found on a random seed): 7.1 A with 5.2 A of
+    uncontrolled load on L3. ``cp4`` (3-phase, 0 A minimum) comes first and can use 1.9 A
+    of L3, so 1 A on the grid; ``cp5`` (L1, 6 A minimum) must then get the 6.1 A left on
+    L1, not be paused for the 0.9 A ``cp4`` could not use."""
+    def charger(cid: str, phase: Phase | None, low: float) -> Charger:
+        return Charger(cid, 1 if phase is not None else 3, phase, 16, low, 0, 0,
+                       (Connector(cid, 1, 16, low),), group="g")
+
+    chargers = {"cp4": charger("cp4", None, 0), "cp5": charger("cp5", Phase.L1, 6)}
+    group = Group("g", 7.1, None, 3, Policy.PRIORITY, None, chargers=tuple(chargers))
+    topo = Topology("t", 230, Policy.EQUAL, {"g": group}, chargers, ("g",),
+                    resolution_a=1.0)
+    snap = Snapshot(BASE_TIME, {(c, 1): ConnectorDemand(c, 1, active=True) for c in chargers},
+                    {"g": GroupConditions(uncontrolled=(0, 0, 5.2))})
+    alloc = allocate(topo, snap)
+    model = Model.build(topo, snap)
+    assert not conservation_problems(model, alloc.setpoints)
+    assert {k[0]: v for k, v in alloc.setpoints.items()} == pytest.approx(
+        {"cp4": 1.0, "cp5": 6.0})

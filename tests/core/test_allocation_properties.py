@@ -35,6 +35,7 @@ from .strategies import (
     Options,
     cases,
     describe,
+    examples,
     snapshots,
     topologies,
 )
@@ -62,7 +63,7 @@ def test_every_savable_limit_holds(case: Case, policy: Policy | None) -> None:
     assert not problems, problems
 
 
-@settings(CORE_SETTINGS, max_examples=150)
+@settings(CORE_SETTINGS, max_examples=examples(150))
 @given(case=cases(options=Options(p_offline=0.4), max_chargers=12, limit_scale=0.2),
        policy=ANY_POLICY)
 def test_offline_overload_pauses_what_loads_the_lost_limit(case: Case,
@@ -127,7 +128,7 @@ def test_work_conservation(case: Case, policy: Policy | None) -> None:
     assert not problems, problems
 
 
-@settings(CORE_SETTINGS, max_examples=150)
+@settings(CORE_SETTINGS, max_examples=examples(150))
 @given(case=cases(mixed_policies=True))
 def test_work_conservation_with_mixed_group_policies(case: Case) -> None:
     """policy=None on a tree whose groups override each other's policy."""

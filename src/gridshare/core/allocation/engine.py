@@ -49,9 +49,11 @@ def solve(topology: Topology, inp: Inputs, cands: IntArray, groups_ok: BoolArray
     if over.any() or policy in (Policy.PRIORITY, Policy.DEADLINE):
         order = rotation_order(keys, rank(policy, inp, cands), inp.demand.arrival_s[cands],
                                now=now, due=due, previous=previous, fixed=fixed)
-    admitted = admit(problem, low, over, order) if over.any() else np.ones(len(keys), bool)
-    x = share(problem, inp, cands, admitted, policy, order)
-    if policy is Policy.PRIORITY:
+    serves_in_order = policy in (Policy.PRIORITY, Policy.DEADLINE)
+    admitted = (admit(problem, low, over, order) if over.any() and not serves_in_order
+                else np.ones(len(keys), bool))
+    x = share(problem, inp, cands, admitted, policy, order, topology.resolution_a)
+    if serves_in_order:
         admitted = x > 0
     x = round_to_grid(problem, x, np.where(admitted, low, 0.0), topology.resolution_a)
     x = top_up(problem, x, low, high, topology.resolution_a,

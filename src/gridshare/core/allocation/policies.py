@@ -8,6 +8,8 @@ order; ``deadline`` first serves each car its required rate, least laxity first.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from gridshare.core.allocation.constraints import TOL, Problem
@@ -107,10 +109,12 @@ def fill(problem: Problem, low: FloatArray, high: FloatArray, rate: FloatArray) 
     return x
 
 
-def serve_in_order(problem: Problem, low: FloatArray, high: FloatArray,
-                    order: list[int]) -> FloatArray:
-    """Strict priority: each connector in turn takes all it can; one that would get less
-    than its minimum pauses and leaves the room to those after it."""
+def serve_in_order(problem: Problem, low: FloatArray, high: FloatArray, order: list[int],
+                   res: float) -> FloatArray:
+    """Each connector in turn takes all it can, on the setpoint grid; one that would get
+    less than its minimum pauses and leaves the room to those after it. Taking whole steps
+    as it goes (not rounding afterwards) keeps the part of a step a connector could not use
+    for whoever comes next, never for someone before it."""
     headroom = problem.capacity.tolist()
     ptr, cons, weights = problem.lists()
     lows, highs = low.tolist(), high.tolist()
@@ -122,6 +126,7 @@ def serve_in_order(problem: Problem, low: FloatArray, high: FloatArray,
             fit = headroom[cons[k]] / weights[k]
             if fit < room:  # noqa: PLR1730 - a bare comparison is twice as fast as min() here
                 room = fit
+        room = math.floor(room / res + 1e-7) * res
         if room >= lows[j] - TOL and room > 0:
             x[j] = room
             for k in range(s, e):
@@ -130,18 +135,21 @@ def serve_in_order(problem: Problem, low: FloatArray, high: FloatArray,
 
 
 def share(problem: Problem, inp: Inputs, cands: IntArray, admitted: BoolArray,
-           policy: Policy, order: list[int]) -> FloatArray:
+          policy: Policy, order: list[int], res: float) -> FloatArray:
+    """Continuous setpoints of ``cands`` under ``policy``. ``admitted`` (who gets at least
+    a minimum) is decided by admission for the fair policies; ``priority`` and
+    ``deadline`` admit by themselves while serving in ``order``: a car left out for want
+    of its minimum may still fit once one before it has paused for want of its own."""
     low = np.where(admitted, inp.low[cands], 0.0)
     high = np.where(admitted, inp.high[cands], 0.0)
     if policy is Policy.PRIORITY:
-        # Strict priority admits by itself, in order: a car the minimums' admission left
-        # out may still fit once a higher one has paused for want of its own minimum.
-        return serve_in_order(problem, inp.low[cands], inp.high[cands], order)
+        return serve_in_order(problem, inp.low[cands], inp.high[cands], order, res)
     if policy is Policy.DEADLINE:
         # Least laxity first, each car its required rate (at least its minimum) or a
         # pause; then whatever is left is shared equally among the cars still charging.
-        required = np.minimum(high, np.maximum(low, inp.required_a[cands]))
-        low = serve_in_order(problem, low, required, [j for j in order if admitted[j]])
-        high = np.where(low > 0, high, 0.0)
+        required = np.minimum(inp.high[cands], np.maximum(inp.low[cands],
+                                                          inp.required_a[cands]))
+        low = serve_in_order(problem, inp.low[cands], required, order, res)
+        high = np.where(low > 0, inp.high[cands], 0.0)
     rate = np.where(high > 0, high, 1.0) if policy is Policy.PROPORTIONAL else np.ones(len(low))
     return fill(problem, low, high, rate)

@@ -29,7 +29,9 @@ def top_up(problem: Problem, x: FloatArray, low: FloatArray, high: FloatArray,
         # below then only sees the few that those rounds could not settle.
         for _ in range(20):
             steps = np.where(x == 0, low, res)
-            active = allowed & (x + steps <= high + TOL)
+            active = (allowed & (x + steps <= high + TOL)
+                      & (problem.least_room(head) >= steps - TOL))
+            active = lowest_first(problem, active, x / per, (x + steps) / per)
             if not active.any() or not give_steps(problem, x, active, x / per, steps,
                                                    head).any():
                 break
@@ -53,6 +55,23 @@ def top_up(problem: Problem, x: FloatArray, low: FloatArray, high: FloatArray,
             headroom[c] -= w * step
         heapq.heappush(queue, (xs[j] / pers[j], j))
     return np.array(xs, dtype=float)
+
+
+def lowest_first(problem: Problem, active: BoolArray, level: FloatArray,
+                 next_level: FloatArray) -> BoolArray:
+    """Those of ``active`` whose step the one-at-a-time order would reach before any
+    second step in a row they share: a member at ``level`` waits while some active
+    member of one of its rows would still be below it after its own step
+    (``next_level``). Without this, a round hands a step to a connector held up at its
+    minimum while a lower one could have taken two."""
+    owner = problem.owners()
+    live = active[owner]
+    row_next = np.full(len(problem.capacity), np.inf)
+    np.minimum.at(row_next, problem.m_cons[live], next_level[owner[live]])
+    bound = np.full(len(level), np.inf)
+    np.minimum.at(bound, owner, row_next[problem.m_cons])
+    eligible: BoolArray = active & (level <= bound + 1e-12)
+    return eligible
 
 
 def give_steps(problem: Problem, x: FloatArray, active: BoolArray, first_key: FloatArray,
