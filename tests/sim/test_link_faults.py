@@ -198,3 +198,24 @@ async def test_reboot_right_after_an_answer_boots_on_a_new_link(
     assert await raw.answer(conn2, uid) == [3, uid, {"status": "Accepted"}]
     await asyncio.sleep(0.3)
     assert len(raw.connections) == 2  # only one reboot was asked for
+
+
+async def test_ocpp201_tx_profile_is_accepted_before_authorization_and_applies_after(
+    raw: RawCSMS, make_charger: Factory
+) -> None:
+    raw.hold = {"Authorize"}
+    ch = make_charger("CP-AUTH", url=raw.url, protocol="ocpp2.0.1")
+    await ch.start(tick_s=0.2)
+    conn = await raw.connected()
+    assert await ch.wait_connected(5)
+    ch.plug_nowait(1, EV(capacity_kwh=60, soc=0.3, setpoint_lag_s=0.1))
+    started = await raw.wait(
+        lambda: [f for f in conn.calls("TransactionEvent") if f[3]["eventType"] == "Started"]
+    )
+    authorize = await raw.wait(lambda: conn.calls("Authorize"))
+    uid = await raw.call(conn, "SetChargingProfile", set_profile(ch, "TxProfile", 11, 5))
+    assert await raw.answer(conn, uid) == [3, uid, {"status": "Accepted"}]
+    assert started[0][3]["transactionInfo"]["transactionId"] == ch.transaction(1).id  # type: ignore[union-attr]
+    assert ch.offered_a(1) == 0  # not authorized yet: no energy
+    await raw.send(conn, [3, authorize[0][1], {"idTokenInfo": {"status": "Accepted"}}])
+    await raw.wait(lambda: ch.offered_a(1) == 11)

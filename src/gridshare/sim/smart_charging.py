@@ -2,8 +2,9 @@
 
 The rules are the specs' (OCPP 1.6 §3.13 and 2.0.1 K01), not what any CSMS expects:
 
-* a TxProfile needs a running transaction on its connector and, when it names one, that
-  transaction's id; without one it is Rejected;
+* a TxProfile needs a transaction the CSMS knows on its connector (1.6: started, with the
+  id the CSMS gave; 2.0.1: reported Started, authorized or not) and, when it names one,
+  that transaction's id; otherwise it is Rejected;
 * an accepted profile applies until its validTo / duration runs out, connected or not;
   when a TxProfile ends, the TxDefaultProfile applies again (the failsafe a CSMS installs),
   and with no profile at all the charger offers its full rating;
@@ -118,7 +119,10 @@ class SmartCharging:
             if c == 0:
                 return "TxProfile needs a connector"
             tx = connectors[c - 1].tx
-            if tx is None or not tx.active or tx.id is None:
+            # a transaction the CSMS can name: 1.6 once StartTransaction was answered (the
+            # id comes from the CSMS), 2.0.1 from its Started event at plug-in, even while
+            # authorization is pending (the profile then applies once energy may flow)
+            if tx is None or tx.ended or tx.id is None:
                 return "no transaction"
             if profile.transaction_id is None:
                 if self.version == "2.0.1":
