@@ -219,3 +219,45 @@ async def test_ocpp201_tx_profile_is_accepted_before_authorization_and_applies_a
     assert ch.offered_a(1) == 0  # not authorized yet: no energy
     await raw.send(conn, [3, authorize[0][1], {"idTokenInfo": {"status": "Accepted"}}])
     await raw.wait(lambda: ch.offered_a(1) == 11)
+
+
+@BOTH
+async def test_reset_is_answered_then_the_charger_reboots(
+    protocol: str, raw: RawCSMS, make_charger: Factory
+) -> None:
+    ch, conn = await charging(raw, make_charger, protocol)
+    old = ch.transaction(1)
+    assert old is not None
+    kind = "Hard" if protocol == "ocpp1.6" else "Immediate"
+    uid = await raw.call(conn, "Reset", {"type": kind})
+    await asyncio.wait_for(conn.closed.wait(), 5)
+    assert conn.frames[-1] == [3, uid, {"status": "Accepted"}]
+    conn2 = await raw.connected(2)
+    boot = conn2.calls()[0]
+    if protocol == "ocpp1.6":
+        stop = await raw.wait(lambda: conn2.calls("StopTransaction"))
+        assert stop[0][3]["reason"] == "HardReset"
+    else:
+        assert boot[3]["reason"] == "RemoteReset"
+        ended = await raw.wait(
+            lambda: [f for f in conn2.calls("TransactionEvent") if f[3]["eventType"] == "Ended"]
+        )
+        info = ended[0][3]["transactionInfo"]
+        assert (info["transactionId"], info["stoppedReason"]) == (old.id, "ImmediateReset")
+        assert ended[0][3]["triggerReason"] == "ResetCommand"
+
+
+async def test_ocpp201_reset_on_idle_waits_for_the_transaction_to_end(
+    raw: RawCSMS, make_charger: Factory
+) -> None:
+    ch, conn = await charging(raw, make_charger, "ocpp2.0.1")
+    uid = await raw.call(conn, "Reset", {"type": "OnIdle", "evseId": 1})
+    assert (await raw.answer(conn, uid))[2]["status"] == "Rejected"  # no per-EVSE reset
+    uid = await raw.call(conn, "Reset", {"type": "OnIdle"})
+    assert (await raw.answer(conn, uid))[2] == {"status": "Scheduled"}
+    await asyncio.sleep(0.3)
+    assert not conn.closed.is_set() and ch.connected
+    ch.unplug_nowait(1)  # the last transaction ends: now the reset runs
+    await asyncio.wait_for(conn.closed.wait(), 5)
+    conn2 = await raw.connected(2)
+    assert conn2.calls()[0][3]["reason"] == "RemoteReset"

@@ -158,6 +158,8 @@ class SimCharger:
         """Simulated UNIX time until which the offered currents stand (unless dirty)."""
         self._callbacks: list[SetpointCallback] = []
         self._round_trip_callbacks: list[RoundTripCallback] = []
+        self._reset_when_idle: str | None = None
+        """Stop reason of a Reset scheduled for when no transaction is ongoing."""
         self._task: asyncio.Task[None] | None = None
         self._physics_task: asyncio.Task[None] | None = None
 
@@ -320,9 +322,13 @@ class SimCharger:
         return self.transactions.remote_stop(transaction_id)
 
     def transaction_ended(self, connector: int) -> None:
-        """A TxProfile lives as long as its transaction."""
+        """A TxProfile lives as long as its transaction; a scheduled reset may now run."""
         self.smart.store.drop_tx_profiles(connector)
         self.offer_changed()
+        stop_reason = self._reset_when_idle
+        if stop_reason is not None and not self.transactions.ongoing():
+            self._reset_when_idle = None
+            self.link.start_reboot("RemoteReset", stop_reason)
 
     # ------------------------------------------------------------------ physics
 
@@ -591,8 +597,8 @@ class SimCharger:
         CSMS sees the answer, the link close, and a BootNotification on a new one."""
         self.link.reboot_after_answers(answers, tuple(actions), reason)
 
-    async def reboot(self, *, reason: str = "PowerUp") -> None:
-        """Power-cycle: the link drops, running transactions end (stop reason Reboot)
+    async def reboot(self, *, reason: str = "PowerUp", stop_reason: str = "Reboot") -> None:
+        """Power-cycle: the link drops, running transactions end (with ``stop_reason``)
         and new ones begin for the cars still plugged in (offline, so they start at once),
         TxProfiles go with their transactions while Max and TxDefault profiles persist,
         and the charger sends BootNotification (2.0.1 with ``reason``) when it is back."""
@@ -600,4 +606,16 @@ class SimCharger:
         self.link.boot_reason = reason
         await self.link.drop(hold=False)
         self.set_connected(False)
-        self.transactions.restart_after_reboot()
+        self.transactions.restart_after_reboot(stop_reason)
+
+    # ------------------------------------------------------------------ Reset from the CSMS
+
+    def reset(self, *, when_idle: bool, stop_reason: str) -> str:
+        """A Reset request: reboot right after answering it ("Accepted"), or with
+        ``when_idle`` once no transaction is ongoing ("Scheduled" while one is)."""
+        if when_idle and self.transactions.ongoing():
+            self._reset_when_idle = stop_reason
+            self.log_event("reset scheduled for when idle")
+            return "Scheduled"
+        self.link.reboot_after_this_answer("RemoteReset", stop_reason)
+        return "Accepted"

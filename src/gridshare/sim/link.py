@@ -106,6 +106,8 @@ class Link:
         self.reboots_after_answer = Countdown()
         self.reboot_after_answer_reason = "PowerUp"
         self.reboot_task: asyncio.Task[None] | None = None
+        self.reboot_pending: tuple[str, str] | None = None
+        """(boot reason, stop reason) of a reboot due once the current answer is out."""
         self.boot_reason = "PowerUp"
         """Reason of the next BootNotification (OCPP 2.0.1)."""
         self.ws: ClientConnection | None = None
@@ -148,15 +150,27 @@ class Link:
         """What happens to the answer of the ``action`` request just applied."""
         return self.lost_answer_fate if self.lost_answers.take(action) else AnswerFate.SEND
 
-    def answer_sent(self, action: str) -> None:
-        """The answer to an ``action`` request went out: reboot now if told to."""
-        if self.reboots_after_answer.take(action):
-            charger = self.charger
-            self.reboot_task = asyncio.create_task(
-                charger.reboot(reason=self.reboot_after_answer_reason),
-                name=f"sim-reboot-{charger.id}",
-            )
-            self.reboot_task.add_done_callback(charger.task_ended)
+    def reboot_after_this_answer(self, boot_reason: str, stop_reason: str) -> None:
+        """Called by a handler (Reset): reboot as soon as its answer is out."""
+        self.reboot_pending = (boot_reason, stop_reason)
+
+    def answered(self, action: str) -> None:
+        """An ``action`` request was applied and answered (or its answer lost): reboot now
+        if a Reset or the reboot knob asks for it."""
+        if self.reboot_pending is not None:
+            boot_reason, stop_reason = self.reboot_pending
+            self.reboot_pending = None
+            self.start_reboot(boot_reason, stop_reason)
+        elif self.reboots_after_answer.take(action):
+            self.start_reboot(self.reboot_after_answer_reason, "Reboot")
+
+    def start_reboot(self, boot_reason: str, stop_reason: str) -> None:
+        charger = self.charger
+        self.reboot_task = asyncio.create_task(
+            charger.reboot(reason=boot_reason, stop_reason=stop_reason),
+            name=f"sim-reboot-{charger.id}",
+        )
+        self.reboot_task.add_done_callback(charger.task_ended)
 
     # ------------------------------------------------------------------ reconnecting
 
@@ -284,7 +298,7 @@ class Session:
             known_actions=self.wire.known_actions,
             response_timeout_s=self.charger.response_timeout_s,
             answer_fate=link.answer_fate,
-            answer_sent=link.answer_sent,
+            answered=link.answered,
             round_trip=self.charger.round_trip_done,
             name=self.charger.id,
         )

@@ -190,7 +190,13 @@ class Ocpp16Wire:
             "ChangeConfiguration": self.change_configuration,
             "RemoteStopTransaction": self.remote_stop_transaction,
             "TriggerMessage": self.trigger_message,
+            "Reset": self.reset,
         }
+
+    def reset(self, req: Payload) -> Payload:
+        """Hard or Soft: either way the charger stops its transactions and reboots."""
+        stop_reason = "HardReset" if req["type"] == "Hard" else "SoftReset"
+        return {"status": self.charger.reset(when_idle=False, stop_reason=stop_reason)}
 
     def set_charging_profile(self, req: Payload) -> Payload:
         charger = self.charger

@@ -31,6 +31,7 @@ _STOP_TRIGGER = {
     "DeAuthorized": "Deauthorized",
     "Local": "StopAuthorized",
     "Reboot": "ResetCommand",
+    "ImmediateReset": "ResetCommand",
 }
 # (component, variable) in lower case → 1.6 configuration key, or "=value" for a constant
 _VARIABLES: dict[tuple[str, str], str] = {
@@ -300,7 +301,16 @@ class Ocpp201Wire:
             "SetVariables": self.set_variables,
             "RequestStopTransaction": self.request_stop_transaction,
             "TriggerMessage": self.trigger_message,
+            "Reset": self.reset,
         }
+
+    def reset(self, req: Payload) -> Payload:
+        """Immediate: stop transactions and reboot now; OnIdle: once none is ongoing.
+        Resetting a single EVSE is not supported."""
+        if req.get("evseId"):
+            return {"status": "Rejected", "statusInfo": {"reasonCode": "UnsupportedRequest"}}
+        when_idle = req["type"] == "OnIdle"
+        return {"status": self.charger.reset(when_idle=when_idle, stop_reason="ImmediateReset")}
 
     def set_charging_profile(self, req: Payload) -> Payload:
         charger = self.charger

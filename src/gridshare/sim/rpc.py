@@ -108,7 +108,7 @@ class RpcConnection:
         known_actions: Collection[str],
         response_timeout_s: float,
         answer_fate: Callable[[str], AnswerFate] | None = None,
-        answer_sent: Callable[[str], None] | None = None,
+        answered: Callable[[str], None] | None = None,
         round_trip: Callable[[str, float], None] | None = None,
         new_id: Callable[[], str] | None = None,
         name: str = "",
@@ -119,8 +119,9 @@ class RpcConnection:
         self.known_actions = known_actions
         self.response_timeout_s = response_timeout_s
         self.answer_fate = answer_fate
-        self.answer_sent = answer_sent
-        """Told the action once a CALLRESULT to the CSMS has been written."""
+        self.answered = answered
+        """Told the action once a request was applied and its CALLRESULT written (or lost
+        to a fault): what must follow the answer (a reset's reboot) happens then."""
         self.round_trip = round_trip
         """Told ``(action, seconds)`` for every CALL of ours that got its CALLRESULT."""
         self.new_id = new_id or (lambda: str(uuid.uuid4()))
@@ -231,14 +232,13 @@ class RpcConnection:
             WIRE_LOG.info("%s: %s applied, link closes before its answer", self.name, action)
             self.closed_by_fault = True
             await self.ws.close()
-            return
-        if fate is AnswerFate.LOSE:
+        elif fate is AnswerFate.LOSE:
             WIRE_LOG.info("%s: %s applied, its answer is lost (half-open link)", self.name, action)
             self.muted = True
-            return
-        await self._send([MessageType.CALLRESULT, uid, result])
-        if self.answer_sent is not None:
-            self.answer_sent(action)
+        else:
+            await self._send([MessageType.CALLRESULT, uid, result])
+        if self.answered is not None:
+            self.answered(action)
 
     def _apply(self, action: str, payload: Payload) -> Payload:
         handler = self.handlers.get(action)

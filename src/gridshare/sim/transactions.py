@@ -161,12 +161,16 @@ class Transactions:
             if item.tx is not None:
                 self.activate(item.tx, offline=True)
 
-    def restart_after_reboot(self) -> None:
-        """Running transactions end (reason Reboot); plugged cars begin new ones."""
+    def ongoing(self) -> bool:
+        """Whether any transaction has begun and not ended."""
+        return any(c.tx is not None and not c.tx.ended for c in self.connectors)
+
+    def restart_after_reboot(self, stop_reason: str) -> None:
+        """Running transactions end (with ``stop_reason``); plugged cars begin new ones."""
         for conn in self.connectors:
             tx = conn.tx
             if tx is not None and not tx.ended:
-                self.end(conn, "Reboot")
+                self.end(conn, stop_reason)
             if conn.ev is not None:
                 self.begin(conn, tx.id_tag if tx is not None else self.charger.id_tag)
 
