@@ -11,6 +11,7 @@ from datetime import datetime
 
 import numpy as np
 
+from gridshare.core.allocation import kernels
 from gridshare.core.allocation.constraints import TOL, Problem
 from gridshare.core.allocation.inputs import Inputs
 from gridshare.core.arrays import BoolArray, FloatArray, IntArray
@@ -66,27 +67,9 @@ def rotation_order(keys: list[ConnectorKey], rank: FloatArray, arrival: FloatArr
 
 def admit(problem: Problem, low: FloatArray, over: BoolArray, order: list[int]) -> BoolArray:
     """Who gets at least their minimum, served in ``order``. Only rows that cannot hold
-    every minimum (``over``) can refuse anyone, so only they are checked one by one."""
-    n = len(low)
-    owner = problem.owners()
-    in_over = over[problem.m_cons]
-    takes = (problem.m_weight * low[owner])[in_over]
-    ptr = np.concatenate(([0], np.cumsum(np.bincount(owner[in_over], minlength=n))))
-    ptr_l, rows_l, takes_l = ptr.tolist(), problem.m_cons[in_over].tolist(), takes.tolist()
-    headroom = (problem.capacity + TOL).tolist()
-    admitted = np.ones(n, dtype=bool)
-    for j in order:
-        s, e = ptr_l[j], ptr_l[j + 1]
-        if s == e:
-            continue
-        for k in range(s, e):
-            if headroom[rows_l[k]] < takes_l[k]:
-                admitted[j] = False
-                break
-        else:
-            for k in range(s, e):
-                headroom[rows_l[k]] -= takes_l[k]
-    return admitted
+    every minimum (``over``) can refuse anyone."""
+    return kernels.admit(problem.capacity, problem.m_ptr, problem.m_cons, problem.m_weight,
+                         low, over, np.asarray(order, dtype=np.int64), TOL)
 
 
 def next_rotation(previous: RotationState, keys: list[ConnectorKey], charging: list[bool],

@@ -75,20 +75,6 @@ class Problem:
     m_ptr: IntArray
     m_cons: IntArray
     m_weight: FloatArray
-    member_lists: tuple[list[int], list[int], list[float]] | None = None
-    """The member orientation as Python lists, built on first use by a Python loop."""
-
-    def lists(self) -> tuple[list[int], list[int], list[float]]:
-        if self.member_lists is None:
-            self.member_lists = (self.m_ptr.tolist(), self.m_cons.tolist(),
-                                 self.m_weight.tolist())
-        return self.member_lists
-
-    def member_rows(self, j: int) -> zip[tuple[int, float]]:
-        """(row, weight) of every row member ``j`` belongs to."""
-        ptr, cons, weight = self.lists()
-        s, e = ptr[j], ptr[j + 1]
-        return zip(cons[s:e], weight[s:e], strict=True)
 
     def rows_of_entries(self) -> IntArray:
         return np.repeat(np.arange(len(self.capacity)), np.diff(self.c_ptr))

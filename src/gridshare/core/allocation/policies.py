@@ -8,10 +8,9 @@ order; ``deadline`` first serves each car its required rate, least laxity first.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from gridshare.core.allocation import kernels
 from gridshare.core.allocation.constraints import TOL, Problem
 from gridshare.core.allocation.inputs import Inputs
 from gridshare.core.arrays import BoolArray, FloatArray, IntArray
@@ -115,23 +114,9 @@ def serve_in_order(problem: Problem, low: FloatArray, high: FloatArray, order: l
     less than its minimum pauses and leaves the room to those after it. Taking whole steps
     as it goes (not rounding afterwards) keeps the part of a step a connector could not use
     for whoever comes next, never for someone before it."""
-    headroom = problem.capacity.tolist()
-    ptr, cons, weights = problem.lists()
-    lows, highs = low.tolist(), high.tolist()
-    x = [0.0] * len(lows)
-    for j in order:
-        s, e = ptr[j], ptr[j + 1]
-        room = highs[j]
-        for k in range(s, e):
-            fit = headroom[cons[k]] / weights[k]
-            if fit < room:  # noqa: PLR1730 - a bare comparison is twice as fast as min() here
-                room = fit
-        room = math.floor(room / res + 1e-7) * res
-        if room >= lows[j] - TOL and room > 0:
-            x[j] = room
-            for k in range(s, e):
-                headroom[cons[k]] -= weights[k] * room
-    return np.array(x, dtype=float)
+    return kernels.serve_in_order(problem.capacity, problem.m_ptr, problem.m_cons,
+                                  problem.m_weight, low, high,
+                                  np.asarray(order, dtype=np.int64), res, TOL)
 
 
 def share(problem: Problem, inp: Inputs, cands: IntArray, admitted: BoolArray,
