@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -53,9 +52,6 @@ class Outbox:
 
     def __len__(self) -> int:
         return len(self._items)
-
-    def __iter__(self) -> Iterator[Outgoing]:
-        return iter(self._items)
 
     def put(self, item: Outgoing, *, online: bool) -> None:
         if item.kind == "status" and not online:

@@ -128,8 +128,6 @@ class RpcConnection:
         self.name = name
         self.muted = False
         """Half-open: nothing goes out and whatever comes in is lost."""
-        self.closed_by_fault = False
-        """The link was closed by :attr:`AnswerFate.CLOSE_LINK`."""
         self._in_flight = asyncio.Lock()
         self._waiting: tuple[str, str, asyncio.Future[Payload]] | None = None
 
@@ -230,7 +228,6 @@ class RpcConnection:
         fate = self.answer_fate(action) if self.answer_fate is not None else AnswerFate.SEND
         if fate is AnswerFate.CLOSE_LINK:
             WIRE_LOG.info("%s: %s applied, link closes before its answer", self.name, action)
-            self.closed_by_fault = True
             await self.ws.close()
         elif fate is AnswerFate.LOSE:
             WIRE_LOG.info("%s: %s applied, its answer is lost (half-open link)", self.name, action)
