@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from raw_csms import Connection, RawCSMS
 
 from gridshare.sim import SimCharger
@@ -181,7 +184,7 @@ async def test_round_trips_are_reported_per_answered_request(
     await ch.start(physics=False)
     conn = await raw.connected()
     ch.trigger("Heartbeat", None)
-    await raw.wait(lambda: ("Heartbeat" in [a for a, _ in seen]))
+    await raw.wait(lambda: "Heartbeat" in [a for a, _ in seen])
     actions = [a for a, _ in seen]
     assert actions == [f[2] for f in conn.calls()]  # one report per answered CALL, in order
     assert actions[0] == "BootNotification" and all(0 < s < 5 for _, s in seen)
@@ -231,3 +234,82 @@ async def test_charger_offering_its_subprotocol_refuses_a_link_that_negotiated_n
         assert all(conn.calls() == [] for conn in plain.connections)
     finally:
         await plain.stop()
+
+
+class FakeSocket:
+    """Stands in for the websocket: yields ``incoming`` frames, keeps what is sent."""
+
+    def __init__(self, incoming: list[str]) -> None:
+        self.incoming = incoming
+        self.sent: list[Any] = []
+
+    async def _frames(self) -> AsyncIterator[str]:
+        for text in self.incoming:
+            yield text
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._frames()
+
+    async def send(self, text: str) -> None:
+        self.sent.append(json.loads(text))
+
+    async def close(self) -> None:
+        return None
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+actions = st.sampled_from(
+    ["SetChargingProfile", "GetConfiguration", "Reset", "UnlockConnector", "NoSuchAction"]
+)
+calls = st.tuples(st.just(2), st.text(min_size=1, max_size=12), actions, json_values).map(list)
+frames = st.one_of(calls, st.lists(json_values, max_size=5), json_values)
+
+
+@settings(max_examples=150, deadline=None)
+@given(incoming=st.lists(frames, max_size=8), version=st.sampled_from(["1.6", "2.0.1"]))
+def test_any_frames_from_the_csms_get_one_answer_per_call_and_never_break_the_reader(
+    incoming: list[Any], version: str
+) -> None:
+    from gridshare.sim.ocpp16 import Ocpp16Wire
+    from gridshare.sim.ocpp201 import Ocpp201Wire
+    from gridshare.sim.rpc import RpcConnection
+    from gridshare.sim.schema import actions as known
+
+    charger = SimCharger("CP", "ws://127.0.0.1:1", protocol=f"ocpp{version}")
+    wire = Ocpp16Wire(charger) if version == "1.6" else Ocpp201Wire(charger)
+    sock = FakeSocket([json.dumps(f) for f in incoming])
+    rpc = RpcConnection(
+        sock,  # type: ignore[arg-type]
+        wire.version,
+        wire.handlers(),
+        known_actions=known(wire.version),
+        response_timeout_s=1.0,
+        answered=lambda action: None,  # no reboot task outside a running session
+    )
+    asyncio.run(rpc.serve())
+    expected = [
+        f[1]
+        for f in incoming
+        if isinstance(f, list) and len(f) >= 3 and f[0] == 2 and isinstance(f[1], str)
+    ]
+    assert [answer[1] for answer in sock.sent] == expected  # one answer each, in order
+    for frame, answer in zip(
+        [
+            f
+            for f in incoming
+            if isinstance(f, list) and len(f) >= 3 and f[0] == 2 and isinstance(f[1], str)
+        ],
+        sock.sent,
+        strict=True,
+    ):
+        assert answer[0] in (3, 4)
+        if answer[0] == 4 and frame[2] == "NoSuchAction" and isinstance(frame[3], dict):
+            assert answer[2] == "NotImplemented"
+        if answer[0] == 4 and frame[2] == "UnlockConnector" and isinstance(frame[3], dict):
+            assert answer[2] == "NotSupported"
