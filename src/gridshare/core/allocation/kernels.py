@@ -105,3 +105,120 @@ def top_up(head: FloatArray, ptr: IntArray, cons: IntArray, weight: FloatArray,
         x[j] += step
         _take(head, ptr, cons, weight, j, step)
         heapq.heappush(queue, (x[j] / per[j], j))
+
+
+@njit(cache=True)
+def _row_level(r: int, c_ptr: IntArray, c_member: IntArray, c_weight: FloatArray,
+               live: npt.NDArray[np.bool_], low: FloatArray, high: FloatArray,
+               rate: FloatArray, cap_left: float, tol: float) -> float:
+    """The smallest λ at which Σ weight·clamp(λ·rate, low, high) over the live members of
+    row ``r`` reaches ``cap_left``; inf if it never does."""
+    n = 0
+    base = 0.0
+    top = 0.0
+    for e in range(c_ptr[r], c_ptr[r + 1]):
+        m = c_member[e]
+        if live[m]:
+            n += 1
+            base += c_weight[e] * low[m]
+            top += c_weight[e] * high[m]
+    if n == 0 or top <= cap_left + tol:
+        return np.inf
+    if cap_left <= base:
+        return 0.0
+    points = np.empty(2 * n)
+    slopes = np.empty(2 * n)
+    i = 0
+    for e in range(c_ptr[r], c_ptr[r + 1]):
+        m = c_member[e]
+        if live[m]:
+            points[i] = low[m] / rate[m]
+            slopes[i] = c_weight[e] * rate[m]
+            points[n + i] = high[m] / rate[m]
+            slopes[n + i] = -c_weight[e] * rate[m]
+            i += 1
+    order = np.argsort(points, kind="mergesort")
+    load = base
+    slope = 0.0
+    prev = float(points[order[0]])
+    last_fit = prev
+    for idx in order:
+        p = float(points[idx])
+        rise = slope * (p - prev)
+        if slope > tol and load <= cap_left < load + rise:
+            return float(prev + (cap_left - load) / slope)
+        load += rise
+        prev = p
+        if load <= cap_left:
+            last_fit = p
+        slope += slopes[idx]
+    return last_fit  # rounding left no exact crossing: stop at the last point that fits
+
+
+@njit(cache=True)
+def fill(capacity: FloatArray, c_ptr: IntArray, c_member: IntArray, c_weight: FloatArray,
+         m_ptr: IntArray, m_cons: IntArray, low: FloatArray, high: FloatArray,
+         rate: FloatArray, tol: float) -> FloatArray:
+    """Progressive filling, in rounds: a row whose level is the lowest of every row its
+    members belong to fills first, whatever the rest do; freeze its members at
+    clamp(λ·rate, low, high), recompute the rows they touch, repeat. Members no row
+    stops end at ``high``."""
+    n = len(low)
+    n_rows = len(capacity)
+    x = low.copy()
+    live = low < high
+    cap_left = capacity.copy()
+    for r in range(n_rows):
+        for e in range(c_ptr[r], c_ptr[r + 1]):
+            if not live[c_member[e]]:
+                cap_left[r] -= c_weight[e] * x[c_member[e]]
+    lam = np.full(n_rows, np.inf)
+    dirty = np.ones(n_rows, dtype=np.bool_)
+    member_min = np.empty(n)
+    while True:
+        any_finite = False
+        for r in range(n_rows):
+            if dirty[r]:
+                lam[r] = _row_level(r, c_ptr, c_member, c_weight, live, low, high, rate,
+                                    cap_left[r], tol)
+                dirty[r] = False
+        for m in range(n):
+            member_min[m] = np.inf
+            if live[m]:
+                for k in range(m_ptr[m], m_ptr[m + 1]):
+                    member_min[m] = min(member_min[m], lam[m_cons[k]])
+                if member_min[m] < np.inf:
+                    any_finite = True
+        if not any_finite:
+            break
+        newly = []
+        for r in range(n_rows):
+            if lam[r] == np.inf:
+                continue
+            final = True
+            for e in range(c_ptr[r], c_ptr[r + 1]):
+                m = c_member[e]
+                if live[m] and member_min[m] < lam[r]:
+                    final = False
+                    break
+            if final:
+                for e in range(c_ptr[r], c_ptr[r + 1]):
+                    if live[c_member[e]]:
+                        newly.append(c_member[e])
+        for m in newly:
+            if not live[m]:
+                continue
+            x[m] = min(max(member_min[m] * rate[m], low[m]), high[m])
+            live[m] = False
+            for k in range(m_ptr[m], m_ptr[m + 1]):
+                dirty[m_cons[k]] = True
+        for r in range(n_rows):
+            if dirty[r]:  # the newly frozen now weigh on their rows as fixed load
+                cap_left[r] = capacity[r]
+                for e in range(c_ptr[r], c_ptr[r + 1]):
+                    if not live[c_member[e]]:
+                        cap_left[r] -= c_weight[e] * x[c_member[e]]
+    for m in range(n):
+        if live[m]:
+            x[m] = high[m]
+    return x
