@@ -314,7 +314,7 @@ def test_status_follows_the_car(soc: float) -> None:
 # ---------------------------------------------------------------- as the spec says
 
 
-@settings(max_examples=60, deadline=None)
+@settings(deadline=None)
 @given(
     tx_limit=st.integers(6, 32),
     default_limit=st.one_of(st.none(), st.integers(6, 32)),
