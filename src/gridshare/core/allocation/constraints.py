@@ -144,54 +144,90 @@ def capacity(topology: Topology, ta: TopologyArrays, snapshot: Snapshot,
     return Capacity(rows), alarms
 
 
-def build_problem(ta: TopologyArrays, cands: IntArray, groups_ok: BoolArray, cap: Capacity,
+@dataclass(frozen=True, slots=True)
+class Entries:
+    """Every (row, connector, weight) of a site, built once per topology: each call then
+    only selects its candidates and binding rows, in linear time, without sorting."""
+
+    conn: IntArray
+    """Per entry, the connector; entries are sorted by connector."""
+    row: IntArray
+    weight: FloatArray
+    by_row: IntArray
+    """The entries in row order (stable): the row orientation without a sort per call."""
+    n_rows: int
+    n_conn: int
+
+
+def entries(topology: Topology, ta: TopologyArrays) -> Entries:
+    """The site's entries, cached on the (immutable) topology."""
+    cached = topology._cache.get("allocation.entries")
+    if isinstance(cached, Entries):
+        return cached
+    conns: list[IntArray] = []
+    rows: list[IntArray] = []
+    weights: list[FloatArray] = []
+    everyone = np.arange(len(ta.keys))
+    for level in range(ta.chain.shape[1]):
+        g = ta.chain[:, level]
+        ok = g >= 0
+        for p in range(3):
+            sel = ok & (ta.phases[:, p] == 1)
+            conns.append(everyone[sel])
+            rows.append(g[sel] * ROWS_PER_GROUP + p)
+            weights.append(np.ones(int(sel.sum())))
+        conns.append(everyone[ok])
+        rows.append(g[ok] * ROWS_PER_GROUP + 3)
+        weights.append(ta.kw_per_amp[ok])
+    multi = ta.multi[ta.charger_of]
+    conns.append(everyone[multi])
+    rows.append(len(ta.group_ids) * ROWS_PER_GROUP + ta.charger_of[multi])
+    weights.append(np.ones(int(multi.sum())))
+    conn = np.concatenate(conns)
+    by_conn = np.argsort(conn, kind="stable")
+    row = np.concatenate(rows)[by_conn]
+    built = Entries(conn=conn[by_conn], row=row, weight=np.concatenate(weights)[by_conn],
+                    by_row=np.argsort(row, kind="stable"),
+                    n_rows=len(ta.group_ids) * ROWS_PER_GROUP + len(ta.charger_ids),
+                    n_conn=len(ta.keys))
+    topology._cache["allocation.entries"] = built
+    return built
+
+
+def rows_of_groups(ta: TopologyArrays, groups_ok: BoolArray) -> BoolArray:
+    """The row mask of ``groups_ok``; chargers' own rows always count."""
+    return np.concatenate((np.repeat(groups_ok, ROWS_PER_GROUP),
+                           np.ones(len(ta.charger_ids), dtype=bool)))
+
+
+def build_problem(ent: Entries, cands: IntArray, rows_ok: BoolArray, cap: Capacity,
                   high: FloatArray) -> Problem:
-    """Rows of the allowed groups (and multi-connector chargers) over ``cands``.
+    """The allowed rows (``rows_ok``) over ``cands`` (ascending connector indices).
 
     Rows that cannot bind even with every candidate at its maximum are dropped: in an
     uncongested site almost nothing is left to solve.
     """
-    rows: list[IntArray] = []
-    members: list[IntArray] = []
-    weights: list[FloatArray] = []
-    positions = np.arange(len(cands))
-    phases = ta.phases[cands]
-    kw = ta.kw_per_amp[cands]
-    for level in range(ta.chain.shape[1]):
-        g = ta.chain[cands, level]
-        ok = g >= 0
-        ok[ok] = groups_ok[g[ok]]
-        for p in range(3):
-            sel = ok & (phases[:, p] == 1)
-            rows.append(g[sel] * ROWS_PER_GROUP + p)
-            members.append(positions[sel])
-            weights.append(np.ones(int(sel.sum())))
-        rows.append(g[ok] * ROWS_PER_GROUP + 3)
-        members.append(positions[ok])
-        weights.append(kw[ok])
-    charger = ta.charger_of[cands]
-    multi = ta.multi[charger]
-    rows.append(len(ta.group_ids) * ROWS_PER_GROUP + charger[multi])
-    members.append(positions[multi])
-    weights.append(np.ones(int(multi.sum())))
-    row = np.concatenate(rows)
-    member = np.concatenate(members)
-    weight = np.concatenate(weights)
-    total_high = np.bincount(row, weights=weight * high[member], minlength=len(cap.rows))
-    binding = np.isfinite(cap.rows) & (cap.rows < total_high - TOL)
-    keep = binding[row]
-    row, member, weight = row[keep], member[keep], weight[keep]
-    used, row = np.unique(row, return_inverse=True)
-    order = np.argsort(row, kind="stable")
-    counts = np.bincount(row, minlength=len(used))
-    c_ptr = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
-    by_member = np.argsort(member, kind="stable")
-    m_counts = np.bincount(member, minlength=len(cands))
-    m_ptr = np.concatenate(([0], np.cumsum(m_counts))).astype(np.int64)
+    position = np.full(ent.n_conn, -1)
+    position[cands] = np.arange(len(cands))
+    member_of = position[ent.conn]
+    high_of = np.zeros(ent.n_conn)
+    high_of[cands] = high
+    total_high = np.bincount(ent.row, weights=ent.weight * high_of[ent.conn],
+                             minlength=ent.n_rows)
+    binding = rows_ok & np.isfinite(cap.rows) & (cap.rows < total_high - TOL)
+    new_row = np.cumsum(binding) - 1
+    keep = (member_of >= 0) & binding[ent.row]
+    member = member_of[keep]
+    m_row = new_row[ent.row[keep]]
+    m_ptr = np.concatenate(([0], np.cumsum(np.bincount(member, minlength=len(cands)))))
+    in_row_order = ent.by_row[keep[ent.by_row]]
+    c_row = new_row[ent.row[in_row_order]]
+    n_used = int(binding.sum())
+    c_ptr = np.concatenate(([0], np.cumsum(np.bincount(c_row, minlength=n_used))))
     return Problem(
-        capacity=np.maximum(cap.rows[used], 0.0), c_ptr=c_ptr, c_member=member[order],
-        c_weight=weight[order], m_ptr=m_ptr, m_cons=row[by_member],
-        m_weight=weight[by_member])
+        capacity=np.maximum(cap.rows[binding], 0.0), c_ptr=c_ptr.astype(np.int64),
+        c_member=member_of[in_row_order], c_weight=ent.weight[in_row_order],
+        m_ptr=m_ptr.astype(np.int64), m_cons=m_row, m_weight=ent.weight[keep])
 
 
 def group_loads(topology: Topology, snapshot: Snapshot,

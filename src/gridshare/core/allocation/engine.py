@@ -23,7 +23,9 @@ from gridshare.core.allocation.constraints import (
     Capacity,
     build_problem,
     capacity,
+    entries,
     group_loads_of,
+    rows_of_groups,
     sums,
 )
 from gridshare.core.allocation.inputs import Inputs, connector_inputs
@@ -35,11 +37,11 @@ from gridshare.core.snapshot import Snapshot
 from gridshare.core.topology import ConnectorKey, Policy, Topology
 
 
-def solve(topology: Topology, inp: Inputs, cands: IntArray, groups_ok: BoolArray,
+def solve(topology: Topology, inp: Inputs, cands: IntArray, rows_ok: BoolArray,
           cap: Capacity, policy: Policy, previous: RotationState,
           now: datetime, fixed: BoolArray) -> tuple[FloatArray, RotationState]:
     """Admission, sharing and rounding of ``cands`` under one policy within ``cap``."""
-    problem = build_problem(inp.ta, cands, groups_ok, cap, inp.high[cands])
+    problem = build_problem(entries(topology, inp.ta), cands, rows_ok, cap, inp.high[cands])
     keys = [inp.ta.keys[i] for i in cands.tolist()]
     low = inp.low[cands]
     high = inp.high[cands]
@@ -100,12 +102,13 @@ def allocate(topology: Topology, snapshot: Snapshot, *, policy: Policy | None = 
         cands = np.flatnonzero(candidate & in_tree)
         if len(cands) == 0:
             return
-        groups_ok = np.array([root in topology.group_chain(g) for g in ta.group_ids])
+        rows_ok = rows_of_groups(ta, np.array([root in topology.group_chain(g)
+                                               for g in ta.group_ids]))
         subs = [] if policy is not None else override_roots(topology, root, pol)
         fixed = np.zeros(len(cands), dtype=bool)
         for sub in subs:
             fixed |= (ta.chain[cands] == ta.group_index[sub]).any(axis=1)
-        x, state = solve(topology, inp, cands, groups_ok, cap, pol, previous, snapshot.now,
+        x, state = solve(topology, inp, cands, rows_ok, cap, pol, previous, snapshot.now,
                          fixed)
         setpoints[cands] = x
         record(state)
@@ -122,7 +125,7 @@ def allocate(topology: Topology, snapshot: Snapshot, *, policy: Policy | None = 
             held = np.zeros(len(ta.keys))
             held[cands[fixed]] = setpoints[cands[fixed]]
             rest = cands[~fixed]
-            x, state = solve(topology, inp, rest, groups_ok, cap.minus(sums(ta, held)),
+            x, state = solve(topology, inp, rest, rows_ok, cap.minus(sums(ta, held)),
                              pol, previous, snapshot.now, np.zeros(len(rest), dtype=bool))
             setpoints[rest] = x
             record(state)
@@ -146,8 +149,8 @@ def allocate(topology: Topology, snapshot: Snapshot, *, policy: Policy | None = 
                               for r in topology.roots):
         # Budgets handed down between policies can strand room; hand it out last.
         cands = np.flatnonzero(candidate)
-        problem = build_problem(ta, cands, np.ones(len(ta.group_ids), dtype=bool), cap,
-                                inp.high[cands])
+        problem = build_problem(entries(topology, ta), cands,
+                                np.ones(len(cap.rows), dtype=bool), cap, inp.high[cands])
         setpoints[cands] = top_up(problem, setpoints[cands], inp.low[cands],
                                   inp.high[cands], topology.resolution_a)
 
