@@ -10,7 +10,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SUPPORTED_SUBPROTOCOLS: tuple[str, ...] = ("ocpp2.0.1", "ocpp1.6")
+from .version import OcppVersion
+
+SUPPORTED_SUBPROTOCOLS: tuple[str, ...] = (OcppVersion.V201.value, OcppVersion.V16.value)
 RATE_UNITS: frozenset[str] = frozenset({"A", "W"})
 
 
@@ -58,7 +60,7 @@ class CsmsConfig:
     max_message_bytes: int = 65536
     subprotocols: tuple[str, ...] = SUPPORTED_SUBPROTOCOLS
     """Preference order: the first one the charger also offers wins."""
-    no_subprotocol: str | None = "ocpp1.6"
+    no_subprotocol: str | None = OcppVersion.V16.value
     """The version a charger that offers no subprotocol at all is served with (many real
     ones offer none); None: complete the handshake, then close with 1002."""
     lease_s: float = 180.0

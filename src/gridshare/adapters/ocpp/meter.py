@@ -15,6 +15,8 @@ from typing import Any
 
 from gridshare.events import MeterReading
 
+from .version import OcppVersion
+
 FUTURE_TOLERANCE = timedelta(seconds=60)
 
 _ENERGY = "Energy.Active.Import.Register"
@@ -66,10 +68,10 @@ class _Sample:
                 and self.current_unphased is None and not self.voltages and self.soc is None)
 
 
-def _number(sv: Mapping[str, Any], protocol: str) -> float | str:
+def _number(sv: Mapping[str, Any], protocol: OcppVersion) -> float | str:
     """The value as a float with the 2.0.1 multiplier applied, or a reject reason."""
     raw = sv.get("value")
-    if protocol == "ocpp1.6":
+    if protocol == OcppVersion.V16:
         if sv.get("format") == "SignedData":
             return "meter_signed_data"
         if not isinstance(raw, str):
@@ -96,8 +98,8 @@ def _number(sv: Mapping[str, Any], protocol: str) -> float | str:
     return value
 
 
-def _unit(sv: Mapping[str, Any], protocol: str, measurand: str) -> str:
-    if protocol == "ocpp1.6":
+def _unit(sv: Mapping[str, Any], protocol: OcppVersion, measurand: str) -> str:
+    if protocol == OcppVersion.V16:
         unit = sv.get("unit")
     else:
         uom = sv.get("unit_of_measure")
@@ -105,7 +107,7 @@ def _unit(sv: Mapping[str, Any], protocol: str, measurand: str) -> str:
     return unit if isinstance(unit, str) else _DEFAULT_UNIT.get(measurand, "")
 
 
-def _apply(sample: _Sample, sv: Mapping[str, Any], protocol: str) -> str | None:
+def _apply(sample: _Sample, sv: Mapping[str, Any], protocol: OcppVersion) -> str | None:
     """Fold one sampled value into ``sample``; return a reject reason or None."""
     measurand = sv.get("measurand") or _ENERGY
     if measurand not in _DEFAULT_UNIT:
@@ -148,7 +150,7 @@ def _apply(sample: _Sample, sv: Mapping[str, Any], protocol: str) -> str | None:
     return None
 
 
-def parse_meter_values(meter_values: Sequence[Mapping[str, Any]], *, protocol: str,
+def parse_meter_values(meter_values: Sequence[Mapping[str, Any]], *, protocol: OcppVersion,
                        charger: str, connector: int, transaction_id: str | None,
                        now: datetime) -> MeterParse:
     """One MeterReading per sampled timestamp that has at least one usable value.
@@ -191,7 +193,7 @@ def parse_meter_values(meter_values: Sequence[Mapping[str, Any]], *, protocol: s
     return out
 
 
-def energy_register_wh(meter_values: Sequence[Mapping[str, Any]], *, protocol: str,
+def energy_register_wh(meter_values: Sequence[Mapping[str, Any]], *, protocol: OcppVersion,
                        now: datetime) -> float | None:
     """The last valid Energy.Active.Import.Register in ``meter_values`` (start/stop meter)."""
     parsed = parse_meter_values(meter_values, protocol=protocol, charger="", connector=0,
