@@ -190,7 +190,7 @@ async def test_round_trips_are_reported_per_answered_request(
     assert actions[0] == "BootNotification" and all(0 < s < 5 for _, s in seen)
 
 
-@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
+@pytest.mark.parametrize("version", ["ocpp1.6", "ocpp2.0.1"])
 def test_known_actions_are_the_versions_actions_and_every_handler_is_one(version: str) -> None:
     from ocpp.v16.enums import Action as Action16
     from ocpp.v201.enums import Action as Action201
@@ -199,10 +199,10 @@ def test_known_actions_are_the_versions_actions_and_every_handler_is_one(version
     from gridshare.sim.ocpp201 import Ocpp201Wire
     from gridshare.sim.schema import actions
 
-    enum = Action16 if version == "1.6" else Action201
+    enum = Action16 if version == "ocpp1.6" else Action201
     assert actions(version) == {a.value for a in enum}  # type: ignore[arg-type]
-    wire = Ocpp16Wire if version == "1.6" else Ocpp201Wire
-    charger = SimCharger("CP", "ws://127.0.0.1:1", protocol=f"ocpp{version}")
+    wire = Ocpp16Wire if version == "ocpp1.6" else Ocpp201Wire
+    charger = SimCharger("CP", "ws://127.0.0.1:1", protocol=version)
     assert set(wire(charger).handlers()) <= actions(version)  # type: ignore[arg-type]
 
 
@@ -272,7 +272,7 @@ frames = st.one_of(calls, st.lists(json_values, max_size=5), json_values)
 
 
 @settings(deadline=None)
-@given(incoming=st.lists(frames, max_size=8), version=st.sampled_from(["1.6", "2.0.1"]))
+@given(incoming=st.lists(frames, max_size=8), version=st.sampled_from(["ocpp1.6", "ocpp2.0.1"]))
 def test_any_frames_from_the_csms_get_one_answer_per_call_and_never_break_the_reader(
     incoming: list[Any], version: str
 ) -> None:
@@ -281,8 +281,8 @@ def test_any_frames_from_the_csms_get_one_answer_per_call_and_never_break_the_re
     from gridshare.sim.rpc import RpcConnection
     from gridshare.sim.schema import actions as known
 
-    charger = SimCharger("CP", "ws://127.0.0.1:1", protocol=f"ocpp{version}")
-    wire = Ocpp16Wire(charger) if version == "1.6" else Ocpp201Wire(charger)
+    charger = SimCharger("CP", "ws://127.0.0.1:1", protocol=version)
+    wire = Ocpp16Wire(charger) if version == "ocpp1.6" else Ocpp201Wire(charger)
     sock = FakeSocket([json.dumps(f) for f in incoming])
     rpc = RpcConnection(
         sock,  # type: ignore[arg-type]
@@ -306,7 +306,7 @@ def test_any_frames_from_the_csms_get_one_answer_per_call_and_never_break_the_re
             assert answer[:3] == [
                 4,
                 frame[1],
-                "FormationViolation" if version == "1.6" else "MessageTypeNotSupported",
+                "FormationViolation" if version == "ocpp1.6" else "MessageTypeNotSupported",
             ]
             continue
         assert answer[0] in (3, 4)

@@ -30,7 +30,6 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Literal
 from urllib.parse import quote
 
 from gridshare.sim.clock import ScaledClock, SimClock
@@ -47,7 +46,6 @@ from gridshare.sim.transactions import Transactions
 
 log = logging.getLogger(__name__)
 
-Protocol = Literal["ocpp1.6", "ocpp2.0.1"]
 PROTOCOLS: tuple[str, ...] = ("ocpp1.6", "ocpp2.0.1")
 SetpointCallback = Callable[[int, float], None]
 """Called as ``callback(connector, offered_a)`` when the offered current changes."""
@@ -140,7 +138,7 @@ class SimCharger:
         self.outbox = Outbox(max_queued)
         self.smart = SmartCharging(
             Rating(self.max_current_a, self.min_current_a, phases, self.voltage_v),
-            "1.6" if protocol == "ocpp1.6" else "2.0.1",
+            "ocpp1.6" if protocol == "ocpp1.6" else "ocpp2.0.1",
         )
         self.link = Link(
             self,

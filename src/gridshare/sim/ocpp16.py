@@ -18,7 +18,7 @@ from gridshare.sim.schema import OcppVersion, actions
 if TYPE_CHECKING:
     from gridshare.sim.charger import SimCharger
 
-KNOWN_ACTIONS = actions("1.6")
+KNOWN_ACTIONS = actions("ocpp1.6")
 
 
 def _one_decimal(value: float) -> str:
@@ -95,7 +95,7 @@ def _periods(periods: Any) -> list[Payload]:
 class Ocpp16Wire:
     """One connection's OCPP 1.6J translation for ``charger``."""
 
-    version: OcppVersion = "1.6"
+    version: OcppVersion = "ocpp1.6"
     known_actions = KNOWN_ACTIONS
 
     def __init__(self, charger: SimCharger) -> None:

@@ -16,7 +16,7 @@ from gridshare.sim.schema import OcppVersion, actions
 if TYPE_CHECKING:
     from gridshare.sim.charger import SimCharger
 
-KNOWN_ACTIONS = actions("2.0.1")
+KNOWN_ACTIONS = actions("ocpp2.0.1")
 
 _CHARGING_STATE = {
     "Preparing": "EVConnected",
@@ -130,7 +130,7 @@ def _echo(d: Payload, status: str, **extra: Any) -> Payload:
 class Ocpp201Wire:
     """One connection's OCPP 2.0.1 translation for ``charger``."""
 
-    version: OcppVersion = "2.0.1"
+    version: OcppVersion = "ocpp2.0.1"
     known_actions = KNOWN_ACTIONS
 
     def __init__(self, charger: SimCharger) -> None:

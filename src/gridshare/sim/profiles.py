@@ -39,12 +39,6 @@ class Purpose(StrEnum):
             return cls.MAX
         return cls(value)
 
-    def wire(self, version: str) -> str:
-        """Name on the wire for an OCPP version ("1.6" or "2.0.1")."""
-        if self is Purpose.MAX and version != "1.6":
-            return "ChargingStationMaxProfile"
-        return self.value
-
 
 @dataclass(frozen=True, slots=True)
 class Period:

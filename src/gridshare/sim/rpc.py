@@ -83,16 +83,16 @@ def _violation_code(version: OcppVersion, rule: str) -> str:
     if rule == "required":
         return "ProtocolError"  # "payload for action is incomplete"
     if rule in ("additionalProperties", "propertyNames"):
-        return "FormationViolation" if version == "1.6" else "FormatViolation"
+        return "FormationViolation" if version == "ocpp1.6" else "FormatViolation"
     if rule in ("minItems", "maxItems"):
-        if version == "1.6":
+        if version == "ocpp1.6":
             return "OccurenceConstraintViolation"  # sic: 1.6 spells it with one "r"
         return "OccurrenceConstraintViolation"
     return "PropertyConstraintViolation"
 
 
 def _formation_code(version: OcppVersion) -> str:
-    return "FormationViolation" if version == "1.6" else "FormatViolation"
+    return "FormationViolation" if version == "ocpp1.6" else "FormatViolation"
 
 
 class RpcConnection:
@@ -211,7 +211,7 @@ class RpcConnection:
         elif kind == MessageType.CALL:
             await self._answer(frame)
         else:
-            code = "FormationViolation" if self.version == "1.6" else "MessageTypeNotSupported"
+            code = "FormationViolation" if self.version == "ocpp1.6" else "MessageTypeNotSupported"
             await self._send_error(frame[1], CallError(code, f"message type {kind!r}"))
 
     async def _answer(self, frame: list[Any]) -> None:

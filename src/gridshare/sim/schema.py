@@ -22,7 +22,8 @@ from typing import Any, Literal
 import fastjsonschema
 import ocpp
 
-OcppVersion = Literal["1.6", "2.0.1"]
+OcppVersion = Literal["ocpp1.6", "ocpp2.0.1"]
+"""Named by the WebSocket subprotocol, as the CSMS adapter's version enum is."""
 
 _SCHEMA_ROOT = Path(ocpp.__file__).parent
 
@@ -38,8 +39,8 @@ class SchemaViolation(Exception):
 
 
 def _schema_path(version: OcppVersion, action: str, response: bool) -> Path:
-    folder = "v16" if version == "1.6" else "v201"
-    suffix = "Response" if response else ("" if version == "1.6" else "Request")
+    folder = "v16" if version == "ocpp1.6" else "v201"
+    suffix = "Response" if response else ("" if version == "ocpp1.6" else "Request")
     return _SCHEMA_ROOT / folder / "schemas" / f"{action}{suffix}.json"
 
 
@@ -54,7 +55,7 @@ def actions(version: OcppVersion) -> frozenset[str]:
     """Every action ``version`` defines: those with an official request schema. (Listing
     the files is cheap; importing the package's Action enums costs ~0.15 s.)"""
     folder = _schema_path(version, "", response=False).parent
-    suffix = "Request" if version == "2.0.1" else ""
+    suffix = "Request" if version == "ocpp2.0.1" else ""
     names = (p.stem for p in folder.glob("*.json") if not p.stem.endswith("Response"))
     return frozenset(n.removesuffix(suffix) for n in names if n.endswith(suffix))
 

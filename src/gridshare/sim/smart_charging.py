@@ -125,7 +125,7 @@ class SmartCharging:
             if tx is None or tx.ended or tx.id is None:
                 return "no transaction"
             if profile.transaction_id is None:
-                if self.version == "2.0.1":
+                if self.version == "ocpp2.0.1":
                     return "TxProfile without transactionId"
             elif profile.transaction_id != tx.id:
                 return "transaction id mismatch"
