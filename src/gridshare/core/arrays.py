@@ -6,13 +6,14 @@ per group per phase costs hundreds of milliseconds, numpy over these arrays a fe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
 from gridshare.core.limits import effective_limit
-from gridshare.core.snapshot import Snapshot
+from gridshare.core.snapshot import ConnectorDemand, Snapshot
 from gridshare.core.topology import ConnectorKey, Topology
 
 FloatArray = npt.NDArray[np.float64]
@@ -47,6 +48,8 @@ class TopologyArrays:
     """Per group: static A-per-phase limit (inf when none)."""
     group_max_kw: FloatArray
     """Per group: static kW limit (inf when none)."""
+    cache: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
+    """Derived state carried between calls on the same topology (the last demand read)."""
 
 
 def topology_arrays(topology: Topology) -> TopologyArrays:
@@ -159,30 +162,82 @@ def demand_arrays(ta: TopologyArrays, snapshot: Snapshot) -> DemandArrays:
     return arrays
 
 
+@dataclass(frozen=True, slots=True)
+class _LastDemand:
+    """The last snapshot's demand as arrays, to start the next one from."""
+
+    connectors: Mapping[ConnectorKey, ConnectorDemand]
+    now_s: float
+    arrays: DemandArrays
+    arrival_known: BoolArray
+
+
 def _demand(ta: TopologyArrays, snapshot: Snapshot) -> DemandArrays:
+    """The snapshot's demand as arrays. The controller's next snapshot differs from its
+    last in a few connectors: those whose demand is not the very same (immutable) object
+    as last time are read again, the rest is copied. The result is the same either way."""
     n = len(ta.keys)
     now = snapshot.now.timestamp()
-    active = np.zeros(n, dtype=bool)
-    online = np.ones(n, dtype=bool)
-    ev_max = np.full(n, np.inf)
-    priority = ta.priority.copy()
-    arrival = np.full(n, now)
-    energy = np.full(n, np.nan)
-    departure = np.full(n, np.nan)
-    for key, d in snapshot.connectors.items():
+    last = ta.cache.get("demand")
+    if isinstance(last, _LastDemand):
+        before = last.connectors
+        changed = [(key, d) for key, d in snapshot.connectors.items() if before.get(key) is not d]
+        gone = ([] if len(snapshot.connectors) - len(changed) == len(before)
+                else [k for k in before if k not in snapshot.connectors])
+        if len(changed) + len(gone) <= n // 2:
+            a = last.arrays
+            arrays = DemandArrays(a.active.copy(), a.online.copy(), a.ev_max.copy(),
+                                  a.priority.copy(), a.arrival_s.copy(), a.energy_kwh.copy(),
+                                  a.departure_s.copy())
+            known = last.arrival_known.copy()
+            arrays.arrival_s[~known] = now
+            for key in [*gone, *(k for k, _ in changed)]:
+                i = ta.index.get(key)
+                if i is not None:
+                    _set_idle(ta, arrays, known, i, now)
+            _read(ta, arrays, known, changed)
+            ta.cache["demand"] = _LastDemand(dict(snapshot.connectors), now, arrays, known)
+            return arrays
+    arrays = DemandArrays(np.zeros(n, dtype=bool), np.ones(n, dtype=bool), np.full(n, np.inf),
+                          ta.priority.copy(), np.full(n, now), np.full(n, np.nan),
+                          np.full(n, np.nan))
+    known = np.zeros(n, dtype=bool)
+    _read(ta, arrays, known, snapshot.connectors.items())
+    # A copy: a caller may build its next snapshot by changing the same dict.
+    ta.cache["demand"] = _LastDemand(dict(snapshot.connectors), now, arrays, known)
+    return arrays
+
+
+def _set_idle(ta: TopologyArrays, a: DemandArrays, known: BoolArray, i: int,
+              now: float) -> None:
+    """Connector ``i`` as a snapshot that does not mention it: idle, online, unknown."""
+    a.active[i] = False
+    a.online[i] = True
+    a.ev_max[i] = np.inf
+    a.priority[i] = ta.priority[i]
+    a.arrival_s[i] = now
+    a.energy_kwh[i] = np.nan
+    a.departure_s[i] = np.nan
+    known[i] = False
+
+
+def _read(ta: TopologyArrays, a: DemandArrays, known: BoolArray,
+          demands: Iterable[tuple[ConnectorKey, ConnectorDemand]]) -> None:
+    """Write ``demands`` over connectors that are at their idle defaults."""
+    for key, d in demands:
         i = ta.index.get(key)
         if i is None:
             continue
-        active[i] = d.active
-        online[i] = d.online
+        a.active[i] = d.active
+        a.online[i] = d.online
         if d.max_current is not None:
-            ev_max[i] = d.max_current
+            a.ev_max[i] = d.max_current
         if d.priority is not None:
-            priority[i] = d.priority
+            a.priority[i] = d.priority
         if d.arrival is not None:
-            arrival[i] = d.arrival.timestamp()
+            a.arrival_s[i] = d.arrival.timestamp()
+            known[i] = True
         if d.energy_needed_kwh is not None:
-            energy[i] = d.energy_needed_kwh
+            a.energy_kwh[i] = d.energy_needed_kwh
         if d.departure is not None:
-            departure[i] = d.departure.timestamp()
-    return DemandArrays(active, online, ev_max, priority, arrival, energy, departure)
+            a.departure_s[i] = d.departure.timestamp()
