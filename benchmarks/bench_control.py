@@ -355,7 +355,9 @@ async def run_arrivals(count: int, rate_per_s: float) -> dict[str, Any]:
     started_at: dict[tuple[str, int], float] = {}
     accepted_at: dict[tuple[str, int], float] = {}
     default_at: dict[tuple[str, int], float] = {}
-    """Last accepted connector setpoint without a transaction (a TxDefaultProfile)."""
+    """Last accepted connector setpoint without a transaction (a TxDefaultProfile) since
+    the cars started to come: the share the controller gave an arriving car."""
+    arriving = False
     refused = 0
     csms = app.csms
 
@@ -380,7 +382,7 @@ async def run_arrivals(count: int, rate_per_s: float) -> dict[str, Any]:
             # By the time the answer is back, the bench has seen the SessionStarted.
             if with_tx and key in started_at:
                 accepted_at.setdefault(key, time.perf_counter())
-            elif not with_tx:
+            elif not with_tx and arriving:
                 default_at[key] = time.perf_counter()
 
         future.add_done_callback(done)
@@ -394,17 +396,18 @@ async def run_arrivals(count: int, rate_per_s: float) -> dict[str, Any]:
         assert proc.stdin is not None
         await wait_for(lambda: app.controller.idle, 30)
         await asyncio.sleep(1.0)
+        arriving = True
         proc.stdin.write(b"go\n")
         await proc.stdin.drain()
         expected_s = count / rate_per_s
         await wait_for(lambda: len(accepted_at) + len(default_at) >= count, expected_s + 60)
         await asyncio.sleep(2.0)
         delays = [accepted_at[k] - started_at[k] for k in accepted_at if k in started_at]
-        # A session the controller left on the TxDefaultProfile it had already given the
-        # connector (same share, nothing new to send) charged at its share from the start.
-        on_default = [k for k in started_at if k not in accepted_at
-                      and default_at.get(k, math.inf) < started_at[k]]
-        delays += [0.0] * len(on_default)
+        # A session the controller left on the TxDefaultProfile it had given the connector
+        # when the car arrived (same share, nothing new to send) charges at its share once
+        # that profile is accepted: the delay is from the start to that acceptance.
+        on_default = [k for k in started_at if k not in accepted_at and k in default_at]
+        delays += [max(0.0, default_at[k] - started_at[k]) for k in on_default]
         return {
             "chargers": count, "arrivals_per_s": rate_per_s,
             "connected": info["connected"], "sessions_started": len(started_at),
