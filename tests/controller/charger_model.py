@@ -56,6 +56,9 @@ class ModelCharger:
     """Answers that arrived but that we have not processed yet."""
     seq: int = 0
     """Frame number of the last frame from this charger (never goes back)."""
+    restarting_until: datetime | None = None
+    """A charger that reboots opens its contactor; the car draws again only once the
+    charger is back and has told us (BootNotification), well after the settle time."""
 
     def obeys(self, connector: int, now: datetime) -> float:
         found = self.profile.get(connector)
@@ -65,6 +68,8 @@ class ModelCharger:
 
     def draws(self, connector: int, now: datetime) -> float:
         if connector not in self.car:
+            return 0.0
+        if self.restarting_until is not None and now < self.restarting_until:
             return 0.0
         value = self.obeys(connector, now)
         for when, before in self.lagging.get(connector, ()):
@@ -197,6 +202,7 @@ class ModelDriver:
         self.drop_link(charger_id, head_applied=False)
         charger.profile.clear()
         charger.lagging.clear()
+        charger.restarting_until = self.clock.now() + timedelta(seconds=30)
         charger.link = "up"
         return charger.next_seq()
 

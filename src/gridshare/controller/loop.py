@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import Counter, deque
@@ -142,7 +143,9 @@ class Controller:
         self._urgent = asyncio.Event()
         self._busy = False
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._batches: set[asyncio.Task[None]] = set()
+        self._outcome_tasks: set[asyncio.Future[CommandOutcome]] = set()
+        """Tasks wrapping a driver's plain coroutines (a driver's futures need none)."""
+        self._stopped = False
         self._in_flight = 0
         self._failsafe_tasks: dict[str, asyncio.Task[None]] = {}
         self._failsafe_ok: set[str] = set()
@@ -168,6 +171,7 @@ class Controller:
         """Subscribe to the bus (before adapters start publishing) and start the tasks."""
         if self._tasks:
             return
+        self._stopped = False
         if self._bus is not None:
             self._subscription = self._bus.subscribe("controller")
             self._supervise("events", self._consume)
@@ -183,8 +187,9 @@ class Controller:
             self._subscription.close()
         if self._wake_timer is not None:
             self._wake_timer.cancel()
-        tasks: list[asyncio.Task[Any]] = [*self._tasks.values(), *self._batches,
-                                          *self._failsafe_tasks.values()]
+        self._stopped = True
+        tasks: list[asyncio.Future[Any]] = [*self._tasks.values(), *self._outcome_tasks,
+                                            *self._failsafe_tasks.values()]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -277,7 +282,9 @@ class Controller:
         now = self.clock.now()
         self.state.refresh(now)
         self._report_violators(now)
-        snapshot = self.state.to_snapshot(now)
+        # The plan is checked against every connector's worst case from the ledger, so
+        # its snapshot must not also reserve them.
+        snapshot, plan_snapshot = self.state.snapshots(now)
         allocation = guard.enforce(self.topology, snapshot, allocate(
             self.topology, snapshot, policy=self.settings.policy, rotation=self._rotation))
         self._rotation = allocation.rotation
@@ -287,9 +294,6 @@ class Controller:
         self.counters["cycles"] += 1
         self._allocation_alarms(allocation, now)
 
-        # The plan is checked against every connector's worst case from the ledger, so
-        # its snapshot must not also reserve them.
-        plan_snapshot = self.state.to_snapshot(now, commands=False)
         decision = decide(self.topology, plan_snapshot, allocation, self.state.ledger,
                           self._retries, self.settings.decide, now)
         self._decision = decision
@@ -342,7 +346,8 @@ class Controller:
 
     def _submit(self, step: Sequence[Send], now: datetime) -> None:
         """Record every command of the step in the ledger, hand them to the driver as one
-        batch, and collect their outcomes as they come."""
+        batch, and fold each outcome in as it comes (a callback on the driver's future; a
+        task only for a driver that returns plain coroutines)."""
         lease_s = self.settings.lease_s
         started = time.perf_counter()
         pending = [_Pending(s, self.state.record_sent(s.key, s.current_a, now, lease_s),
@@ -358,27 +363,28 @@ class Controller:
                 self._driver_error(item, exc)
                 self._outcome(item, outcome)
             return
-        task = asyncio.create_task(self._collect(pending, awaitables),
-                                   name=f"setpoints x{len(pending)}")
-        self._batches.add(task)
-        task.add_done_callback(self._batches.discard)
+        for item, awaitable in zip(pending, awaitables, strict=True):
+            if asyncio.isfuture(awaitable):
+                future: asyncio.Future[CommandOutcome] = awaitable
+            else:
+                future = asyncio.ensure_future(awaitable)
+                self._outcome_tasks.add(future)
+                future.add_done_callback(self._outcome_tasks.discard)
+            future.add_done_callback(functools.partial(self._resolved, item))
 
-    async def _collect(self, pending: Sequence[_Pending],
-                       awaitables: Sequence[Awaitable[CommandOutcome]]) -> None:
-        async def one(item: _Pending, awaitable: Awaitable[CommandOutcome]) -> None:
-            try:
-                outcome = await awaitable
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # We cannot tell whether the frame left: the outcome is unknown.
-                log.exception("setpoint %s/%s: driver error", *item.send.key)
-                self._driver_error(item, exc)
-                outcome = CommandOutcome(CommandResult.TIMEOUT, detail=f"driver error {exc!r}")
-            self._outcome(item, outcome)
-
-        await asyncio.gather(*(one(item, aw) for item, aw in zip(pending, awaitables,
-                                                                strict=True)))
+    def _resolved(self, item: _Pending, future: asyncio.Future[CommandOutcome]) -> None:
+        if self._stopped:
+            return
+        if future.cancelled():
+            outcome = CommandOutcome(CommandResult.TIMEOUT, detail="cancelled")
+        elif (exc := future.exception()) is not None:
+            # We cannot tell whether the frame left: the outcome is unknown.
+            log.error("setpoint %s/%s: driver error %r", *item.send.key, exc)
+            self._driver_error(item, exc if isinstance(exc, Exception) else Exception(exc))
+            outcome = CommandOutcome(CommandResult.TIMEOUT, detail=f"driver error {exc!r}")
+        else:
+            outcome = future.result()
+        self._outcome(item, outcome)
 
     def _driver_error(self, item: _Pending, exc: Exception) -> None:
         charger, connector = item.send.key
@@ -583,7 +589,7 @@ class Controller:
 
     @property
     def idle(self) -> bool:
-        return not (self._wake.is_set() or self._busy or self._batches
+        return not (self._wake.is_set() or self._busy or self._in_flight
                     or self._failsafe_tasks)
 
     async def settle(self, timeout_s: float = 5.0) -> None:

@@ -542,38 +542,56 @@ class SiteState:
         connector (a car may arrive), a connector with an unanswered command."""
         if violators is None:
             violators = {v.key for v in self.violators(now)}
-        out: dict[str, list[float]] = {}
+        drawn, obeyed = self._reservations(now, violators)
+        return _added(drawn, obeyed) if commands else drawn
+
+    def _reservations(self, now: datetime, violators: set[ConnectorKey],
+                      ) -> tuple[dict[str, PhaseCurrents], dict[str, PhaseCurrents]]:
+        """(violators at what they draw, what the ledger reserves), per group."""
+        drawn: dict[str, list[float]] = {}
+        obeyed: dict[str, list[float]] = {}
+        ledger = self.ledger
         for key, conn in self._connectors.items():
             charger = self.topology.chargers[key[0]]
             amps: PhaseCurrents | None = None
+            into = obeyed
             if not self._chargers[key[0]].online:
-                if not commands:
-                    continue
                 # Counted at failsafe by the allocation, but a profile stays in force in
                 # the charger until its validTo: reserve what it may add above failsafe.
-                extra = self.ledger.counted_a(key, now, offline=True) - charger.failsafe_current
+                extra = ledger.counted_a(key, now, offline=True) - charger.failsafe_current
                 if extra <= 0:
                     continue
                 amps = _on_phases(charger, extra)
             elif key in violators:
                 amps = self.measured_a(key, now)
-            elif commands and (not conn.active or self.ledger[key].live_unknowns(now)):
-                value = self.ledger.counted_a(key, now)
+                into = drawn
+            elif not conn.active or ledger[key].live_unknowns(now):
+                value = ledger.counted_a(key, now)
                 if value <= 0:
                     continue
                 amps = _on_phases(charger, value)
             if amps is None:
                 continue
             for gid in self.topology.charger_groups(key[0]):
-                acc = out.setdefault(gid, [0.0, 0.0, 0.0])
-                for p in range(3):
-                    acc[p] += amps[p]
-        return {gid: (a[0], a[1], a[2]) for gid, a in out.items()}
+                acc = into.get(gid)
+                if acc is None:
+                    acc = into[gid] = [0.0, 0.0, 0.0]
+                acc[0] += amps[0]
+                acc[1] += amps[1]
+                acc[2] += amps[2]
+        return ({gid: (a[0], a[1], a[2]) for gid, a in drawn.items()},
+                {gid: (a[0], a[1], a[2]) for gid, a in obeyed.items()})
 
     def to_snapshot(self, now: datetime, *, commands: bool = True) -> Snapshot:
         """What the allocation decides from, as of ``now`` (does not change the state).
         ``commands=False`` leaves out what the ledger reserves: the view for checking a
         plan against every connector's worst case, which counts those itself."""
+        for_allocation, for_plan = self.snapshots(now)
+        return for_allocation if commands else for_plan
+
+    def snapshots(self, now: datetime) -> tuple[Snapshot, Snapshot]:
+        """Both views of :meth:`to_snapshot` at once (one pass over the connectors):
+        (for the allocation, for checking a plan against the ledger's worst case)."""
         violators = {v.key for v in self.violators(now)}
         connectors: dict[ConnectorKey, ConnectorDemand] = {}
         for key, conn in self._connectors.items():
@@ -586,21 +604,23 @@ class SiteState:
                     key[0], key[1], active=True, max_current=conn.ev_max_current_a,
                     priority=conn.priority, arrival=conn.arrival,
                     energy_needed_kwh=conn.energy_needed_kwh, departure=conn.departure)
-        reserved = self.reserved(now, violators, commands=commands)
+        drawn, obeyed = self._reservations(now, violators)
         stale = set(self.stale_groups(now))
-        groups: dict[str, GroupConditions] = {}
+        with_commands: dict[str, GroupConditions] = {}
+        without: dict[str, GroupConditions] = {}
         for gid in self.topology.groups:
             extra = tuple(self._extra_limits(gid, now))
-            unc = [0.0, 0.0, 0.0]
+            unc = (0.0, 0.0, 0.0)
             if gid in self._meters and gid not in stale:
-                unc = list(self._metered_uncontrolled(gid, now))
-            res = reserved.get(gid)
-            if res is not None:
-                unc = [unc[p] + res[p] for p in range(3)]
-            if extra or gid in stale or any(unc):
-                groups[gid] = GroupConditions(uncontrolled=(unc[0], unc[1], unc[2]),
-                                              limits=extra, meter_stale=gid in stale)
-        return Snapshot(now=now, connectors=connectors, groups=groups)
+                unc = self._metered_uncontrolled(gid, now)
+            base = _added({gid: unc}, drawn)[gid] if gid in drawn else unc
+            full = _added({gid: base}, obeyed)[gid] if gid in obeyed else base
+            for out, amps in ((without, base), (with_commands, full)):
+                if extra or gid in stale or any(amps):
+                    out[gid] = GroupConditions(uncontrolled=amps, limits=extra,
+                                               meter_stale=gid in stale)
+        return (Snapshot(now=now, connectors=connectors, groups=with_commands),
+                Snapshot(now=now, connectors=dict(connectors), groups=without))
 
     # --- views for status -----------------------------------------------------------------
 
@@ -639,6 +659,18 @@ class SiteState:
 
     def online_count(self) -> int:
         return sum(1 for c in self._chargers.values() if c.online)
+
+
+def _added(a: dict[str, PhaseCurrents], b: dict[str, PhaseCurrents]) -> dict[str, PhaseCurrents]:
+    """Per-group sums of two reservations."""
+    out = dict(a)
+    for gid, amps in b.items():
+        if gid in out:
+            x = out[gid]
+            out[gid] = (x[0] + amps[0], x[1] + amps[1], x[2] + amps[2])
+        else:
+            out[gid] = amps
+    return out
 
 
 def _on_phases(charger: Charger, amps: float) -> PhaseCurrents:

@@ -118,17 +118,23 @@ def decide(topology: Topology, snapshot: Snapshot, allocation: Allocation, ledge
     candidates: list[Send] = []
     waiting: dict[ConnectorKey, datetime] = {}
     wake: list[datetime] = []
+    demands = snapshot.connectors
     for key, entry in ledger.items():
-        demand = snapshot.demand(key)
+        demand = demands.get(key)  # absent: online and idle
+        online = demand is None or demand.online
         failsafe = ledger.failsafe_a(key)
-        worst = entry.counted_a(failsafe, now, offline=not demand.online)
+        worst = entry.counted_a(failsafe, now, offline=not online)
         counted[key] = worst
-        change = entry.next_change(now)
-        if change is not None:
-            wake.append(change)
-        if not demand.online:
+        if entry.unknown or entry.settling:
+            change = entry.next_change(now)
+            if change is not None:
+                wake.append(change)
+        elif entry.in_force is not None and entry.in_force.valid_to is not None and \
+                entry.in_force.valid_to > now:
+            wake.append(entry.in_force.valid_to)
+        if not online:
             continue
-        active = demand.active
+        active = demand is not None and demand.active
         # Float noise (10.600000000000001) off: it would make equal values look different.
         want = round(allocation.setpoints.get(key, 0.0), 6) if active else 0.0
         reason, renew_at = _needed(entry, want, failsafe, settings, now)

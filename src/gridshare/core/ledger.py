@@ -117,6 +117,8 @@ class ConnectorLedger:
         value = self.effective_a(failsafe_a, now)
         if offline:
             value = max(value, failsafe_a)
+        if not (self.in_flight or self.unknown or self.settling):
+            return value
         for sent in self.in_flight:
             value = max(value, sent.value_a)
         for unknown in self.unknown:
