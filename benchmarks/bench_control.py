@@ -185,8 +185,26 @@ def install_probe(probe: Probe, app: Any) -> None:
 
 def watch_setpoints(csms: Any, on_submit: Any, probe: Probe | None = None) -> None:
     """Call ``on_submit(request, None)`` when the controller submits a setpoint, then
-    ``on_submit(request, future)`` with the future of its CommandOutcome."""
+    ``on_submit(request, future)`` with the future of its CommandOutcome.
+
+    A driver without ``submit_setpoints`` (gridshare before issue 6, for a before/after
+    comparison on the same machine) is watched through ``apply_setpoint`` alone."""
     from gridshare.drivers import SetpointRequest
+
+    if not hasattr(csms, "submit_setpoints"):
+        original_apply = csms.apply_setpoint
+
+        async def apply_only(charger: str, connector: int, current_a: float,
+                             lease_s: float | None = None) -> Any:
+            request = SetpointRequest(charger, connector, current_a, lease_s or 0.0)
+            on_submit(request, None)
+            future = asyncio.ensure_future(original_apply(charger, connector, current_a,
+                                                          lease_s))
+            on_submit(request, future)
+            return await future
+
+        csms.apply_setpoint = apply_only
+        return
 
     original_submit = csms.submit_setpoints
 
@@ -209,6 +227,11 @@ def watch_setpoints(csms: Any, on_submit: Any, probe: Probe | None = None) -> No
 
     csms.submit_setpoints = submit_setpoints
     csms.apply_setpoint = apply_setpoint
+
+
+def accepted(outcome: Any) -> bool:
+    """A CommandOutcome (or, before issue 6, a bare CommandResult) that says accepted."""
+    return str(getattr(outcome, "result", outcome)) == "accepted"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -343,7 +366,6 @@ async def run_arrivals(count: int, rate_per_s: float) -> dict[str, Any]:
     from gridshare.app import ServeOptions, build_app
     from gridshare.config import parse_site
     from gridshare.controller.loop import ControllerSettings
-    from gridshare.drivers import CommandResult
     from gridshare.events import ProfileRejected, SessionStarted
 
     raise_fd_limit(2 * count + 1024)
@@ -377,7 +399,7 @@ async def run_arrivals(count: int, rate_per_s: float) -> dict[str, Any]:
         with_tx = csms.transaction_of(*key) is not None  # so it goes out as a TxProfile
 
         def done(f: asyncio.Future[Any]) -> None:
-            if f.cancelled() or f.result().result is not CommandResult.ACCEPTED:
+            if f.cancelled() or f.exception() is not None or not accepted(f.result()):
                 return
             # By the time the answer is back, the bench has seen the SessionStarted.
             if with_tx and key in started_at:
