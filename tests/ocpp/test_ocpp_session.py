@@ -1,4 +1,5 @@
-"""One session on a scripted socket: the order in which a charger's frames take effect.
+"""One session on a scripted socket: the order in which a charger's frames take effect,
+and the shared writer that puts every session's frames on the wire.
 
 The socket is a fake whose inbound frames are given up front, so what happened by the time
 each event is published can be checked exactly, without a network or timing.
@@ -8,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from gridshare.adapters.ocpp import CentralSystem, CsmsConfig
+from gridshare.adapters.ocpp.rpc import FrameWriter, Outgoing, PendingCall
 from gridshare.adapters.ocpp.session import Session
 from gridshare.adapters.ocpp.version import OcppVersion
 from gridshare.drivers import CommandResult, SetpointRequest
@@ -131,3 +135,57 @@ async def test_unwritten_call_is_offline_written_one_lost() -> None:
     lost = await future
     assert lost.result is CommandResult.LOST and lost.sent
     assert lost.valid_to == datetime(2030, 1, 1, 12, 1, tzinfo=UTC)
+
+
+class Outlet:
+    """A connection as the shared writer sees it."""
+
+    def __init__(self, name: str, written: list[str], *, backed_up: bool = False,
+                 broken: bool = False) -> None:
+        self.name = name
+        self.outbox: deque[Outgoing] = deque()
+        self.draining = False
+        self.written = written
+        self.is_backed_up = backed_up
+        self.broken = broken
+        self.drains_spawned = 0
+
+    async def send_now(self, frame: str) -> None:
+        if self.broken:
+            raise RuntimeError("socket in a state nobody expected")
+        self.written.append(frame)
+
+    def backed_up(self) -> bool:
+        return self.is_backed_up
+
+    def spawn_drain(self) -> None:
+        self.draining = True
+        self.drains_spawned += 1
+
+
+async def test_writer_serves_every_connection_in_one_pass() -> None:
+    """One task writes the batch; a backed-up socket drains on its own and a broken one
+    loses only its own frames (its calls will time out)."""
+    written: list[str] = []
+    tasks: list[asyncio.Task[Any]] = []
+
+    def spawn(coro: Any, name: str) -> asyncio.Task[Any]:
+        tasks.append(asyncio.create_task(coro, name=name))
+        return tasks[-1]
+
+    writer = FrameWriter(spawn)
+    outlets = [Outlet("a", written), Outlet("slow", written, backed_up=True),
+               Outlet("bad", written, broken=True), Outlet("b", written)]
+    for outlet in outlets:
+        call = PendingCall(outlet.name, "SetChargingProfile", 0.0)
+        outlet.outbox.extend([(f"{outlet.name}-1", call), (f"{outlet.name}-2", None)])
+        writer.ready(outlet)
+    assert len(tasks) == 1 and written == []  # nothing written before the next loop pass
+    await tasks[0]
+    assert written == ["a-1", "a-2", "b-1", "b-2"]
+    slow, bad = outlets[1], outlets[2]
+    assert slow.drains_spawned == 1 and len(slow.outbox) == 2
+    assert bad.outbox == deque()
+    writer.ready(outlets[0])
+    assert len(tasks) == 2  # a new pass gets a new task once the last one is done
+    await tasks[1]

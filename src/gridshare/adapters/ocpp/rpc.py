@@ -212,6 +212,11 @@ async def write_next(outlet: Outlet) -> bool:
     except ConnectionClosed:
         outlet.outbox.clear()
         return False
+    except Exception:  # a bug must not stop the frames of every other charger; the calls
+        # whose frames are dropped time out: an unknown outcome, the safe side
+        LOG.exception("writing a frame failed; dropping this connection's queued frames")
+        outlet.outbox.clear()
+        return False
     if call is not None:
         call.written = True
     return True
