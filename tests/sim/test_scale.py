@@ -108,7 +108,7 @@ async def test_500_chargers_in_one_process(csms_process: CSMSProcess) -> None:
         await site.run_for(8)  # two real seconds
         tick_t = time.perf_counter()
         for _ in range(5):
-            site._tick(1.0)
+            site.tick(1.0)
         tick_ms = (time.perf_counter() - tick_t) * 1000 / 5
         charging = sum(1 for ch in site.chargers.values() if ch.drawn_a(1) != (0.0, 0.0, 0.0))
         assert charging == N

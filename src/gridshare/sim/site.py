@@ -244,7 +244,7 @@ class SimSite:
         steps = max(1, round(seconds / self.tick_s))
         for _ in range(steps):
             clock.advance(self.tick_s)
-            self._tick(self.tick_s)
+            self.tick(self.tick_s)
 
     async def wait_connected(self, count: int | None = None, timeout_s: float = 30.0) -> int:
         """Wait until ``count`` (default all) chargers are connected; return how many are."""
@@ -274,9 +274,11 @@ class SimSite:
                 await self.clock.sleep(delay)
             else:
                 await asyncio.sleep(0)  # behind schedule: catch up, but let I/O run
-            self._tick(dt)
+            self.tick(dt)
 
-    def _tick(self, dt: float) -> None:
+    def tick(self, dt: float) -> None:
+        """One physics step of ``dt`` simulated seconds for every charger and car (and the
+        scenario's arrivals and departures), at the clock's current time."""
         now = self.clock.time()
         if self.scenario is not None:
             self._scenario_step(now)
