@@ -14,6 +14,11 @@ Reported per policy: p50, p99 and max wall time of one ``allocate`` call over th
 (nearest-rank percentiles), the cold first call (which builds the topology's array form),
 and the peak memory one call allocates (tracemalloc, measured on a separate call so that
 tracing does not slow the timed ones).
+
+Then the controller's usual cycle: on a site already allocated, one car arrives or one
+leaves (alternately), five seconds later, and ``allocate`` runs again with the rotation
+state it returned. The next snapshot keeps every other connector's demand object, as a
+controller that rebuilds only what changed does. Reported the same way, per policy.
 """
 
 from __future__ import annotations
@@ -232,6 +237,51 @@ def peak_memory_mib(topology: Topology, snapshot: Snapshot, policy: Policy) -> f
     return (peak - base) / 2**20
 
 
+def next_snapshot(topology: Topology, snapshot: Snapshot, rng: random.Random,
+                  step: int) -> Snapshot:
+    """``snapshot`` five seconds later with one car arrived (even steps) or gone (odd)."""
+    now = snapshot.now + timedelta(seconds=5)
+    connectors = dict(snapshot.connectors)
+    if step % 2 == 0:
+        idle = [c.key for c in topology.connectors()
+                if c.key not in connectors or not connectors[c.key].active]
+        key = rng.choice(idle)
+        old = connectors.get(key)
+        if old is not None and not old.online:
+            return Snapshot(now, connectors, snapshot.groups)
+        connectors[key] = ConnectorDemand(key[0], key[1], active=True, arrival=now)
+    else:
+        active = [k for k, d in connectors.items() if d.active and d.online]
+        key = rng.choice(active)
+        del connectors[key]
+    return Snapshot(now, connectors, snapshot.groups)
+
+
+def run_cycles(topology: Topology, first: Snapshot, repeat: int, seed: int,
+               progress: Progress) -> dict[Policy, Figures]:
+    """One car arriving or leaving per call, on an allocated site, for every policy."""
+    figures = {p: Figures([]) for p in POLICIES}
+    task = progress.add_task("one car arrives or leaves", total=repeat * len(POLICIES))
+    for policy in POLICIES:
+        rng = random.Random(seed)
+        # A copy without the array form cached on it: the first cycle then starts from it.
+        snapshot = Snapshot(first.now, dict(first.connectors), first.groups)
+        rotation = allocate(topology, snapshot, policy=policy).rotation
+        for n in range(repeat):
+            progress.update(task, description=f"one car, cycle {n + 1}/{repeat}: {policy.value}")
+            snapshot = next_snapshot(topology, snapshot, rng, n)
+            gc.collect()
+            t0 = time.perf_counter()
+            alloc = allocate(topology, snapshot, policy=policy, rotation=rotation)
+            figures[policy].times_ms.append((time.perf_counter() - t0) * 1000)
+            rotation = alloc.rotation
+            on, paused = count(snapshot, alloc)
+            figures[policy].charging += on
+            figures[policy].paused += paused
+            progress.advance(task)
+    return figures
+
+
 def run(connectors: int, repeat: int, seed: int, console: Console) -> dict[str, object]:
     rng = random.Random(seed)
     started = time.perf_counter()
@@ -270,6 +320,7 @@ def run(connectors: int, repeat: int, seed: int, console: Console) -> dict[str, 
         for policy in POLICIES:
             progress.update(task, description=f"peak memory: {policy.value}")
             figures[policy].peak_mib = peak_memory_mib(topology, first_snapshot, policy)
+        cycles = run_cycles(topology, first_snapshot, repeat, seed, progress)
     n_conn = sum(len(c.connectors) for c in topology.chargers.values())
     return {
         "connectors": n_conn,
@@ -282,6 +333,7 @@ def run(connectors: int, repeat: int, seed: int, console: Console) -> dict[str, 
         "python": platform.python_version(),
         "machine": f"{platform.machine()} {platform.processor() or platform.system()}",
         "policies": {p.value: figures[p].summary() for p in POLICIES},
+        "one_car": {p.value: cycles[p].summary() for p in POLICIES},
     }
 
 
@@ -299,6 +351,16 @@ def render(result: dict[str, object], console: Console) -> None:
                       f"{s['cold_ms']:.1f}", f"{s['peak_mib']:.1f}", f"{s['mean_charging']:,}",
                       f"{s['mean_paused']:,}", str(s["guarded_runs"]))
     console.print(table)
+    cycles = Table(title="one car arrives or leaves on the allocated site (the controller's "
+                         "usual cycle)")
+    for col in ("policy", "p50 ms", "p99 ms", "max ms", "charging", "paused"):
+        cycles.add_column(col, justify="left" if col == "policy" else "right")
+    one_car = result["one_car"]
+    assert isinstance(one_car, dict)
+    for name, s in one_car.items():
+        cycles.add_row(name, f"{s['p50_ms']:.1f}", f"{s['p99_ms']:.1f}", f"{s['max_ms']:.1f}",
+                       f"{s['mean_charging']:,}", f"{s['mean_paused']:,}")
+    console.print(cycles)
     console.print(f"python {result['python']} on {result['machine']}; site built in "
                   f"{result['build_site_s']} s; flat-out demand / site limit (busiest phase, "
                   f"first run) {result['demand_over_supply']}; charging/paused are means per "

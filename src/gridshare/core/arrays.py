@@ -6,8 +6,10 @@ per group per phase costs hundreds of milliseconds, numpy over these arrays a fe
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import compress
 
 import numpy as np
 import numpy.typing as npt
@@ -48,6 +50,8 @@ class TopologyArrays:
     """Per group: static A-per-phase limit (inf when none)."""
     group_max_kw: FloatArray
     """Per group: static kW limit (inf when none)."""
+    group_chain: IntArray
+    """Shape (groups, depth): each group and its ancestors, innermost first, padded with -1."""
     cache: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
     """Derived state carried between calls on the same topology (the last demand read)."""
 
@@ -79,6 +83,11 @@ def _build(topology: Topology) -> TopologyArrays:
             failsafe.append(charger.failsafe_current)
             prio.append(charger.priority)
             chains.append(chain)
+    group_depth = max((len(topology.group_chain(g)) for g in group_ids), default=1)
+    group_chain = np.full((len(group_ids), group_depth), -1, dtype=np.int64)
+    for gi, gid in enumerate(group_ids):
+        ancestors = [group_index[a] for a in topology.group_chain(gid)]
+        group_chain[gi, : len(ancestors)] = ancestors
     depth = max((len(c) for c in chains), default=1)
     chain_arr = np.full((len(keys), depth), -1, dtype=np.int64)
     for i, chain in enumerate(chains):
@@ -97,6 +106,7 @@ def _build(topology: Topology) -> TopologyArrays:
         failsafe=np.array(failsafe, dtype=float),
         priority=np.array(prio, dtype=np.int64),
         chain=chain_arr,
+        group_chain=group_chain,
         charger_max=np.array([c.max_current for c in topology.chargers.values()], dtype=float),
         multi=np.array([len(c.connectors) > 1 for c in topology.chargers.values()], dtype=bool),
         group_max_current=np.array([np.inf if g.max_current is None else g.max_current
@@ -181,7 +191,10 @@ def _demand(ta: TopologyArrays, snapshot: Snapshot) -> DemandArrays:
     last = ta.cache.get("demand")
     if isinstance(last, _LastDemand):
         before = last.connectors
-        changed = [(key, d) for key, d in snapshot.connectors.items() if before.get(key) is not d]
+        keys = list(snapshot.connectors)
+        values = list(snapshot.connectors.values())
+        differs = map(operator.is_not, values, map(before.get, keys))
+        changed = [(keys[i], values[i]) for i in compress(range(len(keys)), differs)]
         gone = ([] if len(snapshot.connectors) - len(changed) == len(before)
                 else [k for k in before if k not in snapshot.connectors])
         if len(changed) + len(gone) <= n // 2:

@@ -8,7 +8,7 @@ Policies, admission and rounding all work on these rows; nothing else knows the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,34 +31,6 @@ TOL = 1e-9
 """Float slack when comparing currents with room: far below any setpoint step."""
 ROWS_PER_GROUP = 4
 """Constraint rows per group: L1, L2, L3 and kW."""
-
-
-@dataclass(frozen=True, slots=True)
-class Sums:
-    """What a set of connector currents adds up to in every limit the allocator keeps."""
-
-    group_amps: FloatArray
-    """Shape (groups, 3): A per phase in every group."""
-    group_kw: FloatArray
-    charger_amps: FloatArray
-
-
-def sums(ta: TopologyArrays, drawn: FloatArray) -> Sums:
-    """Add each connector's current into its charger and every group above it."""
-    n_groups = len(ta.group_ids)
-    per_phase = drawn[:, None] * ta.phases
-    power = drawn * ta.kw_per_amp
-    amps = np.zeros((n_groups, 3))
-    kw = np.zeros(n_groups)
-    for level in range(ta.chain.shape[1]):
-        groups = ta.chain[:, level]
-        there = groups >= 0
-        g = groups[there]
-        for phase in range(3):
-            amps[:, phase] += np.bincount(g, weights=per_phase[there, phase], minlength=n_groups)
-        kw += np.bincount(g, weights=power[there], minlength=n_groups)
-    chargers = np.bincount(ta.charger_of, weights=drawn, minlength=len(ta.charger_ids))
-    return Sums(amps, kw, chargers.astype(float))
 
 
 @dataclass(slots=True)
@@ -103,10 +75,9 @@ class Capacity:
     rows: FloatArray
     """Shape (groups * 4 + chargers,): (g, L1..L3, kW) rows, then one row per charger."""
 
-    def minus(self, load: Sums) -> Capacity:
-        """The room left once ``load`` is drawn."""
-        groups = np.column_stack((load.group_amps, load.group_kw)).ravel()
-        return Capacity(self.rows - np.concatenate((groups, load.charger_amps)))
+    def minus(self, load: FloatArray) -> Capacity:
+        """The room left once ``load`` (per row, see :func:`row_loads`) is drawn."""
+        return Capacity(self.rows - load)
 
     def with_budget(self, group: int, amps: FloatArray, kw: float) -> Capacity:
         """The same rows with ``group`` held to at most ``amps`` per phase and ``kw``."""
@@ -118,26 +89,30 @@ class Capacity:
 
 
 def capacity(topology: Topology, ta: TopologyArrays, snapshot: Snapshot,
-             fixed: Sums) -> tuple[Capacity, list[Alarm]]:
-    """Room per constraint row once offline connectors draw their failsafe current, and an
-    alarm for every group and phase that those alone already overload."""
+             fixed: FloatArray) -> tuple[Capacity, list[Alarm]]:
+    """Room per constraint row once offline connectors draw their failsafe current
+    (``fixed``, per row), and an alarm for every group and phase that those alone already
+    overload."""
     avail = available_arrays(topology, ta, snapshot)
-    left = avail.amps - fixed.group_amps
-    left_kw = avail.kw - fixed.group_kw
+    per_group = fixed[:len(ta.group_ids) * ROWS_PER_GROUP].reshape(-1, ROWS_PER_GROUP)
+    fixed_amps, fixed_kw = per_group[:, :3], per_group[:, 3]
+    left = avail.amps - fixed_amps
+    left_kw = avail.kw - fixed_kw
     rows = np.concatenate((
         np.column_stack((left, left_kw)).ravel(),
-        np.where(ta.multi, ta.charger_max - fixed.charger_amps, np.inf)))
+        np.where(ta.multi, ta.charger_max - fixed[len(ta.group_ids) * ROWS_PER_GROUP:],
+                 np.inf)))
     alarms: list[Alarm] = []
     for gi, p in zip(*np.nonzero(left < -1e-6), strict=True):
         gid, phase = ta.group_ids[gi], Phase(int(p))
-        load, room = float(fixed.group_amps[gi, p]), float(avail.amps[gi, p])
+        load, room = float(fixed_amps[gi, p]), float(avail.amps[gi, p])
         alarms.append(Alarm(gid, phase, load, room,
                             f"group {gid} {phase.name}: offline chargers alone draw {load:.1f} A "
                             f"at their failsafe current, above the {room:.1f} A available; "
                             f"online chargers on {phase.name} below it are paused"))
     for gi in np.flatnonzero(left_kw < -1e-6).tolist():
         gid = ta.group_ids[gi]
-        load, room = float(fixed.group_kw[gi]), float(avail.kw[gi])
+        load, room = float(fixed_kw[gi]), float(avail.kw[gi])
         alarms.append(Alarm(gid, None, load, room,
                             f"group {gid}: offline chargers alone draw {load:.1f} kW, above "
                             f"the {room:.1f} kW available; online chargers below it are paused"))
@@ -194,6 +169,13 @@ def entries(topology: Topology, ta: TopologyArrays) -> Entries:
     return built
 
 
+def row_loads(ent: Entries, drawn: FloatArray) -> FloatArray:
+    """What ``drawn`` (A per connector) adds up to in every row: A per phase and kW of
+    every group, A of every multi-connector charger."""
+    loads = np.bincount(ent.row, weights=ent.weight * drawn[ent.conn], minlength=ent.n_rows)
+    return loads.astype(np.float64, copy=False)
+
+
 def rows_of_groups(ta: TopologyArrays, groups_ok: BoolArray) -> BoolArray:
     """The row mask of ``groups_ok``; chargers' own rows always count."""
     return np.concatenate((np.repeat(groups_ok, ROWS_PER_GROUP),
@@ -231,7 +213,7 @@ def build_problem(ent: Entries, cands: IntArray, rows_ok: BoolArray, cap: Capaci
 
 
 def group_loads(topology: Topology, snapshot: Snapshot,
-                setpoints: Mapping[ConnectorKey, float]) -> dict[str, GroupLoad]:
+                setpoints: Mapping[ConnectorKey, float]) -> GroupLoads:
     """Per-phase and kW load of every group, for reporting (offline at failsafe)."""
     ta = topology_arrays(topology)
     values = np.fromiter((setpoints.get(k, 0.0) for k in ta.keys), dtype=float,
@@ -240,25 +222,56 @@ def group_loads(topology: Topology, snapshot: Snapshot,
 
 
 def group_loads_of(topology: Topology, snapshot: Snapshot,
-                   setpoints: FloatArray) -> dict[str, GroupLoad]:
+                   setpoints: FloatArray) -> GroupLoads:
     """:func:`group_loads` for setpoints aligned with the topology's connector order."""
     ta = topology_arrays(topology)
     drawn = np.where(demand_arrays(ta, snapshot).online, setpoints, ta.failsafe)
-    total = sums(ta, drawn)
-    avail = available_arrays(topology, ta, snapshot)
-    amps = total.group_amps.tolist()
-    kw = total.group_kw.tolist()
-    available = avail.amps.tolist()
-    out: dict[str, GroupLoad] = {}
-    for gi, gid in enumerate(ta.group_ids):
-        cond = snapshot.groups.get(gid)
+    total = row_loads(entries(topology, ta), drawn)
+    per_group = total[:len(ta.group_ids) * ROWS_PER_GROUP].reshape(-1, ROWS_PER_GROUP)
+    return GroupLoads(topology, snapshot, ta, per_group,
+                      available_arrays(topology, ta, snapshot).amps)
+
+
+class GroupLoads(Mapping[str, GroupLoad]):
+    """Every group's load, for reporting: summed with the allocation, each
+    :class:`GroupLoad` built when first read (most cycles read few or none, and building
+    a thousand frozen objects would cost more than the allocation itself)."""
+
+    __slots__ = ("_available", "_built", "_per_group", "_snapshot", "_ta", "_topology")
+
+    def __init__(self, topology: Topology, snapshot: Snapshot, ta: TopologyArrays,
+                 per_group: FloatArray, available: FloatArray) -> None:
+        self._topology = topology
+        self._snapshot = snapshot
+        self._ta = ta
+        self._per_group = per_group
+        self._available = available
+        self._built: dict[str, GroupLoad] = {}
+
+    def __getitem__(self, gid: str) -> GroupLoad:
+        found = self._built.get(gid)
+        if found is not None:
+            return found
+        gi = self._ta.group_index[gid]
+        cond = self._snapshot.groups.get(gid)
         if cond is None:  # no live conditions: the static limit as configured
-            limit, limit_kw, unc = (float(ta.group_max_current[gi]),
-                                    float(ta.group_max_kw[gi]), (0.0, 0.0, 0.0))
+            limit, limit_kw, unc = (float(self._ta.group_max_current[gi]),
+                                    float(self._ta.group_max_kw[gi]), (0.0, 0.0, 0.0))
         else:
-            lim = effective_limit(topology.groups[gid], cond, topology.voltage)
+            lim = effective_limit(self._topology.groups[gid], cond, self._topology.voltage)
             limit, limit_kw, unc = lim.current, lim.power_kw, cond.uncontrolled
-        a, av = amps[gi], available[gi]
-        out[gid] = GroupLoad(gid, (a[0], a[1], a[2]), unc, limit, (av[0], av[1], av[2]),
-                             kw[gi], limit_kw)
-    return out
+        a = self._per_group[gi].tolist()
+        av = self._available[gi].tolist()
+        load = GroupLoad(gid, (a[0], a[1], a[2]), unc, limit, (av[0], av[1], av[2]), a[3],
+                         limit_kw)
+        self._built[gid] = load
+        return load
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ta.group_ids)
+
+    def __len__(self) -> int:
+        return len(self._ta.group_ids)
+
+    def __repr__(self) -> str:
+        return f"GroupLoads({dict(self)!r})"

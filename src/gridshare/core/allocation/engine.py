@@ -8,6 +8,7 @@ whatever the subtree leaves goes back to the rest.
 from __future__ import annotations
 
 from datetime import datetime
+from itertools import compress
 
 import numpy as np
 
@@ -25,8 +26,8 @@ from gridshare.core.allocation.constraints import (
     capacity,
     entries,
     group_loads_of,
+    row_loads,
     rows_of_groups,
-    sums,
 )
 from gridshare.core.allocation.inputs import Inputs, connector_inputs
 from gridshare.core.allocation.policies import share
@@ -88,7 +89,8 @@ def allocate(topology: Topology, snapshot: Snapshot, *, policy: Policy | None = 
     inp = connector_inputs(topology, ta, snapshot)
     demand = inp.demand
     fixed_load = np.where(demand.online, 0.0, ta.failsafe)
-    cap, overload_alarms = capacity(topology, ta, snapshot, sums(ta, fixed_load))
+    ent = entries(topology, ta)
+    cap, overload_alarms = capacity(topology, ta, snapshot, row_loads(ent, fixed_load))
     candidate = demand.online & demand.active & (inp.high >= inp.low) & (inp.high > 0)
     setpoints = fixed_load.copy()
     previous = rotation or RotationState()
@@ -102,8 +104,7 @@ def allocate(topology: Topology, snapshot: Snapshot, *, policy: Policy | None = 
         cands = np.flatnonzero(candidate & in_tree)
         if len(cands) == 0:
             return
-        rows_ok = rows_of_groups(ta, np.array([root in topology.group_chain(g)
-                                               for g in ta.group_ids]))
+        rows_ok = rows_of_groups(ta, (ta.group_chain == root_i).any(axis=1))
         subs = [] if policy is not None else override_roots(topology, root, pol)
         fixed = np.zeros(len(cands), dtype=bool)
         for sub in subs:
@@ -125,7 +126,7 @@ def allocate(topology: Topology, snapshot: Snapshot, *, policy: Policy | None = 
             held = np.zeros(len(ta.keys))
             held[cands[fixed]] = setpoints[cands[fixed]]
             rest = cands[~fixed]
-            x, state = solve(topology, inp, rest, rows_ok, cap.minus(sums(ta, held)),
+            x, state = solve(topology, inp, rest, rows_ok, cap.minus(row_loads(ent, held)),
                              pol, previous, snapshot.now, np.zeros(len(rest), dtype=bool))
             setpoints[rest] = x
             record(state)
@@ -154,8 +155,7 @@ def allocate(topology: Topology, snapshot: Snapshot, *, policy: Policy | None = 
         setpoints[cands] = top_up(problem, setpoints[cands], inp.low[cands],
                                   inp.high[cands], topology.resolution_a)
 
-    offline = frozenset(k for k, on in zip(ta.keys, demand.online.tolist(), strict=True)
-                        if not on)
+    offline = frozenset(compress(ta.keys, (~demand.online).tolist()))
     return Allocation(
         setpoints=dict(zip(ta.keys, setpoints.tolist(), strict=True)), offline=offline,
         groups=group_loads_of(topology, snapshot, setpoints),
