@@ -401,3 +401,29 @@ def test_priority_takes_whole_steps_in_order() -> None:
     assert not conservation_problems(model, alloc.setpoints)
     assert {k[0]: v for k, v in alloc.setpoints.items()} == pytest.approx(
         {"cp4": 1.0, "cp5": 6.0})
+
+
+def test_left_over_steps_go_one_at_a_time_not_in_rounds() -> None:
+    """Spec invariant 4 (equal, found on a random seed): 19.8 kW for a 5 A car and two
+    pairs (1-phase on L1, 3-phase) at 10.13 A each. Rounded down to 10.1 A, 0.066 kW is
+    left: two 1-phase steps (0.023 kW each), not enough for a 3-phase one. Handing steps
+    out in rounds gave the 1-phase pair 10.5 A while the 3-phase pair stayed at 10.0 A."""
+    def charger(cid: str, phase: Phase | None, top: float,
+                conns: tuple[tuple[float, float], ...]) -> Charger:
+        return Charger(cid, 1 if phase is not None else 3, phase, top,
+                       min(c[1] for c in conns), 0, 0,
+                       tuple(Connector(cid, n, mx, mn) for n, (mx, mn) in enumerate(conns, 1)),
+                       group="g")
+
+    chargers = {"small": charger("small", Phase.L1, 63, ((63, 1),)),
+                "one": charger("one", Phase.L1, 63, ((16, 6), (63, 10))),
+                "three": charger("three", None, 32, ((16, 6), (32, 10)))}
+    group = Group("g", None, 19.8, 3, Policy.EQUAL, None, chargers=tuple(chargers))
+    topo = Topology("t", 230, Policy.EQUAL, {"g": group}, chargers, ("g",))
+    keys = [("small", 1), ("one", 1), ("one", 2), ("three", 1), ("three", 2)]
+    demands = {k: ConnectorDemand(k[0], k[1], active=True) for k in keys}
+    demands[("small", 1)] = ConnectorDemand("small", 1, active=True, max_current=5.0)
+    snap = Snapshot(BASE_TIME, demands)
+    alloc = allocate(topo, snap)
+    assert not equal_problems(Model.build(topo, snap), alloc.setpoints)
+    assert [alloc.setpoints[k] for k in keys] == pytest.approx([5.0, 10.2, 10.2, 10.1, 10.1])
