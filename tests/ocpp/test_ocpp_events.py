@@ -8,6 +8,7 @@ import contextlib
 import json
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from csms_helpers import CsmsFactory, Msgs, charger, exchange, now_iso, raw_socket
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,6 +18,7 @@ from ocpp.v201 import call as call201
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from gridshare.adapters.ocpp import CsmsConfig
 from gridshare.adapters.ocpp.rpc import snake_keys
 from gridshare.events import (
     ChargerBooted,
@@ -238,6 +240,13 @@ async def test_client_without_subprotocol_is_served_as_16(csms: tuple) -> None:
         assert server.protocol_of("CP:16") == "ocpp1.6"
     (booted,) = events.of(ChargerBooted, "CP:16")
     assert booted.protocol == "ocpp1.6"
+
+
+def test_no_subprotocol_must_be_a_served_version() -> None:
+    with pytest.raises(ValueError, match="no_subprotocol"):
+        CsmsConfig(subprotocols=("ocpp2.0.1",))
+    assert CsmsConfig(subprotocols=("ocpp2.0.1",), no_subprotocol="ocpp2.0.1")
+    assert CsmsConfig(subprotocols=("ocpp2.0.1",), no_subprotocol=None)
 
 
 async def test_client_without_subprotocol_closed_when_configured(

@@ -62,7 +62,8 @@ class CsmsConfig:
     """Preference order: the first one the charger also offers wins."""
     no_subprotocol: str | None = OcppVersion.V16.value
     """The version a charger that offers no subprotocol at all is served with (many real
-    ones offer none); None: complete the handshake, then close with 1002."""
+    ones offer none; one of ``subprotocols``); None: complete the handshake, then close
+    with 1002."""
     lease_s: float = 180.0
     """Default duration of a live setpoint profile; the charger falls back after it."""
     rate_unit: dict[str, str] = field(default_factory=dict)
@@ -83,9 +84,9 @@ class CsmsConfig:
         if not self.subprotocols or unknown:
             raise ValueError(f"subprotocols must be a non-empty subset of "
                              f"{SUPPORTED_SUBPROTOCOLS}, got {self.subprotocols}")
-        if self.no_subprotocol is not None and self.no_subprotocol not in SUPPORTED_SUBPROTOCOLS:
-            raise ValueError(f"no_subprotocol must be one of {SUPPORTED_SUBPROTOCOLS} or "
-                             f"None, got {self.no_subprotocol!r}")
+        if self.no_subprotocol is not None and self.no_subprotocol not in self.subprotocols:
+            raise ValueError(f"no_subprotocol must be one of the subprotocols "
+                             f"{self.subprotocols} or None, got {self.no_subprotocol!r}")
         for charger, unit in self.rate_unit.items():
             if unit not in RATE_UNITS:
                 raise ValueError(f"rate_unit for {charger!r} must be 'A' or 'W', got {unit!r}")
