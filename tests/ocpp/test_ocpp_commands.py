@@ -150,6 +150,8 @@ async def test_rejection_is_marked_and_published(csms: tuple, version: str,
         assert (await server.apply_setpoint("CP-J", 1, 16, 60)).result is CommandResult.REJECTED
         (rejected,) = events.of(ProfileRejected, "CP-J")
         assert rejected.connector == 1
+        # A refusal is an answer; a CallError is a failed call.
+        assert server.stats()["calls_failed"] == (1 if behaviour.call_error else 0)
         assert "CP-J" in server.rejected_profiles()
         assert ("GenericError" if behaviour.call_error else "Rejected") in (
             server.rejected_profiles()["CP-J"])

@@ -541,12 +541,13 @@ class Session:
         if not command.future.done():
             command.future.set_result(outcome)
 
-    def _settle(self, outcome: CommandOutcome) -> None:
-        """The command in flight has its outcome: report it and start the next one."""
+    def _settle(self, outcome: CommandOutcome, *, failed: bool = False) -> None:
+        """The command in flight has its outcome: report it and start the next one.
+        ``failed``: the call got no usable answer (counted apart from refusals)."""
         assert self._inflight is not None
         _, command, _ = self._inflight
         self._inflight = None
-        if outcome.result is not CommandResult.ACCEPTED:
+        if failed:
             self.ctx.metrics.calls_failed += 1
         self._finish(command, outcome)
         self.ctx.command_done(self.charger, command, outcome)
@@ -558,7 +559,8 @@ class Session:
         built = self._inflight[2]
         self._settle(CommandOutcome(CommandResult.TIMEOUT, valid_to=built.valid_to,
                                     detail=f"no answer within "
-                                           f"{self.ctx.config.command_timeout_s} s"))
+                                           f"{self.ctx.config.command_timeout_s} s"),
+                     failed=True)
 
     def _settle_answer(self, frame: InboundResult | InboundError) -> None:
         """A CALLRESULT/CALLERROR: settle the call it answers (before the next frame)."""
@@ -571,7 +573,8 @@ class Session:
         if isinstance(frame, InboundError):
             self._settle(CommandOutcome(CommandResult.REJECTED, valid_to=built.valid_to,
                                         answer_seq=seq,
-                                        detail=f"CallError {frame.code}: {frame.description}"))
+                                        detail=f"CallError {frame.code}: {frame.description}"),
+                         failed=True)
             return
         violation = schema_violation(self.protocol, command.action, frame.payload,
                                      response=True)
@@ -581,7 +584,7 @@ class Session:
             self._settle(CommandOutcome(CommandResult.TIMEOUT, valid_to=built.valid_to,
                                         answer_seq=seq,
                                         detail=f"invalid {command.action} response: "
-                                               f"{violation[1]}"))
+                                               f"{violation[1]}"), failed=True)
             return
         self.ctx.metrics.record_latency(time.perf_counter() - call.sent_at)
         command.reply = frame.payload
@@ -653,10 +656,12 @@ class Session:
             call, _, built = self._inflight
             if call.written:
                 self._settle(CommandOutcome(CommandResult.LOST, valid_to=built.valid_to,
-                                            detail="connection closed before the answer"))
+                                            detail="connection closed before the answer"),
+                             failed=True)
             else:
                 self._settle(CommandOutcome(CommandResult.OFFLINE, sent=False,
-                                            detail="connection closed before it was sent"))
+                                            detail="connection closed before it was sent"),
+                             failed=True)
         offline = CommandOutcome(CommandResult.OFFLINE, sent=False, detail="disconnected")
         commands = list(self._pending.values())
         self._pending.clear()
