@@ -125,3 +125,21 @@ def test_rotation_state_round_trips_without_demand() -> None:
     again = allocate(topo, Snapshot(now=BASE_TIME + timedelta(seconds=10)),
                      rotation=first.rotation)
     assert again.setpoints == first.setpoints
+
+
+@CORE_SETTINGS
+@given(case=CONTENDED, policy=ROTATING, seconds=st.sampled_from([10.0, 900.0, 1800.0]))
+def test_rotation_state_as_plain_dicts_decides_the_same(case: Case, policy: Policy,
+                                                        seconds: float) -> None:
+    """The state ``allocate`` returns is array-backed; a caller may keep it as plain dicts
+    (persisted, rebuilt): the next allocation and the state it returns are the same."""
+    first = allocate(case.topology, case.snapshot, policy=policy)
+    kept = first.rotation
+    plain = RotationState(kept.last_rotation, dict(kept.admitted_since),
+                          dict(kept.waiting_since))
+    assert plain == kept
+    later = at(case.snapshot, seconds)
+    a = allocate(case.topology, later, policy=policy, rotation=kept)
+    b = allocate(case.topology, later, policy=policy, rotation=plain)
+    assert a.setpoints == b.setpoints
+    assert a.rotation == b.rotation

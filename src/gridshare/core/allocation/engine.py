@@ -7,18 +7,11 @@ whatever the subtree leaves goes back to the rest.
 
 from __future__ import annotations
 
-from datetime import datetime
 from itertools import compress
 
 import numpy as np
 
-from gridshare.core.allocation.admission import (
-    admit,
-    next_rotation,
-    rank,
-    rotation_due,
-    rotation_order,
-)
+from gridshare.core.allocation.admission import Rotation, admit, rank, rotation_order
 from gridshare.core.allocation.constraints import (
     TOL,
     Capacity,
@@ -35,26 +28,26 @@ from gridshare.core.allocation.rounding import round_to_grid, top_up
 from gridshare.core.arrays import BoolArray, FloatArray, IntArray, topology_arrays
 from gridshare.core.decision import Allocation, RotationState
 from gridshare.core.snapshot import Snapshot
-from gridshare.core.topology import ConnectorKey, Policy, Topology
+from gridshare.core.topology import Policy, Topology
 
 
 def solve(topology: Topology, inp: Inputs, cands: IntArray, rows_ok: BoolArray,
-          cap: Capacity, policy: Policy, previous: RotationState,
-          now: datetime, fixed: BoolArray) -> tuple[FloatArray, RotationState]:
-    """Admission, sharing and rounding of ``cands`` under one policy within ``cap``."""
+          cap: Capacity, policy: Policy, rotation: Rotation, fixed: BoolArray) -> FloatArray:
+    """Admission, sharing and rounding of ``cands`` under one policy within ``cap``;
+    records who charges in ``rotation``."""
     problem = build_problem(entries(topology, inp.ta), cands, rows_ok, cap, inp.high[cands])
-    keys = [inp.ta.keys[i] for i in cands.tolist()]
     low = inp.low[cands]
     high = inp.high[cands]
-    due = rotation_due(previous, now, topology.rotation_interval_s)
+    due = rotation.due(topology.rotation_interval_s)
     over = problem.load(low) > problem.capacity + TOL
     order: list[int] = []
     if over.any() or policy in (Policy.PRIORITY, Policy.DEADLINE):
-        order = rotation_order(keys, rank(policy, inp, cands), inp.demand.arrival_s[cands],
-                               now=now, due=due, previous=previous, fixed=fixed)
+        order = rotation_order(cands, rank(policy, inp, cands), inp.demand.arrival_s[cands],
+                               now_s=rotation.now.timestamp(), due=due,
+                               previous=rotation.previous, fixed=fixed)
     serves_in_order = policy in (Policy.PRIORITY, Policy.DEADLINE)
     admitted = (admit(problem, low, over, order) if over.any() and not serves_in_order
-                else np.ones(len(keys), bool))
+                else np.ones(len(cands), bool))
     x = share(problem, inp, cands, admitted, policy, order, topology.resolution_a)
     if serves_in_order:
         admitted = x > 0
@@ -62,7 +55,8 @@ def solve(topology: Topology, inp: Inputs, cands: IntArray, rows_ok: BoolArray,
     x = top_up(problem, x, low, high, topology.resolution_a,
                only=np.flatnonzero((x > 0) & (x < high - TOL)),
                scale=high if policy is Policy.PROPORTIONAL else None)
-    return x, next_rotation(previous, keys, (x > 0).tolist(), now, due)
+    rotation.record(cands, x > 0, due)
+    return x
 
 
 def override_roots(topology: Topology, gid: str, policy: Policy) -> list[str]:
@@ -93,10 +87,7 @@ def allocate(topology: Topology, snapshot: Snapshot, *, policy: Policy | None = 
     cap, overload_alarms = capacity(topology, ta, snapshot, row_loads(ent, fixed_load))
     candidate = demand.online & demand.active & (inp.high >= inp.low) & (inp.high > 0)
     setpoints = fixed_load.copy()
-    previous = rotation or RotationState()
-    admitted_since: dict[ConnectorKey, datetime] = {}
-    waiting_since: dict[ConnectorKey, datetime] = {}
-    last_rotation = previous.last_rotation
+    state = Rotation(ta, rotation or RotationState(), snapshot.now)
 
     def solve_tree(root: str, pol: Policy, cap: Capacity) -> None:
         root_i = ta.group_index[root]
@@ -109,10 +100,7 @@ def allocate(topology: Topology, snapshot: Snapshot, *, policy: Policy | None = 
         fixed = np.zeros(len(cands), dtype=bool)
         for sub in subs:
             fixed |= (ta.chain[cands] == ta.group_index[sub]).any(axis=1)
-        x, state = solve(topology, inp, cands, rows_ok, cap, pol, previous, snapshot.now,
-                         fixed)
-        setpoints[cands] = x
-        record(state)
+        setpoints[cands] = solve(topology, inp, cands, rows_ok, cap, pol, state, fixed)
         for sub in subs:
             sub_i = ta.group_index[sub]
             in_sub = cands[(ta.chain[cands] == sub_i).any(axis=1)]
@@ -126,23 +114,9 @@ def allocate(topology: Topology, snapshot: Snapshot, *, policy: Policy | None = 
             held = np.zeros(len(ta.keys))
             held[cands[fixed]] = setpoints[cands[fixed]]
             rest = cands[~fixed]
-            x, state = solve(topology, inp, rest, rows_ok, cap.minus(row_loads(ent, held)),
-                             pol, previous, snapshot.now, np.zeros(len(rest), dtype=bool))
-            setpoints[rest] = x
-            record(state)
-
-    def record(state: RotationState) -> None:
-        """The latest solve of a connector has the last word on its rotation state."""
-        nonlocal last_rotation
-        for key, since in state.admitted_since.items():
-            admitted_since[key] = since
-            waiting_since.pop(key, None)
-        for key, since in state.waiting_since.items():
-            waiting_since[key] = since
-            admitted_since.pop(key, None)
-        if state.last_rotation is not None and (
-                last_rotation is None or state.last_rotation > last_rotation):
-            last_rotation = state.last_rotation
+            setpoints[rest] = solve(topology, inp, rest, rows_ok,
+                                    cap.minus(row_loads(ent, held)), pol, state,
+                                    np.zeros(len(rest), dtype=bool))
 
     for root in topology.roots:
         solve_tree(root, policy or topology.groups[root].policy, cap)
@@ -159,5 +133,5 @@ def allocate(topology: Topology, snapshot: Snapshot, *, policy: Policy | None = 
     return Allocation(
         setpoints=dict(zip(ta.keys, setpoints.tolist(), strict=True)), offline=offline,
         groups=group_loads_of(topology, snapshot, setpoints),
-        rotation=RotationState(last_rotation, admitted_since, waiting_since),
+        rotation=state.state(),
         alarms=tuple(overload_alarms))
