@@ -213,3 +213,23 @@ def test_bad_demand_file_names_the_file(tmp_path: Path) -> None:
     result = runner.invoke(app, ["allocate", str(SITE), "--demand", str(demand)])
     assert result.exit_code == 2
     assert f"problem(s) in {demand}" in result.output and "not valid JSON" in result.output
+
+
+def test_the_program_skips_the_shutdown_collections_tests_do_not() -> None:
+    """Run as a program, the command line freezes what survives it so that Python's
+    collections at shutdown do not scan it; commands invoked by a test runner do not."""
+    code = (
+        "import atexit, gc, sys\n"
+        "atexit.register(lambda: sys.stderr.write(f'FROZEN={gc.get_freeze_count()}\\n'))\n"
+        "from gridshare.cli import app\n"
+        "from typer.testing import CliRunner\n"
+        "CliRunner().invoke(app, ['--help'])\n"
+        "sys.stderr.write(f'AFTER_RUNNER={gc.get_freeze_count()}\\n')\n"
+        "app(['check', sys.argv[1], '--json'])\n")
+    done = subprocess.run([sys.executable, "-c", code, str(SITE)], capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["site"] == "carport"
+    assert "AFTER_RUNNER=0" in done.stderr
+    frozen = int(done.stderr.rsplit("FROZEN=", 1)[1].split()[0])
+    assert frozen > 1000
