@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gridshare.core.allocation import kernels
 from gridshare.core.arrays import (
     BoolArray,
     FloatArray,
@@ -189,27 +190,13 @@ def build_problem(ent: Entries, cands: IntArray, rows_ok: BoolArray, cap: Capaci
     Rows that cannot bind even with every candidate at its maximum are dropped: in an
     uncongested site almost nothing is left to solve.
     """
-    position = np.full(ent.n_conn, -1)
+    position = np.full(ent.n_conn, -1, dtype=np.int64)
     position[cands] = np.arange(len(cands))
-    member_of = position[ent.conn]
-    high_of = np.zeros(ent.n_conn)
-    high_of[cands] = high
-    total_high = np.bincount(ent.row, weights=ent.weight * high_of[ent.conn],
-                             minlength=ent.n_rows)
-    binding = rows_ok & np.isfinite(cap.rows) & (cap.rows < total_high - TOL)
-    new_row = np.cumsum(binding) - 1
-    keep = (member_of >= 0) & binding[ent.row]
-    member = member_of[keep]
-    m_row = new_row[ent.row[keep]]
-    m_ptr = np.concatenate(([0], np.cumsum(np.bincount(member, minlength=len(cands)))))
-    in_row_order = ent.by_row[keep[ent.by_row]]
-    c_row = new_row[ent.row[in_row_order]]
-    n_used = int(binding.sum())
-    c_ptr = np.concatenate(([0], np.cumsum(np.bincount(c_row, minlength=n_used))))
-    return Problem(
-        capacity=np.maximum(cap.rows[binding], 0.0), c_ptr=c_ptr.astype(np.int64),
-        c_member=member_of[in_row_order], c_weight=ent.weight[in_row_order],
-        m_ptr=m_ptr.astype(np.int64), m_cons=m_row, m_weight=ent.weight[keep])
+    room, c_ptr, c_member, c_weight, m_ptr, m_cons, m_weight = kernels.select_rows(
+        ent.conn, ent.row, ent.weight, ent.by_row, ent.n_rows, position, len(cands), high,
+        rows_ok, cap.rows, TOL)
+    return Problem(capacity=room, c_ptr=c_ptr, c_member=c_member, c_weight=c_weight,
+                   m_ptr=m_ptr, m_cons=m_cons, m_weight=m_weight)
 
 
 def group_loads(topology: Topology, snapshot: Snapshot,

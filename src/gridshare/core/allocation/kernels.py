@@ -222,3 +222,61 @@ def fill(capacity: FloatArray, c_ptr: IntArray, c_member: IntArray, c_weight: Fl
         if live[m]:
             x[m] = high[m]
     return x
+
+
+@njit(cache=True)
+def select_rows(conn: IntArray, row: IntArray, weight: FloatArray, by_row: IntArray,
+                n_rows: int, position: IntArray, n_cands: int, high: FloatArray,
+                rows_ok: npt.NDArray[np.bool_], cap_rows: FloatArray, tol: float
+                ) -> tuple[FloatArray, IntArray, IntArray, FloatArray, IntArray, IntArray,
+                           FloatArray]:
+    """The rows that can bind over the candidates (``position`` of each connector among
+    them, -1 if not one), in both orientations: (capacity, c_ptr, c_member, c_weight,
+    m_ptr, m_cons, m_weight). Entries come sorted by connector, ``by_row`` by row."""
+    total = np.zeros(n_rows)
+    for e in range(len(conn)):
+        p = position[conn[e]]
+        if p >= 0:
+            total[row[e]] += weight[e] * high[p]
+    new_row = np.full(n_rows, -1, dtype=np.int64)
+    n_used = 0
+    for r in range(n_rows):
+        if rows_ok[r] and np.isfinite(cap_rows[r]) and cap_rows[r] < total[r] - tol:
+            new_row[r] = n_used
+            n_used += 1
+    capacity = np.empty(n_used)
+    c_ptr = np.zeros(n_used + 1, dtype=np.int64)
+    m_ptr = np.zeros(n_cands + 1, dtype=np.int64)
+    for r in range(n_rows):
+        if new_row[r] >= 0:
+            capacity[new_row[r]] = max(cap_rows[r], 0.0)
+    n_keep = 0
+    for e in range(len(conn)):
+        p = position[conn[e]]
+        if p >= 0 and new_row[row[e]] >= 0:
+            m_ptr[p + 1] += 1
+            c_ptr[new_row[row[e]] + 1] += 1
+            n_keep += 1
+    for i in range(n_cands):
+        m_ptr[i + 1] += m_ptr[i]
+    for i in range(n_used):
+        c_ptr[i + 1] += c_ptr[i]
+    m_cons = np.empty(n_keep, dtype=np.int64)
+    m_weight = np.empty(n_keep)
+    c_member = np.empty(n_keep, dtype=np.int64)
+    c_weight = np.empty(n_keep)
+    k = 0
+    for e in range(len(conn)):  # sorted by connector, so by candidate position too
+        p = position[conn[e]]
+        if p >= 0 and new_row[row[e]] >= 0:
+            m_cons[k] = new_row[row[e]]
+            m_weight[k] = weight[e]
+            k += 1
+    k = 0
+    for e in by_row:
+        p = position[conn[e]]
+        if p >= 0 and new_row[row[e]] >= 0:
+            c_member[k] = p
+            c_weight[k] = weight[e]
+            k += 1
+    return capacity, c_ptr, c_member, c_weight, m_ptr, m_cons, m_weight
