@@ -35,6 +35,7 @@ class Frame:
     current_a: float
     valid_to: datetime
     outcome: asyncio.Future[CommandOutcome]
+    queued_at: datetime
 
 
 @dataclass
@@ -118,7 +119,7 @@ class ModelDriver:
             charger.frames = [f for f in charger.frames if not f.outcome.done()]
             valid_to = self.clock.now() + timedelta(seconds=request.lease_s)
             charger.frames.append(Frame(request.connector, request.current_a, valid_to,
-                                        future))
+                                        future, self.clock.now()))
         return out
 
     async def apply_setpoint(self, charger: str, connector: int, current_a: float,
@@ -173,6 +174,16 @@ class ModelDriver:
             self.chargers[charger_id].apply(frame, self.clock.now())
         frame.outcome.set_result(CommandOutcome(result, valid_to=frame.valid_to))
         return frame
+
+    def time_out(self, timeout_s: float) -> None:
+        """What a real link does within the adapter's command timeout: on a good link a
+        command reaches the charger and is applied (its answer may be lost); on a half-open
+        one it vanishes. Either way, after ``timeout_s`` without an answer: TIMEOUT."""
+        now = self.clock.now()
+        for cid, charger in self.chargers.items():
+            while charger.frames and charger.link != "down" and \
+                    now - charger.frames[0].queued_at >= timedelta(seconds=timeout_s):
+                self.lose(cid, applied=charger.link == "up", result=CommandResult.TIMEOUT)
 
     def deliver_late(self, charger_id: str) -> int:
         charger = self.chargers[charger_id]

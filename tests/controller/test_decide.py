@@ -273,3 +273,35 @@ def test_idle_connectors_are_held_at_zero_when_they_would_obey_more(
     decision = run(site, ledger, clock.now(), {})
     assert sends(decision)["decreases"] == [(A, 0.0, "release"), (B, 0.0, "release"),
                                            (C, 0.0, "release"), (Z, 0.0, "release")]
+
+
+def test_a_held_increase_keeps_its_current_lease_renewed(site: Topology,
+                                                         clock: FakeClock) -> None:
+    """a has a car but must wait at 0 A (b holds the whole group): its 0 A is renewed at
+    half-life, or it would lapse to its 6 A failsafe on top of b's 32 A."""
+    ledger = Ledger(site)
+    idle_held(ledger, clock.now())
+    held_at(ledger, B, 32.0, clock.now())
+    clock.advance(29)
+    decision = run(site, ledger, clock.now(), {A: 16.0, B: 16.0})
+    assert ("a", 1) not in [s.key for s in decision.decreases]
+    assert decision.wake_at == T0 + timedelta(seconds=30)
+    clock.advance(1)
+    decision = run(site, ledger, clock.now(), {A: 16.0, B: 16.0})
+    assert (A, 0.0, "renew") in sends(decision)["decreases"]
+    assert sends(decision)["held"] == [(A, 16.0, "increase")]
+
+
+def test_an_unrenewed_lease_counts_at_the_failsafe_before_it_lapses(
+        site: Topology, clock: FakeClock) -> None:
+    """Lapsing raises a (0 A in force, 6 A failsafe): from ``lapse_margin_s`` before its
+    validTo it counts at 6 A, so the others make room while there is time."""
+    ledger = Ledger(site, lapse_margin_s=20.0)
+    idle_held(ledger, clock.now())
+    assert ledger.counted_a(A, T0 + timedelta(seconds=39.9)) == 0.0
+    assert ledger.counted_a(A, T0 + timedelta(seconds=40)) == 6.0
+    assert ledger[A].next_change(T0 + timedelta(seconds=31), 20.0) == T0 + timedelta(seconds=40)
+    clock.advance(40)
+    decision = run(site, ledger, clock.now(), {B: 32.0})
+    assert decision.counted[A] == 6.0
+    assert sends(decision)["held"] == [(B, 32.0, "increase")]

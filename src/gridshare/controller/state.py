@@ -93,6 +93,9 @@ class StateSettings:
     offline_after_s: float | None = None
     """Mark a charger offline after this long without any event from it (None: rely on
     the transport's ChargerOffline)."""
+    lapse_margin_s: float = 20.0
+    """A live setpoint not renewed this long before its lease ends also counts at the
+    failsafe current (what the charger falls back to), so the others make room in time."""
     uncontrolled_deadband_a: float = 0.5
     """A change in a group's uncontrolled load smaller than this does not re-allocate."""
 
@@ -188,7 +191,7 @@ class SiteState:
         self._limits: dict[tuple[str, str], _ExtraLimit] = {}
         self._cache = _Cache()
         self._subtrees = {gid: tuple(topology.subtree_chargers(gid)) for gid in topology.groups}
-        self.ledger = Ledger(topology)
+        self.ledger = Ledger(topology, self.settings.lapse_margin_s)
         self._refreshed_at: datetime | None = None
         self.last_event_at: datetime | None = None
         self._now: datetime | None = None
@@ -443,13 +446,16 @@ class SiteState:
         self._refreshed_at = now
         if previous is not None and previous < now:
             for key, entry in self.ledger.items():
-                change = entry.next_change(previous)
+                margin_s = self.ledger.lapse_margin_s
+                change = entry.next_change(previous, margin_s)
                 if change is None or change > now:
                     continue
                 # A lease lapsed, an unknown outcome expired or a car settled.
                 offline = not self._chargers[key[0]].online
-                before = entry.counted_a(self.ledger.failsafe_a(key), previous, offline=offline)
-                after = entry.counted_a(self.ledger.failsafe_a(key), now, offline=offline)
+                failsafe = self.ledger.failsafe_a(key)
+                before = entry.counted_a(failsafe, previous, offline=offline,
+                                         lapse_margin_s=margin_s)
+                after = entry.counted_a(failsafe, now, offline=offline, lapse_margin_s=margin_s)
                 if after > before:
                     impact = Impact.URGENT
                 elif after < before:

@@ -119,19 +119,17 @@ def decide(topology: Topology, snapshot: Snapshot, allocation: Allocation, ledge
     waiting: dict[ConnectorKey, datetime] = {}
     wake: list[datetime] = []
     demands = snapshot.connectors
+    margin_s = ledger.lapse_margin_s
     for key, entry in ledger.items():
         demand = demands.get(key)  # absent: online and idle
         online = demand is None or demand.online
         failsafe = ledger.failsafe_a(key)
-        worst = entry.counted_a(failsafe, now, offline=not online)
+        worst = entry.counted_a(failsafe, now, offline=not online, lapse_margin_s=margin_s)
         counted[key] = worst
-        if entry.unknown or entry.settling:
-            change = entry.next_change(now)
+        if entry.unknown or entry.settling or entry.in_force is not None:
+            change = entry.next_change(now, margin_s)
             if change is not None:
                 wake.append(change)
-        elif entry.in_force is not None and entry.in_force.valid_to is not None and \
-                entry.in_force.valid_to > now:
-            wake.append(entry.in_force.valid_to)
         if not online:
             continue
         active = demand is not None and demand.active
@@ -162,6 +160,13 @@ def decide(topology: Topology, snapshot: Snapshot, allocation: Allocation, ledge
         else:
             decreases.append(send)
     ready, held = _fitting(topology, snapshot, counted, candidates)
+    for send in held:
+        # Held where it is: keep what is in force from lapsing to a higher failsafe.
+        renewal = _held_renewal(ledger[send.key], ledger.failsafe_a(send.key), settings, now)
+        if isinstance(renewal, datetime):
+            wake.append(renewal)
+        elif renewal is not None:
+            decreases.append(Send(send.key, renewal, send.counted_a, "renew"))
     future = [w for w in wake if w > now]
     return Decision(tuple(decreases), tuple(ready), tuple(held), counted,
                     min(future) if future else None, waiting)
@@ -188,6 +193,19 @@ def _needed(entry: ConnectorLedger, want: float, failsafe: float, settings: Deci
     if now >= renew_at:
         return "renew", None
     return None, renew_at
+
+
+def _held_renewal(entry: ConnectorLedger, failsafe: float, settings: DecideSettings,
+                  now: datetime) -> float | datetime | None:
+    """For a connector whose increase is held: the value in force to renew now (its lapse
+    would raise it to the failsafe), when to renew it if not yet, or None."""
+    in_force = entry.in_force
+    if in_force is None or in_force.valid_to is None or not in_force.valid(now) or \
+            entry.in_flight or failsafe <= in_force.value_a + EPS:
+        return None
+    lease_s = (in_force.valid_to - in_force.sent_at).total_seconds()
+    renew_at = in_force.sent_at + timedelta(seconds=lease_s * settings.renew_fraction)
+    return in_force.value_a if now >= renew_at else renew_at
 
 
 def _fitting(topology: Topology, snapshot: Snapshot, counted: Mapping[ConnectorKey, float],

@@ -112,10 +112,14 @@ class ConnectorLedger:
             return self.in_force.value_a
         return failsafe_a
 
-    def counted_a(self, failsafe_a: float, now: datetime, *, offline: bool = False) -> float:
-        """The most this connector may draw now (see the module docstring)."""
+    def counted_a(self, failsafe_a: float, now: datetime, *, offline: bool = False,
+                  lapse_margin_s: float = 0.0) -> float:
+        """The most this connector may draw now (see the module docstring). Within
+        ``lapse_margin_s`` of its validTo, what is in force counts at the failsafe too: if
+        it is not renewed in time the charger falls back to it, and the others must have
+        made room by then."""
         value = self.effective_a(failsafe_a, now)
-        if offline:
+        if offline or (lapse_margin_s > 0 and self._lapsing(now, lapse_margin_s)):
             value = max(value, failsafe_a)
         if not (self.in_flight or self.unknown or self.settling):
             return value
@@ -129,19 +133,25 @@ class ConnectorLedger:
                 value = max(value, settling.value_a)
         return value
 
+    def _lapsing(self, now: datetime, margin_s: float) -> bool:
+        in_force = self.in_force
+        return in_force is not None and in_force.valid_to is not None and \
+            now >= in_force.valid_to - timedelta(seconds=margin_s)
+
     def newest_in_flight(self) -> Sent | None:
         return self.in_flight[-1] if self.in_flight else None
 
     def live_unknowns(self, now: datetime) -> tuple[Unknown, ...]:
         return tuple(u for u in self.unknown if now < u.valid_to)
 
-    def next_change(self, now: datetime) -> datetime | None:
-        """When the counted value may next fall by the passing of time alone."""
+    def next_change(self, now: datetime, lapse_margin_s: float = 0.0) -> datetime | None:
+        """When the counted value may next change by the passing of time alone."""
         times = [u.valid_to for u in self.unknown if u.valid_to > now]
         times += [s.until for s in self.settling if s.until > now]
-        if self.in_force is not None and self.in_force.valid_to is not None and \
-                self.in_force.valid_to > now:
-            times.append(self.in_force.valid_to)
+        in_force = self.in_force
+        if in_force is not None and in_force.valid_to is not None:
+            lapsing = in_force.valid_to - timedelta(seconds=lapse_margin_s)
+            times += [t for t in (lapsing, in_force.valid_to) if t > now]
         return min(times) if times else None
 
     def pruned(self, now: datetime) -> ConnectorLedger:
@@ -248,7 +258,9 @@ class Ledger:
     """Every connector's :class:`ConnectorLedger`, command ids and the latest boot of each
     charger. Holds state between calls, but reads no clock and does no I/O."""
 
-    def __init__(self, topology: Topology) -> None:
+    def __init__(self, topology: Topology, lapse_margin_s: float = 0.0) -> None:
+        self.lapse_margin_s = lapse_margin_s
+        """How long before its validTo an unrenewed profile also counts at the failsafe."""
         self._failsafe = {c.key: topology.chargers[c.charger_id].failsafe_current
                           for c in topology.connectors()}
         self._keys_of: dict[str, tuple[ConnectorKey, ...]] = {
@@ -268,7 +280,8 @@ class Ledger:
         return self._failsafe[key]
 
     def counted_a(self, key: ConnectorKey, now: datetime, *, offline: bool = False) -> float:
-        return self._entries[key].counted_a(self._failsafe[key], now, offline=offline)
+        return self._entries[key].counted_a(self._failsafe[key], now, offline=offline,
+                                            lapse_margin_s=self.lapse_margin_s)
 
     def sent(self, key: ConnectorKey, value_a: float, now: datetime, lease_s: float) -> int:
         """Record a command about to be submitted; returns its id (increasing)."""
