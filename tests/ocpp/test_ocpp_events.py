@@ -265,6 +265,18 @@ async def test_client_without_subprotocol_closed_when_configured(
     assert events.of(ChargerOnline) == []
 
 
+async def test_permessage_deflate_only_when_configured(make_csms: CsmsFactory) -> None:
+    plain, _ = await make_csms()
+    deflating, _ = await make_csms(compression=True)
+    for server, expected in ((plain, None), (deflating, "permessage-deflate")):
+        async with connect(f"ws://127.0.0.1:{server.port}/CP-Z", subprotocols=["ocpp1.6"],
+                           compression="deflate") as ws:
+            assert ws.response is not None
+            extensions = ws.response.headers.get("Sec-WebSocket-Extensions")
+            assert (extensions.split(";")[0] if extensions else None) == expected
+            assert (await exchange(ws, '[2,"h","Heartbeat",{}]'))[:2] == [3, "h"]
+
+
 async def test_subprotocol_negotiation_prefers_server_order(csms: tuple) -> None:
     server, _ = csms
     async with connect(f"ws://127.0.0.1:{server.port}/CP-P",

@@ -129,6 +129,7 @@ class CentralSystem:
             select_subprotocol=gate.select_subprotocol,
             process_request=gate.process_request,
             ssl=ssl_context, max_size=max_size,
+            compression="deflate" if cfg.compression else None,
             server_header="gridshare",
         )
         self.spawn(self._watchdog(), "ocpp-watchdog")
