@@ -22,6 +22,7 @@ from gridshare.controller.loop import (
 )
 from gridshare.controller.state import StateSettings
 from gridshare.core import guard
+from gridshare.core.decision import Alarm
 from gridshare.core.topology import Topology
 from gridshare.drivers import CommandResult
 from gridshare.events import (
@@ -444,3 +445,19 @@ async def test_departure_releases_the_connector(controller: Controller, driver: 
     # The next car starts from 0, is raised by an increase, not left at the last share.
     await arrive(controller, clock, "a1")
     assert [x.current_a for x in driver.setpoints("a1")] == [32.0, 0.0, 32.0]
+
+
+async def test_a_step_the_plan_check_refuses_is_never_sent(
+        controller: Controller, driver: RecordingDriver, clock: FakeClock,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    await boot(controller, clock)
+    refusal = Alarm("c1", None, 40.0, 32.0, "group c1: 40 A above 32 A")
+    monkeypatch.setattr(loop_module.guard, "check_plan", lambda *args: [refusal])
+    await arrive(controller, clock, "a1")
+    assert driver.setpoints() == []
+    assert controller.last_report is not None
+    assert controller.last_report.refused == (refusal,)
+    assert [a.kind for a in controller.status().alarms] == ["plan"]
+    monkeypatch.undo()
+    await advance(controller, clock, 5)
+    assert driver.last("a1") == 32.0

@@ -3,6 +3,7 @@ limit must hold when answers are lost, late or refused."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -123,7 +124,14 @@ async def test_newer_setpoint_never_forgets_an_unanswered_raise(rig: Rig) -> Non
     rig.driver.lose("p", applied=True, result=CommandResult.TIMEOUT)
     rig.driver.lose("p", applied=False, result=CommandResult.TIMEOUT)
     await rig.spin()
-    assert rig.controller.status().connectors[0].counted_a == 32.0
+    p = rig.controller.status().connectors[0]
+    assert (p.counted_a, p.setpoint_a, p.uncertain) == (32.0, 16.0, True)
+    assert [(c.current_a, c.result) for c in p.commands] == [(32.0, "timeout"),
+                                                           (16.0, "timeout")]
+    data = json.loads(json.dumps(rig.controller.status().to_dict()))
+    assert data["connectors"][0]["commands"][0] == {
+        "current_a": 32.0, "result": "timeout",
+        "valid_to": (T0 + timedelta(seconds=66)).isoformat()}
     assert await run_for(rig, 30, silent=("p",)) == []
     await went_silent(rig, "p")
     assert rig.sent_to("q")[-1] == 26.0
