@@ -10,8 +10,10 @@ from typing import Literal, Protocol
 from gridshare.drivers import CommandResult
 
 CommandKind = Literal["decrease", "increase", "renew", "retry", "release", "failsafe"]
-"""decrease/increase: a transition step; renew: same value before its lease ends; retry:
-after a failure; release: an idle connector held at 0 A; failsafe: the charger default."""
+"""decrease: raises no connector's worst case; increase: raises it, sent only when it fits;
+renew: same value before its lease ends; retry: again after a failure or an unknown
+outcome; release: an idle connector held at 0 A; failsafe: the charger default. (The
+setpoint kinds are :data:`gridshare.core.decide.SendKind`.)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +27,7 @@ class CommandRecord:
     kind: CommandKind
     current_a: float
     previous_a: float | None
+    """The connector's worst case when the command was sent (None for a failsafe)."""
     result: CommandResult
     latency_s: float
 
@@ -33,7 +36,9 @@ class CommandRecord:
 class AlarmRecord:
     at: datetime
     kind: str
-    """limit | guard | violation | command | internal"""
+    """limit | guard | violation | rejected (a charger refused a setpoint: the profile in
+    force before it stays and counts) | plan (check_plan refused a send step: not sent) |
+    command (driver error, failsafe not installed) | internal"""
     group: str
     phase: str | None
     load: float

@@ -282,9 +282,9 @@ class SiteState:
             conn.lowered_at = at
 
     def _session_over(self, conn: _ConnectorState, at: datetime) -> None:
-        """The car left. What we sent stays believed: a setpoint installed on the connector
+        """The car left. What we sent stays counted: a setpoint installed on the connector
         before the transaction was known outlives the session until its lease ends and
-        would apply to the next car (the controller releases it, see releases_due)."""
+        would apply to the next car (the decision holds an idle connector at 0 A)."""
         conn.arrival = None
         conn.ev_max_current_a = conn.energy_needed_kwh = None
         conn.departure = None
