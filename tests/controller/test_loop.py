@@ -461,3 +461,23 @@ async def test_a_step_the_plan_check_refuses_is_never_sent(
     monkeypatch.undo()
     await advance(controller, clock, 5)
     assert driver.last("a1") == 32.0
+
+
+@pytest.mark.parametrize(("error", "counted", "uncertain"), [
+    (ValueError("bad setpoint"), 0.0, False),  # refused before anything was queued
+    (RuntimeError("writer gone"), 32.0, True),  # may have left: outcome unknown
+], ids=["refused-before-sending", "unknown"])
+async def test_a_driver_that_raises_on_submit(
+        controller: Controller, driver: RecordingDriver, clock: FakeClock,
+        monkeypatch: pytest.MonkeyPatch, error: Exception, counted: float,
+        uncertain: bool) -> None:
+    await boot(controller, clock)
+
+    def broken(requests: object) -> list[object]:
+        raise error
+
+    monkeypatch.setattr(driver, "submit_setpoints", broken)
+    await arrive(controller, clock, "a1")
+    a1 = controller.status().connectors[0]
+    assert (a1.counted_a, a1.uncertain) == (counted, uncertain)
+    assert any("driver error" in a.message for a in controller.status().alarms)

@@ -358,7 +358,13 @@ class Controller:
             awaitables = self.driver.submit_setpoints(requests)
         except Exception as exc:
             log.exception("driver failed to take %d setpoints", len(requests))
-            outcome = CommandOutcome(CommandResult.TIMEOUT, detail=f"driver error {exc!r}")
+            if isinstance(exc, ValueError):
+                # Refused before anything was queued: certainly not applied.
+                outcome = CommandOutcome(CommandResult.REJECTED, sent=False,
+                                         detail=f"driver refused the batch: {exc}")
+            else:
+                outcome = CommandOutcome(CommandResult.TIMEOUT,
+                                         detail=f"driver error {exc!r}")
             for item in pending:
                 self._driver_error(item, exc)
                 self._outcome(item, outcome)
