@@ -7,9 +7,17 @@ checks the one invariant that matters: for every group and phase, what the model
 really obey (their profile in force, or failsafe, with the car drawing up to it and
 following a decrease only after a few seconds) is within the limit.
 
-A limit that is cut cannot bind the chargers at once: a profile granted before the cut may
-be in force (its answer lost) until its validTo. So each group is held to the highest limit
-it had during the last lease (plus the settle time); a limit that rises binds at once.
+What the model assumes, because no controller can do better (each is physics or the
+adapter's contract, not a gap left for the controller):
+
+- A limit that is cut cannot bind the chargers at once: a profile granted before the cut
+  may be in force (its answer lost) until its validTo. So each group is held to the
+  highest limit it had during the last lease (plus the settle time); a rise binds at once.
+- On a good link a command reaches the charger within the adapter's command timeout (its
+  answer may still be lost, late or a refusal); on a half-open link it vanishes. Without
+  that, two chargers that both ignore us could not be kept within any limit.
+- A rebooting charger opens its contactor; the car draws again only after the charger
+  is back and has announced itself (BootNotification), well after the settle time.
 """
 
 from __future__ import annotations
