@@ -23,6 +23,7 @@ adapter's contract, not a gap left for the controller):
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -238,6 +239,7 @@ class LostAnswers(RuleBasedStateMachine):
 
 
 LostAnswers.TestCase.settings = settings(
-    max_examples=60, stateful_step_count=40, deadline=None,
+    max_examples=60 * int(os.environ.get("GRIDSHARE_EXAMPLES_FACTOR", "1")),
+    stateful_step_count=40, deadline=None,
     suppress_health_check=[HealthCheck.too_slow])
 test_no_sequence_of_lost_late_or_refused_answers_breaks_a_limit = LostAnswers.TestCase
