@@ -14,6 +14,9 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from gridshare.adapters.ocpp import CentralSystem, CsmsConfig
 from gridshare.adapters.ocpp.rpc import FrameWriter, Outgoing, PendingCall
 from gridshare.adapters.ocpp.session import Session
@@ -189,3 +192,72 @@ async def test_writer_serves_every_connection_in_one_pass() -> None:
     writer.ready(outlets[0])
     assert len(tasks) == 2  # a new pass gets a new task once the last one is done
     await tasks[1]
+
+
+Op = tuple[str, int, int]
+"""("submit", connector) | ("answer", 0 accepted / 1 refused / 2 CallError) | ("close", 0),
+then how many event-loop passes run before the next step (0: the next step races it)."""
+
+ops = st.lists(st.tuples(st.sampled_from(["submit", "answer", "close"]), st.integers(0, 2),
+                         st.integers(0, 3)), max_size=25)
+
+
+def limit_of(frame: list[Any]) -> float:
+    schedule = frame[3]["csChargingProfiles"]["chargingSchedule"]
+    return float(schedule["chargingSchedulePeriod"][0]["limit"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(script=ops)
+def test_every_command_ends_in_the_outcome_its_frames_allow(script: list[Op]) -> None:
+    """Model test of one charger's command queue: whatever the order of submits, answers
+    and a dropped link, each command gets exactly one outcome and it matches the wire —
+    SUPERSEDED and OFFLINE only if its frame never left, LOST only if it did and had no
+    answer, ACCEPTED/REJECTED only for an answered frame — and never two calls in flight."""
+    asyncio.run(_run_script(script))
+
+
+async def _run_script(script: list[Op]) -> None:
+    csms, session, socket, _ = start(OcppVersion.V16)
+    runner = asyncio.create_task(session.run())
+    futures: dict[float, asyncio.Future[Any]] = {}
+    answered: set[str] = set()
+    closed = False
+    for index, (op, arg, passes) in enumerate(script):
+        calls = [json.loads(f) for f in socket.written if f.startswith("[2,")]
+        if op == "submit":
+            amps = 6.0 + index  # unique per command: the frame says which command it is
+            (future,) = csms.submit_setpoints([SetpointRequest("CP-1", arg + 1, amps, 60)])
+            futures[amps] = asyncio.ensure_future(future)
+        elif op == "answer" and not closed:
+            open_calls = [c for c in calls if c[1] not in answered]
+            if open_calls:
+                uid = open_calls[0][1]
+                answered.add(uid)
+                socket.inbound.put_nowait(json.dumps(
+                    [4, uid, "GenericError", "no", {}] if arg == 2
+                    else [3, uid, {"status": ("Accepted", "Rejected")[arg]}]))
+        elif op == "close" and not closed:
+            closed = True
+            socket.inbound.put_nowait(None)
+        for _ in range(passes):  # the receive loop and the writer each take a loop pass
+            await asyncio.sleep(0)
+        calls = [json.loads(f) for f in socket.written if f.startswith("[2,")]
+        assert len([c for c in calls if c[1] not in answered]) <= 1 or closed
+    if not closed:
+        socket.inbound.put_nowait(None)
+    await runner
+    calls = [json.loads(f) for f in socket.written if f.startswith("[2,")]
+    written = {limit_of(c): c[1] for c in calls}
+    assert len(written) == len(calls)  # no command is ever sent twice
+    for amps, future in futures.items():
+        assert future.done()
+        outcome = future.result()
+        uid = written.get(amps)
+        if outcome.result in (CommandResult.SUPERSEDED, CommandResult.OFFLINE):
+            assert uid is None and not outcome.sent
+        elif outcome.result is CommandResult.LOST:
+            assert uid is not None and uid not in answered and outcome.unknown
+        else:
+            assert outcome.result in (CommandResult.ACCEPTED, CommandResult.REJECTED)
+            assert uid is not None and uid in answered and outcome.answer_seq is not None
