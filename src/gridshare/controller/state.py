@@ -94,8 +94,9 @@ class StateSettings:
     """Mark a charger offline after this long without any event from it (None: rely on
     the transport's ChargerOffline)."""
     lapse_margin_s: float = 20.0
-    """A live setpoint not renewed this long before its lease ends also counts at the
-    failsafe current (what the charger falls back to), so the others make room in time."""
+    """A live setpoint not renewed this long before its lease ends (at most the last
+    quarter of the lease) also counts at the failsafe current, what the charger falls back
+    to, so the others make room in time."""
     uncontrolled_deadband_a: float = 0.5
     """A change in a group's uncontrolled load smaller than this does not re-allocate."""
 

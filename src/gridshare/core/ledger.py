@@ -134,9 +134,18 @@ class ConnectorLedger:
         return value
 
     def _lapsing(self, now: datetime, margin_s: float) -> bool:
+        at = self._lapsing_from(margin_s)
+        return at is not None and now >= at
+
+    def _lapsing_from(self, margin_s: float) -> datetime | None:
+        """From when what is in force also counts at the failsafe: ``margin_s`` before its
+        validTo, but never more than the last quarter of its lease (a renewal at
+        half-life always has a quarter of the lease to be confirmed)."""
         in_force = self.in_force
-        return in_force is not None and in_force.valid_to is not None and \
-            now >= in_force.valid_to - timedelta(seconds=margin_s)
+        if in_force is None or in_force.valid_to is None:
+            return None
+        lease_s = (in_force.valid_to - in_force.sent_at).total_seconds()
+        return in_force.valid_to - timedelta(seconds=min(margin_s, lease_s / 4))
 
     def newest_in_flight(self) -> Sent | None:
         return self.in_flight[-1] if self.in_flight else None
@@ -150,8 +159,8 @@ class ConnectorLedger:
         times += [s.until for s in self.settling if s.until > now]
         in_force = self.in_force
         if in_force is not None and in_force.valid_to is not None:
-            lapsing = in_force.valid_to - timedelta(seconds=lapse_margin_s)
-            times += [t for t in (lapsing, in_force.valid_to) if t > now]
+            lapsing = self._lapsing_from(lapse_margin_s)
+            times += [t for t in (lapsing, in_force.valid_to) if t is not None and t > now]
         return min(times) if times else None
 
     def pruned(self, now: datetime) -> ConnectorLedger:
