@@ -545,6 +545,14 @@ def test_guard_agrees_with_an_independent_model(
                     if "setpoint" in a.message}
     assert bound_alarms == {f"{k[0]}/{k[1]}" for k in out_of_bounds}
     assert guard.check(case.topology, case.snapshot, setpoints) == list(verdict.violations)
+    loads = guard.group_loads(case.topology, case.snapshot, setpoints)
+    for con in (c for c in model.constraints if c.group is not None):
+        load = loads[con.group]
+        if con.phase is None:
+            assert load.power_kw == pytest.approx(con.load(drawn), abs=1e-6), con.name
+        else:
+            assert load.current[con.phase] == pytest.approx(con.load(drawn), abs=1e-6)
+            assert load.available[con.phase] == pytest.approx(con.capacity), con.name
 
 
 @CORE_SETTINGS
