@@ -10,7 +10,8 @@ connector's bounds and urgency from the snapshot.
 
 Everything runs on arrays (see :mod:`gridshare.core.arrays`) so that 10,000 connectors
 take milliseconds; the greedy loops that cannot be vectorised are compiled with numba
-(:mod:`.kernels`). Arrays that depend only on the topology are built once and cached on it. The answer is the policy's, unguarded: the caller runs the safety guard
+(:mod:`.kernels`); arrays that depend only on the topology are built once and cached on
+it. The answer is the policy's, unguarded: the caller runs the safety guard
 (:func:`gridshare.core.guard.enforce`) on it once per cycle.
 """
 
