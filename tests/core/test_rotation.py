@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from gridshare.core.allocation import allocate
 from gridshare.core.decision import Allocation, RotationState
-from gridshare.core.snapshot import Snapshot
-from gridshare.core.topology import ConnectorKey, Policy
+from gridshare.core.snapshot import ConnectorDemand, Snapshot
+from gridshare.core.topology import Charger, Connector, ConnectorKey, Group, Policy, Topology
 
 from .invariants import Model, safety_problems
 from .strategies import BASE_TIME, CORE_SETTINGS, Case, Options, cases, describe
@@ -143,3 +143,21 @@ def test_rotation_state_as_plain_dicts_decides_the_same(case: Case, policy: Poli
     b = allocate(case.topology, later, policy=policy, rotation=plain)
     assert a.setpoints == b.setpoints
     assert a.rotation == b.rotation
+
+
+def test_an_unknown_arrival_does_not_move_with_the_clock() -> None:
+    """Spec invariant 5 (found on a random seed): 19.3 A for a 2-connector charger; the
+    first connector's arrival is unknown, the second arrived at the start. If an unknown
+    arrival counted as ``now``, the two would tie at the start and the order flip 9 s
+    later under priority, pausing a car between rotations."""
+    charger = Charger("cp", 3, None, 32, 6, 0, 0,
+                      (Connector("cp", 1, 32, 6), Connector("cp", 2, 32, 6)), group="g")
+    group = Group("g", 19.3, None, 3, Policy.EQUAL, None, chargers=("cp",))
+    topo = Topology("t", 230, Policy.EQUAL, {"g": group}, {"cp": charger}, ("g",))
+    snap = Snapshot(BASE_TIME, {
+        ("cp", 1): ConnectorDemand("cp", 1, active=True, max_current=13.3),
+        ("cp", 2): ConnectorDemand("cp", 2, active=True, arrival=BASE_TIME)})
+    for policy in (Policy.EQUAL, Policy.PROPORTIONAL, Policy.PRIORITY, Policy.DEADLINE):
+        first = allocate(topo, snap, policy=policy)
+        later = allocate(topo, at(snap, 9), policy=policy, rotation=first.rotation)
+        assert later.setpoints == first.setpoints, policy

@@ -156,7 +156,8 @@ class DemandArrays:
     """The EV's own maximum (inf when unknown)."""
     priority: IntArray
     arrival_s: FloatArray
-    """Epoch seconds; ``now`` when unknown."""
+    """Epoch seconds; inf when unknown: an unknown arrival counts as the latest and, unlike
+    ``now``, does not move between snapshots (which would reorder ties and flap pauses)."""
     energy_kwh: FloatArray
     """NaN when unknown."""
     departure_s: FloatArray
@@ -177,9 +178,7 @@ class _LastDemand:
     """The last snapshot's demand as arrays, to start the next one from."""
 
     connectors: Mapping[ConnectorKey, ConnectorDemand]
-    now_s: float
     arrays: DemandArrays
-    arrival_known: BoolArray
 
 
 def _demand(ta: TopologyArrays, snapshot: Snapshot) -> DemandArrays:
@@ -187,7 +186,6 @@ def _demand(ta: TopologyArrays, snapshot: Snapshot) -> DemandArrays:
     last in a few connectors: those whose demand is not the very same (immutable) object
     as last time are read again, the rest is copied. The result is the same either way."""
     n = len(ta.keys)
-    now = snapshot.now.timestamp()
     last = ta.cache.get("demand")
     if isinstance(last, _LastDemand):
         before = last.connectors
@@ -202,39 +200,34 @@ def _demand(ta: TopologyArrays, snapshot: Snapshot) -> DemandArrays:
             arrays = DemandArrays(a.active.copy(), a.online.copy(), a.ev_max.copy(),
                                   a.priority.copy(), a.arrival_s.copy(), a.energy_kwh.copy(),
                                   a.departure_s.copy())
-            known = last.arrival_known.copy()
-            arrays.arrival_s[~known] = now
             for key in [*gone, *(k for k, _ in changed)]:
                 i = ta.index.get(key)
                 if i is not None:
-                    _set_idle(ta, arrays, known, i, now)
-            _read(ta, arrays, known, changed)
-            ta.cache["demand"] = _LastDemand(dict(snapshot.connectors), now, arrays, known)
+                    _set_idle(ta, arrays, i)
+            _read(ta, arrays, changed)
+            ta.cache["demand"] = _LastDemand(dict(snapshot.connectors), arrays)
             return arrays
     arrays = DemandArrays(np.zeros(n, dtype=bool), np.ones(n, dtype=bool), np.full(n, np.inf),
-                          ta.priority.copy(), np.full(n, now), np.full(n, np.nan),
+                          ta.priority.copy(), np.full(n, np.inf), np.full(n, np.nan),
                           np.full(n, np.nan))
-    known = np.zeros(n, dtype=bool)
-    _read(ta, arrays, known, snapshot.connectors.items())
+    _read(ta, arrays, snapshot.connectors.items())
     # A copy: a caller may build its next snapshot by changing the same dict.
-    ta.cache["demand"] = _LastDemand(dict(snapshot.connectors), now, arrays, known)
+    ta.cache["demand"] = _LastDemand(dict(snapshot.connectors), arrays)
     return arrays
 
 
-def _set_idle(ta: TopologyArrays, a: DemandArrays, known: BoolArray, i: int,
-              now: float) -> None:
+def _set_idle(ta: TopologyArrays, a: DemandArrays, i: int) -> None:
     """Connector ``i`` as a snapshot that does not mention it: idle, online, unknown."""
     a.active[i] = False
     a.online[i] = True
     a.ev_max[i] = np.inf
     a.priority[i] = ta.priority[i]
-    a.arrival_s[i] = now
+    a.arrival_s[i] = np.inf
     a.energy_kwh[i] = np.nan
     a.departure_s[i] = np.nan
-    known[i] = False
 
 
-def _read(ta: TopologyArrays, a: DemandArrays, known: BoolArray,
+def _read(ta: TopologyArrays, a: DemandArrays,
           demands: Iterable[tuple[ConnectorKey, ConnectorDemand]]) -> None:
     """Write ``demands`` over connectors that are at their idle defaults."""
     for key, d in demands:
@@ -249,7 +242,6 @@ def _read(ta: TopologyArrays, a: DemandArrays, known: BoolArray,
             a.priority[i] = d.priority
         if d.arrival is not None:
             a.arrival_s[i] = d.arrival.timestamp()
-            known[i] = True
         if d.energy_needed_kwh is not None:
             a.energy_kwh[i] = d.energy_needed_kwh
         if d.departure is not None:
