@@ -126,6 +126,7 @@ async def test_newer_setpoint_never_forgets_an_unanswered_raise(rig: Rig) -> Non
     await rig.spin()
     p = rig.controller.status().connectors[0]
     assert (p.counted_a, p.setpoint_a, p.uncertain) == (32.0, 16.0, True)
+    assert rig.controller.status().groups[0].counted_a == (32.0, 32.0, 32.0)  # q held at 0
     assert [(c.current_a, c.result) for c in p.commands] == [(32.0, "timeout"),
                                                            (16.0, "timeout")]
     data = json.loads(json.dumps(rig.controller.status().to_dict()))

@@ -23,6 +23,9 @@ class GroupView:
     available_a: tuple[float, float, float]
     """Left for our chargers after uncontrolled load (0 when the meter is stale)."""
     allocated_a: tuple[float, float, float]
+    counted_a: tuple[float, float, float]
+    """The worst case now: every connector below at what it may obey (in force or
+    failsafe, in flight, unknown outcomes, settling), idle ones included."""
     """What our chargers are counted at (setpoints, offline ones at failsafe)."""
     uncontrolled_a: tuple[float, float, float]
     measured_a: tuple[float, float, float]
@@ -130,14 +133,19 @@ def build_status(controller: Controller) -> ControllerStatus:
     snapshot = controller.last_snapshot or controller.state.to_snapshot(now)
     violators = {v.key for v in controller.state.violators(now)}
     groups = []
+    counted = controller.counted()
     for gid, group in controller.topology.groups.items():
         measured = [0.0, 0.0, 0.0]
+        worst = [0.0, 0.0, 0.0]
         for cid in controller.topology.subtree_chargers(gid):
+            vec = controller.topology.chargers[cid].phase_vector
             for conn in controller.topology.chargers[cid].connectors:
                 m = controller.state.measured_a(conn.key, now)
                 if m is not None:
                     for p in range(3):
                         measured[p] += m[p]
+                for p in range(3):
+                    worst[p] += vec[p] * counted[conn.key]
         meter = controller.state.group_meter(gid)
         cond = snapshot.conditions(gid)
         load = alloc.groups.get(gid) if alloc is not None else None
@@ -147,6 +155,7 @@ def build_status(controller: Controller) -> ControllerStatus:
             else group.max_current,
             available_a=load.available if load is not None else (0.0, 0.0, 0.0),
             allocated_a=load.current if load is not None else (0.0, 0.0, 0.0),
+            counted_a=(worst[0], worst[1], worst[2]),
             uncontrolled_a=cond.uncontrolled,
             measured_a=(measured[0], measured[1], measured[2]),
             meter_a=meter[0] if meter is not None else None,
