@@ -231,5 +231,13 @@ def test_counted_covers_every_value_the_charger_may_obey(
             now += n * 7.0
         truth = obeyed[0] if obeyed is not None and now < obeyed[1] else 6.0
         assert ledger.counted_a(KEY, t(now)) >= truth
+        entry = ledger[KEY]
+        for offline in (False, True):
+            for margin_s in (0.0, 20.0):
+                # The decision's one-call shortcut says exactly what the two calls say.
+                assert entry.worst_and_next_change(6.0, t(now), offline=offline,
+                                                   lapse_margin_s=margin_s) == \
+                    (entry.counted_a(6.0, t(now), offline=offline, lapse_margin_s=margin_s),
+                     entry.next_change(t(now), margin_s))
         assert ledger.counted_a(KEY, t(now) + timedelta(seconds=1)) >= \
             (obeyed[0] if obeyed is not None and now + 1 < obeyed[1] else 6.0)

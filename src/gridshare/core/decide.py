@@ -124,12 +124,11 @@ def decide(topology: Topology, snapshot: Snapshot, allocation: Allocation, ledge
         demand = demands.get(key)  # absent: online and idle
         online = demand is None or demand.online
         failsafe = ledger.failsafe_a(key)
-        worst = entry.counted_a(failsafe, now, offline=not online, lapse_margin_s=margin_s)
+        worst, change = entry.worst_and_next_change(failsafe, now, offline=not online,
+                                                    lapse_margin_s=margin_s)
         counted[key] = worst
-        if entry.unknown or entry.settling or entry.in_force is not None:
-            change = entry.next_change(now, margin_s)
-            if change is not None:
-                wake.append(change)
+        if change is not None:
+            wake.append(change)
         if not online:
             continue
         active = demand is not None and demand.active

@@ -147,6 +147,30 @@ class ConnectorLedger:
         lease_s = (in_force.valid_to - in_force.sent_at).total_seconds()
         return in_force.valid_to - timedelta(seconds=min(margin_s, lease_s / 4))
 
+    def worst_and_next_change(self, failsafe_a: float, now: datetime, *,
+                              offline: bool = False, lapse_margin_s: float = 0.0,
+                              ) -> tuple[float, datetime | None]:
+        """:meth:`counted_a` and :meth:`next_change` at once (the decision asks both for
+        every connector every cycle)."""
+        if self.in_flight or self.unknown or self.settling:
+            return (self.counted_a(failsafe_a, now, offline=offline,
+                                   lapse_margin_s=lapse_margin_s),
+                    self.next_change(now, lapse_margin_s))
+        in_force = self.in_force
+        if in_force is None:
+            return failsafe_a, None
+        valid_to = in_force.valid_to
+        if valid_to is None:
+            return (max(in_force.value_a, failsafe_a) if offline else in_force.value_a), None
+        if now >= valid_to:
+            return failsafe_a, None
+        lapsing = self._lapsing_from(lapse_margin_s) if lapse_margin_s > 0 else valid_to
+        assert lapsing is not None
+        value = in_force.value_a
+        if offline or now >= lapsing:
+            value = max(value, failsafe_a)
+        return value, (lapsing if lapsing > now else valid_to)
+
     def newest_in_flight(self) -> Sent | None:
         return self.in_flight[-1] if self.in_flight else None
 
