@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from gridshare.adapters.ocpp.config import CsmsConfig
 from gridshare.app import GridshareApp, ServeOptions, build_app
 from gridshare.config import parse_site
 from gridshare.controller.loop import ControllerSettings
@@ -101,13 +102,16 @@ class Monitor:
 
 class Rig:
     def __init__(self, protocol: str, *, lease_s: float = 60.0,
-                 site: str = SITE) -> None:
+                 site: str = SITE, reconnect_s: dict[str, float] | None = None,
+                 csms: CsmsConfig | None = None) -> None:
         self.protocol = protocol
+        self.reconnect_s = reconnect_s or {}
+        """Charger → seconds it stays away after its link drops (default 0.2 s)."""
         self.topology = parse_site(site, "e2e")
         settings = ControllerSettings(lease_s=lease_s, settle_s=1.0, debounce_s=0.02,
                                       tick_s=0.25, retry_backoff_s=0.2)
         self.app: GridshareApp = build_app(self.topology, ServeOptions(
-            host="127.0.0.1", ocpp_port=0, api_port=None, db_url="none",
+            host="127.0.0.1", ocpp_port=0, api_port=None, db_url="none", csms=csms,
             controller=settings))
         self.sim = SimSite(tick_s=0.1)
         self.monitor = Monitor(self.topology, self.sim, self.limit, diagnose=self.diagnose)
@@ -127,7 +131,8 @@ class Rig:
                 cid, url, protocol=self.protocol, phases=ch.phases,
                 phase=ch.phase.name if ch.phase is not None else "L1",
                 max_current_a=ch.max_current, min_current_a=ch.min_current,
-                meter_interval_s=2.0, reconnect_min_s=0.2, reconnect_max_s=0.5))
+                meter_interval_s=2.0, reconnect_min_s=self.reconnect_s.get(cid, 0.2),
+                reconnect_max_s=max(0.5, self.reconnect_s.get(cid, 0.5))))
         connected = await self.sim.start(wait_connected_s=10.0)
         assert connected == len(self.topology.chargers)
         await self.wait_until(lambda: self.app.controller.state.online_count()
