@@ -404,8 +404,9 @@ class Controller:
         key = send.key
         at = self.clock.now()
         self.counters[f"setpoint_{outcome.result.value}"] += 1
+        held = self._decision is None or bool(self._decision.held)
         effect, impact = self.state.record_outcome(key, item.command_id, outcome, at,
-                                                   self.settings.settle_s)
+                                                   self.settings.settle_s, wake_on_apply=held)
         retry = next_retry(self._retries.get(key), outcome, at, self.settings.retry)
         if retry is None:
             self._retries.pop(key, None)

@@ -393,9 +393,13 @@ class SiteState:
         return newest.value_a if newest is not None else None
 
     def record_outcome(self, key: ConnectorKey, command_id: int, outcome: CommandOutcome,
-                       at: datetime, settle_s: float) -> tuple[Effect, Impact]:
+                       at: datetime, settle_s: float, *,
+                       wake_on_apply: bool = True) -> tuple[Effect, Impact]:
         """Fold a command's outcome into the ledger; say whether to re-allocate. A settle
-        window is only kept for a connector with a car (an idle one draws nothing)."""
+        window is only kept for a connector with a car (an idle one draws nothing).
+        ``wake_on_apply=False`` when no increase is held: an accept that changes nothing
+        we count then needs no new cycle (a burst of 1,000 answers would otherwise run
+        several full cycles while the rest of the answers wait to be read)."""
         conn = self._connectors[key]
         before = self.believed_a(key, at)
         pinned = bool(self.ledger[key].live_unknowns(at))
@@ -409,7 +413,8 @@ class SiteState:
             conn.lowered_at = at
         if effect is Effect.UNKNOWN or after > before:
             return effect, Impact.URGENT
-        if after < before or effect in (Effect.REJECTED, Effect.APPLIED) or \
+        if after < before or effect is Effect.REJECTED or \
+                (effect is Effect.APPLIED and wake_on_apply) or \
                 (pinned and not self.ledger[key].live_unknowns(at)):
             # An accept may start a settle window or end a wait: decide again.
             impact = max(impact, Impact.CHANGED)
