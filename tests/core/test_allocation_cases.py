@@ -427,3 +427,27 @@ def test_left_over_steps_go_one_at_a_time_not_in_rounds() -> None:
     alloc = allocate(topo, snap)
     assert not equal_problems(Model.build(topo, snap), alloc.setpoints)
     assert [alloc.setpoints[k] for k in keys] == pytest.approx([5.0, 10.2, 10.2, 10.1, 10.1])
+
+
+def test_left_over_steps_go_to_the_lowest_even_past_its_continuous_share() -> None:
+    """Spec invariant 4 (equal, found on a random seed): ``a`` (3-phase) under ``g0``
+    (21.1 A), ``b`` (3-phase) and ``c`` (L1, two connectors, one paused) under ``g1``
+    (6.4 kW). Continuously ``g1`` holds ``b`` and ``c`` at 6.96 A and ``a`` gets 7.19 A;
+    on the grid ``g1`` still has room for ``c`` at 7.1 A, so the last L1 step is ``c``'s,
+    not a step lifting ``a`` to 7.2 A over ``c`` at 7.0 A (largest remainder did that)."""
+    def charger(cid: str, phase: Phase | None, top: float, conns: int, group: str) -> Charger:
+        return Charger(cid, 1 if phase is not None else 3, phase, top, 6, 0, 0,
+                       tuple(Connector(cid, n, top, 6) for n in range(1, conns + 1)),
+                       group=group)
+
+    chargers = {"a": charger("a", None, 16, 1, "g0"), "b": charger("b", None, 16, 1, "g1"),
+                "c": charger("c", Phase.L1, 63, 2, "g1")}
+    groups = {"g0": Group("g0", 21.1, None, 3, Policy.EQUAL, None, groups=("g1",),
+                          chargers=("a",)),
+              "g1": Group("g1", None, 6.4, 3, Policy.EQUAL, "g0", chargers=("b", "c"))}
+    topo = Topology("t", 230, Policy.EQUAL, groups, chargers, ("g0",))
+    keys = [("a", 1), ("b", 1), ("c", 1), ("c", 2)]
+    snap = Snapshot(BASE_TIME, {k: ConnectorDemand(k[0], k[1], active=True) for k in keys})
+    alloc = allocate(topo, snap)
+    assert not equal_problems(Model.build(topo, snap), alloc.setpoints)
+    assert [alloc.setpoints[k] for k in keys] == pytest.approx([7.1, 6.9, 7.1, 0.0])

@@ -51,7 +51,7 @@ def solve(topology: Topology, inp: Inputs, cands: IntArray, rows_ok: BoolArray,
     x = share(problem, inp, cands, admitted, policy, order, topology.resolution_a)
     if serves_in_order:
         admitted = x > 0
-    x = round_to_grid(problem, x, np.where(admitted, low, 0.0), topology.resolution_a)
+    x = round_to_grid(x, np.where(admitted, low, 0.0), topology.resolution_a)
     x = top_up(problem, x, low, high, topology.resolution_a,
                only=np.flatnonzero((x > 0) & (x < high - TOL)),
                scale=high if policy is Policy.PROPORTIONAL else None)

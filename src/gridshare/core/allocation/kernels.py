@@ -1,6 +1,6 @@
 """The sequential inner loops of the allocation, compiled.
 
-Serving in order, admission and the last top-up are greedy by nature: each decision
+Serving in order, admission and the top-up are greedy by nature: each decision
 depends on the one before it, so they cannot be vectorised. Compiled with numba they take
 well under a millisecond at 10,000 connectors instead of tens in Python. Every kernel
 works on the member orientation of a :class:`~.constraints.Problem` (``ptr``, ``cons``,
@@ -75,17 +75,6 @@ def _take(head: FloatArray, ptr: IntArray, cons: IntArray, weight: FloatArray, j
           amps: float) -> None:
     for k in range(ptr[j], ptr[j + 1]):
         head[cons[k]] -= weight[k] * amps
-
-
-@njit(cache=True)
-def give_in_order(head: FloatArray, ptr: IntArray, cons: IntArray, weight: FloatArray,
-                  x: FloatArray, order: IntArray, res: float, tol: float) -> None:
-    """One step each to the members of ``order``, in turn, while every row above it still
-    has room for it. Updates ``x`` and ``head`` in place."""
-    for j in order:
-        if _fits(head, ptr, cons, weight, j, res, tol):
-            x[j] += res
-            _take(head, ptr, cons, weight, j, res)
 
 
 @njit(cache=True)

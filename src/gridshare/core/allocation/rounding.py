@@ -1,5 +1,5 @@
-"""Setpoints on the resolution grid without losing room: largest remainder first, then
-a work-conserving top-up that hands left-over steps to the lowest connector."""
+"""Setpoints on the resolution grid without losing room: floor, then a work-conserving
+top-up that hands the left-over steps out one at a time to the lowest connector."""
 
 from __future__ import annotations
 
@@ -10,20 +10,14 @@ from gridshare.core.allocation.constraints import TOL, Problem
 from gridshare.core.arrays import FloatArray, IntArray
 
 
-def round_to_grid(problem: Problem, x: FloatArray, low: FloatArray, res: float) -> FloatArray:
-    """Floor to the resolution (below ``low`` is a pause), then hand the left-over back
-    one step each, largest remainder first, while every row above still has room."""
+def round_to_grid(x: FloatArray, low: FloatArray, res: float) -> FloatArray:
+    """Floor to the resolution; below ``low`` is a pause. The steps this leaves go out in
+    :func:`top_up`, lowest level first: handing them back by largest remainder can lift a
+    connector past one that a tighter limit holds just below it, and on the grid that one
+    may well fit another step (max-min fairness is judged on the grid, not before it)."""
     floored = np.floor(x / res + 1e-7) * res
-    floored = np.where(floored + TOL < low, 0.0, floored)
-    remainder = x - floored
-    active = np.flatnonzero((remainder > 1e-7) & (floored > 0))
-    if len(active) == 0 or len(problem.capacity) == 0:
-        return floored
-    order = active[np.argsort(-remainder[active], kind="stable")]
-    head = problem.capacity - problem.load(floored)
-    kernels.give_in_order(head, problem.m_ptr, problem.m_cons, problem.m_weight, floored,
-                          order, res, TOL)
-    return floored
+    out: FloatArray = np.where(floored + TOL < low, 0.0, floored)
+    return out
 
 
 def top_up(problem: Problem, x: FloatArray, low: FloatArray, high: FloatArray,
