@@ -257,3 +257,18 @@ def test_the_program_skips_the_shutdown_collections_tests_do_not() -> None:
     assert "AFTER_RUNNER=0" in done.stderr
     frozen = int(done.stderr.rsplit("FROZEN=", 1)[1].split()[0])
     assert frozen > 1000
+
+
+def test_demand_read_by_pydantic_json_is_the_demand_read_as_before(tmp_path: Path) -> None:
+    """The fast reading (pydantic's JSON parser) builds the snapshot the old one did; a
+    bare list of connectors, which it does not take, is still read."""
+    from gridshare.cli.demand import _snapshot, _validated, load_demand
+    from gridshare.config import load_site
+
+    topo = load_site(SITE)
+    text = DEMAND.read_text(encoding="utf-8")
+    assert load_demand(DEMAND, topo) == _snapshot(str(DEMAND), _validated(str(DEMAND), text),
+                                                  topo, None)
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps(json.loads(text)["connectors"]), encoding="utf-8")
+    assert load_demand(bare, topo).connectors == load_demand(DEMAND, topo).connectors
