@@ -746,16 +746,23 @@ def _build(spec: SiteSpec) -> Topology:
             policy=policy_of(g.id), parent=parents[g.id], groups=tuple(children[g.id]),
             chargers=tuple(g.chargers), meter=g.meter)
     chargers: dict[str, Charger] = {}
+    voltage = spec.voltage
     for c in spec.chargers:
-        amps_from_kw = (c.max_power * 1000.0 / (spec.voltage * c.phases)
-                        if c.max_power is not None else math.inf)
+        cid, phases, max_power = c.id, c.phases, c.max_power
+        amps_from_kw = (max_power * 1000.0 / (voltage * phases)
+                        if max_power is not None else math.inf)
         max_a = min(c.max_current if c.max_current is not None else math.inf, amps_from_kw)
-        conns = _connectors(c, max_a, spec.voltage)
-        chargers[c.id] = Charger(
-            id=c.id, phases=c.phases, phase=Phase[c.phase] if c.phase else None,
+        count = c.connectors
+        if isinstance(count, int):  # the common case, without a generator per charger
+            low = c.min_current
+            conns = tuple([Connector(cid, n, max_a, low) for n in range(1, count + 1)])
+        else:
+            conns = _connectors(c, max_a, voltage)
+        chargers[cid] = Charger(
+            id=cid, phases=phases, phase=Phase[c.phase] if c.phase else None,
             max_current=max_a, min_current=c.min_current,
             failsafe_current=c.failsafe_current, priority=c.priority, connectors=conns,
-            max_power_kw=c.max_power, group=charger_group[c.id])
+            max_power_kw=max_power, group=charger_group[cid])
     roots = tuple(g.id for g, _, _ in flat if parents[g.id] is None)
     return Topology(site=spec.site, voltage=spec.voltage, policy=spec.policy, groups=groups,
                     chargers=chargers, roots=roots, rotation_interval_s=spec.rotation_interval,

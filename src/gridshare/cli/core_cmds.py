@@ -118,11 +118,12 @@ ALLOCATION_FLAT = ("setpoints",)
 
 def allocation_json(topo: Topology, result: Allocation) -> dict[str, Any]:
     """The public JSON shape of an allocation (scripts rely on these keys)."""
+    kw_per_amp = {cid: topo.power_kw_per_amp(ch) for cid, ch in topo.chargers.items()}
+    offline = result.offline
     return {
         "setpoints": [
             {"charger": key[0], "connector": key[1], "current": round(amps, 3),
-             "power": round(amps * topo.power_kw_per_amp(topo.chargers[key[0]]), 3),
-             "online": key not in result.offline}
+             "power": round(amps * kw_per_amp[key[0]], 3), "online": key not in offline}
             for key, amps in result.setpoints.items()],
         "groups": [
             {"id": g.id, "current": [round(a, 3) for a in g.current], "limit": _num(g.limit),
