@@ -15,6 +15,7 @@ on connector *c* at time *t*, and until when". The rules follow the specs:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -35,9 +36,12 @@ class Purpose(StrEnum):
 
     @classmethod
     def parse(cls, value: str) -> Purpose:
-        if value == "ChargingStationMaxProfile":
-            return cls.MAX
-        return cls(value)
+        purpose = _PURPOSES.get(value)
+        return cls(value) if purpose is None else purpose
+
+
+_PURPOSES: dict[str, Purpose] = {p.value: p for p in Purpose}
+_PURPOSES["ChargingStationMaxProfile"] = Purpose.MAX
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,33 +90,40 @@ class ChargingProfile:
     ) -> tuple[Period | None, datetime | None]:
         """The period in force at ``t`` (None if the profile does not apply) and the next
         instant the answer can change (None: never)."""
-        if self.valid_from is not None and t < self.valid_from:
-            return None, self.valid_from
-        if self.valid_to is not None and t >= self.valid_to:
+        valid_from = self.valid_from
+        if valid_from is not None and t < valid_from:
+            return None, valid_from
+        # the earliest instant the answer can change (None: never)
+        nxt = self.valid_to
+        if nxt is not None and t >= nxt:
             return None, None
-        changes: list[datetime] = []
-        if self.valid_to is not None:
-            changes.append(self.valid_to)
+        kind = self.kind
         start = self.schedule_start(t, relative_start)
-        if self.kind == "Recurring":
+        if kind == "Recurring":
             period_s = WEEK_S if self.recurrency == "Weekly" else DAY_S
-            changes.append(start + timedelta(seconds=period_s))
+            change = start + timedelta(seconds=period_s)
+            if nxt is None or change < nxt:
+                nxt = change
         if t < start:
-            changes.append(start)
-            return None, min(changes)
+            return None, start if nxt is None or start < nxt else nxt
         offset_s = (t - start).total_seconds()
-        if self.duration_s is not None:
-            if offset_s >= self.duration_s:
-                return None, min(changes) if self.kind == "Recurring" else None
-            changes.append(start + timedelta(seconds=self.duration_s))
+        duration_s = self.duration_s
+        if duration_s is not None:
+            if offset_s >= duration_s:
+                return None, nxt if kind == "Recurring" else None
+            change = start + timedelta(seconds=duration_s)
+            if nxt is None or change < nxt:
+                nxt = change
         current: Period | None = None
         for p in self.periods:
             if p.start_s <= offset_s:
                 current = p
             else:
-                changes.append(start + timedelta(seconds=p.start_s))
+                change = start + timedelta(seconds=p.start_s)
+                if nxt is None or change < nxt:
+                    nxt = change
                 break
-        return current, (min(changes) if changes else None)
+        return current, nxt
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,41 +217,56 @@ class ProfileStore:
         """Limits on ``connector`` at ``t``. ``tx_id``/``tx_start`` describe the running
         transaction (None: none); without one, Relative schedules start at ``ref``
         (default ``t``), i.e. as if a transaction started then."""
-        next_change: list[datetime] = []
         rel = tx_start if tx_start is not None else (ref or t)
-
-        def best(cands: Iterable[ChargingProfile], rel_start: datetime | None) -> Limit | None:
-            found: Limit | None = None
-            found_level = -1
-            for p in cands:
-                period, nxt = p.evaluate(t, rel_start or p.installed_at)
-                if nxt is not None:
-                    next_change.append(nxt)
-                if period is not None and p.stack_level > found_level:
-                    found_level = p.stack_level
-                    found = Limit(period.limit, p.unit, period.number_phases, p.id)
-            return found
-
-        by_purpose: dict[Purpose, list[ChargingProfile]] = {}
+        # the candidates of each step, in installation order (one pass)
+        maxes: list[ChargingProfile] = []
+        txs: list[ChargingProfile] = []
+        own_defaults: list[ChargingProfile] = []
+        charger_defaults: list[ChargingProfile] = []
         for p in self._profiles:
-            by_purpose.setdefault(p.purpose, []).append(p)
-        max_lim = best((p for p in by_purpose.get(Purpose.MAX, ()) if p.connector == 0), None)
-        tx_lim: Limit | None = None
-        if tx_id is not None:
-            tx_lim = best(
-                (
-                    p
-                    for p in by_purpose.get(Purpose.TX, ())
-                    if p.connector == connector and p.transaction_id in (None, tx_id)
-                ),
-                rel,
-            )
-        defaults = by_purpose.get(Purpose.TX_DEFAULT, ())
+            purpose = p.purpose
+            if purpose is Purpose.TX:
+                if (
+                    tx_id is not None
+                    and p.connector == connector
+                    and p.transaction_id in (None, tx_id)
+                ):
+                    txs.append(p)
+            elif purpose is Purpose.TX_DEFAULT:
+                if p.connector == connector:
+                    own_defaults.append(p)
+                if p.connector == 0:
+                    charger_defaults.append(p)
+            elif purpose is Purpose.MAX and p.connector == 0:
+                maxes.append(p)
+        max_lim, next_change = _best(maxes, t, None, None)
+        tx_lim, next_change = _best(txs, t, rel, next_change)
         if tx_lim is None:
-            tx_lim = best((p for p in defaults if p.connector == connector), rel)
+            tx_lim, next_change = _best(own_defaults, t, rel, next_change)
         if tx_lim is None:
-            tx_lim = best((p for p in defaults if p.connector == 0), rel)
-        return ConnectorLimits(max_lim, tx_lim, min(next_change) if next_change else None)
+            tx_lim, next_change = _best(charger_defaults, t, rel, next_change)
+        return ConnectorLimits(max_lim, tx_lim, next_change)
+
+
+def _best(
+    cands: Iterable[ChargingProfile],
+    t: datetime,
+    rel_start: datetime | None,
+    next_change: datetime | None,
+) -> tuple[Limit | None, datetime | None]:
+    """The limit of the highest stack level in force at ``t`` among ``cands`` (Relative
+    schedules start at ``rel_start``, default: their installation), and ``next_change``
+    lowered to the earliest instant one of them can change."""
+    found: Limit | None = None
+    found_level = -1
+    for p in cands:
+        period, nxt = p.evaluate(t, rel_start or p.installed_at)
+        if nxt is not None and (next_change is None or nxt < next_change):
+            next_change = nxt
+        if period is not None and p.stack_level > found_level:
+            found_level = p.stack_level
+            found = Limit(period.limit, p.unit, period.number_phases, p.id)
+    return found, next_change
 
 
 def to_amps(limit: Limit, voltage_v: float, phases: int) -> float:
@@ -254,6 +280,13 @@ def parse_time(value: str | None) -> datetime | None:
     """OCPP date-time string to an aware datetime (naive means UTC)."""
     if value is None:
         return None
+    return _parse_time(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_time(value: str) -> datetime:
+    # cached: a CSMS sends the same few instants (schedule start, validTo) to every
+    # charger of a site in one burst, and datetimes are immutable
     dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
     return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
 

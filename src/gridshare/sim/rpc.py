@@ -32,11 +32,14 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from gridshare.sim.schema import OcppVersion, SchemaViolation, validate
+from gridshare.sim.schema import OcppVersion, SchemaViolation, checker, validate_serialized
 
 WIRE_LOG = logging.getLogger("gridshare.sim.wire")
 """Every frame of the simulated chargers at DEBUG, apart from any CSMS logger in the same
 process."""
+
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+"""``json.dumps(x, separators=(",", ":"))`` without building an encoder per frame."""
 
 Payload = dict[str, Any]
 Handler = Callable[[Payload], Payload]
@@ -138,7 +141,7 @@ class RpcConnection:
         CALLERROR (or an answer that breaks the schema), :class:`TimeoutError` when no
         answer comes in time, :class:`LinkClosed` when the link closes first."""
         started = time.perf_counter()
-        validate(self.version, action, payload, response=False)  # our own bug if it fails
+        checker(self.version, action, False)(payload)  # our own bug if it fails
         async with self._in_flight:
             uid = self.new_id()
             answer: asyncio.Future[Payload] = asyncio.get_running_loop().create_future()
@@ -171,7 +174,7 @@ class RpcConnection:
             return
         payload = frame[2]
         try:
-            validate(self.version, action, payload, response=True)
+            checker(self.version, action, True)(payload)
         except SchemaViolation as e:
             answer.set_exception(CallError(_violation_code(self.version, e.rule), str(e)))
             return
@@ -221,7 +224,7 @@ class RpcConnection:
             return
         action, payload = frame[2], frame[3]
         try:
-            result = self._apply(action, payload)
+            text = self._apply(action, payload)
         except CallError as e:
             await self._send_error(uid, e)
             return
@@ -233,29 +236,32 @@ class RpcConnection:
             WIRE_LOG.info("%s: %s applied, its answer is lost (half-open link)", self.name, action)
             self.muted = True
         else:
-            await self._send([MessageType.CALLRESULT, uid, result])
+            # what _send([CALLRESULT, uid, result]) would write, the result already encoded
+            await self._send_text(f"[{MessageType.CALLRESULT:d},{_encode(uid)},{text}]")
         if self.answered is not None:
             self.answered(action)
 
-    def _apply(self, action: str, payload: Payload) -> Payload:
+    def _apply(self, action: str, payload: Payload) -> str:
+        """Validate, handle and return the JSON text of the response payload."""
         handler = self.handlers.get(action)
         if handler is None:
             if action in self.known_actions:
                 raise CallError("NotSupported", f"{action} is not supported by this charger")
             raise CallError("NotImplemented", f"{action} is not an OCPP {self.version} action")
         try:
-            validate(self.version, action, payload, response=False)
+            checker(self.version, action, False)(payload)
         except SchemaViolation as e:
             raise CallError(_violation_code(self.version, e.rule), str(e)) from e
         try:
             result = handler(payload)
-            validate(self.version, action, result, response=True)
+            text = _encode(result)
+            validate_serialized(self.version, action, result, text, response=True)
         except CallError:
             raise
         except Exception as e:
             WIRE_LOG.exception("%s: handling %s failed", self.name, action)
             raise CallError("InternalError", f"{action}: {type(e).__name__}") from e
-        return result
+        return text
 
     # ------------------------------------------------------------------ sending
 
@@ -263,9 +269,11 @@ class RpcConnection:
         await self._send([MessageType.CALLERROR, uid, error.code, error.description, error.details])
 
     async def _send(self, frame: list[Any]) -> None:
+        await self._send_text(_encode(frame))
+
+    async def _send_text(self, text: str) -> None:
         if self.muted:
             return
-        text = json.dumps(frame, separators=(",", ":"))
         if WIRE_LOG.isEnabledFor(logging.DEBUG):
             WIRE_LOG.debug("%s -> %s", self.name, text)
         await self.ws.send(text)

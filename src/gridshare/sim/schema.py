@@ -68,3 +68,38 @@ def validate(version: OcppVersion, action: str, payload: Any, *, response: bool)
         check(payload)
     except fastjsonschema.JsonSchemaValueException as e:
         raise SchemaViolation(action, str(e.rule or ""), e.message) from e
+
+
+@functools.cache
+def checker(version: OcppVersion, action: str, response: bool) -> Callable[[Any], None]:
+    """:func:`validate` bound to one schema, for a caller that checks many frames of the
+    same action (one cache lookup instead of one per frame)."""
+    check = _validator(version, action, response)
+    error = fastjsonschema.JsonSchemaValueException
+
+    def run(payload: Any) -> None:
+        try:
+            check(payload)
+        except error as e:
+            raise SchemaViolation(action, str(e.rule or ""), e.message) from e
+
+    return run
+
+
+_KNOWN_VALID_MAX = 4096
+_known_valid: set[tuple[str, str, bool, str]] = set()
+
+
+def validate_serialized(
+    version: OcppVersion, action: str, payload: Any, text: str, *, response: bool
+) -> None:
+    """:func:`validate` for a payload whose JSON text ``text`` is at hand: a text already
+    found valid for the same schema is not checked again. (A charger answers the same
+    few payloads, ``{"status":"Accepted"}``, thousands of times; equal JSON text is an
+    equal JSON value, so the verdict is the same.)"""
+    key = (version, action, response, text)
+    if key in _known_valid:
+        return
+    checker(version, action, response)(payload)
+    if len(_known_valid) < _KNOWN_VALID_MAX:
+        _known_valid.add(key)

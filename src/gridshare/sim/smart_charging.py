@@ -196,23 +196,27 @@ class SmartCharging:
         caps: list[float] = []
         sharing: list[Connector] = []
         total = _INF
+        offered: dict[int, float] = {}
         phases: dict[int, int] = {}
         next_change: datetime | None = None
         for conn in connectors:
-            c = self.caps(conn, conn.id, t, failsafe_a=failsafe_a)
-            phases[conn.id] = c.phases
-            if c.next_change is not None and (next_change is None or c.next_change < next_change):
-                next_change = c.next_change
+            cid = conn.id
+            c = self.caps(conn, cid, t, failsafe_a=failsafe_a)
+            phases[cid] = c.phases
+            offered[cid] = 0.0
+            change = c.next_change
+            if change is not None and (next_change is None or change < next_change):
+                next_change = change
             # a connector whose own limit is below the pilot minimum is paused and takes
             # no share of the charger-wide limit
             if conn.charging_allowed and quantize(c.tx_a, min_a) > 0:
                 sharing.append(conn)
                 caps.append(c.tx_a)
                 total = min(total, c.charger_a)
-        shares = waterfill(total, caps) if sharing else []
-        offered = {conn.id: 0.0 for conn in connectors}
-        for conn, a in zip(sharing, shares, strict=True):
-            offered[conn.id] = quantize(a, min_a)
+        if sharing:
+            shares = waterfill(total, caps)
+            for conn, a in zip(sharing, shares, strict=True):
+                offered[conn.id] = quantize(a, min_a)
         return Offer(offered, phases, next_change)
 
     def composite_schedule(
