@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import re
 import textwrap
 from pathlib import Path
 
@@ -245,111 +244,6 @@ def test_fast_reader_edge_cases_match_safe_load(text: str) -> None:
     read, _ = config_module._read_yaml(text)
     assert read == yaml.safe_load(text)
     assert type(read) is type(yaml.safe_load(text))
-
-
-def _same(a: object, b: object) -> bool:
-    """Equal, and of the same types all the way down (1, 1.0 and True are not the same)."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, dict):
-        assert isinstance(b, dict)
-        return list(a) == list(b) and all(_same(x, y) for x, y in zip(a, b, strict=True)) \
-            and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, list):
-        assert isinstance(b, list)
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    return a == b or (a != a and b != b)  # noqa: PLR0124 (NaN)
-
-
-plain_words = st.sampled_from([
-    "0", "7", "010", "0x1F", "1_000", "-3", "+7", ".5", "-.inf", ".nan", "1e3", "6.", "yes",
-    "Off", "null", "True", "2026-11-22", "L1", "cp-1", "a/b.pem", "ocpp1.6", "...", "_"])
-plain_keys = st.sampled_from(["id", "max_current", "on", "y", "null", "groups", "x_1"])
-plain_documents = st.recursive(
-    plain_words,
-    lambda inner: st.one_of(st.lists(inner, min_size=1, max_size=4),
-                            st.dictionaries(plain_keys, inner, min_size=1, max_size=4)),
-    max_leaves=25)
-
-
-class _IndentedDumper(yaml.SafeDumper):
-    """Writes "- " indented under its key, as the README does."""
-
-    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
-        super().increase_indent(flow, False)
-
-
-@given(st.dictionaries(plain_keys, plain_documents, min_size=1, max_size=4),
-       st.sampled_from([2, 3, 4]), st.booleans())
-def test_line_reader_reads_block_files_as_safe_load(data: dict[str, object], indent: int,
-                                                     indentless: bool) -> None:
-    """The plain block style (as safe_dump writes it, with nested or indentless
-    sequences) is read by the line reader, with safe_load's values and types."""
-    dumper = yaml.SafeDumper if indentless else _IndentedDumper
-    text = yaml.dump(data, Dumper=dumper, indent=indent, default_flow_style=False,
-                     sort_keys=False, width=10**6).replace("'", "")
-    try:
-        expected = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return
-    try:
-        read, _ = config_module._data_from_lines(text)
-    except config_module._NotPlainBlock:  # only a sequence in a sequence ("- - x")
-        assert not isinstance(expected, dict) or re.search(r"- +-", text), text
-        return
-    assert _same(read, expected), text
-
-
-@pytest.mark.parametrize("text", [
-    pytest.param("a: 1\n  b: 2\n", id="more-indented-key"),
-    pytest.param("a:\n  b\n", id="value-on-the-next-line"),
-    pytest.param("a: b\n  c\n", id="continued-plain-value"),
-    pytest.param("a:\n  - x\n   - y\n", id="continued-item"),
-    pytest.param("- a: 1\n   b: 2\n", id="misaligned-item-key"),
-    pytest.param("a: 1\n- b\n", id="dash-after-a-value"),
-    pytest.param("a: x y\n", id="words"),
-    pytest.param("a: x # note\n", id="trailing-comment"),
-    pytest.param("a: 'x'\n", id="quoted"),
-    pytest.param("a: [x, y,]\n", id="flow-trailing-comma"),
-    pytest.param("a: [x,\n  y]\n", id="flow-over-lines"),
-    pytest.param("a: {x: 1}\n", id="flow-mapping"),
-    pytest.param("a: 1\r\nb: 2\r\n", id="crlf"),
-    pytest.param("a:\t1\n", id="tab"),
-    pytest.param("# x\u2028b: 2\na: 1\n", id="line-separator-in-comment"),
-    pytest.param("# \x07\na: 1\n", id="control-character-in-comment"),
-    pytest.param("---\na: 1\n", id="document-start"),
-    pytest.param("a: 2026-13-01\n", id="impossible-date"),
-    pytest.param("- a\n- b\n", id="top-level-sequence"),
-    pytest.param("a:\n-\n", id="empty-item"),
-    pytest.param("a: 1\na: 2\n", id="repeated-key"),
-    pytest.param("# only a comment\n", id="no-content"),
-])
-def test_line_reader_leaves_everything_else_to_the_event_reader(text: str) -> None:
-    """Whatever the line reader does not read exactly as YAML does, it does not read."""
-    try:
-        read, repeated = config_module._data_from_lines(text)
-    except config_module._NotPlainBlock:
-        return
-    assert _same(read, yaml.safe_load(text))
-    assert repeated == (text == "a: 1\na: 2\n")
-
-
-def test_line_reader_reads_the_documented_format(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The block style (as large generated files are written) never reaches libyaml."""
-    text = (GOOD.replace("            # site id", "")
-            .replace("      - {type: CCS, max_power: 50}\n",
-                     "      - type: CCS\n        max_power: 50\n")
-            .replace("      - {type: CHAdeMO, max_power: 25}\n",
-                     "      -   type: CHAdeMO\n          max_power: 25\n")
-            + "# a comment\n\nocpp:\n  lease: 120\n")
-    read, repeated = config_module._data_from_lines(text)
-    assert _same(read, yaml.safe_load(text)) and not repeated
-
-    def no_events(_text: str) -> None:
-        raise AssertionError("event reader used")
-
-    monkeypatch.setattr(config_module, "_data_from_events", no_events)
-    assert parse_site(text, "site.yaml").site == "carport"
 
 
 def test_fast_reader_fails_where_safe_load_fails() -> None:

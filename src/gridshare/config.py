@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import math
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -300,150 +299,6 @@ def _data_from_events(text: str) -> tuple[Any, bool]:
         loader.dispose()
 
 
-# The block style of a site file as the README writes it, one line at a time: indentation
-# (spaces), an optional "- ", then "key:" with an optional plain value or flow sequence of
-# plain values, or (after "- ") a lone plain value; or a blank or comment line. The plain
-# values are restricted to characters that mean the same in block and flow context and
-# cannot start anything else (no ":", "#", quotes, brackets, "&", "*", "!", "|", ">", "~",
-# spaces). Any other line, any other character, or a layout that is not plainly nested,
-# sends the file to the event reader, which reads all of YAML as before.
-_PLAIN = r"(?:[A-Za-z0-9_./]|[-+][0-9.])[A-Za-z0-9_./+\-]*+"
-_LINE = re.compile(
-    rf"^( *+)(- ++)?(?:([A-Za-z_][A-Za-z0-9_]{{0,127}}+):(?: ++({_PLAIN}|\[ *+(?:{_PLAIN}"
-    rf"(?: *+, *+{_PLAIN})*+)? *+\]))? *+|({_PLAIN}) *+|#[\t -~]*+)?$", re.MULTILINE)
-_FLOW_ITEMS = re.compile(_PLAIN)
-
-
-class _NotPlainBlock(Exception):
-    """The text is not in the simple block style the line reader reads."""
-
-
-def _data_from_lines(text: str) -> tuple[dict[Any, Any], bool]:
-    """The document as :func:`_data_from_events` reads it, for a file in the plain block
-    style of the README (nested mappings and sequences, plain values, flow sequences of
-    plain values, comment lines), read line by line with one regular expression: a
-    fraction of the time of libyaml's events, which carry positions nobody asks for.
-    Raises ``_NotPlainBlock`` for anything else, before anything is built from it."""
-    lines = _LINE.findall(text)
-    if len(lines) != text.count("\n") + 1:  # some line is not of the simple kinds
-        raise _NotPlainBlock
-    loader = _FastLoader("")
-    try:
-        # Each distinct plain text is resolved and constructed once, as the event
-        # reader would (its value depends on its text alone).
-        values: dict[str, Any] = {}
-        constructors = loader.yaml_constructors
-        implicit = (True, False)
-
-        def scalar(text_value: str) -> Any:
-            tag = loader.resolve(yaml.ScalarNode, text_value, implicit)
-            if tag == _STR_TAG:
-                value: Any = text_value
-            else:
-                construct = constructors.get(tag)
-                if construct is None or tag == _MERGE_TAG:
-                    raise _NotPlainBlock
-                try:
-                    value = construct(loader, yaml.ScalarNode(tag, text_value))
-                except Exception as exc:  # e.g. a date in month 13: the event reader's
-                    raise _NotPlainBlock from exc
-            values[text_value] = value
-            return value
-
-        # (indent, column of the content (after "- "), key (_NO_KEY: a lone item),
-        # value (_NESTED: on the lines below))
-        tokens: list[tuple[int, int, Any, Any]] = []
-        append = tokens.append
-        value: Any
-        for indent, dash, key, written, item in lines:
-            if key:
-                name = values[key] if key in values else scalar(key)
-                if not written:
-                    value = _NESTED
-                elif written[0] == "[":
-                    value = [values[v] if v in values else scalar(v)
-                             for v in _FLOW_ITEMS.findall(written)]
-                else:
-                    value = values[written] if written in values else scalar(written)
-                append((len(indent), len(indent) + len(dash), name, value))
-            elif item:
-                if not dash:
-                    raise _NotPlainBlock  # a plain value on its own line: a continuation
-                append((len(indent), len(indent) + len(dash), _NO_KEY,
-                        values[item] if item in values else scalar(item)))
-            elif dash:
-                raise _NotPlainBlock  # "- " with nothing (or only a comment) after it
-    finally:
-        loader.dispose()
-    if not tokens or tokens[0][0] != tokens[0][1]:
-        raise _NotPlainBlock  # empty, or a sequence at the top
-    count = len(tokens)
-    repeated_key = False
-
-    def mapping(i: int, column: int) -> tuple[dict[Any, Any], int]:
-        """The mapping whose keys are at ``column``, from token ``i`` (its first key,
-        possibly after a "- ") to the first token that is not part of it."""
-        nonlocal repeated_key
-        out: dict[Any, Any] = {}
-        keys = 0
-        while True:
-            key, value = tokens[i][2:]
-            if key is _NO_KEY:
-                raise _NotPlainBlock
-            keys += 1
-            i += 1
-            if value is not _NESTED:
-                out[key] = value
-            elif i < count and tokens[i][0] > column:  # nested, more indented
-                indent, content = tokens[i][:2]
-                if indent != content:
-                    out[key], i = sequence(i, indent)
-                else:
-                    out[key], i = mapping(i, indent)
-            elif i < count and tokens[i][0] == column and tokens[i][1] != column:
-                out[key], i = sequence(i, column)  # "key:" then "- " at its column
-            else:
-                out[key] = None
-            if i == count:
-                break
-            indent, content = tokens[i][:2]
-            if indent < column:
-                break
-            if indent > column or content != column:
-                raise _NotPlainBlock  # a continuation, or "- " after a value
-        if len(out) != keys:
-            # A key repeated (as the event reader counts it, or two spellings of one
-            # value, which the line map then finds not to repeat: only slower).
-            repeated_key = True
-        return out, i
-
-    def sequence(i: int, column: int) -> tuple[list[Any], int]:
-        """The block sequence whose "- " are at ``column``, from token ``i``."""
-        out: list[Any] = []
-        while i < count:
-            indent, content, key, value = tokens[i]
-            if indent != column or content == column:
-                if indent > column:
-                    raise _NotPlainBlock
-                break
-            if key is _NO_KEY:
-                out.append(value)
-                i += 1
-            else:
-                item, i = mapping(i, content)
-                out.append(item)
-        return out, i
-
-    data, end = mapping(0, tokens[0][0])
-    if end != count:
-        raise _NotPlainBlock
-    return data, repeated_key
-
-
-_NO_KEY = object()
-_NESTED = object()
-
-
 @contextmanager
 def _gc_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector while a site file is read.
@@ -465,10 +320,6 @@ def _gc_paused() -> Iterator[None]:
 def _read_yaml(text: str) -> tuple[Any, bool]:
     """The document's data, and whether its line map must be walked even if it validates
     (a repeated key, or a document only PyYAML's full loader reads)."""
-    try:
-        return _data_from_lines(text)
-    except _NotPlainBlock:
-        pass
     try:
         return _data_from_events(text)
     except _NeedsFullLoader:
