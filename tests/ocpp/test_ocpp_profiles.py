@@ -20,7 +20,7 @@ from gridshare.adapters.ocpp import profiles
 from gridshare.adapters.ocpp.frames import call_frame as encode_call
 from gridshare.adapters.ocpp.profiles import ScheduleLimit, limit_for
 from gridshare.adapters.ocpp.schemas import load_schema
-from gridshare.adapters.ocpp.version import V16, V201, OcppVersion
+from gridshare.ocpp_version import V16, V201, OcppVersion
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, 654321, tzinfo=UTC)
 A16 = ScheduleLimit("A", 16.0, 3)

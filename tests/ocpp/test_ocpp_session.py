@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 from gridshare.adapters.ocpp import CentralSystem, CsmsConfig
 from gridshare.adapters.ocpp.rpc import FrameWriter, Outgoing, PendingCall
 from gridshare.adapters.ocpp.session import Session
-from gridshare.adapters.ocpp.version import OcppVersion
 from gridshare.drivers import CommandResult, SetpointRequest
 from gridshare.events import ChargerBooted, Event, SessionStarted
+from gridshare.ocpp_version import OcppVersion
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from urllib.parse import quote
 
+from gridshare.ocpp_version import OcppVersion
 from gridshare.sim.clock import ScaledClock, SimClock
 from gridshare.sim.configuration import Configuration
 from gridshare.sim.connector import PHASE_NAMES, Connector, PhaseCurrents, Status, Transaction
@@ -138,7 +139,7 @@ class SimCharger:
         self.outbox = Outbox(max_queued)
         self.smart = SmartCharging(
             Rating(self.max_current_a, self.min_current_a, phases, self.voltage_v),
-            "ocpp1.6" if protocol == "ocpp1.6" else "ocpp2.0.1",
+            OcppVersion(protocol),
         )
         self.link = Link(
             self,

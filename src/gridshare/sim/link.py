@@ -30,11 +30,12 @@ from tenacity.wait import wait_base
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
+from gridshare.ocpp_version import OcppVersion
 from gridshare.sim.ocpp16 import Ocpp16Wire
 from gridshare.sim.ocpp201 import Ocpp201Wire
 from gridshare.sim.outbox import Outgoing
 from gridshare.sim.rpc import AnswerFate, CallError, Handler, LinkClosed, RpcConnection
-from gridshare.sim.schema import OcppVersion, SchemaViolation
+from gridshare.sim.schema import SchemaViolation
 
 log = logging.getLogger(__name__)
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from gridshare.ocpp_version import OcppVersion
 from gridshare.sim.meter import MeterSample
 from gridshare.sim.outbox import Outgoing
 from gridshare.sim.profiles import Purpose, format_time, profile_from_v16
 from gridshare.sim.rpc import Handler, Payload, RpcConnection
-from gridshare.sim.schema import OcppVersion, actions
+from gridshare.sim.schema import actions
 
 if TYPE_CHECKING:
     from gridshare.sim.charger import SimCharger
@@ -95,7 +96,7 @@ def _periods(periods: Any) -> list[Payload]:
 class Ocpp16Wire:
     """One connection's OCPP 1.6J translation for ``charger``."""
 
-    version: OcppVersion = "ocpp1.6"
+    version: OcppVersion = OcppVersion.V16
     known_actions = KNOWN_ACTIONS
 
     def __init__(self, charger: SimCharger) -> None:

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from gridshare.ocpp_version import OcppVersion
 from gridshare.sim.meter import MeterSample
 from gridshare.sim.outbox import Outgoing
 from gridshare.sim.profiles import Purpose, format_time, profile_from_v201
 from gridshare.sim.rpc import Handler, Payload, RpcConnection
-from gridshare.sim.schema import OcppVersion, actions
+from gridshare.sim.schema import actions
 
 if TYPE_CHECKING:
     from gridshare.sim.charger import SimCharger
@@ -130,7 +131,7 @@ def _echo(d: Payload, status: str, **extra: Any) -> Payload:
 class Ocpp201Wire:
     """One connection's OCPP 2.0.1 translation for ``charger``."""
 
-    version: OcppVersion = "ocpp2.0.1"
+    version: OcppVersion = OcppVersion.V201
     known_actions = KNOWN_ACTIONS
 
     def __init__(self, charger: SimCharger) -> None:

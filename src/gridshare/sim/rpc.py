@@ -32,7 +32,8 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from gridshare.sim.schema import OcppVersion, SchemaViolation, checker, validate_serialized
+from gridshare.ocpp_version import OcppVersion
+from gridshare.sim.schema import SchemaViolation, checker, validate_serialized
 
 WIRE_LOG = logging.getLogger("gridshare.sim.wire")
 """Every frame of the simulated chargers at DEBUG, apart from any CSMS logger in the same

@@ -17,13 +17,12 @@ import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import fastjsonschema
 import ocpp
 
-OcppVersion = Literal["ocpp1.6", "ocpp2.0.1"]
-"""Named by the WebSocket subprotocol, as the CSMS adapter's version enum is."""
+from gridshare.ocpp_version import OcppVersion
 
 _SCHEMA_ROOT = Path(ocpp.__file__).parent
 

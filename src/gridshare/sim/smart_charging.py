@@ -22,9 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from gridshare.ocpp_version import OcppVersion
 from gridshare.sim.connector import Connector
 from gridshare.sim.profiles import ChargingProfile, Period, ProfileStore, Purpose, to_amps
-from gridshare.sim.schema import OcppVersion
 
 MAX_STACK_LEVEL = 10
 MAX_PERIODS = 24

@@ -6,15 +6,16 @@ One job per module: central (the CSMS and ChargerDriver), server (handshake: aut
 id, version), session (one charger's connection), rpc (routing, correlation, writing),
 handlers (answers to the charger's calls), frames (OCPP-J framing), schemas (the one schema
 loader), profiles (charging-profile builders), meter (MeterValues), auth (passwords, TLS,
-charger id), config, stats, version (the OCPP version enum).
+charger id), config, stats; the OCPP version enum is gridshare.ocpp_version.
 
 >>> from gridshare.adapters.ocpp import CentralSystem, CsmsConfig
 """
 
+from gridshare.ocpp_version import OcppVersion
+
 from .auth import hash_password, verify_password
 from .central import CentralSystem, CsmsStats
 from .config import ChargerCredentials, CsmsConfig, TlsConfig
-from .version import OcppVersion
 
 __all__ = [
     "CentralSystem",

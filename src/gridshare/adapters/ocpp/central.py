@@ -21,6 +21,7 @@ from websockets.typing import Subprotocol
 
 from gridshare.drivers import CommandOutcome, CommandResult, SetpointRequest
 from gridshare.events import ChargerOffline, ChargerOnline, Event, EventCounters, ProfileRejected
+from gridshare.ocpp_version import OcppVersion
 
 from . import profiles
 from .auth import charger_id_from_path, server_ssl_context
@@ -29,7 +30,6 @@ from .rpc import Deadlines, FrameWriter
 from .server import Gatekeeper
 from .session import ChargerState, Command, Session, SessionContext
 from .stats import CsmsStats
-from .version import OcppVersion
 
 LOG = logging.getLogger("gridshare.ocpp")
 

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .version import OcppVersion
+from gridshare.ocpp_version import OcppVersion
 
 SUPPORTED_SUBPROTOCOLS: tuple[str, ...] = (OcppVersion.V201.value, OcppVersion.V16.value)
 RATE_UNITS: frozenset[str] = frozenset({"A", "W"})

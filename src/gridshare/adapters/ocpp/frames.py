@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
-from .version import V16, V201, OcppVersion
+from gridshare.ocpp_version import V16, V201, OcppVersion
 
 MAX_UNIQUE_ID_CHARS = 36
 """OCPP 2.0.1 messageId maxLength; 1.6 chargers use UUIDs too."""

@@ -12,8 +12,9 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
+from gridshare.ocpp_version import OcppVersion
+
 from .profiles import iso_utc
-from .version import OcppVersion
 
 
 class Sink(Protocol):

@@ -14,8 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gridshare.events import MeterReading
-
-from .version import OcppVersion
+from gridshare.ocpp_version import OcppVersion
 
 FUTURE_TOLERANCE = timedelta(seconds=60)
 

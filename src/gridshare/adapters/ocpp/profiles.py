@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from .version import V16, V201, OcppVersion
+from gridshare.ocpp_version import V16, V201, OcppVersion
 
 CAP_PROFILE_ID = 1
 FAILSAFE_PROFILE_ID = 2

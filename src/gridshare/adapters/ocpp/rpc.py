@@ -27,10 +27,11 @@ from ocpp.v16.enums import Action as Action16
 from ocpp.v201.enums import Action as Action201
 from websockets.exceptions import ConnectionClosed
 
+from gridshare.ocpp_version import OcppVersion
+
 from .frames import ERROR_CODES, InboundCall
 from .handlers import HANDLERS, Handler
 from .schemas import schema_violation
-from .version import OcppVersion
 
 LOG = logging.getLogger("gridshare.ocpp")
 

@@ -15,7 +15,7 @@ from typing import Any
 import fastjsonschema
 import ocpp
 
-from .version import OcppVersion
+from gridshare.ocpp_version import OcppVersion
 
 _SCHEMA_DIRS = {OcppVersion.V16: "v16", OcppVersion.V201: "v201"}
 

@@ -25,10 +25,10 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from gridshare.events import EventCounters
+from gridshare.ocpp_version import OcppVersion
 
 from .auth import charger_id_from_path, common_name, hash_password, verify_password
 from .config import ChargerCredentials, CsmsConfig
-from .version import OcppVersion
 
 LOG = logging.getLogger("gridshare.ocpp")
 

@@ -44,6 +44,7 @@ from gridshare.events import (
     SessionStopped,
     StatusChanged,
 )
+from gridshare.ocpp_version import OcppVersion
 
 from . import profiles
 from .config import CsmsConfig
@@ -62,7 +63,6 @@ from .meter import FUTURE_TOLERANCE, energy_register_wh, parse_meter_values, par
 from .rpc import Deadlines, FrameWriter, Outgoing, PendingCall, Refusal, route, write_next
 from .schemas import schema_violation
 from .stats import CsmsStats
-from .version import OcppVersion
 
 LOG = logging.getLogger("gridshare.ocpp")
 

@@ -1,4 +1,4 @@
-"""The OCPP versions gridshare speaks: one enum for the whole adapter.
+"""The OCPP versions gridshare speaks: one enum for the central system and the simulator.
 
 Its values are the WebSocket subprotocol names, so a negotiated subprotocol *is* a version.
 """
