@@ -12,6 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from raw_csms import RawCSMS
 from sim_csms import TestCSMS
 
 from gridshare.sim import SimCharger
@@ -41,3 +42,13 @@ async def make_charger(csms: TestCSMS) -> AsyncIterator[Callable[..., SimCharger
         yield factory
     finally:
         await asyncio.gather(*(ch.stop() for ch in made))
+
+
+@pytest.fixture
+async def raw() -> AsyncIterator[RawCSMS]:
+    """A CSMS of raw frames (tests/sim/raw_csms.py): the test scripts every answer."""
+    server = await RawCSMS().start()
+    try:
+        yield server
+    finally:
+        await server.stop()

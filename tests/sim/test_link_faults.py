@@ -4,7 +4,7 @@ applied, half-open links, reboots, and the reconnect backoff."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,15 +15,6 @@ from gridshare.sim import EV, ScaledClock, SimCharger
 
 BOTH = pytest.mark.parametrize("protocol", ["ocpp1.6", "ocpp2.0.1"])
 Factory = Callable[..., SimCharger]
-
-
-@pytest.fixture
-async def raw() -> AsyncIterator[RawCSMS]:
-    server = await RawCSMS().start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 async def charging(

@@ -19,15 +19,6 @@ BOTH = pytest.mark.parametrize("protocol", ["ocpp1.6", "ocpp2.0.1"])
 Factory = Callable[..., SimCharger]
 
 
-@pytest.fixture
-async def raw() -> AsyncIterator[RawCSMS]:
-    server = await RawCSMS().start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
 async def online(
     raw: RawCSMS, make_charger: Factory, protocol: str, **kw: Any
 ) -> tuple[SimCharger, Connection]:

@@ -188,6 +188,7 @@ class SiteState:
         self.counters = EventCounters()
         self._chargers = {cid: _ChargerState() for cid in topology.chargers}
         self._connectors = {c.key: _ConnectorState() for c in topology.connectors()}
+        self._demands: dict[ConnectorKey, tuple[tuple[object, ...], ConnectorDemand]] = {}
         self._meters: dict[str, _GroupMeterState] = {}
         self._limits: dict[tuple[str, str], _ExtraLimit] = {}
         self._cache = _Cache()
@@ -594,6 +595,25 @@ class SiteState:
         return ({gid: (a[0], a[1], a[2]) for gid, a in drawn.items()},
                 {gid: (a[0], a[1], a[2]) for gid, a in obeyed.items()})
 
+    def _demand(self, key: ConnectorKey, conn: _ConnectorState, *,
+                online: bool) -> ConnectorDemand:
+        """The connector's demand, as the same object as last cycle when nothing in it
+        changed: the allocator re-reads only connectors whose demand object is new."""
+        fields = (online, conn.active, conn.ev_max_current_a, conn.priority, conn.arrival,
+                  conn.energy_needed_kwh, conn.departure)
+        cached = self._demands.get(key)
+        if cached is not None and cached[0] == fields:
+            return cached[1]
+        if online:
+            demand = ConnectorDemand(
+                key[0], key[1], active=True, max_current=conn.ev_max_current_a,
+                priority=conn.priority, arrival=conn.arrival,
+                energy_needed_kwh=conn.energy_needed_kwh, departure=conn.departure)
+        else:
+            demand = ConnectorDemand(key[0], key[1], active=conn.active, online=False)
+        self._demands[key] = (fields, demand)
+        return demand
+
     def to_snapshot(self, now: datetime, *, commands: bool = True) -> Snapshot:
         """What the allocation decides from, as of ``now`` (does not change the state).
         ``commands=False`` leaves out what the ledger reserves: the view for checking a
@@ -607,15 +627,10 @@ class SiteState:
         violators = {v.key for v in self.violators(now)}
         connectors: dict[ConnectorKey, ConnectorDemand] = {}
         for key, conn in self._connectors.items():
-            charger = self._chargers[key[0]]
-            if not charger.online:
-                connectors[key] = ConnectorDemand(key[0], key[1], active=conn.active,
-                                                  online=False)
+            if not self._chargers[key[0]].online:
+                connectors[key] = self._demand(key, conn, online=False)
             elif conn.active and key not in violators:
-                connectors[key] = ConnectorDemand(
-                    key[0], key[1], active=True, max_current=conn.ev_max_current_a,
-                    priority=conn.priority, arrival=conn.arrival,
-                    energy_needed_kwh=conn.energy_needed_kwh, departure=conn.departure)
+                connectors[key] = self._demand(key, conn, online=True)
         drawn, obeyed = self._reservations(now, violators)
         stale = set(self.stale_groups(now))
         with_commands: dict[str, GroupConditions] = {}
