@@ -72,27 +72,10 @@ def test_allocate_json_shape_and_limits() -> None:
 
 
 def test_allocate_json_text_is_json_dumps_indent_2() -> None:
-    """The fast writer of the answer gives exactly the text of json.dumps(indent=2)."""
+    """The answer is the text of json.dumps(indent=2), one write."""
     result = runner.invoke(app, ["allocate", str(SITE), "--demand", str(DEMAND), "--json"])
     assert result.exit_code == 0, result.output
     assert result.stdout == json.dumps(json.loads(result.stdout), indent=2) + "\n"
-
-
-@pytest.mark.parametrize("doc", [
-    {},
-    {"setpoints": [], "groups": [], "alarms": [], "guarded": False},
-    {"setpoints": [{"charger": "cp-\u00e9 \\\"},\n{", "connector": 1, "current": 0.0,
-                    "power": 1e-07, "online": True},
-                   {"charger": "b", "connector": 2, "current": 16.5, "power": None,
-                    "online": False}],
-     "groups": [{"id": "g", "current": [1.0, 2.0, 3.0], "limit": None, "available": [],
-                 "power": 0.0, "limit_power": 5.5}],
-     "alarms": [{"group": "g", "phase": None, "message": "over\tlimit"}], "guarded": True},
-])
-def test_indented_json_matches_json_dumps(doc: dict[str, Any]) -> None:
-    from gridshare.cli.core_cmds import ALLOCATION_FLAT, indented_json
-
-    assert indented_json(doc, flat=ALLOCATION_FLAT) == json.dumps(doc, indent=2)
 
 
 def test_allocate_policy_override_changes_the_split() -> None:

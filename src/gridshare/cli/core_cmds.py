@@ -112,9 +112,6 @@ def check(site: SiteArg, as_json: JsonOpt = False) -> None:
               f"{sum(len(c.connectors) for c in topo.chargers.values())} connectors")
 
 
-ALLOCATION_FLAT = ("setpoints",)
-"""The members of :func:`allocation_json` that are lists of flat objects."""
-
 
 def allocation_json(topo: Topology, result: Allocation) -> dict[str, Any]:
     """The public JSON shape of an allocation (scripts rely on these keys)."""
@@ -134,33 +131,6 @@ def allocation_json(topo: Topology, result: Allocation) -> dict[str, Any]:
                     "message": a.message} for a in result.alarms],
         "guarded": result.guarded,
     }
-
-
-def indented_json(doc: dict[str, Any], flat: tuple[str, ...] = ()) -> str:
-    """``json.dumps(doc, indent=2)``, the same text, made faster.
-
-    With ``indent`` the json module uses its pure-Python encoder: about 70 ms for the
-    300,000 pieces of a 10,000-charger answer. The members named in ``flat`` must be
-    lists of non-empty objects whose values are not containers (the setpoints): each is
-    written with the C encoder in one pass, its separators carrying the line breaks and
-    indentation that ``indent=2`` puts between an object's members. Everything else
-    goes through ``json.dumps(..., indent=2)`` and is indented by its depth (JSON
-    strings never contain a raw line break, so each ``\\n`` starts a line).
-    """
-    if not doc:
-        return "{}"
-    members = []
-    for key, value in doc.items():
-        if key in flat and value:
-            # A raw line break is never inside a string, so "},\n      {" can only be
-            # where one object ends and the next begins.
-            text = json.dumps(value, separators=(",\n      ", ": "))
-            text = ("[\n    {\n      " + text[2:-2].replace(
-                "},\n      {", "\n    },\n    {\n      ") + "\n    }\n  ]")
-        else:
-            text = json.dumps(value, indent=2).replace("\n", "\n  ")
-        members.append(f"  {json.dumps(key)}: {text}")
-    return "{\n" + ",\n".join(members) + "\n}"
 
 
 def allocate_cmd(
@@ -200,7 +170,7 @@ def _allocate(site: Path, demand: Path, policy: Policy | None, *, as_json: bool)
     result = enforce(topo, snapshot, allocate(topo, snapshot, policy=policy))
     if as_json:
         # One write of the whole text: json.dump would write each of its ~300,000 pieces.
-        json_text = indented_json(allocation_json(topo, result), flat=ALLOCATION_FLAT)
+        json_text = json.dumps(allocation_json(topo, result), indent=2)
         sys.stdout.write(json_text + "\n")
         return
     from rich.console import Console
