@@ -348,9 +348,10 @@ def test_any_history_gives_a_snapshot_the_allocation_keeps_safe(
         state.refresh(t(now))
     snapshot = state.to_snapshot(t(now))
     allocation = allocate(topology, snapshot)
-    alarms = guard.check(topology, snapshot, allocation.setpoints)
+    verdict = guard.assess(topology, snapshot, allocation.setpoints)
+    assert not verdict.violations, verdict.violations
     # Only offline chargers alone may break a limit; then nothing online below it charges.
-    for alarm in alarms:
+    for alarm in verdict.overloads:
         offline_only = drawn_offline(topology, snapshot, alarm.group)
         assert alarm.load <= offline_only + 1e-6, alarm
         for cid in topology.subtree_chargers(alarm.group):
