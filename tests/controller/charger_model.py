@@ -73,6 +73,9 @@ class ModelCharger:
         if self.restarting_until is not None and now < self.restarting_until:
             return 0.0
         value = self.obeys(connector, now)
+        found = self.profile.get(connector)
+        if found is not None and found[1] <= now < found[1] + timedelta(seconds=self.lag_s):
+            value = max(value, found[0])  # lapsed: the car follows the failsafe as slowly
         for when, before in self.lagging.get(connector, ()):
             if now < when + timedelta(seconds=self.lag_s):
                 value = max(value, before)

@@ -63,8 +63,8 @@ class Boot:
 Step = Send | Answer | Boot
 
 
-def run(steps: list[Step]) -> Ledger:
-    ledger = Ledger(parse_site(SITE, "one.yaml"))
+def run(steps: list[Step], tail_s: float = 0.0) -> Ledger:
+    ledger = Ledger(parse_site(SITE, "one.yaml"), tail_s=tail_s)
     ids: list[int] = []
     for step in steps:
         if isinstance(step, Send):
@@ -152,6 +152,24 @@ def test_counted_value(steps: list[Step], expected: list[tuple[float, float]]) -
         assert ledger.counted_a(KEY, t(at)) == amps, f"at {at} s"
 
 
+def test_a_lapse_is_a_decrease_the_car_follows_within_tail_s() -> None:
+    """At its validTo the charger falls back to its failsafe, but the car takes as long to
+    follow as after any decrease: what lapsed still counts for ``tail_s``."""
+    ledger = run([Send(32), Answer(0, ACCEPT)], tail_s=SETTLE_S)
+    assert [ledger.counted_a(KEY, t(s)) for s in (59.9, 60, 64.9, 65)] == [32, 32, 32, 6]
+    entry = ledger[KEY]
+    assert entry.next_change(t(60), tail_s=SETTLE_S) == t(65)
+    assert entry.worst_and_next_change(6.0, t(62), tail_s=SETTLE_S) == (32.0, t(65))
+    ledger.prune(t(64))
+    assert ledger[KEY].in_force is not None  # still counted: kept
+    ledger.prune(t(65))
+    assert ledger[KEY].in_force is None
+    # An unknown outcome too, and a later accept settles from it.
+    ledger = run([Send(16), Answer(0, ACCEPT), Send(32, 1), Answer(1, TIMEOUT, 2, valid_to=30),
+                  Send(10, 32), Answer(2, ACCEPT, 32)], tail_s=SETTLE_S)
+    assert [ledger.counted_a(KEY, t(s)) for s in (32, 36.9, 37)] == [32, 32, 10]
+
+
 def test_an_offline_charger_counts_at_least_its_failsafe() -> None:
     ledger = run([Send(0), Answer(0, ACCEPT)])
     assert ledger.counted_a(KEY, t(5)) == 0.0
@@ -233,11 +251,12 @@ def test_counted_covers_every_value_the_charger_may_obey(
         assert ledger.counted_a(KEY, t(now)) >= truth
         entry = ledger[KEY]
         for offline in (False, True):
-            for margin_s in (0.0, 20.0):
+            for margin_s, tail_s in ((0.0, 0.0), (20.0, 0.0), (0.0, 5.0), (20.0, 5.0)):
                 # The decision's one-call shortcut says exactly what the two calls say.
                 assert entry.worst_and_next_change(6.0, t(now), offline=offline,
-                                                   lapse_margin_s=margin_s) == \
-                    (entry.counted_a(6.0, t(now), offline=offline, lapse_margin_s=margin_s),
-                     entry.next_change(t(now), margin_s))
+                                                   lapse_margin_s=margin_s, tail_s=tail_s) == \
+                    (entry.counted_a(6.0, t(now), offline=offline, lapse_margin_s=margin_s,
+                                     tail_s=tail_s),
+                     entry.next_change(t(now), margin_s, tail_s))
         assert ledger.counted_a(KEY, t(now) + timedelta(seconds=1)) >= \
             (obeyed[0] if obeyed is not None and now + 1 < obeyed[1] else 6.0)

@@ -86,7 +86,11 @@ async def test_renewal_applied_then_link_drops_other_not_raised_before_its_valid
     assert await run_for(rig, 59) == []  # t = 89
     assert max(rig.sent_to("q")) == 16.0
     assert rig.driver.chargers["p"].obeys(1, rig.clock.now()) == 16.0
-    assert await run_for(rig, 1) == []  # t = 90: p's renewal has lapsed: its 6 A failsafe
+    assert await run_for(rig, 1) == []  # t = 90: p's renewal has lapsed to its 6 A
+    assert rig.sent_to("q")[-1] == 16.0  # failsafe, but p's car follows within settle_s
+    assert await run_for(rig, 4) == []
+    assert rig.sent_to("q")[-1] == 16.0
+    assert await run_for(rig, 1) == []  # t = 95
     assert rig.sent_to("q")[-1] == 26.0
 
 

@@ -384,8 +384,10 @@ def test_offline_charger_counts_at_its_live_setpoint_until_the_lease_ends(
     snap = state.to_snapshot(t(2))
     assert not snap.demand(("a1", 1)).online  # counted at its 6 A failsafe...
     assert snap.conditions("c1").uncontrolled == (14.0, 14.0, 14.0)  # ...plus 14 A more
-    assert state.refresh(t(61)) is Impact.CHANGED  # lease over: failsafe only
-    assert "c1" not in state.to_snapshot(t(61)).groups
+    assert state.refresh(t(61)) is Impact.NONE  # lease over, but the car follows within
+    assert state.to_snapshot(t(61)).conditions("c1").uncontrolled == (14.0, 14.0, 14.0)
+    assert state.refresh(t(66)) is Impact.CHANGED  # failsafe only
+    assert "c1" not in state.to_snapshot(t(66)).groups
 
 
 def test_a_setpoint_outlives_the_session_and_the_idle_connector_is_reserved(

@@ -135,7 +135,7 @@ class Controller:
         self.driver = driver
         self.clock: Clock = clock or SystemClock()
         self.settings = settings or ControllerSettings()
-        self.state = SiteState(topology, self.settings.state)
+        self.state = SiteState(topology, self.settings.state, settle_s=self.settings.settle_s)
         self.audit = audit
         self._bus = bus
         self._subscription: Subscription | None = None

@@ -182,7 +182,10 @@ def _source(name: str) -> LimitSource:
 class SiteState:
     """Everything the controller knows about one site, folded from events."""
 
-    def __init__(self, topology: Topology, settings: StateSettings | None = None) -> None:
+    def __init__(self, topology: Topology, settings: StateSettings | None = None, *,
+                 settle_s: float = 5.0) -> None:
+        """``settle_s``: how long a car takes to follow a lower limit; a lapsed command
+        still counts this long after its validTo."""
         self.topology = topology
         self.settings = settings or StateSettings()
         self.counters = EventCounters()
@@ -193,7 +196,7 @@ class SiteState:
         self._limits: dict[tuple[str, str], _ExtraLimit] = {}
         self._cache = _Cache()
         self._subtrees = {gid: tuple(topology.subtree_chargers(gid)) for gid in topology.groups}
-        self.ledger = Ledger(topology, self.settings.lapse_margin_s)
+        self.ledger = Ledger(topology, self.settings.lapse_margin_s, settle_s)
         self._refreshed_at: datetime | None = None
         self.last_event_at: datetime | None = None
         self._now: datetime | None = None
@@ -453,16 +456,17 @@ class SiteState:
         self._refreshed_at = now
         if previous is not None and previous < now:
             for key, entry in self.ledger.items():
-                margin_s = self.ledger.lapse_margin_s
-                change = entry.next_change(previous, margin_s)
+                margin_s, tail_s = self.ledger.lapse_margin_s, self.ledger.tail_s
+                change = entry.next_change(previous, margin_s, tail_s)
                 if change is None or change > now:
                     continue
                 # A lease lapsed, an unknown outcome expired or a car settled.
                 offline = not self._chargers[key[0]].online
                 failsafe = self.ledger.failsafe_a(key)
                 before = entry.counted_a(failsafe, previous, offline=offline,
-                                         lapse_margin_s=margin_s)
-                after = entry.counted_a(failsafe, now, offline=offline, lapse_margin_s=margin_s)
+                                         lapse_margin_s=margin_s, tail_s=tail_s)
+                after = entry.counted_a(failsafe, now, offline=offline, lapse_margin_s=margin_s,
+                                        tail_s=tail_s)
                 if after > before:
                     impact = Impact.URGENT
                 elif after < before:

@@ -125,7 +125,8 @@ def decide(topology: Topology, snapshot: Snapshot, allocation: Allocation, ledge
         online = demand is None or demand.online
         failsafe = ledger.failsafe_a(key)
         worst, change = entry.worst_and_next_change(failsafe, now, offline=not online,
-                                                    lapse_margin_s=margin_s)
+                                                    lapse_margin_s=margin_s,
+                                                    tail_s=ledger.tail_s)
         counted[key] = worst
         if change is not None:
             wake.append(change)

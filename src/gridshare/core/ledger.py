@@ -16,7 +16,8 @@ the ledger keeps
 - what has an **unknown outcome** (timed out, link lost mid-call): its value until its
   validTo (or, when the driver did not say, the send time plus the lease: an upper bound);
 - what is **settling**: after an accepted decrease the car takes 5–10 s to follow, so the
-  old value counts until ``now + settle_s``.
+  old value counts until ``now + settle_s``. A lapse is a decrease too: what was in force
+  and every unknown outcome still count for ``tail_s`` after their validTo.
 
 Counted value = max(in force, or failsafe when none or lapsed; every in-flight value; every
 unknown value before its validTo; every settling value). An offline charger is also
@@ -113,20 +114,26 @@ class ConnectorLedger:
         return failsafe_a
 
     def counted_a(self, failsafe_a: float, now: datetime, *, offline: bool = False,
-                  lapse_margin_s: float = 0.0) -> float:
+                  lapse_margin_s: float = 0.0, tail_s: float = 0.0) -> float:
         """The most this connector may draw now (see the module docstring). Within
         ``lapse_margin_s`` of its validTo, what is in force counts at the failsafe too: if
         it is not renewed in time the charger falls back to it, and the others must have
-        made room by then."""
+        made room by then. For ``tail_s`` after its validTo it still counts (the car
+        follows the lapse no faster than a decrease)."""
         value = self.effective_a(failsafe_a, now)
         if offline or (lapse_margin_s > 0 and self._lapsing(now, lapse_margin_s)):
             value = max(value, failsafe_a)
+        in_force = self.in_force
+        if tail_s > 0 and in_force is not None and in_force.valid_to is not None and \
+                in_force.valid_to <= now < in_force.valid_to + timedelta(seconds=tail_s):
+            value = max(value, in_force.value_a)
         if not (self.in_flight or self.unknown or self.settling):
             return value
         for sent in self.in_flight:
             value = max(value, sent.value_a)
+        tail = timedelta(seconds=tail_s)
         for unknown in self.unknown:
-            if now < unknown.valid_to:
+            if now < unknown.valid_to + tail:
                 value = max(value, unknown.value_a)
         for settling in self.settling:
             if now < settling.until:
@@ -149,13 +156,13 @@ class ConnectorLedger:
 
     def worst_and_next_change(self, failsafe_a: float, now: datetime, *,
                               offline: bool = False, lapse_margin_s: float = 0.0,
-                              ) -> tuple[float, datetime | None]:
+                              tail_s: float = 0.0) -> tuple[float, datetime | None]:
         """:meth:`counted_a` and :meth:`next_change` at once (the decision asks both for
         every connector every cycle)."""
         if self.in_flight or self.unknown or self.settling:
             return (self.counted_a(failsafe_a, now, offline=offline,
-                                   lapse_margin_s=lapse_margin_s),
-                    self.next_change(now, lapse_margin_s))
+                                   lapse_margin_s=lapse_margin_s, tail_s=tail_s),
+                    self.next_change(now, lapse_margin_s, tail_s))
         in_force = self.in_force
         if in_force is None:
             return failsafe_a, None
@@ -163,6 +170,9 @@ class ConnectorLedger:
         if valid_to is None:
             return (max(in_force.value_a, failsafe_a) if offline else in_force.value_a), None
         if now >= valid_to:
+            tail_end = valid_to + timedelta(seconds=tail_s)
+            if now < tail_end:
+                return max(in_force.value_a, failsafe_a), tail_end
             return failsafe_a, None
         lapsing = self._lapsing_from(lapse_margin_s) if lapse_margin_s > 0 else valid_to
         assert lapsing is not None
@@ -177,22 +187,28 @@ class ConnectorLedger:
     def live_unknowns(self, now: datetime) -> tuple[Unknown, ...]:
         return tuple(u for u in self.unknown if now < u.valid_to)
 
-    def next_change(self, now: datetime, lapse_margin_s: float = 0.0) -> datetime | None:
+    def next_change(self, now: datetime, lapse_margin_s: float = 0.0,
+                    tail_s: float = 0.0) -> datetime | None:
         """When the counted value may next change by the passing of time alone."""
-        times = [u.valid_to for u in self.unknown if u.valid_to > now]
+        tail = timedelta(seconds=tail_s)
+        times = [u.valid_to + tail for u in self.unknown if u.valid_to + tail > now]
         times += [s.until for s in self.settling if s.until > now]
         in_force = self.in_force
         if in_force is not None and in_force.valid_to is not None:
             lapsing = self._lapsing_from(lapse_margin_s)
-            times += [t for t in (lapsing, in_force.valid_to) if t is not None and t > now]
+            times += [t for t in (lapsing, in_force.valid_to, in_force.valid_to + tail)
+                      if t is not None and t > now]
         return min(times) if times else None
 
-    def pruned(self, now: datetime) -> ConnectorLedger:
-        """The same ledger without what time has made irrelevant."""
+    def pruned(self, now: datetime, tail_s: float = 0.0) -> ConnectorLedger:
+        """The same ledger without what time has made irrelevant (a lapsed command is
+        kept for ``tail_s``: it still counts)."""
+        tail = timedelta(seconds=tail_s)
         in_force = self.in_force
-        if in_force is not None and not in_force.valid(now):
+        if in_force is not None and in_force.valid_to is not None and \
+                now >= in_force.valid_to + tail:
             in_force = None
-        unknown = tuple(u for u in self.unknown if now < u.valid_to)
+        unknown = tuple(u for u in self.unknown if now < u.valid_to + tail)
         settling = tuple(s for s in self.settling if now < s.until)
         if in_force is self.in_force and len(unknown) == len(self.unknown) and \
                 len(settling) == len(self.settling):
@@ -252,14 +268,20 @@ def record_outcome(entry: ConnectorLedger, command_id: int, outcome: CommandOutc
 def _accept(entry: ConnectorLedger, sent: Sent, outcome: CommandOutcome, now: datetime,
             failsafe_a: float, settle_s: float) -> ConnectorLedger:
     """In force now; every older command of the connector is replaced by it. What the car
-    may still draw from the replaced ones settles for ``settle_s``."""
+    may still draw from the replaced ones (lapsed less than ``settle_s`` ago included)
+    settles for ``settle_s``."""
     older_in_flight = [s for s in entry.in_flight if s.id < sent.id]
     older_unknown = [u for u in entry.unknown if u.command_id < sent.id]
     old = entry.effective_a(failsafe_a, now)
+    tail = timedelta(seconds=settle_s)
+    in_force = entry.in_force
+    if in_force is not None and in_force.valid_to is not None and \
+            now < in_force.valid_to + tail:
+        old = max(old, in_force.value_a)
     for s in older_in_flight:
         old = max(old, s.value_a)
     for u in older_unknown:
-        if now < u.valid_to:
+        if now < u.valid_to + tail:
             old = max(old, u.value_a)
     settling = tuple(s for s in entry.settling if now < s.until)
     if settle_s > 0 and old > sent.value_a:
@@ -291,9 +313,12 @@ class Ledger:
     """Every connector's :class:`ConnectorLedger`, command ids and the latest boot of each
     charger. Holds state between calls, but reads no clock and does no I/O."""
 
-    def __init__(self, topology: Topology, lapse_margin_s: float = 0.0) -> None:
+    def __init__(self, topology: Topology, lapse_margin_s: float = 0.0,
+                 tail_s: float = 0.0) -> None:
         self.lapse_margin_s = lapse_margin_s
         """How long before its validTo an unrenewed profile also counts at the failsafe."""
+        self.tail_s = tail_s
+        """How long after its validTo a lapsed command still counts (the car's lag)."""
         self._failsafe = {c.key: topology.chargers[c.charger_id].failsafe_current
                           for c in topology.connectors()}
         self._keys_of: dict[str, tuple[ConnectorKey, ...]] = {
@@ -314,7 +339,8 @@ class Ledger:
 
     def counted_a(self, key: ConnectorKey, now: datetime, *, offline: bool = False) -> float:
         return self._entries[key].counted_a(self._failsafe[key], now, offline=offline,
-                                            lapse_margin_s=self.lapse_margin_s)
+                                            lapse_margin_s=self.lapse_margin_s,
+                                            tail_s=self.tail_s)
 
     def sent(self, key: ConnectorKey, value_a: float, now: datetime, lease_s: float) -> int:
         """Record a command about to be submitted; returns its id (increasing)."""
@@ -340,7 +366,7 @@ class Ledger:
     def prune(self, now: datetime, keys: Iterable[ConnectorKey] | None = None) -> None:
         for key in self._entries if keys is None else keys:
             entry = self._entries[key]
-            pruned = entry.pruned(now)
+            pruned = entry.pruned(now, self.tail_s)
             if pruned is not entry:
                 self._entries[key] = pruned
 
