@@ -50,7 +50,9 @@ GOOD = textwrap.dedent("""\
         connectors:
           - {type: CCS, max_power: 50}
           - {type: CHAdeMO, max_power: 25}
-    """)
+    meters:
+      - {id: site-meter, source: ocpp, charger: cp-1, connector: 0}
+""")
 
 
 def issues_of(text: str) -> list[str]:
@@ -152,7 +154,7 @@ def test_duplicate_yaml_keys_and_broken_yaml() -> None:
 
 
 def test_charger_in_no_group_and_three_phase_in_single_phase_group() -> None:
-    msgs = issues_of(GOOD + "  - {id: cp-3, max_current: 16}\n")
+    msgs = issues_of(GOOD.replace("meters:\n", "  - {id: cp-3, max_current: 16}\nmeters:\n"))
     assert any("cp-3" in m and "in no group" in m for m in msgs)
     single = GOOD.replace("        policy: priority\n",
                           "        policy: priority\n        phases: 1\n")
@@ -334,7 +336,7 @@ def test_ocpp_no_subprotocol_setting(value: str, expected: str | None) -> None:
 
 def test_ocpp_no_subprotocol_rejects_unknown_versions() -> None:
     [msg] = issues_of(GOOD + "ocpp:\n  no_subprotocol: ocpp2.1\n")
-    assert msg == ("site.yaml:30: ocpp.no_subprotocol: Input should be 'ocpp1.6' or "
+    assert msg == ("site.yaml:32: ocpp.no_subprotocol: Input should be 'ocpp1.6' or "
                    "'ocpp2.0.1' (got 'ocpp2.1')")
 
 

@@ -149,6 +149,70 @@ class OcppSpec(_Strict):
         return self
 
 
+class MqttSpec(_Strict):
+    """The site's MQTT broker (meters, and later DR signals and telemetry)."""
+
+    url: Annotated[str, Field(pattern=r"^mqtts?://[^/\s]+$")] = "mqtt://127.0.0.1:1883"
+    """``mqtt://host[:port]`` (1883) or ``mqtts://host[:port]`` (8883, TLS)."""
+    username: str | None = None
+    password_file: Path | None = None
+    """A file holding the password (relative to the site file); never the password itself."""
+    client_id: str | None = None
+    cafile: Path | None = None
+    """CA to check an ``mqtts://`` broker with (default: the system's)."""
+
+
+MeterUnit = Literal["A", "W", "kW"]
+DotPath = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class MeterSpec(_Strict):
+    """A meter that measures a group's whole load (its chargers included, unless
+    ``includes_chargers: false``), and where its readings come from."""
+
+    id: Id
+    source: Literal["mqtt", "http", "ocpp"]
+    topic: str | None = None
+    """mqtt: the topic its readings are published on (JSON, or a plain number)."""
+    url: Annotated[str, Field(pattern=r"^https?://")] | None = None
+    """http: a JSON endpoint polled every ``interval`` seconds."""
+    charger: Id | None = None
+    """ocpp: the charge point whose MeterValues are read: a charger of this file (its
+    connector 0 measures the whole charger's supply) or a dedicated meter that connects to
+    the central system as a charge point with this id."""
+    connector: Annotated[int, Field(ge=0)] = 0
+    fields: dict[Literal["L1", "L2", "L3"], DotPath] | None = None
+    """Per-phase values: dot paths into the JSON (``emeters.0.current``)."""
+    field: DotPath | None = None
+    """One total value (``unit: W`` or ``kW``), split evenly over the group's phases."""
+    unit: MeterUnit = "A"
+    max_age: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = 30.0
+    """Seconds without a reading before the group fails closed."""
+    interval: Annotated[float, Field(ge=0.1, le=3600, allow_inf_nan=False)] = 2.0
+    """http: seconds between polls."""
+    includes_chargers: bool = True
+    """False when the meter measures only the other loads (gridshare then adds nothing)."""
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> MeterSpec:
+        need = {"mqtt": "topic", "http": "url", "ocpp": "charger"}[self.source]
+        if getattr(self, need) is None:
+            raise ValueError(f"source {self.source} needs {need}")
+        for other in {"topic", "url", "charger"} - {need}:
+            if getattr(self, other) is not None:
+                raise ValueError(f"{other} is not used with source {self.source}")
+        if self.source != "ocpp":
+            if self.fields is not None and self.field is not None:
+                raise ValueError("give fields (per phase) or field (a total), not both")
+            if self.fields is not None and self.unit != "A":
+                raise ValueError("fields are per-phase currents: unit must be A")
+            if self.field is not None and self.unit == "A":
+                raise ValueError("field is a total: unit must be W or kW")
+        elif self.fields is not None or self.field is not None:
+            raise ValueError("source ocpp reads the measurands of MeterValues: no fields")
+        return self
+
+
 class SiteSpec(_Strict):
     site: Id
     voltage: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)] = 230.0
@@ -160,6 +224,8 @@ class SiteSpec(_Strict):
     groups: Annotated[list[GroupSpec], Field(min_length=1)]
     chargers: list[ChargerSpec] = []
     ocpp: OcppSpec = OcppSpec()
+    mqtt: MqttSpec | None = None
+    meters: list[MeterSpec] = []
 
 
 # --- YAML: parsed once, line numbers only when a problem needs them ---------------------
@@ -413,6 +479,8 @@ class SiteConfig:
     ocpp: OcppSpec
     passwords: dict[str, str]
     """Charger id -> password hash, for chargers that have one."""
+    meters: tuple[MeterSpec, ...] = ()
+    mqtt: MqttSpec | None = None
 
 
 def parse_site(text: str, source: str = "<string>") -> Topology:
@@ -462,7 +530,8 @@ def _parse_site_config(text: str, source: str) -> SiteConfig:
     if issues:
         raise ConfigError(issues)
     return SiteConfig(_build(spec), spec.ocpp,
-                      {c.id: c.password_hash for c in spec.chargers if c.password_hash})
+                      {c.id: c.password_hash for c in spec.chargers if c.password_hash},
+                      tuple(spec.meters), spec.mqtt)
 
 
 def _clean_loc(loc: tuple[Any, ...]) -> Loc:
@@ -563,6 +632,18 @@ def _cross_check(spec: SiteSpec, source: str, line_of: _Lines) -> list[ConfigIss
     for cid, (_, loc) in chargers.items():
         if cid not in placed:
             bad((*loc, "id"), f"charger {cid!r} is in no group: nothing would limit it")
+    meters: dict[str, Loc] = {}
+    for i, m in enumerate(spec.meters):
+        if m.id in meters:
+            bad(("meters", i, "id"), f"duplicate meter id {m.id!r} (first at "
+                f"{_fmt(meters[m.id])})")
+        else:
+            meters[m.id] = ("meters", i)
+        if m.source == "mqtt" and spec.mqtt is None:
+            bad(("meters", i, "source"), "source mqtt needs the site's mqtt: {url: ...}")
+    for g, loc, _ in groups.values():
+        if g.meter is not None and g.meter not in meters:
+            bad((*loc, "meter"), f"unknown meter {g.meter!r} (declare it under meters:)")
     return issues
 
 

@@ -123,6 +123,17 @@ class GroupMeterReading:
 
 
 @dataclass(frozen=True, slots=True)
+class MeterSample:
+    """One reading of a meter declared in the site file (``meters:``), in A per phase on
+    the site's phases (a W/kW total already split). Sources publish it; the controller
+    applies it to every group whose ``meter:`` names it."""
+
+    meter: str
+    at: datetime
+    current_a: tuple[float, float, float]
+
+
+@dataclass(frozen=True, slots=True)
 class LimitChanged:
     """A group limit from a source other than the static config (DR, operator, ...)."""
 
@@ -145,8 +156,8 @@ class ProfileRejected:
 
 Event = (
     ChargerBooted | ChargerOnline | ChargerOffline | StatusChanged | SessionStarted
-    | SessionStopped | ChargingNeeds | MeterReading | GroupMeterReading | LimitChanged
-    | ProfileRejected
+    | SessionStopped | ChargingNeeds | MeterReading | GroupMeterReading | MeterSample
+    | LimitChanged | ProfileRejected
 )
 
 

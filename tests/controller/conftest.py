@@ -40,6 +40,8 @@ groups:
     max_current: 40
     meter: house
     chargers: [m1, m2]
+meters:
+  - {id: house, source: ocpp, charger: house-meter}
 chargers:
   - {id: m1, max_current: 32, phases: 3, failsafe_current: 6}
   - {id: m2, max_current: 32, phases: 3, failsafe_current: 6}

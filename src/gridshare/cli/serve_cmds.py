@@ -117,7 +117,8 @@ def demo_site_text(chargers: int) -> str:
     for c in range(circuits):
         ids = ", ".join(f"cp-{i + 1:02d}" for i in range(c * 5, min(chargers, c * 5 + 5)))
         lines.append(f"      - {{id: circuit-{c + 1}, max_current: 40, chargers: [{ids}]}}")
-    lines.append("chargers:")
+    lines += ["meters:", "  - {id: building, source: ocpp, charger: building-meter}",
+              "chargers:"]
     for i in range(chargers):
         if i % 3 == 1:
             phase = ("L1", "L2", "L3")[(i // 3) % 3]
