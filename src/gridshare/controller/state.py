@@ -51,6 +51,7 @@ from gridshare.events import (
     GroupMeterReading,
     LimitChanged,
     MeterReading,
+    MeterSample,
     ProfileRejected,
     SessionStarted,
     SessionStopped,
@@ -196,6 +197,11 @@ class SiteState:
         self._limits: dict[tuple[str, str], _ExtraLimit] = {}
         self._cache = _Cache()
         self._subtrees = {gid: tuple(topology.subtree_chargers(gid)) for gid in topology.groups}
+        self._metered_by: dict[str, tuple[str, ...]] = {}
+        """Meter id -> the groups that follow it."""
+        for gid, group in topology.groups.items():
+            if group.meter is not None:
+                self._metered_by[group.meter] = (*self._metered_by.get(group.meter, ()), gid)
         self.ledger = Ledger(topology, self.settings.lapse_margin_s, settle_s)
         self._refreshed_at: datetime | None = None
         self.last_event_at: datetime | None = None
@@ -211,6 +217,12 @@ class SiteState:
             self._now = event.at
         if isinstance(event, GroupMeterReading):
             return self._group_meter(event)
+        if isinstance(event, MeterSample):
+            impact = Impact.NONE
+            for gid in self._metered_by.get(event.meter, ()):
+                impact = max(impact, self._group_meter(GroupMeterReading(
+                    gid, event.at, event.current_a)))
+            return impact
         if isinstance(event, LimitChanged):
             return self._limit(event)
         charger = self._chargers.get(event.charger)
