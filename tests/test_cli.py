@@ -41,6 +41,13 @@ def test_check_json_for_scripts() -> None:
     assert data["site"] == "carport"
     assert {g["id"] for g in data["groups"]} == {"service", "circuit-1", "circuit-2",
                                                  "circuit-3", "circuit-4"}
+    assert data["warnings"] == []  # the shipped example is consistent
+
+
+def test_check_warns_when_failsafe_currents_exceed_a_limit(tmp_path: Path) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text(SITE.read_text().replace("failsafe_current: 0", "failsafe_current: 6"))
+    data = json.loads(runner.invoke(app, ["check", str(site), "--json"]).stdout)
     assert any("failsafe currents add up to 120 A" in w for w in data["warnings"])
 
 
