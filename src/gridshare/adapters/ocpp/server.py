@@ -34,6 +34,15 @@ LOG = logging.getLogger("gridshare.ocpp")
 
 _REALM = "gridshare OCPP"
 _SUBPROTOCOL_HEADER = "Sec-WebSocket-Protocol"
+_REFUSALS = {  # reason code -> the words of the refusal log line
+    "auth_bad_charger_id": "no valid charger id in the path",
+    "auth_cn_mismatch": "client certificate does not name this charger",
+    "auth_unknown_charger": "unknown charger id",
+    "auth_missing": "no basic-auth credentials",
+    "auth_malformed": "credentials are not basic auth",
+    "auth_username_mismatch": "basic-auth user is not the charger id",
+    "auth_bad_password": "wrong password",
+}
 
 
 class Gatekeeper:
@@ -72,7 +81,15 @@ class Gatekeeper:
     def _refuse(self, connection: ServerConnection, status: http.HTTPStatus, reason: str,
                 text: str, *, challenge: bool = False) -> Response:
         self.counters.reject(reason)
-        LOG.warning("refused connection from %s: %s", connection.remote_address, reason)
+        path = connection.request.path if connection.request is not None else ""
+        charger = charger_id_from_path(path)
+        who = f"charger {charger!r}" if charger else f"a connection to {path[:80]!r}"
+        peer = connection.remote_address
+        where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        # one line an installer can act on: which id, from where, why (and what it was told)
+        LOG.warning("refused %s from %s: %s (%d)", who, where,
+                    _REFUSALS.get(reason, reason), status.value,
+                    extra={"charger": charger, "reason": reason})
         response = connection.respond(status, text + "\n")
         if challenge:
             response.headers["WWW-Authenticate"] = build_www_authenticate_basic(_REALM)
