@@ -9,7 +9,14 @@ Safety rules that live here, because they decide what the snapshot counts:
 - A charger we cannot hear from (never connected since start, disconnected, silent) is
   offline and counted at its failsafe current — or at its last live setpoint while that
   setpoint's lease runs, since the charger keeps obeying it until then.
-- A group meter that stopped reporting is stale: the group fails closed (no headroom).
+- A group meter that stopped reporting (nothing since start-up, or nothing within its
+  ``max_age``) is stale: the group fails closed (no headroom).
+- A meter measures the group's whole load, our chargers included; what they draw lags
+  their setpoints by seconds and their own readings lag more. The uncontrolled load is
+  the meter minus what they measurably draw only once every change under the group has
+  settled and been read back; during a transition it is held at the last quiet value
+  (or the meter minus every connector's worst case, when that is higher): never lowered
+  by our own transitions, and no feedback loop to oscillate (:func:`estimate_uncontrolled`).
 - What each connector may be obeying is kept in a command ledger
   (:mod:`gridshare.core.ledger`): in force, in flight, unknown outcomes, settling. The
   allocation cannot lower what a charger may obey without an answer, so it is *reserved*
@@ -25,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 
@@ -82,6 +89,17 @@ class Impact(IntEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class MeterInfo:
+    """What the controller needs of a declared meter: how long a reading lasts, and where
+    it comes from (named in the alarm when it goes quiet)."""
+
+    id: str
+    where: str
+    """``mqtt home/meter/state``, ``http <url>``, ``ocpp <charger> connector <n>``."""
+    max_age_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class StateSettings:
     meter_stale_after_s: float = 60.0
     """A group meter silent for this long fails closed."""
@@ -99,7 +117,11 @@ class StateSettings:
     quarter of the lease) also counts at the failsafe current, what the charger falls back
     to, so the others make room in time."""
     uncontrolled_deadband_a: float = 0.5
-    """A change in a group's uncontrolled load smaller than this does not re-allocate."""
+    """A change in a group's uncontrolled load smaller than this is not taken (no
+    re-allocation, no setpoint change for meter noise)."""
+    meters: tuple[MeterInfo, ...] = ()
+    """Meters declared in the site file; a group meter not listed here goes stale after
+    ``meter_stale_after_s``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +154,10 @@ class _ConnectorState:
     flagged: bool = False
     lowered_at: datetime | None = None
     """Last time what we count it at went down; the verification grace starts here."""
+    changed_at: datetime | None = None
+    """Last time what it may draw changed (a setpoint sent or answered, a car came or went,
+    a boot, online/offline): a meter following its group is in transition until then
+    plus the settle time."""
 
     @property
     def active(self) -> bool:
@@ -157,6 +183,12 @@ class _GroupMeterState:
     current_a: PhaseCurrents
     at: datetime
     includes_chargers: bool
+    floor_a: PhaseCurrents = (0.0, 0.0, 0.0)
+    """The meter minus every connector's worst case, as of the reading."""
+    quiet_a: PhaseCurrents | None = None
+    """The last estimate taken while nothing under the group was in transition."""
+    used_a: PhaseCurrents | None = None
+    """What the snapshot counts (moves only by more than the deadband)."""
 
 
 @dataclass(slots=True)
@@ -170,7 +202,6 @@ class _Cache:
     """Results of the last ``refresh`` so time-driven transitions are reported once."""
 
     stale: frozenset[str] = frozenset()
-    uncontrolled: dict[str, PhaseCurrents] = field(default_factory=dict)
 
 
 def _source(name: str) -> LimitSource:
@@ -203,6 +234,12 @@ class SiteState:
             if group.meter is not None:
                 self._metered_by[group.meter] = (*self._metered_by.get(group.meter, ()), gid)
         self.ledger = Ledger(topology, self.settings.lapse_margin_s, settle_s)
+        self._settle = timedelta(seconds=settle_s)
+        self._meter_info = {m.id: m for m in self.settings.meters}
+        self._samples: dict[str, tuple[PhaseCurrents, datetime]] = {}
+        """Meter id -> its last sample."""
+        self._started_at: datetime | None = None
+        """The first time we were told about: 'no reading since start-up' counts from here."""
         self._refreshed_at: datetime | None = None
         self.last_event_at: datetime | None = None
         self._now: datetime | None = None
@@ -215,9 +252,14 @@ class SiteState:
         self.last_event_at = event.at
         if self._now is None or event.at > self._now:
             self._now = event.at
+        if self._started_at is None:
+            self._started_at = event.at
         if isinstance(event, GroupMeterReading):
             return self._group_meter(event)
         if isinstance(event, MeterSample):
+            seen = self._samples.get(event.meter)
+            if seen is None or event.at >= seen[1]:
+                self._samples[event.meter] = (event.current_a, event.at)
             impact = Impact.NONE
             for gid in self._metered_by.get(event.meter, ()):
                 impact = max(impact, self._group_meter(GroupMeterReading(
@@ -275,6 +317,7 @@ class SiteState:
         elif isinstance(event, ProfileRejected):
             return impact
         if conn.active != was_active:
+            conn.changed_at = event.at
             if conn.active:
                 conn.arrival = event.at
             else:
@@ -288,6 +331,8 @@ class SiteState:
             return Impact.NONE
         charger.online = online
         charger.changed_at = at
+        for conn in self._charger_connectors(charger_id):
+            conn.changed_at = at
         # Going offline raises what we must count (failsafe) for it: others must give way.
         return Impact.URGENT if not online else Impact.CHANGED
 
@@ -296,7 +341,7 @@ class SiteState:
         it is at its default profile (see :meth:`Ledger.boot`)."""
         self.ledger.boot(charger_id, frame_seq)
         for conn in self._charger_connectors(charger_id):
-            conn.lowered_at = at
+            conn.lowered_at = conn.changed_at = at
 
     def _session_over(self, conn: _ConnectorState, at: datetime) -> None:
         """The car left. What we sent stays counted: a setpoint installed on the connector
@@ -322,6 +367,9 @@ class SiteState:
         conn.measured_a = amps
         conn.measured_max_a = max(amps)
         conn.measured_at = event.at
+        for gid in self.topology.charger_groups(event.charger):
+            if gid in self._meters and gid not in self._cache.stale:
+                self._follow(gid, event.at)  # a transition may be over: taken at refresh
         allowed = self.allowed_a((event.charger, event.connector), event.at)
         if conn.measured_max_a > allowed + self.settings.verify_tolerance_a:
             if conn.over_since is None:
@@ -338,17 +386,90 @@ class SiteState:
             self.counters.reject("unknown group")
             return Impact.NONE
         was_stale = event.group in self._cache.stale
-        self._meters[event.group] = _GroupMeterState(event.current_a, event.at,
-                                                     event.includes_chargers)
+        previous = self._meters.get(event.group)
+        if previous is not None and event.at < previous.at:
+            return Impact.NONE  # an older reading than the one we hold says nothing new
+        meter = _GroupMeterState(event.current_a, event.at, event.includes_chargers)
+        if previous is not None:
+            meter.quiet_a, meter.used_a = previous.quiet_a, previous.used_a
+        if event.includes_chargers:
+            worst = self._ours(event.group, event.at, worst=True)[0]
+            meter.floor_a = _minus(event.current_a, worst)
+        self._meters[event.group] = meter
         if was_stale:
             self._cache.stale = self._cache.stale - {event.group}
-        before = self._cache.uncontrolled.get(event.group, (0.0, 0.0, 0.0))
-        after = self._metered_uncontrolled(event.group, event.at)
-        self._cache.uncontrolled[event.group] = after
+        impact = self._follow(event.group, event.at)
+        return max(impact, Impact.CHANGED) if was_stale else impact
+
+    def _ours(self, group_id: str, now: datetime, *, worst: bool = False,
+              meter_at: datetime | None = None) -> tuple[PhaseCurrents, bool]:
+        """What our connectors below the group draw, and whether that is settled.
+
+        ``worst``: each at the most it may draw (the ledger's worst case, or its reading
+        when that is higher). Otherwise: a car's connector at its reading, or at its
+        setpoint in force when its charger sends none; an idle one at a reading taken since
+        it went idle, else 0. Settled (a quiet meter) when the reading at ``meter_at`` and
+        every connector's reading were taken a settle time after its last change."""
+        out = [0.0, 0.0, 0.0]
+        quiet = True
+        for cid in self._subtrees[group_id]:
+            charger = self.topology.chargers[cid]
+            vec = charger.phase_vector
+            for c in charger.connectors:
+                conn = self._connectors[c.key]
+                measured = self.measured_a(c.key, now)
+                changed = conn.changed_at
+                if meter_at is not None and changed is not None and \
+                        meter_at < changed + self._settle:
+                    quiet = False
+                amps: PhaseCurrents
+                if worst:
+                    value = self.believed_a(c.key, now)
+                    amps = (vec[0] * value, vec[1] * value, vec[2] * value)
+                    if measured is not None:
+                        amps = (max(amps[0], measured[0]), max(amps[1], measured[1]),
+                                max(amps[2], measured[2]))
+                elif measured is not None and conn.measured_at is not None and (
+                        changed is None or conn.measured_at >= changed):
+                    amps = measured
+                    if conn.active and changed is not None and \
+                            conn.measured_at < changed + self._settle:
+                        quiet = False
+                elif conn.active:
+                    if measured is not None:
+                        amps = measured
+                        quiet = False  # read before its last change: not yet read back
+                    else:
+                        setpoint = self.in_force_a(c.key, now)
+                        if setpoint is None:
+                            setpoint = charger.failsafe_current
+                        amps = (vec[0] * setpoint, vec[1] * setpoint, vec[2] * setpoint)
+                else:
+                    continue
+                out[0] += amps[0]
+                out[1] += amps[1]
+                out[2] += amps[2]
+        return (out[0], out[1], out[2]), quiet
+
+    def _follow(self, group_id: str, now: datetime) -> Impact:
+        """Re-estimate the group's uncontrolled load; take it when it moved by more than the
+        deadband. URGENT when it rose (less headroom), CHANGED when it fell."""
+        meter = self._meters[group_id]
+        if not meter.includes_chargers:
+            estimate = meter.current_a
+        else:
+            ours, quiet = self._ours(group_id, now, meter_at=meter.at)
+            estimate, meter.quiet_a = estimate_uncontrolled(
+                meter.current_a, ours, meter.floor_a, quiet=quiet, last_quiet_a=meter.quiet_a)
+        before = meter.used_a if meter.used_a is not None else (0.0, 0.0, 0.0)
         band = self.settings.uncontrolled_deadband_a
-        if any(a > b + band for a, b in zip(after, before, strict=True)):
+        if meter.used_a is not None and \
+                all(abs(a - b) <= band for a, b in zip(estimate, before, strict=True)):
+            return Impact.NONE
+        meter.used_a = estimate
+        if any(a > b + band for a, b in zip(estimate, before, strict=True)):
             return Impact.URGENT
-        if was_stale or any(abs(a - b) > band for a, b in zip(after, before, strict=True)):
+        if any(abs(a - b) > band for a, b in zip(estimate, before, strict=True)):
             return Impact.CHANGED
         return Impact.NONE
 
@@ -401,6 +522,8 @@ class SiteState:
     def record_sent(self, key: ConnectorKey, current_a: float, now: datetime,
                     lease_s: float) -> int:
         """A command is about to be submitted: counted from now on. Returns its id."""
+        if current_a != self.in_force_a(key, now):
+            self._connectors[key].changed_at = now  # the charger may apply it any moment
         return self.ledger.sent(key, current_a, now, lease_s)
 
     def pending_a(self, key: ConnectorKey) -> float | None:
@@ -418,10 +541,13 @@ class SiteState:
         several full cycles while the rest of the answers wait to be read)."""
         conn = self._connectors[key]
         before = self.believed_a(key, at)
+        obeyed = self.in_force_a(key, at)
         pinned = bool(self.ledger[key].live_unknowns(at))
         effect = self.ledger.outcome(key, command_id, outcome, at,
                                      settle_s if conn.active else 0.0)
         after = self.believed_a(key, at)
+        if after != before or obeyed != self.in_force_a(key, at):
+            conn.changed_at = at  # the car starts to follow now
         impact = Impact.NONE
         if outcome.result is CommandResult.OFFLINE:
             impact = self.set_online(key[0], False, at)
@@ -454,6 +580,8 @@ class SiteState:
         """Apply what the passing of time changes: stale meters, expired limits and leases,
         silent chargers, new violators. Call every tick and before each allocation."""
         impact = Impact.NONE
+        if self._started_at is None:
+            self._started_at = now
         stale = frozenset(self.stale_groups(now))
         if stale - self._cache.stale:
             impact = Impact.URGENT
@@ -479,6 +607,8 @@ class SiteState:
                                          lapse_margin_s=margin_s, tail_s=tail_s)
                 after = entry.counted_a(failsafe, now, offline=offline, lapse_margin_s=margin_s,
                                         tail_s=tail_s)
+                if after != before:
+                    self._connectors[key].changed_at = now
                 if after > before:
                     impact = Impact.URGENT
                 elif after < before:
@@ -503,20 +633,51 @@ class SiteState:
                 impact = max(impact, Impact.CHANGED)
         for gid in self._meters:
             if gid not in stale:
-                self._cache.uncontrolled[gid] = self._metered_uncontrolled(gid, now)
+                impact = max(impact, self._follow(gid, now))
         return impact
 
+    def max_age_s(self, meter_id: str | None) -> float:
+        """How long a reading of this meter counts (its ``max_age``, else the default)."""
+        info = self._meter_info.get(meter_id) if meter_id is not None else None
+        return info.max_age_s if info is not None else self.settings.meter_stale_after_s
+
     def stale_groups(self, now: datetime) -> list[str]:
-        """Groups whose meter is configured or was seen, and has not reported recently."""
-        limit = timedelta(seconds=self.settings.meter_stale_after_s)
+        """Groups whose meter is configured or was seen, and has not reported since start-up
+        or within that meter's max age."""
         out = []
         for gid, group in self.topology.groups.items():
             meter = self._meters.get(gid)
             if meter is None:
                 if group.meter is not None:
                     out.append(gid)
-            elif now - meter.at > limit:
+            elif now - meter.at > timedelta(seconds=self.max_age_s(group.meter)):
                 out.append(gid)
+        return out
+
+    def meter_alarms(self, now: datetime) -> dict[str, str]:
+        """Meter id -> why the groups following it are at 0 A headroom, for every declared
+        meter that is stale now. A meter never heard from is reported once its max age has
+        passed since start-up (its groups fail closed from the start, silently)."""
+        stale = set(self.stale_groups(now))
+        out = {}
+        for meter_id, groups in self._metered_by.items():
+            hit = [g for g in groups if g in stale]
+            if not hit:
+                continue
+            max_age = self.max_age_s(meter_id)
+            info = self._meter_info.get(meter_id)
+            where = f" ({info.where})" if info is not None and info.where else ""
+            heard = any(g in self._meters for g in hit)
+            if not heard:
+                since = self._started_at or now
+                if (now - since).total_seconds() < max_age:
+                    continue
+                what = "no reading since start-up"
+            else:
+                what = f"no reading for {max_age:g} s"
+            names = ", ".join(hit)
+            out[meter_id] = (f"meter {meter_id}: {what}{where} — "
+                             f"group{'s' if len(hit) > 1 else ''} {names} at 0 A headroom")
         return out
 
     def violators(self, now: datetime) -> list[Violation]:
@@ -549,19 +710,10 @@ class SiteState:
             return None
         return conn.measured_a
 
-    def _metered_uncontrolled(self, group_id: str, now: datetime) -> PhaseCurrents:
+    def metered_uncontrolled(self, group_id: str) -> PhaseCurrents:
+        """The uncontrolled load we count for a metered group (see :meth:`_follow`)."""
         meter = self._meters[group_id]
-        if not meter.includes_chargers:
-            return meter.current_a
-        ours = [0.0, 0.0, 0.0]
-        for cid in self._subtrees[group_id]:
-            for conn in self.topology.chargers[cid].connectors:
-                measured = self.measured_a(conn.key, now)
-                if measured is not None:
-                    for p in range(3):
-                        ours[p] += measured[p]
-        m = meter.current_a
-        return (max(0.0, m[0] - ours[0]), max(0.0, m[1] - ours[1]), max(0.0, m[2] - ours[2]))
+        return meter.used_a if meter.used_a is not None else (0.0, 0.0, 0.0)
 
     def reserved(self, now: datetime, violators: set[ConnectorKey] | None = None, *,
                  commands: bool = True) -> dict[str, PhaseCurrents]:
@@ -655,7 +807,7 @@ class SiteState:
             extra = tuple(self._extra_limits(gid, now))
             unc = (0.0, 0.0, 0.0)
             if gid in self._meters and gid not in stale:
-                unc = self._metered_uncontrolled(gid, now)
+                unc = self.metered_uncontrolled(gid)
             base = _added({gid: unc}, drawn)[gid] if gid in drawn else unc
             full = _added({gid: base}, obeyed)[gid] if gid in obeyed else base
             for out, amps in ((without, base), (with_commands, full)):
@@ -700,8 +852,49 @@ class SiteState:
         meter = self._meters.get(group_id)
         return None if meter is None else (meter.current_a, meter.at)
 
+    def meter_sample(self, meter_id: str) -> tuple[PhaseCurrents, datetime] | None:
+        """The last sample of a declared meter, or None."""
+        return self._samples.get(meter_id)
+
+    def meter_groups(self, meter_id: str) -> tuple[str, ...]:
+        """The groups that follow a meter."""
+        return self._metered_by.get(meter_id, ())
+
+    def meter_ids(self) -> list[str]:
+        """Declared meters, then any other a group names."""
+        ids = [m.id for m in self.settings.meters]
+        return ids + [m for m in self._metered_by if m not in ids]
+
+    def meter_where(self, meter_id: str) -> str:
+        info = self._meter_info.get(meter_id)
+        return info.where if info is not None else ""
+
     def online_count(self) -> int:
         return sum(1 for c in self._chargers.values() if c.online)
+
+
+def estimate_uncontrolled(meter_a: PhaseCurrents, ours_a: PhaseCurrents,
+                          floor_a: PhaseCurrents, *, quiet: bool,
+                          last_quiet_a: PhaseCurrents | None,
+                          ) -> tuple[PhaseCurrents, PhaseCurrents | None]:
+    """A group's uncontrolled load from its meter: (estimate, the new last quiet value).
+
+    Quiet (every change below the group settled and read back): the meter minus what our
+    connectors draw. In a transition our readings lag what the cars really draw (a car
+    that slowed down still reads high, which would lower the estimate below the truth and
+    hand out current that is not there, then take it back: an oscillation), so the last
+    quiet value holds; ``floor_a`` (the meter minus every connector's worst case, never
+    above the truth) lifts it when the other loads rose meanwhile."""
+    measured = _minus(meter_a, ours_a)
+    if quiet:
+        return measured, measured
+    base = last_quiet_a if last_quiet_a is not None else measured
+    return ((max(base[0], floor_a[0]), max(base[1], floor_a[1]), max(base[2], floor_a[2])),
+            last_quiet_a)
+
+
+def _minus(a: PhaseCurrents, b: PhaseCurrents) -> PhaseCurrents:
+    return (max(0.0, a[0] - b[0]), max(0.0, a[1] - b[1]), max(0.0, a[2] - b[2]))
 
 
 def _added(a: dict[str, PhaseCurrents], b: dict[str, PhaseCurrents]) -> dict[str, PhaseCurrents]:
