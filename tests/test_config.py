@@ -276,23 +276,40 @@ def test_yaml_errors_keep_the_pure_python_wording(text: str) -> None:
                    f"not valid YAML: {pure.value.problem}")
 
 
-def test_line_numbers_from_libyaml_match_the_pure_python_parser() -> None:
+def node_lines(node: yaml.Node, loc: tuple[str | int, ...],
+               out: dict[tuple[str | int, ...], int]) -> None:
+    """Reference: every path's line from the pure-Python composer's node tree (a mapping
+    entry at its key's line)."""
+    out.setdefault(loc, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            out.setdefault((*loc, str(key.value)), key.start_mark.line + 1)
+            node_lines(value, (*loc, str(key.value)), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            node_lines(item, (*loc, i), out)
+
+
+def test_line_numbers_from_libyaml_events_match_the_pure_python_parser() -> None:
     text = GOOD + "ocpp:\n  tls: {certfile: a.pem,\n        keyfile: b.key}\n  lease: 60\n"
     pure: dict[tuple[str | int, ...], int] = {}
-    fast: dict[tuple[str | int, ...], int] = {}
-    config_module._line_map(yaml.compose(text, Loader=yaml.SafeLoader), (), pure, [])
-    config_module._line_map(yaml.compose(text, Loader=yaml.CSafeLoader), (), fast, [])
-    assert fast == pure
+    node_lines(yaml.compose(text, Loader=yaml.SafeLoader), (), pure)
+    fast, dups = config_module._scan_lines(text, set(pure), repeated=True)
+    assert fast == pure and dups == []
     assert len(pure) > 40
+    # only what is asked for, and nothing below a path that is not asked for
+    some, _ = config_module._scan_lines(text, {(), ("groups",), ("groups", 0)},
+                                        repeated=False)
+    assert some == {(): 1, ("groups",): 4, ("groups", 0): 5}
 
 
 def test_a_good_file_never_computes_line_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_line_map(*_args: object) -> None:
-        raise AssertionError("line map walked for a good file")
+    def no_line_scan(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("lines scanned for a good file")
 
-    monkeypatch.setattr(config_module, "_line_map", no_line_map)
+    monkeypatch.setattr(config_module, "_scan_lines", no_line_scan)
     assert parse_site(GOOD, "site.yaml").site == "carport"
-    with pytest.raises(AssertionError, match="line map walked"):
+    with pytest.raises(AssertionError, match="lines scanned"):
         parse_site(GOOD.replace("max_current: 40", "max_current: -5"), "site.yaml")
 
 

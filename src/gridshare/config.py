@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import gc
 import math
+import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -29,7 +31,8 @@ from gridshare.core.topology import (
 )
 
 Loc = tuple[str | int, ...]
-Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+_ID_PATTERN = r"^[A-Za-z0-9_.:\-]+$"
+Id = Annotated[str, Field(min_length=1, max_length=64, pattern=_ID_PATTERN)]
 Amps = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 PositiveAmps = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
@@ -45,13 +48,134 @@ class ConfigIssue:
         where = f"{self.source}:{self.line}" if self.line is not None else self.source
         return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
 
+    def as_json(self) -> dict[str, Any]:
+        """The problem as scripts read it (``--json``)."""
+        return {"file": self.source, "line": self.line, "path": self.path,
+                "message": self.message}
+
 
 class ConfigError(ValueError):
-    """The configuration is invalid; ``issues`` lists every problem found."""
+    """The configuration is invalid; ``issues`` lists the problems found (the first
+    ``KEPT_ISSUES`` of them) and ``more`` counts the others."""
 
-    def __init__(self, issues: list[ConfigIssue]) -> None:
+    def __init__(self, issues: list[ConfigIssue], more: int = 0) -> None:
         self.issues = issues
-        super().__init__("\n".join(str(i) for i in issues))
+        self.more = more
+        text = "\n".join(str(i) for i in issues)
+        super().__init__(text + (f"\n… and {more} more" if more else ""))
+
+    @property
+    def count(self) -> int:
+        """How many problems were found in all."""
+        return len(self.issues) + self.more
+
+
+DEFAULT_MAX_SIZE = 16 * 1024 * 1024
+"""Bytes: the largest site or demand file read (a 10,000-charger site is about 1.5 MB)."""
+SHOWN_CHARS = 80
+"""A value echoed in a message is cut to this many characters."""
+KEPT_ISSUES = 1000
+"""Problems kept with their wording and line; past these a file's problems are only
+counted (a 15 MB file can hold a million; nobody reads past the first screen of them)."""
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` cut to ``SHOWN_CHARS``: a 50 MB value is named, not echoed back."""
+    if isinstance(value, str):
+        if len(value) <= SHOWN_CHARS:
+            return repr(value)
+        head = repr(value[:SHOWN_CHARS])
+        return f"{head[:SHOWN_CHARS - 1]}…{head[0]} ({len(value)} characters)"
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's 4,300-digit limit for str()
+        return f"a number of {int(value.bit_length() * 0.30103) + 1} digits"
+    if len(text) <= SHOWN_CHARS:
+        return text
+    return f"{text[:SHOWN_CHARS - 1]}… ({len(text)} characters)"
+
+
+def _clip(text: str, size: int = 4 * SHOWN_CHARS) -> str:
+    """A message from a parser, which may quote the file, kept to a few lines' length."""
+    return text if len(text) <= size else text[:size - 1] + "…"
+
+
+def read_text(path: Path, max_size: int = DEFAULT_MAX_SIZE) -> str:
+    """A site or demand file's text; ConfigError in one line when it is larger than
+    ``max_size`` bytes (known from its size, before reading), binary or not UTF-8."""
+    source = str(path)
+
+    def refuse(message: str) -> ConfigError:
+        return ConfigError([ConfigIssue(source, None, "", message)])
+
+    try:
+        with path.open("rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            if size > max_size:
+                raise refuse(f"{size} bytes, above the limit of {max_size} (--max-size)")
+            data = file.read(max_size + 1)  # a pipe or a device has no size to check
+    except OSError as exc:
+        raise refuse(f"cannot read: {exc.strerror or exc}") from exc
+    if len(data) > max_size:
+        raise refuse(f"more than {max_size} bytes, above the limit (--max-size)")
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise refuse(f"not a UTF-8 text file (NUL byte at offset {nul}: a binary file?)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise refuse(f"not a UTF-8 text file (byte 0x{data[exc.start]:02x} at offset "
+                     f"{exc.start})") from None
+    return text.removeprefix("\ufeff")
+
+
+class ProblemList:
+    """The problems of one file as checks find them: the first ``limit`` with their path and
+    wording, the others only counted; lines are looked up at the end, in one pass, for
+    the kept ones only."""
+
+    def __init__(self, source: str, limit: int = KEPT_ISSUES) -> None:
+        self.source = source
+        self.limit = limit
+        self.found: list[tuple[Loc, str, int | None]] = []
+        self.more = 0
+
+    @property
+    def full(self) -> bool:
+        return len(self.found) >= self.limit
+
+    @property
+    def count(self) -> int:
+        return len(self.found) + self.more
+
+    def add(self, loc: Loc, message: str, line: int | None = None) -> None:
+        if len(self.found) < self.limit:
+            self.found.append((loc, message, line))
+        else:
+            self.more += 1
+
+    def skip(self, count: int) -> None:
+        """Count problems that were found once the list was full, without wording them."""
+        self.more += count
+
+    def wanted(self) -> set[Loc]:
+        """Every path whose line a kept problem may need (its own, or an ancestor's)."""
+        out: set[Loc] = set()
+        for loc, _, line in self.found:
+            if line is None:
+                out.update(loc[:n] for n in range(len(loc) + 1))
+        return out
+
+    def error(self, lines: dict[Loc, int]) -> ConfigError:
+        """The ConfigError of the problems, in the file's order, each with the line of its
+        path or of its nearest ancestor that has one."""
+        issues = []
+        for loc, message, known in self.found:
+            line = known if known is not None else next(
+                (lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in lines), None)
+            issues.append(ConfigIssue(self.source, line, _fmt(loc), message))
+        issues.sort(key=lambda i: i.line or 0)
+        return ConfigError(issues, self.more)
 
 
 class _Strict(BaseModel):
@@ -213,7 +337,9 @@ class MeterSpec(_Strict):
         return self
 
 
-class SiteSpec(_Strict):
+class _SiteHead(_Strict):
+    """The site file without its lists, which are checked entry by entry."""
+
     site: Id
     voltage: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)] = 230.0
     policy: Policy = Policy.EQUAL
@@ -221,11 +347,17 @@ class SiteSpec(_Strict):
     """Seconds a set of paused cars stays paused before the pause rotates."""
     resolution: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.1
     """Setpoint step in A."""
-    groups: Annotated[list[GroupSpec], Field(min_length=1)]
-    chargers: list[ChargerSpec] = []
     ocpp: OcppSpec = OcppSpec()
     mqtt: MqttSpec | None = None
+
+
+class SiteSpec(_SiteHead):
+    groups: Annotated[list[GroupSpec], Field(min_length=1)]
+    chargers: list[ChargerSpec] = []
     meters: list[MeterSpec] = []
+
+
+_LISTS = ("groups", "chargers", "meters")
 
 
 # --- YAML: parsed once, line numbers only when a problem needs them ---------------------
@@ -392,17 +524,23 @@ def _read_yaml(text: str) -> tuple[Any, bool]:
         return yaml.load(text, Loader=_FastLoader), True  # a safe loader: see _FastLoader
 
 
+_PURE_WORDING_MAX = 1_000_000
+"""Characters: above this a YAML error keeps libyaml's wording (the pure-Python parser reads
+about a megabyte a second, and a broken 15 MB file must not take minutes to report)."""
+
+
 def _yaml_problem(text: str, fast_error: yaml.YAMLError) -> tuple[int | None, str]:
     """Line and wording of a YAML error, as the pure-Python parser words it.
 
     libyaml words its scanner, parser and composer errors differently ("did not find
     expected ..."); the error path reads the text again with the pure-Python composer so
     that messages stay the same whichever parser found the problem. It stops at the error,
-    so this costs what reading a broken file cost before libyaml. Constructor errors come
-    from PyYAML's Python constructor either way and are used as they are.
+    so this costs what reading a broken file cost before libyaml (a large file keeps
+    libyaml's words). Constructor errors come from PyYAML's Python constructor either way
+    and are used as they are.
     """
     error = fast_error
-    if _BaseLoader is not yaml.SafeLoader and not isinstance(
+    if _BaseLoader is not yaml.SafeLoader and len(text) <= _PURE_WORDING_MAX and not isinstance(
             fast_error, yaml.constructor.ConstructorError):
         try:
             yaml.compose(text, Loader=yaml.SafeLoader)
@@ -410,64 +548,94 @@ def _yaml_problem(text: str, fast_error: yaml.YAMLError) -> tuple[int | None, st
             error = exc
     mark = getattr(error, "problem_mark", None)
     line = mark.line + 1 if mark is not None else None
-    return line, getattr(error, "problem", None) or str(error)
+    return line, _clip(getattr(error, "problem", None) or str(error))
 
 
-def _line_map(node: yaml.Node, loc: Loc, out: dict[Loc, int], dups: list[tuple[Loc, int]]) -> None:
-    out[loc] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key, value in node.value:
-            name = str(key.value)
-            if name in seen:
-                dups.append(((*loc, name), key.start_mark.line + 1))
-            seen.add(name)
-            out[(*loc, name)] = key.start_mark.line + 1
-            _line_map(value, (*loc, name), out, dups)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _line_map(item, (*loc, i), out, dups)
+_COMPLEX_KEY = object()
+"""A mapping key that is itself a collection or an alias: no path runs through it."""
+_NODE_EVENTS = (yaml.ScalarEvent, yaml.AliasEvent, yaml.MappingStartEvent,
+                yaml.SequenceStartEvent)
 
 
-class _Lines:
-    """Line of each path of the document, from a second parse with positions, made the
-    first time a problem asks for a line (a good file never pays for it)."""
+def _scan_lines(text: str, wanted: set[Loc], *, repeated: bool
+                ) -> tuple[dict[Loc, int], list[tuple[Loc, int]]]:
+    """The line of each path in ``wanted`` and, when ``repeated``, each key written twice
+    in its mapping with the line of the repetition.
 
-    def __init__(self, text: str) -> None:
-        self._text = text
-        self._lines: dict[Loc, int] | None = None
-        self._dups: list[tuple[Loc, int]] = []
-
-    def _walked(self) -> dict[Loc, int]:
-        if self._lines is None:
-            self._lines = {}
-            loader = _FastLoader(self._text)
-            try:
-                root = loader.get_single_node()
-            finally:
-                loader.dispose()
-            if root is not None:
-                _line_map(root, (), self._lines, self._dups)
-        return self._lines
-
-    def repeated_keys(self) -> list[tuple[Loc, int]]:
-        """Each key that repeats in its mapping, with the line of the repetition."""
-        self._walked()
-        return self._dups
-
-    def __call__(self, loc: Loc) -> int | None:
-        """The line of ``loc``, or of its nearest ancestor that has one."""
-        lines = self._walked()
-        for n in range(len(loc), -1, -1):
-            if loc[:n] in lines:
-                return lines[loc[:n]]
-        return None
+    One pass over libyaml's events of a text already known to parse: no node tree, and
+    memory for the open collections only, whatever the size of the file. A mapping
+    entry's line is its key's; a subtree no wanted path runs into is passed over.
+    """
+    lines: dict[Loc, int] = {}
+    dups: list[tuple[Loc, int]] = []
+    # An open collection: [its path (None: nothing wanted below), next key or index,
+    # keys seen (mappings, when repeated), is a mapping, is itself a mapping's key]
+    stack: list[list[Any]] = []
+    loader: Any = _BaseLoader(text)
+    next_event = loader.get_event
+    try:
+        while True:
+            event = next_event()
+            kind = event.__class__
+            if kind is yaml.MappingEndEvent or kind is yaml.SequenceEndEvent:
+                if stack.pop()[4]:
+                    stack[-1][1] = _COMPLEX_KEY
+                continue
+            if kind is yaml.StreamEndEvent:
+                break
+            if kind not in _NODE_EVENTS:
+                continue
+            line = event.start_mark.line + 1
+            loc: Loc | None = ()
+            if stack:
+                top = stack[-1]
+                base = top[0]
+                if not top[3]:  # a sequence item
+                    index = top[1]
+                    top[1] = index + 1
+                    loc = None if base is None else (*base, index)
+                elif top[1] is _EXPECT_KEY:  # a key
+                    if kind is yaml.ScalarEvent:
+                        key = event.value
+                        top[1] = key
+                        if base is not None:
+                            here = (*base, key)
+                            if repeated:
+                                if key in top[2]:
+                                    dups.append((here, line))
+                                top[2].add(key)
+                            if here in wanted and here not in lines:
+                                lines[here] = line
+                    elif kind is yaml.AliasEvent:
+                        top[1] = _COMPLEX_KEY
+                    else:
+                        stack.append([None, _EXPECT_KEY if kind is yaml.MappingStartEvent
+                                      else 0, None, kind is yaml.MappingStartEvent, True])
+                    continue
+                else:  # a mapping value: its line is its key's, recorded above
+                    key = top[1]
+                    top[1] = _EXPECT_KEY
+                    loc = None if base is None or key is _COMPLEX_KEY else (*base, key)
+            if loc is not None and loc in wanted and loc not in lines:
+                lines[loc] = line
+            if kind is yaml.MappingStartEvent or kind is yaml.SequenceStartEvent:
+                inner = loc if loc is not None and (repeated or loc in wanted) else None
+                is_map = kind is yaml.MappingStartEvent
+                stack.append([inner, _EXPECT_KEY if is_map else 0,
+                              set() if is_map and inner is not None else None, is_map, False])
+    finally:
+        loader.dispose()
+    return lines, dups
 
 
 def _fmt(loc: Loc) -> str:
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            name = part if len(part) <= SHOWN_CHARS else shown(part)
+            out += f".{name}" if out else name
     return out
 
 
@@ -500,35 +668,23 @@ def _parse_site_config(text: str, source: str) -> SiteConfig:
     except yaml.YAMLError as exc:
         line, problem = _yaml_problem(text, exc)
         raise ConfigError([ConfigIssue(source, line, "", f"not valid YAML: {problem}")]) from exc
+    except (ValueError, OverflowError) as exc:
+        # what PyYAML's constructors raise past their own checks: a date like 2026-13-45,
+        # an integer of more than 4,300 digits
+        raise ConfigError([ConfigIssue(source, None, "",
+                                       f"not valid YAML: {_clip(str(exc))}")]) from exc
     if not isinstance(data, dict):
         raise ConfigError([ConfigIssue(source, 1, "", "expected a mapping with site, groups, "
                                        "chargers")])
-    line_of = _Lines(text)
-    issues = ([ConfigIssue(source, line, _fmt(loc), "duplicate key")
-               for loc, line in line_of.repeated_keys()] if needs_lines else [])
-    try:
-        spec = SiteSpec.model_validate(data)
-    except ValidationError as exc:
-        for err in exc.errors():
-            loc = _clean_loc(err["loc"])
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] not in ("missing", "model_type") and "input" in err:
-                shown = err["input"]
-                if not isinstance(shown, dict | list):
-                    msg += f" (got {shown!r})"
-            issues.append(ConfigIssue(source, line_of(loc), _fmt(loc), msg))
-        raise ConfigError(issues) from exc
-    issues.extend(_cross_check(spec, source, line_of))
-    if spec.ocpp.security_profile in (1, 2) and not spec.ocpp.allow_auto_register:
-        for i, c in enumerate(spec.chargers):
-            if c.password_hash is None:
-                where: Loc = ("chargers", i, "id")
-                issues.append(ConfigIssue(
-                    source, line_of(where), _fmt(where),
-                    f"security_profile {spec.ocpp.security_profile} needs a password_hash "
-                    f"for {c.id!r} (gridshare hash-password)"))
-    if issues:
-        raise ConfigError(issues)
+    problems = ProblemList(source)
+    spec = _check_site(data, problems)
+    if needs_lines or problems.count:
+        lines, dups = _scan_lines(text, problems.wanted(), repeated=needs_lines)
+        for loc, line in dups:
+            problems.add(loc, "duplicate key", line)
+        if problems.count:
+            raise problems.error(lines)
+    assert spec is not None
     return SiteConfig(_build(spec), spec.ocpp,
                       {c.id: c.password_hash for c in spec.chargers if c.password_hash},
                       tuple(spec.meters), spec.mqtt)
@@ -541,17 +697,30 @@ def _clean_loc(loc: tuple[Any, ...]) -> Loc:
             "function-"))))
 
 
-def load_site(path: str | Path) -> Topology:
-    return load_site_config(path).topology
+def _schema_problems(exc: ValidationError, base: Loc, problems: ProblemList) -> None:
+    """pydantic's errors of one entry, at their paths in the file, values cut short."""
+    if problems.full:
+        problems.skip(exc.error_count())
+        return
+    for err in exc.errors(include_url=False):
+        loc = (*base, *_clean_loc(err["loc"]))
+        kind = err["type"]
+        if kind in ("model_type", "dict_type", "model_attributes_type"):
+            msg = f"expected a mapping (got {shown(err.get('input'))})"
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            if kind != "missing" and "input" in err and not isinstance(err["input"], dict | list):
+                msg += f" (got {shown(err['input'])})"
+        problems.add(loc, msg)
 
 
-def load_site_config(path: str | Path) -> SiteConfig:
+def load_site(path: str | Path, max_size: int = DEFAULT_MAX_SIZE) -> Topology:
+    return load_site_config(path, max_size).topology
+
+
+def load_site_config(path: str | Path, max_size: int = DEFAULT_MAX_SIZE) -> SiteConfig:
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([ConfigIssue(str(p), None, "", f"cannot read: {exc.strerror}")]) from exc
-    config = parse_site_config(text, str(p))
+    config = parse_site_config(read_text(p, max_size), str(p))
     tls = config.ocpp.tls
     if tls is not None:  # relative paths are relative to the site file
         resolved = TlsSpec(
@@ -562,9 +731,160 @@ def load_site_config(path: str | Path) -> SiteConfig:
         if missing:
             raise ConfigError([ConfigIssue(str(p), None, "ocpp.tls", f"no such file: {f}")
                                for f in missing])
-        config = SiteConfig(config.topology, config.ocpp.model_copy(update={"tls": resolved}),
-                            config.passwords)
+        config = replace(config, ocpp=config.ocpp.model_copy(update={"tls": resolved}))
     return config
+
+
+# --- one pass: each entry validated on its own, cross-checks on what parsed ---------------
+
+
+def _raw_id(value: Any) -> str | None:
+    """An id as written, when it is a valid id (cross-checks still use the ids of entries
+    that failed validation for another reason)."""
+    if isinstance(value, str) and 0 < len(value) <= 64 and _ID_RE.match(value):
+        return value
+    return None
+
+
+_ID_RE = re.compile(_ID_PATTERN)
+
+
+@dataclass(slots=True)
+class _GroupEntry:
+    id: str | None
+    loc: Loc
+    nested_parent: str | None
+    parent: str | None
+    """As written under ``parent:``."""
+    chargers: list[tuple[int, str]]
+    meter: str | None
+    phases: int | None
+
+    @property
+    def effective_parent(self) -> str | None:
+        return self.parent if self.parent is not None else self.nested_parent
+
+
+@dataclass(slots=True)
+class _ChargerEntry:
+    id: str | None
+    loc: Loc
+    spec: ChargerSpec | None
+    phases: int | None
+    phase: str | None
+
+
+@dataclass(slots=True)
+class _Site:
+    head: _SiteHead | None
+    groups: list[_GroupEntry] = field(default_factory=list)
+    chargers: list[_ChargerEntry] = field(default_factory=list)
+    meters: list[tuple[str | None, Loc, MeterSpec | None]] = field(default_factory=list)
+    mqtt_declared: bool = False
+
+
+def _list_of(data: dict[str, Any], key: str, problems: ProblemList) -> list[Any]:
+    raw = data.get(key, [])
+    if raw is None:
+        raw = []
+    if not isinstance(raw, list):
+        problems.add((key,), f"expected a list (got {shown(raw)})")
+        return []
+    return raw
+
+
+def _check_site(data: dict[str, Any], problems: ProblemList) -> SiteSpec | None:
+    """Every problem of the site file's data, in one pass; the spec when there is none."""
+    try:
+        head: _SiteHead | None = _SiteHead.model_validate(
+            {k: v for k, v in data.items() if k not in _LISTS})
+    except ValidationError as exc:
+        head = None
+        _schema_problems(exc, (), problems)
+    site = _Site(head, mqtt_declared=data.get("mqtt") is not None)
+    if "groups" not in data:
+        problems.add(("groups",), "Field required")
+    raw_groups = _list_of(data, "groups", problems)
+    if "groups" in data and isinstance(raw_groups, list) and not raw_groups:
+        problems.add(("groups",), "needs at least one group")
+    groups = _group_entries(raw_groups, ("groups",), None, problems, site.groups)
+    chargers: list[ChargerSpec] = []
+    for i, item in enumerate(_list_of(data, "chargers", problems)):
+        loc: Loc = ("chargers", i)
+        try:
+            spec: ChargerSpec | None = ChargerSpec.model_validate(item)
+        except ValidationError as exc:
+            spec = None
+            _schema_problems(exc, loc, problems)
+        if spec is not None:
+            chargers.append(spec)
+            site.chargers.append(_ChargerEntry(spec.id, loc, spec, spec.phases, spec.phase))
+        elif isinstance(item, dict):
+            phases = item.get("phases", 3)
+            site.chargers.append(_ChargerEntry(
+                _raw_id(item.get("id")), loc, None,
+                phases if phases in (1, 3) and not isinstance(phases, bool) else None,
+                item.get("phase") if item.get("phase") in ("L1", "L2", "L3") else None))
+    meters: list[MeterSpec] = []
+    for i, item in enumerate(_list_of(data, "meters", problems)):
+        loc = ("meters", i)
+        try:
+            meter: MeterSpec | None = MeterSpec.model_validate(item)
+        except ValidationError as exc:
+            meter = None
+            _schema_problems(exc, loc, problems)
+        if meter is not None:
+            meters.append(meter)
+            site.meters.append((meter.id, loc, meter))
+        elif isinstance(item, dict):
+            site.meters.append((_raw_id(item.get("id")), loc, None))
+    _cross_check(site, problems)
+    if problems.count or head is None:
+        return None
+    return SiteSpec.model_construct(**dict(head), groups=groups, chargers=chargers,
+                                    meters=meters)
+
+
+def _group_entries(raw: list[Any], loc: Loc, nested_parent: str | None,
+                   problems: ProblemList, out: list[_GroupEntry]) -> list[GroupSpec]:
+    """Validate each group of a list on its own (its subgroups apart from it), noting
+    every group, good or bad, in ``out`` for the cross-checks."""
+    specs = []
+    for i, item in enumerate(raw):
+        here = (*loc, i)
+        if not isinstance(item, dict):
+            problems.add(here, f"expected a mapping with id and max_current (got "
+                               f"{shown(item)})")
+            continue
+        own = {k: v for k, v in item.items() if k != "groups"}
+        try:
+            spec: GroupSpec | None = GroupSpec.model_validate(own)
+        except ValidationError as exc:
+            spec = None
+            _schema_problems(exc, here, problems)
+        if spec is not None:
+            entry = _GroupEntry(spec.id, here, nested_parent, spec.parent,
+                                list(enumerate(spec.chargers)), spec.meter, spec.phases)
+        else:
+            raw_chargers = item.get("chargers")
+            phases = item.get("phases", 3)
+            meter = item.get("meter")
+            entry = _GroupEntry(
+                _raw_id(item.get("id")), here, nested_parent, _raw_id(item.get("parent")),
+                [(j, c) for j, c in enumerate(raw_chargers) if isinstance(c, str)]
+                if isinstance(raw_chargers, list) else [],
+                meter if isinstance(meter, str) else None,
+                phases if phases in (1, 3) and not isinstance(phases, bool) else None)
+        out.append(entry)
+        sub = item.get("groups")
+        children: list[GroupSpec] = []
+        if isinstance(sub, list):
+            children = _group_entries(sub, (*here, "groups"), entry.id, problems, out)
+        elif sub is not None:
+            problems.add((*here, "groups"), f"expected a list of groups (got {shown(sub)})")
+        if spec is not None:
+            specs.append(spec.model_copy(update={"groups": children}) if children else spec)
+    return specs
 
 
 # --- cross-references --------------------------------------------------------------------
@@ -578,73 +898,154 @@ def _walk(groups: list[GroupSpec], loc: Loc, parent: str | None
         yield from _walk(g.groups, (*here, "groups"), g.id)
 
 
-def _cross_check(spec: SiteSpec, source: str, line_of: _Lines) -> list[ConfigIssue]:
-    issues: list[ConfigIssue] = []
-
-    def bad(loc: Loc, msg: str) -> None:
-        issues.append(ConfigIssue(source, line_of(loc), _fmt(loc), msg))
-
-    groups: dict[str, tuple[GroupSpec, Loc, str | None]] = {}
-    for g, loc, nested_parent in _walk(spec.groups, ("groups",), None):
-        if g.id in groups:
-            bad((*loc, "id"), f"duplicate group id {g.id!r} (first at "
-                f"{_fmt(groups[g.id][1])})")
+def _cross_check(site: _Site, problems: ProblemList) -> None:
+    """References, duplicates, cycles, orphans and wiring, over every entry whose id is
+    readable (entries that failed validation count too, so their ids are not reported
+    again as unknown)."""
+    bad = problems.add
+    groups: dict[str, _GroupEntry] = {}
+    for g in site.groups:
+        if g.id is None:
             continue
-        if g.parent is not None and nested_parent is not None and g.parent != nested_parent:
-            bad((*loc, "parent"), f"parent {g.parent!r} contradicts nesting under "
-                f"{nested_parent!r}")
-        groups[g.id] = (g, loc, g.parent if g.parent is not None else nested_parent)
-    for _, loc, parent in groups.values():
+        if g.id in groups:
+            bad((*g.loc, "id"), f"duplicate group id {g.id!r} (first at "
+                f"{_fmt(groups[g.id].loc)})")
+            continue
+        if g.parent is not None and g.nested_parent is not None and g.parent != g.nested_parent:
+            bad((*g.loc, "parent"), f"parent {g.parent!r} contradicts nesting under "
+                f"{g.nested_parent!r}")
+        groups[g.id] = g
+    for g in groups.values():
+        parent = g.effective_parent
         if parent is not None and parent not in groups:
-            bad((*loc, "parent"), f"unknown parent group {parent!r}")
-    # cycles through parent references
-    for gid, (_, loc, _) in groups.items():
+            bad((*g.loc, "parent"), f"unknown parent group {parent!r}")
+    for gid, g in groups.items():  # cycles through parent references
         seen = [gid]
-        cur = groups[gid][2]
+        cur = g.effective_parent
         while cur is not None and cur in groups:
             if cur in seen:
-                bad((*loc, "parent"), "cycle in group parents: " + " -> ".join([*seen, cur]))
+                bad((*g.loc, "parent"), "cycle in group parents: " + " -> ".join([*seen, cur]))
                 break
             seen.append(cur)
-            cur = groups[cur][2]
-    chargers: dict[str, tuple[ChargerSpec, Loc]] = {}
-    for i, c in enumerate(spec.chargers):
+            cur = groups[cur].effective_parent
+    chargers: dict[str, _ChargerEntry] = {}
+    for c in site.chargers:
+        if c.id is None:
+            continue
         if c.id in chargers:
-            bad(("chargers", i, "id"), f"duplicate charger id {c.id!r} (first at "
-                f"{_fmt(chargers[c.id][1])})")
+            bad((*c.loc, "id"), f"duplicate charger id {c.id!r} (first at "
+                f"{_fmt(chargers[c.id].loc)})")
         else:
-            chargers[c.id] = (c, ("chargers", i))
+            chargers[c.id] = c
         if c.id in groups:
-            bad(("chargers", i, "id"), f"id {c.id!r} is also a group id")
-    placed: dict[str, Loc] = {}
-    for gid, (g, loc, _) in groups.items():
-        for j, cid in enumerate(g.chargers):
-            where = (*loc, "chargers", j)
+            bad((*c.loc, "id"), f"id {c.id!r} is also a group id")
+    placed: dict[str, tuple[Loc, str]] = {}
+    for gid, g in groups.items():
+        for j, cid in g.chargers:
+            where = (*g.loc, "chargers", j)
             if cid not in chargers:
-                bad(where, f"unknown charger {cid!r}")
+                bad(where, f"unknown charger {shown(cid)}")
                 continue
             if cid in placed:
-                bad(where, f"charger {cid!r} is already in group at {_fmt(placed[cid])}")
+                bad(where, f"charger {cid!r} is already in group at {_fmt(placed[cid][0])}")
                 continue
-            placed[cid] = where
-            if g.phases == 1 and chargers[cid][0].phases == 3:
-                bad(where, f"3-phase charger {cid!r} in 1-phase group {gid!r}")
-    for cid, (_, loc) in chargers.items():
+            placed[cid] = (where, gid)
+    for cid, c in chargers.items():
         if cid not in placed:
-            bad((*loc, "id"), f"charger {cid!r} is in no group: nothing would limit it")
+            bad((*c.loc, "id"), f"charger {cid!r} is in no group: nothing would limit it")
+    _check_wiring(groups, chargers, placed, problems)
+    voltage = site.head.voltage if site.head is not None else 230.0
+    for c in chargers.values():
+        spec = c.spec
+        if spec is None or spec.failsafe_current == 0:
+            continue
+        most = min(spec.max_current if spec.max_current is not None else math.inf,
+                   spec.max_power * 1000.0 / (voltage * spec.phases)
+                   if spec.max_power is not None else math.inf)
+        if spec.failsafe_current > most:
+            kind = "max_current" if spec.max_current == most else \
+                f"max_power {spec.max_power:g} kW at {voltage:g} V"
+            bad((*c.loc, "failsafe_current"),
+                f"failsafe_current {spec.failsafe_current:g} A is above the charger's "
+                f"maximum of {most:.4g} A ({kind}); the charger would be told to draw it "
+                f"whenever it loses contact")
     meters: dict[str, Loc] = {}
-    for i, m in enumerate(spec.meters):
-        if m.id in meters:
-            bad(("meters", i, "id"), f"duplicate meter id {m.id!r} (first at "
-                f"{_fmt(meters[m.id])})")
+    for mid, loc, meter in site.meters:
+        if mid is None:
+            continue
+        if mid in meters:
+            bad((*loc, "id"), f"duplicate meter id {mid!r} (first at {_fmt(meters[mid])})")
         else:
-            meters[m.id] = ("meters", i)
-        if m.source == "mqtt" and spec.mqtt is None:
-            bad(("meters", i, "source"), "source mqtt needs the site's mqtt: {url: ...}")
-    for g, loc, _ in groups.values():
+            meters[mid] = loc
+        if meter is not None and meter.source == "mqtt" and not site.mqtt_declared:
+            bad((*loc, "source"), "source mqtt needs the site's mqtt: {url: ...}")
+    for g in groups.values():
         if g.meter is not None and g.meter not in meters:
-            bad((*loc, "meter"), f"unknown meter {g.meter!r} (declare it under meters:)")
-    return issues
+            bad((*g.loc, "meter"), f"unknown meter {shown(g.meter)} (declare it under meters:)")
+    head = site.head
+    if head is not None and head.ocpp.security_profile in (1, 2) \
+            and not head.ocpp.allow_auto_register:
+        for c in site.chargers:
+            if c.spec is not None and c.spec.password_hash is None:
+                bad((*c.loc, "id"),
+                    f"security_profile {head.ocpp.security_profile} needs a password_hash "
+                    f"for {c.id!r} (gridshare hash-password)")
+
+
+def _check_wiring(groups: dict[str, _GroupEntry], chargers: dict[str, _ChargerEntry],
+                  placed: dict[str, tuple[Loc, str]], problems: ProblemList) -> None:
+    """Chargers a 1-phase group cannot feed.
+
+    The core keeps a group's limit on each of L1, L2 and L3 apart (``Group`` names no
+    line), so a 1-phase group is read as one line and its neutral: every charger under it,
+    at any depth, must be 1-phase and on one and the same line. Chargers on two lines
+    under it would each be allowed its whole limit, twice what the wire carries.
+    """
+    children: dict[str, list[str]] = {gid: [] for gid in groups}
+    for gid, g in groups.items():
+        parent = g.effective_parent
+        if parent in children and parent != gid:
+            children[parent].append(gid)
+    in_group: dict[str, list[str]] = {gid: [] for gid in groups}
+    for cid, (_, gid) in placed.items():
+        in_group[gid].append(cid)
+
+    def one_phase_ancestor(gid: str) -> bool:
+        seen = {gid}
+        cur = groups[gid].effective_parent
+        while cur is not None and cur in groups and cur not in seen:
+            if groups[cur].phases == 1:
+                return True
+            seen.add(cur)
+            cur = groups[cur].effective_parent
+        return False
+
+    for gid, g in groups.items():
+        if g.phases != 1 or one_phase_ancestor(gid):
+            continue  # the outermost 1-phase group checks its whole subtree
+        first: tuple[str, str] | None = None
+        stack, seen = [gid], set()
+        while stack:
+            cur = stack.pop()
+            if cur in seen:
+                continue
+            seen.add(cur)
+            stack.extend(reversed(children[cur]))
+            for cid in in_group[cur]:
+                c = chargers[cid]
+                where = placed[cid][0]
+                if c.phases == 3:
+                    problems.add(where, f"3-phase charger {cid!r} in 1-phase group {gid!r}")
+                elif c.phases == 1 and c.phase is not None:
+                    if first is None:
+                        first = (cid, c.phase)
+                    elif c.phase != first[1]:
+                        problems.add(
+                            (*c.loc, "phase"),
+                            f"1-phase charger {cid!r} on {c.phase} under 1-phase group "
+                            f"{gid!r}, whose charger {first[0]!r} is on {first[1]}: a 1-phase "
+                            f"group is one line, so every charger under it must be on the "
+                            f"same line (or make {gid!r} 3-phase)")
 
 
 def _build(spec: SiteSpec) -> Topology:
