@@ -1,11 +1,16 @@
 """Run a simulated site against a CSMS.
 
-    python -m gridshare.sim --url ws://127.0.0.1:9000 --chargers 20 --protocol mixed \\
-        --seed 1 --duration 60
+    python -m gridshare.sim --url ws://127.0.0.1:9000 \\
+        --ids-from src/gridshare/examples/carport.yaml --protocol mixed --duration 60
 
+``--ids-from SITE.yaml`` simulates the chargers of a site file (ids, phases, maximum and
+minimum currents, connectors, failsafe currents), so they connect to a ``gridshare serve``
+of that file; without it the chargers are ``--prefix``0001… with the options' ratings.
 Prints one summary line per report interval (connections, cars, currents, and the events
 since the last line); ``--json`` prints the same as one JSON object per line, ``--events``
-also prints every event as it happens.
+also prints every event as it happens. Exits 1 when no charger connected within
+``--connect-timeout`` (naming why: refused with which HTTP status, or no answer), 2 on a
+bad site file or bad options.
 """
 
 from __future__ import annotations
@@ -13,45 +18,158 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import sys
 import time
 from collections import Counter
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from gridshare.sim.charger import SimCharger
-from gridshare.sim.clock import ScaledClock
+from gridshare.sim.charger import PROTOCOLS, SimCharger
+from gridshare.sim.clock import ScaledClock, SimClock
 from gridshare.sim.connector import Status
 from gridshare.sim.site import Scenario, SimSite, SwitchingLoad, raise_fd_limit
+
+if TYPE_CHECKING:
+    from gridshare.core.topology import Topology
+
+_DEFAULT_CHARGERS = 20
+_RATINGS = {  # options a site file gives instead (--ids-from), and their defaults
+    "max_current": 32.0,
+    "connectors": 1,
+    "three_phase_share": 0.75,
+    "failsafe_current": None,
+    "prefix": "SIM",
+}
+_HTTP_STATUS = re.compile(r"\bHTTP (\d{3})\b")
+_HINTS = {
+    "404": "the CSMS does not know these ids (use --ids-from with its site file)",
+    "401": "wrong or missing password (--password)",
+    "403": "refused (client certificate or path)",
+}
+_SHOWN_IDS = 5
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m gridshare.sim", description=__doc__.split("\n")[0])
     p.add_argument("--url", required=True, help="CSMS websocket URL; chargers append /<id>")
-    p.add_argument("--chargers", type=int, default=20)
+    p.add_argument(
+        "--ids-from",
+        type=Path,
+        metavar="SITE.yaml",
+        help="simulate the chargers of this site file (ids, phases, currents, connectors, "
+        "failsafe)",
+    )
+    p.add_argument(
+        "--chargers",
+        type=int,
+        default=None,
+        help=f"how many (default {_DEFAULT_CHARGERS}; with --ids-from: all, or the first N)",
+    )
     p.add_argument("--protocol", choices=["ocpp1.6", "ocpp2.0.1", "mixed"], default="ocpp1.6")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--duration", type=float, default=60.0, help="simulated seconds")
     p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second")
     p.add_argument("--tick", type=float, default=1.0, help="physics step, simulated seconds")
     p.add_argument("--meter-interval", type=float, default=10.0)
-    p.add_argument("--max-current", type=float, default=32.0)
-    p.add_argument("--connectors", type=int, default=1)
-    p.add_argument("--three-phase-share", type=float, default=0.75)
+    p.add_argument("--max-current", type=float, default=None, help="A (default 32)")
+    p.add_argument("--connectors", type=int, default=None, help="per charger (default 1)")
+    p.add_argument("--three-phase-share", type=float, default=None, help="0..1 (default 0.75)")
     p.add_argument("--password", default=None, help="basic-auth password (user = charger id)")
-    p.add_argument("--prefix", default="SIM")
+    p.add_argument("--prefix", default=None, help="charger ids <prefix>0001... (default SIM)")
     p.add_argument("--arrivals-per-hour", type=float, default=0.5)
     p.add_argument("--dwell-hours", type=float, default=3.0)
     p.add_argument("--initial-occupancy", type=float, default=0.5)
-    p.add_argument("--failsafe-current", type=float, default=None)
+    p.add_argument(
+        "--failsafe-current", type=float, default=None, help="A (default: the full rating)"
+    )
     p.add_argument(
         "--aircon-a", type=float, default=0.0, help="add a switching 3-phase load of this many A"
     )
     p.add_argument("--report-every", type=float, default=5.0, help="simulated seconds")
-    p.add_argument("--connect-timeout", type=float, default=30.0, help="real seconds")
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=30.0,
+        help="real seconds to wait for the chargers to connect (0: do not wait)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--events", action="store_true", help="also print every event")
     return p
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Options, with the ratings a site file gives refused next to ``--ids-from`` (the file
+    would silently win otherwise)."""
+    p = _parser()
+    args = p.parse_args(argv)
+    for name, default in _RATINGS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+        elif args.ids_from is not None:
+            flag = "--" + name.replace("_", "-")
+            p.error(f"{flag} cannot be used with --ids-from (the site file gives it)")
+    if args.chargers is not None and args.chargers < 1:
+        p.error("--chargers must be at least 1")
+    return args
+
+
+def _site_from_file(
+    args: argparse.Namespace, topology: Topology, clock: SimClock, scenario: Scenario
+) -> SimSite:
+    """One simulated charger per charger of the site file, rated as the file says."""
+    site = SimSite(clock=clock, tick_s=args.tick, scenario=scenario)
+    chargers = list(topology.chargers.values())[: args.chargers]
+    for i, ch in enumerate(chargers):
+        site.add_charger(
+            SimCharger(
+                ch.id,
+                args.url,
+                protocol=PROTOCOLS[i % 2] if args.protocol == "mixed" else args.protocol,
+                phases=ch.phases,
+                phase=ch.phase.name if ch.phase is not None else "L1",
+                max_current_a=ch.max_current,
+                min_current_a=ch.min_current,
+                connectors=len(ch.connectors),
+                voltage_v=topology.voltage,
+                meter_interval_s=args.meter_interval,
+                failsafe_current_a=ch.failsafe_current,
+                password=args.password,
+                clock=site.clock,
+                seed=args.seed,
+                events_maxlen=16,
+            )
+        )
+    return site
+
+
+def _build_site(args: argparse.Namespace, topology: Topology | None) -> SimSite:
+    clock = ScaledClock(speed=args.speed)
+    scenario = Scenario(
+        seed=args.seed,
+        arrivals_per_hour=args.arrivals_per_hour,
+        dwell_mean_h=args.dwell_hours,
+        initial_occupancy=args.initial_occupancy,
+    )
+    if topology is not None:
+        return _site_from_file(args, topology, clock, scenario)
+    return SimSite.build(
+        args.url,
+        args.chargers or _DEFAULT_CHARGERS,
+        protocol=args.protocol,
+        seed=args.seed,
+        prefix=args.prefix,
+        three_phase_share=args.three_phase_share,
+        max_current_a=args.max_current,
+        connectors=args.connectors,
+        meter_interval_s=args.meter_interval,
+        clock=clock,
+        tick_s=args.tick,
+        scenario=scenario,
+        password=args.password,
+        failsafe_current_a=args.failsafe_current,
+    )
 
 
 def _summary(site: SimSite, since: Counter[str], t0: float) -> dict[str, Any]:
@@ -87,38 +205,59 @@ def _line(s: dict[str, Any]) -> str:
     )
 
 
-async def run(args: argparse.Namespace) -> int:
-    raise_fd_limit(args.chargers * args.connectors + 256)
-    clock = ScaledClock(speed=args.speed)
-    scenario = Scenario(
-        seed=args.seed,
-        arrivals_per_hour=args.arrivals_per_hour,
-        dwell_mean_h=args.dwell_hours,
-        initial_occupancy=args.initial_occupancy,
-    )
-    site = SimSite.build(
-        args.url,
-        args.chargers,
-        protocol=args.protocol,
-        seed=args.seed,
-        prefix=args.prefix,
-        three_phase_share=args.three_phase_share,
-        max_current_a=args.max_current,
-        connectors=args.connectors,
-        meter_interval_s=args.meter_interval,
-        clock=clock,
-        tick_s=args.tick,
-        scenario=scenario,
-        password=args.password,
-        failsafe_current_a=args.failsafe_current,
-    )
+class _LastErrors:
+    """Why each charger that is not connected is not: its last connection error."""
+
+    def __init__(self) -> None:
+        self.error: dict[str, str] = {}
+
+    def __call__(self, ch: SimCharger, at: datetime, what: str) -> None:
+        if what.startswith("connection error: "):
+            self.error[ch.id] = what.removeprefix("connection error: ")
+        elif what == "connected":
+            self.error.pop(ch.id, None)
+
+    def reasons(self, site: SimSite) -> dict[str, list[str]]:
+        """Not connected chargers by reason: ``HTTP 404`` for a refusal, else the error."""
+        out: dict[str, list[str]] = {}
+        for ch in site.chargers.values():
+            if ch.connected:
+                continue
+            error = self.error.get(ch.id)
+            status = _HTTP_STATUS.search(error) if error else None
+            why = f"HTTP {status.group(1)}" if status else (error or "no answer yet")[:120]
+            out.setdefault(why, []).append(ch.id)
+        return out
+
+
+def _reason_lines(reasons: dict[str, list[str]]) -> list[str]:
+    lines = []
+    for why, ids in sorted(reasons.items(), key=lambda kv: -len(kv[1])):
+        shown = ", ".join(ids[:_SHOWN_IDS])
+        if len(ids) > _SHOWN_IDS:
+            shown += f", … and {len(ids) - _SHOWN_IDS} more"
+        status = why.removeprefix("HTTP ")
+        if why.startswith("HTTP "):
+            hint = _HINTS.get(status, "refused by the CSMS")
+            lines.append(f"  {len(ids)} refused with {why}: {shown} — {hint}")
+        else:
+            lines.append(f"  {len(ids)} not connected ({why}): {shown}")
+    return lines
+
+
+async def run(args: argparse.Namespace, topology: Topology | None = None) -> int:
+    """Connect, run ``--duration`` and report; ``topology``: the ``--ids-from`` site."""
+    site = _build_site(args, topology)
+    raise_fd_limit(len(site.chargers) * args.connectors + 256)
     if args.aircon_a > 0:
         a = args.aircon_a
         site.add_load("aircon", SwitchingLoad((a, a, a), on_s=600, off_s=900))
     since: Counter[str] = Counter()
+    last_errors = _LastErrors()
 
     def on_event(ch: SimCharger, at: datetime, what: str) -> None:
         since[what.split(" ", 1)[0]] += 1
+        last_errors(ch, at, what)
         if args.events:
             if args.json:
                 print(json.dumps({"event": what, "charger": ch.id, "at": at.isoformat()}))
@@ -126,21 +265,37 @@ async def run(args: argparse.Namespace) -> int:
                 print(f"{at:%H:%M:%S} {ch.id} {what}")
 
     site.listeners.append(on_event)
+    clock = site.clock
     t0 = clock.time()
     started = time.monotonic()
     connected = await site.start(wait_connected_s=args.connect_timeout)
     connect_s = time.monotonic() - started
+    reasons = last_errors.reasons(site) if args.connect_timeout > 0 else {}
     hello = {
         "started": True,
         "connected": connected,
         "chargers": len(site.chargers),
         "connect_s": round(connect_s, 2),
+        "not_connected": reasons,
     }
     print(
         json.dumps(hello)
         if args.json
-        else f"connected {connected}/{len(site.chargers)} in {connect_s:.1f}s"
+        else f"connected {connected}/{len(site.chargers)} in {connect_s:.1f}s",
+        flush=True,
     )
+    if reasons:
+        head = (
+            f"error: no charger connected within {args.connect_timeout:g} s "
+            f"(--connect-timeout) to {args.url}"
+            if connected == 0
+            else f"warning: {len(site.chargers) - connected} of {len(site.chargers)} "
+            f"chargers not connected within {args.connect_timeout:g} s"
+        )
+        print("\n".join([head, *_reason_lines(reasons)]), file=sys.stderr, flush=True)
+        if connected == 0:
+            await site.stop()
+            return 1
     try:
         elapsed = 0.0
         while elapsed < args.duration - 1e-9:
@@ -159,13 +314,23 @@ async def run(args: argparse.Namespace) -> int:
         else f"done: cars={site.ev_count} "
         + " ".join(f"{k}={v}" for k, v in sorted(site.event_counts.items()))
     )
-    return 0 if connected else 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parse_args(argv)
+    topology = None
+    if args.ids_from is not None:
+        # only --ids-from needs the config stack (pydantic, yaml): imported here
+        from gridshare.config import load_site_config
+
+        try:
+            topology = load_site_config(args.ids_from).topology
+        except ValueError as exc:  # ConfigError, and whatever a bad file raises
+            print(exc, file=sys.stderr)
+            return 2
     try:
-        return asyncio.run(run(args))
+        return asyncio.run(run(args, topology))
     except KeyboardInterrupt:
         return 130
 
