@@ -4,9 +4,10 @@ Nothing else in gridshare constructs the bus, the CSMS, the controller or the st
 running system; tests, ``gridshare serve``, ``gridshare demo`` and the benchmarks all go
 through :func:`build_app`, so what they exercise is what production runs.
 
-Start order matters: the store and the controller subscribe to the bus *before* the CSMS
-accepts its first charger, so no event is lost; stop order is the reverse, and chargers
-left without us fall back to their failsafe profile when their lease runs out.
+Start order matters: the store and the controller subscribe to the bus *before* the meter
+sources read and the CSMS accepts its first charger, so no event is lost; stop order is
+the reverse, and chargers left without us fall back to their failsafe profile when their
+lease runs out.
 """
 
 from __future__ import annotations
@@ -17,15 +18,21 @@ import logging
 import signal
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from gridshare.adapters.ocpp import CentralSystem, ChargerCredentials, CsmsConfig, TlsConfig
+from gridshare.adapters.ocpp.meter import OcppMeter
 from gridshare.bus import Bus, open_bus
 from gridshare.clock import Clock, SystemClock
-from gridshare.config import SiteConfig
+from gridshare.config import MeterSpec, MqttSpec, SiteConfig
 from gridshare.controller.loop import Controller, ControllerSettings
+from gridshare.controller.state import MeterInfo
 from gridshare.controller.status_http import StatusServer
 from gridshare.core.topology import Topology
 from gridshare.store import Store, default_url, normalise_url
+
+if TYPE_CHECKING:
+    from gridshare.adapters.meters import MeterSources
 
 log = logging.getLogger("gridshare")
 
@@ -47,6 +54,10 @@ class ServeOptions:
     """CSMS settings (security profile, TLS, timeouts). Chargers, phases and voltage are
     filled in from the topology; None uses the defaults."""
     controller: ControllerSettings = field(default_factory=ControllerSettings)
+    meters: tuple[MeterSpec, ...] = ()
+    """The site file's ``meters:`` (a group's ``meter:`` names one of them)."""
+    mqtt: MqttSpec | None = None
+    """The site file's ``mqtt:`` broker, for mqtt meters."""
 
 
 def csms_settings(config: SiteConfig) -> CsmsConfig:
@@ -75,7 +86,36 @@ def serve_options(config: SiteConfig, *, host: str = "0.0.0.0", ocpp_port: int =
     line), the CSMS settings and the controller's lease (from the file's ``ocpp:``)."""
     return ServeOptions(host=host, ocpp_port=ocpp_port, api_port=api_port, db_url=db_url,
                         bus_url=bus_url, data_dir=data_dir, csms=csms_settings(config),
-                        controller=ControllerSettings(lease_s=config.ocpp.lease))
+                        controller=ControllerSettings(lease_s=config.ocpp.lease),
+                        meters=config.meters, mqtt=config.mqtt)
+
+
+def meter_where(spec: MeterSpec) -> str:
+    """Where a meter's readings come from, as alarms and ``/status`` name it."""
+    if spec.source == "mqtt":
+        return f"mqtt {spec.topic}"
+    if spec.source == "http":
+        from gridshare.adapters.meters.http import public_url
+
+        return f"http {public_url(spec.url or '')}"
+    return f"ocpp {spec.charger} connector {spec.connector}"
+
+
+def meter_phases(topology: Topology, meters: tuple[MeterSpec, ...]) -> dict[str, int]:
+    """Meter id -> phases of the groups that follow it (3 if any is 3-phase or none is)."""
+    out: dict[str, int] = {}
+    for group in topology.groups.values():
+        if group.meter is not None:
+            out[group.meter] = max(out.get(group.meter, 1), group.phases)
+    return {m.id: out.get(m.id, 3) for m in meters}
+
+
+def ocpp_meters(topology: Topology, meters: tuple[MeterSpec, ...]) -> list[OcppMeter]:
+    """The meters read from MeterValues; an id that is no charger is a dedicated meter."""
+    phases = meter_phases(topology, meters)
+    return [OcppMeter(m.id, m.charger, m.connector, phases[m.id],
+                      dedicated=m.charger not in topology.chargers)
+            for m in meters if m.source == "ocpp" and m.charger is not None]
 
 
 def csms_config(topology: Topology, base: CsmsConfig | None,
@@ -101,15 +141,44 @@ class GridshareApp:
         if url is None:
             url = default_url(options.data_dir)
         self.store: Store | None = None if url.lower() in NO_DB else Store(normalise_url(url))
-        self.csms = CentralSystem(csms_config(topology, options.csms, options.controller),
-                                  self.bus.publish, clock=self.clock.now)
-        self.controller = Controller(topology, self.csms, self.clock,
-                                     settings=options.controller, bus=self.bus,
-                                     audit=self.store)
+        by_ocpp = ocpp_meters(topology, options.meters)
+        csms = csms_config(topology, options.csms, options.controller)
+        for meter in by_ocpp:
+            if meter.dedicated and meter.charger not in csms.chargers:
+                # Accepted like a charger (same security profile), never given a profile.
+                spec = next(m for m in options.meters if m.id == meter.meter)
+                csms.chargers[meter.charger] = ChargerCredentials(
+                    getattr(spec, "password_hash", None))
+        self.csms = CentralSystem(csms, self.bus.publish, clock=self.clock.now, meters=by_ocpp)
+        settings = options.controller
+        if options.meters and not settings.state.meters:
+            infos = tuple(MeterInfo(m.id, m.source, meter_where(m), m.max_age)
+                          for m in options.meters)
+            settings = replace(settings, state=replace(settings.state, meters=infos))
+        self.controller = Controller(topology, self.csms, self.clock, settings=settings,
+                                     bus=self.bus, audit=self.store)
+        self.meter_sources: MeterSources | None = None
+        if any(m.source != "ocpp" for m in options.meters):
+            from gridshare.adapters.meters import MeterSources
+
+            self.meter_sources = MeterSources(
+                options.meters, options.mqtt, self.bus.publish, self.clock,
+                voltage=topology.voltage, phases=meter_phases(topology, options.meters))
         self.status_server: StatusServer | None = None
         if options.api_port is not None:
-            self.status_server = StatusServer(lambda: self.controller.status().to_dict())
+            self.status_server = StatusServer(self.status)
         self._started = False
+
+    def status(self) -> dict[str, Any]:
+        """The controller's status, each meter with its source's error count and last
+        error (what ``GET /status`` serves)."""
+        out = self.controller.status().to_dict()
+        sources = self.meter_sources.status() if self.meter_sources is not None else {}
+        for meter in out.get("meters", []):
+            found = sources.get(meter["id"])
+            meter["errors"] = found.errors if found is not None else 0
+            meter["last_error"] = found.last_error if found is not None else None
+        return out
 
     async def start(self) -> None:
         if self.store is not None:
@@ -117,6 +186,8 @@ class GridshareApp:
             self.store.consume(self.bus.subscribe("store"))
         await self.controller.start()
         try:
+            if self.meter_sources is not None:
+                await self.meter_sources.start()
             await self.csms.start(self.options.host, self.options.ocpp_port)
             if self.status_server is not None and self.options.api_port is not None:
                 await self.status_server.start(self.options.host, self.options.api_port)
@@ -131,6 +202,9 @@ class GridshareApp:
             await self.status_server.stop()
         with contextlib.suppress(Exception):
             await self.csms.stop()
+        if self.meter_sources is not None:
+            with contextlib.suppress(Exception):
+                await self.meter_sources.stop()
         await self.controller.stop()
         if self.store is not None:
             await self.store.stop()

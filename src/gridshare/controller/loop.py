@@ -161,6 +161,7 @@ class Controller:
         self._alarms: deque[AlarmRecord] = deque(maxlen=self.settings.max_alarms)
         self._active_alarms: dict[tuple[str, str, str | None, str], AlarmRecord] = {}
         self._flagged: set[ConnectorKey] = set()
+        self._meter_alarms: dict[str, AlarmRecord] = {}
         self.counters: Counter[str] = Counter()
         self.last_report: CycleReport | None = None
         self._cycle_listeners: list[Callable[[CycleReport], None]] = []
@@ -282,6 +283,7 @@ class Controller:
         now = self.clock.now()
         self.state.refresh(now)
         self._report_violators(now)
+        self._report_meters(now)
         # The plan is checked against every connector's worst case from the ledger, so
         # its snapshot must not also reserve them.
         snapshot, plan_snapshot = self.state.snapshots(now)
@@ -493,6 +495,7 @@ class Controller:
         now = self.clock.now()
         impact = self.state.refresh(now)
         self._report_violators(now)
+        self._report_meters(now)
         if impact is Impact.NONE:
             overdue = self._last_cycle_at is None or \
                 (now - self._last_cycle_at).total_seconds() >= self.settings.recompute_s
@@ -518,6 +521,26 @@ class Controller:
             log.info("%s/%s is back within its setpoint", key[0], key[1])
         self._flagged = set(current)
 
+    def _report_meters(self, now: datetime) -> None:
+        """Alarm when a meter goes quiet (its groups are at 0 A headroom), clear when it
+        reports again."""
+        current = self.state.meter_alarms(now)
+        for meter_id, message in current.items():
+            if self._meter_alarms.get(meter_id) is None or \
+                    self._meter_alarms[meter_id].message != message:
+                groups = self.state.meter_groups(meter_id)
+                self._meter_alarms[meter_id] = self._alarm(
+                    "meter", message, group=groups[0] if groups else "")
+        for meter_id in list(self._meter_alarms):
+            if meter_id not in current:
+                old = self._meter_alarms.pop(meter_id)
+                cleared = AlarmRecord(now, old.kind, old.group, old.phase, old.load, old.limit,
+                                      f"cleared: {old.message}", cleared=True)
+                self._alarms.append(cleared)
+                log.info("alarm cleared: %s", old.message)
+                if self.audit is not None:
+                    self.audit.record_alarm(cleared)
+
     # --- alarms ---------------------------------------------------------------------------
 
     def _alarm(self, kind: str, message: str, *, group: str = "", phase: str | None = None,
@@ -534,7 +557,11 @@ class Controller:
         """Log allocation alarms when they appear and when they clear, not every cycle."""
         seen: dict[tuple[str, str, str | None, str], Alarm] = {}
         kind = "guard" if allocation.guarded else "limit"
+        snapshot = self._snapshot
         for alarm in allocation.alarms:
+            if kind == "limit" and snapshot is not None and \
+                    snapshot.conditions(alarm.group).meter_stale:
+                continue  # its meter is quiet: the meter alarm says why, not 'offline ...'
             phase = alarm.phase.name if alarm.phase is not None else None
             seen[(kind, alarm.group, phase, alarm.message.split(":")[0])] = alarm
         for key, alarm in seen.items():

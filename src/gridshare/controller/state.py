@@ -94,6 +94,8 @@ class MeterInfo:
     it comes from (named in the alarm when it goes quiet)."""
 
     id: str
+    source: str
+    """mqtt | http | ocpp"""
     where: str
     """``mqtt home/meter/state``, ``http <url>``, ``ocpp <charger> connector <n>``."""
     max_age_s: float
@@ -865,9 +867,8 @@ class SiteState:
         ids = [m.id for m in self.settings.meters]
         return ids + [m for m in self._metered_by if m not in ids]
 
-    def meter_where(self, meter_id: str) -> str:
-        info = self._meter_info.get(meter_id)
-        return info.where if info is not None else ""
+    def meter_info(self, meter_id: str) -> MeterInfo | None:
+        return self._meter_info.get(meter_id)
 
     def online_count(self) -> int:
         return sum(1 for c in self._chargers.values() if c.online)

@@ -37,6 +37,21 @@ class GroupView:
 
 
 @dataclass(frozen=True, slots=True)
+class MeterView:
+    """A meter declared in the site file: its last value and how old it is."""
+
+    id: str
+    source: str
+    where: str
+    current: tuple[float, float, float] | None
+    """A per phase of its last reading (None: none since start-up)."""
+    age_s: float | None
+    stale: bool
+    """No reading since start-up or within its max age: its groups are at 0 A headroom."""
+    groups: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class CommandView:
     """A command the charger may or may not be obeying."""
 
@@ -93,6 +108,7 @@ class ControllerStatus:
     connectors: tuple[ConnectorView, ...]
     alarms: tuple[AlarmRecord, ...]
     counters: Mapping[str, int]
+    meters: tuple[MeterView, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (infinite limits become null)."""
@@ -105,6 +121,7 @@ class ControllerStatus:
             "connectors": [_jsonable(_fields(c)) for c in self.connectors],
             "alarms": [_jsonable(_fields(a)) for a in self.alarms],
             "counters": dict(self.counters),
+            "meters": [_jsonable(_fields(m)) for m in self.meters],
         }
 
 
@@ -124,6 +141,27 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
     return value
+
+
+def meter_views(controller: Controller, now: datetime) -> tuple[MeterView, ...]:
+    """Every meter the site declares (or a group names), as of ``now``."""
+    state = controller.state
+    stale_groups = set(state.stale_groups(now))
+    out = []
+    for meter_id in state.meter_ids():
+        info = state.meter_info(meter_id)
+        groups = state.meter_groups(meter_id)
+        sample = state.meter_sample(meter_id)
+        age = None if sample is None else max(0.0, (now - sample[1]).total_seconds())
+        max_age = state.max_age_s(meter_id)
+        stale = any(g in stale_groups for g in groups) if groups else \
+            age is None or age > max_age
+        out.append(MeterView(
+            id=meter_id, source=info.source if info is not None else "",
+            where=info.where if info is not None else "",
+            current=sample[0] if sample is not None else None, age_s=age, stale=stale,
+            groups=groups))
+    return tuple(out)
 
 
 def build_status(controller: Controller) -> ControllerStatus:
@@ -197,6 +235,7 @@ def build_status(controller: Controller) -> ControllerStatus:
             else None,
         ))
     return ControllerStatus(
+        meters=meter_views(controller, now),
         site=controller.topology.site, at=now,
         chargers_configured=len(controller.topology.chargers),
         chargers_online=controller.state.online_count(), groups=tuple(groups),

@@ -20,12 +20,20 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.typing import Subprotocol
 
 from gridshare.drivers import CommandOutcome, CommandResult, SetpointRequest
-from gridshare.events import ChargerOffline, ChargerOnline, Event, EventCounters, ProfileRejected
+from gridshare.events import (
+    ChargerOffline,
+    ChargerOnline,
+    Event,
+    EventCounters,
+    MeterReading,
+    ProfileRejected,
+)
 from gridshare.ocpp_version import OcppVersion
 
 from . import profiles
 from .auth import charger_id_from_path, server_ssl_context
 from .config import CsmsConfig
+from .meter import OcppMeter, meter_sample
 from .rpc import Deadlines, FrameWriter
 from .server import Gatekeeper
 from .session import ChargerState, Command, Session, SessionContext
@@ -44,12 +52,25 @@ def _not_connected() -> asyncio.Future[CommandOutcome]:
     return future
 
 
+def _refused_meter() -> asyncio.Future[CommandOutcome]:
+    """A dedicated meter is never sent a profile, whoever asks."""
+    future: asyncio.Future[CommandOutcome] = asyncio.get_running_loop().create_future()
+    future.set_result(CommandOutcome(CommandResult.REJECTED, sent=False,
+                                     detail="a meter, not a charger"))
+    return future
+
+
 class CentralSystem:
     """OCPP CSMS and ChargerDriver. See the package docstring for the whole picture."""
 
     def __init__(self, config: CsmsConfig, publish: Callable[[Event], None],
-                 clock: Callable[[], datetime] | None = None) -> None:
+                 clock: Callable[[], datetime] | None = None, *,
+                 meters: Sequence[OcppMeter] = ()) -> None:
+        """``meters``: site meters read from MeterValues; a dedicated one's id must be in
+        ``config.chargers`` to be accepted (same security rules as a charger)."""
         self.config = config
+        self._meters = {(m.charger, m.connector): m for m in meters}
+        self._meter_only = frozenset(m.charger for m in meters if m.dedicated)
         self._publish = publish
         self._clock = clock or _utcnow
         self.counters = EventCounters()
@@ -74,6 +95,22 @@ class CentralSystem:
         return self._clock()
 
     def emit(self, event: Event) -> None:
+        """Publish a session's event; a meter's MeterValues also as its MeterSample, and
+        nothing else of a dedicated meter (it is no charger to the controller)."""
+        charger = getattr(event, "charger", None)
+        if self._meters and isinstance(event, MeterReading):
+            meter = self._meters.get((event.charger, event.connector))
+            if meter is not None:
+                sample = meter_sample(event, meter, voltage_v=self.config.voltage_v)
+                if sample is None:
+                    self.counters.reject("meter_no_current_or_power")
+                else:
+                    self._send(sample)
+        if charger is not None and charger in self._meter_only:
+            return
+        self._send(event)
+
+    def _send(self, event: Event) -> None:
         try:
             self._publish(event)
         except Exception:  # a subscriber's bug must not break the charger's connection
@@ -239,6 +276,8 @@ class CentralSystem:
     def _submit(self, charger: str, make: Callable[[Session], Command],
                 ) -> asyncio.Future[CommandOutcome]:
         session = self._sessions.get(charger)
+        if charger in self._meter_only:
+            return _refused_meter()
         if session is None or session.closing:
             return _not_connected()
         return session.submit(make(session))
@@ -265,6 +304,9 @@ class CentralSystem:
         outcomes: list[Awaitable[CommandOutcome]] = []
         for request in requests:
             session = self._sessions.get(request.charger)
+            if request.charger in self._meter_only:
+                outcomes.append(_refused_meter())
+                continue
             if session is None or session.closing:
                 outcomes.append(_not_connected())
                 continue
@@ -310,7 +352,7 @@ class CentralSystem:
         """What the charger will actually apply: [(start_offset_s, limit_a_per_phase)], or
         None when it is offline, does not answer or refuses."""
         session = self._sessions.get(charger)
-        if session is None or session.closing:
+        if session is None or session.closing or charger in self._meter_only:
             return None
         command = session.composite_command(connector, int(duration_s))
         outcome = await session.submit(command)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from gridshare.events import MeterReading
+from gridshare.events import MeterReading, MeterSample
 from gridshare.ocpp_version import OcppVersion
 
 FUTURE_TOLERANCE = timedelta(seconds=60)
@@ -200,4 +200,45 @@ def energy_register_wh(meter_values: Sequence[Mapping[str, Any]], *, protocol: O
     for reading in reversed(parsed.readings):
         if reading.energy_wh is not None:
             return reading.energy_wh
+    return None
+
+
+# --- meters that are read over OCPP (``source: ocpp`` in the site file) ---------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OcppMeter:
+    """A site meter read from a charge point's MeterValues: a charger's connector 0 (its
+    whole supply) or a dedicated meter that connects as a charge point of its own."""
+
+    meter: str
+    charger: str
+    connector: int = 0
+    phases: int = 3
+    """Phases of the group it feeds: a total power is split evenly over them."""
+    dedicated: bool = False
+    """Not a charger of the site: accepted as a charge point, never sent a profile, and
+    its own events (boot, status) mean nothing to the controller."""
+
+
+def meter_sample(reading: MeterReading, meter: OcppMeter, *, voltage_v: float,
+                 ) -> MeterSample | None:
+    """A reading of the meter's charge point as the group meter's sample (A per phase).
+
+    Current.Import per phase is taken as is; a phase it leaves out counts as its largest
+    (a meter that says less must not lower the headroom). Without currents, the total
+    Power.Active.Import is split evenly over the group's phases. None: nothing usable."""
+    values = [v for v in reading.current_a if v is not None]
+    if values:
+        top = max(values)
+        if meter.phases == 1:
+            return MeterSample(meter.meter, reading.at, (top, 0.0, 0.0))
+        a = [top if v is None else v for v in reading.current_a]
+        return MeterSample(meter.meter, reading.at, (a[0], a[1], a[2]))
+    if reading.power_w is not None:
+        if meter.phases == 1:
+            return MeterSample(meter.meter, reading.at,
+                               (reading.power_w / voltage_v, 0.0, 0.0))
+        amps = reading.power_w / (voltage_v * 3)
+        return MeterSample(meter.meter, reading.at, (amps, amps, amps))
     return None
