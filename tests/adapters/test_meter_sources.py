@@ -60,11 +60,11 @@ def http_meter(mid: str, url: str, **kw: Any) -> MeterSpec:
     return MeterSpec(id=mid, source="http", url=url, **kw)
 
 
-def decode(payload: object, *, phases: int = 3, **kw: Any) -> object:
+def decode(payload: object, *, phases: int = 3, line: Any = None, **kw: Any) -> object:
     spec = mqtt_meter("m", "t", **kw)
     raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    return Decoder.build(spec.fields, spec.field, spec.unit, phases=phases,
-                         voltage=V).decode(raw)
+    return Decoder.build(spec.fields, spec.field, spec.unit, phases=phases, voltage=V,
+                         line=line).decode(raw)
 
 
 def approx3(a: float, b: float, c: float) -> Any:
@@ -82,19 +82,29 @@ GOOD = [
                  (12.31, 8.02, 4.5), id="iotawatt-query-rows"),
     pytest.param(EVCC_GRID, {"field": "power", "unit": "W"}, 3, (10.0, 10.0, 10.0),
                  id="evcc-power-3-phase"),
-    pytest.param(EVCC_GRID, {"field": "power", "unit": "W"}, 1, (30.0, 0.0, 0.0),
-                 id="evcc-power-1-phase-all-on-L1"),
+    pytest.param(EVCC_GRID, {"field": "power", "unit": "W", "line": "L1"}, 1,
+                 (30.0, 0.0, 0.0), id="evcc-power-1-phase-on-L1"),
+    pytest.param(EVCC_GRID, {"field": "power", "unit": "W", "line": "L2"}, 1,
+                 (0.0, 30.0, 0.0), id="evcc-power-1-phase-on-L2"),
+    pytest.param(EVCC_GRID, {"field": "power", "unit": "W"}, 1, (30.0, 30.0, 30.0),
+                 id="1-phase-line-unknown-counts-on-every-phase"),
+    pytest.param(EVCC_GRID, {"field": "power", "unit": "W", "line": "L2"}, 3,
+                 (10.0, 10.0, 10.0), id="a-line-means-nothing-for-a-3-phase-group"),
     pytest.param(EVCC_GRID, {"fields": {"L1": "currents.0", "L3": "currents.2"}}, 3,
                  (10.0, 0.0, 10.0), id="phase-absent-from-fields-is-0"),
-    pytest.param(TASMOTA_SENSOR, {"field": "ENERGY.Power", "unit": "W"}, 1, (15.0, 0, 0),
-                 id="tasmota-energy-power"),
+    pytest.param(TASMOTA_SENSOR, {"field": "ENERGY.Power", "unit": "W", "line": "L1"}, 1,
+                 (15.0, 0, 0), id="tasmota-energy-power"),
     pytest.param({"p": 6.9}, {"field": "p", "unit": "kW"}, 3, (10.0, 10.0, 10.0),
                  id="kw-total"),
     pytest.param({"power": -4200}, {"field": "power", "unit": "W"}, 3, (0.0, 0.0, 0.0),
                  id="export-counts-as-0"),
-    pytest.param(b"2300", {"unit": "W"}, 1, (10.0, 0.0, 0.0), id="plain-watts-1-phase"),
+    pytest.param(b"2300", {"unit": "W", "line": "L3"}, 1, (0.0, 0.0, 10.0),
+                 id="plain-watts-1-phase"),
     pytest.param(b" 6.9\n", {"unit": "kW"}, 3, (10.0, 10.0, 10.0), id="plain-kw-3-phase"),
-    pytest.param(b"12.5", {"unit": "A"}, 1, (12.5, 0.0, 0.0), id="plain-amps-1-phase-L1"),
+    pytest.param(b"12.5", {"unit": "A", "line": "L1"}, 1, (12.5, 0.0, 0.0),
+                 id="plain-amps-1-phase-L1"),
+    pytest.param(b"12.5", {"unit": "A"}, 1, (12.5, 12.5, 12.5),
+                 id="plain-amps-1-phase-line-unknown"),
     pytest.param(b"12.5", {"unit": "A"}, 3, (12.5, 12.5, 12.5),
                  id="plain-amps-3-phase-on-every-phase"),
 ]
@@ -197,11 +207,11 @@ class Run:
 
 
 def make_run(meters: list[MeterSpec], mqtt: MqttSpec | None = None,
-             phases: dict[str, int] | None = None) -> Run:
+             phases: dict[str, int] | None = None, lines: dict[str, Any] | None = None) -> Run:
     clock = FakeClock(T0)
     samples: list[MeterSample] = []
     sources = MeterSources(meters, mqtt, samples.append, clock, voltage=V,
-                           phases=phases or {})
+                           phases=phases or {}, lines=lines)
     return Run(sources, clock, samples)
 
 
@@ -225,7 +235,7 @@ async def test_mqtt_meters_publish_real_device_payloads(broker: Mosquitto) -> No
         mqtt_meter("plain", "meters/plain", unit="kW"),
         mqtt_meter("any-shelly", "shellies/+/status/em:0", fields={"L1": "a_current"}),
         MeterSpec(id="cp-meter", source="ocpp", charger="cp-1"),
-    ], MqttSpec(url=broker.url), phases={"garage": 1, "plain": 3})
+    ], MqttSpec(url=broker.url), phases={"garage": 1, "plain": 3}, lines={"garage": "L2"})
     assert set(run.sources.status()) == {"house", "garage", "plain", "any-shelly"}
     await run.sources.start()
     try:
@@ -240,7 +250,7 @@ async def test_mqtt_meters_publish_real_device_payloads(broker: Mosquitto) -> No
         t5 = T0.replace(second=5)
         assert run.of("house") == [MeterSample("house", t5, approx3(4.029, 4.027, 3.03))]
         assert run.of("any-shelly") == [MeterSample("any-shelly", t5, approx3(4.029, 0, 0))]
-        assert run.of("garage") == [MeterSample("garage", t5, approx3(15.0, 0, 0))]
+        assert run.of("garage") == [MeterSample("garage", t5, approx3(0, 15.0, 0))]
         assert run.of("plain") == [MeterSample("plain", t5, approx3(10.0, 10.0, 10.0))]
         house = run.status("house")
         assert house == MeterStatus("house", "mqtt", "mqtt shellies/pro3em/status/em:0",
@@ -287,7 +297,7 @@ async def test_mqtt_bad_payloads_are_counted_logged_once_a_minute_never_publishe
 
 async def test_mqtt_reconnects_after_the_broker_restarts(broker: Mosquitto) -> None:
     run = make_run([mqtt_meter("house", "home/meter/state", unit="A")],
-                   MqttSpec(url=broker.url), phases={"house": 1})
+                   MqttSpec(url=broker.url), phases={"house": 1}, lines={"house": "L1"})
     await run.sources.start()
     try:
         link = run.sources.link
@@ -454,7 +464,7 @@ async def test_http_polls_real_device_payloads(devices: FakeDevices) -> None:
             "&begin=s-5s&end=s&group=all&format=json"),
             fields={"L1": "0.1", "L2": "0.2", "L3": "0.3"}, interval=0.2),
         http_meter("evcc", devices.url("/api/meter"), field="power", unit="W", interval=0.2),
-    ], phases={"evcc": 1})
+    ], phases={"evcc": 1}, lines={"evcc": "L1"})
     await run.sources.start()
     try:
         await until(lambda: all(run.of(m) for m in ("shelly", "iotawatt", "evcc")),
@@ -518,7 +528,7 @@ async def test_http_slow_endpoint_never_piles_up_requests(devices: FakeDevices) 
         await run.sources.stop()
     assert devices.max_in_flight["/slow"] == 1
     assert devices.hits["/slow"] <= len(run.samples) + 1
-    assert run.samples[0].current_a == (10.0, 0.0, 0.0)
+    assert run.samples[0].current_a == (10.0, 10.0, 10.0)  # 1-phase, line not given
     assert run.status("slow").errors == 0
 
 

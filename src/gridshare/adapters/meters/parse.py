@@ -10,13 +10,18 @@ What a payload means (``fields`` / ``field`` / neither, with ``unit``):
 - ``fields: {L1: path, ...}``, unit A: the current on each named phase; a phase absent
   from ``fields`` is 0 A. The payload must be JSON.
 - ``field: path``, unit W or kW: the total power, split evenly over the phases of the group
-  the meter feeds: P / (3·V) on each phase of a 3-phase group, P / V on L1 of a 1-phase one.
+  the meter feeds: P / (3·V) on each phase of a 3-phase group, P / V for a 1-phase one.
   Negative power (export, e.g. PV) counts as 0 A: the group then imports nothing through
   the meter, and counting 0 never overstates its headroom.
 - neither: the payload is one plain number (``1234.5``). W or kW: a total, split as above.
-  A: the current on *each* of the group's phases (L1 only for a 1-phase group); a single
-  value cannot say which phase it is, and counting it on every phase never understates the
-  load of the heaviest one.
+  A: the current on *each* of a 3-phase group's phases; a single value cannot say which
+  phase it is, and counting it on every phase never understates the heaviest one.
+
+A 1-phase group's reading goes on its line when the caller knows it (``line``: the line
+its chargers are on). Without it the reading is counted on all three phases: the core
+holds a group's limit on L1, L2 and L3 apart, so a reading on L1 alone would leave the
+line that really carries the chargers without its uncontrolled load (an overload); on the
+two other lines nothing of the group draws, so counting it there costs nothing.
 
 Paths are dot-separated keys; a segment that indexes a list is a number
 (``emeters.0.current``, ``0.2`` for IoTaWatt's ``[[time, a, b, c]]``).
@@ -123,14 +128,19 @@ class Decoder:
     phases: int
     """Phases of the group the meter feeds (1 or 3)."""
     voltage: float
+    line: int | None = None
+    """A 1-phase group's line (0 = L1); None: not known, count it on every phase."""
 
     @classmethod
     def build(cls, fields: Mapping[PhaseName, str] | None, field: str | None,
-              unit: Literal["A", "W", "kW"], *, phases: int, voltage: float) -> Decoder:
+              unit: Literal["A", "W", "kW"], *, phases: int, voltage: float,
+              line: PhaseName | None = None) -> Decoder:
         """Pre-split the paths; ``phases`` other than 1 count as 3 (never fewer phases)."""
         per_phase = tuple((PHASES.index(name), path, split_path(path))
                           for name, path in sorted((fields or {}).items()))
-        return cls(per_phase, field, unit, 1 if phases == 1 else 3, voltage)
+        one = phases == 1
+        return cls(per_phase, field, unit, 1 if one else 3, voltage,
+                   PHASES.index(line) if one and line in PHASES else None)
 
     def decode(self, payload: bytes) -> Amps3 | Rejected:
         """The reading in a payload, or why there is none."""
@@ -170,9 +180,17 @@ class Decoder:
         if self.unit == "A":
             if value < 0:
                 return Rejected(f"negative current {echo(value)} A")
-            return (value, 0.0, 0.0) if self.phases == 1 else (value, value, value)
+            return self._place(value)
         watts = max(value * (1000.0 if self.unit == "kW" else 1.0), 0.0)
         amps = watts / (self.phases * self.voltage)
         if not math.isfinite(amps):
             return Rejected(f"power {echo(value)} {self.unit} gives no finite current")
-        return (amps, 0.0, 0.0) if self.phases == 1 else (amps, amps, amps)
+        return self._place(amps)
+
+    def _place(self, amps: float) -> Amps3:
+        """One current on the group's phases: its line, or all three (see the module doc)."""
+        if self.line is None:
+            return (amps, amps, amps)
+        out = [0.0, 0.0, 0.0]
+        out[self.line] = amps
+        return (out[0], out[1], out[2])

@@ -23,7 +23,7 @@ import httpx
 
 from gridshare.adapters.meters.http import HttpPoller, public_url
 from gridshare.adapters.meters.mqtt import MqttLink, valid_filter
-from gridshare.adapters.meters.parse import Amps3, Decoder, Rejected
+from gridshare.adapters.meters.parse import Amps3, Decoder, PhaseName, Rejected
 from gridshare.clock import Clock
 from gridshare.config import MeterSpec, MqttSpec
 from gridshare.events import MeterSample
@@ -76,7 +76,11 @@ class MeterSources:
 
     def __init__(self, meters: Sequence[MeterSpec], mqtt: MqttSpec | None,
                  publish: Callable[[MeterSample], None], clock: Clock, *, voltage: float,
-                 phases: Mapping[str, int]) -> None:
+                 phases: Mapping[str, int],
+                 lines: Mapping[str, PhaseName] | None = None) -> None:
+        """``phases``: meter id -> phases of the group it feeds (1 or 3; 3 if absent).
+        ``lines``: meter id -> the line a 1-phase group is on (L1..L3), when known; a
+        1-phase reading without it counts on all three phases (see ``parse``)."""
         self._publish = publish
         self._clock = clock
         self._mqtt_spec = mqtt or MqttSpec()
@@ -86,7 +90,8 @@ class MeterSources:
             if spec.source == "ocpp":
                 continue
             decoder = Decoder.build(spec.fields, spec.field, spec.unit,
-                                    phases=phases.get(spec.id, 3), voltage=voltage)
+                                    phases=phases.get(spec.id, 3), voltage=voltage,
+                                    line=(lines or {}).get(spec.id))
             where = (f"mqtt {spec.topic}" if spec.source == "mqtt"
                      else f"http {public_url(spec.url or '')}")
             track = _Track(spec, decoder, where)
