@@ -3,8 +3,9 @@
 ``Mosquitto`` starts ``/usr/sbin/mosquitto -c <conf>`` listening on 127.0.0.1 only, waits
 until the port accepts, and can be stopped and started again on the same port (a broker
 restart, for reconnect tests). With ``users`` it refuses anonymous clients and checks a
-password file made by ``mosquitto_passwd``. A missing binary fails the test: a skipped
-broker test would hide that MQTT is not tested at all.
+password file made by ``mosquitto_passwd``; with ``tls`` it speaks only TLS (``mqtts://``)
+with a server certificate for 127.0.0.1 from a throwaway CA (``ca_path``). A missing
+binary fails the test: a skipped broker test would hide that MQTT is not tested at all.
 
 Use the fixtures in ``tests/adapters/conftest.py`` or, elsewhere, ``mosquitto(tmp_path)``.
 """
@@ -48,6 +49,7 @@ class Mosquitto:
     workdir: Path
     port: int = field(default_factory=free_port)
     users: dict[str, str] = field(default_factory=dict)
+    tls: bool = False
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -57,7 +59,12 @@ class Mosquitto:
     @property
     def url(self) -> str:
         """For ``mqtt: {url: ...}`` in a site file."""
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
+
+    @property
+    def ca_path(self) -> Path:
+        """The CA that signed the broker's certificate (``tls`` only)."""
+        return self.workdir / "tls" / "broker_test_CA.pem"
 
     @property
     def log_path(self) -> Path:
@@ -89,9 +96,24 @@ class Mosquitto:
             lines += ["allow_anonymous false", f"password_file {store}"]
         else:
             lines.append("allow_anonymous true")
+        if self.tls:
+            lines += self._tls_lines()
         conf = self.workdir / "mosquitto.conf"
         conf.write_text("\n".join(lines) + "\n", encoding="utf-8")
         return conf
+
+    def _tls_lines(self) -> list[str]:
+        """Listener options for TLS; the CA and the server certificate are made once."""
+        from gridshare.adapters.ocpp.certs import CertFiles, make_ca, make_cert
+
+        tls_dir = self.workdir / "tls"
+        server = CertFiles(tls_dir / "127.0.0.1.pem", tls_dir / "127.0.0.1.key")
+        if not self.ca_path.exists():
+            ca = make_ca(tls_dir, "broker test CA")
+            server = make_cert(ca, "127.0.0.1", tls_dir, server=True)
+            assert ca.cert_path == self.ca_path
+        return [f"cafile {self.ca_path}", f"certfile {server.cert_path}",
+                f"keyfile {server.key_path}", "tls_version tlsv1.2"]
 
     def start(self) -> None:
         """Start (or restart) on the same port and wait until it accepts connections."""
@@ -128,10 +150,11 @@ class Mosquitto:
 
 
 @contextlib.contextmanager
-def mosquitto(workdir: Path, users: dict[str, str] | None = None) -> Iterator[Mosquitto]:
+def mosquitto(workdir: Path, users: dict[str, str] | None = None, *,
+              tls: bool = False) -> Iterator[Mosquitto]:
     """A started broker in ``workdir`` (a fresh directory), killed on exit."""
     workdir.mkdir(parents=True, exist_ok=True)
-    broker = Mosquitto(workdir, users=dict(users or {}))
+    broker = Mosquitto(workdir, users=dict(users or {}), tls=tls)
     broker.start()
     try:
         yield broker

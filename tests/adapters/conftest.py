@@ -23,3 +23,10 @@ def auth_broker(tmp_path: Path) -> Iterator[Mosquitto]:
     """A broker that admits only ``BROKER_USERS`` (username and password)."""
     with mosquitto(tmp_path / "mosquitto-auth", users=BROKER_USERS) as started:
         yield started
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """An anonymous broker that speaks only TLS; its CA is ``tls_broker.ca_path``."""
+    with mosquitto(tmp_path / "mosquitto-tls", tls=True) as started:
+        yield started

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -359,7 +360,8 @@ async def test_mqtt_wrong_password_is_an_outage_not_a_crash(auth_broker: Mosquit
     wrong = tmp_path / "wrong.pw"
     wrong.write_text("not-the-password\n")
     missing = tmp_path / "missing.pw"
-    for password_file, expect in ((wrong, "Not authorized"), (missing, "FileNotFoundError")):
+    for password_file, expect in ((wrong, "Not authorized"),
+                                  (missing, f"password_file {missing}: No such file")):
         run = make_run([mqtt_meter("house", "home/meter/state")],
                        MqttSpec(url=auth_broker.url, username="gs",
                                 password_file=password_file))
@@ -370,6 +372,36 @@ async def test_mqtt_wrong_password_is_an_outage_not_a_crash(auth_broker: Mosquit
             assert run.sources.link is not None and not run.sources.link.connected
         finally:
             await run.sources.stop()
+
+
+async def test_mqtts_with_the_site_cafile(tls_broker: Mosquitto) -> None:
+    run = make_run([mqtt_meter("house", "home/meter/state", field="power", unit="W")],
+                   MqttSpec(url=tls_broker.url, cafile=tls_broker.ca_path))
+    await run.sources.start()
+    try:
+        link = run.sources.link
+        assert link is not None
+        await until(lambda: link.connected, what="TLS connection")
+        context = ssl.create_default_context(cafile=str(tls_broker.ca_path))
+        async with aiomqtt.Client(tls_broker.host, tls_broker.port,
+                                  tls_context=context) as client:
+            await client.publish("home/meter/state", json.dumps(EVCC_GRID))
+        await until(lambda: len(run.samples) == 1, what="reading over TLS")
+        assert run.samples[0].current_a == approx3(10.0, 10.0, 10.0)
+    finally:
+        await run.sources.stop()
+
+
+async def test_mqtts_unknown_ca_is_refused_as_an_outage(tls_broker: Mosquitto) -> None:
+    run = make_run([mqtt_meter("house", "home/meter/state")],
+                   MqttSpec(url=tls_broker.url))  # system CAs: the test CA is not among them
+    await run.sources.start()
+    try:
+        await until(lambda: run.status("house").errors == 1, what="refusal counted")
+        assert "CERTIFICATE_VERIFY_FAILED" in (run.status("house").last_error or "")
+        assert run.sources.link is not None and not run.sources.link.connected
+    finally:
+        await run.sources.stop()
 
 
 # --- HTTP ---------------------------------------------------------------------------------

@@ -47,9 +47,26 @@ class BrokerAddress:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
+class SetupError(Exception):
+    """A local file the connection needs (password, CA) could not be read."""
+
+
 def read_password(path: Path) -> str:
     """The password in ``path`` without its trailing newline (files end with one)."""
-    return path.read_text(encoding="utf-8").rstrip("\r\n")
+    try:
+        return path.read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SetupError(f"password_file {path}: {getattr(exc, 'strerror', None) or exc}"
+                         ) from None
+
+
+def tls_context(cafile: Path | None) -> ssl.SSLContext:
+    """Certificate and host checks on; the site's CA, or the system's when none is given."""
+    try:
+        return ssl.create_default_context(cafile=str(cafile) if cafile is not None else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise SetupError(f"cafile {cafile}: {getattr(exc, 'strerror', None) or exc}"
+                         ) from None
 
 
 def valid_filter(topic: str) -> bool:
@@ -85,10 +102,7 @@ class MqttLink:
         """A fresh client; the password file is re-read so a changed password is picked up."""
         password = (read_password(self._spec.password_file)
                     if self._spec.password_file is not None else None)
-        context = None
-        if self._address.tls:
-            context = ssl.create_default_context(
-                cafile=str(self._spec.cafile) if self._spec.cafile is not None else None)
+        context = tls_context(self._spec.cafile) if self._address.tls else None
         return aiomqtt.Client(
             self._address.host, self._address.port, username=self._spec.username,
             password=password, identifier=self._spec.client_id, tls_context=context,
@@ -113,9 +127,9 @@ class MqttLink:
                     async for message in client.messages:
                         self._deliver(message)
                 reason = "connection closed"
-            except aiomqtt.MqttError as exc:
+            except (aiomqtt.MqttError, SetupError) as exc:
                 reason = str(exc) or type(exc).__name__
-            except (OSError, ValueError) as exc:  # password file, TLS context, socket
+            except (OSError, ValueError) as exc:
                 reason = f"{type(exc).__name__}: {exc}"
             except Exception as exc:  # never let the link die: log the bug, keep retrying
                 log.exception("mqtt %s: unexpected error", self._address)
