@@ -296,6 +296,24 @@ async def test_mqtt_bad_payloads_are_counted_logged_once_a_minute_never_publishe
         await run.sources.stop()
 
 
+async def test_mqtt_retained_replay_is_not_a_live_reading(broker: Mosquitto) -> None:
+    async with aiomqtt.Client(broker.host, broker.port) as client:
+        await client.publish("home/meter/state", "5", retain=True)  # from a meter long gone
+    run = make_run([mqtt_meter("house", "home/meter/state")], MqttSpec(url=broker.url))
+    await run.sources.start()
+    try:
+        link = run.sources.link
+        assert link is not None
+        await until(lambda: link.replayed == 1, what="the retained message")
+        assert run.samples == [] and run.status("house").errors == 0
+        async with aiomqtt.Client(broker.host, broker.port) as client:
+            await client.publish("home/meter/state", "6", retain=True)  # live, retained
+        await until(lambda: len(run.samples) == 1, what="the live reading")
+        assert run.samples[0].current_a == (6.0, 6.0, 6.0)
+    finally:
+        await run.sources.stop()
+
+
 async def test_mqtt_reconnects_after_the_broker_restarts(broker: Mosquitto) -> None:
     run = make_run([mqtt_meter("house", "home/meter/state", unit="A")],
                    MqttSpec(url=broker.url), phases={"house": 1}, lines={"house": "L1"})

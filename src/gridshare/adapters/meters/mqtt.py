@@ -4,6 +4,11 @@ The broker may be down at start-up, restart, or refuse us: the link never raises
 of that. It reconnects with capped exponential backoff and reports an outage once (when
 it begins) and the recovery once, so a broker that is away for an hour writes two log
 lines, not thousands.
+
+Retained messages that the broker replays on subscribing are dropped: their age is
+unknown (a meter that died yesterday left one), and stamping one with the time of receipt
+would make a dead meter look alive. A retained message a device publishes while we are
+subscribed reaches us as a live one (the broker clears the flag), so it is read as usual.
 """
 
 from __future__ import annotations
@@ -83,16 +88,17 @@ class MqttLink:
 
     def __init__(self, spec: MqttSpec, topics: Iterable[str],
                  on_message: Callable[[str, bytes], None],
-                 on_outage: Callable[[str], None], on_up: Callable[[], None]) -> None:
+                 on_outage: Callable[[str], None]) -> None:
         self._spec = spec
         self._address = BrokerAddress.parse(spec.url)
         self._topics = tuple(dict.fromkeys(topics))
         self._on_message = on_message
         self._on_outage = on_outage
-        self._on_up = on_up
         self.connected = False
         self.connects = 0
         """Successful connections so far (a test waits for a reconnect with it)."""
+        self.replayed = 0
+        """Retained messages dropped because their age is unknown."""
 
     @property
     def address(self) -> BrokerAddress:
@@ -123,7 +129,6 @@ class MqttLink:
                     if down:
                         log.info("mqtt %s: connected again", self._address)
                         down = False
-                    self._on_up()
                     async for message in client.messages:
                         self._deliver(message)
                 reason = "connection closed"
@@ -144,6 +149,9 @@ class MqttLink:
             backoff = min(backoff * 2, BACKOFF_MAX)
 
     def _deliver(self, message: aiomqtt.Message) -> None:
+        if message.retain:
+            self.replayed += 1
+            return
         payload = message.payload
         if isinstance(payload, str):
             data = payload.encode("utf-8")

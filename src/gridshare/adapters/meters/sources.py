@@ -116,7 +116,7 @@ class MeterSources:
         loop = asyncio.get_running_loop()
         if self._by_topic:
             self.link = MqttLink(self._mqtt_spec, self._by_topic, self._on_mqtt,
-                                 self._on_mqtt_outage, lambda: None)
+                                 self._on_mqtt_outage)
             self._tasks.append(loop.create_task(self.link.run(), name="meters-mqtt"))
         http_tracks = [t for t in self._tracks.values() if t.spec.source == "http"]
         if http_tracks:
