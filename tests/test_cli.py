@@ -110,8 +110,9 @@ def test_allocate_rejects_nan_and_missing_fields(tmp_path: Path) -> None:
                       '"max_current": NaN}, {"charger": "cp-2"}]}')
     result = runner.invoke(app, ["allocate", str(SITE), "--demand", str(demand)])
     assert result.exit_code == 2
-    assert "connectors.0.max_current" in result.output
-    assert "connectors.1.active" in result.output
+    assert f"{demand}:1: connectors[0].max_current: must be a number >= 0 (got nan)" \
+        in result.output
+    assert f"{demand}:1: connectors[1].active: required" in result.output
 
 
 def test_installed_entry_point_runs() -> None:
@@ -194,7 +195,7 @@ def test_allocate_runs_the_safety_guard_once_on_the_answer(
     monkeypatch.setattr(allocation, "allocate", over_allocating)
     monkeypatch.setattr(guard, "enforce", counted_enforce)
     result = runner.invoke(app, ["allocate", str(SITE), "--demand", str(DEMAND), "--json"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # the guard replaced the answer
     assert calls == ["allocate", "enforce"]
     data = json.loads(result.stdout)
     assert data["guarded"] is True and data["alarms"]
@@ -250,15 +251,14 @@ def test_the_program_skips_the_shutdown_collections_tests_do_not() -> None:
 
 
 def test_demand_read_by_pydantic_json_is_the_demand_read_as_before(tmp_path: Path) -> None:
-    """The fast reading (pydantic's JSON parser) builds the snapshot the old one did; a
-    bare list of connectors, which it does not take, is still read."""
-    from gridshare.cli.demand import _snapshot, _validated, load_demand
+    """The fast reading (pydantic's JSON parser) builds the snapshot the entry-by-entry
+    reading does; a bare list of connectors, which it does not take, is still read."""
+    from gridshare.cli.demand import load_demand, parse_demand
     from gridshare.config import load_site
 
     topo = load_site(SITE)
     text = DEMAND.read_text(encoding="utf-8")
-    assert load_demand(DEMAND, topo) == _snapshot(str(DEMAND), _validated(str(DEMAND), text),
-                                                  topo, None)
+    assert load_demand(DEMAND, topo) == parse_demand(text, str(DEMAND), topo)
     bare = tmp_path / "bare.json"
     bare.write_text(json.dumps(json.loads(text)["connectors"]), encoding="utf-8")
     assert load_demand(bare, topo).connectors == load_demand(DEMAND, topo).connectors

@@ -564,10 +564,27 @@ def _scan_lines(text: str, wanted: set[Loc], *, repeated: bool
 
     One pass over libyaml's events of a text already known to parse: no node tree, and
     memory for the open collections only, whatever the size of the file. A mapping
-    entry's line is its key's; a subtree no wanted path runs into is passed over.
+    entry's line is its key's; a subtree no wanted path runs into is passed over, and
+    unless repeated keys are looked for, the pass stops once every wanted path is behind
+    it (the first problems of a 15 MB file are found without reading it all again).
     """
     lines: dict[Loc, int] = {}
     dups: list[tuple[Loc, int]] = []
+    kids: dict[Loc, list[Loc]] = {}
+    for path in wanted:
+        if path:
+            kids.setdefault(path[:-1], []).append(path)
+    unfinished = set(wanted)
+    open_wanted = 0  # open collections whose path is wanted: unfinished until they end
+
+    def finish(loc: Loc) -> None:
+        """A wanted path is behind the pass: so is every wanted path below it."""
+        todo = [loc]
+        while todo:
+            done = todo.pop()
+            if done in unfinished:
+                unfinished.discard(done)
+                todo.extend(kids.get(done, ()))
     # An open collection: [its path (None: nothing wanted below), next key or index,
     # keys seen (mappings, when repeated), is a mapping, is itself a mapping's key]
     stack: list[list[Any]] = []
@@ -578,8 +595,14 @@ def _scan_lines(text: str, wanted: set[Loc], *, repeated: bool
             event = next_event()
             kind = event.__class__
             if kind is yaml.MappingEndEvent or kind is yaml.SequenceEndEvent:
-                if stack.pop()[4]:
+                done = stack.pop()
+                if done[4]:
                     stack[-1][1] = _COMPLEX_KEY
+                elif done[0] is not None and done[0] in wanted:
+                    open_wanted -= 1
+                    finish(done[0])
+                    if not repeated and len(unfinished) <= open_wanted:
+                        break
                 continue
             if kind is yaml.StreamEndEvent:
                 break
@@ -616,13 +639,19 @@ def _scan_lines(text: str, wanted: set[Loc], *, repeated: bool
                     key = top[1]
                     top[1] = _EXPECT_KEY
                     loc = None if base is None or key is _COMPLEX_KEY else (*base, key)
-            if loc is not None and loc in wanted and loc not in lines:
+            is_wanted = loc is not None and loc in wanted
+            if loc is not None and is_wanted and loc not in lines:
                 lines[loc] = line
             if kind is yaml.MappingStartEvent or kind is yaml.SequenceStartEvent:
-                inner = loc if loc is not None and (repeated or loc in wanted) else None
+                inner = loc if is_wanted or (repeated and loc is not None) else None
                 is_map = kind is yaml.MappingStartEvent
                 stack.append([inner, _EXPECT_KEY if is_map else 0,
                               set() if is_map and inner is not None else None, is_map, False])
+                open_wanted += is_wanted
+            elif is_wanted and loc is not None:
+                finish(loc)
+                if not repeated and len(unfinished) <= open_wanted:
+                    break
     finally:
         loader.dispose()
     return lines, dups

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import atexit
 import gc
-from typing import Any
+import sys
+from typing import Annotated, Any
 
 import typer
 
@@ -40,6 +41,30 @@ app = _Program(
     # the start-up time of `gridshare --help`. Commands still use rich for their tables.
     rich_markup_mode=None,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        sys.stdout.write(f"gridshare {version('gridshare')}\n")
+        raise typer.Exit(0)
+
+
+@app.callback(epilog="""\b
+Exit codes (each command's --help lists its own):
+  0  done as asked
+  1  a run-time failure; for allocate, the safety guard replaced the answer
+     or an alarm was raised
+  2  bad input: usage, or a file that cannot be read or is invalid""")
+def _main(
+    _show_version: Annotated[bool | None, typer.Option(
+        "--version", is_eager=True, callback=_version,
+        help="Print the version and exit.")] = None,
+) -> None:
+    """Options of the program itself, before the command (--version)."""
+
+
 core_cmds.register(app)
 serve_cmds.register(app)
 

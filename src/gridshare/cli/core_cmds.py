@@ -20,32 +20,67 @@ import typer
 from gridshare.core.topology import Policy
 
 if TYPE_CHECKING:
-    from gridshare.config import ConfigError
+    from gridshare.config import ConfigError, SiteConfig
     from gridshare.core.decision import Allocation
     from gridshare.core.topology import Topology
 
-SiteArg = Annotated[Path, typer.Argument(help="Site topology YAML file.", show_default=False)]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+SiteArg = Annotated[Path, typer.Argument(
+    help="Site topology YAML file.", show_default=False, metavar="SITE")]
+JsonOpt = Annotated[bool, typer.Option(
+    "--json/--no-json", help="Machine-readable JSON on stdout (also on failure: "
+    '{"error", "problems", "exit_code"}).')]
+DEFAULT_MAX_SIZE = 16 * 1024 * 1024
+"""As gridshare.config's (not imported here: it loads pydantic and PyYAML)."""
+MaxSizeOpt = Annotated[int, typer.Option(
+    "--max-size", min=1, metavar="BYTES",
+    help="Refuse site and demand files larger than this, before reading them.")]
+SHOWN_PROBLEMS = 50
+"""Problems printed of a bad file; the others are counted."""
+
+CHECK_EPILOG = """\b
+Exit codes:
+  0  the site file is valid (warnings, if any, on stderr)
+  2  bad input: usage, or a site file that cannot be read or is invalid"""
+ALLOCATE_EPILOG = """\b
+Exit codes:
+  0  the setpoints are the policy's allocation
+  1  the safety guard replaced the allocation or an alarm was raised (the
+     answer is still printed)
+  2  bad input: usage, or a site or demand file that cannot be read or is invalid"""
+HASH_EPILOG = """\b
+Exit codes:
+  0  the hash is printed
+  2  bad input: usage, or a password of the wrong length"""
 
 
-def report_problems(path: Path, exc: ConfigError) -> NoReturn:
-    """Every problem of a bad file on stderr, one per line, then exit 2."""
-    from rich.console import Console
+def report_problems(path: Path, exc: ConfigError, *, as_json: bool = False,
+                    error: str = "invalid site file") -> NoReturn:
+    """Every problem of a bad file on stderr, one line each (the first 50, then how many
+    more), and with ``as_json`` a JSON error object on stdout; then exit 2.
 
-    err = Console(stderr=True)
-    err.print(f"[bold red]{len(exc.issues)} problem(s) in {path}:[/]", soft_wrap=True)
-    for issue in exc.issues:
-        err.print(f"  {issue}", markup=False, highlight=False, soft_wrap=True)
+    Written as plain lines, never wrapped: a pipe or a log file gets one line per problem.
+    """
+    shown = exc.issues[:SHOWN_PROBLEMS]
+    hidden = exc.count - len(shown)
+    lines = [f"{exc.count} problem(s) in {path}:"]
+    lines += [f"  {issue}" for issue in shown]
+    if hidden:
+        lines.append(f"  … and {hidden} more")
+    sys.stderr.write("\n".join(lines) + "\n")
+    if as_json:
+        sys.stdout.write(json.dumps({
+            "error": error, "problems": [i.as_json() for i in shown], "more": hidden,
+            "exit_code": 2}, indent=2) + "\n")
     raise typer.Exit(2) from exc
 
 
-def _load(site: Path) -> Topology:
-    from gridshare.config import ConfigError, load_site
+def _load(site: Path, max_size: int, as_json: bool) -> SiteConfig:
+    from gridshare.config import ConfigError, load_site_config
 
     try:
-        return load_site(site)
+        return load_site_config(site, max_size)
     except ConfigError as exc:
-        report_problems(site, exc)
+        report_problems(site, exc, as_json=as_json)
 
 
 def _limit(amps: float | None, kw: float | None) -> str:
@@ -61,11 +96,12 @@ def _num(x: float) -> float | None:
     return None if math.isinf(x) else round(x, 3)
 
 
-def check(site: SiteArg, as_json: JsonOpt = False) -> None:
+def check(site: SiteArg, as_json: JsonOpt = False,
+          max_size: MaxSizeOpt = DEFAULT_MAX_SIZE) -> None:
     """Validate a site file and print its tree of groups, chargers and limits."""
     from gridshare.config import failsafe_warnings
 
-    topo = _load(site)
+    topo = _load(site, max_size, as_json).topology
     warnings = failsafe_warnings(topo)
     if as_json:
         sys.stdout.write(json.dumps({
@@ -107,7 +143,7 @@ def check(site: SiteArg, as_json: JsonOpt = False) -> None:
         add(tree, root)
     out.print(tree)
     for w in warnings:
-        err.print(f"[yellow]warning:[/] {w}")
+        err.print(f"[yellow]warning:[/] {w}", soft_wrap=True)
     out.print(f"[green]ok[/]: {len(topo.groups)} groups, {len(topo.chargers)} chargers, "
               f"{sum(len(c.connectors) for c in topo.chargers.values())} connectors")
 
@@ -139,6 +175,7 @@ def allocate_cmd(
     policy: Annotated[Policy | None, typer.Option(
         "--policy", help="Override every group's sharing policy.")] = None,
     as_json: JsonOpt = False,
+    max_size: MaxSizeOpt = DEFAULT_MAX_SIZE,
 ) -> None:
     """Compute a setpoint for every connector from a demand snapshot."""
     # The site, the demand and the answer are hundreds of thousands of objects that live
@@ -148,23 +185,29 @@ def allocate_cmd(
     collecting = gc.isenabled()
     gc.disable()
     try:
-        _allocate(site, demand, policy, as_json=as_json)
+        changed = _allocate(site, demand, policy, as_json=as_json, max_size=max_size)
     finally:
         if collecting:
             gc.enable()
+    if changed:
+        raise typer.Exit(1)
 
 
-def _allocate(site: Path, demand: Path, policy: Policy | None, *, as_json: bool) -> None:
+def _allocate(site: Path, demand: Path, policy: Policy | None, *, as_json: bool,
+              max_size: int) -> bool:
+    """Print the allocation; whether the guard replaced it or an alarm was raised."""
     from gridshare.cli.demand import load_demand
     from gridshare.config import ConfigError
     from gridshare.core.allocation import allocate
     from gridshare.core.guard import enforce
 
-    topo = _load(site)
+    config = _load(site, max_size, as_json)
+    topo = config.topology
     try:
-        snapshot = load_demand(demand, topo)
+        snapshot = load_demand(demand, topo, meters=[m.id for m in config.meters],
+                               max_size=max_size)
     except ConfigError as exc:
-        report_problems(demand, exc)
+        report_problems(demand, exc, as_json=as_json, error="invalid demand file")
     # allocate() returns the policy's answer unguarded; the safety guard runs once here,
     # as in the controller's cycle, and replaces an unsafe answer by failsafes.
     result = enforce(topo, snapshot, allocate(topo, snapshot, policy=policy))
@@ -172,7 +215,7 @@ def _allocate(site: Path, demand: Path, policy: Policy | None, *, as_json: bool)
         # One write of the whole text: json.dump would write each of its ~300,000 pieces.
         json_text = json.dumps(allocation_json(topo, result), indent=2)
         sys.stdout.write(json_text + "\n")
-        return
+        return result.guarded or bool(result.alarms)
     from rich.console import Console
     from rich.table import Table
 
@@ -196,7 +239,11 @@ def _allocate(site: Path, demand: Path, policy: Policy | None, *, as_json: bool)
                        "/".join(f"{a:.1f}" for a in g.available), f"{g.power_kw:.1f}")
     out.print(groups)
     for alarm in result.alarms:
-        err.print(f"[bold red]alarm:[/] {alarm.message}")
+        err.print(f"[bold red]alarm:[/] {alarm.message}", soft_wrap=True)
+    if result.guarded:
+        err.print("[bold red]guarded:[/] the safety guard replaced the allocation",
+                  soft_wrap=True)
+    return result.guarded or bool(result.alarms)
 
 
 def hash_password_cmd(
@@ -211,12 +258,12 @@ def hash_password_cmd(
         from rich.console import Console
 
         Console(stderr=True).print("[red]a charger password should be 8-40 characters "
-                                   "(16-40 for OCPP 2.0.1)[/]")
+                                   "(16-40 for OCPP 2.0.1)[/]", soft_wrap=True)
         raise typer.Exit(2)
     sys.stdout.write(hash_password(password) + "\n")
 
 
 def register(app: typer.Typer) -> None:
-    app.command("check")(check)
-    app.command("allocate")(allocate_cmd)
-    app.command("hash-password")(hash_password_cmd)
+    app.command("check", epilog=CHECK_EPILOG)(check)
+    app.command("allocate", epilog=ALLOCATE_EPILOG)(allocate_cmd)
+    app.command("hash-password", epilog=HASH_EPILOG)(hash_password_cmd)

@@ -24,44 +24,68 @@ if TYPE_CHECKING:
     from gridshare.app import GridshareApp
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+SERVE_EPILOG = """\b
+Exit codes:
+  0  stopped cleanly on SIGINT or SIGTERM
+  1  could not start (a port in use, an address not available)
+  2  bad input: usage, a site file that cannot be read or is invalid, a bad
+     --db or --bus URL"""
+DEMO_EPILOG = """\b
+Exit codes:
+  0  the demo ran for --duration seconds or was stopped by SIGINT or SIGTERM
+  2  bad input: usage"""
 
 
 def _fail(message: str, code: int) -> typer.Exit:
-    """Print a one-line error on stderr; the caller raises the returned Exit."""
+    """Print a one-line error on stderr (never wrapped, whatever the terminal); the caller
+    raises the returned Exit."""
     from rich.console import Console
 
-    Console(stderr=True).print(message, highlight=False)
+    Console(stderr=True, soft_wrap=True).print(message, highlight=False)
     return typer.Exit(code)
 
 
-def _logging(level: str) -> None:
-    import logging
+def _logging(level: str, fmt: str = "text") -> None:
+    """One line per log record on stderr: plain logging, never rich's wrapping."""
+    from gridshare.cli.logs import setup_logging
 
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(level, fmt, sys.stderr)
 
 
 def serve_cmd(
-    site: Annotated[Path, typer.Argument(help="Site topology YAML file.", show_default=False)],
-    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "0.0.0.0",
+    site: Annotated[Path, typer.Argument(
+        help="Site topology YAML file.", show_default=False, metavar="SITE")],
+    host: Annotated[str, typer.Option(
+        "--host", metavar="ADDRESS", help="Address to listen on.")] = "0.0.0.0",
     ocpp_port: Annotated[int, typer.Option(
-        "--ocpp-port", help="OCPP WebSocket port; chargers connect to ws://HOST:PORT/<id>.")
+        "--ocpp-port", metavar="PORT", help="OCPP WebSocket port; chargers connect to ws://HOST:PORT/<id>.")
     ] = 9000,
     api_port: Annotated[int, typer.Option(
-        "--api-port", help="HTTP port: read-only JSON at GET /status for now (the REST API "
-        "comes later); -1 disables it.")] = 8080,
+        "--api-port", metavar="PORT", help="HTTP port: read-only JSON at GET /status for "
+        "now (the REST API comes later); -1 disables it.")] = 8080,
     db: Annotated[str | None, typer.Option(
-        "--db", help="Audit log database URL (default: sqlite under --data-dir; "
+        "--db", metavar="URL", help="Audit log database URL (default: sqlite under --data-dir; "
         "'none' disables it).")] = None,
     bus: Annotated[str, typer.Option(
-        "--bus", help="Event bus URL: memory:// (one process). NATS comes later.")
+        "--bus", metavar="URL", help="Event bus URL: memory:// (one process). NATS comes later.")
     ] = "memory://",
     data_dir: Annotated[Path | None, typer.Option(
-        "--data-dir", help="Where the default database lives ($GRIDSHARE_DATA_DIR or ./var).")
+        "--data-dir", metavar="DIR",
+        help="Where the default database lives ($GRIDSHARE_DATA_DIR or ./var).")
     ] = None,
     log_level: Annotated[str, typer.Option(
-        "--log-level", help="debug, info, warning or error (logs go to stderr).")
+        "--log-level", metavar="LEVEL",
+        help="debug, info, warning or error (logs go to stderr).")
     ] = "warning",
+    log_format: Annotated[str, typer.Option(
+        "--log-format", metavar="FORMAT",
+        help="text (one line per event) or json (one object per line: ts, level, logger, "
+        "message and the event's own fields).")] = "text",
+    max_size: Annotated[int, typer.Option(
+        "--max-size", min=1, metavar="BYTES",
+        help="Refuse a site file larger than this, before reading it.")
+    ] = 16 * 1024 * 1024,
 ) -> None:
     """Run the CSMS and the controller for a site until SIGINT or SIGTERM."""
     from gridshare.cli.core_cmds import report_problems
@@ -69,9 +93,11 @@ def serve_cmd(
 
     if log_level.lower() not in LOG_LEVELS:
         raise _fail(f"[red]--log-level must be one of {', '.join(LOG_LEVELS)}[/]", 2)
-    _logging(log_level)
+    if log_format.lower() not in LOG_FORMATS:
+        raise _fail(f"[red]--log-format must be one of {', '.join(LOG_FORMATS)}[/]", 2)
+    _logging(log_level, log_format.lower())
     try:
-        config = load_site_config(site)
+        config = load_site_config(site, max_size)
     except ConfigError as exc:
         report_problems(site, exc)
     # The live system is imported once the site file is known to be good: a typo in it
@@ -310,12 +336,16 @@ async def run_demo(duration_s: float, seed: int, chargers: int, *, plain: bool,
 
 def demo_cmd(
     duration: Annotated[float, typer.Option(
-        "--duration", min=1, max=3600, help="Seconds to run (bounded).")] = 60.0,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the car arrivals.")] = 1,
+        "--duration", min=1, max=3600, metavar="SECONDS", help="Seconds to run (bounded).")
+    ] = 60.0,
+    seed: Annotated[int, typer.Option(
+        "--seed", metavar="N", help="Seed of the car arrivals.")] = 1,
     chargers: Annotated[int, typer.Option(
-        "--chargers", min=1, max=500, help="Number of simulated chargers.")] = 20,
+        "--chargers", min=1, max=500, metavar="N", help="Number of simulated chargers.")
+    ] = 20,
     plain: Annotated[bool, typer.Option(
-        "--plain", help="Periodic lines instead of a live table.")] = False,
+        "--plain/--no-plain", help="Periodic lines instead of a live table (the default "
+        "when stdout is not a terminal).")] = False,
 ) -> None:
     """Watch load sharing: a sample site, the real CSMS and controller, simulated chargers
     (OCPP 1.6J and 2.0.1, 1- and 3-phase) and cars that come and go."""
@@ -346,5 +376,5 @@ def demo_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("serve")(serve_cmd)
-    app.command("demo")(demo_cmd)
+    app.command("serve", epilog=SERVE_EPILOG)(serve_cmd)
+    app.command("demo", epilog=DEMO_EPILOG)(demo_cmd)
