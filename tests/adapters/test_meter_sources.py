@@ -359,6 +359,17 @@ async def test_mqtt_broker_down_at_start_does_not_raise(tmp_path: Path) -> None:
     assert own_tasks() == before
 
 
+async def test_mqtt_config_the_broker_cannot_take_is_an_error_not_a_crash() -> None:
+    run = make_run([mqtt_meter("house", "home/#/state"), mqtt_meter("shed", "shed/power")],
+                   MqttSpec(url="mqtt://127.0.0.1:99999"))
+    assert run.status("house").last_error == (
+        "meter house: not a valid MQTT topic: it is never subscribed (mqtt home/#/state)")
+    await run.sources.start()
+    await run.sources.stop()
+    assert run.sources.link is None
+    assert "mqtt.url: not an mqtt://host[:port]" in (run.status("shed").last_error or "")
+
+
 async def test_mqtt_username_and_password_file(auth_broker: Mosquitto) -> None:
     user = "gs"
     run = make_run([mqtt_meter("house", "home/meter/state", fields=SHELLY_FIELDS)],

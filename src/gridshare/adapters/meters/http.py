@@ -61,7 +61,7 @@ async def fetch(client: httpx.AsyncClient, url: str, limit_s: float) -> bytes:
         raise FetchError(f"no answer within {limit_s:g} s") from None
     except httpx.TimeoutException:
         raise FetchError(f"no answer within {limit_s:g} s") from None
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise FetchError(f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
 
 
@@ -90,6 +90,10 @@ class HttpPoller:
                 body = await fetch(self._client, self._url, timeout)
             except FetchError as exc:
                 self._on_error(str(exc))
+                good = False
+            except Exception as exc:  # a bug, not the device: say so, keep polling
+                log.exception("polling %s failed", public_url(self._url))
+                self._on_error(f"{type(exc).__name__}: {exc}")
                 good = False
             else:
                 good = self._on_body(body)

@@ -44,9 +44,13 @@ class BrokerAddress:
     def parse(cls, url: str) -> BrokerAddress:
         parts = urlsplit(url)
         tls = parts.scheme == "mqtts"
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError(f"not an mqtt:// or mqtts:// url: {url!r}")
-        return cls(parts.hostname, parts.port or (8883 if tls else 1883), tls)
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname or port == -1:
+            raise ValueError(f"not an mqtt://host[:port] or mqtts://host[:port] url: {url!r}")
+        return cls(parts.hostname, port or (8883 if tls else 1883), tls)
 
     def __str__(self) -> str:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"

@@ -115,9 +115,14 @@ class MeterSources:
             return
         loop = asyncio.get_running_loop()
         if self._by_topic:
-            self.link = MqttLink(self._mqtt_spec, self._by_topic, self._on_mqtt,
-                                 self._on_mqtt_outage)
-            self._tasks.append(loop.create_task(self.link.run(), name="meters-mqtt"))
+            try:
+                self.link = MqttLink(self._mqtt_spec, self._by_topic, self._on_mqtt,
+                                     self._on_mqtt_outage)
+            except ValueError as exc:  # config validation should have caught it
+                log.error("mqtt: %s: no mqtt meter is read", exc)
+                self._on_mqtt_outage(f"mqtt.url: {exc}")
+            else:
+                self._tasks.append(loop.create_task(self.link.run(), name="meters-mqtt"))
         http_tracks = [t for t in self._tracks.values() if t.spec.source == "http"]
         if http_tracks:
             self._http = httpx.AsyncClient(follow_redirects=False)
