@@ -28,6 +28,7 @@ from gridshare.adapters.meters import MeterSources, MeterStatus
 from gridshare.adapters.meters.parse import ECHO_MAX, PAYLOAD_MAX, Decoder, Rejected
 from gridshare.clock import FakeClock
 from gridshare.config import MeterSpec, MqttSpec
+from gridshare.core.topology import Phase
 from gridshare.events import MeterSample
 
 V = 230.0
@@ -89,6 +90,8 @@ GOOD = [
                  (0.0, 30.0, 0.0), id="evcc-power-1-phase-on-L2"),
     pytest.param(EVCC_GRID, {"field": "power", "unit": "W"}, 1, (30.0, 30.0, 30.0),
                  id="1-phase-line-unknown-counts-on-every-phase"),
+    pytest.param(EVCC_GRID, {"field": "power", "unit": "W", "line": Phase.L3}, 1,
+                 (0.0, 0.0, 30.0), id="line-as-topology-phase"),
     pytest.param(EVCC_GRID, {"field": "power", "unit": "W", "line": "L2"}, 3,
                  (10.0, 10.0, 10.0), id="a-line-means-nothing-for-a-3-phase-group"),
     pytest.param(EVCC_GRID, {"fields": {"L1": "currents.0", "L3": "currents.2"}}, 3,

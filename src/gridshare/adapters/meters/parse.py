@@ -18,10 +18,11 @@ What a payload means (``fields`` / ``field`` / neither, with ``unit``):
   phase it is, and counting it on every phase never understates the heaviest one.
 
 A 1-phase group's reading goes on its line when the caller knows it (``line``: the line
-its chargers are on). Without it the reading is counted on all three phases: the core
-holds a group's limit on L1, L2 and L3 apart, so a reading on L1 alone would leave the
-line that really carries the chargers without its uncontrolled load (an overload); on the
-two other lines nothing of the group draws, so counting it there costs nothing.
+its chargers are on, a ``Phase`` or ``"L1"``..``"L3"``). Without it the reading is counted
+on all three phases: the core holds a group's limit on L1, L2 and L3 apart, so a reading
+on L1 alone would leave the line that really carries the chargers without its
+uncontrolled load (an overload); on the two other lines nothing of the group draws, so
+counting it there costs no current (a ``max_power`` limit does count it three times).
 
 Paths are dot-separated keys; a segment that indexes a list is a number
 (``emeters.0.current``, ``0.2`` for IoTaWatt's ``[[time, a, b, c]]``).
@@ -34,6 +35,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
+
+from gridshare.core.topology import Phase
 
 ECHO_MAX = 80
 """Characters of a bad value echoed in an error (a device may send megabytes)."""
@@ -134,13 +137,16 @@ class Decoder:
     @classmethod
     def build(cls, fields: Mapping[PhaseName, str] | None, field: str | None,
               unit: Literal["A", "W", "kW"], *, phases: int, voltage: float,
-              line: PhaseName | None = None) -> Decoder:
+              line: Phase | PhaseName | None = None) -> Decoder:
         """Pre-split the paths; ``phases`` other than 1 count as 3 (never fewer phases)."""
         per_phase = tuple((PHASES.index(name), path, split_path(path))
                           for name, path in sorted((fields or {}).items()))
-        one = phases == 1
-        return cls(per_phase, field, unit, 1 if one else 3, voltage,
-                   PHASES.index(line) if one and line in PHASES else None)
+        index: int | None = None
+        if phases == 1 and isinstance(line, Phase):
+            index = int(line)
+        elif phases == 1 and line in PHASES:
+            index = PHASES.index(line)
+        return cls(per_phase, field, unit, 1 if phases == 1 else 3, voltage, index)
 
     def decode(self, payload: bytes) -> Amps3 | Rejected:
         """The reading in a payload, or why there is none."""

@@ -26,6 +26,7 @@ from gridshare.adapters.meters.mqtt import MqttLink, valid_filter
 from gridshare.adapters.meters.parse import Amps3, Decoder, PhaseName, Rejected
 from gridshare.clock import Clock
 from gridshare.config import MeterSpec, MqttSpec
+from gridshare.core.topology import Phase
 from gridshare.events import MeterSample
 
 log = logging.getLogger("gridshare.meters")
@@ -77,9 +78,9 @@ class MeterSources:
     def __init__(self, meters: Sequence[MeterSpec], mqtt: MqttSpec | None,
                  publish: Callable[[MeterSample], None], clock: Clock, *, voltage: float,
                  phases: Mapping[str, int],
-                 lines: Mapping[str, PhaseName] | None = None) -> None:
+                 lines: Mapping[str, Phase | PhaseName] | None = None) -> None:
         """``phases``: meter id -> phases of the group it feeds (1 or 3; 3 if absent).
-        ``lines``: meter id -> the line a 1-phase group is on (L1..L3), when known; a
+        ``lines``: meter id -> the line a 1-phase group is on (its chargers'), when known; a
         1-phase reading without it counts on all three phases (see ``parse``)."""
         self._publish = publish
         self._clock = clock
