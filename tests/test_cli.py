@@ -227,7 +227,8 @@ def test_bad_demand_file_names_the_file(tmp_path: Path) -> None:
     demand.write_text("{not json")
     result = runner.invoke(app, ["allocate", str(SITE), "--demand", str(demand)])
     assert result.exit_code == 2
-    assert f"problem(s) in {demand}" in result.output and "not valid JSON" in result.output
+    assert result.output.startswith(f"{demand}:1: not valid JSON: ")
+    assert len(result.output.splitlines()) == 1  # one problem: one line, no header
 
 
 def test_the_program_skips_the_shutdown_collections_tests_do_not() -> None:

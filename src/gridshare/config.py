@@ -948,12 +948,17 @@ def _cross_check(site: _Site, problems: ProblemList) -> None:
         parent = g.effective_parent
         if parent is not None and parent not in groups:
             bad((*g.loc, "parent"), f"unknown parent group {parent!r}")
-    for gid, g in groups.items():  # cycles through parent references
+    cycles: set[frozenset[str]] = set()
+    for gid, g in groups.items():  # cycles through parent references, each named once
         seen = [gid]
         cur = g.effective_parent
         while cur is not None and cur in groups:
             if cur in seen:
-                bad((*g.loc, "parent"), "cycle in group parents: " + " -> ".join([*seen, cur]))
+                members = frozenset(seen[seen.index(cur):])
+                if cur == gid and members not in cycles:
+                    cycles.add(members)
+                    bad((*g.loc, "parent"),
+                        "cycle in group parents: " + " -> ".join([*seen, cur]))
                 break
             seen.append(cur)
             cur = groups[cur].effective_parent

@@ -58,23 +58,48 @@ def report_problems(path: Path, exc: ConfigError, *, as_json: bool = False,
     """Every problem of a bad file on stderr, one line each (the first 50, then how many
     more), and with ``as_json`` a JSON error object on stdout; then exit 2.
 
-    Written as plain lines, never wrapped: a pipe or a log file gets one line per problem.
+    Written as plain lines, never wrapped: a pipe or a log file gets one line per problem,
+    and a file refused whole (too large, not text) gets one line in all.
     """
-    shown = exc.issues[:SHOWN_PROBLEMS]
-    hidden = exc.count - len(shown)
-    lines = [f"{exc.count} problem(s) in {path}:"]
-    lines += [f"  {issue}" for issue in shown]
-    if hidden:
-        lines.append(f"  … and {hidden} more")
-    sys.stderr.write("\n".join(lines) + "\n")
-    if as_json:
-        sys.stdout.write(json.dumps({
-            "error": error, "problems": [i.as_json() for i in shown], "more": hidden,
-            "exit_code": 2}, indent=2) + "\n")
+    _report(path, [str(i) for i in exc.issues[:SHOWN_PROBLEMS]],
+            [i.as_json() for i in exc.issues[:SHOWN_PROBLEMS]], exc.count,
+            as_json=as_json, error=error)
     raise typer.Exit(2) from exc
 
 
+def _report(path: Path, lines: list[str], problems: list[dict[str, Any]], count: int, *,
+            as_json: bool, error: str) -> None:
+    hidden = count - len(lines)
+    if count == 1:
+        text = lines
+    else:
+        text = [f"{count} problems in {path}:", *(f"  {line}" for line in lines)]
+        if hidden:
+            text.append(f"  … and {hidden} more")
+    sys.stderr.write("\n".join(text) + "\n")
+    if as_json:
+        sys.stdout.write(json.dumps({"error": error, "problems": problems, "more": hidden,
+                                     "exit_code": 2}, indent=2) + "\n")
+
+
+def refuse_large(path: Path, max_size: int, *, as_json: bool = False,
+                 error: str = "invalid site file") -> None:
+    """Exit 2 in one line if the file is larger than ``max_size`` bytes: known from its
+    size, before reading it or loading the YAML and pydantic modules that would."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return  # reading it says why, in the same words as any other unreadable file
+    if size > max_size:
+        message = f"{size} bytes, above the limit of {max_size} (--max-size)"
+        _report(path, [f"{path}: {message}"],
+                [{"file": str(path), "line": None, "path": "", "message": message}], 1,
+                as_json=as_json, error=error)
+        raise typer.Exit(2)
+
+
 def _load(site: Path, max_size: int, as_json: bool) -> SiteConfig:
+    refuse_large(site, max_size, as_json=as_json)
     from gridshare.config import ConfigError, load_site_config
 
     try:
@@ -99,9 +124,9 @@ def _num(x: float) -> float | None:
 def check(site: SiteArg, as_json: JsonOpt = False,
           max_size: MaxSizeOpt = DEFAULT_MAX_SIZE) -> None:
     """Validate a site file and print its tree of groups, chargers and limits."""
+    topo = _load(site, max_size, as_json).topology
     from gridshare.config import failsafe_warnings
 
-    topo = _load(site, max_size, as_json).topology
     warnings = failsafe_warnings(topo)
     if as_json:
         sys.stdout.write(json.dumps({
@@ -196,6 +221,8 @@ def allocate_cmd(
 def _allocate(site: Path, demand: Path, policy: Policy | None, *, as_json: bool,
               max_size: int) -> bool:
     """Print the allocation; whether the guard replaced it or an alarm was raised."""
+    refuse_large(site, max_size, as_json=as_json)
+    refuse_large(demand, max_size, as_json=as_json, error="invalid demand file")
     from gridshare.cli.demand import load_demand
     from gridshare.config import ConfigError
     from gridshare.core.allocation import allocate

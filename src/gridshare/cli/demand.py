@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -132,11 +133,15 @@ def parse_demand(text: str, source: str, topology: Topology, now: datetime | Non
                                            f"not valid JSON: {str(exc)[:160]}")]) from exc
         if isinstance(raw, list):  # a bare list of connectors
             raw, bare = {"connectors": raw}, True
-        spec, charger_refs = _checked(raw, problems)
+        refs = _Refs()
+        spec = _checked(raw, problems, refs)
     else:
-        charger_refs = [(("connectors", i), c.charger, c.connector)
-                        for i, c in enumerate(spec.connectors)]
-    snapshot = _snapshot(spec, charger_refs, topology, now, meters, problems)
+        refs = _Refs(
+            [(("connectors", i), c.charger, c.connector) for i, c in enumerate(spec.connectors)],
+            [((key, gid), gid) for key in ("uncontrolled", "limits") for gid in getattr(spec, key)],
+            [(("stale_meters", i), mid) for i, mid in enumerate(spec.stale_meters)])
+    stale_groups = _check_refs(refs, topology, meters, problems)
+    snapshot = None if spec is None or problems.count else _snapshot(spec, stale_groups, now)
     if problems.count:
         lines = json_lines(text, problems.wanted(), root=("connectors",) if bare else ())
         raise problems.error(lines)
@@ -175,14 +180,22 @@ def _say(exc: ValidationError, base: Loc, problems: ProblemList) -> None:
         problems.add(loc, f"must be {words} (got {shown(err.get('input'))})")
 
 
-def _checked(raw: Any, problems: ProblemList
-             ) -> tuple[DemandIn | None, list[tuple[Loc, str | None, int | None]]]:
-    """Each entry of the document validated on its own; the document when all are good,
-    and the charger and connector each connector entry names (when readable)."""
-    refs: list[tuple[Loc, str | None, int | None]] = []
+@dataclass
+class _Refs:
+    """What a demand names in the site, with where it does so, from every entry whose
+    names are readable (valid or not)."""
+
+    chargers: list[tuple[Loc, str, int | None]] = field(default_factory=list)
+    groups: list[tuple[Loc, str]] = field(default_factory=list)
+    meters: list[tuple[Loc, str]] = field(default_factory=list)
+
+
+def _checked(raw: Any, problems: ProblemList, refs: _Refs) -> DemandIn | None:
+    """Each entry of the document validated on its own; the document when all are good.
+    ``refs`` gets what every entry names, for the checks against the site."""
     if not isinstance(raw, dict):
         problems.add((), f"must be an object with connectors (got {shown(raw)})")
-        return None, refs
+        return None
     for key in raw:
         if key not in DemandIn.model_fields:
             problems.add((key,), "unknown field (expected now, connectors, uncontrolled, "
@@ -201,25 +214,25 @@ def _checked(raw: Any, problems: ProblemList
             _say(exc, loc, problems)
             if isinstance(item, dict) and isinstance(item.get("charger"), str):
                 number = item.get("connector", 1)
-                refs.append((loc, item["charger"], number if type(number) is int else None))
+                refs.chargers.append((loc, item["charger"],
+                                      number if type(number) is int else None))
             continue
         connectors.append(conn)
-        refs.append((loc, conn.charger, conn.connector))
+        refs.chargers.append((loc, conn.charger, conn.connector))
     fields["connectors"] = connectors
     uncontrolled = {}
     for gid, value in _mapped(raw, "uncontrolled", problems).items():
+        refs.groups.append((("uncontrolled", gid), gid))
         try:
             uncontrolled[gid] = (_PHASE_AMPS.validate_python(value) if isinstance(value, list)
                                  else _ONE_AMPS.validate_python(value))
-        except ValidationError as exc:
-            if isinstance(value, list):
-                _say(exc, ("uncontrolled", gid), problems)
-            else:
-                problems.add(("uncontrolled", gid), "must be a number >= 0 or a list of 3 "
-                             f"[L1, L2, L3] (got {shown(value)})")
+        except ValidationError:
+            problems.add(("uncontrolled", gid), "must be a number >= 0 or a list of 3 numbers "
+                         f">= 0 [L1, L2, L3] (got {shown(value)})")
     fields["uncontrolled"] = uncontrolled
     limits: dict[str, list[LimitIn]] = {}
     for gid, value in _mapped(raw, "limits", problems).items():
+        refs.groups.append((("limits", gid), gid))
         if not isinstance(value, list):
             problems.add(("limits", gid), f"must be a list of limits (got {shown(value)})")
             continue
@@ -230,13 +243,17 @@ def _checked(raw: Any, problems: ProblemList
             except ValidationError as exc:
                 _say(exc, ("limits", gid, j), problems)
     fields["limits"] = limits
+    stale = raw.get("stale_meters") or []
     try:
-        fields["stale_meters"] = _IDS.validate_python(raw.get("stale_meters") or [])
+        fields["stale_meters"] = _IDS.validate_python(stale)
     except ValidationError as exc:
         _say(exc, ("stale_meters",), problems)
+    if isinstance(stale, list):
+        refs.meters.extend((("stale_meters", i), mid) for i, mid in enumerate(stale)
+                           if isinstance(mid, str))
     if problems.count:
-        return None, refs
-    return DemandIn.model_construct(**fields), refs
+        return None
+    return DemandIn.model_construct(**fields)
 
 
 def _listed(raw: dict[str, Any], key: str, problems: ProblemList) -> list[Any]:
@@ -259,14 +276,12 @@ def _mapped(raw: dict[str, Any], key: str, problems: ProblemList) -> dict[str, A
     return value
 
 
-def _snapshot(spec: DemandIn | None, charger_refs: Iterable[tuple[Loc, str | None, int | None]],
-              topology: Topology, now: datetime | None, meters: Collection[str],
-              problems: ProblemList) -> Snapshot | None:
-    """Check what the demand names against the site; the snapshot when all is known."""
+def _check_refs(refs: _Refs, topology: Topology, meters: Collection[str],
+                problems: ProblemList) -> set[str]:
+    """Every charger, connector, group and meter the demand names, against the site; the
+    groups that follow the stale meters."""
     seen: set[tuple[str, int]] = set()
-    for loc, charger, number in charger_refs:
-        if charger is None:
-            continue
+    for loc, charger, number in refs.chargers:
         if charger not in topology.chargers:
             problems.add((*loc, "charger"), f"unknown charger {shown(charger)}")
             continue
@@ -278,15 +293,13 @@ def _snapshot(spec: DemandIn | None, charger_refs: Iterable[tuple[Loc, str | Non
         if number is not None and (charger, number) in seen:
             problems.add(loc, f"{charger}/{number} listed twice")
         seen.add((charger, number or 1))
-    if spec is None:
-        return None
-    for key in ("uncontrolled", "limits"):
-        for gid in getattr(spec, key):
-            if gid not in topology.groups:
-                problems.add((key, gid), f"unknown group {shown(gid)}")
-    stale_groups = _stale_groups(spec.stale_meters, topology, meters, problems)
-    if problems.count:
-        return None
+    for loc, gid in refs.groups:
+        if gid not in topology.groups:
+            problems.add(loc, f"unknown group {shown(gid)}")
+    return _stale_groups(refs.meters, topology, meters, problems)
+
+
+def _snapshot(spec: DemandIn, stale_groups: set[str], now: datetime | None) -> Snapshot:
     connectors = {
         (c.charger, c.connector): ConnectorDemand(
             charger=c.charger, connector=c.connector, active=c.active,
@@ -306,7 +319,7 @@ def _snapshot(spec: DemandIn | None, charger_refs: Iterable[tuple[Loc, str | Non
     return Snapshot(now=when, connectors=connectors, groups=groups)
 
 
-def _stale_groups(stale: list[str], topology: Topology, meters: Collection[str],
+def _stale_groups(stale: list[tuple[Loc, str]], topology: Topology, meters: Collection[str],
                   problems: ProblemList) -> set[str]:
     """The groups that follow the stale meters; a group id given instead of a meter id is
     an error that names the meter that group follows."""
@@ -316,18 +329,18 @@ def _stale_groups(stale: list[str], topology: Topology, meters: Collection[str],
             following.setdefault(group.meter, []).append(gid)
     known = set(meters) | set(following)
     out: set[str] = set()
-    for i, mid in enumerate(stale):
+    for loc, mid in stale:
         if mid in known:
             out.update(following.get(mid, ()))
         elif mid in topology.groups:
             meter = topology.groups[mid].meter
-            problems.add(("stale_meters", i), f"{mid!r} is a group, not a meter: " + (
+            problems.add(loc, f"{mid!r} is a group, not a meter: " + (
                 f"group {mid!r} follows meter {meter!r}" if meter is not None
                 else f"no meter follows group {mid!r}"))
         else:
             names = sorted(known)
             listed = ", ".join(names[:10]) + (", …" if len(names) > 10 else "")
-            problems.add(("stale_meters", i), f"unknown meter {shown(mid)} " + (
+            problems.add(loc, f"unknown meter {shown(mid)} " + (
                 f"(the site's meters: {listed})" if names else "(the site declares no meters)"))
     return out
 
