@@ -12,11 +12,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 
 import pytest
+from raw_csms import RawCSMS
 
 from gridshare.adapters.ocpp import CentralSystem, CsmsConfig
 from gridshare.adapters.ocpp.config import ChargerCredentials
 from gridshare.config import load_site_config
 from gridshare.events import ChargerBooted, Event
+from gridshare.sim import EV, SimCharger
 from gridshare.sim.__main__ import _build_site, _parse_args, main, run
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "src" / "gridshare" / "examples"
@@ -178,3 +180,28 @@ def test_nothing_listening_exits_1_as_a_program() -> None:
     assert done.stdout.startswith("connected 0/2")
     assert "error: no charger connected within 1 s" in done.stderr
     assert "2 not connected (" in done.stderr and "SIM0001, SIM0002" in done.stderr
+
+
+async def test_a_profile_right_behind_the_start_answer_finds_the_transaction(
+        raw: RawCSMS, make_charger: Callable[..., SimCharger]) -> None:
+    """Frames are handled in the order they arrive: a TxProfile the CSMS sends right after
+    answering StartTransaction names a transaction the charger already knows (the README's
+    serve + sim pairing saw 'no transaction' rejections when the answer's continuation ran
+    after the next frame)."""
+    raw.hold.add("StartTransaction")
+    ch = make_charger("CP-O", url=raw.url, protocol="ocpp1.6")
+    await ch.start(tick_s=0.2)
+    conn = await raw.connected()
+    ch.plug_nowait(1, EV(capacity_kwh=60, soc=0.3))
+    start = (await raw.wait(lambda: conn.calls("StartTransaction")))[0]
+    profile = {"connectorId": 1, "csChargingProfiles": {
+        "chargingProfileId": 7, "stackLevel": 1, "chargingProfilePurpose": "TxProfile",
+        "chargingProfileKind": "Relative", "transactionId": 41,
+        "chargingSchedule": {"chargingRateUnit": "A",
+                             "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 10}]}}}
+    # back to back: both frames are usually in the charger's buffer at once
+    await conn.ws.send(json.dumps([3, start[1], {"transactionId": 41,
+                                                 "idTagInfo": {"status": "Accepted"}}]))
+    await conn.ws.send(json.dumps([2, "csms-1", "SetChargingProfile", profile]))
+    answer = await raw.answer(conn, "csms-1")
+    assert answer[2] == {"status": "Accepted"}, answer

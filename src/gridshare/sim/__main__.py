@@ -104,14 +104,22 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     would silently win otherwise)."""
     p = _parser()
     args = p.parse_args(argv)
+    if args.ids_from is not None:
+        for name in _RATINGS:
+            if getattr(args, name) is not None:
+                flag = "--" + name.replace("_", "-")
+                p.error(f"{flag} cannot be used with --ids-from (the site file gives it)")
+    if args.chargers is not None and args.chargers < 1:
+        p.error("--chargers must be at least 1")
+    return _with_defaults(args)
+
+
+def _with_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """The ratings' defaults, for options left out (they are None in the parser so that
+    ``--ids-from`` can tell them from given ones)."""
     for name, default in _RATINGS.items():
         if getattr(args, name) is None:
             setattr(args, name, default)
-        elif args.ids_from is not None:
-            flag = "--" + name.replace("_", "-")
-            p.error(f"{flag} cannot be used with --ids-from (the site file gives it)")
-    if args.chargers is not None and args.chargers < 1:
-        p.error("--chargers must be at least 1")
     return args
 
 
@@ -247,7 +255,7 @@ def _reason_lines(reasons: dict[str, list[str]]) -> list[str]:
 
 async def run(args: argparse.Namespace, topology: Topology | None = None) -> int:
     """Connect, run ``--duration`` and report; ``topology``: the ``--ids-from`` site."""
-    site = _build_site(args, topology)
+    site = _build_site(_with_defaults(args), topology)
     raise_fd_limit(len(site.chargers) * args.connectors + 256)
     if args.aircon_a > 0:
         a = args.aircon_a

@@ -212,6 +212,9 @@ class RpcConnection:
         kind = frame[0]
         if kind in (MessageType.CALLRESULT, MessageType.CALLERROR):
             self._resolve(frame)
+            # let the caller act on its answer before the next frame (a CALL right behind a
+            # StartTransaction result must find the transaction id), as frames arrived
+            await asyncio.sleep(0)
         elif kind == MessageType.CALL:
             await self._answer(frame)
         else:
