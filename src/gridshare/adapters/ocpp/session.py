@@ -624,7 +624,9 @@ class Session:
             return await self.submit(make())
 
         outcome: CommandOutcome | None = await retrying(attempt)
-        if outcome is not None and outcome.result is not CommandResult.ACCEPTED:
+        # superseded: a newer command of the same key (the controller's) went out instead
+        if outcome is not None and outcome.result not in (CommandResult.ACCEPTED,
+                                                          CommandResult.SUPERSEDED):
             LOG.warning("%s: provisioning failed: %s %s", self.charger,
                         outcome.result.value, outcome.detail)
 
