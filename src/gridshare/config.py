@@ -85,7 +85,7 @@ def shown(value: Any) -> str:
         if len(value) <= SHOWN_CHARS:
             return repr(value)
         head = repr(value[:SHOWN_CHARS])
-        return f"{head[:SHOWN_CHARS - 1]}…{head[0]} ({len(value)} characters)"
+        return f"{head[:SHOWN_CHARS - 2]}…{head[0]} ({len(value)} characters)"
     try:
         text = repr(value)
     except ValueError:  # an int past Python's 4,300-digit limit for str()
