@@ -264,7 +264,10 @@ def test_the_container_runs_gridshare_serve() -> None:
 
 
 def test_the_container_copies_files_that_exist() -> None:
-    ignored = (ROOT / ".containerignore").read_text(encoding="utf-8").splitlines()
+    ignore = (ROOT / ".containerignore").read_text(encoding="utf-8")
+    # podman reads .containerignore, docker build -f Containerfile its own copy
+    assert (ROOT / "Containerfile.dockerignore").read_text(encoding="utf-8") == ignore
+    ignored = ignore.splitlines()
     allowed = {line[1:].rstrip("/") for line in ignored if line.startswith("!")}
     for word, args in _instructions():
         if word != "COPY" or args.startswith("--from"):
