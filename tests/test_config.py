@@ -293,7 +293,9 @@ def node_lines(node: yaml.Node, loc: tuple[str | int, ...],
 def test_line_numbers_from_libyaml_events_match_the_pure_python_parser() -> None:
     text = GOOD + "ocpp:\n  tls: {certfile: a.pem,\n        keyfile: b.key}\n  lease: 60\n"
     pure: dict[tuple[str | int, ...], int] = {}
-    node_lines(yaml.compose(text, Loader=yaml.SafeLoader), (), pure)
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    assert root is not None
+    node_lines(root, (), pure)
     fast, dups = config_module._scan_lines(text, set(pure), repeated=True)
     assert fast == pure and dups == []
     assert len(pure) > 40
