@@ -82,6 +82,18 @@ def test_every_site_file_in_the_guide_loads(page: Path, text: str) -> None:
             assert group.meter in {m.id for m in config.meters}, gid
 
 
+def test_every_gridshare_command_line_in_the_guide_has_real_options() -> None:
+    seen = 0
+    for page in PAGES:
+        text = re.sub(r"\\\n\s*", " ", page.read_text(encoding="utf-8"))
+        for command, rest in re.findall(
+                r"gridshare (check|allocate|serve|demo|hash-password)\b([^`\n|#]*)", text):
+            for option in re.findall(r"(?<![\w-])--[a-z][a-z-]*", rest):
+                assert option in _options(command), f"{page.name}: gridshare {command} {option}"
+                seen += 1
+    assert seen >= 10
+
+
 # --- links ------------------------------------------------------------------------------
 
 
