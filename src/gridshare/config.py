@@ -823,7 +823,28 @@ def _list_of(data: dict[str, Any], key: str, problems: ProblemList) -> list[Any]
 
 
 def _check_site(data: dict[str, Any], problems: ProblemList) -> SiteSpec | None:
-    """Every problem of the site file's data, in one pass; the spec when there is none."""
+    """Every problem of the site file's data, in one pass; the spec when there is none.
+
+    A file that validates whole (the usual case) is validated in one call; only a file
+    with a schema error is validated again entry by entry to find all of its problems.
+    """
+    try:
+        whole = SiteSpec.model_validate(data)
+    except ValidationError:
+        return _check_site_entries(data, problems)
+    site = _Site(whole, mqtt_declared=whole.mqtt is not None)
+    for g, loc, nested_parent in _walk(whole.groups, ("groups",), None):
+        site.groups.append(_GroupEntry(g.id, loc, nested_parent, g.parent,
+                                       list(enumerate(g.chargers)), g.meter, g.phases))
+    site.chargers = [_ChargerEntry(c.id, ("chargers", i), c, c.phases, c.phase)
+                     for i, c in enumerate(whole.chargers)]
+    site.meters = [(m.id, ("meters", i), m) for i, m in enumerate(whole.meters)]
+    _cross_check(site, problems)
+    return None if problems.count else whole
+
+
+def _check_site_entries(data: dict[str, Any], problems: ProblemList) -> SiteSpec | None:
+    """Each entry validated on its own, then the cross-checks on every readable one."""
     try:
         head: _SiteHead | None = _SiteHead.model_validate(
             {k: v for k, v in data.items() if k not in _LISTS})
