@@ -352,9 +352,12 @@ class _SiteHead(_Strict):
 
 
 class SiteSpec(_SiteHead):
-    groups: Annotated[list[GroupSpec], Field(min_length=1)]
-    chargers: list[ChargerSpec] = []
-    meters: list[MeterSpec] = []
+    # fail_fast: a file with a bad entry is checked again entry by entry (every problem,
+    # in the writer's words), so validating it whole stops at the first bad entry rather
+    # than building a million errors nobody reads.
+    groups: Annotated[list[GroupSpec], Field(min_length=1, fail_fast=True)]
+    chargers: Annotated[list[ChargerSpec], Field(fail_fast=True)] = []
+    meters: Annotated[list[MeterSpec], Field(fail_fast=True)] = []
 
 
 _LISTS = ("groups", "chargers", "meters")

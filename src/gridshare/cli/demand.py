@@ -66,7 +66,9 @@ class LimitIn(_Strict):
 
 class DemandIn(_Strict):
     now: AwareDatetime | None = None
-    connectors: list[ConnectorIn] = []
+    # fail_fast: a bad document is read again entry by entry for its problems; validated
+    # whole, it stops at the first bad connector instead of building every error
+    connectors: Annotated[list[ConnectorIn], Field(fail_fast=True)] = []
     uncontrolled: dict[str, Amps | PhaseAmps] = {}
     """A per phase: one number for all three phases, or [L1, L2, L3]."""
     limits: dict[str, list[LimitIn]] = {}
