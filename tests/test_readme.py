@@ -326,17 +326,20 @@ def test_site_examples_load_as_written(block: Block, tmp_path: Path) -> None:
 
 
 def test_the_shown_error_is_what_check_prints(tmp_path: Path) -> None:
-    """The README's bad-file line is the Site file example with circuit-1 at -5 A."""
-    shown = [line for b in blocks_of("") for line in b.text.splitlines()
-             if re.match(r"^site\.yaml:\d+: ", line)]
+    """The README's bad-file output is the Site file example with circuit-1 at -5 A and an
+    undeclared cp-3, line for line."""
+    shown = [b for b in blocks_of("") if re.search(r"^  site\.yaml:\d+: ", b.text, re.M)]
     assert len(shown) == 1, shown
     site = block_in("Site file", "yaml").text
-    assert site.count("        max_current: 40\n") == 1
-    (tmp_path / "site.yaml").write_text(site.replace("        max_current: 40\n",
-                                                     "        max_current: -5\n"))
+    bad = {"        max_current: 40\n": "        max_current: -5\n",
+           "chargers: [cp-1, cp-2]\n": "chargers: [cp-1, cp-2, cp-3]\n"}
+    for good, wrong in bad.items():
+        assert site.count(good) == 1, good
+        site = site.replace(good, wrong)
+    (tmp_path / "site.yaml").write_text(site)
     done = run(["gridshare", "check", "site.yaml"], cwd=tmp_path)
     assert done.returncode == 2, done
-    assert shown[0] in [line.strip() for line in done.stderr.splitlines()], done.stderr
+    assert done.stderr == shown[0].text
 
 
 def test_demand_example_allocates_on_the_site_example(tmp_path: Path) -> None:
