@@ -196,9 +196,11 @@ def allocation_json(topo: Topology, result: Allocation) -> dict[str, Any]:
 
 def allocate_cmd(
     site: SiteArg,
-    demand: Annotated[Path, typer.Option("--demand", help="Demand snapshot JSON file.")],
+    demand: Annotated[Path, typer.Option(
+        "--demand", metavar="FILE", help="Demand snapshot JSON file.")],
     policy: Annotated[Policy | None, typer.Option(
-        "--policy", help="Override every group's sharing policy.")] = None,
+        "--policy", metavar="equal|priority|proportional|deadline",
+        help="Override every group's sharing policy.")] = None,
     as_json: JsonOpt = False,
     max_size: MaxSizeOpt = DEFAULT_MAX_SIZE,
 ) -> None:
@@ -275,7 +277,7 @@ def _allocate(site: Path, demand: Path, policy: Policy | None, *, as_json: bool,
 
 def hash_password_cmd(
     password: Annotated[str, typer.Option(
-        "--password", prompt=True, hide_input=True, confirmation_prompt=True,
+        "--password", metavar="PASSWORD", prompt=True, hide_input=True, confirmation_prompt=True,
         help="The charger's basic-auth password (OCPP 2.0.1: 16-40 characters).")],
 ) -> None:
     """Print a salted hash of a charger password for the site file's password_hash."""
