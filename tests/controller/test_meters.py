@@ -74,22 +74,28 @@ def reading(charger: str, amps: float, at_s: float) -> MeterReading:
 
 
 def test_quiet_estimate_is_meter_minus_what_ours_draw() -> None:
-    est, quiet = estimate_uncontrolled((30.0, 20.0, 5.0), (16.0, 16.0, 16.0), (0.0, 0.0, 0.0),
-                                       quiet=True, last_quiet_a=(1.0, 1.0, 1.0))
-    assert est == quiet == (14.0, 4.0, 0.0)
+    est, held = estimate_uncontrolled((30.0, 20.0, 5.0), (16.0, 16.0, 16.0), (0.0, 0.0, 0.0),
+                                      quiet=True, held_a=(1.0, 1.0, 1.0))
+    assert est == held == (14.0, 4.0, 0.0)
 
 
 def test_transition_holds_the_last_quiet_value_unless_the_floor_is_higher() -> None:
     # A car slowed down: its lagging reading would make the meter look emptier than it is.
-    est, quiet = estimate_uncontrolled((20.0, 20.0, 20.0), (16.0, 16.0, 16.0),
-                                       (4.0, 12.0, 4.0), quiet=False,
-                                       last_quiet_a=(10.0, 10.0, 10.0))
+    est, held = estimate_uncontrolled((20.0, 20.0, 20.0), (16.0, 16.0, 16.0),
+                                      (4.0, 12.0, 4.0), quiet=False,
+                                      held_a=(10.0, 10.0, 10.0))
     assert est == (10.0, 12.0, 10.0)
-    assert quiet == (10.0, 10.0, 10.0)  # a transition does not move the quiet value
-    # No quiet value yet: the best reading-based one, floored.
-    est, quiet = estimate_uncontrolled((20.0, 20.0, 20.0), (16.0, 16.0, 16.0),
-                                       (4.0, 6.0, 4.0), quiet=False, last_quiet_a=None)
-    assert est == (4.0, 6.0, 4.0) and quiet is None
+    assert held == (10.0, 10.0, 10.0)  # a transition does not move the quiet value
+    # The meter reads less than what is held: everything it counts could be other load,
+    # never more.
+    est, held = estimate_uncontrolled((8.0, 20.0, 20.0), (16.0, 16.0, 16.0),
+                                      (0.0, 0.0, 0.0), quiet=False,
+                                      held_a=(10.0, 10.0, 10.0))
+    assert est == held == (8.0, 10.0, 10.0)
+    # Nothing held yet: the whole meter (safe; corrected at the first quiet moment).
+    est, held = estimate_uncontrolled((20.0, 20.0, 20.0), (16.0, 16.0, 16.0),
+                                      (4.0, 6.0, 4.0), quiet=False, held_a=None)
+    assert est == held == (20.0, 20.0, 20.0)
 
 
 # --- the state ----------------------------------------------------------------------------

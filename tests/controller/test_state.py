@@ -134,14 +134,15 @@ def test_silent_charger_goes_offline_when_configured(topology: Topology) -> None
 def test_meter_includes_chargers_subtracts_their_measured_current(metered: Topology) -> None:
     state = SiteState(metered)
     boot_all(state)
-    state.apply(MeterReading("m1", 1, t(1), current_a=(10.0, 9.0, None)))
-    state.apply(GroupMeterReading("main", t(2), (25.0, 12.0, 8.0)))
-    cond = state.to_snapshot(t(2)).conditions("main")
+    # Read once the boots and idle holds at t = 0 have settled (5 s): a quiet meter.
+    state.apply(MeterReading("m1", 1, t(6), current_a=(10.0, 9.0, None)))
+    state.apply(GroupMeterReading("main", t(7), (25.0, 12.0, 8.0)))
+    cond = state.to_snapshot(t(7)).conditions("main")
     # m1's missing L3 counts as its largest phase; never below zero.
     assert cond.uncontrolled == pytest.approx((15.0, 3.0, 0.0))
     assert not cond.meter_stale
-    state.apply(GroupMeterReading("main", t(3), (25.0, 12.0, 8.0), includes_chargers=False))
-    assert state.to_snapshot(t(3)).conditions("main").uncontrolled == (25.0, 12.0, 8.0)
+    state.apply(GroupMeterReading("main", t(8), (25.0, 12.0, 8.0), includes_chargers=False))
+    assert state.to_snapshot(t(8)).conditions("main").uncontrolled == (25.0, 12.0, 8.0)
 
 
 def test_meter_rise_is_urgent_and_fall_is_not(metered: Topology) -> None:

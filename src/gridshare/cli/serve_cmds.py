@@ -236,22 +236,22 @@ async def run_demo(duration_s: float, seed: int, chargers: int, *, plain: bool,
     whose cars come and go; show loads against limits until ``duration_s`` has passed."""
     import asyncio
     import contextlib
-    from datetime import UTC, datetime
 
     from rich.live import Live
 
     from gridshare.app import ServeOptions, build_app
-    from gridshare.config import parse_site
+    from gridshare.config import parse_site_config
     from gridshare.controller.loop import ControllerSettings
-    from gridshare.controller.state import StateSettings
-    from gridshare.events import GroupMeterReading
     from gridshare.sim import SimCharger
     from gridshare.sim.site import ConstantLoad, Scenario, SimSite
+    from gridshare.sim.site_meter import SimSiteMeter
 
-    topology = parse_site(demo_site_text(chargers), "demo-site.yaml")
-    settings = ControllerSettings(lease_s=120.0, state=StateSettings(meter_stale_after_s=15.0))
+    config = parse_site_config(demo_site_text(chargers), "demo-site.yaml")
+    topology = config.topology
+    settings = ControllerSettings(lease_s=120.0)
     app = build_app(topology, ServeOptions(host="127.0.0.1", ocpp_port=0, api_port=None,
-                                           db_url="none", controller=settings))
+                                           db_url="none", controller=settings,
+                                           meters=config.meters))
     await app.start()
     url = f"ws://127.0.0.1:{app.ocpp_port}"
     sims = []
@@ -277,13 +277,6 @@ async def run_demo(duration_s: float, seed: int, chargers: int, *, plain: bool,
     sim.listeners.append(on_event)
     stop = stop or asyncio.Event()
 
-    async def meter() -> None:
-        while True:
-            app.bus.publish(GroupMeterReading("service", datetime.now(UTC),
-                                              sim.meter_a((), loads=("building",)),
-                                              includes_chargers=False))
-            await asyncio.sleep(2.0)
-
     async def sample() -> None:
         last = time.monotonic()
         while True:
@@ -298,8 +291,15 @@ async def run_demo(duration_s: float, seed: int, chargers: int, *, plain: bool,
                     stats.over_s[gid] = stats.over_s.get(gid, 0.0) + (now - last)
             last = now
 
-    helpers = [asyncio.create_task(meter(), name="demo-meter")]
+    # The building meter is a charge point of its own (``source: ocpp`` in the site file):
+    # it reads what the service feeds, the rest of the building and every charger.
+    (spec,) = [m for m in config.meters if m.id == topology.groups["service"].meter]
+    assert spec.charger is not None
+    meter = SimSiteMeter(spec.charger, url, lambda: _group_draw(app, sim, "service"),
+                         interval_s=2.0)
+    helpers: list[asyncio.Task[None]] = []
     started = time.monotonic()
+    await meter.start()
     try:
         connected = await sim.start(wait_connected_s=15.0)
         if connected < len(sims):
@@ -329,6 +329,7 @@ async def run_demo(duration_s: float, seed: int, chargers: int, *, plain: bool,
         for task in helpers:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await meter.stop()
         await sim.stop()
         await app.stop()
     return stats
@@ -355,7 +356,7 @@ def demo_cmd(
 
     from rich.console import Console
     _logging("error")
-    console = Console()
+    console = Console(soft_wrap=True)  # plain lines stay one line each in a pipe
 
     async def main() -> DemoStats:
         stop = asyncio.Event()

@@ -15,8 +15,9 @@ Safety rules that live here, because they decide what the snapshot counts:
   their setpoints by seconds and their own readings lag more. The uncontrolled load is
   the meter minus what they measurably draw only once every change under the group has
   settled and been read back; during a transition it is held at the last quiet value
-  (or the meter minus every connector's worst case, when that is higher): never lowered
-  by our own transitions, and no feedback loop to oscillate (:func:`estimate_uncontrolled`).
+  (lifted to the meter minus every connector's worst case, when that is higher; lowered
+  to the meter itself, when that reads less): never lowered by our own transitions, and
+  no feedback loop to oscillate (:func:`estimate_uncontrolled`).
 - What each connector may be obeying is kept in a command ledger
   (:mod:`gridshare.core.ledger`): in force, in flight, unknown outcomes, settling. The
   allocation cannot lower what a charger may obey without an answer, so it is *reserved*
@@ -121,6 +122,10 @@ class StateSettings:
     uncontrolled_deadband_a: float = 0.5
     """A change in a group's uncontrolled load smaller than this is not taken (no
     re-allocation, no setpoint change for meter noise)."""
+    meter_readback_s: float = 30.0
+    """After a change, how long a car's connector with no reading of its own keeps a meter
+    following its group in transition (chargers send MeterValues every 10-60 s); after
+    that it counts at its setpoint in force."""
     meters: tuple[MeterInfo, ...] = ()
     """Meters declared in the site file; a group meter not listed here goes stale after
     ``meter_stale_after_s``."""
@@ -188,7 +193,7 @@ class _GroupMeterState:
     floor_a: PhaseCurrents = (0.0, 0.0, 0.0)
     """The meter minus every connector's worst case, as of the reading."""
     quiet_a: PhaseCurrents | None = None
-    """The last estimate taken while nothing under the group was in transition."""
+    """Held through transitions: the last quiet estimate, or the meter when it reads less."""
     used_a: PhaseCurrents | None = None
     """What the snapshot counts (moves only by more than the deadband)."""
 
@@ -237,6 +242,7 @@ class SiteState:
                 self._metered_by[group.meter] = (*self._metered_by.get(group.meter, ()), gid)
         self.ledger = Ledger(topology, self.settings.lapse_margin_s, settle_s)
         self._settle = timedelta(seconds=settle_s)
+        self._readback = self._settle + timedelta(seconds=self.settings.meter_readback_s)
         self._meter_info = {m.id: m for m in self.settings.meters}
         self._samples: dict[str, tuple[PhaseCurrents, datetime]] = {}
         """Meter id -> its last sample."""
@@ -442,6 +448,10 @@ class SiteState:
                         amps = measured
                         quiet = False  # read before its last change: not yet read back
                     else:
+                        # Not read yet (a new car, or a charger that sends no MeterValues):
+                        # wait a while for its first reading, then trust its setpoint.
+                        if changed is not None and now < changed + self._readback:
+                            quiet = False
                         setpoint = self.in_force_a(c.key, now)
                         if setpoint is None:
                             setpoint = charger.failsafe_current
@@ -462,7 +472,7 @@ class SiteState:
         else:
             ours, quiet = self._ours(group_id, now, meter_at=meter.at)
             estimate, meter.quiet_a = estimate_uncontrolled(
-                meter.current_a, ours, meter.floor_a, quiet=quiet, last_quiet_a=meter.quiet_a)
+                meter.current_a, ours, meter.floor_a, quiet=quiet, held_a=meter.quiet_a)
         before = meter.used_a if meter.used_a is not None else (0.0, 0.0, 0.0)
         band = self.settings.uncontrolled_deadband_a
         if meter.used_a is not None and \
@@ -876,22 +886,24 @@ class SiteState:
 
 def estimate_uncontrolled(meter_a: PhaseCurrents, ours_a: PhaseCurrents,
                           floor_a: PhaseCurrents, *, quiet: bool,
-                          last_quiet_a: PhaseCurrents | None,
-                          ) -> tuple[PhaseCurrents, PhaseCurrents | None]:
-    """A group's uncontrolled load from its meter: (estimate, the new last quiet value).
+                          held_a: PhaseCurrents | None,
+                          ) -> tuple[PhaseCurrents, PhaseCurrents]:
+    """A group's uncontrolled load from its meter: (estimate, the value to hold).
 
     Quiet (every change below the group settled and read back): the meter minus what our
-    connectors draw. In a transition our readings lag what the cars really draw (a car
-    that slowed down still reads high, which would lower the estimate below the truth and
-    hand out current that is not there, then take it back: an oscillation), so the last
-    quiet value holds; ``floor_a`` (the meter minus every connector's worst case, never
-    above the truth) lifts it when the other loads rose meanwhile."""
-    measured = _minus(meter_a, ours_a)
+    connectors draw, and that is held. In a transition our readings lag what the cars
+    really draw (a car that slowed down still reads high, which would lower the estimate
+    below the truth and hand out current that is not there, then take it back: an
+    oscillation), so the held value stays; ``floor_a`` (the meter minus every connector's
+    worst case, never above the truth) lifts the estimate when the other loads rose
+    meanwhile. The meter itself is never below the truth (it counts everything), so the
+    held value drops to it when it reads less; with nothing held yet, it starts there."""
     if quiet:
+        measured = _minus(meter_a, ours_a)
         return measured, measured
-    base = last_quiet_a if last_quiet_a is not None else measured
-    return ((max(base[0], floor_a[0]), max(base[1], floor_a[1]), max(base[2], floor_a[2])),
-            last_quiet_a)
+    held = meter_a if held_a is None else (
+        min(held_a[0], meter_a[0]), min(held_a[1], meter_a[1]), min(held_a[2], meter_a[2]))
+    return (max(held[0], floor_a[0]), max(held[1], floor_a[1]), max(held[2], floor_a[2])), held
 
 
 def _minus(a: PhaseCurrents, b: PhaseCurrents) -> PhaseCurrents:
