@@ -391,7 +391,7 @@ _BOX = "│┃|"
 
 def help_options(text: str) -> dict[str, set[str] | None]:
     """Long options of a ``--help`` text (typer or argparse), each with its choices when
-    the help lists them (``<a|b>``, ``{a,b}``); ``--help`` itself left out."""
+    the help lists them (``a|b``, ``<a|b>``, ``{a,b}``); ``--help`` itself left out."""
     out: dict[str, set[str] | None] = {}
     for raw in text.splitlines():
         line = raw.strip(_BOX + " ").rstrip()
@@ -406,7 +406,7 @@ def help_options(text: str) -> dict[str, set[str] | None]:
             if token.startswith("-"):  # -h, --help | --plain/--no-plain | --plain / --no-plain
                 names += [n for n in token.rstrip(",").split("/") if n.startswith("--")]
                 continue
-            choices = re.fullmatch(r"<(.+\|.+)>|\{(.+,.+)\}", token)
+            choices = re.fullmatch(r"<?([\w.:-]+(?:\|[\w.:-]+)+)>?|\{([^{}]+,[^{}]+)\}", token)
             if choices:
                 metavar = set(re.split(r"[|,]", choices.group(1) or choices.group(2)))
             break
