@@ -94,6 +94,61 @@ def test_every_gridshare_command_line_in_the_guide_has_real_options() -> None:
     assert seen >= 10
 
 
+# --- meter recipes ----------------------------------------------------------------------
+
+_PAYLOADS: list[tuple[str, object, tuple[float, float, float]]] = [
+    ("Shelly Pro 3EM EM.GetStatus", {
+        "id": 0, "a_current": 10.2, "a_voltage": 231.1, "a_act_power": 2100.0,
+        "b_current": 3.1, "b_voltage": 230.2, "b_act_power": 650.0, "c_current": 0.8,
+        "c_voltage": 229.9, "c_act_power": 150.0, "total_current": 14.1,
+        "total_act_power": 2900.0}, (10.2, 3.1, 0.8)),
+    ("IoTaWatt query, group=all", [[12.5, 4.25, 6.0]], (12.5, 4.25, 6.0)),
+    ("Tasmota tele/.../SENSOR", {
+        "Time": "2026-11-30T08:00:00", "ENERGY": {
+            "TotalStartTime": "2025-01-01T00:00:00", "Total": 123.4, "Today": 2.0,
+            "Power": 2070, "ApparentPower": 2100, "Factor": 0.98, "Voltage": 230,
+            "Current": 9.0}}, (3.0, 3.0, 3.0)),
+    ("evcc-style", {"power": 690.0}, (1.0, 1.0, 1.0)),
+    ("plain number", 690.0, (1.0, 1.0, 1.0)),
+]
+"""A realistic payload of each kind of device meters.md has a recipe for, and what a
+3-phase group at 230 V should get from it (A per phase)."""
+
+
+def _decodes(spec: dict[str, Any], payload: object) -> tuple[float, float, float] | None:
+    from gridshare.adapters.meters.parse import Decoder, Rejected
+    from gridshare.config import MeterSpec
+
+    meter = MeterSpec.model_validate(spec)
+    decoder = Decoder.build(meter.fields, meter.field, meter.unit, phases=3, voltage=230.0)
+    got = decoder.decode(json.dumps(payload).encode())
+    return None if isinstance(got, Rejected) else got
+
+
+def test_every_meter_recipe_reads_its_device() -> None:
+    import yaml
+
+    specs = [m for _, text in _blocks("yaml") if "meters:" in text
+             for m in (yaml.safe_load(text).get("meters") or []) if m["source"] != "ocpp"]
+    text = (GUIDE / "meters.md").read_text(encoding="utf-8")
+    inline = re.search(r"`fields: \{(L1: ENERGY[^}]*)\}, unit: A`", text)
+    assert inline, "the three-phase Tasmota recipe is gone"
+    three = {"id": "tasmota-3", "source": "mqtt", "topic": "t", "unit": "A",
+             "fields": dict(part.split(": ") for part in inline.group(1).split(", "))}
+    assert _decodes(three, {"ENERGY": {"Current": [12.1, 3.4, 5.0]}}) == (12.1, 3.4, 5.0)
+    plain = {"id": "plain", "source": "mqtt", "topic": "t", "unit": "W"}
+    assert "no `field:`, just `unit: W`" in text
+    specs.append(plain)
+    used = set()
+    for spec in specs:
+        matched = [name for name, payload, want in _PAYLOADS
+                   if (got := _decodes(spec, payload)) is not None
+                   and all(abs(a - b) < 1e-9 for a, b in zip(got, want, strict=True))]
+        assert matched, f"meter {spec['id']} reads none of the sample payloads right"
+        used.update(matched)
+    assert used == {name for name, _, _ in _PAYLOADS}
+
+
 # --- links ------------------------------------------------------------------------------
 
 
