@@ -49,10 +49,19 @@ _HINTS = {
     "403": "refused (client certificate or path)",
 }
 _SHOWN_IDS = 5
+_EXIT_CODES = """exit codes:
+  0  ran for --duration (chargers that did not connect are named on stderr)
+  1  no charger connected within --connect-timeout (why, on stderr)
+  2  bad options or a bad --ids-from site file"""
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m gridshare.sim", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m gridshare.sim",
+        description=__doc__.split("\n")[0],
+        epilog=_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--url", required=True, help="CSMS websocket URL; chargers append /<id>")
     p.add_argument(
         "--ids-from",
