@@ -235,6 +235,23 @@ def test_non_utf8_and_binary_files_are_refused_in_one_line(
     assert done.stderr == f"{bad}: {message}\n"
 
 
+def test_values_python_cannot_make_are_problems_not_tracebacks(tmp_path: Path) -> None:
+    site, demand = tmp_path / "s.yaml", tmp_path / "d.json"
+    site.write_text("site: s\nvoltage: 2026-13-45\ngroups: []\n")
+    done = run("check", site)
+    clean(done)
+    assert done.returncode == 2
+    assert done.stderr == f"{site}: not valid YAML: month must be in 1..12\n"
+    site.write_text("site: s\nvoltage: " + "9" * 5000 + "\ngroups: []\n")
+    done = run("check", site)
+    assert done.stderr == f"{site}: not valid YAML: a number of more than 4300 digits\n"
+    demand.write_text('{"connectors": [{"charger": "cp-1", "active": true, "max_current": '
+                      + "9" * 5000 + "}]}")
+    done = run("allocate", CARPORT, "--demand", demand)
+    clean(done)
+    assert done.stderr == f"{demand}: not valid JSON: a number of more than 4300 digits\n"
+
+
 def test_values_echoed_are_cut_to_80_characters(tmp_path: Path) -> None:
     site = tmp_path / "s.yaml"
     site.write_text("site: s\ngroups:\n  - {id: g, max_current: 16, chargers: [a]}\n"

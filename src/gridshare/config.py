@@ -95,6 +95,14 @@ def shown(value: Any) -> str:
     return f"{text[:SHOWN_CHARS - 1]}… ({len(text)} characters)"
 
 
+def value_problem(exc: ValueError | OverflowError) -> str:
+    """A parser's ValueError worded for the file's author, not for a Python programmer."""
+    text = str(exc)
+    if "integer string conversion" in text:
+        return "a number of more than 4300 digits"
+    return _clip(text)
+
+
 def _clip(text: str, size: int = 4 * SHOWN_CHARS) -> str:
     """A message from a parser, which may quote the file, kept to a few lines' length."""
     return text if len(text) <= size else text[:size - 1] + "…"
@@ -704,7 +712,7 @@ def _parse_site_config(text: str, source: str) -> SiteConfig:
         # what PyYAML's constructors raise past their own checks: a date like 2026-13-45,
         # an integer of more than 4,300 digits
         raise ConfigError([ConfigIssue(source, None, "",
-                                       f"not valid YAML: {_clip(str(exc))}")]) from exc
+                                       f"not valid YAML: {value_problem(exc)}")]) from exc
     if not isinstance(data, dict):
         raise ConfigError([ConfigIssue(source, 1, "", "expected a mapping with site, groups, "
                                        "chargers")])

@@ -26,6 +26,7 @@ from gridshare.config import (
     ProblemList,
     read_text,
     shown,
+    value_problem,
 )
 from gridshare.core.snapshot import (
     ConnectorDemand,
@@ -132,7 +133,7 @@ def parse_demand(text: str, source: str, topology: Topology, now: datetime | Non
                                            f"not valid JSON: {exc.msg}")]) from exc
         except ValueError as exc:  # an integer of more than 4,300 digits
             raise ConfigError([ConfigIssue(source, None, "",
-                                           f"not valid JSON: {str(exc)[:160]}")]) from exc
+                                           f"not valid JSON: {value_problem(exc)}")]) from exc
         if isinstance(raw, list):  # a bare list of connectors
             raw, bare = {"connectors": raw}, True
         refs = _Refs()
