@@ -13,6 +13,8 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gridshare.config import (
     DEFAULT_MAX_SIZE,
@@ -490,3 +492,38 @@ def test_the_cap_defaults_agree() -> None:
     from gridshare.cli import core_cmds
 
     assert core_cmds.DEFAULT_MAX_SIZE == DEFAULT_MAX_SIZE == 16 * 1024 * 1024
+
+
+printable = (st.characters(min_codepoint=32, max_codepoint=126)
+             | st.characters(min_codepoint=0xA0, max_codepoint=0x2FF))  # YAML's printable
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False)
+    | st.text(alphabet=printable, max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.text(alphabet=printable, max_size=6),
+        inner, max_size=4),
+    max_leaves=20)
+
+
+def every_path(value: object, loc: tuple[str | int, ...] = ()) -> set[tuple[str | int, ...]]:
+    out = {loc}
+    if isinstance(value, dict):
+        for key, item in value.items():
+            out |= every_path(item, (*loc, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            out |= every_path(item, (*loc, i))
+    return out
+
+
+@given(json_values, st.sampled_from([None, 1, 2]))
+def test_the_json_line_scanner_agrees_with_libyaml(value: object, indent: int | None) -> None:
+    """JSON is YAML: the demand file's line scanner and the site file's event scanner
+    give every path the same line (a member at its key's line)."""
+    from gridshare.cli.demand import json_lines
+    from gridshare.config import _scan_lines
+
+    text = json.dumps(value, indent=indent, ensure_ascii=False)
+    wanted = every_path(value)
+    yaml_lines, _ = _scan_lines(text, wanted, repeated=False)
+    assert json_lines(text, wanted) == yaml_lines
