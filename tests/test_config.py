@@ -379,3 +379,32 @@ def test_serve_options_take_the_lease_and_csms_from_the_site_file() -> None:
     assert (options.csms.lease_s, options.csms.command_timeout_s) == (90, 4)
     assert (options.host, options.ocpp_port, options.api_port, options.db_url) == (
         "127.0.0.1", 0, None, "none")
+
+
+def test_tls_paths_resolved_keep_the_meters_and_mqtt(tmp_path: Path) -> None:
+    """Resolving the TLS files against the site file's folder used to drop meters: and mqtt:."""
+    from gridshare.adapters.ocpp import hash_password
+    from gridshare.config import load_site_config
+
+    (tmp_path / "server.pem").write_text("x")
+    (tmp_path / "server.key").write_text("x")
+    line = f"    password_hash: '{hash_password('correct horse battery')}'\n"
+    text = GOOD.replace("    connectors: 1\n", "    connectors: 1\n" + line)
+    text = text.replace("  - id: cp-2\n", "  - id: cp-2\n" + line)
+    path = tmp_path / "site.yaml"
+    path.write_text(text + "mqtt: {url: 'mqtt://127.0.0.1:1883'}\nocpp:\n  security_profile: 2\n"
+                    "  tls: {certfile: server.pem, keyfile: server.key}\n")
+    config = load_site_config(path)
+    assert [m.id for m in config.meters] == ["site-meter"]
+    assert config.mqtt is not None and config.mqtt.url == "mqtt://127.0.0.1:1883"
+    assert config.ocpp.tls is not None and config.ocpp.tls.certfile == tmp_path / "server.pem"
+
+
+def test_the_line_scan_stops_once_every_wanted_path_is_behind_it() -> None:
+    """The first problems of a huge file cost a scan of its start only; a repeated-key
+    scan reads everything."""
+    text = GOOD + "".join(f"# {i}\n" for i in range(10)) + "ocpp:\n  lease: [unclosed\n"
+    lines, _ = config_module._scan_lines(text, {(), ("site",)}, repeated=False)
+    assert lines == {(): 1, ("site",): 1}  # the broken end is never read
+    with pytest.raises(yaml.YAMLError):
+        config_module._scan_lines(text, {(), ("site",)}, repeated=True)

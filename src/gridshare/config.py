@@ -313,6 +313,9 @@ class MeterSpec(_Strict):
     connector 0 measures the whole charger's supply) or a dedicated meter that connects to
     the central system as a charge point with this id."""
     connector: Annotated[int, Field(ge=0)] = 0
+    password_hash: str | None = None
+    """ocpp: a dedicated meter's password hash (security profiles 1 and 2), as a
+    charger's (``gridshare hash-password``)."""
     fields: dict[Literal["L1", "L2", "L3"], DotPath] | None = None
     """Per-phase values: dot paths into the JSON (``emeters.0.current``)."""
     field: DotPath | None = None
@@ -342,6 +345,8 @@ class MeterSpec(_Strict):
                 raise ValueError("field is a total: unit must be W or kW")
         elif self.fields is not None or self.field is not None:
             raise ValueError("source ocpp reads the measurands of MeterValues: no fields")
+        if self.password_hash is not None and self.source != "ocpp":
+            raise ValueError("password_hash is for a meter that connects over ocpp")
         return self
 
 
@@ -570,8 +575,9 @@ _NODE_EVENTS = (yaml.ScalarEvent, yaml.AliasEvent, yaml.MappingStartEvent,
 
 def _scan_lines(text: str, wanted: set[Loc], *, repeated: bool
                 ) -> tuple[dict[Loc, int], list[tuple[Loc, int]]]:
-    """The line of each path in ``wanted`` and, when ``repeated``, each key written twice
-    in its mapping with the line of the repetition.
+    """The line of each path in ``wanted`` (which holds every prefix of each path, as
+    ``ProblemList.wanted`` makes it) and, when ``repeated``, each key written twice in its
+    mapping with the line of the repetition.
 
     One pass over libyaml's events of a text already known to parse: no node tree, and
     memory for the open collections only, whatever the size of the file. A mapping
