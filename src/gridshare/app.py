@@ -147,8 +147,7 @@ class GridshareApp:
             if meter.dedicated and meter.charger not in csms.chargers:
                 # Accepted like a charger (same security profile), never given a profile.
                 spec = next(m for m in options.meters if m.id == meter.meter)
-                csms.chargers[meter.charger] = ChargerCredentials(
-                    getattr(spec, "password_hash", None))
+                csms.chargers[meter.charger] = ChargerCredentials(spec.password_hash)
         self.csms = CentralSystem(csms, self.bus.publish, clock=self.clock.now, meters=by_ocpp)
         settings = options.controller
         if options.meters and not settings.state.meters:
