@@ -18,6 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gridshare.adapters.ocpp import CentralSystem, ChargerCredentials, CsmsConfig
+from gridshare.adapters.ocpp.meter import OcppMeter, meter_sample
 from gridshare.clock import FakeClock
 from gridshare.controller.loop import Controller, ControllerSettings
 from gridshare.controller.state import (
@@ -28,9 +30,10 @@ from gridshare.controller.state import (
     estimate_uncontrolled,
 )
 from gridshare.core.topology import Topology
-from gridshare.drivers import CommandOutcome, CommandResult
+from gridshare.drivers import CommandOutcome, CommandResult, SetpointRequest
 from gridshare.events import (
     ChargerBooted,
+    ChargerOnline,
     ConnectorStatus,
     MeterReading,
     MeterSample,
@@ -355,3 +358,80 @@ def test_model_steady_state_shares_what_the_meter_leaves(metered: Topology) -> N
         assert clock.now() - T0 == timedelta(seconds=60)
 
     asyncio.run(body())
+
+
+# --- the OCPP meter source ------------------------------------------------------------------
+
+
+def test_ocpp_meter_reads_currents_per_phase_or_splits_power() -> None:
+    meter = OcppMeter("house", "meter-1", 0, phases=3, dedicated=True)
+    at = t(1)
+
+    def sample(**kw: object) -> MeterSample | None:
+        return meter_sample(MeterReading("meter-1", 0, at, **kw),  # type: ignore[arg-type]
+                            meter, voltage_v=230.0)
+
+    assert sample(current_a=(12.0, 7.5, 3.0)) == MeterSample("house", at, (12.0, 7.5, 3.0))
+    # A phase it leaves out counts as its largest: never less headroom-eating than it says.
+    assert sample(current_a=(12.0, None, 3.0)) == MeterSample("house", at, (12.0, 12.0, 3.0))
+    assert sample(power_w=6900.0) == MeterSample("house", at, (10.0, 10.0, 10.0))
+    assert sample(energy_wh=5.0) is None
+    one = OcppMeter("flat", "meter-1", 0, phases=1)
+    assert meter_sample(MeterReading("meter-1", 0, at, power_w=2300.0), one,
+                        voltage_v=230.0) == MeterSample("flat", at, (10.0, 0.0, 0.0))
+
+
+def test_csms_publishes_a_meters_samples_and_nothing_else_of_a_dedicated_meter() -> None:
+    published: list[object] = []
+    csms = CentralSystem(CsmsConfig(chargers={"cp-1": ChargerCredentials(),
+                                              "meter-1": ChargerCredentials()}),
+                         published.append, meters=[
+                             OcppMeter("house", "meter-1", 0, dedicated=True),
+                             OcppMeter("garage", "cp-1", 0)])
+    csms.emit(ChargerOnline("meter-1", t(0)))
+    csms.emit(MeterReading("meter-1", 0, t(1), current_a=(20.0, 20.0, 20.0)))
+    assert published == [MeterSample("house", t(1), (20.0, 20.0, 20.0))]
+    published.clear()
+    # A charger's connector 0 is its whole supply: a meter, and still the charger's reading.
+    reading = MeterReading("cp-1", 0, t(2), current_a=(16.0, 16.0, 16.0))
+    csms.emit(reading)
+    assert published == [MeterSample("garage", t(2), (16.0, 16.0, 16.0)), reading]
+    published.clear()
+    other = MeterReading("cp-1", 1, t(3), current_a=(16.0, 16.0, 16.0))
+    csms.emit(other)
+    assert published == [other]
+
+
+async def test_a_dedicated_meter_is_never_sent_a_profile() -> None:
+    csms = CentralSystem(CsmsConfig(chargers={"meter-1": ChargerCredentials()}),
+                         lambda _e: None,
+                         meters=[OcppMeter("house", "meter-1", 0, dedicated=True)])
+    (outcome,) = csms.submit_setpoints([SetpointRequest("meter-1", 1, 16.0, 60.0)])
+    assert (await outcome).result is CommandResult.REJECTED
+    assert (await csms.apply_failsafe("meter-1", 0.0)).result is CommandResult.REJECTED
+    assert (await csms.apply_charger_cap("meter-1", 10.0)).result is CommandResult.REJECTED
+
+
+def test_app_accepts_a_dedicated_meter_as_a_charge_point() -> None:
+    from gridshare.app import ServeOptions, build_app
+    from gridshare.config import parse_site_config
+
+    config = parse_site_config("""
+site: house
+meters:
+  - {id: house, source: ocpp, charger: meter-1, max_age: 12}
+  - {id: garage, source: ocpp, charger: cp-1, connector: 0}
+groups:
+  - {id: main, max_current: 40, meter: house, chargers: [cp-1]}
+chargers:
+  - {id: cp-1, max_current: 32, phases: 3, failsafe_current: 0}
+""", "house.yaml")
+    app = build_app(config.topology, ServeOptions(api_port=None, db_url="none",
+                                                  meters=config.meters))
+    assert set(app.csms.config.chargers) == {"cp-1", "meter-1"}
+    assert app.meter_sources is None  # no mqtt or http meter
+    state = app.controller.state
+    assert state.max_age_s("house") == 12.0
+    assert [state.meter_info(m) for m in state.meter_ids()] == [
+        MeterInfo("house", "ocpp", "ocpp meter-1 connector 0", 12.0),
+        MeterInfo("garage", "ocpp", "ocpp cp-1 connector 0", 30.0)]
