@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiomqtt
+import httpx
 import pytest
 from brokers import Mosquitto, mosquitto
 
@@ -187,7 +188,13 @@ async def test_mqtt_house_meter(broker: Mosquitto) -> None:
         stopper.add_done_callback(lambda _: running.clear())
         try:
             await follow_and_fail_closed(rig, stop, f"mqtt {TOPIC}")
-            assert rig.app.status()["meters"][0]["errors"] == 0
+            assert rig.app.status_server is not None
+            async with httpx.AsyncClient() as http:
+                got = await http.get(f"http://127.0.0.1:{rig.app.status_server.port}/status")
+            (meter,) = got.json()["meters"]
+            assert meter["id"] == "house-meter" and meter["source"] == "mqtt"
+            assert meter["stale"] is True and meter["errors"] == 0
+            assert [a["kind"] for a in got.json()["alarms"]] == ["meter"]
         finally:
             for task in (publisher, stopper):
                 task.cancel()
