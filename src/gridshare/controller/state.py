@@ -375,9 +375,6 @@ class SiteState:
         conn.measured_a = amps
         conn.measured_max_a = max(amps)
         conn.measured_at = event.at
-        for gid in self.topology.charger_groups(event.charger):
-            if gid in self._meters and gid not in self._cache.stale:
-                self._follow(gid, event.at)  # a transition may be over: taken at refresh
         allowed = self.allowed_a((event.charger, event.connector), event.at)
         if conn.measured_max_a > allowed + self.settings.verify_tolerance_a:
             if conn.over_since is None:
