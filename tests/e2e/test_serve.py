@@ -106,7 +106,7 @@ async def test_serve_refuses_bad_input_clearly(tmp_path: Path) -> None:
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     _, err = await proc.communicate()
     assert proc.returncode == 2
-    assert "problem(s)" in err.decode()
+    assert err.decode().strip() == f"{bad}:2: groups: needs at least one group"
 
 
 async def test_demo_shares_load_within_limits() -> None:
