@@ -408,3 +408,18 @@ def test_the_line_scan_stops_once_every_wanted_path_is_behind_it() -> None:
     assert lines == {(): 1, ("site",): 1}  # the broken end is never read
     with pytest.raises(yaml.YAMLError):
         config_module._scan_lines(text, {(), ("site",)}, repeated=True)
+
+
+def test_mqtt_files_are_relative_to_the_site_file(tmp_path: Path) -> None:
+    from gridshare.config import load_site_config
+
+    site = tmp_path / "conf" / "site.yaml"
+    site.parent.mkdir()
+    site.write_text(GOOD.replace("meters:\n", "mqtt: {url: \"mqtt://127.0.0.1:1883\", "
+                                 "username: gs, password_file: mqtt.pw, cafile: /etc/ca.pem}\n"
+                                 "meters:\n"))
+    config = load_site_config(site)
+    assert config.mqtt is not None
+    assert config.mqtt.password_file == site.parent / "mqtt.pw"
+    assert config.mqtt.cafile == Path("/etc/ca.pem")  # absolute stays
+    assert config.meters[0].id == "site-meter"  # nothing else lost on the way

@@ -28,7 +28,7 @@ from gridshare.config import MeterSpec, MqttSpec, SiteConfig
 from gridshare.controller.loop import Controller, ControllerSettings
 from gridshare.controller.state import MeterInfo
 from gridshare.controller.status_http import StatusServer
-from gridshare.core.topology import Topology
+from gridshare.core.topology import Phase, Topology
 from gridshare.store import Store, default_url, normalise_url
 
 if TYPE_CHECKING:
@@ -110,6 +110,23 @@ def meter_phases(topology: Topology, meters: tuple[MeterSpec, ...]) -> dict[str,
     return {m.id: out.get(m.id, 3) for m in meters}
 
 
+def meter_lines(topology: Topology, meters: tuple[MeterSpec, ...]) -> dict[str, Phase]:
+    """Meter id -> the line of the 1-phase group(s) that follow it: their chargers' line
+    (the site file is checked to give a 1-phase group one line). A meter of a 3-phase group,
+    or of one without chargers, has none: its 1-phase reading counts on every phase."""
+    phases = meter_phases(topology, meters)
+    out: dict[str, Phase] = {}
+    for gid, group in topology.groups.items():
+        if group.meter is None or phases.get(group.meter) != 1:
+            continue
+        for cid in topology.subtree_chargers(gid):
+            line = topology.chargers[cid].phase
+            if line is not None:
+                out[group.meter] = line
+                break
+    return out
+
+
 def ocpp_meters(topology: Topology, meters: tuple[MeterSpec, ...]) -> list[OcppMeter]:
     """The meters read from MeterValues; an id that is no charger is a dedicated meter."""
     phases = meter_phases(topology, meters)
@@ -162,7 +179,8 @@ class GridshareApp:
 
             self.meter_sources = MeterSources(
                 options.meters, options.mqtt, self.bus.publish, self.clock,
-                voltage=topology.voltage, phases=meter_phases(topology, options.meters))
+                voltage=topology.voltage, phases=meter_phases(topology, options.meters),
+                lines=meter_lines(topology, options.meters))
         self.status_server: StatusServer | None = None
         if options.api_port is not None:
             self.status_server = StatusServer(self.status)

@@ -778,6 +778,12 @@ def load_site_config(path: str | Path, max_size: int = DEFAULT_MAX_SIZE) -> Site
             raise ConfigError([ConfigIssue(str(p), None, "ocpp.tls", f"no such file: {f}")
                                for f in missing])
         config = replace(config, ocpp=config.ocpp.model_copy(update={"tls": resolved}))
+    mqtt = config.mqtt
+    if mqtt is not None and (mqtt.password_file is not None or mqtt.cafile is not None):
+        config = replace(config, mqtt=mqtt.model_copy(update={
+            "password_file": None if mqtt.password_file is None
+            else p.parent / mqtt.password_file,
+            "cafile": None if mqtt.cafile is None else p.parent / mqtt.cafile}))
     return config
 
 
