@@ -263,3 +263,23 @@ def test_demand_read_by_pydantic_json_is_the_demand_read_as_before(tmp_path: Pat
     bare = tmp_path / "bare.json"
     bare.write_text(json.dumps(json.loads(text)["connectors"]), encoding="utf-8")
     assert load_demand(bare, topo).connectors == load_demand(DEMAND, topo).connectors
+
+
+def test_allocate_with_a_stale_meter_raises_its_alarm_and_exits_1(tmp_path: Path) -> None:
+    site = tmp_path / "house.yaml"
+    site.write_text("site: house\nmeters:\n  - {id: hm, source: ocpp, charger: house-meter}\n"
+                    "groups:\n  - {id: house, max_current: 32, meter: hm, chargers: [a, b]}\n"
+                    "chargers:\n  - {id: a, max_current: 16}\n  - {id: b, max_current: 16}\n")
+    demand = tmp_path / "demand.json"
+    body = {"connectors": [{"charger": "a", "active": True}, {"charger": "b", "active": True}]}
+    demand.write_text(json.dumps(body))
+    fresh = runner.invoke(app, ["allocate", str(site), "--demand", str(demand), "--json"])
+    assert fresh.exit_code == 0, fresh.output
+    assert json.loads(fresh.stdout)["alarms"] == []
+    demand.write_text(json.dumps({**body, "stale_meters": ["hm"]}))
+    stale = runner.invoke(app, ["allocate", str(site), "--demand", str(demand), "--json"])
+    assert stale.exit_code == 1
+    out = json.loads(stale.stdout)
+    assert [s["current"] for s in out["setpoints"]] == [0.0, 0.0]
+    assert out["alarms"] == [{"group": "house", "phase": None, "message":
+                              "meter hm: stale (stale_meters) — group house at 0 A headroom"}]

@@ -22,6 +22,7 @@ from gridshare.core.topology import Policy
 if TYPE_CHECKING:
     from gridshare.config import ConfigError, SiteConfig
     from gridshare.core.decision import Allocation
+    from gridshare.core.snapshot import Snapshot
     from gridshare.core.topology import Topology
 
 SiteArg = Annotated[Path, typer.Argument(
@@ -240,6 +241,7 @@ def _allocate(site: Path, demand: Path, policy: Policy | None, *, as_json: bool,
     # allocate() returns the policy's answer unguarded; the safety guard runs once here,
     # as in the controller's cycle, and replaces an unsafe answer by failsafes.
     result = enforce(topo, snapshot, allocate(topo, snapshot, policy=policy))
+    result = _with_stale_meter_alarms(topo, snapshot, result)
     if as_json:
         # One write of the whole text: json.dump would write each of its ~300,000 pieces.
         json_text = json.dumps(allocation_json(topo, result), indent=2)
@@ -273,6 +275,21 @@ def _allocate(site: Path, demand: Path, policy: Policy | None, *, as_json: bool,
         err.print("[bold red]guarded:[/] the safety guard replaced the allocation",
                   soft_wrap=True)
     return result.guarded or bool(result.alarms)
+
+
+def _with_stale_meter_alarms(topo: Topology, snapshot: Snapshot, result: Allocation
+                              ) -> Allocation:
+    """A group whose meter the demand file marks stale fails closed; say so, as the live
+    controller does (and so exit 1: the answer is not what the limits alone allow)."""
+    from dataclasses import replace
+
+    from gridshare.core.decision import Alarm
+
+    extra = tuple(
+        Alarm(gid, None, 0.0, 0.0, f"meter {topo.groups[gid].meter}: stale (stale_meters) — "
+              f"group {gid} at 0 A headroom")
+        for gid, cond in snapshot.groups.items() if cond.meter_stale)
+    return replace(result, alarms=result.alarms + extra) if extra else result
 
 
 def hash_password_cmd(
