@@ -283,3 +283,20 @@ def test_allocate_with_a_stale_meter_raises_its_alarm_and_exits_1(tmp_path: Path
     assert [s["current"] for s in out["setpoints"]] == [0.0, 0.0]
     assert out["alarms"] == [{"group": "house", "phase": None, "message":
                               "meter hm: stale (stale_meters) — group house at 0 A headroom"}]
+
+
+def test_json_usage_errors_are_json_too() -> None:
+    """A script that asked for --json gets a JSON error object even when the command line
+    itself is wrong (caught before any command runs), with exit code 2."""
+    for argv, path, message in (
+            (["check", "--json"], "site", "Missing argument 'SITE'."),
+            (["check", str(SITE), "--json", "--bogus"], "", "No such option: --bogus"),
+            (["allocate", str(SITE), "--json"], "demand", "Missing option '--demand'.")):
+        done = subprocess.run([sys.executable, "-m", "gridshare", *argv], capture_output=True,
+                              text=True, timeout=60, check=False)
+        assert done.returncode == 2, done.stderr
+        assert json.loads(done.stdout) == {
+            "error": "usage", "problems": [{"file": None, "line": None, "path": path,
+                                            "message": message}],
+            "more": 0, "exit_code": 2}
+        assert f"Error: {message}" in done.stderr

@@ -28,7 +28,34 @@ class _Program(typer.Typer):
         # survivors are frozen out of those collections. Commands release what they hold
         # (files, sockets, the audit store) themselves before they return.
         atexit.register(gc.freeze)
-        return super().__call__(*args, **kwargs)
+        argv = kwargs.get("args", args[0] if args else sys.argv[1:])
+        if "--json" not in argv:
+            return super().__call__(*args, **kwargs)
+        # A script that asked for JSON gets a JSON error object for a usage error too
+        # (unknown option, missing argument), caught before any command runs.
+        try:
+            code = super().__call__(*args, **{**kwargs, "standalone_mode": False})
+        except typer.Exit as exc:
+            code = exc.exit_code
+        except typer.Abort:
+            sys.stderr.write("Aborted!\n")
+            code = 1
+        except typer.TyperException as exc:  # click's usage and parameter errors (vendored)
+            exc.show()  # type: ignore[attr-defined]
+            _usage_json(exc)
+            code = getattr(exc, "exit_code", 2)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_json(exc: Any) -> None:
+    import json
+
+    param = getattr(exc, "param", None)
+    sys.stdout.write(json.dumps({
+        "error": "usage", "problems": [{
+            "file": None, "line": None, "path": getattr(param, "name", None) or "",
+            "message": exc.format_message()}], "more": 0, "exit_code": exc.exit_code},
+        indent=2) + "\n")
 
 
 app = _Program(
