@@ -533,13 +533,7 @@ class Controller:
                     "meter", message, group=groups[0] if groups else "")
         for meter_id in list(self._meter_alarms):
             if meter_id not in current:
-                old = self._meter_alarms.pop(meter_id)
-                cleared = AlarmRecord(now, old.kind, old.group, old.phase, old.load, old.limit,
-                                      f"cleared: {old.message}", cleared=True)
-                self._alarms.append(cleared)
-                log.info("alarm cleared: %s", old.message)
-                if self.audit is not None:
-                    self.audit.record_alarm(cleared)
+                self._clear_alarm(self._meter_alarms.pop(meter_id), now)
 
     # --- alarms ---------------------------------------------------------------------------
 
@@ -571,13 +565,16 @@ class Controller:
                     limit=alarm.limit)
         for key in list(self._active_alarms):
             if key[0] in ("limit", "guard") and key not in seen:
-                old = self._active_alarms.pop(key)
-                cleared = AlarmRecord(now, old.kind, old.group, old.phase, old.load, old.limit,
-                                      f"cleared: {old.message}", cleared=True)
-                self._alarms.append(cleared)
-                log.info("alarm cleared: %s", old.message)
-                if self.audit is not None:
-                    self.audit.record_alarm(cleared)
+                self._clear_alarm(self._active_alarms.pop(key), now)
+
+    def _clear_alarm(self, old: AlarmRecord, now: datetime) -> None:
+        """An alarm's condition has ended: say so once, in the list and the audit log."""
+        cleared = AlarmRecord(now, old.kind, old.group, old.phase, old.load, old.limit,
+                              f"cleared: {old.message}", cleared=True)
+        self._alarms.append(cleared)
+        log.info("alarm cleared: %s", old.message)
+        if self.audit is not None:
+            self.audit.record_alarm(cleared)
 
     # --- views ----------------------------------------------------------------------------
 
