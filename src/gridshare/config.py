@@ -573,6 +573,27 @@ _NODE_EVENTS = (yaml.ScalarEvent, yaml.AliasEvent, yaml.MappingStartEvent,
                 yaml.SequenceStartEvent)
 
 
+class WantedPaths:
+    """The wanted paths a one-pass line scan has not left behind yet (the scan may stop
+    once no more are open than unfinished)."""
+
+    def __init__(self, wanted: set[Loc]) -> None:
+        self._kids: dict[Loc, list[Loc]] = {}
+        for path in wanted:
+            if path:
+                self._kids.setdefault(path[:-1], []).append(path)
+        self.unfinished = set(wanted)
+
+    def finish(self, loc: Loc) -> None:
+        """A wanted path is behind the pass: so is every wanted path below it."""
+        todo = [loc]
+        while todo:
+            done = todo.pop()
+            if done in self.unfinished:
+                self.unfinished.discard(done)
+                todo.extend(self._kids.get(done, ()))
+
+
 def _scan_lines(text: str, wanted: set[Loc], *, repeated: bool
                 ) -> tuple[dict[Loc, int], list[tuple[Loc, int]]]:
     """The line of each path in ``wanted`` (which holds every prefix of each path, as
@@ -587,21 +608,9 @@ def _scan_lines(text: str, wanted: set[Loc], *, repeated: bool
     """
     lines: dict[Loc, int] = {}
     dups: list[tuple[Loc, int]] = []
-    kids: dict[Loc, list[Loc]] = {}
-    for path in wanted:
-        if path:
-            kids.setdefault(path[:-1], []).append(path)
-    unfinished = set(wanted)
+    pending = WantedPaths(wanted)
+    finish, unfinished = pending.finish, pending.unfinished
     open_wanted = 0  # open collections whose path is wanted: unfinished until they end
-
-    def finish(loc: Loc) -> None:
-        """A wanted path is behind the pass: so is every wanted path below it."""
-        todo = [loc]
-        while todo:
-            done = todo.pop()
-            if done in unfinished:
-                unfinished.discard(done)
-                todo.extend(kids.get(done, ()))
     # An open collection: [its path (None: nothing wanted below), next key or index,
     # keys seen (mappings, when repeated), is a mapping, is itself a mapping's key]
     stack: list[list[Any]] = []

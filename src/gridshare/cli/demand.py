@@ -24,6 +24,7 @@ from gridshare.config import (
     ConfigIssue,
     Loc,
     ProblemList,
+    WantedPaths,
     read_text,
     shown,
     value_problem,
@@ -358,20 +359,9 @@ def json_lines(text: str, wanted: set[Loc], root: Loc = ()) -> dict[Loc, int]:
     pass over the tokens of a JSON text that parsed; it stops once every wanted path is
     behind it. ``root`` is the path of the document itself."""
     lines: dict[Loc, int] = {}
-    kids: dict[Loc, list[Loc]] = {}
-    for path in wanted:
-        if path:
-            kids.setdefault(path[:-1], []).append(path)
-    unfinished = set(wanted)
+    pending = WantedPaths(wanted)
+    finish, unfinished = pending.finish, pending.unfinished
     open_wanted = 0
-
-    def finish(path: Loc) -> None:
-        todo = [path]
-        while todo:
-            done = todo.pop()
-            if done in unfinished:
-                unfinished.discard(done)
-                todo.extend(kids.get(done, ()))
 
     # An open container: [path (None: nothing wanted below), is an object, next key or
     # index, expecting a key]
