@@ -27,12 +27,12 @@ from gridshare.clock import Clock, SystemClock
 from gridshare.config import MeterSpec, MqttSpec, SiteConfig
 from gridshare.controller.loop import Controller, ControllerSettings
 from gridshare.controller.state import MeterInfo
-from gridshare.controller.status_http import StatusServer
 from gridshare.core.topology import Phase, Topology
 from gridshare.store import Store, default_url, normalise_url
 
 if TYPE_CHECKING:
     from gridshare.adapters.meters import MeterSources
+    from gridshare.api.server import ApiServer
 
 log = logging.getLogger("gridshare")
 
@@ -45,7 +45,12 @@ class ServeOptions:
     ocpp_port: int = 9000
     """0 picks a free port."""
     api_port: int | None = 8080
-    """Read-only ``GET /status``; None disables it, 0 picks a free port."""
+    """The REST API, the dashboard and ``GET /status``; None disables it, 0 picks a free
+    port."""
+    api_tokens: tuple[str, ...] = ()
+    """Bearer tokens that may change things through the API (none: changes are refused)."""
+    api_read_token: bool = False
+    """Reads need a token too (the site file's ``api: {read_token: true}``)."""
     db_url: str | None = None
     """None: SQLite under ``data_dir``; "none": no audit store."""
     bus_url: str = "memory://"
@@ -81,10 +86,13 @@ def csms_settings(config: SiteConfig) -> CsmsConfig:
 
 def serve_options(config: SiteConfig, *, host: str = "0.0.0.0", ocpp_port: int = 9000,
                   api_port: int | None = 8080, db_url: str | None = None,
-                  bus_url: str = "memory://", data_dir: Path | None = None) -> ServeOptions:
-    """How to run a site read from its file: where to listen and store (from the command
-    line), the CSMS settings and the controller's lease (from the file's ``ocpp:``)."""
+                  bus_url: str = "memory://", data_dir: Path | None = None,
+                  api_tokens: tuple[str, ...] = ()) -> ServeOptions:
+    """How to run a site read from its file: where to listen and store and the API's
+    tokens (from the command line), the CSMS settings and the controller's lease (from the
+    file's ``ocpp:``), whether reads need a token (its ``api:``)."""
     return ServeOptions(host=host, ocpp_port=ocpp_port, api_port=api_port, db_url=db_url,
+                        api_tokens=api_tokens, api_read_token=config.api.read_token,
                         bus_url=bus_url, data_dir=data_dir, csms=csms_settings(config),
                         controller=ControllerSettings(lease_s=config.ocpp.lease),
                         meters=config.meters, mqtt=config.mqtt)
@@ -146,7 +154,7 @@ def csms_config(topology: Topology, base: CsmsConfig | None,
 
 
 class GridshareApp:
-    """One running site: bus, CSMS, controller, audit store and status endpoint."""
+    """One running site: bus, CSMS, controller, audit store and the API."""
 
     def __init__(self, topology: Topology, options: ServeOptions | None = None, *,
                  clock: Clock | None = None) -> None:
@@ -181,9 +189,13 @@ class GridshareApp:
                 options.meters, options.mqtt, self.bus.publish, self.clock,
                 voltage=topology.voltage, phases=meter_phases(topology, options.meters),
                 lines=meter_lines(topology, options.meters))
-        self.status_server: StatusServer | None = None
+        self.api_server: ApiServer | None = None
         if options.api_port is not None:
-            self.status_server = StatusServer(self.status)
+            from gridshare.api.app import create_api
+            from gridshare.api.server import ApiServer
+
+            self.api_server = ApiServer(create_api(self, options.api_tokens,
+                                                   read_token=options.api_read_token))
         self._started = False
 
     def status(self) -> dict[str, Any]:
@@ -206,8 +218,8 @@ class GridshareApp:
             if self.meter_sources is not None:
                 await self.meter_sources.start()
             await self.csms.start(self.options.host, self.options.ocpp_port)
-            if self.status_server is not None and self.options.api_port is not None:
-                await self.status_server.start(self.options.host, self.options.api_port)
+            if self.api_server is not None and self.options.api_port is not None:
+                await self.api_server.start(self.options.host, self.options.api_port)
         except BaseException:
             await self.stop()
             raise
@@ -215,8 +227,8 @@ class GridshareApp:
 
     async def stop(self) -> None:
         """Stop accepting, close every charger connection, stop deciding, flush the log."""
-        if self.status_server is not None:
-            await self.status_server.stop()
+        if self.api_server is not None:
+            await self.api_server.stop()
         with contextlib.suppress(Exception):
             await self.csms.stop()
         if self.meter_sources is not None:
@@ -233,6 +245,11 @@ class GridshareApp:
         return self.csms.port
 
     @property
+    def api_port(self) -> int | None:
+        """The API's port once started (None: no API)."""
+        return self.api_server.port if self.api_server is not None else None
+
+    @property
     def ocpp_url(self) -> str:
         scheme = "wss" if (self.csms.config.security_profile >= 2) else "ws"
         return f"{scheme}://{self.options.host}:{self.ocpp_port}"
@@ -240,8 +257,8 @@ class GridshareApp:
     def ready_line(self) -> str:
         parts = [f"gridshare ready: site {self.topology.site}", f"OCPP {self.ocpp_url}",
                  f"{len(self.topology.chargers)} chargers configured"]
-        if self.status_server is not None:
-            parts.append(f"status http://{self.options.host}:{self.status_server.port}/status")
+        if self.api_server is not None:
+            parts.append(f"status http://{self.options.host}:{self.api_server.port}/status")
         return ", ".join(parts)
 
 

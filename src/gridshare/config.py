@@ -350,6 +350,13 @@ class MeterSpec(_Strict):
         return self
 
 
+class ApiSpec(_Strict):
+    """The REST API of ``gridshare serve`` (tokens come from the command line)."""
+
+    read_token: bool = False
+    """Reads need a bearer token too (changes always do)."""
+
+
 class _SiteHead(_Strict):
     """The site file without its lists, which are checked entry by entry."""
 
@@ -362,6 +369,7 @@ class _SiteHead(_Strict):
     """Setpoint step in A."""
     ocpp: OcppSpec = OcppSpec()
     mqtt: MqttSpec | None = None
+    api: ApiSpec = ApiSpec()
 
 
 class SiteSpec(_SiteHead):
@@ -704,6 +712,7 @@ class SiteConfig:
     """Charger id -> password hash, for chargers that have one."""
     meters: tuple[MeterSpec, ...] = ()
     mqtt: MqttSpec | None = None
+    api: ApiSpec = field(default_factory=ApiSpec)
 
 
 def parse_site(text: str, source: str = "<string>") -> Topology:
@@ -742,7 +751,7 @@ def _parse_site_config(text: str, source: str) -> SiteConfig:
     assert spec is not None
     return SiteConfig(_build(spec), spec.ocpp,
                       {c.id: c.password_hash for c in spec.chargers if c.password_hash},
-                      tuple(spec.meters), spec.mqtt)
+                      tuple(spec.meters), spec.mqtt, spec.api)
 
 
 def _clean_loc(loc: tuple[Any, ...]) -> Loc:

@@ -147,6 +147,17 @@ class LimitChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class PriorityChanged:
+    """A run-time priority for a charger (an operator's), in place of the site file's
+    until changed again; ``priority`` None restores the configured one."""
+
+    charger: str
+    at: datetime
+    priority: int | None
+    source: str = "operator"
+
+
+@dataclass(frozen=True, slots=True)
 class ProfileRejected:
     charger: str
     connector: int
@@ -157,7 +168,7 @@ class ProfileRejected:
 Event = (
     ChargerBooted | ChargerOnline | ChargerOffline | StatusChanged | SessionStarted
     | SessionStopped | ChargingNeeds | MeterReading | GroupMeterReading | MeterSample
-    | LimitChanged | ProfileRejected
+    | LimitChanged | PriorityChanged | ProfileRejected
 )
 
 

@@ -17,7 +17,7 @@ import logging
 import os
 from collections import deque
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -383,6 +383,64 @@ class Store:
         async with self._engine.connect() as conn:
             result = await conn.execute(select(t).order_by(t.c.id.desc()).limit(limit))
             return [dict(r._mapping) for r in result]
+
+    async def sessions(self, *, since: datetime | None = None, until: datetime | None = None,
+                       charger: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Sessions that overlap [since, until) (an open one runs until now), newest start
+        first, each with ``energy_wh`` (stop minus start register) once it has stopped."""
+        assert self._engine is not None
+        t = sessions
+        query = select(t)
+        if since is not None:
+            query = query.where((t.c.stopped_at.is_(None)) | (t.c.stopped_at >= _utc(since)))
+        if until is not None:
+            query = query.where(t.c.started_at < _utc(until))
+        if charger is not None:
+            query = query.where(t.c.charger == charger)
+        query = query.order_by(t.c.started_at.desc(), t.c.id.desc()).limit(limit)
+        async with self._engine.connect() as conn:
+            rows = [_aware(dict(r._mapping)) for r in await conn.execute(query)]
+        for row in rows:
+            start, stop = row.get("meter_start_wh"), row.get("meter_stop_wh")
+            row["energy_wh"] = None if start is None or stop is None else max(0.0, stop - start)
+        return rows
+
+    async def commands(self, *, charger: str | None = None,
+                       limit: int = 100) -> list[dict[str, Any]]:
+        """The latest setpoint and failsafe commands with their outcome, newest first."""
+        assert self._engine is not None
+        t = setpoint_commands
+        query = select(t)
+        if charger is not None:
+            query = query.where(t.c.charger == charger)
+        query = query.order_by(t.c.at.desc(), t.c.id.desc()).limit(limit)
+        async with self._engine.connect() as conn:
+            return [_aware(dict(r._mapping)) for r in await conn.execute(query)]
+
+    async def alarms(self, *, since: datetime | None = None,
+                     limit: int = 100) -> list[dict[str, Any]]:
+        """Alarms raised or cleared at or after ``since``, newest first."""
+        assert self._engine is not None
+        t = alarms
+        query = select(t)
+        if since is not None:
+            query = query.where(t.c.at >= _utc(since))
+        query = query.order_by(t.c.at.desc(), t.c.id.desc()).limit(limit)
+        async with self._engine.connect() as conn:
+            return [_aware(dict(r._mapping)) for r in await conn.execute(query)]
+
+
+def _utc(value: datetime) -> datetime:
+    """Times are stored in UTC (SQLite keeps no offset): compare in UTC too."""
+    return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _aware(row: dict[str, Any]) -> dict[str, Any]:
+    """SQLite hands times back without their offset; they were written in UTC."""
+    for key, value in row.items():
+        if isinstance(value, datetime) and value.tzinfo is None:
+            row[key] = value.replace(tzinfo=UTC)
+    return row
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -188,9 +188,9 @@ async def test_mqtt_house_meter(broker: Mosquitto) -> None:
         stopper.add_done_callback(lambda _: running.clear())
         try:
             await follow_and_fail_closed(rig, stop, f"mqtt {TOPIC}")
-            assert rig.app.status_server is not None
+            assert rig.app.api_port is not None
             async with httpx.AsyncClient() as http:
-                got = await http.get(f"http://127.0.0.1:{rig.app.status_server.port}/status")
+                got = await http.get(f"http://127.0.0.1:{rig.app.api_port}/status")
             (meter,) = got.json()["meters"]
             assert meter["id"] == "house-meter" and meter["source"] == "mqtt"
             assert meter["stale"] is True and meter["errors"] == 0

@@ -165,6 +165,7 @@ class Controller:
         self.counters: Counter[str] = Counter()
         self.last_report: CycleReport | None = None
         self._cycle_listeners: list[Callable[[CycleReport], None]] = []
+        self._change_listeners: list[Callable[[str], None]] = []
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -222,12 +223,33 @@ class Controller:
         """Call ``listener`` after every allocation cycle (benchmarks, dashboards)."""
         self._cycle_listeners.append(listener)
 
+    def on_change(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``listener`` with what changed — "event" (one folded in), "cycle" (an
+        allocation), "alarm" (raised or cleared), "command" (an outcome came back) — each
+        time it happens (live views: the API's stream). It must be quick and must not
+        raise. Returns its remover."""
+        self._change_listeners.append(listener)
+
+        def remove() -> None:
+            if listener in self._change_listeners:
+                self._change_listeners.remove(listener)
+
+        return remove
+
+    def _changed(self, what: str) -> None:
+        for listener in tuple(self._change_listeners):
+            try:
+                listener(what)
+            except Exception:
+                log.exception("change listener %r failed", listener)
+
     # --- input ----------------------------------------------------------------------------
 
     def handle(self, event: Event) -> None:
         """Fold one event into the state and schedule what it calls for."""
         self.counters["events"] += 1
         impact = self.state.apply(event)
+        self._changed("event")
         # A booted charger may have lost its profiles; one we have not served since we
         # started may never have had them.
         if isinstance(event, ChargerBooted) or (isinstance(event, ChargerOnline)
@@ -326,6 +348,7 @@ class Controller:
         self.last_report = report
         for listener in self._cycle_listeners:
             listener(report)
+        self._changed("cycle")
         if sent or decision.held:
             log.debug("cycle: %d sent, %d increases held, %.1f ms", len(sent),
                       len(decision.held), compute_s * 1000)
@@ -431,6 +454,7 @@ class Controller:
             self.audit.record_command(CommandRecord(
                 at, charger, connector, send.kind, send.current_a, send.counted_a,
                 outcome.result, time.perf_counter() - item.started))
+        self._changed("command")
         self._trigger(max(impact, Impact.CHANGED) if retry is not None else impact)
 
     # --- failsafe -------------------------------------------------------------------------
@@ -545,6 +569,7 @@ class Controller:
         log.warning("ALARM %s: %s", kind, message)
         if self.audit is not None:
             self.audit.record_alarm(record)
+        self._changed("alarm")
         return record
 
     def _allocation_alarms(self, allocation: Allocation, now: datetime) -> None:
@@ -575,6 +600,7 @@ class Controller:
         log.info("alarm cleared: %s", old.message)
         if self.audit is not None:
             self.audit.record_alarm(cleared)
+        self._changed("alarm")
 
     # --- views ----------------------------------------------------------------------------
 

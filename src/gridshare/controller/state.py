@@ -60,6 +60,7 @@ from gridshare.events import (
     LimitChanged,
     MeterReading,
     MeterSample,
+    PriorityChanged,
     ProfileRejected,
     SessionStarted,
     SessionStopped,
@@ -132,6 +133,35 @@ class StateSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ChargerInfo:
+    """What a charger told us about itself and when we last heard from it."""
+
+    online: bool
+    protocol: str
+    vendor: str
+    model: str
+    last_seen: datetime | None
+    since: datetime | None
+    """When it last went online or offline."""
+    boots: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """A connector's session as the charger reports it (None where it has not said)."""
+
+    transaction_id: str | None
+    started: datetime | None
+    arrival: datetime | None
+    energy_wh: float | None
+    """Delivered in this session: the register now minus at its start."""
+    power_w: float | None
+    soc_percent: float | None
+    energy_needed_kwh: float | None
+    departure: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class Violation:
     key: ConnectorKey
     allowed_a: float
@@ -145,6 +175,8 @@ class Violation:
 class _ConnectorState:
     status: ConnectorStatus | None = None
     transaction_id: str | None = None
+    session_started: datetime | None = None
+    meter_start_wh: float | None = None
     arrival: datetime | None = None
     ev_max_current_a: float | None = None
     energy_needed_kwh: float | None = None
@@ -233,6 +265,8 @@ class SiteState:
         self._demands: dict[ConnectorKey, tuple[tuple[object, ...], ConnectorDemand]] = {}
         self._meters: dict[str, _GroupMeterState] = {}
         self._limits: dict[tuple[str, str], _ExtraLimit] = {}
+        self._priorities: dict[str, int] = {}
+        """Charger id -> run-time priority (an operator's), in place of the site file's."""
         self._cache = _Cache()
         self._subtrees = {gid: tuple(topology.subtree_chargers(gid)) for gid in topology.groups}
         self._metered_by: dict[str, tuple[str, ...]] = {}
@@ -275,6 +309,9 @@ class SiteState:
             return impact
         if isinstance(event, LimitChanged):
             return self._limit(event)
+        if isinstance(event, PriorityChanged):
+            # Not a sign of life from the charger: it comes from an operator.
+            return self.set_priority(event.charger, event.priority)
         charger = self._chargers.get(event.charger)
         if charger is None:
             self.counters.reject("unknown charger")
@@ -307,6 +344,7 @@ class SiteState:
             conn.status = event.status
         elif isinstance(event, SessionStarted):
             conn.transaction_id = event.transaction_id
+            conn.session_started, conn.meter_start_wh = event.at, event.meter_start_wh
             if conn.status in NO_CAR_STATUSES:
                 conn.status = None  # the status notification may still be on its way
         elif isinstance(event, SessionStopped):
@@ -498,6 +536,34 @@ class SiteState:
         if after[0] < before[0] or after[1] < before[1]:
             return Impact.URGENT
         return Impact.CHANGED if after != before else Impact.NONE
+
+    def set_priority(self, charger_id: str, priority: int | None) -> Impact:
+        """A run-time priority for a charger (None: the site file's again); the priority
+        policy orders by it from the next allocation on."""
+        if charger_id not in self._chargers:
+            self.counters.reject("unknown charger")
+            return Impact.NONE
+        before = self.priority_of(charger_id)
+        if priority is None:
+            self._priorities.pop(charger_id, None)
+        else:
+            self._priorities[charger_id] = priority
+        return Impact.CHANGED if self.priority_of(charger_id) != before else Impact.NONE
+
+    def priority_of(self, charger_id: str) -> int:
+        """The priority the policy orders this charger by now."""
+        found = self._priorities.get(charger_id)
+        return self.topology.chargers[charger_id].priority if found is None else found
+
+    def priority_override(self, charger_id: str) -> int | None:
+        return self._priorities.get(charger_id)
+
+    def limits_of(self, group_id: str, now: datetime,
+                  ) -> dict[str, tuple[GroupLimit, datetime | None]]:
+        """Limit sources of a group besides the site file, in force at ``now``: source ->
+        (limit, until)."""
+        return {src: (x.limit, x.until) for (gid, src), x in self._limits.items()
+                if gid == group_id and (x.until is None or x.until > now)}
 
     def _tightest(self, group_id: str, now: datetime) -> tuple[float, float]:
         amps, kw = math.inf, math.inf
@@ -776,7 +842,9 @@ class SiteState:
                 online: bool) -> ConnectorDemand:
         """The connector's demand, as the same object as last cycle when nothing in it
         changed: the allocator re-reads only connectors whose demand object is new."""
-        fields = (online, conn.active, conn.ev_max_current_a, conn.priority, conn.arrival,
+        # An operator's priority for the charger wins over a session's.
+        priority = self._priorities.get(key[0], conn.priority)
+        fields = (online, conn.active, conn.ev_max_current_a, priority, conn.arrival,
                   conn.energy_needed_kwh, conn.departure)
         cached = self._demands.get(key)
         if cached is not None and cached[0] == fields:
@@ -784,7 +852,7 @@ class SiteState:
         if online:
             demand = ConnectorDemand(
                 key[0], key[1], active=True, max_current=conn.ev_max_current_a,
-                priority=conn.priority, arrival=conn.arrival,
+                priority=priority, arrival=conn.arrival,
                 energy_needed_kwh=conn.energy_needed_kwh, departure=conn.departure)
         else:
             demand = ConnectorDemand(key[0], key[1], active=conn.active, online=False)
@@ -856,6 +924,23 @@ class SiteState:
 
     def protocol(self, charger_id: str) -> str:
         return self._chargers[charger_id].protocol
+
+    def charger_info(self, charger_id: str) -> ChargerInfo:
+        c = self._chargers[charger_id]
+        return ChargerInfo(c.online, c.protocol, c.vendor, c.model, c.last_seen, c.changed_at,
+                           c.boots)
+
+    def session_info(self, key: ConnectorKey) -> SessionInfo:
+        conn = self._connectors[key]
+        energy = None
+        if conn.transaction_id is not None and conn.energy_wh is not None and \
+                conn.meter_start_wh is not None:
+            energy = max(0.0, conn.energy_wh - conn.meter_start_wh)
+        open_ = conn.transaction_id is not None
+        return SessionInfo(conn.transaction_id, conn.session_started if open_ else None,
+                           conn.arrival, energy, conn.power_w if conn.active else None,
+                           conn.soc_percent if conn.active else None, conn.energy_needed_kwh,
+                           conn.departure)
 
     def group_meter(self, group_id: str) -> tuple[PhaseCurrents, datetime] | None:
         meter = self._meters.get(group_id)
