@@ -1,6 +1,6 @@
 // gridshare live dashboard: plain JS, no build step. Reads the REST API once, then follows
-// GET /api/v1/stream (server-sent events) without reloading; reconnects when the server
-// comes back. Every value shown comes from the API: nothing is made up here.
+// GET /api/v1/stream (server-sent events `site`, `chargers`, `alarm`) without reloading,
+// and reconnects when the server comes back. Every value shown comes from the API.
 "use strict";
 
 (function () {
@@ -8,16 +8,22 @@
   const TOKEN_KEY = "gridshare.token";
   const WARN_AT = 0.9; // amber from 90 % of a limit, red above 100 %
   const PHASES = ["L1", "L2", "L3"];
+  const MAX_ALARMS = 100;
+  const MAX_SESSIONS = 100;
 
   const state = {
-    site: null,        // the site document (group tree)
-    chargers: new Map(),
-    alarms: [],
-    sessions: [],
-    extras: {},        // demand response / frequency response when the server has them
+    site: null,            // GET /api/v1/site
+    chargers: [],          // GET /api/v1/chargers .chargers
+    byId: new Map(),
+    alarms: [],            // newest first
+    sessions: null,        // GET /api/v1/sessions .sessions (null: not loaded)
+    sessionsProblem: "",   // why there is no session history (e.g. --db none)
+    extras: {},            // demand response / frequency response, once the server has them
     lastUpdate: null,
+    readNeedsToken: false, // a read was refused without a token (api: {read_token: true})
   };
-  // Test and benchmark hooks: counters only, never read by the page itself.
+  const dirty = { site: true, chargers: true, alarms: true, sessions: true, extras: true };
+  // Counters for tests and benchmarks; the page never reads them.
   const probe = { renders: 0, events: 0, connects: 0, lastRenderAt: 0 };
   window.gridshare = probe;
 
@@ -54,20 +60,20 @@
     if (!iso) return "";
     const d = new Date(iso);
     if (Number.isNaN(d.getTime())) return String(iso);
-    const now = new Date();
-    const sameDay = d.toDateString() === now.toDateString();
+    const sameDay = d.toDateString() === new Date().toDateString();
     return sameDay ? d.toLocaleTimeString() : d.toLocaleString();
-  }
-
-  function listOf(doc, key) {
-    if (Array.isArray(doc)) return doc;
-    if (doc && Array.isArray(doc[key])) return doc[key];
-    if (doc && Array.isArray(doc.items)) return doc.items;
-    return [];
   }
 
   function token() {
     try { return localStorage.getItem(TOKEN_KEY) || ""; } catch (e) { return ""; }
+  }
+
+  class HttpError extends Error {
+    constructor(status, body) {
+      super(problemText(status, body));
+      this.status = status;
+      this.body = body;
+    }
   }
 
   async function getJSON(path) {
@@ -75,73 +81,75 @@
     const t = token();
     if (t) headers.Authorization = "Bearer " + t;
     const r = await fetch(path, { headers, cache: "no-store" });
-    if (!r.ok) throw new Error(path + ": HTTP " + r.status);
-    return r.json();
+    let body = null;
+    try { body = await r.json(); } catch (e) { body = null; }
+    if (!r.ok) {
+      if (r.status === 401) state.readNeedsToken = true;
+      throw new HttpError(r.status, body);
+    }
+    return body;
+  }
+
+  function problemText(status, body) {
+    if (body && typeof body === "object") {
+      if (typeof body.detail === "string" && body.detail) return body.detail;
+      if (Array.isArray(body.errors) && body.errors.length) {
+        return body.errors.map((e) => (e.loc ? e.loc.join(".") + ": " : "") + (e.msg ?? "")).join("; ");
+      }
+      if (body.detail) return JSON.stringify(body.detail);
+      if (body.title) return body.title + " (" + status + ")";
+    }
+    return "HTTP " + status;
   }
 
   // ----------------------------------------------------------- data intake
 
-  function groupRoots(site) {
-    if (!site) return [];
-    if (Array.isArray(site)) return site;
-    if (Array.isArray(site.groups)) return site.groups;
-    if (site.id !== undefined && (site.children || site.chargers)) return [site];
-    return [];
-  }
-
-  function chargerId(c) {
-    return typeof c === "string" ? c : (c && (c.id ?? c.charger)) || "";
-  }
-
   function takeSite(doc) {
+    if (!doc || typeof doc !== "object" || !Array.isArray(doc.groups)) return;
     state.site = doc;
-    if (doc && !Array.isArray(doc)) takeExtras(doc);
+    dirty.site = true;
+    takeExtras(doc);
   }
 
+  let sessionKey = "";
   function takeChargers(doc) {
-    const list = listOf(doc, "chargers");
-    const seen = new Set();
-    for (const c of list) {
-      const id = chargerId(c);
-      if (!id) continue;
-      seen.add(id);
-      state.chargers.set(id, c);
+    const list = doc && Array.isArray(doc.chargers) ? doc.chargers : null;
+    if (!list) return;
+    state.chargers = list;
+    state.byId = new Map(list.map((c) => [c.id, c]));
+    dirty.chargers = true;
+    dirty.site = true; // the tree shows each charger's state too
+    // A session started or ended: the history changed, fetch it again.
+    const key = list.flatMap((c) => (c.connectors || []).map((k) =>
+      (k.session && k.session.transaction_id) || "")).join(",");
+    if (key !== sessionKey) {
+      const first = sessionKey === "";
+      sessionKey = key;
+      if (!first) scheduleSessions();
     }
-    // A full list replaces the old one; a partial update (one charger) does not.
-    if (Array.isArray(doc) || (doc && Array.isArray(doc.chargers) && !doc.partial)) {
-      for (const id of [...state.chargers.keys()]) if (!seen.has(id)) state.chargers.delete(id);
-    }
-  }
-
-  function chargerOne(c) {
-    const id = chargerId(c);
-    if (id) state.chargers.set(id, c);
   }
 
   function alarmKey(a) {
-    return [a.id ?? "", a.at ?? "", a.kind ?? "", a.group ?? a.group_id ?? "", a.message ?? ""].join("|");
+    return [a.at ?? "", a.kind ?? "", a.group ?? "", a.phase ?? "", a.message ?? "", a.cleared].join("|");
   }
 
-  function takeAlarms(doc, replace) {
-    const list = Array.isArray(doc) ? doc : listOf(doc, "alarms");
+  function takeAlarms(list, replace) {
     const byKey = new Map(replace ? [] : state.alarms.map((a) => [alarmKey(a), a]));
     for (const a of list) byKey.set(alarmKey(a), a);
     state.alarms = [...byKey.values()]
       .sort((a, b) => String(b.at ?? "").localeCompare(String(a.at ?? "")))
-      .slice(0, 200);
+      .slice(0, MAX_ALARMS);
+    dirty.alarms = true;
   }
 
-  function takeSessions(doc) {
-    state.sessions = listOf(doc, "sessions");
-  }
-
-  // Demand response and frequency response are shown only when the server reports them.
-  const DR_KEYS = ["dr", "dr_events", "demand_response"];
-  const FR_KEYS = ["frequency_response", "frequency", "fr"];
+  // Demand response and frequency response: shown when the server's status carries them
+  // (later features); until then these sections say "none".
+  const DR_KEYS = ["demand_response", "dr_events", "dr"];
+  const FR_KEYS = ["frequency_response"];
   function takeExtras(doc) {
     if (!doc || typeof doc !== "object") return;
-    for (const k of DR_KEYS) if (k in doc) state.extras.dr = doc[k];
-    for (const k of FR_KEYS) if (k in doc) state.extras.fr = doc[k];
+    for (const k of DR_KEYS) if (k in doc) { state.extras.dr = doc[k]; dirty.extras = true; }
+    for (const k of FR_KEYS) if (k in doc) { state.extras.fr = doc[k]; dirty.extras = true; }
   }
 
   // ------------------------------------------------------------- rendering
@@ -150,33 +158,24 @@
   function scheduleRender() {
     if (renderQueued) return;
     renderQueued = true;
-    setTimeout(() => {
-      renderQueued = false;
-      render();
-    }, 0);
-  }
-
-  const lastHtmlKey = {};
-  function changed(name, value) {
-    const key = JSON.stringify(value);
-    if (lastHtmlKey[name] === key) return false;
-    lastHtmlKey[name] = key;
-    return true;
+    setTimeout(() => { renderQueued = false; render(); }, 0);
   }
 
   function render() {
     const site = state.site;
-    if (site && !Array.isArray(site)) {
-      const name = site.site ?? site.name ?? site.id ?? "";
-      $("site-name").textContent = name;
-      if (name) document.title = "gridshare · " + name;
+    if (site) {
+      $("site-name").textContent = site.site;
+      document.title = "gridshare · " + site.site;
     }
-    if (changed("groups", [site, [...state.chargers.entries()]])) renderGroups();
-    if (changed("chargers", [...state.chargers.entries()])) renderChargers();
-    if (changed("alarms", state.alarms)) renderAlarms();
-    if (changed("sessions", state.sessions)) renderSessions();
-    if (changed("extras", state.extras)) renderExtras();
-    renderFormChoices();
+    if (dirty.site) { dirty.site = false; renderGroups(); fillSelect($("limit-group"), allGroupIds()); }
+    if (dirty.chargers) {
+      dirty.chargers = false;
+      renderChargers();
+      fillSelect($("priority-charger"), state.chargers.map((c) => c.id));
+    }
+    if (dirty.alarms) { dirty.alarms = false; renderAlarms(); }
+    if (dirty.sessions) { dirty.sessions = false; renderSessions(); }
+    if (dirty.extras) { dirty.extras = false; renderExtras(); }
     if (state.lastUpdate) $("updated").textContent = "updated " + state.lastUpdate.toLocaleTimeString();
     probe.renders += 1;
     probe.lastRenderAt = Date.now();
@@ -193,78 +192,75 @@
 
   function bar(label, load, limit, unit) {
     const lv = level(load, limit);
-    const pct = isNum(limit) && limit > 0 && isNum(load) ? Math.min(100, Math.max(0, (load / limit) * 100))
-      : (isNum(load) && load > 0 ? 100 : 0);
-    const text = fmt(load) + " / " + (isNum(limit) ? fmt(limit) : "∞") + " " + unit;
-    const word = lv === "over" ? "over the limit" : lv === "warn" ? "near the limit" : "";
-    return h("div", { class: "bar " + lv, "data-phase": label, role: "group",
-                      "aria-label": label + ": " + text + (word ? ", " + word : "") },
-      h("span", { class: "ph", text: label }),
-      h("span", { class: "track" },
+    let pct = 0;
+    if (isNum(limit) && limit > 0 && isNum(load)) pct = Math.min(100, Math.max(0, (load / limit) * 100));
+    else if (lv === "over") pct = 100;
+    const text = fmt(load) + " / " + (isNum(limit) ? fmt(limit) : "no limit") + " " + unit;
+    const word = lv === "over" ? ", over the limit" : lv === "warn" ? ", near the limit" : "";
+    return h("div", { class: "bar " + lv, "data-phase": label, "data-level": lv, role: "img",
+                      "aria-label": label + ": " + text + word },
+      h("span", { class: "ph", text: label, "aria-hidden": "true" }),
+      h("span", { class: "track", "aria-hidden": "true" },
         h("span", { class: "fill", style: "width:" + pct.toFixed(1) + "%" })),
-      h("span", { class: "val", text }));
-  }
-
-  function connectorsOf(c) {
-    return Array.isArray(c.connectors) && c.connectors.length ? c.connectors : [c];
+      h("span", { class: "val", text, "aria-hidden": "true" }));
   }
 
   function chargerOnline(c) {
-    if (typeof c.online === "boolean") return c.online;
-    const conn = c.connection ?? c.connected;
-    if (typeof conn === "boolean") return conn;
-    if (conn && typeof conn === "object" && typeof conn.online === "boolean") return conn.online;
-    if (typeof conn === "string") return conn === "online" || conn === "connected";
-    return null;
-  }
-
-  function chargerState(c) {
-    const states = connectorsOf(c).map((k) => k.status ?? k.state).filter((s) => s);
-    return states.length ? states.join(", ") : (c.status ?? c.state ?? "");
+    return c && c.connection ? Boolean(c.connection.online) : null;
   }
 
   function renderGroups() {
     const root = $("groups");
-    const roots = groupRoots(state.site);
-    if (!roots.length) {
+    const groups = state.site ? state.site.groups : [];
+    if (!groups.length) {
       root.replaceChildren(h("p", { class: "none", text: state.site ? "no groups" : "loading…" }));
       return;
     }
-    root.replaceChildren(h("ul", { role: "tree" }, roots.map(groupNode)));
+    root.replaceChildren(h("ul", { role: "tree", "aria-label": "load groups" }, groups.map(groupNode)));
   }
 
   function groupNode(g) {
     const cur = Array.isArray(g.current) ? g.current : [];
-    const limit = g.limit ?? g.max_current ?? null;
-    const phases = isNum(g.phases) ? g.phases : 3;
     const bars = [];
-    if (isNum(limit) || !isNum(g.limit_power)) {
-      for (let p = 0; p < Math.min(3, Math.max(1, phases)); p++) bars.push(bar(PHASES[p], cur[p], limit, "A"));
+    if (isNum(g.limit) || !isNum(g.limit_power)) {
+      if (g.phases === 1) {
+        // A 1-phase group: its one line is wherever the load is.
+        const p = cur.findIndex((x) => isNum(x) && x > 0);
+        const i = p < 0 ? 0 : p;
+        bars.push(bar(PHASES[i], cur[i], g.limit, "A"));
+      } else {
+        for (let p = 0; p < 3; p++) bars.push(bar(PHASES[p], cur[p], g.limit, "A"));
+      }
     }
     if (isNum(g.limit_power)) bars.push(bar("kW", g.power, g.limit_power, "kW"));
-    const override = g.override ?? g.operator ?? null;
+    const o = g.override;
+    let overrideText = "";
+    if (o) {
+      const parts = [];
+      if (isNum(o.max_current)) parts.push(fmt(o.max_current) + " A");
+      if (isNum(o.max_power)) parts.push(fmt(o.max_power) + " kW");
+      overrideText = "operator override " + parts.join(", ") + (o.until ? " until " + fmtTime(o.until) : "");
+    }
     const head = h("div", { class: "group-head" },
       h("span", { class: "group-id", text: g.id }),
-      h("span", { class: "group-limit", text: isNum(limit) ? "limit " + fmt(limit) + " A" : "" }),
+      h("span", { class: "group-limit", text: isNum(g.limit) ? "limit " + fmt(g.limit) + " A" : "" }),
       isNum(g.limit_power) ? h("span", { class: "group-power", text: "limit " + fmt(g.limit_power) + " kW" }) : null,
       isNum(g.power) ? h("span", { class: "group-power", text: fmt(g.power) + " kW now" }) : null,
-      override ? h("span", { class: "badge override", text: "operator override" }) : null,
-      g.meter_stale ? h("span", { class: "badge stale", text: "meter stale" }) : null);
-    const chargerIds = (g.chargers || []).map(chargerId).filter((x) => x);
-    const chips = chargerIds.length ? h("ul", { class: "group-chargers", "aria-label": "chargers in " + g.id },
-      chargerIds.map((id) => {
-        const c = state.chargers.get(id) || (typeof g.chargers[0] === "object"
-          ? g.chargers.find((x) => chargerId(x) === id) : null);
-        const online = c ? chargerOnline(c) : null;
-        const st = c ? chargerState(c) : "";
+      o ? h("span", { class: "badge override", text: overrideText }) : null,
+      g.meter_stale ? h("span", { class: "badge stale", text: "meter silent: no headroom" }) : null);
+    const ids = Array.isArray(g.chargers) ? g.chargers : [];
+    const chips = ids.length ? h("ul", { class: "group-chargers", "aria-label": "chargers in " + g.id },
+      ids.map((id) => {
+        const c = state.byId.get(id);
+        const online = chargerOnline(c);
+        const st = c ? c.status : "";
         const cls = online === false ? "chip offline" : /charging/i.test(st) ? "chip charging" : "chip";
-        const txt = id + (online === false ? " · offline" : st ? " · " + st : "");
-        return h("li", { class: cls, "data-charger": id, text: txt });
+        return h("li", { class: cls, "data-charger": id, text: id + (st ? " · " + st : "") });
       })) : null;
     const kids = Array.isArray(g.children) && g.children.length
-      ? h("ul", { role: "group" }, g.children.map((k) => (typeof k === "object" ? groupNode(k) : null)))
-      : null;
-    return h("li", { class: "group", "data-group": g.id, role: "treeitem", "aria-expanded": kids ? "true" : null },
+      ? h("ul", { role: "group" }, g.children.map(groupNode)) : null;
+    return h("li", { class: "group", "data-group": g.id, role: "treeitem",
+                     "aria-expanded": kids ? "true" : null, "aria-label": g.id },
       head, h("div", { class: "bars" }, bars), chips, kids);
   }
 
@@ -272,40 +268,49 @@
     return h("td", { "data-label": label, class: cls || null }, value ?? "");
   }
 
+  function energyKwh(s) {
+    if (!s) return null;
+    if (isNum(s.energy_kwh)) return s.energy_kwh;
+    return isNum(s.energy_wh) ? s.energy_wh / 1000 : null;
+  }
+
   function renderChargers() {
     const body = $("chargers").tBodies[0];
     const rows = [];
-    for (const [id, c] of state.chargers) {
+    for (const c of state.chargers) {
       const online = chargerOnline(c);
-      const conns = connectorsOf(c);
+      const conns = Array.isArray(c.connectors) && c.connectors.length ? c.connectors : [{}];
       conns.forEach((k, i) => {
-        const setpoint = k.setpoint ?? k.setpoint_a ?? null;
-        const measured = k.measured ?? k.measured_current ?? k.drawn_a ?? null;
-        const measuredText = Array.isArray(measured)
-          ? measured.map((x) => fmt(x)).join(" / ") + " A" : isNum(measured) ? fmt(measured) + " A" : "–";
-        const lease = k.lease_end ?? k.lease_until ?? null;
-        const session = k.session ?? null;
-        let sessionText = "";
-        if (session && typeof session === "object") {
-          const e = session.energy_kwh ?? (isNum(session.energy_wh) ? session.energy_wh / 1000 : null);
-          sessionText = (session.id_tag ? session.id_tag + " · " : "") + (isNum(e) ? fmt(e, 2) + " kWh" : "active");
-        } else if (session) sessionText = String(session);
-        rows.push(h("tr", { "data-charger": id, "data-connector": k.connector ?? k.id ?? i + 1 },
-          td("Charger", i === 0 ? id : ""),
-          td("Connection", i === 0 ? (online === null ? "?" : online ? "online" : "offline") : "",
-            i === 0 ? (online === false ? "offline" : online ? "online" : null) : null),
-          td("Protocol", i === 0 ? (c.protocol ?? "") : ""),
-          td("Connector", String(k.connector ?? k.id ?? i + 1)),
-          td("State", k.status ?? k.state ?? c.status ?? ""),
-          td("Setpoint", isNum(setpoint) ? fmt(setpoint) + " A" + (lease ? " until " + fmtTime(lease) : "")
-            : "default", "num"),
-          td("Measured", measuredText, "num"),
-          td("Session", sessionText)));
+        const first = i === 0;
+        const m = k.measured;
+        const measured = isNum(k.measured_max) ? fmt(k.measured_max) + " A" : "–";
+        const setpoint = isNum(k.setpoint)
+          ? fmt(k.setpoint) + " A" : (online === false ? "failsafe" : "default");
+        const e = energyKwh(k.session);
+        const session = k.session ? (isNum(e) ? fmt(e, 2) + " kWh" : "active") : "";
+        const prio = isNum(c.priority)
+          ? String(c.priority) + (c.priority_override !== null && c.priority_override !== undefined ? " (set)" : "")
+          : "";
+        rows.push(h("tr", { "data-charger": c.id, "data-connector": k.connector ?? 1 },
+          td("Charger", first ? c.id : ""),
+          td("Connection", first ? (online === null ? "?" : online ? "online" : "offline") : "",
+            first && online !== null ? (online ? "online" : "offline") : null),
+          td("Protocol", first ? (c.protocol ?? "") : ""),
+          td("Connector", String(k.connector ?? "")),
+          td("State", k.status ?? (first ? c.status : "") ?? ""),
+          td("Setpoint", setpoint, "num setpoint"),
+          h("td", { "data-label": "Measured", class: "num measured",
+                    title: Array.isArray(m) ? m.map((x) => fmt(x)).join(" / ") + " A (L1/L2/L3)" : null },
+            measured),
+          td("Session", session),
+          td("Priority", first ? prio : "")));
       });
     }
-    if (!rows.length) rows.push(h("tr", null, h("td", { colspan: 8, class: "none", text: "no chargers" })));
+    if (!rows.length) rows.push(h("tr", null, h("td", { colspan: 9, class: "none", text: "no chargers" })));
     body.replaceChildren(...rows);
-    $("chargers-count").textContent = state.chargers.size ? "(" + state.chargers.size + ")" : "";
+    const online = state.chargers.filter((c) => chargerOnline(c)).length;
+    $("chargers-count").textContent = state.chargers.length
+      ? "(" + online + " of " + state.chargers.length + " online)" : "";
   }
 
   function renderAlarms() {
@@ -314,21 +319,26 @@
       ul.replaceChildren(h("li", { class: "none", text: "none" }));
       return;
     }
-    ul.replaceChildren(...state.alarms.slice(0, 50).map((a) => h("li", { class: a.cleared ? "cleared" : null },
+    ul.replaceChildren(...state.alarms.map((a) => h("li", { class: a.cleared ? "cleared" : "raised" },
       h("span", { class: "when", text: fmtTime(a.at) }),
       h("span", { class: "kind", text: a.kind ?? "alarm" }),
-      (a.cleared ? "(cleared) " : "") + (a.message ?? ""))));
+      (a.cleared ? "cleared: " : "") + (a.message ?? ""))));
   }
 
   function renderSessions() {
     const body = $("sessions").tBodies[0];
-    const rows = state.sessions.slice(0, 100).map((s) => {
-      const e = s.energy_kwh ?? (isNum(s.energy_wh) ? s.energy_wh / 1000 : null);
-      return h("tr", null,
+    if (state.sessions === null) {
+      const text = state.sessionsProblem || "loading…";
+      body.replaceChildren(h("tr", null, h("td", { colspan: 5, class: "none", text })));
+      return;
+    }
+    const rows = state.sessions.slice(0, MAX_SESSIONS).map((s) => {
+      const e = energyKwh(s);
+      return h("tr", { "data-charger": s.charger },
         td("Charger", s.charger ?? ""),
         td("Connector", String(s.connector ?? "")),
-        td("Started", fmtTime(s.started_at ?? s.start)),
-        td("Ended", s.stopped_at ?? s.end ? fmtTime(s.stopped_at ?? s.end) : "charging"),
+        td("Started", fmtTime(s.started)),
+        td("Ended", s.stopped ? fmtTime(s.stopped) : "charging"),
         td("Energy", isNum(e) ? fmt(e, 2) + " kWh" : "–", "num"));
     });
     if (!rows.length) rows.push(h("tr", null, h("td", { colspan: 5, class: "none", text: "none" })));
@@ -346,13 +356,9 @@
     const empty = value === undefined || value === null ||
       (Array.isArray(value) && value.length === 0) ||
       (typeof value === "object" && !Array.isArray(value) && Object.keys(value).length === 0);
-    if (empty) {
-      el.replaceChildren(h("p", { class: "none", text: "none" }));
-    } else if (Array.isArray(value)) {
-      el.replaceChildren(...value.map(kv));
-    } else {
-      el.replaceChildren(kv(value));
-    }
+    if (empty) el.replaceChildren(h("p", { class: "none", text: "none" }));
+    else if (Array.isArray(value)) el.replaceChildren(...value.map(kv));
+    else el.replaceChildren(kv(value));
   }
 
   function renderExtras() {
@@ -362,12 +368,8 @@
 
   function allGroupIds() {
     const out = [];
-    const walk = (g) => {
-      if (!g || typeof g !== "object") return;
-      out.push(g.id);
-      (g.children || []).forEach(walk);
-    };
-    groupRoots(state.site).forEach(walk);
+    const walk = (g) => { out.push(g.id); (g.children || []).forEach(walk); };
+    (state.site ? state.site.groups : []).forEach(walk);
     return out;
   }
 
@@ -379,9 +381,53 @@
     if (ids.includes(keep)) sel.value = keep;
   }
 
-  function renderFormChoices() {
-    fillSelect($("limit-group"), allGroupIds());
-    fillSelect($("priority-charger"), [...state.chargers.keys()].sort());
+  // ------------------------------------------------------------ loading
+
+  async function loadSite() {
+    takeSite(await getJSON(API + "/site"));
+  }
+
+  async function loadChargers() {
+    takeChargers(await getJSON(API + "/chargers"));
+  }
+
+  async function loadAlarms() {
+    const doc = await getJSON(API + "/alarms");
+    takeAlarms(doc && Array.isArray(doc.alarms) ? doc.alarms : [], true);
+  }
+
+  async function loadSessions() {
+    try {
+      const doc = await getJSON(API + "/sessions?limit=" + MAX_SESSIONS);
+      state.sessions = doc && Array.isArray(doc.sessions) ? doc.sessions : [];
+      state.sessionsProblem = "";
+    } catch (e) {
+      state.sessions = null;
+      state.sessionsProblem = "no session history: " + e.message;
+    }
+    dirty.sessions = true;
+  }
+
+  // GET /status: the demand response and frequency response sections, once they exist.
+  async function loadExtras() {
+    takeExtras(await getJSON("/status"));
+  }
+
+  let sessionsTimer = null;
+  function scheduleSessions() {
+    clearTimeout(sessionsTimer);
+    sessionsTimer = setTimeout(() => { loadSessions().then(scheduleRender); }, 500);
+  }
+
+  async function loadAll() {
+    const results = await Promise.allSettled([loadSite(), loadChargers(), loadAlarms(),
+                                              loadSessions(), loadExtras()]);
+    const failed = results.find((r) => r.status === "rejected");
+    if (failed && failed.reason && failed.reason.status === 401) {
+      $("token-state").textContent = "reads need a token here: " + failed.reason.message;
+    }
+    state.lastUpdate = new Date();
+    scheduleRender();
   }
 
   // ------------------------------------------------------------ live stream
@@ -396,99 +442,52 @@
     el.textContent = text;
   }
 
-  function parse(ev) {
-    try { return JSON.parse(ev.data); } catch (e) { return null; }
-  }
-
-  function onData(kind, data) {
-    if (data === null || data === undefined) return;
+  function onEvent(kind, ev) {
+    let data;
+    try { data = JSON.parse(ev.data); } catch (e) { return; }
     probe.events += 1;
     state.lastUpdate = new Date();
-    switch (kind) {
-      case "site": takeSite(data.site ?? data); if (data.chargers) takeChargers(data.chargers); break;
-      case "groups": takeSite(data); break;
-      case "chargers": takeChargers(data); break;
-      case "charger": chargerOne(data); break;
-      case "alarm": takeAlarms([data], false); break;
-      case "alarms": takeAlarms(data, false); break;
-      case "sessions": takeSessions(data); break;
-      default:
-        // An unnamed or combined message: take what it carries.
-        if (data && typeof data === "object" && !Array.isArray(data)) {
-          if (data.groups || data.site) takeSite(data.site && typeof data.site === "object" ? data.site : data);
-          if (data.chargers) takeChargers(data.chargers);
-          if (data.alarms) takeAlarms(data.alarms, false);
-          if (data.sessions) takeSessions(data.sessions);
-          takeExtras(data);
-        }
-    }
+    if (kind === "site") takeSite(data);
+    else if (kind === "chargers") takeChargers(data);
+    else if (kind === "alarm") takeAlarms([data], false);
     scheduleRender();
   }
 
-  const EVENT_NAMES = ["site", "groups", "chargers", "charger", "alarm", "alarms", "sessions", "status"];
+  function streamUrl() {
+    // EventSource cannot send headers: when reads need a token it goes in the query.
+    const t = token();
+    return API + "/stream" + (state.readNeedsToken && t ? "?access_token=" + encodeURIComponent(t) : "");
+  }
 
   function connect() {
     clearTimeout(retryTimer);
     if (source) source.close();
     setConn("connecting", "connecting…");
-    source = new EventSource(API + "/stream");
-    source.onopen = () => {
+    const es = new EventSource(streamUrl());
+    source = es;
+    es.onopen = () => {
       probe.connects += 1;
       retryDelay = 1000;
       setConn("live", "live");
-      // After a (re)connect, refresh what the stream does not carry in full.
-      loadAll().catch(() => {});
+      // What the stream does not carry (history) may have changed while we were away.
+      if (probe.connects > 1) loadAll();
     };
-    source.onmessage = (ev) => onData("message", parse(ev));
-    for (const name of EVENT_NAMES) source.addEventListener(name, (ev) => onData(name, parse(ev)));
-    source.onerror = () => {
-      // The browser retries by itself while readyState is CONNECTING; when it gives up
-      // (CLOSED: e.g. the server answered an error while restarting) we try again.
-      if (source.readyState === EventSource.CLOSED) {
-        setConn("down", "disconnected — retrying");
-        retryTimer = setTimeout(connect, retryDelay);
-        retryDelay = Math.min(retryDelay * 2, 10000);
+    for (const name of ["site", "chargers", "alarm"]) es.addEventListener(name, (ev) => onEvent(name, ev));
+    es.onerror = () => {
+      if (es !== source) return;
+      // While readyState is CONNECTING the browser retries by itself; once CLOSED (the
+      // server answered with an error, e.g. while restarting) we start again ourselves.
+      if (es.readyState === EventSource.CLOSED) {
+        setConn("down", "disconnected, retrying");
+        retryTimer = setTimeout(() => { loadAll(); connect(); }, retryDelay);
+        retryDelay = Math.min(retryDelay * 2, 15000);
       } else {
         setConn("down", "reconnecting…");
       }
     };
   }
 
-  async function loadAll() {
-    const [site, chargers, alarms, sessions] = await Promise.allSettled([
-      getJSON(API + "/site"), getJSON(API + "/chargers"), getJSON(API + "/alarms"),
-      getJSON(API + "/sessions")]);
-    if (site.status === "fulfilled") takeSite(site.value);
-    if (chargers.status === "fulfilled") takeChargers(chargers.value);
-    if (alarms.status === "fulfilled") takeAlarms(alarms.value, true);
-    if (sessions.status === "fulfilled") takeSessions(sessions.value);
-    state.lastUpdate = new Date();
-    scheduleRender();
-  }
-
-  // Status JSON (GET /status) carries the grid-service sections once they exist.
-  async function loadExtras() {
-    try {
-      takeExtras(await getJSON("/status"));
-      scheduleRender();
-    } catch (e) { /* optional */ }
-  }
-
   // ------------------------------------------------------------- operator
-
-  function problemText(status, body) {
-    if (body && typeof body === "object") {
-      const parts = [];
-      if (body.detail) parts.push(typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail));
-      else if (body.title) parts.push(body.title);
-      if (Array.isArray(body.errors) && body.errors.length && !body.detail) {
-        for (const e of body.errors) parts.push((e.loc ? e.loc.join(".") + ": " : "") + (e.msg ?? ""));
-      }
-      if (parts.length) return parts.join("; ");
-    }
-    if (status === 401) return "the API refused the token (401): enter a valid token above";
-    return "HTTP " + status;
-  }
 
   async function send(method, path, body, out) {
     out.className = "result";
@@ -496,75 +495,79 @@
     const t = token();
     if (!t) {
       out.className = "result error";
-      out.textContent = "enter an API token above first";
-      return false;
+      out.textContent = "enter and save an API token first";
+      return null;
     }
     let r;
     try {
       r = await fetch(path, {
         method, body: JSON.stringify(body), cache: "no-store",
-        headers: { "Content-Type": "application/json", Accept: "application/json, application/problem+json",
+        headers: { "Content-Type": "application/json",
+                   Accept: "application/json, application/problem+json",
                    Authorization: "Bearer " + t },
       });
     } catch (e) {
       out.className = "result error";
       out.textContent = "cannot reach gridshare: " + e.message;
-      return false;
+      return null;
     }
     let doc = null;
     try { doc = await r.json(); } catch (e) { doc = null; }
     if (!r.ok) {
       out.className = "result error";
       out.textContent = problemText(r.status, doc);
-      return false;
+      return null;
     }
     out.className = "result ok";
-    return true;
+    out.textContent = "";
+    return doc || {};
   }
 
-  function numberOrNull(input) {
+  function numberOrText(input) {
     const v = input.value.trim();
     if (v === "") return null;
     const n = Number(v);
-    return Number.isFinite(n) ? n : v; // a non-number goes to the API, which says why
+    return Number.isFinite(n) ? n : v; // not a number: the API says what is wrong with it
   }
 
   function setupForms() {
     const tok = $("token");
     const tokState = $("token-state");
     const showTok = () => {
-      tokState.textContent = token() ? "a token is saved in this browser" : "no token: changes are disabled";
+      tokState.textContent = token() ? "a token is saved in this browser" : "no token saved: changes are off";
     };
     tok.value = token();
     showTok();
     $("token-form").addEventListener("submit", (e) => {
       e.preventDefault();
-      try { localStorage.setItem(TOKEN_KEY, tok.value.trim()); } catch (err) { /* private mode */ }
+      try { localStorage.setItem(TOKEN_KEY, tok.value.trim()); } catch (err) { /* storage off */ }
       showTok();
+      if (state.readNeedsToken) { loadAll(); connect(); }
     });
     $("token-forget").addEventListener("click", () => {
-      try { localStorage.removeItem(TOKEN_KEY); } catch (err) { /* private mode */ }
+      try { localStorage.removeItem(TOKEN_KEY); } catch (err) { /* storage off */ }
       tok.value = "";
       showTok();
     });
 
     const limitOut = $("limit-result");
-    const putLimit = async (body, what) => {
+    const putLimit = async (body, done) => {
       const gid = $("limit-group").value;
       if (!gid) return;
-      if (await send("PUT", API + "/groups/" + encodeURIComponent(gid) + "/limit", body, limitOut)) {
-        limitOut.textContent = what + " for " + gid;
-        loadAll().catch(() => {});
+      const group = await send("PUT", API + "/groups/" + encodeURIComponent(gid) + "/limit", body, limitOut);
+      if (group) {
+        limitOut.textContent = done + " on " + gid + (isNum(group.limit) ? ": limit now " + fmt(group.limit) + " A" : "");
+        loadSite().then(scheduleRender, () => {});
       }
     };
     $("limit-form").addEventListener("submit", (e) => {
       e.preventDefault();
       const untilRaw = $("limit-until").value;
-      const until = untilRaw ? new Date(untilRaw).toISOString() : null;
-      const body = { max_current: numberOrNull($("limit-current")),
-                     max_power: numberOrNull($("limit-power")), until };
-      const what = body.max_current === null && body.max_power === null ? "override removed" : "override applied";
-      putLimit(body, what);
+      const untilDate = untilRaw ? new Date(untilRaw) : null;
+      const until = untilDate && !Number.isNaN(untilDate.getTime()) ? untilDate.toISOString() : (untilRaw || null);
+      const body = { max_current: numberOrText($("limit-current")),
+                     max_power: numberOrText($("limit-power")), until };
+      putLimit(body, body.max_current === null && body.max_power === null ? "override removed" : "override applied");
     });
     $("limit-remove").addEventListener("click", () => {
       putLimit({ max_current: null, max_power: null, until: null }, "override removed");
@@ -575,10 +578,11 @@
       e.preventDefault();
       const cid = $("priority-charger").value;
       if (!cid) return;
-      const body = { priority: numberOrNull($("priority-value")) };
-      if (await send("PUT", API + "/chargers/" + encodeURIComponent(cid) + "/priority", body, prioOut)) {
-        prioOut.textContent = "priority of " + cid + " set to " + body.priority;
-        loadAll().catch(() => {});
+      const body = { priority: numberOrText($("priority-value")) };
+      const charger = await send("PUT", API + "/chargers/" + encodeURIComponent(cid) + "/priority", body, prioOut);
+      if (charger) {
+        prioOut.textContent = "priority of " + cid + " is now " + charger.priority;
+        loadChargers().then(scheduleRender, () => {});
       }
     });
   }
@@ -588,8 +592,7 @@
   document.addEventListener("DOMContentLoaded", () => {
     setupForms();
     render();
-    loadAll().catch(() => {});
-    loadExtras();
+    loadAll().then(() => { if (state.readNeedsToken && token()) connect(); });
     connect();
   });
 })();
