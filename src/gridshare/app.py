@@ -31,6 +31,7 @@ from gridshare.core.topology import Phase, Topology
 from gridshare.store import Store, default_url, normalise_url
 
 if TYPE_CHECKING:
+    from gridshare.adapters.homeassistant import HomeAssistantBridge
     from gridshare.adapters.meters import MeterSources
     from gridshare.api.server import ApiServer
 
@@ -189,6 +190,15 @@ class GridshareApp:
                 options.meters, options.mqtt, self.bus.publish, self.clock,
                 voltage=topology.voltage, phases=meter_phases(topology, options.meters),
                 lines=meter_lines(topology, options.meters))
+        self.homeassistant: HomeAssistantBridge | None = None
+        """Home Assistant over the ``mqtt:`` broker (on unless ``homeassistant.enabled``
+        is false)."""
+        if options.mqtt is not None and options.mqtt.homeassistant.enabled:
+            from gridshare.adapters.homeassistant import HomeAssistantBridge
+
+            self.homeassistant = HomeAssistantBridge(
+                topology, options.mqtt, self.controller.status, self.bus.publish, self.clock)
+            self.controller.on_cycle(self.homeassistant.changed)
         self.api_server: ApiServer | None = None
         if options.api_port is not None:
             from gridshare.api.app import create_api
@@ -218,6 +228,8 @@ class GridshareApp:
             if self.meter_sources is not None:
                 await self.meter_sources.start()
             await self.csms.start(self.options.host, self.options.ocpp_port)
+            if self.homeassistant is not None:
+                await self.homeassistant.start()
             if self.api_server is not None and self.options.api_port is not None:
                 await self.api_server.start(self.options.host, self.options.api_port)
         except BaseException:
@@ -227,6 +239,9 @@ class GridshareApp:
 
     async def stop(self) -> None:
         """Stop accepting, close every charger connection, stop deciding, flush the log."""
+        if self.homeassistant is not None:
+            with contextlib.suppress(Exception):
+                await self.homeassistant.stop()
         if self.api_server is not None:
             await self.api_server.stop()
         with contextlib.suppress(Exception):

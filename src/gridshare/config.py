@@ -281,8 +281,18 @@ class OcppSpec(_Strict):
         return self
 
 
+class HomeAssistantSpec(_Strict):
+    """Publishing the site to Home Assistant over the ``mqtt:`` broker (MQTT discovery)."""
+
+    enabled: bool = True
+    """On by default once ``mqtt:`` is given; ``false`` publishes nothing."""
+    discovery_prefix: Annotated[str, Field(min_length=1, max_length=100,
+                                           pattern=r"^[^#+\s]+$")] = "homeassistant"
+    """Home Assistant's discovery prefix (its MQTT integration's setting)."""
+
+
 class MqttSpec(_Strict):
-    """The site's MQTT broker (meters, and later DR signals and telemetry)."""
+    """The site's MQTT broker (meters, Home Assistant, and later DR signals)."""
 
     url: Annotated[str, Field(pattern=r"^mqtts?://[^/\s]+$")] = "mqtt://127.0.0.1:1883"
     """``mqtt://host[:port]`` (1883) or ``mqtts://host[:port]`` (8883, TLS)."""
@@ -292,6 +302,8 @@ class MqttSpec(_Strict):
     client_id: str | None = None
     cafile: Path | None = None
     """CA to check an ``mqtts://`` broker with (default: the system's)."""
+    homeassistant: HomeAssistantSpec = HomeAssistantSpec()
+    """Home Assistant MQTT discovery, state and command topics (docs/homeassistant.md)."""
 
 
 MeterUnit = Literal["A", "W", "kW"]

@@ -165,6 +165,8 @@ class Controller:
         self.counters: Counter[str] = Counter()
         self.last_report: CycleReport | None = None
         self._cycle_listeners: list[Callable[[CycleReport], None]] = []
+        self._command_listeners: list[Callable[[CommandRecord], None]] = []
+        self._event_listeners: list[Callable[[Event], None]] = []
         self._change_listeners: list[Callable[[str], None]] = []
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -223,6 +225,24 @@ class Controller:
         """Call ``listener`` after every allocation cycle (benchmarks, dashboards)."""
         self._cycle_listeners.append(listener)
 
+    def on_command(self, listener: Callable[[CommandRecord], None]) -> None:
+        """Call ``listener`` with each command's record once its outcome is known (what
+        the audit log gets): metrics. It must be quick."""
+        self._command_listeners.append(listener)
+
+    def on_event(self, listener: Callable[[Event], None]) -> None:
+        """Call ``listener`` with every event folded in (ingest metrics). It must be quick."""
+        self._event_listeners.append(listener)
+
+    def _record_command(self, record: CommandRecord) -> None:
+        if self.audit is not None:
+            self.audit.record_command(record)
+        for listener in self._command_listeners:
+            try:
+                listener(record)
+            except Exception:
+                log.exception("command listener %r failed", listener)
+
     def on_change(self, listener: Callable[[str], None]) -> Callable[[], None]:
         """Call ``listener`` with what changed — "event" (one folded in), "cycle" (an
         allocation), "alarm" (raised or cleared), "command" (an outcome came back) — each
@@ -249,6 +269,11 @@ class Controller:
         """Fold one event into the state and schedule what it calls for."""
         self.counters["events"] += 1
         impact = self.state.apply(event)
+        for listener in self._event_listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("event listener %r failed", listener)
         self._changed("event")
         # A booted charger may have lost its profiles; one we have not served since we
         # started may never have had them.
@@ -450,10 +475,9 @@ class Controller:
                         outcome.valid_to or "its lease ends")
         elif effect is Effect.VOID:
             self.counters["setpoint_void"] += 1
-        if self.audit is not None:
-            self.audit.record_command(CommandRecord(
-                at, charger, connector, send.kind, send.current_a, send.counted_a,
-                outcome.result, time.perf_counter() - item.started))
+        self._record_command(CommandRecord(
+            at, charger, connector, send.kind, send.current_a, send.counted_a,
+            outcome.result, time.perf_counter() - item.started))
         self._changed("command")
         self._trigger(max(impact, Impact.CHANGED) if retry is not None else impact)
 
@@ -502,9 +526,8 @@ class Controller:
             self._alarm("command", f"{charger_id}: failsafe {amps:g} A not installed "
                         f"({result.value}); again in {delay_s:g} s",
                         group=self.topology.chargers[charger_id].group, load=amps)
-        if self.audit is not None:
-            self.audit.record_command(CommandRecord(at, charger_id, 0, "failsafe", amps, None,
-                                                    result, time.perf_counter() - started))
+        self._record_command(CommandRecord(at, charger_id, 0, "failsafe", amps, None, result,
+                                           time.perf_counter() - started))
 
     # --- time -----------------------------------------------------------------------------
 
