@@ -276,7 +276,8 @@ def create_api(app: GridshareApp, tokens: tuple[str, ...] | list[str] = (), *,
         now = controller.clock.now()
         problem = body.problem_at(now)
         if problem is not None:
-            raise Problem(422, f"body.until: {problem}", kind="validation-error")
+            raise Problem(422, f"body.until: {problem}", kind="validation-error", errors=[
+                {"loc": ["body", "until"], "msg": problem, "type": "value_error"}])
         event = LimitChanged(group_id, now, "operator", body.max_current, body.max_power,
                              body.until, reason="operator override (API)")
         app.bus.publish(event)

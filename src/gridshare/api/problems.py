@@ -43,12 +43,14 @@ class Problem(Exception):
     """Raised by a route: the answer is this problem, and nothing was changed."""
 
     def __init__(self, status: int, detail: str, *, kind: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None,
+                 errors: list[dict[str, Any]] | None = None) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.kind = kind or _slug(status)
         self.headers = headers
+        self.errors = errors
 
 
 def _slug(status: int) -> str:
@@ -100,7 +102,8 @@ def install(api: FastAPI) -> None:
 
     async def on_problem(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, Problem)
-        return problem_response(exc.status, exc.detail, kind=exc.kind, headers=exc.headers)
+        return problem_response(exc.status, exc.detail, kind=exc.kind, headers=exc.headers,
+                                errors=exc.errors)
 
     async def on_http(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)

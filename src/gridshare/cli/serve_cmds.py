@@ -30,7 +30,8 @@ Exit codes:
   0  stopped cleanly on SIGINT or SIGTERM
   1  could not start (a port in use, an address not available)
   2  bad input: usage, a site file that cannot be read or is invalid, a bad
-     --db or --bus URL"""
+     --db or --bus URL, an --api-token-file that cannot be read or holds no
+     token"""
 DEMO_EPILOG = """\b
 Exit codes:
   0  the demo ran for --duration seconds or was stopped by SIGINT or SIGTERM
@@ -62,8 +63,12 @@ def serve_cmd(
         "--ocpp-port", metavar="PORT", help="OCPP WebSocket port; chargers connect to ws://HOST:PORT/<id>.")
     ] = 9000,
     api_port: Annotated[int, typer.Option(
-        "--api-port", metavar="PORT", help="HTTP port: read-only JSON at GET /status for "
-        "now (the REST API comes later); -1 disables it.")] = 8080,
+        "--api-port", metavar="PORT", help="HTTP port of the REST API (/api/v1/..., docs at "
+        "/docs), the dashboard (/) and GET /status; -1 disables it.")] = 8080,
+    api_token_file: Annotated[Path | None, typer.Option(
+        "--api-token-file", metavar="FILE", help="Bearer tokens that may change things "
+        "through the API, one per line (blank and # lines ignored); also "
+        "$GRIDSHARE_API_TOKEN. Without any, changes are refused.")] = None,
     db: Annotated[str | None, typer.Option(
         "--db", metavar="URL", help="Audit log database URL (default: sqlite under --data-dir; "
         "'none' disables it).")] = None,
@@ -104,6 +109,7 @@ def serve_cmd(
     # is reported without waiting for OCPP, the controller and the store to load.
     import asyncio
 
+    from gridshare.api.auth import TokenFileError, load_tokens
     from gridshare.app import serve, serve_options
     from gridshare.bus import BusError, open_bus
     from gridshare.store import StoreError, normalise_url
@@ -112,11 +118,12 @@ def serve_cmd(
         open_bus(bus)
         if db is not None and db.lower() not in ("none", "off", ""):
             normalise_url(db)
-    except (BusError, StoreError) as exc:
+        tokens = load_tokens(api_token_file)
+    except (BusError, StoreError, TokenFileError) as exc:
         raise _fail(f"[red]{exc}[/]", 2) from exc
     options = serve_options(config, host=host, ocpp_port=ocpp_port,
                             api_port=None if api_port < 0 else api_port, db_url=db,
-                            bus_url=bus, data_dir=data_dir)
+                            bus_url=bus, data_dir=data_dir, api_tokens=tokens)
     try:
         asyncio.run(serve(config.topology, options))
     except OSError as exc:
