@@ -273,3 +273,33 @@ meters:
         assert om.text.rstrip().endswith("# EOF")
     finally:
         await app.stop()
+
+
+@pytest.mark.parametrize("read_token", [False, True], ids=["open", "read-token"])
+async def test_served_by_the_app_over_http(read_token: bool) -> None:
+    """``gridshare serve``'s API (create_api) serves /metrics on its port; with
+    ``api: {read_token: true}`` a scrape needs the bearer token like any read."""
+    topology = parse_site(SITE, "metered")
+    app = build_app(topology, ServeOptions(
+        host="127.0.0.1", ocpp_port=0, api_port=0, db_url="none", api_tokens=("s3cret",),
+        api_read_token=read_token))
+    await app.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{app.api_port}") as http:
+            bare = await http.get("/metrics")
+            authed = await http.get("/metrics", headers={"Authorization": "Bearer s3cret"})
+            wrong = await http.get("/metrics", headers={"Authorization": "Bearer nope"})
+            schema = (await http.get("/openapi.json")).json()
+        assert authed.status_code == 200
+        scraped = Scraped(authed.text)
+        assert scraped.value("gridshare_chargers_configured") == 3
+        assert scraped.value("gridshare_chargers_connected") == 0
+        assert scraped.value("gridshare_group_limit_amperes", group="left", phase="L1") == 25.0
+        if read_token:
+            assert bare.status_code == wrong.status_code == 401
+            assert bare.headers["content-type"] == "application/problem+json"
+        else:
+            assert bare.status_code == 200
+        assert "/metrics" in schema["paths"]
+    finally:
+        await app.stop()
