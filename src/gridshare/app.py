@@ -197,7 +197,7 @@ class GridshareApp:
             from gridshare.adapters.homeassistant import HomeAssistantBridge
 
             self.homeassistant = HomeAssistantBridge(
-                topology, options.mqtt, self.controller.status, self.bus.publish, self.clock)
+                topology, options.mqtt, self.controller, self.bus.publish, self.clock)
             self.controller.on_cycle(self.homeassistant.changed)
         self.api_server: ApiServer | None = None
         if options.api_port is not None:

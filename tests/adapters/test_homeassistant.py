@@ -216,7 +216,12 @@ async def test_discovery_configs_are_retained_with_what_home_assistant_needs(
 
 async def test_states_follow_changes(site: Site, listener: Listener) -> None:
     topic = site.topics.charger_state("h-1")
+    group = site.topics.group_state("left")
     await wait_until(lambda: listener.last(topic) is not None)
+    # No change, no message: quiet seconds (no car) publish nothing new.
+    n = listener.count(group), listener.count(topic)
+    await asyncio.sleep(1.5)
+    assert (listener.count(group), listener.count(topic)) == n
     site.plug("h-1")
     await wait_until(lambda: site.offered("h-1") == 25.0, 15.0)
     # The charger's state topic says what the controller holds in force.
@@ -227,13 +232,8 @@ async def test_states_follow_changes(site: Site, listener: Listener) -> None:
     in_force = site.app.controller.in_force()[("h-1", 1)]
     assert state["setpoint"] == in_force == 25.0
     assert state["connectors"][0]["connector"] == 1
-    group = site.topics.group_state("left")
     await wait_until(lambda: (listener.last_json(group) or {}).get("l1") == 25.0)
     assert listener.last_json(group)["load"] == [25.0, 25.0, 25.0]
-    # No change, no message: a quiet second publishes nothing new for it.
-    n = listener.count(group)
-    await asyncio.sleep(1.5)
-    assert listener.count(group) == n
 
 
 async def test_override_on_the_command_topic_lowers_the_setpoints(
@@ -248,6 +248,8 @@ async def test_override_on_the_command_topic_lowers_the_setpoints(
     assert site.limit("left") == 10.0
     group = site.topics.group_state("left")
     await wait_until(lambda: (listener.last_json(group) or {}).get("limit") == 10.0)
+    assert listener.last_json(group)["override"] == {"max_current": 10.0, "max_power": None,
+                                                     "until": None}
     # The API's body works too, and null everywhere removes the override.
     await listener.publish("gridshare/home/group/left/limit/set",
                            json.dumps({"max_current": 20, "max_power": None, "until": None}))
@@ -257,6 +259,7 @@ async def test_override_on_the_command_topic_lowers_the_setpoints(
                            json.dumps({"max_current": None, "max_power": None, "until": None}))
     await wait_until(lambda: site.limit("left") == 25.0)
     await wait_until(lambda: site.offered("h-1") == site.offered("h-2") == 12.5, 15.0)
+    await wait_until(lambda: listener.last_json(group)["override"] is None)
     bridge = site.app.homeassistant
     assert bridge is not None
     assert bridge.commands == 3

@@ -39,9 +39,10 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 from pydantic import ValidationError
@@ -60,8 +61,12 @@ from gridshare.api.models import LimitOverride
 from gridshare.clock import Clock
 from gridshare.config import HomeAssistantSpec, MqttSpec
 from gridshare.controller.views import ConnectorView, ControllerStatus, GroupView
+from gridshare.core.snapshot import GroupLimit
 from gridshare.core.topology import Topology
 from gridshare.events import Event, LimitChanged
+
+if TYPE_CHECKING:
+    from gridshare.controller.loop import Controller
 
 log = logging.getLogger("gridshare.homeassistant")
 
@@ -200,12 +205,19 @@ def _amps(value: float | None) -> float | None:
     return round(value, 2)
 
 
-def group_state(group: GroupView, static_limit: float | None) -> dict[str, Any]:
+def group_state(group: GroupView, static_limit: float | None,
+                override: tuple[GroupLimit, datetime | None] | None = None) -> dict[str, Any]:
     """A group's state topic: load per phase (uncontrolled load plus our chargers at their
-    worst case: what the limit is checked against) and the limit in force."""
+    worst case: what the limit is checked against), the limit in force and the operator's
+    override (null: none)."""
     load = [_amps(c + u) for c, u in zip(group.counted_a, group.uncontrolled_a, strict=True)]
     return {"l1": load[0], "l2": load[1], "l3": load[2], "load": load,
             "limit": _amps(group.limit_a), "static_limit": _amps(static_limit),
+            "override": None if override is None else {
+                "max_current": _amps(override[0].max_current),
+                "max_power": _amps(override[0].max_power_kw),
+                "until": override[1].isoformat() if override[1] is not None else None},
+            "measured": [_amps(a) for a in group.measured_a],
             "limit_power": _amps(group.limit_power_kw), "power": _amps(group.power_kw),
             "available": [_amps(a) for a in group.available_a],
             "chargers": [_amps(a) for a in group.counted_a],
@@ -239,10 +251,14 @@ def charger_state(online: bool, connectors: list[ConnectorView]) -> dict[str, An
 
 
 def states(topology: Topology, topics: Topics, status: ControllerStatus,
+           overrides: Mapping[str, tuple[GroupLimit, datetime | None]] | None = None,
            ) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every state topic and its payload, from one view of the controller."""
+    """Every state topic and its payload, from one view of the controller (and the
+    operator overrides in force: group id -> limit and end)."""
+    overrides = overrides or {}
     for g in status.groups:
-        yield topics.group_state(g.id), group_state(g, topology.groups[g.id].max_current)
+        yield topics.group_state(g.id), group_state(g, topology.groups[g.id].max_current,
+                                                    overrides.get(g.id))
     by_charger: dict[str, list[ConnectorView]] = {}
     for c in status.connectors:
         by_charger.setdefault(c.charger, []).append(c)
@@ -289,17 +305,17 @@ async def _publish_all(client: aiomqtt.Client, messages: list[tuple[str, str]], 
 class HomeAssistantBridge:
     """Publishes the site for Home Assistant and takes its group-limit overrides."""
 
-    def __init__(self, topology: Topology, spec: MqttSpec,
-                 status: Callable[[], ControllerStatus], publish: Callable[[Event], None],
-                 clock: Clock, *, ha: HomeAssistantSpec | None = None,
-                 refresh_s: float = REFRESH_S, poll_s: float = POLL_S) -> None:
-        """``status``: the controller's view now; ``publish``: the bus (a valid override
-        goes there as a LimitChanged)."""
+    def __init__(self, topology: Topology, spec: MqttSpec, controller: Controller,
+                 publish: Callable[[Event], None], clock: Clock, *,
+                 ha: HomeAssistantSpec | None = None, refresh_s: float = REFRESH_S,
+                 poll_s: float = POLL_S) -> None:
+        """``controller``: read for the states; ``publish``: the bus (a valid override goes
+        there as a LimitChanged, as the API's)."""
         self._topology = topology
         self._spec = spec
         self._address = BrokerAddress.parse(spec.url)
         self.topics = Topics(topology.site, (ha or spec.homeassistant).discovery_prefix)
-        self._status = status
+        self._controller = controller
         self._publish = publish
         self._clock = clock
         self._refresh_s = refresh_s
@@ -424,7 +440,14 @@ class HomeAssistantBridge:
 
     async def _publish_states(self, client: aiomqtt.Client, *, full: bool) -> None:
         todo = []
-        for topic, payload in states(self._topology, self.topics, self._status()):
+        status = self._controller.status()
+        state = self._controller.state
+        overrides = {}
+        for gid in self._topology.groups:
+            found = state.limits_of(gid, status.at).get(OVERRIDE_SOURCE)
+            if found is not None:
+                overrides[gid] = found
+        for topic, payload in states(self._topology, self.topics, status, overrides):
             text = json.dumps(payload, sort_keys=True)
             if full or self._last.get(topic) != text:
                 todo.append((topic, text))
