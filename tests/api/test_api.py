@@ -385,3 +385,28 @@ def test_problem_bodies_are_json() -> None:
     assert json.loads(r.body) == {"type": "urn:gridshare:problem:unknown-group",
                                   "title": "Not Found", "status": 404,
                                   "detail": "unknown group 'x'"}
+
+
+async def test_the_cached_chargers_view_rebuilds_only_what_changed_and_stays_exact(
+        rig: ApiRig) -> None:
+    from gridshare.api.views import LiveViews, chargers_view
+
+    assert rig.app.api_server is not None
+    views = rig.app.api_server.api.state.views
+    assert isinstance(views, LiveViews)
+    views.full_every_s = 3600.0  # from the next build on, only what changed is rebuilt
+    views.chargers()
+    rig.plug("e-2")
+    rig.plug("e-4")
+    await rig.settle()
+    await asyncio.sleep(1.5)  # settle windows end: time alone changes what is counted
+    for plugged in (True, False, False):
+        views.invalidate()
+        got = json.loads(views.chargers())
+        fresh = chargers_view(rig.app.controller)  # no await between: the same state
+        assert got["chargers"] == json.loads(json.dumps(fresh["chargers"]))
+        by_id = {c["id"]: c for c in got["chargers"]}
+        assert by_id["e-2"]["connectors"][0]["active"] is plugged
+        rig.unplug("e-2")
+        await eventually(lambda: not rig.app.controller.state.active(("e-2", 1)))
+        await asyncio.sleep(0.5)

@@ -143,16 +143,22 @@ class _CycleFacts:
     targets: dict[tuple[str, int], float]
     held: set[tuple[str, int]]
     violators: set[tuple[str, int]]
+    counted: dict[tuple[str, int], tuple[float, float | None]]
+    """Per connector: what every limit counts it at, and its setpoint in force (both move
+    with time alone: settle windows, unknown outcomes and leases end)."""
 
 
 def _facts(controller: Controller) -> _CycleFacts:
     now = controller.clock.now()
+    state = controller.state
     alloc = controller.allocation
     decision = controller.last_decision
     return _CycleFacts(
         now, dict(alloc.setpoints) if alloc is not None else {},
         {s.key for s in decision.held} if decision is not None else set(),
-        {v.key for v in controller.state.violators(now)})
+        {v.key for v in controller.state.violators(now)},
+        {c.key: (state.believed_a(c.key, now), state.in_force_a(c.key, now))
+         for c in controller.topology.connectors()})
 
 
 def charger_view(controller: Controller, charger_id: str,
@@ -169,7 +175,8 @@ def charger_view(controller: Controller, charger_id: str,
     for conn in charger.connectors:
         key = conn.key
         ledger = state.commands_of(key)
-        setpoint = state.in_force_a(key, now)
+        counted, setpoint = facts.counted.get(key) or (state.believed_a(key, now),
+                                                       state.in_force_a(key, now))
         in_force = ledger.in_force
         status = state.status_of(key)
         if status is not None:
@@ -185,7 +192,7 @@ def charger_view(controller: Controller, charger_id: str,
             "lease_end": _time(in_force.valid_to) if setpoint is not None
             and in_force is not None else None,
             "target": _num(facts.targets.get(key)),
-            "counted": _num(state.believed_a(key, now)),
+            "counted": _num(counted),
             "measured": _phases(reading),
             "measured_max": _num(max(reading)) if reading is not None else None,
             "in_flight": [_num(s.value_a) for s in ledger.in_flight],
@@ -243,24 +250,36 @@ class LiveViews:
     """The site and charger views as JSON bytes, rebuilt only when the controller changed
     (and at least every ``max_age_s``), and at most every ``min_age_s`` under a stream of
     changes. :meth:`invalidate` forces the next read to rebuild (after an operator's
-    change, so its answer and the reads after it show it)."""
+    change, so its answer and the reads after it show it).
+
+    The chargers view is kept per charger: a rebuild re-serialises only the chargers an
+    event or a command answer named, or whose target, hold or violation the last cycle
+    changed; every ``full_every_s`` all of them (for what time alone changes: a setpoint
+    whose lease lapsed, a settle window that ended)."""
 
     def __init__(self, app: GridshareApp, *, max_age_s: float = 1.0,
-                 min_age_s: float = 0.1) -> None:
+                 min_age_s: float = 0.1, full_every_s: float = 2.0) -> None:
         self.app = app
         self.controller = app.controller
         self.max_age_s = max_age_s
         self.min_age_s = min_age_s
+        self.full_every_s = full_every_s
         self.version = 0
         self._cache: dict[str, tuple[int, float, bytes]] = {}
         self._listeners: list[Callable[[str], None]] = []
+        self._parts: dict[str, bytes] = {}
+        self._dirty: set[str] = set()
+        self._full_at = -math.inf
+        self._last: _CycleFacts | None = None
         self._remove = self.controller.on_change(self._changed)
 
     def close(self) -> None:
         self._remove()
 
-    def _changed(self, what: str) -> None:
+    def _changed(self, what: str, charger: str | None = None) -> None:
         self.version += 1
+        if charger is not None:
+            self._dirty.add(charger)
         for listener in tuple(self._listeners):
             listener(what)
 
@@ -274,10 +293,13 @@ class LiveViews:
 
         return remove
 
-    def invalidate(self) -> None:
+    def invalidate(self, charger: str | None = None) -> None:
         self._cache.clear()
+        if charger is not None:
+            self._dirty.add(charger)
 
     def _cached(self, name: str, build: Callable[[], Any]) -> bytes:
+        """``build()``'s JSON (bytes it returns as :class:`_Raw` are taken as they are)."""
         now = time.monotonic()
         hit = self._cache.get(name)
         if hit is not None:
@@ -286,7 +308,8 @@ class LiveViews:
             if age < self.min_age_s or (version == self.version and age < self.max_age_s):
                 return data
         version = self.version
-        data = dumps(build())
+        built = build()
+        data = built.data if isinstance(built, _Raw) else dumps(built)
         self._cache[name] = (version, time.monotonic(), data)
         return data
 
@@ -294,11 +317,46 @@ class LiveViews:
         return self._cached("site", lambda: site_view(self.controller))
 
     def chargers(self) -> bytes:
-        return self._cached("chargers", lambda: chargers_view(self.controller))
+        return self._cached("chargers", self._chargers)
+
+    def _chargers(self) -> Any:
+        controller = self.controller
+        facts = _facts(controller)
+        chargers = controller.topology.chargers
+        now = time.monotonic()
+        if now - self._full_at >= self.full_every_s or self._last is None:
+            dirty: set[str] = set(chargers)
+            self._full_at = now
+        else:
+            dirty = self._dirty
+            last = self._last
+            for key, target in facts.targets.items():
+                if last.targets.get(key) != target:
+                    dirty.add(key[0])
+            for key in (facts.held ^ last.held) | (facts.violators ^ last.violators):
+                dirty.add(key[0])
+            for key, value in facts.counted.items():
+                if last.counted.get(key) != value:
+                    dirty.add(key[0])
+        self._dirty = set()
+        self._last = facts
+        for cid in dirty:
+            if cid in chargers:
+                self._parts[cid] = dumps(charger_view(controller, cid, facts))
+        head = dumps({"site": controller.topology.site, "at": _time(facts.now)})
+        return _Raw(head[:-1] + b',"chargers":[' + b",".join(self._parts[cid]
+                                                              for cid in chargers) + b"]}")
 
     def status(self) -> bytes:
         """``GET /status``: exactly what the status server served (never cached)."""
         return dumps_status(self.app.status())
+
+
+@dataclass(frozen=True, slots=True)
+class _Raw:
+    """JSON already serialised."""
+
+    data: bytes
 
 
 def dumps_status(status: dict[str, Any]) -> bytes:

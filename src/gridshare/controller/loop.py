@@ -167,7 +167,7 @@ class Controller:
         self._cycle_listeners: list[Callable[[CycleReport], None]] = []
         self._command_listeners: list[Callable[[CommandRecord], None]] = []
         self._event_listeners: list[Callable[[Event], None]] = []
-        self._change_listeners: list[Callable[[str], None]] = []
+        self._change_listeners: list[Callable[[str, str | None], None]] = []
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -243,11 +243,12 @@ class Controller:
             except Exception:
                 log.exception("command listener %r failed", listener)
 
-    def on_change(self, listener: Callable[[str], None]) -> Callable[[], None]:
-        """Call ``listener`` with what changed — "event" (one folded in), "cycle" (an
-        allocation), "alarm" (raised or cleared), "command" (an outcome came back) — each
-        time it happens (live views: the API's stream). It must be quick and must not
-        raise. Returns its remover."""
+    def on_change(self, listener: Callable[[str, str | None], None]) -> Callable[[], None]:
+        """Call ``listener(what, charger)`` each time something changes — "event" (one
+        folded in; the charger it is about, if any), "cycle" (an allocation), "alarm"
+        (raised or cleared), "command" (an outcome came back, for that charger) — for live
+        views (the API's cache and stream). It must be quick and must not raise. Returns
+        its remover."""
         self._change_listeners.append(listener)
 
         def remove() -> None:
@@ -256,10 +257,10 @@ class Controller:
 
         return remove
 
-    def _changed(self, what: str) -> None:
+    def _changed(self, what: str, charger: str | None = None) -> None:
         for listener in tuple(self._change_listeners):
             try:
-                listener(what)
+                listener(what, charger)
             except Exception:
                 log.exception("change listener %r failed", listener)
 
@@ -274,7 +275,7 @@ class Controller:
                 listener(event)
             except Exception:
                 log.exception("event listener %r failed", listener)
-        self._changed("event")
+        self._changed("event", getattr(event, "charger", None))
         # A booted charger may have lost its profiles; one we have not served since we
         # started may never have had them.
         if isinstance(event, ChargerBooted) or (isinstance(event, ChargerOnline)
@@ -478,7 +479,7 @@ class Controller:
         self._record_command(CommandRecord(
             at, charger, connector, send.kind, send.current_a, send.counted_a,
             outcome.result, time.perf_counter() - item.started))
-        self._changed("command")
+        self._changed("command", charger)
         self._trigger(max(impact, Impact.CHANGED) if retry is not None else impact)
 
     # --- failsafe -------------------------------------------------------------------------
