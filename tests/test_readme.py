@@ -480,7 +480,7 @@ def test_the_command_line_block_lists_every_command() -> None:
 
 
 @pytest.mark.parametrize("name", ["", "check", "allocate", "serve", "demo", "hash-password",
-                                  "sim"])
+                                  "simulate", "sim"])
 def test_the_command_line_block_lists_every_option_as_help_does(name: str) -> None:
     lines = synopsis()
     assert name in lines, f"no README line for {name or 'gridshare'}"
