@@ -67,20 +67,35 @@ def site_view(controller: Controller) -> dict[str, Any]:
     alloc = controller.allocation
     snapshot = controller.last_snapshot
     stale = set(state.stale_groups(now))
+    # Summed per group of its own chargers first, then up the tree: one pass.
     counted: dict[str, list[float]] = {gid: [0.0, 0.0, 0.0] for gid in topo.groups}
     measured: dict[str, list[float]] = {gid: [0.0, 0.0, 0.0] for gid in topo.groups}
-    for cid, charger in topo.chargers.items():
+    for charger in topo.chargers.values():
         vec = charger.phase_vector
-        groups = topo.charger_groups(cid)
+        worst = 0.0
+        got = measured[charger.group]
         for conn in charger.connectors:
-            worst = state.believed_a(conn.key, now)
+            worst += state.believed_a(conn.key, now)
             reading = state.measured_a(conn.key, now)
-            for gid in groups:
-                acc, got = counted[gid], measured[gid]
+            if reading is not None:
+                got[0] += reading[0]
+                got[1] += reading[1]
+                got[2] += reading[2]
+        acc = counted[charger.group]
+        acc[0] += vec[0] * worst
+        acc[1] += vec[1] * worst
+        acc[2] += vec[2] * worst
+
+    def add_up(gid: str) -> None:
+        for child in topo.groups[gid].groups:
+            add_up(child)
+            for sums in (counted, measured):
+                mine, theirs = sums[gid], sums[child]
                 for p in range(3):
-                    acc[p] += vec[p] * worst
-                    if reading is not None:
-                        got[p] += reading[p]
+                    mine[p] += theirs[p]
+
+    for root in topo.roots:
+        add_up(root)
 
     def group(gid: str) -> dict[str, Any]:
         spec = topo.groups[gid]
