@@ -12,9 +12,9 @@ MQTT connection — the same broker settings and helpers as the meters'
 - ``gridshare/<site>/status``: ``online``, and ``offline`` as the connection's last will
   (and on a clean stop) — every entity's availability;
 - ``gridshare/<site>/group/<id>/state`` and ``gridshare/<site>/charger/<id>/state``: JSON,
-  published when it changes (looked for after every allocation cycle and every second, at
-  most every 0.5 s and, on a large site, so that reading the controller takes at most a
-  fifth of the event loop) and all of them at least every 30 s.
+  published when it changes (looked for after every allocation cycle, at most every 0.5 s,
+  and otherwise every 1.5 s; on a large site so that reading the controller takes at most
+  a fifth of the event loop) and all of them at least every 30 s.
 
 It subscribes to ``gridshare/<site>/group/+/limit/set``: the body of ``PUT
 /api/v1/groups/{id}/limit`` (``{"max_current", "max_power", "until"}``) or a plain number
