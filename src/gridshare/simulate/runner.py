@@ -196,6 +196,8 @@ class GroupTrace:
     violation_max_a: float = 0.0
     violation_as: float = 0.0
     """Ampere-seconds above the limit."""
+    violation_max_at_h: float | None = None
+    """Hours after the start of the largest excess."""
 
 
 @dataclass
@@ -253,7 +255,9 @@ class RunResult:
             "peak_kw": {g.id: round(g.peak_kw, 2) for g in self.groups.values()},
             "limit_violations": {
                 g.id: {"seconds": round(g.violation_s, 3), "max_a": round(g.violation_max_a, 3),
-                       "ampere_seconds": round(g.violation_as, 3)}
+                       "ampere_seconds": round(g.violation_as, 3),
+                       "max_at_h": None if g.violation_max_at_h is None
+                       else round(g.violation_max_at_h, 4)}
                 for g in self.groups.values()},
             "violation_seconds_total": round(sum(g.violation_s for g in self.groups.values()), 3),
             "limit_events": self.limit_events,
@@ -411,7 +415,9 @@ async def run_scenario(scenario: Scenario, *, policy: str | None = None,
             if over > EXCESS_A:
                 trace.violation_s += dt
                 trace.violation_as += over * dt
-                trace.violation_max_a = max(trace.violation_max_a, over)
+                if over > trace.violation_max_a:
+                    trace.violation_max_a = over
+                    trace.violation_max_at_h = elapsed / 3600
             if sample:
                 trace.t_h.append(elapsed / 3600)
                 trace.load_a.append(top)
