@@ -6,7 +6,9 @@ a car charging on every one, MeterValues every 30 s: about 33 readings a second 
 controller, so its views keep changing) in a subprocess (bench_control's worker). The load
 comes from another subprocess: ``--clients`` keep-alive HTTP/1.1 connections, each sending
 one request after another for ``--duration`` seconds to one endpoint; it reports p50/p99
-latency and requests per second. Three processes share this machine's cores.
+latency, requests per second, and the CPU share of the server's process and of the load
+generator (1.0 = one core busy: that side was the bound). Three processes share this
+machine's cores.
 
     python benchmarks/bench_api.py [--chargers 1000] [--clients 100] [--duration 10] [--json]
 """
@@ -63,11 +65,13 @@ async def _client(port: int, path: str, until: float, latencies: list[float],
 async def load(port: int, path: str, clients: int, duration_s: float) -> dict[str, Any]:
     latencies: list[float] = []
     errors: list[str] = []
+    cpu = time.process_time()
     started = time.monotonic()
     until = started + duration_s
     await asyncio.gather(*(_client(port, path, until, latencies, errors)
                            for _ in range(clients)))
     elapsed = time.monotonic() - started
+    load_cpu = (time.process_time() - cpu) / elapsed
     ordered = sorted(latencies)
     return {
         "path": path, "clients": clients, "requests": len(latencies), "errors": len(errors),
@@ -76,11 +80,13 @@ async def load(port: int, path: str, clients: int, duration_s: float) -> dict[st
         "p99_ms": round(1000 * ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 1)
         if ordered else None,
         "max_ms": round(1000 * ordered[-1], 1) if ordered else None,
+        "load_generator_cpu": round(load_cpu, 2),
     }
 
 
 async def run_load(port: int, path: str, clients: int, duration_s: float
                    ) -> dict[str, Any]:
+    cpu, started = time.process_time(), time.monotonic()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, SCRIPT, "--load", str(port), "--path", path, "--clients",
         str(clients), "--duration", str(duration_s), stdout=asyncio.subprocess.PIPE)
@@ -88,6 +94,8 @@ async def run_load(port: int, path: str, clients: int, duration_s: float
     if proc.returncode != 0:
         raise RuntimeError(f"load generator failed ({proc.returncode})")
     result: dict[str, Any] = json.loads(out)
+    # The server's process: API, CSMS and controller on one event loop (one core at most).
+    result["server_cpu"] = round((time.process_time() - cpu) / (time.monotonic() - started), 2)
     return result
 
 
@@ -177,7 +185,8 @@ def main() -> None:
     for r in result["endpoints"]:
         print(f"  GET {r['path']}: {r['requests']:,} requests in {r['seconds']} s = "
               f"{r['per_s']}/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, max "
-              f"{r['max_ms']} ms, {r['errors']} errors")
+              f"{r['max_ms']} ms, {r['errors']} errors; CPU: server "
+              f"{r['server_cpu']:.0%}, load generator {r['load_generator_cpu']:.0%}")
 
 
 if __name__ == "__main__":

@@ -268,9 +268,10 @@ class LiveViews:
     change, so its answer and the reads after it show it).
 
     The chargers view is kept per charger: a rebuild re-serialises only the chargers an
-    event or a command answer named, or whose target, hold or violation the last cycle
-    changed; every ``full_every_s`` all of them (for what time alone changes: a setpoint
-    whose lease lapsed, a settle window that ended)."""
+    event or a command answer named, or whose target, hold, violation, counted value or
+    setpoint in force changed since the last build; and, as a safety net for anything else
+    time alone changes (a reading growing too old), a rolling share of the others, so that
+    each is rebuilt at least every ``full_every_s`` without one long stall."""
 
     def __init__(self, app: GridshareApp, *, max_age_s: float = 1.0,
                  min_age_s: float = 0.1, full_every_s: float = 2.0) -> None:
@@ -284,7 +285,8 @@ class LiveViews:
         self._listeners: list[Callable[[str], None]] = []
         self._parts: dict[str, bytes] = {}
         self._dirty: set[str] = set()
-        self._full_at = -math.inf
+        self._rolled_at = time.monotonic()
+        self._cursor = 0
         self._last: _CycleFacts | None = None
         self._remove = self.controller.on_change(self._changed)
 
@@ -339,12 +341,16 @@ class LiveViews:
         facts = _facts(controller)
         chargers = controller.topology.chargers
         now = time.monotonic()
-        if now - self._full_at >= self.full_every_s or self._last is None:
+        if self._last is None:
             dirty: set[str] = set(chargers)
-            self._full_at = now
         else:
             dirty = self._dirty
             last = self._last
+            ids = list(chargers)
+            share = min(len(ids), math.ceil(
+                len(ids) * (now - self._rolled_at) / self.full_every_s))
+            dirty.update(ids[(self._cursor + i) % len(ids)] for i in range(share))
+            self._cursor = (self._cursor + share) % max(1, len(ids))
             for key, target in facts.targets.items():
                 if last.targets.get(key) != target:
                     dirty.add(key[0])
@@ -355,6 +361,7 @@ class LiveViews:
                     dirty.add(key[0])
         self._dirty = set()
         self._last = facts
+        self._rolled_at = now
         for cid in dirty:
             if cid in chargers:
                 self._parts[cid] = dumps(charger_view(controller, cid, facts))
