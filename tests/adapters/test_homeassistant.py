@@ -10,6 +10,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -108,12 +109,12 @@ class Listener:
 
 
 class Site:
-    def __init__(self, broker: Mosquitto) -> None:
+    def __init__(self, broker: Mosquitto, db_url: str = "none") -> None:
         self.topology = parse_site(SITE, "home")
         settings = ControllerSettings(lease_s=60.0, settle_s=1.0, debounce_s=0.02,
                                       tick_s=0.25, retry_backoff_s=0.2)
         self.app: GridshareApp = build_app(self.topology, ServeOptions(
-            host="127.0.0.1", ocpp_port=0, api_port=None, db_url="none",
+            host="127.0.0.1", ocpp_port=0, api_port=None, db_url=db_url,
             controller=settings, mqtt=MqttSpec(url=broker.url)))
         self.sim = SimSite(tick_s=0.1)
         self.topics = Topics("home")
@@ -264,6 +265,32 @@ async def test_override_on_the_command_topic_lowers_the_setpoints(
     assert bridge is not None
     assert bridge.commands == 3
     assert bridge.refused == 0
+
+
+async def test_an_override_is_recorded_in_the_audit_log(broker: Mosquitto,
+                                                       tmp_path: Path) -> None:
+    s = Site(broker, db_url=f"sqlite:///{tmp_path / 'audit.db'}")
+    await s.start()
+    try:
+        bridge = s.app.homeassistant
+        assert bridge is not None and s.app.store is not None
+        await wait_until(lambda: bridge.connected)
+        async with aiomqtt.Client("127.0.0.1", broker.port) as client:
+            await client.publish("gridshare/home/group/left/limit/set",
+                                 '{"max_current": 12, "until": "2099-01-01T00:00:00Z"}', qos=1)
+        await wait_until(lambda: s.limit("left") == 12.0)
+        await s.app.store.flush()
+        rows = [r for r in await s.app.store.rows("events", limit=1000)
+                if r["kind"] == "LimitChanged"]
+        assert len(rows) == 1
+        assert rows[0]["group_id"] == "left"
+        payload = json.loads(rows[0]["payload"])
+        assert payload["source"] == "operator"
+        assert payload["max_current"] == 12
+        assert payload["reason"] == "operator override (Home Assistant)"
+        assert payload["until"].startswith("2099-01-01T00:00:00")
+    finally:
+        await s.stop()
 
 
 @pytest.mark.parametrize("topic, payload, error", [
