@@ -268,3 +268,43 @@ limits:
     assert (tmp_path / "events.png").read_bytes().startswith(PNG)
     assert tmp_path / "events.png" in written
     assert 'src="events.png"' in (tmp_path / "index.html").read_text(encoding="utf-8")
+
+
+STEP_LOAD = """\
+name: step
+start: 2026-01-05T18:00:00Z
+hours: 0.5
+meter_feed_interval: 2
+meter_interval: 10
+site:
+  site: house
+  groups:
+    - {id: house, max_current: 25, phases: 3, meter: house-meter, chargers: [wb-1]}
+  chargers:
+    - {id: wb-1, max_current: 16, phases: 3, failsafe_current: 0}
+  meters:
+    - {id: house-meter, source: ocpp, charger: house-meter, max_age: 30}
+cars:
+  list:
+    - {at: "18:00", energy_kwh: 30, departure: "23:00", max_current: 16, phases: 3}
+loads:
+  # an oven switching on at once at 18:10 for 10 minutes: nobody can see it coming
+  - {id: oven, group: house, current: 14, phases: 3,
+     cycle: {on_minutes: 10, off_minutes: 1430, offset_minutes: 1090}}
+"""
+
+
+def test_a_sudden_uncontrolled_load_is_counted_as_a_violation_and_exits_1(
+        tmp_path: Path) -> None:
+    """Violations are measured, not assumed: a 14 A step the meter reports only after it
+    happened puts the house above its limit until the car has followed the cut."""
+    path = tmp_path / "step.yaml"
+    path.write_text(STEP_LOAD, encoding="utf-8")
+    done = _runner().invoke(app, ["simulate", str(path), "--json"])
+    assert done.exit_code == 1, (done.stdout, done.stderr)
+    run = json.loads(done.stdout)["runs"]["site"]
+    house = run["limit_violations"]["house"]
+    assert 0 < house["seconds"] <= 30  # the meter's 2 s, an allocation, the car's lag
+    assert 4 < house["max_a"] <= 5.01  # 16 + 14 + base 0 against 25 A
+    assert 1 / 6 - 0.01 <= house["max_at_h"] <= 1 / 6 + 0.01  # at 18:10
+    assert "exceeded its limit" in done.stderr
