@@ -5,7 +5,8 @@ The real app (CSMS, controller, REST API on uvicorn), wired by the composition r
 a car charging on every one, MeterValues every 30 s: about 33 readings a second reach the
 controller, so its views keep changing) in a subprocess (bench_control's worker). The load
 comes from another subprocess: ``--clients`` keep-alive HTTP/1.1 connections, each sending
-one request after another for ``--duration`` seconds to one endpoint; it reports p50/p99
+one request after another for ``--duration`` seconds to one endpoint, first as plain JSON,
+then asking for gzip (as browsers and ``curl --compressed`` do); it reports p50/p99
 latency, requests per second, and the CPU share of the server's process and of the load
 generator (1.0 = one core busy: that side was the bound). Three processes share this
 machine's cores.
@@ -40,10 +41,11 @@ PATHS = ("/api/v1/site", "/api/v1/chargers")
 # --- the load side (subprocess) -----------------------------------------------------------
 
 
-async def _client(port: int, path: str, until: float, latencies: list[float],
-                  errors: list[str]) -> None:
+async def _client(port: int, path: str, encoding: str, until: float,
+                  latencies: list[float], errors: list[str]) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    request = f"GET {path} HTTP/1.1\r\nHost: bench\r\nAccept: */*\r\n\r\n".encode()
+    request = (f"GET {path} HTTP/1.1\r\nHost: bench\r\nAccept: */*\r\n"
+               f"Accept-Encoding: {encoding}\r\n\r\n").encode()
     try:
         while time.monotonic() < until:
             started = time.perf_counter()
@@ -56,25 +58,28 @@ async def _client(port: int, path: str, until: float, latencies: list[float],
                     length = int(line.split(b":", 1)[1])
             body = await reader.readexactly(length)
             latencies.append(time.perf_counter() - started)
-            if status != 200 or not body.startswith(b"{"):
+            if status != 200 or not body.startswith(b"{" if encoding == "identity"
+                                                     else b"\x1f\x8b"):
                 errors.append(f"{status}")
     finally:
         writer.close()
 
 
-async def load(port: int, path: str, clients: int, duration_s: float) -> dict[str, Any]:
+async def load(port: int, path: str, encoding: str, clients: int,
+               duration_s: float) -> dict[str, Any]:
     latencies: list[float] = []
     errors: list[str] = []
     cpu = time.process_time()
     started = time.monotonic()
     until = started + duration_s
-    await asyncio.gather(*(_client(port, path, until, latencies, errors)
+    await asyncio.gather(*(_client(port, path, encoding, until, latencies, errors)
                            for _ in range(clients)))
     elapsed = time.monotonic() - started
     load_cpu = (time.process_time() - cpu) / elapsed
     ordered = sorted(latencies)
     return {
-        "path": path, "clients": clients, "requests": len(latencies), "errors": len(errors),
+        "path": path, "encoding": encoding, "clients": clients, "requests": len(latencies),
+        "errors": len(errors),
         "seconds": round(elapsed, 2), "per_s": round(len(latencies) / elapsed, 1),
         "p50_ms": round(1000 * ordered[len(ordered) // 2], 1) if ordered else None,
         "p99_ms": round(1000 * ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 1)
@@ -84,11 +89,12 @@ async def load(port: int, path: str, clients: int, duration_s: float) -> dict[st
     }
 
 
-async def run_load(port: int, path: str, clients: int, duration_s: float
+async def run_load(port: int, path: str, encoding: str, clients: int, duration_s: float
                    ) -> dict[str, Any]:
     cpu, started = time.process_time(), time.monotonic()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, SCRIPT, "--load", str(port), "--path", path, "--clients",
+        sys.executable, SCRIPT, "--load", str(port), "--path", path, "--encoding", encoding,
+        "--clients",
         str(clients), "--duration", str(duration_s), stdout=asyncio.subprocess.PIPE)
     out, _ = await proc.communicate()
     if proc.returncode != 0:
@@ -135,12 +141,14 @@ async def run(count: int, clients: int, duration_s: float,
                             "bytes": size}
         assert app.api_port is not None
         await asyncio.sleep(5.0)  # past the connection storm: boots, statuses, first setpoints
-        await run_load(app.api_port, "/api/v1/site", clients, 1.0)  # warm-up, not counted
+        await run_load(app.api_port, "/api/v1/site", "identity", clients, 1.0)  # warm-up
         results = []
         events_before = controller.counters["events"]
         started = time.monotonic()
         for path in paths:
-            results.append(await run_load(app.api_port, path, clients, duration_s))
+            for encoding in ("identity", "gzip"):
+                results.append(await run_load(app.api_port, path, encoding, clients,
+                                              duration_s))
         events_per_s = (controller.counters["events"] - events_before) / (
             time.monotonic() - started)
         return {"chargers": count, "connected": info["connected"],
@@ -166,9 +174,10 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--load", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--path", default=PATHS[0], help=argparse.SUPPRESS)
+    parser.add_argument("--encoding", default="identity", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load is not None:
-        print(json.dumps(asyncio.run(load(args.load, args.path, args.clients,
+        print(json.dumps(asyncio.run(load(args.load, args.path, args.encoding, args.clients,
                                           args.duration))))
         return
     result = asyncio.run(run(args.chargers, args.clients, args.duration,
@@ -183,7 +192,8 @@ def main() -> None:
         print(f"  {name} view: {view['bytes']:,} bytes, built in "
               f"{view['build_ms_median']} ms (median, uncached)")
     for r in result["endpoints"]:
-        print(f"  GET {r['path']}: {r['requests']:,} requests in {r['seconds']} s = "
+        print(f"  GET {r['path']} ({r['encoding']}): {r['requests']:,} requests in "
+              f"{r['seconds']} s = "
               f"{r['per_s']}/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, max "
               f"{r['max_ms']} ms, {r['errors']} errors; CPU: server "
               f"{r['server_cpu']:.0%}, load generator {r['load_generator_cpu']:.0%}")

@@ -141,14 +141,14 @@ def create_api(app: GridshareApp, tokens: tuple[str, ...] | list[str] = (), *,
     @api.get("/api/v1/site", tags=["site"], dependencies=[Read],
              response_model=schemas.Site, responses=problem_responses(401),
              summary="The group tree, each group with its load against its limits")
-    async def site() -> Response:
-        return _Json(views.site(), headers={"Cache-Control": "no-store"})
+    async def site(request: Request) -> Response:
+        return _view(request, views, "site")
 
     @api.get("/api/v1/chargers", tags=["chargers"], dependencies=[Read],
              response_model=schemas.Chargers, responses=problem_responses(401),
              summary="Every charger: status, connection, connectors, setpoints, sessions")
-    async def chargers() -> Response:
-        return _Json(views.chargers(), headers={"Cache-Control": "no-store"})
+    async def chargers(request: Request) -> Response:
+        return _view(request, views, "chargers")
 
     def known_charger(charger_id: str) -> str:
         if charger_id not in topology.chargers:
@@ -351,6 +351,14 @@ class WriteGuard:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def _view(request: Request, views: LiveViews, name: str) -> Response:
+    """A cached view, gzipped when the client takes it (browsers, curl --compressed)."""
+    headers = {"Cache-Control": "no-store", "Vary": "Accept-Encoding"}
+    if "gzip" in request.headers.get("accept-encoding", "").lower():
+        return _Json(views.gzipped(name), headers={**headers, "Content-Encoding": "gzip"})
+    return _Json(views.site() if name == "site" else views.chargers(), headers=headers)
 
 
 def _has_connector(app: GridshareApp, key: tuple[str, int]) -> bool:

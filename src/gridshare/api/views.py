@@ -9,6 +9,7 @@ polling cost one build, not a hundred.
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import time
@@ -282,6 +283,8 @@ class LiveViews:
         self.full_every_s = full_every_s
         self.version = 0
         self._cache: dict[str, tuple[int, float, bytes]] = {}
+        self._gzipped: dict[str, tuple[bytes, bytes]] = {}
+        """Per view: (the JSON, its gzip), made once per build that a client asks for."""
         self._listeners: list[Callable[[str], None]] = []
         self._parts: dict[str, bytes] = {}
         self._dirty: set[str] = set()
@@ -335,6 +338,17 @@ class LiveViews:
 
     def chargers(self) -> bytes:
         return self._cached("chargers", self._chargers)
+
+    def gzipped(self, name: str) -> bytes:
+        """The view ``name`` (site, chargers) gzipped: compressed once per build, however
+        many clients read it (a 1,000-charger view is ~0.9 MB of JSON, ~10 % of that)."""
+        data = self.site() if name == "site" else self.chargers()
+        hit = self._gzipped.get(name)
+        if hit is not None and hit[0] is data:
+            return hit[1]
+        packed = gzip.compress(data, compresslevel=1, mtime=0)
+        self._gzipped[name] = (data, packed)
+        return packed
 
     def _chargers(self) -> Any:
         controller = self.controller
