@@ -13,8 +13,11 @@ from typing import Annotated
 
 import typer
 
-from gridshare.cli.core_cmds import DEFAULT_MAX_SIZE, MaxSizeOpt, refuse_large, report_problems
+from gridshare.cli.core_cmds import DEFAULT_MAX_SIZE, refuse_large, report_problems
 
+MaxSizeOpt = Annotated[int, typer.Option(
+    "--max-size", min=1, metavar="BYTES",
+    help="Refuse scenario and site files larger than this, before reading them.")]
 POLICIES = ("site", "equal", "priority", "proportional", "deadline")
 
 SIMULATE_EPILOG = """\b

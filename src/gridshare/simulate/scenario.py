@@ -264,11 +264,11 @@ class Scenario:
 
 def load_scenario(path: str | Path, max_size: int = DEFAULT_MAX_SIZE) -> Scenario:
     p = Path(path)
-    return parse_scenario(read_text(p, max_size), str(p), base=p.parent)
+    return parse_scenario(read_text(p, max_size), str(p), base=p.parent, max_size=max_size)
 
 
 def parse_scenario(text: str, source: str = "<string>", *, base: Path | None = None,
-                   ) -> Scenario:
+                   max_size: int = DEFAULT_MAX_SIZE) -> Scenario:
     """Validate a scenario and its site; raise ConfigError with every problem found."""
     try:
         data, _ = _read_yaml(text)
@@ -292,7 +292,7 @@ def parse_scenario(text: str, source: str = "<string>", *, base: Path | None = N
     more = 0
     if spec is not None:
         try:
-            site = _site(spec, text, source, base)
+            site = _site(spec, text, source, base, max_size)
         except ConfigError as exc:
             site_issues, more = list(exc.issues), exc.more
         if site is not None:
@@ -309,12 +309,13 @@ def parse_scenario(text: str, source: str = "<string>", *, base: Path | None = N
     return Scenario(spec, site, source)
 
 
-def _site(spec: ScenarioSpec, text: str, source: str, base: Path | None) -> SiteConfig:
+def _site(spec: ScenarioSpec, text: str, source: str, base: Path | None,
+          max_size: int) -> SiteConfig:
     if isinstance(spec.site, str):
         path = Path(spec.site)
         if not path.is_absolute() and base is not None:
             path = base / path
-        return load_site_config(path)
+        return load_site_config(path, max_size)
     # An inline site is read as a site file of its own, from the scenario's own text, so
     # that its problems name the scenario's lines.
     node = yaml.compose(text, Loader=yaml.SafeLoader)
