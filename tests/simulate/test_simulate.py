@@ -240,9 +240,12 @@ def test_the_summary_matches_the_chargers_meters_and_shows_no_violation(
         assert all(v["seconds"] == 0 and v["max_a"] == 0
                    for v in run["limit_violations"].values())
         assert run["peak_a"]["service"] <= 100
-        # setpoints came from the controller over OCPP
+        # setpoints came from the controller over OCPP, and every one was answered: no
+        # command timed out while the virtual clock jumped ahead
         assert run["controller"]["setpoint_accepted"] > 0
         assert run["ocpp"]["profile"] > 0
+        assert {k for k in run["controller"] if k.startswith(("setpoint_", "failsafe_"))} == {
+            "setpoint_accepted", "failsafe_accepted"}
     # the same cars under both policies
     assert [c["id"] for c in doc["cars"]["equal"]] == [c["id"] for c in doc["cars"]["deadline"]]
     assert [c["needed_kwh"] for c in doc["cars"]["equal"]] == [
