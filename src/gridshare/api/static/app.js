@@ -24,7 +24,8 @@
   };
   const dirty = { site: true, chargers: true, alarms: true, sessions: true, extras: true };
   // Counters for tests and benchmarks; the page never reads them.
-  const probe = { renders: 0, events: 0, connects: 0, lastRenderAt: 0 };
+  const probe = { renders: 0, events: 0, connects: 0, lastRenderAt: 0, received: {},
+                  parseMs: 0, renderMs: 0 };
   window.gridshare = probe;
 
   // ---------------------------------------------------------------- helpers
@@ -162,6 +163,7 @@
   }
 
   function render() {
+    const started = performance.now();
     const site = state.site;
     if (site) {
       $("site-name").textContent = site.site;
@@ -179,6 +181,7 @@
     if (state.lastUpdate) $("updated").textContent = "updated " + state.lastUpdate.toLocaleTimeString();
     probe.renders += 1;
     probe.lastRenderAt = Date.now();
+    probe.renderMs = Math.max(probe.renderMs, performance.now() - started);
   }
 
   function level(load, limit) {
@@ -188,80 +191,6 @@
     if (r > 1) return "over";
     if (r >= WARN_AT) return "warn";
     return "ok";
-  }
-
-  function bar(label, load, limit, unit) {
-    const lv = level(load, limit);
-    let pct = 0;
-    if (isNum(limit) && limit > 0 && isNum(load)) pct = Math.min(100, Math.max(0, (load / limit) * 100));
-    else if (lv === "over") pct = 100;
-    const text = fmt(load) + " / " + (isNum(limit) ? fmt(limit) : "no limit") + " " + unit;
-    const word = lv === "over" ? ", over the limit" : lv === "warn" ? ", near the limit" : "";
-    return h("div", { class: "bar " + lv, "data-phase": label, "data-level": lv, role: "img",
-                      "aria-label": label + ": " + text + word },
-      h("span", { class: "ph", text: label, "aria-hidden": "true" }),
-      h("span", { class: "track", "aria-hidden": "true" },
-        h("span", { class: "fill", style: "width:" + pct.toFixed(1) + "%" })),
-      h("span", { class: "val", text, "aria-hidden": "true" }));
-  }
-
-  function chargerOnline(c) {
-    return c && c.connection ? Boolean(c.connection.online) : null;
-  }
-
-  function renderGroups() {
-    const root = $("groups");
-    const groups = state.site ? state.site.groups : [];
-    if (!groups.length) {
-      root.replaceChildren(h("p", { class: "none", text: state.site ? "no groups" : "loading…" }));
-      return;
-    }
-    root.replaceChildren(h("ul", { role: "tree", "aria-label": "load groups" }, groups.map(groupNode)));
-  }
-
-  function groupNode(g) {
-    const cur = Array.isArray(g.current) ? g.current : [];
-    const bars = [];
-    if (isNum(g.limit) || !isNum(g.limit_power)) {
-      if (g.phases === 1) {
-        // A 1-phase group: its one line is wherever the load is.
-        const p = cur.findIndex((x) => isNum(x) && x > 0);
-        const i = p < 0 ? 0 : p;
-        bars.push(bar(PHASES[i], cur[i], g.limit, "A"));
-      } else {
-        for (let p = 0; p < 3; p++) bars.push(bar(PHASES[p], cur[p], g.limit, "A"));
-      }
-    }
-    if (isNum(g.limit_power)) bars.push(bar("kW", g.power, g.limit_power, "kW"));
-    const o = g.override;
-    let overrideText = "";
-    if (o) {
-      const parts = [];
-      if (isNum(o.max_current)) parts.push(fmt(o.max_current) + " A");
-      if (isNum(o.max_power)) parts.push(fmt(o.max_power) + " kW");
-      overrideText = "operator override " + parts.join(", ") + (o.until ? " until " + fmtTime(o.until) : "");
-    }
-    const head = h("div", { class: "group-head" },
-      h("span", { class: "group-id", text: g.id }),
-      h("span", { class: "group-limit", text: isNum(g.limit) ? "limit " + fmt(g.limit) + " A" : "" }),
-      isNum(g.limit_power) ? h("span", { class: "group-power", text: "limit " + fmt(g.limit_power) + " kW" }) : null,
-      isNum(g.power) ? h("span", { class: "group-power", text: fmt(g.power) + " kW now" }) : null,
-      o ? h("span", { class: "badge override", text: overrideText }) : null,
-      g.meter_stale ? h("span", { class: "badge stale", text: "meter silent: no headroom" }) : null);
-    const ids = Array.isArray(g.chargers) ? g.chargers : [];
-    const chips = ids.length ? h("ul", { class: "group-chargers", "aria-label": "chargers in " + g.id },
-      ids.map((id) => {
-        const c = state.byId.get(id);
-        const online = chargerOnline(c);
-        const st = c ? c.status : "";
-        const cls = online === false ? "chip offline" : /charging/i.test(st) ? "chip charging" : "chip";
-        return h("li", { class: cls, "data-charger": id, text: id + (st ? " · " + st : "") });
-      })) : null;
-    const kids = Array.isArray(g.children) && g.children.length
-      ? h("ul", { role: "group" }, g.children.map(groupNode)) : null;
-    return h("li", { class: "group", "data-group": g.id, role: "treeitem",
-                     "aria-expanded": kids ? "true" : null, "aria-label": g.id },
-      head, h("div", { class: "bars" }, bars), chips, kids);
   }
 
   function td(label, value, cls) {
@@ -274,43 +203,237 @@
     return isNum(s.energy_wh) ? s.energy_wh / 1000 : null;
   }
 
+  function setText(el, text) {
+    if (el.textContent !== text) el.textContent = text;
+  }
+
+  function setAttr(el, name, value) {
+    if (value === null || value === undefined) {
+      if (el.hasAttribute(name)) el.removeAttribute(name);
+    } else if (el.getAttribute(name) !== value) {
+      el.setAttribute(name, value);
+    }
+  }
+
+  function show(el, on) {
+    if (el.hidden === on) el.hidden = !on;
+  }
+
+  // A bar of load against a limit: built once, then updated in place.
+  function makeBar(label) {
+    const fill = h("span", { class: "fill" });
+    const val = h("span", { class: "val", "aria-hidden": "true" });
+    const el = h("div", { class: "bar ok", "data-phase": label, role: "img" },
+      h("span", { class: "ph", text: label, "aria-hidden": "true" }),
+      h("span", { class: "track", "aria-hidden": "true" }, fill), val);
+    return { el, fill, val };
+  }
+
+  function setBar(b, label, load, limit, unit) {
+    const lv = level(load, limit);
+    let pct = 0;
+    if (isNum(limit) && limit > 0 && isNum(load)) pct = Math.min(100, Math.max(0, (load / limit) * 100));
+    else if (lv === "over") pct = 100;
+    const text = fmt(load) + " / " + (isNum(limit) ? fmt(limit) : "no limit") + " " + unit;
+    const word = lv === "over" ? ", over the limit" : lv === "warn" ? ", near the limit" : "";
+    setText(b.val, text);
+    setAttr(b.el, "class", "bar " + lv);
+    setAttr(b.el, "data-level", lv);
+    setAttr(b.el, "aria-label", label + ": " + text + word);
+    const width = pct.toFixed(1) + "%";
+    if (b.fill.style.width !== width) b.fill.style.width = width;
+  }
+
+  function chargerOnline(c) {
+    return c && c.connection ? Boolean(c.connection.online) : null;
+  }
+
+  // --- the group tree: rebuilt when its shape changes, otherwise updated in place
+
+  const groupViews = new Map();
+  let treeKey = null;
+
+  function treeSignature(groups) {
+    return groups.map((g) => g.id + "[" + (g.chargers || []).join(",") + "]("
+      + treeSignature(g.children || []) + ")").join(";");
+  }
+
+  function renderGroups() {
+    const root = $("groups");
+    const groups = state.site ? state.site.groups : [];
+    if (!groups.length) {
+      treeKey = null;
+      groupViews.clear();
+      root.replaceChildren(h("p", { class: "none", text: state.site ? "no groups" : "loading…" }));
+      return;
+    }
+    const key = treeSignature(groups);
+    if (key !== treeKey) {
+      treeKey = key;
+      groupViews.clear();
+      root.replaceChildren(h("ul", { role: "tree", "aria-label": "load groups" }, groups.map(buildGroup)));
+    }
+    const walk = (g) => { updateGroup(g); (g.children || []).forEach(walk); };
+    groups.forEach(walk);
+  }
+
+  function buildGroup(g) {
+    const v = {
+      limit: h("span", { class: "group-limit" }),
+      limitPower: h("span", { class: "group-power", hidden: true }),
+      power: h("span", { class: "group-power group-now", hidden: true }),
+      override: h("span", { class: "badge override", hidden: true }),
+      stale: h("span", { class: "badge stale", text: "meter silent: no headroom", hidden: true }),
+      bars: h("div", { class: "bars" }),
+      barKey: "",
+      barList: [],
+      chips: new Map(),
+    };
+    const ids = Array.isArray(g.chargers) ? g.chargers : [];
+    const chips = ids.length ? h("ul", { class: "group-chargers", "aria-label": "chargers in " + g.id },
+      ids.map((id) => {
+        const li = h("li", { class: "chip", "data-charger": id, text: id });
+        v.chips.set(id, li);
+        return li;
+      })) : null;
+    const kids = Array.isArray(g.children) && g.children.length
+      ? h("ul", { role: "group" }, g.children.map(buildGroup)) : null;
+    groupViews.set(g.id, v);
+    return h("li", { class: "group", "data-group": g.id, role: "treeitem",
+                     "aria-expanded": kids ? "true" : null, "aria-label": g.id },
+      h("div", { class: "group-head" }, h("span", { class: "group-id", text: g.id }),
+        v.limit, v.limitPower, v.power, v.override, v.stale),
+      v.bars, chips, kids);
+  }
+
+  function barSpecs(g) {
+    const cur = Array.isArray(g.current) ? g.current : [];
+    const specs = [];
+    if (isNum(g.limit) || !isNum(g.limit_power)) {
+      if (g.phases === 1) {
+        // A 1-phase group: its one line is wherever the load is.
+        const p = cur.findIndex((x) => isNum(x) && x > 0);
+        const i = p < 0 ? 0 : p;
+        specs.push([PHASES[i], cur[i], g.limit, "A"]);
+      } else {
+        for (let p = 0; p < 3; p++) specs.push([PHASES[p], cur[p], g.limit, "A"]);
+      }
+    }
+    if (isNum(g.limit_power)) specs.push(["kW", g.power, g.limit_power, "kW"]);
+    return specs;
+  }
+
+  function updateGroup(g) {
+    const v = groupViews.get(g.id);
+    if (!v) return;
+    const specs = barSpecs(g);
+    const key = specs.map((s) => s[0]).join(",");
+    if (key !== v.barKey) {
+      v.barKey = key;
+      v.barList = specs.map((s) => makeBar(s[0]));
+      v.bars.replaceChildren(...v.barList.map((b) => b.el));
+    }
+    specs.forEach((s, i) => setBar(v.barList[i], s[0], s[1], s[2], s[3]));
+    setText(v.limit, isNum(g.limit) ? "limit " + fmt(g.limit) + " A" : "");
+    show(v.limitPower, isNum(g.limit_power));
+    setText(v.limitPower, isNum(g.limit_power) ? "limit " + fmt(g.limit_power) + " kW" : "");
+    show(v.power, isNum(g.power));
+    setText(v.power, isNum(g.power) ? fmt(g.power) + " kW now" : "");
+    const o = g.override;
+    let overrideText = "";
+    if (o) {
+      const parts = [];
+      if (isNum(o.max_current)) parts.push(fmt(o.max_current) + " A");
+      if (isNum(o.max_power)) parts.push(fmt(o.max_power) + " kW");
+      overrideText = "operator override " + parts.join(", ") + (o.until ? " until " + fmtTime(o.until) : "");
+    }
+    show(v.override, Boolean(o));
+    setText(v.override, overrideText);
+    show(v.stale, Boolean(g.meter_stale));
+    for (const [id, li] of v.chips) {
+      const c = state.byId.get(id);
+      const online = chargerOnline(c);
+      const st = c ? c.status : "";
+      setText(li, id + (st ? " · " + st : ""));
+      setAttr(li, "class", online === false ? "chip offline" : /charging/i.test(st) ? "chip charging" : "chip");
+    }
+  }
+
+  // --- the chargers table: one row per connector, kept and updated in place; at most
+  // MAX_ROWS shown unless asked for all (a filter finds the rest)
+
+  const MAX_ROWS = 100;
+  const CELLS = [["charger", "Charger"], ["connection", "Connection"], ["protocol", "Protocol"],
+                 ["connector", "Connector"], ["state", "State"], ["setpoint", "Setpoint", "num setpoint"],
+                 ["measured", "Measured", "num measured"], ["session", "Session"], ["priority", "Priority"]];
+  const rowViews = new Map();
+  let rowsKey = "";
+  let showAll = false;
+
+  function buildRow(cid, connector) {
+    const cells = {};
+    const tr = h("tr", { "data-charger": cid, "data-connector": connector },
+      CELLS.map(([name, label, cls]) => (cells[name] = h("td", { "data-label": label, class: cls || null }))));
+    return { tr, cells };
+  }
+
+  function matches(c, f) {
+    if (!f) return true;
+    const online = chargerOnline(c);
+    return [c.id, c.status, c.protocol, c.group, online === false ? "offline" : "online"]
+      .some((x) => typeof x === "string" && x.toLowerCase().includes(f));
+  }
+
   function renderChargers() {
     const body = $("chargers").tBodies[0];
-    const rows = [];
-    for (const c of state.chargers) {
+    const f = $("charger-filter").value.trim().toLowerCase();
+    const found = f ? state.chargers.filter((c) => matches(c, f)) : state.chargers;
+    const shown = showAll ? found : found.slice(0, MAX_ROWS);
+    const keys = [];
+    for (const c of shown) {
       const online = chargerOnline(c);
       const conns = Array.isArray(c.connectors) && c.connectors.length ? c.connectors : [{}];
       conns.forEach((k, i) => {
         const first = i === 0;
-        const m = k.measured;
-        const measured = isNum(k.measured_max) ? fmt(k.measured_max) + " A" : "–";
-        const setpoint = isNum(k.setpoint)
-          ? fmt(k.setpoint) + " A" : (online === false ? "failsafe" : "default");
+        const key = c.id + "\u0000" + (k.connector ?? 1);
+        keys.push(key);
+        let view = rowViews.get(key);
+        if (!view) {
+          view = buildRow(c.id, k.connector ?? 1);
+          rowViews.set(key, view);
+        }
+        const cells = view.cells;
         const e = energyKwh(k.session);
-        const session = k.session ? (isNum(e) ? fmt(e, 2) + " kWh" : "active") : "";
-        const prio = isNum(c.priority)
-          ? String(c.priority) + (c.priority_override !== null && c.priority_override !== undefined ? " (set)" : "")
-          : "";
-        rows.push(h("tr", { "data-charger": c.id, "data-connector": k.connector ?? 1 },
-          td("Charger", first ? c.id : ""),
-          td("Connection", first ? (online === null ? "?" : online ? "online" : "offline") : "",
-            first && online !== null ? (online ? "online" : "offline") : null),
-          td("Protocol", first ? (c.protocol ?? "") : ""),
-          td("Connector", String(k.connector ?? "")),
-          td("State", k.status ?? (first ? c.status : "") ?? ""),
-          td("Setpoint", setpoint, "num setpoint"),
-          h("td", { "data-label": "Measured", class: "num measured",
-                    title: Array.isArray(m) ? m.map((x) => fmt(x)).join(" / ") + " A (L1/L2/L3)" : null },
-            measured),
-          td("Session", session),
-          td("Priority", first ? prio : "")));
+        const m = k.measured;
+        setText(cells.charger, first ? c.id : "");
+        setText(cells.connection, first ? (online === null ? "?" : online ? "online" : "offline") : "");
+        setAttr(cells.connection, "class", first && online !== null ? (online ? "online" : "offline") : null);
+        setText(cells.protocol, first ? (c.protocol ?? "") : "");
+        setText(cells.connector, String(k.connector ?? ""));
+        setText(cells.state, k.status ?? (first ? c.status : "") ?? "");
+        setText(cells.setpoint, isNum(k.setpoint) ? fmt(k.setpoint) + " A" : (online === false ? "failsafe" : "default"));
+        setText(cells.measured, isNum(k.measured_max) ? fmt(k.measured_max) + " A" : "–");
+        setAttr(cells.measured, "title", Array.isArray(m) ? m.map((x) => fmt(x)).join(" / ") + " A (L1/L2/L3)" : null);
+        setText(cells.session, k.session ? (isNum(e) ? fmt(e, 2) + " kWh" : "active") : "");
+        const set = c.priority_override !== null && c.priority_override !== undefined;
+        setText(cells.priority, first && isNum(c.priority) ? String(c.priority) + (set ? " (set)" : "") : "");
       });
     }
-    if (!rows.length) rows.push(h("tr", null, h("td", { colspan: 9, class: "none", text: "no chargers" })));
-    body.replaceChildren(...rows);
+    const key = keys.join("\n");
+    if (key !== rowsKey) {
+      rowsKey = key;
+      const keep = new Set(keys);
+      for (const k of [...rowViews.keys()]) if (!keep.has(k)) rowViews.delete(k);
+      body.replaceChildren(...(keys.length ? keys.map((k) => rowViews.get(k).tr)
+        : [h("tr", null, h("td", { colspan: CELLS.length, class: "none",
+                                   text: state.chargers.length ? "no charger matches" : "no chargers" }))]));
+    }
     const online = state.chargers.filter((c) => chargerOnline(c)).length;
-    $("chargers-count").textContent = state.chargers.length
-      ? "(" + online + " of " + state.chargers.length + " online)" : "";
+    setText($("chargers-count"), state.chargers.length
+      ? "(" + online + " of " + state.chargers.length + " online)" : "");
+    const hidden = found.length - shown.length;
+    setText($("chargers-shown"), hidden > 0 ? "showing " + shown.length + " of " + found.length + "." : "");
+    show($("chargers-all"), hidden > 0);
   }
 
   function renderAlarms() {
@@ -443,8 +566,11 @@
   }
 
   function onEvent(kind, ev) {
+    probe.received[kind] = Date.now();
+    const started = performance.now();
     let data;
     try { data = JSON.parse(ev.data); } catch (e) { return; }
+    probe.parseMs = Math.max(probe.parseMs, performance.now() - started);
     probe.events += 1;
     state.lastUpdate = new Date();
     if (kind === "site") takeSite(data);
@@ -531,6 +657,8 @@
   }
 
   function setupForms() {
+    $("charger-filter").addEventListener("input", () => { dirty.chargers = true; scheduleRender(); });
+    $("chargers-all").addEventListener("click", () => { showAll = true; dirty.chargers = true; scheduleRender(); });
     const tok = $("token");
     const tokState = $("token-state");
     const showTok = () => {
