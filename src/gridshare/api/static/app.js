@@ -526,7 +526,7 @@
       state.sessionsProblem = "";
     } catch (e) {
       state.sessions = null;
-      state.sessionsProblem = "no session history: " + e.message;
+      state.sessionsProblem = e.status === 503 ? e.message : "no session history: " + e.message;
     }
     dirty.sessions = true;
   }
