@@ -126,6 +126,20 @@ async def test_a_limit_set_in_the_page_reaches_the_chargers(
     dashboard.plug("e-2")
     await dashboard.settle()
     assert abs(dashboard.offered_sum("e-1", "e-2") - 25.0) < 0.2  # left's 25 A, shared
+    # At its limit, left's L1 is amber (from 90 %); every level its bar shows is recorded.
+    l1 = "li[data-group='left'] > .bars > .bar[data-phase='L1']"
+    await expect(page.locator(l1)).to_have_attribute("data-level", "warn", timeout=5_000)
+    await expect(page.locator(l1 + " .val")).to_have_text("25.0 / 25.0 A")
+    await page.evaluate("""sel => {
+      window.__levels = [];
+      const note = () => {
+        const bar = document.querySelector(sel);
+        const level = bar && bar.dataset.level;
+        if (level && window.__levels.at(-1) !== level) window.__levels.push(level);
+      };
+      new MutationObserver(note).observe(document.getElementById('groups'),
+        {subtree: true, attributes: true, childList: true, characterData: true});
+    }""", l1)
     await save_token(page, TOKEN)
     await page.select_option("#limit-group", "left")
     await page.fill("#limit-current", "14")
@@ -139,6 +153,11 @@ async def test_a_limit_set_in_the_page_reaches_the_chargers(
     head = page.locator("li[data-group='left'] > .group-head")
     await expect(head.locator(".group-limit")).to_have_text("limit 14.0 A")
     await expect(head.locator(".badge.override")).to_have_text("operator override 14.0 A")
+    # Red while the load was still above the new limit, then amber: 14 A of 14 A.
+    await expect(page.locator(l1 + " .val")).to_have_text("14.0 / 14.0 A", timeout=5_000)
+    await expect(page.locator(l1)).to_have_attribute("data-level", "warn")
+    levels = await page.evaluate("window.__levels")
+    assert levels[0] == "over" and levels[-1] == "warn", levels
     for cid in ("e-1", "e-2"):  # the new setpoints in force, shown
         await expect(page.locator(f"#chargers tr[data-charger='{cid}'] td.setpoint")) \
             .to_have_text("7.0 A", timeout=5_000)
