@@ -722,5 +722,8 @@
     render();
     loadAll().then(() => { if (state.readNeedsToken && token()) connect(); });
     connect();
+    // Grid services (demand response, frequency response) appear in GET /status once they
+    // exist; they change slowly, so a look every 15 s is enough.
+    setInterval(() => { loadExtras().then(scheduleRender, () => {}); }, 15000);
   });
 })();
