@@ -138,11 +138,13 @@ def test_meter_includes_chargers_subtracts_their_measured_current(metered: Topol
     state.apply(MeterReading("m1", 1, t(6), current_a=(10.0, 9.0, None)))
     state.apply(GroupMeterReading("main", t(7), (25.0, 12.0, 8.0)))
     cond = state.to_snapshot(t(7)).conditions("main")
-    # m1's missing L3 counts as its largest phase; never below zero.
-    assert cond.uncontrolled == pytest.approx((15.0, 3.0, 0.0))
+    # m1's missing L3 counts as its largest phase; never below zero; the deadband (0.5 A)
+    # is counted on top, in reserve.
+    assert state.metered_uncontrolled("main") == pytest.approx((15.0, 3.0, 0.0))
+    assert cond.uncontrolled == pytest.approx((15.5, 3.5, 0.5))
     assert not cond.meter_stale
     state.apply(GroupMeterReading("main", t(8), (25.0, 12.0, 8.0), includes_chargers=False))
-    assert state.to_snapshot(t(8)).conditions("main").uncontrolled == (25.0, 12.0, 8.0)
+    assert state.to_snapshot(t(8)).conditions("main").uncontrolled == (25.5, 12.5, 8.5)
 
 
 def test_meter_rise_is_urgent_and_fall_is_not(metered: Topology) -> None:

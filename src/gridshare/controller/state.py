@@ -786,9 +786,17 @@ class SiteState:
         return conn.measured_a
 
     def metered_uncontrolled(self, group_id: str) -> PhaseCurrents:
-        """The uncontrolled load we count for a metered group (see :meth:`_follow`)."""
+        """The uncontrolled load we estimate for a metered group (see :meth:`_follow`)."""
         meter = self._meters[group_id]
         return meter.used_a if meter.used_a is not None else (0.0, 0.0, 0.0)
+
+    def _counted_uncontrolled(self, group_id: str) -> PhaseCurrents:
+        """What the allocation counts for it: the estimate plus the deadband. A rise
+        smaller than the deadband is not acted on, so it is kept in reserve (a heat pump's
+        soft start is many small rises, each below it)."""
+        used = self.metered_uncontrolled(group_id)
+        band = self.settings.uncontrolled_deadband_a
+        return (used[0] + band, used[1] + band, used[2] + band)
 
     def reserved(self, now: datetime, violators: set[ConnectorKey] | None = None, *,
                  commands: bool = True) -> dict[str, PhaseCurrents]:
@@ -884,7 +892,7 @@ class SiteState:
             extra = tuple(self._extra_limits(gid, now))
             unc = (0.0, 0.0, 0.0)
             if gid in self._meters and gid not in stale:
-                unc = self.metered_uncontrolled(gid)
+                unc = self._counted_uncontrolled(gid)
             base = _added({gid: unc}, drawn)[gid] if gid in drawn else unc
             full = _added({gid: base}, obeyed)[gid] if gid in obeyed else base
             for out, amps in ((without, base), (with_commands, full)):
@@ -977,15 +985,20 @@ def estimate_uncontrolled(meter_a: PhaseCurrents, ours_a: PhaseCurrents,
     really draw (a car that slowed down still reads high, which would lower the estimate
     below the truth and hand out current that is not there, then take it back: an
     oscillation), so the held value stays; ``floor_a`` (the meter minus every connector's
-    worst case, never above the truth) lifts the estimate when the other loads rose
-    meanwhile. The meter itself is never below the truth (it counts everything), so the
-    held value drops to it when it reads less; with nothing held yet, it starts there."""
+    worst case, never above the truth) lifts it when the other loads rose meanwhile, and
+    what it lifted stays lifted until the next quiet moment: right after a decrease the
+    worst case still counts the old value, the floor dips, and an estimate that followed
+    the dip would raise the cars again at once — a sawtooth of decreases and increases
+    every cycle that never lets the group settle (seen with a heat pump's soft start). The
+    meter itself is never below the truth (it counts everything), so the held value drops
+    to it when it reads less; with nothing held yet, it starts there."""
     if quiet:
         measured = _minus(meter_a, ours_a)
         return measured, measured
     held = meter_a if held_a is None else (
         min(held_a[0], meter_a[0]), min(held_a[1], meter_a[1]), min(held_a[2], meter_a[2]))
-    return (max(held[0], floor_a[0]), max(held[1], floor_a[1]), max(held[2], floor_a[2])), held
+    held = (max(held[0], floor_a[0]), max(held[1], floor_a[1]), max(held[2], floor_a[2]))
+    return held, held
 
 
 def _minus(a: PhaseCurrents, b: PhaseCurrents) -> PhaseCurrents:
