@@ -203,6 +203,8 @@ def test_demo_line_runs(words: list[str]) -> None:
     """As written but 5 s long (the README's 30 s shows more of the same)."""
     done = run(replace_option(words, "--duration", "5"), timeout=180)
     assert done.returncode == 0, done
+    assert re.search(r"^dashboard: http://127\.0\.0\.1:\d+/  \(token for changes: \S+\)$",
+                     done.stdout, re.M), done.stdout
     assert re.search(r"^\d+ cars arrived, \d+ left\.$", done.stdout, re.M), done.stdout
     assert re.search(r"^  service: peak \d+ % of its limit$", done.stdout, re.M), done.stdout
     assert "Traceback" not in done.stderr, done.stderr

@@ -238,9 +238,12 @@ def _plain_line(app: GridshareApp, sim: object, elapsed_s: float) -> str:
 
 
 async def run_demo(duration_s: float, seed: int, chargers: int, *, plain: bool,
-                   console: Console, stop: asyncio.Event | None = None) -> DemoStats:
+                   console: Console, stop: asyncio.Event | None = None,
+                   api_port: int | None = None) -> DemoStats:
     """Start a sample site, the CSMS and controller on free ports and simulated chargers
-    whose cars come and go; show loads against limits until ``duration_s`` has passed."""
+    whose cars come and go; show loads against limits until ``duration_s`` has passed.
+    With ``api_port`` (0: a free one) the REST API and the dashboard are served too, on
+    127.0.0.1, with a one-off token for changes printed at start."""
     import asyncio
     import contextlib
 
@@ -256,10 +259,33 @@ async def run_demo(duration_s: float, seed: int, chargers: int, *, plain: bool,
     config = parse_site_config(demo_site_text(chargers), "demo-site.yaml")
     topology = config.topology
     settings = ControllerSettings(lease_s=120.0)
-    app = build_app(topology, ServeOptions(host="127.0.0.1", ocpp_port=0, api_port=None,
-                                           db_url="none", controller=settings,
-                                           meters=config.meters))
-    await app.start()
+    import secrets
+    import tempfile
+
+    token = secrets.token_urlsafe(12)
+    # The embedded defaults, as serve has them: an SQLite audit log (sessions and commands
+    # for the dashboard), in a folder of its own that goes with the demo.
+    data = tempfile.TemporaryDirectory(prefix="gridshare-demo-")
+
+    def options(port: int | None) -> ServeOptions:
+        return ServeOptions(host="127.0.0.1", ocpp_port=0, api_port=port,
+                            data_dir=Path(data.name), controller=settings,
+                            meters=config.meters, api_tokens=(token,))
+
+    app = build_app(topology, options(api_port))
+    try:
+        await app.start()
+    except OSError as exc:
+        if not api_port:
+            raise
+        await app.stop()  # the port is taken (another gridshare?): any free one will do
+        console.print(f"port {api_port} is taken ({exc.strerror or exc}): using a free one",
+                      highlight=False)
+        app = build_app(topology, options(0))
+        await app.start()
+    if api_port is not None:
+        console.print(f"dashboard: http://127.0.0.1:{app.api_port}/  (token for changes: "
+                      f"{token})", highlight=False)
     url = f"ws://127.0.0.1:{app.ocpp_port}"
     sims = []
     for i, (cid, ch) in enumerate(topology.chargers.items()):
@@ -339,6 +365,7 @@ async def run_demo(duration_s: float, seed: int, chargers: int, *, plain: bool,
         await meter.stop()
         await sim.stop()
         await app.stop()
+        data.cleanup()
     return stats
 
 
@@ -354,6 +381,9 @@ def demo_cmd(
     plain: Annotated[bool, typer.Option(
         "--plain/--no-plain", help="Periodic lines instead of a live table (the default "
         "when stdout is not a terminal).")] = False,
+    api_port: Annotated[int, typer.Option(
+        "--api-port", metavar="PORT", help="Serve the dashboard and the REST API on "
+        "http://127.0.0.1:PORT/ (0 picks a free port, -1 disables them).")] = 8080,
 ) -> None:
     """Watch load sharing: a sample site, the real CSMS and controller, simulated chargers
     (OCPP 1.6J and 2.0.1, 1- and 3-phase) and cars that come and go."""
@@ -372,7 +402,7 @@ def demo_cmd(
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
         return await run_demo(duration, seed, chargers, plain=plain, console=console,
-                              stop=stop)
+                              stop=stop, api_port=None if api_port < 0 else api_port)
 
     stats = asyncio.run(main())
     console.print(f"{stats.arrivals} cars arrived, {stats.departures} left.")
