@@ -163,10 +163,10 @@ async def test_meter_goes_stale_at_40s_fails_closed(metered: Topology, driver: R
                                        includes_chargers=False))
             await c.settle()
             await advance(c, clock, 5)
-        assert driver.last("m1") == 32.0  # 40 A − 8 A of house load
+        assert driver.last("m1") == 31.5  # 40 A − 8 A of house load − 0.5 A deadband
         assert clock.now().second == 15
         await advance(c, clock, 25)  # t = 40: 30 s since the last reading at t = 10
-        assert driver.last("m1") == 32.0
+        assert driver.last("m1") == 31.5
         await advance(c, clock, 1)  # t = 41: stale
         assert driver.last("m1") == 0.0
         assert c.status().groups[0].meter_stale
@@ -174,7 +174,7 @@ async def test_meter_goes_stale_at_40s_fails_closed(metered: Topology, driver: R
         c.handle(GroupMeterReading("main", clock.now(), (8.0, 8.0, 8.0),
                                    includes_chargers=False))
         await c.settle()
-        assert driver.last("m1") == 32.0
+        assert driver.last("m1") == 31.5
     finally:
         await c.stop()
 
