@@ -738,7 +738,10 @@ def parse_site_config(text: str, source: str = "<string>") -> SiteConfig:
         return _parse_site_config(text, source)
 
 
-def _parse_site_config(text: str, source: str) -> SiteConfig:
+def read_mapping(text: str, source: str, keys: str) -> tuple[dict[str, Any], bool]:
+    """A YAML document that must be a mapping (``keys`` names what it holds, for the
+    message), and whether it needs line numbers read back (repeated keys); raise
+    ConfigError in one line when it is not valid YAML or not a mapping."""
     try:
         data, needs_lines = _read_yaml(text)
     except yaml.YAMLError as exc:
@@ -750,8 +753,12 @@ def _parse_site_config(text: str, source: str) -> SiteConfig:
         raise ConfigError([ConfigIssue(source, None, "",
                                        f"not valid YAML: {value_problem(exc)}")]) from exc
     if not isinstance(data, dict):
-        raise ConfigError([ConfigIssue(source, 1, "", "expected a mapping with site, groups, "
-                                       "chargers")])
+        raise ConfigError([ConfigIssue(source, 1, "", f"expected a mapping with {keys}")])
+    return data, needs_lines
+
+
+def _parse_site_config(text: str, source: str) -> SiteConfig:
+    data, needs_lines = read_mapping(text, source, "site, groups, chargers")
     problems = ProblemList(source)
     spec = _check_site(data, problems)
     if needs_lines or problems.count:

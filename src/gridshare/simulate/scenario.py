@@ -35,14 +35,12 @@ from gridshare.config import (
     Loc,
     ProblemList,
     SiteConfig,
-    _read_yaml,
     _scan_lines,
     _schema_problems,
-    _yaml_problem,
     load_site_config,
     parse_site_config,
+    read_mapping,
     read_text,
-    value_problem,
 )
 
 _CLOCK = re.compile(r"^([01]?\d|2[0-4]):([0-5]\d)$")
@@ -270,17 +268,7 @@ def load_scenario(path: str | Path, max_size: int = DEFAULT_MAX_SIZE) -> Scenari
 def parse_scenario(text: str, source: str = "<string>", *, base: Path | None = None,
                    max_size: int = DEFAULT_MAX_SIZE) -> Scenario:
     """Validate a scenario and its site; raise ConfigError with every problem found."""
-    try:
-        data, _ = _read_yaml(text)
-    except yaml.YAMLError as exc:
-        line, problem = _yaml_problem(text, exc)
-        raise ConfigError([ConfigIssue(source, line, "", f"not valid YAML: {problem}")]) from exc
-    except (ValueError, OverflowError) as exc:
-        raise ConfigError([ConfigIssue(source, None, "",
-                                       f"not valid YAML: {value_problem(exc)}")]) from exc
-    if not isinstance(data, dict):
-        raise ConfigError([ConfigIssue(source, 1, "", "expected a mapping with site, cars, "
-                                       "loads, limits")])
+    data, _ = read_mapping(text, source, "site, cars, loads, limits")
     problems = ProblemList(source)
     spec: ScenarioSpec | None = None
     try:
