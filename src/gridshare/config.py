@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -780,6 +780,18 @@ def _clean_loc(loc: tuple[Any, ...]) -> Loc:
             "function-"))))
 
 
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _validated(model: type[_M], raw: Any, loc: Loc, problems: ProblemList) -> _M | None:
+    """``raw`` as ``model``, or None with its problems recorded under ``loc``."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        _schema_problems(exc, loc, problems)
+        return None
+
+
 def _schema_problems(exc: ValidationError, base: Loc, problems: ProblemList) -> None:
     """pydantic's errors of one entry, at their paths in the file, values cut short."""
     if problems.full:
@@ -905,12 +917,8 @@ def _check_site(data: dict[str, Any], problems: ProblemList) -> SiteSpec | None:
 
 def _check_site_entries(data: dict[str, Any], problems: ProblemList) -> SiteSpec | None:
     """Each entry validated on its own, then the cross-checks on every readable one."""
-    try:
-        head: _SiteHead | None = _SiteHead.model_validate(
-            {k: v for k, v in data.items() if k not in _LISTS})
-    except ValidationError as exc:
-        head = None
-        _schema_problems(exc, (), problems)
+    head = _validated(_SiteHead, {k: v for k, v in data.items() if k not in _LISTS}, (),
+                      problems)
     site = _Site(head, mqtt_declared=data.get("mqtt") is not None)
     if "groups" not in data:
         problems.add(("groups",), "Field required")
@@ -921,11 +929,7 @@ def _check_site_entries(data: dict[str, Any], problems: ProblemList) -> SiteSpec
     chargers: list[ChargerSpec] = []
     for i, item in enumerate(_list_of(data, "chargers", problems)):
         loc: Loc = ("chargers", i)
-        try:
-            spec: ChargerSpec | None = ChargerSpec.model_validate(item)
-        except ValidationError as exc:
-            spec = None
-            _schema_problems(exc, loc, problems)
+        spec = _validated(ChargerSpec, item, loc, problems)
         if spec is not None:
             chargers.append(spec)
             site.chargers.append(_ChargerEntry(spec.id, loc, spec, spec.phases, spec.phase))
@@ -938,11 +942,7 @@ def _check_site_entries(data: dict[str, Any], problems: ProblemList) -> SiteSpec
     meters: list[MeterSpec] = []
     for i, item in enumerate(_list_of(data, "meters", problems)):
         loc = ("meters", i)
-        try:
-            meter: MeterSpec | None = MeterSpec.model_validate(item)
-        except ValidationError as exc:
-            meter = None
-            _schema_problems(exc, loc, problems)
+        meter = _validated(MeterSpec, item, loc, problems)
         if meter is not None:
             meters.append(meter)
             site.meters.append((meter.id, loc, meter))
@@ -967,11 +967,7 @@ def _group_entries(raw: list[Any], loc: Loc, nested_parent: str | None,
                                f"{shown(item)})")
             continue
         own = {k: v for k, v in item.items() if k != "groups"}
-        try:
-            spec: GroupSpec | None = GroupSpec.model_validate(own)
-        except ValidationError as exc:
-            spec = None
-            _schema_problems(exc, here, problems)
+        spec = _validated(GroupSpec, own, here, problems)
         if spec is not None:
             entry = _GroupEntry(spec.id, here, nested_parent, spec.parent,
                                 list(enumerate(spec.chargers)), spec.meter, spec.phases)
