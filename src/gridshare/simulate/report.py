@@ -117,12 +117,8 @@ def _plots(folder: Path, runs: list[RunResult]) -> list[Path]:
                 ax.set_title(f"policy: {run.policy}")
                 ax.legend(loc="upper right", fontsize=7)
         axes[-1][j].set_xlabel("hours")
-    fig.suptitle("load (highest phase) against the limit in force, per group")
-    fig.tight_layout()
-    path = folder / "load.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    out.append(path)
+    out.append(_save(fig, folder / "load.png",
+                     "load (highest phase) against the limit in force, per group"))
 
     fig, axes = plt.subplots(1, cols, figsize=(6 * cols, 4), squeeze=False, sharey=True)
     for j, run in enumerate(runs):
@@ -138,12 +134,8 @@ def _plots(folder: Path, runs: list[RunResult]) -> list[Path]:
         if j == 0:
             ax.set_ylabel("kWh")
             ax.legend(fontsize=7)
-    fig.suptitle("energy delivered per car against its need (red: short of it)")
-    fig.tight_layout()
-    path = folder / "cars.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    out.append(path)
+    out.append(_save(fig, folder / "cars.png",
+                     "energy delivered per car against its need (red: short of it)"))
 
     events = runs[0].limit_events
     if events:
@@ -172,13 +164,20 @@ def _plots(folder: Path, runs: list[RunResult]) -> list[Path]:
                 if i == 0 and j == 0:
                     ax.legend(fontsize=7)
             axes[-1][j].set_xlabel("hours")
-        fig.suptitle("scheduled limit changes and the load's response")
-        fig.tight_layout()
-        path = folder / "events.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        out.append(path)
+        out.append(_save(fig, folder / "events.png",
+                         "scheduled limit changes and the load's response"))
     return out
+
+
+def _save(fig: Any, path: Path, title: str) -> Path:
+    """Title, lay out, write and release one figure."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def _html(doc: dict[str, Any], runs: list[RunResult], rows: list[tuple[str, list[str]]],
