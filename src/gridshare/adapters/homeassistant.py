@@ -50,11 +50,9 @@ from pydantic import ValidationError
 
 from gridshare import __version__
 from gridshare.adapters.meters.mqtt import (
-    BACKOFF_FIRST,
-    BACKOFF_MAX,
     CONNECT_TIMEOUT,
     BrokerAddress,
-    SetupError,
+    keep_connected,
     read_password,
     tls_context,
 )
@@ -376,40 +374,16 @@ class HomeAssistantBridge:
             will=aiomqtt.Will(self.topics.status, OFFLINE, qos=1, retain=True))
 
     async def _run(self) -> None:
-        backoff = BACKOFF_FIRST
-        down = False
-        while True:
-            try:
-                async with self._make_client() as client:
-                    self._client = client
-                    await self._connected(client)
-                    self.connected = True
-                    self.connects += 1
-                    backoff = BACKOFF_FIRST
-                    if down:
-                        log.info("homeassistant: mqtt %s: connected again", self._address)
-                        down = False
-                    await self._serve(client)
-                reason = "connection closed"
-            except (aiomqtt.MqttError, SetupError) as exc:
-                reason = str(exc) or type(exc).__name__
-            except (OSError, ValueError) as exc:
-                reason = f"{type(exc).__name__}: {exc}"
-            except Exception as exc:  # never let the bridge die: log the bug, keep retrying
-                log.exception("homeassistant: mqtt %s: unexpected error", self._address)
-                reason = f"{type(exc).__name__}: {exc}"
-            finally:
-                self.connected = False
-                self._client = None
-            if not down:
-                log.warning("homeassistant: mqtt %s: %s; retrying with backoff up to %.0f s",
-                            self._address, reason, BACKOFF_MAX)
-                down = True
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, BACKOFF_MAX)
+        await keep_connected(self, self._make_client, self._connected, self._serve,
+                             label=f"homeassistant: mqtt {self._address}",
+                             on_closed=self._closed)
+
+    def _closed(self) -> None:
+        self._client = None
 
     async def _connected(self, client: aiomqtt.Client) -> None:
         """Availability, discovery, then the command topic; every state is sent anew."""
+        self._client = client
         await client.publish(self.topics.status, ONLINE, qos=1, retain=True)
         # QoS 0 like the states: TCP delivers them, and after a broken link all are sent
         # again (QoS 1 waits for an ack each, about 7 times slower here).

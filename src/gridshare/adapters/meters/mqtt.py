@@ -16,9 +16,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import aiomqtt
@@ -87,6 +88,55 @@ def valid_filter(topic: str) -> bool:
     return True
 
 
+class Connection(Protocol):
+    connected: bool
+    connects: int
+
+
+async def keep_connected(owner: Connection, connect: Callable[[], aiomqtt.Client],
+                         prepare: Callable[[aiomqtt.Client], Awaitable[None]],
+                         serve: Callable[[aiomqtt.Client], Awaitable[None]], *, label: str,
+                         on_outage: Callable[[str], None] | None = None,
+                         on_closed: Callable[[], None] | None = None) -> None:
+    """Keep one MQTT connection up for as long as the task runs: connect, ``prepare`` it,
+    mark ``owner`` connected, ``serve`` until the link ends; then wait (capped exponential
+    backoff) and do it again. An outage is logged (and told to ``on_outage``) once, when it
+    begins, and its end once; nothing but cancellation stops the loop."""
+    backoff = BACKOFF_FIRST
+    down = False
+    while True:
+        try:
+            async with connect() as client:
+                await prepare(client)
+                owner.connected = True
+                owner.connects += 1
+                backoff = BACKOFF_FIRST
+                if down:
+                    log.info("%s: connected again", label)
+                    down = False
+                await serve(client)
+            reason = "connection closed"
+        except (aiomqtt.MqttError, SetupError) as exc:
+            reason = str(exc) or type(exc).__name__
+        except (OSError, ValueError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # never let the link die: log the bug, keep retrying
+            log.exception("%s: unexpected error", label)
+            reason = f"{type(exc).__name__}: {exc}"
+        finally:
+            owner.connected = False
+            if on_closed is not None:
+                on_closed()
+        if not down:
+            log.warning("%s: %s; retrying with backoff up to %.0f s", label, reason,
+                        BACKOFF_MAX)
+            down = True
+            if on_outage is not None:
+                on_outage(reason)
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, BACKOFF_MAX)
+
+
 class MqttLink:
     """Subscribes to ``topics`` and hands every message to ``on_message``; reconnects."""
 
@@ -120,37 +170,18 @@ class MqttLink:
 
     async def run(self) -> None:
         """Connect, subscribe, deliver; on any failure wait (capped backoff) and reconnect."""
-        backoff = BACKOFF_FIRST
-        down = False
-        while True:
-            try:
-                async with self._client() as client:
-                    for topic in self._topics:
-                        await client.subscribe(topic)
-                    self.connected = True
-                    self.connects += 1
-                    backoff = BACKOFF_FIRST
-                    if down:
-                        log.info("mqtt %s: connected again", self._address)
-                        down = False
-                    async for message in client.messages:
-                        self._deliver(message)
-                reason = "connection closed"
-            except (aiomqtt.MqttError, SetupError) as exc:
-                reason = str(exc) or type(exc).__name__
-            except (OSError, ValueError) as exc:
-                reason = f"{type(exc).__name__}: {exc}"
-            except Exception as exc:  # never let the link die: log the bug, keep retrying
-                log.exception("mqtt %s: unexpected error", self._address)
-                reason = f"{type(exc).__name__}: {exc}"
-            self.connected = False
-            if not down:
-                log.warning("mqtt %s: %s; retrying with backoff up to %.0f s",
-                            self._address, reason, BACKOFF_MAX)
-                down = True
-                self._on_outage(f"broker {self._address}: {reason}")
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, BACKOFF_MAX)
+        await keep_connected(self, self._client, self._subscribe, self._read,
+                             label=f"mqtt {self._address}",
+                             on_outage=lambda why: self._on_outage(
+                                 f"broker {self._address}: {why}"))
+
+    async def _subscribe(self, client: aiomqtt.Client) -> None:
+        for topic in self._topics:
+            await client.subscribe(topic)
+
+    async def _read(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            self._deliver(message)
 
     def _deliver(self, message: aiomqtt.Message) -> None:
         if message.retain:
