@@ -112,6 +112,16 @@ async def sim_worker(url: str, count: int, arrivals_per_s: float | None) -> None
     await site.stop()
 
 
+async def stop_sim_subprocess(proc: asyncio.subprocess.Process) -> None:
+    """Close the worker's stdin (its signal to stop) and wait up to 30 s, then kill it."""
+    if proc.stdin is not None:
+        proc.stdin.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), 30)
+        if proc.returncode is None:
+            proc.kill()
+
+
 async def start_sim_subprocess(url: str, count: int, arrivals_per_s: float | None = None,
                                ) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
     extra = [] if arrivals_per_s is None else ["--arrivals", str(arrivals_per_s)]
@@ -349,12 +359,8 @@ async def run(count: int, reps: int, in_process: bool) -> dict[str, Any]:
         }
         return result
     finally:
-        if proc is not None and proc.stdin is not None:
-            proc.stdin.close()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), 30)
-            if proc.returncode is None:
-                proc.kill()
+        if proc is not None:
+            await stop_sim_subprocess(proc)
         if local_site is not None:
             await local_site.stop()
         await app.stop()
@@ -447,12 +453,7 @@ async def run_arrivals(count: int, rate_per_s: float) -> dict[str, Any]:
     finally:
         follower.cancel()
         subscription.close()
-        if proc.stdin is not None:
-            proc.stdin.close()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), 30)
-            if proc.returncode is None:
-                proc.kill()
+        await stop_sim_subprocess(proc)
         await app.stop()
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import math
@@ -46,6 +45,7 @@ from bench_control import (  # the worker lives beside this script
     raise_fd_limit,
     site_yaml,
     start_sim_subprocess,
+    stop_sim_subprocess,
     wait_for,
 )
 
@@ -190,12 +190,8 @@ async def run(count: int, reps: int) -> dict[str, Any]:
             "page_errors": errors,
         }
     finally:
-        if proc is not None and proc.stdin is not None:
-            proc.stdin.close()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), 30)
-            if proc.returncode is None:
-                proc.kill()
+        if proc is not None:
+            await stop_sim_subprocess(proc)
         await app.stop()
 
 
