@@ -286,10 +286,9 @@ def test_the_unit_runs_gridshare_serve_as_its_own_user() -> None:
 
 
 def test_systemd_analyze_verifies_the_unit(tmp_path: Path) -> None:
-    """Where systemd-analyze is installed; elsewhere the configparser test above is all."""
+    """systemd's own checker on the shipped unit (scripts/setup installs it when missing)."""
     if shutil.which("systemd-analyze") is None:
-        assert _unit().has_section("Service")
-        return
+        pytest.fail("systemd-analyze is missing: install Debian's systemd package")
     # The unit names /opt/gridshare/bin/gridshare, which verify wants to exist: point it at
     # this checkout's entry point, and check nothing else.
     program = Path(sys.executable).parent / "gridshare"
