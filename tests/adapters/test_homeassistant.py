@@ -226,7 +226,9 @@ async def test_states_follow_changes(site: Site, listener: Listener) -> None:
     site.plug("h-1")
     await wait_until(lambda: site.offered("h-1") == 25.0, 15.0)
     # The charger's state topic says what the controller holds in force.
-    await wait_until(lambda: (listener.last_json(topic) or {}).get("setpoint") == 25.0)
+    # The status follows the car a moment after the setpoint (Preparing, then Charging).
+    await wait_until(lambda: (listener.last_json(topic) or {}).get("setpoint") == 25.0
+                     and (listener.last_json(topic) or {}).get("status") == "Charging")
     state = listener.last_json(topic)
     assert state["status"] == "Charging"
     assert state["online"] is True
