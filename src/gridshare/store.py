@@ -134,7 +134,23 @@ alarms = Table(
     Index("ix_alarms_at", "at"),
 )
 
-TABLES = {t.name: t for t in (events, sessions, meter_readings, setpoint_commands, alarms)}
+dr_events = Table(
+    "dr_events", metadata,
+    Column("signal_id", String(128), primary_key=True),
+    Column("zone_id", String(64), nullable=False),
+    Column("signal", Text, nullable=False),  # the signal's wire JSON (DrSignal.to_json)
+    Column("ended_at", DateTime(timezone=True)),  # a RESTORE ended it before its end_ts
+    Column("compliance", Text),  # the compliance record's JSON (None before it started)
+    # Station id -> kW drawn when the zone's curtailment began: the split is made from it,
+    # kept so that a restart curtails the same way.
+    Column("baseline", Text),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+TABLES = {t.name: t for t in (events, sessions, meter_readings, setpoint_commands, alarms,
+                              dr_events)}
+UPSERT_KEYS = {"dr_events": "signal_id"}
+"""Tables whose rows are written by key: the latest row for a key replaces the earlier."""
 
 
 class StoreError(ValueError):
@@ -314,6 +330,16 @@ class Store:
             "phase": record.phase, "load": record.load, "limit_value": record.limit,
             "message": record.message, "cleared": record.cleared})
 
+    def record_dr_event(self, row: dict[str, Any]) -> None:
+        """The latest state of one demand-response event (replaces the stored one): its
+        ``signal_id``, ``zone_id``, ``signal`` JSON text, ``ended_at``, ``compliance`` and
+        ``baseline`` JSON texts, and ``updated_at`` (the caller's clock; now if absent)."""
+        missing = {"signal_id", "zone_id", "signal"} - set(row)
+        if missing:
+            raise ValueError(f"dr event row: missing {', '.join(sorted(missing))}")
+        self._put(dr_events, {"ended_at": None, "compliance": None, "baseline": None,
+                              "updated_at": datetime.now(UTC), **row, "_upsert": True})
+
     # --- writing --------------------------------------------------------------------------
 
     async def flush(self) -> None:
@@ -351,9 +377,15 @@ class Store:
         assert self._engine is not None
         inserts: dict[str, list[dict[str, Any]]] = {}
         updates: list[dict[str, Any]] = []
+        upserts: dict[tuple[str, Any], dict[str, Any]] = {}
+        """(table, key) -> its latest row in the batch (earlier ones are superseded)."""
         for table, row in batch:
             if row.get("_update"):
                 updates.append(row)
+            elif row.get("_upsert"):
+                key = UPSERT_KEYS[table.name]
+                upserts[(table.name, row[key])] = {k: v for k, v in row.items()
+                                                   if k != "_upsert"}
             else:
                 inserts.setdefault(table.name, []).append(row)
         async with self._engine.begin() as conn:
@@ -367,6 +399,13 @@ class Store:
                            sessions.c.stopped_at.is_(None))
                     .values(stopped_at=row["stopped_at"], meter_stop_wh=row["meter_stop_wh"],
                             stop_reason=row["stop_reason"]))
+            for (name, _), row in upserts.items():
+                table = TABLES[name]
+                column = table.c[UPSERT_KEYS[name]]
+                done = await conn.execute(update(table).where(column == row[column.name])
+                                          .values(**row))
+                if done.rowcount == 0:
+                    await conn.execute(insert(table), [row])
 
     # --- reading (tests, the later API) ---------------------------------------------------
 
@@ -428,6 +467,16 @@ class Store:
         query = query.order_by(t.c.at.desc(), t.c.id.desc()).limit(limit)
         async with self._engine.connect() as conn:
             return [_aware(dict(r._mapping)) for r in await conn.execute(query)]
+
+
+    async def dr_events(self) -> list[dict[str, Any]]:
+        """Every stored demand-response event (latest state), oldest update first: what
+        the DR service loads at start so events survive a restart."""
+        assert self._engine is not None
+        t = dr_events
+        async with self._engine.connect() as conn:
+            result = await conn.execute(select(t).order_by(t.c.updated_at, t.c.signal_id))
+            return [_aware(dict(r._mapping)) for r in result]
 
 
 def _utc(value: datetime) -> datetime:
