@@ -153,6 +153,7 @@ class SimCharger:
         self._connected = False
         self._connected_event = asyncio.Event()
         self._dirty = True
+        self._ignore_profiles = False
         self._valid_until_ts = math.inf
         """Simulated UNIX time until which the offered currents stand (unless dirty)."""
         self._callbacks: list[SetpointCallback] = []
@@ -341,6 +342,17 @@ class SimCharger:
             if new_status is not None:
                 self.transactions.set_status(conn, new_status)
 
+    @property
+    def ignore_profiles(self) -> bool:
+        """A misbehaving station: it accepts every profile but offers its full rating to
+        a car that may charge (demand-response tests: the meters must catch it)."""
+        return self._ignore_profiles
+
+    @ignore_profiles.setter
+    def ignore_profiles(self, value: bool) -> None:
+        self._ignore_profiles = value
+        self.offer_changed()
+
     def offer_changed(self) -> None:
         """Something that decides the offered current changed: recompute now."""
         self._dirty = True
@@ -361,6 +373,8 @@ class SimCharger:
         for conn in self._conns:
             conn.phases_avail = offer.phases[conn.id]
             value = offer.offered_a[conn.id]
+            if self._ignore_profiles and conn.charging_allowed:
+                value = self.max_current_a
             if value != conn.offered_a:
                 conn.offer(value, now_ts)
                 self.log_event(f"setpoint c{conn.id} {value:.1f}A")
