@@ -1,0 +1,281 @@
+"""``POST /api/v1/dr/signals`` and ``GET /api/v1/dr/events``: the issue's status codes,
+bodies and problem details, never half-applied.
+
+The routes are served by a FastAPI app with the API's own error handling and auth, in front
+of a small DR service built on the real core event book (:class:`FakeDr`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+from openapi_spec_validator import validate
+
+from gridshare.api.auth import Auth
+from gridshare.api.dr import DrEventOut, create_router
+from gridshare.api.problems import PROBLEM_JSON, install
+from gridshare.clock import FakeClock
+from gridshare.core.dr.book import DrEvent, EventBook, Submitted
+from gridshare.core.dr.signals import DrSignal
+
+TOKEN = "dr-api-token-3e9a"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+T0 = datetime(2026, 11, 30, 16, 0, tzinfo=UTC)
+
+
+class FakeDr:
+    """The DR service's interface on the real event book (no controller behind it)."""
+
+    def __init__(self, zones: tuple[str, ...], clock: FakeClock) -> None:
+        self.zones = zones
+        self.clock = clock
+        self.book = EventBook()
+        self.submitted: list[DrSignal] = []
+        self._alerts: list[dict[str, Any]] = []
+        self._listeners: list[Callable[[dict[str, Any]], None]] = []
+
+    def submit(self, signal: DrSignal) -> tuple[Submitted, DrEvent]:
+        self.submitted.append(signal)
+        return self.book.submit(signal, self.clock.now())
+
+    def events(self, zone: str | None = None) -> list[DrEvent]:
+        return self.book.events(zone)
+
+    def event_json(self, event: DrEvent) -> dict[str, Any]:
+        return {**event.signal.to_json(), "source": event.signal.source,
+                "state": event.state(self.clock.now()).value,
+                "target_kw": event.signal.target_reduction_kw,
+                "compliance": {"signal_id": event.signal.signal_id, "verdict": "pending"}}
+
+    def alerts(self) -> list[dict[str, Any]]:
+        return list(self._alerts)
+
+    def on_alert(self, callback: Callable[[dict[str, Any]], None]) -> None:
+        self._listeners.append(callback)
+
+    def alert(self, alert: dict[str, Any]) -> None:
+        self._alerts.append(alert)
+        for callback in self._listeners:
+            callback(alert)
+
+
+def signal(**changes: Any) -> dict[str, Any]:
+    body = {"signal_id": "grid-017", "zone_id": "Z1", "signal_type": "CURTAIL",
+            "target_reduction_kw": 90, "start_ts": "2026-11-30T17:00:00Z",
+            "end_ts": "2026-11-30T18:00:00Z", "priority": 2,
+            "received_ts": "2026-11-30T16:00:00Z"}
+    body.update(changes)
+    return {k: v for k, v in body.items() if v is not ...}
+
+
+def dr_api(dr: FakeDr | None, clock: FakeClock, tokens: tuple[str, ...] = (TOKEN,)) -> FastAPI:
+    api = FastAPI()
+    install(api)
+    auth = Auth(tokens)
+
+    def read(request: Request) -> None:
+        auth.require_read(request)
+
+    def write(request: Request) -> None:
+        auth.require_write(request)
+
+    api.include_router(create_router(lambda: dr, clock, write, read))
+    return api
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(T0)
+
+
+@pytest.fixture
+def dr(clock: FakeClock) -> FakeDr:
+    return FakeDr(("Z1", "Z2"), clock)
+
+
+@pytest.fixture
+async def client(dr: FakeDr, clock: FakeClock) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=dr_api(dr, clock))
+    async with httpx.AsyncClient(transport=transport, base_url="http://dr") as c:
+        yield c
+
+
+async def post(client: httpx.AsyncClient, body: Any) -> httpx.Response:
+    return await client.post("/api/v1/dr/signals", headers=AUTH,
+                             content=body if isinstance(body, bytes) else json.dumps(body))
+
+
+async def test_a_new_signal_is_stored_and_answered_201_with_the_event(
+        client: httpx.AsyncClient, dr: FakeDr) -> None:
+    got = await post(client, signal())
+    assert got.status_code == 201, got.text
+    event = got.json()
+    DrEventOut.model_validate(event)
+    assert event["id"] == event["signal_id"] == "grid-017"
+    assert event["state"] == "scheduled"
+    assert event["target_reduction_kw"] == 90
+    assert event["start_ts"] == "2026-11-30T17:00:00Z"
+    assert event["source"] == "rest"
+    listed = (await client.get("/api/v1/dr/events")).json()["events"]
+    assert listed == [event]
+
+
+async def test_an_identical_redelivery_is_200_and_changes_nothing(
+        client: httpx.AsyncClient, dr: FakeDr, clock: FakeClock) -> None:
+    first = await post(client, signal())
+    clock.advance(5)
+    again = await post(client, signal(received_ts="2026-11-30T16:00:05Z"))
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json() == first.json()
+    assert len(dr.book) == 1
+
+
+async def test_the_same_id_with_other_content_is_409_and_the_stored_event_stays(
+        client: httpx.AsyncClient, dr: FakeDr) -> None:
+    first = await post(client, signal())
+    got = await post(client, signal(target_reduction_kw=120))
+    assert got.status_code == 409
+    assert got.headers["content-type"] == PROBLEM_JSON
+    problem = got.json()
+    assert problem["type"] == "urn:gridshare:problem:signal-conflict"
+    assert "grid-017" in problem["detail"] and "target_reduction_kw" in problem["detail"]
+    listed = (await client.get("/api/v1/dr/events")).json()["events"]
+    assert listed == [first.json()]
+
+
+@pytest.mark.parametrize(("body", "field", "words"), [
+    (signal(zone_id="Z9"), "zone_id", "unknown zone 'Z9'"),
+    (signal(end_ts="2026-11-30T16:30:00Z"), "end_ts", "must be after start_ts"),
+    (signal(target_reduction_kw=-5), "target_reduction_kw", "must not be negative"),
+    (signal(target_reduction_kw="90"), "target_reduction_kw", "expected a number"),
+    (signal(signal_type="DIM"), "signal_type", "unknown signal_type 'DIM'"),
+    (signal(priority=4), "priority", "must be 1 (emergency), 2 (economic) or 3"),
+    (signal(start_ts="2026-11-30T17:00:00"), "start_ts", "needs a UTC offset"),
+    (signal(zone_id=...), "zone_id", "missing"),
+    (signal(colour="red"), "colour", "unknown field"),
+], ids=["unknown-zone", "end-before-start", "negative-target", "target-text",
+        "unknown-type", "priority-4", "naive-time", "missing-zone", "unknown-field"])
+async def test_an_invalid_signal_is_422_naming_the_field_and_nothing_is_stored(
+        client: httpx.AsyncClient, dr: FakeDr, body: dict[str, Any], field: str,
+        words: str) -> None:
+    got = await post(client, body)
+    assert got.status_code == 422, got.text
+    assert got.headers["content-type"] == PROBLEM_JSON
+    problem = got.json()
+    assert problem["type"] == "urn:gridshare:problem:validation-error"
+    assert problem["detail"].startswith(f"body.{field}: ")
+    assert words in problem["detail"]
+    assert problem["errors"][0]["loc"] == ["body", field]
+    assert len(dr.book) == 0
+    assert (await client.get("/api/v1/dr/events")).json() == {"events": []}
+
+
+@pytest.mark.parametrize(("raw", "words"), [
+    (b"{not json", "not valid JSON"),
+    (b"[1, 2]", "expected a JSON object"),
+    (b"\xff\xfe", "not valid JSON"),
+])
+async def test_a_body_that_is_no_signal_object_is_422(client: httpx.AsyncClient, dr: FakeDr,
+                                                      raw: bytes, words: str) -> None:
+    got = await post(client, raw)
+    assert got.status_code == 422
+    assert words in got.json()["detail"]
+    assert got.json()["errors"][0]["loc"] == ["body"]
+    assert len(dr.book) == 0
+
+
+async def test_a_huge_body_is_refused_before_it_is_parsed(client: httpx.AsyncClient,
+                                                          dr: FakeDr) -> None:
+    got = await post(client, signal(signal_id="x" * 100_000))
+    assert got.status_code == 413
+    assert len(dr.book) == 0
+
+
+async def test_state_follows_the_clock(client: httpx.AsyncClient, clock: FakeClock) -> None:
+    await post(client, signal())
+    states = []
+    for at in (T0, T0.replace(hour=17), T0.replace(hour=18)):
+        clock.set(at)
+        states.append((await client.get("/api/v1/dr/events")).json()["events"][0]["state"])
+    assert states == ["scheduled", "active", "ended"]
+
+
+async def test_events_filter_by_zone_and_an_unknown_zone_is_404(
+        client: httpx.AsyncClient) -> None:
+    await post(client, signal())
+    await post(client, signal(signal_id="grid-018", zone_id="Z2", signal_type="SHED"))
+    z2 = (await client.get("/api/v1/dr/events", params={"zone": "Z2"})).json()["events"]
+    assert [e["signal_id"] for e in z2] == ["grid-018"]
+    assert z2[0]["signal_type"] == "SHED"
+    unknown = await client.get("/api/v1/dr/events", params={"zone": "Z9"})
+    assert unknown.status_code == 404
+    assert unknown.json()["type"] == "urn:gridshare:problem:unknown-zone"
+
+
+async def test_a_restore_ends_the_zones_event_at_its_start(client: httpx.AsyncClient,
+                                                           clock: FakeClock) -> None:
+    await post(client, signal())
+    restore = signal(signal_id="grid-019", signal_type="RESTORE", target_reduction_kw=0,
+                     start_ts="2026-11-30T17:20:00Z", end_ts="2026-11-30T17:21:00Z")
+    assert (await post(client, restore)).status_code == 201
+    clock.set(datetime(2026, 11, 30, 17, 30, tzinfo=UTC))
+    events = {e["signal_id"]: e for e in
+              (await client.get("/api/v1/dr/events")).json()["events"]}
+    assert events["grid-017"]["state"] == "ended"
+
+
+async def test_changes_need_a_token(dr: FakeDr, clock: FakeClock) -> None:
+    transport = httpx.ASGITransport(app=dr_api(dr, clock))
+    async with httpx.AsyncClient(transport=transport, base_url="http://dr") as c:
+        missing = await c.post("/api/v1/dr/signals", json=signal())
+        wrong = await c.post("/api/v1/dr/signals", json=signal(),
+                             headers={"Authorization": "Bearer nope"})
+    none = dr_api(dr, clock, tokens=())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=none),
+                                 base_url="http://dr") as c:
+        unconfigured = await c.post("/api/v1/dr/signals", json=signal(), headers=AUTH)
+    assert (missing.status_code, wrong.status_code, unconfigured.status_code) == (401, 401, 403)
+    assert len(dr.book) == 0
+
+
+async def test_a_site_without_zones_refuses_signals_and_lists_none(clock: FakeClock) -> None:
+    transport = httpx.ASGITransport(app=dr_api(None, clock))
+    async with httpx.AsyncClient(transport=transport, base_url="http://dr") as c:
+        got = await c.post("/api/v1/dr/signals", json=signal(), headers=AUTH)
+        listed = await c.get("/api/v1/dr/events")
+    assert got.status_code == 422
+    assert "declares no zones" in got.json()["detail"]
+    assert listed.json() == {"events": []}
+
+
+async def test_alerts_are_listed(client: httpx.AsyncClient, dr: FakeDr) -> None:
+    dr.alert({"kind": "dr-not-met", "signal_id": "grid-017", "message": "short by 12 kW"})
+    got = (await client.get("/api/v1/dr/alerts")).json()
+    assert got == {"alerts": [{"kind": "dr-not-met", "signal_id": "grid-017",
+                               "message": "short by 12 kW"}]}
+
+
+async def test_the_routes_are_in_a_valid_openapi_document(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    validate(spec)
+    post_op = spec["paths"]["/api/v1/dr/signals"]["post"]
+    body = post_op["requestBody"]["content"]["application/json"]["schema"]
+    assert set(body["required"]) == {"signal_id", "zone_id", "signal_type",
+                                     "target_reduction_kw", "start_ts", "end_ts", "priority"}
+    assert {"200", "201", "409", "422"} <= set(post_op["responses"])
+    assert "/api/v1/dr/events" in spec["paths"]
+
+
+async def test_a_signal_starting_now_is_active_at_once(client: httpx.AsyncClient,
+                                                       clock: FakeClock) -> None:
+    start = clock.now()
+    got = await post(client, signal(start_ts=start.isoformat(),
+                                    end_ts=(start + timedelta(minutes=30)).isoformat()))
+    assert got.status_code == 201
+    assert got.json()["state"] == "active"
