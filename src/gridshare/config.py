@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from gridshare.core.dr.curtail import CurtailPolicy
 from gridshare.core.topology import (
     Charger,
     Connector,
@@ -28,6 +29,7 @@ from gridshare.core.topology import (
     Phase,
     Policy,
     Topology,
+    Zone,
 )
 
 Loc = tuple[str | int, ...]
@@ -35,6 +37,7 @@ _ID_PATTERN = r"^[A-Za-z0-9_.:\-]+$"
 Id = Annotated[str, Field(min_length=1, max_length=64, pattern=_ID_PATTERN)]
 Amps = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 PositiveAmps = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+PositiveKw = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +215,12 @@ class ChargerSpec(_Strict):
     password_hash: str | None = None
     """For security profiles 1 and 2: ``gridshare hash-password`` prints one; the plain
     password is never written down."""
+    zone: Id | None = None
+    """The demand-response zone (declared under ``zones:``) the station is in."""
+    max_station_kw: PositiveKw | None = None
+    """The most the whole station may draw (kW): demand response never splits above it."""
+    contract_max_kw: PositiveKw | None = None
+    """The grid contract's kW ceiling for the station: drawing above it raises an alert."""
 
     @model_validator(mode="after")
     def _consistent(self) -> ChargerSpec:
@@ -362,6 +371,26 @@ class MeterSpec(_Strict):
         return self
 
 
+class ZoneSpec(_Strict):
+    """A demand-response zone: the stations one utility signal addresses."""
+
+    id: Id
+    capacity_kw: PositiveKw | None = None
+
+
+class DemandResponseSpec(_Strict):
+    """How demand-response events are carried out (every field has a default)."""
+
+    policy: CurtailPolicy = CurtailPolicy.PROPORTIONAL
+    """How a zone's reduction is split: proportional (each its share of the zone's load)
+    or priority (lowest priority stations first)."""
+    confirm_within: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = 30.0
+    """Seconds for the meters to confirm a reduction before more is shed and an alert
+    raised."""
+    tolerance_kw: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.5
+    """A reduction this close to the target counts as met (meter accuracy)."""
+
+
 class ApiSpec(_Strict):
     """The REST API of ``gridshare serve`` (tokens come from the command line)."""
 
@@ -382,6 +411,7 @@ class _SiteHead(_Strict):
     ocpp: OcppSpec = OcppSpec()
     mqtt: MqttSpec | None = None
     api: ApiSpec = ApiSpec()
+    demand_response: DemandResponseSpec = DemandResponseSpec()
 
 
 class SiteSpec(_SiteHead):
@@ -391,9 +421,10 @@ class SiteSpec(_SiteHead):
     groups: Annotated[list[GroupSpec], Field(min_length=1, fail_fast=True)]
     chargers: Annotated[list[ChargerSpec], Field(fail_fast=True)] = []
     meters: Annotated[list[MeterSpec], Field(fail_fast=True)] = []
+    zones: Annotated[list[ZoneSpec], Field(fail_fast=True)] = []
 
 
-_LISTS = ("groups", "chargers", "meters")
+_LISTS = ("groups", "chargers", "meters", "zones")
 
 
 # --- YAML: parsed once, line numbers only when a problem needs them ---------------------
@@ -725,6 +756,8 @@ class SiteConfig:
     meters: tuple[MeterSpec, ...] = ()
     mqtt: MqttSpec | None = None
     api: ApiSpec = field(default_factory=ApiSpec)
+    demand_response: DemandResponseSpec = field(default_factory=DemandResponseSpec)
+    """Demand-response settings (used when the site declares ``zones:``)."""
 
 
 def parse_site(text: str, source: str = "<string>") -> Topology:
@@ -770,7 +803,7 @@ def _parse_site_config(text: str, source: str) -> SiteConfig:
     assert spec is not None
     return SiteConfig(_build(spec), spec.ocpp,
                       {c.id: c.password_hash for c in spec.chargers if c.password_hash},
-                      tuple(spec.meters), spec.mqtt, spec.api)
+                      tuple(spec.meters), spec.mqtt, spec.api, spec.demand_response)
 
 
 def _clean_loc(loc: tuple[Any, ...]) -> Loc:
@@ -873,6 +906,8 @@ class _ChargerEntry:
     spec: ChargerSpec | None
     phases: int | None
     phase: str | None
+    zone: str | None = None
+    """As written, for an entry that failed validation (a valid one's is ``spec.zone``)."""
 
 
 @dataclass(slots=True)
@@ -881,6 +916,7 @@ class _Site:
     groups: list[_GroupEntry] = field(default_factory=list)
     chargers: list[_ChargerEntry] = field(default_factory=list)
     meters: list[tuple[str | None, Loc, MeterSpec | None]] = field(default_factory=list)
+    zones: list[tuple[str | None, Loc]] = field(default_factory=list)
     mqtt_declared: bool = False
 
 
@@ -911,6 +947,7 @@ def _check_site(data: dict[str, Any], problems: ProblemList) -> SiteSpec | None:
     site.chargers = [_ChargerEntry(c.id, ("chargers", i), c, c.phases, c.phase)
                      for i, c in enumerate(whole.chargers)]
     site.meters = [(m.id, ("meters", i), m) for i, m in enumerate(whole.meters)]
+    site.zones = [(z.id, ("zones", i)) for i, z in enumerate(whole.zones)]
     _cross_check(site, problems)
     return None if problems.count else whole
 
@@ -938,7 +975,8 @@ def _check_site_entries(data: dict[str, Any], problems: ProblemList) -> SiteSpec
             site.chargers.append(_ChargerEntry(
                 _raw_id(item.get("id")), loc, None,
                 phases if phases in (1, 3) and not isinstance(phases, bool) else None,
-                item.get("phase") if item.get("phase") in ("L1", "L2", "L3") else None))
+                item.get("phase") if item.get("phase") in ("L1", "L2", "L3") else None,
+                _raw_id(item.get("zone"))))
     meters: list[MeterSpec] = []
     for i, item in enumerate(_list_of(data, "meters", problems)):
         loc = ("meters", i)
@@ -948,11 +986,20 @@ def _check_site_entries(data: dict[str, Any], problems: ProblemList) -> SiteSpec
             site.meters.append((meter.id, loc, meter))
         elif isinstance(item, dict):
             site.meters.append((_raw_id(item.get("id")), loc, None))
+    zones: list[ZoneSpec] = []
+    for i, item in enumerate(_list_of(data, "zones", problems)):
+        loc = ("zones", i)
+        zone = _validated(ZoneSpec, item, loc, problems)
+        if zone is not None:
+            zones.append(zone)
+            site.zones.append((zone.id, loc))
+        elif isinstance(item, dict):
+            site.zones.append((_raw_id(item.get("id")), loc))
     _cross_check(site, problems)
     if problems.count or head is None:
         return None
     return SiteSpec.model_construct(**dict(head), groups=groups, chargers=chargers,
-                                    meters=meters)
+                                    meters=meters, zones=zones)
 
 
 def _group_entries(raw: list[Any], loc: Loc, nested_parent: str | None,
@@ -1093,6 +1140,7 @@ def _cross_check(site: _Site, problems: ProblemList) -> None:
     for g in groups.values():
         if g.meter is not None and g.meter not in meters:
             bad((*g.loc, "meter"), f"unknown meter {shown(g.meter)} (declare it under meters:)")
+    _check_zones(site, chargers, problems)
     head = site.head
     if head is not None and head.ocpp.security_profile in (1, 2) \
             and not head.ocpp.allow_auto_register:
@@ -1101,6 +1149,27 @@ def _cross_check(site: _Site, problems: ProblemList) -> None:
                 bad((*c.loc, "id"),
                     f"security_profile {head.ocpp.security_profile} needs a password_hash "
                     f"for {c.id!r} (gridshare hash-password)")
+
+
+def _check_zones(site: _Site, chargers: dict[str, _ChargerEntry],
+                 problems: ProblemList) -> None:
+    """Duplicate zone ids, and chargers naming a zone that is not declared (a zone that
+    failed validation for another reason still counts as declared)."""
+    zones: dict[str, Loc] = {}
+    for zid, loc in site.zones:
+        if zid is None:
+            continue
+        if zid in zones:
+            problems.add((*loc, "id"), f"duplicate zone id {zid!r} (first at "
+                                       f"{_fmt(zones[zid])})")
+        else:
+            zones[zid] = loc
+    for c in chargers.values():
+        zone = c.spec.zone if c.spec is not None else c.zone
+        if zone is not None and zone not in zones:
+            known = ", ".join(sorted(zones)) if zones else "none declared"
+            problems.add((*c.loc, "zone"), f"unknown zone {shown(zone)} (declare it under "
+                                           f"zones:; zones: {known})")
 
 
 def _check_wiring(groups: dict[str, _GroupEntry], chargers: dict[str, _ChargerEntry],
@@ -1206,11 +1275,13 @@ def _build(spec: SiteSpec) -> Topology:
             id=cid, phases=phases, phase=Phase[c.phase] if c.phase else None,
             max_current=max_a, min_current=c.min_current,
             failsafe_current=c.failsafe_current, priority=c.priority, connectors=conns,
-            max_power_kw=max_power, group=charger_group[cid])
+            max_power_kw=max_power, group=charger_group[cid], zone=c.zone,
+            max_station_kw=c.max_station_kw, contract_max_kw=c.contract_max_kw)
     roots = tuple(g.id for g, _, _ in flat if parents[g.id] is None)
+    zones = {z.id: Zone(z.id, z.capacity_kw) for z in spec.zones}
     return Topology(site=spec.site, voltage=spec.voltage, policy=spec.policy, groups=groups,
                     chargers=chargers, roots=roots, rotation_interval_s=spec.rotation_interval,
-                    resolution_a=spec.resolution)
+                    resolution_a=spec.resolution, zones=zones)
 
 
 def _connectors(c: ChargerSpec, max_a: float, voltage: float) -> tuple[Connector, ...]:

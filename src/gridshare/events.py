@@ -6,9 +6,12 @@ controller folds them into site state and re-allocates. Times are timezone-aware
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+
+from gridshare.core.topology import ConnectorKey
 
 
 class ConnectorStatus(StrEnum):
@@ -147,6 +150,20 @@ class LimitChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class ConnectorCapsChanged:
+    """Per-connector caps from one source (demand response), in A per phase.
+
+    ``caps`` is the whole set from ``source``: a connector absent from it has no cap from
+    that source, and an empty mapping clears them all. Every source's cap applies: the
+    tightest wins, below the EV's own maximum; a cap below a connector's minimum pauses it.
+    """
+
+    at: datetime
+    source: str
+    caps: Mapping[ConnectorKey, float]
+
+
+@dataclass(frozen=True, slots=True)
 class PriorityChanged:
     """A run-time priority for a charger (an operator's), in place of the site file's
     until changed again; ``priority`` None restores the configured one."""
@@ -168,7 +185,7 @@ class ProfileRejected:
 Event = (
     ChargerBooted | ChargerOnline | ChargerOffline | StatusChanged | SessionStarted
     | SessionStopped | ChargingNeeds | MeterReading | GroupMeterReading | MeterSample
-    | LimitChanged | PriorityChanged | ProfileRejected
+    | LimitChanged | ConnectorCapsChanged | PriorityChanged | ProfileRejected
 )
 
 

@@ -53,6 +53,7 @@ from gridshare.events import (
     ChargerOffline,
     ChargerOnline,
     ChargingNeeds,
+    ConnectorCapsChanged,
     ConnectorStatus,
     Event,
     EventCounters,
@@ -267,6 +268,10 @@ class SiteState:
         self._limits: dict[tuple[str, str], _ExtraLimit] = {}
         self._priorities: dict[str, int] = {}
         """Charger id -> run-time priority (an operator's), in place of the site file's."""
+        self._caps_by_source: dict[str, dict[ConnectorKey, float]] = {}
+        """Source -> its per-connector caps (A per phase), the whole set it last sent."""
+        self._caps: dict[ConnectorKey, float] = {}
+        """Connector -> the tightest cap of every source (absent: no cap)."""
         self._cache = _Cache()
         self._subtrees = {gid: tuple(topology.subtree_chargers(gid)) for gid in topology.groups}
         self._metered_by: dict[str, tuple[str, ...]] = {}
@@ -312,6 +317,8 @@ class SiteState:
         if isinstance(event, PriorityChanged):
             # Not a sign of life from the charger: it comes from an operator.
             return self.set_priority(event.charger, event.priority)
+        if isinstance(event, ConnectorCapsChanged):
+            return self._set_caps(event)
         charger = self._chargers.get(event.charger)
         if charger is None:
             self.counters.reject("unknown charger")
@@ -536,6 +543,49 @@ class SiteState:
         if after[0] < before[0] or after[1] < before[1]:
             return Impact.URGENT
         return Impact.CHANGED if after != before else Impact.NONE
+
+    def _set_caps(self, event: ConnectorCapsChanged) -> Impact:
+        """Replace one source's caps; whole or not at all (an unknown connector or a value
+        that is not a finite number >= 0 refuses the event, counted). URGENT when a
+        charging connector's cap fell (a decrease), CHANGED when one rose or cleared."""
+        caps: dict[ConnectorKey, float] = {}
+        for key, value in event.caps.items():
+            if key not in self._connectors:
+                self.counters.reject("unknown connector")
+                return Impact.NONE
+            if isinstance(value, bool) or not isinstance(value, int | float) or \
+                    not math.isfinite(value) or value < 0:
+                self.counters.reject("bad cap")
+                return Impact.NONE
+            caps[key] = float(value)
+        before = self._caps
+        if caps:
+            self._caps_by_source[event.source] = caps
+        else:
+            self._caps_by_source.pop(event.source, None)
+        after: dict[ConnectorKey, float] = {}
+        for source_caps in self._caps_by_source.values():
+            for key, value in source_caps.items():
+                found = after.get(key)
+                after[key] = value if found is None else min(found, value)
+        self._caps = after
+        impact = Impact.NONE
+        for key in before.keys() | after.keys():
+            old, new = before.get(key, math.inf), after.get(key, math.inf)
+            if old == new or not self._connectors[key].active:
+                continue
+            if new < old:
+                return Impact.URGENT
+            impact = Impact.CHANGED
+        return impact
+
+    def caps_of(self, key: ConnectorKey) -> float | None:
+        """The tightest run-time cap on a connector (A per phase), or None: no cap."""
+        return self._caps.get(key)
+
+    def cap_sources(self, key: ConnectorKey) -> dict[str, float]:
+        """Every source's cap on a connector: source -> A per phase."""
+        return {src: caps[key] for src, caps in self._caps_by_source.items() if key in caps}
 
     def set_priority(self, charger_id: str, priority: int | None) -> Impact:
         """A run-time priority for a charger (None: the site file's again); the priority
@@ -852,14 +902,21 @@ class SiteState:
         changed: the allocator re-reads only connectors whose demand object is new."""
         # An operator's priority for the charger wins over a session's.
         priority = self._priorities.get(key[0], conn.priority)
+        cap = self._caps.get(key)
         fields = (online, conn.active, conn.ev_max_current_a, priority, conn.arrival,
-                  conn.energy_needed_kwh, conn.departure)
+                  conn.energy_needed_kwh, conn.departure, cap)
         cached = self._demands.get(key)
         if cached is not None and cached[0] == fields:
             return cached[1]
         if online:
+            most = conn.ev_max_current_a
+            if cap is not None:
+                # A cap below the minimum cannot be obeyed while charging: it pauses.
+                if cap < self.topology.connector(key).min_current:
+                    cap = 0.0
+                most = cap if most is None else min(most, cap)
             demand = ConnectorDemand(
-                key[0], key[1], active=True, max_current=conn.ev_max_current_a,
+                key[0], key[1], active=True, max_current=most,
                 priority=priority, arrival=conn.arrival,
                 energy_needed_kwh=conn.energy_needed_kwh, departure=conn.departure)
         else:

@@ -83,6 +83,12 @@ class Charger:
     """Set for chargers configured in kW (typically DC); also capped in A via max_current."""
     group: str = ""
     """Id of the innermost load group that holds this charger."""
+    zone: str | None = None
+    """Demand-response zone (a utility's grid area) the station is in, if any."""
+    max_station_kw: float | None = None
+    """The most the whole station may draw in kW (a DC cabinet's rating), if known."""
+    contract_max_kw: float | None = None
+    """The draw above which the station breaks its grid contract (an alert, not a limit)."""
 
     def loads(self, phase: Phase) -> bool:
         """Whether current drawn by this charger flows on ``phase``."""
@@ -114,6 +120,15 @@ class Group:
 
 
 @dataclass(frozen=True, slots=True)
+class Zone:
+    """A demand-response zone: the stations one utility signal addresses together."""
+
+    id: str
+    capacity_kw: float | None = None
+    """The zone's connection capacity, for utilisation figures (None: not declared)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Topology:
     site: str
     voltage: float
@@ -126,6 +141,8 @@ class Topology:
     """How long a set of paused cars stays paused before the pause rotates."""
     resolution_a: float = 0.1
     """Setpoints are multiples of this (OCPP 1.6 allows one decimal)."""
+    zones: Mapping[str, Zone] = field(default_factory=dict)
+    """Demand-response zones by id (empty: the site takes no DR signals)."""
     _ancestors: Mapping[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
     _cache: dict[str, object] = field(default_factory=dict, repr=False, compare=False,
                                       hash=False)
@@ -175,5 +192,15 @@ class Topology:
             stack.extend(g.groups)
         return out
 
+    def zone_chargers(self, zone_id: str) -> list[str]:
+        """The chargers (stations) a zone's signals address, in file order."""
+        return [cid for cid, c in self.chargers.items() if c.zone == zone_id]
+
     def effective_policy(self, group_id: str) -> Policy:
         return self.groups[group_id].policy
+
+
+def station_kw_to_amps(charger: Charger, kw: float, voltage: float) -> float:
+    """A per phase that make ``kw`` on this charger at ``voltage`` (phase-to-neutral):
+    the unit setpoints and caps are sent in, from the kW a DR split speaks in."""
+    return kw * 1000.0 / (voltage * charger.phases)
