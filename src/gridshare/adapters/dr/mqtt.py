@@ -1,0 +1,196 @@
+"""Demand-response signals over MQTT, and DR alerts back out, on the site's ``mqtt:`` broker.
+
+Topics (``<site>`` is the site file's ``site:``):
+
+- ``gridshare/<site>/dr/signals`` (subscribed, QoS 1): one signal per message, the same JSON
+  as ``POST /api/v1/dr/signals``. It is validated and stored exactly as over REST
+  (:func:`gridshare.adapters.dr.submit_json`); a redelivery (same id, same content) is
+  idempotent. A retained signal the broker replays on subscribing is taken like any other:
+  it is idempotent, and an event already over is stored as ended.
+- ``gridshare/<site>/dr/signals/rejected`` (published, QoS 1): ``{"signal_id", "reason"}``
+  for every signal refused (``signal_id`` null when the message had none readable); the
+  refusal is also logged with the reason and counted (:attr:`DrMqtt.rejected`).
+- ``gridshare/<site>/dr/alerts`` (published, QoS 1): every alert of the DR service
+  (:meth:`DrService.on_alert`), as JSON. Alerts raised while the broker is away wait in a
+  bounded queue (the oldest dropped first, counted) and go out on reconnection.
+
+One connection of its own (client id ``<client_id>-dr``), kept up by the meters' loop
+(:func:`gridshare.adapters.meters.mqtt.keep_connected`): capped backoff, one log line per
+outage, never raises because the broker is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+from typing import Any
+
+import aiomqtt
+
+from gridshare.adapters.dr import DrInput, submit_json
+from gridshare.adapters.meters.mqtt import (
+    CONNECT_TIMEOUT,
+    BrokerAddress,
+    keep_connected,
+    read_password,
+    tls_context,
+)
+from gridshare.clock import Clock
+from gridshare.config import MqttSpec
+from gridshare.core.dr.book import SignalConflict, Submitted
+from gridshare.core.dr.signals import SignalInvalid
+
+log = logging.getLogger("gridshare.dr.mqtt")
+
+MAX_PAYLOAD = 64 * 1024
+"""Bytes: a signal is a few hundred; a larger message is refused unread."""
+OUTBOX_MAX = 256
+"""Rejections and alerts waiting for the broker; beyond it the oldest are dropped."""
+
+
+def topics(site: str) -> tuple[str, str, str]:
+    """The signals, rejected and alerts topics of ``site``."""
+    base = f"gridshare/{site}/dr"
+    return f"{base}/signals", f"{base}/signals/rejected", f"{base}/alerts"
+
+
+class DrMqtt:
+    """Takes DR signals from the broker into ``dr`` and publishes its alerts."""
+
+    def __init__(self, spec: MqttSpec, site: str, dr: DrInput, clock: Clock) -> None:
+        self._spec = spec
+        self._address = BrokerAddress.parse(spec.url)
+        self.signals_topic, self.rejected_topic, self.alerts_topic = topics(site)
+        self._dr = dr
+        self._clock = clock
+        self._outbox: deque[tuple[str, str]] = deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.connected = False
+        self.connects = 0
+        self.received = 0
+        """Messages on the signals topic."""
+        self.accepted = 0
+        """New signals stored."""
+        self.redelivered = 0
+        """Identical redeliveries (nothing changed)."""
+        self.rejected = 0
+        """Signals refused (invalid or conflicting)."""
+        self.dropped = 0
+        """Rejections and alerts dropped because the outbox was full."""
+        dr.on_alert(self.alert)
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect in the background; never raises because the broker is down."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="dr-mqtt")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    def _client(self) -> aiomqtt.Client:
+        password = (read_password(self._spec.password_file)
+                    if self._spec.password_file is not None else None)
+        context = tls_context(self._spec.cafile) if self._address.tls else None
+        # Never the meters' client id: the broker would drop one of the two connections.
+        identifier = f"{self._spec.client_id}-dr" if self._spec.client_id is not None else None
+        return aiomqtt.Client(
+            self._address.host, self._address.port, username=self._spec.username,
+            password=password, identifier=identifier, tls_context=context,
+            timeout=CONNECT_TIMEOUT, keepalive=30, logger=log.getChild("client"))
+
+    async def _run(self) -> None:
+        await keep_connected(self, self._client, self._subscribe, self._serve,
+                             label=f"dr: mqtt {self._address}")
+
+    async def _subscribe(self, client: aiomqtt.Client) -> None:
+        await client.subscribe(self.signals_topic, qos=1)
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        """Read signals while sending the outbox; return or raise when the link ends."""
+        reader = asyncio.create_task(self._read(client), name="dr-mqtt-signals")
+        try:
+            while not reader.done():
+                while self._outbox:
+                    topic, payload = self._outbox[0]
+                    await client.publish(topic, payload, qos=1)
+                    self._outbox.popleft()  # only once sent: a broken link keeps it
+                self._wake.clear()
+                waiter = asyncio.ensure_future(self._wake.wait())
+                try:
+                    await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+            reader.result()
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await reader
+
+    async def _read(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            payload = message.payload
+            data = payload if isinstance(payload, bytes | bytearray) else (
+                str(payload).encode() if payload is not None else b"")
+            try:
+                self.handle(bytes(data))
+            except Exception:  # a bug must not take the broker link down
+                log.exception("dr: handling a signal on %s failed", self.signals_topic)
+
+    # --- signals in, rejections and alerts out -----------------------------------------------
+
+    def handle(self, payload: bytes) -> None:
+        """One message of the signals topic: stored, or refused with a reason."""
+        self.received += 1
+        data: Any = None
+        try:
+            if len(payload) > MAX_PAYLOAD:
+                raise SignalInvalid(None, f"message of {len(payload)} bytes, above the limit "
+                                          f"of {MAX_PAYLOAD}")
+            try:
+                data = json.loads(payload)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise SignalInvalid(None, f"not valid JSON: {exc}") from None
+            outcome, event = submit_json(self._dr, data, now=self._clock.now(), source="mqtt")
+        except (SignalInvalid, SignalConflict) as exc:
+            self._reject(data, str(exc))
+            return
+        if outcome is Submitted.CREATED:
+            self.accepted += 1
+            log.warning("dr: signal %s from mqtt stored: %s %g kW in zone %s",
+                        event.signal.signal_id, event.signal.signal_type.value,
+                        event.signal.target_reduction_kw, event.signal.zone_id)
+        else:
+            self.redelivered += 1
+            log.info("dr: signal %s from mqtt redelivered (same content, nothing changed)",
+                     event.signal.signal_id)
+
+    def _reject(self, data: Any, reason: str) -> None:
+        self.rejected += 1
+        signal_id = data.get("signal_id") if isinstance(data, dict) else None
+        if not isinstance(signal_id, str):
+            signal_id = None
+        log.warning("dr: refused a signal on %s (signal_id %s): %s", self.signals_topic,
+                    signal_id, reason)
+        self._send(self.rejected_topic, {"signal_id": signal_id, "reason": reason})
+
+    def alert(self, alert: dict[str, Any]) -> None:
+        """A DR alert (from :meth:`DrService.on_alert`): published on the alerts topic."""
+        self._send(self.alerts_topic, alert)
+
+    def _send(self, topic: str, body: dict[str, Any]) -> None:
+        if len(self._outbox) >= OUTBOX_MAX:
+            self._outbox.popleft()
+            self.dropped += 1
+        self._outbox.append((topic, json.dumps(body, default=str)))
+        self._wake.set()
