@@ -5,9 +5,10 @@ running system; tests, ``gridshare serve``, ``gridshare demo`` and the benchmark
 through :func:`build_app`, so what they exercise is what production runs.
 
 Start order matters: the store and the controller subscribe to the bus *before* the meter
-sources read and the CSMS accepts its first charger, so no event is lost; stop order is
-the reverse, and chargers left without us fall back to their failsafe profile when their
-lease runs out.
+sources read and the CSMS accepts its first charger, so no event is lost; demand response
+(when the site has zones) starts right after the controller, so that events in force are
+capped before any charger connects; stop order is the reverse, and chargers left without
+us fall back to their failsafe profile when their lease runs out.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from gridshare.adapters.ocpp import CentralSystem, ChargerCredentials, CsmsConfi
 from gridshare.adapters.ocpp.meter import OcppMeter
 from gridshare.bus import Bus, open_bus
 from gridshare.clock import Clock, SystemClock
-from gridshare.config import MeterSpec, MqttSpec, SiteConfig
+from gridshare.config import DemandResponseSpec, MeterSpec, MqttSpec, SiteConfig
 from gridshare.controller.loop import Controller, ControllerSettings
 from gridshare.controller.state import MeterInfo
 from gridshare.core.topology import Phase, Topology
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from gridshare.adapters.homeassistant import HomeAssistantBridge
     from gridshare.adapters.meters import MeterSources
     from gridshare.api.server import ApiServer
+    from gridshare.controller.dr import DrService
 
 log = logging.getLogger("gridshare")
 
@@ -64,6 +66,8 @@ class ServeOptions:
     """The site file's ``meters:`` (a group's ``meter:`` names one of them)."""
     mqtt: MqttSpec | None = None
     """The site file's ``mqtt:`` broker, for mqtt meters."""
+    demand_response: DemandResponseSpec = field(default_factory=DemandResponseSpec)
+    """The site file's ``demand_response:`` (used when the site declares zones)."""
 
 
 def csms_settings(config: SiteConfig) -> CsmsConfig:
@@ -96,7 +100,8 @@ def serve_options(config: SiteConfig, *, host: str = "0.0.0.0", ocpp_port: int =
                         api_tokens=api_tokens, api_read_token=config.api.read_token,
                         bus_url=bus_url, data_dir=data_dir, csms=csms_settings(config),
                         controller=ControllerSettings(lease_s=config.ocpp.lease),
-                        meters=config.meters, mqtt=config.mqtt)
+                        meters=config.meters, mqtt=config.mqtt,
+                        demand_response=config.demand_response)
 
 
 def meter_where(spec: MeterSpec) -> str:
@@ -199,6 +204,15 @@ class GridshareApp:
             self.homeassistant = HomeAssistantBridge(
                 topology, options.mqtt, self.controller, self.bus.publish, self.clock)
             self.controller.on_cycle(self.homeassistant.changed)
+        self.dr: DrService | None = None
+        """Demand response (None: the site declares no zones)."""
+        if topology.zones:
+            from gridshare.controller.dr import DrService
+
+            tick_s = settings.tick_s
+            self.dr = DrService(topology, options.demand_response, self.bus, self.clock,
+                                store=self.store, state_view=self.controller.state,
+                                tick_s=None if tick_s is None else min(1.0, tick_s))
         self.api_server: ApiServer | None = None
         if options.api_port is not None:
             from gridshare.api.app import create_api
@@ -225,6 +239,10 @@ class GridshareApp:
             self.store.consume(self.bus.subscribe("store"))
         await self.controller.start()
         try:
+            if self.dr is not None:
+                # Before the chargers connect: an event in force before a restart is
+                # capped again from their first setpoint on.
+                await self.dr.start()
             if self.meter_sources is not None:
                 await self.meter_sources.start()
             await self.csms.start(self.options.host, self.options.ocpp_port)
@@ -249,6 +267,9 @@ class GridshareApp:
         if self.meter_sources is not None:
             with contextlib.suppress(Exception):
                 await self.meter_sources.stop()
+        if self.dr is not None:
+            with contextlib.suppress(Exception):
+                await self.dr.stop()
         await self.controller.stop()
         if self.store is not None:
             await self.store.stop()

@@ -136,7 +136,7 @@ alarms = Table(
 
 dr_events = Table(
     "dr_events", metadata,
-    Column("signal_id", String(128), primary_key=True),
+    Column("signal_id", String(200), primary_key=True),
     Column("zone_id", String(64), nullable=False),
     Column("signal", Text, nullable=False),  # the signal's wire JSON (DrSignal.to_json)
     Column("ended_at", DateTime(timezone=True)),  # a RESTORE ended it before its end_ts
