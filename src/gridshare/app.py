@@ -32,6 +32,8 @@ from gridshare.core.topology import Phase, Topology
 from gridshare.store import Store, default_url, normalise_url
 
 if TYPE_CHECKING:
+    from gridshare.adapters.dr.mqtt import DrMqtt
+    from gridshare.adapters.dr.openadr import OpenAdrVen
     from gridshare.adapters.homeassistant import HomeAssistantBridge
     from gridshare.adapters.meters import MeterSources
     from gridshare.api.server import ApiServer
@@ -213,6 +215,20 @@ class GridshareApp:
             self.dr = DrService(topology, options.demand_response, self.bus, self.clock,
                                 store=self.store, state_view=self.controller.state,
                                 tick_s=None if tick_s is None else min(1.0, tick_s))
+        self.dr_mqtt: DrMqtt | None = None
+        """DR signals in (and alerts out) over the ``mqtt:`` broker."""
+        if self.dr is not None and options.mqtt is not None:
+            from gridshare.adapters.dr.mqtt import DrMqtt
+
+            self.dr_mqtt = DrMqtt(options.mqtt, topology.site, self.dr, self.clock)
+        self.dr_openadr: OpenAdrVen | None = None
+        """The OpenADR 2.0b VEN of ``demand_response: {openadr: ...}``."""
+        openadr = getattr(options.demand_response, "openadr", None)
+        if self.dr is not None and openadr is not None:
+            from gridshare.adapters.dr.openadr import OpenAdrVen
+
+            self.dr_openadr = OpenAdrVen(openadr, self.dr, self.clock,
+                                         zone_kw=self.dr.zone_load_kw)
         self.api_server: ApiServer | None = None
         if options.api_port is not None:
             from gridshare.api.app import create_api
@@ -243,6 +259,9 @@ class GridshareApp:
                 # Before the chargers connect: an event in force before a restart is
                 # capped again from their first setpoint on.
                 await self.dr.start()
+            for dr_input in (self.dr_mqtt, self.dr_openadr):
+                if dr_input is not None:
+                    await dr_input.start()  # never raises for a peer that is down
             if self.meter_sources is not None:
                 await self.meter_sources.start()
             await self.csms.start(self.options.host, self.options.ocpp_port)
@@ -267,6 +286,10 @@ class GridshareApp:
         if self.meter_sources is not None:
             with contextlib.suppress(Exception):
                 await self.meter_sources.stop()
+        for dr_input in (self.dr_openadr, self.dr_mqtt):
+            if dr_input is not None:
+                with contextlib.suppress(Exception):
+                    await dr_input.stop()
         if self.dr is not None:
             with contextlib.suppress(Exception):
                 await self.dr.stop()
