@@ -1,0 +1,145 @@
+"""``gridshare dr send``: the issue's command line posts one signal to a running gridshare;
+exit codes as docs/cli.md says (0 stored or redelivered, 1 run-time failure, 2 bad input).
+
+The command talks HTTP to the DR routes (the API's own router, error handling and auth)
+served by uvicorn on a free port, in front of a DR service on the real core event book.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import uvicorn
+from api.test_dr_api import TOKEN, FakeDr, dr_api
+from brokers import free_port
+from click.testing import Result
+from typer.testing import CliRunner
+
+from gridshare.cli import app
+from gridshare.clock import SystemClock
+from gridshare.core.dr.signals import DrPriority, SignalType
+
+runner = CliRunner()
+
+
+class Served:
+    def __init__(self, dr: FakeDr) -> None:
+        self.dr = dr
+        self.port = free_port()
+        config = uvicorn.Config(dr_api(dr, dr.clock), host="127.0.0.1", port=self.port,
+                                log_config=None, access_log=False, lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Served:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture
+def served() -> Iterator[Served]:
+    with Served(FakeDr(("Z1", "Z2"), SystemClock())) as s:  # type: ignore[arg-type]
+        yield s
+
+
+def send(served: Served, *args: str, token: str | None = TOKEN) -> Result:
+    env = {"GRIDSHARE_API_TOKEN": token} if token is not None else {"GRIDSHARE_API_TOKEN": ""}
+    return runner.invoke(app, ["dr", "send", "--url", served.url, *args], env=env)
+
+
+def test_the_issues_line_stores_a_curtailment(served: Served) -> None:
+    before = datetime.now(UTC).replace(microsecond=0)
+    result = send(served, "--zone", "Z1", "--curtail", "90", "--minutes", "60",
+                  "--priority", "1")
+    assert result.exit_code == 0, result.output
+    (event,) = served.dr.book.events()
+    s = event.signal
+    assert (s.zone_id, s.signal_type, s.target_reduction_kw, s.priority) == (
+        "Z1", SignalType.CURTAIL, 90.0, DrPriority.EMERGENCY)
+    assert before <= s.start_ts <= datetime.now(UTC)
+    assert s.end_ts - s.start_ts == timedelta(minutes=60)
+    assert f"signal {s.signal_id} stored: CURTAIL 90.0 kW in zone Z1" in result.stdout
+
+
+def test_a_resend_with_the_same_id_is_a_redelivery(served: Served) -> None:
+    line = ["--zone", "Z2", "--shed", "40", "--start", "2030-01-01T12:00:00+01:00",
+            "--signal-id", "ops-7", "--json"]
+    first, again = send(served, *line), send(served, *line)
+    assert (first.exit_code, again.exit_code) == (0, 0)
+    assert "already stored" not in again.stdout
+    body = json.loads(again.stdout)
+    assert body["id"] == "ops-7" and body["signal_type"] == "SHED"
+    assert body["start_ts"] == "2030-01-01T11:00:00Z" and body["state"] == "scheduled"
+    assert len(served.dr.book) == 1
+    plain = send(served, *line[:-1])
+    assert "already stored (same content)" in plain.stdout
+
+
+def test_restore_sends_a_zero_target(served: Served) -> None:
+    result = send(served, "--zone", "Z1", "--restore", "--priority", "2", "--minutes", "1")
+    assert result.exit_code == 0, result.output
+    (event,) = served.dr.book.events()
+    assert (event.signal.signal_type, event.signal.target_reduction_kw) == (
+        SignalType.RESTORE, 0.0)
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--zone", "Z1"], "give exactly one of --curtail KW, --shed KW, --restore"),
+    (["--zone", "Z1", "--curtail", "5", "--restore"], "(got --curtail and --restore)"),
+    (["--zone", "Z1", "--curtail", "5", "--start", "2030-01-01T12:00:00"], "no UTC offset"),
+    (["--zone", "Z1", "--curtail", "5", "--start", "tomorrow"], "not an ISO 8601 time"),
+    (["--zone", "Z1", "--curtail", "5", "--minutes", "0"], "--minutes: must be"),
+    (["--zone", "Z9", "--curtail", "5"], "zone_id: unknown zone 'Z9'"),
+], ids=["no-kind", "two-kinds", "naive-start", "bad-start", "zero-minutes", "unknown-zone"])
+def test_bad_input_exits_2_with_the_reason(served: Served, args: list[str],
+                                            words: str) -> None:
+    result = send(served, *args)
+    assert result.exit_code == 2, result.output
+    assert words in result.stderr
+    assert len(served.dr.book) == 0
+
+
+def test_a_taken_id_exits_2_and_json_says_why(served: Served) -> None:
+    send(served, "--zone", "Z1", "--curtail", "5", "--signal-id", "dup")
+    result = send(served, "--zone", "Z1", "--curtail", "6", "--signal-id", "dup", "--json")
+    assert result.exit_code == 2
+    body = json.loads(result.stdout)
+    assert body["error"] == "signal refused" and body["exit_code"] == 2
+    assert "already holds a different signal" in body["problems"][0]["message"]
+    assert "(HTTP 409)" in body["problems"][0]["message"]
+
+
+def test_no_token_is_a_run_time_failure(served: Served) -> None:
+    result = send(served, "--zone", "Z1", "--curtail", "5", token=None)
+    assert result.exit_code == 1
+    assert "HTTP 401" in result.stderr
+    with_option = runner.invoke(app, ["dr", "send", "--url", served.url, "--zone", "Z1",
+                                      "--curtail", "5", "--token", TOKEN],
+                                env={"GRIDSHARE_API_TOKEN": ""})
+    assert with_option.exit_code == 0, with_option.output
+
+
+def test_nobody_listening_is_a_run_time_failure() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    result = runner.invoke(app, ["dr", "send", "--url", url, "--zone", "Z1", "--curtail",
+                                 "5", "--json"], env={"GRIDSHARE_API_TOKEN": TOKEN})
+    assert result.exit_code == 1
+    assert "is gridshare serve running there?" in result.stderr
+    assert json.loads(result.stdout)["error"] == "request failed"
