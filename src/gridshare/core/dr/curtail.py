@@ -59,9 +59,10 @@ def connector_caps(station: StationLoad, allowed_kw: float) -> dict[ConnectorKey
     """kW cap per connector of ``station``, together at most ``allowed_kw`` (and its
     ``max_station_kw``). Every connector that draws gets its minimum first, then the rest
     in proportion to what it draws above its minimum, each up to its own maximum. When the
-    minimums do not fit, the connector drawing least pauses (0) and its share goes to the
-    others. A connector that draws nothing gets 0, unless no connector draws: then they all
-    share (the station's load is known, its connectors' is not)."""
+    minimums do not fit, the connectors drawing most keep charging as far as their
+    minimums fit; the others pause (0) and their share goes to those kept. A connector
+    that draws nothing gets 0, unless no connector draws: then they all share (the
+    station's load is known, its connectors' is not)."""
     _check("allowed_kw", allowed_kw)
     allowed = allowed_kw
     if station.max_station_kw is not None:
@@ -69,15 +70,18 @@ def connector_caps(station: StationLoad, allowed_kw: float) -> dict[ConnectorKey
     caps = {c.key: 0.0 for c in station.connectors}
     usable = [c for c in station.connectors if c.max_kw > EPS and c.min_kw <= c.max_kw]
     drawing = [c for c in usable if c.load_kw > EPS]
-    kept = drawing if drawing else list(usable)
-    even = not drawing
-    while kept and allowed > EPS:
-        floor = sum(c.min_kw for c in kept)
-        if floor <= allowed + EPS:
-            caps.update(_fill(kept, allowed, even=even))
-            break
-        victim = min(kept, key=lambda c: (c.load_kw, -c.min_kw, c.key))
-        kept.remove(victim)
+    candidates = drawing if drawing else usable
+    if allowed <= EPS or not candidates:
+        return caps
+    # Who keeps charging: the largest loads first, each if its minimum still fits.
+    kept: list[ConnectorLoad] = []
+    room = allowed
+    for c in sorted(candidates, key=lambda c: (-c.load_kw, c.min_kw, c.key)):
+        if c.min_kw <= room + EPS:
+            kept.append(c)
+            room -= c.min_kw
+    if kept:
+        caps.update(_fill(kept, allowed, even=not drawing))
     return caps
 
 
