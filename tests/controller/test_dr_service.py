@@ -412,6 +412,7 @@ def test_caps_never_exceed_the_baseline_and_meet_a_reachable_target(
 
 async def test_app_builds_dr_only_with_zones_and_keeps_events_on_sqlite(
         tmp_path: Path) -> None:
+    from gridshare.api.metrics import site_metrics
     from gridshare.config import parse_site as parse
 
     plain = build_app(parse("site: x\nvoltage: 230\ngroups: [{id: g, max_current: 10}]\n",
@@ -444,6 +445,17 @@ async def test_app_builds_dr_only_with_zones_and_keeps_events_on_sqlite(
                                now + timedelta(hours=1), DrPriority.ECONOMIC, now))
         await _delivered(app)
         assert app.controller.state.caps_of(("s1", 1)) == app.dr.caps[("s1", 1)]
+        # The cars follow; the meter values prove it, and the metric says so.
+        clock.advance(5)
+        for cid in LOADS:
+            app.controller.handle(MeterReading(cid, 1, clock.now(), f"tx-{cid}",
+                                               current_a=(app.dr.caps[(cid, 1)],) * 3))
+        app.dr.cycle()
+        scraped = site_metrics(app).render()[0].decode()
+        [line] = [x for x in scraped.splitlines()
+                  if x.startswith("gridshare_dr_compliance_ratio{")]
+        assert line.startswith('gridshare_dr_compliance_ratio{event="E1",group="Z1"} ')
+        assert float(line.split()[-1]) == pytest.approx(1.0, abs=0.01)
         return dict(app.dr.caps)
 
     caps = await run(first)

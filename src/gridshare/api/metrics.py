@@ -16,8 +16,8 @@ Names carry the ``gridshare_`` prefix and their unit (``_amperes``, ``_watts``,
 ``_seconds``, ``_total``); labels are ``group``, ``phase`` (L1..L3), ``charger``,
 ``connector``, ``meter`` and ``kind``. A value that does not exist is left out, never
 faked: a group limited only in kW has no ``gridshare_group_limit_amperes`` sample, and
-``gridshare_dr_compliance_ratio`` is declared with no samples until demand response
-exists. docs/metrics.md lists every family.
+``gridshare_dr_compliance_ratio`` has a sample per demand-response event only once it has
+started (its zone is in the ``group`` label). docs/metrics.md lists every family.
 
 Each app has its own registry (several apps in one process, as in tests, do not mix).
 A scrape reads everything on the event loop, so the controller's state is never read
@@ -31,6 +31,7 @@ import math
 import weakref
 from collections import Counter as Tally
 from collections.abc import Iterable, Iterator, Mapping
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from fastapi import Request, Response
@@ -62,6 +63,8 @@ CYCLE_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 ALARM_KINDS = ("limit", "guard", "violation", "rejected", "plan", "command", "meter",
                "internal")
 """Exported at 0 before the first one, so ``increase()`` sees the first alarm of a kind."""
+DR_RATIO_KEPT = timedelta(hours=1)
+"""An event's compliance ratio is exported this long after it ended (its final value)."""
 CONTROLLER_ERRORS = {"event_errors": "event_error", "task_crashes": "task_crash"}
 """Controller counters that are errors, and their ``kind`` label."""
 
@@ -180,15 +183,37 @@ class SiteCollector(Collector):
             alarms.add_metric([kind], seen.get(kind, 0))
         yield alarms
 
-        yield GaugeMetricFamily(
-            "gridshare_dr_compliance_ratio",
-            "Demand response: measured load reduction over the requested one, per group "
-            "and event (no samples until demand response is configured).",
-            labels=["group", "event"])
+        yield self._dr_compliance()
 
         yield from self._errors(status.counters)
         yield from self._ingest(status)
         yield from self._plumbing()
+
+    def _dr_compliance(self) -> Metric:
+        """Each demand-response event that started (and, once over, for an hour after):
+        the reduction its zone's meters show over the one asked. The ``group`` label
+        carries the zone."""
+        ratio = GaugeMetricFamily(
+            "gridshare_dr_compliance_ratio",
+            "Demand response: measured load reduction (the zone's draw when the event "
+            "began minus its draw now, from the meter values) over the requested one, per "
+            "zone (label group) and event; 1 is met. No samples until an event started.",
+            labels=["group", "event"])
+        dr = self._app.dr
+        if dr is None:
+            return ratio
+        now = self._app.clock.now()
+        for event in dr.events():
+            signal = event.signal
+            record = dr.record(signal.signal_id)
+            if record is None or record.target_kw <= 0 or \
+                    now - event.ends_at() > DR_RATIO_KEPT:
+                continue
+            achieved = record.achieved_kw()
+            if achieved is not None:
+                ratio.add_metric([signal.zone_id, signal.signal_id],
+                                 achieved / record.target_kw)
+        return ratio
 
     def _groups(self, status: ControllerStatus) -> Iterator[Metric]:
         limit = GaugeMetricFamily(
