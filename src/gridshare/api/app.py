@@ -307,6 +307,12 @@ def create_api(app: GridshareApp, tokens: tuple[str, ...] | list[str] = (), *,
                       f"the priority of charger {charger_id}")
         return _Json(dumps(charger_view(controller, charger_id)))
 
+    # --- demand response (issue 9) ----------------------------------------------------------
+
+    from gridshare.api.dr import create_router as dr_router
+
+    api.include_router(dr_router(lambda: getattr(app, "dr", None), app.clock, write, read))
+
     # --- live -----------------------------------------------------------------------------
 
     @api.get("/api/v1/stream", tags=["site"], dependencies=[Read],
