@@ -1,8 +1,10 @@
 """``POST /api/v1/dr/signals`` and ``GET /api/v1/dr/events``: the issue's status codes,
 bodies and problem details, never half-applied.
 
-The routes are served by a FastAPI app with the API's own error handling and auth, in front
-of a small DR service built on the real core event book (:class:`FakeDr`).
+Most cases are served by a FastAPI app with the API's own router, error handling and auth
+in front of a small DR service on the real core event book (:class:`FakeDr`, also used by
+the MQTT, OpenADR and CLI tests); the last ones run on the real app (the e2e rig: CSMS,
+controller, DR service, simulated chargers, the API over HTTP).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,8 +27,8 @@ from gridshare.clock import FakeClock
 from gridshare.core.dr.book import DrEvent, EventBook, Submitted
 from gridshare.core.dr.signals import DrSignal
 
-TOKEN = "dr-api-token-3e9a"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+from .conftest import AUTH, TOKEN, ApiRig
+
 T0 = datetime(2026, 11, 30, 16, 0, tzinfo=UTC)
 
 
@@ -279,3 +282,98 @@ async def test_a_signal_starting_now_is_active_at_once(client: httpx.AsyncClient
                                     end_ts=(start + timedelta(minutes=30)).isoformat()))
     assert got.status_code == 201
     assert got.json()["state"] == "active"
+
+
+# --- on the real app: the rig's CSMS, controller and DR service, the API over HTTP ----------
+
+ZONED_SITE = """
+site: e2e
+voltage: 230
+zones:
+  - {id: Z1, capacity_kw: 60}
+  - {id: Z2}
+groups:
+  - id: service
+    max_current: 40
+    groups:
+      - {id: left, max_current: 25, chargers: [e-1, e-2, e-3]}
+      - {id: right, max_current: 25, chargers: [e-4, e-5, e-6]}
+chargers:
+  - {id: e-1, max_current: 32, phases: 3, failsafe_current: 0, zone: Z1}
+  - {id: e-2, max_current: 32, phases: 3, failsafe_current: 0, zone: Z1}
+  - {id: e-3, max_current: 16, phases: 1, phase: L2, failsafe_current: 0, zone: Z1}
+  - {id: e-4, max_current: 32, phases: 3, failsafe_current: 0, zone: Z2}
+  - {id: e-5, max_current: 32, phases: 3, failsafe_current: 6, zone: Z2}
+  - {id: e-6, max_current: 16, phases: 1, phase: L3, failsafe_current: 0}
+"""
+
+
+@pytest.fixture
+async def zoned(tmp_path: Path) -> AsyncIterator[ApiRig]:
+    r = ApiRig("ocpp1.6", tmp_path / "var", site=ZONED_SITE)
+    await r.start()
+    try:
+        yield r
+    finally:
+        await r.stop()
+
+
+def real_signal(rig: ApiRig, **changes: Any) -> dict[str, Any]:
+    now = rig.app.clock.now()
+    return signal(start_ts=(now + timedelta(minutes=10)).isoformat(),
+                  end_ts=(now + timedelta(minutes=70)).isoformat(),
+                  received_ts=now.isoformat(), **changes)
+
+
+async def test_the_real_app_stores_redelivers_refuses_and_lists(zoned: ApiRig) -> None:
+    client = zoned.client
+    body = real_signal(zoned)
+    created = await client.post("/api/v1/dr/signals", json=body, headers=AUTH)
+    assert created.status_code == 201, created.text
+    event = created.json()
+    DrEventOut.model_validate(event)
+    assert (event["id"], event["state"], event["target_kw"], event["source"]) == (
+        "grid-017", "scheduled", 90, "rest")
+    assert zoned.app.dr is not None and zoned.app.dr.get("grid-017") is not None
+
+    again = await client.post("/api/v1/dr/signals", json=body, headers=AUTH)
+    assert (again.status_code, again.json()) == (200, event)
+    conflict = await client.post("/api/v1/dr/signals", headers=AUTH,
+                                 json={**body, "target_reduction_kw": 10})
+    assert conflict.status_code == 409
+    invalid = await client.post("/api/v1/dr/signals", headers=AUTH,
+                                json={**body, "signal_id": "other", "zone_id": "Z7"})
+    assert invalid.status_code == 422
+    assert invalid.json()["errors"][0]["loc"] == ["body", "zone_id"]
+    anonymous = await client.post("/api/v1/dr/signals", json={**body, "signal_id": "anon"})
+    assert anonymous.status_code == 401
+    assert anonymous.headers["content-type"] == PROBLEM_JSON
+
+    z1 = (await client.get("/api/v1/dr/events", params={"zone": "Z1"})).json()["events"]
+    assert [e["id"] for e in z1] == ["grid-017"]
+    assert (await client.get("/api/v1/dr/events", params={"zone": "Z2"})).json() == {
+        "events": []}
+    assert [e.signal.signal_id for e in zoned.app.dr.events()] == ["grid-017"]
+
+
+async def test_an_active_event_on_the_real_app_carries_its_compliance_record(
+        zoned: ApiRig) -> None:
+    now = zoned.app.clock.now()
+    body = signal(signal_id="now-1", target_reduction_kw=5, start_ts=now.isoformat(),
+                  end_ts=(now + timedelta(minutes=30)).isoformat(), received_ts=...)
+    got = await zoned.client.post("/api/v1/dr/signals", json=body, headers=AUTH)
+    assert got.status_code == 201, got.text
+    assert got.json()["state"] == "active"
+    events = (await zoned.client.get("/api/v1/dr/events")).json()["events"]
+    compliance = events[0]["compliance"]
+    assert compliance is not None and compliance["verdict"] in ("pending", "met")
+    assert compliance["target_kw"] == 5
+
+
+async def test_the_real_apps_openapi_document_has_the_dr_routes(zoned: ApiRig) -> None:
+    spec = (await zoned.client.get("/openapi.json")).json()
+    validate(spec)
+    assert {"/api/v1/dr/signals", "/api/v1/dr/events", "/api/v1/dr/alerts"} <= set(
+        spec["paths"])
+    security = spec["paths"]["/api/v1/dr/signals"]["post"].get("security")
+    assert security, "the write route shows its bearer token in the document"
