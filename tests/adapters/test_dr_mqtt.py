@@ -183,3 +183,43 @@ async def test_an_alert_raised_while_the_broker_is_down_goes_out_when_it_is_back
         assert link.dropped == 0
     finally:
         await link.stop()
+
+
+# --- wired in the real app --------------------------------------------------------------
+
+APP_SITE = """
+site: plaza
+voltage: 230
+zones: [{id: Z1}]
+groups:
+  - {id: main, max_current: 100, chargers: [dc-1]}
+chargers:
+  - {id: dc-1, max_current: 32, phases: 3, zone: Z1}
+"""
+
+
+async def test_the_app_takes_signals_from_its_broker_and_answers_refusals(
+        broker: Mosquitto, peer: Listener) -> None:
+    from gridshare.app import ServeOptions, build_app
+    from gridshare.config import HomeAssistantSpec, parse_site
+
+    app = build_app(parse_site(APP_SITE), ServeOptions(
+        host="127.0.0.1", ocpp_port=0, api_port=None, db_url="none",
+        mqtt=MqttSpec(url=broker.url, homeassistant=HomeAssistantSpec(enabled=False))))
+    await app.start()
+    try:
+        assert app.dr is not None and app.dr_mqtt is not None
+        link = app.dr_mqtt
+        await eventually(lambda: link.connected)
+        now = app.clock.now()
+        await peer.send(signal(start_ts=now.isoformat(), received_ts=...,
+                               end_ts=now.replace(year=now.year + 1).isoformat()))
+        await eventually(lambda: app.dr is not None and app.dr.get("grid-017") is not None)
+        stored = app.dr.get("grid-017")
+        assert stored is not None and stored.signal.source == "mqtt"
+        await peer.send(signal(signal_id="grid-018", zone_id="Z2"))
+        answer = await peer.next(REJECTED)
+        assert answer == {"signal_id": "grid-018",
+                          "reason": "zone_id: unknown zone 'Z2' (zones: Z1)"}
+    finally:
+        await app.stop()
