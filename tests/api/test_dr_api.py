@@ -10,6 +10,8 @@ controller, DR service, simulated chargers, the API over HTTP).
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -377,3 +379,35 @@ async def test_the_real_apps_openapi_document_has_the_dr_routes(zoned: ApiRig) -
         spec["paths"])
     security = spec["paths"]["/api/v1/dr/signals"]["post"].get("security")
     assert security, "the write route shows its bearer token in the document"
+
+
+async def test_the_dashboard_shows_the_active_event_with_target_and_verdict(
+        zoned: ApiRig) -> None:
+    from playwright.async_api import async_playwright, expect
+
+    chromium = os.environ.get("GRIDSHARE_CHROMIUM", "/usr/bin/chromium")
+    if not os.access(chromium, os.X_OK):
+        pytest.fail(f"{chromium} is missing: scripts/setup installs it")
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=chromium, headless=True)
+        try:
+            page = await browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await page.goto(f"http://127.0.0.1:{zoned.app.api_port}/")
+            await expect(page.locator("#dr")).to_have_text("none")
+            now = zoned.app.clock.now()
+            body = signal(signal_id="dash-1", target_reduction_kw=7.5,
+                          start_ts=now.isoformat(), received_ts=...,
+                          end_ts=(now + timedelta(minutes=30)).isoformat())
+            got = await zoned.client.post("/api/v1/dr/signals", json=body, headers=AUTH)
+            assert got.status_code == 201
+            row = page.locator("#dr-events tr[data-signal='dash-1']")
+            await expect(row).to_have_count(1, timeout=10_000)  # with the next site update
+            await expect(row.locator("td[data-label='Zone']")).to_have_text("Z1")
+            await expect(row.locator("td[data-label='Target']")).to_have_text("7.5 kW")
+            await expect(row.locator("td[data-label='Verdict']")).to_have_text(
+                re.compile("^(pending|met)$"))
+            assert errors == []
+        finally:
+            await browser.close()

@@ -18,7 +18,8 @@
     alarms: [],            // newest first
     sessions: null,        // GET /api/v1/sessions .sessions (null: not loaded)
     sessionsProblem: "",   // why there is no session history (e.g. --db none)
-    extras: {},            // demand response / frequency response, once the server has them
+    extras: {},            // frequency response, once the server has it
+    dr: [],                // GET /api/v1/dr/events .events
     lastUpdate: null,
     readNeedsToken: false, // a read was refused without a token (api: {read_token: true})
   };
@@ -143,13 +144,11 @@
     dirty.alarms = true;
   }
 
-  // Demand response and frequency response: shown when the server's status carries them
-  // (later features); until then these sections say "none".
-  const DR_KEYS = ["demand_response", "dr_events", "dr"];
+  // Frequency response: shown when the server's status carries it (a later feature);
+  // until then its section says "none". Demand response has its own API (loadDr).
   const FR_KEYS = ["frequency_response"];
   function takeExtras(doc) {
     if (!doc || typeof doc !== "object") return;
-    for (const k of DR_KEYS) if (k in doc) { state.extras.dr = doc[k]; dirty.extras = true; }
     for (const k of FR_KEYS) if (k in doc) { state.extras.fr = doc[k]; dirty.extras = true; }
   }
 
@@ -485,8 +484,30 @@
   }
 
   function renderExtras() {
-    renderExtra($("dr"), state.extras.dr);
+    renderDr();
     renderExtra($("fr"), state.extras.fr);
+  }
+
+  // Demand response: the events in force now (GET /api/v1/dr/events), each with its
+  // target, the reduction the meters show and the compliance verdict; "none" otherwise.
+  function renderDr() {
+    const el = $("dr");
+    const active = (state.dr || []).filter((e) => e.state === "active" && e.signal_type !== "RESTORE");
+    if (!active.length) { el.replaceChildren(h("p", { class: "none", text: "none" })); return; }
+    const rows = active.map((e) => {
+      const c = e.compliance || {};
+      const verdict = c.verdict || "pending";
+      return h("tr", { "data-signal": e.id },
+        td("Zone", e.zone_id),
+        td("Event", e.signal_type + " · P" + e.priority + " · until " + fmtTime(e.end_ts)),
+        td("Target", fmt(e.target_kw ?? e.target_reduction_kw, 1) + " kW", "num"),
+        td("Achieved", isNum(c.achieved_kw) ? fmt(c.achieved_kw, 1) + " kW" : "–", "num"),
+        td("Verdict", verdict, "verdict verdict-" + verdict.replace(/\s+/g, "-")));
+    });
+    el.replaceChildren(h("table", { id: "dr-events", class: "cards" },
+      h("thead", null, h("tr", null, ...["Zone", "Event", "Target", "Achieved", "Verdict"]
+        .map((t) => h("th", { scope: "col", text: t })))),
+      h("tbody", null, ...rows)));
   }
 
   function allGroupIds() {
@@ -531,9 +552,26 @@
     dirty.sessions = true;
   }
 
-  // GET /status: the demand response and frequency response sections, once they exist.
+  // GET /status: the frequency response section, once it exists.
   async function loadExtras() {
     takeExtras(await getJSON("/status"));
+  }
+
+  // GET /api/v1/dr/events: demand-response events with their compliance records.
+  async function loadDr() {
+    const doc = await getJSON(API + "/dr/events");
+    state.dr = doc && Array.isArray(doc.events) ? doc.events : [];
+    dirty.extras = true;
+  }
+
+  // The stream carries no DR events: they are read again with the site's updates, at
+  // most every DR_REFRESH_MS.
+  const DR_REFRESH_MS = 2000;
+  let drLoadedAt = 0;
+  function refreshDr() {
+    if (Date.now() - drLoadedAt < DR_REFRESH_MS) return;
+    drLoadedAt = Date.now();
+    loadDr().then(scheduleRender, () => {});
   }
 
   let sessionsTimer = null;
@@ -544,7 +582,7 @@
 
   async function loadAll() {
     const results = await Promise.allSettled([loadSite(), loadChargers(), loadAlarms(),
-                                              loadSessions(), loadExtras()]);
+                                              loadSessions(), loadExtras(), loadDr()]);
     const failed = results.find((r) => r.status === "rejected");
     if (failed && failed.reason && failed.reason.status === 401) {
       $("token-state").textContent = "reads need a token here: " + failed.reason.message;
@@ -573,7 +611,7 @@
     probe.parseMs = Math.max(probe.parseMs, performance.now() - started);
     probe.events += 1;
     state.lastUpdate = new Date();
-    if (kind === "site") takeSite(data);
+    if (kind === "site") { takeSite(data); refreshDr(); }
     else if (kind === "chargers") takeChargers(data);
     else if (kind === "alarm") takeAlarms([data], false);
     scheduleRender();
