@@ -63,6 +63,9 @@ def test_a_cap_below_the_minimum_pauses(state: SiteState) -> None:
     assert got[A1] == 0.0 and got[A2] == 32.0
     state.apply(caps(3, a1=6.0))  # at the minimum: charges at it
     assert setpoints(state, 3)[A1] == 6.0
+    state.apply(caps(4, a1=6.0 - 1e-9))  # a kW cap converted back to A, rounding: 6 A
+    assert state.to_snapshot(t(4)).demand(A1).max_current == 6.0
+    assert setpoints(state, 4)[A1] == 6.0
 
 
 def test_clearing_restores(state: SiteState) -> None:

@@ -911,9 +911,12 @@ class SiteState:
         if online:
             most = conn.ev_max_current_a
             if cap is not None:
-                # A cap below the minimum cannot be obeyed while charging: it pauses.
-                if cap < self.topology.connector(key).min_current:
-                    cap = 0.0
+                # A cap below the minimum cannot be obeyed while charging: it pauses. A
+                # cap converted from kW may miss the minimum by a rounding error: that
+                # one is the minimum.
+                low = self.topology.connector(key).min_current
+                if cap < low:
+                    cap = low if cap >= low - 1e-6 else 0.0
                 most = cap if most is None else min(most, cap)
             demand = ConnectorDemand(
                 key[0], key[1], active=True, max_current=most,
