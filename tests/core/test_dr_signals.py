@@ -134,3 +134,33 @@ def test_round_trip_through_the_wire_shape(target: float, minutes: int, offset_h
     assert signal.end_ts - signal.start_ts == timedelta(minutes=minutes)
     again = parse(signal.to_json())
     assert again == signal
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                max_size=3),
+    max_leaves=6)
+
+
+@given(st.dictionaries(st.sampled_from(["signal_id", "zone_id", "signal_type",
+                                        "target_reduction_kw", "start_ts", "end_ts",
+                                        "priority", "received_ts", "extra"]),
+                       _json | st.sampled_from(["Z1", "CURTAIL", "SHED", "RESTORE",
+                                                "2026-11-30T12:00:00Z", 1, 2, 3, 50.0])),
+       st.booleans())
+def test_any_json_is_a_signal_or_a_named_refusal(data: dict[str, Any], complete: bool) -> None:
+    """Whatever arrives: a valid signal, or SignalInvalid naming a field of the body (or
+    the body itself); never another exception."""
+    if complete:
+        data = {**body(), **data}
+    try:
+        signal = parse(data)
+    except SignalInvalid as exc:
+        assert exc.field is None or exc.field in data or exc.field in (
+            "signal_id", "zone_id", "signal_type", "target_reduction_kw", "start_ts",
+            "end_ts", "priority")
+        assert exc.reason
+    else:
+        assert signal.zone_id in ZONES and signal.end_ts > signal.start_ts
+        assert signal.target_reduction_kw >= 0 and 1 <= signal.priority <= 3
