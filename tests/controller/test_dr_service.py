@@ -484,3 +484,25 @@ def test_times_are_utc(site: Site) -> None:
     body = site.dr.event_json(site.dr.events()[0])
     assert body["start_ts"].endswith("Z")
     assert isinstance(datetime.fromisoformat(body["start_ts"]), datetime)
+
+
+async def test_meter_values_on_the_bus_wake_the_service(site: Site) -> None:
+    await site.dr.start()
+    try:
+        assert site.alerts == []
+        reading = MeterReading("s2", 1, site.clock.now(), "tx-s2", current_a=(30.0,) * 3)
+        site.state.apply(reading)  # what the controller folds in from the same bus
+        site.bus.publish(reading)
+        for _ in range(200):
+            if site.alerts:
+                break
+            await asyncio.sleep(0.005)
+        [alert] = site.alerts
+        assert alert["kind"] == "contract" and alert["station"] == "s2"
+        # A reading of a station the service does not watch wakes nothing.
+        cycles = site.dr.counters["cycles"]
+        site.bus.publish(MeterReading("nobody", 1, site.clock.now(), current_a=(1.0,) * 3))
+        await asyncio.sleep(0.1)
+        assert site.dr.counters["cycles"] == cycles
+    finally:
+        await site.dr.stop()

@@ -149,9 +149,9 @@ class DrService:
     def __init__(self, topology: Topology, settings: DemandResponseSpec, bus: Bus | None,
                  clock: Clock, *, store: DrStore | None = None, state_view: StateView,
                  tick_s: float | None = 1.0, debounce_s: float = 0.05) -> None:
-        """``tick_s``: the cycle period while an event is scheduled or in force (None: no
-        task runs, tests call :meth:`cycle` on a fake clock); ``debounce_s``: a burst of
-        meter values becomes one cycle."""
+        """``tick_s``: the cycle period while an event is scheduled or in force (None:
+        cycles only on the bus's events and signals; tests move a fake clock and call
+        :meth:`cycle`); ``debounce_s``: a burst of meter values becomes one cycle."""
         self.topology = topology
         self.settings = settings
         self.clock = clock
@@ -283,8 +283,7 @@ class DrService:
         if self._bus is not None:
             self._subscription = self._bus.subscribe("dr")
             self._tasks.append(asyncio.create_task(self._consume(), name="gridshare-dr-events"))
-        if self.tick_s is not None:
-            self._tasks.append(asyncio.create_task(self._work(), name="gridshare-dr"))
+        self._tasks.append(asyncio.create_task(self._work(), name="gridshare-dr"))
         self.cycle()
 
     async def stop(self) -> None:
