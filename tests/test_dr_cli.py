@@ -8,21 +8,27 @@ served by uvicorn on a free port, in front of a DR service on the real core even
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import uvicorn
+import yaml
 from api.test_dr_api import TOKEN, FakeDr, dr_api
 from brokers import free_port
 from click.testing import Result
 from typer.testing import CliRunner
 
+from gridshare.adapters.dr.spec import OpenAdrSpec
 from gridshare.cli import app
 from gridshare.clock import SystemClock
-from gridshare.core.dr.signals import DrPriority, SignalType
+from gridshare.config import parse_site_config
+from gridshare.core.dr.signals import DrPriority, SignalType, signal_from_json
 
 runner = CliRunner()
 
@@ -143,3 +149,66 @@ def test_nobody_listening_is_a_run_time_failure() -> None:
     assert result.exit_code == 1
     assert "is gridshare serve running there?" in result.stderr
     assert json.loads(result.stdout)["error"] == "request failed"
+
+
+def test_a_refusal_names_the_field_once(served: Served) -> None:
+    result = send(served, "--zone", "Z9", "--curtail", "5")
+    assert result.stderr == ("gridshare dr send: zone_id: unknown zone 'Z9' (zones: Z1, Z2) "
+                             "(HTTP 422)\n")
+
+
+# --- docs/dr.md, docs/api.md and docs/cli.md: their examples are real ----------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "docs" / "dr.md", ROOT / "docs" / "api.md", ROOT / "docs" / "cli.md"]
+_FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
+
+
+def doc_blocks(lang: str) -> list[tuple[str, str]]:
+    return [(page.name, m.group(2)) for page in DOCS
+            for m in _FENCE.finditer(page.read_text(encoding="utf-8")) if m.group(1) == lang]
+
+
+def shell_lines() -> list[list[str]]:
+    """Each command of the bash blocks as words: an indented line continues the one above
+    (after a backslash, or inside a quoted JSON body)."""
+    out = []
+    for _, text in doc_blocks("bash"):
+        commands: list[str] = []
+        for line in text.replace("\\\n", " ").splitlines():
+            if line[:1].isspace() and commands:
+                commands[-1] += "\n" + line
+            elif line.strip():
+                commands.append(line)
+        out += [shlex.split(c, comments=True) for c in commands]
+    return out
+
+
+def test_the_site_example_loads_and_the_openadr_settings_validate() -> None:
+    sites = [text for name, text in doc_blocks("yaml") if text.startswith("site:")]
+    assert sites
+    for text in sites:
+        config = parse_site_config(text, "docs/dr.md")
+        assert config.topology.zones
+    (openadr,) = [text for _, text in doc_blocks("yaml") if "openadr:" in text]
+    spec = OpenAdrSpec.model_validate(yaml.safe_load(openadr)["demand_response"]["openadr"])
+    assert spec.targets == {"plaza-dc": "Z1"} and spec.opt_out == [3]
+
+
+def test_every_signal_shown_is_valid() -> None:
+    bodies = [json.loads(text) for _, text in doc_blocks("json") if '"signal_id"' in text]
+    for words in shell_lines():
+        for flag in ("-d", "-m"):
+            if flag in words and "signal_id" in words[words.index(flag) + 1]:
+                bodies.append(json.loads(words[words.index(flag) + 1]))
+    assert len(bodies) >= 4
+    for body in bodies:
+        signal_from_json(body, zones={"Z1"}, now=datetime.now(UTC))
+
+
+def test_every_dr_send_line_runs(served: Served) -> None:
+    lines = [w for w in shell_lines() if w[:3] == ["gridshare", "dr", "send"]]
+    assert len(lines) >= 4
+    for words in lines:
+        result = send(served, *words[3:])
+        assert result.exit_code == 0, (words, result.output)

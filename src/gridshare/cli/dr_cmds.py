@@ -95,8 +95,8 @@ def send_cmd(
     detail = answer.get("detail") if isinstance(answer, dict) else None
     detail = detail or f"HTTP {status}"
     if status in (409, 422):
-        where = _field(answer)
-        _fail(2, "signal refused", where, f"{detail} (HTTP {status})", as_json)
+        where, reason = _reason(answer)
+        _fail(2, "signal refused", where, f"{reason or detail} (HTTP {status})", as_json)
     _fail(1, "request failed", "", f"{url}: {detail} (HTTP {status})", as_json)
 
 
@@ -138,13 +138,15 @@ def _post(url: str, body: dict[str, Any], token: str | None,
     return response.status_code, answer
 
 
-def _field(answer: Any) -> str:
-    """The refused field (``zone_id``) from a problem's ``errors``, if it names one."""
+def _reason(answer: Any) -> tuple[str, str | None]:
+    """The refused field (``zone_id``) and the reason from a problem's ``errors``, when it
+    names one (a 422); else no field and no reason of its own."""
     errors = answer.get("errors") if isinstance(answer, dict) else None
     if errors and isinstance(errors[0], dict):
         loc = [str(p) for p in errors[0].get("loc", []) if p != "body"]
-        return ".".join(loc)
-    return ""
+        msg = errors[0].get("msg")
+        return ".".join(loc), msg if isinstance(msg, str) else None
+    return "", None
 
 
 def _done(status: int, event: Any, as_json: bool) -> None:
