@@ -199,6 +199,15 @@ async def test_a_huge_body_is_refused_before_it_is_parsed(client: httpx.AsyncCli
                                                           dr: FakeDr) -> None:
     got = await post(client, signal(signal_id="x" * 100_000))
     assert got.status_code == 413
+
+    async def endless() -> AsyncIterator[bytes]:  # chunked: no Content-Length to go by
+        yield b'{"signal_id": "'
+        for _ in range(1000):
+            yield b"x" * 1024
+
+    chunked = await client.post("/api/v1/dr/signals", headers=AUTH, content=endless())
+    assert chunked.status_code == 413
+    assert chunked.json()["type"] == "urn:gridshare:problem:too-large"
     assert len(dr.book) == 0
 
 

@@ -119,10 +119,7 @@ def create_router(service: Callable[[], DrInput | None], clock: Clock,
                    201: {"description": "Stored: the new event."},
                    **problem_responses(401, 403, 409, 413, 422)})
     async def post_signal(request: Request) -> Response:
-        raw = await request.body()
-        if len(raw) > MAX_BODY_BYTES:
-            raise Problem(413, f"body: {len(raw)} bytes, above the limit of {MAX_BODY_BYTES}",
-                          kind="too-large")
+        raw = await _read_body(request)
         try:
             data = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -164,6 +161,23 @@ def create_router(service: Callable[[], DrInput | None], clock: Clock,
         return _json({"alerts": [] if dr is None else list(dr.alerts())})
 
     return router
+
+
+async def _read_body(request: Request) -> bytes:
+    """The body, refused (413) as soon as it passes MAX_BODY_BYTES: never held whole."""
+    too_large = Problem(413, f"body: above the limit of {MAX_BODY_BYTES} bytes",
+                        kind="too-large")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _invalid(field: str | None, reason: str) -> Problem:
