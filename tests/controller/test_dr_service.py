@@ -522,7 +522,8 @@ def test_one_minute_windows_average_max_energy_and_counts(site: Site) -> None:
     assert first.max_kw == 20.0
     assert first.energy_kwh == pytest.approx(15.0 * 60 / 3600)
     assert (first.active_sessions, first.active_connectors) == (1, 1)
-    assert first.connectors == ((1, pytest.approx(15.0), 20.0),)
+    [(number, avg_kw, max_kw)] = first.connectors
+    assert number == 1 and avg_kw == pytest.approx(15.0) and max_kw == 20.0
     assert not current.complete and current.start == t(60) and current.end == t(90)
     # 60-75 s at 10 kW, 75-90 s at 0: the average over the 30 s seen so far.
     assert current.avg_kw == pytest.approx(5.0)
