@@ -379,13 +379,39 @@ def test_baseline_round_trip_and_damaged_rows() -> None:
         Baseline.from_json({"at": "yesterday", "loads": []})
 
 
-async def test_a_damaged_stored_signal_refuses_to_start() -> None:
+GOOD_SIGNAL = json.dumps({
+    "signal_id": "x", "zone_id": "Z1", "signal_type": "CURTAIL", "target_reduction_kw": 5.0,
+    "start_ts": "2025-03-01T12:00:00Z", "end_ts": "2025-03-01T13:00:00Z", "priority": 2,
+    "received_ts": "2025-03-01T12:00:00Z", "source": "rest"})
+
+
+@pytest.mark.parametrize(("column", "text", "reason"), [
+    ("signal", "{not json", "dr_events row 'x': Expecting property name"),
+    ("signal", "[1, 2]", "dr_events row 'x': signal is not a JSON object"),
+    ("compliance", "{}", "dr_events row 'x': not a compliance record"),
+    ("baseline", '{"at": "now"}', "dr_events row 'x': not a DR baseline"),
+])
+async def test_a_damaged_stored_event_refuses_to_start(column: str, text: str,
+                                                        reason: str) -> None:
     store = FakeStore()
-    store.rows["x"] = {"signal_id": "x", "zone_id": "Z1", "signal": "{not json",
+    store.rows["x"] = {"signal_id": "x", "zone_id": "Z1", "signal": GOOD_SIGNAL,
+                       "ended_at": None, "compliance": None, "baseline": None, column: text}
+    site = Site(store=store)
+    with pytest.raises(ValueError, match=reason.replace("(", r"\(")):
+        await site.dr.start()
+    assert site.dr.events() == [] and site.dr.record("x") is None
+
+
+async def test_a_good_stored_event_loads() -> None:
+    store = FakeStore()
+    store.rows["x"] = {"signal_id": "x", "zone_id": "Z1", "signal": GOOD_SIGNAL,
                        "ended_at": None, "compliance": None, "baseline": None}
     site = Site(store=store)
-    with pytest.raises(ValueError, match="dr_events row 'x'"):
-        await site.dr.start()
+    await site.dr.start()
+    try:
+        assert [e.signal.signal_id for e in site.dr.events()] == ["x"]
+    finally:
+        await site.dr.stop()
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

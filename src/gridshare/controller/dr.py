@@ -389,8 +389,8 @@ class DrService:
             self.counters["redelivered"] += 1
             return outcome, event
         self.counters["signals"] += 1
-        log.info("DR signal %s (%s): %s %s zone %s %.1f kW, %s to %s, priority %d",
-                 signal.signal_id, signal.source, "received", signal.signal_type.value,
+        log.info("DR signal %s (%s): %s zone %s %.1f kW, %s to %s, priority %d",
+                 signal.signal_id, signal.source, signal.signal_type.value,
                  signal.zone_id, signal.target_reduction_kw, iso(signal.start_ts),
                  iso(signal.end_ts), int(signal.priority))
         self._persist(event, now)
@@ -399,7 +399,12 @@ class DrService:
                 log.info("DR event %s ends at %s (RESTORE %s)", other.signal.signal_id,
                          iso(other.ends_at()), signal.signal_id)
                 self._persist(other, now)
-        self.cycle(now)
+        try:
+            self.cycle(now)
+        except Exception:
+            # Stored is stored: the worker's next cycle acts on it (and logs again).
+            self.counters["cycle_errors"] += 1
+            log.exception("DR cycle after signal %s failed", signal.signal_id)
         self._wake.set()  # the loop's next wake-up may have moved
         return outcome, event
 
@@ -511,38 +516,41 @@ class DrService:
                 self._persist(event, now)
 
     async def _load(self) -> None:
+        """The stored events, their baselines and records; a damaged row refuses the start
+        with the row and what is wrong (never half-loaded)."""
         if self._store is None:
             return
         rows = await self._store.dr_events()
         if not rows:
             return
         signals: list[dict[str, Any]] = []
+        baselines: dict[str, Baseline] = {}
+        records: dict[str, ComplianceRecord] = {}
         for row in rows:
+            signal_id = row.get("signal_id")
             try:
                 data = json.loads(row["signal"])
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"dr_events row {row.get('signal_id')!r}: signal is not "
-                                 f"JSON: {exc}") from exc
-            ended = row.get("ended_at")
-            data["ended_at"] = None if ended is None else iso(ended)
-            signals.append(data)
+                if not isinstance(data, dict):
+                    raise ValueError("signal is not a JSON object")
+                ended = row.get("ended_at")
+                data["ended_at"] = None if ended is None else iso(ended)
+                signals.append(data)
+                if row.get("baseline"):
+                    baselines[str(signal_id)] = Baseline.from_json(json.loads(row["baseline"]))
+                if row.get("compliance"):
+                    records[str(signal_id)] = ComplianceRecord.from_json(
+                        json.loads(row["compliance"]))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"dr_events row {signal_id!r}: {exc}") from exc
         book = EventBook.from_json(signals)
         now = self.clock.now()
-        for row in rows:
-            signal_id = row["signal_id"]
-            event = book.get(signal_id)
-            if event is None:
-                continue
-            if row.get("baseline"):
-                self._event_baselines[signal_id] = Baseline.from_json(json.loads(row["baseline"]))
-            if not row.get("compliance"):
-                continue
-            record = ComplianceRecord.from_json(json.loads(row["compliance"]))
+        self._book = book
+        self._event_baselines.update(baselines)
+        for signal_id, record in records.items():
             if record.finished_at is not None:
                 self._records[signal_id] = record
             else:
                 self._trackers[signal_id] = self._tracker_of(record)
-        self._book = book
         resumed = [s for s in self._trackers
                    if (e := book.get(s)) is not None and e.state(now) is EventState.ACTIVE]
         log.info("DR: %d events loaded, %d in force resumed%s", len(book), len(resumed),
