@@ -23,7 +23,7 @@ from fastapi import FastAPI, Request
 from openapi_spec_validator import validate
 
 from gridshare.api.auth import Auth
-from gridshare.api.dr import DrEventOut, LoadWindowsOut, ZonesOut, create_router
+from gridshare.api.dr import DrEventOut, create_router
 from gridshare.api.problems import PROBLEM_JSON, install
 from gridshare.clock import FakeClock
 from gridshare.core.dr.book import DrEvent, EventBook, Submitted
@@ -63,16 +63,6 @@ class FakeDr:
 
     def on_alert(self, callback: Callable[[dict[str, Any]], None]) -> None:
         self._listeners.append(callback)
-
-    def zone_status(self) -> list[dict[str, Any]]:
-        return [{"zone": z, "load_kw": 0.0, "capacity_kw": None, "utilisation_pct": None,
-                 "stations": 0, "active_stations": 0, "event": None, "target_kw": None}
-                for z in self.zones]
-
-    def load_windows(self, station: str | None = None) -> list[dict[str, Any]]:
-        if station is not None:
-            raise KeyError(station)
-        return []
 
     def alert(self, alert: dict[str, Any]) -> None:
         self._alerts.append(alert)
@@ -273,14 +263,9 @@ async def test_a_site_without_zones_refuses_signals_and_lists_none(clock: FakeCl
     async with httpx.AsyncClient(transport=transport, base_url="http://dr") as c:
         got = await c.post("/api/v1/dr/signals", json=signal(), headers=AUTH)
         listed = await c.get("/api/v1/dr/events")
-        zones = await c.get("/api/v1/dr/zones")
-        load = await c.get("/api/v1/dr/load")
-        station = await c.get("/api/v1/dr/load", params={"station": "cp-1"})
     assert got.status_code == 422
     assert "declares no zones" in got.json()["detail"]
     assert listed.json() == {"events": []}
-    assert (zones.json(), load.json(), station.status_code) == (
-        {"zones": []}, {"windows": []}, 404)
 
 
 async def test_alerts_are_listed(client: httpx.AsyncClient, dr: FakeDr) -> None:
@@ -396,33 +381,11 @@ async def test_an_active_event_on_the_real_app_carries_its_compliance_record(
     assert compliance["target_kw"] == 5
 
 
-async def test_the_real_app_shows_zones_and_station_load_windows(zoned: ApiRig) -> None:
-    client = zoned.client
-    zones = (await client.get("/api/v1/dr/zones")).json()
-    ZonesOut.model_validate(zones)
-    by_zone = {z["zone"]: z for z in zones["zones"]}
-    assert set(by_zone) == {"Z1", "Z2"}
-    assert (by_zone["Z1"]["stations"], by_zone["Z1"]["capacity_kw"]) == (3, 60)
-    assert (by_zone["Z2"]["stations"], by_zone["Z2"]["utilisation_pct"]) == (2, None)
-    zoned.plug("e-1")
-    await zoned.wait_until(lambda: zoned.app.controller.state.active(("e-1", 1)))
-    load = (await client.get("/api/v1/dr/load", params={"station": "e-1"})).json()
-    LoadWindowsOut.model_validate(load)
-    assert load["windows"] and {w["station"] for w in load["windows"]} == {"e-1"}
-    assert load["windows"][-1]["complete"] is False
-    assert load["windows"][-1]["zone"] == "Z1"
-    every = (await client.get("/api/v1/dr/load")).json()["windows"]
-    assert {w["station"] for w in every} >= {"e-1", "e-4"}
-    outside = await client.get("/api/v1/dr/load", params={"station": "e-6"})
-    assert outside.status_code == 404
-    assert outside.json()["type"] == "urn:gridshare:problem:unknown-station"
-
-
 async def test_the_real_apps_openapi_document_has_the_dr_routes(zoned: ApiRig) -> None:
     spec = (await zoned.client.get("/openapi.json")).json()
     validate(spec)
-    assert {"/api/v1/dr/signals", "/api/v1/dr/events", "/api/v1/dr/alerts",
-            "/api/v1/dr/zones", "/api/v1/dr/load"} <= set(spec["paths"])
+    assert {"/api/v1/dr/signals", "/api/v1/dr/events", "/api/v1/dr/alerts"} <= set(
+        spec["paths"])
     security = spec["paths"]["/api/v1/dr/signals"]["post"].get("security")
     assert security, "the write route shows its bearer token in the document"
 

@@ -1,6 +1,5 @@
 """Demand response over REST: ``POST /api/v1/dr/signals``, ``GET /api/v1/dr/events``,
-``GET /api/v1/dr/alerts``, and the live aggregation: ``GET /api/v1/dr/zones`` and
-``GET /api/v1/dr/load`` (issue 9).
+``GET /api/v1/dr/alerts`` (issue 9).
 
 A signal is validated by the pure core, the same way as one from MQTT or OpenADR
 (:func:`gridshare.adapters.dr.submit_json`), and stored whole or not at all: ``201`` with
@@ -15,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -84,53 +83,6 @@ class DrEventsOut(BaseModel):
     events: list[DrEventOut]
 
 
-class ZoneOut(BaseModel):
-    """A zone now."""
-
-    model_config = ConfigDict(extra="allow")
-
-    zone: str
-    load_kw: float = Field(description="Its stations' draw now, from their meter values.")
-    capacity_kw: float | None = Field(description="As declared (zones: capacity_kw).")
-    utilisation_pct: float | None = Field(description="load_kw / capacity_kw, in %.")
-    stations: int
-    active_stations: int = Field(description="Stations drawing or with a session.")
-    event: str | None = Field(description="The governing event in force, or null.")
-    target_kw: float | None = Field(description="The reduction in force, or null.")
-
-
-class ZonesOut(BaseModel):
-    zones: list[ZoneOut]
-
-
-class ConnectorWindowOut(BaseModel):
-    connector: int
-    avg_kw: float
-    max_kw: float
-
-
-class LoadWindowOut(BaseModel):
-    """One station over one minute."""
-
-    model_config = ConfigDict(extra="allow")
-
-    station: str
-    zone: str | None
-    start: str
-    end: str
-    complete: bool = Field(description="false: the minute being filled now.")
-    avg_kw: float
-    max_kw: float
-    energy_kwh: float
-    active_sessions: int
-    active_connectors: int
-    connectors: list[ConnectorWindowOut]
-
-
-class LoadWindowsOut(BaseModel):
-    windows: list[LoadWindowOut]
-
-
 class DrAlertsOut(BaseModel):
     alerts: list[dict[str, Any]] = Field(description="Recent DR alerts, oldest first: a "
                                          "station above its contract_max_kw, an event not "
@@ -151,15 +103,7 @@ def event_out(dr: DrInput, event: Any) -> dict[str, Any]:
     return out
 
 
-class DrApi(DrInput, Protocol):
-    """What the API reads of the DR service besides the inputs' interface."""
-
-    def zone_status(self) -> list[dict[str, Any]]: ...
-
-    def load_windows(self, station: str | None = None) -> list[dict[str, Any]]: ...
-
-
-def create_router(service: Callable[[], DrApi | None], clock: Clock,
+def create_router(service: Callable[[], DrInput | None], clock: Clock,
                   write: Any, read: Any) -> APIRouter:
     """The DR routes; ``service`` returns the app's DrService (None: the site has no zones),
     ``write``/``read`` are the API's auth dependencies."""
@@ -208,31 +152,6 @@ def create_router(service: Callable[[], DrApi | None], clock: Clock,
             raise Problem(404, f"unknown zone {zone!r} (zones: {', '.join(dr.zones)})",
                           kind="unknown-zone")
         return _json({"events": [event_out(dr, e) for e in dr.events(zone)]})
-
-    @router.get("/zones", dependencies=[Depends(read)], response_model=ZonesOut,
-                responses=problem_responses(401),
-                summary="Each zone now: draw, capacity, utilisation, active stations, event")
-    async def get_zones() -> Response:
-        dr = service()
-        return _json({"zones": [] if dr is None else dr.zone_status()})
-
-    @router.get("/load", dependencies=[Depends(read)], response_model=LoadWindowsOut,
-                responses=problem_responses(401, 404, 422),
-                summary="Per-station load over one-minute tumbling windows (the last hour)")
-    async def get_load(station: Annotated[str | None, Query(
-            max_length=256, description="Only this station's windows.")] = None) -> Response:
-        dr = service()
-        if dr is None:
-            if station is not None:
-                raise Problem(404, f"station {station!r} is in no DR zone (the site file "
-                              "declares no zones)", kind="unknown-station")
-            return _json({"windows": []})
-        try:
-            windows = dr.load_windows(station)
-        except KeyError:
-            raise Problem(404, f"station {station!r} is in no DR zone",
-                          kind="unknown-station") from None
-        return _json({"windows": windows})
 
     @router.get("/alerts", dependencies=[Depends(read)], response_model=DrAlertsOut,
                 responses=problem_responses(401),
