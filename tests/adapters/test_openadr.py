@@ -316,3 +316,46 @@ def test_the_spec_names_its_zones_for_the_site_check() -> None:
     spec = OpenAdrSpec(vtn_url="https://vtn.example.com/OpenADR2/Simple/2.0b", ven_name="v",
                        zone="Z1", targets={"plaza-ac": "Z2"})
     assert spec.zones_named() == [(("zone",), "Z1"), (("targets", "plaza-ac"), "Z2")]
+
+
+# --- into the real DR service ------------------------------------------------------------
+
+APP_SITE = """
+site: plaza
+voltage: 230
+zones: [{id: Z1}, {id: Z2}]
+groups:
+  - {id: main, max_current: 200, chargers: [dc-1, ac-1]}
+chargers:
+  - {id: dc-1, max_current: 32, phases: 3, zone: Z1}
+  - {id: ac-1, max_current: 32, phases: 3, zone: Z2}
+"""
+
+
+async def test_an_event_reaches_the_apps_dr_service_and_is_opted_in(vtn: Vtn) -> None:
+    from gridshare.app import ServeOptions, build_app
+    from gridshare.config import parse_site
+
+    app = build_app(parse_site(APP_SITE), ServeOptions(
+        host="127.0.0.1", ocpp_port=0, api_port=None, db_url="none"))
+    await app.start()
+    assert app.dr is not None
+    ven = OpenAdrVen(OpenAdrSpec(vtn_url=vtn.url, **SPEC), app.dr, app.clock,
+                     zone_kw=app.dr.zone_load_kw)
+    await ven.start()
+    try:
+        async with asyncio.timeout(20):
+            await ven.registered.wait()
+        start = datetime.now(UTC) - timedelta(seconds=1)
+        event_id = vtn.event("SIMPLE", "level", [3], start=start)
+        await eventually(lambda: event_id in vtn.opts)
+        assert vtn.opts[event_id] == OPT_IN
+        stored = app.dr.get(f"oadr-{event_id}-0-Z1-0")
+        assert stored is not None
+        assert (stored.signal.source, stored.signal.target_reduction_kw) == ("openadr", 90.0)
+        assert stored.state(app.clock.now()) is EventState.ACTIVE
+        shown = app.dr.event_json(stored)
+        assert shown["state"] == "active" and shown["compliance"] is not None
+    finally:
+        await ven.stop()
+        await app.stop()
