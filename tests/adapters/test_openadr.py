@@ -219,6 +219,21 @@ async def test_the_ven_keeps_trying_until_the_vtn_is_up(dr: FakeDr) -> None:
             await late.stop()
 
 
+async def test_a_missing_key_file_is_logged_and_retried_not_raised(
+        dr: FakeDr, tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    spec = OpenAdrSpec(vtn_url="http://127.0.0.1:9/x", cert=tmp_path / "ven.pem",
+                       key=tmp_path / "ven.key", **SPEC)
+    ven = OpenAdrVen(spec, dr, dr.clock)
+    await ven.start()
+    try:
+        await eventually(lambda: any("cannot start" in r.getMessage()
+                                     for r in caplog.records), timeout_s=5)
+        assert ven._task is not None and not ven._task.done()
+        assert not ven.registered.is_set()
+    finally:
+        await ven.stop()
+
+
 # --- the mapping, event by event --------------------------------------------------------------
 
 

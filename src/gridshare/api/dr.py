@@ -75,8 +75,16 @@ class DrEventOut(BaseModel):
     start_ts: str
     end_ts: str
     priority: int
-    state: Literal["scheduled", "active", "ended"]
-    compliance: ComplianceOut | None = None
+    received_ts: str | None = None
+    source: str | None = Field(default=None, description="rest, mqtt, openadr")
+    state: Literal["scheduled", "active", "ended"] = Field(
+        description="scheduled before start_ts, active until it ends, ended after end_ts "
+        "or a RESTORE")
+    target_kw: float | None = Field(default=None, description="The reduction asked, kW.")
+    ended_at: str | None = Field(default=None, description="When a RESTORE ended it.")
+    compliance: ComplianceOut | None = Field(
+        default=None, description="Its compliance record once it started (target_kw, "
+        "baseline_kw, achieved_kw, samples, met_at, escalations, extra_kw, verdict).")
 
 
 class DrEventsOut(BaseModel):

@@ -136,7 +136,14 @@ class OpenAdrVen:
         itself); a VTN that cannot be reached or refuses is tried again with backoff."""
         backoff = BACKOFF_FIRST
         while True:
-            client = self._make_client()
+            try:
+                client = self._make_client()
+            except (OSError, UnicodeDecodeError, ValueError) as exc:  # cert, key, passphrase
+                log.warning("dr: openadr VEN %s cannot start: %s; retrying in %.0f s",
+                            self.spec.ven_name, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
             self.client = client
             try:
                 await client.run()
@@ -166,6 +173,11 @@ class OpenAdrVen:
         except EventRefused as exc:
             log.warning("dr: openadr event %s: opted out: %s", event_id, exc)
             self.refusals[event_id] = str(exc)
+            answer = OPT_OUT
+        except Exception as exc:  # a bug here must not leave the VTN without an answer
+            log.exception("dr: openadr event %s: opted out: it could not be applied",
+                          event_id)
+            self.refusals[event_id] = f"{type(exc).__name__}: {exc}"
             answer = OPT_OUT
         self.opted[event_id] = answer
         return answer
