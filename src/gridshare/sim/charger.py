@@ -74,6 +74,7 @@ class SimCharger:
         max_current_a: float = 32.0,
         min_current_a: float = 6.0,
         connectors: int = 1,
+        connector_max_a: tuple[float, ...] = (),
         voltage_v: float = 230.0,
         meter_interval_s: float = 10.0,
         failsafe_current_a: float | None = None,
@@ -103,6 +104,8 @@ class SimCharger:
             raise ValueError("phase must be L1, L2 or L3")
         if connectors < 1:
             raise ValueError("at least one connector")
+        if connector_max_a and len(connector_max_a) != connectors:
+            raise ValueError("connector_max_a needs one value per connector")
         self.id = id
         self.url = url
         self.protocol: str = protocol
@@ -138,7 +141,8 @@ class SimCharger:
         self.config = Configuration(default_heartbeat_s, float(meter_interval_s), connectors)
         self.outbox = Outbox(max_queued)
         self.smart = SmartCharging(
-            Rating(self.max_current_a, self.min_current_a, phases, self.voltage_v),
+            Rating(self.max_current_a, self.min_current_a, phases, self.voltage_v,
+                   tuple(float(a) for a in connector_max_a)),
             OcppVersion(protocol),
         )
         self.link = Link(

@@ -40,6 +40,16 @@ class Rating:
     min_current_a: float
     phases: int
     voltage_v: float
+    connector_max_a: tuple[float, ...] = ()
+    """Per connector (1-based, in order) the most it may carry, A per phase: a DC
+    station's CHAdeMO outlet is rated lower than its CCS one. Empty: each connector may
+    carry the whole ``max_current_a``."""
+
+    def connector_limit_a(self, connector: int) -> float:
+        """A per phase ``connector`` may carry on its own (0: the whole charger)."""
+        if 1 <= connector <= len(self.connector_max_a):
+            return min(self.max_current_a, self.connector_max_a[connector - 1])
+        return self.max_current_a
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +187,7 @@ class SmartCharging:
             phases = 1
         if conn is not None and conn.ev is not None and conn.ev.phases < phases:
             phases = 1
-        cap = rating.max_current_a
+        cap = rating.connector_limit_a(connector)
         if lims.tx is not None:
             cap = min(cap, to_amps(lims.tx, rating.voltage_v, phases))
         total = rating.max_current_a
