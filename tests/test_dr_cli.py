@@ -2,14 +2,18 @@
 exit codes as docs/cli.md says (0 stored or redelivered, 1 run-time failure, 2 bad input).
 
 The command talks HTTP to the DR routes (the API's own router, error handling and auth)
-served by uvicorn on a free port, in front of a DR service on the real core event book.
+served by uvicorn on a free port, in front of a DR service on the real core event book;
+the last test runs it as a process against the real app (CSMS, controller, DR service).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import re
 import shlex
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +23,8 @@ from pathlib import Path
 import pytest
 import uvicorn
 import yaml
-from api.test_dr_api import TOKEN, FakeDr, dr_api
+from api.conftest import ApiRig
+from api.test_dr_api import TOKEN, ZONED_SITE, FakeDr, dr_api
 from brokers import free_port
 from click.testing import Result
 from typer.testing import CliRunner
@@ -212,3 +217,24 @@ def test_every_dr_send_line_runs(served: Served) -> None:
     for words in lines:
         result = send(served, *words[3:])
         assert result.exit_code == 0, (words, result.output)
+
+
+async def test_the_command_posts_to_a_real_running_gridshare(tmp_path: Path) -> None:
+    rig = ApiRig("ocpp1.6", tmp_path / "var", site=ZONED_SITE)
+    await rig.start()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gridshare", "dr", "send", "--url",
+            f"http://127.0.0.1:{rig.app.api_port}", "--zone", "Z1", "--curtail", "5",
+            "--minutes", "30", "--priority", "1", "--json",
+            env={**os.environ, "GRIDSHARE_API_TOKEN": TOKEN},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()
+        event = json.loads(out)
+        assert event["state"] == "active" and event["priority"] == 1
+        assert rig.app.dr is not None
+        stored = rig.app.dr.get(event["id"])
+        assert stored is not None and stored.signal.target_reduction_kw == 5
+    finally:
+        await rig.stop()
