@@ -26,6 +26,7 @@ from gridshare.adapters.ocpp.meter import OcppMeter
 from gridshare.bus import Bus, open_bus
 from gridshare.clock import Clock, SystemClock
 from gridshare.config import DemandResponseSpec, MeterSpec, MqttSpec, SiteConfig
+from gridshare.controller.aggregate import LoadService
 from gridshare.controller.loop import Controller, ControllerSettings
 from gridshare.controller.state import MeterInfo
 from gridshare.core.topology import Phase, Topology
@@ -206,6 +207,8 @@ class GridshareApp:
             self.homeassistant = HomeAssistantBridge(
                 topology, options.mqtt, self.controller, self.bus.publish, self.clock)
             self.controller.on_cycle(self.homeassistant.changed)
+        self.loads = LoadService(topology, self.bus, self.clock)
+        """Live load per station and zone (one-minute windows), for every site."""
         self.dr: DrService | None = None
         """Demand response (None: the site declares no zones)."""
         if topology.zones:
@@ -255,6 +258,7 @@ class GridshareApp:
             self.store.consume(self.bus.subscribe("store"))
         await self.controller.start()
         try:
+            await self.loads.start()  # subscribes before any charger connects
             if self.dr is not None:
                 # Before the chargers connect: an event in force before a restart is
                 # capped again from their first setpoint on.
@@ -293,6 +297,7 @@ class GridshareApp:
         if self.dr is not None:
             with contextlib.suppress(Exception):
                 await self.dr.stop()
+        await self.loads.stop()
         await self.controller.stop()
         if self.store is not None:
             await self.store.stop()
