@@ -313,6 +313,10 @@ def create_api(app: GridshareApp, tokens: tuple[str, ...] | list[str] = (), *,
 
     api.include_router(dr_router(lambda: getattr(app, "dr", None), app.clock, write, read))
 
+    from gridshare.api.zones import create_router as zones_router
+
+    api.include_router(zones_router(lambda: app.loads, read))
+
     # --- live -----------------------------------------------------------------------------
 
     @api.get("/api/v1/stream", tags=["site"], dependencies=[Read],
