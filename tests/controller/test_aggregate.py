@@ -229,3 +229,14 @@ async def test_fed_by_the_bus_and_ticked_by_the_clock(topo: Topology,
         await loads.stop()
     assert bus.subscribers == ()
     assert clock.now() - T0 == timedelta(seconds=66)
+
+
+def test_a_flood_is_counted_apart_from_late_values(loads: LoadService,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from gridshare.core.dr import aggregate
+
+    monkeypatch.setattr(aggregate, "MAX_SAMPLES_PER_WINDOW", 2)
+    for second in range(4):
+        loads.handle(kw("dc2", 1, second, 10))
+    assert (loads.counters["accepted"], loads.counters["full"], loads.counters["late"]) \
+        == (2, 2, 0)

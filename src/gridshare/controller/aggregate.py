@@ -146,10 +146,14 @@ class LoadService:
     def _session(self, charger: str, connector: int, at: datetime, tx: str | None) -> None:
         windows = self._station_of(charger, connector)
         if windows is not None and not windows.add_session(connector, at, tx):
-            self.counters["late"] += 1
+            self._count(False)
 
     def _count(self, accepted: bool) -> None:
-        self.counters["accepted" if accepted else "late"] += 1
+        if accepted:
+            self.counters["accepted"] += 1
+        else:  # the station counts which: late, or its window full
+            self.counters["late"] = sum(w.late for w in self.stations.values())
+            self.counters["full"] = sum(w.dropped for w in self.stations.values())
 
     def tick(self, now: datetime | None = None) -> list[StationWindow]:
         """Close the windows that ended ``grace_s`` before now; returns them."""
@@ -272,7 +276,7 @@ class LoadService:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
 
@@ -291,7 +295,11 @@ class LoadService:
         assert self.tick_s is not None
         while True:
             await asyncio.sleep(self.tick_s)
-            self.tick()
+            try:
+                self.tick()
+            except Exception:  # one bad tick must not end the aggregation
+                self.counters["errors"] += 1
+                log.exception("load aggregation: closing windows failed")
 
 
 def _window_of(windows: StationWindows, start: datetime) -> StationWindow | None:

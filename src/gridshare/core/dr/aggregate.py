@@ -392,26 +392,26 @@ class StationWindows:
         per: list[ConnectorWindow] = []
         total_kw_s = 0.0
         drawing = 0
-        moments = {start}
+        steps: list[tuple[datetime, int, float]] = []
+        """(time, 0 ends / 1 begins, kW): every connector's stretches, for the peak."""
         for n in self.connectors:
             kw_s = 0.0
-            peak = 0.0
+            last = self._value_at(n, until - timedelta(microseconds=1) if closed else until)
+            peak = last  # a value that arrived at ``until`` itself holds no time yet
             for a, b, kw in self._segments(n, start, until):
                 kw_s += kw * (b - a).total_seconds()
                 peak = max(peak, kw)
-            for at, kw in self._samples[n]:
-                if at <= until:
-                    peak = max(peak, kw)
-                    moments.add(at)
-            if span <= 0:  # the window just opened: only what holds at its start
-                peak = max(peak, self._value_at(n, start))
+                steps += ((a, 1, kw), (b, 0, kw))
             total_kw_s += kw_s
             drawing += peak > 0
-            last = self._value_at(n, until - timedelta(microseconds=1) if closed else until)
             per.append(ConnectorWindow(n, kw_s / span if span > 0 else last, peak, last,
                                        kw_s / 3600.0))
-        station_peak = max(sum(self._value_at(n, t) for n in self.connectors)
-                           for t in moments if t <= until)
+        last_kw = sum(c.last_kw for c in per)
+        running = station_peak = 0.0
+        for _, begins, kw in sorted(steps, key=lambda s: (s[0], s[1])):  # ends first
+            running += kw if begins else -kw
+            station_peak = max(station_peak, running)
+        station_peak = max(station_peak, last_kw)
         txs = {(n, tx) for n in self.connectors
                for tx in [self._session_at(n, start)] + [tx for at, tx in self._sessions[n]
                                                          if start < at <= until]
@@ -419,6 +419,5 @@ class StationWindows:
         samples = sum(1 for n in self.connectors for at, _ in self._samples[n] if at <= until)
         return StationWindow(
             self.station, start, end, until, closed,
-            total_kw_s / span if span > 0 else sum(c.last_kw for c in per),
-            sum(c.last_kw for c in per), station_peak, total_kw_s / 3600.0, len(txs),
-            drawing, samples, tuple(per))
+            total_kw_s / span if span > 0 else last_kw, last_kw, station_peak,
+            total_kw_s / 3600.0, len(txs), drawing, samples, tuple(per))
