@@ -29,6 +29,7 @@ from gridshare.core.dr.aggregate import (
     StationWindows,
     ZoneWindow,
     utilisation_pct,
+    window_length,
     window_start,
     zone_window,
 )
@@ -92,12 +93,11 @@ class LoadService:
         self.keep = keep
         self.grace = timedelta(seconds=grace_s)
         self.tick_s = tick_s
+        self.length = window_length(window_s)  # refused here, named, when it is bad
         self.stations: dict[str, StationWindows] = {
             cid: StationWindows(cid, [c.number for c in ch.connectors], window_s=window_s,
                                 keep=keep, hold_s=hold_s)
             for cid, ch in topology.chargers.items()}
-        self.length = next(iter(self.stations.values())).length if self.stations else \
-            timedelta(seconds=window_s)
         self.counters: Counter[str] = Counter()
         """accepted, late, ignored (no power/current, connector 0, unknown charger or
         connector), full (the window's sample bound)."""
