@@ -35,7 +35,7 @@ Exit codes:
 DEMO_EPILOG = """\b
 Exit codes:
   0  the demo ran for --duration seconds or was stopped by SIGINT or SIGTERM
-  2  bad input: usage"""
+  2  bad input: usage, an unknown --site"""
 
 
 def _fail(message: str, code: int) -> typer.Exit:
@@ -369,15 +369,25 @@ async def run_demo(duration_s: float, seed: int, chargers: int, *, plain: bool,
     return stats
 
 
+DEMO_SITES = ("carport", "plaza")
+PLAZA_DURATION_S = 180.0
+"""The plaza's DR event starts 20 s in and lasts 2 minutes: room to see the restore."""
+
+
 def demo_cmd(
-    duration: Annotated[float, typer.Option(
-        "--duration", min=1, max=3600, metavar="SECONDS", help="Seconds to run (bounded).")
-    ] = 60.0,
+    site: Annotated[str, typer.Option(
+        "--site", metavar="carport|plaza", help="carport: AC chargers sharing circuits, cars "
+        "coming and going; plaza: twenty 150 kW DC stations (examples/plaza.yaml) and a "
+        "demand-response event, from the utility's signal to the restore.")] = "carport",
+    duration: Annotated[float | None, typer.Option(
+        "--duration", min=1, max=3600, metavar="SECONDS",
+        help="Seconds to run (bounded; default 60, 180 with --site plaza).",
+        show_default=False)] = None,
     seed: Annotated[int, typer.Option(
         "--seed", metavar="N", help="Seed of the car arrivals.")] = 1,
     chargers: Annotated[int, typer.Option(
-        "--chargers", min=1, max=500, metavar="N", help="Number of simulated chargers.")
-    ] = 20,
+        "--chargers", min=1, max=500, metavar="N",
+        help="Number of simulated chargers (carport; the plaza has its twenty).")] = 20,
     plain: Annotated[bool, typer.Option(
         "--plain/--no-plain", help="Periodic lines instead of a live table (the default "
         "when stdout is not a terminal).")] = False,
@@ -386,23 +396,41 @@ def demo_cmd(
         "http://127.0.0.1:PORT/ (0 picks a free port, -1 disables them).")] = 8080,
 ) -> None:
     """Watch load sharing: a sample site, the real CSMS and controller, simulated chargers
-    (OCPP 1.6J and 2.0.1, 1- and 3-phase) and cars that come and go."""
+    (OCPP 1.6J and 2.0.1, 1- and 3-phase) and cars that come and go; or, with --site
+    plaza, a DC plaza through a demand-response event."""
     import asyncio
     import contextlib
     import signal
 
     from rich.console import Console
+    if site not in DEMO_SITES:
+        raise _fail(f"[red]--site must be one of {', '.join(DEMO_SITES)}, got {site!r}[/]", 2)
     _logging("error")
     console = Console(soft_wrap=True)  # plain lines stay one line each in a pipe
+    port = None if api_port < 0 else api_port
 
-    async def main() -> DemoStats:
+    def stopping() -> asyncio.Event:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
-        return await run_demo(duration, seed, chargers, plain=plain, console=console,
-                              stop=stop, api_port=None if api_port < 0 else api_port)
+        return stop
+
+    if site == "plaza":
+        from gridshare.cli.plaza_demo import PlazaStats, run_plaza_demo, summary
+
+        async def plaza() -> PlazaStats:
+            return await run_plaza_demo(duration or PLAZA_DURATION_S, seed, plain=plain,
+                                        console=console, stop=stopping(), api_port=port)
+
+        for line in summary(asyncio.run(plaza())):
+            console.print(line, highlight=False)
+        return
+
+    async def main() -> DemoStats:
+        return await run_demo(duration or 60.0, seed, chargers, plain=plain, console=console,
+                              stop=stopping(), api_port=port)
 
     stats = asyncio.run(main())
     console.print(f"{stats.arrivals} cars arrived, {stats.departures} left.")

@@ -214,6 +214,19 @@ class DcStation(SimCharger):
         amps = self.meter_a() if connector is None else self.drawn_a(connector)
         return sum(amps) * self.voltage_v / 1000.0
 
+    def settle(self, connector: int) -> None:
+        """Let the car on ``connector`` draw what the station offers now, with no lag and
+        no ramp: demos and benchmarks start with cars that were already charging (a car
+        that arrives later ramps up from nothing)."""
+        conn = self._conn(connector)
+        ev = conn.ev
+        if not isinstance(ev, DcEV):
+            raise TypeError(f"{self.id} connector {connector} has no DC car to settle")
+        self._refresh()
+        conn.pending.clear()
+        conn.ev_limit_a = conn.offered_a
+        ev.ramp_a = min(conn.offered_a, ev.curve_limit_a()) if not ev.full else 0.0
+
     def offered_kw(self, connector: int) -> float:
         """kW the station offers the car on ``connector`` now (0: paused or idle)."""
         return a_to_kw(self.offered_a(connector), self.voltage_v)
