@@ -328,6 +328,28 @@ def test_contract_breach_alerts_once_per_condition(site: Site) -> None:
     assert [a["kind"] for a in site.dr.alerts()] == ["contract", "contract"]
 
 
+def test_an_event_over_before_its_first_escalation_alerts_with_its_verdict(
+        site: Site) -> None:
+    site.dr.submit(site.signal(kw=10.0, minutes=20 / 60))
+    site.tick(25, default_a=LOADS, ignore=("s1", "s2", "s3"))
+    assert site.dr.record("E1").verdict == "not met"  # type: ignore[union-attr]
+    [alert] = site.alerts
+    assert alert["message"] == "dr event E1 not met: zone Z1 fell 0.0 kW of 10.0 kW by its end"
+    site.tick(5, default_a=LOADS)
+    assert len(site.alerts) == 1
+
+
+def test_contract_breach_and_its_end_are_recorded_as_alarms(site: Site) -> None:
+    site.draw("s2", 24.0)
+    site.dr.cycle()
+    site.draw("s2", 20.0)
+    site.dr.cycle()
+    raised, cleared = site.store.alarms
+    assert (raised.kind, raised.cleared, raised.group) == ("contract", False, "main")
+    assert cleared.cleared and cleared.message == \
+        "cleared: station s2 is back within its contract 15.0 kW (13.8 kW)"
+
+
 def test_a_failing_alert_listener_does_not_stop_the_others(site: Site) -> None:
     def broken(alert: dict[str, Any]) -> None:
         raise RuntimeError("listener down")

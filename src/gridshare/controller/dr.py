@@ -364,6 +364,8 @@ class DrService:
         self._over_contract: set[str] = set()
         self._exhausted: set[str] = set()
         """Events whose last not-met alert found nothing more to shed (said once)."""
+        self._alerted: set[str] = set()
+        """Events in force that raised a not-met alert (their verdict needs no other)."""
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._subscription: Subscription | None = None
@@ -775,6 +777,17 @@ class DrService:
                      signal_id, record.verdict,
                      "unknown" if achieved is None else f"{achieved:.1f} kW",
                      record.target_kw, record.escalations)
+            if record.verdict == "not met" and signal_id not in self._alerted and \
+                    event is not None:
+                # Over before any escalation said so (shorter than confirm_within, or it
+                # ended in a stretch without compliance): the verdict is the alert.
+                fell = "no meter value" if achieved is None else f"fell {achieved:.1f} kW"
+                self._alert("dr_not_met", f"dr event {signal_id} not met: zone "
+                            f"{event.signal.zone_id} {fell} of {record.target_kw:.1f} kW by "
+                            f"its end", zone=event.signal.zone_id, signal_id=signal_id,
+                            value_kw=achieved or 0.0, limit_kw=record.target_kw,
+                            group=event.signal.zone_id)
+            self._alerted.discard(signal_id)
             if event is not None:
                 self._persist(event, now, force=True)
 
@@ -790,6 +803,7 @@ class DrService:
             return  # said already: every station is paused, there is nothing more to shed
         if nothing_left:
             self._exhausted.add(signal.signal_id)
+        self._alerted.add(signal.signal_id)
         more = f"shedding {escalation.extra_kw:.1f} kW more" if not nothing_left else \
             "every station is paused already"
         self._alert(
@@ -818,8 +832,13 @@ class DrService:
                                 value_kw=drawn, limit_kw=limit, group=charger.group)
             elif cid in self._over_contract and drawn <= limit:
                 self._over_contract.discard(cid)
-                log.info("station %s is back within its contract %.1f kW (%.1f kW)", cid,
-                         limit, drawn)
+                message = f"station {cid} is back within its contract {limit:.1f} kW " \
+                    f"({drawn:.1f} kW)"
+                log.info("%s", message)
+                if self._store is not None:
+                    self._store.record_alarm(AlarmRecord(now, "contract", charger.group,
+                                                         None, drawn, limit,
+                                                         f"cleared: {message}", cleared=True))
 
     def _alert(self, kind: str, message: str, *, zone: str | None = None,
                station: str | None = None, signal_id: str | None = None,
