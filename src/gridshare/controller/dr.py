@@ -15,7 +15,15 @@ second while an event is scheduled or in force — works out each zone's curtail
    lowered one is sent first, and lifting them (the event over) ramps back like any raise;
 4. the zone's live draw is fed to each in-force event's compliance tracker; when the
    target is not met in time, it sheds the shortfall on top (the next stations by the same
-   policy) and raises an alert.
+   policy) and raises an alert. A station whose meter shows it above its cap at that
+   moment is not counted on any more: it keeps the cap it ignores (the controller pauses it
+   as a violator too) and the others shed what it was asked to.
+
+Loads are kW from each connector's last MeterValues (currents x voltage, or its power); a car's
+connector with no reading yet counts at what it may draw (its worst case in the command
+ledger): never at 0, so no reduction is assumed that no meter saw. The same loads feed the
+live aggregation (:class:`LoadWindows`: per-station one-minute windows) and each zone's
+draw and utilisation (:meth:`DrService.zone_status`).
 
 Alerts (an event not met; a station above its ``contract_max_kw``) go to the log once per
 condition, to :meth:`DrService.alerts`, to the ``on_alert`` callbacks (MQTT topic, SSE)
