@@ -404,7 +404,10 @@ async def test_the_dashboard_shows_the_active_event_with_target_and_verdict(
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             await page.goto(f"http://127.0.0.1:{zoned.app.api_port}/")
-            await expect(page.locator("#dr")).to_have_text("none")
+            zone = page.locator("#dr-zones li[data-zone='Z1']")
+            await expect(zone).to_have_text(
+                re.compile(r"^Z1 · [\d.]+ kW of 60 kW \([\d.]+ %\) · \d+ active$"))
+            await expect(page.locator("#dr p.none")).to_have_text("no event in force")
             now = zoned.app.clock.now()
             body = signal(signal_id="dash-1", target_reduction_kw=7.5,
                           start_ts=now.isoformat(), received_ts=...,

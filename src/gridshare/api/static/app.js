@@ -20,6 +20,7 @@
     sessionsProblem: "",   // why there is no session history (e.g. --db none)
     extras: {},            // frequency response, once the server has it
     dr: [],                // GET /api/v1/dr/events .events
+    drZones: [],           // GET /api/v1/zones .zones (live load per zone)
     lastUpdate: null,
     readNeedsToken: false, // a read was refused without a token (api: {read_token: true})
   };
@@ -488,12 +489,25 @@
     renderExtra($("fr"), state.extras.fr);
   }
 
-  // Demand response: the events in force now (GET /api/v1/dr/events), each with its
-  // target, the reduction the meters show and the compliance verdict; "none" otherwise.
+  // Demand response: each zone's live load (GET /api/v1/zones), then the events in force
+  // now (GET /api/v1/dr/events), each with its target, the reduction the meters show and
+  // the compliance verdict; "none" on a site without zones.
   function renderDr() {
     const el = $("dr");
     const active = (state.dr || []).filter((e) => e.state === "active" && e.signal_type !== "RESTORE");
-    if (!active.length) { el.replaceChildren(h("p", { class: "none", text: "none" })); return; }
+    const zones = state.drZones || [];
+    if (!active.length && !zones.length) { el.replaceChildren(h("p", { class: "none", text: "none" })); return; }
+    const zoneList = h("ul", { id: "dr-zones", class: "dr-zones" }, ...zones.map((z) => {
+      const live = z.live || {};
+      const of = isNum(z.capacity_kw) ? " of " + fmt(z.capacity_kw, 0) + " kW" : "";
+      const pct = isNum(live.utilisation_pct) ? " (" + fmt(live.utilisation_pct, 1) + " %)" : "";
+      return h("li", { "data-zone": z.id, text: z.id + " · " + fmt(live.total_kw, 1) + " kW" + of +
+        pct + " · " + (live.active_stations ?? 0) + " active" });
+    }));
+    if (!active.length) {
+      el.replaceChildren(zoneList, h("p", { class: "none", text: "no event in force" }));
+      return;
+    }
     const rows = active.map((e) => {
       const c = e.compliance || {};
       const verdict = c.verdict || "pending";
@@ -504,7 +518,7 @@
         td("Achieved", isNum(c.achieved_kw) ? fmt(c.achieved_kw, 1) + " kW" : "–", "num"),
         td("Verdict", verdict, "verdict verdict-" + verdict.replace(/\s+/g, "-")));
     });
-    el.replaceChildren(h("table", { id: "dr-events", class: "cards" },
+    el.replaceChildren(zoneList, h("table", { id: "dr-events", class: "cards" },
       h("thead", null, h("tr", null, ...["Zone", "Event", "Target", "Achieved", "Verdict"]
         .map((t) => h("th", { scope: "col", text: t })))),
       h("tbody", null, ...rows)));
@@ -559,8 +573,10 @@
 
   // GET /api/v1/dr/events: demand-response events with their compliance records.
   async function loadDr() {
-    const doc = await getJSON(API + "/dr/events");
-    state.dr = doc && Array.isArray(doc.events) ? doc.events : [];
+    const [events, zones] = await Promise.all([getJSON(API + "/dr/events"),
+                                               getJSON(API + "/zones").catch(() => null)]);
+    state.dr = events && Array.isArray(events.events) ? events.events : [];
+    state.drZones = zones && Array.isArray(zones.zones) ? zones.zones : [];
     dirty.extras = true;
   }
 
