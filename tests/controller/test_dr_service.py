@@ -633,3 +633,13 @@ def test_zone_status_and_the_services_windows(site: Site) -> None:
     assert {w["station"] for w in site.dr.load_windows()} == {"s1", "s2", "s3", "s4"}
     with pytest.raises(KeyError, match="in no DR zone"):
         site.dr.load_windows("nope")
+
+
+def test_a_car_that_leaves_during_an_event_counts_as_drawing_nothing(site: Site) -> None:
+    site.dr.submit(site.signal(kw=10.0))
+    # s1's car leaves; its last reading (22 kW) is still recent, but nothing draws there.
+    site.state.apply(StatusChanged("s1", 1, ConnectorStatus.AVAILABLE, site.clock.now()))
+    site.tick(3, default_a={"s2": LOADS["s2"], "s3": LOADS["s3"]})
+    assert site.dr.zone_load_kw("Z1") == pytest.approx(
+        (site.dr.caps[("s2", 1)] + site.dr.caps[("s3", 1)]) * KW_PER_A)
+    assert site.dr.record("E1").met_at is not None  # type: ignore[union-attr]

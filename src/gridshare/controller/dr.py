@@ -759,14 +759,16 @@ class DrService:
         return min(found, key=lambda b: b.at) if found else None
 
     def _connector_load(self, key: ConnectorKey, now: datetime) -> float:
-        """kW from the connector's last meter value; a car's connector not read yet counts
-        at what it may draw (its worst case), never at 0: no reduction is assumed unseen."""
+        """kW from the connector's last meter value while a car is there (one that left
+        draws nothing, whatever its last reading said); a car's connector not read yet
+        counts at what it may draw (its worst case), never at 0: no reduction is assumed
+        that no meter saw."""
+        if not self._state.active(key):
+            return 0.0
         measured = self._state.measured_a(key, now)
         charger = self.topology.chargers[key[0]]
         if measured is not None:
             return connector_kw(measured, self._voltage)
-        if not self._state.active(key):
-            return 0.0
         amps = self._state.believed_a(key, now)
         return amps * charger.phases * self._voltage / 1000.0
 
@@ -830,7 +832,7 @@ class DrService:
             drawn = 0.0
             for c in charger.connectors:
                 measured = self._state.measured_a(c.key, now)
-                if measured is not None:
+                if measured is not None and self._state.active(c.key):
                     drawn += connector_kw(measured, self._voltage)
             if drawn > limit + tolerance:
                 if cid not in self._over_contract:
