@@ -36,7 +36,7 @@ groups:
   - id: plaza
     max_current: 200
     chargers: [p-1, p-2, p-3, p-4]
-demand_response: {policy: proportional, confirm_within: 4, tolerance_kw: 0.5}
+demand_response: {policy: proportional, confirm_within: 6, tolerance_kw: 0.5}
 chargers:
   - {id: p-1, max_current: 32, phases: 3, zone: Z1, failsafe_current: 6, contract_max_kw: 30}
   - {id: p-2, max_current: 32, phases: 3, zone: Z1, failsafe_current: 6}
@@ -186,14 +186,14 @@ async def test_station_ignoring_its_profile_is_caught_and_others_shed_more(rig: 
     signalled = time.perf_counter()
     rig.dr.submit(rig.signal("E2", target, seconds=60.0))
     first = rig.dr.caps
-    # p-1 accepts its profile and goes on drawing 22 kW: after confirm_within (4 s) the
+    # p-1 accepts its profile and goes on drawing 22 kW: after confirm_within (6 s) the
     # meters show the zone short of the target: alert, and the others shed its share too.
     await rig.wait_until(lambda: any(a["kind"] == "dr_not_met" for a in alerts), 15.0)
     to_alert = time.perf_counter() - signalled
     [alert] = [a for a in alerts if a["kind"] == "dr_not_met"]
     message = str(alert["message"])
     assert message.startswith("dr event E2 not met: zone Z1 fell ")
-    assert "of 30.0 kW after 4 s — shedding " in message and message.endswith(" kW more")
+    assert "of 30.0 kW after 6 s — shedding " in message and message.endswith(" kW more")
     assert rig.dr.caps[("p-1", 1)] == first[("p-1", 1)]
     for cid in ("p-2", "p-3", "p-4"):
         assert rig.dr.caps[(cid, 1)] < first[(cid, 1)]
