@@ -643,3 +643,48 @@ def test_a_car_that_leaves_during_an_event_counts_as_drawing_nothing(site: Site)
     assert site.dr.zone_load_kw("Z1") == pytest.approx(
         (site.dr.caps[("s2", 1)] + site.dr.caps[("s3", 1)]) * KW_PER_A)
     assert site.dr.record("E1").met_at is not None  # type: ignore[union-attr]
+
+
+def test_overlapping_events_take_the_largest_target_from_one_baseline(site: Site) -> None:
+    site.dr.submit(site.signal("eco", kw=10.0, minutes=10.0))
+    site.tick(5, default_a=LOADS)
+    baseline = site.dr.baseline("Z1")
+    assert baseline is not None
+    site.dr.submit(site.signal("emergency", kw=15.0, start_s=5.0, minutes=1.0,
+                               priority=DrPriority.EMERGENCY))
+    total = sum(LOADS.values()) * KW_PER_A
+    assert caps_kw(site.dr.caps) == pytest.approx(total - 15.0, abs=0.05)
+    # The second event measures from the same baseline, not from the curtailed draw.
+    assert site.dr.record("emergency").baseline_kw == pytest.approx(total)  # type: ignore[union-attr]
+    site.tick(65, default_a=LOADS)
+    assert site.dr.baseline("Z1") is baseline
+    assert caps_kw(site.dr.caps) == pytest.approx(total - 10.0, abs=0.05)
+    assert site.dr.record("emergency").verdict == "met"  # type: ignore[union-attr]
+
+
+def test_zones_are_curtailed_independently(site: Site) -> None:
+    site.dr.submit(site.signal("z2", zone="Z2", kw=5.0))
+    assert set(site.dr.caps) == {("s4", 1)}
+    assert site.dr.caps[("s4", 1)] * KW_PER_A == pytest.approx(32 * KW_PER_A - 5.0, abs=0.01)
+    site.dr.submit(site.signal("z1", kw=10.0))
+    assert set(site.dr.caps) == {("s1", 1), ("s2", 1), ("s3", 1), ("s4", 1)}
+    [published_z1] = site.published()[-1:]
+    assert ("s4", 1) in published_z1.caps  # one publication holds every zone's caps
+
+
+def test_priority_escalation_moves_to_the_next_station() -> None:
+    site = Site(CurtailPolicy.PRIORITY)
+    for cid, amps in LOADS.items():
+        site.plug(cid, amps)
+    site.dr.submit(site.signal(kw=10.0))
+    first = site.dr.caps
+    assert first[("s2", 1)] == pytest.approx(LOADS["s2"], abs=0.01)
+    # s1 (lowest priority) ignores its cap: at the escalation s2 (next) sheds the 10 kW:
+    # 13.8 - 10 kW is below its minimum (6 A, 4.14 kW), so it pauses; s3 keeps its load.
+    site.tick(31, default_a=LOADS, ignore=("s1",))
+    caps = site.dr.caps
+    assert caps[("s1", 1)] == first[("s1", 1)]
+    assert caps[("s2", 1)] == 0.0
+    assert caps[("s3", 1)] == pytest.approx(LOADS["s3"], abs=0.01)
+    site.tick(5, default_a=LOADS, ignore=("s1",))
+    assert site.dr.record("E1").met_at is not None  # type: ignore[union-attr]
