@@ -20,7 +20,7 @@ from gridshare.bus import MemoryBus
 from gridshare.clock import FakeClock
 from gridshare.config import DemandResponseSpec, parse_site
 from gridshare.controller.audit import AlarmRecord
-from gridshare.controller.dr import Baseline, DrService, LoadWindows
+from gridshare.controller.dr import Baseline, DrService
 from gridshare.controller.loop import ControllerSettings
 from gridshare.controller.state import SiteState
 from gridshare.core.dr import (
@@ -554,85 +554,6 @@ async def test_meter_values_on_the_bus_wake_the_service(site: Site) -> None:
         assert site.dr.counters["cycles"] == cycles
     finally:
         await site.dr.stop()
-
-
-# --- live aggregation ---------------------------------------------------------------------
-
-def test_one_minute_windows_average_max_energy_and_counts(site: Site) -> None:
-    windows = LoadWindows(site.topology, ["s1", "s2"])
-    key = ("s1", 1)
-    windows.sample(t(0), {key: 20.0}, [key])
-    windows.sample(t(30), {key: 10.0}, [key])  # half the minute at 20, half at 10
-    windows.sample(t(75), {key: 0.0}, [])
-    [first, current] = windows.windows(t(90), "s1")
-    assert first.complete and first.start == t(0) and first.end == t(60)
-    assert first.avg_kw == pytest.approx(15.0)
-    assert first.max_kw == 20.0
-    assert first.energy_kwh == pytest.approx(15.0 * 60 / 3600)
-    assert (first.active_sessions, first.active_connectors) == (1, 1)
-    [(number, avg_kw, max_kw)] = first.connectors
-    assert number == 1 and avg_kw == pytest.approx(15.0) and max_kw == 20.0
-    assert not current.complete and current.start == t(60) and current.end == t(90)
-    # 60-75 s at 10 kW, 75-90 s at 0: the average over the 30 s seen so far.
-    assert current.avg_kw == pytest.approx(5.0)
-    idle = windows.windows(t(90), "s2")
-    assert [w.active_connectors for w in idle] == [0, 0]
-    body = first.to_json()
-    assert body["start"] == "2025-03-01T12:00:00Z" and body["connectors"][0]["connector"] == 1
-
-
-def test_a_long_silence_makes_up_no_windows(site: Site) -> None:
-    windows = LoadWindows(site.topology, ["s1"])
-    windows.sample(t(10), {("s1", 1): 22.0}, [("s1", 1)])
-    windows.sample(t(600), {("s1", 1): 11.0}, [("s1", 1)])
-    found = windows.windows(t(610), "s1")
-    assert [w.start for w in found] == [t(0), t(600)]
-    assert found[0].avg_kw == pytest.approx(22.0) and found[0].energy_kwh == \
-        pytest.approx(22.0 * 50 / 3600)
-
-
-@settings(max_examples=50, deadline=None)
-@given(steps=st.lists(st.tuples(st.floats(0.1, 50.0), st.floats(0.0, 150.0)), min_size=1,
-                      max_size=30))
-def test_window_energy_is_the_integral_of_the_samples(steps: list[tuple[float, float]]) -> None:
-    topology = parse_site(SITE, "dr-site")
-    windows = LoadWindows(topology, ["s1"], keep=10_000)
-    key = ("s1", 1)
-    at = T0
-    expected = 0.0
-    windows.sample(at, {key: 0.0}, [])
-    previous = 0.0
-    for gap_s, kw in steps:
-        later = at + timedelta(seconds=gap_s)  # to the microsecond, as the clock is
-        expected += previous * (later - at).total_seconds() / 3600.0
-        at = later
-        windows.sample(at, {key: kw}, [key])
-        previous = kw
-    found = windows.windows(at, "s1")
-    assert sum(w.energy_kwh for w in found) == pytest.approx(expected, rel=1e-9, abs=1e-9)
-    assert all(w.max_kw <= 150.0 for w in found)
-    assert [w.start for w in found] == sorted(w.start for w in found)
-
-
-def test_zone_status_and_the_services_windows(site: Site) -> None:
-    site.dr.cycle()
-    site.clock.advance(61)
-    site.dr.cycle()
-    [z1, z2] = site.dr.zone_status()
-    total = sum(LOADS.values()) * KW_PER_A
-    assert z1 == {"zone": "Z1", "load_kw": pytest.approx(total, abs=1e-3), "capacity_kw": 100.0,
-                  "utilisation_pct": pytest.approx(total, abs=0.01), "stations": 3,
-                  "active_stations": 3, "event": None, "target_kw": None,
-                  "baseline_kw": None}
-    assert z2["capacity_kw"] is None and z2["utilisation_pct"] is None
-    site.dr.submit(site.signal(kw=10.0))
-    z1 = site.dr.zone_status()[0]
-    assert z1["event"] == "E1" and z1["target_kw"] == 10.0
-    first = site.dr.load_windows("s1")[0]
-    assert first["complete"] and first["avg_kw"] == pytest.approx(LOADS["s1"] * KW_PER_A)
-    assert {w["station"] for w in site.dr.load_windows()} == {"s1", "s2", "s3", "s4"}
-    with pytest.raises(KeyError, match="in no DR zone"):
-        site.dr.load_windows("nope")
 
 
 def test_a_car_that_leaves_during_an_event_counts_as_drawing_nothing(site: Site) -> None:

@@ -21,9 +21,8 @@ second while an event is scheduled or in force — works out each zone's curtail
 
 Loads are kW from each connector's last MeterValues (currents x voltage, or its power); a car's
 connector with no reading yet counts at what it may draw (its worst case in the command
-ledger): never at 0, so no reduction is assumed that no meter saw. The same loads feed the
-live aggregation (:class:`LoadWindows`: per-station one-minute windows) and each zone's
-draw and utilisation (:meth:`DrService.zone_status`).
+ledger): never at 0, so no reduction is assumed that no meter saw. (Live load per station
+and zone for the API is :mod:`gridshare.controller.aggregate`'s.)
 
 Alerts (an event not met; a station above its ``contract_max_kw``) go to the log once per
 condition, to :meth:`DrService.alerts`, to the ``on_alert`` callbacks (MQTT topic, SSE)
@@ -39,7 +38,7 @@ import json
 import logging
 import math
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
@@ -151,176 +150,6 @@ def _cap_amps(charger: Charger, kw: float, voltage: float) -> float:
     return math.floor(station_kw_to_amps(charger, kw, voltage) * 100 + 1e-6) / 100
 
 
-WINDOW = timedelta(minutes=1)
-"""Live aggregation: one-minute tumbling windows, aligned on the minute (UTC)."""
-KEEP_WINDOWS = 60
-"""Closed windows kept per station (an hour)."""
-
-
-def _window_start(at: datetime) -> datetime:
-    return at.replace(second=0, microsecond=0)
-
-
-@dataclass(slots=True)
-class _Window:
-    """One station's window being filled: kW held since the last sample, integrated."""
-
-    start: datetime
-    kw_s: dict[ConnectorKey, float]
-    max_kw: dict[ConnectorKey, float]
-    station_max_kw: float = 0.0
-    covered_s: float = 0.0
-    """Seconds of the window with a sample in force (averages are over these)."""
-    sessions: set[ConnectorKey] | None = None
-    drawing: set[ConnectorKey] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StationWindow:
-    """What a station drew in one window (``complete``: the window is over)."""
-
-    station: str
-    zone: str | None
-    start: datetime
-    end: datetime
-    complete: bool
-    avg_kw: float
-    max_kw: float
-    energy_kwh: float
-    active_sessions: int
-    active_connectors: int
-    """Connectors that drew power at some point of the window."""
-    connectors: tuple[tuple[int, float, float], ...]
-    """(connector, average kW, maximum kW)."""
-
-    def to_json(self) -> dict[str, Any]:
-        return {"station": self.station, "zone": self.zone, "start": iso(self.start),
-                "end": iso(self.end), "complete": self.complete,
-                "avg_kw": round(self.avg_kw, 3), "max_kw": round(self.max_kw, 3),
-                "energy_kwh": round(self.energy_kwh, 4),
-                "active_sessions": self.active_sessions,
-                "active_connectors": self.active_connectors,
-                "connectors": [{"connector": n, "avg_kw": round(a, 3), "max_kw": round(m, 3)}
-                               for n, a, m in self.connectors]}
-
-
-class LoadWindows:
-    """Per-station load over one-minute tumbling windows, from the samples the service
-    takes each cycle (a sample's value holds until the next one: meter values are steps).
-    Pure: ``now`` is passed in."""
-
-    def __init__(self, topology: Topology, stations: Sequence[str],
-                 keep: int = KEEP_WINDOWS) -> None:
-        self.topology = topology
-        self._stations = tuple(stations)
-        self._keep = keep
-        self._open: dict[str, _Window] = {}
-        self._closed: dict[str, deque[StationWindow]] = {
-            cid: deque(maxlen=keep) for cid in self._stations}
-        self._last_at: datetime | None = None
-        self._last: dict[ConnectorKey, float] = {}
-        self._active: set[ConnectorKey] = set()
-
-    def sample(self, now: datetime, loads: Mapping[ConnectorKey, float],
-               active: Iterable[ConnectorKey]) -> None:
-        """The connectors' kW and which have a session, as of ``now``."""
-        self.advance(now)
-        self._last = dict(loads)
-        self._active = set(active)
-        for cid in self._stations:
-            window = self._window(cid, now)
-            self._mark(cid, window)
-
-    def advance(self, now: datetime) -> None:
-        """Integrate the held values up to ``now``, closing the windows that ended."""
-        last = self._last_at
-        if last is not None and now <= last:
-            return
-        self._last_at = now
-        if last is None:
-            return
-        if now - last > 2 * WINDOW:
-            # A long silence: nothing is made up for the minutes in between.
-            for cid in self._stations:
-                self._integrate(cid, last, min(now, _window_start(last) + WINDOW))
-                self._close(cid, now)
-            return
-        at = last
-        while at < now:
-            edge = min(now, _window_start(at) + WINDOW)
-            for cid in self._stations:
-                self._integrate(cid, at, edge)
-                if edge == _window_start(at) + WINDOW:
-                    self._close(cid, edge)
-            at = edge
-
-    def _window(self, cid: str, at: datetime) -> _Window:
-        window = self._open.get(cid)
-        if window is None:
-            window = self._open[cid] = _Window(_window_start(at), {}, {}, sessions=set(),
-                                               drawing=set())
-        return window
-
-    def _mark(self, cid: str, window: _Window) -> None:
-        keys = [c.key for c in self.topology.chargers[cid].connectors]
-        station_kw = 0.0
-        for key in keys:
-            kw = self._last.get(key, 0.0)
-            station_kw += kw
-            window.max_kw[key] = max(window.max_kw.get(key, 0.0), kw)
-            if kw > 0 and window.drawing is not None:
-                window.drawing.add(key)
-            if key in self._active and window.sessions is not None:
-                window.sessions.add(key)
-        window.station_max_kw = max(window.station_max_kw, station_kw)
-
-    def _integrate(self, cid: str, start: datetime, end: datetime) -> None:
-        seconds = (end - start).total_seconds()
-        if seconds <= 0:
-            return
-        window = self._window(cid, start)
-        for c in self.topology.chargers[cid].connectors:
-            kw = self._last.get(c.key, 0.0)
-            window.kw_s[c.key] = window.kw_s.get(c.key, 0.0) + kw * seconds
-        window.covered_s += seconds
-        self._mark(cid, window)
-
-    def _close(self, cid: str, now: datetime) -> None:
-        window = self._open.pop(cid, None)
-        if window is not None:
-            self._closed[cid].append(self._view(cid, window, now, complete=True))
-
-    def _view(self, cid: str, window: _Window, now: datetime, *,
-              complete: bool) -> StationWindow:
-        charger = self.topology.chargers[cid]
-        covered = window.covered_s
-        per = []
-        for c in charger.connectors:
-            kw_s = window.kw_s.get(c.key, 0.0)
-            per.append((c.number, kw_s / covered if covered > 0 else 0.0,
-                        window.max_kw.get(c.key, 0.0)))
-        total_kw_s = sum(window.kw_s.values())
-        end = window.start + WINDOW
-        return StationWindow(
-            cid, charger.zone, window.start, end if complete else min(end, now), complete,
-            total_kw_s / covered if covered > 0 else 0.0, window.station_max_kw,
-            total_kw_s / 3600.0, len(window.sessions or ()), len(window.drawing or ()),
-            tuple(per))
-
-    def windows(self, now: datetime, station: str | None = None, *,
-                current: bool = True) -> list[StationWindow]:
-        """The closed windows (oldest first) and, with ``current``, the one being filled,
-        of one station or all."""
-        self.advance(now)
-        out: list[StationWindow] = []
-        for cid in self._stations if station is None else (station,):
-            out.extend(self._closed[cid])
-            window = self._open.get(cid)
-            if current and window is not None:
-                out.append(self._view(cid, window, now, complete=False))
-        return out
-
-
 class DrService:
     """Demand response for one site. Built by the app when the site declares zones."""
 
@@ -346,13 +175,8 @@ class DrService:
             zone: tuple(c.key for cid in topology.zone_chargers(zone)
                         for c in topology.chargers[cid].connectors)
             for zone in self.zones}
-        self._zone_of = {cid: ch.zone for cid, ch in topology.chargers.items()
-                         if ch.zone is not None}
         self._watched = {cid for cid, ch in topology.chargers.items()
                          if ch.zone is not None or ch.contract_max_kw is not None}
-        self.windows = LoadWindows(topology, [cid for cid, ch in topology.chargers.items()
-                                              if ch.zone is not None])
-        """Live aggregation of the zones' stations (one-minute tumbling windows)."""
         self._book = EventBook()
         self._trackers: dict[str, ComplianceTracker] = {}
         """Events started and not yet finished."""
@@ -462,38 +286,6 @@ class DrService:
         """The zone's draw now, from its stations' meter values."""
         at = now or self.clock.now()
         return sum(self._connector_load(key, at) for key in self._zone_keys[zone])
-
-    def load_windows(self, station: str | None = None) -> list[dict[str, Any]]:
-        """Per-station load over one-minute tumbling windows (the last hour, oldest first,
-        the window being filled last): average and maximum kW of the station and of each
-        connector, energy, active sessions and connectors. KeyError for a station that is
-        in no zone."""
-        if station is not None and station not in self._zone_of:
-            raise KeyError(f"station {station!r} is in no DR zone")
-        return [w.to_json() for w in self.windows.windows(self.clock.now(), station)]
-
-    def zone_status(self) -> list[dict[str, Any]]:
-        """Each zone now: its draw from the meter values, capacity, utilisation %, its
-        stations and how many draw or have a session, and the demand in force."""
-        now = self.clock.now()
-        out = []
-        for zone in self.zones:
-            stations = self.topology.zone_chargers(zone)
-            load = self.zone_load_kw(zone, now)
-            capacity = self.topology.zones[zone].capacity_kw
-            active = [cid for cid in stations
-                      if any(self._state.active(c.key) or self._connector_load(c.key, now) > 0
-                             for c in self.topology.chargers[cid].connectors)]
-            demand = self._book.zone_demand(zone, now)
-            baseline = self._baselines.get(zone)
-            out.append({
-                "zone": zone, "load_kw": round(load, 3), "capacity_kw": capacity,
-                "utilisation_pct": None if not capacity else round(100.0 * load / capacity, 2),
-                "stations": len(stations), "active_stations": len(active),
-                "event": None if demand is None else demand.governing.signal.signal_id,
-                "target_kw": None if demand is None else demand.target_kw,
-                "baseline_kw": None if baseline is None else round(baseline.kw, 3)})
-        return out
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -615,7 +407,6 @@ class DrService:
         self.last_cycle_at = at
         self.counters["cycles"] += 1
         self._check_contracts(at)
-        self._sample(at)
         caps: dict[ConnectorKey, float] = {}
         for zone in self.zones:
             caps.update(self._zone_cycle(zone, at))
@@ -629,16 +420,6 @@ class DrService:
             log.info("DR caps: %s", ", ".join(f"{k[0]}/{k[1]} {a:g} A"
                                              for k, a in sorted(caps.items())) or "none")
         return caps
-
-    def _sample(self, now: datetime) -> None:
-        loads = {}
-        active = []
-        for keys in self._zone_keys.values():
-            for key in keys:
-                loads[key] = self._connector_load(key, now)
-                if self._state.active(key):
-                    active.append(key)
-        self.windows.sample(now, loads, active)
 
     def _zone_cycle(self, zone: str, now: datetime) -> dict[ConnectorKey, float]:
         demand = self._book.zone_demand(zone, now)
