@@ -193,9 +193,21 @@ def normalise_url(url: str) -> str:
 
 
 def _payload(event_obj: Event) -> str:
-    data = dataclasses.asdict(event_obj)
+    data = _keys_as_text(dataclasses.asdict(event_obj))
     return json.dumps(data, default=lambda v: v.isoformat() if isinstance(v, datetime)
                       else str(v), separators=(",", ":"))
+
+
+def _keys_as_text(value: Any) -> Any:
+    """JSON objects have text keys: a connector key (charger, connector), as in a
+    ConnectorCapsChanged's caps, becomes ``"charger/connector"``."""
+    if isinstance(value, dict):
+        return {"/".join(map(str, k)) if isinstance(k, tuple) else
+                k if isinstance(k, str) else str(k): _keys_as_text(v)
+                for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_keys_as_text(v) for v in value]
+    return value
 
 
 class Store:
@@ -217,6 +229,7 @@ class Store:
         self.written = 0
         self.dropped = 0
         self.failed_batches = 0
+        self.failed_events = 0
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -255,7 +268,14 @@ class Store:
 
         async def run() -> None:
             async for item in subscription:
-                self.record_event(item)
+                try:
+                    self.record_event(item)
+                except Exception:
+                    # One event that cannot be written must not end the audit log.
+                    self.failed_events += 1
+                    if self.failed_events in (1, 100) or self.failed_events % 10_000 == 0:
+                        log.exception("store: event %s could not be recorded (%d so far)",
+                                      type(item).__name__, self.failed_events)
 
         task = asyncio.create_task(run(), name="gridshare-store-events")
         self._consumers.add(task)

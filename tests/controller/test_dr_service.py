@@ -504,6 +504,12 @@ async def test_app_builds_dr_only_with_zones_and_keeps_events_on_sqlite(
                   if x.startswith("gridshare_dr_compliance_ratio{")]
         assert line.startswith('gridshare_dr_compliance_ratio{event="E1",group="Z1"} ')
         assert float(line.split()[-1]) == pytest.approx(1.0, abs=0.01)
+        # The audit log keeps the caps event too (connector keys as "charger/connector").
+        await app.store.flush()
+        [row] = [r for r in await app.store.rows("events")
+                 if r["kind"] == "ConnectorCapsChanged"]
+        assert json.loads(row["payload"])["caps"]["s1/1"] == app.dr.caps[("s1", 1)]
+        assert app.store.failed_events == 0
         return dict(app.dr.caps)
 
     caps = await run(first)
