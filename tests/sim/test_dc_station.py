@@ -223,7 +223,7 @@ async def test_station_over_ocpp_obeys_a_w_profile_and_meters_power_soc_energy(
         values = sampled(msg.payload)
         assert 20.0 < values["SoC"] <= 100.0
         assert values["Energy.Active.Import.Register"] > 0.0
-        assert values["Energy.Active.Import.Register"] <= ch.energy_wh(1) + 1e-6
+        assert values["Energy.Active.Import.Register"] <= ch.energy_wh(1) + 1.0  # 1.6: whole Wh
     finally:
         await ch.stop()
 
@@ -231,3 +231,17 @@ async def test_station_over_ocpp_obeys_a_w_profile_and_meters_power_soc_energy(
 def test_conversions_round_trip() -> None:
     assert kw_to_a(150.0, V) == pytest.approx(217.391, abs=1e-3)
     assert a_to_kw(kw_to_a(42.0, V), V) == pytest.approx(42.0)
+
+
+def test_settle_starts_a_car_at_the_offered_power_and_refuses_an_ac_car() -> None:
+    from gridshare.sim import EV
+
+    clock = ManualClock(T0)
+    ch = station(clock)
+    plug(ch, car(setpoint_lag_s=5.0, ramp_up_kw_s=10.0))
+    ch.settle(1)  # a car that was charging before the simulation began
+    assert run(ch, clock, 0.5) == pytest.approx([150.0] * 5, abs=0.1)
+    other = station(clock)
+    other.plug_nowait(1, EV(capacity_kwh=60.0, soc=0.5))
+    with pytest.raises(TypeError, match="DC1 connector 1 has no DC car to settle"):
+        other.settle(1)

@@ -216,8 +216,11 @@ async def _plug(station: DcStation, car: Car, *, settle: bool, wait_s: float = 1
 
     def ready() -> bool:
         tx = station.transaction(car.connector)
+        # the controller's setpoint is on the connector (a TxProfile, or a TxDefaultProfile
+        # while a 1.6 transaction id is not known yet); connector 0 holds the failsafe
         return (tx is not None and tx.active and station.offered_kw(car.connector) > 0
-                and any(p.purpose is Purpose.TX and p.connector == car.connector
+                and any(p.connector == car.connector
+                        and p.purpose in (Purpose.TX, Purpose.TX_DEFAULT)
                         for p in station.profiles))
 
     deadline = time.monotonic() + wait_s
