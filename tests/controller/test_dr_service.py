@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from gridshare.app import ServeOptions, build_app
 from gridshare.bus import MemoryBus
-from gridshare.clock import FakeClock
+from gridshare.clock import FakeClock, SystemClock
 from gridshare.config import DemandResponseSpec, parse_site
 from gridshare.controller.audit import AlarmRecord
 from gridshare.controller.dr import Baseline, DrService
@@ -615,3 +615,35 @@ def test_priority_escalation_moves_to_the_next_station() -> None:
     assert caps[("s3", 1)] == pytest.approx(LOADS["s3"], abs=0.01)
     site.tick(5, default_a=LOADS, ignore=("s1",))
     assert site.dr.record("E1").met_at is not None  # type: ignore[union-attr]
+
+
+async def test_the_running_service_acts_at_an_events_start_and_end_by_itself() -> None:
+    site = Site()
+    clock = SystemClock()
+    site.dr = DrService(site.topology, DemandResponseSpec(), site.bus, clock,
+                        store=site.store, state_view=site.state, tick_s=5.0)
+    for cid, amps in LOADS.items():
+        site.plug(cid, amps)
+    now = clock.now()
+    site.dr.submit(DrSignal("soon", "Z1", SignalType.CURTAIL, 10.0,
+                            now + timedelta(seconds=0.3), now + timedelta(seconds=0.6),
+                            DrPriority.ECONOMIC, now))
+    assert site.dr.caps == {}
+    await site.dr.start()
+    try:
+        # Woken at the start and at the end by the times the book names (the 5 s tick
+        # would come too late for either).
+        await _until(lambda: site.dr.caps != {}, 3.0)
+        await _until(lambda: site.dr.caps == {}, 3.0)
+        record = site.dr.record("soon")
+        assert record is not None and record.finished_at is not None
+        assert [bool(p.caps) for p in site.published()] == [True, False]
+    finally:
+        await site.dr.stop()
+
+
+async def _until(cond: Any, timeout_s: float) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
