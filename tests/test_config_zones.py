@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 
-from gridshare.config import ConfigError, DemandResponseSpec, parse_site_config
+from gridshare.config import ConfigError, DemandResponseSpec, load_site_config, parse_site_config
 from gridshare.core.dr.curtail import CurtailPolicy
 from gridshare.core.topology import ConnectorType, Zone
 
@@ -140,3 +141,26 @@ def test_each_zone_mistake_is_named(edit: tuple[str, str], expected: str) -> Non
     msgs = issues_of(PLAZA.replace(*edit))
     assert any(expected in m for m in msgs), msgs
     assert all(m.startswith("site.yaml:") for m in msgs), msgs
+
+
+def test_openadr_settings_load_and_name_only_declared_zones(tmp_path: Path) -> None:
+    ven = PLAZA.replace("  tolerance_kw: 1.5\n", textwrap.indent(textwrap.dedent("""\
+        tolerance_kw: 1.5
+        openadr:
+          vtn_url: http://127.0.0.1:8080/OpenADR2/Simple/2.0b
+          ven_name: plaza-ven
+          zone: Z1
+          targets: {feeder-7: Z3}
+          cert: certs/ven.pem
+        """), "  "))
+    problems = issues_of(ven)
+    assert len(problems) == 1
+    assert "demand_response.openadr.targets.feeder-7" in problems[0]
+    assert "unknown zone 'Z3'" in problems[0]
+    good = ven.replace("Z3}", "Z2}")
+    site = tmp_path / "site.yaml"
+    site.write_text(good)
+    openadr = load_site_config(site).demand_response.openadr
+    assert openadr is not None
+    assert (openadr.zone, openadr.targets) == ("Z1", {"feeder-7": "Z2"})
+    assert openadr.cert == tmp_path / "certs" / "ven.pem"  # relative to the site file

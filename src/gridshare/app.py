@@ -226,7 +226,7 @@ class GridshareApp:
             self.dr_mqtt = DrMqtt(options.mqtt, topology.site, self.dr, self.clock)
         self.dr_openadr: OpenAdrVen | None = None
         """The OpenADR 2.0b VEN of ``demand_response: {openadr: ...}``."""
-        openadr = getattr(options.demand_response, "openadr", None)
+        openadr = options.demand_response.openadr
         if self.dr is not None and openadr is not None:
             from gridshare.adapters.dr.openadr import OpenAdrVen
 

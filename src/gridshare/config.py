@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from gridshare.adapters.dr.spec import OpenAdrSpec
 from gridshare.core.dr.curtail import CurtailPolicy
 from gridshare.core.topology import (
     Charger,
@@ -389,6 +390,8 @@ class DemandResponseSpec(_Strict):
     raised."""
     tolerance_kw: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.5
     """A reduction this close to the target counts as met (meter accuracy)."""
+    openadr: OpenAdrSpec | None = None
+    """An OpenADR 2.0b VEN that turns a utility's VTN events into DR signals (docs/dr.md)."""
 
 
 class ApiSpec(_Strict):
@@ -866,6 +869,13 @@ def load_site_config(path: str | Path, max_size: int = DEFAULT_MAX_SIZE) -> Site
             "password_file": None if mqtt.password_file is None
             else p.parent / mqtt.password_file,
             "cafile": None if mqtt.cafile is None else p.parent / mqtt.cafile}))
+    openadr = config.demand_response.openadr
+    if openadr is not None:
+        files = {name: p.parent / value for name in ("cert", "key", "passphrase_file", "ca_file")
+                 if (value := getattr(openadr, name)) is not None}
+        if files:
+            config = replace(config, demand_response=config.demand_response.model_copy(
+                update={"openadr": openadr.model_copy(update=files)}))
     return config
 
 
@@ -1170,6 +1180,12 @@ def _check_zones(site: _Site, chargers: dict[str, _ChargerEntry],
             known = ", ".join(sorted(zones)) if zones else "none declared"
             problems.add((*c.loc, "zone"), f"unknown zone {shown(zone)} (declare it under "
                                            f"zones:; zones: {known})")
+    openadr = site.head.demand_response.openadr if site.head is not None else None
+    for path, zone in openadr.zones_named() if openadr is not None else ():
+        if zone not in zones:
+            known = ", ".join(sorted(zones)) if zones else "none declared"
+            problems.add(("demand_response", "openadr", *path),
+                         f"unknown zone {shown(zone)} (zones: {known})")
 
 
 def _check_wiring(groups: dict[str, _GroupEntry], chargers: dict[str, _ChargerEntry],
