@@ -144,6 +144,9 @@ class SessionContext:
     next_transaction_id: Callable[[], int]
     command_done: Callable[[str, Command, CommandOutcome], None]
     """Called once per command that was answered, timed out or lost."""
+    declared: Callable[[str], bool] = lambda _charger: True
+    """Whether a charger is declared; one that is not is pending: answered ``Pending`` at
+    boot and never provisioned (see :mod:`.pending`)."""
 
 
 _ACCEPTED = frozenset({"Accepted"})
@@ -264,6 +267,19 @@ class Session:
 
     def heartbeat_interval_s(self) -> int:
         return self.ctx.config.heartbeat_interval_s
+
+    def boot_answer(self) -> tuple[str, int]:
+        cfg = self.ctx.config
+        if self.ctx.declared(self.charger):
+            return "Accepted", cfg.heartbeat_interval_s
+        return "Pending", cfg.pending_retry_s or cfg.heartbeat_interval_s
+
+    def trigger_boot_command(self) -> Command:
+        """TriggerMessage(BootNotification): a pending charger that was just declared boots
+        again now rather than after its retry interval, and is answered Accepted."""
+        payload = {"requestedMessage": "BootNotification"}
+        return self._command(("trigger-boot",), "TriggerMessage",
+                             lambda now: Built.of(payload), _ACCEPTED, 0)
 
     def _event_time(self, timestamp: str | None) -> datetime:
         """The charger's timestamp if it is readable and not in the future, else ours."""
@@ -602,7 +618,10 @@ class Session:
 
     async def _provision(self) -> None:
         """(Re)install the remembered failsafe and cap: a charger that just booted may have
-        lost them, and the failsafe is what protects the fuse when it loses us."""
+        lost them, and the failsafe is what protects the fuse when it loses us. A pending
+        charger gets nothing."""
+        if not self.ctx.declared(self.charger):
+            return
         if self.state.failsafe_a is not None:
             await self._install(lambda: self.failsafe_command(self.state.failsafe_a or 0.0))
         if self.state.cap_a is not None:
