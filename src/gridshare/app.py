@@ -78,6 +78,7 @@ def csms_settings(config: SiteConfig) -> CsmsConfig:
                                                   ocpp.tls.cafile)
     return CsmsConfig(
         security_profile=ocpp.security_profile, allow_auto_register=ocpp.allow_auto_register,
+        pending_unknown=ocpp.pending_unknown,
         tls=tls, heartbeat_interval_s=ocpp.heartbeat_interval,
         command_timeout_s=ocpp.command_timeout, command_retries=ocpp.command_retries,
         no_subprotocol=ocpp.no_subprotocol, lease_s=ocpp.lease,

@@ -1,0 +1,91 @@
+"""Chargers added to a running controller (an operator adopted them): everything known of
+the others stays, the new one counts at its failsafe until it is controlled, and a full
+group makes room by lowering the others first."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gridshare.clock import FakeClock
+from gridshare.config import parse_site
+from gridshare.controller.loop import Controller
+from gridshare.core.additions import NotAnAddition, added_chargers
+from gridshare.core.topology import Topology
+from gridshare.events import ChargerBooted, ConnectorStatus, StatusChanged
+
+from .conftest import SITE, RecordingDriver
+from .test_loop import FAST, arrive, assert_safe, boot
+
+ADOPTED = SITE.replace("chargers: [a1, a2, a3]}", "chargers: [a1, a2, a3, a4]}") + \
+    "  - {id: a4, max_current: 32, phases: 3, failsafe_current: 6}\n"
+
+
+@pytest.fixture
+async def controller(topology: Topology, driver: RecordingDriver,
+                     clock: FakeClock) -> AsyncIterator[Controller]:
+    c = Controller(topology, driver, clock, settings=FAST)
+    await c.start()
+    yield c
+    await c.stop()
+
+
+def test_added_chargers_only_takes_additions(topology: Topology) -> None:
+    assert added_chargers(topology, parse_site(ADOPTED)) == ("a4",)
+    assert added_chargers(topology, topology) == ()
+    for changed, words in (
+            (SITE.replace("max_current: 63", "max_current: 64"), "group main changed"),
+            (SITE.replace("failsafe_current: 0", "failsafe_current: 1"), "charger b2 changed"),
+            (SITE.replace("site: test", "site: other"), "site changed"),
+            (SITE.replace("[b1, b2]", "[b1]").replace(
+                "  - {id: b2, max_current: 32, phases: 3, failsafe_current: 0}\n", ""),
+             "chargers removed")):
+        with pytest.raises(NotAnAddition, match=words):
+            added_chargers(topology, parse_site(changed))
+
+
+async def test_adopted_charger_in_a_full_group_lowers_the_others_first(
+        controller: Controller, driver: RecordingDriver, clock: FakeClock) -> None:
+    await boot(controller, clock)
+    await arrive(controller, clock, "a1", "a2", "a3")
+    assert sorted(driver.last(c) or 0 for c in ("a1", "a2", "a3")) == [10.6, 10.7, 10.7]
+    before = {k: controller.state.commands_of(k) for k in (("a1", 1), ("a2", 1), ("a3", 1))}
+    driver.clear()
+    for cid in ("a1", "a2", "a3"):
+        driver.gates[cid] = asyncio.Event()
+
+    assert controller.add_chargers(parse_site(ADOPTED)) == ("a4",)
+    # everything known of the others is kept, as it was
+    assert {k: controller.state.commands_of(k) for k in before} == before
+    assert controller.state.active(("a1", 1)) and controller.state.online("a1")
+    await asyncio.sleep(0.05)
+    # a4 is offline and counted at its 6 A failsafe: the circuit's 32 A leaves 26 A
+    assert controller.allocation is not None
+    assert ("a4", 1) in controller.allocation.offline
+    assert sorted(x.current_a or 0 for x in driver.setpoints()) == [8.6, 8.7, 8.7]
+    assert_safe(controller)
+
+    # a4 boots and a car arrives while the decreases are unanswered: it gets its failsafe
+    # and is held at 0 A when idle, but no increase goes out before the decreases land
+    controller.handle(ChargerBooted("a4", clock.now(), "ocpp1.6"))
+    controller.handle(StatusChanged("a4", 1, ConnectorStatus.CHARGING, clock.now()))
+    await asyncio.sleep(0.05)
+    assert all((x.current_a or 0) <= 6.0 for x in driver.setpoints("a4"))
+    for gate in driver.gates.values():
+        gate.set()
+    await controller.settle()
+    decreases = [x for x in driver.setpoints() if x.charger != "a4"]
+    (increase,) = [x for x in driver.setpoints("a4") if (x.current_a or 0) > 6.0]
+    assert increase.current_a == pytest.approx(8.0, abs=0.1)
+    assert all(d.finished is not None and increase.started > d.finished for d in decreases)
+    assert_safe(controller)
+
+
+async def test_a_change_that_is_not_an_addition_changes_nothing(
+        controller: Controller, topology: Topology) -> None:
+    with pytest.raises(NotAnAddition):
+        controller.add_chargers(parse_site(ADOPTED.replace("max_current: 63", "max_current: 1")))
+    assert controller.topology is topology and controller.state.topology is topology
+    assert ("a4", 1) not in controller.state.ledger.snapshot()
