@@ -64,6 +64,10 @@ class ServeOptions:
     """The site file's ``meters:`` (a group's ``meter:`` names one of them)."""
     mqtt: MqttSpec | None = None
     """The site file's ``mqtt:`` broker, for mqtt meters."""
+    site_path: Path | None = None
+    """The site file this runs (``POST /api/v1/chargers`` adds chargers to it); None: the
+    site was not read from a file the operator owns (``gridshare demo``), so it is never
+    written."""
 
 
 def csms_settings(config: SiteConfig) -> CsmsConfig:
@@ -89,7 +93,8 @@ def csms_settings(config: SiteConfig) -> CsmsConfig:
 def serve_options(config: SiteConfig, *, host: str = "0.0.0.0", ocpp_port: int = 9000,
                   api_port: int | None = 8080, db_url: str | None = None,
                   bus_url: str = "memory://", data_dir: Path | None = None,
-                  api_tokens: tuple[str, ...] = ()) -> ServeOptions:
+                  api_tokens: tuple[str, ...] = (),
+                  site_path: Path | None = None) -> ServeOptions:
     """How to run a site read from its file: where to listen and store and the API's
     tokens (from the command line), the CSMS settings and the controller's lease (from the
     file's ``ocpp:``), whether reads need a token (its ``api:``)."""
@@ -97,7 +102,7 @@ def serve_options(config: SiteConfig, *, host: str = "0.0.0.0", ocpp_port: int =
                         api_tokens=api_tokens, api_read_token=config.api.read_token,
                         bus_url=bus_url, data_dir=data_dir, csms=csms_settings(config),
                         controller=ControllerSettings(lease_s=config.ocpp.lease),
-                        meters=config.meters, mqtt=config.mqtt)
+                        meters=config.meters, mqtt=config.mqtt, site_path=site_path)
 
 
 def meter_where(spec: MeterSpec) -> str:
