@@ -30,6 +30,9 @@ from ruamel.yaml.util import load_yaml_guess_indent
 
 from gridshare.config import DEFAULT_MAX_SIZE, SiteConfig, load_site_config, read_text
 
+PACKAGE_DIR = Path(__file__).resolve().parent
+"""The installed gridshare package: its example site files are never written."""
+
 
 class SiteFileError(Exception):
     """The site file cannot be changed; ``kind`` says why (for the API's status code)."""
@@ -128,6 +131,9 @@ def writable_reason(path: Path | None) -> str | None:
     if not path.is_file():
         return f"the site file {path} is gone"
     folder = path.resolve().parent
+    if folder.is_relative_to(PACKAGE_DIR):
+        return f"the site file {path} is an example shipped inside gridshare: copy it " \
+               "somewhere of your own and serve that copy to add chargers to it"
     if not os.access(path, os.W_OK) or not os.access(folder, os.W_OK):
         return f"the site file {path} (or its folder, for the backup and the atomic " \
                "rename) is not writable by gridshare"

@@ -56,9 +56,9 @@ class AdoptRig(ApiRig):
         super().__init__(protocol, tmp / "var", site=SITE_FILE)
         config = load_site_config(self.path)
         assert config.ocpp.pending_unknown
-        # a short Pending retry: the simulator boots again after it (it does not act on a
-        # TriggerMessage for BootNotification)
-        csms = CsmsConfig(pending_unknown=True, pending_retry_s=1)
+        # a Pending retry far beyond the test: an adopted charger boots again because the
+        # CSMS asks it to (TriggerMessage), not because its interval ran out
+        csms = CsmsConfig(pending_unknown=True, pending_retry_s=3600)
         self.app = build_app(self.topology, dataclasses.replace(
             self.app.options, csms=csms, site_path=self.path if site_path else None))
 
@@ -230,6 +230,8 @@ def test_read_only_site_file_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     with pytest.raises(sitefile.SiteFileError, match="not writable"):
         sitefile.prepare(path, {"id": "n"}, "left")
     assert sitefile.writable_reason(tmp_path / "gone.yaml") is not None
+    shipped = sitefile.PACKAGE_DIR / "examples" / "demo-site.yaml"
+    assert "shipped inside gridshare" in (sitefile.writable_reason(shipped) or "")
 
 
 def test_written_site_reads_back_as_check_reads_it() -> None:
