@@ -113,6 +113,8 @@ async def test_unknown_charger_pending_then_adopted_and_controlled_without_resta
         default = (await c.get("/api/v1/chargers")).json()
         assert "new-1" not in [x["id"] for x in default["chargers"]]
         assert not sim.connected and not sim.profiles
+        metrics = (await c.get("/metrics")).text
+        assert "\ngridshare_chargers_pending 1.0\n" in metrics
         assert "new-1" not in rig.app.controller.topology.chargers
 
         r = await c.post("/api/v1/chargers", json=NEW, headers=AUTH)
