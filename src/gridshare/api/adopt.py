@@ -74,7 +74,8 @@ def chargers_of(app: GridshareApp, views: LiveViews, registration: Registration)
 def apply_additions(app: GridshareApp, config: SiteConfig) -> dict[str, str]:
     """Run ``config``'s topology, which only adds chargers to the running one: the
     controller first (it refuses anything else before changing a thing), then Home
-    Assistant learns of them and the CSMS accepts each one. Returns charger id -> what the CSMS did with it."""
+    Assistant learns of them and the CSMS accepts each one. Returns charger id -> what
+    the CSMS did with it."""
     added = app.controller.add_chargers(config.topology)
     app.topology = config.topology
     if app.homeassistant is not None:
