@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,15 +27,17 @@ from ocpp.routing import on
 from ocpp.v16 import call_result as result16
 from ocpp.v201 import call_result as result201
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import InvalidHandshake, InvalidStatus
 from websockets.headers import build_authorization_basic
 
 from gridshare.adapters.ocpp import (
     CentralSystem,
     ChargerCredentials,
     CsmsConfig,
+    TlsConfig,
     hash_password,
 )
+from gridshare.adapters.ocpp.certs import make_ca, make_cert
 from gridshare.drivers import CommandResult
 from gridshare.events import ChargerBooted, ChargerOnline
 
@@ -177,3 +181,37 @@ def test_pending_and_auto_register_exclude_each_other() -> None:
         CsmsConfig(pending_unknown=True, allow_auto_register=True)
     with pytest.raises(ValueError, match="pending_max"):
         CsmsConfig(pending_unknown=True, pending_max=0)
+
+
+async def test_mutual_tls_unknown_needs_a_certificate_of_our_ca_naming_it(
+        make_csms: CsmsFactory, tmp_path: Path) -> None:
+    """Profile 3: only a client certificate signed by the site's CA, whose CN is the id in
+    the URL, gets an unknown charger as far as Pending; declared, it is accepted on that
+    same (authenticated) connection."""
+    ca = make_ca(tmp_path / "ca", "site CA")
+    server = make_cert(ca, "localhost", tmp_path / "server", server=True)
+    mine = make_cert(ca, "NEW-3", tmp_path / "clients")
+    foreign = make_cert(make_ca(tmp_path / "other", "not ours"), "NEW-3", tmp_path / "f")
+
+    def context(cert: Any) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(ca.cert_path))
+        ctx.load_cert_chain(str(cert.cert_path), str(cert.key_path))
+        return ctx
+
+    csms, events = await make_csms(
+        security_profile=3, allow_auto_register=False, pending_unknown=True,
+        tls=TlsConfig(server.cert_path, server.key_path, ca.cert_path))
+    with pytest.raises((OSError, InvalidHandshake)):  # refused in the TLS layer
+        async with connect(f"wss://127.0.0.1:{csms.port}/NEW-3", subprotocols=["ocpp1.6"],
+                           open_timeout=5, ssl=context(foreign)) as ws:
+            await ws.send('[2,"x","Heartbeat",{}]')
+            await ws.recv()
+    assert await refused_status(f"wss://127.0.0.1:{csms.port}/OTHER",
+                                ssl=context(mine)) == 403
+    assert csms.pending_chargers() == []
+    async with charger(csms, "NEW-3", "ocpp1.6", ssl=context(mine)) as cp:
+        assert (await cp.call(Msgs("ocpp1.6").boot())).status == "Pending"
+        assert [p.id for p in csms.pending_chargers()] == ["NEW-3"]
+        assert csms.declare("NEW-3") == "triggered"
+        assert (await cp.call(Msgs("ocpp1.6").boot())).status == "Accepted"
+    assert len(events.of(ChargerBooted, "NEW-3")) == 1
