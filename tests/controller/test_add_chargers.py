@@ -8,6 +8,8 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gridshare.clock import FakeClock
 from gridshare.config import parse_site
@@ -89,3 +91,58 @@ async def test_a_change_that_is_not_an_addition_changes_nothing(
         controller.add_chargers(parse_site(ADOPTED.replace("max_current: 63", "max_current: 1")))
     assert controller.topology is topology and controller.state.topology is topology
     assert ("a4", 1) not in controller.state.ledger.snapshot()
+
+
+_STEPS = st.lists(st.tuples(
+    st.sampled_from(["online", "offline", "car", "leave", "send", "accept", "timeout"]),
+    st.sampled_from(["a1", "a2", "a3", "b1", "b2"]),
+    st.floats(min_value=0, max_value=32, allow_nan=False).map(lambda x: round(x, 1))),
+    max_size=30)
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps=_STEPS)
+def test_adding_a_charger_keeps_everything_known_of_the_others(
+        steps: list[tuple[str, str, float]]) -> None:
+    """Whatever happened before (sessions, commands in flight, accepted, unknown), adding
+    a charger changes nothing the state says of the existing ones, and the new one counts
+    at its failsafe, offline."""
+    from gridshare.controller.state import SiteState
+    from gridshare.drivers import CommandOutcome, CommandResult
+    from gridshare.events import ChargerOffline, ChargerOnline
+
+    from .conftest import t
+
+    state = SiteState(parse_site(SITE), settle_s=5.0)
+    sent: dict[tuple[str, int], list[int]] = {}
+    for i, (what, cid, amps) in enumerate(steps):
+        at, key = t(i), (cid, 1)
+        if what == "online":
+            state.apply(ChargerOnline(cid, at))
+        elif what == "offline":
+            state.apply(ChargerOffline(cid, at, "gone"))
+        elif what in ("car", "leave"):
+            status = ConnectorStatus.CHARGING if what == "car" else ConnectorStatus.AVAILABLE
+            state.apply(StatusChanged(cid, 1, status, at))
+        elif what == "send":
+            sent.setdefault(key, []).append(state.record_sent(key, amps, at, 60.0))
+        elif sent.get(key):
+            result = CommandResult.ACCEPTED if what == "accept" else CommandResult.TIMEOUT
+            state.record_outcome(key, sent[key].pop(0), CommandOutcome(result), at, 5.0)
+    now = t(len(steps))
+    old = parse_site(SITE)
+    keys = [c.key for c in old.connectors()]
+
+    def seen() -> object:
+        snapshot, plan = state.snapshots(now)
+        return ([(state.commands_of(k), state.believed_a(k, now), state.online(k[0]),
+                  state.active(k), snapshot.connectors.get(k), plan.connectors.get(k))
+                 for k in keys], {g: plan.groups.get(g) for g in old.groups})
+
+    before = seen()
+    assert state.add_chargers(parse_site(ADOPTED)) == ("a4",)
+    assert seen() == before
+    assert not state.online("a4")
+    assert state.believed_a(("a4", 1), now) == 6.0
+    demand = state.to_snapshot(now).connectors[("a4", 1)]
+    assert (demand.online, demand.active) == (False, False)
