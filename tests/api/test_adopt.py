@@ -245,3 +245,65 @@ def test_written_site_reads_back_as_check_reads_it() -> None:
     assert [c.type.value if c.type else None for c in topo.chargers["n-2"].connectors] == \
         ["Type2", "CCS"]
     assert topo.groups["right"].chargers[-1] == "n-2"
+
+
+async def test_gridshare_serve_adopts_into_its_own_site_file(tmp_path: Path) -> None:
+    """The command line wires it: ``ocpp: {pending_unknown: true}`` from the file, and
+    ``POST /api/v1/chargers`` writes the very file ``gridshare serve`` was given."""
+    import asyncio
+    import os
+    import re
+    import signal
+    import sys
+
+    import httpx
+
+    site = tmp_path / "site.yaml"
+    site.write_text("site: serve-adopt\nocpp: {pending_unknown: true}\ngroups:\n"
+                    "  - id: main   # the garage fuse\n    max_current: 32\n"
+                    "    chargers: [s-1]\nchargers:\n  - {id: s-1, max_current: 16}\n")
+    env = {**os.environ, "GRIDSHARE_API_TOKEN": "serve-adopt-token"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gridshare", "serve", str(site), "--host", "127.0.0.1",
+        "--ocpp-port", "0", "--api-port", "0", "--db", "none", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(30):
+            line = (await proc.stdout.readline()).decode()
+        ports = re.search(r"OCPP ws://127\.0\.0\.1:(\d+), .*status http://127\.0\.0\.1:(\d+)/",
+                          line)
+        assert ports, line
+        charger = SimCharger("s-2", f"ws://127.0.0.1:{ports[1]}", protocol="ocpp2.0.1",
+                             max_current_a=16.0)
+        await charger.start()
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports[2]}") as http:
+                async def pending() -> list[dict[str, Any]]:
+                    return list((await http.get("/api/v1/pending")).json()["pending"])
+
+                for _ in range(200):
+                    if await pending():
+                        break
+                    await asyncio.sleep(0.05)
+                assert [p["id"] for p in await pending()] == ["s-2"]
+                r = await http.post("/api/v1/chargers", json={
+                    "id": "s-2", "group": "main", "max_current": 16},
+                    headers={"Authorization": "Bearer serve-adopt-token"})
+                assert r.status_code == 201, r.text
+                assert await charger.wait_connected(10.0)
+        finally:
+            await charger.stop()
+        text = site.read_text()
+        assert "  - id: main   # the garage fuse\n" in text
+        assert "    chargers: [s-1, s-2]\n" in text and "  - {id: s-2, max_current: 16}\n" in text
+        assert len(backups(site)) == 1
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(20):
+            _, errors = await proc.communicate()
+        assert proc.returncode == 0, errors.decode()
+        assert b"operator: charger s-2 adopted into group main" in errors
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
