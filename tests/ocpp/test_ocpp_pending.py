@@ -215,3 +215,14 @@ async def test_mutual_tls_unknown_needs_a_certificate_of_our_ca_naming_it(
         assert csms.declare("NEW-3") == "triggered"
         assert (await cp.call(Msgs("ocpp1.6").boot())).status == "Accepted"
     assert len(events.of(ChargerBooted, "NEW-3")) == 1
+
+
+def test_site_file_option() -> None:
+    from gridshare.app import csms_settings
+    from gridshare.config import ConfigError, parse_site_config
+
+    site = "site: s\ngroups: [{id: g, max_current: 16}]\nocpp: {%s}\n"
+    assert not csms_settings(parse_site_config(site % "")).pending_unknown
+    assert csms_settings(parse_site_config(site % "pending_unknown: true")).pending_unknown
+    with pytest.raises(ConfigError, match="exclude each other"):
+        parse_site_config(site % "pending_unknown: true, allow_auto_register: true")
