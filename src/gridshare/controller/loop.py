@@ -274,7 +274,8 @@ class Controller:
         added = self.state.add_chargers(topology)
         self.topology = topology
         log.warning("topology: %d charger(s) added live: %s", len(added), ", ".join(added))
-        self._changed("topology")
+        for cid in added:  # live views build the new chargers' parts
+            self._changed("topology", cid)
         self._trigger(Impact.URGENT)
         return added
 
