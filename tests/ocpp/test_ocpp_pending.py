@@ -226,3 +226,31 @@ def test_site_file_option() -> None:
     assert csms_settings(parse_site_config(site % "pending_unknown: true")).pending_unknown
     with pytest.raises(ConfigError, match="exclude each other"):
         parse_site_config(site % "pending_unknown: true, allow_auto_register: true")
+
+
+async def test_a_connection_whose_password_was_never_checked_stays_pending() -> None:
+    """Profile 1: declaring a charger closes its pending connection; whatever that
+    connection says before it is gone (a boot, a status) is still answered as pending and
+    never published: only a connection with the declared password is trusted."""
+    from test_ocpp_session import NOW, Published, ScriptedSocket
+
+    from gridshare.ocpp_version import OcppVersion
+
+    socket = ScriptedSocket()
+    published = Published(socket)
+    csms = CentralSystem(CsmsConfig(security_profile=1, pending_unknown=True), published,
+                         clock=lambda: NOW)
+    session = csms.open_session(socket, "NEW-S", OcppVersion.V16)  # type: ignore[arg-type]
+    assert session.pending
+    assert csms.declare("NEW-S", ChargerCredentials(hash_password(PASSWORD))) == "reconnect"
+    assert session.pending and session.closing
+    socket.inbound.put_nowait(json.dumps([2, "b", "BootNotification", {
+        "chargePointVendor": "V", "chargePointModel": "M"}]))
+    socket.inbound.put_nowait(json.dumps([2, "s", "StatusNotification", {
+        "connectorId": 1, "errorCode": "NoError", "status": "Charging"}]))
+    socket.inbound.put_nowait(None)
+    await session.run()
+    boot = json.loads(next(f for f in socket.written if f.startswith('[3,"b"')))
+    assert boot[2]["status"] == "Pending"
+    assert list(published) == []
+    assert csms.declared("NEW-S")

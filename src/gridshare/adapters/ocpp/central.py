@@ -101,7 +101,7 @@ class CentralSystem:
             writer=FrameWriter(self.spawn), deadlines=Deadlines(), now=self.now,
             emit=self.emit, spawn=self.spawn,
             charger_state=self.charger_state, next_transaction_id=lambda: next(self._tx_ids),
-            command_done=self._command_done, declared=self.declared)
+            command_done=self._command_done, pending_event=self._pending_event)
 
     # --- plumbing shared with the sessions ----------------------------------------------
 
@@ -112,9 +112,6 @@ class CentralSystem:
         """Publish a session's event; a meter's MeterValues also as its MeterSample, and
         nothing else of a dedicated meter (it is no charger to the controller)."""
         charger = getattr(event, "charger", None)
-        if charger is not None and not self.declared(charger):
-            self._pending_event(charger, event)
-            return
         if self._meters and isinstance(event, MeterReading):
             meter = self._meters.get((event.charger, event.connector))
             if meter is not None:
@@ -140,9 +137,9 @@ class CentralSystem:
             self.pending.seen(charger, event.at)
 
     def declared(self, charger: str) -> bool:
-        """Whether ``charger`` is declared (or auto-registered); one that is not is
-        pending. Without ``config.pending_unknown`` every charger that got past the
-        handshake is."""
+        """Whether ``charger`` is declared (or auto-registered); a connection of one that
+        is not is pending. Without ``config.pending_unknown`` every charger that got past
+        the handshake is."""
         return not self.config.pending_unknown or self._gatekeeper.declared(charger)
 
     def declare(self, charger: str, credentials: ChargerCredentials | None = None, *,
@@ -156,20 +153,21 @@ class CentralSystem:
         ``"triggered"``, ``"not connected"`` or ``"already accepted"``."""
         if phases not in (1, 2, 3):
             raise ValueError(f"phases must be 1..3, got {phases}")
-        was_pending = not self.declared(charger)
         self._gatekeeper.credentials[charger] = credentials or ChargerCredentials()
         self.config.phases[charger] = phases
         self.pending.forget(charger)
         session = self._sessions.get(charger)
         if session is None or session.closing:
             return "not connected"
-        if not was_pending:
+        if not session.pending:
             return "already accepted"
         if self.config.security_profile in (1, 2):
+            # It stays pending until it is gone: nothing it says now is trusted.
             session.closing = True
             self.spawn(session.close("declared: reconnect with the declared password"),
                        f"ocpp-close-{charger}")
             return "reconnect"
+        session.pending = False
         outcome = session.submit(session.trigger_boot_command())
         # Until that boot the controller counts it offline, at its failsafe.
         outcome.add_done_callback(lambda f: self._triggered(charger, f))
@@ -285,13 +283,14 @@ class CentralSystem:
             await ws.close(1002, "no supported OCPP subprotocol")
             return
         session = self.open_session(ws, charger, version)
-        if not self.declared(charger):
+        if session.pending:
             peer = ws.remote_address
             where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
             self.pending.connected(charger, version.value, where, self.now())
             LOG.warning("charger %r from %s is not declared: held pending", charger, where,
                         extra={"charger": charger, "reason": "pending"})
-        self.emit(ChargerOnline(charger, self.now()))
+        else:
+            self.emit(ChargerOnline(charger, self.now()))
         try:
             await session.run()
         finally:
@@ -307,6 +306,7 @@ class CentralSystem:
         """The session of a connection that passed the handshake, registered as the
         charger's current one (an older connection of the same charger is closed)."""
         session = Session(self._context, ws, charger, version)
+        session.pending = not self.declared(charger)
         previous = self._sessions.get(charger)
         if previous is not None:
             previous.replaced = True
@@ -315,8 +315,8 @@ class CentralSystem:
         return session
 
     def _offline(self, session: Session, reason: str) -> None:
-        if session.offline_published:
-            return
+        if session.offline_published or session.pending:
+            return  # a pending connection never went online for the controller
         session.offline_published = True
         self.emit(ChargerOffline(session.charger, self.now(), reason))
 
@@ -370,7 +370,7 @@ class CentralSystem:
             return _refused_meter()
         if session is None or session.closing:
             return _not_connected()
-        if not self.declared(charger):
+        if session.pending:
             return _refused_pending()
         return session.submit(make(session))
 
@@ -402,7 +402,7 @@ class CentralSystem:
             if session is None or session.closing:
                 outcomes.append(_not_connected())
                 continue
-            if not self.declared(request.charger):
+            if session.pending:
                 outcomes.append(_refused_pending())
                 continue
             outcomes.append(session.submit(session.setpoint_command(
@@ -448,7 +448,7 @@ class CentralSystem:
         None when it is offline, does not answer or refuses."""
         session = self._sessions.get(charger)
         if session is None or session.closing or charger in self._meter_only or \
-                not self.declared(charger):
+                session.pending:
             return None
         command = session.composite_command(connector, int(duration_s))
         outcome = await session.submit(command)

@@ -144,9 +144,8 @@ class SessionContext:
     next_transaction_id: Callable[[], int]
     command_done: Callable[[str, Command, CommandOutcome], None]
     """Called once per command that was answered, timed out or lost."""
-    declared: Callable[[str], bool] = lambda _charger: True
-    """Whether a charger is declared; one that is not is pending: answered ``Pending`` at
-    boot and never provisioned (see :mod:`.pending`)."""
+    pending_event: Callable[[str, Event], None] = lambda _charger, _event: None
+    """Takes the events of a pending connection instead of ``emit`` (see :mod:`.pending`)."""
 
 
 _ACCEPTED = frozenset({"Accepted"})
@@ -168,6 +167,11 @@ class Session:
         self.closing = False
         self.replaced = False
         self.offline_published = False
+        self.pending = False
+        """A connection of a charger that is not declared (``pending_unknown``): its boots
+        are answered Pending, it is never provisioned, its events go to
+        ``ctx.pending_event``. Cleared when the charger is declared and the connection
+        may be trusted; a connection whose password was never checked stays pending."""
         self.outbox: deque[Outgoing] = deque()
         self.draining = False
         self._pending: OrderedDict[Hashable, Command] = OrderedDict()
@@ -254,8 +258,11 @@ class Session:
                 self.ctx.emit(event)
 
     def _emit(self, event: Event) -> None:
-        """Publish now, or once the answer to the call being handled has been written."""
-        if self._held_events is not None:
+        """Publish now, or once the answer to the call being handled has been written; a
+        pending connection's events are only remembered, as they come."""
+        if self.pending:
+            self.ctx.pending_event(self.charger, event)
+        elif self._held_events is not None:
             self._held_events.append(event)
         else:
             self.ctx.emit(event)
@@ -270,7 +277,7 @@ class Session:
 
     def boot_answer(self) -> tuple[str, int]:
         cfg = self.ctx.config
-        if self.ctx.declared(self.charger):
+        if not self.pending:
             return "Accepted", cfg.heartbeat_interval_s
         return "Pending", cfg.pending_retry_s or cfg.heartbeat_interval_s
 
@@ -620,7 +627,7 @@ class Session:
         """(Re)install the remembered failsafe and cap: a charger that just booted may have
         lost them, and the failsafe is what protects the fuse when it loses us. A pending
         charger gets nothing."""
-        if not self.ctx.declared(self.charger):
+        if self.pending:
             return
         if self.state.failsafe_a is not None:
             await self._install(lambda: self.failsafe_command(self.state.failsafe_a or 0.0))
