@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from gridshare.clock import FakeClock
 from gridshare.config import parse_site
-from gridshare.controller.loop import Controller
+from gridshare.controller.loop import Controller, CycleReport
+from gridshare.core import guard
 from gridshare.core.additions import NotAnAddition, added_chargers
 from gridshare.core.topology import Topology
 from gridshare.events import ChargerBooted, ConnectorStatus, StatusChanged
@@ -58,6 +59,8 @@ async def test_adopted_charger_in_a_full_group_lowers_the_others_first(
     for cid in ("a1", "a2", "a3"):
         driver.gates[cid] = asyncio.Event()
 
+    reports: list[CycleReport] = []
+    controller.on_cycle(reports.append)
     assert controller.add_chargers(parse_site(ADOPTED)) == ("a4",)
     # everything known of the others is kept, as it was
     assert {k: controller.state.commands_of(k) for k in before} == before
@@ -68,6 +71,13 @@ async def test_adopted_charger_in_a_full_group_lowers_the_others_first(
     assert ("a4", 1) in controller.allocation.offline
     assert sorted(x.current_a or 0 for x in driver.setpoints()) == [8.6, 8.7, 8.7]
     assert_safe(controller)
+    # the first cycle after the change: the guard had nothing to correct, the plan check
+    # refused nothing, and it sent decreases only
+    first = reports[0]
+    assert not first.allocation.guarded and first.refused == ()
+    assert first.decision.increases == () and len(first.decision.decreases) == 3
+    assert guard.check(controller.topology, controller.state.to_snapshot(first.at),
+                       first.allocation.setpoints) == []
 
     # a4 boots and a car arrives while the decreases are unanswered: it gets its failsafe
     # and is held at 0 A when idle, but no increase goes out before the decreases land
