@@ -127,7 +127,10 @@ async def test_unknown_charger_pending_then_adopted_and_controlled_without_resta
         text = rig.path.read_text()
         assert "# The e2e car park, as an operator writes it." in text
         assert "# right side" in text and "# west wall" in text
-        assert "chargers: [e-1, e-2, e-3, new-1]} # west wall" in text
+        assert "chargers: [e-1, e-2, e-3, new-1]}   # west wall" in text
+        # nothing else changed, not even a space
+        assert text == SITE_FILE.replace("e-3]}", "e-3, new-1]}") + \
+            "  - {id: new-1, max_current: 32, phases: 3, failsafe_current: 0}\n"
         assert "  - {id: new-1, max_current: 32, phases: 3, failsafe_current: 0}\n" in text
         (backup,) = backups(rig.path)
         assert backup.read_text() == SITE_FILE
@@ -234,6 +237,41 @@ def test_read_only_site_file_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert sitefile.writable_reason(tmp_path / "gone.yaml") is not None
     shipped = sitefile.PACKAGE_DIR / "examples" / "demo-site.yaml"
     assert "shipped inside gridshare" in (sitefile.writable_reason(shipped) or "")
+
+
+@pytest.mark.parametrize("layout", ["inserted", "round-trip"])
+def test_layouts_the_insertion_handles_and_the_round_trip_for_the_others(
+        layout: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every layout gives the same document; the textual insertion changes nothing but
+    what it adds, and where it cannot (or its proof fails) ruamel.yaml does it."""
+    from gridshare import sitefile
+
+    if layout == "round-trip":
+        monkeypatch.setattr(sitefile, "_inserted", lambda text, *_: text + "# wrong\n")
+    cases = [  # (site, group, how the group's list reads after)
+        ("site: s\ngroups: [{id: g, max_current: 10}]\n", "g", "[n]"),
+        ("site: s\ngroups:\n- id: g\n  max_current: 10\n  groups:\n  - id: h  # inner\n"
+         "    max_current: 5\nchargers: []\n", "h", "[n]"),
+        ("site: s\ngroups:\n  - id: g\n    chargers:\n      - a   # first\n"
+         "chargers:\n  # the first one\n  - id: a\n    max_current: 16\n", "g", "[a, n]"),
+        ("site: s\ngroups:\n  - &g {id: g, max_current: 10, chargers: [a]}\n"
+         "chargers:\n  - {id: a, max_current: 3}\n", "g", "[a, n]"),
+        ("site: s\ngroups:\n  - groups: [{id: h, max_current: 4}]\n    id: g\n"
+         "    max_current: 9\n", "g", "[n]"),  # not inserted: the round trip does it
+    ]
+    for site, group, ids in cases:
+        spec = {"id": "n", "max_current": 16, "connectors": [{"type": "Type2"}]}
+        text = sitefile.with_charger(site, spec, group)
+        for line in site.splitlines():
+            if "#" in line:
+                assert line.split("#")[1] in text  # comments kept
+        data = sitefile.pyyaml.safe_load(text)
+        assert data["chargers"][-1] == spec
+        assert sitefile.pyyaml.safe_load(site).get("site") == data["site"]
+        found = [g for g in sitefile._groups(data["groups"]) if g["id"] == group]
+        assert sitefile._flow_text(found[0]["chargers"]) == ids
+        if layout == "inserted" and site is not cases[-1][0]:
+            assert sitefile._inserted(site, spec, group) == text
 
 
 def test_written_site_reads_back_as_check_reads_it() -> None:
