@@ -71,6 +71,10 @@ class ServeOptions:
     """The site file's ``mqtt:`` broker, for mqtt meters."""
     demand_response: DemandResponseSpec = field(default_factory=DemandResponseSpec)
     """The site file's ``demand_response:`` (used when the site declares zones)."""
+    site_path: Path | None = None
+    """The site file this runs (``POST /api/v1/chargers`` adds chargers to it); None: the
+    site was not read from a file the operator owns (``gridshare demo``), so it is never
+    written."""
 
 
 def csms_settings(config: SiteConfig) -> CsmsConfig:
@@ -85,6 +89,7 @@ def csms_settings(config: SiteConfig) -> CsmsConfig:
                                                   ocpp.tls.cafile)
     return CsmsConfig(
         security_profile=ocpp.security_profile, allow_auto_register=ocpp.allow_auto_register,
+        pending_unknown=ocpp.pending_unknown,
         tls=tls, heartbeat_interval_s=ocpp.heartbeat_interval,
         command_timeout_s=ocpp.command_timeout, command_retries=ocpp.command_retries,
         no_subprotocol=ocpp.no_subprotocol, lease_s=ocpp.lease,
@@ -95,7 +100,8 @@ def csms_settings(config: SiteConfig) -> CsmsConfig:
 def serve_options(config: SiteConfig, *, host: str = "0.0.0.0", ocpp_port: int = 9000,
                   api_port: int | None = 8080, db_url: str | None = None,
                   bus_url: str = "memory://", data_dir: Path | None = None,
-                  api_tokens: tuple[str, ...] = ()) -> ServeOptions:
+                  api_tokens: tuple[str, ...] = (),
+                  site_path: Path | None = None) -> ServeOptions:
     """How to run a site read from its file: where to listen and store and the API's
     tokens (from the command line), the CSMS settings and the controller's lease (from the
     file's ``ocpp:``), whether reads need a token (its ``api:``)."""
@@ -104,7 +110,7 @@ def serve_options(config: SiteConfig, *, host: str = "0.0.0.0", ocpp_port: int =
                         bus_url=bus_url, data_dir=data_dir, csms=csms_settings(config),
                         controller=ControllerSettings(lease_s=config.ocpp.lease),
                         meters=config.meters, mqtt=config.mqtt,
-                        demand_response=config.demand_response)
+                        demand_response=config.demand_response, site_path=site_path)
 
 
 def meter_where(spec: MeterSpec) -> str:

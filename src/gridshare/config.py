@@ -270,6 +270,10 @@ class OcppSpec(_Strict):
     """0 none, 1 basic auth, 2 TLS + basic auth, 3 mutual TLS with client certificates."""
     allow_auto_register: bool = False
     """Accept charger ids that are not in this file (off: unknown ids are refused)."""
+    pending_unknown: bool = False
+    """Let charger ids that are not in this file connect, answered ``Pending`` at boot and
+    never controlled nor counted, listed for an operator to adopt (``POST
+    /api/v1/chargers``); off: unknown ids are refused. Excludes ``allow_auto_register``."""
     tls: TlsSpec | None = None
     heartbeat_interval: Annotated[int, Field(ge=1, le=86400)] = 60
     """Seconds; a charger silent for 2.5 x this is offline (counted at its failsafe)."""
@@ -288,6 +292,9 @@ class OcppSpec(_Strict):
                              "{certfile, keyfile}")
         if self.security_profile == 3 and (self.tls is None or self.tls.cafile is None):
             raise ValueError("security_profile 3 needs tls.cafile to check client certificates")
+        if self.pending_unknown and self.allow_auto_register:
+            raise ValueError("pending_unknown and allow_auto_register exclude each other: "
+                             "unknown chargers are either held pending or accepted")
         return self
 
 

@@ -471,3 +471,18 @@ def test_topics_and_object_ids() -> None:
     assert dotted != underscored
     assert dotted.startswith("gridshare_a_b_")
     assert all(c.isalnum() or c in "_-" for c in dotted)
+
+
+async def test_an_adopted_charger_is_discovered_without_a_restart(
+        site: Site, listener: Listener) -> None:
+    from gridshare.api.adopt import apply_additions
+    from gridshare.config import parse_site_config
+
+    adopted = SITE.replace("[h-1, h-2]", "[h-1, h-2, h-4]") + \
+        "  - {id: h-4, max_current: 16, phases: 3, failsafe_current: 0}\n"
+    assert apply_additions(site.app, parse_site_config(adopted)) == {"h-4": "not connected"}
+    topic = "homeassistant/sensor/gridshare_home_charger_h-4_state/config"
+    await wait_until(lambda: listener.last(topic) is not None)
+    config = listener.last_json(topic)
+    assert config["state_topic"] == "gridshare/home/charger/h-4/state"
+    await wait_until(lambda: listener.last("gridshare/home/charger/h-4/state") is not None)

@@ -334,6 +334,15 @@ class HomeAssistantBridge:
         """Overrides applied."""
         self.refused = 0
         """Commands refused."""
+        self._rediscover = False
+        """Chargers were added since the discovery configs went out."""
+
+    def set_topology(self, topology: Topology) -> None:
+        """Chargers were added to the running site (adopted): their discovery configs go
+        out now when connected (and with every later connect)."""
+        self._topology = topology
+        self._rediscover = True
+        self._wake.set()
 
     def changed(self, *_: object) -> None:
         """Something changed in the controller: look for changed states soon."""
@@ -391,6 +400,7 @@ class HomeAssistantBridge:
                                     in discovery(self._topology, self.topics)], qos=0)
         await client.subscribe(self.topics.limit_set_filter, qos=1)
         self._last.clear()
+        self._rediscover = False
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         """Read commands while publishing states; return or raise when the link ends."""
@@ -398,6 +408,11 @@ class HomeAssistantBridge:
         try:
             full_at = -math.inf
             while not reader.done():
+                if self._rediscover:
+                    self._rediscover = False
+                    await _publish_all(client, [(topic, json.dumps(payload)) for topic, payload
+                                                in discovery(self._topology, self.topics)],
+                                       qos=0)
                 now = time.monotonic()
                 full = now - full_at >= self._refresh_s
                 self._wake.clear()

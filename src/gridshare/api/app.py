@@ -27,7 +27,8 @@ from pydantic import AwareDatetime
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gridshare import __version__
-from gridshare.api import schemas
+from gridshare.api import adopt, schemas
+from gridshare.api.adopt import Registration, chargers_of
 from gridshare.api.auth import Auth
 from gridshare.api.models import LimitOverride, PriorityOverride
 from gridshare.api.problems import Problem, install, problem_response, problem_responses
@@ -79,7 +80,6 @@ def create_api(app: GridshareApp, tokens: tuple[str, ...] | list[str] = (), *,
     api.state.views = views
     api.state.hub = hub
     controller = app.controller
-    topology = app.topology
 
     def read(request: Request) -> None:
         auth.require_read(request)
@@ -147,16 +147,21 @@ def create_api(app: GridshareApp, tokens: tuple[str, ...] | list[str] = (), *,
     @api.get("/api/v1/chargers", tags=["chargers"], dependencies=[Read],
              response_model=schemas.Chargers, responses=problem_responses(401),
              summary="Every charger: status, connection, connectors, setpoints, sessions")
-    async def chargers(request: Request) -> Response:
+    async def chargers(request: Request, registration: Annotated[Registration, Query(
+            description="declared (the default), pending (connected without being "
+            "declared) or all")] = "declared") -> Response:
+        if registration != "declared":
+            return _Json(chargers_of(app, views, registration),
+                         headers={"Cache-Control": "no-store"})
         return _view(request, views, "chargers")
 
     def known_charger(charger_id: str) -> str:
-        if charger_id not in topology.chargers:
+        if charger_id not in app.topology.chargers:  # the running one: adoption adds
             raise Problem(404, f"unknown charger {charger_id!r}", kind="unknown-charger")
         return charger_id
 
     def known_group(group_id: str) -> str:
-        if group_id not in topology.groups:
+        if group_id not in app.topology.groups:
             raise Problem(404, f"unknown group {group_id!r}", kind="unknown-group")
         return group_id
 
@@ -329,6 +334,8 @@ def create_api(app: GridshareApp, tokens: tuple[str, ...] | list[str] = (), *,
         return StreamingResponse(hub.subscribe(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store",
                                           "X-Accel-Buffering": "no"})
+
+    adopt.register(api, app, views, write)
 
     try:  # Prometheus /metrics, when that module is there
         metrics = importlib.import_module("gridshare.api.metrics")

@@ -164,6 +164,11 @@ class SiteCollector(Collector):
         yield GaugeMetricFamily("gridshare_chargers_configured",
                                 "Chargers declared in the site file.",
                                 value=status.chargers_configured)
+        pending = app.csms.pending.all()
+        yield GaugeMetricFamily(
+            "gridshare_chargers_pending",
+            "Chargers connected without being declared, held Pending (ocpp.pending_unknown) "
+            "until adopted.", value=sum(1 for p in pending if p.connected))
         online = GaugeMetricFamily("gridshare_charger_online",
                                    "1 while the charger is online, else 0.",
                                    labels=["charger"])

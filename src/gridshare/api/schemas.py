@@ -129,10 +129,34 @@ class Charger(_Out):
     connectors: list[ConnectorOut]
 
 
+class PendingCharger(_Out):
+    """A charger that connected without being declared: answered Pending, never
+    controlled, until an operator adopts it (``POST /api/v1/chargers``)."""
+
+    id: str
+    registration: str = Field(description="Always pending.")
+    vendor: str | None = Field(description="From its BootNotification (null before one).")
+    model: str | None
+    protocol: str = Field(description="ocpp1.6 or ocpp2.0.1")
+    remote_address: str = Field(description="host:port of its latest connection.")
+    first_seen: str
+    last_seen: str
+    connected: bool
+    boots: int
+
+
 class Chargers(_Out):
     site: str
     at: str
-    chargers: list[Charger]
+    chargers: list[Charger | PendingCharger] = Field(
+        description="Declared chargers; with ?registration=pending or all, pending ones too.")
+
+
+class PendingChargers(_Out):
+    at: str
+    pending_unknown: bool = Field(description="Whether unknown chargers are held pending "
+                                  "(the site file's ocpp.pending_unknown) or refused.")
+    pending: list[PendingCharger]
 
 
 class SessionOut(_Out):

@@ -123,7 +123,8 @@ def serve_cmd(
         raise _fail(f"[red]{exc}[/]", 2) from exc
     options = serve_options(config, host=host, ocpp_port=ocpp_port,
                             api_port=None if api_port < 0 else api_port, db_url=db,
-                            bus_url=bus, data_dir=data_dir, api_tokens=tokens)
+                            bus_url=bus, data_dir=data_dir, api_tokens=tokens,
+                            site_path=site)
     try:
         asyncio.run(serve(config.topology, options))
     except OSError as exc:

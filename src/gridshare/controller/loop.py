@@ -264,6 +264,21 @@ class Controller:
             except Exception:
                 log.exception("change listener %r failed", listener)
 
+    def add_chargers(self, topology: Topology) -> tuple[str, ...]:
+        """Run ``topology`` from now on: the running one with chargers added (an operator
+        adopted them; anything else raises :class:`~gridshare.core.additions.NotAnAddition`
+        and changes nothing). Everything known of the existing chargers stays; each new one
+        counts at its failsafe until it is online and controlled, so the next cycle (at
+        once) makes room for that first, decreases before increases, through the guard.
+        Returns the ids added."""
+        added = self.state.add_chargers(topology)
+        self.topology = topology
+        log.warning("topology: %d charger(s) added live: %s", len(added), ", ".join(added))
+        for cid in added:  # live views build the new chargers' parts
+            self._changed("topology", cid)
+        self._trigger(Impact.URGENT)
+        return added
+
     # --- input ----------------------------------------------------------------------------
 
     def handle(self, event: Event) -> None:

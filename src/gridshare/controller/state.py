@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 
+from gridshare.core.additions import added_chargers
 from gridshare.core.ledger import ConnectorLedger, Effect, Ledger
 from gridshare.core.snapshot import (
     ConnectorDemand,
@@ -291,6 +292,21 @@ class SiteState:
         self.last_event_at: datetime | None = None
         self._now: datetime | None = None
         """The latest time we were told about (events, refresh): for views without one."""
+
+    def add_chargers(self, topology: Topology) -> tuple[str, ...]:
+        """Take ``topology``, which only adds chargers to ours (see
+        :func:`gridshare.core.additions.added_chargers`, which raises otherwise): each new
+        one starts as never heard from (offline, counted at its failsafe), and everything
+        known of the others stays. Returns the ids added."""
+        added = added_chargers(self.topology, topology)
+        self.ledger.add_chargers(topology, added)
+        for cid in added:
+            self._chargers[cid] = _ChargerState()
+            for conn in topology.chargers[cid].connectors:
+                self._connectors[conn.key] = _ConnectorState()
+        self.topology = topology
+        self._subtrees = {gid: tuple(topology.subtree_chargers(gid)) for gid in topology.groups}
+        return added
 
     # --- events ---------------------------------------------------------------------------
 

@@ -331,6 +331,18 @@ class Ledger:
     def __getitem__(self, key: ConnectorKey) -> ConnectorLedger:
         return self._entries[key]
 
+    def add_chargers(self, topology: Topology, chargers: Iterable[str]) -> None:
+        """Keep ``chargers`` of ``topology`` too (just adopted): an empty entry per
+        connector, so each counts at its failsafe; every existing entry is kept as it is."""
+        for cid in chargers:
+            charger = topology.chargers[cid]
+            if cid in self._keys_of:
+                raise ValueError(f"charger {cid} is already in the ledger")
+            self._keys_of[cid] = tuple(c.key for c in charger.connectors)
+            for conn in charger.connectors:
+                self._failsafe[conn.key] = charger.failsafe_current
+                self._entries[conn.key] = ConnectorLedger()
+
     def items(self) -> Iterator[tuple[ConnectorKey, ConnectorLedger]]:
         return iter(self._entries.items())
 

@@ -138,6 +138,9 @@ class SimCharger:
         self.connect_gate: asyncio.Semaphore | None = None
         """Shared by a SimSite to limit simultaneous websocket handshakes."""
         self.boot_count = 0
+        self.boot_requested = False
+        """A TriggerMessage(BootNotification) came while the CSMS held us Pending: boot
+        again now rather than after the retry interval."""
         self.config = Configuration(default_heartbeat_s, float(meter_interval_s), connectors)
         self.outbox = Outbox(max_queued)
         self.smart = SmartCharging(
@@ -474,10 +477,16 @@ class SimCharger:
         return status
 
     def trigger(self, what: str, connector: int | None) -> bool:
-        """TriggerMessage for Heartbeat, StatusNotification and MeterValues."""
+        """TriggerMessage for Heartbeat, StatusNotification and MeterValues, and for
+        BootNotification while the boot is not accepted yet (Pending)."""
         now = self.clock.now()
         targets = [self._conn(connector)] if connector else self._conns
-        if what == "Heartbeat":
+        if what == "BootNotification":
+            if self._connected:
+                return False
+            self.boot_requested = True
+            self.outbox.wake.set()
+        elif what == "Heartbeat":
             self.enqueue(Outgoing("heartbeat", 0, now))
         elif what == "StatusNotification":
             for c in targets:

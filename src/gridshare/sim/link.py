@@ -342,9 +342,10 @@ class Session:
 
     async def boot(self) -> None:
         """BootNotification until Accepted (Pending / Rejected: again after the interval
-        the CSMS gave)."""
+        the CSMS gave, or at once when it asks with TriggerMessage)."""
         charger, link = self.charger, self.link
         while True:
+            charger.boot_requested = False
             status, interval = await self.wire.boot(self.rpc, link.boot_reason)
             charger.boot_count += 1
             charger.log_event(f"boot {status} interval={interval:g}")
@@ -355,7 +356,7 @@ class Session:
                 return
             clock = charger.clock
             retry_at = clock.time() + (interval or 10.0)
-            while self.alive and clock.time() < retry_at:
+            while self.alive and clock.time() < retry_at and not charger.boot_requested:
                 await self._wait(retry_at - clock.time())
             if not self.alive:
                 raise LinkDown("closed while waiting to boot again")

@@ -21,6 +21,7 @@ from websockets.typing import Subprotocol
 
 from gridshare.drivers import CommandOutcome, CommandResult, SetpointRequest
 from gridshare.events import (
+    ChargerBooted,
     ChargerOffline,
     ChargerOnline,
     Event,
@@ -32,8 +33,9 @@ from gridshare.ocpp_version import OcppVersion
 
 from . import profiles
 from .auth import charger_id_from_path, server_ssl_context
-from .config import CsmsConfig
+from .config import ChargerCredentials, CsmsConfig
 from .meter import OcppMeter, meter_sample
+from .pending import PendingCharger, PendingRegistry
 from .rpc import Deadlines, FrameWriter
 from .server import Gatekeeper
 from .session import ChargerState, Command, Session, SessionContext
@@ -60,6 +62,14 @@ def _refused_meter() -> asyncio.Future[CommandOutcome]:
     return future
 
 
+def _refused_pending() -> asyncio.Future[CommandOutcome]:
+    """A charger that is not declared is never sent a profile or a command."""
+    future: asyncio.Future[CommandOutcome] = asyncio.get_running_loop().create_future()
+    future.set_result(CommandOutcome(CommandResult.REJECTED, sent=False,
+                                     detail="not declared (pending)"))
+    return future
+
+
 class CentralSystem:
     """OCPP CSMS and ChargerDriver. See the package docstring for the whole picture."""
 
@@ -75,7 +85,11 @@ class CentralSystem:
         self._clock = clock or _utcnow
         self.counters = EventCounters()
         self.metrics = CsmsStats()
-        self._gatekeeper = Gatekeeper(config, self.counters)
+        self.pending = PendingRegistry(config.pending_max)
+        """Chargers connected or seen without being declared (``config.pending_unknown``)."""
+        self._gatekeeper = Gatekeeper(
+            config, self.counters,
+            pending_room=self.pending.has_room if config.pending_unknown else None)
         self._sessions: dict[str, Session] = {}
         self._states: dict[str, ChargerState] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -87,7 +101,7 @@ class CentralSystem:
             writer=FrameWriter(self.spawn), deadlines=Deadlines(), now=self.now,
             emit=self.emit, spawn=self.spawn,
             charger_state=self.charger_state, next_transaction_id=lambda: next(self._tx_ids),
-            command_done=self._command_done)
+            command_done=self._command_done, pending_event=self._pending_event)
 
     # --- plumbing shared with the sessions ----------------------------------------------
 
@@ -109,6 +123,72 @@ class CentralSystem:
         if charger is not None and charger in self._meter_only:
             return
         self._send(event)
+
+    def _pending_event(self, charger: str, event: Event) -> None:
+        """A pending charger's event: what it says of itself is remembered, and nothing
+        reaches the controller (it is never controlled, never counted)."""
+        self.counters.reject("pending_event")
+        if isinstance(event, ChargerBooted):
+            self.pending.booted(charger, event.vendor, event.model, event.at)
+            LOG.info("pending charger %s booted (%s %s, %s): declare it to accept it",
+                     charger, event.vendor, event.model, event.protocol,
+                     extra={"charger": charger})
+        else:
+            self.pending.seen(charger, event.at)
+
+    def declared(self, charger: str) -> bool:
+        """Whether ``charger`` is declared (or auto-registered); a connection of one that
+        is not is pending. Without ``config.pending_unknown`` every charger that got past
+        the handshake is."""
+        return not self.config.pending_unknown or self._gatekeeper.declared(charger)
+
+    def declare(self, charger: str, credentials: ChargerCredentials | None = None, *,
+                phases: int = 3) -> str:
+        """Accept ``charger`` from now on (an operator adopted it into the site file).
+
+        If it is connected as pending: with basic auth (profiles 1, 2) its password was
+        never checked, so the connection is closed and it must come back with the declared
+        one; otherwise it is asked to boot again now (TriggerMessage), and that boot, like
+        any later one, is answered Accepted. Returns what happened: ``"reconnect"``,
+        ``"triggered"``, ``"not connected"`` or ``"already accepted"``."""
+        if phases not in (1, 2, 3):
+            raise ValueError(f"phases must be 1..3, got {phases}")
+        self._gatekeeper.credentials[charger] = credentials or ChargerCredentials()
+        self.config.phases[charger] = phases
+        self.pending.forget(charger)
+        session = self._sessions.get(charger)
+        if session is None or session.closing:
+            return "not connected"
+        if not session.pending:
+            return "already accepted"
+        if self.config.security_profile in (1, 2):
+            # It stays pending until it is gone: nothing it says now is trusted.
+            session.closing = True
+            self.spawn(session.close("declared: reconnect with the declared password"),
+                       f"ocpp-close-{charger}")
+            return "reconnect"
+        session.pending = False
+        outcome = session.submit(session.trigger_boot_command())
+        # Until that boot the controller counts it offline, at its failsafe.
+        outcome.add_done_callback(lambda f: self._triggered(charger, f))
+        return "triggered"
+
+    def _triggered(self, charger: str, future: asyncio.Future[CommandOutcome]) -> None:
+        if future.cancelled():
+            return
+        outcome = future.result()
+        if outcome.result is not CommandResult.ACCEPTED:
+            LOG.info("%s: TriggerMessage(BootNotification) %s (%s): accepted at its next "
+                     "boot", charger, outcome.result.value, outcome.detail)
+
+    def pending_chargers(self) -> list[PendingCharger]:
+        """Every undeclared charger remembered, oldest first, with the latest time a
+        connected one was heard from."""
+        for entry in self.pending.all():
+            session = self._sessions.get(entry.id)
+            if entry.connected and session is not None:
+                self.pending.seen(entry.id, session.last_seen)
+        return self.pending.all()
 
     def _send(self, event: Event) -> None:
         try:
@@ -203,12 +283,21 @@ class CentralSystem:
             await ws.close(1002, "no supported OCPP subprotocol")
             return
         session = self.open_session(ws, charger, version)
-        self.emit(ChargerOnline(charger, self.now()))
+        if session.pending:
+            peer = ws.remote_address
+            where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+            self.pending.connected(charger, version.value, where, self.now())
+            LOG.warning("charger %r from %s is not declared: held pending", charger, where,
+                        extra={"charger": charger, "reason": "pending"})
+        else:
+            self.emit(ChargerOnline(charger, self.now()))
         try:
             await session.run()
         finally:
             if self._sessions.get(charger) is session:
                 del self._sessions[charger]
+                if charger in self.pending:
+                    self.pending.disconnected(charger, self.now())
             if not session.replaced:
                 self._offline(session, f"connection closed ({ws.close_code})")
 
@@ -217,6 +306,7 @@ class CentralSystem:
         """The session of a connection that passed the handshake, registered as the
         charger's current one (an older connection of the same charger is closed)."""
         session = Session(self._context, ws, charger, version)
+        session.pending = not self.declared(charger)
         previous = self._sessions.get(charger)
         if previous is not None:
             previous.replaced = True
@@ -225,8 +315,8 @@ class CentralSystem:
         return session
 
     def _offline(self, session: Session, reason: str) -> None:
-        if session.offline_published:
-            return
+        if session.offline_published or session.pending:
+            return  # a pending connection never went online for the controller
         session.offline_published = True
         self.emit(ChargerOffline(session.charger, self.now(), reason))
 
@@ -280,6 +370,8 @@ class CentralSystem:
             return _refused_meter()
         if session is None or session.closing:
             return _not_connected()
+        if session.pending:
+            return _refused_pending()
         return session.submit(make(session))
 
     @staticmethod
@@ -309,6 +401,9 @@ class CentralSystem:
                 continue
             if session is None or session.closing:
                 outcomes.append(_not_connected())
+                continue
+            if session.pending:
+                outcomes.append(_refused_pending())
                 continue
             outcomes.append(session.submit(session.setpoint_command(
                 request.connector, request.current_a, request.lease_s)))
@@ -352,7 +447,8 @@ class CentralSystem:
         """What the charger will actually apply: [(start_offset_s, limit_a_per_phase)], or
         None when it is offline, does not answer or refuses."""
         session = self._sessions.get(charger)
-        if session is None or session.closing or charger in self._meter_only:
+        if session is None or session.closing or charger in self._meter_only or \
+                session.pending:
             return None
         command = session.composite_command(connector, int(duration_s))
         outcome = await session.submit(command)

@@ -46,6 +46,17 @@ class CsmsConfig:
     """Known charger ids (the last URL path segment)."""
     allow_auto_register: bool = False
     """Accept unknown ids (basic auth: the first password seen is pinned, trust on first use)."""
+    pending_unknown: bool = False
+    """Let unknown ids connect, answered ``Pending`` at boot and never controlled, until an
+    operator declares them (:meth:`CentralSystem.declare`). With basic auth (profiles 1, 2)
+    an unknown id's password cannot be checked: it is accepted as pending and never
+    trusted; once declared the charger must reconnect with the declared password. With
+    mutual TLS (profile 3) its certificate must still be signed by the CA and name it."""
+    pending_max: int = 1000
+    """How many undeclared chargers are remembered (past it, unknown ids are refused)."""
+    pending_retry_s: int | None = None
+    """The ``interval`` of a Pending boot answer: when the charger boots again (None: the
+    heartbeat interval)."""
     tls: TlsConfig | None = None
     heartbeat_interval_s: int = 60
     """Sent in the BootNotification response."""
@@ -92,6 +103,13 @@ class CsmsConfig:
         if self.no_subprotocol is not None and self.no_subprotocol not in self.subprotocols:
             raise ValueError(f"no_subprotocol must be one of the subprotocols "
                              f"{self.subprotocols} or None, got {self.no_subprotocol!r}")
+        if self.pending_unknown and self.allow_auto_register:
+            raise ValueError("pending_unknown and allow_auto_register exclude each other: "
+                             "unknown chargers are either held pending or accepted")
+        if self.pending_max < 1:
+            raise ValueError(f"pending_max must be at least 1, got {self.pending_max}")
+        if self.pending_retry_s is not None and self.pending_retry_s < 1:
+            raise ValueError(f"pending_retry_s must be at least 1, got {self.pending_retry_s}")
         for charger, unit in self.rate_unit.items():
             if unit not in RATE_UNITS:
                 raise ValueError(f"rate_unit for {charger!r} must be 'A' or 'W', got {unit!r}")

@@ -22,6 +22,10 @@ class Sink(Protocol):
 
     def now(self) -> datetime: ...
     def heartbeat_interval_s(self) -> int: ...
+    def boot_answer(self) -> tuple[str, int]:
+        """(registration status, interval): ("Accepted", heartbeat) for a declared charger,
+        ("Pending", retry) for one that is not declared yet."""
+        ...
     def on_boot(self, vendor: str, model: str) -> None: ...
     def on_status(self, connector: int, status: str, error_code: str,
                   timestamp: str | None) -> None: ...
@@ -54,8 +58,8 @@ def _heartbeat(sink: Sink, payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def _boot_answer(sink: Sink) -> dict[str, Any]:
-    return {"currentTime": iso_utc(sink.now()), "interval": sink.heartbeat_interval_s(),
-            "status": "Accepted"}
+    status, interval = sink.boot_answer()
+    return {"currentTime": iso_utc(sink.now()), "interval": interval, "status": status}
 
 
 def _data_transfer(sink: Sink, payload: dict[str, Any]) -> dict[str, Any]:

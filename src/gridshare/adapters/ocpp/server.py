@@ -15,7 +15,7 @@ import hmac
 import http
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
@@ -42,14 +42,19 @@ _REFUSALS = {  # reason code -> the words of the refusal log line
     "auth_malformed": "credentials are not basic auth",
     "auth_username_mismatch": "basic-auth user is not the charger id",
     "auth_bad_password": "wrong password",
+    "pending_full": "unknown charger id, and the list of pending chargers is full",
 }
 
 
 class Gatekeeper:
     """The handshake hooks for ``websockets.serve`` and the version of each connection."""
 
-    def __init__(self, config: CsmsConfig, counters: EventCounters) -> None:
+    def __init__(self, config: CsmsConfig, counters: EventCounters, *,
+                 pending_room: Callable[[str], bool] | None = None) -> None:
+        """``pending_room(id)``: whether an unknown id may still be held pending
+        (``config.pending_unknown``); None: never."""
         self.config = config
+        self._pending_room = pending_room
         self.counters = counters
         self.credentials: dict[str, ChargerCredentials] = dict(config.chargers)
         self._auth_key = secrets.token_bytes(32)
@@ -112,6 +117,8 @@ class Gatekeeper:
                 return self._refuse(connection, http.HTTPStatus.FORBIDDEN, "auth_cn_mismatch",
                                     "Client certificate does not name this charger")
         if not known:
+            if cfg.pending_unknown:
+                return self._pending(connection, charger)
             if not cfg.allow_auto_register:
                 return self._refuse(connection, http.HTTPStatus.NOT_FOUND,
                                     "auth_unknown_charger", "Unknown charger")
@@ -133,6 +140,10 @@ class Gatekeeper:
         if username != charger:
             return self._refuse(connection, unauthorized, "auth_username_mismatch",
                                 "Invalid credentials", challenge=True)
+        if not known and self.config.pending_unknown:
+            # No password to check it against: held pending, never trusted. Declaring it
+            # closes this connection, and it must come back with the declared password.
+            return self._pending(connection, charger)
         if not known:
             if not self.config.allow_auto_register:
                 return self._refuse(connection, unauthorized, "auth_unknown_charger",
@@ -150,6 +161,18 @@ class Gatekeeper:
             return self._refuse(connection, unauthorized, "auth_bad_password",
                                 "Invalid credentials", challenge=True)
         return None
+
+    def _pending(self, connection: ServerConnection, charger: str) -> Response | None:
+        """An unknown id that passed every check its security profile allows: let it in
+        as pending when the registry has room for it."""
+        if self._pending_room is not None and self._pending_room(charger):
+            return None
+        return self._refuse(connection, http.HTTPStatus.NOT_FOUND, "pending_full",
+                            "Unknown charger")
+
+    def declared(self, charger: str) -> bool:
+        """Whether ``charger`` is declared (or auto-registered): not pending."""
+        return charger in self.credentials
 
     def _password_digest(self, password: str) -> bytes:
         return hmac.new(self._auth_key, password.encode(errors="surrogateescape"),

@@ -144,6 +144,8 @@ class SessionContext:
     next_transaction_id: Callable[[], int]
     command_done: Callable[[str, Command, CommandOutcome], None]
     """Called once per command that was answered, timed out or lost."""
+    pending_event: Callable[[str, Event], None] = lambda _charger, _event: None
+    """Takes the events of a pending connection instead of ``emit`` (see :mod:`.pending`)."""
 
 
 _ACCEPTED = frozenset({"Accepted"})
@@ -165,6 +167,11 @@ class Session:
         self.closing = False
         self.replaced = False
         self.offline_published = False
+        self.pending = False
+        """A connection of a charger that is not declared (``pending_unknown``): its boots
+        are answered Pending, it is never provisioned, its events go to
+        ``ctx.pending_event``. Cleared when the charger is declared and the connection
+        may be trusted; a connection whose password was never checked stays pending."""
         self.outbox: deque[Outgoing] = deque()
         self.draining = False
         self._pending: OrderedDict[Hashable, Command] = OrderedDict()
@@ -251,8 +258,11 @@ class Session:
                 self.ctx.emit(event)
 
     def _emit(self, event: Event) -> None:
-        """Publish now, or once the answer to the call being handled has been written."""
-        if self._held_events is not None:
+        """Publish now, or once the answer to the call being handled has been written; a
+        pending connection's events are only remembered, as they come."""
+        if self.pending:
+            self.ctx.pending_event(self.charger, event)
+        elif self._held_events is not None:
             self._held_events.append(event)
         else:
             self.ctx.emit(event)
@@ -264,6 +274,19 @@ class Session:
 
     def heartbeat_interval_s(self) -> int:
         return self.ctx.config.heartbeat_interval_s
+
+    def boot_answer(self) -> tuple[str, int]:
+        cfg = self.ctx.config
+        if not self.pending:
+            return "Accepted", cfg.heartbeat_interval_s
+        return "Pending", cfg.pending_retry_s or cfg.heartbeat_interval_s
+
+    def trigger_boot_command(self) -> Command:
+        """TriggerMessage(BootNotification): a pending charger that was just declared boots
+        again now rather than after its retry interval, and is answered Accepted."""
+        payload = {"requestedMessage": "BootNotification"}
+        return self._command(("trigger-boot",), "TriggerMessage",
+                             lambda now: Built.of(payload), _ACCEPTED, 0)
 
     def _event_time(self, timestamp: str | None) -> datetime:
         """The charger's timestamp if it is readable and not in the future, else ours."""
@@ -602,7 +625,10 @@ class Session:
 
     async def _provision(self) -> None:
         """(Re)install the remembered failsafe and cap: a charger that just booted may have
-        lost them, and the failsafe is what protects the fuse when it loses us."""
+        lost them, and the failsafe is what protects the fuse when it loses us. A pending
+        charger gets nothing."""
+        if self.pending:
+            return
         if self.state.failsafe_a is not None:
             await self._install(lambda: self.failsafe_command(self.state.failsafe_a or 0.0))
         if self.state.cap_a is not None:

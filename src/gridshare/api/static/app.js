@@ -23,8 +23,10 @@
     drZones: [],           // GET /api/v1/zones .zones (live load per zone)
     lastUpdate: null,
     readNeedsToken: false, // a read was refused without a token (api: {read_token: true})
+    pending: null,         // GET /api/v1/pending (null: not loaded, or an older server)
   };
-  const dirty = { site: true, chargers: true, alarms: true, sessions: true, extras: true };
+  const dirty = { site: true, chargers: true, alarms: true, sessions: true, extras: true,
+                  pending: true };
   // Counters for tests and benchmarks; the page never reads them.
   const probe = { renders: 0, events: 0, connects: 0, lastRenderAt: 0, received: {},
                   parseMs: 0, renderMs: 0 };
@@ -111,6 +113,7 @@
     if (!doc || typeof doc !== "object" || !Array.isArray(doc.groups)) return;
     state.site = doc;
     dirty.site = true;
+    dirty.pending = true; // the adopt forms list the groups
     takeExtras(doc);
   }
 
@@ -178,6 +181,7 @@
     if (dirty.alarms) { dirty.alarms = false; renderAlarms(); }
     if (dirty.sessions) { dirty.sessions = false; renderSessions(); }
     if (dirty.extras) { dirty.extras = false; renderExtras(); }
+    if (dirty.pending) { dirty.pending = false; renderPending(); }
     if (state.lastUpdate) $("updated").textContent = "updated " + state.lastUpdate.toLocaleTimeString();
     probe.renders += 1;
     probe.lastRenderAt = Date.now();
@@ -524,6 +528,95 @@
       h("tbody", null, ...rows)));
   }
 
+  // ------------------------------------------------- chargers not declared yet
+
+  // One card per pending charger, kept while it stays pending, so a form being filled in
+  // survives the refreshes; only its texts change.
+  const pendingCards = new Map();
+
+  function pendingCard(p) {
+    const id = p.id;
+    const slug = id.replace(/[^A-Za-z0-9_-]/g, "_");
+    const field = (name, label, input) => {
+      input.id = "adopt-" + slug + "-" + name;
+      input.name = name;
+      return h("label", { for: input.id }, label, input);
+    };
+    const num = (value, step) => h("input", { type: "number", step, min: "0", inputmode: "decimal",
+                                              value });
+    const group = h("select", { class: "adopt-group" });
+    const phases = h("select", null, h("option", { value: "3", text: "3" }),
+                     h("option", { value: "1", text: "1" }));
+    const line = h("select", { disabled: true }, ...PHASES.map((x) => h("option", { value: x, text: x })));
+    phases.addEventListener("change", () => { line.disabled = phases.value !== "1"; });
+    const maxCurrent = num("16", "any");
+    const failsafe = num("0", "any");
+    const out = h("p", { class: "result", role: "status" });
+    const form = h("form", { class: "adopt", novalidate: true, "data-charger": id },
+                   field("group", "Group", group), field("max_current", "Max current (A)", maxCurrent),
+                   field("phases", "Phases", phases), field("phase", "Line", line),
+                   field("failsafe_current", "Failsafe (A)", failsafe),
+                   h("button", { type: "submit", text: "Adopt" }), out);
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const body = { id, group: group.value, max_current: numberOrText(maxCurrent),
+                     phases: Number(phases.value), failsafe_current: numberOrText(failsafe) };
+      if (phases.value === "1") body.phase = line.value;
+      const charger = await send("POST", API + "/chargers", body, out);
+      if (charger) {
+        out.textContent = "adopted into " + charger.group;
+        Promise.allSettled([loadPending(), loadChargers(), loadSite()]).then(scheduleRender);
+      }
+    });
+    const li = h("li", { "data-charger": id }, h("p", { class: "who" }), h("p", { class: "seen" }), form);
+    return { li, who: li.children[0], seen: li.children[1], form, group };
+  }
+
+  function renderPending() {
+    const section = $("pending-section");
+    const doc = state.pending;
+    const list = doc && Array.isArray(doc.pending) ? doc.pending : [];
+    show(section, !!doc && (doc.pending_unknown || list.length > 0));
+    setText($("pending-count"), list.length ? "(" + list.length + ")" : "");
+    const canAdopt = !!token();
+    show($("pending-token"), !canAdopt);
+    const ul = $("pending");
+    const ids = new Set(list.map((p) => p.id));
+    for (const [id, card] of pendingCards) {
+      if (!ids.has(id)) { card.li.remove(); pendingCards.delete(id); }
+    }
+    if (!list.length) {
+      if (!ul.querySelector(".none")) ul.replaceChildren(h("li", { class: "none", text: "none" }));
+      return;
+    }
+    const none = ul.querySelector(".none");
+    if (none) none.remove();
+    const groups = allGroupIds();
+    for (const p of list) {
+      let card = pendingCards.get(p.id);
+      if (!card) {
+        card = pendingCard(p);
+        pendingCards.set(p.id, card);
+        ul.append(card.li);
+      }
+      const what = [p.vendor, p.model].filter(Boolean).join(" ") || "no boot yet";
+      setText(card.who, p.id + " · " + what + " · " + (p.protocol || "?"));
+      setText(card.seen, (p.connected ? "connected" : "gone") + " from " + (p.remote_address || "?") +
+        " · first seen " + fmtTime(p.first_seen) + " · last seen " + fmtTime(p.last_seen));
+      fillSelect(card.group, groups);
+      show(card.form, canAdopt);
+    }
+  }
+
+  async function loadPending() {
+    try {
+      state.pending = await getJSON(API + "/pending");
+    } catch (e) {
+      state.pending = null;
+    }
+    dirty.pending = true;
+  }
+
   function allGroupIds() {
     const out = [];
     const walk = (g) => { out.push(g.id); (g.children || []).forEach(walk); };
@@ -598,7 +691,8 @@
 
   async function loadAll() {
     const results = await Promise.allSettled([loadSite(), loadChargers(), loadAlarms(),
-                                              loadSessions(), loadExtras(), loadDr()]);
+                                              loadSessions(), loadExtras(), loadDr(),
+                                              loadPending()]);
     const failed = results.find((r) => r.status === "rejected");
     if (failed && failed.reason && failed.reason.status === 401) {
       $("token-state").textContent = "reads need a token here: " + failed.reason.message;
@@ -724,12 +818,16 @@
       e.preventDefault();
       try { localStorage.setItem(TOKEN_KEY, tok.value.trim()); } catch (err) { /* storage off */ }
       showTok();
+      dirty.pending = true;
+      scheduleRender();
       if (state.readNeedsToken) { loadAll(); connect(); }
     });
     $("token-forget").addEventListener("click", () => {
       try { localStorage.removeItem(TOKEN_KEY); } catch (err) { /* storage off */ }
       tok.value = "";
       showTok();
+      dirty.pending = true;
+      scheduleRender();
     });
 
     const limitOut = $("limit-result");
@@ -779,5 +877,7 @@
     // Grid services (demand response, frequency response) appear in GET /status once they
     // exist; they change slowly, so a look every 15 s is enough.
     setInterval(() => { loadExtras().then(scheduleRender, () => {}); }, 15000);
+    // Chargers not declared yet are not on the stream: a look every 3 s.
+    setInterval(() => { loadPending().then(scheduleRender); }, 3000);
   });
 })();
