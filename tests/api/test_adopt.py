@@ -154,6 +154,8 @@ async def test_unknown_charger_pending_then_adopted_and_controlled_without_resta
         assert rig.monitor.violations == [], rig.monitor.first_violation
         got_view = (await c.get("/api/v1/chargers/new-1")).json()
         assert got_view["connection"]["online"] is True
+        load = await c.get("/api/v1/stations/new-1/load")  # aggregated like the others
+        assert load.status_code == 200, load.text
     finally:
         await rig.stop()
 

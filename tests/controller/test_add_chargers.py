@@ -15,7 +15,7 @@ from gridshare.clock import FakeClock
 from gridshare.config import parse_site
 from gridshare.controller.loop import Controller, CycleReport
 from gridshare.core import guard
-from gridshare.core.additions import NotAnAddition, added_chargers
+from gridshare.core.additions import InDrZone, NotAnAddition, added_chargers
 from gridshare.core.topology import Topology
 from gridshare.events import ChargerBooted, ConnectorStatus, StatusChanged
 
@@ -47,6 +47,22 @@ def test_added_chargers_only_takes_additions(topology: Topology) -> None:
              "chargers removed")):
         with pytest.raises(NotAnAddition, match=words):
             added_chargers(topology, parse_site(changed))
+
+
+def test_a_charger_in_a_dr_zone_or_new_zones_take_a_restart() -> None:
+    """Demand response splits a zone's reduction among the stations it knew when an event
+    began, so a station cannot join a zone live, nor can zones change."""
+    zoned = SITE.replace("chargers:\n", "zones: [{id: Z1}]\nchargers:\n", 1)
+    before = parse_site(zoned)
+    with pytest.raises(InDrZone, match="a4 is in demand-response zone Z1"):
+        added_chargers(before, parse_site(ADOPTED.replace(
+            "chargers:\n", "zones: [{id: Z1}]\nchargers:\n", 1).replace(
+            "a4, max_current: 32, phases: 3, failsafe_current: 6}",
+            "a4, max_current: 32, phases: 3, failsafe_current: 6, zone: Z1}")))
+    assert added_chargers(before, parse_site(ADOPTED.replace(
+        "chargers:\n", "zones: [{id: Z1}]\nchargers:\n", 1))) == ("a4",)
+    with pytest.raises(NotAnAddition, match="zones changed"):
+        added_chargers(parse_site(SITE), parse_site(zoned))
 
 
 async def test_adopted_charger_in_a_full_group_lowers_the_others_first(

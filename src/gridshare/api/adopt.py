@@ -27,7 +27,7 @@ from gridshare.api import schemas
 from gridshare.api.problems import Problem, problem_responses
 from gridshare.api.views import charger_view, dumps
 from gridshare.config import ChargerSpec, ConfigError, Id, SiteConfig
-from gridshare.core.additions import NotAnAddition, added_chargers
+from gridshare.core.additions import InDrZone, NotAnAddition, added_chargers
 from gridshare.sitefile import SiteFileError, commit, prepare, writable_reason
 
 if TYPE_CHECKING:
@@ -80,6 +80,7 @@ def apply_additions(app: GridshareApp, config: SiteConfig) -> dict[str, str]:
     app.topology = config.topology
     if app.homeassistant is not None:
         app.homeassistant.set_topology(config.topology)
+    app.loads.add_stations(config.topology, added)
     done = {}
     for cid in added:
         charger = config.topology.chargers[cid]
@@ -163,6 +164,10 @@ def register(api: FastAPI, app: GridshareApp, views: LiveViews,
             added = added_chargers(app.topology, config.topology)
             if added != (cid,):
                 raise NotAnAddition(f"it also adds {[a for a in added if a != cid]}")
+        except InDrZone as exc:
+            temp.unlink(missing_ok=True)
+            raise Problem(409, f"cannot add charger {cid!r} live: {exc}",
+                          kind="in-dr-zone") from exc
         except NotAnAddition as exc:
             temp.unlink(missing_ok=True)
             raise Problem(409, f"the site file {path} no longer describes the running site "

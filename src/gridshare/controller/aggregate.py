@@ -16,6 +16,7 @@ import contextlib
 import logging
 import math
 from collections import Counter
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -91,6 +92,7 @@ class LoadService:
         self.clock = clock
         self._bus = bus
         self.keep = keep
+        self._hold_s = hold_s
         self.grace = timedelta(seconds=grace_s)
         self.tick_s = tick_s
         self.length = window_length(window_s)  # refused here, named, when it is bad
@@ -104,6 +106,14 @@ class LoadService:
         self._stopped: dict[tuple[str, int], str] = {}
         self._subscription: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
+
+    def add_stations(self, topology: Topology, chargers: Iterable[str]) -> None:
+        """Aggregate ``chargers`` of ``topology`` too (adopted live; none is in a zone)."""
+        self.topology = topology
+        for cid in chargers:
+            self.stations[cid] = StationWindows(
+                cid, [c.number for c in topology.chargers[cid].connectors],
+                window_s=self.length.total_seconds(), keep=self.keep, hold_s=self._hold_s)
 
     # --- input ----------------------------------------------------------------------------
 

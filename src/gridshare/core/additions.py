@@ -22,10 +22,15 @@ class NotAnAddition(ValueError):
     """The new topology changes something that exists: it cannot be applied live."""
 
 
+class InDrZone(NotAnAddition):
+    """A new charger names a demand-response zone: it takes a restart, not a live change."""
+
+
 def added_chargers(old: Topology, new: Topology) -> tuple[str, ...]:
     """The ids of the chargers ``new`` adds to ``old``, in ``new``'s order; raise
     :class:`NotAnAddition` naming the first thing it changes otherwise."""
-    for name in ("site", "voltage", "policy", "roots", "rotation_interval_s", "resolution_a"):
+    for name in ("site", "voltage", "policy", "roots", "rotation_interval_s", "resolution_a",
+                 "zones"):
         if getattr(old, name) != getattr(new, name):
             raise NotAnAddition(f"{name} changed: {getattr(old, name)!r} -> "
                                 f"{getattr(new, name)!r}")
@@ -38,6 +43,13 @@ def added_chargers(old: Topology, new: Topology) -> tuple[str, ...]:
         if new.chargers[cid] != charger:
             raise NotAnAddition(f"charger {cid} changed")
     added = tuple(cid for cid in new.chargers if cid not in old.chargers)
+    for cid in added:
+        zone = new.chargers[cid].zone
+        if zone is not None:
+            # Demand response splits a zone's reduction from the stations it knew when an
+            # event began; a station joining mid-event would be nobody's share.
+            raise InDrZone(f"charger {cid} is in demand-response zone {zone}: declare it in "
+                           f"the site file and restart gridshare")
     for gid, group in old.groups.items():
         theirs = new.groups[gid]
         kept = tuple(cid for cid in theirs.chargers if cid in old.chargers)
