@@ -29,10 +29,9 @@ from brokers import free_port
 from click.testing import Result
 from typer.testing import CliRunner
 
-from gridshare.adapters.dr.spec import OpenAdrSpec
 from gridshare.cli import app
 from gridshare.clock import SystemClock
-from gridshare.config import parse_site_config
+from gridshare.config import OpenAdrSpec, parse_site_config
 from gridshare.core.dr.signals import DrPriority, SignalType, signal_from_json
 
 runner = CliRunner()

@@ -20,8 +20,8 @@ from brokers import free_port
 from openleadr import OpenADRServer  # type: ignore[import-untyped]
 
 from gridshare.adapters.dr.openadr import OPT_IN, OPT_OUT, EventRefused, OpenAdrVen
-from gridshare.adapters.dr.spec import OpenAdrSpec
 from gridshare.clock import SystemClock
+from gridshare.config import OpenAdrSpec
 from gridshare.core.dr.book import EventState
 from gridshare.core.dr.signals import DrPriority, SignalType, signal_from_json
 
