@@ -29,10 +29,9 @@ from brokers import free_port
 from click.testing import Result
 from typer.testing import CliRunner
 
-from gridshare.adapters.dr.spec import OpenAdrSpec
 from gridshare.cli import app
 from gridshare.clock import SystemClock
-from gridshare.config import parse_site_config
+from gridshare.config import OpenAdrSpec, parse_site_config
 from gridshare.core.dr.signals import DrPriority, SignalType, signal_from_json
 
 runner = CliRunner()
@@ -196,8 +195,12 @@ def test_the_site_example_loads_and_the_openadr_settings_validate() -> None:
         config = parse_site_config(text, "docs/dr.md")
         assert config.topology.zones
     (openadr,) = [text for _, text in doc_blocks("yaml") if "openadr:" in text]
-    spec = OpenAdrSpec.model_validate(yaml.safe_load(openadr)["demand_response"]["openadr"])
+    site = yaml.safe_load(sites[0])
+    site["demand_response"].update(yaml.safe_load(openadr)["demand_response"])
+    spec = parse_site_config(yaml.safe_dump(site), "docs/dr.md").demand_response.openadr
+    assert isinstance(spec, OpenAdrSpec)
     assert spec.targets == {"plaza-dc": "Z1"} and spec.opt_out == [3]
+    assert spec.levels == {1: 30, 2: 60, 3: 90} and spec.priorities == {1: 1}
 
 
 def test_every_signal_shown_is_valid() -> None:

@@ -118,7 +118,9 @@ async def test_a_signal_on_the_topic_is_stored_and_a_redelivery_changes_nothing(
     (signal(target_reduction_kw=-1), "grid-017", "target_reduction_kw: must not be negative"),
     (b"curtail 90 kW please", None, "not valid JSON"),
     (b"[]", None, "expected a JSON object"),
-], ids=["unknown-zone", "end-not-after-start", "negative-target", "not-json", "array"])
+    (b"[" * 60_000, None, "not valid JSON: nested too deeply"),
+], ids=["unknown-zone", "end-not-after-start", "negative-target", "not-json", "array",
+        "deep"])
 async def test_an_invalid_signal_is_refused_logged_counted_and_answered(
         link: DrMqtt, peer: Listener, dr: FakeDr, caplog: pytest.LogCaptureFixture,
         body: Any, signal_id: str | None, reason: str) -> None:

@@ -20,8 +20,8 @@ from brokers import free_port
 from openleadr import OpenADRServer  # type: ignore[import-untyped]
 
 from gridshare.adapters.dr.openadr import OPT_IN, OPT_OUT, EventRefused, OpenAdrVen
-from gridshare.adapters.dr.spec import OpenAdrSpec
 from gridshare.clock import SystemClock
+from gridshare.config import OpenAdrSpec
 from gridshare.core.dr.book import EventState
 from gridshare.core.dr.signals import DrPriority, SignalType, signal_from_json
 
@@ -333,7 +333,7 @@ def test_the_spec_names_its_zones_for_the_site_check() -> None:
     assert spec.zones_named() == [(("zone",), "Z1"), (("targets", "plaza-ac"), "Z2")]
 
 
-# --- into the real DR service ------------------------------------------------------------
+# --- into the real DR service, configured by the site file -----------------------------------
 
 APP_SITE = """
 site: plaza
@@ -344,23 +344,30 @@ groups:
 chargers:
   - {id: dc-1, max_current: 32, phases: 3, zone: Z1}
   - {id: ac-1, max_current: 32, phases: 3, zone: Z2}
+demand_response:
+  openadr:
+    vtn_url: VTN_URL
+    ven_name: gridshare-plaza
+    targets: {plaza-dc: Z1}
+    levels: {1: 30, 2: 60, 3: 90}
+    opt_out: [3]
 """
 
 
-async def test_an_event_reaches_the_apps_dr_service_and_is_opted_in(vtn: Vtn) -> None:
-    from gridshare.app import ServeOptions, build_app
-    from gridshare.config import parse_site
+async def test_the_site_files_ven_takes_an_event_into_the_apps_dr_service(vtn: Vtn) -> None:
+    from gridshare.app import build_app, serve_options
+    from gridshare.config import parse_site_config
 
-    app = build_app(parse_site(APP_SITE), ServeOptions(
-        host="127.0.0.1", ocpp_port=0, api_port=None, db_url="none"))
+    config = parse_site_config(APP_SITE.replace("VTN_URL", vtn.url), "plaza.yaml")
+    app = build_app(config.topology, serve_options(config, host="127.0.0.1", ocpp_port=0,
+                                                   api_port=None, db_url="none"))
     await app.start()
-    assert app.dr is not None
-    ven = OpenAdrVen(OpenAdrSpec(vtn_url=vtn.url, **SPEC), app.dr, app.clock,
-                     zone_kw=app.dr.zone_load_kw)
-    await ven.start()
     try:
+        ven = app.dr_openadr
+        assert app.dr is not None and ven is not None
         async with asyncio.timeout(20):
             await ven.registered.wait()
+        assert vtn.registrations[0]["ven_name"] == "gridshare-plaza"
         start = datetime.now(UTC) - timedelta(seconds=1)
         event_id = vtn.event("SIMPLE", "level", [3], start=start)
         await eventually(lambda: event_id in vtn.opts)
@@ -371,6 +378,6 @@ async def test_an_event_reaches_the_apps_dr_service_and_is_opted_in(vtn: Vtn) ->
         assert stored.state(app.clock.now()) is EventState.ACTIVE
         shown = app.dr.event_json(stored)
         assert shown["state"] == "active" and shown["compliance"] is not None
+        assert ("Z1", "RealPower") in vtn.offered  # the zone's draw, from the DR service
     finally:
-        await ven.stop()
         await app.stop()

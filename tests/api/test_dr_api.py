@@ -185,6 +185,7 @@ async def test_an_invalid_signal_is_422_naming_the_field_and_nothing_is_stored(
     (b"{not json", "not valid JSON"),
     (b"[1, 2]", "expected a JSON object"),
     (b"\xff\xfe", "not valid JSON"),
+    (b"[" * 60_000, "nested too deeply"),
 ])
 async def test_a_body_that_is_no_signal_object_is_422(client: httpx.AsyncClient, dr: FakeDr,
                                                       raw: bytes, words: str) -> None:

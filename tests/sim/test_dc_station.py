@@ -245,3 +245,27 @@ def test_settle_starts_a_car_at_the_offered_power_and_refuses_an_ac_car() -> Non
     other.plug_nowait(1, EV(capacity_kwh=60.0, soc=0.5))
     with pytest.raises(TypeError, match="DC1 connector 1 has no DC car to settle"):
         other.settle(1)
+
+
+def test_a_site_file_with_ccs_and_chademo_connectors_is_simulated_with_dc_stations_and_cars(
+) -> None:
+    from pathlib import Path
+
+    from gridshare.config import load_site_config
+    from gridshare.sim.__main__ import _build_site, _parse_args
+
+    plaza = Path(__file__).resolve().parents[2] / "src/gridshare/examples/plaza.yaml"
+    args = _parse_args(["--url", "ws://127.0.0.1:9/", "--ids-from", str(plaza),
+                        "--initial-occupancy", "1", "--chargers", "4"])
+    sim = _build_site(args, load_site_config(plaza).topology)
+    assert list(sim.chargers) == ["dc-01", "dc-02", "dc-03", "dc-04"]
+    for ch in sim.chargers.values():
+        assert isinstance(ch, DcStation) and ch.max_kw == pytest.approx(150.0)
+        assert [(o.type, round(o.max_kw, 3)) for o in ch.outlets] == [
+            ("CCS", 150.0), ("CHAdeMO", 50.0)]
+    sim.clock = clock = ManualClock(T0)
+    for ch in sim.chargers.values():
+        ch.clock = clock
+    sim.advance(1.0)  # the scenario seeds its cars: DC cars at DC stations
+    cars = [ch.ev(c) for ch in sim.chargers.values() for c in (1, 2)]
+    assert cars and all(isinstance(ev, DcEV) for ev in cars)

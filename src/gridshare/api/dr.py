@@ -23,7 +23,7 @@ from gridshare.adapters.dr import DrInput, submit_json
 from gridshare.api.problems import Problem, problem_responses
 from gridshare.api.views import dumps
 from gridshare.clock import Clock
-from gridshare.core.dr.book import SignalConflict, Submitted
+from gridshare.core.dr.book import DrEvent, SignalConflict, Submitted
 from gridshare.core.dr.signals import SignalInvalid
 
 MAX_BODY_BYTES = 64 * 1024
@@ -104,7 +104,7 @@ def _json(body: Any, status: int = 200) -> Response:
     return Response(dumps(body), status_code=status, media_type="application/json")
 
 
-def event_out(dr: DrInput, event: Any) -> dict[str, Any]:
+def event_out(dr: DrInput, event: DrEvent) -> dict[str, Any]:
     """The API's representation of a stored event (the service's, with ``id``)."""
     out = dict(dr.event_json(event))
     out.setdefault("id", event.signal.signal_id)
@@ -132,10 +132,13 @@ def create_router(service: Callable[[], DrInput | None], clock: Clock,
             data = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise _invalid(None, f"not valid JSON: {exc}") from None
+        except RecursionError:
+            raise _invalid(None, "not valid JSON: nested too deeply") from None
         dr = service()
         if dr is None:
             zone = data.get("zone_id") if isinstance(data, dict) else None
-            raise _invalid("zone_id", f"unknown zone {zone!r}: the site file declares no "
+            shown = zone[:40] + "…" if isinstance(zone, str) and len(zone) > 40 else zone
+            raise _invalid("zone_id", f"unknown zone {shown!r}: the site file declares no "
                            "zones (zones: [{id: Z1}]), so it takes no DR signal")
         try:
             outcome, event = submit_json(dr, data, now=clock.now(), source="rest")

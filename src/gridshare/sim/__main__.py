@@ -4,8 +4,9 @@
         --ids-from src/gridshare/examples/carport.yaml --protocol mixed --duration 60
 
 ``--ids-from SITE.yaml`` simulates the chargers of a site file (ids, phases, maximum and
-minimum currents, connectors, failsafe currents), so they connect to a ``gridshare serve``
-of that file; without it the chargers are ``--prefix``0001… with the options' ratings.
+minimum currents, connectors, failsafe currents; CCS / CHAdeMO stations as DC stations
+whose cars ramp), so they connect to a ``gridshare serve`` of that file; without it the
+chargers are ``--prefix``0001… with the options' ratings.
 Prints one summary line per report interval (connections, cars, currents, and the events
 since the last line); ``--json`` prints the same as one JSON object per line, ``--events``
 also prints every event as it happens. Exits 1 when no charger connected within
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from gridshare.sim.charger import PROTOCOLS, SimCharger
 from gridshare.sim.clock import ScaledClock, SimClock
 from gridshare.sim.connector import Status
+from gridshare.sim.dc import DcConnector, DcStation, a_to_kw, is_dc
 from gridshare.sim.site import Scenario, SimSite, SwitchingLoad, raise_fd_limit
 
 if TYPE_CHECKING:
@@ -135,10 +137,24 @@ def _with_defaults(args: argparse.Namespace) -> argparse.Namespace:
 def _site_from_file(
     args: argparse.Namespace, topology: Topology, clock: SimClock, scenario: Scenario
 ) -> SimSite:
-    """One simulated charger per charger of the site file, rated as the file says."""
+    """One simulated charger per charger of the site file, rated as the file says; a
+    3-phase charger with CCS or CHAdeMO connectors is a DC station (kW-limited outlets, DC
+    cars that ramp)."""
     site = SimSite(clock=clock, tick_s=args.tick, scenario=scenario)
     chargers = list(topology.chargers.values())[: args.chargers]
     for i, ch in enumerate(chargers):
+        if is_dc(ch):
+            site.add_charger(DcStation(
+                ch.id, args.url,
+                protocol=PROTOCOLS[i % 2] if args.protocol == "mixed" else args.protocol,
+                max_kw=a_to_kw(ch.max_current, topology.voltage),
+                outlets=tuple(DcConnector(str(c.type or "CCS"),
+                                          a_to_kw(c.max_current, topology.voltage))
+                              for c in ch.connectors),
+                voltage_v=topology.voltage, min_current_a=ch.min_current,
+                meter_interval_s=args.meter_interval, failsafe_current_a=ch.failsafe_current,
+                password=args.password, clock=site.clock, seed=args.seed, events_maxlen=16))
+            continue
         site.add_charger(
             SimCharger(
                 ch.id,

@@ -22,10 +22,13 @@ import math
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gridshare.sim.charger import SimCharger
 from gridshare.sim.ev import EV
+
+if TYPE_CHECKING:
+    from gridshare.core.topology import Charger
 
 _EPS = 1e-12
 DC_PHASES = 3
@@ -160,6 +163,15 @@ class DcConnector:
     type: str
     """"CCS" or "CHAdeMO" (the site file's connector ``type``)."""
     max_kw: float
+
+
+DC_TYPES = frozenset({"CCS", "CHAdeMO"})
+
+
+def is_dc(charger: Charger) -> bool:
+    """A site file's charger is a DC station: 3-phase, with a CCS or CHAdeMO connector."""
+    return charger.phases == DC_PHASES and any(
+        c.type is not None and str(c.type) in DC_TYPES for c in charger.connectors)
 
 
 CCS_150 = DcConnector("CCS", 150.0)

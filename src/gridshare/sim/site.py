@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from gridshare.sim.charger import PROTOCOLS, SimCharger
 from gridshare.sim.clock import ManualClock, ScaledClock, SimClock
+from gridshare.sim.dc import DcEV, DcStation
 from gridshare.sim.ev import EV
 
 PhaseCurrents = tuple[float, float, float]
@@ -301,10 +302,15 @@ class SimSite:
             return math.inf
         return self._rng.expovariate(sc.arrivals_per_hour / 3600)
 
-    def _new_ev(self, now: datetime) -> EV:
+    def _new_ev(self, now: datetime, charger: SimCharger | None = None) -> EV:
+        """A car of the scenario; at a DC station a DC car (it ramps, in kW)."""
         sc = self.scenario
         assert sc is not None
         self.ev_count += 1
+        if isinstance(charger, DcStation):
+            return DcEV.random_dc(self._rng, arrival=now, dwell_s=self._dwell_s(),
+                                  lag_range_s=sc.lag_range_s,
+                                  nominal_voltage_v=charger.voltage_v, id=f"EV{self.ev_count}")
         return EV.random(
             self._rng,
             arrival=now,
@@ -327,7 +333,7 @@ class SimSite:
         for ch in self.chargers.values():
             for c in range(1, ch.connectors + 1):
                 if ch.ev(c) is None and self._rng.random() < sc.initial_occupancy:
-                    ev = self._new_ev(now)
+                    ev = self._new_ev(now, ch)
                     # already there for a while: shorten the remaining stay
                     if ev.departure is not None:
                         left = (ev.departure - now) * self._rng.random()
@@ -352,7 +358,7 @@ class SimSite:
                     self._next_arrival[(ch.id, c)] = now_ts + self._gap_s()
                 elif due <= now_ts:
                     now = now or self.clock.now()
-                    ch.plug_nowait(c, self._new_ev(now))
+                    ch.plug_nowait(c, self._new_ev(now, ch))
                     del self._next_arrival[(ch.id, c)]
 
     # ------------------------------------------------------------------ observation

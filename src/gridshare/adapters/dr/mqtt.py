@@ -161,6 +161,8 @@ class DrMqtt:
                 data = json.loads(payload)
             except (ValueError, UnicodeDecodeError) as exc:
                 raise SignalInvalid(None, f"not valid JSON: {exc}") from None
+            except RecursionError:
+                raise SignalInvalid(None, "not valid JSON: nested too deeply") from None
             outcome, event = submit_json(self._dr, data, now=self._clock.now(), source="mqtt")
         except (SignalInvalid, SignalConflict) as exc:
             self._reject(data, str(exc))
