@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 from tenacity.wait import wait_base
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
 
 from gridshare.ocpp_version import OcppVersion
 from gridshare.sim.ocpp16 import Ocpp16Wire
@@ -34,8 +36,6 @@ from gridshare.sim.ocpp201 import Ocpp201Wire
 from gridshare.sim.outbox import Outgoing
 from gridshare.sim.rpc import AnswerFate, CallError, Handler, LinkClosed, RpcConnection
 from gridshare.sim.schema import SchemaViolation
-from gridshare.sim.wsclient import SimWebSocket
-from gridshare.sim.wsclient import connect as ws_connect
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class Link:
         """(boot reason, stop reason) of a reboot due once the current answer is out."""
         self.boot_reason = "PowerUp"
         """Reason of the next BootNotification (OCPP 2.0.1)."""
-        self.ws: SimWebSocket | None = None
+        self.ws: ClientConnection | None = None
         self.hold_offline = False
         self.stopping = False
         self._resume = asyncio.Event()
@@ -253,7 +253,7 @@ class Link:
             raise
         return session
 
-    async def _connect(self) -> SimWebSocket:
+    async def _connect(self) -> ClientConnection:
         charger = self.charger
         kwargs: dict[str, Any] = {}
         if charger.endpoint.startswith("wss://"):
@@ -266,8 +266,12 @@ class Link:
             charger.endpoint,
             subprotocols=[charger.protocol] if charger.offer_subprotocol else None,  # type: ignore[list-item]
             additional_headers=headers,
+            compression=None,
+            proxy=None,
             open_timeout=charger.open_timeout_s,
+            ping_interval=None,
             close_timeout=2,
+            max_queue=4,
             **kwargs,
         )
         if charger.connect_gate is None:
@@ -279,7 +283,7 @@ class Link:
 class Session:
     """One websocket to the CSMS, from BootNotification until it closes."""
 
-    def __init__(self, link: Link, ws: SimWebSocket) -> None:
+    def __init__(self, link: Link, ws: ClientConnection) -> None:
         self.link = link
         self.charger = link.charger
         self.ws = ws

@@ -29,11 +29,11 @@ from collections.abc import Callable, Collection, Mapping
 from enum import Enum, IntEnum
 from typing import Any
 
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from gridshare.ocpp_version import OcppVersion
 from gridshare.sim.schema import SchemaViolation, checker, validate_serialized
-from gridshare.sim.wsclient import SimWebSocket
 
 WIRE_LOG = logging.getLogger("gridshare.sim.wire")
 """Every frame of the simulated chargers at DEBUG, apart from any CSMS logger in the same
@@ -105,7 +105,7 @@ class RpcConnection:
 
     def __init__(
         self,
-        ws: SimWebSocket,
+        ws: ClientConnection,
         version: OcppVersion,
         handlers: Mapping[str, Handler],
         *,
