@@ -11,6 +11,12 @@ restoring it so that every charger's setpoint changes, and measures:
 - *all answered*: until every charger's answer has come back (the controller knows the new
   setpoints are in force; goal: p99 ≤ 300 ms).
 
+Two CPU figures say what bounds *all answered* on a small machine, and vary less than wall
+time when other work shares it: the server's CPU from the change to the last answer (the
+cycle, building and writing 1,000 frames, reading 1,000 answers) and the simulator's CPU
+per SetChargingProfile it answered (its whole CPU while the repetitions ran, over the
+frames written to it; the few heartbeats and meter values in that time included).
+
 With ``--arrivals RATE`` it measures instead what a driver sees when plugging in: the
 chargers start empty, cars plug in one after another at RATE per second where there is
 headroom, and for each car the time from its transaction start reaching the CSMS
@@ -103,23 +109,36 @@ async def sim_worker(url: str, count: int, arrivals_per_s: float | None) -> None
         for ch in site.chargers.values():
             ch.plug_nowait(1, bench_ev())
     print(json.dumps({"connected": connected, "connect_s": connect_s}), flush=True)
+    # a first line on stdin: "go" (the cars arrive) or "measure" (count CPU from here)
+    await loop.run_in_executor(None, sys.stdin.readline)
+    cpu = time.process_time()
     if arrivals_per_s is not None:
-        await loop.run_in_executor(None, sys.stdin.readline)
         for ch in site.chargers.values():
             ch.plug_nowait(1, bench_ev())
             await asyncio.sleep(1.0 / arrivals_per_s)
     await loop.run_in_executor(None, sys.stdin.read)
+    # what answering cost the simulator, for the report (steadier than wall time when
+    # other work shares the machine)
+    print(json.dumps({"cpu_s": time.process_time() - cpu}), flush=True)
     await site.stop()
 
 
-async def stop_sim_subprocess(proc: asyncio.subprocess.Process) -> None:
-    """Close the worker's stdin (its signal to stop) and wait up to 30 s, then kill it."""
+async def stop_sim_subprocess(proc: asyncio.subprocess.Process) -> float | None:
+    """Close the worker's stdin (its signal to stop) and wait up to 30 s, then kill it.
+    Returns the CPU seconds the worker reported spending since its chargers connected
+    (None if it did not say)."""
+    cpu_s = None
     if proc.stdin is not None:
         proc.stdin.close()
+        if proc.stdout is not None:
+            with contextlib.suppress(TimeoutError, ValueError, KeyError):
+                line = await asyncio.wait_for(proc.stdout.readline(), 30)
+                cpu_s = float(json.loads(line)["cpu_s"])
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proc.wait(), 30)
         if proc.returncode is None:
             proc.kill()
+    return cpu_s
 
 
 async def start_sim_subprocess(url: str, count: int, arrivals_per_s: float | None = None,
@@ -147,6 +166,8 @@ class Probe:
     answered: list[float] = field(default_factory=list)
     submitted: list[float] = field(default_factory=list)
     """When the controller handed setpoints to the driver (one entry per request)."""
+    frames: int = 0
+    """SetChargingProfile frames written since the probe was installed, armed or not."""
     submit_cpu_s: float = 0.0
     """Process CPU time spent inside submit_setpoints (robust to a busy machine)."""
     write_cpu_s: float = 0.0
@@ -173,6 +194,8 @@ def install_probe(probe: Probe, app: Any) -> None:
     async def send(self: ServerConnection, message: Any, *args: Any, **kwargs: Any) -> None:
         cpu = time.process_time()
         await original_send(self, message, *args, **kwargs)
+        if isinstance(message, str) and '"SetChargingProfile"' in message:
+            probe.frames += 1
         if probe.armed and isinstance(message, str) and '"SetChargingProfile"' in message:
             probe.write_cpu_s += time.process_time() - cpu
             probe.written.append(time.perf_counter())
@@ -296,9 +319,12 @@ async def run(count: int, reps: int, in_process: bool) -> dict[str, Any]:
                                f"in force after 120 s")
         probe = Probe()
         install_probe(probe, app)
+        if proc is not None and proc.stdin is not None:
+            proc.stdin.write(b"measure\n")
+            await proc.stdin.drain()
         timings: dict[str, dict[str, list[float]]] = {
             d: {"written": [], "answered": [], "compute": [], "submit_to_written": [],
-                "submit_to_answered": [], "submit_cpu": [], "write_cpu": []}
+                "submit_to_answered": [], "submit_cpu": [], "write_cpu": [], "csms_cpu": []}
             for d in ("cut", "raise")}
         failures = 0
         low, high = 12.0 * count, 14.0 * count
@@ -309,9 +335,11 @@ async def run(count: int, reps: int, in_process: bool) -> dict[str, Any]:
             await asyncio.sleep(0.2)
             gc.collect()
             probe.arm()
+            cpu = time.process_time()
             app.bus.publish(LimitChanged("site", datetime.now(UTC), "operator",
                                          max_current=limit, reason="bench"))
             done = await wait_for(lambda: len(probe.answered) >= count, 60)
+            cycle_cpu_ms = (time.process_time() - cpu) * 1000
             probe.armed = False
             if not done or len(probe.written) < count:
                 failures += 1
@@ -319,6 +347,7 @@ async def run(count: int, reps: int, in_process: bool) -> dict[str, Any]:
             t = timings[direction]
             t["written"].append((max(probe.written) - probe.t0) * 1000)
             t["answered"].append((max(probe.answered) - probe.t0) * 1000)
+            t["csms_cpu"].append(cycle_cpu_ms)
             if probe.submitted:
                 first_submit = min(probe.submitted)
                 t["submit_to_written"].append((max(probe.written) - first_submit) * 1000)
@@ -332,6 +361,10 @@ async def run(count: int, reps: int, in_process: bool) -> dict[str, Any]:
             if any(abs(in_force.get(k, -1) - expected) > 0.05 for k in keys):
                 failures += 1
         cut, up = timings["cut"], timings["raise"]
+        sim_cpu_s = None
+        if proc is not None:
+            sim_cpu_s = await stop_sim_subprocess(proc)
+            proc = None
         result = {
             "chargers": count,
             "connected": info["connected"],
@@ -347,7 +380,8 @@ async def run(count: int, reps: int, in_process: bool) -> dict[str, Any]:
                            "driver_submit_to_all_answered_ms":
                                summary(t["submit_to_answered"]),
                            "driver_submit_setpoints_cpu_ms": summary(t["submit_cpu"]),
-                           "driver_frame_writes_cpu_ms": summary(t["write_cpu"])}
+                           "driver_frame_writes_cpu_ms": summary(t["write_cpu"]),
+                           "csms_cpu_to_all_answered_ms": summary(t["csms_cpu"])}
                for direction, t in (("cut", cut), ("raise", up))},
             "goal_p99_ms": GOAL_P99_MS,
             "goal_met": all(t["written"] and percentile(t["written"], 0.99) <= GOAL_P99_MS
@@ -356,6 +390,8 @@ async def run(count: int, reps: int, in_process: bool) -> dict[str, Any]:
             "goal_answered_met": all(t["answered"] and percentile(t["answered"], 0.99)
                                      <= GOAL_ANSWERED_P99_MS for t in (cut, up)),
             "csms": app.csms.stats(),
+            "simulator_cpu_us_per_frame": (None if sim_cpu_s is None or not probe.frames
+                                           else round(sim_cpu_s / probe.frames * 1e6, 1)),
         }
         return result
     finally:
@@ -529,7 +565,13 @@ def main() -> None:
               f"ms, p99 {sw.get('p99')} ms; → every answer: p50 {sa.get('p50')} ms, "
               f"p99 {sa.get('p99')} ms")
         print(f"  {'':<18} driver CPU: submit_setpoints p50 {sc.get('p50')} ms, writing the "
-              f"frames p50 {wc.get('p50')} ms")
+              f"frames p50 {wc.get('p50')} ms; the server's whole CPU from the change to the "
+              f"last answer p50 {r['csms_cpu_to_all_answered_ms'].get('p50')} ms")
+    if result["simulator_cpu_us_per_frame"] is not None:
+        per_frame = result["simulator_cpu_us_per_frame"]
+        print(f"  simulator CPU per SetChargingProfile answered: {per_frame} µs "
+              f"({per_frame * result['chargers'] / 1000:.0f} ms of one core for "
+              f"{result['chargers']} answers)")
     print(f"  goal p99 ≤ {GOAL_P99_MS:g} ms to the last frame written: "
           f"{'met' if result['goal_met'] else 'NOT met'}; p99 ≤ {GOAL_ANSWERED_P99_MS:g} ms "
           f"to every answer: {'met' if result['goal_answered_met'] else 'NOT met'}")

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from gridshare.cli import app
@@ -83,6 +85,32 @@ def test_allocate_json_text_is_json_dumps_indent_2() -> None:
     result = runner.invoke(app, ["allocate", str(SITE), "--demand", str(DEMAND), "--json"])
     assert result.exit_code == 0, result.output
     assert result.stdout == json.dumps(json.loads(result.stdout), indent=2) + "\n"
+
+
+@settings(max_examples=60, deadline=None)
+@given(amps=st.lists(st.one_of(
+    st.floats(min_value=0, max_value=1e18, allow_nan=False, allow_infinity=False),
+    st.integers(min_value=0, max_value=10**20), st.just(float("inf"))), min_size=1),
+    offline=st.sets(st.integers(min_value=0, max_value=30)))
+def test_allocation_json_text_is_json_dumps_of_allocation_json(
+        amps: list[float], offline: set[int]) -> None:
+    """The fast writer gives json.dumps(indent=2)'s text byte for byte, for any value
+    (ints, huge and tiny floats, infinity) and any mix of online and offline."""
+    from gridshare.cli.core_cmds import allocation_json, allocation_json_text
+    from gridshare.config import load_site
+    from gridshare.core.decision import RotationState
+
+    topo = load_site(SITE)
+    keys = [conn.key for ch in topo.chargers.values() for conn in ch.connectors]
+    setpoints = {keys[i % len(keys)]: a for i, a in enumerate(amps)}
+    result = Allocation(setpoints=setpoints, offline=frozenset(
+        keys[i % len(keys)] for i in offline), groups={}, rotation=RotationState())
+    assert allocation_json_text(topo, result) == json.dumps(allocation_json(topo, result),
+                                                            indent=2)
+    empty = Allocation(setpoints={}, offline=frozenset(), groups={},
+                       rotation=RotationState())
+    assert allocation_json_text(topo, empty) == json.dumps(allocation_json(topo, empty),
+                                                           indent=2)
 
 
 def test_allocate_policy_override_changes_the_split() -> None:

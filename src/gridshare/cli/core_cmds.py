@@ -175,15 +175,20 @@ def check(site: SiteArg, as_json: JsonOpt = False,
 
 
 
-def allocation_json(topo: Topology, result: Allocation) -> dict[str, Any]:
-    """The public JSON shape of an allocation (scripts rely on these keys)."""
-    kw_per_amp = {cid: topo.power_kw_per_amp(ch) for cid, ch in topo.chargers.items()}
-    offline = result.offline
-    return {
-        "setpoints": [
+def allocation_json(topo: Topology, result: Allocation, *,
+                    with_setpoints: bool = True) -> dict[str, Any]:
+    """The public JSON shape of an allocation (scripts rely on these keys);
+    ``with_setpoints=False`` leaves out the setpoint list (see allocation_json_text)."""
+    setpoints: dict[str, Any] = {}
+    if with_setpoints:
+        kw_per_amp = {cid: topo.power_kw_per_amp(ch) for cid, ch in topo.chargers.items()}
+        offline = result.offline
+        setpoints["setpoints"] = [
             {"charger": key[0], "connector": key[1], "current": round(amps, 3),
              "power": round(amps * kw_per_amp[key[0]], 3), "online": key not in offline}
-            for key, amps in result.setpoints.items()],
+            for key, amps in result.setpoints.items()]
+    return {
+        **setpoints,
         "groups": [
             {"id": g.id, "current": [round(a, 3) for a in g.current], "limit": _num(g.limit),
              "available": [round(a, 3) for a in g.available], "power": round(g.power_kw, 3),
@@ -193,6 +198,49 @@ def allocation_json(topo: Topology, result: Allocation) -> dict[str, Any]:
                     "message": a.message} for a in result.alarms],
         "guarded": result.guarded,
     }
+
+
+_SETPOINTS_HEAD = '{\n  "setpoints": []'
+"""How ``json.dumps(..., indent=2)`` opens an answer whose setpoint list is empty."""
+
+
+def _json_scalar(value: object) -> str:
+    """A number, string or bool as ``json.dumps`` writes it (floats by ``float.__repr__``,
+    as its encoder does; anything unusual by json.dumps itself)."""
+    if value.__class__ is float and math.isfinite(value):
+        return float.__repr__(value)
+    if value.__class__ is int:
+        return int.__repr__(value)
+    return json.dumps(value)
+
+
+def allocation_json_text(topo: Topology, result: Allocation) -> str:
+    """``json.dumps(allocation_json(topo, result), indent=2)``, the same text, written
+    about three times faster.
+
+    With ``indent`` set, the standard library's encoder runs in Python (its C encoder
+    does compact output only): ≈70 ms for the 11,500 setpoints of a 10,000-charger site,
+    5 % of the whole ``allocate`` command. The setpoints are flat rows of five scalars, so
+    each is written by one format string; everything else goes through json.dumps. The
+    text is the same byte for byte (tests/test_cli.py compares them).
+    """
+    data = allocation_json(topo, result, with_setpoints=False)
+    text = json.dumps({"setpoints": [], **data}, indent=2)
+    if not result.setpoints:
+        return text
+    assert text.startswith(_SETPOINTS_HEAD)
+    encode = json.encoder.encode_basestring_ascii
+    offline = result.offline
+    kw_per_amp = {cid: topo.power_kw_per_amp(ch) for cid, ch in topo.chargers.items()}
+    scalar = _json_scalar
+    rows = [
+        f'    {{\n      "charger": {encode(key[0])},\n      "connector": {scalar(key[1])},'
+        f'\n      "current": {scalar(round(amps, 3))},'
+        f'\n      "power": {scalar(round(amps * kw_per_amp[key[0]], 3))},'
+        f'\n      "online": {"false" if key in offline else "true"}\n    }}'
+        for key, amps in result.setpoints.items()]
+    return ('{\n  "setpoints": [\n' + ",\n".join(rows) + "\n  ]"
+            + text[len(_SETPOINTS_HEAD):])
 
 
 def allocate_cmd(
@@ -244,8 +292,7 @@ def _allocate(site: Path, demand: Path, policy: Policy | None, *, as_json: bool,
     result = _with_stale_meter_alarms(topo, snapshot, result)
     if as_json:
         # One write of the whole text: json.dump would write each of its ~300,000 pieces.
-        json_text = json.dumps(allocation_json(topo, result), indent=2)
-        sys.stdout.write(json_text + "\n")
+        sys.stdout.write(allocation_json_text(topo, result) + "\n")
         return result.guarded or bool(result.alarms)
     from rich.console import Console
     from rich.table import Table
