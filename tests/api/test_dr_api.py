@@ -9,6 +9,7 @@ controller, DR service, simulated chargers, the API over HTTP).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -20,6 +21,8 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI, Request
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from openapi_spec_validator import validate
 
 from gridshare.api.auth import Auth
@@ -424,3 +427,32 @@ async def test_the_dashboard_shows_the_active_event_with_target_and_verdict(
             assert errors == []
         finally:
             await browser.close()
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12)
+FIELD_VALUES = st.one_of(JSON_VALUES, st.sampled_from(
+    ["Z1", "Z9", "CURTAIL", "RESTORE", "2026-11-30T17:00:00Z", "2026-11-30T16:00:00+01:00",
+     "2026-11-30T17:00:00", 1, 2, 3, 0, -1, 90.5]))
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.one_of(JSON_VALUES, st.fixed_dictionaries(
+    {}, optional=dict.fromkeys(signal(), FIELD_VALUES))))
+def test_any_json_body_is_stored_or_refused_never_a_server_error(body: Any) -> None:
+    clock = FakeClock(T0)
+    dr = FakeDr(("Z1", "Z2"), clock)
+
+    async def post_once() -> httpx.Response:
+        transport = httpx.ASGITransport(app=dr_api(dr, clock))
+        async with httpx.AsyncClient(transport=transport, base_url="http://dr") as c:
+            return await c.post("/api/v1/dr/signals", headers=AUTH, content=json.dumps(body))
+
+    got = asyncio.run(post_once())
+    assert got.status_code in (201, 422), got.text
+    assert len(dr.book) == (1 if got.status_code == 201 else 0)
+    if got.status_code == 422:
+        assert got.json()["errors"][0]["loc"][0] == "body"

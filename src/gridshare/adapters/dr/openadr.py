@@ -38,8 +38,8 @@ from typing import Any
 from openleadr import OpenADRClient  # type: ignore[import-untyped]
 
 from gridshare.adapters.dr import DrInput
-from gridshare.adapters.dr.spec import OpenAdrSpec
 from gridshare.clock import Clock
+from gridshare.config import OpenAdrSpec
 from gridshare.core.dr.book import DrEvent, SignalConflict, Submitted
 from gridshare.core.dr.signals import (
     DrPriority,
