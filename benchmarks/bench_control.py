@@ -24,6 +24,12 @@ headroom, and for each car the time from its transaction start reaching the CSMS
 setpoints the chargers refused on the way.
 
     python benchmarks/bench_control.py [--chargers 1000] [--reps 20] [--json]
+    python benchmarks/bench_control.py --chargers 1000 --reps 20 --profile answers.prof
+
+``--profile`` runs the server under cProfile while each change is measured (the figures
+are then slower than without it) and prints where its CPU per answer goes: the OCPP
+session reading each answer and sending the next command, and the controller folding each
+outcome in (its ledger and state).
     python benchmarks/bench_control.py --chargers 200 --arrivals 20 [--json]
 """
 
@@ -32,11 +38,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import gc
 import json
 import logging
 import math
 import os
+import pstats
 import resource
 import statistics
 import sys
@@ -281,7 +289,48 @@ async def wait_for(cond: Any, timeout_s: float) -> bool:
     return True
 
 
-async def run(count: int, reps: int, in_process: bool) -> dict[str, Any]:
+ANSWER_PATH = (
+    ("session.py", "_on_message", "OCPP session: one inbound frame, whole (decode, settle, "
+                                  "next command)"),
+    ("frames.py", "decode_frame", "  decode the frame (JSON, OCPP-J checks)"),
+    ("session.py", "_settle_answer", "  settle the call it answers (schema check, outcome)"),
+    ("session.py", "_send_next", "  build and queue the next command"),
+    ("loop.py", "_resolved", "controller: fold one outcome in, whole"),
+    ("loop.py", "_outcome", "  per outcome"),
+    ("loop.py", "_outcomes", "  per batch of outcomes"),
+    ("state.py", "record_outcome", "    state.record_outcome"),
+    ("state.py", "record_outcomes", "    state.record_outcomes (batch)"),
+    ("ledger.py", "outcome", "      ledger.outcome"),
+    ("ledger.py", "outcomes", "      ledger.outcomes (batch)"),
+)
+"""(file, function, label) of the server's answer path, as the profile report lists it."""
+
+
+def answer_path_report(profile: cProfile.Profile, answers: int) -> list[dict[str, Any]]:
+    """CPU per answer (cumulative, profiled) of each function of :data:`ANSWER_PATH` that
+    ran: what the server spends to take in one SetChargingProfile answer."""
+    stats = pstats.Stats(profile)
+    table: dict[tuple[str, str], tuple[int, float]] = {}
+    for (filename, _line, name), entry in stats.stats.items():  # type: ignore[attr-defined]
+        if "gridshare" not in filename:
+            continue
+        calls, cumtime = entry[1], entry[3]
+        key = (os.path.basename(filename), name)
+        old = table.get(key, (0, 0.0))
+        table[key] = (old[0] + calls, old[1] + cumtime)
+    rows = []
+    for filename, name, label in ANSWER_PATH:
+        found = table.get((filename, name))
+        if found is None or not found[0]:
+            continue
+        calls, cumtime = found
+        rows.append({"function": f"{filename}:{name}", "label": label, "calls": calls,
+                     "us_per_answer": round(cumtime / max(1, answers) * 1e6, 1)})
+    return rows
+
+
+async def run(count: int, reps: int, in_process: bool,
+              profile_path: str | None = None) -> dict[str, Any]:
     from gridshare.app import ServeOptions, build_app
     from gridshare.config import parse_site
     from gridshare.controller.loop import ControllerSettings
@@ -327,6 +376,8 @@ async def run(count: int, reps: int, in_process: bool) -> dict[str, Any]:
                 "submit_to_answered": [], "submit_cpu": [], "write_cpu": [], "csms_cpu": []}
             for d in ("cut", "raise")}
         failures = 0
+        profiler = cProfile.Profile() if profile_path else None
+        profiled_answers = 0
         low, high = 12.0 * count, 14.0 * count
         for rep in range(2 * reps):
             direction = "cut" if rep % 2 == 0 else "raise"
@@ -335,11 +386,16 @@ async def run(count: int, reps: int, in_process: bool) -> dict[str, Any]:
             await asyncio.sleep(0.2)
             gc.collect()
             probe.arm()
+            if profiler is not None:
+                profiler.enable()
             cpu = time.process_time()
             app.bus.publish(LimitChanged("site", datetime.now(UTC), "operator",
                                          max_current=limit, reason="bench"))
             done = await wait_for(lambda: len(probe.answered) >= count, 60)
             cycle_cpu_ms = (time.process_time() - cpu) * 1000
+            if profiler is not None:
+                profiler.disable()
+                profiled_answers += len(probe.answered)
             probe.armed = False
             if not done or len(probe.written) < count:
                 failures += 1
@@ -365,7 +421,7 @@ async def run(count: int, reps: int, in_process: bool) -> dict[str, Any]:
         if proc is not None:
             sim_cpu_s = await stop_sim_subprocess(proc)
             proc = None
-        result = {
+        result: dict[str, Any] = {
             "chargers": count,
             "connected": info["connected"],
             "connect_s": round(info["connect_s"], 2),
@@ -393,6 +449,11 @@ async def run(count: int, reps: int, in_process: bool) -> dict[str, Any]:
             "simulator_cpu_us_per_frame": (None if sim_cpu_s is None or not probe.frames
                                            else round(sim_cpu_s / probe.frames * 1e6, 1)),
         }
+        if profiler is not None and profile_path:
+            profiler.dump_stats(profile_path)
+            result["profile"] = {"path": profile_path, "answers": profiled_answers,
+                                 "answer_path": answer_path_report(profiler,
+                                                                   profiled_answers)}
         return result
     finally:
         if proc is not None:
@@ -519,6 +580,10 @@ def main() -> None:
     parser.add_argument("--arrivals", type=float, metavar="RATE",
                         help="cars plugging in at RATE per second: time to the first "
                              "accepted TxProfile")
+    parser.add_argument("--profile", metavar="PATH",
+                        help="run the server under cProfile while the changes are measured, "
+                             "save the stats to PATH and print the CPU per answer of its "
+                             "answer path (the timings are then slower)")
     parser.add_argument("--worker", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)  # startup races are retried; keep output clean
@@ -541,7 +606,7 @@ def main() -> None:
               f"(goal p99 ≤ {GOAL_FIRST_TX_PROFILE_P99_S:g} s: "
               f"{'met' if arrivals['goal_met'] else 'NOT met'})")
         return
-    result = asyncio.run(run(args.chargers, args.reps, args.in_process))
+    result = asyncio.run(run(args.chargers, args.reps, args.in_process, args.profile))
     if args.json:
         print(json.dumps(result, indent=2))
         return
@@ -575,6 +640,13 @@ def main() -> None:
     print(f"  goal p99 ≤ {GOAL_P99_MS:g} ms to the last frame written: "
           f"{'met' if result['goal_met'] else 'NOT met'}; p99 ≤ {GOAL_ANSWERED_P99_MS:g} ms "
           f"to every answer: {'met' if result['goal_answered_met'] else 'NOT met'}")
+    if "profile" in result:
+        prof = result["profile"]
+        print(f"  cProfile of the server over {prof['answers']} answers (saved to "
+              f"{prof['path']}), cumulative CPU per answer, profiled:")
+        for row in prof["answer_path"]:
+            print(f"    {row['us_per_answer']:>7.1f} µs  {row['label']} ({row['function']}, "
+                  f"{row['calls']} calls)")
 
 
 if __name__ == "__main__":
