@@ -266,13 +266,14 @@ def record_outcome(entry: ConnectorLedger, command_id: int, outcome: CommandOutc
         rest = tuple(s for s in in_flight if s.id != command_id)
     if sent is None or sent.id != command_id:
         return entry, Effect.VOID  # voided by a newer accept, or by a boot's bookkeeping
-    entry = ConnectorLedger(entry.in_force, rest, entry.unknown, entry.settling, entry.rejected)
     if outcome.result is CommandResult.ACCEPTED:
         before_boot = (boot_seq is not None and outcome.answer_seq is not None
                        and outcome.answer_seq < boot_seq)
         older = entry.in_force is not None and entry.in_force.command_id > command_id
         if before_boot or older:
-            return entry, Effect.VOID
+            return ConnectorLedger(entry.in_force, rest, entry.unknown, entry.settling,
+                                   entry.rejected), Effect.VOID
+        # _accept keeps only the commands sent after this one: ``sent`` is not among them
         return _accept(entry, sent, outcome, now, failsafe_a, settle_s), Effect.APPLIED
     if outcome.result is CommandResult.REJECTED:
         return ConnectorLedger(entry.in_force, rest, entry.unknown, entry.settling,
@@ -283,14 +284,15 @@ def record_outcome(entry: ConnectorLedger, command_id: int, outcome: CommandOutc
         unknown = Unknown(command_id, sent.value_a, valid_to, outcome.result)
         return ConnectorLedger(entry.in_force, rest, (*entry.unknown, unknown), entry.settling,
                                entry.rejected), Effect.UNKNOWN
-    return entry, Effect.NOT_APPLIED
+    return ConnectorLedger(entry.in_force, rest, entry.unknown, entry.settling,
+                           entry.rejected), Effect.NOT_APPLIED
 
 
 def _accept(entry: ConnectorLedger, sent: Sent, outcome: CommandOutcome, now: datetime,
             failsafe_a: float, settle_s: float) -> ConnectorLedger:
     """In force now; every older command of the connector is replaced by it. What the car
     may still draw from the replaced ones (lapsed less than ``settle_s`` ago included)
-    settles for ``settle_s``."""
+    settles for ``settle_s``. ``entry`` as it was, ``sent`` still in flight in it."""
     old = entry.effective_a(failsafe_a, now)
     tail = timedelta(seconds=settle_s)
     in_force = entry.in_force
