@@ -15,7 +15,10 @@ Two CPU figures say what bounds *all answered* on a small machine, and vary less
 time when other work shares it: the server's CPU from the change to the last answer (the
 cycle, building and writing 1,000 frames, reading 1,000 answers) and the simulator's CPU
 per SetChargingProfile it answered (its whole CPU while the repetitions ran, over the
-frames written to it; the few heartbeats and meter values in that time included).
+frames written to it; the few heartbeats and meter values in that time included). The
+server's CPU per answer is what is left of its CPU once the cycle's compute, queueing the
+setpoints and writing their frames are taken out, over the answers (any cycle the answers
+woke included).
 
 With ``--arrivals RATE`` it measures instead what a driver sees when plugging in: the
 chargers start empty, cars plug in one after another at RATE per second where there is
@@ -373,7 +376,8 @@ async def run(count: int, reps: int, in_process: bool,
             await proc.stdin.drain()
         timings: dict[str, dict[str, list[float]]] = {
             d: {"written": [], "answered": [], "compute": [], "submit_to_written": [],
-                "submit_to_answered": [], "submit_cpu": [], "write_cpu": [], "csms_cpu": []}
+                "submit_to_answered": [], "submit_cpu": [], "write_cpu": [], "csms_cpu": [],
+                "answer_cpu": []}
             for d in ("cut", "raise")}
         failures = 0
         profiler = cProfile.Profile() if profile_path else None
@@ -412,6 +416,12 @@ async def run(count: int, reps: int, in_process: bool,
                 t["write_cpu"].append(probe.write_cpu_s * 1000)
             if controller.last_report is not None:
                 t["compute"].append(controller.last_report.compute_s * 1000)
+                if probe.submitted:
+                    # what is left of the server's CPU once the cycle, queueing and writing
+                    # are taken out: reading and folding in the answers
+                    rest_ms = cycle_cpu_ms - controller.last_report.compute_s * 1000 - \
+                        probe.submit_cpu_s * 1000 - probe.write_cpu_s * 1000
+                    t["answer_cpu"].append(rest_ms * 1000 / count)
             expected = limit / count
             in_force = controller.in_force()  # one snapshot: it costs ms at this size
             if any(abs(in_force.get(k, -1) - expected) > 0.05 for k in keys):
@@ -437,7 +447,8 @@ async def run(count: int, reps: int, in_process: bool,
                                summary(t["submit_to_answered"]),
                            "driver_submit_setpoints_cpu_ms": summary(t["submit_cpu"]),
                            "driver_frame_writes_cpu_ms": summary(t["write_cpu"]),
-                           "csms_cpu_to_all_answered_ms": summary(t["csms_cpu"])}
+                           "csms_cpu_to_all_answered_ms": summary(t["csms_cpu"]),
+                           "csms_cpu_per_answer_us": summary(t["answer_cpu"])}
                for direction, t in (("cut", cut), ("raise", up))},
             "goal_p99_ms": GOAL_P99_MS,
             "goal_met": all(t["written"] and percentile(t["written"], 0.99) <= GOAL_P99_MS
@@ -632,6 +643,8 @@ def main() -> None:
         print(f"  {'':<18} driver CPU: submit_setpoints p50 {sc.get('p50')} ms, writing the "
               f"frames p50 {wc.get('p50')} ms; the server's whole CPU from the change to the "
               f"last answer p50 {r['csms_cpu_to_all_answered_ms'].get('p50')} ms")
+        print(f"  {'':<18} the server's CPU per answer (the rest of it, over the answers): "
+              f"p50 {r['csms_cpu_per_answer_us'].get('p50')} µs")
     if result["simulator_cpu_us_per_frame"] is not None:
         per_frame = result["simulator_cpu_us_per_frame"]
         print(f"  simulator CPU per SetChargingProfile answered: {per_frame} µs "
