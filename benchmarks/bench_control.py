@@ -34,6 +34,12 @@ are then slower than without it) and prints where its CPU per answer goes: the O
 session reading each answer and sending the next command, and the controller folding each
 outcome in (its ledger and state).
     python benchmarks/bench_control.py --chargers 200 --arrivals 20 [--json]
+    python benchmarks/bench_control.py --chargers 1000 --reps 20 --fold
+
+``--fold`` measures the controller alone, in one process with no sockets: a driver whose
+futures the benchmark resolves all at once, and the controller's CPU from the moment the
+1,000 answers of a change are resolved until it is idle again (their outcomes folded in,
+and any cycle they woke run), over the answers.
 """
 
 from __future__ import annotations
@@ -565,6 +571,86 @@ async def run_arrivals(count: int, rate_per_s: float) -> dict[str, Any]:
         await app.stop()
 
 
+class FoldDriver:
+    """Setpoints wait on futures the benchmark resolves; the failsafe is accepted."""
+
+    def __init__(self) -> None:
+        self.waiting: list[asyncio.Future[Any]] = []
+        self.seq = 0
+
+    def submit_setpoints(self, requests: Any) -> list[Any]:
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in requests]
+        self.waiting.extend(futures)
+        return futures
+
+    async def apply_setpoint(self, charger: str, connector: int, current_a: float,
+                             lease_s: float | None = None) -> Any:
+        future = asyncio.get_running_loop().create_future()
+        self.waiting.append(future)
+        return await future
+
+    async def apply_failsafe(self, charger: str, current_a: float) -> Any:
+        from gridshare.drivers import CommandOutcome, CommandResult
+
+        return CommandOutcome(CommandResult.ACCEPTED)
+
+    def answer_all(self) -> int:
+        from gridshare.drivers import CommandOutcome, CommandResult
+
+        futures, self.waiting = self.waiting, []
+        for future in futures:
+            self.seq += 1
+            future.set_result(CommandOutcome(CommandResult.ACCEPTED, answer_seq=self.seq))
+        return len(futures)
+
+
+async def run_fold(count: int, reps: int) -> dict[str, Any]:
+    """The controller's CPU per answer, alone (see ``--fold``)."""
+    from gridshare.config import parse_site
+    from gridshare.controller.loop import Controller, ControllerSettings
+    from gridshare.events import ChargerBooted, ConnectorStatus, LimitChanged, StatusChanged
+
+    topology = parse_site(site_yaml(count), "bench")
+    driver = FoldDriver()
+    controller = Controller(topology, driver, settings=ControllerSettings(
+        lease_s=3600.0, settle_s=0.0, tick_s=None))
+    await controller.start()
+    try:
+        for cid in topology.chargers:
+            controller.handle(ChargerBooted(cid, datetime.now(UTC), "ocpp1.6"))
+            controller.handle(StatusChanged(cid, 1, ConnectorStatus.CHARGING,
+                                            datetime.now(UTC)))
+
+        async def answer_until_idle() -> int:
+            answered = 0
+            while True:
+                await wait_for(lambda: driver.waiting or controller.idle, 30)
+                if not driver.waiting:
+                    return answered
+                answered += driver.answer_all()
+
+        await answer_until_idle()
+        per_answer: dict[str, list[float]] = {"cut": [], "raise": []}
+        for rep in range(2 * reps):
+            direction = "cut" if rep % 2 == 0 else "raise"
+            limit = (12.0 if direction == "cut" else 14.0) * count
+            controller.handle(LimitChanged("site", datetime.now(UTC), "operator",
+                                           max_current=limit, reason="bench"))
+            await wait_for(lambda: len(driver.waiting) >= count, 30)
+            gc.collect()
+            cpu = time.process_time()
+            answered = driver.answer_all()
+            # folded in, and any cycle they woke has run (polled every 10 ms: the
+            # debounce before such a cycle costs no CPU)
+            await wait_for(lambda: controller.idle, 30)
+            per_answer[direction].append((time.process_time() - cpu) / answered * 1e6)
+        return {"chargers": count, "controller_cpu_per_answer_us":
+                {d: summary(v) for d, v in per_answer.items()}}
+    finally:
+        await controller.stop()
+
+
 def summary_s(values: list[float]) -> dict[str, float]:
     if not values:
         return {}
@@ -591,6 +677,9 @@ def main() -> None:
     parser.add_argument("--arrivals", type=float, metavar="RATE",
                         help="cars plugging in at RATE per second: time to the first "
                              "accepted TxProfile")
+    parser.add_argument("--fold", action="store_true",
+                        help="the controller alone, no sockets: its CPU per answer from "
+                             "the answers resolved until it is idle again")
     parser.add_argument("--profile", metavar="PATH",
                         help="run the server under cProfile while the changes are measured, "
                              "save the stats to PATH and print the CPU per answer of its "
@@ -600,6 +689,17 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR)  # startup races are retried; keep output clean
     if args.worker:
         asyncio.run(sim_worker(args.worker, args.chargers, args.arrivals))
+        return
+    if args.fold:
+        fold = asyncio.run(run_fold(args.chargers, args.reps))
+        if args.json:
+            print(json.dumps(fold, indent=2))
+            return
+        print(f"controller alone, {fold['chargers']} chargers, fake driver, no sockets: "
+              f"CPU per answer from the answers resolved until idle again")
+        for direction, r in fold["controller_cpu_per_answer_us"].items():
+            print(f"  {direction:<6} p50 {r.get('p50')} µs, p99 {r.get('p99')} µs, "
+                  f"max {r.get('max')} µs")
         return
     if args.arrivals:
         arrivals = asyncio.run(run_arrivals(args.chargers, args.arrivals))
