@@ -303,7 +303,8 @@ ANSWER_PATH = (
                                   "next command)"),
     ("frames.py", "decode_frame", "  decode the frame (JSON, OCPP-J checks)"),
     ("session.py", "_settle_answer", "  settle the call it answers (schema check, outcome)"),
-    ("session.py", "_send_next", "  build and queue the next command"),
+    ("session.py", "_send_next", "  build and queue a command (every one at submit, then "
+                                 "the next after each answer)"),
     ("loop.py", "_resolved", "controller: fold one outcome in, whole"),
     ("loop.py", "_outcome", "  per outcome"),
     ("loop.py", "_outcomes", "  per batch of outcomes"),
