@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 
 from gridshare.clock import FakeClock
+from gridshare.controller import loop as loop_module
 from gridshare.controller.loop import Controller, ControllerSettings, CycleReport
 from gridshare.controller.state import Impact, SiteState
+from gridshare.core.decision import Alarm
 from gridshare.core.ledger import Effect
 from gridshare.core.topology import ConnectorKey, Topology
 from gridshare.drivers import CommandOutcome, CommandResult, SetpointRequest
@@ -167,6 +169,37 @@ async def test_a_held_increase_is_woken_by_the_batch_that_frees_its_room(
     ((increase, _),) = driver.waiting
     assert increase.charger == "a2"
     assert increase.current_a == request.current_a
+
+
+async def test_an_increase_whose_step_was_refused_is_woken_by_the_answers(
+        rig: tuple[Controller, ManualDriver, list[CycleReport]], clock: FakeClock,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An increase that fits but whose step check_plan refused is not 'held' by the
+    decision, yet it waits: the answers to the decreases of that cycle wake a cycle that
+    sends it."""
+    controller, driver, _ = rig
+    await charging(controller, driver, clock, ("a1",))
+    refusal = Alarm("c2", None, 20.0, 16.0, "group c2: refused by the test")
+    real_check = loop_module.guard.check_plan
+
+    def check_plan(*args: Any) -> list[Alarm]:
+        return [refusal] if ("b1", 1) in args[3] else real_check(*args)
+
+    monkeypatch.setattr(loop_module.guard, "check_plan", check_plan)
+    clock.advance(1)
+    controller.handle(LimitChanged("c1", clock.now(), "operator", max_current=20.0))
+    controller.handle(StatusChanged("b1", 1, ConnectorStatus.CHARGING, clock.now()))
+    await driver.submitted(1)
+    ((decrease, _),) = driver.waiting
+    assert (decrease.charger, decrease.current_a) == ("a1", 20.0)
+    report = controller.last_report
+    assert report is not None and report.refused == (refusal,)
+    assert controller.last_decision is not None and not controller.last_decision.held
+    monkeypatch.undo()
+    driver.answer_all()
+    await driver.submitted(1)
+    ((increase, _),) = driver.waiting
+    assert (increase.charger, increase.current_a) == ("b1", 16.0)
 
 
 def test_a_lowered_reservation_still_wakes_when_nothing_waits(topology: Topology) -> None:
