@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from gridshare.clock import FakeClock
-from gridshare.controller import loop as loop_module
 from gridshare.controller.loop import Controller, ControllerSettings, CycleReport
 from gridshare.controller.state import Impact, SiteState
+from gridshare.core import guard
 from gridshare.core.decision import Alarm
 from gridshare.core.ledger import Effect
 from gridshare.core.topology import ConnectorKey, Topology
@@ -180,12 +180,12 @@ async def test_an_increase_whose_step_was_refused_is_woken_by_the_answers(
     controller, driver, _ = rig
     await charging(controller, driver, clock, ("a1",))
     refusal = Alarm("c2", None, 20.0, 16.0, "group c2: refused by the test")
-    real_check = loop_module.guard.check_plan
+    real_check = guard.check_plan
 
     def check_plan(*args: Any) -> list[Alarm]:
         return [refusal] if ("b1", 1) in args[3] else real_check(*args)
 
-    monkeypatch.setattr(loop_module.guard, "check_plan", check_plan)
+    monkeypatch.setattr(guard, "check_plan", check_plan)
     clock.advance(1)
     controller.handle(LimitChanged("c1", clock.now(), "operator", max_current=20.0))
     controller.handle(StatusChanged("b1", 1, ConnectorStatus.CHARGING, clock.now()))
