@@ -249,7 +249,8 @@ class Effect(StrEnum):
 def record_sent(entry: ConnectorLedger, command_id: int, value_a: float, now: datetime,
                 lease_s: float) -> ConnectorLedger:
     sent = Sent(command_id, value_a, now, now + timedelta(seconds=lease_s))
-    return replace(entry, in_flight=(*entry.in_flight, sent))
+    return ConnectorLedger(entry.in_force, (*entry.in_flight, sent), entry.unknown,
+                           entry.settling, entry.rejected)
 
 
 def record_outcome(entry: ConnectorLedger, command_id: int, outcome: CommandOutcome,
