@@ -8,14 +8,18 @@ restoring it so that every charger's setpoint changes, and measures:
 
 - *last written*: from the event to the moment the last SetChargingProfile frame has been
   written to its socket (goal: p99 ≤ 150 ms);
-- *all answered*: until every charger's answer has come back (the controller knows the new
-  setpoints are in force; goal: p99 ≤ 300 ms).
+- *all answered*: until every charger's answer has come back (the driver's futures
+  resolved; goal: p99 ≤ 300 ms), and until the controller has folded every outcome in (it
+  knows the new setpoints are in force; one pass of the event loop later).
 
 Two CPU figures say what bounds *all answered* on a small machine, and vary less than wall
 time when other work shares it: the server's CPU from the change to the last answer (the
 cycle, building and writing 1,000 frames, reading 1,000 answers) and the simulator's CPU
 per SetChargingProfile it answered (its whole CPU while the repetitions ran, over the
-frames written to it; the few heartbeats and meter values in that time included).
+frames written to it; the few heartbeats and meter values in that time included). The
+server's CPU per answer is what is left of its CPU once the cycle's compute, queueing the
+setpoints and writing their frames are taken out, over the answers (any cycle the answers
+woke included).
 
 With ``--arrivals RATE`` it measures instead what a driver sees when plugging in: the
 chargers start empty, cars plug in one after another at RATE per second where there is
@@ -24,7 +28,19 @@ headroom, and for each car the time from its transaction start reaching the CSMS
 setpoints the chargers refused on the way.
 
     python benchmarks/bench_control.py [--chargers 1000] [--reps 20] [--json]
+    python benchmarks/bench_control.py --chargers 1000 --reps 20 --profile answers.prof
+
+``--profile`` runs the server under cProfile while each change is measured (the figures
+are then slower than without it) and prints where its CPU per answer goes: the OCPP
+session reading each answer and sending the next command, and the controller folding each
+outcome in (its ledger and state).
     python benchmarks/bench_control.py --chargers 200 --arrivals 20 [--json]
+    python benchmarks/bench_control.py --chargers 1000 --reps 20 --fold
+
+``--fold`` measures the controller alone, in one process with no sockets: a driver whose
+futures the benchmark resolves all at once, and the controller's CPU from the moment the
+1,000 answers of a change are resolved until it is idle again (their outcomes folded in,
+and any cycle they woke run), over the answers.
 """
 
 from __future__ import annotations
@@ -32,11 +48,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import gc
 import json
 import logging
 import math
 import os
+import pstats
 import resource
 import statistics
 import sys
@@ -164,6 +182,8 @@ class Probe:
     t0: float = 0.0
     written: list[float] = field(default_factory=list)
     answered: list[float] = field(default_factory=list)
+    folded: list[float] = field(default_factory=list)
+    """When the controller folded each setpoint's outcome in (its command record)."""
     submitted: list[float] = field(default_factory=list)
     """When the controller handed setpoints to the driver (one entry per request)."""
     frames: int = 0
@@ -177,6 +197,7 @@ class Probe:
     def arm(self) -> None:
         self.written.clear()
         self.answered.clear()
+        self.folded.clear()
         self.submitted.clear()
         self.submit_cpu_s = 0.0
         self.write_cpu_s = 0.0
@@ -205,6 +226,12 @@ def install_probe(probe: Probe, app: Any) -> None:
     def answered(_: Any) -> None:
         if probe.armed:
             probe.answered.append(time.perf_counter())
+
+    def folded(record: Any) -> None:
+        if probe.armed and record.kind != "failsafe":
+            probe.folded.append(time.perf_counter())
+
+    app.controller.on_command(folded)
 
     def submitted(request: Any, future: asyncio.Future[Any] | None) -> None:
         if future is None:
@@ -281,7 +308,49 @@ async def wait_for(cond: Any, timeout_s: float) -> bool:
     return True
 
 
-async def run(count: int, reps: int, in_process: bool) -> dict[str, Any]:
+ANSWER_PATH = (
+    ("session.py", "_on_message", "OCPP session: one inbound frame, whole (decode, settle, "
+                                  "next command)"),
+    ("frames.py", "decode_frame", "  decode the frame (JSON, OCPP-J checks)"),
+    ("session.py", "_settle_answer", "  settle the call it answers (schema check, outcome)"),
+    ("session.py", "_send_next", "  build and queue a command (every one at submit, then "
+                                 "the next after each answer)"),
+    ("loop.py", "_resolved", "controller: fold one outcome in, whole"),
+    ("loop.py", "_outcome", "  per outcome"),
+    ("loop.py", "_outcomes", "  per batch of outcomes"),
+    ("state.py", "record_outcome", "    state.record_outcome"),
+    ("state.py", "record_outcomes", "    state.record_outcomes (batch)"),
+    ("ledger.py", "outcome", "      ledger.outcome"),
+    ("ledger.py", "outcomes", "      ledger.outcomes (batch)"),
+)
+"""(file, function, label) of the server's answer path, as the profile report lists it."""
+
+
+def answer_path_report(profile: cProfile.Profile, answers: int) -> list[dict[str, Any]]:
+    """CPU per answer (cumulative, profiled) of each function of :data:`ANSWER_PATH` that
+    ran: what the server spends to take in one SetChargingProfile answer."""
+    stats = pstats.Stats(profile)
+    table: dict[tuple[str, str], tuple[int, float]] = {}
+    for (filename, _line, name), entry in stats.stats.items():  # type: ignore[attr-defined]
+        if "gridshare" not in filename:
+            continue
+        calls, cumtime = entry[1], entry[3]
+        key = (os.path.basename(filename), name)
+        old = table.get(key, (0, 0.0))
+        table[key] = (old[0] + calls, old[1] + cumtime)
+    rows = []
+    for filename, name, label in ANSWER_PATH:
+        found = table.get((filename, name))
+        if found is None or not found[0]:
+            continue
+        calls, cumtime = found
+        rows.append({"function": f"{filename}:{name}", "label": label, "calls": calls,
+                     "us_per_answer": round(cumtime / max(1, answers) * 1e6, 1)})
+    return rows
+
+
+async def run(count: int, reps: int, in_process: bool,
+              profile_path: str | None = None) -> dict[str, Any]:
     from gridshare.app import ServeOptions, build_app
     from gridshare.config import parse_site
     from gridshare.controller.loop import ControllerSettings
@@ -323,10 +392,14 @@ async def run(count: int, reps: int, in_process: bool) -> dict[str, Any]:
             proc.stdin.write(b"measure\n")
             await proc.stdin.drain()
         timings: dict[str, dict[str, list[float]]] = {
-            d: {"written": [], "answered": [], "compute": [], "submit_to_written": [],
-                "submit_to_answered": [], "submit_cpu": [], "write_cpu": [], "csms_cpu": []}
+            d: {"written": [], "answered": [], "folded": [], "compute": [],
+                "submit_to_written": [],
+                "submit_to_answered": [], "submit_cpu": [], "write_cpu": [], "csms_cpu": [],
+                "answer_cpu": []}
             for d in ("cut", "raise")}
         failures = 0
+        profiler = cProfile.Profile() if profile_path else None
+        profiled_answers = 0
         low, high = 12.0 * count, 14.0 * count
         for rep in range(2 * reps):
             direction = "cut" if rep % 2 == 0 else "raise"
@@ -335,11 +408,20 @@ async def run(count: int, reps: int, in_process: bool) -> dict[str, Any]:
             await asyncio.sleep(0.2)
             gc.collect()
             probe.arm()
+            if profiler is not None:
+                profiler.enable()
             cpu = time.process_time()
             app.bus.publish(LimitChanged("site", datetime.now(UTC), "operator",
                                          max_current=limit, reason="bench"))
             done = await wait_for(lambda: len(probe.answered) >= count, 60)
+            # the controller folds the outcomes in as they come (in batches, one pass of
+            # the event loop after their futures resolve): the server's CPU and the
+            # in-force check below wait for that
+            done = done and await wait_for(lambda: len(probe.folded) >= count, 10)
             cycle_cpu_ms = (time.process_time() - cpu) * 1000
+            if profiler is not None:
+                profiler.disable()
+                profiled_answers += len(probe.answered)
             probe.armed = False
             if not done or len(probe.written) < count:
                 failures += 1
@@ -347,6 +429,7 @@ async def run(count: int, reps: int, in_process: bool) -> dict[str, Any]:
             t = timings[direction]
             t["written"].append((max(probe.written) - probe.t0) * 1000)
             t["answered"].append((max(probe.answered) - probe.t0) * 1000)
+            t["folded"].append((max(probe.folded) - probe.t0) * 1000)
             t["csms_cpu"].append(cycle_cpu_ms)
             if probe.submitted:
                 first_submit = min(probe.submitted)
@@ -356,6 +439,12 @@ async def run(count: int, reps: int, in_process: bool) -> dict[str, Any]:
                 t["write_cpu"].append(probe.write_cpu_s * 1000)
             if controller.last_report is not None:
                 t["compute"].append(controller.last_report.compute_s * 1000)
+                if probe.submitted:
+                    # what is left of the server's CPU once the cycle, queueing and writing
+                    # are taken out: reading and folding in the answers
+                    rest_ms = cycle_cpu_ms - controller.last_report.compute_s * 1000 - \
+                        probe.submit_cpu_s * 1000 - probe.write_cpu_s * 1000
+                    t["answer_cpu"].append(rest_ms * 1000 / count)
             expected = limit / count
             in_force = controller.in_force()  # one snapshot: it costs ms at this size
             if any(abs(in_force.get(k, -1) - expected) > 0.05 for k in keys):
@@ -365,7 +454,7 @@ async def run(count: int, reps: int, in_process: bool) -> dict[str, Any]:
         if proc is not None:
             sim_cpu_s = await stop_sim_subprocess(proc)
             proc = None
-        result = {
+        result: dict[str, Any] = {
             "chargers": count,
             "connected": info["connected"],
             "connect_s": round(info["connect_s"], 2),
@@ -374,6 +463,7 @@ async def run(count: int, reps: int, in_process: bool) -> dict[str, Any]:
             "simulator": "in-process" if in_process else "subprocess",
             **{direction: {"last_written_ms": summary(t["written"]),
                            "all_answered_ms": summary(t["answered"]),
+                           "all_folded_in_ms": summary(t["folded"]),
                            "cycle_compute_ms": summary(t["compute"]),
                            "driver_submit_to_last_written_ms":
                                summary(t["submit_to_written"]),
@@ -381,7 +471,8 @@ async def run(count: int, reps: int, in_process: bool) -> dict[str, Any]:
                                summary(t["submit_to_answered"]),
                            "driver_submit_setpoints_cpu_ms": summary(t["submit_cpu"]),
                            "driver_frame_writes_cpu_ms": summary(t["write_cpu"]),
-                           "csms_cpu_to_all_answered_ms": summary(t["csms_cpu"])}
+                           "csms_cpu_to_all_answered_ms": summary(t["csms_cpu"]),
+                           "csms_cpu_per_answer_us": summary(t["answer_cpu"])}
                for direction, t in (("cut", cut), ("raise", up))},
             "goal_p99_ms": GOAL_P99_MS,
             "goal_met": all(t["written"] and percentile(t["written"], 0.99) <= GOAL_P99_MS
@@ -393,6 +484,11 @@ async def run(count: int, reps: int, in_process: bool) -> dict[str, Any]:
             "simulator_cpu_us_per_frame": (None if sim_cpu_s is None or not probe.frames
                                            else round(sim_cpu_s / probe.frames * 1e6, 1)),
         }
+        if profiler is not None and profile_path:
+            profiler.dump_stats(profile_path)
+            result["profile"] = {"path": profile_path, "answers": profiled_answers,
+                                 "answer_path": answer_path_report(profiler,
+                                                                   profiled_answers)}
         return result
     finally:
         if proc is not None:
@@ -493,6 +589,86 @@ async def run_arrivals(count: int, rate_per_s: float) -> dict[str, Any]:
         await app.stop()
 
 
+class FoldDriver:
+    """Setpoints wait on futures the benchmark resolves; the failsafe is accepted."""
+
+    def __init__(self) -> None:
+        self.waiting: list[asyncio.Future[Any]] = []
+        self.seq = 0
+
+    def submit_setpoints(self, requests: Any) -> list[Any]:
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in requests]
+        self.waiting.extend(futures)
+        return futures
+
+    async def apply_setpoint(self, charger: str, connector: int, current_a: float,
+                             lease_s: float | None = None) -> Any:
+        future = asyncio.get_running_loop().create_future()
+        self.waiting.append(future)
+        return await future
+
+    async def apply_failsafe(self, charger: str, current_a: float) -> Any:
+        from gridshare.drivers import CommandOutcome, CommandResult
+
+        return CommandOutcome(CommandResult.ACCEPTED)
+
+    def answer_all(self) -> int:
+        from gridshare.drivers import CommandOutcome, CommandResult
+
+        futures, self.waiting = self.waiting, []
+        for future in futures:
+            self.seq += 1
+            future.set_result(CommandOutcome(CommandResult.ACCEPTED, answer_seq=self.seq))
+        return len(futures)
+
+
+async def run_fold(count: int, reps: int) -> dict[str, Any]:
+    """The controller's CPU per answer, alone (see ``--fold``)."""
+    from gridshare.config import parse_site
+    from gridshare.controller.loop import Controller, ControllerSettings
+    from gridshare.events import ChargerBooted, ConnectorStatus, LimitChanged, StatusChanged
+
+    topology = parse_site(site_yaml(count), "bench")
+    driver = FoldDriver()
+    controller = Controller(topology, driver, settings=ControllerSettings(
+        lease_s=3600.0, settle_s=0.0, tick_s=None))
+    await controller.start()
+    try:
+        for cid in topology.chargers:
+            controller.handle(ChargerBooted(cid, datetime.now(UTC), "ocpp1.6"))
+            controller.handle(StatusChanged(cid, 1, ConnectorStatus.CHARGING,
+                                            datetime.now(UTC)))
+
+        async def answer_until_idle() -> int:
+            answered = 0
+            while True:
+                await wait_for(lambda: driver.waiting or controller.idle, 30)
+                if not driver.waiting:
+                    return answered
+                answered += driver.answer_all()
+
+        await answer_until_idle()
+        per_answer: dict[str, list[float]] = {"cut": [], "raise": []}
+        for rep in range(2 * reps):
+            direction = "cut" if rep % 2 == 0 else "raise"
+            limit = (12.0 if direction == "cut" else 14.0) * count
+            controller.handle(LimitChanged("site", datetime.now(UTC), "operator",
+                                           max_current=limit, reason="bench"))
+            await wait_for(lambda: len(driver.waiting) >= count, 30)
+            gc.collect()
+            cpu = time.process_time()
+            answered = driver.answer_all()
+            # folded in, and any cycle they woke has run (polled every 10 ms: the
+            # debounce before such a cycle costs no CPU)
+            await wait_for(lambda: controller.idle, 30)
+            per_answer[direction].append((time.process_time() - cpu) / answered * 1e6)
+        return {"chargers": count, "controller_cpu_per_answer_us":
+                {d: summary(v) for d, v in per_answer.items()}}
+    finally:
+        await controller.stop()
+
+
 def summary_s(values: list[float]) -> dict[str, float]:
     if not values:
         return {}
@@ -519,11 +695,29 @@ def main() -> None:
     parser.add_argument("--arrivals", type=float, metavar="RATE",
                         help="cars plugging in at RATE per second: time to the first "
                              "accepted TxProfile")
+    parser.add_argument("--fold", action="store_true",
+                        help="the controller alone, no sockets: its CPU per answer from "
+                             "the answers resolved until it is idle again")
+    parser.add_argument("--profile", metavar="PATH",
+                        help="run the server under cProfile while the changes are measured, "
+                             "save the stats to PATH and print the CPU per answer of its "
+                             "answer path (the timings are then slower)")
     parser.add_argument("--worker", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)  # startup races are retried; keep output clean
     if args.worker:
         asyncio.run(sim_worker(args.worker, args.chargers, args.arrivals))
+        return
+    if args.fold:
+        fold = asyncio.run(run_fold(args.chargers, args.reps))
+        if args.json:
+            print(json.dumps(fold, indent=2))
+            return
+        print(f"controller alone, {fold['chargers']} chargers, fake driver, no sockets: "
+              f"CPU per answer from the answers resolved until idle again")
+        for direction, r in fold["controller_cpu_per_answer_us"].items():
+            print(f"  {direction:<6} p50 {r.get('p50')} µs, p99 {r.get('p99')} µs, "
+                  f"max {r.get('max')} µs")
         return
     if args.arrivals:
         arrivals = asyncio.run(run_arrivals(args.chargers, args.arrivals))
@@ -541,7 +735,7 @@ def main() -> None:
               f"(goal p99 ≤ {GOAL_FIRST_TX_PROFILE_P99_S:g} s: "
               f"{'met' if arrivals['goal_met'] else 'NOT met'})")
         return
-    result = asyncio.run(run(args.chargers, args.reps, args.in_process))
+    result = asyncio.run(run(args.chargers, args.reps, args.in_process, args.profile))
     if args.json:
         print(json.dumps(result, indent=2))
         return
@@ -557,6 +751,9 @@ def main() -> None:
               f"p50 {lw.get('p50')} ms, p99 {lw.get('p99')} ms, max {lw.get('max')} ms")
         print(f"  {'':<18} LimitChanged → every charger answered:      "
               f"p50 {aa.get('p50')} ms, p99 {aa.get('p99')} ms, max {aa.get('max')} ms")
+        fi = r["all_folded_in_ms"]
+        print(f"  {'':<18} LimitChanged → every outcome in the controller: "
+              f"p50 {fi.get('p50')} ms, p99 {fi.get('p99')} ms, max {fi.get('max')} ms")
         print(f"  {'':<18} cycle compute (snapshot, allocate, guard, plan): "
               f"p50 {cc.get('p50')} ms, max {cc.get('max')} ms")
         sw, sa = r["driver_submit_to_last_written_ms"], r["driver_submit_to_all_answered_ms"]
@@ -567,6 +764,8 @@ def main() -> None:
         print(f"  {'':<18} driver CPU: submit_setpoints p50 {sc.get('p50')} ms, writing the "
               f"frames p50 {wc.get('p50')} ms; the server's whole CPU from the change to the "
               f"last answer p50 {r['csms_cpu_to_all_answered_ms'].get('p50')} ms")
+        print(f"  {'':<18} the server's CPU per answer (the rest of it, over the answers): "
+              f"p50 {r['csms_cpu_per_answer_us'].get('p50')} µs")
     if result["simulator_cpu_us_per_frame"] is not None:
         per_frame = result["simulator_cpu_us_per_frame"]
         print(f"  simulator CPU per SetChargingProfile answered: {per_frame} µs "
@@ -575,6 +774,13 @@ def main() -> None:
     print(f"  goal p99 ≤ {GOAL_P99_MS:g} ms to the last frame written: "
           f"{'met' if result['goal_met'] else 'NOT met'}; p99 ≤ {GOAL_ANSWERED_P99_MS:g} ms "
           f"to every answer: {'met' if result['goal_answered_met'] else 'NOT met'}")
+    if "profile" in result:
+        prof = result["profile"]
+        print(f"  cProfile of the server over {prof['answers']} answers (saved to "
+              f"{prof['path']}), cumulative CPU per answer, profiled:")
+        for row in prof["answer_path"]:
+            print(f"    {row['us_per_answer']:>7.1f} µs  {row['label']} ({row['function']}, "
+                  f"{row['calls']} calls)")
 
 
 if __name__ == "__main__":

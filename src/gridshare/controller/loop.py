@@ -16,8 +16,13 @@ injected clock. One worker runs cycles one at a time. A cycle:
    refused step is never sent (alarm).
 
 Nothing waits inside a cycle: every command is in the ledger from the moment it is
-submitted, and each outcome, as it arrives, updates the ledger and triggers a new cycle —
+submitted, and the outcomes, as they arrive, update the ledger and trigger a new cycle —
 an accepted decrease lets a held increase go, an unknown outcome makes the others give way.
+The outcomes that arrive in one pass of the event loop are folded in together, at one
+time, with one trigger; when nothing waits for headroom (no increase held, no step
+refused), an accept or a lowered count that the allocation does not reserve wakes no cycle
+(see :meth:`SiteState.record_outcome`). Until its outcome is folded in, a command counts
+as in flight (the larger of old and new): a later fold is never less safe.
 Time alone (a lease to renew, a settle window over, an unknown outcome expired, a backoff
 over) wakes the loop at the time the decision named.
 
@@ -63,6 +68,8 @@ from gridshare.drivers import ChargerDriver, CommandOutcome, CommandResult, Setp
 from gridshare.events import ChargerBooted, ChargerOnline, Event
 
 log = logging.getLogger("gridshare.controller")
+
+_RESULT_COUNTERS = {result: f"setpoint_{result.value}" for result in CommandResult}
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +154,11 @@ class Controller:
         """Tasks wrapping a driver's plain coroutines (a driver's futures need none)."""
         self._stopped = False
         self._in_flight = 0
+        self._arrived: list[tuple[_Pending, CommandOutcome]] = []
+        """Outcomes resolved since the last fold (see :meth:`_fold_arrived`)."""
+        self._fold_handle: asyncio.Handle | None = None
+        self._step_refused = False
+        """The last cycle's check_plan refused a step: its increases wait for headroom."""
         self._failsafe_tasks: dict[str, asyncio.Task[None]] = {}
         self._failsafe_ok: set[str] = set()
         self._failsafe_retry: dict[str, RetryState] = {}
@@ -191,6 +203,10 @@ class Controller:
             self._subscription.close()
         if self._wake_timer is not None:
             self._wake_timer.cancel()
+        if self._fold_handle is not None:
+            self._fold_handle.cancel()
+            self._fold_handle = None
+        self._arrived.clear()
         self._stopped = True
         tasks: list[asyncio.Future[Any]] = [*self._tasks.values(), *self._outcome_tasks,
                                             *self._failsafe_tasks.values()]
@@ -362,6 +378,7 @@ class Controller:
         decision = decide(self.topology, plan_snapshot, allocation, self.state.ledger,
                           self._retries, self.settings.decide, now)
         self._decision = decision
+        self._step_refused = False
         steps: list[tuple[Send, ...]] = []
         refused: list[Alarm] = []
         for step in (decision.decreases, decision.increases):
@@ -376,6 +393,7 @@ class Controller:
                     self._alarm("plan", f"step not sent: {alarm.message}", group=alarm.group,
                                 phase=alarm.phase.name if alarm.phase is not None else None,
                                 load=alarm.load, limit=alarm.limit)
+                self._step_refused = True
                 break  # a refused step stops the cycle: the increases wait
             steps.append(step)
         compute_s = time.perf_counter() - started
@@ -412,8 +430,9 @@ class Controller:
 
     def _submit(self, step: Sequence[Send], now: datetime) -> None:
         """Record every command of the step in the ledger, hand them to the driver as one
-        batch, and fold each outcome in as it comes (a callback on the driver's future; a
-        task only for a driver that returns plain coroutines)."""
+        batch, and fold the outcomes in as they come (a callback on the driver's future; a
+        task only for a driver that returns plain coroutines), those of one event-loop
+        pass together."""
         lease_s = self.settings.lease_s
         started = time.perf_counter()
         pending = [_Pending(s, self.state.record_sent(s.key, s.current_a, now, lease_s),
@@ -433,7 +452,7 @@ class Controller:
                                          detail=f"driver error {exc!r}")
             for item in pending:
                 self._driver_error(item, exc)
-                self._outcome(item, outcome)
+            self._outcomes([(item, outcome) for item in pending])
             return
         for item, awaitable in zip(pending, awaitables, strict=True):
             if asyncio.isfuture(awaitable):
@@ -456,46 +475,73 @@ class Controller:
             outcome = CommandOutcome(CommandResult.TIMEOUT, detail=f"driver error {exc!r}")
         else:
             outcome = future.result()
-        self._outcome(item, outcome)
+        self._arrived.append((item, outcome))
+        if self._fold_handle is None:
+            self._fold_handle = asyncio.get_running_loop().call_soon(self._fold_arrived)
+
+    def _fold_arrived(self) -> None:
+        """Fold in every outcome resolved since the last fold: the futures a burst of
+        answers resolved in one pass of the event loop run their callbacks in the next,
+        and this runs after them."""
+        self._fold_handle = None
+        batch, self._arrived = self._arrived, []
+        if batch and not self._stopped:
+            self._outcomes(batch)
 
     def _driver_error(self, item: _Pending, exc: Exception) -> None:
         charger, connector = item.send.key
         self._alarm("command", f"{charger}/{connector}: driver error {exc!r}",
                     group=self.topology.chargers[charger].group, load=item.send.current_a)
 
-    def _outcome(self, item: _Pending, outcome: CommandOutcome) -> None:
-        """Fold one answer (or its absence) in: ledger, backoff, alarm, audit, next cycle."""
-        self._in_flight -= 1
-        send = item.send
-        key = send.key
+    def _waiting(self) -> bool:
+        """Whether an increase waits for headroom (held by the decision, or its step
+        refused by check_plan): then an accepted or lowered count may let it go."""
+        return self._decision is None or bool(self._decision.held) or self._step_refused
+
+    def _outcomes(self, batch: Sequence[tuple[_Pending, CommandOutcome]]) -> None:
+        """Fold a batch of answers (or their absence) in, in order, at one time: ledger,
+        backoff, alarms, audit, then one trigger for the next cycle (the most urgent any
+        of them calls for)."""
+        self._in_flight -= len(batch)
         at = self.clock.now()
-        self.counters[f"setpoint_{outcome.result.value}"] += 1
-        held = self._decision is None or bool(self._decision.held)
-        effect, impact = self.state.record_outcome(key, item.command_id, outcome, at,
-                                                   self.settings.settle_s, wake_on_apply=held)
-        retry = next_retry(self._retries.get(key), outcome, at, self.settings.retry)
-        if retry is None:
-            self._retries.pop(key, None)
-        else:
-            self._retries[key] = retry
-        charger, connector = key
-        if effect is Effect.REJECTED:
-            in_force = self.state.ledger[key].effective_a(self.state.ledger.failsafe_a(key), at)
-            self._alarm("rejected", f"{charger}/{connector} refused {send.current_a:g} A "
-                        f"({outcome.detail or 'Rejected'}); the profile in force stays "
-                        f"and counts ({in_force:g} A)",
-                        group=self.topology.chargers[charger].group, load=send.current_a)
-        elif effect is Effect.UNKNOWN:
-            log.warning("setpoint %.1f A to %s/%s: %s, outcome unknown; counted until %s",
-                        send.current_a, charger, connector, outcome.result.value,
-                        outcome.valid_to or "its lease ends")
-        elif effect is Effect.VOID:
-            self.counters["setpoint_void"] += 1
-        self._record_command(CommandRecord(
-            at, charger, connector, send.kind, send.current_a, send.counted_a,
-            outcome.result, time.perf_counter() - item.started))
-        self._changed("command", charger)
-        self._trigger(max(impact, Impact.CHANGED) if retry is not None else impact)
+        effects, impact = self.state.record_outcomes(
+            [(item.send.key, item.command_id, outcome) for item, outcome in batch], at,
+            self.settings.settle_s, wake_on_apply=self._waiting())
+        policy = self.settings.retry
+        finished = time.perf_counter()
+        counters = self.counters
+        chargers: dict[str, None] = {}
+        for (item, outcome), effect in zip(batch, effects, strict=True):
+            send = item.send
+            key = send.key
+            counters[_RESULT_COUNTERS[outcome.result]] += 1
+            retry = next_retry(self._retries.get(key), outcome, at, policy)
+            if retry is None:
+                self._retries.pop(key, None)
+            else:
+                self._retries[key] = retry
+                impact = max(impact, Impact.CHANGED)
+            charger, connector = key
+            if effect is Effect.REJECTED:
+                in_force = self.state.ledger[key].effective_a(
+                    self.state.ledger.failsafe_a(key), at)
+                self._alarm("rejected", f"{charger}/{connector} refused {send.current_a:g} A "
+                            f"({outcome.detail or 'Rejected'}); the profile in force stays "
+                            f"and counts ({in_force:g} A)",
+                            group=self.topology.chargers[charger].group, load=send.current_a)
+            elif effect is Effect.UNKNOWN:
+                log.warning("setpoint %.1f A to %s/%s: %s, outcome unknown; counted until %s",
+                            send.current_a, charger, connector, outcome.result.value,
+                            outcome.valid_to or "its lease ends")
+            elif effect is Effect.VOID:
+                counters["setpoint_void"] += 1
+            self._record_command(CommandRecord(
+                at, charger, connector, send.kind, send.current_a, send.counted_a,
+                outcome.result, finished - item.started))
+            chargers[charger] = None
+        for charger in chargers:
+            self._changed("command", charger)
+        self._trigger(impact)
 
     # --- failsafe -------------------------------------------------------------------------
 

@@ -677,17 +677,30 @@ class SiteState:
                        wake_on_apply: bool = True) -> tuple[Effect, Impact]:
         """Fold a command's outcome into the ledger; say whether to re-allocate. A settle
         window is only kept for a connector with a car (an idle one draws nothing).
-        ``wake_on_apply=False`` when no increase is held: an accept that changes nothing
-        we count then needs no new cycle (a burst of 1,000 answers would otherwise run
-        several full cycles while the rest of the answers wait to be read)."""
+
+        ``wake_on_apply=False`` when nothing waits for headroom (no increase held, no step
+        refused): then an accept, or a decrease of a connector the allocation does not
+        reserve (online, with a car, no unknown outcome), changes nothing the next cycle
+        would decide on, and needs none (a burst of 1,000 answers would otherwise run
+        full cycles while the rest of the answers wait to be read). What is counted is
+        updated either way: this only spares the cycle. An unknown outcome or a rise of
+        what is counted is always urgent; a refusal, a lowered reservation or an unknown
+        outcome that ended always re-allocates."""
         conn = self._connectors[key]
-        before = self.believed_a(key, at)
-        obeyed = self.in_force_a(key, at)
-        pinned = bool(self.ledger[key].live_unknowns(at))
-        effect = self.ledger.outcome(key, command_id, outcome, at,
-                                     settle_s if conn.active else 0.0)
-        after = self.believed_a(key, at)
-        if after != before or obeyed != self.in_force_a(key, at):
+        ledger = self.ledger
+        failsafe = ledger.failsafe_a(key)
+        margin_s, tail_s = ledger.lapse_margin_s, ledger.tail_s
+        online = self._chargers[key[0]].online
+        entry = ledger[key]
+        before = entry.counted_a(failsafe, at, offline=not online, lapse_margin_s=margin_s,
+                                 tail_s=tail_s)
+        obeyed = _in_force_value(entry, at)
+        pinned = bool(entry.unknown) and bool(entry.live_unknowns(at))
+        effect = ledger.outcome(key, command_id, outcome, at, settle_s if conn.active else 0.0)
+        entry = ledger[key]
+        after = entry.counted_a(failsafe, at, offline=not online, lapse_margin_s=margin_s,
+                                tail_s=tail_s)
+        if after != before or obeyed != _in_force_value(entry, at):
             conn.changed_at = at  # the car starts to follow now
         impact = Impact.NONE
         if outcome.result is CommandResult.OFFLINE:
@@ -696,12 +709,28 @@ class SiteState:
             conn.lowered_at = at
         if effect is Effect.UNKNOWN or after > before:
             return effect, Impact.URGENT
-        if after < before or effect is Effect.REJECTED or \
-                (effect is Effect.APPLIED and wake_on_apply) or \
-                (pinned and not self.ledger[key].live_unknowns(at)):
+        pinned_after = bool(entry.unknown) and bool(entry.live_unknowns(at))
+        reserved = not conn.active or not self._chargers[key[0]].online or pinned_after
+        if (after < before and (wake_on_apply or reserved)) or effect is Effect.REJECTED or \
+                (effect is Effect.APPLIED and wake_on_apply) or (pinned and not pinned_after):
             # An accept may start a settle window or end a wait: decide again.
             impact = max(impact, Impact.CHANGED)
         return effect, impact
+
+    def record_outcomes(self, outcomes: Iterable[tuple[ConnectorKey, int, CommandOutcome]],
+                        at: datetime, settle_s: float, *, wake_on_apply: bool = True,
+                        ) -> tuple[list[Effect], Impact]:
+        """:meth:`record_outcome` for each of a batch (the answers that arrived in one pass
+        of the event loop), in order, all at ``at``: their effects, and the one impact
+        that covers them all (the most urgent)."""
+        effects: list[Effect] = []
+        impact = Impact.NONE
+        for key, command_id, outcome in outcomes:
+            effect, one = self.record_outcome(key, command_id, outcome, at, settle_s,
+                                              wake_on_apply=wake_on_apply)
+            effects.append(effect)
+            impact = max(impact, one)
+        return effects, impact
 
     def command_keys(self) -> list[ConnectorKey]:
         """Connectors a setpoint must be sent to: online charger, car present."""
@@ -1075,6 +1104,15 @@ def estimate_uncontrolled(meter_a: PhaseCurrents, ours_a: PhaseCurrents,
         min(held_a[0], meter_a[0]), min(held_a[1], meter_a[1]), min(held_a[2], meter_a[2]))
     held = (max(held[0], floor_a[0]), max(held[1], floor_a[1]), max(held[2], floor_a[2]))
     return held, held
+
+
+def _in_force_value(entry: ConnectorLedger, now: datetime) -> float | None:
+    """The accepted setpoint still inside its lease, or None (:meth:`SiteState.in_force_a`
+    of one entry)."""
+    in_force = entry.in_force
+    if in_force is None or not in_force.valid(now):
+        return None
+    return in_force.value_a
 
 
 def _minus(a: PhaseCurrents, b: PhaseCurrents) -> PhaseCurrents:

@@ -119,25 +119,39 @@ class ConnectorLedger:
         ``lapse_margin_s`` of its validTo, what is in force counts at the failsafe too: if
         it is not renewed in time the charger falls back to it, and the others must have
         made room by then. For ``tail_s`` after its validTo it still counts (the car
-        follows the lapse no faster than a decrease)."""
-        value = self.effective_a(failsafe_a, now)
-        if offline or (lapse_margin_s > 0 and self._lapsing(now, lapse_margin_s)):
-            value = max(value, failsafe_a)
+        follows the lapse no faster than a decrease).
+
+        Asked twice for every answer (before and after it is folded in), so it takes one
+        branch per case of what is in force instead of re-deriving each rule."""
         in_force = self.in_force
-        if tail_s > 0 and in_force is not None and in_force.valid_to is not None and \
-                in_force.valid_to <= now < in_force.valid_to + timedelta(seconds=tail_s):
-            value = max(value, in_force.value_a)
+        if in_force is None:
+            value = failsafe_a
+        elif in_force.valid_to is None:
+            value = in_force.value_a
+            if offline and failsafe_a > value:
+                value = failsafe_a
+        elif now < in_force.valid_to:
+            value = in_force.value_a
+            if failsafe_a > value and (offline or (lapse_margin_s > 0
+                                                   and self._lapsing(now, lapse_margin_s))):
+                value = failsafe_a
+        else:  # lapsed: the failsafe, and for tail_s what was in force too
+            value = failsafe_a
+            if tail_s > 0 and in_force.value_a > value and \
+                    now < in_force.valid_to + timedelta(seconds=tail_s):
+                value = in_force.value_a
         if not (self.in_flight or self.unknown or self.settling):
             return value
         for sent in self.in_flight:
             value = max(value, sent.value_a)
-        tail = timedelta(seconds=tail_s)
-        for unknown in self.unknown:
-            if now < unknown.valid_to + tail:
-                value = max(value, unknown.value_a)
+        if self.unknown:
+            tail = timedelta(seconds=tail_s)
+            for unknown in self.unknown:
+                if unknown.value_a > value and now < unknown.valid_to + tail:
+                    value = unknown.value_a
         for settling in self.settling:
-            if now < settling.until:
-                value = max(value, settling.value_a)
+            if settling.value_a > value and now < settling.until:
+                value = settling.value_a
         return value
 
     def _lapsing(self, now: datetime, margin_s: float) -> bool:
@@ -235,7 +249,8 @@ class Effect(StrEnum):
 def record_sent(entry: ConnectorLedger, command_id: int, value_a: float, now: datetime,
                 lease_s: float) -> ConnectorLedger:
     sent = Sent(command_id, value_a, now, now + timedelta(seconds=lease_s))
-    return replace(entry, in_flight=(*entry.in_flight, sent))
+    return ConnectorLedger(entry.in_force, (*entry.in_flight, sent), entry.unknown,
+                           entry.settling, entry.rejected)
 
 
 def record_outcome(entry: ConnectorLedger, command_id: int, outcome: CommandOutcome,
@@ -243,54 +258,64 @@ def record_outcome(entry: ConnectorLedger, command_id: int, outcome: CommandOutc
                    boot_seq: int | None) -> tuple[ConnectorLedger, Effect]:
     """Fold one command's outcome in. ``boot_seq``: frame number of the charger's latest
     boot, to void an accept that arrived before it."""
-    sent = next((s for s in entry.in_flight if s.id == command_id), None)
-    if sent is None:
+    in_flight = entry.in_flight
+    if len(in_flight) == 1:  # the usual case: the one command of the connector in flight
+        sent: Sent | None = in_flight[0]
+        rest: tuple[Sent, ...] = ()
+    else:
+        sent = next((s for s in in_flight if s.id == command_id), None)
+        rest = tuple(s for s in in_flight if s.id != command_id)
+    if sent is None or sent.id != command_id:
         return entry, Effect.VOID  # voided by a newer accept, or by a boot's bookkeeping
-    in_flight = tuple(s for s in entry.in_flight if s.id != command_id)
-    entry = replace(entry, in_flight=in_flight)
     if outcome.result is CommandResult.ACCEPTED:
         before_boot = (boot_seq is not None and outcome.answer_seq is not None
                        and outcome.answer_seq < boot_seq)
         older = entry.in_force is not None and entry.in_force.command_id > command_id
         if before_boot or older:
-            return entry, Effect.VOID
+            return ConnectorLedger(entry.in_force, rest, entry.unknown, entry.settling,
+                                   entry.rejected), Effect.VOID
+        # _accept keeps only the commands sent after this one: ``sent`` is not among them
         return _accept(entry, sent, outcome, now, failsafe_a, settle_s), Effect.APPLIED
     if outcome.result is CommandResult.REJECTED:
-        return replace(entry, rejected=Rejection(command_id, sent.value_a, now,
-                                                 outcome.detail)), Effect.REJECTED
+        return ConnectorLedger(entry.in_force, rest, entry.unknown, entry.settling,
+                               Rejection(command_id, sent.value_a, now, outcome.detail),
+                               ), Effect.REJECTED
     if outcome.unknown:
         valid_to = outcome.valid_to if outcome.valid_to is not None else sent.valid_to
         unknown = Unknown(command_id, sent.value_a, valid_to, outcome.result)
-        return replace(entry, unknown=(*entry.unknown, unknown)), Effect.UNKNOWN
-    return entry, Effect.NOT_APPLIED
+        return ConnectorLedger(entry.in_force, rest, (*entry.unknown, unknown), entry.settling,
+                               entry.rejected), Effect.UNKNOWN
+    return ConnectorLedger(entry.in_force, rest, entry.unknown, entry.settling,
+                           entry.rejected), Effect.NOT_APPLIED
 
 
 def _accept(entry: ConnectorLedger, sent: Sent, outcome: CommandOutcome, now: datetime,
             failsafe_a: float, settle_s: float) -> ConnectorLedger:
     """In force now; every older command of the connector is replaced by it. What the car
     may still draw from the replaced ones (lapsed less than ``settle_s`` ago included)
-    settles for ``settle_s``."""
-    older_in_flight = [s for s in entry.in_flight if s.id < sent.id]
-    older_unknown = [u for u in entry.unknown if u.command_id < sent.id]
+    settles for ``settle_s``. ``entry`` as it was, ``sent`` still in flight in it."""
     old = entry.effective_a(failsafe_a, now)
     tail = timedelta(seconds=settle_s)
     in_force = entry.in_force
     if in_force is not None and in_force.valid_to is not None and \
             now < in_force.valid_to + tail:
         old = max(old, in_force.value_a)
-    for s in older_in_flight:
-        old = max(old, s.value_a)
-    for u in older_unknown:
-        if now < u.valid_to + tail:
+    for s in entry.in_flight:
+        if s.id < sent.id:
+            old = max(old, s.value_a)
+    for u in entry.unknown:
+        if u.command_id < sent.id and now < u.valid_to + tail:
             old = max(old, u.value_a)
-    settling = tuple(s for s in entry.settling if now < s.until)
+    settling = tuple(s for s in entry.settling if now < s.until) if entry.settling else ()
     if settle_s > 0 and old > sent.value_a:
-        settling = (*settling, Settling(old, now + timedelta(seconds=settle_s)))
+        settling = (*settling, Settling(old, now + tail))
     valid_to = outcome.valid_to if outcome.valid_to is not None else sent.valid_to
     return ConnectorLedger(
         in_force=InForce(sent.id, sent.value_a, sent.sent_at, valid_to, outcome.answer_seq),
-        in_flight=tuple(s for s in entry.in_flight if s.id > sent.id),
-        unknown=tuple(u for u in entry.unknown if u.command_id > sent.id),
+        in_flight=tuple(s for s in entry.in_flight if s.id > sent.id) if entry.in_flight
+        else (),
+        unknown=tuple(u for u in entry.unknown if u.command_id > sent.id) if entry.unknown
+        else (),
         settling=settling,
         rejected=None,
     )
