@@ -347,8 +347,8 @@ async def test_the_real_app_stores_redelivers_refuses_and_lists(zoned: ApiRig) -
     assert created.status_code == 201, created.text
     event = created.json()
     DrEventOut.model_validate(event)
-    assert (event["id"], event["state"], event["target_kw"], event["source"]) == (
-        "grid-017", "scheduled", 90, "rest")
+    assert (event["id"], event["state"], event["target_kw"], event["target"],
+            event["source"]) == ("grid-017", "scheduled", 90, 90, "rest")
     assert zoned.app.dr is not None and zoned.app.dr.get("grid-017") is not None
 
     again = await client.post("/api/v1/dr/signals", json=body, headers=AUTH)

@@ -81,6 +81,8 @@ class DrEventOut(BaseModel):
         description="scheduled before start_ts, active until it ends, ended after end_ts "
         "or a RESTORE")
     target_kw: float | None = Field(default=None, description="The reduction asked, kW.")
+    target: float | None = Field(default=None, description="The same as target_kw (the "
+                                 "issue's name for it).")
     ended_at: str | None = Field(default=None, description="When a RESTORE ended it.")
     compliance: ComplianceOut | None = Field(
         default=None, description="Its compliance record once it started (target_kw, "

@@ -262,6 +262,7 @@ class DrService:
         return {**signal.to_json(), "source": signal.source, "id": signal.signal_id,
                 "state": event.state(self.clock.now()).value,
                 "target_kw": signal.target_reduction_kw,
+                "target": signal.target_reduction_kw,
                 "ended_at": None if event.ended_at is None else iso(event.ended_at),
                 "compliance": None if record is None else record.to_json()}
 
