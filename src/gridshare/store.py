@@ -51,6 +51,7 @@ from gridshare.events import (
     SessionStarted,
     SessionStopped,
 )
+from gridshare.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -246,11 +247,7 @@ class Store:
 
     async def stop(self) -> None:
         """Write what is queued, then close."""
-        for task in list(self._consumers):
-            task.cancel()
-        for task in list(self._consumers):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(list(self._consumers))
         if self._writer is not None:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(10.0):

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gridshare.sim.dc import CCS_150, CHADEMO_50, DcConnector, DcEV, DcStation, a_to_kw
+from gridshare.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from rich.console import Console, Group
@@ -258,7 +259,8 @@ async def run_plaza_demo(duration_s: float, seed: int, *, plain: bool, console: 
 
     from gridshare.adapters.dr import submit_json
     from gridshare.adapters.ocpp.config import CsmsConfig
-    from gridshare.app import ServeOptions, build_app
+    from gridshare.app import ServeOptions
+    from gridshare.cli.serve_cmds import start_demo_app
     from gridshare.config import parse_site_config
     from gridshare.controller.loop import ControllerSettings
     from gridshare.sim.site import SimSite
@@ -277,20 +279,7 @@ async def run_plaza_demo(duration_s: float, seed: int, *, plain: bool, console: 
                             controller=ControllerSettings(lease_s=300.0),
                             demand_response=config.demand_response, api_tokens=(token,))
 
-    app = build_app(topology, options(api_port))
-    try:
-        await app.start()
-    except OSError as exc:
-        if not api_port:
-            raise
-        await app.stop()
-        console.print(f"port {api_port} is taken ({exc.strerror or exc}): using a free one",
-                      highlight=False)
-        app = build_app(topology, options(0))
-        await app.start()
-    if api_port is not None:
-        console.print(f"dashboard: http://127.0.0.1:{app.api_port}/  (token for changes: "
-                      f"{token})", highlight=False)
+    app = await start_demo_app(topology, options, api_port, token, console)
     dr = _dr(app)
     url = f"ws://127.0.0.1:{app.ocpp_port}"
     stations: dict[str, DcStation] = {}
@@ -371,11 +360,7 @@ async def run_plaza_demo(duration_s: float, seed: int, *, plain: bool, console: 
     finally:
         if live is not None:
             live.stop()
-        for task in helpers:
-            task.cancel()
-        for task in helpers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(helpers)
         await sim.stop()
         await app.stop()
         data.cleanup()

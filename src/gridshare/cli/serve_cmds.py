@@ -18,10 +18,12 @@ import typer
 
 if TYPE_CHECKING:
     import asyncio
+    from collections.abc import Callable
 
     from rich.console import Console, Group
 
-    from gridshare.app import GridshareApp
+    from gridshare.app import GridshareApp, ServeOptions
+    from gridshare.core.topology import Topology
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
@@ -238,6 +240,30 @@ def _plain_line(app: GridshareApp, sim: object, elapsed_s: float) -> str:
     return "  ".join(parts)
 
 
+async def start_demo_app(topology: Topology, options: Callable[[int | None], ServeOptions],
+                         api_port: int | None, token: str, console: Console) -> GridshareApp:
+    """Build and start a demo's app with ``options(api_port)``; when that port is taken
+    (another gridshare?) any free one will do. Prints the dashboard's address and the
+    one-off token for changes."""
+    from gridshare.app import build_app
+
+    app = build_app(topology, options(api_port))
+    try:
+        await app.start()
+    except OSError as exc:
+        if not api_port:
+            raise
+        await app.stop()
+        console.print(f"port {api_port} is taken ({exc.strerror or exc}): using a free one",
+                      highlight=False)
+        app = build_app(topology, options(0))
+        await app.start()
+    if api_port is not None:
+        console.print(f"dashboard: http://127.0.0.1:{app.api_port}/  (token for changes: "
+                      f"{token})", highlight=False)
+    return app
+
+
 async def run_demo(duration_s: float, seed: int, chargers: int, *, plain: bool,
                    console: Console, stop: asyncio.Event | None = None,
                    api_port: int | None = None) -> DemoStats:
@@ -250,12 +276,13 @@ async def run_demo(duration_s: float, seed: int, chargers: int, *, plain: bool,
 
     from rich.live import Live
 
-    from gridshare.app import ServeOptions, build_app
+    from gridshare.app import ServeOptions
     from gridshare.config import parse_site_config
     from gridshare.controller.loop import ControllerSettings
     from gridshare.sim import SimCharger
     from gridshare.sim.site import ConstantLoad, Scenario, SimSite
     from gridshare.sim.site_meter import SimSiteMeter
+    from gridshare.tasks import cancel_and_wait
 
     config = parse_site_config(demo_site_text(chargers), "demo-site.yaml")
     topology = config.topology
@@ -273,20 +300,7 @@ async def run_demo(duration_s: float, seed: int, chargers: int, *, plain: bool,
                             data_dir=Path(data.name), controller=settings,
                             meters=config.meters, api_tokens=(token,))
 
-    app = build_app(topology, options(api_port))
-    try:
-        await app.start()
-    except OSError as exc:
-        if not api_port:
-            raise
-        await app.stop()  # the port is taken (another gridshare?): any free one will do
-        console.print(f"port {api_port} is taken ({exc.strerror or exc}): using a free one",
-                      highlight=False)
-        app = build_app(topology, options(0))
-        await app.start()
-    if api_port is not None:
-        console.print(f"dashboard: http://127.0.0.1:{app.api_port}/  (token for changes: "
-                      f"{token})", highlight=False)
+    app = await start_demo_app(topology, options, api_port, token, console)
     url = f"ws://127.0.0.1:{app.ocpp_port}"
     sims = []
     for i, (cid, ch) in enumerate(topology.chargers.items()):
@@ -358,11 +372,7 @@ async def run_demo(duration_s: float, seed: int, chargers: int, *, plain: bool,
                         async with asyncio.timeout(1.0):
                             await stop.wait()
     finally:
-        for task in helpers:
-            task.cancel()
-        for task in helpers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(helpers)
         await meter.stop()
         await sim.stop()
         await app.stop()

@@ -12,7 +12,6 @@ now, so meter values a little late in flight still count in their window.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 from collections import Counter
@@ -37,6 +36,7 @@ from gridshare.core.dr.aggregate import (
 from gridshare.core.dr.signals import iso
 from gridshare.core.topology import Charger, Topology
 from gridshare.events import Event, MeterReading, SessionStarted, SessionStopped
+from gridshare.tasks import cancel_and_wait
 
 log = logging.getLogger("gridshare.loads")
 
@@ -283,11 +283,7 @@ class LoadService:
         if self._subscription is not None:
             self._subscription.close()
             self._subscription = None
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(self._tasks, swallow_errors=True)
         self._tasks.clear()
 
     async def _consume(self) -> None:

@@ -73,6 +73,7 @@ from gridshare.events import (
     SessionStopped,
     StatusChanged,
 )
+from gridshare.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from gridshare.config import DemandResponseSpec
@@ -306,11 +307,7 @@ class DrService:
         if self._subscription is not None:
             self._subscription.close()
             self._subscription = None
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(self._tasks, swallow_errors=True)
         self._tasks.clear()
         now = self.clock.now()
         for signal_id in self._trackers:

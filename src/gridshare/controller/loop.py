@@ -66,6 +66,7 @@ from gridshare.core.snapshot import Snapshot
 from gridshare.core.topology import ConnectorKey, Policy, Topology
 from gridshare.drivers import ChargerDriver, CommandOutcome, CommandResult, SetpointRequest
 from gridshare.events import ChargerBooted, ChargerOnline, Event
+from gridshare.tasks import cancel_and_wait
 
 log = logging.getLogger("gridshare.controller")
 
@@ -210,11 +211,7 @@ class Controller:
         self._stopped = True
         tasks: list[asyncio.Future[Any]] = [*self._tasks.values(), *self._outcome_tasks,
                                             *self._failsafe_tasks.values()]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(tasks, swallow_errors=True)
         self._tasks.clear()
 
     def _supervise(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
