@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,6 +14,7 @@ import aiomqtt
 import pytest
 from api.test_dr_api import FakeDr, signal
 from brokers import Mosquitto
+from waits import eventually
 
 from gridshare.adapters.dr.mqtt import DrMqtt, topics
 from gridshare.adapters.meters.mqtt import SetupError
@@ -25,12 +25,6 @@ T0 = datetime(2026, 11, 30, 16, 0, tzinfo=UTC)
 SIGNALS, REJECTED, ALERTS = topics("plaza")
 
 
-async def eventually(cond: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.02)
 
 
 class Listener:

@@ -7,8 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import aiomqtt
 import pytest
 from brokers import Mosquitto
+from waits import eventually
 
 from gridshare.adapters.homeassistant import (
     Refused,
@@ -51,12 +51,6 @@ chargers:
 REQUIRED = {"name", "unique_id", "state_topic", "device", "availability"}
 
 
-async def wait_until(cond: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.05)
 
 
 @dataclass
@@ -129,7 +123,7 @@ class Site:
                 max_current_a=ch.max_current, min_current_a=ch.min_current,
                 meter_interval_s=2.0))
         assert await self.sim.start(wait_connected_s=10.0) == len(self.topology.chargers)
-        await wait_until(lambda: self.app.controller.state.online_count() == 3)
+        await eventually(lambda: self.app.controller.state.online_count() == 3)
 
     async def stop(self) -> None:
         await self.sim.stop()
@@ -160,9 +154,9 @@ async def site(broker: Mosquitto) -> AsyncIterator[Site]:
 async def listener(broker: Mosquitto, site: Site) -> AsyncIterator[Listener]:
     bridge = site.app.homeassistant
     assert bridge is not None
-    await wait_until(lambda: bridge.connected)
+    await eventually(lambda: bridge.connected)
     # The discovery and state messages are retained: a client that comes later gets them.
-    await wait_until(lambda: bridge.published >= 6)  # 3 groups, 3 chargers
+    await eventually(lambda: bridge.published >= 6)  # 3 groups, 3 chargers
     await asyncio.sleep(0.3)  # written is not yet read by the broker
     found = Listener(broker)
     await found.start()
@@ -178,7 +172,7 @@ async def listener(broker: Mosquitto, site: Site) -> AsyncIterator[Listener]:
 async def test_discovery_configs_are_retained_with_what_home_assistant_needs(
         site: Site, listener: Listener) -> None:
     expected = discovery(site.topology, site.topics)
-    await wait_until(lambda: all(listener.last(t) is not None for t, _ in expected))
+    await eventually(lambda: all(listener.last(t) is not None for t, _ in expected))
     configs = {t: json.loads(p) for t, p, retained in listener.messages
                if t.startswith("homeassistant/") and retained}
     assert set(configs) == {t for t, _ in expected}
@@ -207,7 +201,7 @@ async def test_discovery_configs_are_retained_with_what_home_assistant_needs(
     # Every state topic is there at once (retained).
     for topic in ("gridshare/home/group/service/state", "gridshare/home/group/left/state",
                   "gridshare/home/charger/h-3/state"):
-        await wait_until(lambda t=topic: listener.last(t) is not None)  # type: ignore[misc]
+        await eventually(lambda t=topic: listener.last(t) is not None)  # type: ignore[misc]
     assert any(t == "gridshare/home/group/left/state" and retained
                for t, _, retained in listener.messages)
     left = listener.last_json("gridshare/home/group/left/state")
@@ -218,16 +212,16 @@ async def test_discovery_configs_are_retained_with_what_home_assistant_needs(
 async def test_states_follow_changes(site: Site, listener: Listener) -> None:
     topic = site.topics.charger_state("h-1")
     group = site.topics.group_state("left")
-    await wait_until(lambda: listener.last(topic) is not None)
+    await eventually(lambda: listener.last(topic) is not None)
     # No change, no message: quiet seconds (no car) publish nothing new.
     n = listener.count(group), listener.count(topic)
     await asyncio.sleep(1.5)
     assert (listener.count(group), listener.count(topic)) == n
     site.plug("h-1")
-    await wait_until(lambda: site.offered("h-1") == 25.0, 15.0)
+    await eventually(lambda: site.offered("h-1") == 25.0, 15.0)
     # The charger's state topic says what the controller holds in force.
     # The status follows the car a moment after the setpoint (Preparing, then Charging).
-    await wait_until(lambda: (listener.last_json(topic) or {}).get("setpoint") == 25.0
+    await eventually(lambda: (listener.last_json(topic) or {}).get("setpoint") == 25.0
                      and (listener.last_json(topic) or {}).get("status") == "Charging")
     state = listener.last_json(topic)
     assert state["status"] == "Charging"
@@ -235,7 +229,7 @@ async def test_states_follow_changes(site: Site, listener: Listener) -> None:
     in_force = site.app.controller.in_force()[("h-1", 1)]
     assert state["setpoint"] == in_force == 25.0
     assert state["connectors"][0]["connector"] == 1
-    await wait_until(lambda: (listener.last_json(group) or {}).get("l1") == 25.0)
+    await eventually(lambda: (listener.last_json(group) or {}).get("l1") == 25.0)
     assert listener.last_json(group)["load"] == [25.0, 25.0, 25.0]
 
 
@@ -243,26 +237,26 @@ async def test_override_on_the_command_topic_lowers_the_setpoints(
         site: Site, listener: Listener) -> None:
     site.plug("h-1")
     site.plug("h-2")
-    await wait_until(lambda: site.offered("h-1") == site.offered("h-2") == 12.5, 15.0)
+    await eventually(lambda: site.offered("h-1") == site.offered("h-2") == 12.5, 15.0)
     await listener.publish("gridshare/home/group/left/limit/set", "10")
-    await wait_until(lambda: site.offered("h-1") == site.offered("h-2") == 5.0 or
+    await eventually(lambda: site.offered("h-1") == site.offered("h-2") == 5.0 or
                      site.offered("h-1") + site.offered("h-2") <= 10.0, 15.0)
     assert site.offered("h-1") + site.offered("h-2") <= 10.0
     assert site.limit("left") == 10.0
     group = site.topics.group_state("left")
-    await wait_until(lambda: (listener.last_json(group) or {}).get("limit") == 10.0)
+    await eventually(lambda: (listener.last_json(group) or {}).get("limit") == 10.0)
     assert listener.last_json(group)["override"] == {"max_current": 10.0, "max_power": None,
                                                      "until": None}
     # The API's body works too, and null everywhere removes the override.
     await listener.publish("gridshare/home/group/left/limit/set",
                            json.dumps({"max_current": 20, "max_power": None, "until": None}))
-    await wait_until(lambda: site.limit("left") == 20.0)
-    await wait_until(lambda: site.offered("h-1") == site.offered("h-2") == 10.0, 15.0)
+    await eventually(lambda: site.limit("left") == 20.0)
+    await eventually(lambda: site.offered("h-1") == site.offered("h-2") == 10.0, 15.0)
     await listener.publish("gridshare/home/group/left/limit/set",
                            json.dumps({"max_current": None, "max_power": None, "until": None}))
-    await wait_until(lambda: site.limit("left") == 25.0)
-    await wait_until(lambda: site.offered("h-1") == site.offered("h-2") == 12.5, 15.0)
-    await wait_until(lambda: listener.last_json(group)["override"] is None)
+    await eventually(lambda: site.limit("left") == 25.0)
+    await eventually(lambda: site.offered("h-1") == site.offered("h-2") == 12.5, 15.0)
+    await eventually(lambda: listener.last_json(group)["override"] is None)
     bridge = site.app.homeassistant
     assert bridge is not None
     assert bridge.commands == 3
@@ -276,11 +270,11 @@ async def test_an_override_is_recorded_in_the_audit_log(broker: Mosquitto,
     try:
         bridge = s.app.homeassistant
         assert bridge is not None and s.app.store is not None
-        await wait_until(lambda: bridge.connected)
+        await eventually(lambda: bridge.connected)
         async with aiomqtt.Client("127.0.0.1", broker.port) as client:
             await client.publish("gridshare/home/group/left/limit/set",
                                  '{"max_current": 12, "until": "2099-01-01T00:00:00Z"}', qos=1)
-        await wait_until(lambda: s.limit("left") == 12.0)
+        await eventually(lambda: s.limit("left") == 12.0)
         await s.app.store.flush()
         rows = [r for r in await s.app.store.rows("events", limit=1000)
                 if r["kind"] == "LimitChanged"]
@@ -311,11 +305,11 @@ async def test_an_invalid_override_is_refused_and_changes_nothing(
         site: Site, listener: Listener, topic: str, payload: str, error: str,
         caplog: pytest.LogCaptureFixture) -> None:
     site.plug("h-1")
-    await wait_until(lambda: site.offered("h-1") == 25.0, 15.0)
+    await eventually(lambda: site.offered("h-1") == 25.0, 15.0)
     events: list[object] = []
     site.app.controller.on_event(events.append)
     await listener.publish(topic, payload)
-    await wait_until(lambda: listener.last("gridshare/home/error") is not None)
+    await eventually(lambda: listener.last("gridshare/home/error") is not None)
     body = listener.last_json("gridshare/home/error")
     assert error in body["error"]
     assert body["topic"] == topic
@@ -337,7 +331,7 @@ async def test_a_retained_command_replayed_on_connect_is_ignored(broker: Mosquit
     try:
         bridge = s.app.homeassistant
         assert bridge is not None
-        await wait_until(lambda: bridge.connected and bridge.published > 0)
+        await eventually(lambda: bridge.connected and bridge.published > 0)
         await asyncio.sleep(0.3)
         assert bridge.commands == 0
         assert s.limit("left") == 25.0
@@ -350,11 +344,11 @@ async def test_offline_on_stop_and_disabled_publishes_nothing(broker: Mosquitto)
     await s.start()
     bridge = s.app.homeassistant
     assert bridge is not None
-    await wait_until(lambda: bridge.connected)
+    await eventually(lambda: bridge.connected)
     await s.stop()
     seen = Listener(broker, filters=("gridshare/#", "homeassistant/#"))
     await seen.start()
-    await wait_until(lambda: seen.last("gridshare/home/status") is not None)
+    await eventually(lambda: seen.last("gridshare/home/status") is not None)
     assert seen.last("gridshare/home/status") == b"offline"
     await seen.stop()
     off = build_app(s.topology, ServeOptions(
@@ -420,15 +414,15 @@ async def test_the_last_will_says_offline_when_the_link_dies(broker: Mosquitto) 
     try:
         bridge = app.homeassistant
         assert bridge is not None
-        await wait_until(lambda: bridge.connected)
+        await eventually(lambda: bridge.connected)
         await seen.start()
-        await wait_until(lambda: seen.last("gridshare/home/status") == b"online")
+        await eventually(lambda: seen.last("gridshare/home/status") == b"online")
         n = len(seen.messages)
         proxy.cut()  # the link dies under the client: the broker publishes the will
-        await wait_until(lambda: b"offline" in [p for _, p, _ in seen.messages[n:]])
+        await eventually(lambda: b"offline" in [p for _, p, _ in seen.messages[n:]])
         # It reconnects (backoff from 0.5 s) and says online again.
-        await wait_until(lambda: bridge.connects >= 2, 15.0)
-        await wait_until(lambda: seen.last("gridshare/home/status") == b"online")
+        await eventually(lambda: bridge.connects >= 2, 15.0)
+        await eventually(lambda: seen.last("gridshare/home/status") == b"online")
     finally:
         await seen.stop()
         await app.stop()
@@ -482,7 +476,7 @@ async def test_an_adopted_charger_is_discovered_without_a_restart(
         "  - {id: h-4, max_current: 16, phases: 3, failsafe_current: 0}\n"
     assert apply_additions(site.app, parse_site_config(adopted)) == {"h-4": "not connected"}
     topic = "homeassistant/sensor/gridshare_home_charger_h-4_state/config"
-    await wait_until(lambda: listener.last(topic) is not None)
+    await eventually(lambda: listener.last(topic) is not None)
     config = listener.last_json(topic)
     assert config["state_topic"] == "gridshare/home/charger/h-4/state"
-    await wait_until(lambda: listener.last("gridshare/home/charger/h-4/state") is not None)
+    await eventually(lambda: listener.last("gridshare/home/charger/h-4/state") is not None)

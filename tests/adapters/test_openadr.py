@@ -8,8 +8,7 @@ on the real core event book (:class:`FakeDr`).
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,6 +17,7 @@ import pytest
 from api.test_dr_api import FakeDr
 from brokers import free_port
 from openleadr import OpenADRServer  # type: ignore[import-untyped]
+from waits import eventually
 
 from gridshare.adapters.dr.openadr import OPT_IN, OPT_OUT, EventRefused, OpenAdrVen
 from gridshare.clock import SystemClock
@@ -30,12 +30,6 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore::aiohttp.web_exceptions.NotAppKeyWarning")  # openleadr's VTN, not ours
 
 
-async def eventually(cond: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.05)
 
 
 @dataclass

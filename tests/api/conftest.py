@@ -4,10 +4,8 @@ audit store (SQLite under tmp_path), and an httpx client speaking HTTP to it."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +55,6 @@ class ApiRig(Rig):
         return [json.loads(r["payload"]) for r in rows if r["kind"] == kind]
 
 
-async def eventually(cond: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture

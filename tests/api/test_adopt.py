@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from waits import eventually
 
 from gridshare.adapters.ocpp.config import CsmsConfig
 from gridshare.api import schemas
@@ -18,7 +19,7 @@ from gridshare.app import build_app
 from gridshare.config import load_site_config, parse_site
 from gridshare.sim import SimCharger
 
-from .conftest import AUTH, ApiRig, eventually
+from .conftest import AUTH, ApiRig
 from .test_api import assert_problem
 
 SITE_FILE = """\

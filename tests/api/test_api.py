@@ -14,13 +14,14 @@ import httpx
 import pytest
 from e2e.conftest import CAR_LAG_S
 from openapi_spec_validator import validate
+from waits import eventually
 
 from gridshare.api import schemas
 from gridshare.api.app import create_api
 from gridshare.app import ServeOptions, build_app
 from gridshare.config import parse_site
 
-from .conftest import AUTH, TOKEN, ApiRig, eventually
+from .conftest import AUTH, TOKEN, ApiRig
 
 LEFT = ("e-1", "e-2")
 

@@ -5,8 +5,7 @@ controller's."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import httpx
@@ -14,6 +13,7 @@ import pytest
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
+from waits import eventually
 
 from gridshare.api import metrics
 from gridshare.app import GridshareApp, ServeOptions, build_app
@@ -39,12 +39,6 @@ chargers:
 """
 
 
-async def wait_until(cond: Callable[[], bool], timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.05)
 
 
 class Scraped:
@@ -89,7 +83,7 @@ class Site:
                 max_current_a=ch.max_current, min_current_a=ch.min_current,
                 meter_interval_s=1.0))
         assert await self.sim.start(wait_connected_s=10.0) == 3
-        await wait_until(lambda: self.app.controller.state.online_count() == 3)
+        await eventually(lambda: self.app.controller.state.online_count() == 3)
 
     async def stop(self) -> None:
         await self.http.aclose()
@@ -125,8 +119,8 @@ async def test_values_match_the_controller(site: Site) -> None:
     site.plug("m-1")
     site.plug("m-2")
     site.plug("m-3")
-    await wait_until(lambda: site.offered("m-1") == site.offered("m-2") == 12.5)
-    await wait_until(lambda: site.app.controller.idle and
+    await eventually(lambda: site.offered("m-1") == site.offered("m-2") == 12.5)
+    await eventually(lambda: site.app.controller.idle and
                      site.app.controller.in_force().get(("m-2", 1)) == 12.5)
     scraped = await site.scrape()
     status = site.app.controller.status()
@@ -177,10 +171,10 @@ async def test_command_latency_count_grows_after_commands(site: Site) -> None:
     before = await site.scrape()
     count_before = before.total("gridshare_command_latency_seconds_count")
     site.plug("m-1")
-    await wait_until(lambda: site.offered("m-1") == 25.0)
+    await eventually(lambda: site.offered("m-1") == 25.0)
     site.plug("m-2")
-    await wait_until(lambda: site.offered("m-1") == site.offered("m-2") == 12.5)
-    await wait_until(lambda: site.app.controller.idle)
+    await eventually(lambda: site.offered("m-1") == site.offered("m-2") == 12.5)
+    await eventually(lambda: site.app.controller.idle)
     after = await site.scrape()
     count_after = after.total("gridshare_command_latency_seconds_count")
     assert count_after > count_before
@@ -200,18 +194,18 @@ async def test_command_latency_count_grows_after_commands(site: Site) -> None:
 async def test_limits_overrides_alarms_and_errors_are_reflected(site: Site) -> None:
     site.plug("m-1")
     site.plug("m-2")
-    await wait_until(lambda: site.offered("m-1") == site.offered("m-2") == 12.5)
+    await eventually(lambda: site.offered("m-1") == site.offered("m-2") == 12.5)
     app = site.app
     now = app.clock.now()
     app.bus.publish(LimitChanged("left", now, "operator", max_current=10.0,
                                  until=now + timedelta(hours=1)))
-    await wait_until(lambda: site.offered("m-1") + site.offered("m-2") <= 10.0)
+    await eventually(lambda: site.offered("m-1") + site.offered("m-2") <= 10.0)
     scraped = await site.scrape()
     assert scraped.value("gridshare_group_limit_amperes", group="left", phase="L2") == 10.0
     # Input the controller refuses is counted by kind.
     app.bus.publish(StatusChanged("nobody", 1, ConnectorStatus.AVAILABLE, now))
     app.bus.publish(LimitChanged("no-such-group", now, "operator", max_current=1.0))
-    await wait_until(lambda: app.controller.state.counters.rejected.get("unknown group") == 1)
+    await eventually(lambda: app.controller.state.counters.rejected.get("unknown group") == 1)
     scraped = await site.scrape()
     assert scraped.value("gridshare_errors_total", component="controller",
                          kind="unknown charger") == 1
@@ -223,7 +217,7 @@ async def test_limits_overrides_alarms_and_errors_are_reflected(site: Site) -> N
     m1.install_profile = lambda profile: (False, "refused by the test")  # type: ignore[method-assign]
     # Lifting the override raises both cars again: m-1 refuses its raise.
     app.bus.publish(LimitChanged("left", app.clock.now(), "operator"))
-    await wait_until(lambda: app.controller.counters["setpoint_rejected"] >= 2)
+    await eventually(lambda: app.controller.counters["setpoint_rejected"] >= 2)
     scraped = await site.scrape()
     # One scrape is one consistent view: each refusal counted once everywhere.
     rejected = scraped.total("gridshare_commands_total", result="rejected")
@@ -256,7 +250,7 @@ meters:
     try:
         for _ in range(3):
             app.bus.publish(MeterSample("grid", app.clock.now(), (5.0, 6.0, 7.0)))
-        await wait_until(lambda: app.controller.state.meter_sample("grid") is not None)
+        await eventually(lambda: app.controller.state.meter_sample("grid") is not None)
         await asyncio.sleep(0.05)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api),
                                      base_url="http://gridshare") as http:

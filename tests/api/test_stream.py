@@ -11,10 +11,11 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
+from waits import eventually
 
 from gridshare.api.stream import StreamHub
 
-from .conftest import AUTH, ApiRig, eventually
+from .conftest import AUTH, ApiRig
 
 
 async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str, Any]]:

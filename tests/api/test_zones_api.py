@@ -11,12 +11,13 @@ from typing import Any
 
 import pytest
 from openapi_spec_validator import validate
+from waits import eventually
 
 from gridshare.api.problems import PROBLEM_JSON
 from gridshare.api.zones import StationLoadOut, ZoneDetailOut, ZonesOut
 from gridshare.controller.aggregate import LoadService
 
-from .conftest import AUTH, ApiRig, eventually
+from .conftest import AUTH, ApiRig
 
 ZONED = """
 site: zoned

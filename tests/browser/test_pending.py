@@ -8,9 +8,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from api.conftest import TOKEN, eventually
+from api.conftest import TOKEN
 from api.test_adopt import AdoptRig
 from playwright.async_api import Browser, expect
+from waits import eventually
 
 from .conftest import PageErrors, open_page
 from .test_dashboard import save_token

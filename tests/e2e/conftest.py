@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import pytest
+from waits import eventually
 
 from gridshare.adapters.ocpp.config import CsmsConfig
 from gridshare.app import GridshareApp, ServeOptions, build_app
@@ -200,13 +201,7 @@ class Rig:
         await self.wait_until(self.settled, timeout_s)
         await asyncio.sleep(CAR_LAG_S + 0.2)  # the cars follow
 
-    @staticmethod
-    async def wait_until(cond: Callable[[], bool], timeout_s: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not cond():
-            if time.monotonic() > deadline:
-                raise TimeoutError("condition not reached")
-            await asyncio.sleep(0.05)
+    wait_until = staticmethod(eventually)
 
 
 @pytest.fixture(params=PROTOCOLS)

@@ -9,13 +9,13 @@ signal -> compliance confirmed from the meter values."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 
 import pytest
+from waits import eventually
 
 from gridshare.app import GridshareApp, ServeOptions, build_app
 from gridshare.config import parse_site_config
@@ -120,13 +120,7 @@ class DrRig:
         return DrSignal(signal_id, "Z1", SignalType.CURTAIL, kw, now,
                         now + timedelta(seconds=seconds), DrPriority.EMERGENCY, now, "test")
 
-    @staticmethod
-    async def wait_until(cond: Callable[[], bool], timeout_s: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not cond():
-            if time.monotonic() > deadline:
-                raise TimeoutError("condition not reached")
-            await asyncio.sleep(0.02)
+    wait_until = staticmethod(eventually)
 
 
 @pytest.fixture(params=PROTOCOLS)
