@@ -331,10 +331,10 @@ def test_every_limit_holds_in_every_period_and_nothing_outside_presence(
     currents = [c.current_a for c in plan.cars]
     for car, planned in zip(cars, plan.cars, strict=True):
         top, _, kwpa = upper_a(topo, car)
-        for t, amps in enumerate(planned.current_a):
-            assert -1e-9 <= amps <= top + 1e-6
+        for t, value in enumerate(planned.current_a):
+            assert -1e-9 <= value <= top + 1e-6
             if not car.arrival <= t < car.departure:
-                assert amps == 0.0
+                assert value == 0.0
         assert planned.planned_kwh <= car.energy_kwh + 1e-6
         assert planned.shortfall_kwh == pytest.approx(car.energy_kwh - planned.planned_kwh,
                                                       abs=1e-5)
