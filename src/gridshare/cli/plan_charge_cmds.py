@@ -64,7 +64,12 @@ def parse_duration_h(text: str | float | int) -> float | None:
 
 
 def parse_clock_h(text: object) -> float | None:
-    """``"18:00"`` -> 18.0 (hours after midnight); None if not a time of day."""
+    """``"18:00"`` -> 18.0 (hours after midnight); None if not a time of day.
+
+    An unquoted ``18:00`` reaches us as 1080: YAML 1.1 reads it as a base-60 number, which
+    is minutes after midnight, so whole minutes 0-1439 are taken as such."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        return text / 60 if 0 <= text < 24 * 60 else None
     if not isinstance(text, str):
         return None
     found = _CLOCK.fullmatch(text.strip())
