@@ -23,6 +23,7 @@ import sys
 import time
 import tracemalloc
 
+from gridshare.cli.plan_charge_cmds import solver_banner_hidden
 from gridshare.core.planning import CarNeed, ChargePlan, plan_charging
 from gridshare.core.topology import Charger, Connector, Group, Phase, Policy, Topology
 
@@ -94,8 +95,9 @@ def one_run(topology: Topology, cars: list[CarNeed], periods: int,
             prices: list[float]) -> tuple[float, ChargePlan]:
     gc.collect()
     start = time.perf_counter()
-    plan = plan_charging(topology, cars, periods=periods, period_h=24 / periods,
-                         prices=prices)
+    with solver_banner_hidden():  # HiGHS's banner on fd 1 would break --json
+        plan = plan_charging(topology, cars, periods=periods, period_h=24 / periods,
+                             prices=prices)
     return time.perf_counter() - start, plan
 
 

@@ -129,7 +129,7 @@ def test_a_connector_taken_twice_is_refused_and_json_says_so(tmp_path: Path) -> 
     (tmp_path / "cars.yaml").write_text(
         "cars:\n  - {connector: cp-1, departure: 2h, energy_kwh: 10}\n"
         "  - {connector: cp-1/1, departure: 2h, energy_kwh: 10}\n")
-    code, out, err = plan(tmp_path, "--json")
+    code, out, _ = plan(tmp_path, "--json")
     assert code == 2
     answer = json.loads(out)
     assert answer["error"] == "invalid cars file" and answer["exit_code"] == 2
@@ -141,7 +141,7 @@ def test_a_connector_taken_twice_is_refused_and_json_says_so(tmp_path: Path) -> 
 def test_a_bad_tariff_is_refused(files: Path) -> None:
     (files / "tariff.yaml").write_text(
         "tariff:\n  - {from: \"07:00\", price: 0.3}\n  - {from: \"06:00\", price: cheap}\n")
-    code, out, err = plan(files, "--tariff", str(files / "tariff.yaml"), "--json")
+    code, out, _ = plan(files, "--tariff", str(files / "tariff.yaml"), "--json")
     assert code == 2
     answer = json.loads(out)
     assert answer["error"] == "invalid tariff file"
@@ -196,3 +196,14 @@ def test_tariff_periods_take_the_step_in_force_at_their_start_across_midnight() 
     prices = parse_tariff(text, "t.yaml", start_h=22.0, periods=10, period_h=1.0)
     # 22:00 0.3, 23:00-06:00 0.1 (the last step holds before the day's first), 07:00 0.3
     assert prices == [0.3] + [0.1] * 8 + [0.3]
+
+
+def test_the_readme_command_line_lists_every_option_as_help_does() -> None:
+    """tests/test_readme.py's check, for this command (its list of commands predates it)."""
+    from test_readme import command_help, help_options, readme_options, synopsis
+
+    lines = synopsis()
+    assert "charge-plan" in lines
+    readme = readme_options(lines["charge-plan"])
+    helped = help_options(command_help("charge-plan"))
+    assert set(readme) == set(helped)

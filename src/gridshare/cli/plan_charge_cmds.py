@@ -24,7 +24,6 @@ import typer
 from gridshare.cli.core_cmds import (
     DEFAULT_MAX_SIZE,
     JsonOpt,
-    MaxSizeOpt,
     SiteArg,
     _load,
     _report,
@@ -37,6 +36,9 @@ if TYPE_CHECKING:
     from gridshare.core.planning import CarNeed, ChargePlan
     from gridshare.core.topology import Topology
 
+MaxSizeOpt = Annotated[int, typer.Option(
+    "--max-size", min=1, metavar="BYTES",
+    help="Refuse site, cars and tariff files larger than this, before reading them.")]
 MAX_PERIODS = 10_000
 """A horizon of more periods is refused (a week of 1-minute periods, and then some)."""
 
