@@ -207,3 +207,17 @@ def test_the_readme_command_line_lists_every_option_as_help_does() -> None:
     readme = readme_options(lines["charge-plan"])
     helped = help_options(command_help("charge-plan"))
     assert set(readme) == set(helped)
+
+
+def test_the_cli_docs_line_runs(files: Path) -> None:
+    """docs/cli.md's example, on the shipped site and the planning docs' files."""
+    text = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    (line,) = [m.group(2) for m in _FENCE.finditer(text)
+               if m.group(1) == "bash" and m.group(2).startswith("gridshare charge-plan")]
+    words = line.split()
+    assert words[2:5] == ["site.yaml", "--cars", "cars.yaml"]
+    args = [str(files / w) if w.endswith(".yaml") else w for w in words[5:]]
+    code, out, err = plan(files, *args, "--json")
+    assert code == 0, err
+    answer = json.loads(out)
+    assert answer["periods"] == 72 and answer["period_minutes"] == 30
