@@ -166,6 +166,15 @@ def test_a_car_partly_outside_the_horizon_is_planned_inside_it() -> None:
     assert plan.cars[0].shortfall_kwh == pytest.approx(100.0 - 16 * KW3)
 
 
+def test_setpoints_are_period_zero_of_the_cars_plugged_in_now() -> None:
+    topo = site([charger("a", "site", max_a=16), charger("b", "site", max_a=16)])
+    cars = [CarNeed(("a", 1), 0, 2, 5.0), CarNeed(("b", 1), 1, 2, 5.0)]
+    plan = plan_charging(topo, cars, periods=2, period_h=1.0)
+    assert [c.present_now for c in plan.cars] == [True, False]
+    assert plan.setpoints == {("a", 1): pytest.approx(5.0 / KW3)}
+    assert [(c.first, c.stop) for c in plan.cars] == [(0, 2), (1, 2)]
+
+
 def test_no_cars_is_an_empty_plan() -> None:
     plan = plan_charging(site([charger("a", "site")]), [], periods=4, period_h=0.25)
     assert plan.cars == () and plan.setpoints == {} and plan.cost == 0.0

@@ -427,13 +427,8 @@ def plan_json(topology: Topology, plan: ChargePlan, spec: CarsFile, *,
              "met": c.met, "current": [round(a, 3) for a in c.current_a]}
             for c, need in zip(plan.cars, spec.cars, strict=True)],
         "setpoints": [{"charger": key[0], "connector": key[1], "current": round(amps, 3)}
-                      for key, amps in now.items()
-                      if _present_now(spec, key)],
+                      for key, amps in now.items()],
     }
-
-
-def _present_now(spec: CarsFile, key: tuple[str, int]) -> bool:
-    return any(c.key == key and c.arrival <= 0 < c.departure for c in spec.cars)
 
 
 def plan_text(result: dict[str, Any], *, site: str) -> str:

@@ -66,6 +66,15 @@ class CarPlan:
     shortfall_kwh: float
     current_a: tuple[float, ...]
     """A per phase in every period of the horizon (0 while absent)."""
+    first: int = 0
+    """First period of the horizon the car is present in."""
+    stop: int = 0
+    """First period of the horizon it is gone (``first == stop``: never present in it)."""
+
+    @property
+    def present_now(self) -> bool:
+        """Plugged in during period 0, the one the live allocation is in."""
+        return self.first == 0 < self.stop
 
     @property
     def met(self) -> bool:
@@ -82,8 +91,9 @@ class ChargePlan:
 
     @property
     def setpoints(self) -> dict[ConnectorKey, float]:
-        """What the live allocation should aim for now: period 0's current per car."""
-        return {c.key: c.current_a[0] for c in self.cars if self.periods}
+        """What the live allocation should aim for now: period 0's current per car
+        plugged in now."""
+        return {c.key: c.current_a[0] for c in self.cars if c.present_now}
 
     @property
     def shortfall_kwh(self) -> float:
@@ -139,7 +149,7 @@ def plan_charging(
         cost += float(energy @ price)
         plans.append(CarPlan(car.need.key, car.need.energy_kwh, planned,
                              short if short > TOLERANCE_KWH else 0.0,
-                             tuple(float(v) for v in row)))
+                             tuple(float(v) for v in row), car.start, car.stop))
     return ChargePlan(periods, period_h, tuple(plans), cost)
 
 
