@@ -148,6 +148,26 @@ def test_cycle_cap_holds_unit_back_for_a_rolling_day() -> None:
     assert d.units[0].setpoint_kw == 10
 
 
+def test_a_unit_held_by_its_cycles_leaves_its_share_to_the_others() -> None:
+    tired = UnitSpec("t", UnitKind.CHARGER, 10, 10, 10, min_soc_pct=0, max_cycles_per_day=0.5)
+    r = responder(tired, BESS)
+    states = {"t": UnitState("t", soc_pct=50), "bess-1": UnitState("bess-1", soc_pct=60)}
+    r.sample(0.0, 60.3, states)  # t charges 10 kW for an hour: half a cycle
+    d = r.sample(3600.0, 59.89, states)
+    by = {u.id: u for u in d.units}
+    assert "max_cycles_per_day" in (by["t"].held or "") and by["t"].delta_kw == 0
+    assert d.request_kw == pytest.approx(-(10 + 50) * 0.5)
+    assert by["bess-1"].delta_kw == pytest.approx(-30)
+
+
+def test_stale_before_the_first_sample() -> None:
+    r = responder()
+    assert r.mode is Mode.SAFE
+    assert r.check(0.5, STATES) is None
+    d = r.check(1.5, STATES)
+    assert d is not None and "no valid frequency sample for 1.5 s" in (d.alarm or "")
+
+
 def test_cycle_counter_forgets_after_a_day() -> None:
     c = CycleCounter()
     c.add(0.0, 5.0)
@@ -261,19 +281,23 @@ def test_settings_checked() -> None:
 
 unit_draft = st.tuples(st.floats(0, 60), st.floats(0, 60), st.floats(1, 200), st.floats(0, 90),
                        st.floats(-20, 60), st.one_of(st.none(), st.floats(0, 100)),
-                       st.booleans(), st.booleans())
+                       st.booleans(), st.booleans(), st.floats(0, 100), st.floats(0, 100))
+Draft = tuple[float, float, float, float, float, float | None, bool, bool, float, float]
+
+
+def build(drafts: list[Draft]) -> tuple[list[UnitSpec], dict[str, UnitState]]:
+    specs, states = [], {}
+    for i, (dis, chg, cap, min_soc, base, soc, v2x, present, dod, need) in enumerate(drafts):
+        uid = f"u{i}"
+        specs.append(UnitSpec(uid, UnitKind.BATTERY, dis, chg, cap, min_soc, dod))
+        states[uid] = UnitState(uid, base, soc, present, v2x, need)
+    return specs, states
 
 
 @settings(max_examples=200)
 @given(st.lists(unit_draft, min_size=1, max_size=12), st.floats(59.55, 60.45))
-def test_dispatch_properties(drafts: list[tuple[float, float, float, float, float,
-                                                float | None, bool, bool]],
-                             hz: float) -> None:
-    specs, states = [], {}
-    for i, (dis, chg, cap, min_soc, base, soc, v2x, present) in enumerate(drafts):
-        uid = f"u{i}"
-        specs.append(UnitSpec(uid, UnitKind.BATTERY, dis, chg, cap, min_soc))
-        states[uid] = UnitState(uid, base, soc, present, v2x)
+def test_dispatch_properties(drafts: list[Draft], hz: float) -> None:
+    specs, states = build(drafts)
     r = responder(*specs)
     d = r.sample(1.0, hz, states)
     fraction = droop_fraction(hz - 60.0, 0.02, 0.2)
@@ -290,7 +314,8 @@ def test_dispatch_properties(drafts: list[tuple[float, float, float, float, floa
             assert s.can_discharge and s.soc_pct is not None
             assert -u.setpoint_kw <= spec.max_discharge_kw + 1e-6
             left = s.soc_pct / 100 * spec.capacity_kwh + u.setpoint_kw * 0.25
-            assert left >= spec.min_soc_pct / 100 * spec.capacity_kwh - 1e-6
+            floor = max(spec.min_soc_pct, 100 - spec.max_dod_pct, s.need_soc_pct)
+            assert left >= floor / 100 * spec.capacity_kwh - 1e-6
         if u.delta_kw < 0:
             assert u.setpoint_kw >= -spec.max_discharge_kw - 1e-6
         room += abs(u.delta_kw)
@@ -311,3 +336,17 @@ def test_response_monotonic_in_deviation(a: float, b: float) -> None:
     d1 = responder().sample(1.0, 60.0 - small, STATES)
     d2 = responder().sample(1.0, 60.0 - large, STATES)
     assert abs(d1.dispatched_kw) <= abs(d2.dispatched_kw) + 1e-9
+
+
+@settings(max_examples=100)
+@given(st.lists(unit_draft, min_size=1, max_size=12),
+       st.one_of(st.floats(55.0, 59.4999), st.floats(60.5001, 65.0)))
+def test_outside_the_window_every_unit_is_safe(drafts: list[Draft], hz: float) -> None:
+    specs, states = build(drafts)
+    r = responder(*specs)
+    r.sample(0.5, 59.8, states)
+    d = r.sample(1.0, hz, states)
+    assert d.mode is Mode.SAFE and d.alarm is not None and "safety window" in d.alarm
+    for u in d.units:
+        base = states[u.id].base_kw
+        assert 0 <= u.setpoint_kw <= max(base, 0)

@@ -380,6 +380,9 @@ class FrequencyResponder:
                 rows.append((uid, base, 0.0, None))
                 continue
             held: str | None = None
+            # every present unit counts in the request; one a guard holds back leaves its
+            # share to the others' headroom
+            pmax_sum += spec.max_charge_kw if up else spec.max_discharge_kw
             cap = spec.max_cycles_per_day
             if cap is not None:
                 used = self._cycles[uid].cycles(at, spec.capacity_kwh)
@@ -388,12 +391,10 @@ class FrequencyResponder:
                                                  f"equivalent full cycles used in 24 h"))
                     continue
             if up:
-                pmax_sum += spec.max_charge_kw
                 room = spec.max_charge_kw - base
                 if st.soc_pct is not None and st.soc_pct >= 100.0:
                     room, held = 0.0, "full (SoC 100 %)"
             else:
-                pmax_sum += spec.max_discharge_kw
                 lower = 0.0
                 if not st.can_discharge:
                     held = "cannot discharge (no V2X): charges less only"
