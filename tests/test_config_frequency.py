@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 
-from gridshare.config import ConfigError, parse_site_config
+from gridshare.config import ConfigError, FrequencyResponseSpec, parse_site_config
 from gridshare.core.frequency import FrequencySettings, UnitKind, UnitSpec
 
 SITE = textwrap.dedent("""\
@@ -137,3 +138,18 @@ def test_frequency_problems_reported_with_every_other_problem() -> None:
     assert len(msgs) == 2, msgs
     assert msgs[0].startswith("site.yaml:12: frequency_response.units[0].min_soc:")
     assert msgs[1].startswith("site.yaml:21: chargers[1].max_current:")
+
+
+def test_the_docs_example_is_a_valid_block() -> None:
+    """docs/frequency.md's site-file example, with its optional defaults written out,
+    reads as the defaults it claims."""
+    doc = (Path(__file__).parents[1] / "docs" / "frequency.md").read_text()
+    block = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
+    text = ("site: depot\n" + block
+            + "groups:\n  - {id: main, max_current: 100, chargers: [v2g-1]}\n"
+            + "chargers:\n  - {id: v2g-1, max_current: 16}\n")
+    spec = parse_site_config(text, "docs/frequency.md").frequency_response
+    assert spec is not None
+    defaults = FrequencyResponseSpec.model_fields
+    for name in ("hysteresis_mhz", "stale_after_s", "recover_after_s", "endurance_s"):
+        assert getattr(spec, name) == defaults[name].default, name
