@@ -350,3 +350,23 @@ def test_outside_the_window_every_unit_is_safe(drafts: list[Draft], hz: float) -
     for u in d.units:
         base = states[u.id].base_kw
         assert 0 <= u.setpoint_kw <= max(base, 0)
+
+
+@settings(max_examples=100)
+@given(st.lists(st.tuples(st.floats(0.1, 60), st.floats(0, 1)), min_size=1, max_size=12),
+       st.floats(0.0201, 0.4), st.booleans())
+def test_the_request_is_met_when_headroom_allows(units: list[tuple[float, float]],
+                                                 size: float, up: bool) -> None:
+    """Units with room to spare (SoC mid-way, no floor in reach) deliver exactly the
+    request, in either direction."""
+    specs = [UnitSpec(f"u{i}", UnitKind.BATTERY, p, p, 1e6, 0) for i, (p, _) in
+             enumerate(units)]
+    states = {f"u{i}": UnitState(f"u{i}", base_kw=p * b, soc_pct=50)
+              for i, (p, b) in enumerate(units)}
+    hz = 60.0 + size if up else 60.0 - size
+    d = responder(*specs).sample(1.0, hz, states)
+    room = sum(p * (1 - b) if up else p * (1 + b) for p, b in units)
+    if room >= abs(d.request_kw):
+        assert d.dispatched_kw == pytest.approx(d.request_kw, rel=1e-9, abs=1e-9)
+    else:
+        assert d.dispatched_kw == pytest.approx(room if up else -room, rel=1e-9, abs=1e-9)
