@@ -262,8 +262,10 @@ class FrequencyResponder:
         """Equivalent full cycles of ``unit_id`` in the rolling day that ends at ``at``."""
         return self._cycles[unit_id].cycles(at, self.units[unit_id].capacity_kwh)
 
-    def _reject(self, at: float, hz: float, reason: str, why: str,
+    def _reject(self, at: float, reason: str, why: str,
                 states: Mapping[str, UnitState]) -> FrequencyDecision:
+        """The previous decision, marked with why this sample was not acted on (or the
+        stale-source decision, when bad samples have gone on for too long)."""
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
         stale = self.check(at, states) if math.isfinite(at) and at >= self._last_at else None
         base = stale if stale is not None else self._last
@@ -278,14 +280,14 @@ class FrequencyResponder:
         unit missing from it takes no part)."""
         s = self.settings
         if not math.isfinite(hz):
-            return self._reject(at, hz, "nan", f"frequency sample {hz!r} is not a number",
+            return self._reject(at, "nan", f"frequency sample {hz!r} is not a number",
                                 states)
         if not math.isfinite(at) or at < self._last_at or (
                 self._last_sample_at is not None and at <= self._last_sample_at):
-            return self._reject(at, hz, "time", f"sample time {at!r} is not after the "
+            return self._reject(at, "time", f"sample time {at!r} is not after the "
                                 f"previous one", states)
         if abs(hz - s.nominal_hz) > PLAUSIBLE_DEVIATION_HZ:
-            return self._reject(at, hz, "range", f"frequency sample {hz:g} Hz is more than "
+            return self._reject(at, "range", f"frequency sample {hz:g} Hz is more than "
                                 f"{PLAUSIBLE_DEVIATION_HZ:g} Hz from nominal "
                                 f"{s.nominal_hz:g} Hz: a sensor error", states)
         self._last_sample_at = at
