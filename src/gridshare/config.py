@@ -21,6 +21,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gridshare.core.dr.curtail import CurtailPolicy
+from gridshare.core.frequency import (
+    PLAUSIBLE_DEVIATION_HZ,
+    FrequencySettings,
+    UnitKind,
+    UnitSpec,
+)
 from gridshare.core.topology import (
     Charger,
     Connector,
@@ -453,6 +459,113 @@ class DemandResponseSpec(_Strict):
     """An OpenADR 2.0b VEN that turns a utility's VTN events into DR signals (docs/dr.md)."""
 
 
+Pct = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
+MqttTopic = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^#+\s]+$")]
+"""A topic to publish or subscribe to exactly: no wildcards, no spaces."""
+
+
+class FrequencyUnitSpec(_Strict):
+    """A V2G charger or a stationary battery that answers the frequency."""
+
+    charger: Id | None = None
+    """A charger of this file (V2G over OCPP 2.1)."""
+    battery: Id | None = None
+    """A stationary battery reached over MQTT (``setpoint_topic``, ``soc_topic``)."""
+    max_discharge_kw: Kw
+    max_charge_kw: Kw
+    capacity_kwh: PositiveKw
+    min_soc: Pct
+    """%: the response never discharges below it (what the driver needs by departure)."""
+    max_dod: Pct = 100.0
+    """%: depth-of-discharge cap; the SoC floor is at least 100 − this (100: no extra
+    floor beyond ``min_soc``)."""
+    max_cycles_per_day: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    """Equivalent full cycles over a rolling day; absent: no cycle cap."""
+    setpoint_topic: MqttTopic | None = None
+    soc_topic: MqttTopic | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> FrequencyUnitSpec:
+        if (self.charger is None) == (self.battery is None):
+            raise ValueError("give charger: ID or battery: ID (one of them)")
+        if self.battery is not None and (self.setpoint_topic is None or self.soc_topic is None):
+            raise ValueError("a battery needs setpoint_topic and soc_topic")
+        if self.charger is not None and (self.setpoint_topic or self.soc_topic):
+            raise ValueError("setpoint_topic and soc_topic are for a battery (a charger is "
+                             "reached over OCPP)")
+        if self.max_discharge_kw == 0 and self.max_charge_kw == 0:
+            raise ValueError("max_discharge_kw and max_charge_kw are both 0: the unit "
+                             "could not respond")
+        return self
+
+    @property
+    def id(self) -> str:
+        uid = self.charger if self.charger is not None else self.battery
+        assert uid is not None
+        return uid
+
+    def unit(self) -> UnitSpec:
+        """The core's view of the unit."""
+        return UnitSpec(self.id, UnitKind.CHARGER if self.charger else UnitKind.BATTERY,
+                        self.max_discharge_kw, self.max_charge_kw, self.capacity_kwh,
+                        self.min_soc, self.max_dod, self.max_cycles_per_day)
+
+
+class FrequencySourceSpec(_Strict):
+    mqtt_topic: MqttTopic
+    """JSON ``{"ts", "hz"}`` or a plain number, per message."""
+
+
+class FrequencyResponseSpec(_Strict):
+    """Droop frequency response (docs/frequency.md)."""
+
+    nominal_hz: Literal[50, 60]
+    deadband_mhz: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    full_activation_mhz: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    safety_window_hz: tuple[Annotated[float, Field(allow_inf_nan=False)],
+                            Annotated[float, Field(allow_inf_nan=False)]]
+    """[low, high]: outside it every unit goes to its safe state and an alarm says why."""
+    mode: Literal["central", "local"] = "central"
+    source: FrequencySourceSpec
+    units: Annotated[list[FrequencyUnitSpec], Field(min_length=1)]
+    hysteresis_mhz: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 5.0
+    """Once responding, the response ends below deadband − this (no chattering)."""
+    stale_after_s: Annotated[float, Field(gt=0, le=60, allow_inf_nan=False)] = 1.0
+    """Seconds without a valid sample before every unit goes to its safe state."""
+    recover_after_s: Annotated[float, Field(ge=0, le=3600, allow_inf_nan=False)] = 5.0
+    """Seconds back inside the safety window before the units respond again."""
+    endurance_s: Annotated[float, Field(gt=0, le=86400, allow_inf_nan=False)] = 900.0
+    """A unit discharges at most what it can hold this long above its SoC floor."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FrequencyResponseSpec:
+        if self.deadband_mhz >= self.full_activation_mhz:
+            raise ValueError(f"deadband_mhz {self.deadband_mhz:g} must be below "
+                             f"full_activation_mhz {self.full_activation_mhz:g}")
+        if self.deadband_mhz > 0 and self.hysteresis_mhz >= self.deadband_mhz:
+            raise ValueError(f"hysteresis_mhz {self.hysteresis_mhz:g} must be below "
+                             f"deadband_mhz {self.deadband_mhz:g}")
+        low, high = self.safety_window_hz
+        nominal, band = float(self.nominal_hz), self.deadband_mhz / 1000.0
+        if not (nominal - PLAUSIBLE_DEVIATION_HZ <= low < nominal - band
+                and nominal + band < high <= nominal + PLAUSIBLE_DEVIATION_HZ):
+            raise ValueError(
+                f"safety_window_hz [{low:g}, {high:g}] must lie around nominal "
+                f"{nominal:g} Hz: low below {nominal - band:g} and high above "
+                f"{nominal + band:g} (nominal ± the dead band), within "
+                f"±{PLAUSIBLE_DEVIATION_HZ:g} Hz")
+        return self
+
+    def settings(self) -> FrequencySettings:
+        """The core's settings, in Hz and seconds."""
+        return FrequencySettings(
+            nominal_hz=float(self.nominal_hz), deadband_hz=self.deadband_mhz / 1000.0,
+            full_activation_hz=self.full_activation_mhz / 1000.0,
+            window_low_hz=self.safety_window_hz[0], window_high_hz=self.safety_window_hz[1],
+            hysteresis_hz=self.hysteresis_mhz / 1000.0, stale_after_s=self.stale_after_s,
+            recover_after_s=self.recover_after_s, endurance_s=self.endurance_s)
+
+
 class ApiSpec(_Strict):
     """The REST API of ``gridshare serve`` (tokens come from the command line)."""
 
@@ -474,6 +587,7 @@ class _SiteHead(_Strict):
     mqtt: MqttSpec | None = None
     api: ApiSpec = ApiSpec()
     demand_response: DemandResponseSpec = DemandResponseSpec()
+    frequency_response: FrequencyResponseSpec | None = None
 
 
 class SiteSpec(_SiteHead):
@@ -820,6 +934,8 @@ class SiteConfig:
     api: ApiSpec = field(default_factory=ApiSpec)
     demand_response: DemandResponseSpec = field(default_factory=DemandResponseSpec)
     """Demand-response settings (used when the site declares ``zones:``)."""
+    frequency_response: FrequencyResponseSpec | None = None
+    """Droop frequency response, when the site file has the block."""
 
 
 def parse_site(text: str, source: str = "<string>") -> Topology:
@@ -865,7 +981,8 @@ def _parse_site_config(text: str, source: str) -> SiteConfig:
     assert spec is not None
     return SiteConfig(_build(spec), spec.ocpp,
                       {c.id: c.password_hash for c in spec.chargers if c.password_hash},
-                      tuple(spec.meters), spec.mqtt, spec.api, spec.demand_response)
+                      tuple(spec.meters), spec.mqtt, spec.api, spec.demand_response,
+                      spec.frequency_response)
 
 
 def _clean_loc(loc: tuple[Any, ...]) -> Loc:
@@ -1210,6 +1327,7 @@ def _cross_check(site: _Site, problems: ProblemList) -> None:
         if g.meter is not None and g.meter not in meters:
             bad((*g.loc, "meter"), f"unknown meter {shown(g.meter)} (declare it under meters:)")
     _check_zones(site, chargers, problems)
+    _check_frequency(site, chargers, problems)
     head = site.head
     if head is not None and head.ocpp.security_profile in (1, 2) \
             and not head.ocpp.allow_auto_register:
@@ -1245,6 +1363,50 @@ def _check_zones(site: _Site, chargers: dict[str, _ChargerEntry],
             known = ", ".join(sorted(zones)) if zones else "none declared"
             problems.add(("demand_response", "openadr", *path),
                          f"unknown zone {shown(zone)} (zones: {known})")
+
+
+def _check_frequency(site: _Site, chargers: dict[str, _ChargerEntry],
+                     problems: ProblemList) -> None:
+    """The units of ``frequency_response``: a charger declared in this file and able to
+    carry the unit's kW, each unit once, MQTT declared for the topics."""
+    spec = site.head.frequency_response if site.head is not None else None
+    if spec is None:
+        return
+    base: Loc = ("frequency_response",)
+    if not site.mqtt_declared:
+        problems.add((*base, "source", "mqtt_topic"),
+                     "an mqtt_topic needs the site's mqtt: {url: ...}")
+    voltage = site.head.voltage if site.head is not None else 230.0
+    seen: dict[str, Loc] = {}
+    for i, unit in enumerate(spec.units):
+        loc: Loc = (*base, "units", i)
+        kind = "charger" if unit.charger is not None else "battery"
+        if unit.id in seen:
+            problems.add((*loc, kind), f"unit {unit.id!r} is listed twice (first at "
+                                       f"{_fmt(seen[unit.id])})")
+            continue
+        seen[unit.id] = loc
+        if unit.charger is None:
+            if unit.battery in chargers:
+                problems.add((*loc, "battery"), f"battery id {unit.battery!r} is also a "
+                                                f"charger id")
+            continue
+        c = chargers.get(unit.charger)
+        if c is None:
+            known = ", ".join(sorted(chargers)[:10]) if chargers else "none declared"
+            problems.add((*loc, "charger"), f"unknown charger {shown(unit.charger)} "
+                                            f"(declare it under chargers:; chargers: {known})")
+            continue
+        if c.spec is None:
+            continue
+        most = min(c.spec.max_power if c.spec.max_power is not None else math.inf,
+                   c.spec.max_current * voltage * c.spec.phases / 1000.0
+                   if c.spec.max_current is not None else math.inf)
+        for name in ("max_charge_kw", "max_discharge_kw"):
+            value = getattr(unit, name)
+            if value > most + 1e-9:
+                problems.add((*loc, name), f"{name} {value:g} kW is above charger "
+                                           f"{unit.charger!r}'s maximum of {most:.4g} kW")
 
 
 def _check_wiring(groups: dict[str, _GroupEntry], chargers: dict[str, _ChargerEntry],
