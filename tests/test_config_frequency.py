@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from gridshare.config import ConfigError, FrequencyResponseSpec, parse_site_config
+from gridshare.config import (
+    NOT_ACTED_ON,
+    ConfigError,
+    FrequencyResponseSpec,
+    parse_site_config,
+    site_warnings,
+)
 from gridshare.core.frequency import FrequencySettings, UnitKind, UnitSpec
 
 SITE = textwrap.dedent("""\
@@ -153,3 +162,16 @@ def test_the_docs_example_is_a_valid_block() -> None:
     defaults = FrequencyResponseSpec.model_fields
     for name in ("hysteresis_mhz", "stale_after_s", "recover_after_s", "endurance_s"):
         assert getattr(spec, name) == defaults[name].default, name
+
+
+def test_check_warns_that_this_version_does_not_act_on_it(tmp_path: Path) -> None:
+    """A block that is read but not acted on must say so, or an operator would believe
+    the units answer the grid's frequency."""
+    site = tmp_path / "site.yaml"
+    site.write_text(SITE)
+    result = subprocess.run([sys.executable, "-m", "gridshare", "check", str(site), "--json"],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert NOT_ACTED_ON in json.loads(result.stdout)["warnings"]
+    assert site_warnings(parse_site_config(SITE.replace(
+        SITE[SITE.index("frequency_response:"):SITE.index("groups:")], ""), "s.yaml")) == []

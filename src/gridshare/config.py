@@ -1536,6 +1536,19 @@ def _connectors(c: ChargerSpec, max_a: float, voltage: float) -> tuple[Connector
     return tuple(out)
 
 
+NOT_ACTED_ON = ("frequency_response: read and checked, but this version does not act on it "
+                "yet: no unit is dispatched by frequency (docs/frequency.md)")
+
+
+def site_warnings(config: SiteConfig) -> list[str]:
+    """What ``gridshare check`` and ``gridshare serve`` warn of in a valid site file: what
+    could go wrong (failsafe currents) and settings this version reads but ignores."""
+    out = failsafe_warnings(config.topology)
+    if config.frequency_response is not None:
+        out.append(NOT_ACTED_ON)
+    return out
+
+
 def failsafe_warnings(topology: Topology) -> list[str]:
     """Groups that would be overloaded if every charger under them lost contact at once."""
     out = []

@@ -125,10 +125,11 @@ def _num(x: float) -> float | None:
 def check(site: SiteArg, as_json: JsonOpt = False,
           max_size: MaxSizeOpt = DEFAULT_MAX_SIZE) -> None:
     """Validate a site file and print its tree of groups, chargers and limits."""
-    topo = _load(site, max_size, as_json).topology
-    from gridshare.config import failsafe_warnings
+    config = _load(site, max_size, as_json)
+    topo = config.topology
+    from gridshare.config import site_warnings
 
-    warnings = failsafe_warnings(topo)
+    warnings = site_warnings(config)
     if as_json:
         sys.stdout.write(json.dumps({
             "site": topo.site, "voltage": topo.voltage, "policy": topo.policy.value,

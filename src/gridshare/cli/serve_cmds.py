@@ -96,7 +96,7 @@ def serve_cmd(
 ) -> None:
     """Run the CSMS and the controller for a site until SIGINT or SIGTERM."""
     from gridshare.cli.core_cmds import report_problems
-    from gridshare.config import ConfigError, load_site_config
+    from gridshare.config import ConfigError, load_site_config, site_warnings
 
     if log_level.lower() not in LOG_LEVELS:
         raise _fail(f"[red]--log-level must be one of {', '.join(LOG_LEVELS)}[/]", 2)
@@ -107,6 +107,10 @@ def serve_cmd(
         config = load_site_config(site, max_size)
     except ConfigError as exc:
         report_problems(site, exc)
+    import logging
+
+    for warning in site_warnings(config):
+        logging.getLogger("gridshare").warning("%s: %s", site, warning)
     # The live system is imported once the site file is known to be good: a typo in it
     # is reported without waiting for OCPP, the controller and the store to load.
     import asyncio
