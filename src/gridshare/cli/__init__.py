@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from gridshare.cli import core_cmds, dr_cmds, serve_cmds, simulate_cmds
+from gridshare.cli import core_cmds, dr_cmds, plan_cmds, serve_cmds, simulate_cmds
 
 
 class _Program(typer.Typer):
@@ -96,5 +96,6 @@ core_cmds.register(app)
 serve_cmds.register(app)
 simulate_cmds.register(app)
 dr_cmds.register(app)
+plan_cmds.register(app)
 
 __all__ = ["app"]
