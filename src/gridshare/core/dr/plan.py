@@ -34,9 +34,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-TOLERANCE_W = 1e-6
+TOLERANCE_W = 1e-4
 """W of slack when an earlier optimum is kept as a constraint (HiGHS's feasibility
-tolerance is 1e-7): what a less important level may gain from it is below the mW printed."""
+tolerance is 1e-7 of a row's W): what a less important level may gain from it is below
+the mW printed."""
 
 
 class Kind(StrEnum):
@@ -221,12 +222,19 @@ def _solve(highspy: Any, cols: list[_Col], couplings: list[tuple[int, int, float
         h.changeColsCost(ncol, list(range(ncol)), [costs.get(j, 0.0) for j in range(ncol)])
         h.run()
         status = h.getModelStatus()
-        if status != highspy.HighsModelStatus.kOptimal:  # pragma: no cover - always feasible
+        if status != highspy.HighsModelStatus.kOptimal:
+            # Presolve can reduce a tiny model to nothing and leave a 1e-6 W residual
+            # HiGHS then refuses: solved again without it (the model is always feasible).
+            h.setOptionValue("presolve", "off")
+            h.run()
+            h.setOptionValue("presolve", "choose")
+            status = h.getModelStatus()
+        if status != highspy.HighsModelStatus.kOptimal:  # pragma: no cover - feasible
             raise RuntimeError(f"HiGHS: {h.modelStatusToString(status)}")
         return float(h.getInfo().objective_function_value)
 
     best = minimise({short: 1.0})
-    h.changeColBounds(short, 0.0, best + TOLERANCE_W)
+    h.changeColBounds(short, 0.0, best + TOLERANCE_W if best > TOLERANCE_W else 0.0)
     for level in levels:
         members = [j for j, c in enumerate(cols) if c.level == level]
         value = minimise({j: cols[j].upper for j in members})
