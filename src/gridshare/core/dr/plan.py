@@ -185,14 +185,25 @@ def _level(priority: int | None) -> int:
 
 def _solve(highspy: Any, cols: list[_Col], couplings: list[tuple[int, int, float, float]],
            need: float) -> list[float]:
-    """W taken from each column: the shortfall first, then each level from the most
-    important, minimised in turn."""
+    """W taken from each column: each level from the most important, minimised in turn.
+
+    When the columns together cannot give ``need`` they are all taken (the shortfall is
+    the least it can be); otherwise taking them all meets it (a coupled car stops
+    charging, then discharges), so the shortfall is 0 and only the levels are solved.
+    """
     if not cols or need <= 0:
         return [0.0] * len(cols)
-    total = sum(c.upper for c in cols)
-    if total <= need:  # everything is needed, and then not enough: nothing to choose
+    if sum(c.upper for c in cols) <= need:
         return [c.upper for c in cols]
     levels = sorted({c.level for c in cols})
+    charge_of = {d: c for c, d, _, _ in couplings}
+    free_below: dict[int, float] = {}
+    """W the levels less important than each one can give with none from it or a more
+    important one (a coupled discharge counts once its charge is less important too)."""
+    for level in levels:
+        free_below[level] = sum(
+            c.upper for j, c in enumerate(cols)
+            if c.level > level and (j not in charge_of or cols[charge_of[j]].level > level))
     h = highspy.Highs()
     h.silent()
     h.setOptionValue("mip_rel_gap", 0.0)
@@ -205,8 +216,6 @@ def _solve(highspy: Any, cols: list[_Col], couplings: list[tuple[int, int, float
     for j, c in enumerate(cols):
         if c.binary:
             h.changeColIntegrality(j, highspy.HighsVarType.kInteger)
-    short = k  # shortfall in W, >= 0
-    h.addVar(0.0, inf)
     for c_col, d_col, _b, _d in couplings:
         z = h.getNumCol()
         h.addVar(0.0, 1.0)
@@ -214,14 +223,25 @@ def _solve(highspy: Any, cols: list[_Col], couplings: list[tuple[int, int, float
         # x_c >= z (charge fully stopped when z), x_d <= z (discharge only then)
         h.addRow(0.0, inf, 2, [c_col, z], [1.0, -1.0])
         h.addRow(-inf, 0.0, 2, [d_col, z], [1.0, -1.0])
-    # sum upper_j x_j + short >= need
-    h.addRow(need, inf, k + 1, [*range(k), short], [*(c.upper for c in cols), 1.0])
+    # sum upper_j x_j >= need
+    h.addRow(need, inf, k, list(range(k)), [c.upper for c in cols])
     ncol = h.getNumCol()
+
+    kept: list[tuple[int, float]] = []  # (row, optimum) of the levels solved
+    slack = [TOLERANCE_W]
 
     def minimise(costs: dict[int, float]) -> float:
         h.changeColsCost(ncol, list(range(ncol)), [costs.get(j, 0.0) for j in range(ncol)])
         h.run()
         status = h.getModelStatus()
+        while status == highspy.HighsModelStatus.kInfeasible and slack[0] < 1e-2:
+            # Rows of 1e6 W kept to 1e-4 W: the solver's tolerances can call the last
+            # optimum's neighbourhood empty. Widened tenfold (still below a W printed).
+            slack[0] *= 10
+            for row, value in kept:
+                h.changeRowBounds(row, -inf, value + slack[0])
+            h.run()
+            status = h.getModelStatus()
         if status != highspy.HighsModelStatus.kOptimal:
             # Presolve can reduce a tiny model to nothing and leave a 1e-6 W residual
             # HiGHS then refuses: solved again without it (the model is always feasible).
@@ -233,17 +253,34 @@ def _solve(highspy: Any, cols: list[_Col], couplings: list[tuple[int, int, float
             raise RuntimeError(f"HiGHS: {h.modelStatusToString(status)}")
         return float(h.getInfo().objective_function_value)
 
-    best = minimise({short: 1.0})
-    h.changeColBounds(short, 0.0, best + TOLERANCE_W if best > TOLERANCE_W else 0.0)
-    for level in levels:
+    cap = {level: sum(c.upper for c in cols if c.level == level) for level in levels}
+    untouched_so_far = True
+    taken = 0.0  # W the levels done so far give (each exactly its optimum, within slack)
+    for n, level in enumerate(levels):
         members = [j for j, c in enumerate(cols) if c.level == level]
-        value = minimise({j: cols[j].upper for j in members})
+        # The less important levels give at most their all (couplings relaxed): what they
+        # cannot give, this level must.
+        must = need - taken - sum(cap[lv] for lv in levels[n + 1:])
+        if untouched_so_far and free_below[level] >= need:
+            value = 0.0  # the less important levels can give it all: none from this one
+        elif must >= cap[level] - TOLERANCE_W * (n + 1):
+            for j in members:  # all of it, in every plan that meets the need
+                h.changeColBounds(j, 1.0, 1.0)
+            untouched_so_far = False
+            taken += cap[level]
+            continue
+        else:
+            value = minimise({j: cols[j].upper for j in members})
+        taken += value
         if value <= TOLERANCE_W:
             for j in members:  # untouched: fix them, a smaller model for what follows
                 h.changeColBounds(j, 0.0, 0.0)
         else:
-            h.addRow(-inf, value + TOLERANCE_W, len(members), members,
+            untouched_so_far = False
+            kept.append((h.getNumRow(), value))
+            h.addRow(-inf, value + slack[0], len(members), members,
                      [cols[j].upper for j in members])
+    minimise({})  # the columns' values, under every level's optimum
     values = h.getSolution().col_value
     out = []
     for j, c in enumerate(cols):
