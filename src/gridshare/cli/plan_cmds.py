@@ -18,13 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from gridshare.cli.core_cmds import (
-    DEFAULT_MAX_SIZE,
-    JsonOpt,
-    MaxSizeOpt,
-    refuse_large,
-    report_problems,
-)
+from gridshare.cli.core_cmds import DEFAULT_MAX_SIZE, JsonOpt, refuse_large, report_problems
 
 if TYPE_CHECKING:
     from gridshare.config import Loc, ProblemList
@@ -280,7 +274,10 @@ def dr_plan_cmd(
         "--duration", metavar="DURATION", help="How long the event lasts: 1h, 30m, 90s, "
         "2h30m (storage energy is bookkept over it).", show_default=False)],
     as_json: JsonOpt = False,
-    max_size: MaxSizeOpt = DEFAULT_MAX_SIZE,
+    max_size: Annotated[int, typer.Option(
+        "--max-size", min=1, metavar="BYTES",
+        help="Refuse a resources file larger than this, before reading it.")
+    ] = DEFAULT_MAX_SIZE,
 ) -> None:
     """Plan a demand-response reduction: the setpoints that lower the draw by --reduce for
     --duration, curtailing the least important resources first (larger priority number =
