@@ -253,3 +253,14 @@ def test_a_model_presolve_reduces_to_nothing_is_still_solved_exactly() -> None:
     assert p.shortfall == 0
     assert p.disturbance == {1: pytest.approx(1351), 2: pytest.approx(699)}
     assert solved(p, rs) == pytest.approx(brute(rs, 2050, 0.25), abs=1e-3)
+
+
+def test_two_coupled_cars_within_the_solvers_integrality_tolerance() -> None:
+    # Found by the property above: a binary 1e-6 off integral times a W coefficient missed
+    # a row by 1e-6 W, and HiGHS refused its own optimum under its default tolerances.
+    cars = [Resource(f"C{i}", Kind.V2G, power, energy=100, capacity=300, max_charge=top,
+                     max_discharge=150, charge_priority=1, discharge_priority=2)
+            for i, (power, top) in enumerate([(803, 850), (862, 900)])]
+    p = plan(cars, 3000, 0.25)
+    assert solved(p, cars) == pytest.approx(brute(cars, 3000, 0.25), abs=1e-3)
+    assert p.shortfall == pytest.approx(3000 - (803 + 862 + 2 * 150))

@@ -197,6 +197,7 @@ def _solve(highspy: Any, cols: list[_Col], couplings: list[tuple[int, int, float
         return [c.upper for c in cols]
     levels = sorted({c.level for c in cols})
     charge_of = {d: c for c, d, _, _ in couplings}
+    discharge_of = {c: d for c, d, _, _ in couplings}
     free_below: dict[int, float] = {}
     """W the levels less important than each one can give with none from it or a more
     important one (a coupled discharge counts once its charge is less important too)."""
@@ -209,6 +210,10 @@ def _solve(highspy: Any, cols: list[_Col], couplings: list[tuple[int, int, float
     h.setOptionValue("mip_rel_gap", 0.0)
     h.setOptionValue("mip_abs_gap", 1e-7)
     h.setOptionValue("threads", 1)
+    # Rows are in W: a binary within HiGHS's integrality tolerance (1e-6) times a W
+    # coefficient can miss a row by 1e-6 W, which the default 1e-7 check would refuse.
+    h.setOptionValue("primal_feasibility_tolerance", 1e-5)
+    h.setOptionValue("mip_feasibility_tolerance", 1e-5)
     inf = highspy.kHighsInf
     # x_j in [0, 1]: the share of column j taken (binary for on/off loads and couplings)
     k = len(cols)
@@ -254,10 +259,11 @@ def _solve(highspy: Any, cols: list[_Col], couplings: list[tuple[int, int, float
         return float(h.getInfo().objective_function_value)
 
     cap = {level: sum(c.upper for c in cols if c.level == level) for level in levels}
+    dead: set[int] = set()  # columns fixed at 0 by a coupling
     untouched_so_far = True
     taken = 0.0  # W the levels done so far give (each exactly its optimum, within slack)
     for n, level in enumerate(levels):
-        members = [j for j, c in enumerate(cols) if c.level == level]
+        members = [j for j, c in enumerate(cols) if c.level == level and j not in dead]
         # The less important levels give at most their all (couplings relaxed): what they
         # cannot give, this level must.
         must = need - taken - sum(cap[lv] for lv in levels[n + 1:])
@@ -275,6 +281,11 @@ def _solve(highspy: Any, cols: list[_Col], couplings: list[tuple[int, int, float
         if value <= TOLERANCE_W:
             for j in members:  # untouched: fix them, a smaller model for what follows
                 h.changeColBounds(j, 0.0, 0.0)
+                d = discharge_of.get(j)
+                if d is not None:  # a car that keeps charging does not discharge either
+                    dead.add(d)
+                    h.changeColBounds(d, 0.0, 0.0)
+                    cap[cols[d].level] -= cols[d].upper
         else:
             untouched_so_far = False
             kept.append((h.getNumRow(), value))
