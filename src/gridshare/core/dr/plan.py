@@ -260,6 +260,7 @@ def _solve(highspy: Any, cols: list[_Col], couplings: list[tuple[int, int, float
 
     cap = {level: sum(c.upper for c in cols if c.level == level) for level in levels}
     dead: set[int] = set()  # columns fixed at 0 by a coupling
+    solved_at: int | None = None
     untouched_so_far = True
     taken = 0.0  # W the levels done so far give (each exactly its optimum, within slack)
     for n, level in enumerate(levels):
@@ -277,6 +278,7 @@ def _solve(highspy: Any, cols: list[_Col], couplings: list[tuple[int, int, float
             continue
         else:
             value = minimise({j: cols[j].upper for j in members})
+            solved_at = level
         taken += value
         if value <= TOLERANCE_W:
             for j in members:  # untouched: fix them, a smaller model for what follows
@@ -291,7 +293,8 @@ def _solve(highspy: Any, cols: list[_Col], couplings: list[tuple[int, int, float
             kept.append((h.getNumRow(), value))
             h.addRow(-inf, value + slack[0], len(members), members,
                      [cols[j].upper for j in members])
-    minimise({})  # the columns' values, under every level's optimum
+    if solved_at != levels[-1]:  # bounds changed since the last solve: its values too
+        minimise({})
     values = h.getSolution().col_value
     out = []
     for j, c in enumerate(cols):
