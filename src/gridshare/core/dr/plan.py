@@ -35,9 +35,11 @@ from enum import StrEnum
 from typing import Any
 
 TOLERANCE_W = 1e-4
-"""W of slack when an earlier optimum is kept as a constraint (HiGHS's feasibility
-tolerance is 1e-7 of a row's W): what a less important level may gain from it is below
-the mW printed."""
+"""W of slack, at least, when an earlier optimum is kept as a constraint."""
+RELATIVE_SLACK = 1e-8
+"""Slack as a share of the W all resources can give together: a binary within HiGHS's
+integrality tolerance times a 10 kW coefficient misses a row by about 0.01 W, so a kept
+optimum of a MW building needs a few tens of mW of room (30 mW at 3 MW)."""
 
 
 class Kind(StrEnum):
@@ -173,7 +175,8 @@ def plan(resources: Sequence[Resource], requested: float, duration_h: float) -> 
         for r, a in zip(resources, after, strict=True))
     achieved = sum(r.power for r in resources) - sum(after)
     shortfall = max(0.0, requested - achieved)
-    if shortfall <= 1e-3:  # below the mW printed
+    if shortfall <= max(1e-3, 1e-6 * sum(c.upper for c in cols)):
+        # the solver's tolerances on a MW building (binaries rounded), not a shortfall
         shortfall = 0.0
     return Plan(requested, achieved, shortfall, setpoints,
                 {level: w for level, w in sorted(disturbance.items()) if w > 0})
@@ -233,15 +236,16 @@ def _solve(highspy: Any, cols: list[_Col], couplings: list[tuple[int, int, float
     ncol = h.getNumCol()
 
     kept: list[tuple[int, float]] = []  # (row, optimum) of the levels solved
-    slack = [TOLERANCE_W]
+    slack = [max(TOLERANCE_W, RELATIVE_SLACK * sum(c.upper for c in cols))]
+    widest = 100 * slack[0]
 
     def minimise(costs: dict[int, float]) -> float:
         h.changeColsCost(ncol, list(range(ncol)), [costs.get(j, 0.0) for j in range(ncol)])
         h.run()
         status = h.getModelStatus()
-        while status == highspy.HighsModelStatus.kInfeasible and slack[0] < 1e-2:
+        while status == highspy.HighsModelStatus.kInfeasible and slack[0] < widest:
             # Rows of 1e6 W kept to 1e-4 W: the solver's tolerances can call the last
-            # optimum's neighbourhood empty. Widened tenfold (still below a W printed).
+            # optimum's neighbourhood empty. Widened tenfold, at most twice.
             slack[0] *= 10
             for row, value in kept:
                 h.changeRowBounds(row, -inf, value + slack[0])
@@ -270,9 +274,10 @@ def _solve(highspy: Any, cols: list[_Col], couplings: list[tuple[int, int, float
         must = need - taken - sum(cap[lv] for lv in levels[n + 1:])
         if untouched_so_far and free_below[level] >= need:
             value = 0.0  # the less important levels can give it all: none from this one
-        elif must >= cap[level] - TOLERANCE_W * (n + 1):
-            for j in members:  # all of it, in every plan that meets the need
-                h.changeColBounds(j, 1.0, 1.0)
+        elif must >= cap[level] - slack[0] * (n + 1):
+            # All of it (to within the kept optima's slack) in every plan that meets the
+            # need: nothing to minimise, and nothing to fix either (fixing it at exactly
+            # all could contradict a kept optimum by that slack).
             untouched_so_far = False
             taken += cap[level]
             continue
@@ -280,7 +285,7 @@ def _solve(highspy: Any, cols: list[_Col], couplings: list[tuple[int, int, float
             value = minimise({j: cols[j].upper for j in members})
             solved_at = level
         taken += value
-        if value <= TOLERANCE_W:
+        if value <= 1e-9:
             for j in members:  # untouched: fix them, a smaller model for what follows
                 h.changeColBounds(j, 0.0, 0.0)
                 d = discharge_of.get(j)
