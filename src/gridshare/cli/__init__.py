@@ -13,7 +13,14 @@ from typing import Annotated, Any
 
 import typer
 
-from gridshare.cli import core_cmds, dr_cmds, plan_charge_cmds, serve_cmds, simulate_cmds
+from gridshare.cli import (
+    core_cmds,
+    dr_cmds,
+    plan_charge_cmds,
+    plan_cmds,
+    serve_cmds,
+    simulate_cmds,
+)
 
 
 class _Program(typer.Typer):
@@ -97,5 +104,6 @@ serve_cmds.register(app)
 simulate_cmds.register(app)
 dr_cmds.register(app)
 plan_charge_cmds.register(app)
+plan_cmds.register(app)
 
 __all__ = ["app"]
