@@ -521,9 +521,9 @@ def test_the_json_line_scanner_agrees_with_libyaml(value: object, indent: int | 
     """JSON is YAML: the demand file's line scanner and the site file's event scanner
     give every path the same line (a member at its key's line)."""
     from gridshare.cli.demand import json_lines
-    from gridshare.config import _scan_lines
+    from gridshare.config import scan_lines
 
     text = json.dumps(value, indent=indent, ensure_ascii=False)
     wanted = every_path(value)
-    yaml_lines, _ = _scan_lines(text, wanted, repeated=False)
+    yaml_lines, _ = scan_lines(text, wanted, repeated=False)
     assert json_lines(text, wanted) == yaml_lines

@@ -296,11 +296,11 @@ def test_line_numbers_from_libyaml_events_match_the_pure_python_parser() -> None
     root = yaml.compose(text, Loader=yaml.SafeLoader)
     assert root is not None
     node_lines(root, (), pure)
-    fast, dups = config_module._scan_lines(text, set(pure), repeated=True)
+    fast, dups = config_module.scan_lines(text, set(pure), repeated=True)
     assert fast == pure and dups == []
     assert len(pure) > 40
     # only what is asked for, and nothing below a path that is not asked for
-    some, _ = config_module._scan_lines(text, {(), ("groups",), ("groups", 0)},
+    some, _ = config_module.scan_lines(text, {(), ("groups",), ("groups", 0)},
                                         repeated=False)
     assert some == {(): 1, ("groups",): 4, ("groups", 0): 5}
 
@@ -309,7 +309,7 @@ def test_a_good_file_never_computes_line_numbers(monkeypatch: pytest.MonkeyPatch
     def no_line_scan(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("lines scanned for a good file")
 
-    monkeypatch.setattr(config_module, "_scan_lines", no_line_scan)
+    monkeypatch.setattr(config_module, "scan_lines", no_line_scan)
     assert parse_site(GOOD, "site.yaml").site == "carport"
     with pytest.raises(AssertionError, match="lines scanned"):
         parse_site(GOOD.replace("max_current: 40", "max_current: -5"), "site.yaml")
@@ -404,10 +404,10 @@ def test_the_line_scan_stops_once_every_wanted_path_is_behind_it() -> None:
     """The first problems of a huge file cost a scan of its start only; a repeated-key
     scan reads everything."""
     text = GOOD + "".join(f"# {i}\n" for i in range(10)) + "ocpp:\n  lease: [unclosed\n"
-    lines, _ = config_module._scan_lines(text, {(), ("site",)}, repeated=False)
+    lines, _ = config_module.scan_lines(text, {(), ("site",)}, repeated=False)
     assert lines == {(): 1, ("site",): 1}  # the broken end is never read
     with pytest.raises(yaml.YAMLError):
-        config_module._scan_lines(text, {(), ("site",)}, repeated=True)
+        config_module.scan_lines(text, {(), ("site",)}, repeated=True)
 
 
 def test_mqtt_files_are_relative_to_the_site_file(tmp_path: Path) -> None:

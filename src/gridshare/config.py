@@ -821,7 +821,7 @@ class WantedPaths:
                 todo.extend(self._kids.get(done, ()))
 
 
-def _scan_lines(text: str, wanted: set[Loc], *, repeated: bool
+def scan_lines(text: str, wanted: set[Loc], *, repeated: bool
                 ) -> tuple[dict[Loc, int], list[tuple[Loc, int]]]:
     """The line of each path in ``wanted`` (which holds every prefix of each path, as
     ``ProblemList.wanted`` makes it) and, when ``repeated``, each key written twice in its
@@ -973,7 +973,7 @@ def _parse_site_config(text: str, source: str) -> SiteConfig:
     problems = ProblemList(source)
     spec = _check_site(data, problems)
     if needs_lines or problems.count:
-        lines, dups = _scan_lines(text, problems.wanted(), repeated=needs_lines)
+        lines, dups = scan_lines(text, problems.wanted(), repeated=needs_lines)
         for loc, line in dups:
             problems.add(loc, "duplicate key", line)
         if problems.count:

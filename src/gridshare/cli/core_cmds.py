@@ -62,14 +62,16 @@ def report_problems(path: Path, exc: ConfigError, *, as_json: bool = False,
     Written as plain lines, never wrapped: a pipe or a log file gets one line per problem,
     and a file refused whole (too large, not text) gets one line in all.
     """
-    _report(path, [str(i) for i in exc.issues[:SHOWN_PROBLEMS]],
-            [i.as_json() for i in exc.issues[:SHOWN_PROBLEMS]], exc.count,
-            as_json=as_json, error=error)
+    write_problems(path, [str(i) for i in exc.issues[:SHOWN_PROBLEMS]],
+                   [i.as_json() for i in exc.issues[:SHOWN_PROBLEMS]], exc.count,
+                   as_json=as_json, error=error)
     raise typer.Exit(2) from exc
 
 
-def _report(path: Path, lines: list[str], problems: list[dict[str, Any]], count: int, *,
-            as_json: bool, error: str) -> None:
+def write_problems(path: Path, lines: list[str], problems: list[dict[str, Any]], count: int, *,
+                   as_json: bool, error: str) -> None:
+    """``count`` problems of ``path`` (``lines`` of them shown) on stderr, and with
+    ``as_json`` the JSON error object on stdout; the caller exits."""
     hidden = count - len(lines)
     if count == 1:
         text = lines
@@ -93,13 +95,13 @@ def refuse_large(path: Path, max_size: int, *, as_json: bool = False,
         return  # reading it says why, in the same words as any other unreadable file
     if size > max_size:
         message = f"{size} bytes, above the limit of {max_size} (--max-size)"
-        _report(path, [f"{path}: {message}"],
-                [{"file": str(path), "line": None, "path": "", "message": message}], 1,
-                as_json=as_json, error=error)
+        write_problems(path, [f"{path}: {message}"],
+                       [{"file": str(path), "line": None, "path": "", "message": message}], 1,
+                       as_json=as_json, error=error)
         raise typer.Exit(2)
 
 
-def _load(site: Path, max_size: int, as_json: bool) -> SiteConfig:
+def load_site_or_exit(site: Path, max_size: int, as_json: bool) -> SiteConfig:
     refuse_large(site, max_size, as_json=as_json)
     from gridshare.config import ConfigError, load_site_config
 
@@ -125,7 +127,7 @@ def _num(x: float) -> float | None:
 def check(site: SiteArg, as_json: JsonOpt = False,
           max_size: MaxSizeOpt = DEFAULT_MAX_SIZE) -> None:
     """Validate a site file and print its tree of groups, chargers and limits."""
-    config = _load(site, max_size, as_json)
+    config = load_site_or_exit(site, max_size, as_json)
     topo = config.topology
     from gridshare.config import site_warnings
 
@@ -280,7 +282,7 @@ def _allocate(site: Path, demand: Path, policy: Policy | None, *, as_json: bool,
     from gridshare.core.allocation import allocate
     from gridshare.core.guard import enforce
 
-    config = _load(site, max_size, as_json)
+    config = load_site_or_exit(site, max_size, as_json)
     topo = config.topology
     try:
         snapshot = load_demand(demand, topo, meters=[m.id for m in config.meters],

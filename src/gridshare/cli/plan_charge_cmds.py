@@ -25,10 +25,10 @@ from gridshare.cli.core_cmds import (
     DEFAULT_MAX_SIZE,
     JsonOpt,
     SiteArg,
-    _load,
-    _report,
+    load_site_or_exit,
     refuse_large,
     report_problems,
+    write_problems,
 )
 
 if TYPE_CHECKING:
@@ -127,7 +127,7 @@ def charge_plan_cmd(
         refuse_large(tariff, max_size, as_json=as_json, error="invalid tariff file")
     from gridshare.config import ConfigError
 
-    topo = _load(site, max_size, as_json).topology
+    topo = load_site_or_exit(site, max_size, as_json).topology
     try:
         spec = load_cars(cars, topo, periods=periods, period_h=period_h, max_size=max_size)
     except ConfigError as exc:
@@ -147,9 +147,9 @@ def charge_plan_cmd(
                                  prices=prices, uncontrolled_a=spec.uncontrolled)
     except PlanError as exc:  # load_cars checks all of it first; kept as a backstop
         path, _, message = str(exc).partition(": ")
-        _report(cars, [f"{cars}: {exc}"], [{"file": str(cars), "line": None, "path": path,
-                                            "message": message}], 1,
-                as_json=as_json, error="invalid cars file")
+        write_problems(cars, [f"{cars}: {exc}"],
+                       [{"file": str(cars), "line": None, "path": path, "message": message}],
+                       1, as_json=as_json, error="invalid cars file")
         raise typer.Exit(2) from exc
     result = plan_json(topo, plan, spec, priced=prices is not None)
     if as_json:
@@ -399,9 +399,9 @@ def parse_tariff(text: str, source: str, *, start_h: float, periods: int,
 
 
 def _raise(text: str, problems: ProblemList) -> NoReturn:
-    from gridshare.config import _scan_lines
+    from gridshare.config import scan_lines
 
-    lines, _ = _scan_lines(text, problems.wanted(), repeated=False)
+    lines, _ = scan_lines(text, problems.wanted(), repeated=False)
     raise problems.error(lines)
 
 

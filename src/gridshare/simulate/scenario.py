@@ -35,12 +35,12 @@ from gridshare.config import (
     Loc,
     ProblemList,
     SiteConfig,
-    _scan_lines,
     _schema_problems,
     load_site_config,
     parse_site_config,
     read_mapping,
     read_text,
+    scan_lines,
 )
 
 _CLOCK = re.compile(r"^([01]?\d|2[0-4]):([0-5]\d)$")
@@ -288,7 +288,7 @@ def parse_scenario(text: str, source: str = "<string>", *, base: Path | None = N
     if problems.count or site_issues:
         issues: list[ConfigIssue] = []
         if problems.count:
-            lines, _ = _scan_lines(text, problems.wanted(), repeated=False)
+            lines, _ = scan_lines(text, problems.wanted(), repeated=False)
             err = problems.error(lines)
             issues, more = err.issues, more + err.more
         raise ConfigError(sorted(issues + site_issues,
