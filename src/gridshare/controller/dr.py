@@ -64,7 +64,7 @@ from gridshare.core.dr import (
 )
 from gridshare.core.dr.signals import iso, parse_time
 from gridshare.core.snapshot import PhaseCurrents
-from gridshare.core.topology import Charger, ConnectorKey, Topology
+from gridshare.core.topology import Charger, ConnectorKey, Topology, amps_to_kw
 from gridshare.events import (
     ChargerOffline,
     ConnectorCapsChanged,
@@ -483,8 +483,7 @@ class DrService:
             if not all(k in self._caps for k in keys):
                 continue
             charger = self.topology.chargers[cid]
-            per_kw = charger.phases * self._voltage / 1000.0
-            capped_kw = sum(self._caps[k] * per_kw for k in keys)
+            capped_kw = sum(amps_to_kw(charger, self._caps[k], self._voltage) for k in keys)
             drawn_kw = sum(self._connector_load(k, now) for k in keys)
             if drawn_kw > capped_kw + tolerance:
                 asked_kw = max(0.0, sum(baseline.loads.get(k, 0.0) for k in keys) - capped_kw)
@@ -519,12 +518,12 @@ class DrService:
             charger = self.topology.chargers[cid]
             conns = []
             for c in charger.connectors:
-                per_kw = charger.phases * self._voltage / 1000.0
-                max_kw = c.max_current * per_kw
+                max_kw = amps_to_kw(charger, c.max_current, self._voltage)
                 if charger.max_power_kw is not None:
                     max_kw = min(max_kw, charger.max_power_kw)
                 conns.append(ConnectorLoad(c.key, baseline.loads.get(c.key, 0.0),
-                                           min(c.min_current * per_kw, max_kw), max_kw))
+                                           min(amps_to_kw(charger, c.min_current, self._voltage),
+                                               max_kw), max_kw))
             out.append(StationLoad(cid, sum(x.load_kw for x in conns),
                                    self._state.priority_of(cid), tuple(conns),
                                    charger.max_station_kw))
@@ -549,7 +548,7 @@ class DrService:
         if measured is not None:
             return connector_kw(measured, self._voltage)
         amps = self._state.believed_a(key, now)
-        return amps * charger.phases * self._voltage / 1000.0
+        return amps_to_kw(charger, amps, self._voltage)
 
     def _finish_ended(self, now: datetime) -> None:
         for signal_id in list(self._trackers):

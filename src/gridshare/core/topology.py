@@ -200,6 +200,12 @@ class Topology:
         return self.groups[group_id].policy
 
 
+def amps_to_kw(charger: Charger, amps: float, voltage: float) -> float:
+    """kW that ``amps`` per phase make on this charger (the inverse of
+    :func:`station_kw_to_amps`)."""
+    return amps * voltage * charger.phases / 1000.0
+
+
 def station_kw_to_amps(charger: Charger, kw: float, voltage: float) -> float:
     """A per phase that make ``kw`` on this charger at ``voltage`` (phase-to-neutral):
     the unit setpoints and caps are sent in, from the kW a DR split speaks in."""
