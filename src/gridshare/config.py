@@ -183,6 +183,18 @@ class ProblemList:
                 out.update(loc[:n] for n in range(len(loc) + 1))
         return out
 
+    def raise_if_any(self, text: str, *, duplicates: bool = False) -> None:
+        """Raise the problems found so far, with their lines (worked out only now, on the
+        error path, from ``text``); ``duplicates``: look for repeated keys too (the fast
+        reader cannot see them), which may be the only problems."""
+        if not (duplicates or self.count):
+            return
+        lines, dups = scan_lines(text, self.wanted(), repeated=duplicates)
+        for loc, line in dups:
+            self.add(loc, "duplicate key", line)
+        if self.count:
+            raise self.error(lines)
+
     def error(self, lines: dict[Loc, int]) -> ConfigError:
         """The ConfigError of the problems, in the file's order, each with the line of its
         path or of its nearest ancestor that has one."""
@@ -972,12 +984,7 @@ def _parse_site_config(text: str, source: str) -> SiteConfig:
     data, needs_lines = read_mapping(text, source, "site, groups, chargers")
     problems = ProblemList(source)
     spec = _check_site(data, problems)
-    if needs_lines or problems.count:
-        lines, dups = scan_lines(text, problems.wanted(), repeated=needs_lines)
-        for loc, line in dups:
-            problems.add(loc, "duplicate key", line)
-        if problems.count:
-            raise problems.error(lines)
+    problems.raise_if_any(text, duplicates=needs_lines)
     assert spec is not None
     return SiteConfig(_build(spec), spec.ocpp,
                       {c.id: c.password_hash for c in spec.chargers if c.password_hash},

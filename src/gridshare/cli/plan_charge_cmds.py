@@ -243,8 +243,7 @@ def parse_cars(text: str, source: str, topology: Topology, *, periods: int,
         seen[car.key] = i
         out.append(car)
     uncontrolled = _uncontrolled(data.get("uncontrolled", {}), topology, problems)
-    if problems.count:
-        _raise(text, problems)
+    problems.raise_if_any(text)
     return CarsFile(start_h, out, uncontrolled)
 
 
@@ -384,8 +383,7 @@ def parse_tariff(text: str, source: str, *, start_h: float, periods: int,
             if steps and clock <= steps[-1][0]:
                 problems.add((*loc, "from"), "must come after the step before it")
             steps.append((clock, float(price)))
-    if problems.count:
-        _raise(text, problems)
+    problems.raise_if_any(text)
     out = []
     for t in range(periods):
         hour = (start_h + t * period_h) % 24
@@ -396,13 +394,6 @@ def parse_tariff(text: str, source: str, *, start_h: float, periods: int,
                 price = value
         out.append(price)
     return out
-
-
-def _raise(text: str, problems: ProblemList) -> NoReturn:
-    from gridshare.config import scan_lines
-
-    lines, _ = scan_lines(text, problems.wanted(), repeated=False)
-    raise problems.error(lines)
 
 
 # --- output -------------------------------------------------------------------------------

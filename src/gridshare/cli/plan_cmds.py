@@ -84,7 +84,7 @@ _ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 
 def parse_resources(text: str, source: str) -> list[Resource]:
     """The resources of a RESOURCES.yaml; ConfigError naming every problem found."""
-    from gridshare.config import ProblemList, read_mapping, scan_lines
+    from gridshare.config import ProblemList, read_mapping
 
     data, needs_lines = read_mapping(text, source, "resources")
     problems = ProblemList(source)
@@ -108,12 +108,7 @@ def parse_resources(text: str, source: str) -> list[Resource]:
         else:
             seen[r.id] = i
         out.append(r)
-    if needs_lines or problems.count:
-        lines, dups = scan_lines(text, problems.wanted(), repeated=needs_lines)
-        for loc, line in dups:
-            problems.add(loc, "duplicate key", line)
-        if problems.count:
-            raise problems.error(lines)
+    problems.raise_if_any(text, duplicates=needs_lines)
     return out
 
 
