@@ -59,6 +59,7 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -160,10 +161,13 @@ async def stop_sim_subprocess(proc: asyncio.subprocess.Process) -> float | None:
 
 
 async def start_sim_subprocess(url: str, count: int, arrivals_per_s: float | None = None,
+                               *, script: str = SCRIPT, extra: Sequence[str] = (),
                                ) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
-    extra = [] if arrivals_per_s is None else ["--arrivals", str(arrivals_per_s)]
+    """Start ``script --worker`` (this file's simulator, or another benchmark's) for
+    ``count`` chargers on ``url``; its first line on stdout says it is ready."""
+    args = [*extra] if arrivals_per_s is None else [*extra, "--arrivals", str(arrivals_per_s)]
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, SCRIPT, "--worker", url, "--chargers", str(count), *extra,
+        sys.executable, script, "--worker", url, "--chargers", str(count), *args,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
     assert proc.stdout is not None
     line = await asyncio.wait_for(proc.stdout.readline(), 300)

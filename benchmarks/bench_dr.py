@@ -35,6 +35,7 @@ from typing import Any
 from bench_control import (  # a sibling script, not a package
     percentile,
     raise_fd_limit,
+    start_sim_subprocess,
     stop_sim_subprocess,
     summary,
     summary_s,
@@ -127,19 +128,6 @@ async def sim_worker(url: str, count: int, meter_s: float, seed: int) -> None:
     await site.stop()
 
 
-async def start_sim_subprocess(url: str, count: int, meter_s: float, seed: int,
-                               ) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, SCRIPT, "--worker", url, "--chargers", str(count),
-        "--meter-interval", str(meter_s), "--seed", str(seed),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), 300)
-    if not line:
-        raise RuntimeError("simulator subprocess died")
-    return proc, json.loads(line)
-
-
 # --- the server side ---------------------------------------------------------------------
 
 
@@ -200,7 +188,8 @@ async def run(count: int, events: int, meter_s: float, seed: int,
     dr = app.dr
     assert dr is not None
     url = f"ws://127.0.0.1:{app.ocpp_port}"
-    proc, info = await start_sim_subprocess(url, count, meter_s, seed)
+    proc, info = await start_sim_subprocess(
+        url, count, script=SCRIPT, extra=["--meter-interval", str(meter_s), "--seed", str(seed)])
     rng = random.Random(seed)
     results: list[EventResult] = []
     try:
