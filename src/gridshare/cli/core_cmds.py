@@ -8,10 +8,13 @@ so ``gridshare --help`` and ``allocate --json`` pay for none they do not use.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import math
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -83,6 +86,36 @@ def write_problems(path: Path, lines: list[str], problems: list[dict[str, Any]],
     if as_json:
         sys.stdout.write(json.dumps({"error": error, "problems": problems, "more": hidden,
                                      "exit_code": 2}, indent=2) + "\n")
+
+
+def usage_error(command: str, option: str, message: str, as_json: bool) -> NoReturn:
+    """Exit 2 for an option whose value cannot be used: one line naming it on stderr, and
+    with ``as_json`` the JSON error object (the shape of a file's problems)."""
+    write_problems(Path(option), [f"gridshare {command}: {option}: {message}"],
+                   [{"file": None, "line": None, "path": option, "message": message}], 1,
+                   as_json=as_json, error="usage")
+    raise typer.Exit(2)
+
+
+@contextlib.contextmanager
+def solver_banner_hidden() -> Iterator[None]:
+    """HiGHS writes a banner to the process's stdout (file descriptor 1, below Python)
+    the first time a solver is made; it would corrupt ``--json``. fd 1 points at
+    /dev/null meanwhile; the plan itself is written after."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no fd 1 at all: nothing to protect
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
 
 
 def refuse_large(path: Path, max_size: int, *, as_json: bool = False,

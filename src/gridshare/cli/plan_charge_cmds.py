@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -28,6 +25,8 @@ from gridshare.cli.core_cmds import (
     load_site_or_exit,
     refuse_large,
     report_problems,
+    solver_banner_hidden,
+    usage_error,
     write_problems,
 )
 
@@ -111,17 +110,19 @@ def charge_plan_cmd(
     gridshare charge-plan site.yaml --cars cars.yaml --tariff tariff.yaml"""
     period_h = parse_duration_h(period)
     if period_h is None or period_h <= 0:
-        _usage("--period", f"not a duration like 15m or 1h: {period!r}", as_json)
+        usage_error("charge-plan", "--period", f"not a duration like 15m or 1h: {period!r}",
+                    as_json)
     horizon_h = parse_duration_h(horizon)
     if horizon_h is None or horizon_h <= 0:
-        _usage("--horizon", f"not a duration like 24h or 12h30m: {horizon!r}", as_json)
+        usage_error("charge-plan", "--horizon",
+                    f"not a duration like 24h or 12h30m: {horizon!r}", as_json)
     periods = round(horizon_h / period_h)
     if periods < 1 or abs(periods * period_h - horizon_h) > 1e-9 * horizon_h:
-        _usage("--horizon", f"{horizon} is not a whole number of periods of {period}",
-               as_json)
+        usage_error("charge-plan", "--horizon",
+                    f"{horizon} is not a whole number of periods of {period}", as_json)
     if periods > MAX_PERIODS:
-        _usage("--horizon", f"{periods} periods of {period}: more than {MAX_PERIODS}",
-               as_json)
+        usage_error("charge-plan", "--horizon",
+                    f"{periods} periods of {period}: more than {MAX_PERIODS}", as_json)
     refuse_large(cars, max_size, as_json=as_json, error="invalid cars file")
     if tariff is not None:
         refuse_large(tariff, max_size, as_json=as_json, error="invalid tariff file")
@@ -156,37 +157,6 @@ def charge_plan_cmd(
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
     else:
         sys.stdout.write(plan_text(result, site=topo.site))
-
-
-@contextmanager
-def solver_banner_hidden() -> Iterator[None]:
-    """HiGHS writes a banner to the process's stdout (file descriptor 1, below Python)
-    the first time a solver is made; it would corrupt ``--json``. fd 1 points at
-    /dev/null meanwhile; the plan itself is written after."""
-    sys.stdout.flush()
-    try:
-        saved = os.dup(1)
-    except OSError:  # no fd 1 at all: nothing to protect
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 1)
-        yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-        os.close(devnull)
-
-
-def _usage(option: str, message: str, as_json: bool) -> NoReturn:
-    sys.stderr.write(f"gridshare charge-plan: {option}: {message}\n")
-    if as_json:
-        sys.stdout.write(json.dumps({
-            "error": "usage", "problems": [{"file": None, "line": None, "path": option,
-                                            "message": message}],
-            "more": 0, "exit_code": 2}, indent=2) + "\n")
-    raise typer.Exit(2)
 
 
 # --- the cars and tariff files -------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import sys
 from pathlib import Path
@@ -18,7 +17,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from gridshare.cli.core_cmds import DEFAULT_MAX_SIZE, JsonOpt, refuse_large, report_problems
+from gridshare.cli.core_cmds import (
+    DEFAULT_MAX_SIZE,
+    JsonOpt,
+    refuse_large,
+    report_problems,
+    solver_banner_hidden,
+    usage_error,
+)
 
 if TYPE_CHECKING:
     from gridshare.config import Loc, ProblemList
@@ -232,30 +238,13 @@ def plan_json(result: Plan) -> dict[str, Any]:
 
 
 def _quiet_solver() -> None:
-    """HiGHS prints its banner on stdout once per process, from C++ (not through
-    sys.stdout): it is dropped, so ``--json`` stays one JSON document."""
+    """HiGHS prints its banner once per process, from C++: made here with it hidden, so
+    ``--json`` stays one JSON document."""
     import highspy
 
-    sys.stdout.flush()
-    saved = os.dup(1)
-    null = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(null, 1)
+    with solver_banner_hidden():
         make: Any = highspy.Highs  # untyped
         make()
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-        os.close(null)
-
-
-def _fail_usage(option: str, message: str, as_json: bool) -> None:
-    sys.stderr.write(f"error: {option}: {message}\n")
-    if as_json:
-        sys.stdout.write(json.dumps({"error": "usage", "problems": [{
-            "file": None, "line": None, "path": option, "message": message}],
-            "more": 0, "exit_code": 2}, indent=2) + "\n")
-    raise typer.Exit(2)
 
 
 def dr_plan_cmd(
@@ -280,11 +269,11 @@ def dr_plan_cmd(
     try:
         watts = parse_power(reduce)
     except ValueError as exc:
-        _fail_usage("--reduce", str(exc), as_json)
+        usage_error("dr-plan", "--reduce", str(exc), as_json)
     try:
         hours = parse_duration(duration)
     except ValueError as exc:
-        _fail_usage("--duration", str(exc), as_json)
+        usage_error("dr-plan", "--duration", str(exc), as_json)
     refuse_large(resources, max_size, as_json=as_json, error="invalid resources file")
     from gridshare.config import ConfigError
     from gridshare.core.dr.plan import plan
