@@ -148,8 +148,28 @@ dr_events = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
+ami_readings = Table(
+    "ami_readings", metadata,
+    # One reading of a utility (AMI) or house meter, as ingested from MQTT
+    # (``gridshare/<site>/ami/<meter id>``): a meter's reading is identified by its event
+    # time, so a redelivered reading (same meter, same ts) is a duplicate, never a new row.
+    Column("id", Integer, primary_key=True),
+    Column("meter_id", String(64), nullable=False),
+    Column("ts", DateTime(timezone=True), nullable=False),  # event time (the meter's clock)
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("power_w", Float, nullable=False),
+    Column("energy_wh", Float),  # the meter's import register (None: no register sent)
+    Column("current_l1_a", Float),
+    Column("current_l2_a", Float),
+    Column("current_l3_a", Float),
+    Column("voltage_l1_v", Float),
+    Column("voltage_l2_v", Float),
+    Column("voltage_l3_v", Float),
+    Index("ux_ami_meter_ts", "meter_id", "ts", unique=True),
+)
+
 TABLES = {t.name: t for t in (events, sessions, meter_readings, setpoint_commands, alarms,
-                              dr_events)}
+                              dr_events, ami_readings)}
 UPSERT_KEYS = {"dr_events": "signal_id"}
 """Tables whose rows are written by key: the latest row for a key replaces the earlier."""
 
