@@ -25,7 +25,14 @@ from gridshare.adapters.ocpp import CentralSystem, ChargerCredentials, CsmsConfi
 from gridshare.adapters.ocpp.meter import OcppMeter
 from gridshare.bus import Bus, open_bus
 from gridshare.clock import Clock, SystemClock
-from gridshare.config import DemandResponseSpec, MeterSpec, MqttSpec, SiteConfig
+from gridshare.config import (
+    ChargePlanningSpec,
+    DemandResponseSpec,
+    MeterSpec,
+    MqttSpec,
+    RegulationSpec,
+    SiteConfig,
+)
 from gridshare.controller.aggregate import LoadService
 from gridshare.controller.loop import Controller, ControllerSettings
 from gridshare.controller.state import MeterInfo
@@ -39,6 +46,7 @@ if TYPE_CHECKING:
     from gridshare.adapters.meters import MeterSources
     from gridshare.api.server import ApiServer
     from gridshare.controller.dr import DrService
+    from gridshare.controller.planning import PlanService
 
 log = logging.getLogger("gridshare")
 
@@ -71,6 +79,10 @@ class ServeOptions:
     """The site file's ``mqtt:`` broker, for mqtt meters."""
     demand_response: DemandResponseSpec = field(default_factory=DemandResponseSpec)
     """The site file's ``demand_response:`` (used when the site declares zones)."""
+    charge_planning: ChargePlanningSpec | None = None
+    """The site file's ``charge_planning:`` (live planning when enabled)."""
+    regulation: RegulationSpec | None = None
+    """The site file's ``regulation:`` (area regulation from the meters)."""
     site_path: Path | None = None
     """The site file this runs (``POST /api/v1/chargers`` adds chargers to it); None: the
     site was not read from a file the operator owns (``gridshare demo``), so it is never
@@ -110,7 +122,9 @@ def serve_options(config: SiteConfig, *, host: str = "0.0.0.0", ocpp_port: int =
                         bus_url=bus_url, data_dir=data_dir, csms=csms_settings(config),
                         controller=ControllerSettings(lease_s=config.ocpp.lease),
                         meters=config.meters, mqtt=config.mqtt,
-                        demand_response=config.demand_response, site_path=site_path)
+                        demand_response=config.demand_response, site_path=site_path,
+                        charge_planning=config.charge_planning,
+                        regulation=config.regulation)
 
 
 def meter_where(spec: MeterSpec) -> str:
@@ -238,6 +252,16 @@ class GridshareApp:
 
             self.dr_openadr = OpenAdrVen(openadr, self.dr, self.clock,
                                          zone_kw=self.dr.zone_load_kw)
+        self.planning: PlanService | None = None
+        """Live charge planning (None: no enabled ``charge_planning:`` block)."""
+        if options.charge_planning is not None and options.charge_planning.enabled:
+            from gridshare.controller.planning import PlanService, load_tariff_steps
+
+            base = options.site_path.parent if options.site_path is not None else None
+            self.planning = PlanService(
+                topology, options.charge_planning, self.bus, self.clock,
+                state_view=self.controller.state, store=self.store,
+                tariff=load_tariff_steps(options.charge_planning, base))
         self.api_server: ApiServer | None = None
         if options.api_port is not None:
             from gridshare.api.app import create_api
@@ -269,6 +293,8 @@ class GridshareApp:
                 # Before the chargers connect: an event in force before a restart is
                 # capped again from their first setpoint on.
                 await self.dr.start()
+            if self.planning is not None:
+                await self.planning.start()
             for dr_input in (self.dr_mqtt, self.dr_openadr):
                 if dr_input is not None:
                     await dr_input.start()  # never raises for a peer that is down
@@ -300,6 +326,9 @@ class GridshareApp:
             if dr_input is not None:
                 with contextlib.suppress(Exception):
                     await dr_input.stop()
+        if self.planning is not None:
+            with contextlib.suppress(Exception):
+                await self.planning.stop()
         if self.dr is not None:
             with contextlib.suppress(Exception):
                 await self.dr.stop()

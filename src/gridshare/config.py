@@ -8,6 +8,7 @@ the whole file in one pass instead of one error per start-up.
 from __future__ import annotations
 
 import gc
+import itertools
 import math
 import os
 import re
@@ -578,6 +579,132 @@ class FrequencyResponseSpec(_Strict):
             recover_after_s=self.recover_after_s, endurance_s=self.endurance_s)
 
 
+
+_DURATION_RE = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?$")
+_CLOCK_RE = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+
+
+def duration_h(value: str) -> float | None:
+    """``"24h"``, ``"15m"``, ``"7h30m"`` -> hours; None if not one (the charge-plan form)."""
+    found = _DURATION_RE.fullmatch(value.strip())
+    if not found or not any(found.groups()):
+        return None
+    hours, minutes = (float(g) if g else 0.0 for g in found.groups())
+    return hours + minutes / 60
+
+
+def clock_h(value: str | int) -> float | None:
+    """``"07:00"`` -> 7.0; an unquoted 07:00 reaches us as 420 (YAML 1.1 base 60)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value / 60 if 0 <= value < 24 * 60 else None
+    found = _CLOCK_RE.fullmatch(str(value).strip())
+    return None if not found else int(found.group(1)) + int(found.group(2)) / 60
+
+
+class TariffStepSpec(_Strict):
+    """One step of a time-of-use tariff: ``price`` per kWh from ``from`` (time of day)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    start: Annotated[str | int, Field(alias="from")]
+    price: Annotated[float, Field(allow_inf_nan=False)]
+
+    @model_validator(mode="after")
+    def _clock(self) -> TariffStepSpec:
+        if clock_h(self.start) is None:
+            raise ValueError(f"from: must be a time of day like \"07:00\" (got "
+                             f"{self.start!r})")
+        return self
+
+
+class ChargePlanningSpec(_Strict):
+    """Live charge planning (docs/planning.md): the allocation follows the plan."""
+
+    enabled: bool = True
+    tariff: list[TariffStepSpec] | Annotated[str, Field(min_length=1)] | None = None
+    """Inline steps ``[{from: "07:00", price: 0.30}, ...]`` or a tariff file as
+    ``gridshare charge-plan --tariff`` reads (relative to the site file); None: flat."""
+    timezone: str = "UTC"
+    """The tariff's times of day are in this zone (IANA name)."""
+    horizon: str = "24h"
+    period: str = "15m"
+    replan_min_interval_s: Annotated[float, Field(ge=0, le=3600, allow_inf_nan=False)] = 5.0
+    """A burst of arrivals and need changes within this is one re-plan."""
+    late_after_s: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = 60.0
+    """No plan for the current period this long after it began: caps lifted + alarm."""
+    default_need_kwh: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    """Need of a car whose driver gave none (None: such a car is not planned, no cap)."""
+    default_stay: str = "8h"
+    """Departure of a car that gave none: this long after its arrival."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ChargePlanningSpec:
+        for name in ("horizon", "period", "default_stay"):
+            hours = duration_h(getattr(self, name))
+            if hours is None or hours <= 0:
+                raise ValueError(f"{name}: not a duration like 24h, 15m or 7h30m "
+                                 f"(got {getattr(self, name)!r})")
+        periods = self.horizon_h / self.period_h
+        if abs(periods - round(periods)) > 1e-9 or not 1 <= round(periods) <= 2000:
+            raise ValueError(f"horizon {self.horizon} must be a whole number (1-2000) of "
+                             f"periods of {self.period}")
+        if isinstance(self.tariff, list):
+            if not self.tariff:
+                raise ValueError("tariff: give at least one step (or leave it out: flat)")
+            starts = [clock_h(s.start) or 0.0 for s in self.tariff]
+            if any(b <= a for a, b in itertools.pairwise(starts)):
+                raise ValueError("tariff: steps must be in increasing time of day")
+        try:
+            from zoneinfo import ZoneInfo
+
+            ZoneInfo(self.timezone)
+        except (ValueError, KeyError, OSError) as exc:
+            raise ValueError(f"timezone: unknown zone {self.timezone!r}") from exc
+        return self
+
+    @property
+    def horizon_h(self) -> float:
+        return duration_h(self.horizon) or 24.0
+
+    @property
+    def period_h(self) -> float:
+        return duration_h(self.period) or 0.25
+
+    @property
+    def periods(self) -> int:
+        return round(self.horizon_h / self.period_h)
+
+    @property
+    def default_stay_h(self) -> float:
+        return duration_h(self.default_stay) or 8.0
+
+
+class RegulationSpec(_Strict):
+    """Area regulation from the meters (docs/regulation.md)."""
+
+    area: Id
+    """The area whose load is aggregated (a group id, zone or feeder the load source knows)."""
+    scheduled_kw: Annotated[float, Field(allow_inf_nan=False)]
+    """Scheduled generation (or import) of the area, kW."""
+    nominal_hz: Literal[50, 60] = 50
+    bias_kw_per_hz: Annotated[float, Field(le=0, allow_inf_nan=False)] = 0.0
+    """B of ACE = (P_load − P_sched) + B·Δf, kW/Hz, ≤ 0 (NERC sign; −D cancels load
+    damping)."""
+    kp: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = 0.5
+    ki: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = 0.2
+    """Integral gain, 1/s."""
+    deadline_s: Annotated[float, Field(gt=0, le=60, allow_inf_nan=False)] = 5.0
+    """Inputs older than this, or a step later than this: hold safe state + alarm."""
+    step_s: Annotated[float, Field(gt=0, le=60, allow_inf_nan=False)] = 1.0
+    valid_s: Annotated[float, Field(gt=0, le=600, allow_inf_nan=False)] = 10.0
+    """How long a published setpoint holds on the unit without a newer one."""
+    frequency_topic: MqttTopic | None = None
+    """Frequency JSON {"ts", "hz"} (default: the frequency_response source, else
+    gridshare/<site>/grid/frequency)."""
+    units: Annotated[list[Id], Field(min_length=1)] | None = None
+    """Battery ids of frequency_response.units to dispatch (default: all its batteries)."""
+
+
 class ApiSpec(_Strict):
     """The REST API of ``gridshare serve`` (tokens come from the command line)."""
 
@@ -600,6 +727,8 @@ class _SiteHead(_Strict):
     api: ApiSpec = ApiSpec()
     demand_response: DemandResponseSpec = DemandResponseSpec()
     frequency_response: FrequencyResponseSpec | None = None
+    charge_planning: ChargePlanningSpec | None = None
+    regulation: RegulationSpec | None = None
 
 
 class SiteSpec(_SiteHead):
@@ -948,6 +1077,10 @@ class SiteConfig:
     """Demand-response settings (used when the site declares ``zones:``)."""
     frequency_response: FrequencyResponseSpec | None = None
     """Droop frequency response, when the site file has the block."""
+    charge_planning: ChargePlanningSpec | None = None
+    """Live charge planning, when the site file has the block."""
+    regulation: RegulationSpec | None = None
+    """Area regulation from the meters, when the site file has the block."""
 
 
 def parse_site(text: str, source: str = "<string>") -> Topology:
@@ -989,7 +1122,7 @@ def _parse_site_config(text: str, source: str) -> SiteConfig:
     return SiteConfig(_build(spec), spec.ocpp,
                       {c.id: c.password_hash for c in spec.chargers if c.password_hash},
                       tuple(spec.meters), spec.mqtt, spec.api, spec.demand_response,
-                      spec.frequency_response)
+                      spec.frequency_response, spec.charge_planning, spec.regulation)
 
 
 def _clean_loc(loc: tuple[Any, ...]) -> Loc:
@@ -1335,6 +1468,7 @@ def _cross_check(site: _Site, problems: ProblemList) -> None:
             bad((*g.loc, "meter"), f"unknown meter {shown(g.meter)} (declare it under meters:)")
     _check_zones(site, chargers, problems)
     _check_frequency(site, chargers, problems)
+    _check_regulation(site, problems)
     head = site.head
     if head is not None and head.ocpp.security_profile in (1, 2) \
             and not head.ocpp.allow_auto_register:
@@ -1414,6 +1548,26 @@ def _check_frequency(site: _Site, chargers: dict[str, _ChargerEntry],
             if value > most + 1e-9:
                 problems.add((*loc, name), f"{name} {value:g} kW is above charger "
                                            f"{unit.charger!r}'s maximum of {most:.4g} kW")
+
+
+def _check_regulation(site: _Site, problems: ProblemList) -> None:
+    """``regulation`` dispatches batteries of ``frequency_response.units`` over MQTT."""
+    spec = site.head.regulation if site.head is not None else None
+    if spec is None:
+        return
+    assert site.head is not None
+    freq = site.head.frequency_response
+    batteries = [u.id for u in freq.units if u.battery is not None] if freq else []
+    if not site.mqtt_declared:
+        problems.add(("regulation",), "regulation publishes over MQTT: it needs the site's "
+                     "mqtt: {url: ...}")
+    if not batteries:
+        problems.add(("regulation",), "no battery to dispatch: declare batteries under "
+                     "frequency_response.units (with their setpoint_topic)")
+    for i, uid in enumerate(spec.units or ()):
+        if uid not in batteries:
+            problems.add(("regulation", "units", i), f"unknown battery {shown(uid)} "
+                         f"(frequency_response batteries: {', '.join(batteries) or 'none'})")
 
 
 def _check_wiring(groups: dict[str, _GroupEntry], chargers: dict[str, _ChargerEntry],

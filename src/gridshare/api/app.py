@@ -322,6 +322,11 @@ def create_api(app: GridshareApp, tokens: tuple[str, ...] | list[str] = (), *,
 
     api.include_router(zones_router(lambda: app.loads, read))
 
+    from gridshare.api.plan import create_router as plan_router
+
+    api.include_router(plan_router(lambda: getattr(app, "planning", None), app.topology,
+                                   write, read))
+
     # --- live -----------------------------------------------------------------------------
 
     @api.get("/api/v1/stream", tags=["site"], dependencies=[Read],
