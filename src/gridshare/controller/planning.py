@@ -144,6 +144,17 @@ def load_tariff_steps(spec: ChargePlanningSpec,
     return steps
 
 
+def _hide_solver_banner() -> None:
+    """HiGHS prints a banner on stdout the first time a solver is made: make that one
+    now, with stdout muted, rather than in the middle of a server's output."""
+    import highspy
+
+    from gridshare.cli.core_cmds import solver_banner_hidden
+
+    with solver_banner_hidden():
+        highspy.Highs()  # type: ignore[no-untyped-call]  # highspy: untyped __init__
+
+
 class PlanService:
     """Live charge planning for one site (``app.planning``)."""
 
@@ -428,6 +439,7 @@ class PlanService:
     async def start(self) -> None:
         if self._tasks:
             return
+        _hide_solver_banner()
         if self._bus is not None:
             self._subscription = self._bus.subscribe("planning")
             self._tasks.append(asyncio.create_task(self._consume(),
