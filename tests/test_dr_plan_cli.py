@@ -158,3 +158,75 @@ def test_as_a_process_stdout_is_one_json_document() -> None:
         check=False)
     assert done.returncode == 1, done.stderr
     assert json.loads(done.stdout)["shortfall"] == 1185.0
+
+
+# --- presence: storage there for part of the day --------------------------------------------
+
+PRESENCE = """resources:
+  - {id: F1, type: on_off, priority: 19, power: 300}
+  - {id: EV1, type: v2g, charge_priority: 14, discharge_priority: 20, power: 0,
+     energy: 13000, capacity: 16000, max_charge: 2300, max_discharge: 2300,
+     present_from: "17:30", present_until: "08:00"}
+  - {id: EV2, type: v2g, charge_priority: 14, discharge_priority: 20, power: 0,
+     energy: 13000, capacity: 16000, max_charge: 2300, max_discharge: 2300,
+     present_from: "2026-11-30T09:00:00+00:00", present_until: "2026-11-30T17:00:00+00:00"}
+"""
+
+
+def test_present_hours_of_daily_and_absolute_stays() -> None:
+    from datetime import UTC, datetime, time
+
+    from gridshare.cli.plan_cmds import present_hours
+
+    start = datetime(2026, 11, 30, 17, 0, tzinfo=UTC)
+    # overnight 17:30-08:00: the first half hour of a 1 h event is without it
+    assert present_hours(start, 1.0, time(17, 30), time(8, 0)) == pytest.approx(0.5)
+    # the same stay, an event at 02:00 (it came the evening before)
+    night = datetime(2026, 12, 1, 2, 0, tzinfo=UTC)
+    assert present_hours(night, 1.0, time(17, 30), time(8, 0)) == pytest.approx(1.0)
+    assert present_hours(start, 1.0, time(9, 0), time(16, 0)) == 0.0
+    assert present_hours(start, 2.0, None, time(18, 0)) == pytest.approx(1.0)
+    assert present_hours(start, 2.0, time(18, 30), None) == pytest.approx(0.5)
+    a = datetime(2026, 11, 30, 16, 0, tzinfo=UTC)
+    b = datetime(2026, 11, 30, 17, 15, tzinfo=UTC)
+    assert present_hours(start, 1.0, a, b) == pytest.approx(0.25)
+    # a 30 h event sees a daily stay of 4 h on two days
+    assert present_hours(datetime(2026, 11, 30, 0, 0, tzinfo=UTC), 30.0, time(1, 0),
+                         time(5, 0)) == pytest.approx(8.0)
+
+
+def test_dr_plan_start_counts_storage_only_while_present(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(PRESENCE)
+    code, out, err = run("dr-plan", str(path), "--reduce", "2000", "--duration", "1h",
+                         "--start", "2026-11-30T17:00:00+00:00", "--json")
+    data = json.loads(out)
+    rows = {r["id"]: r for r in data["resources"]}
+    # EV1 is there from 17:30: half the hour, 2300 W at most = 1150 W over the event;
+    # EV2 left at 17:00: not counted; the lamp gives its 300 W first (least important)
+    assert code == 1, err
+    assert data["achieved"] == pytest.approx(300 + 1150, abs=1e-3)
+    assert data["shortfall"] == pytest.approx(2000 - 1450, abs=1e-3)
+    assert rows["EV1"]["after"] == -2300 and rows["EV1"]["energy_after"] == 13000 - 1150
+    assert rows["EV2"] == {"id": "EV2", "before": 0.0, "after": 0.0, "energy_after": 13000.0}
+    assert set(data) == {"requested", "achieved", "shortfall", "resources"}
+    # at 10:00 EV2 is there the whole hour and EV1 is not
+    code, out, _ = run("dr-plan", str(path), "--reduce", "2000", "--duration", "1h",
+                       "--start", "2026-11-30T10:00:00+00:00", "--json")
+    rows = {r["id"]: r for r in json.loads(out)["resources"]}
+    assert code == 0 and rows["EV1"]["after"] == 0.0 and rows["EV2"]["after"] < 0
+
+
+def test_dr_plan_presence_problems_are_named_with_their_line(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text("resources:\n  - {id: B, type: storage, charge_priority: 1, "
+                    "discharge_priority: 2, power: 0, energy: 1, capacity: 2, max_charge: 1,"
+                    " max_discharge: 1, present_from: \"25:00\"}\n"
+                    "  - {id: L, type: on_off, priority: 1, power: 5, present_from: \"10:00\"}\n")
+    code, _, err = run("dr-plan", str(path), "--reduce", "1", "--duration", "1h")
+    assert code == 2
+    assert "r.yaml:2: resources[0].present_from: expected a time of day" in err
+    assert "r.yaml:3: resources[1].present_from: unknown field for type on_off" in err
+    code, _, err = run("dr-plan", str(path), "--reduce", "1", "--duration", "1h",
+                       "--start", "yesterday")
+    assert code == 2 and "--start" in err

@@ -109,6 +109,36 @@ def test_storage_that_cannot_hold_its_setpoint_is_changed_anyway() -> None:
     assert p.achieved == pytest.approx(1500)
 
 
+def test_a_car_there_for_half_the_event_counts_half_and_bookkeeps_its_half() -> None:
+    # 2 h event; EV1 there for the first hour only: it may discharge 2300 W for that hour
+    # (2300 Wh of its 13000), which is 1150 W averaged over the event.
+    car = Resource("EV1", Kind.V2G, 0, energy=13000, capacity=16000, max_charge=2300,
+                   max_discharge=2300, min_energy=0, charge_priority=14,
+                   discharge_priority=20, present_h=1.0)
+    p = plan([car], 1000, 2.0)
+    assert p.shortfall == 0 and p.achieved == pytest.approx(1000)
+    assert after(p) == {"EV1": -2000.0}  # 2000 W while there = 1000 W over the event
+    assert p.setpoints[0].energy_after == pytest.approx(11000)
+    p = plan([car], 5000, 2.0)
+    assert p.achieved == pytest.approx(1150) and p.shortfall == pytest.approx(3850)
+    # energy limits over the hour present only: 1000 Wh above min_energy -> 1000 W
+    low = Resource("B", Kind.STORAGE, 0, energy=1000, capacity=2000, max_charge=5000,
+                   max_discharge=5000, charge_priority=1, discharge_priority=1,
+                   present_h=1.0)
+    assert plan([low], 5000, 4.0).achieved == pytest.approx(1000 / 4)
+
+
+def test_a_car_absent_for_the_whole_event_is_not_counted() -> None:
+    car = Resource("EV1", Kind.V2G, 2000, energy=13000, capacity=16000, max_charge=2300,
+                   max_discharge=2300, charge_priority=14, discharge_priority=20,
+                   present_h=0.0)
+    lamp = Resource("F1", Kind.ON_OFF, 300, 19)
+    p = plan([car, lamp], 1000, 1.0)
+    assert after(p) == {"EV1": 2000.0, "F1": 0.0}
+    assert p.achieved == pytest.approx(300) and p.shortfall == pytest.approx(700)
+    assert p.setpoints[0].energy_after == 13000
+
+
 # --- against brute force -------------------------------------------------------------------
 
 
@@ -124,10 +154,13 @@ def brute(resources: list[Resource], requested: float, hours: float) -> tuple[fl
         elif r.kind is Kind.VARIABLE and r.power > r.min_power:
             continuous.append((r.priority or 0, r.power - r.min_power))
         elif r.is_storage:
-            lo, hi = storage_range(r, hours)
+            w = r.weight(hours)  # share of the event it is there for
+            if w <= 0:
+                continue  # absent all along: not counted
+            lo, hi = storage_range(r, r.hours_present(hours))
             b = min(max(r.power, lo), hi)
-            forced += r.power - b
-            charge, discharge = max(b, 0.0), b - lo - max(b, 0.0)
+            forced += w * (r.power - b)
+            charge, discharge = max(b, 0.0) * w, (b - lo - max(b, 0.0)) * w
             cp, dp = r.charge_priority or 0, r.discharge_priority or 0
             if charge > 0 and discharge > 0 and cp < dp:
                 coupled.append((cp, charge, dp, discharge))
@@ -196,10 +229,12 @@ def resource(draw: st.DrawFn, i: int) -> Resource:
     max_charge, max_discharge = draw(watts), draw(watts)
     power = draw(st.integers(-int(max_discharge), int(max_charge))) if max_charge or \
         max_discharge else 0
+    present = draw(st.sampled_from([None, None, 0.0, 0.1, 0.5, 2.0, 10.0]))
     return Resource(rid, kind, float(power), energy=energy, capacity=capacity,
                     min_energy=draw(st.integers(0, int(energy) // 100)) * 100.0,
                     max_charge=max_charge, max_discharge=max_discharge,
-                    charge_priority=draw(prio), discharge_priority=draw(prio))
+                    charge_priority=draw(prio), discharge_priority=draw(prio),
+                    present_h=present)
 
 
 @st.composite
@@ -238,8 +273,11 @@ def test_every_setpoint_is_one_the_resource_can_hold(
             assert -r.max_discharge - tol <= s.after <= r.max_charge + tol
             assert s.energy_after is not None
             assert r.min_energy - tol <= s.energy_after <= r.capacity + tol
-            assert s.energy_after == pytest.approx(r.energy + s.after * hours)
-    achieved = sum(s.before for s in p.setpoints) - sum(s.after for s in p.setpoints)
+            assert s.energy_after == pytest.approx(r.energy + s.after * r.hours_present(hours))
+            if r.weight(hours) == 0:
+                assert s.after == r.power and s.energy_after == r.energy
+    achieved = sum(r.weight(hours) * (s.before - s.after)
+                   for r, s in zip(resources, p.setpoints, strict=True))
     assert p.achieved == pytest.approx(achieved, abs=tol)
     assert p.shortfall == pytest.approx(max(0.0, requested - p.achieved), abs=tol)
 

@@ -12,6 +12,7 @@ import json
 import math
 import re
 import sys
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -73,7 +74,8 @@ _FIELDS: dict[str, set[str]] = {
     "variable": _COMMON | {"priority", "min_power"},
     "fixed": _COMMON | {"priority"},
     "v2g": _COMMON | {"energy", "capacity", "max_charge", "max_discharge", "min_energy",
-                      "charge_priority", "discharge_priority"},
+                      "charge_priority", "discharge_priority", "present_from",
+                      "present_until"},
 }
 _FIELDS["storage"] = _FIELDS["v2g"]
 _REQUIRED: dict[str, tuple[str, ...]] = {
@@ -88,8 +90,93 @@ _NONNEGATIVE = ("min_power", "energy", "capacity", "max_charge", "max_discharge"
 _ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 
 
-def parse_resources(text: str, source: str) -> list[Resource]:
-    """The resources of a RESOURCES.yaml; ConfigError naming every problem found."""
+_CLOCK = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?$")
+
+
+def parse_start(text: str | None) -> datetime:
+    """``--start``: ``now`` (None), a time of day today (``18:00``) or an ISO datetime; a
+    time without a UTC offset is local time. ValueError on anything else."""
+    if text is None or text.strip().lower() == "now":
+        return datetime.now().astimezone()
+    m = _CLOCK.fullmatch(text.strip())
+    if m:
+        today = datetime.now().astimezone()
+        return today.replace(hour=int(m.group(1)), minute=int(m.group(2)),
+                             second=int(m.group(3) or 0), microsecond=0)
+    try:
+        at = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"expected now, a time of day like 18:00 or an ISO datetime like "
+                         f"2026-11-30T18:00+01:00 (got {text!r})") from None
+    return at if at.tzinfo is not None else at.astimezone()
+
+
+def _moment(value: Any) -> time | datetime | None:
+    """A presence bound: a time of day (``"18:00"``; an unquoted 18:00 reaches us as 1080,
+    YAML's base 60) or a datetime (ISO text, or a YAML timestamp); None if neither."""
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return time(value // 60, value % 60) if 0 <= value < 24 * 60 else None
+    if isinstance(value, date) or not isinstance(value, str):
+        return None
+    m = _CLOCK.fullmatch(value.strip())
+    if m:
+        return time(int(m.group(1)), int(m.group(2)), int(m.group(3) or 0))
+    try:
+        return datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+
+
+def present_hours(start: datetime, duration_h: float, since: time | datetime | None,
+                  until: time | datetime | None) -> float:
+    """Hours of the event window ``[start, start + duration_h]`` a resource is present.
+
+    Datetimes are instants (without an offset: the start's zone). Times of day are in the
+    start's zone: with both bounds, a daily stay (``until`` not after ``since``: overnight,
+    e.g. 18:00-08:00); ``since`` alone is that time on the start's day, ``until`` alone its
+    first occurrence at or after the start.
+    """
+    tz = start.tzinfo
+    end = start + timedelta(hours=duration_h)
+
+    def instant(day: date, t: time) -> datetime:
+        return datetime.combine(day, t, tzinfo=tz)
+
+    def overlap(a: datetime, b: datetime) -> float:
+        return max((min(b, end) - max(a, start)).total_seconds(), 0.0) / 3600
+
+    if isinstance(since, time) and isinstance(until, time):
+        total = 0.0
+        days = math.ceil(duration_h / 24) + 1
+        for k in range(-1, days + 1):
+            day = start.date() + timedelta(days=k)
+            a = instant(day, since)
+            b = instant(day, until)
+            if b <= a:
+                b += timedelta(days=1)
+            total += overlap(a, b)
+        return min(total, duration_h)
+    lo = start - timedelta(days=1) if since is None else (
+        instant(start.date(), since) if isinstance(since, time)
+        else since if since.tzinfo else since.replace(tzinfo=tz))
+    if until is None:
+        hi = end + timedelta(days=1)
+    elif isinstance(until, time):
+        hi = instant(start.date(), until)
+        if hi < start:
+            hi += timedelta(days=1)
+    else:
+        hi = until if until.tzinfo else until.replace(tzinfo=tz)
+    return overlap(lo, hi)
+
+
+def parse_resources(text: str, source: str, *, start: datetime | None = None,
+                    duration_h: float = 1.0) -> list[Resource]:
+    """The resources of a RESOURCES.yaml; ConfigError naming every problem found. A
+    storage resource's ``present_from``/``present_until`` become its hours present in the
+    event from ``start`` (default now) for ``duration_h``."""
     from gridshare.config import ProblemList, read_mapping
 
     data, needs_lines = read_mapping(text, source, "resources")
@@ -104,8 +191,12 @@ def parse_resources(text: str, source: str) -> list[Resource]:
                      + ("" if raw is None else f" (got {_shown(raw)})"))
         raw = []
     seen: dict[str, int] = {}
+    at = start if start is not None else datetime.now().astimezone()
     for i, item in enumerate(raw):
         r = _resource(item, ("resources", i), problems)
+        if r is None:
+            continue
+        r = _presence(r, item, ("resources", i), problems, at, duration_h)
         if r is None:
             continue
         if r.id in seen:
@@ -208,14 +299,53 @@ def _resource(item: Any, loc: Loc, problems: ProblemList) -> Resource | None:
         discharge_priority=prios.get("discharge_priority"), name=name)
 
 
+def _presence(r: Resource, item: dict[str, Any], loc: Loc, problems: ProblemList,
+              start: datetime, duration_h: float) -> Resource | None:
+    """The resource with its hours present (only storage may give presence bounds)."""
+    from dataclasses import replace
+
+    if "present_from" not in item and "present_until" not in item:
+        return r
+    bounds: dict[str, time | datetime | None] = {}
+    for key in ("present_from", "present_until"):
+        if key in item:
+            value = _moment(item[key])
+            if value is None:
+                problems.add((*loc, key), f"expected a time of day like \"18:00\" or an ISO "
+                             f"datetime like 2026-11-30T18:00:00+01:00 (got "
+                             f"{_shown(item[key])})")
+                return None
+            bounds[key] = value
+    since, until = bounds.get("present_from"), bounds.get("present_until")
+    if isinstance(since, time) != isinstance(until, time) and since is not None \
+            and until is not None:
+        problems.add((*loc, "present_until"), "give present_from and present_until both "
+                     "as times of day or both as datetimes")
+        return None
+    if isinstance(since, datetime) and isinstance(until, datetime):
+        tz = start.tzinfo
+        a = since if since.tzinfo else since.replace(tzinfo=tz)
+        b = until if until.tzinfo else until.replace(tzinfo=tz)
+        if b <= a:
+            problems.add((*loc, "present_until"), "must come after present_from")
+            return None
+    if isinstance(since, time) and isinstance(until, time) and since == until:
+        problems.add((*loc, "present_until"), "equals present_from (leave both out for a "
+                     "resource there all day)")
+        return None
+    return replace(r, present_h=present_hours(start, duration_h, since, until))
+
+
 def _is_wh(key: str) -> bool:
     return key in ("energy", "capacity", "min_energy")
 
 
-def load_resources(path: Path, max_size: int = DEFAULT_MAX_SIZE) -> list[Resource]:
+def load_resources(path: Path, max_size: int = DEFAULT_MAX_SIZE, *,
+                   start: datetime | None = None, duration_h: float = 1.0) -> list[Resource]:
     from gridshare.config import read_text
 
-    return parse_resources(read_text(path, max_size), str(path))
+    return parse_resources(read_text(path, max_size), str(path), start=start,
+                           duration_h=duration_h)
 
 
 # --- the command -------------------------------------------------------------------------
@@ -262,6 +392,10 @@ def dr_plan_cmd(
         "--max-size", min=1, metavar="BYTES",
         help="Refuse a resources file larger than this, before reading it.")
     ] = DEFAULT_MAX_SIZE,
+    start: Annotated[str | None, typer.Option(
+        "--start", metavar="TIME", help="When the event begins: now (default), a time of "
+        "day today (18:00) or an ISO datetime; storage present_from/present_until are "
+        "counted within [start, start + duration].", show_default=False)] = None,
 ) -> None:
     """Plan a demand-response reduction: the setpoints that lower the draw by --reduce for
     --duration, curtailing the least important resources first (larger priority number =
@@ -274,12 +408,16 @@ def dr_plan_cmd(
         hours = parse_duration(duration)
     except ValueError as exc:
         usage_error("dr-plan", "--duration", str(exc), as_json)
+    try:
+        begins = parse_start(start)
+    except ValueError as exc:
+        usage_error("dr-plan", "--start", str(exc), as_json)
     refuse_large(resources, max_size, as_json=as_json, error="invalid resources file")
     from gridshare.config import ConfigError
     from gridshare.core.dr.plan import plan
 
     try:
-        items = load_resources(resources, max_size)
+        items = load_resources(resources, max_size, start=begins, duration_h=hours)
     except ConfigError as exc:
         report_problems(resources, exc, as_json=as_json, error="invalid resources file")
     _quiet_solver()

@@ -13,7 +13,11 @@ The model (docs/dr-plan.md), every power in W (positive = consuming), energy in 
 * ``fixed``: after = before;
 * ``v2g`` / ``storage``: after in ``[-max_discharge, +max_charge]`` with
   ``energy + after × duration_h`` in ``[min_energy, capacity]``; lowering its charging is
-  a disturbance at ``charge_priority``, discharging at ``discharge_priority``.
+  a disturbance at ``charge_priority``, discharging at ``discharge_priority``. One
+  present for only ``present_h`` of the event holds its setpoint while there: its energy
+  is bookkept over ``present_h`` and its change of draw counts towards the reduction (a
+  W average over the event) in the share ``present_h / duration_h``; absent for all of it,
+  it is not counted.
 
 It is solved exactly and lexicographically with HiGHS (a MILP): first the shortfall is
 minimised (the most reduction that can be had, up to the request), then, priority level by
@@ -75,10 +79,27 @@ class Resource:
     charge_priority: int | None = None
     discharge_priority: int | None = None
     name: str = ""
+    present_h: float | None = None
+    """storage: hours of the event it is plugged in / available (None: all of it; the
+    CLI works it out from ``present_from``/``present_until`` and ``--start``)."""
 
     @property
     def is_storage(self) -> bool:
         return self.kind in STORAGE_KINDS
+
+    def hours_present(self, duration_h: float) -> float:
+        """Hours of the event it is there for (only storage can be absent)."""
+        if not self.is_storage or self.present_h is None:
+            return duration_h
+        return min(max(self.present_h, 0.0), duration_h)
+
+    def weight(self, duration_h: float) -> float:
+        """The share of the event it is there for: its change of draw counts towards the
+        reduction (an average over the event) in this proportion."""
+        if duration_h <= 0:
+            return 0.0 if self.is_storage and self.present_h is not None and \
+                self.present_h <= 0 else 1.0
+        return self.hours_present(duration_h) / duration_h
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +149,9 @@ def plan(resources: Sequence[Resource], requested: float, duration_h: float) -> 
     import highspy
 
     n = len(resources)
+    weight = [r.weight(duration_h) for r in resources]
+    """Storage present for part of the event: its W count in proportion (columns are in
+    W averaged over the event; its setpoint holds while it is there)."""
     base = [0.0] * n
     """Each resource's after before any disturbance: its power, clamped into what storage
     can hold for the event (a forced change, the same in every plan)."""
@@ -146,12 +170,15 @@ def plan(resources: Sequence[Resource], requested: float, duration_h: float) -> 
                 cols.append(_Col(i, _level(r.priority), r.power - r.min_power))
         elif r.kind is Kind.FIXED:
             base[i] = r.power
+        elif weight[i] <= 0:
+            base[i] = r.power  # absent for the whole event: not counted, not moved
         else:
-            lo, hi = storage_range(r, duration_h)
+            lo, hi = storage_range(r, r.hours_present(duration_h))
             b = min(max(r.power, lo), hi)
             base[i] = b
-            charge = max(b, 0.0)
-            discharge = b - lo - charge
+            w = weight[i]
+            charge = max(b, 0.0) * w
+            discharge = (b - lo - max(b, 0.0)) * w
             c_col = d_col = -1
             if charge > 0:
                 c_col = len(cols)
@@ -163,17 +190,18 @@ def plan(resources: Sequence[Resource], requested: float, duration_h: float) -> 
                 # Charging is the more important: alone, the solver would "discharge"
                 # while still charging. Orders the two with a binary.
                 couplings.append((c_col, d_col, charge, discharge))
-    forced = sum(r.power for r in resources) - sum(base)
+    forced = sum(w * (r.power - b) for r, b, w in zip(resources, base, weight, strict=True))
     take = _solve(highspy, cols, couplings, requested - forced)
     after = list(base)
     disturbance: dict[int, float] = {}
     for col, w in zip(cols, take, strict=True):
-        after[col.resource] -= w
+        after[col.resource] -= w / weight[col.resource]
         disturbance[col.level] = disturbance.get(col.level, 0.0) + w
     setpoints = tuple(
-        Setpoint(r.id, r.power, a, r.energy + a * duration_h if r.is_storage else None)
+        Setpoint(r.id, r.power, a, r.energy + a * r.hours_present(duration_h)
+                 if r.is_storage else None)
         for r, a in zip(resources, after, strict=True))
-    achieved = sum(r.power for r in resources) - sum(after)
+    achieved = sum(w * (r.power - a) for r, a, w in zip(resources, after, weight, strict=True))
     shortfall = max(0.0, requested - achieved)
     if shortfall <= max(1e-3, 1e-6 * sum(c.upper for c in cols)):
         # the solver's tolerances on a MW building (binaries rounded), not a shortfall
