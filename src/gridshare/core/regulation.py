@@ -18,9 +18,9 @@ setpoint topics use + = charging, so the adapter publishes ``setpoint_kw = −co
 
 A PI controller: ``correction = kp·ACE + I``, ``I += ki·ACE·dt``, clipped to
 ``[−max_charge_kw, +max_discharge_kw]``, with anti-windup: the integral is itself kept
-within those limits and integrates only as far as brings a saturated output to its limit. Because the
-storage is behind the meters, the integral drives ACE to zero: the units take over the
-imbalance and the frequency returns to nominal.
+within those limits and integrates only as far as brings a saturated output to its
+limit. Because the storage is behind the meters, the integral drives ACE to zero: the
+units take over the imbalance and the frequency returns to nominal.
 
 Deadline: each step says how old its inputs are and how long it has been since the last
 step. Inputs older than ``deadline_s`` (5 s), a frequency needed (``B ≠ 0``) but missing or
