@@ -28,6 +28,7 @@ from gridshare.clock import Clock, SystemClock
 from gridshare.config import (
     ChargePlanningSpec,
     DemandResponseSpec,
+    FrequencyUnitSpec,
     MeterSpec,
     MqttSpec,
     RegulationSpec,
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from gridshare.api.server import ApiServer
     from gridshare.controller.dr import DrService
     from gridshare.controller.planning import PlanService
+    from gridshare.controller.regulation import RegulationService
 
 log = logging.getLogger("gridshare")
 
@@ -83,6 +85,10 @@ class ServeOptions:
     """The site file's ``charge_planning:`` (live planning when enabled)."""
     regulation: RegulationSpec | None = None
     """The site file's ``regulation:`` (area regulation from the meters)."""
+    regulation_units: tuple[FrequencyUnitSpec, ...] = ()
+    """``frequency_response.units`` (the batteries regulation may dispatch)."""
+    frequency_topic: str | None = None
+    """``frequency_response.source.mqtt_topic`` (regulation's frequency, by default)."""
     site_path: Path | None = None
     """The site file this runs (``POST /api/v1/chargers`` adds chargers to it); None: the
     site was not read from a file the operator owns (``gridshare demo``), so it is never
@@ -124,7 +130,11 @@ def serve_options(config: SiteConfig, *, host: str = "0.0.0.0", ocpp_port: int =
                         meters=config.meters, mqtt=config.mqtt,
                         demand_response=config.demand_response, site_path=site_path,
                         charge_planning=config.charge_planning,
-                        regulation=config.regulation)
+                        regulation=config.regulation,
+                        regulation_units=tuple(config.frequency_response.units)
+                        if config.frequency_response is not None else (),
+                        frequency_topic=config.frequency_response.source.mqtt_topic
+                        if config.frequency_response is not None else None)
 
 
 def meter_where(spec: MeterSpec) -> str:
@@ -262,6 +272,24 @@ class GridshareApp:
                 topology, options.charge_planning, self.bus, self.clock,
                 state_view=self.controller.state, store=self.store,
                 tariff=load_tariff_steps(options.charge_planning, base))
+        self.regulation: RegulationService | None = None
+        """Area regulation from the meters (None: no ``regulation:`` block)."""
+        if options.regulation is not None and options.mqtt is not None:
+            from gridshare.controller.regulation import (
+                AreaLoadSource,
+                MqttAreaLoad,
+                RegulationService,
+                ZoneLoad,
+                batteries,
+            )
+
+            reg = options.regulation
+            source: AreaLoadSource = ZoneLoad(self.loads) if reg.load_topics is None else \
+                MqttAreaLoad({reg.area: reg.load_topics}, self.clock)
+            self.regulation = RegulationService(
+                reg, batteries(options.regulation_units, reg.units), source, self.clock,
+                site=topology.site, mqtt=options.mqtt, store=self.store,
+                frequency_topic=reg.frequency_topic or options.frequency_topic)
         self.api_server: ApiServer | None = None
         if options.api_port is not None:
             from gridshare.api.app import create_api
@@ -295,6 +323,8 @@ class GridshareApp:
                 await self.dr.start()
             if self.planning is not None:
                 await self.planning.start()
+            if self.regulation is not None:
+                await self.regulation.start()
             for dr_input in (self.dr_mqtt, self.dr_openadr):
                 if dr_input is not None:
                     await dr_input.start()  # never raises for a peer that is down
@@ -326,6 +356,9 @@ class GridshareApp:
             if dr_input is not None:
                 with contextlib.suppress(Exception):
                     await dr_input.stop()
+        if self.regulation is not None:
+            with contextlib.suppress(Exception):
+                await self.regulation.stop()
         if self.planning is not None:
             with contextlib.suppress(Exception):
                 await self.planning.stop()

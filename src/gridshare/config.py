@@ -703,6 +703,10 @@ class RegulationSpec(_Strict):
     gridshare/<site>/grid/frequency)."""
     units: Annotated[list[Id], Field(min_length=1)] | None = None
     """Battery ids of frequency_response.units to dispatch (default: all its batteries)."""
+    load_topics: Annotated[list[MqttTopic], Field(min_length=1)] | None = None
+    """Feeder/substation meters of the area on MQTT (``{"ts", "kw"}`` or a number, net of
+    the storage behind them), summed; None: the area is a zone of the live load
+    aggregation (``zones:``)."""
 
 
 class ApiSpec(_Strict):
@@ -1564,6 +1568,11 @@ def _check_regulation(site: _Site, problems: ProblemList) -> None:
     if not batteries:
         problems.add(("regulation",), "no battery to dispatch: declare batteries under "
                      "frequency_response.units (with their setpoint_topic)")
+    zones = {zid for zid, _ in site.zones}
+    if spec.load_topics is None and spec.area not in zones:
+        problems.add(("regulation", "area"), f"area {shown(spec.area)} is no zone of the "
+                     f"site (zones: {', '.join(sorted(z for z in zones if z)) or 'none'}); "
+                     "declare it, or give load_topics")
     for i, uid in enumerate(spec.units or ()):
         if uid not in batteries:
             problems.add(("regulation", "units", i), f"unknown battery {shown(uid)} "
