@@ -134,6 +134,29 @@ def test_two_cars_share_the_group_in_the_cheap_period() -> None:
     assert caps[("c1", 1)] + caps[("c2", 1)] == pytest.approx(64.0, abs=0.05)
 
 
+def test_a_run_time_limit_is_planned_within() -> None:
+    from gridshare.events import LimitChanged
+
+    h = Harness(NIGHT)
+    h.arrive("c1", "a")
+    h.arrive("c2", "b")
+    h.service.set_need(("c1", 1), 20.0, NIGHT + timedelta(hours=4))
+    h.service.set_need(("c2", 1), 20.0, NIGHT + timedelta(hours=4))
+    h.state.apply(LimitChanged("main", NIGHT, "operator", max_current=40))
+    assert h.service.taken_a(NIGHT) == {"main": [[24.0, 24.0, 24.0]]}
+    asyncio.run(h.service.replan("limit changed"))
+    caps = h.published()[-1]
+    assert caps[("c1", 1)] + caps[("c2", 1)] == pytest.approx(40.0, abs=0.05)
+
+
+def test_tariff_from_a_file_next_to_the_site(tmp_path: Any) -> None:
+    (tmp_path / "tariff.yaml").write_text('tariff:\n  - {from: "07:00", price: 0.3}\n'
+                                          '  - {from: "22:00", price: 0.1}\n')
+    spec = ChargePlanningSpec.model_validate({"tariff": "tariff.yaml"})
+    steps = load_tariff_steps(spec, tmp_path)
+    assert steps == [(0.0, 0.1), (7.0, 0.3), (22.0, 0.1)]
+
+
 def test_energy_drawn_is_taken_off_the_need() -> None:
     h = Harness(EVENING)
     h.arrive("c1")

@@ -65,6 +65,8 @@ log = logging.getLogger("gridshare.planning")
 SOURCE = "charge_plan"
 """The limit source of the caps (the controller folds every source's caps)."""
 MAX_ALARMS = 100
+RETRY_S = 30.0
+"""After a failed plan (caps lifted) the worker tries again this soon."""
 WAKE_ON = (SessionStarted, SessionStopped, StatusChanged, ChargerOffline, LimitChanged,
            ChargingNeeds)
 
@@ -260,6 +262,29 @@ class PlanService:
             needs[key] = (remaining, departure, source)
         return out, needs
 
+    def taken_a(self, now: datetime) -> dict[str, list[list[float]]]:
+        """Per group, A per phase the plan cannot use: the uncontrolled load its meter
+        shows (when it follows one) and what a run-time limit (DR, operator) takes below the
+        site file's ``max_current``. Held over the whole horizon (what is known now)."""
+        out: dict[str, list[list[float]]] = {}
+        group_meter = getattr(self._state, "group_meter", None)
+        uncontrolled = getattr(self._state, "metered_uncontrolled", None)
+        limits_of = getattr(self._state, "limits_of", None)
+        for gid, group in self.topology.groups.items():
+            amps = [0.0, 0.0, 0.0]
+            if group_meter is not None and uncontrolled is not None and \
+                    group_meter(gid) is not None:
+                amps = [max(a, 0.0) for a in uncontrolled(gid)]
+            if limits_of is not None and group.max_current is not None:
+                extra = [lim.max_current for lim, _ in limits_of(gid, now).values()
+                         if lim.max_current is not None]
+                if extra and min(extra) < group.max_current:
+                    cut = group.max_current - max(min(extra), 0.0)
+                    amps = [a + cut for a in amps]
+            if any(a > 0 for a in amps):
+                out[gid] = [amps]
+        return out
+
     def prices(self, start: datetime) -> list[float] | None:
         """Price per period from ``start`` (time of day in the block's timezone)."""
         if self._prices is None:
@@ -280,12 +305,14 @@ class PlanService:
             start = self.period_start(now)
             cars, needs = self.cars(now)
             prices = self.prices(start)
+            taken = self.taken_a(now)
             self.counters["plans"] += 1
             try:
                 async with asyncio.timeout(self.settings.late_after_s):
                     plan = await asyncio.to_thread(
                         self._solver, self.topology, cars, periods=self.settings.periods,
-                        period_h=self.settings.period_h, prices=prices)
+                        period_h=self.settings.period_h, prices=prices,
+                        uncontrolled_a=taken or None)
             except Exception as exc:  # TimeoutError too: a plan that is late is no plan
                 self.counters["plan_failures"] += 1
                 log.exception("charge plan failed")
@@ -477,6 +504,8 @@ class PlanService:
             delay = max((boundary - now).total_seconds(), 0.0) + 0.01
             if self._planned is not None and self._failed is None:
                 delay = min(delay, self.settings.late_after_s)
+            elif self._failed is not None:
+                delay = min(delay, RETRY_S)  # caps lifted: try again soon
             woke = False
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
@@ -489,8 +518,9 @@ class PlanService:
                     await asyncio.sleep(wait)
             self._wake.clear()
             try:
-                if woke or self.period_start(self.clock.now()) != (
-                        self._planned.start if self._planned else None):
+                if woke or self._failed is not None or \
+                        self.period_start(self.clock.now()) != (
+                            self._planned.start if self._planned else None):
                     await self.replan("change" if woke else "period boundary")
                 self.check()
             except Exception:
