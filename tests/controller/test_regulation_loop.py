@@ -84,3 +84,74 @@ async def test_load_step_restored_by_storage_and_stall_holds_safe(tmp_path: Path
             await grid.stop()
             await regulation.stop()
             await battery.stop()
+
+
+SITE = """
+site: s1
+mqtt: {{url: "mqtt://{host}:{port}"}}
+groups: [{{id: main, max_current: 32, chargers: [c1]}}]
+chargers: [{{id: c1, max_current: 32}}]
+frequency_response:
+  nominal_hz: 50
+  deadband_mhz: 20
+  full_activation_mhz: 200
+  safety_window_hz: [49.5, 50.5]
+  source: {{mqtt_topic: "gridshare/s1/grid/frequency"}}
+  units:
+    - {{battery: bess-1, max_discharge_kw: 50, max_charge_kw: 50, capacity_kwh: 100,
+       min_soc: 10, setpoint_topic: "{setpoint}", soc_topic: "{soc}"}}
+regulation: {{area: A1, scheduled_kw: 500, bias_kw_per_hz: -100, step_s: 0.2,
+             load_topics: ["{meter}"]}}
+"""
+
+
+async def test_the_app_runs_regulation_from_the_site_file(tmp_path: Path) -> None:
+    import json
+
+    import aiomqtt
+
+    from gridshare.app import build_app, serve_options
+    from gridshare.config import parse_site_config
+
+    with mosquitto(tmp_path / "mq") as broker:
+        config = parse_site_config(SITE.format(host=broker.host, port=broker.port,
+                                               setpoint=SETPOINT, soc=SOC, meter=METER),
+                                   "site.yaml")
+        app = build_app(config.topology, serve_options(config, host="127.0.0.1",
+                                                       ocpp_port=0, api_port=None,
+                                                       db_url="none"))
+        assert app.regulation is not None
+        seen: list[dict[str, object]] = []
+        async with aiomqtt.Client(broker.host, broker.port) as client:
+            await client.subscribe(SETPOINT)
+
+            async def collect() -> None:
+                async for message in client.messages:
+                    assert isinstance(message.payload, bytes)
+                    seen.append(json.loads(message.payload))
+
+            reader = asyncio.create_task(collect())
+            await app.start()
+            try:
+                reg = app.regulation
+                # nothing from the meters yet: the safe state, published, with an alarm
+                await eventually(lambda: any(m["setpoint_kw"] == 0.0 for m in seen))
+                assert reg.holding is not None and "no reading yet" in reg.holding
+                assert seen[0]["source"] == "regulation" and seen[0]["valid_s"] == 10
+
+                async def feed() -> None:
+                    while True:
+                        await client.publish(METER, json.dumps({"kw": 520}))
+                        await client.publish("gridshare/s1/grid/frequency", '{"hz": 50}')
+                        await client.publish(SOC, '{"soc": 60}')
+                        await asyncio.sleep(0.1)
+
+                feeder = asyncio.create_task(feed())
+                try:
+                    await eventually(lambda: reg.holding is None and
+                                     any(float(m["setpoint_kw"]) < -5 for m in seen))
+                finally:
+                    feeder.cancel()
+            finally:
+                await app.stop()
+                reader.cancel()
