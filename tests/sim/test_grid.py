@@ -86,6 +86,17 @@ def test_any_parameters_match_the_analytic_response(h: float, base: float, d: fl
     assert m.delta_hz == pytest.approx(expect, abs=1e-9 + 1e-9 * abs(dp / d))
 
 
+def test_chargers_kw_reads_what_simulated_chargers_draw() -> None:
+    from types import SimpleNamespace
+
+    from gridshare.sim.grid import chargers_kw
+
+    charger = SimpleNamespace(connectors=2, drawn_a=lambda n: (10.0, 10.0, 10.0) if n == 1
+                              else (16.0, 0.0, 0.0))
+    site = SimpleNamespace(chargers={"a": charger})
+    assert chargers_kw(site)() == pytest.approx((30 + 16) * 230 / 1000)
+
+
 def test_bad_parameters_are_refused() -> None:
     with pytest.raises(ValueError):
         GridParams(inertia_s=0)
@@ -95,7 +106,8 @@ async def test_frequency_on_the_broker_and_storage_power_taken_in(tmp_path: Path
     with mosquitto(tmp_path / "mq") as broker:
         model = GridModel(P, scheduled_kw=500, loads={"feeder": 520.0})
         sim = GridSim(model, broker.host, broker.port, site="s1",
-                      storage_topics={"bess": "site/bess/setpoint/power"}, publish_hz=50)
+                      storage_topics={"bess": "site/bess/setpoint/power"}, publish_hz=50,
+                      load_readers={"chargers": lambda: 0.0})
         got: list[dict[str, float]] = []
         async with aiomqtt.Client(broker.host, broker.port) as client:
             await client.subscribe("gridshare/s1/grid/frequency")
@@ -111,6 +123,7 @@ async def test_frequency_on_the_broker_and_storage_power_taken_in(tmp_path: Path
                 await asyncio.wait_for(collect(), 10)
                 assert set(got[0]) == {"ts", "hz"}
                 assert got[-1]["hz"] < 50.0  # short of 20 kW: falling
+                assert model.loads["chargers"] == 0.0  # read from the simulated load
                 # storage discharges 20 kW (−20 on its topic: + = charging)
                 await client.publish("site/bess/setpoint/power", json.dumps({"kw": -20}))
                 await eventually(lambda: model.storage.get("bess") == 20.0)

@@ -38,9 +38,10 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 log = logging.getLogger("gridshare.sim.grid")
 
@@ -176,9 +177,12 @@ class GridSim:
                  storage_topics: Mapping[str, str] | None = None,
                  load_topics: Mapping[str, str] | None = None,
                  frequency_topic: str | None = None, meter_topic: str | None = None,
-                 publish_hz: float = 20.0, meter_period_s: float = 0.5) -> None:
+                 publish_hz: float = 20.0, meter_period_s: float = 0.5,
+                 load_readers: Mapping[str, Callable[[], float]] | None = None) -> None:
         """``storage_topics``: unit -> its power topic (+ = charging); ``load_topics``:
-        name -> a measured load's topic (kW)."""
+        name -> a measured load's topic (kW); ``load_readers``: name -> a function giving
+        a simulated load's kW now (e.g. :func:`chargers_kw` of a SimSite), read every
+        meter period."""
         if not 10.0 <= publish_hz <= 100.0:
             raise ValueError("publish_hz: 10 to 100")
         self.model = model
@@ -187,6 +191,7 @@ class GridSim:
         self.meter_topic = meter_topic or f"gridshare/{site}/grid/area_load"
         self.storage_topics = dict(storage_topics or {})
         self.load_topics = dict(load_topics or {})
+        self.load_readers = dict(load_readers or {})
         self.publish_hz = publish_hz
         self.meter_period_s = meter_period_s
         self.paused_meter = False
@@ -255,11 +260,30 @@ class GridSim:
                 self.history.append((model.t, model.hz))
             if now >= next_meter:
                 next_meter += self.meter_period_s
+                for name, read in self.load_readers.items():
+                    try:
+                        model.set_load(name, float(read()))
+                    except Exception:  # a simulated load that fails is left as it was
+                        log.exception("grid: reading load %s failed", name)
                 if not self.paused_meter:
                     await client.publish(self.meter_topic,  # type: ignore[attr-defined]
                                          json.dumps({"ts": ts,
                                                      "kw": round(model.net_load_kw(), 4)}))
             await asyncio.sleep(max(min(next_pub, next_meter) - time.monotonic(), 0.001))
+
+
+def chargers_kw(site: Any, voltage: float = 230.0) -> Callable[[], float]:
+    """A load reader for a :class:`~gridshare.sim.site.SimSite`: what its simulated
+    chargers draw now, kW (the sum of every connector's phase currents × voltage)."""
+
+    def read() -> float:
+        total = 0.0
+        for charger in site.chargers.values():
+            for n in range(1, charger.connectors + 1):
+                total += sum(charger.drawn_a(n))
+        return total * voltage / 1000.0
+
+    return read
 
 
 def units_power_topics(units: Iterable[tuple[str, str]]) -> dict[str, str]:
