@@ -75,7 +75,7 @@ async def test_load_step_restored_by_storage_and_stall_holds_safe(tmp_path: Path
             await eventually(lambda: regulation.holding is not None, timeout_s=10)
             held_after = time.monotonic() - stalled
             print(f"stalled meter: safe state after {held_after:.2f} s")
-            assert 4.0 <= held_after <= 5.0 + 0.25 + 0.2 + 0.5, held_after
+            assert 4.0 <= held_after <= 6.5, held_after  # 5 s old + at most a step, and MQTT
             assert "area load" in (regulation.holding or "")
             assert regulation.setpoints["bess-1"] == 0.0
             assert any(a["kind"] == "regulation" for a in regulation.alarms())
