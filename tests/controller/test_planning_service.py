@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.waits import eventually
+from waits import eventually
 
 from gridshare.bus import MemoryBus
 from gridshare.clock import FakeClock
