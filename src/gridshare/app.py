@@ -130,7 +130,11 @@ def serve_options(config: SiteConfig, *, host: str = "0.0.0.0", ocpp_port: int =
                         meters=config.meters, mqtt=config.mqtt,
                         demand_response=config.demand_response, site_path=site_path,
                         charge_planning=config.charge_planning,
-                        regulation=config.regulation,
+                        regulation=config.regulation if config.regulation is None
+                        or config.regulation.nominal_hz is not None
+                        or config.frequency_response is None
+                        else config.regulation.model_copy(
+                            update={"nominal_hz": config.frequency_response.nominal_hz}),
                         regulation_units=tuple(config.frequency_response.units)
                         if config.frequency_response is not None else (),
                         frequency_topic=config.frequency_response.source.mqtt_topic

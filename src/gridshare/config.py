@@ -686,7 +686,8 @@ class RegulationSpec(_Strict):
     """The area whose load is aggregated (a group id, zone or feeder the load source knows)."""
     scheduled_kw: Annotated[float, Field(allow_inf_nan=False)]
     """Scheduled generation (or import) of the area, kW."""
-    nominal_hz: Literal[50, 60] = 50
+    nominal_hz: Literal[50, 60] | None = None
+    """Default: ``frequency_response.nominal_hz``, else 50."""
     bias_kw_per_hz: Annotated[float, Field(le=0, allow_inf_nan=False)] = 0.0
     """B of ACE = (P_load − P_sched) + B·Δf, kW/Hz, ≤ 0 (NERC sign; −D cancels load
     damping)."""
@@ -1573,6 +1574,10 @@ def _check_regulation(site: _Site, problems: ProblemList) -> None:
         problems.add(("regulation", "area"), f"area {shown(spec.area)} is no zone of the "
                      f"site (zones: {', '.join(sorted(z for z in zones if z)) or 'none'}); "
                      "declare it, or give load_topics")
+    if freq is not None and spec.nominal_hz is not None and \
+            spec.nominal_hz != freq.nominal_hz:
+        problems.add(("regulation", "nominal_hz"), f"{spec.nominal_hz} Hz, but "
+                     f"frequency_response.nominal_hz is {freq.nominal_hz} Hz")
     for i, uid in enumerate(spec.units or ()):
         if uid not in batteries:
             problems.add(("regulation", "units", i), f"unknown battery {shown(uid)} "

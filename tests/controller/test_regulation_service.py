@@ -156,3 +156,18 @@ def test_site_file_block() -> None:
         parse_site_config(SITE + "regulation: {area: A1, scheduled_kw: 500, "
                           "bias_kw_per_hz: 10, load_topics: [x]}\n", "s.yaml")
     assert "s.yaml:" in str(exc.value) and "bias_kw_per_hz" in str(exc.value)
+    with pytest.raises(ConfigError) as exc:
+        parse_site_config(SITE + "regulation: {area: A1, scheduled_kw: 500, "
+                          "nominal_hz: 60, load_topics: [x]}\n", "s.yaml")
+    assert "frequency_response.nominal_hz is 50" in str(exc.value)
+
+
+def test_nominal_frequency_defaults_to_the_frequency_response() -> None:
+    from gridshare.app import serve_options
+
+    sixty = SITE.replace("nominal_hz: 50", "nominal_hz: 60").replace(
+        "[49.5, 50.5]", "[59.5, 60.5]")
+    config = parse_site_config(sixty + "regulation: {area: A1, scheduled_kw: 500, "
+                               "load_topics: [x]}\n", "s.yaml")
+    reg = serve_options(config).regulation
+    assert reg is not None and reg.nominal_hz == 60

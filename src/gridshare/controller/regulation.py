@@ -192,7 +192,7 @@ class RegulationService:
             scheduled_kw=spec.scheduled_kw, bias_kw_per_hz=spec.bias_kw_per_hz, kp=spec.kp,
             ki=spec.ki, max_discharge_kw=sum(u.max_discharge_kw for u in self.units),
             max_charge_kw=sum(u.max_charge_kw for u in self.units),
-            nominal_hz=float(spec.nominal_hz), deadline_s=spec.deadline_s)
+            nominal_hz=float(spec.nominal_hz or 50), deadline_s=spec.deadline_s)
         self.regulator = Regulator(self.settings)
         self._hz: tuple[float, datetime] | None = None
         self.soc: dict[str, float] = {}
