@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -130,7 +132,7 @@ def _true_energy(points: list[tuple[int, int]], modulus: int | None) -> int:
         seen.setdefault(t, v)
     values = [seen[t] for t in sorted(seen)]
     total = 0
-    for a, b in zip(values, values[1:], strict=False):
+    for a, b in itertools.pairwise(values):
         if b >= a:
             total += b - a
         else:
@@ -150,7 +152,7 @@ def test_conservation_exact_for_any_reading_sequence(points: list[tuple[int, int
     # and the register difference minus what the resets lost, when no modulus is known
     if points and modulus is None:
         first = min(points, key=lambda p: p[0])[0]
-        raw = {t: v for t, v in reversed(points)}  # the first reading of each instant
+        raw = dict(reversed(points))  # the first reading of each instant
         last_t = max(raw)
         assert sum(energies(out)) == raw[last_t] - raw[first] + track.lost_mwh
 
