@@ -4,7 +4,7 @@ Pure: no I/O, no clock. ``intervals`` turns readings into intervals, ``tariff`` 
 them, ``bill`` puts the two together per id (meter, charger or session).
 """
 
-from gridshare.core.billing.bill import BillLine, BillTotal, bill_for
+from gridshare.core.billing.bill import BillLine, BillTotal, bill_all, bill_for
 from gridshare.core.billing.intervals import (
     Flag,
     Interval,
@@ -19,6 +19,25 @@ from gridshare.core.billing.intervals import (
 )
 from gridshare.core.billing.tariff import DayPlan, Season, Tariff, TariffPeriod, flat, prices_for
 
-__all__ = ["BillLine", "BillTotal", "DayPlan", "Flag", "Interval", "IntervalSettings",
-           "Reading", "Season", "Tariff", "TariffPeriod", "Track", "bill_for", "build_track",
-           "flat", "intervals", "merge", "prices_for", "value_at", "wh_to_mwh"]
+__all__ = [
+    "BillLine",
+    "BillTotal",
+    "DayPlan",
+    "Flag",
+    "Interval",
+    "IntervalSettings",
+    "Reading",
+    "Season",
+    "Tariff",
+    "TariffPeriod",
+    "Track",
+    "bill_all",
+    "bill_for",
+    "build_track",
+    "flat",
+    "intervals",
+    "merge",
+    "prices_for",
+    "value_at",
+    "wh_to_mwh",
+]

@@ -1,0 +1,167 @@
+"""Billing's side of the database: the readings a bill is computed from, and the
+``billing_intervals`` table the computed intervals are written to.
+
+Sources (docs/billing.md): ``meter`` reads ``ami_readings`` (utility and house meters),
+``charger`` reads the charger rows of ``meter_readings`` (one register per connector,
+summed per charger), ``session`` reads ``sessions`` and the session's rows of
+``meter_readings``, with ``meter_start_wh`` and ``meter_stop_wh`` as readings at the
+session's start and stop. For each id the readings in the range are read together with the
+last one before it and the first one after it, so a boundary value is the same whatever
+range it is read in (a bill split in two gives the same intervals).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    String,
+    Table,
+    and_,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    tuple_,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gridshare.core.billing import BillLine, Reading, wh_to_mwh
+from gridshare.store import ami_readings, metadata, meter_readings, sessions
+
+By = Literal["meter", "charger", "session"]
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+US = timedelta(microseconds=1)
+
+billing_intervals = Table(
+    "billing_intervals", metadata,
+    # One computed billing interval (``gridshare bill``): computing a range again replaces
+    # its rows, so the table holds the latest computation of each interval.
+    Column("id", Integer, primary_key=True),
+    Column("by", String(16), nullable=False),  # meter, charger or session
+    Column("subject", String(160), nullable=False),  # meter id, charger id, CHARGER/TX
+    Column("interval_start", DateTime(timezone=True), nullable=False),
+    Column("interval_end", DateTime(timezone=True), nullable=False),
+    Column("energy_mwh", BigInteger, nullable=False),  # exact: integer milliwatt-hours
+    Column("cost", Float),  # None: no tariff
+    Column("tariff_period", String(64)),
+    Column("flags", String(200), nullable=False),  # comma-separated, "" when none
+    Column("computed_at", DateTime(timezone=True), nullable=False),
+    Index("ux_billing_by_subject_start", "by", "subject", "interval_start", unique=True),
+)
+
+
+def to_us(at: datetime) -> int:
+    """An instant as integer µs since the epoch (SQLite hands back naive UTC times)."""
+    aware = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+    return (aware - EPOCH) // US
+
+
+def from_us(us: int) -> datetime:
+    return EPOCH + us * US
+
+
+
+async def _around(conn: AsyncConnection, table: Table, keys: Sequence[Any], ts: Any,
+                  start: datetime, end: datetime, where: Any) -> list[Any]:
+    """Rows of ``table`` in ``[start, end]``, plus per key the last row before ``start``
+    and the first after ``end``."""
+    rows = list(await conn.execute(
+        select(table).where(where, ts >= start, ts <= end)))
+    for agg, cond in ((func.max(ts), ts < start), (func.min(ts), ts > end)):
+        edge = select(*keys, agg.label("edge")).where(where, cond).group_by(*keys).subquery()
+        joined = select(table).join(edge, and_(
+            *(k == edge.c[k.name] for k in keys), ts == edge.c.edge))
+        rows.extend(await conn.execute(joined.where(where)))
+    return rows
+
+
+def _reading(ts: datetime, energy_wh: float | None, power_w: float | None) -> Reading:
+    return Reading(to_us(ts), None if energy_wh is None else wh_to_mwh(energy_wh), power_w)
+
+
+async def meter_readings_by_meter(conn: AsyncConnection, start: datetime, end: datetime
+                                  ) -> dict[str, list[Reading]]:
+    t = ami_readings
+    out: dict[str, list[Reading]] = defaultdict(list)
+    for r in await _around(conn, t, [t.c.meter_id], t.c.ts, start, end, True):
+        out[r.meter_id].append(_reading(r.ts, r.energy_wh, r.power_w))
+    return dict(out)
+
+
+async def connector_readings(conn: AsyncConnection, start: datetime, end: datetime
+                             ) -> dict[str, dict[int, list[Reading]]]:
+    """Charger id -> connector -> readings (connector rows with no number count as 0)."""
+    t = meter_readings
+    out: dict[str, dict[int, list[Reading]]] = defaultdict(lambda: defaultdict(list))
+    rows = await _around(conn, t, [t.c.charger, t.c.connector], t.c.at, start, end,
+                         t.c.charger.is_not(None))
+    for r in rows:
+        out[r.charger][r.connector or 0].append(_reading(r.at, r.energy_wh, r.power_w))
+    return {k: dict(v) for k, v in out.items()}
+
+
+async def session_readings(conn: AsyncConnection, start: datetime, end: datetime
+                           ) -> dict[str, list[Reading]]:
+    """``CHARGER/TRANSACTION`` -> readings of every session that overlaps the range: its
+    start and stop registers first (they win over a meter value at the same instant),
+    then its meter values."""
+    s = sessions
+    found = list(await conn.execute(select(s).where(
+        s.c.started_at < end, or_(s.c.stopped_at.is_(None), s.c.stopped_at > start))))
+    out: dict[str, list[Reading]] = {}
+    for row in found:
+        readings = []
+        if row.meter_start_wh is not None:
+            readings.append(_reading(row.started_at, row.meter_start_wh, None))
+        if row.meter_stop_wh is not None and row.stopped_at is not None:
+            readings.append(_reading(row.stopped_at, row.meter_stop_wh, None))
+        out[f"{row.charger}/{row.transaction_id}"] = readings
+    if not found:
+        return out
+    t = meter_readings
+    pairs = list({(r.charger, r.transaction_id) for r in found})
+    for chunk in range(0, len(pairs), 500):
+        part = pairs[chunk:chunk + 500]
+        query = select(t.c.charger, t.c.transaction_id, t.c.at, t.c.energy_wh, t.c.power_w) \
+            .where(tuple_(t.c.charger, t.c.transaction_id).in_(part))
+        for r in await conn.execute(query):
+            out[f"{r.charger}/{r.transaction_id}"].append(
+                _reading(r.at, r.energy_wh, r.power_w))
+    return out
+
+
+async def write_intervals(conn: AsyncConnection, by: By, lines: Iterable[BillLine],
+                          ids: Sequence[str], start: datetime, end: datetime,
+                          computed_at: datetime) -> int:
+    """Replace the stored intervals of ``ids`` in ``[start, end)`` with ``lines``."""
+    t = billing_intervals
+    for chunk in range(0, len(ids), 500):
+        await conn.execute(delete(t).where(
+            t.c.by == by, t.c.subject.in_(list(ids[chunk:chunk + 500])),
+            t.c.interval_start >= start, t.c.interval_start < end))
+    batch: list[dict[str, Any]] = []
+    written = 0
+    for line in lines:
+        batch.append({"by": by, "subject": line.id, "interval_start": from_us(line.start_us),
+                      "interval_end": from_us(line.end_us), "energy_mwh": line.energy_mwh,
+                      "cost": line.cost, "tariff_period": line.tariff_period,
+                      "flags": ",".join(line.flags), "computed_at": computed_at})
+        if len(batch) >= 5000:
+            await conn.execute(insert(t), batch)
+            written += len(batch)
+            batch = []
+    if batch:
+        await conn.execute(insert(t), batch)
+        written += len(batch)
+    return written

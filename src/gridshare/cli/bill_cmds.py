@@ -1,0 +1,255 @@
+"""``gridshare bill``: interval energy and its cost per meter, charger or session.
+
+Reads the site file (its ``billing:`` block: time zone, interval, tariff), reads the
+readings of the range from the database, computes exact interval energy (core/billing),
+prints it as CSV or JSON and writes it to the ``billing_intervals`` table. Only typer is
+imported here; the database, pydantic and the core load when the command runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import io
+import json
+import sys
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, tzinfo
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from gridshare.cli.core_cmds import (
+    DEFAULT_MAX_SIZE,
+    MaxSizeOpt,
+    SiteArg,
+    load_site_or_exit,
+    report_problems,
+    usage_error,
+)
+
+if TYPE_CHECKING:
+    from gridshare.core.billing import BillLine, BillTotal, Reading
+
+EPILOG = """\b
+Exit codes:
+  0  the bill is printed (flagged intervals are in it, with their flags)
+  1  the database cannot be read or written
+  2  bad input: usage (--from, --to, --db), or a site or tariff file that
+     cannot be read or is invalid"""
+
+PROGRESS_AFTER = 200
+"""Ids: a bill of more shows a progress bar (on a terminal only)."""
+CSV_COLUMNS = ("kind", "id", "start", "end", "energy_kwh", "cost", "tariff_period", "flags")
+
+
+class By(StrEnum):
+    meter = "meter"
+    session = "session"
+    charger = "charger"
+
+
+class Format(StrEnum):
+    csv = "csv"
+    json = "json"
+
+
+def parse_instant(text: str, zone: tzinfo) -> datetime | None:
+    """ISO 8601 with an offset; a time without one is in the site's time zone."""
+    try:
+        at = datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    return at.replace(tzinfo=zone) if at.tzinfo is None else at
+
+
+def bill_cmd(
+    site: SiteArg,
+    from_: Annotated[str, typer.Option(
+        "--from", metavar="ISO", help="Start of the range, e.g. 2026-11-01T00:00+01:00 (no "
+        "offset: the site's billing time zone); on an interval boundary.",
+        show_default=False)],
+    to: Annotated[str, typer.Option(
+        "--to", metavar="ISO", help="End of the range (excluded), as --from.",
+        show_default=False)],
+    by: Annotated[By, typer.Option(
+        "--by", help="meter: AMI/house meters; charger: each charger's connectors "
+        "summed; session: each charging session.")] = By.meter,
+    db: Annotated[str | None, typer.Option(
+        "--db", metavar="URL", help="Database URL (default: sqlite under "
+        "$GRIDSHARE_DATA_DIR or ./var, as serve uses).", show_default=False)] = None,
+    fmt: Annotated[Format, typer.Option(
+        "--format", help="csv (a header, one row per interval, then the totals) or "
+        "json.")] = Format.csv,
+    save: Annotated[bool, typer.Option(
+        "--save/--no-save", help="Write the intervals to the billing_intervals table.")
+    ] = True,
+    max_size: MaxSizeOpt = DEFAULT_MAX_SIZE,
+) -> None:
+    """Interval energy (15 minutes by default) and its cost under the site's time-of-use
+    tariff, per meter, charger or session, e.g.
+    gridshare bill site.yaml --from 2026-11-01 --to 2026-12-01 --by charger --format csv"""
+    as_json = fmt is Format.json
+    config = load_site_or_exit(site, max_size, as_json)
+    from gridshare.billing_config import billing_of
+    from gridshare.config import ConfigError
+
+    try:
+        billing = billing_of(config)
+    except ConfigError as exc:
+        spec_file = config.billing.tariff_file if config.billing is not None else None
+        report_problems(spec_file or site, exc, as_json=as_json, error="invalid tariff file")
+    spec = billing.spec
+    zone = spec.zone
+    start = parse_instant(from_, zone)
+    end = parse_instant(to, zone)
+    step = spec.interval_s
+    for option, value, raw in (("--from", start, from_), ("--to", end, to)):
+        if value is None:
+            usage_error("bill", option, f"not an ISO date or time like 2026-11-01 or "
+                        f"2026-11-01T00:00+01:00: {raw!r}", as_json)
+        if value.timestamp() % step:
+            usage_error("bill", option, f"{raw} is not on a {step // 60}-minute interval "
+                        "boundary", as_json)
+    assert start is not None and end is not None
+    if end <= start:
+        usage_error("bill", "--to", f"{to} is not after --from {from_}", as_json)
+    from gridshare.store import StoreError, default_url, normalise_url
+
+    try:
+        url = normalise_url(db or default_url())
+    except StoreError as exc:
+        usage_error("bill", "--db", str(exc), as_json)
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and (
+            not parsed.database or not Path(parsed.database).is_file()):
+        usage_error("bill", "--db", f"no database file {parsed.database!r} (give --db, or "
+                    "set GRIDSHARE_DATA_DIR as for serve)", as_json)
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        lines, totals = asyncio.run(_bill(url, by, start.astimezone(UTC), end.astimezone(UTC),
+                                          billing, save))
+    except (SQLAlchemyError, OSError) as exc:
+        sys.stderr.write(f"gridshare bill: the database {parsed.render_as_string()} cannot "
+                         f"be used: {str(exc).splitlines()[0]}\n")
+        raise typer.Exit(1) from exc
+    if as_json:
+        sys.stdout.write(json.dumps(bill_json(lines, totals, zone, by=by.value, start=start,
+                                              end=end, currency=spec.currency,
+                                              interval_s=step), indent=1) + "\n")
+    else:
+        sys.stdout.write(bill_csv(lines, totals, zone, start=start, end=end))
+
+
+async def _bill(url: str, by: By, start: datetime, end: datetime, billing: Any,
+                save: bool) -> tuple[list[BillLine], list[BillTotal]]:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from gridshare import billing_store as bs
+    from gridshare.billing_store import to_us
+    from gridshare.core.billing import bill_all
+    from gridshare.store import metadata
+
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.create_all, tables=[bs.billing_intervals])
+            readings: dict[str, list[list[Reading]]]
+            if by is By.meter:
+                readings = {k: [v] for k, v in
+                            (await bs.meter_readings_by_meter(conn, start, end)).items()}
+            elif by is By.charger:
+                readings = {k: list(v.values()) for k, v in
+                            (await bs.connector_readings(conn, start, end)).items()}
+            else:
+                readings = {k: [v] for k, v in
+                            (await bs.session_readings(conn, start, end)).items()}
+            with _progress(len(readings)) as tick:
+                lines, totals = bill_all(readings, to_us(start), to_us(end),
+                                         billing.spec.settings(), billing.tariff, tick)
+            if save:
+                await bs.write_intervals(conn, by.value, lines, sorted(readings), start, end,
+                                         datetime.now(UTC))
+    finally:
+        await engine.dispose()
+    return lines, totals
+
+
+@contextlib.contextmanager
+def _progress(total: int) -> Iterator[Callable[[int], None] | None]:
+    """A rich progress bar on stderr, when it is a terminal and the bill is long."""
+    if total < PROGRESS_AFTER or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("billing", total=total)
+        yield lambda done: bar.update(task, completed=done)
+
+
+# --- output -------------------------------------------------------------------------------
+
+
+def _iso(us: int, zone: tzinfo) -> str:
+    from gridshare.billing_store import from_us
+
+    return from_us(us).astimezone(zone).isoformat()
+
+
+def _kwh(mwh: int) -> float:
+    return mwh / 1_000_000  # exact to the mWh in decimal: the shortest repr of n / 10**6
+
+
+def _cost(cost: float | None) -> float | None:
+    return None if cost is None else round(cost, 6)
+
+
+def bill_json(lines: list[BillLine], totals: list[BillTotal], zone: tzinfo, *, by: str,
+              start: datetime, end: datetime, currency: str | None,
+              interval_s: int) -> dict[str, Any]:
+    """The public JSON shape (docs/billing.md): ``intervals`` and ``totals`` as the issue
+    states them; ``by``, ``from``, ``to``, ``currency`` and ``interval_minutes`` added."""
+    return {
+        "by": by, "from": start.astimezone(zone).isoformat(),
+        "to": end.astimezone(zone).isoformat(), "currency": currency,
+        "interval_minutes": interval_s // 60,
+        "intervals": [{"id": x.id, "start": _iso(x.start_us, zone), "end": _iso(x.end_us, zone),
+                       "energy_kwh": _kwh(x.energy_mwh), "cost": _cost(x.cost),
+                       "tariff_period": x.tariff_period, "flags": [str(f) for f in x.flags]}
+                      for x in lines],
+        "totals": [{"id": t.id, "energy_kwh": _kwh(t.energy_mwh), "cost": _cost(t.cost)}
+                   for t in totals],
+    }
+
+
+def bill_csv(lines: list[BillLine], totals: list[BillTotal], zone: tzinfo, *,
+             start: datetime, end: datetime) -> str:
+    """A header, one ``interval`` row per interval, then one ``total`` row per id (its
+    start and end are the range's); flags separated by ``;``."""
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for x in lines:
+        w.writerow(("interval", x.id, _iso(x.start_us, zone), _iso(x.end_us, zone),
+                    _kwh(x.energy_mwh), "" if x.cost is None else _cost(x.cost),
+                    x.tariff_period or "", ";".join(x.flags)))
+    first, last = start.astimezone(zone).isoformat(), end.astimezone(zone).isoformat()
+    for t in totals:
+        w.writerow(("total", t.id, first, last, _kwh(t.energy_mwh),
+                    "" if t.cost is None else _cost(t.cost), "", ""))
+    return out.getvalue()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bill", epilog=EPILOG)(bill_cmd)
+
+
+__all__ = ["bill_cmd", "bill_csv", "bill_json", "parse_instant", "register"]
