@@ -131,6 +131,12 @@ def _hhmm(minutes: int) -> str:
     return f"{minutes // 60:02d}:{minutes % 60:02d}"
 
 
+def _span(start: int, end: int) -> str:
+    """A period's default name: its clock range, ``"22:00-07:00"``, ``"00:00-24:00"``."""
+    end = end - 24 * 60 if end > 24 * 60 else end
+    return f"{_hhmm(start)}-{_hhmm(end) if end < 24 * 60 else '24:00'}"
+
+
 def _month_day(raw: object) -> tuple[int, int] | None:
     if not isinstance(raw, str):
         return None
@@ -212,7 +218,7 @@ def _day_plan(raw: Any, loc: Loc, problems: list[Problem]) -> DayPlan | None:
         if len(problems) > before:
             return None
         bounds = [s[0] for s in steps] + [steps[0][0] + 24 * 60]
-        periods = [TariffPeriod(n or f"{_hhmm(s)}-{_hhmm(bounds[k + 1] % (24 * 60))}", p, s)
+        periods = [TariffPeriod(n or _span(s, bounds[k + 1]), p, s)
                    for k, (s, _, p, n) in enumerate(steps)]
         if periods[0].start_min > 0:  # before the first step: the last one, from the day before
             last = periods[-1]
@@ -239,7 +245,7 @@ def _day_plan(raw: Any, loc: Loc, problems: list[Problem]) -> DayPlan | None:
         if m == 0 or owner[m] != owner[m - 1]:
             s, e, p, n = steps[owner[m]]
             assert e is not None
-            periods.append(TariffPeriod(n or f"{_hhmm(s)}-{_hhmm(e % (24 * 60))}", p, m))
+            periods.append(TariffPeriod(n or _span(s, e), p, m))
     return DayPlan(tuple(periods))
 
 

@@ -86,6 +86,15 @@ async def _around(conn: AsyncConnection, table: Table, keys: Sequence[Any], ts: 
     return rows
 
 
+def _covers(readings: list[Reading], start: datetime, end: datetime) -> bool:
+    """Whether an id's readings say anything about the range: one inside it, or one on
+    each side (a gap across it). An id with readings only before it (a meter removed) or
+    only after it (a meter installed later) is left out of the bill."""
+    lo, hi = to_us(start), to_us(end)
+    times = [r.ts_us for r in readings]
+    return any(lo <= t <= hi for t in times) or (min(times) < lo and max(times) > hi)
+
+
 def _reading(ts: datetime, energy_wh: float | None, power_w: float | None) -> Reading:
     return Reading(to_us(ts), None if energy_wh is None else wh_to_mwh(energy_wh), power_w)
 
@@ -96,7 +105,7 @@ async def meter_readings_by_meter(conn: AsyncConnection, start: datetime, end: d
     out: dict[str, list[Reading]] = defaultdict(list)
     for r in await _around(conn, t, [t.c.meter_id], t.c.ts, start, end, True):
         out[r.meter_id].append(_reading(r.ts, r.energy_wh, r.power_w))
-    return dict(out)
+    return {k: v for k, v in out.items() if _covers(v, start, end)}
 
 
 async def connector_readings(conn: AsyncConnection, start: datetime, end: datetime
@@ -108,7 +117,8 @@ async def connector_readings(conn: AsyncConnection, start: datetime, end: dateti
                          t.c.charger.is_not(None))
     for r in rows:
         out[r.charger][r.connector or 0].append(_reading(r.at, r.energy_wh, r.power_w))
-    return {k: dict(v) for k, v in out.items()}
+    kept = {k: {c: r for c, r in v.items() if _covers(r, start, end)} for k, v in out.items()}
+    return {k: v for k, v in kept.items() if v}
 
 
 async def session_readings(conn: AsyncConnection, start: datetime, end: datetime
@@ -141,27 +151,24 @@ async def session_readings(conn: AsyncConnection, start: datetime, end: datetime
     return out
 
 
-async def write_intervals(conn: AsyncConnection, by: By, lines: Iterable[BillLine],
-                          ids: Sequence[str], start: datetime, end: datetime,
-                          computed_at: datetime) -> int:
-    """Replace the stored intervals of ``ids`` in ``[start, end)`` with ``lines``."""
+async def clear_intervals(conn: AsyncConnection, by: By, ids: Sequence[str],
+                          start: datetime, end: datetime) -> None:
+    """Delete the stored intervals of ``ids`` in ``[start, end)`` (before writing them
+    again: a run replaces its range)."""
     t = billing_intervals
     for chunk in range(0, len(ids), 500):
         await conn.execute(delete(t).where(
             t.c.by == by, t.c.subject.in_(list(ids[chunk:chunk + 500])),
             t.c.interval_start >= start, t.c.interval_start < end))
-    batch: list[dict[str, Any]] = []
-    written = 0
-    for line in lines:
-        batch.append({"by": by, "subject": line.id, "interval_start": from_us(line.start_us),
-                      "interval_end": from_us(line.end_us), "energy_mwh": line.energy_mwh,
-                      "cost": line.cost, "tariff_period": line.tariff_period,
-                      "flags": ",".join(line.flags), "computed_at": computed_at})
-        if len(batch) >= 5000:
-            await conn.execute(insert(t), batch)
-            written += len(batch)
-            batch = []
-    if batch:
-        await conn.execute(insert(t), batch)
-        written += len(batch)
-    return written
+
+
+async def insert_intervals(conn: AsyncConnection, by: By, lines: Iterable[BillLine],
+                           computed_at: datetime) -> int:
+    """Insert ``lines`` (after ``clear_intervals`` of their range); how many."""
+    rows = [{"by": by, "subject": line.id, "interval_start": from_us(line.start_us),
+             "interval_end": from_us(line.end_us), "energy_mwh": line.energy_mwh,
+             "cost": line.cost, "tariff_period": line.tariff_period,
+             "flags": ",".join(line.flags), "computed_at": computed_at} for line in lines]
+    if rows:
+        await conn.execute(insert(billing_intervals), rows)
+    return len(rows)

@@ -224,3 +224,18 @@ def test_a_missing_database_file_is_a_usage_error(tmp_path: Path) -> None:
     assert "no database file" in result.stderr
     assert json.loads(result.stdout)["error"] == "usage"
     assert not (tmp_path / "none.db").exists()
+
+
+def test_ids_without_readings_in_the_range_are_left_out(setup: tuple[Path, str]) -> None:
+    # 04:00-05:00 local: m-1 has readings in it; nothing else has any yet
+    data = bill_json(setup, "--from", "2026-11-03T04:00", "--to", "2026-11-03T05:00")
+    assert [t["id"] for t in data["totals"]] == ["m-1"]
+    empty = bill_json(setup, "--from", "2020-01-01T00:00", "--to", "2020-01-01T01:00")
+    assert empty["intervals"] == [] and empty["totals"] == []
+
+
+def test_a_gap_across_the_whole_range_is_billed_as_estimated(setup: tuple[Path, str]) -> None:
+    # m-2 reads at 06:30 and 07:30 local only: 07:00-07:15 lies inside its gap
+    data = bill_json(setup, "--from", "2026-11-03T07:00", "--to", "2026-11-03T07:15")
+    (m2,) = of(data, "m-2")
+    assert m2["energy_kwh"] == 0.1 and m2["flags"] == ["estimated", "gap"]

@@ -11,14 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
-import io
 import json
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, tzinfo
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -132,28 +133,26 @@ def bill_cmd(
                     "set GRIDSHARE_DATA_DIR as for serve)", as_json)
     from sqlalchemy.exc import SQLAlchemyError
 
+    writer = BillWriter(fmt, zone, by=by.value, start=start, end=end,
+                        currency=spec.currency, interval_s=step)
     try:
-        lines, totals = asyncio.run(_bill(url, by, start.astimezone(UTC), end.astimezone(UTC),
-                                          billing, save))
+        asyncio.run(_bill(url, by, start.astimezone(UTC), end.astimezone(UTC), billing, save,
+                          writer))
     except (SQLAlchemyError, OSError) as exc:
         sys.stderr.write(f"gridshare bill: the database {parsed.render_as_string()} cannot "
                          f"be used: {str(exc).splitlines()[0]}\n")
         raise typer.Exit(1) from exc
-    if as_json:
-        sys.stdout.write(json.dumps(bill_json(lines, totals, zone, by=by.value, start=start,
-                                              end=end, currency=spec.currency,
-                                              interval_s=step), indent=1) + "\n")
-    else:
-        sys.stdout.write(bill_csv(lines, totals, zone, start=start, end=end))
+    writer.copy_to(sys.stdout)
 
 
 async def _bill(url: str, by: By, start: datetime, end: datetime, billing: Any,
-                save: bool) -> tuple[list[BillLine], list[BillTotal]]:
+                save: bool, writer: BillWriter) -> None:
+    """Read, compute, write to the database (one transaction) and to ``writer``, id by id."""
     from sqlalchemy.ext.asyncio import create_async_engine
 
     from gridshare import billing_store as bs
     from gridshare.billing_store import to_us
-    from gridshare.core.billing import bill_all
+    from gridshare.core.billing import bill_each
     from gridshare.store import metadata
 
     engine = create_async_engine(url)
@@ -170,15 +169,28 @@ async def _bill(url: str, by: By, start: datetime, end: datetime, billing: Any,
             else:
                 readings = {k: [v] for k, v in
                             (await bs.session_readings(conn, start, end)).items()}
-            with _progress(len(readings)) as tick:
-                lines, totals = bill_all(readings, to_us(start), to_us(end),
-                                         billing.spec.settings(), billing.tariff, tick)
+            ids = sorted(readings)
             if save:
-                await bs.write_intervals(conn, by.value, lines, sorted(readings), start, end,
-                                         datetime.now(UTC))
+                await bs.clear_intervals(conn, by.value, ids, start, end)
+            now = datetime.now(UTC)
+            pending: list[BillLine] = []
+            with _progress(len(ids)) as tick:
+                for n, (lines, total) in enumerate(bill_each(
+                        readings, to_us(start), to_us(end), billing.spec.settings(),
+                        billing.tariff)):
+                    del readings[ids[n]]  # its readings are done with: free them
+                    writer.add(lines, total)
+                    if save:
+                        pending.extend(lines)
+                        if len(pending) >= 20_000:
+                            await bs.insert_intervals(conn, by.value, pending, now)
+                            pending = []
+                    if tick is not None:
+                        tick(n + 1)
+            if save and pending:
+                await bs.insert_intervals(conn, by.value, pending, now)
     finally:
         await engine.dispose()
-    return lines, totals
 
 
 @contextlib.contextmanager
@@ -199,9 +211,7 @@ def _progress(total: int) -> Iterator[Callable[[int], None] | None]:
 
 
 def _iso(us: int, zone: tzinfo) -> str:
-    from gridshare.billing_store import from_us
-
-    return from_us(us).astimezone(zone).isoformat()
+    return datetime.fromtimestamp(us / 1_000_000, zone).isoformat()
 
 
 def _kwh(mwh: int) -> float:
@@ -212,44 +222,70 @@ def _cost(cost: float | None) -> float | None:
     return None if cost is None else round(cost, 6)
 
 
-def bill_json(lines: list[BillLine], totals: list[BillTotal], zone: tzinfo, *, by: str,
-              start: datetime, end: datetime, currency: str | None,
-              interval_s: int) -> dict[str, Any]:
-    """The public JSON shape (docs/billing.md): ``intervals`` and ``totals`` as the issue
-    states them; ``by``, ``from``, ``to``, ``currency`` and ``interval_minutes`` added."""
-    return {
-        "by": by, "from": start.astimezone(zone).isoformat(),
-        "to": end.astimezone(zone).isoformat(), "currency": currency,
-        "interval_minutes": interval_s // 60,
-        "intervals": [{"id": x.id, "start": _iso(x.start_us, zone), "end": _iso(x.end_us, zone),
-                       "energy_kwh": _kwh(x.energy_mwh), "cost": _cost(x.cost),
-                       "tariff_period": x.tariff_period, "flags": [str(f) for f in x.flags]}
-                      for x in lines],
-        "totals": [{"id": t.id, "energy_kwh": _kwh(t.energy_mwh), "cost": _cost(t.cost)}
-                   for t in totals],
-    }
+class BillWriter:
+    """The bill as text, written as it is computed into a spooled file (memory up to
+    8 MB, then disk) and copied to stdout once the database transaction is committed.
 
+    JSON: the shape of issue 11 (``intervals``, ``totals``) plus ``by``, ``from``, ``to``,
+    ``currency`` and ``interval_minutes``; one interval and one total per line. CSV: a
+    header, one ``interval`` row per interval, then one ``total`` row per id (its start
+    and end are the range's); flags separated by ``;`` (docs/billing.md)."""
 
-def bill_csv(lines: list[BillLine], totals: list[BillTotal], zone: tzinfo, *,
-             start: datetime, end: datetime) -> str:
-    """A header, one ``interval`` row per interval, then one ``total`` row per id (its
-    start and end are the range's); flags separated by ``;``."""
-    out = io.StringIO()
-    w = csv.writer(out, lineterminator="\n")
-    w.writerow(CSV_COLUMNS)
-    for x in lines:
-        w.writerow(("interval", x.id, _iso(x.start_us, zone), _iso(x.end_us, zone),
-                    _kwh(x.energy_mwh), "" if x.cost is None else _cost(x.cost),
-                    x.tariff_period or "", ";".join(x.flags)))
-    first, last = start.astimezone(zone).isoformat(), end.astimezone(zone).isoformat()
-    for t in totals:
-        w.writerow(("total", t.id, first, last, _kwh(t.energy_mwh),
-                    "" if t.cost is None else _cost(t.cost), "", ""))
-    return out.getvalue()
+    def __init__(self, fmt: Format, zone: tzinfo, *, by: str, start: datetime,
+                 end: datetime, currency: str | None, interval_s: int) -> None:
+        self.fmt = fmt
+        self.zone = zone
+        self.first = start.astimezone(zone).isoformat()
+        self.last = end.astimezone(zone).isoformat()
+        self.out = tempfile.SpooledTemporaryFile(max_size=8 << 20, mode="w+",  # noqa: SIM115
+                                                 encoding="utf-8", newline="")
+        self.totals: list[BillTotal] = []
+        self.count = 0
+        if fmt is Format.json:
+            head = {"by": by, "from": self.first, "to": self.last, "currency": currency,
+                    "interval_minutes": interval_s // 60}
+            self.out.write(json.dumps(head)[:-1] + ', "intervals": [')
+        else:
+            self.csv = csv.writer(self.out, lineterminator="\n")
+            self.csv.writerow(CSV_COLUMNS)
+
+    def add(self, lines: list[BillLine], total: BillTotal) -> None:
+        zone = self.zone
+        if self.fmt is Format.json:
+            for x in lines:
+                self.out.write(",\n  " if self.count else "\n  ")
+                self.out.write(json.dumps({
+                    "id": x.id, "start": _iso(x.start_us, zone), "end": _iso(x.end_us, zone),
+                    "energy_kwh": _kwh(x.energy_mwh), "cost": _cost(x.cost),
+                    "tariff_period": x.tariff_period, "flags": [str(f) for f in x.flags]}))
+                self.count += 1
+        else:
+            self.csv.writerows(
+                ("interval", x.id, _iso(x.start_us, zone), _iso(x.end_us, zone),
+                 _kwh(x.energy_mwh), "" if x.cost is None else _cost(x.cost),
+                 x.tariff_period or "", ";".join(x.flags)) for x in lines)
+        self.totals.append(total)
+
+    def finish(self) -> None:
+        if self.fmt is Format.json:
+            totals = ",\n  ".join(json.dumps({"id": t.id, "energy_kwh": _kwh(t.energy_mwh),
+                                              "cost": _cost(t.cost)}) for t in self.totals)
+            self.out.write(("\n]" if self.count else "]") + ', "totals": ['
+                           + (f"\n  {totals}\n]" if totals else "]") + "}\n")
+        else:
+            self.csv.writerows(("total", t.id, self.first, self.last, _kwh(t.energy_mwh),
+                                "" if t.cost is None else _cost(t.cost), "", "")
+                               for t in self.totals)
+
+    def copy_to(self, target: IO[str]) -> None:
+        self.finish()
+        self.out.seek(0)
+        shutil.copyfileobj(self.out, target)
+        self.out.close()
 
 
 def register(app: typer.Typer) -> None:
     app.command("bill", epilog=EPILOG)(bill_cmd)
 
 
-__all__ = ["bill_cmd", "bill_csv", "bill_json", "parse_instant", "register"]
+__all__ = ["BillWriter", "bill_cmd", "parse_instant", "register"]

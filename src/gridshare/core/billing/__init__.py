@@ -4,7 +4,7 @@ Pure: no I/O, no clock. ``intervals`` turns readings into intervals, ``tariff`` 
 them, ``bill`` puts the two together per id (meter, charger or session).
 """
 
-from gridshare.core.billing.bill import BillLine, BillTotal, bill_all, bill_for
+from gridshare.core.billing.bill import BillLine, BillTotal, bill_all, bill_each, bill_for
 from gridshare.core.billing.intervals import (
     Flag,
     Interval,
@@ -32,6 +32,7 @@ __all__ = [
     "TariffPeriod",
     "Track",
     "bill_all",
+    "bill_each",
     "bill_for",
     "build_track",
     "flat",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from gridshare.core.billing.intervals import (
@@ -57,24 +57,29 @@ def bill_for(id_: str, items: Sequence[Interval],
     return lines, total
 
 
-def bill_all(readings: Mapping[str, Sequence[Sequence[Reading]]], start_us: int, end_us: int,
-             settings: IntervalSettings, tariff: Tariff | None,
-             progress: Callable[[int], None] | None = None
-             ) -> tuple[list[BillLine], list[BillTotal]]:
-    """The bill of every id over ``[start_us, end_us)``, ids in sorted order. Each id has
-    one or more registers (a charger has one per connector): their intervals are summed.
-    ``progress`` is told after each id (for a progress bar)."""
+def bill_each(readings: Mapping[str, Sequence[Sequence[Reading]]], start_us: int,
+              end_us: int, settings: IntervalSettings, tariff: Tariff | None
+              ) -> Iterator[tuple[list[BillLine], BillTotal]]:
+    """The bill of each id over ``[start_us, end_us)``, ids in sorted order, one at a time
+    (a month of 1,000 meters is millions of lines: the caller writes them as they come).
+    Each id has one or more registers (a charger has one per connector): their intervals
+    are summed."""
     starts = boundaries(start_us, end_us, settings)
     periods = None if tariff is None else prices_for(tariff, starts)
-    lines: list[BillLine] = []
-    totals: list[BillTotal] = []
-    for n, id_ in enumerate(sorted(readings)):
+    for id_ in sorted(readings):
         parts = [intervals(build_track(r, settings), start_us, end_us, settings)
                  for r in readings[id_]]
         items = parts[0] if len(parts) == 1 else merge(parts)
-        got, total = bill_for(id_, items, periods)
+        yield bill_for(id_, items, periods)
+
+
+def bill_all(readings: Mapping[str, Sequence[Sequence[Reading]]], start_us: int, end_us: int,
+             settings: IntervalSettings, tariff: Tariff | None
+             ) -> tuple[list[BillLine], list[BillTotal]]:
+    """Every id's lines and totals at once (``bill_each``, collected)."""
+    lines: list[BillLine] = []
+    totals: list[BillTotal] = []
+    for got, total in bill_each(readings, start_us, end_us, settings, tariff):
         lines.extend(got)
         totals.append(total)
-        if progress is not None:
-            progress(n + 1)
     return lines, totals
