@@ -239,3 +239,37 @@ def test_a_gap_across_the_whole_range_is_billed_as_estimated(setup: tuple[Path, 
     data = bill_json(setup, "--from", "2026-11-03T07:00", "--to", "2026-11-03T07:15")
     (m2,) = of(data, "m-2")
     assert m2["energy_kwh"] == 0.1 and m2["flags"] == ["estimated", "gap"]
+
+
+def test_the_household_example_splits_the_bill_by_charger(tmp_path: Path) -> None:
+    """docs/billing.md's example: two flats' chargers, the shipped time-of-use tariff."""
+    site = Path(__file__).resolve().parents[2] / "src/gridshare/examples/home-billing.yaml"
+    url = f"sqlite:///{tmp_path / 'gridshare.db'}"
+
+    async def seed() -> None:
+        engine = create_async_engine(url.replace("sqlite://", "sqlite+aiosqlite://"))
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+            # flat-a charges 2 kWh per quarter hour from 18:00 to 19:00 local (peak),
+            # flat-b 1 kWh per quarter hour from 23:00 to 24:00 (night), Tuesday 3 Nov
+            rows = []
+            for charger, first in (("flat-a", 17), ("flat-b", 22)):  # UTC hours
+                for q in range(5):
+                    t = datetime(2026, 11, 3, first, tzinfo=UTC) + q * Q
+                    rows.append({"at": t, "charger": charger, "connector": 1,
+                                 "energy_wh": 10_000.0 + q * (2000 if charger == "flat-a"
+                                                               else 1000)})
+            await conn.execute(insert(meter_readings), rows)
+        await engine.dispose()
+
+    asyncio.run(seed())
+    result = runner.invoke(app, ["bill", str(site), "--from", "2026-11-03", "--to",
+                                 "2026-11-04", "--by", "charger", "--db", url,
+                                 "--format", "csv"])
+    assert result.exit_code == 0, result.stderr
+    totals = [r for r in csv.reader(io.StringIO(result.stdout)) if r[0] == "total"]
+    assert totals == [
+        ["total", "flat-a", "2026-11-03T00:00:00+01:00", "2026-11-04T00:00:00+01:00", "8.0",
+         str(round(8 * 0.42, 6)), "", ""],
+        ["total", "flat-b", "2026-11-03T00:00:00+01:00", "2026-11-04T00:00:00+01:00", "4.0",
+         str(round(4 * 0.22, 6)), "", ""]]
