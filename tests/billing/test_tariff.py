@@ -4,14 +4,14 @@
 from __future__ import annotations
 
 import textwrap
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from gridshare.billing_config import BillingSpec, billing_of, load_tariff_file, tariff_problems
 from gridshare.config import ConfigError, load_site_config, parse_site_config
-from gridshare.core.billing import IntervalSettings, Tariff, prices_for
+from gridshare.core.billing import IntervalSettings, Reading, Tariff, bill_all, prices_for
 from gridshare.core.billing.intervals import boundaries
 
 US = 1_000_000
@@ -226,3 +226,22 @@ def test_missing_tariff_file_is_a_site_problem(tmp_path: Path) -> None:
     site.write_text(SITE_HEAD + "billing:\n  tariff_file: nowhere.yaml\n")
     with pytest.raises(ConfigError, match=r"billing\.tariff_file: no such file"):
         load_site_config(site)
+
+
+@pytest.mark.parametrize(("day", "quarters"), [("2026-03-29", 92), ("2026-10-25", 100),
+                                               ("2026-11-01", 96)])
+def test_a_local_day_bills_its_real_length(day: str, quarters: int) -> None:
+    """A constant 4 kW load over a whole Berlin day: 92 / 100 quarter hours of 1 kWh on the
+    DST days, each priced by the local time it starts at."""
+    start = datetime.fromisoformat(f"{day}T00:00").replace(tzinfo=BERLIN.zone)
+    end = (start + timedelta(days=1)).replace(tzinfo=BERLIN.zone)  # local midnight
+    start_us, end_us = int(start.timestamp()) * US, int(end.timestamp()) * US
+    readings = [Reading(t, (t - start_us) // (900 * US) * 1_000_000)
+                for t in range(start_us, end_us + 1, 900 * US)]
+    lines, totals = bill_all({"m": [readings]}, start_us, end_us, IntervalSettings(), tariff())
+    assert len(lines) == quarters
+    assert all(x.energy_mwh == 1_000_000 for x in lines)
+    assert totals[0].energy_mwh == quarters * 1_000_000
+    # all three are Sundays: every quarter hour at the weekend price
+    assert {x.tariff_period for x in lines} == {"weekend"}
+    assert totals[0].cost == pytest.approx(quarters * 0.25)
