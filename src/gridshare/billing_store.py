@@ -7,7 +7,9 @@ summed per charger), ``session`` reads ``sessions`` and the session's rows of
 ``meter_readings``, with ``meter_start_wh`` and ``meter_stop_wh`` as readings at the
 session's start and stop. For each id the readings in the range are read together with the
 last one before it and the first one after it, so a boundary value is the same whatever
-range it is read in (a bill split in two gives the same intervals).
+range it is read in (a bill split in two gives the same intervals). Ids are read in
+chunks (``subjects`` first, then ``readings_of`` a chunk of them), so a month of thousands
+of meters is never in memory at once.
 """
 
 from __future__ import annotations
@@ -72,15 +74,14 @@ def from_us(us: int) -> datetime:
 
 
 
-async def _around(conn: AsyncConnection, table: Table, keys: Sequence[Any], ts: Any,
-                  start: datetime, end: datetime, where: Any) -> list[Any]:
-    """Rows of ``table`` in ``[start, end]``, plus per key the last row before ``start``
-    and the first after ``end``."""
-    rows = list(await conn.execute(
-        select(table).where(where, ts >= start, ts <= end)))
+async def _around(conn: AsyncConnection, columns: Sequence[Any], keys: Sequence[Any],
+                  ts: Any, start: datetime, end: datetime, where: Any) -> list[Any]:
+    """``columns`` of the rows in ``[start, end]``, plus per key the last row before
+    ``start`` and the first after ``end``."""
+    rows = list(await conn.execute(select(*columns).where(where, ts >= start, ts <= end)))
     for agg, cond in ((func.max(ts), ts < start), (func.min(ts), ts > end)):
         edge = select(*keys, agg.label("edge")).where(where, cond).group_by(*keys).subquery()
-        joined = select(table).join(edge, and_(
+        joined = select(*columns).join(edge, and_(
             *(k == edge.c[k.name] for k in keys), ts == edge.c.edge))
         rows.extend(await conn.execute(joined.where(where)))
     return rows
@@ -99,36 +100,74 @@ def _reading(ts: datetime, energy_wh: float | None, power_w: float | None) -> Re
     return Reading(to_us(ts), None if energy_wh is None else wh_to_mwh(energy_wh), power_w)
 
 
-async def meter_readings_by_meter(conn: AsyncConnection, start: datetime, end: datetime
-                                  ) -> dict[str, list[Reading]]:
+def _session_key(charger: str, transaction_id: str) -> str:
+    return f"{charger}/{transaction_id}"
+
+
+async def subjects(conn: AsyncConnection, by: By, start: datetime, end: datetime
+                   ) -> list[str]:
+    """The ids that may have readings about the range, sorted (those with none about it
+    are dropped later, when their readings are read)."""
+    if by == "meter":
+        t = ami_readings
+        query = select(t.c.meter_id).where(t.c.ts <= end).distinct()
+    elif by == "charger":
+        m = meter_readings
+        query = select(m.c.charger).where(m.c.charger.is_not(None), m.c.at <= end).distinct()
+    else:
+        s = sessions
+        found = await conn.execute(select(s.c.charger, s.c.transaction_id).where(
+            s.c.started_at < end, or_(s.c.stopped_at.is_(None), s.c.stopped_at > start)))
+        return sorted({_session_key(c, tx) for c, tx in found})
+    return sorted(str(v) for (v,) in await conn.execute(query))
+
+
+async def readings_of(conn: AsyncConnection, by: By, ids: Sequence[str], start: datetime,
+                      end: datetime) -> dict[str, list[list[Reading]]]:
+    """Each id's registers (one for a meter or a session, one per connector for a
+    charger) with their readings about the range; ids with none about it are left out."""
+    if by == "meter":
+        return {k: [v] for k, v in (await _meters(conn, ids, start, end)).items()}
+    if by == "charger":
+        return {k: list(v.values()) for k, v in
+                (await _connectors(conn, ids, start, end)).items()}
+    return {k: [v] for k, v in (await _sessions(conn, ids, start, end)).items()}
+
+
+async def _meters(conn: AsyncConnection, ids: Sequence[str], start: datetime, end: datetime
+                  ) -> dict[str, list[Reading]]:
     t = ami_readings
     out: dict[str, list[Reading]] = defaultdict(list)
-    for r in await _around(conn, t, [t.c.meter_id], t.c.ts, start, end, True):
+    rows = await _around(conn, [t.c.meter_id, t.c.ts, t.c.energy_wh, t.c.power_w],
+                         [t.c.meter_id], t.c.ts, start, end, t.c.meter_id.in_(list(ids)))
+    for r in rows:
         out[r.meter_id].append(_reading(r.ts, r.energy_wh, r.power_w))
     return {k: v for k, v in out.items() if _covers(v, start, end)}
 
 
-async def connector_readings(conn: AsyncConnection, start: datetime, end: datetime
-                             ) -> dict[str, dict[int, list[Reading]]]:
+async def _connectors(conn: AsyncConnection, ids: Sequence[str], start: datetime,
+                      end: datetime) -> dict[str, dict[int, list[Reading]]]:
     """Charger id -> connector -> readings (connector rows with no number count as 0)."""
     t = meter_readings
     out: dict[str, dict[int, list[Reading]]] = defaultdict(lambda: defaultdict(list))
-    rows = await _around(conn, t, [t.c.charger, t.c.connector], t.c.at, start, end,
-                         t.c.charger.is_not(None))
+    rows = await _around(conn, [t.c.charger, t.c.connector, t.c.at, t.c.energy_wh,
+                                t.c.power_w], [t.c.charger, t.c.connector], t.c.at, start,
+                         end, t.c.charger.in_(list(ids)))
     for r in rows:
         out[r.charger][r.connector or 0].append(_reading(r.at, r.energy_wh, r.power_w))
     kept = {k: {c: r for c, r in v.items() if _covers(r, start, end)} for k, v in out.items()}
     return {k: v for k, v in kept.items() if v}
 
 
-async def session_readings(conn: AsyncConnection, start: datetime, end: datetime
-                           ) -> dict[str, list[Reading]]:
-    """``CHARGER/TRANSACTION`` -> readings of every session that overlaps the range: its
-    start and stop registers first (they win over a meter value at the same instant),
-    then its meter values."""
+async def _sessions(conn: AsyncConnection, ids: Sequence[str], start: datetime,
+                    end: datetime) -> dict[str, list[Reading]]:
+    """``CHARGER/TRANSACTION`` -> the session's readings: its start and stop registers
+    first (they win over a meter value at the same instant), then its meter values.
+    Charger ids hold no ``/``, so the key splits at its first one."""
+    pairs = [tuple(k.split("/", 1)) for k in ids]
     s = sessions
     found = list(await conn.execute(select(s).where(
-        s.c.started_at < end, or_(s.c.stopped_at.is_(None), s.c.stopped_at > start))))
+        tuple_(s.c.charger, s.c.transaction_id).in_(pairs))))
     out: dict[str, list[Reading]] = {}
     for row in found:
         readings = []
@@ -136,18 +175,13 @@ async def session_readings(conn: AsyncConnection, start: datetime, end: datetime
             readings.append(_reading(row.started_at, row.meter_start_wh, None))
         if row.meter_stop_wh is not None and row.stopped_at is not None:
             readings.append(_reading(row.stopped_at, row.meter_stop_wh, None))
-        out[f"{row.charger}/{row.transaction_id}"] = readings
-    if not found:
-        return out
+        out[_session_key(row.charger, row.transaction_id)] = readings
     t = meter_readings
-    pairs = list({(r.charger, r.transaction_id) for r in found})
-    for chunk in range(0, len(pairs), 500):
-        part = pairs[chunk:chunk + 500]
-        query = select(t.c.charger, t.c.transaction_id, t.c.at, t.c.energy_wh, t.c.power_w) \
-            .where(tuple_(t.c.charger, t.c.transaction_id).in_(part))
-        for r in await conn.execute(query):
-            out[f"{r.charger}/{r.transaction_id}"].append(
-                _reading(r.at, r.energy_wh, r.power_w))
+    query = select(t.c.charger, t.c.transaction_id, t.c.at, t.c.energy_wh, t.c.power_w) \
+        .where(tuple_(t.c.charger, t.c.transaction_id).in_(pairs))
+    for r in await conn.execute(query):
+        out[_session_key(r.charger, r.transaction_id)].append(
+            _reading(r.at, r.energy_wh, r.power_w))
     return out
 
 

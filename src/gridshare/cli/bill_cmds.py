@@ -33,7 +33,7 @@ from gridshare.cli.core_cmds import (
 )
 
 if TYPE_CHECKING:
-    from gridshare.core.billing import BillLine, BillTotal, Reading
+    from gridshare.core.billing import BillLine, BillTotal
 
 EPILOG = """\b
 Exit codes:
@@ -44,6 +44,8 @@ Exit codes:
 
 PROGRESS_AFTER = 200
 """Ids: a bill of more shows a progress bar (on a terminal only)."""
+CHUNK = 100
+"""Ids read, computed and written at a time (a month of 100 meters: 288,000 readings)."""
 CSV_COLUMNS = ("kind", "id", "start", "end", "energy_kwh", "cost", "tariff_period", "flags")
 
 
@@ -159,36 +161,27 @@ async def _bill(url: str, by: By, start: datetime, end: datetime, billing: Any,
     try:
         async with engine.begin() as conn:
             await conn.run_sync(metadata.create_all, tables=[bs.billing_intervals])
-            readings: dict[str, list[list[Reading]]]
-            if by is By.meter:
-                readings = {k: [v] for k, v in
-                            (await bs.meter_readings_by_meter(conn, start, end)).items()}
-            elif by is By.charger:
-                readings = {k: list(v.values()) for k, v in
-                            (await bs.connector_readings(conn, start, end)).items()}
-            else:
-                readings = {k: [v] for k, v in
-                            (await bs.session_readings(conn, start, end)).items()}
-            ids = sorted(readings)
+            ids = await bs.subjects(conn, by.value, start, end)
             if save:
                 await bs.clear_intervals(conn, by.value, ids, start, end)
             now = datetime.now(UTC)
-            pending: list[BillLine] = []
+            settings = billing.spec.settings()
+            done = 0
             with _progress(len(ids)) as tick:
-                for n, (lines, total) in enumerate(bill_each(
-                        readings, to_us(start), to_us(end), billing.spec.settings(),
-                        billing.tariff)):
-                    del readings[ids[n]]  # its readings are done with: free them
-                    writer.add(lines, total)
-                    if save:
-                        pending.extend(lines)
-                        if len(pending) >= 20_000:
-                            await bs.insert_intervals(conn, by.value, pending, now)
-                            pending = []
+                for first in range(0, len(ids), CHUNK):
+                    chunk = ids[first:first + CHUNK]
+                    readings = await bs.readings_of(conn, by.value, chunk, start, end)
+                    pending: list[BillLine] = []
+                    for lines, total in bill_each(readings, to_us(start), to_us(end),
+                                                  settings, billing.tariff):
+                        writer.add(lines, total)
+                        if save:
+                            pending.extend(lines)
+                    if pending:
+                        await bs.insert_intervals(conn, by.value, pending, now)
+                    done += len(chunk)
                     if tick is not None:
-                        tick(n + 1)
-            if save and pending:
-                await bs.insert_intervals(conn, by.value, pending, now)
+                        tick(done)
     finally:
         await engine.dispose()
 
