@@ -273,3 +273,21 @@ def test_the_household_example_splits_the_bill_by_charger(tmp_path: Path) -> Non
          str(round(8 * 0.42, 6)), "", ""],
         ["total", "flat-b", "2026-11-03T00:00:00+01:00", "2026-11-04T00:00:00+01:00", "4.0",
          str(round(4 * 0.22, 6)), "", ""]]
+
+
+def test_more_than_a_year_is_refused(setup: tuple[Path, str]) -> None:
+    code, _, err = bill(setup, "--from", "2026-01-01", "--to", "2027-01-03")
+    assert code == 2 and "at most 366 days" in err
+
+
+def test_a_database_that_cannot_be_reached_exits_1(tmp_path: Path) -> None:
+    from brokers import free_port
+
+    site = tmp_path / "site.yaml"
+    site.write_text(SITE)
+    result = runner.invoke(app, [
+        "bill", str(site), "--from", "2026-11-03", "--to", "2026-11-04", "--db",
+        f"postgresql://someone:secret@127.0.0.1:{free_port()}/gridshare", "--format", "json"])
+    assert result.exit_code == 1
+    assert "cannot be used" in result.stderr and "secret" not in result.stderr
+    assert json.loads(result.stdout)["error"] == "database"

@@ -16,7 +16,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from enum import StrEnum
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any
@@ -30,6 +30,7 @@ from gridshare.cli.core_cmds import (
     load_site_or_exit,
     report_problems,
     usage_error,
+    write_problems,
 )
 
 if TYPE_CHECKING:
@@ -44,6 +45,8 @@ Exit codes:
 
 PROGRESS_AFTER = 200
 """Ids: a bill of more shows a progress bar (on a terminal only)."""
+MAX_RANGE = timedelta(days=366)
+"""The longest range billed in one run."""
 CHUNK = 100
 """Ids read, computed and written at a time (a month of 100 meters: 288,000 readings)."""
 CSV_COLUMNS = ("kind", "id", "start", "end", "energy_kwh", "cost", "tariff_period", "flags")
@@ -120,6 +123,9 @@ def bill_cmd(
     assert start is not None and end is not None
     if end <= start:
         usage_error("bill", "--to", f"{to} is not after --from {from_}", as_json)
+    if end - start > MAX_RANGE:
+        usage_error("bill", "--to", f"at most {MAX_RANGE.days} days at a time (bill a year "
+                    "in parts: the intervals are the same)", as_json)
     from gridshare.store import StoreError, default_url, normalise_url
 
     try:
@@ -141,8 +147,11 @@ def bill_cmd(
         asyncio.run(_bill(url, by, start.astimezone(UTC), end.astimezone(UTC), billing, save,
                           writer))
     except (SQLAlchemyError, OSError) as exc:
-        sys.stderr.write(f"gridshare bill: the database {parsed.render_as_string()} cannot "
-                         f"be used: {str(exc).splitlines()[0]}\n")
+        message = f"cannot be used: {(str(exc) or type(exc).__name__).splitlines()[0]}"
+        where = parsed.render_as_string()  # the password hidden
+        write_problems(Path(where), [f"gridshare bill: the database {where} {message}"],
+                       [{"file": None, "line": None, "path": "--db", "message": message}], 1,
+                       as_json=as_json, error="database")
         raise typer.Exit(1) from exc
     writer.copy_to(sys.stdout)
 
