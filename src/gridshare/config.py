@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from gridshare.billing_config import BillingSpec, tariff_problems
+from gridshare.billing_config import BillingSpec, load_tariff_file, tariff_problems
 from gridshare.core.dr.curtail import CurtailPolicy
 from gridshare.core.frequency import (
     PLAUSIBLE_DEVIATION_HZ,
@@ -1071,6 +1071,7 @@ def load_site_config(path: str | Path, max_size: int = DEFAULT_MAX_SIZE) -> Site
                                            f"no such file: {tariff_file}")])
         config = replace(config, billing=billing.model_copy(
             update={"tariff_file": tariff_file}))
+        load_tariff_file(tariff_file, billing)  # checked now: its problems with its lines
     return config
 
 

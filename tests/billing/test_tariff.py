@@ -245,3 +245,13 @@ def test_a_local_day_bills_its_real_length(day: str, quarters: int) -> None:
     # all three are Sundays: every quarter hour at the weekend price
     assert {x.tariff_period for x in lines} == {"weekend"}
     assert totals[0].cost == pytest.approx(quarters * 0.25)
+
+
+def test_check_reads_the_tariff_file_too(tmp_path: Path) -> None:
+    (tmp_path / "t.yaml").write_text('tariff:\n  - {from: "00:00", to: "06:00", price: 1}\n')
+    site = tmp_path / "site.yaml"
+    site.write_text(SITE_HEAD + "billing:\n  tariff_file: t.yaml\n")
+    with pytest.raises(ConfigError) as caught:
+        load_site_config(site)
+    assert [str(i) for i in caught.value.issues] == [
+        f"{tmp_path / 't.yaml'}:1: tariff: no period covers 06:00–24:00"]
