@@ -15,7 +15,7 @@ of meters is never in memory at once.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -196,13 +196,15 @@ async def clear_intervals(conn: AsyncConnection, by: By, ids: Sequence[str],
             t.c.interval_start >= start, t.c.interval_start < end))
 
 
-async def insert_intervals(conn: AsyncConnection, by: By, lines: Iterable[BillLine],
-                           computed_at: datetime) -> int:
-    """Insert ``lines`` (after ``clear_intervals`` of their range); how many."""
-    rows = [{"by": by, "subject": line.id, "interval_start": from_us(line.start_us),
+async def insert_intervals(conn: AsyncConnection, by: By, lines: Sequence[BillLine],
+                           computed_at: datetime, batch: int = 10_000) -> int:
+    """Insert ``lines`` (after ``clear_intervals`` of their range), ``batch`` rows per
+    statement; how many."""
+    for first in range(0, len(lines), batch):
+        await conn.execute(insert(billing_intervals), [
+            {"by": by, "subject": line.id, "interval_start": from_us(line.start_us),
              "interval_end": from_us(line.end_us), "energy_mwh": line.energy_mwh,
              "cost": line.cost, "tariff_period": line.tariff_period,
-             "flags": ",".join(line.flags), "computed_at": computed_at} for line in lines]
-    if rows:
-        await conn.execute(insert(billing_intervals), rows)
-    return len(rows)
+             "flags": ",".join(line.flags), "computed_at": computed_at}
+            for line in lines[first:first + batch]])
+    return len(lines)

@@ -47,8 +47,8 @@ PROGRESS_AFTER = 200
 """Ids: a bill of more shows a progress bar (on a terminal only)."""
 MAX_RANGE = timedelta(days=366)
 """The longest range billed in one run."""
-CHUNK = 100
-"""Ids read, computed and written at a time (a month of 100 meters: 288,000 readings)."""
+CHUNK = 20
+"""Ids read, computed and written at a time (a month of 20 meters: 57,600 readings)."""
 CSV_COLUMNS = ("kind", "id", "start", "end", "energy_kwh", "cost", "tariff_period", "flags")
 
 
