@@ -129,7 +129,9 @@ async def readings_of(conn: AsyncConnection, by: By, ids: Sequence[str], start: 
     if by == "meter":
         return {k: [v] for k, v in (await _meters(conn, ids, start, end)).items()}
     if by == "charger":
-        return {k: list(v.values()) for k, v in
+        # connector 0 is the charger's own meter (its whole supply): when it reports, it is
+        # the charger's register alone; summing it with the connectors would count twice
+        return {k: [v[0]] if 0 in v else list(v.values()) for k, v in
                 (await _connectors(conn, ids, start, end)).items()}
     return {k: [v] for k, v in (await _sessions(conn, ids, start, end)).items()}
 
@@ -147,7 +149,8 @@ async def _meters(conn: AsyncConnection, ids: Sequence[str], start: datetime, en
 
 async def _connectors(conn: AsyncConnection, ids: Sequence[str], start: datetime,
                       end: datetime) -> dict[str, dict[int, list[Reading]]]:
-    """Charger id -> connector -> readings (connector rows with no number count as 0)."""
+    """Charger id -> connector -> readings (rows with no connector number count as 0,
+    the charger's own meter)."""
     t = meter_readings
     out: dict[str, dict[int, list[Reading]]] = defaultdict(lambda: defaultdict(list))
     rows = await _around(conn, [t.c.charger, t.c.connector, t.c.at, t.c.energy_wh,

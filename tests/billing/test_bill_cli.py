@@ -291,3 +291,19 @@ def test_a_database_that_cannot_be_reached_exits_1(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "cannot be used" in result.stderr and "secret" not in result.stderr
     assert json.loads(result.stdout)["error"] == "database"
+
+
+def test_a_chargers_own_meter_is_not_added_to_its_connectors(setup: tuple[Path, str]) -> None:
+    async def add_connector_0() -> None:
+        engine = create_async_engine(setup[1].replace("sqlite://", "sqlite+aiosqlite://"))
+        async with engine.begin() as conn:
+            await conn.execute(insert(meter_readings), [
+                {"at": at(q), "charger": "cp-1", "connector": 0, "energy_wh": 90_000.0 + 450 * q}
+                for q in range(0, 9)])
+        await engine.dispose()
+
+    asyncio.run(add_connector_0())
+    data = bill_json(setup, "--from", "2026-11-03T06:00", "--to", "2026-11-03T07:00",
+                     "--by", "charger")
+    # 450 Wh per quarter hour from the charger's meter (its connectors draw 400 in all)
+    assert [i["energy_kwh"] for i in data["intervals"]] == [0.45] * 4
