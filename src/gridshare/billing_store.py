@@ -14,6 +14,7 @@ of meters is never in memory at once.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -69,7 +70,9 @@ def to_us(at: datetime) -> int:
     return (aware - EPOCH) // US
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def from_us(us: int) -> datetime:
+    """Cached: every id of a bill has the same interval boundaries."""
     return EPOCH + us * US
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import functools
 import json
 import shutil
 import sys
@@ -212,7 +213,9 @@ def _progress(total: int) -> Iterator[Callable[[int], None] | None]:
 # --- output -------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _iso(us: int, zone: tzinfo) -> str:
+    """Every id has the same interval boundaries: each is formatted once."""
     return datetime.fromtimestamp(us / 1_000_000, zone).isoformat()
 
 
