@@ -155,15 +155,20 @@ def _price(raw: object) -> float | None:
     return float(raw)
 
 
-def _runs(covered: list[int], size: int, fmt: Callable[[int], str]) -> list[str]:
-    """Ranges of indices with ``covered[i] == 0``, as text."""
-    out, i = [], 0
+def _runs(covered: list[int], fmt: Callable[[int], str], *, inclusive: bool) -> list[str]:
+    """Runs of indices with ``covered[i] == 0``, as text: ``fmt(first)–fmt(end)`` where
+    ``end`` is the run's last index (``inclusive``: days) or the one after it (clock
+    minutes: 20:00–24:00); a run of one inclusive index is just ``fmt(first)``."""
+    out, i, size = [], 0, len(covered)
     while i < size:
         if covered[i] == 0:
             j = i
             while j < size and covered[j] == 0:
                 j += 1
-            out.append(f"{fmt(i)}–{fmt(j)}" if j - i > 1 or fmt is _hhmm else fmt(i))
+            if inclusive:
+                out.append(fmt(i) if j - i == 1 else f"{fmt(i)}–{fmt(j - 1)}")
+            else:
+                out.append(f"{fmt(i)}–{fmt(j)}")
             i = j
         else:
             i += 1
@@ -235,7 +240,7 @@ def _day_plan(raw: Any, loc: Loc, problems: list[Problem]) -> DayPlan | None:
         for m in span:
             if owner[m] < 0:
                 owner[m] = k
-    missing = _runs([1 if o >= 0 else 0 for o in owner], 24 * 60, _hhmm)
+    missing = _runs([1 if o >= 0 else 0 for o in owner], _hhmm, inclusive=False)
     if missing:
         problems.append((loc, f"no period covers {', '.join(missing)}"))
     if len(problems) > before:
@@ -321,7 +326,7 @@ def _seasons(raw: Any, loc: Loc, problems: list[Problem]) -> list[Season]:
         if weekdays is not None and weekends is not None and isinstance(name, str):
             out.append(Season(name, start, end, weekdays, weekends))
     if dated:
-        missing = _runs([1 if o >= 0 else 0 for o in owner], 366, _index_day)
+        missing = _runs([1 if o >= 0 else 0 for o in owner], _index_day, inclusive=True)
         if missing:
             problems.append((loc, f"no season covers {', '.join(missing)}"))
     return out

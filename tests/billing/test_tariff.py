@@ -255,3 +255,10 @@ def test_check_reads_the_tariff_file_too(tmp_path: Path) -> None:
         load_site_config(site)
     assert [str(i) for i in caught.value.issues] == [
         f"{tmp_path / 't.yaml'}:1: tariff: no period covers 06:00–24:00"]
+
+
+def test_uncovered_days_are_named_inclusively() -> None:
+    raw = {"seasons": [{"from": "01-01", "to": "03-31", "weekdays": [{"from": 0, "price": 1}]},
+                       {"from": "05-01", "to": "12-30", "weekdays": [{"from": 0, "price": 1}]}]}
+    _, problems = tariff_problems(raw, ("tariff",), BERLIN)
+    assert problems == [(("tariff", "seasons"), "no season covers 04-01–04-30, 12-31")]
