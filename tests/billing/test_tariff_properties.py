@@ -75,3 +75,23 @@ def test_seasons_pass_only_when_every_day_is_in_exactly_one(
         for d in leap[::3]:
             assert [s.name for s in tariff.seasons if s.contains(d.month, d.day)] \
                 == [tariff.season_of(d).name]
+
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-2000, 3000),
+                     st.floats(allow_nan=True), st.text(max_size=8),
+                     st.sampled_from(["07:00", "24:00", "25:00", "02-29", "13-01", "12-31",
+                                      "2026-12-25", "x"]),
+                     st.dates())
+_keys = st.sampled_from(["from", "to", "price", "name", "seasons", "weekdays", "weekends",
+                         "holidays", "bogus"])
+_yaml = st.recursive(_scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(_keys, inner, max_size=5)), max_leaves=25)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_yaml)
+def test_any_document_gives_a_tariff_or_problems_never_an_exception(raw: object) -> None:
+    tariff, problems = tariff_problems(raw, ("tariff",), SPEC)
+    assert (tariff is None) == bool(problems)  # a tariff, or the reasons there is none
+    for loc, message in problems:
+        assert loc[0] == "tariff" and message
