@@ -164,7 +164,7 @@ async def _bill(url: str, by: By, start: datetime, end: datetime, billing: Any,
 
     from gridshare import billing_store as bs
     from gridshare.billing_store import to_us
-    from gridshare.core.billing import bill_each
+    from gridshare.core.billing import Flag, bill_each
     from gridshare.store import metadata
 
     engine = create_async_engine(url)
@@ -182,8 +182,11 @@ async def _bill(url: str, by: By, start: datetime, end: datetime, billing: Any,
                     chunk = ids[first:first + CHUNK]
                     readings = await bs.readings_of(conn, by.value, chunk, start, end)
                     pending: list[BillLine] = []
-                    for lines, total in bill_each(readings, to_us(start), to_us(end),
-                                                  settings, billing.tariff):
+                    for computed, total in bill_each(readings, to_us(start), to_us(end),
+                                                     settings, billing.tariff):
+                        # before and after a session: no session then, not missing data
+                        lines = computed if by is not By.session else \
+                            [x for x in computed if Flag.NO_DATA not in x.flags]
                         writer.add(lines, total)
                         if save:
                             pending.extend(lines)
