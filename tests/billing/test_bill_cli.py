@@ -308,3 +308,19 @@ def test_a_chargers_own_meter_is_not_added_to_its_connectors(setup: tuple[Path, 
                      "--by", "charger")
     # 450 Wh per quarter hour from the charger's meter (its connectors draw 400 in all)
     assert [i["energy_kwh"] for i in data["intervals"]] == [0.45] * 4
+
+
+def test_a_long_bill_on_a_terminal_shows_progress(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gridshare.cli import bill_cmds
+
+    shown = io.StringIO()
+    shown.isatty = lambda: True  # type: ignore[method-assign]
+    monkeypatch.setattr(bill_cmds.sys, "stderr", shown)
+    with bill_cmds._progress(bill_cmds.PROGRESS_AFTER) as tick:
+        assert tick is not None
+        tick(bill_cmds.PROGRESS_AFTER)
+    with bill_cmds._progress(bill_cmds.PROGRESS_AFTER - 1) as tick:
+        assert tick is None  # short: no bar
+    monkeypatch.setattr(shown, "isatty", lambda: False)
+    with bill_cmds._progress(10 * bill_cmds.PROGRESS_AFTER) as tick:
+        assert tick is None  # not a terminal: no bar
