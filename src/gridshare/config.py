@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from gridshare.billing_config import BillingSpec, load_tariff_file, tariff_problems
 from gridshare.core.dr.curtail import CurtailPolicy
 from gridshare.core.frequency import (
     PLAUSIBLE_DEVIATION_HZ,
@@ -734,6 +735,7 @@ class _SiteHead(_Strict):
     frequency_response: FrequencyResponseSpec | None = None
     charge_planning: ChargePlanningSpec | None = None
     regulation: RegulationSpec | None = None
+    billing: BillingSpec | None = None
 
 
 class SiteSpec(_SiteHead):
@@ -1086,6 +1088,8 @@ class SiteConfig:
     """Live charge planning, when the site file has the block."""
     regulation: RegulationSpec | None = None
     """Area regulation from the meters, when the site file has the block."""
+    billing: BillingSpec | None = None
+    """Interval billing and its tariff (``gridshare bill``), when the file has the block."""
 
 
 def parse_site(text: str, source: str = "<string>") -> Topology:
@@ -1127,7 +1131,8 @@ def _parse_site_config(text: str, source: str) -> SiteConfig:
     return SiteConfig(_build(spec), spec.ocpp,
                       {c.id: c.password_hash for c in spec.chargers if c.password_hash},
                       tuple(spec.meters), spec.mqtt, spec.api, spec.demand_response,
-                      spec.frequency_response, spec.charge_planning, spec.regulation)
+                      spec.frequency_response, spec.charge_planning, spec.regulation,
+                      spec.billing)
 
 
 def _clean_loc(loc: tuple[Any, ...]) -> Loc:
@@ -1197,6 +1202,15 @@ def load_site_config(path: str | Path, max_size: int = DEFAULT_MAX_SIZE) -> Site
         if files:
             config = replace(config, demand_response=config.demand_response.model_copy(
                 update={"openadr": openadr.model_copy(update=files)}))
+    billing = config.billing
+    if billing is not None and billing.tariff_file is not None:
+        tariff_file = p.parent / billing.tariff_file
+        if not tariff_file.is_file():
+            raise ConfigError([ConfigIssue(str(p), None, "billing.tariff_file",
+                                           f"no such file: {tariff_file}")])
+        config = replace(config, billing=billing.model_copy(
+            update={"tariff_file": tariff_file}))
+        load_tariff_file(tariff_file, billing)  # checked now: its problems with its lines
     return config
 
 
@@ -1387,6 +1401,10 @@ def _cross_check(site: _Site, problems: ProblemList) -> None:
     readable (entries that failed validation count too, so their ids are not reported
     again as unknown)."""
     bad = problems.add
+    billing = site.head.billing if site.head is not None else None
+    if billing is not None and billing.tariff is not None:
+        for loc, message in tariff_problems(billing.tariff, ("billing", "tariff"), billing)[1]:
+            bad(loc, message)
     groups: dict[str, _GroupEntry] = {}
     for g in site.groups:
         if g.id is None:

@@ -536,3 +536,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+# Billing's table lives with billing (billing_store.py) but belongs to this metadata, so
+# that create_all and the migrations' schema comparison always see it.
+from gridshare import billing_store as _billing_store  # noqa: E402, F401

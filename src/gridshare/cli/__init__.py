@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from gridshare.cli import (
+    bill_cmds,
     core_cmds,
     dr_cmds,
     plan_charge_cmds,
@@ -105,5 +106,6 @@ simulate_cmds.register(app)
 dr_cmds.register(app)
 plan_charge_cmds.register(app)
 plan_cmds.register(app)
+bill_cmds.register(app)
 
 __all__ = ["app"]
