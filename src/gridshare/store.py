@@ -1,10 +1,26 @@
-"""The audit log and history: events, sessions, meter readings, setpoint commands, alarms.
+"""The audit log and history: events, sessions, meter readings, setpoint commands, alarms,
+demand-response events, AMI readings.
 
 SQLAlchemy 2 (async). SQLite through aiosqlite is the default
-(``sqlite+aiosqlite:///<data dir>/gridshare.db``); PostgreSQL through asyncpg can use the
-same tables later. Writing never happens on the hot path: ``record_*`` only appends to an
-in-memory queue, and one supervised writer task inserts in batches (every
-``flush_interval_s`` or ``batch_size`` rows, one transaction per batch).
+(``sqlite+aiosqlite:///<data dir>/gridshare.db``, WAL mode); PostgreSQL through asyncpg
+by URL (``postgresql://user@host/db``), with the same schema. The schema is made and
+changed only by the alembic migrations in ``gridshare.migrations``: ``start()`` upgrades
+the database to the newest revision.
+
+Two ways in, with different promises (docs/storage.md):
+
+- **Acknowledged after commit** — :meth:`Store.insert_now` returns only once its rows are
+  committed (SQLite: WAL with ``synchronous=FULL``, fsynced; PostgreSQL: a committed
+  transaction). A caller that acknowledges after it returns (the MQTT ingest's PUBACK)
+  never acknowledges a row a crash can lose. Rows that repeat a table's unique key are
+  ignored, so a redelivery after a crash is harmless.
+- **Batched** — ``record_*`` (events, meter readings, sessions, setpoint commands, alarms,
+  DR event states) only append to an in-memory queue, and one supervised writer task
+  inserts in batches (every ``flush_interval_s`` or ``batch_size`` rows, one transaction
+  per batch): nothing waits on the disk on the control path. A ``kill -9`` or power loss
+  loses what is queued and not yet committed: at most ``flush_interval_s`` (0.5 s) of
+  records plus the batch being written. Nothing in these paths is acknowledged to anyone
+  outside the process; ``flush()`` waits until everything queued so far is committed.
 """
 
 from __future__ import annotations
@@ -16,10 +32,10 @@ import json
 import logging
 import os
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import (
     Boolean,
@@ -38,7 +54,8 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -171,7 +188,10 @@ ami_readings = Table(
 TABLES = {t.name: t for t in (events, sessions, meter_readings, setpoint_commands, alarms,
                               dr_events, ami_readings)}
 UPSERT_KEYS = {"dr_events": "signal_id"}
-"""Tables whose rows are written by key: the latest row for a key replaces the earlier."""
+"""Tables whose rows are written by key: the latest row for a key replaces the earlier
+(``INSERT ... ON CONFLICT (key) DO UPDATE`` on both SQLite and PostgreSQL)."""
+
+SqliteSync = Literal["NORMAL", "FULL"]
 
 
 class StoreError(ValueError):
@@ -235,8 +255,17 @@ class Store:
     """Batched, asynchronous writer of the audit log (and the AuditSink of the controller)."""
 
     def __init__(self, url: str, *, batch_size: int = 1000, flush_interval_s: float = 0.5,
-                 max_queue: int = 200_000) -> None:
+                 max_queue: int = 200_000, sqlite_synchronous: SqliteSync = "FULL") -> None:
         self.url = normalise_url(url)
+        if sqlite_synchronous not in ("NORMAL", "FULL"):
+            raise StoreError(f"sqlite_synchronous must be NORMAL or FULL, "
+                             f"not {sqlite_synchronous!r}")
+        self.sqlite_synchronous: SqliteSync = sqlite_synchronous
+        """FULL: a commit is fsynced before it returns, so an acknowledged row survives a
+        power loss too, not only a killed process (NORMAL in WAL mode: it survives
+        ``kill -9``, but the last commits can be lost with the machine)."""
+        self.revision: tuple[str, ...] = ()
+        """The schema revision after ``start()`` (its migration)."""
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
         self.max_queue = max_queue
@@ -260,9 +289,16 @@ class Store:
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         self._engine = create_async_engine(self.url)
         if url.get_backend_name() == "sqlite":
-            event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
-        async with self._engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
+            sync = self.sqlite_synchronous
+            event.listen(self._engine.sync_engine, "connect",
+                         lambda dbapi_conn, _rec: _sqlite_pragmas(dbapi_conn, sync))
+        try:
+            async with self._engine.begin() as conn:
+                self.revision = await conn.run_sync(_migrate)
+        except BaseException:
+            await self._engine.dispose()
+            self._engine = None
+            raise
         self._writer = asyncio.create_task(self._write_loop(), name="gridshare-store")
 
     async def stop(self) -> None:
@@ -377,6 +413,21 @@ class Store:
         self._put(dr_events, {"ended_at": None, "compliance": None, "baseline": None,
                               "updated_at": datetime.now(UTC), **row, "_upsert": True})
 
+    # --- acknowledged writes ----------------------------------------------------------------
+
+    async def insert_now(self, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Insert ``rows`` into ``table`` and commit before returning: once this returns,
+        the rows survive a crash (acknowledge after it, never before). Rows whose unique
+        key is already stored are skipped (``ON CONFLICT DO NOTHING``), so writing a
+        redelivered batch again is safe. Raises if the database refuses: the caller must
+        then not acknowledge."""
+        if self._engine is None:
+            raise RuntimeError("store not started")
+        if not rows:
+            return
+        async with self._engine.begin() as conn:
+            await conn.execute(_insert_ignore(conn, table), list(rows))
+
     # --- writing --------------------------------------------------------------------------
 
     async def flush(self) -> None:
@@ -438,11 +489,11 @@ class Store:
                             stop_reason=row["stop_reason"]))
             for (name, _), row in upserts.items():
                 table = TABLES[name]
-                column = table.c[UPSERT_KEYS[name]]
-                done = await conn.execute(update(table).where(column == row[column.name])
-                                          .values(**row))
-                if done.rowcount == 0:
-                    await conn.execute(insert(table), [row])
+                key = UPSERT_KEYS[name]
+                stmt = _dialect_insert(conn, table)
+                await conn.execute(stmt.on_conflict_do_update(
+                    index_elements=[key],
+                    set_={c: stmt.excluded[c] for c in row if c != key}), [row])
 
     # --- reading (tests, the later API) ---------------------------------------------------
 
@@ -529,10 +580,33 @@ def _aware(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    """WAL: readers (the API) do not block the writer; NORMAL sync is durable enough for
-    an audit log and much faster."""
+def _migrate(connection: Connection) -> tuple[str, ...]:
+    from gridshare.migrations import upgrade  # alembic loads only when a store starts
+
+    return upgrade(connection)
+
+
+def _dialect_insert(conn: Any, table: Table) -> Any:
+    """The dialect's own INSERT (it has ``on_conflict_do_*``): SQLite and PostgreSQL."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    if conn.dialect.name == "sqlite":
+        return sqlite.insert(table)
+    raise StoreError(f"no upsert for the {conn.dialect.name} dialect")
+
+
+def _insert_ignore(conn: Any, table: Table) -> Any:
+    return _dialect_insert(conn, table).on_conflict_do_nothing()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, synchronous: SqliteSync = "FULL") -> None:
+    """WAL: readers (the API, psql-like tools) do not block the writer, and a commit is
+    one append to the log. synchronous=FULL fsyncs the log at each commit (an
+    acknowledged row survives power loss; batching keeps it to one fsync per batch);
+    NORMAL would survive a killed process only. busy_timeout: a second writer (the CLI,
+    another connection of the pool) waits for the lock instead of failing at once."""
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute(f"PRAGMA synchronous={synchronous}")
+    cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
