@@ -15,6 +15,7 @@ import typer
 
 from gridshare.cli import (
     core_cmds,
+    db_cmds,
     dr_cmds,
     plan_charge_cmds,
     plan_cmds,
@@ -105,5 +106,6 @@ simulate_cmds.register(app)
 dr_cmds.register(app)
 plan_charge_cmds.register(app)
 plan_cmds.register(app)
+db_cmds.register(app)
 
 __all__ = ["app"]
