@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import (
     Boolean,
@@ -69,6 +69,9 @@ from gridshare.events import (
     SessionStopped,
 )
 from gridshare.tasks import cancel_and_wait
+
+if TYPE_CHECKING:
+    from gridshare.controller.loop import CycleReport
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +188,28 @@ ami_readings = Table(
     Index("ux_ami_meter_ts", "meter_id", "ts", unique=True),
 )
 
+decisions = Table(
+    "decisions", metadata,
+    # One row per control cycle that decided something: sent commands, held an increase
+    # back (recorded when the held set changes, not at every cycle it stays), had a step
+    # refused by the plan check, or had its answer replaced by the safety guard. The
+    # commands' outcomes are in setpoint_commands; this is why they were sent.
+    Column("id", Integer, primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("sent", Integer, nullable=False),
+    Column("held", Integer, nullable=False),
+    Column("refused", Integer, nullable=False),
+    Column("offline", Integer, nullable=False),  # connectors counted at their failsafe
+    Column("guarded", Boolean, nullable=False),
+    Column("compute_ms", Float, nullable=False),
+    # JSON {"sent": [{charger, connector, kind, current_a, counted_a}], "held": [same],
+    # "refused": [message], "alarms": [message]}
+    Column("detail", Text, nullable=False),
+    Index("ix_decisions_at", "at"),
+)
+
 TABLES = {t.name: t for t in (events, sessions, meter_readings, setpoint_commands, alarms,
-                              dr_events, ami_readings)}
+                              dr_events, ami_readings, decisions)}
 UPSERT_KEYS = {"dr_events": "signal_id"}
 """Tables whose rows are written by key: the latest row for a key replaces the earlier
 (``INSERT ... ON CONFLICT (key) DO UPDATE`` on both SQLite and PostgreSQL)."""
@@ -272,9 +295,14 @@ class Store:
         self._engine: AsyncEngine | None = None
         self._queue: deque[tuple[Table, dict[str, Any]]] = deque()
         self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._writer: asyncio.Task[None] | None = None
+        self._recorded = 0
+        """Rows queued since start (a sequence number: flush waits for its own)."""
+        self._settled = 0
+        """Rows the writer is done with (committed, or counted in failed_rows)."""
+        self._progress = asyncio.Event()
+        self.failed_rows = 0
+        self._last_held: tuple[Any, ...] = ()
         self._consumers: set[asyncio.Task[None]] = set()
         self.written = 0
         self.dropped = 0
@@ -349,7 +377,7 @@ class Store:
                 log.warning("store: %d rows dropped (database too slow)", self.dropped)
             return
         self._queue.append((table, row))
-        self._idle.clear()
+        self._recorded += 1
         if len(self._queue) >= self.batch_size:
             self._wake.set()
 
@@ -403,6 +431,20 @@ class Store:
             "phase": record.phase, "load": record.load, "limit_value": record.limit,
             "message": record.message, "cleared": record.cleared})
 
+    def record_cycle(self, report: CycleReport) -> None:
+        """A control cycle's decision (the controller's ``on_cycle`` listener). Cheap: the
+        report is kept as it is and turned into JSON by the writer, off the hot path."""
+        decision = report.decision
+        held = tuple(s.key for s in decision.held)
+        guarded = report.allocation.guarded
+        if not (report.sent or report.refused or guarded or held != self._last_held):
+            return  # nothing decided: renewals and holds would repeat every cycle
+        self._last_held = held
+        self._put(decisions, {
+            "at": report.at, "sent": len(report.sent), "held": len(held),
+            "refused": len(report.refused), "offline": len(report.allocation.offline),
+            "guarded": guarded, "compute_ms": report.compute_s * 1000.0, "detail": report})
+
     def record_dr_event(self, row: dict[str, Any]) -> None:
         """The latest state of one demand-response event (replaces the stored one): its
         ``signal_id``, ``zone_id``, ``signal`` JSON text, ``ended_at``, ``compliance`` and
@@ -430,14 +472,32 @@ class Store:
 
     # --- writing --------------------------------------------------------------------------
 
-    async def flush(self) -> None:
-        """Wait until everything recorded so far is written."""
+    async def flush(self, *, strict: bool = False) -> None:
+        """Wait until everything recorded so far is written (rows recorded meanwhile are
+        not waited for, so a busy store cannot keep a flush waiting). ``strict``: raise
+        :class:`StoreError` if a row was dropped or a batch failed meanwhile (someone's
+        row was lost: fail closed), for a caller that acknowledges after it."""
         if self._writer is None:
             raise RuntimeError("store not started")
-        self._wake.set()
-        await self._idle.wait()
+        target = self._recorded
+        lost_before = self.failed_rows + self.dropped
+        while self._settled < target:
+            if self._writer.done():
+                raise StoreError("the store's writer has stopped")
+            self._wake.set()
+            self._progress.clear()
+            await self._progress.wait()
+        if strict and self.failed_rows + self.dropped != lost_before:
+            raise StoreError(f"{self.failed_rows + self.dropped - lost_before} recorded "
+                             "rows could not be stored (see the log)")
 
     async def _write_loop(self) -> None:
+        try:
+            await self._write_batches()
+        finally:
+            self._progress.set()  # a flush waiting on a stopped writer sees it
+
+    async def _write_batches(self) -> None:
         while True:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
             # that races with the event, and stop() would then wait forever.
@@ -457,9 +517,11 @@ class Store:
                     # The log is an audit trail, not a control path: never stop control
                     # for it. Count and report; the next batch may succeed.
                     self.failed_batches += 1
+                    self.failed_rows += len(batch)
                     log.exception("store: a batch of %d rows could not be written",
                                   len(batch))
-            self._idle.set()
+                self._settled += len(batch)
+                self._progress.set()
 
     async def _write(self, batch: Iterable[tuple[Table, dict[str, Any]]]) -> None:
         assert self._engine is not None
@@ -476,6 +538,10 @@ class Store:
                                                    if k != "_upsert"}
             else:
                 inserts.setdefault(table.name, []).append(row)
+        if "decisions" in inserts:
+            for row in inserts["decisions"]:
+                if not isinstance(row["detail"], str):
+                    row["detail"] = _decision_detail(row["detail"])
         async with self._engine.begin() as conn:
             for name, rows in inserts.items():
                 await conn.execute(insert(TABLES[name]), rows)
@@ -565,6 +631,18 @@ class Store:
         async with self._engine.connect() as conn:
             result = await conn.execute(select(t).order_by(t.c.updated_at, t.c.signal_id))
             return [_aware(dict(r._mapping)) for r in result]
+
+
+def _decision_detail(report: CycleReport) -> str:
+    def send(s: Any) -> dict[str, Any]:
+        return {"charger": s.key[0], "connector": s.key[1], "kind": s.kind,
+                "current_a": s.current_a, "counted_a": s.counted_a}
+
+    return json.dumps({
+        "sent": [send(s) for s in report.sent],
+        "held": [send(s) for s in report.decision.held],
+        "refused": [a.message for a in report.refused],
+        "alarms": [a.message for a in report.allocation.alarms]}, separators=(",", ":"))
 
 
 def _utc(value: datetime) -> datetime:

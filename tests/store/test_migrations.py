@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
 from gridshare import migrations
-from gridshare.migrations import INITIAL, INITIAL_TABLES, SchemaError
+from gridshare.migrations import INITIAL, LEGACY_TABLES, SchemaError
 from gridshare.store import Store, metadata
 
 
@@ -95,7 +95,7 @@ def test_downgrade_to_nothing_and_up_again(db_url: str) -> None:
 
 def _legacy_create_all(conn) -> None:  # type: ignore[no-untyped-def]
     """What gridshare did before migrations: create_all of the initial tables."""
-    metadata.create_all(conn, tables=[metadata.tables[t] for t in INITIAL_TABLES])
+    metadata.create_all(conn, tables=[metadata.tables[t] for t in LEGACY_TABLES])
 
 
 def test_a_database_from_create_all_is_stamped_and_keeps_its_rows(db_url: str) -> None:

@@ -27,8 +27,11 @@ from gridshare.store import StoreError, metadata
 SCRIPT_LOCATION = "gridshare:migrations"
 INITIAL = "0001_initial"
 INITIAL_TABLES = ("events", "sessions", "meter_readings", "setpoint_commands", "alarms",
-                  "dr_events", "ami_readings")
-"""The tables ``0001_initial`` creates (those an old ``create_all`` database has)."""
+                  "dr_events", "ami_readings", "decisions")
+"""The tables ``0001_initial`` creates."""
+LEGACY_TABLES = INITIAL_TABLES[:-1]
+"""Those an old ``create_all`` database has (``decisions`` came with the migrations: it is
+created when such a database is adopted)."""
 _PG_LOCK_ID = 0x67726964  # "grid": one migrating process at a time per database
 
 
@@ -92,7 +95,7 @@ def _adopt_legacy(connection: Connection, cfg: Config) -> None:
     initial = present & set(INITIAL_TABLES)
     if not initial:
         return  # an empty (or foreign) database: migrate from nothing
-    missing = sorted(set(INITIAL_TABLES) - present)
+    missing = sorted(set(LEGACY_TABLES) - present)
     problems = [f"table {name} is missing" for name in missing]
     problems += [_describe(d) for d in diff(connection)
                  if _diff_table(d) in initial]
@@ -102,6 +105,8 @@ def _adopt_legacy(connection: Connection, cfg: Config) -> None:
             f"from {INITIAL}: " + "; ".join(problems[:10])
             + (f" (and {len(problems) - 10} more)" if len(problems) > 10 else "")
             + ". Move it aside (a new one is created) or bring it to that schema by hand.")
+    for name in sorted(set(INITIAL_TABLES) - present):
+        metadata.tables[name].create(connection)
     command.stamp(cfg, INITIAL)
 
 

@@ -1,5 +1,5 @@
 """initial: every table of store.py (events, sessions, meter readings, setpoint commands,
-alarms, DR events, AMI readings).
+alarms, DR events, AMI readings, control decisions).
 
 A migration is a frozen snapshot: it never imports the models, which keep changing.
 
@@ -48,6 +48,19 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id")
     )
     op.create_index("ux_ami_meter_ts", "ami_readings", ["meter_id", "ts"], unique=True)
+    op.create_table("decisions",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("sent", sa.Integer(), nullable=False),
+        sa.Column("held", sa.Integer(), nullable=False),
+        sa.Column("refused", sa.Integer(), nullable=False),
+        sa.Column("offline", sa.Integer(), nullable=False),
+        sa.Column("guarded", sa.Boolean(), nullable=False),
+        sa.Column("compute_ms", sa.Float(), nullable=False),
+        sa.Column("detail", sa.Text(), nullable=False),
+        sa.PrimaryKeyConstraint("id")
+    )
+    op.create_index("ix_decisions_at", "decisions", ["at"])
     op.create_table("dr_events",
         sa.Column("signal_id", sa.String(length=200), nullable=False),
         sa.Column("zone_id", sa.String(length=64), nullable=False),
@@ -121,5 +134,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     # Dropping a table drops its indexes.
     for table in ("setpoint_commands", "sessions", "meter_readings", "events", "dr_events",
-                  "ami_readings", "alarms"):
+                  "decisions", "ami_readings", "alarms"):
         op.drop_table(table)
