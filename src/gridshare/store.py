@@ -237,6 +237,8 @@ def normalise_url(url: str) -> str:
         parsed = make_url(url)
     except ArgumentError as exc:
         raise StoreError(f"database URL {url!r} is not valid: {exc}") from exc
+    if parsed.drivername == "postgres":  # Heroku-style and libpq's alias
+        parsed = parsed.set(drivername="postgresql")
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         if parsed.drivername in ("sqlite", "sqlite+aiosqlite"):
@@ -245,7 +247,7 @@ def normalise_url(url: str) -> str:
         raise StoreError(f"database URL {url!r}: use sqlite:// or sqlite+aiosqlite://")
     if backend == "postgresql":
         fixed = parsed.set(drivername="postgresql+asyncpg") \
-            if parsed.drivername in ("postgresql", "postgres") else parsed
+            if parsed.drivername == "postgresql" else parsed
         driver = fixed.get_driver_name()
         try:
             __import__(driver)
@@ -323,10 +325,16 @@ class Store:
         try:
             async with self._engine.begin() as conn:
                 self.revision = await conn.run_sync(_migrate)
-        except BaseException:
+        except BaseException as exc:
             await self._engine.dispose()
             self._engine = None
-            raise
+            if isinstance(exc, StoreError) or not isinstance(exc, Exception):
+                raise
+            # Unreachable server, refused login, unwritable file: one error type, naming
+            # the database (never its password), for serve to report and exit.
+            shown = url.render_as_string(hide_password=True)
+            raise StoreError(f"database {shown} cannot be opened: "
+                             f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
         self._writer = asyncio.create_task(self._write_loop(), name="gridshare-store")
 
     async def stop(self) -> None:

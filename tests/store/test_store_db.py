@@ -131,3 +131,14 @@ async def test_insert_now_raises_when_the_database_refuses(store: Store) -> None
 async def test_insert_now_needs_a_started_store(db_url: str) -> None:
     with pytest.raises(RuntimeError, match="not started"):
         await Store(db_url).insert_now(ami_readings, [ami("m-1", 0)])
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("postgres://gs@db/grid", "postgresql+asyncpg://gs@db/grid"),
+    ("postgresql://gs:pw@db:5433/grid", "postgresql+asyncpg://gs:pw@db:5433/grid"),
+    ("postgresql+asyncpg://gs@db/grid", "postgresql+asyncpg://gs@db/grid"),
+])
+def test_postgres_urls_pick_asyncpg(url: str, expected: str) -> None:
+    from gridshare.store import normalise_url
+
+    assert normalise_url(url) == expected
