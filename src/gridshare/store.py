@@ -1,5 +1,5 @@
-"""The audit log and history: events, sessions, meter readings, setpoint commands, alarms,
-demand-response events, AMI readings.
+"""The audit log and history: events, sessions, meter readings, setpoint commands, control
+decisions, alarms, demand-response events, AMI readings.
 
 SQLAlchemy 2 (async). SQLite through aiosqlite is the default
 (``sqlite+aiosqlite:///<data dir>/gridshare.db``, WAL mode); PostgreSQL through asyncpg
@@ -14,13 +14,15 @@ Two ways in, with different promises (docs/storage.md):
   transaction). A caller that acknowledges after it returns (the MQTT ingest's PUBACK)
   never acknowledges a row a crash can lose. Rows that repeat a table's unique key are
   ignored, so a redelivery after a crash is harmless.
-- **Batched** — ``record_*`` (events, meter readings, sessions, setpoint commands, alarms,
-  DR event states) only append to an in-memory queue, and one supervised writer task
-  inserts in batches (every ``flush_interval_s`` or ``batch_size`` rows, one transaction
-  per batch): nothing waits on the disk on the control path. A ``kill -9`` or power loss
-  loses what is queued and not yet committed: at most ``flush_interval_s`` (0.5 s) of
-  records plus the batch being written. Nothing in these paths is acknowledged to anyone
-  outside the process; ``flush()`` waits until everything queued so far is committed.
+- **Batched** — ``record_*`` (events, meter readings, sessions, setpoint commands, control
+  decisions, alarms, DR event states) only append to an in-memory queue, and one
+  supervised writer task inserts in batches (every ``flush_interval_s`` or ``batch_size``
+  rows, one transaction per batch): nothing waits on the disk on the control path. A
+  ``kill -9`` or power loss loses what is queued and not yet committed: at most
+  ``flush_interval_s`` (0.5 s) of records plus the batch being written. Nothing in these
+  paths is acknowledged to anyone outside the process by itself; ``flush()`` waits until
+  everything queued so far is committed, and ``flush(strict=True)`` raises if any of it
+  was lost (the DR API answers a signal only after it).
 """
 
 from __future__ import annotations
@@ -333,7 +335,7 @@ class Store:
             # Unreachable server, refused login, unwritable file: one error type, naming
             # the database (never its password), for serve to report and exit.
             shown = url.render_as_string(hide_password=True)
-            raise StoreError(f"database {shown} cannot be opened: "
+            raise StoreError(f"database {shown} cannot be opened or migrated: "
                              f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
         self._writer = asyncio.create_task(self._write_loop(), name="gridshare-store")
 

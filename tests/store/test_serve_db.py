@@ -62,7 +62,7 @@ def test_serve_refuses_an_unreachable_database_in_one_line() -> None:
                                       "postgresql://gs:s3cret@127.0.0.1:1/grid"])
     assert result.exit_code == 1
     assert "cannot start: database postgresql+asyncpg://gs:***@127.0.0.1:1/grid cannot be " \
-        "opened: ConnectionRefusedError" in result.output
+        "opened or migrated: ConnectionRefusedError" in result.output
     assert "s3cret" not in result.output
     assert "Traceback" not in result.output
 
