@@ -79,11 +79,14 @@ async def test_recording_a_cycle_is_cheap(store: Store) -> None:
     finally:
         await c.stop()
     report = next(r for r in reports if r.sent)
+    store.record_cycle(report)
+    assert store._queue[-1][1]["detail"] is report  # queued as it is, no JSON yet
     started = time.perf_counter()
-    for _ in range(10_000):
+    for _ in range(9_999):
         store._last_held = ()
         store.record_cycle(report)
-    assert (time.perf_counter() - started) / 10_000 * 1e6 < 50
+    # An append, not a database round trip (a loose bound: the machine is shared).
+    assert (time.perf_counter() - started) / 9_999 * 1e6 < 200
     await store.flush()
     assert await store.count("decisions") == 10_000
     assert json.loads((await store.rows("decisions", limit=1))[0]["detail"])["sent"]

@@ -153,3 +153,21 @@ def test_sqlite_is_in_wal_mode_with_full_sync(tmp_path: Path) -> None:
     with engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar_one() == "wal"
     engine.dispose()
+
+
+async def test_processes_starting_together_on_an_empty_database_both_migrate(
+        db_url: str) -> None:
+    """Two stores (two processes in production: controllers scaled out on one
+    PostgreSQL) upgrading the same empty database at once: both start, one schema."""
+    import asyncio
+
+    stores = [Store(db_url), Store(db_url), Store(db_url)]
+    try:
+        await asyncio.gather(*(s.start() for s in stores))
+        assert {s.revision for s in stores} == {(migrations.head(),)}
+        assert stores[0]._engine is not None
+        async with stores[0]._engine.connect() as conn:
+            assert await conn.run_sync(migrations.diff) == []
+    finally:
+        for s in stores:
+            await s.stop()

@@ -80,9 +80,15 @@ def diff(connection: Connection) -> list[Any]:
 def upgrade(connection: Connection, revision: str = "head") -> tuple[str, ...]:
     """Bring the database to ``revision`` (adopting a pre-migration one); the revision(s)
     it is at afterwards. Runs in the caller's transaction."""
+    # Two processes starting on one empty database would both create the tables: the
+    # first takes a lock the others wait for, then find the schema made.
     if connection.dialect.name == "postgresql":
-        # Two processes starting on one empty database would both create the tables.
         connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PG_LOCK_ID})
+    elif connection.dialect.name == "sqlite" and \
+            not getattr(connection.connection.driver_connection, "in_transaction", True):
+        # The write lock now (waits up to busy_timeout), and the DDL inside this one
+        # transaction: the driver would otherwise run each CREATE on its own.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
     cfg = alembic_config(connection)
     if not current(connection):
         _adopt_legacy(connection, cfg)
