@@ -142,3 +142,25 @@ def test_postgres_urls_pick_asyncpg(url: str, expected: str) -> None:
     from gridshare.store import normalise_url
 
     assert normalise_url(url) == expected
+
+
+async def test_acknowledged_and_batched_writes_side_by_side(store: Store) -> None:
+    """The writer's batches and insert_now's commits share the database (on SQLite: two
+    connections, one write lock): neither fails, nothing is lost."""
+    import asyncio
+
+    async def acknowledged() -> None:
+        for i in range(100):
+            await store.insert_now(ami_readings, [ami("m-1", i), ami("m-2", i)])
+
+    async def batched() -> None:
+        for i in range(10_000):
+            store.record_event(MeterReading("cp-1", 1, t(i), current_a=(1.0, 1.0, 1.0)))
+            if i % 500 == 0:
+                await asyncio.sleep(0.005)  # let batches go while acknowledged writes run
+
+    await asyncio.gather(acknowledged(), batched())
+    await store.flush(strict=True)
+    assert (store.failed_batches, store.dropped) == (0, 0)
+    assert await store.count("ami_readings") == 200
+    assert await store.count("meter_readings") == 10_000
