@@ -22,6 +22,7 @@ import itertools
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -106,14 +107,27 @@ class PgCluster:
         self.stop()
         pytest.fail(f"postgres did not accept connections in {START_TIMEOUT_S} s")
 
+    def _server_pid(self) -> int | None:
+        """The postmaster's pid (with runuser, ``proc`` is runuser, not the server)."""
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            return int((self.data_dir / "postmaster.pid").read_text().splitlines()[0])
+        return None
+
     def stop(self) -> None:
         if self.proc is None:
             return
-        # SIGINT: "fast" shutdown (roll back clients, checkpoint, exit); kill if it hangs.
-        self.proc.send_signal(2)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
+        # SIGINT to the server itself: "fast" shutdown (roll back clients, checkpoint,
+        # exit); SIGQUIT (immediate) if it hangs. Signalling runuser would orphan it.
+        pid = self._server_pid() or self.proc.pid
+        for sig, wait_s in ((signal.SIGINT, 15.0), (signal.SIGQUIT, 10.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            try:
+                self.proc.wait(timeout=wait_s)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        else:
             self.proc.kill()
             self.proc.wait()
         self.proc = None
