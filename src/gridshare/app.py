@@ -224,6 +224,8 @@ class GridshareApp:
             settings = replace(settings, state=replace(settings.state, meters=infos))
         self.controller = Controller(topology, self.csms, self.clock, settings=settings,
                                      bus=self.bus, audit=self.store)
+        if self.store is not None:  # every cycle's decision in the audit log
+            self.controller.on_cycle(self.store.record_cycle)
         self.meter_sources: MeterSources | None = None
         if any(m.source != "ocpp" for m in options.meters):
             from gridshare.adapters.meters import MeterSources

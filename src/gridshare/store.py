@@ -1,10 +1,28 @@
-"""The audit log and history: events, sessions, meter readings, setpoint commands, alarms.
+"""The audit log and history: events, sessions, meter readings, setpoint commands, control
+decisions, alarms, demand-response events, AMI readings.
 
 SQLAlchemy 2 (async). SQLite through aiosqlite is the default
-(``sqlite+aiosqlite:///<data dir>/gridshare.db``); PostgreSQL through asyncpg can use the
-same tables later. Writing never happens on the hot path: ``record_*`` only appends to an
-in-memory queue, and one supervised writer task inserts in batches (every
-``flush_interval_s`` or ``batch_size`` rows, one transaction per batch).
+(``sqlite+aiosqlite:///<data dir>/gridshare.db``, WAL mode); PostgreSQL through asyncpg
+by URL (``postgresql://user@host/db``), with the same schema. The schema is made and
+changed only by the alembic migrations in ``gridshare.migrations``: ``start()`` upgrades
+the database to the newest revision.
+
+Two ways in, with different promises (docs/storage.md):
+
+- **Acknowledged after commit** — :meth:`Store.insert_now` returns only once its rows are
+  committed (SQLite: WAL with ``synchronous=FULL``, fsynced; PostgreSQL: a committed
+  transaction). A caller that acknowledges after it returns (the MQTT ingest's PUBACK)
+  never acknowledges a row a crash can lose. Rows that repeat a table's unique key are
+  ignored, so a redelivery after a crash is harmless.
+- **Batched** — ``record_*`` (events, meter readings, sessions, setpoint commands, control
+  decisions, alarms, DR event states) only append to an in-memory queue, and one
+  supervised writer task inserts in batches (every ``flush_interval_s`` or ``batch_size``
+  rows, one transaction per batch): nothing waits on the disk on the control path. A
+  ``kill -9`` or power loss loses what is queued and not yet committed: at most
+  ``flush_interval_s`` (0.5 s) of records plus the batch being written. Nothing in these
+  paths is acknowledged to anyone outside the process by itself; ``flush()`` waits until
+  everything queued so far is committed, and ``flush(strict=True)`` raises if any of it
+  was lost (the DR API answers a signal only after it).
 """
 
 from __future__ import annotations
@@ -16,10 +34,10 @@ import json
 import logging
 import os
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import (
     Boolean,
@@ -38,7 +56,8 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -52,6 +71,9 @@ from gridshare.events import (
     SessionStopped,
 )
 from gridshare.tasks import cancel_and_wait
+
+if TYPE_CHECKING:
+    from gridshare.controller.loop import CycleReport
 
 log = logging.getLogger(__name__)
 
@@ -168,10 +190,33 @@ ami_readings = Table(
     Index("ux_ami_meter_ts", "meter_id", "ts", unique=True),
 )
 
+decisions = Table(
+    "decisions", metadata,
+    # One row per control cycle that decided something: sent commands, held an increase
+    # back (recorded when the held set changes, not at every cycle it stays), had a step
+    # refused by the plan check, or had its answer replaced by the safety guard. The
+    # commands' outcomes are in setpoint_commands; this is why they were sent.
+    Column("id", Integer, primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("sent", Integer, nullable=False),
+    Column("held", Integer, nullable=False),
+    Column("refused", Integer, nullable=False),
+    Column("offline", Integer, nullable=False),  # connectors counted at their failsafe
+    Column("guarded", Boolean, nullable=False),
+    Column("compute_ms", Float, nullable=False),
+    # JSON {"sent": [{charger, connector, kind, current_a, counted_a}], "held": [same],
+    # "refused": [message], "alarms": [message]}
+    Column("detail", Text, nullable=False),
+    Index("ix_decisions_at", "at"),
+)
+
 TABLES = {t.name: t for t in (events, sessions, meter_readings, setpoint_commands, alarms,
-                              dr_events, ami_readings)}
+                              dr_events, ami_readings, decisions)}
 UPSERT_KEYS = {"dr_events": "signal_id"}
-"""Tables whose rows are written by key: the latest row for a key replaces the earlier."""
+"""Tables whose rows are written by key: the latest row for a key replaces the earlier
+(``INSERT ... ON CONFLICT (key) DO UPDATE`` on both SQLite and PostgreSQL)."""
+
+SqliteSync = Literal["NORMAL", "FULL"]
 
 
 class StoreError(ValueError):
@@ -194,6 +239,8 @@ def normalise_url(url: str) -> str:
         parsed = make_url(url)
     except ArgumentError as exc:
         raise StoreError(f"database URL {url!r} is not valid: {exc}") from exc
+    if parsed.drivername == "postgres":  # Heroku-style and libpq's alias
+        parsed = parsed.set(drivername="postgresql")
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         if parsed.drivername in ("sqlite", "sqlite+aiosqlite"):
@@ -202,7 +249,7 @@ def normalise_url(url: str) -> str:
         raise StoreError(f"database URL {url!r}: use sqlite:// or sqlite+aiosqlite://")
     if backend == "postgresql":
         fixed = parsed.set(drivername="postgresql+asyncpg") \
-            if parsed.drivername in ("postgresql", "postgres") else parsed
+            if parsed.drivername == "postgresql" else parsed
         driver = fixed.get_driver_name()
         try:
             __import__(driver)
@@ -235,17 +282,31 @@ class Store:
     """Batched, asynchronous writer of the audit log (and the AuditSink of the controller)."""
 
     def __init__(self, url: str, *, batch_size: int = 1000, flush_interval_s: float = 0.5,
-                 max_queue: int = 200_000) -> None:
+                 max_queue: int = 200_000, sqlite_synchronous: SqliteSync = "FULL") -> None:
         self.url = normalise_url(url)
+        if sqlite_synchronous not in ("NORMAL", "FULL"):
+            raise StoreError(f"sqlite_synchronous must be NORMAL or FULL, "
+                             f"not {sqlite_synchronous!r}")
+        self.sqlite_synchronous: SqliteSync = sqlite_synchronous
+        """FULL: a commit is fsynced before it returns, so an acknowledged row survives a
+        power loss too, not only a killed process (NORMAL in WAL mode: it survives
+        ``kill -9``, but the last commits can be lost with the machine)."""
+        self.revision: tuple[str, ...] = ()
+        """The schema revision after ``start()`` (its migration)."""
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
         self.max_queue = max_queue
         self._engine: AsyncEngine | None = None
         self._queue: deque[tuple[Table, dict[str, Any]]] = deque()
         self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._writer: asyncio.Task[None] | None = None
+        self._recorded = 0
+        """Rows queued since start (a sequence number: flush waits for its own)."""
+        self._settled = 0
+        """Rows the writer is done with (committed, or counted in failed_rows)."""
+        self._progress = asyncio.Event()
+        self.failed_rows = 0
+        self._last_held: tuple[Any, ...] = ()
         self._consumers: set[asyncio.Task[None]] = set()
         self.written = 0
         self.dropped = 0
@@ -260,9 +321,22 @@ class Store:
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         self._engine = create_async_engine(self.url)
         if url.get_backend_name() == "sqlite":
-            event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
-        async with self._engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
+            sync = self.sqlite_synchronous
+            event.listen(self._engine.sync_engine, "connect",
+                         lambda dbapi_conn, _rec: _sqlite_pragmas(dbapi_conn, sync))
+        try:
+            async with self._engine.begin() as conn:
+                self.revision = await conn.run_sync(_migrate)
+        except BaseException as exc:
+            await self._engine.dispose()
+            self._engine = None
+            if isinstance(exc, StoreError) or not isinstance(exc, Exception):
+                raise
+            # Unreachable server, refused login, unwritable file: one error type, naming
+            # the database (never its password), for serve to report and exit.
+            shown = url.render_as_string(hide_password=True)
+            raise StoreError(f"database {shown} cannot be opened or migrated: "
+                             f"{type(exc).__name__}: {exc}".splitlines()[0]) from exc
         self._writer = asyncio.create_task(self._write_loop(), name="gridshare-store")
 
     async def stop(self) -> None:
@@ -313,7 +387,7 @@ class Store:
                 log.warning("store: %d rows dropped (database too slow)", self.dropped)
             return
         self._queue.append((table, row))
-        self._idle.clear()
+        self._recorded += 1
         if len(self._queue) >= self.batch_size:
             self._wake.set()
 
@@ -367,6 +441,20 @@ class Store:
             "phase": record.phase, "load": record.load, "limit_value": record.limit,
             "message": record.message, "cleared": record.cleared})
 
+    def record_cycle(self, report: CycleReport) -> None:
+        """A control cycle's decision (the controller's ``on_cycle`` listener). Cheap: the
+        report is kept as it is and turned into JSON by the writer, off the hot path."""
+        decision = report.decision
+        held = tuple(s.key for s in decision.held)
+        guarded = report.allocation.guarded
+        if not (report.sent or report.refused or guarded or held != self._last_held):
+            return  # nothing decided: renewals and holds would repeat every cycle
+        self._last_held = held
+        self._put(decisions, {
+            "at": report.at, "sent": len(report.sent), "held": len(held),
+            "refused": len(report.refused), "offline": len(report.allocation.offline),
+            "guarded": guarded, "compute_ms": report.compute_s * 1000.0, "detail": report})
+
     def record_dr_event(self, row: dict[str, Any]) -> None:
         """The latest state of one demand-response event (replaces the stored one): its
         ``signal_id``, ``zone_id``, ``signal`` JSON text, ``ended_at``, ``compliance`` and
@@ -377,16 +465,49 @@ class Store:
         self._put(dr_events, {"ended_at": None, "compliance": None, "baseline": None,
                               "updated_at": datetime.now(UTC), **row, "_upsert": True})
 
+    # --- acknowledged writes ----------------------------------------------------------------
+
+    async def insert_now(self, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Insert ``rows`` into ``table`` and commit before returning: once this returns,
+        the rows survive a crash (acknowledge after it, never before). Rows whose unique
+        key is already stored are skipped (``ON CONFLICT DO NOTHING``), so writing a
+        redelivered batch again is safe. Raises if the database refuses: the caller must
+        then not acknowledge."""
+        if self._engine is None:
+            raise RuntimeError("store not started")
+        if not rows:
+            return
+        async with self._engine.begin() as conn:
+            await conn.execute(_insert_ignore(conn, table), list(rows))
+
     # --- writing --------------------------------------------------------------------------
 
-    async def flush(self) -> None:
-        """Wait until everything recorded so far is written."""
+    async def flush(self, *, strict: bool = False) -> None:
+        """Wait until everything recorded so far is written (rows recorded meanwhile are
+        not waited for, so a busy store cannot keep a flush waiting). ``strict``: raise
+        :class:`StoreError` if a row was dropped or a batch failed meanwhile (someone's
+        row was lost: fail closed), for a caller that acknowledges after it."""
         if self._writer is None:
             raise RuntimeError("store not started")
-        self._wake.set()
-        await self._idle.wait()
+        target = self._recorded
+        lost_before = self.failed_rows + self.dropped
+        while self._settled < target:
+            if self._writer.done():
+                raise StoreError("the store's writer has stopped")
+            self._wake.set()
+            self._progress.clear()
+            await self._progress.wait()
+        if strict and self.failed_rows + self.dropped != lost_before:
+            raise StoreError(f"{self.failed_rows + self.dropped - lost_before} recorded "
+                             "rows could not be stored (see the log)")
 
     async def _write_loop(self) -> None:
+        try:
+            await self._write_batches()
+        finally:
+            self._progress.set()  # a flush waiting on a stopped writer sees it
+
+    async def _write_batches(self) -> None:
         while True:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
             # that races with the event, and stop() would then wait forever.
@@ -406,9 +527,11 @@ class Store:
                     # The log is an audit trail, not a control path: never stop control
                     # for it. Count and report; the next batch may succeed.
                     self.failed_batches += 1
+                    self.failed_rows += len(batch)
                     log.exception("store: a batch of %d rows could not be written",
                                   len(batch))
-            self._idle.set()
+                self._settled += len(batch)
+                self._progress.set()
 
     async def _write(self, batch: Iterable[tuple[Table, dict[str, Any]]]) -> None:
         assert self._engine is not None
@@ -425,6 +548,10 @@ class Store:
                                                    if k != "_upsert"}
             else:
                 inserts.setdefault(table.name, []).append(row)
+        if "decisions" in inserts:
+            for row in inserts["decisions"]:
+                if not isinstance(row["detail"], str):
+                    row["detail"] = _decision_detail(row["detail"])
         async with self._engine.begin() as conn:
             for name, rows in inserts.items():
                 await conn.execute(insert(TABLES[name]), rows)
@@ -438,11 +565,11 @@ class Store:
                             stop_reason=row["stop_reason"]))
             for (name, _), row in upserts.items():
                 table = TABLES[name]
-                column = table.c[UPSERT_KEYS[name]]
-                done = await conn.execute(update(table).where(column == row[column.name])
-                                          .values(**row))
-                if done.rowcount == 0:
-                    await conn.execute(insert(table), [row])
+                key = UPSERT_KEYS[name]
+                stmt = _dialect_insert(conn, table)
+                await conn.execute(stmt.on_conflict_do_update(
+                    index_elements=[key],
+                    set_={c: stmt.excluded[c] for c in row if c != key}), [row])
 
     # --- reading (tests, the later API) ---------------------------------------------------
 
@@ -516,6 +643,18 @@ class Store:
             return [_aware(dict(r._mapping)) for r in result]
 
 
+def _decision_detail(report: CycleReport) -> str:
+    def send(s: Any) -> dict[str, Any]:
+        return {"charger": s.key[0], "connector": s.key[1], "kind": s.kind,
+                "current_a": s.current_a, "counted_a": s.counted_a}
+
+    return json.dumps({
+        "sent": [send(s) for s in report.sent],
+        "held": [send(s) for s in report.decision.held],
+        "refused": [a.message for a in report.refused],
+        "alarms": [a.message for a in report.allocation.alarms]}, separators=(",", ":"))
+
+
 def _utc(value: datetime) -> datetime:
     """Times are stored in UTC (SQLite keeps no offset): compare in UTC too."""
     return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
@@ -529,12 +668,35 @@ def _aware(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    """WAL: readers (the API) do not block the writer; NORMAL sync is durable enough for
-    an audit log and much faster."""
+def _migrate(connection: Connection) -> tuple[str, ...]:
+    from gridshare.migrations import upgrade  # alembic loads only when a store starts
+
+    return upgrade(connection)
+
+
+def _dialect_insert(conn: Any, table: Table) -> Any:
+    """The dialect's own INSERT (it has ``on_conflict_do_*``): SQLite and PostgreSQL."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    if conn.dialect.name == "sqlite":
+        return sqlite.insert(table)
+    raise StoreError(f"no upsert for the {conn.dialect.name} dialect")
+
+
+def _insert_ignore(conn: Any, table: Table) -> Any:
+    return _dialect_insert(conn, table).on_conflict_do_nothing()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, synchronous: SqliteSync = "FULL") -> None:
+    """WAL: readers (the API, psql-like tools) do not block the writer, and a commit is
+    one append to the log. synchronous=FULL fsyncs the log at each commit (an
+    acknowledged row survives power loss; batching keeps it to one fsync per batch);
+    NORMAL would survive a killed process only. busy_timeout: a second writer (the CLI,
+    another connection of the pool) waits for the lock instead of failing at once."""
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute(f"PRAGMA synchronous={synchronous}")
+    cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
 
 

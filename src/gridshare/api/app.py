@@ -316,7 +316,8 @@ def create_api(app: GridshareApp, tokens: tuple[str, ...] | list[str] = (), *,
 
     from gridshare.api.dr import create_router as dr_router
 
-    api.include_router(dr_router(lambda: getattr(app, "dr", None), app.clock, write, read))
+    api.include_router(dr_router(lambda: getattr(app, "dr", None), app.clock, write, read,
+                                 store=lambda: getattr(app, "store", None)))
 
     from gridshare.api.zones import create_router as zones_router
 

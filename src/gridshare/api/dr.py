@@ -12,6 +12,7 @@ OpenAPI document.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
@@ -27,6 +28,8 @@ from gridshare.core.dr.book import DrEvent, SignalConflict, Submitted
 from gridshare.core.dr.signals import SignalInvalid
 
 MAX_BODY_BYTES = 64 * 1024
+STORE_TIMEOUT_S = 10.0
+"""How long a signal's answer waits for the database to commit it (then 503)."""
 """A signal is a few hundred bytes; anything much larger is refused before parsing."""
 
 
@@ -114,9 +117,10 @@ def event_out(dr: DrInput, event: DrEvent) -> dict[str, Any]:
 
 
 def create_router(service: Callable[[], DrInput | None], clock: Clock,
-                  write: Any, read: Any) -> APIRouter:
+                  write: Any, read: Any, *, store: Callable[[], Any] | None = None) -> APIRouter:
     """The DR routes; ``service`` returns the app's DrService (None: the site has no zones),
-    ``write``/``read`` are the API's auth dependencies."""
+    ``write``/``read`` are the API's auth dependencies, ``store`` the audit store (None
+    or returning None: no database), which a 201 waits for: "stored" means committed."""
     router = APIRouter(prefix="/api/v1/dr", tags=["demand response"])
 
     @router.post(
@@ -127,7 +131,7 @@ def create_router(service: Callable[[], DrInput | None], clock: Clock,
         responses={200: {"model": DrEventOut, "description": "An identical redelivery: "
                          "the stored event, nothing changed."},
                    201: {"description": "Stored: the new event."},
-                   **problem_responses(401, 403, 409, 413, 422)})
+                   **problem_responses(401, 403, 409, 413, 422, 503)})
     async def post_signal(request: Request) -> Response:
         raw = await _read_body(request)
         try:
@@ -148,6 +152,16 @@ def create_router(service: Callable[[], DrInput | None], clock: Clock,
             raise _invalid(exc.field, exc.reason) from None
         except SignalConflict as exc:
             raise Problem(409, str(exc), kind="signal-conflict") from None
+        audit = store() if store is not None else None
+        if audit is not None:
+            # Answer only once the event is committed: a kill -9 after a 201 loses nothing
+            # (a redelivery waits too: its first answer may have been this 503).
+            try:
+                async with asyncio.timeout(STORE_TIMEOUT_S):
+                    await audit.flush(strict=True)
+            except Exception as exc:
+                raise Problem(503, f"the signal is in force but could not be stored ({exc!r}): "
+                              "send it again", kind="not-stored") from None
         return _json(event_out(dr, event), 201 if outcome is Submitted.CREATED else 200)
 
     @router.get("/events", dependencies=[Depends(read)], response_model=DrEventsOut,

@@ -16,6 +16,7 @@ import typer
 from gridshare.cli import (
     bill_cmds,
     core_cmds,
+    db_cmds,
     dr_cmds,
     plan_charge_cmds,
     plan_cmds,
@@ -107,5 +108,6 @@ dr_cmds.register(app)
 plan_charge_cmds.register(app)
 plan_cmds.register(app)
 bill_cmds.register(app)
+db_cmds.register(app)
 
 __all__ = ["app"]

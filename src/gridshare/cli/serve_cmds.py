@@ -133,6 +133,10 @@ def serve_cmd(
                             site_path=site)
     try:
         asyncio.run(serve(config.topology, options))
+    except StoreError as exc:  # the database cannot be opened or migrated
+        from rich.markup import escape
+
+        raise _fail(f"[red]cannot start: {escape(str(exc))}[/]", 1) from exc
     except OSError as exc:
         raise _fail(f"[red]cannot start: {exc.strerror or exc}[/] "
                     f"(OCPP port {ocpp_port}, API port {api_port} on {host})", 1) from exc
