@@ -25,7 +25,13 @@ from gridshare.adapters.ocpp import CentralSystem, ChargerCredentials, CsmsConfi
 from gridshare.adapters.ocpp.meter import OcppMeter
 from gridshare.bus import Bus, open_bus
 from gridshare.clock import Clock, SystemClock
-from gridshare.config import DemandResponseSpec, MeterSpec, MqttSpec, SiteConfig
+from gridshare.config import (
+    DemandResponseSpec,
+    FrequencyResponseSpec,
+    MeterSpec,
+    MqttSpec,
+    SiteConfig,
+)
 from gridshare.controller.aggregate import LoadService
 from gridshare.controller.loop import Controller, ControllerSettings
 from gridshare.controller.state import MeterInfo
@@ -35,10 +41,12 @@ from gridshare.store import Store, default_url, normalise_url
 if TYPE_CHECKING:
     from gridshare.adapters.dr.mqtt import DrMqtt
     from gridshare.adapters.dr.openadr import OpenAdrVen
+    from gridshare.adapters.frequency.mqtt import FrequencyMqtt
     from gridshare.adapters.homeassistant import HomeAssistantBridge
     from gridshare.adapters.meters import MeterSources
     from gridshare.api.server import ApiServer
     from gridshare.controller.dr import DrService
+    from gridshare.controller.frequency import FrequencyService
 
 log = logging.getLogger("gridshare")
 
@@ -71,6 +79,8 @@ class ServeOptions:
     """The site file's ``mqtt:`` broker, for mqtt meters."""
     demand_response: DemandResponseSpec = field(default_factory=DemandResponseSpec)
     """The site file's ``demand_response:`` (used when the site declares zones)."""
+    frequency_response: FrequencyResponseSpec | None = None
+    """The site file's ``frequency_response:`` (None: no frequency response)."""
     site_path: Path | None = None
     """The site file this runs (``POST /api/v1/chargers`` adds chargers to it); None: the
     site was not read from a file the operator owns (``gridshare demo``), so it is never
@@ -110,7 +120,8 @@ def serve_options(config: SiteConfig, *, host: str = "0.0.0.0", ocpp_port: int =
                         bus_url=bus_url, data_dir=data_dir, csms=csms_settings(config),
                         controller=ControllerSettings(lease_s=config.ocpp.lease),
                         meters=config.meters, mqtt=config.mqtt,
-                        demand_response=config.demand_response, site_path=site_path)
+                        demand_response=config.demand_response,
+                        frequency_response=config.frequency_response, site_path=site_path)
 
 
 def meter_where(spec: MeterSpec) -> str:
@@ -238,6 +249,11 @@ class GridshareApp:
 
             self.dr_openadr = OpenAdrVen(openadr, self.dr, self.clock,
                                          zone_kw=self.dr.zone_load_kw)
+        self.frequency: FrequencyService | None = None
+        """Frequency response (None: the site file has no ``frequency_response:``)."""
+        self.frequency_mqtt: FrequencyMqtt | None = None
+        if options.frequency_response is not None:
+            self._build_frequency(options.frequency_response)
         self.api_server: ApiServer | None = None
         if options.api_port is not None:
             from gridshare.api.app import create_api
@@ -246,6 +262,22 @@ class GridshareApp:
             self.api_server = ApiServer(create_api(self, options.api_tokens,
                                                    read_token=options.api_read_token))
         self._started = False
+
+    def _build_frequency(self, spec: FrequencyResponseSpec) -> None:
+        """The frequency service, its MQTT link (source and batteries) and the CSMS as
+        its V2X driver (when the CSMS speaks V2X; else chargers are only curtailed)."""
+        from gridshare.adapters.frequency.mqtt import FrequencyMqtt, source_topic
+        from gridshare.controller.frequency import FrequencyService, soc_topics, v2x_driver
+
+        if self.options.mqtt is not None:
+            self.frequency_mqtt = FrequencyMqtt(
+                self.options.mqtt, source_topic(spec.source.mqtt_topic, self.topology.site),
+                soc_topics(spec))
+        self.frequency = FrequencyService(
+            spec, self.topology, self.clock, bus=self.bus, state_view=self.controller.state,
+            v2x=v2x_driver(self.csms), batteries=self.frequency_mqtt, store=self.store)
+        if self.frequency_mqtt is not None:
+            self.frequency_mqtt.attach(self.frequency)
 
     def status(self) -> dict[str, Any]:
         """The controller's status, each meter with its source's error count and last
@@ -274,6 +306,10 @@ class GridshareApp:
                     await dr_input.start()  # never raises for a peer that is down
             if self.meter_sources is not None:
                 await self.meter_sources.start()
+            if self.frequency is not None:
+                await self.frequency.start()  # safe state until the first sample
+                if self.frequency_mqtt is not None:
+                    await self.frequency_mqtt.start()  # never raises for a broker down
             await self.csms.start(self.options.host, self.options.ocpp_port)
             if self.homeassistant is not None:
                 await self.homeassistant.start()
@@ -296,6 +332,12 @@ class GridshareApp:
         if self.meter_sources is not None:
             with contextlib.suppress(Exception):
                 await self.meter_sources.stop()
+        if self.frequency_mqtt is not None:
+            with contextlib.suppress(Exception):
+                await self.frequency_mqtt.stop()
+        if self.frequency is not None:
+            with contextlib.suppress(Exception):
+                await self.frequency.stop()
         for dr_input in (self.dr_openadr, self.dr_mqtt):
             if dr_input is not None:
                 with contextlib.suppress(Exception):

@@ -322,6 +322,10 @@ def create_api(app: GridshareApp, tokens: tuple[str, ...] | list[str] = (), *,
 
     api.include_router(zones_router(lambda: app.loads, read))
 
+    from gridshare.api.frequency import create_router as frequency_router
+
+    api.include_router(frequency_router(lambda: getattr(app, "frequency", None), read))
+
     # --- live -----------------------------------------------------------------------------
 
     @api.get("/api/v1/stream", tags=["site"], dependencies=[Read],

@@ -1,0 +1,772 @@
+"""The frequency response service: grid-frequency samples in, unit setpoints out, live.
+
+Each sample (from :mod:`gridshare.adapters.frequency.mqtt`, or a simulator) goes to the
+pure core's :class:`~gridshare.core.frequency.FrequencyResponder` with every unit's state
+read now; its per-unit setpoints (the allocation's value plus the droop's delta) are handed
+out at once, without one unit waiting on another:
+
+- **batteries**: a setpoint message on the unit's ``setpoint_topic`` (kW and W, + =
+  charging, with ``valid_until``; :func:`gridshare.adapters.frequency.setpoint_payload`);
+  their SoC comes from ``soc_topic``;
+- **V2X chargers** (OCPP 2.1, through :class:`V2xDriver`): in ``central`` mode a setpoint
+  per charger, coalesced (sent only when it moved by more than ``step_kw``, when it starts
+  or stops a discharge, or to renew it before ``setpoint_valid_s`` ends) with at most one
+  in flight per charger — a newer one waits and the newest wins; in ``local`` mode the
+  droop curve once per charger (and again after a reconnection or a safe state), then only
+  supervision: an alarm when the measured power departs from the curve;
+- **chargers without V2X**: only curtailed (charge less, never discharge) through a
+  per-connector cap, one ``ConnectorCapsChanged(source="frequency")`` on the bus, which the
+  controller folds as one more limit (the tightest wins).
+
+Two guards sit between the core and the wire, both about the circuits (the core knows only
+units): a charger is never asked to charge above the allocation's value (charging more
+could overload its circuit; batteries, outside the charger tree, do), and the discharge of
+the V2X chargers under one group never exceeds what that group carries (a discharging car
+frees capacity on its circuit, never more than the circuit carries the other way).
+
+Outside the safety window, or with a stale source, every unit goes to its safe state (no
+discharge, charging at the allocation's value or less) and an alarm says why (once per
+condition, cleared on recovery; to the store's alarm records and :meth:`alarms`).
+Nothing here reads the system clock: times come from the injected clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import Counter, deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol
+
+from gridshare.bus import Bus
+from gridshare.clock import Clock
+from gridshare.controller.audit import AlarmRecord
+from gridshare.core.frequency import (
+    EPS,
+    FrequencyDecision,
+    FrequencyResponder,
+    Mode,
+    UnitKind,
+    UnitState,
+    droop_fraction,
+)
+from gridshare.core.snapshot import PhaseCurrents
+from gridshare.core.topology import Charger, ConnectorKey, Topology, amps_to_kw
+from gridshare.drivers import CommandOutcome, CommandResult
+from gridshare.events import ConnectorCapsChanged
+
+if TYPE_CHECKING:
+    from gridshare.adapters.frequency import SocReading
+    from gridshare.config import FrequencyResponseSpec, FrequencyUnitSpec
+    from gridshare.controller.state import SessionInfo
+
+log = logging.getLogger("gridshare.frequency")
+
+SOURCE = "frequency"
+"""The limit source of the non-V2X chargers' caps (the controller folds every source's)."""
+FUTURE_S = 1.0
+"""A sample stamped further ahead of our clock than this is refused (a skewed sender would
+otherwise keep a dead source looking fresh)."""
+MAX_ALARMS = 200
+COMPUTE_WINDOW = 2000
+"""Samples whose handling time the status keeps (for p50/p99)."""
+
+
+class V2xDriver(Protocol):
+    """What the service needs of the CSMS for V2X chargers (OCPP 2.1; ``CentralSystem``)."""
+
+    def v2x_capable(self, charger: str) -> bool: ...
+
+    async def send_v2x_setpoint(self, charger: str, connector: int, setpoint_w: float,
+                                *, valid_s: float) -> CommandOutcome: ...
+
+    async def send_v2x_local_frequency(self, charger: str, connector: int,
+                                       curve: Sequence[tuple[float, float]],
+                                       *, valid_s: float) -> CommandOutcome: ...
+
+
+class BatteryLink(Protocol):
+    """Where battery setpoints go (``FrequencyMqtt``): queued, never awaited."""
+
+    connected: bool
+
+    def publish(self, topic: str, payload: bytes) -> None: ...
+
+
+class StateView(Protocol):
+    """What the service reads of the controller's live state (``SiteState``)."""
+
+    def online(self, charger_id: str) -> bool: ...
+
+    def active(self, key: ConnectorKey) -> bool: ...
+
+    def in_force_a(self, key: ConnectorKey, now: datetime) -> float | None: ...
+
+    def session_info(self, key: ConnectorKey) -> SessionInfo: ...
+
+    def measured_a(self, key: ConnectorKey, now: datetime) -> PhaseCurrents | None: ...
+
+
+class AlarmSink(Protocol):
+    def record_alarm(self, record: AlarmRecord) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FrequencyOptions:
+    """The service's tunables (not in the site file; docs/frequency.md states them)."""
+
+    setpoint_valid_s: float = 10.0
+    """Validity of a V2X or battery setpoint: a unit that hears nothing newer falls back."""
+    renew_after_s: float = 5.0
+    """An unchanged setpoint is sent again this long after the last one."""
+    step_kw: float = 0.2
+    """A setpoint is sent when it moved by more than this (or starts/stops a discharge)."""
+    cap_step_a: float = 0.5
+    """Non-V2X caps are published again when one moved by more than this (A per phase)."""
+    tick_s: float | None = 0.1
+    """Stale-source check, renewals and supervision period (None: tests call
+    :meth:`FrequencyService.tick`)."""
+    soc_max_age_s: float = 60.0
+    """A battery's SoC older than this is unknown (it is then not discharged)."""
+    curve_valid_s: float = 86_400.0
+    """Local mode: validity of the curve (sent again at half of it, and after a
+    reconnection or a safe state)."""
+    supervise_tolerance_kw: float = 1.0
+    """Local mode: measured power this far from the curve's counts as a departure..."""
+    supervise_after_s: float = 5.0
+    """... and raises an alarm once it has lasted this long."""
+
+
+def _iso(at: float) -> str:
+    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=at)).isoformat(
+        timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(slots=True)
+class _Unit:
+    """One unit's configuration and what the service knows and sent of it."""
+
+    spec: FrequencyUnitSpec
+    kind: UnitKind
+    charger: Charger | None = None
+    connector: int = 1
+    present: bool = False
+    v2x: bool = False
+    base_kw: float = 0.0
+    setpoint_kw: float | None = None
+    """The final setpoint of the last decision (after the circuit guards)."""
+    delta_kw: float = 0.0
+    held: str | None = None
+    measured_kw: float | None = None
+    soc_pct: float | None = None
+    soc_at: float | None = None
+    # sending
+    target_kw: float | None = None
+    sent_kw: float | None = None
+    sent_at: float = -math.inf
+    in_flight: bool = False
+    sends: int = 0
+    last_result: str | None = None
+    curve_sent: bool = False
+    curve_at: float = -math.inf
+    curve_task: bool = False
+    safe_override: bool = False
+    """Local mode: a safe-state setpoint overrides the curve (sent again after)."""
+    was_online: bool = False
+    departing_since: float | None = None
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+
+@dataclass(slots=True)
+class _GroupGuard:
+    """A group with a limit and the V2X units under it: their discharge stays within it."""
+
+    group: str
+    capacity_kw: float
+    units: list[str] = field(default_factory=list)
+
+
+class FrequencyService:
+    """Frequency response for one site (built by the app when the site file has the block)."""
+
+    def __init__(self, spec: FrequencyResponseSpec, topology: Topology, clock: Clock, *,
+                 bus: Bus | None, state_view: StateView, v2x: V2xDriver | None = None,
+                 batteries: BatteryLink | None = None, store: AlarmSink | None = None,
+                 options: FrequencyOptions | None = None) -> None:
+        self.spec = spec
+        self.mode = spec.mode
+        self.settings = spec.settings()
+        self.topology = topology
+        self.clock = clock
+        self.options = options or FrequencyOptions()
+        self._bus = bus
+        self._state = state_view
+        self._v2x = v2x
+        self._batteries = batteries
+        self._store = store
+        self._voltage = topology.voltage
+        self.units: dict[str, _Unit] = {}
+        for u in spec.units:
+            unit = _Unit(u, UnitKind.CHARGER if u.charger is not None else UnitKind.BATTERY)
+            if u.charger is not None:
+                unit.charger = topology.chargers.get(u.charger)
+                if unit.charger is None:
+                    raise ValueError(f"frequency unit {u.charger!r}: no such charger")
+                unit.connector = unit.charger.connectors[0].number
+            self.units[u.id] = unit
+        self._guards = self._group_guards()
+        at = self._now_s()
+        self.responder = FrequencyResponder(self.settings, [u.unit() for u in spec.units],
+                                            at)
+        self.decision: FrequencyDecision | None = None
+        self.last_sample: tuple[float, float, float | None] | None = None
+        """(at, hz, ts as sent) of the last sample acted on."""
+        self.rejected: Counter[str] = Counter()
+        """Samples refused before the core (``payload``, ``future``, ``late``, ``time``)."""
+        self.last_rejected: str | None = None
+        self.soc_rejected: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter()
+        self._last_at = at
+        self._last_ts: float | None = None
+        self._caps: dict[ConnectorKey, float] = {}
+        self._held_base: dict[ConnectorKey, float] = {}
+        self._alarm_keys: dict[str, AlarmRecord] = {}
+        self._alarms: deque[AlarmRecord] = deque(maxlen=MAX_ALARMS)
+        self._compute_ms: deque[float] = deque(maxlen=COMPUTE_WINDOW)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._ticker: asyncio.Task[None] | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the stale-source timer; units begin in their safe state (no sample yet)."""
+        if self._ticker is None and self.options.tick_s is not None:
+            self._ticker = asyncio.create_task(self._tick_loop(), name="gridshare-frequency")
+
+    async def stop(self) -> None:
+        """Stop sending; lift the non-V2X caps (setpoints lapse by their validity)."""
+        ticker, self._ticker = self._ticker, None
+        if ticker is not None:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._caps and self._bus is not None:
+            self._caps = {}
+            self._bus.publish(ConnectorCapsChanged(self.clock.now(), SOURCE, {}))
+
+    async def _tick_loop(self) -> None:
+        assert self.options.tick_s is not None
+        while True:
+            await asyncio.sleep(self.options.tick_s)
+            try:
+                self.tick()
+            except Exception:
+                self.counters["tick_errors"] += 1
+                log.exception("frequency tick failed")
+
+    # --- the sink of the source (FrequencyMqtt) ------------------------------------------
+
+    def on_sample(self, ts: float | None, hz: float) -> FrequencyDecision | None:
+        """One sample (``ts``: epoch seconds as the sender stamped it, None: now). Returns
+        the decision acted on, or None when the sample was refused."""
+        t0 = time.perf_counter()
+        now = self._now_s()
+        if ts is not None:
+            why = None
+            if ts > now + FUTURE_S:
+                why = ("future", f"sample time {_iso(ts)} is {ts - now:.1f} s ahead of "
+                                 f"our clock")
+            elif ts < now - self.settings.stale_after_s:
+                why = ("late", f"sample time {_iso(ts)} is {now - ts:.1f} s old (more "
+                               f"than stale_after_s {self.settings.stale_after_s:g} s)")
+            elif self._last_ts is not None and ts <= self._last_ts:
+                why = ("time", f"sample time {_iso(ts)} is not after the previous one")
+            if why is not None:
+                self._reject(*why)
+                return None
+            self._last_ts = ts
+        at = max(now, self._last_at + 1e-6)
+        states = self._states(at)
+        decision = self.responder.sample(at, hz, states)
+        if decision.rejected is not None:
+            self._reject(None, decision.rejected)
+            return None
+        self._last_at = at
+        self.counters["samples"] += 1
+        self.last_sample = (at, hz, ts)
+        self._apply(decision, at)
+        self._compute_ms.append((time.perf_counter() - t0) * 1000.0)
+        return decision
+
+    def on_sample_rejected(self, why: str) -> None:
+        self._reject("payload", why)
+
+    def on_soc(self, battery: str, reading: SocReading) -> None:
+        unit = self.units.get(battery)
+        if unit is None:
+            return
+        unit.soc_pct = reading.soc_pct
+        unit.soc_at = self._now_s()
+        if reading.power_kw is not None:
+            unit.measured_kw = reading.power_kw
+
+    def on_soc_rejected(self, battery: str, why: str) -> None:
+        self.soc_rejected[battery] += 1
+        if self.soc_rejected[battery] == 1 or self.soc_rejected[battery] % 1000 == 0:
+            log.warning("frequency: battery %s: SoC payload refused (%d so far): %s",
+                        battery, self.soc_rejected[battery], why)
+
+    def _reject(self, reason: str | None, why: str) -> None:
+        """Count a refused sample (``reason`` None: the core counted it already)."""
+        if reason is not None:
+            self.rejected[reason] += 1
+        self.last_rejected = why
+        total = sum(self.rejected.values()) + sum(self.responder.rejected.values())
+        if total == 1 or total % 1000 == 0:
+            log.warning("frequency: sample refused (%d so far): %s", total, why)
+
+    def rejected_counts(self) -> dict[str, int]:
+        """Refused samples by reason: the service's and the core's (``nan``, ``range``)."""
+        out = Counter(self.rejected)
+        out.update(self.responder.rejected)
+        return dict(out)
+
+    # --- time ----------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """The stale-source check, renewals, local-mode curves and supervision."""
+        now = self._now_s()
+        at = max(now, self._last_at)
+        states = self._states(at)
+        decision = self.responder.check(at, states)
+        if decision is not None:
+            self._last_at = at
+            self._apply(decision, at)
+        for unit in self.units.values():
+            if unit.present and unit.target_kw is not None and \
+                    at - unit.sent_at >= self.options.renew_after_s:
+                self._offer(unit, unit.target_kw, at)
+        if self.mode == "local":
+            self._local(at)
+
+    def _now_s(self) -> float:
+        return self.clock.now().timestamp()
+
+    # --- unit states ---------------------------------------------------------------------
+
+    def _states(self, at: float) -> dict[str, UnitState]:
+        now = datetime.fromtimestamp(at, UTC)
+        out: dict[str, UnitState] = {}
+        for uid, unit in self.units.items():
+            if unit.charger is None:
+                out[uid] = self._battery_state(unit, at)
+            else:
+                out[uid] = self._charger_state(unit, unit.charger, now)
+        return out
+
+    def _battery_state(self, unit: _Unit, at: float) -> UnitState:
+        link = self._batteries
+        unit.present = link is not None and link.connected
+        soc = unit.soc_pct
+        if unit.soc_at is None or at - unit.soc_at > self.options.soc_max_age_s:
+            soc = None
+        unit.base_kw = 0.0
+        return UnitState(unit.id, 0.0, soc, unit.present, True)
+
+    def _charger_state(self, unit: _Unit, charger: Charger, now: datetime) -> UnitState:
+        state = self._state
+        online = state.online(charger.id)
+        if not online:
+            unit.curve_sent = False  # a reconnection gets the curve again
+        unit.was_online = online
+        key: ConnectorKey | None = None
+        if online:
+            for c in charger.connectors:
+                if state.active(c.key):
+                    key = c.key
+                    break
+        if key is None:
+            unit.present = False
+            if unit.sent_kw is not None:
+                unit.sent_kw, unit.target_kw = None, None
+            return UnitState(unit.id, present=False)
+        unit.connector = key[1]
+        unit.present = True
+        unit.v2x = self._v2x is not None and self._v2x.v2x_capable(charger.id)
+        info = state.session_info(key)
+        in_force = state.in_force_a(key, now)
+        base = amps_to_kw(charger, in_force, self._voltage) if in_force is not None else 0.0
+        cap = self._caps.get(key)
+        if cap is not None and in_force is not None and in_force >= cap - 0.05:
+            # Our own cap binds: the allocation's value before it is the one remembered
+            # (reading the capped value as the base would curtail again and again).
+            base = self._held_base.get(key, base)
+        else:
+            self._held_base[key] = base
+        unit.base_kw = base
+        if info.power_w is not None and math.isfinite(info.power_w):
+            unit.measured_kw = info.power_w / 1000.0
+        else:
+            amps = state.measured_a(key, now)
+            unit.measured_kw = None if amps is None else \
+                sum(amps) * self._voltage / 1000.0
+        unit.soc_pct = info.soc_percent
+        return UnitState(unit.id, base, info.soc_percent, True, unit.v2x)
+
+    # --- decisions to the wire -----------------------------------------------------------
+
+    def _apply(self, decision: FrequencyDecision, at: float) -> None:
+        self.decision = decision
+        self._alarms_of(decision, at)
+        setpoints = self._circuit_guards(decision)
+        caps: dict[ConnectorKey, float] = {}
+        for d in decision.units:
+            unit = self.units[d.id]
+            kw, held = setpoints[d.id]
+            unit.setpoint_kw, unit.delta_kw, unit.held = kw, kw - unit.base_kw, held
+            if unit.charger is None:
+                self._offer(unit, kw, at)
+            elif unit.v2x:
+                if self.mode == "central" or decision.mode is Mode.SAFE:
+                    if self.mode == "local":
+                        unit.safe_override = True
+                    self._offer(unit, kw, at)
+            elif unit.delta_kw < -EPS:
+                key = (unit.charger.id, unit.connector)
+                caps[key] = math.floor(max(kw, 0.0) * 1000.0 / (
+                    self._voltage * unit.charger.phases) * 100 + 1e-6) / 100
+        self._publish_caps(caps, at)
+        if self.mode == "local" and decision.mode is not Mode.SAFE:
+            self._local(at)
+
+    def _circuit_guards(self, decision: FrequencyDecision
+                        ) -> dict[str, tuple[float, str | None]]:
+        """Per unit (setpoint kW, why held): chargers never above the allocation's value;
+        V2X discharge under a group within what the group carries."""
+        out: dict[str, tuple[float, str | None]] = {}
+        for d in decision.units:
+            unit = self.units[d.id]
+            kw, held = d.setpoint_kw, d.held
+            if unit.charger is not None and kw > max(unit.base_kw, 0.0) + EPS:
+                kw = max(unit.base_kw, 0.0)
+                held = "charging above the allocation is not sent (its circuit's limit)"
+            out[d.id] = (kw, held)
+        for guard in self._guards:
+            export = sum(-out[u][0] for u in guard.units if u in out and out[u][0] < 0)
+            if export > guard.capacity_kw + EPS:
+                scale = guard.capacity_kw / export
+                for u in guard.units:
+                    if u in out and out[u][0] < 0:
+                        out[u] = (out[u][0] * scale,
+                                  f"group {guard.group}: discharge limited to "
+                                  f"{guard.capacity_kw:.3g} kW in all")
+        return out
+
+    def _group_guards(self) -> list[_GroupGuard]:
+        topo = self.topology
+        guards: dict[str, _GroupGuard] = {}
+        for unit in self.units.values():
+            if unit.charger is None:
+                continue
+            for gid in topo.charger_groups(unit.charger.id):
+                group = topo.groups[gid]
+                cap = math.inf
+                if group.max_current is not None:
+                    cap = group.max_current * self._voltage * group.phases / 1000.0
+                if group.max_power_kw is not None:
+                    cap = min(cap, group.max_power_kw)
+                if math.isfinite(cap):
+                    guards.setdefault(gid, _GroupGuard(gid, cap)).units.append(unit.id)
+        return list(guards.values())
+
+    def _due(self, unit: _Unit, kw: float, at: float) -> bool:
+        sent = unit.sent_kw
+        if sent is None:
+            return True
+        if (kw < -EPS) != (sent < -EPS):
+            return True  # a discharge starts or stops: exactly, whatever the step
+        if abs(kw - sent) > self.options.step_kw:
+            return True
+        return at - unit.sent_at >= self.options.renew_after_s
+
+    def _offer(self, unit: _Unit, kw: float, at: float) -> None:
+        """Hand a setpoint to the unit's driver if due; never two in flight per unit."""
+        unit.target_kw = kw
+        if unit.charger is None:
+            if self._batteries is None or not self._batteries.connected or \
+                    not self._due(unit, kw, at):
+                return
+            from gridshare.adapters.frequency import setpoint_payload
+
+            topic = unit.spec.setpoint_topic
+            assert topic is not None
+            self._batteries.publish(topic, setpoint_payload(
+                kw, at, self.options.setpoint_valid_s, self.mode))
+            unit.sent_kw, unit.sent_at = kw, at
+            unit.sends += 1
+            self.counters["battery_setpoints"] += 1
+            return
+        if unit.in_flight or self._v2x is None or not self._due(unit, kw, at):
+            return
+        self._spawn(self._send_v2x(unit), f"frequency-v2x-{unit.id}")
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send_v2x(self, unit: _Unit) -> None:
+        """Send the unit's newest target until what was sent is the newest (coalesced)."""
+        driver = self._v2x
+        assert driver is not None and unit.charger is not None
+        unit.in_flight = True
+        try:
+            while unit.target_kw is not None and unit.present:
+                kw, at = unit.target_kw, self._now_s()
+                unit.sent_kw, unit.sent_at = kw, at
+                unit.sends += 1
+                self.counters["v2x_setpoints"] += 1
+                try:
+                    outcome = await driver.send_v2x_setpoint(
+                        unit.charger.id, unit.connector, kw * 1000.0,
+                        valid_s=self.options.setpoint_valid_s)
+                    unit.last_result = outcome.result.value
+                except Exception as exc:
+                    log.exception("frequency: V2X setpoint to %s failed", unit.id)
+                    unit.last_result = f"error: {exc!r}"
+                    outcome = CommandOutcome(CommandResult.REJECTED, detail=repr(exc))
+                self.counters[f"v2x_{outcome.result.value}"] += 1
+                if outcome.result is not CommandResult.ACCEPTED:
+                    # Not in force: what it holds is unknown, so the next offer goes out.
+                    unit.sent_kw = None
+                    break
+                target = unit.target_kw
+                if target is None or not self._due(unit, target, self._now_s()):
+                    break
+        finally:
+            unit.in_flight = False
+
+    def _publish_caps(self, caps: dict[ConnectorKey, float], at: float) -> None:
+        old = self._caps
+        if caps.keys() == old.keys() and all(
+                abs(caps[k] - old[k]) <= self.options.cap_step_a and
+                (caps[k] == 0) == (old[k] == 0) for k in caps):
+            return
+        self._caps = caps
+        self.counters["caps_published"] += 1
+        if self._bus is not None:
+            self._bus.publish(ConnectorCapsChanged(datetime.fromtimestamp(at, UTC), SOURCE,
+                                                   dict(caps)))
+
+    @property
+    def caps(self) -> dict[ConnectorKey, float]:
+        """The non-V2X caps last published, A per phase."""
+        return dict(self._caps)
+
+    # --- local mode ----------------------------------------------------------------------
+
+    def curve(self, unit: _Unit) -> list[tuple[float, float]]:
+        """The droop as (Hz, W) points, + = charging, added by the charger to its base.
+
+        Below nominal it falls to −``max_discharge_kw`` at full activation; above it stays
+        at 0 (a charger never charges above the allocation: its circuit's limit)."""
+        s = self.settings
+        pd = unit.spec.max_discharge_kw * 1000.0
+        return [(round(s.window_low_hz, 3), -pd),
+                (round(s.nominal_hz - s.full_activation_hz, 3), -pd),
+                (round(s.nominal_hz - s.deadband_hz, 3), 0.0),
+                (round(s.window_high_hz, 3), 0.0)]
+
+    def _local(self, at: float) -> None:
+        safe = self.decision is None or self.decision.mode is Mode.SAFE
+        for unit in self.units.values():
+            if unit.charger is None or not unit.present or not unit.v2x:
+                continue
+            if safe:
+                continue
+            if unit.safe_override:
+                # Back from the safe state: the curve again, and no more setpoints.
+                unit.safe_override, unit.curve_sent = False, False
+                unit.target_kw = unit.sent_kw = None
+            if unit.curve_sent and at - unit.curve_at >= self.options.curve_valid_s / 2:
+                unit.curve_sent = False
+            if not unit.curve_sent and not unit.curve_task and not unit.in_flight:
+                unit.curve_task = True
+                self._spawn(self._send_curve(unit), f"frequency-curve-{unit.id}")
+            elif unit.curve_sent:
+                self._supervise(unit, at)
+
+    async def _send_curve(self, unit: _Unit) -> None:
+        driver = self._v2x
+        assert driver is not None and unit.charger is not None
+        try:
+            at = self._now_s()
+            outcome = await driver.send_v2x_local_frequency(
+                unit.charger.id, unit.connector, self.curve(unit),
+                valid_s=self.options.curve_valid_s)
+            unit.last_result = outcome.result.value
+            self.counters[f"curve_{outcome.result.value}"] += 1
+            unit.curve_sent = outcome.result is CommandResult.ACCEPTED
+            unit.curve_at = at
+        except Exception as exc:
+            log.exception("frequency: V2X curve to %s failed", unit.id)
+            unit.last_result = f"error: {exc!r}"
+        finally:
+            unit.curve_task = False
+
+    def _supervise(self, unit: _Unit, at: float) -> None:
+        """Alarm once when the measured power has been off the curve for too long."""
+        if unit.measured_kw is None or self.last_sample is None:
+            return
+        s = self.settings
+        fraction = droop_fraction(self.last_sample[1] - s.nominal_hz, s.deadband_hz,
+                                  s.full_activation_hz)
+        expected = unit.base_kw + min(fraction, 0.0) * unit.spec.max_discharge_kw
+        key = f"curve:{unit.id}"
+        off = abs(unit.measured_kw - expected) > self.options.supervise_tolerance_kw
+        if not off:
+            unit.departing_since = None
+            self._clear(key, at)
+            return
+        if unit.departing_since is None:
+            unit.departing_since = at
+        if at - unit.departing_since >= self.options.supervise_after_s:
+            self._raise(key, "frequency_curve",
+                        f"frequency: charger {unit.id} draws {unit.measured_kw:.2f} kW, its "
+                        f"curve asks {expected:.2f} kW at {self.last_sample[1]:.3f} Hz (for "
+                        f"{at - unit.departing_since:.0f} s)", at, unit.measured_kw, expected)
+
+    # --- alarms --------------------------------------------------------------------------
+
+    def _alarms_of(self, decision: FrequencyDecision, at: float) -> None:
+        if decision.alarm is None:
+            self._clear("stale", at)
+            self._clear("window", at)
+            return
+        key = "stale" if decision.hz is None else "window"
+        self._clear("window" if key == "stale" else "stale", at)
+        s = self.settings
+        limit = s.window_low_hz if (decision.hz or s.nominal_hz) < s.nominal_hz else \
+            s.window_high_hz
+        self._raise(key, "frequency", decision.alarm, at, decision.hz or 0.0,
+                    limit if key == "window" else s.stale_after_s)
+
+    def _raise(self, key: str, kind: str, message: str, at: float, load: float,
+               limit: float) -> None:
+        if key in self._alarm_keys:
+            return
+        record = AlarmRecord(datetime.fromtimestamp(at, UTC), kind, "", None, load, limit,
+                             message)
+        self._alarm_keys[key] = record
+        self._record(record)
+        log.warning("ALARM %s: %s", kind, message)
+
+    def _clear(self, key: str, at: float) -> None:
+        old = self._alarm_keys.pop(key, None)
+        if old is None:
+            return
+        record = AlarmRecord(datetime.fromtimestamp(at, UTC), old.kind, old.group, None,
+                             old.load, old.limit, f"cleared: {old.message}", cleared=True)
+        self._record(record)
+        log.info("alarm cleared: %s", old.message)
+
+    def _record(self, record: AlarmRecord) -> None:
+        self._alarms.append(record)
+        self.counters[f"alarms_{record.kind}{'_cleared' if record.cleared else ''}"] += 1
+        if self._store is not None:
+            self._store.record_alarm(record)
+
+    def alarms(self) -> list[AlarmRecord]:
+        """Recent alarms and clearings, oldest first."""
+        return list(self._alarms)
+
+    @property
+    def active_alarms(self) -> list[str]:
+        return [r.message for r in self._alarm_keys.values()]
+
+    # --- status --------------------------------------------------------------------------
+
+    def compute_ms(self) -> dict[str, float | None]:
+        """Time to handle one sample (core + handing out every setpoint), recent window."""
+        values = sorted(self._compute_ms)
+        if not values:
+            return {"p50": None, "p99": None, "last": None}
+        n = len(values)
+        return {"p50": round(values[n // 2], 3), "p99": round(values[min(n - 1,
+                                                                         int(n * 0.99))], 3),
+                "last": round(self._compute_ms[-1], 3)}
+
+    def status(self) -> dict[str, Any]:
+        """What ``GET /api/v1/frequency`` serves (docs/frequency.md)."""
+        d = self.decision
+        at = self._now_s()
+        sample = None
+        if self.last_sample is not None:
+            s_at, hz, ts = self.last_sample
+            sample = {"at": _iso(s_at), "hz": hz, "ts": None if ts is None else _iso(ts),
+                      "age_s": round(at - s_at, 3)}
+        units = []
+        for u in self.units.values():
+            units.append({
+                "id": u.id, "kind": u.kind.value, "present": u.present,
+                "v2x": u.v2x if u.charger is not None else None,
+                "connector": u.connector if u.charger is not None else None,
+                "base_kw": round(u.base_kw, 3),
+                "setpoint_kw": None if u.setpoint_kw is None else round(u.setpoint_kw, 3),
+                "delta_kw": round(u.delta_kw, 3),
+                "sent_kw": None if u.sent_kw is None else round(u.sent_kw, 3),
+                "measured_kw": None if u.measured_kw is None else round(u.measured_kw, 3),
+                "soc": u.soc_pct, "cycles": round(self.responder.cycles(u.id, at), 4),
+                "held": u.held, "sends": u.sends, "last_result": u.last_result,
+                "curve_sent": u.curve_sent if self.mode == "local" and u.charger else None})
+        return {
+            "mode": self.mode,
+            "state": d.mode.value if d is not None else Mode.SAFE.value,
+            "nominal_hz": self.settings.nominal_hz,
+            "deadband_mhz": self.spec.deadband_mhz,
+            "full_activation_mhz": self.spec.full_activation_mhz,
+            "safety_window_hz": list(self.spec.safety_window_hz),
+            "last_sample": sample,
+            "fraction": None if d is None else round(d.fraction, 4),
+            "request_kw": None if d is None else round(d.request_kw, 3),
+            "dispatched_kw": None if d is None else round(d.dispatched_kw, 3),
+            "alarm": None if d is None else d.alarm,
+            "alarms": self.active_alarms,
+            "samples": self.counters["samples"],
+            "rejected": self.rejected_counts(),
+            "last_rejected": self.last_rejected,
+            "soc_rejected": dict(self.soc_rejected),
+            "caps_a": [[k[0], k[1], a] for k, a in sorted(self._caps.items())],
+            "compute_ms": self.compute_ms(),
+            "counters": dict(sorted(self.counters.items())),
+            "units": units,
+        }
+
+
+def v2x_driver(csms: object) -> V2xDriver | None:
+    """``csms`` as a :class:`V2xDriver` when it has the three methods (OCPP 2.1 support),
+    else None: every charger unit is then only curtailed."""
+    names = ("v2x_capable", "send_v2x_setpoint", "send_v2x_local_frequency")
+    if all(callable(getattr(csms, n, None)) for n in names):
+        return csms  # type: ignore[return-value]
+    return None
+
+
+def soc_topics(spec: FrequencyResponseSpec) -> Mapping[str, str]:
+    """Battery ``soc_topic`` -> battery id."""
+    return {u.soc_topic: u.id for u in spec.units
+            if u.battery is not None and u.soc_topic is not None}
