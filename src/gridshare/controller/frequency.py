@@ -522,6 +522,7 @@ class FrequencyService:
             return
         if unit.in_flight or self._v2x is None or not self._due(unit, kw, at):
             return
+        unit.in_flight = True  # before the task runs: a second offer must not spawn one
         self._spawn(self._send_v2x(unit), f"frequency-v2x-{unit.id}")
 
     def _spawn(self, coro: Any, name: str) -> None:
@@ -533,7 +534,6 @@ class FrequencyService:
         """Send the unit's newest target until what was sent is the newest (coalesced)."""
         driver = self._v2x
         assert driver is not None and unit.charger is not None
-        unit.in_flight = True
         try:
             while unit.target_kw is not None and unit.present:
                 kw, at = unit.target_kw, self._now_s()
