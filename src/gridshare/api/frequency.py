@@ -9,15 +9,19 @@ site without ``frequency_response:`` answers 404.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Literal, Protocol
 
 from fastapi import APIRouter, Depends, Response
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pydantic import BaseModel, ConfigDict, Field
 
 from gridshare.api.problems import Problem, problem_responses
 from gridshare.api.views import alarm_dict, dumps
 from gridshare.controller.audit import AlarmRecord
+
+REJECT_REASONS = ("payload", "future", "late", "time", "nan", "range")
+"""Exported at 0 before the first refusal of each reason."""
 
 
 class FrequencyView(Protocol):
@@ -85,3 +89,48 @@ def create_router(service: Callable[[], FrequencyView | None], read: Any) -> API
         return Response(dumps(body), media_type="application/json")
 
     return router
+
+
+def metrics(service: FrequencyView) -> Iterator[Metric]:
+    """Prometheus families of the frequency service (scraped with ``/metrics``)."""
+    status = service.status()
+    sample = status.get("last_sample")
+    hz = GaugeMetricFamily("gridshare_frequency_hz",
+                           "The last grid-frequency sample acted on (absent before one).")
+    if sample is not None:
+        hz.add_metric([], float(sample["hz"]))
+    yield hz
+    state = GaugeMetricFamily("gridshare_frequency_state",
+                              "1 for the frequency service's state now (idle, responding, "
+                              "safe), 0 for the others.", labels=["state"])
+    for name in ("idle", "responding", "safe"):
+        state.add_metric([name], 1.0 if status["state"] == name else 0.0)
+    yield state
+    yield CounterMetricFamily("gridshare_frequency_samples", "Samples acted on.",
+                              value=status["samples"])
+    rejected = CounterMetricFamily("gridshare_frequency_rejected_samples",
+                                   "Samples refused, by reason.", labels=["reason"])
+    counts = status["rejected"]
+    for reason in sorted(set(REJECT_REASONS) | set(counts)):
+        rejected.add_metric([reason], counts.get(reason, 0))
+    yield rejected
+    setpoint = GaugeMetricFamily("gridshare_frequency_unit_setpoint_kw",
+                                 "Each present unit's setpoint (kW, + = charging).",
+                                 labels=["unit"])
+    soc = GaugeMetricFamily("gridshare_frequency_unit_soc_percent",
+                            "Each unit's state of charge, when known.", labels=["unit"])
+    for unit in status["units"]:
+        if unit["present"] and unit["setpoint_kw"] is not None:
+            setpoint.add_metric([unit["id"]], float(unit["setpoint_kw"]))
+        if unit["soc"] is not None:
+            soc.add_metric([unit["id"]], float(unit["soc"]))
+    yield setpoint
+    yield soc
+    compute = GaugeMetricFamily("gridshare_frequency_sample_ms",
+                                "Time to handle one sample (core and handing out every "
+                                "setpoint), over the recent samples.", labels=["quantile"])
+    for name, value in (("0.5", status["compute_ms"]["p50"]),
+                        ("0.99", status["compute_ms"]["p99"])):
+        if value is not None:
+            compute.add_metric([name], float(value))
+    yield compute
