@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gridshare.adapters.frequency import SocReading
+from gridshare.adapters.frequency import SocReading, setpoint_payload
 from gridshare.bus import MemoryBus
 from gridshare.clock import FakeClock
 from gridshare.config import SiteConfig, parse_site_config
@@ -112,8 +112,9 @@ class FakeLink:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes]] = []
 
-    def publish(self, topic: str, payload: bytes) -> None:
-        self.sent.append((topic, payload))
+    def send_setpoint(self, topic: str, kw: float, at: float, valid_s: float,
+                      mode: str) -> None:
+        self.sent.append((topic, setpoint_payload(kw, at, valid_s, mode)))
 
     def last_kw(self) -> float:
         import json

@@ -95,7 +95,10 @@ class BatteryLink(Protocol):
 
     connected: bool
 
-    def publish(self, topic: str, payload: bytes) -> None: ...
+    def send_setpoint(self, topic: str, kw: float, at: float, valid_s: float,
+                      mode: str) -> None:
+        """Queue ``kw`` (+ = charging) for the battery on ``topic``, stamped ``at`` (epoch
+        seconds), valid ``valid_s``; a newer one replaces it if not sent yet."""
 
 
 class StateView(Protocol):
@@ -510,12 +513,10 @@ class FrequencyService:
             if self._batteries is None or not self._batteries.connected or \
                     not self._due(unit, kw, at):
                 return
-            from gridshare.adapters.frequency import setpoint_payload
-
             topic = unit.spec.setpoint_topic
             assert topic is not None
-            self._batteries.publish(topic, setpoint_payload(
-                kw, at, self.options.setpoint_valid_s, self.mode))
+            self._batteries.send_setpoint(topic, kw, at, self.options.setpoint_valid_s,
+                                          self.mode)
             unit.sent_kw, unit.sent_at = kw, at
             unit.sends += 1
             self.counters["battery_setpoints"] += 1

@@ -27,7 +27,14 @@ from typing import Protocol
 
 import aiomqtt
 
-from gridshare.adapters.frequency import Rejected, SocReading, parse_sample, parse_soc
+from gridshare.adapters.frequency import (
+    Rejected,
+    SocReading,
+    iso,
+    parse_sample,
+    parse_soc,
+    setpoint_json,
+)
 from gridshare.adapters.meters.mqtt import (
     CONNECT_TIMEOUT,
     BrokerAddress,
@@ -88,6 +95,8 @@ class FrequencyMqtt:
         """``time.perf_counter()`` when the last outbox batch was handed to the broker
         (the benchmark's 'last written')."""
         self.outage: str | None = None
+        self._stamp_key: tuple[float, float] | None = None
+        self._stamp = ("", "")
 
     def attach(self, sink: FrequencySink) -> None:
         self._sink = sink
@@ -114,11 +123,13 @@ class FrequencyMqtt:
         # Never the meters' client id: the broker would drop one of the two connections.
         identifier = (f"{self._spec.client_id}-freq" if self._spec.client_id is not None
                       else None)
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             self._address.host, self._address.port, username=self._spec.username,
             password=password, identifier=identifier, tls_context=context,
             timeout=CONNECT_TIMEOUT, keepalive=30, logger=log.getChild("client"),
             max_inflight_messages=MAX_INFLIGHT)
+        client.pending_calls_threshold = MAX_INFLIGHT  # a batch of setpoints is expected
+        return client
 
     async def _run(self) -> None:
         def outage(why: str) -> None:
@@ -134,6 +145,14 @@ class FrequencyMqtt:
         self.outage = None
 
     # --- setpoints out -------------------------------------------------------------------
+
+    def send_setpoint(self, topic: str, kw: float, at: float, valid_s: float,
+                      mode: str) -> None:
+        """Queue a battery setpoint (kW, + = charging) stamped ``at`` (epoch seconds)."""
+        if self._stamp_key != (at, valid_s):
+            self._stamp_key = (at, valid_s)
+            self._stamp = (iso(at), iso(at + valid_s))
+        self.publish(topic, setpoint_json(kw, self._stamp[0], self._stamp[1], valid_s, mode))
 
     def publish(self, topic: str, payload: bytes) -> None:
         """Queue a setpoint; one still waiting for ``topic`` is replaced (newest wins)."""
