@@ -381,6 +381,17 @@ class FrequencyService:
                 out[uid] = self._charger_state(unit, unit.charger, now)
         return out
 
+    def _v2x_capable(self, charger: str) -> bool:
+        """Whether the CSMS can send this charger V2X commands now (a driver that fails
+        to say counts as no: the charger is then only curtailed)."""
+        if self._v2x is None:
+            return False
+        try:
+            return bool(self._v2x.v2x_capable(charger))
+        except Exception:
+            self.counters["v2x_capable_errors"] += 1
+            return False
+
     def _battery_state(self, unit: _Unit, at: float) -> UnitState:
         link = self._batteries
         unit.present = link is not None and link.connected
@@ -409,7 +420,7 @@ class FrequencyService:
             return UnitState(unit.id, present=False)
         unit.connector = key[1]
         unit.present = True
-        unit.v2x = self._v2x is not None and self._v2x.v2x_capable(charger.id)
+        unit.v2x = self._v2x_capable(charger.id)
         info = state.session_info(key)
         in_force = state.in_force_a(key, now)
         base = amps_to_kw(charger, in_force, self._voltage) if in_force is not None else 0.0
