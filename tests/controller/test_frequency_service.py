@@ -369,7 +369,8 @@ async def test_one_setpoint_in_flight_per_charger_and_the_newest_wins() -> None:
     assert rig.v2x.last_w("v1") == pytest.approx(float(newest) * 1000, abs=1)
 
 
-async def test_a_refused_setpoint_is_sent_again_on_the_next_sample() -> None:
+async def test_a_refused_setpoint_is_sent_again_after_a_second_not_at_the_sample_rate(
+        ) -> None:
     rig = Rig()
     setup_fleet(rig)
     rig.v2x.result = CommandResult.REJECTED
@@ -377,10 +378,33 @@ async def test_a_refused_setpoint_is_sent_again_on_the_next_sample() -> None:
     await rig.settle()
     n = len(rig.v2x.setpoints)
     rig.v2x.result = CommandResult.ACCEPTED
-    rig.sample(49.9)
+    for _ in range(40):  # 0.8 s at 50 Hz: nothing sent
+        rig.sample(49.9)
+        await rig.settle()
+    assert len(rig.v2x.setpoints) == n
+    rig.sample(49.9, dt=0.3)
     await rig.settle()
     assert len(rig.v2x.setpoints) == n + 1
     assert rig.unit("v1")["last_result"] == "accepted"
+
+
+async def test_a_driver_that_raises_is_a_refusal_logged_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    rig = Rig()
+    setup_fleet(rig)
+
+    async def refuse(charger: str, connector: int, setpoint_w: float, *,
+                     valid_s: float) -> CommandOutcome:
+        raise RuntimeError(f"{charger} is connected over ocpp2.0.1, not ocpp2.1")
+
+    rig.v2x.send_v2x_setpoint = refuse  # type: ignore[method-assign]
+    for _ in range(5):
+        rig.sample(49.9, dt=1.1)
+        await rig.settle()
+    v1 = rig.unit("v1")
+    assert "not ocpp2.1" in str(v1["last_result"]) and v1["sends"] == 5
+    assert len([r for r in caplog.records if "not accepted" in r.getMessage()]) == 1
+    assert rig.link.last_kw() < 0  # the others go on
 
 
 async def test_a_curtailed_car_is_not_curtailed_again_by_its_own_cap() -> None:
@@ -449,8 +473,10 @@ async def test_local_mode_sends_the_curve_once_again_on_reconnect_and_supervises
     assert len(rig.v2x.curves) == 1 and rig.v2x.setpoints == []
     charger, connector, curve, _ = rig.v2x.curves[0]
     assert (charger, connector) == ("v1", 1)
-    assert curve[0] == (49.5, -11000.0) and curve[1] == (49.8, -11000.0)
-    assert curve[2] == (49.98, 0.0) and curve[-1][1] == 0.0
+    base_w = 10 * KW_PER_A * 1000
+    # what the charger draws: the allocation, down to it - 11 kW at 49.8 Hz, flat above
+    assert curve == [(49.8, pytest.approx(base_w - 11000)), (49.98, pytest.approx(base_w)),
+                     (50.2, pytest.approx(base_w))]
     for _ in range(5):
         rig.sample(49.9)
         rig.svc.tick()
@@ -467,6 +493,13 @@ async def test_local_mode_sends_the_curve_once_again_on_reconnect_and_supervises
     rig.sample(49.9)
     rig.svc.tick()
     assert [a.cleared for a in rig.store.alarms if a.kind == "frequency_curve"] == [False, True]
+    # the allocation moves: a new curve around it
+    rig.allocate("v1", 8.0)
+    rig.sample(49.9)
+    rig.svc.tick()
+    await rig.settle()
+    assert len(rig.v2x.curves) == 2
+    assert rig.v2x.curves[-1][2][1][1] == pytest.approx(8 * KW_PER_A * 1000)
     # a reconnection: the curve again
     now = rig.clock.now()
     from gridshare.events import ChargerOffline
@@ -476,7 +509,7 @@ async def test_local_mode_sends_the_curve_once_again_on_reconnect_and_supervises
     rig.plug("v1", 10.0)
     rig.sample(49.9)
     await rig.settle()
-    assert len(rig.v2x.curves) == 2
+    assert len(rig.v2x.curves) == 3
 
 
 async def test_local_mode_safe_state_overrides_the_curve_then_sends_it_again() -> None:

@@ -127,6 +127,9 @@ class FrequencyOptions:
     """Validity of a V2X or battery setpoint: a unit that hears nothing newer falls back."""
     renew_after_s: float = 5.0
     """An unchanged setpoint is sent again this long after the last one."""
+    retry_after_s: float = 1.0
+    """A setpoint or curve the charger refused or did not answer is tried again after
+    this (not at the sample rate)."""
     step_kw: float = 0.2
     """A setpoint is sent when it moved by more than this (or starts/stops a discharge)."""
     cap_step_a: float = 0.5
@@ -175,8 +178,13 @@ class _Unit:
     in_flight: bool = False
     sends: int = 0
     last_result: str | None = None
+    failed_at: float | None = None
+    """When the last command to it was not accepted (retried after ``retry_after_s``)."""
+    failures: int = 0
     curve_sent: bool = False
     curve_at: float = -math.inf
+    curve_base_kw: float = 0.0
+    """The allocation's value the curve in force was built around."""
     curve_task: bool = False
     safe_override: bool = False
     """Local mode: a safe-state setpoint overrides the curve (sent again after)."""
@@ -508,6 +516,8 @@ class FrequencyService:
         return list(guards.values())
 
     def _due(self, unit: _Unit, kw: float, at: float) -> bool:
+        if unit.failed_at is not None and at - unit.failed_at < self.options.retry_after_s:
+            return False  # refused or unanswered just now: not again at the sample rate
         sent = unit.sent_kw
         if sent is None:
             return True
@@ -556,21 +566,33 @@ class FrequencyService:
                     outcome = await driver.send_v2x_setpoint(
                         unit.charger.id, unit.connector, kw * 1000.0,
                         valid_s=self.options.setpoint_valid_s)
-                    unit.last_result = outcome.result.value
-                except Exception as exc:
-                    log.exception("frequency: V2X setpoint to %s failed", unit.id)
-                    unit.last_result = f"error: {exc!r}"
-                    outcome = CommandOutcome(CommandResult.REJECTED, detail=repr(exc))
-                self.counters[f"v2x_{outcome.result.value}"] += 1
-                if outcome.result is not CommandResult.ACCEPTED:
-                    # Not in force: what it holds is unknown, so the next offer goes out.
-                    unit.sent_kw = None
+                except Exception as exc:  # a refusal by the driver (not V2X now, ...)
+                    outcome = CommandOutcome(CommandResult.REJECTED, sent=False,
+                                             detail=f"{type(exc).__name__}: {exc}")
+                if not self._sent(unit, outcome, "setpoint"):
+                    unit.sent_kw = None  # not in force: the next offer goes out
                     break
                 target = unit.target_kw
                 if target is None or not self._due(unit, target, self._now_s()):
                     break
         finally:
             unit.in_flight = False
+
+    def _sent(self, unit: _Unit, outcome: CommandOutcome, what: str) -> bool:
+        """Record a V2X command's outcome; False (and a back-off) unless accepted. The
+        first failure of a run is logged, then every 100th."""
+        result = outcome.result.value
+        unit.last_result = result if not outcome.detail else f"{result}: {outcome.detail}"
+        self.counters[f"v2x_{what}_{result}"] += 1
+        if outcome.result is CommandResult.ACCEPTED:
+            unit.failed_at, unit.failures = None, 0
+            return True
+        unit.failed_at = self._now_s()
+        unit.failures += 1
+        if unit.failures == 1 or unit.failures % 100 == 0:
+            log.warning("frequency: V2X %s to %s not accepted (%d in a row): %s", what,
+                        unit.id, unit.failures, unit.last_result)
+        return False
 
     def _publish_caps(self, caps: dict[ConnectorKey, float], at: float) -> None:
         old = self._caps
@@ -591,17 +613,27 @@ class FrequencyService:
 
     # --- local mode ----------------------------------------------------------------------
 
-    def curve(self, unit: _Unit) -> list[tuple[float, float]]:
-        """The droop as (Hz, W) points, + = charging, added by the charger to its base.
+    def curve(self, unit: _Unit, base_kw: float) -> list[tuple[float, float]]:
+        """The droop as the charger's frequency-watt curve: (Hz, W) points of what it
+        draws, + = charging, built around the allocation's value ``base_kw``.
 
-        Below nominal it falls to −``max_discharge_kw`` at full activation; above it stays
-        at 0 (a charger never charges above the allocation: its circuit's limit)."""
+        The allocation's value inside the dead band, falling linearly to it minus
+        ``max_discharge_kw`` at nominal − full activation (held below: the charger holds
+        the end points); flat above nominal (a charger never charges above the allocation:
+        its circuit's limit). Frequencies strictly increase whatever the settings."""
         s = self.settings
-        pd = unit.spec.max_discharge_kw * 1000.0
-        return [(round(s.window_low_hz, 3), -pd),
-                (round(s.nominal_hz - s.full_activation_hz, 3), -pd),
-                (round(s.nominal_hz - s.deadband_hz, 3), 0.0),
-                (round(s.window_high_hz, 3), 0.0)]
+        base_w = max(base_kw, 0.0) * 1000.0
+        low_w = base_w - unit.spec.max_discharge_kw * 1000.0
+        band = s.deadband_hz
+        return [(round(s.nominal_hz - s.full_activation_hz, 4), round(low_w, 1)),
+                (round(s.nominal_hz - band, 4), round(base_w, 1)),
+                (round(s.nominal_hz + max(band, s.full_activation_hz), 4), round(base_w, 1))]
+
+    def curve_power_kw(self, unit: _Unit, hz: float) -> float:
+        """What the curve in force asks of the unit at ``hz`` (kW, + = charging)."""
+        s = self.settings
+        fraction = droop_fraction(hz - s.nominal_hz, s.deadband_hz, s.full_activation_hz)
+        return max(unit.curve_base_kw, 0.0) + min(fraction, 0.0) * unit.spec.max_discharge_kw
 
     def _local(self, at: float) -> None:
         safe = self.decision is None or self.decision.mode is Mode.SAFE
@@ -614,9 +646,13 @@ class FrequencyService:
                 # Back from the safe state: the curve again, and no more setpoints.
                 unit.safe_override, unit.curve_sent = False, False
                 unit.target_kw = unit.sent_kw = None
-            if unit.curve_sent and at - unit.curve_at >= self.options.curve_valid_s / 2:
-                unit.curve_sent = False
-            if not unit.curve_sent and not unit.curve_task and not unit.in_flight:
+            if unit.curve_sent and (
+                    at - unit.curve_at >= self.options.curve_valid_s / 2 or
+                    abs(unit.base_kw - unit.curve_base_kw) > self.options.step_kw):
+                unit.curve_sent = False  # old, or the allocation moved: a new curve
+            if not unit.curve_sent and not unit.curve_task and not unit.in_flight and (
+                    unit.failed_at is None or
+                    at - unit.failed_at >= self.options.retry_after_s):
                 unit.curve_task = True
                 self._spawn(self._send_curve(unit), f"frequency-curve-{unit.id}")
             elif unit.curve_sent:
@@ -626,17 +662,16 @@ class FrequencyService:
         driver = self._v2x
         assert driver is not None and unit.charger is not None
         try:
-            at = self._now_s()
-            outcome = await driver.send_v2x_local_frequency(
-                unit.charger.id, unit.connector, self.curve(unit),
-                valid_s=self.options.curve_valid_s)
-            unit.last_result = outcome.result.value
-            self.counters[f"curve_{outcome.result.value}"] += 1
-            unit.curve_sent = outcome.result is CommandResult.ACCEPTED
-            unit.curve_at = at
-        except Exception as exc:
-            log.exception("frequency: V2X curve to %s failed", unit.id)
-            unit.last_result = f"error: {exc!r}"
+            at, base = self._now_s(), unit.base_kw
+            try:
+                outcome = await driver.send_v2x_local_frequency(
+                    unit.charger.id, unit.connector, self.curve(unit, base),
+                    valid_s=self.options.curve_valid_s)
+            except Exception as exc:  # a refusal by the driver (not V2X now, ...)
+                outcome = CommandOutcome(CommandResult.REJECTED, sent=False,
+                                         detail=f"{type(exc).__name__}: {exc}")
+            unit.curve_sent = self._sent(unit, outcome, "curve")
+            unit.curve_at, unit.curve_base_kw = at, base
         finally:
             unit.curve_task = False
 
@@ -644,10 +679,7 @@ class FrequencyService:
         """Alarm once when the measured power has been off the curve for too long."""
         if unit.measured_kw is None or self.last_sample is None:
             return
-        s = self.settings
-        fraction = droop_fraction(self.last_sample[1] - s.nominal_hz, s.deadband_hz,
-                                  s.full_activation_hz)
-        expected = unit.base_kw + min(fraction, 0.0) * unit.spec.max_discharge_kw
+        expected = self.curve_power_kw(unit, self.last_sample[1])
         key = f"curve:{unit.id}"
         off = abs(unit.measured_kw - expected) > self.options.supervise_tolerance_kw
         if not off:
