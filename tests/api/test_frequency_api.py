@@ -128,3 +128,20 @@ async def test_status_and_caps_follow_the_samples(frig: tuple[FreqRig, Mosquitto
             assert body["rejected"] == {"payload": 1}
         finally:
             feeder.cancel()
+
+
+def test_serve_options_carry_the_block(tmp_path: Path) -> None:
+    """``gridshare serve`` builds its options with serve_options: the block must reach the
+    app (else the service would silently not run)."""
+    from gridshare.app import serve_options
+
+    text = SITE + FREQUENCY.replace("URL", "mqtt://127.0.0.1:1883")
+    config = parse_site_config(text, "e2e.yaml")
+    options = serve_options(config, ocpp_port=0, api_port=None, db_url="none")
+    assert options.frequency_response == config.frequency_response
+    assert options.frequency_response is not None
+    app = build_app(config.topology, options)
+    assert app.frequency is not None and app.frequency_mqtt is not None
+    assert app.frequency_mqtt.source_topic == SOURCE
+    plain = serve_options(parse_site_config(SITE, "e2e.yaml"), api_port=None, db_url="none")
+    assert build_app(config.topology, plain).frequency is None
