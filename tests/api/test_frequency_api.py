@@ -123,6 +123,8 @@ async def test_status_and_caps_follow_the_samples(frig: tuple[FreqRig, Mosquitto
             await rig.wait_until(lambda: "frequency" not in
                                  app.controller.state.cap_sources(("e-1", 1)))
             await rig.wait_until(lambda: rig.offered("e-1") >= base_a - 0.01)
+            await rig.wait_until(lambda: app.frequency is not None and
+                                 app.frequency.status()["state"] == "idle")
             body = (await rig.client.get("/api/v1/frequency")).json()
             assert body["state"] == "idle" and body["caps_a"] == []
             assert body["rejected"] == {"payload": 1}

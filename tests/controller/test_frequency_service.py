@@ -423,6 +423,28 @@ async def test_a_curtailed_car_is_not_curtailed_again_by_its_own_cap() -> None:
     assert rig.unit("c1")["base_kw"] == pytest.approx(10 * KW_PER_A)
 
 
+async def test_a_cap_that_pauses_the_car_does_not_flap() -> None:
+    """A cap below the connector's minimum makes the controller pause the car (0 A): the
+    allocation then reads 0, which must not lift the cap (it would flap on and off)."""
+    rig = Rig()
+    setup_fleet(rig)
+    rig.sample(49.75)  # full activation: c1 curtailed hard
+    await rig.settle()
+    cap = rig.svc.caps[("c1", 1)]
+    assert cap < 6.0
+    rig.allocate("c1", 0.0)  # the controller pauses it
+    published = rig.svc.counters["caps_published"]
+    for _ in range(20):
+        rig.sample(49.75)
+    assert rig.svc.caps == {("c1", 1): cap}
+    assert rig.svc.counters["caps_published"] == published
+    rig.sample(50.0)  # the response ends: the cap goes, the allocation is read again
+    assert rig.svc.caps == {}
+    rig.allocate("c1", 10.0)
+    rig.sample(50.0)
+    assert rig.unit("c1")["base_kw"] == pytest.approx(10 * KW_PER_A)
+
+
 async def test_without_a_v2x_driver_every_charger_is_only_curtailed() -> None:
     rig = Rig(capable=set())
     setup_fleet(rig)

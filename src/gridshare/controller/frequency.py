@@ -110,6 +110,8 @@ class StateView(Protocol):
 
     def in_force_a(self, key: ConnectorKey, now: datetime) -> float | None: ...
 
+    def believed_a(self, key: ConnectorKey, now: datetime | None = None) -> float: ...
+
     def session_info(self, key: ConnectorKey) -> SessionInfo: ...
 
     def measured_a(self, key: ConnectorKey, now: datetime) -> PhaseCurrents | None: ...
@@ -164,6 +166,9 @@ class _Unit:
     present: bool = False
     v2x: bool = False
     base_kw: float = 0.0
+    """The allocation's value as last read."""
+    decided_base_kw: float = 0.0
+    """The base the last decision was made from (the status shows it with its setpoint)."""
     setpoint_kw: float | None = None
     """The final setpoint of the last decision (after the circuit guards)."""
     delta_kw: float = 0.0
@@ -430,12 +435,18 @@ class FrequencyService:
         unit.present = True
         unit.v2x = self._v2x_capable(charger.id)
         info = state.session_info(key)
-        in_force = state.in_force_a(key, now)
-        base = amps_to_kw(charger, in_force, self._voltage) if in_force is not None else 0.0
-        cap = self._caps.get(key)
-        if cap is not None and in_force is not None and in_force >= cap - 0.05:
-            # Our own cap binds: the allocation's value before it is the one remembered
-            # (reading the capped value as the base would curtail again and again).
+        alloc_a = state.in_force_a(key, now)
+        if alloc_a is None:
+            # No accepted setpoint in its lease (one in flight, a lapse): what every limit
+            # counts the connector at (never 0: that would read as 'allocated nothing' and
+            # curtail the car to a standstill).
+            alloc_a = state.believed_a(key, now)
+        base = amps_to_kw(charger, alloc_a, self._voltage)
+        if key in self._caps:
+            # While our own cap is in force the allocation's value cannot be seen (it is
+            # the cap, or 0 when the cap is below the connector's minimum and pauses the
+            # car): the value from before the cap holds until the cap is lifted (reading
+            # the capped value as the base would curtail again and again, or flap).
             base = self._held_base.get(key, base)
         else:
             self._held_base[key] = base
@@ -459,7 +470,9 @@ class FrequencyService:
         for d in decision.units:
             unit = self.units[d.id]
             kw, held = setpoints[d.id]
-            unit.setpoint_kw, unit.delta_kw, unit.held = kw, kw - unit.base_kw, held
+            base = d.setpoint_kw - d.delta_kw  # the base this decision was made from
+            unit.decided_base_kw = base
+            unit.setpoint_kw, unit.delta_kw, unit.held = kw, kw - base, held
             if unit.charger is None:
                 self._offer(unit, kw, at)
             elif unit.v2x:
@@ -483,8 +496,9 @@ class FrequencyService:
         for d in decision.units:
             unit = self.units[d.id]
             kw, held = d.setpoint_kw, d.held
-            if unit.charger is not None and kw > max(unit.base_kw, 0.0) + EPS:
-                kw = max(unit.base_kw, 0.0)
+            base = d.setpoint_kw - d.delta_kw
+            if unit.charger is not None and kw > max(base, 0.0) + EPS:
+                kw = max(base, 0.0)
                 held = "charging above the allocation is not sent (its circuit's limit)"
             out[d.id] = (kw, held)
         for guard in self._guards:
@@ -769,7 +783,7 @@ class FrequencyService:
                 "id": u.id, "kind": u.kind.value, "present": u.present,
                 "v2x": u.v2x if u.charger is not None else None,
                 "connector": u.connector if u.charger is not None else None,
-                "base_kw": round(u.base_kw, 3),
+                "base_kw": round(u.decided_base_kw, 3),
                 "setpoint_kw": None if u.setpoint_kw is None else round(u.setpoint_kw, 3),
                 "delta_kw": round(u.delta_kw, 3),
                 "sent_kw": None if u.sent_kw is None else round(u.sent_kw, 3),
