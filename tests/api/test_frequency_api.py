@@ -110,6 +110,14 @@ async def test_status_and_caps_follow_the_samples(frig: tuple[FreqRig, Mosquitto
             assert 0 <= e1["setpoint_kw"] < e1["base_kw"]
             assert bess["setpoint_kw"] < 0 and bess["soc"] == 70
             assert body["rejected"] == {}
+            # the source was stale until the first sample (an alarm), then it cleared:
+            # both in the audit store, as GET /api/v1/alarms shows
+            assert app.store is not None
+            await app.store.flush()
+            alarms = (await rig.client.get("/api/v1/alarms")).json()["alarms"]
+            mine = [a for a in alarms if a["kind"] == "frequency"]
+            assert [a["cleared"] for a in mine] == [True, False], mine  # newest first
+            assert "stale" in mine[1]["message"]
             await client.publish(SOURCE, b"not a number", qos=1)
             await rig.wait_until(lambda: app.frequency is not None and
                                  app.frequency.rejected_counts().get("payload") == 1)
