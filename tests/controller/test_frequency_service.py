@@ -356,6 +356,28 @@ async def test_coalescing_small_moves_are_not_sent_renewals_are() -> None:
     assert len(rig.v2x.setpoints) == sends + 1 and len(rig.link.sent) == published + 1
 
 
+async def test_the_first_sample_past_the_dead_band_reaches_every_unit_however_small(
+        ) -> None:
+    rig = Rig()
+    setup_fleet(rig)
+    rig.sample(50.0)
+    await rig.settle()
+    sends, published = len(rig.v2x.setpoints), len(rig.link.sent)
+    rig.sample(49.979)  # 1 mHz past the band: v1 moves by ~0.1 kW, below the 0.2 kW step
+    await rig.settle()
+    delta = float(rig.unit("v1")["delta_kw"])
+    assert -0.2 < delta < 0
+    assert len(rig.v2x.setpoints) == sends + 1 and len(rig.link.sent) == published + 1
+    assert rig.v2x.last_w("v1") == pytest.approx((10 * KW_PER_A + delta) * 1000, abs=1)
+    rig.sample(49.9789)  # responding already, a smaller move: coalesced
+    await rig.settle()
+    assert len(rig.v2x.setpoints) == sends + 1
+    rig.sample(50.0)  # the response ends: sent at once too
+    await rig.settle()
+    assert len(rig.v2x.setpoints) == sends + 2
+    assert rig.v2x.last_w("v1") == pytest.approx(10 * KW_PER_A * 1000, abs=1)
+
+
 async def test_one_setpoint_in_flight_per_charger_and_the_newest_wins() -> None:
     rig = Rig(rtt_s=0.05)
     setup_fleet(rig)

@@ -463,6 +463,9 @@ class FrequencyService:
     # --- decisions to the wire -----------------------------------------------------------
 
     def _apply(self, decision: FrequencyDecision, at: float) -> None:
+        # A change of state (the response starts or ends, the safe state) is sent at once
+        # whatever the step: the first sample past the dead band reaches every unit.
+        force = self.decision is None or self.decision.mode is not decision.mode
         self.decision = decision
         self._alarms_of(decision, at)
         setpoints = self._circuit_guards(decision)
@@ -474,12 +477,12 @@ class FrequencyService:
             unit.decided_base_kw = base
             unit.setpoint_kw, unit.delta_kw, unit.held = kw, kw - base, held
             if unit.charger is None:
-                self._offer(unit, kw, at)
+                self._offer(unit, kw, at, force=force)
             elif unit.v2x:
                 if self.mode == "central" or decision.mode is Mode.SAFE:
                     if self.mode == "local":
                         unit.safe_override = True
-                    self._offer(unit, kw, at)
+                    self._offer(unit, kw, at, force=force)
             elif unit.delta_kw < -EPS:
                 key = (unit.charger.id, unit.connector)
                 caps[key] = math.floor(max(kw, 0.0) * 1000.0 / (
@@ -529,11 +532,11 @@ class FrequencyService:
                     guards.setdefault(gid, _GroupGuard(gid, cap)).units.append(unit.id)
         return list(guards.values())
 
-    def _due(self, unit: _Unit, kw: float, at: float) -> bool:
+    def _due(self, unit: _Unit, kw: float, at: float, *, force: bool = False) -> bool:
         if unit.failed_at is not None and at - unit.failed_at < self.options.retry_after_s:
             return False  # refused or unanswered just now: not again at the sample rate
         sent = unit.sent_kw
-        if sent is None:
+        if sent is None or (force and kw != sent):
             return True
         if (kw < -EPS) != (sent < -EPS):
             return True  # a discharge starts or stops: exactly, whatever the step
@@ -541,12 +544,13 @@ class FrequencyService:
             return True
         return at - unit.sent_at >= self.options.renew_after_s
 
-    def _offer(self, unit: _Unit, kw: float, at: float) -> None:
-        """Hand a setpoint to the unit's driver if due; never two in flight per unit."""
+    def _offer(self, unit: _Unit, kw: float, at: float, *, force: bool = False) -> None:
+        """Hand a setpoint to the unit's driver if due (``force``: whatever the step);
+        never two in flight per unit."""
         unit.target_kw = kw
         if unit.charger is None:
             if self._batteries is None or not self._batteries.connected or \
-                    not self._due(unit, kw, at):
+                    not self._due(unit, kw, at, force=force):
                 return
             topic = unit.spec.setpoint_topic
             assert topic is not None
@@ -556,7 +560,7 @@ class FrequencyService:
             unit.sends += 1
             self.counters["battery_setpoints"] += 1
             return
-        if unit.in_flight or self._v2x is None or not self._due(unit, kw, at):
+        if unit.in_flight or self._v2x is None or not self._due(unit, kw, at, force=force):
             return
         unit.in_flight = True  # before the task runs: a second offer must not spawn one
         self._spawn(self._send_v2x(unit), f"frequency-v2x-{unit.id}")
