@@ -28,6 +28,7 @@ from gridshare.clock import SystemClock
 from gridshare.config import parse_site_config
 from gridshare.controller.frequency import FrequencyOptions, FrequencyService, soc_topics
 from gridshare.controller.state import SiteState
+from gridshare.events import MeterReading
 
 SITE = """
 site: plant
@@ -204,3 +205,66 @@ async def test_a_broker_down_at_start_is_no_error_and_the_link_connects_later(
         await r.link.stop()
         await r.svc.stop()
         broker.stop()
+
+
+async def test_a_step_reaches_every_v2x_charger_within_two_seconds(broker: Mosquitto) -> None:
+    """Issue 10: in central mode, the first sample beyond the dead band → the new setpoint
+    accepted by every V2G charger within 2 s end to end: here 40 fake V2X chargers with a
+    100 ms ± 50 % round trip, the sample published on the real broker."""
+    from controller.test_frequency_service import FakeV2x
+
+    from gridshare.events import ChargerOnline, ConnectorStatus, SessionStarted, StatusChanged
+
+    n = 40
+    units = "\n".join(f"    - {{charger: v{i}, max_discharge_kw: 7, max_charge_kw: 7, "
+                      f"capacity_kwh: 60, min_soc: 20}}" for i in range(n))
+    text = (SITE.replace("URL", broker.url).split("  units:\n")[0] + "  units:\n" + units +
+            "\ngroups:\n  - {id: main, max_current: 2000, chargers: [" +
+            ", ".join(f"v{i}" for i in range(n)) + "]}\nchargers:\n" +
+            "".join(f"  - {{id: v{i}, max_current: 16, phases: 3}}\n" for i in range(n)))
+    config = parse_site_config(text, "plant.yaml")
+    spec = config.frequency_response
+    assert spec is not None and config.mqtt is not None
+    clock = SystemClock()
+    state = SiteState(config.topology)
+    for i in range(n):
+        now = clock.now()
+        state.apply(ChargerOnline(f"v{i}", now))
+        state.apply(StatusChanged(f"v{i}", 1, ConnectorStatus.CHARGING, now))
+        state.apply(SessionStarted(f"v{i}", 1, f"tx{i}", now))
+    done: dict[str, float] = {}
+    v2x = FakeV2x({f"v{i}" for i in range(n)}, rtt_s=0.1)
+    original = v2x.send_v2x_setpoint
+
+    async def timed(charger: str, connector: int, setpoint_w: float, *,
+                    valid_s: float) -> Any:
+        outcome = await original(charger, connector, setpoint_w, valid_s=valid_s)
+        if setpoint_w < 0:
+            done.setdefault(charger, time.monotonic())
+        return outcome
+
+    v2x.send_v2x_setpoint = timed  # type: ignore[method-assign]
+    link = FrequencyMqtt(config.mqtt, SOURCE, soc_topics(spec))
+    svc = FrequencyService(spec, config.topology, clock, bus=None, state_view=state,
+                           v2x=v2x, batteries=link, options=FrequencyOptions(tick_s=0.05))
+    link.attach(svc)
+    await svc.start()
+    await link.start()
+    try:
+        await eventually(lambda: link.connected)
+        async with aiomqtt.Client(broker.host, broker.port) as client:
+            for i in range(n):  # SoC 80 % on every car: they may discharge
+                state.apply(MeterReading(f"v{i}", 1, clock.now(), f"tx{i}",
+                                         soc_percent=80.0))
+            await client.publish(SOURCE, b"50.0", qos=1)
+            await eventually(lambda: svc.status()["state"] == "idle")
+            await asyncio.sleep(0.3)  # the first setpoints answered
+            t0 = time.monotonic()
+            await client.publish(SOURCE, b"49.97", qos=1)  # past the 20 mHz dead band
+            await eventually(lambda: len(done) == n, timeout_s=10)
+        slowest = max(done.values()) - t0
+        assert slowest < 2.0, f"the last V2X charger accepted after {slowest:.2f} s"
+        assert v2x.most_in_flight == 1
+    finally:
+        await link.stop()
+        await svc.stop()
