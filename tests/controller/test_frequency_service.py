@@ -613,3 +613,31 @@ def test_invariants_over_any_sample_stream(steps: list[tuple[float, float]], v1_
         assert all(a >= 0 for a in rig.svc.caps.values())
 
     asyncio.run(run())
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.floats(1.0, 63.0), st.floats(49.0, 50.0), st.floats(41, 100), st.floats(21, 100),
+       st.floats(0, 16), st.floats(0, 16))
+def test_the_group_guard_holds_for_any_fleet(group_a: float, hz: float, v1_soc: float,
+                                             c1_soc: float, v1_a: float, c1_a: float) -> None:
+    """Both chargers V2X under one group: whatever the dip and the allocations, their
+    discharge together never exceeds what the group carries, and no charger is set above
+    its allocation."""
+
+    async def run() -> None:
+        rig = Rig(group_a=round(group_a, 1), capable={"v1", "c1"})
+        rig.plug("v1", v1_a, soc=v1_soc)
+        rig.plug("c1", c1_a, soc=c1_soc)
+        rig.sample(hz)
+        await rig.settle()
+        capacity = round(group_a, 1) * KW_PER_A
+        units = {u: rig.unit(u) for u in ("v1", "c1")}
+        export = sum(-float(u["setpoint_kw"]) for u in units.values()
+                     if float(u["setpoint_kw"]) < 0)
+        assert export <= capacity + 2e-3  # the status rounds to 1 W
+        for u in units.values():
+            assert float(u["setpoint_kw"]) <= max(float(u["base_kw"]), 0) + 1e-9
+        sent = {c: w for c, _, w, _ in rig.v2x.setpoints}
+        assert -sum(min(w, 0.0) for w in sent.values()) / 1000 <= capacity + 1e-3
+
+    asyncio.run(run())
