@@ -641,3 +641,57 @@ def test_the_group_guard_holds_for_any_fleet(group_a: float, hz: float, v1_soc: 
         assert -sum(min(w, 0.0) for w in sent.values()) / 1000 <= capacity + 1e-3
 
     asyncio.run(run())
+
+
+SITE_1PH = """
+site: oneph
+voltage: 230
+mqtt: {url: "mqtt://127.0.0.1:1883"}
+frequency_response:
+  nominal_hz: 50
+  deadband_mhz: 20
+  full_activation_mhz: 200
+  safety_window_hz: [49.5, 50.5]
+  source: {mqtt_topic: "f"}
+  units:
+    - {charger: p1, max_discharge_kw: 3.6, max_charge_kw: 3.6, capacity_kwh: 40, min_soc: 20}
+    - {charger: p2, max_discharge_kw: 3.6, max_charge_kw: 3.6, capacity_kwh: 40, min_soc: 20}
+    - {charger: p3, max_discharge_kw: 3.6, max_charge_kw: 3.6, capacity_kwh: 40, min_soc: 20}
+groups:
+  - id: main
+    max_current: 20
+    chargers: [p1, p2, p3]
+chargers:
+  - {id: p1, max_current: 16, phases: 1, phase: L1}
+  - {id: p2, max_current: 16, phases: 1, phase: L1}
+  - {id: p3, max_current: 16, phases: 1, phase: L2}
+"""
+
+
+async def test_the_group_guard_counts_one_phase_chargers_on_their_line() -> None:
+    """Two 1-phase cars on L1 discharging 3.6 kW each push 31 A back through a 20 A group:
+    limited to 20 A on L1 (a kW-level check would allow 13.8 kW)."""
+    config = parse_site_config(SITE_1PH, "oneph.yaml")
+    assert config.frequency_response is not None
+    clock = FakeClock(T0)
+    state = SiteState(config.topology)
+    v2x = FakeV2x({"p1", "p2", "p3"})
+    svc = FrequencyService(config.frequency_response, config.topology, clock, bus=None,
+                           state_view=state, v2x=v2x,
+                           options=FrequencyOptions(tick_s=None))
+    for cid in ("p1", "p2", "p3"):
+        now = clock.now()
+        state.apply(ChargerOnline(cid, now))
+        state.apply(StatusChanged(cid, 1, ConnectorStatus.CHARGING, now))
+        state.apply(SessionStarted(cid, 1, f"tx-{cid}", now))
+        state.apply(MeterReading(cid, 1, now, f"tx-{cid}", soc_percent=90.0))
+    clock.advance(0.1)
+    svc.on_sample(None, 49.7)  # full activation: each asks -3.6 kW (base 0: nothing allocated)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    sent = {c: w for c, _, w, _ in v2x.setpoints}
+    l1_amps = -(sent["p1"] + sent["p2"]) / 230
+    assert l1_amps == pytest.approx(20.0, abs=0.01)
+    # one scale for every discharge under the group (simple, and never more than asked)
+    assert sent["p3"] == pytest.approx(sent["p1"]) and sent["p1"] == pytest.approx(sent["p2"])
+    assert "group main" in str(svc.status()["units"][0]["held"])

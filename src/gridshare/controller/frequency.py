@@ -203,11 +203,16 @@ class _Unit:
 
 @dataclass(slots=True)
 class _GroupGuard:
-    """A group with a limit and the V2X units under it: their discharge stays within it."""
+    """A group with a limit and the V2X units under it: their discharge stays within it,
+    on each phase (A) and in kW."""
 
     group: str
-    capacity_kw: float
-    units: list[str] = field(default_factory=list)
+    max_current: float
+    """A per phase (inf: none)."""
+    max_kw: float
+    """kW (inf: none)."""
+    units: list[tuple[str, tuple[float, float, float]]] = field(default_factory=list)
+    """(unit id, A per phase per kW of its discharge)."""
 
 
 class FrequencyService:
@@ -505,14 +510,27 @@ class FrequencyService:
                 held = "charging above the allocation is not sent (its circuit's limit)"
             out[d.id] = (kw, held)
         for guard in self._guards:
-            export = sum(-out[u][0] for u in guard.units if u in out and out[u][0] < 0)
-            if export > guard.capacity_kw + EPS:
-                scale = guard.capacity_kw / export
-                for u in guard.units:
-                    if u in out and out[u][0] < 0:
-                        out[u] = (out[u][0] * scale,
-                                  f"group {guard.group}: discharge limited to "
-                                  f"{guard.capacity_kw:.3g} kW in all")
+            kw = 0.0
+            amps = [0.0, 0.0, 0.0]
+            for uid, per_kw in guard.units:
+                if uid in out and out[uid][0] < 0:
+                    export = -out[uid][0]
+                    kw += export
+                    for p in range(3):
+                        amps[p] += export * per_kw[p]
+            scale = 1.0
+            if kw > guard.max_kw + EPS:
+                scale = guard.max_kw / kw
+            for p in range(3):
+                if amps[p] > guard.max_current + EPS:
+                    scale = min(scale, guard.max_current / amps[p])
+            if scale < 1.0:
+                for uid, _ in guard.units:
+                    if uid in out and out[uid][0] < 0:
+                        out[uid] = (out[uid][0] * scale,
+                                    f"group {guard.group}: the discharges under it limited "
+                                    f"to what it carries ({guard.max_current:g} A per phase"
+                                    f", {guard.max_kw:g} kW)")
         return out
 
     def _group_guards(self) -> list[_GroupGuard]:
@@ -521,15 +539,20 @@ class FrequencyService:
         for unit in self.units.values():
             if unit.charger is None:
                 continue
-            for gid in topo.charger_groups(unit.charger.id):
+            charger = unit.charger
+            a_per_kw = 1000.0 / (self._voltage * charger.phases)
+            if charger.phases == 3 or charger.phase is None:
+                per_kw = (a_per_kw, a_per_kw, a_per_kw)  # no line known: every one
+            else:
+                vec = charger.phase_vector
+                per_kw = (a_per_kw * vec[0], a_per_kw * vec[1], a_per_kw * vec[2])
+            for gid in topo.charger_groups(charger.id):
                 group = topo.groups[gid]
-                cap = math.inf
-                if group.max_current is not None:
-                    cap = group.max_current * self._voltage * group.phases / 1000.0
-                if group.max_power_kw is not None:
-                    cap = min(cap, group.max_power_kw)
-                if math.isfinite(cap):
-                    guards.setdefault(gid, _GroupGuard(gid, cap)).units.append(unit.id)
+                amps = group.max_current if group.max_current is not None else math.inf
+                kw = group.max_power_kw if group.max_power_kw is not None else math.inf
+                if math.isfinite(amps) or math.isfinite(kw):
+                    guards.setdefault(gid, _GroupGuard(gid, amps, kw)).units.append(
+                        (unit.id, per_kw))
         return list(guards.values())
 
     def _due(self, unit: _Unit, kw: float, at: float, *, force: bool = False) -> bool:
