@@ -295,9 +295,11 @@ class FrequencyService:
             await asyncio.sleep(self.options.tick_s)
             try:
                 self.tick()
-            except Exception:
+            except Exception:  # a bug must not end the stale check: count, log rarely
                 self.counters["tick_errors"] += 1
-                log.exception("frequency tick failed")
+                if self.counters["tick_errors"] % 1000 == 1:
+                    log.exception("frequency tick failed (%d so far)",
+                                  self.counters["tick_errors"])
 
     # --- the sink of the source (FrequencyMqtt) ------------------------------------------
 

@@ -91,6 +91,8 @@ class FrequencyMqtt:
         """Setpoints replaced in the outbox by a newer one before they went out."""
         self.replayed = 0
         """Retained messages dropped on subscribing."""
+        self.errors = 0
+        """Messages whose handling raised (a bug): counted, logged once per 1,000."""
         self.last_published_at: float | None = None
         """``time.perf_counter()`` when the last outbox batch was handed to the broker
         (the benchmark's 'last written')."""
@@ -207,9 +209,11 @@ class FrequencyMqtt:
                 str(payload).encode() if payload is not None else b"")
             try:
                 self.handle(message.topic.value, bytes(data))
-            except Exception:  # a bug must not take the broker link down
-                log.exception("frequency: handling a message on %s failed",
-                              message.topic.value)
+            except Exception:  # a bug must not take the broker link down (nor flood the log)
+                self.errors += 1
+                if self.errors % 1000 == 1:
+                    log.exception("frequency: handling a message on %s failed (%d so far)",
+                                  message.topic.value, self.errors)
 
     def handle(self, topic: str, payload: bytes) -> None:
         """One message from the broker (public: tests feed it directly too)."""
