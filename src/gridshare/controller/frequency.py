@@ -833,6 +833,8 @@ class FrequencyService:
             "dispatched_kw": None if d is None else round(d.dispatched_kw, 3),
             "alarm": None if d is None else d.alarm,
             "alarms": self.active_alarms,
+            "link_connected": None if self._batteries is None else
+            bool(self._batteries.connected),
             "samples": self.counters["samples"],
             "rejected": self.rejected_counts(),
             "last_rejected": self.last_rejected,
