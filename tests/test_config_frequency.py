@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from gridshare.config import (
-    NOT_ACTED_ON,
     ConfigError,
     FrequencyResponseSpec,
     parse_site_config,
@@ -164,14 +163,15 @@ def test_the_docs_example_is_a_valid_block() -> None:
         assert getattr(spec, name) == defaults[name].default, name
 
 
-def test_check_warns_that_this_version_does_not_act_on_it(tmp_path: Path) -> None:
-    """A block that is read but not acted on must say so, or an operator would believe
-    the units answer the grid's frequency."""
+def test_check_no_longer_warns_that_the_block_is_not_acted_on(tmp_path: Path) -> None:
+    """The frequency service acts on the block now: no "not acted on" warning (an
+    operator would otherwise believe the units do not answer the grid's frequency)."""
     site = tmp_path / "site.yaml"
     site.write_text(SITE)
     result = subprocess.run([sys.executable, "-m", "gridshare", "check", str(site), "--json"],
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
-    assert NOT_ACTED_ON in json.loads(result.stdout)["warnings"]
+    warnings = json.loads(result.stdout)["warnings"]
+    assert not [w for w in warnings if w.startswith("frequency_response")], warnings
     assert site_warnings(parse_site_config(SITE.replace(
         SITE[SITE.index("frequency_response:"):SITE.index("groups:")], ""), "s.yaml")) == []

@@ -1729,17 +1729,11 @@ def _connectors(c: ChargerSpec, max_a: float, voltage: float) -> tuple[Connector
     return tuple(out)
 
 
-NOT_ACTED_ON = ("frequency_response: read and checked, but this version does not act on it "
-                "yet: no unit is dispatched by frequency (docs/frequency.md)")
-
-
 def site_warnings(config: SiteConfig) -> list[str]:
     """What ``gridshare check`` and ``gridshare serve`` warn of in a valid site file: what
-    could go wrong (failsafe currents) and settings this version reads but ignores."""
-    out = failsafe_warnings(config.topology)
-    if config.frequency_response is not None:
-        out.append(NOT_ACTED_ON)
-    return out
+    could go wrong (failsafe currents) and settings this version reads but ignores (none
+    now: ``frequency_response:`` is acted on, by the frequency service)."""
+    return failsafe_warnings(config.topology)
 
 
 def failsafe_warnings(topology: Topology) -> list[str]:

@@ -327,6 +327,9 @@ def create_api(app: GridshareApp, tokens: tuple[str, ...] | list[str] = (), *,
 
     api.include_router(plan_router(lambda: getattr(app, "planning", None), app.topology,
                                    write, read))
+    from gridshare.api.frequency import create_router as frequency_router
+
+    api.include_router(frequency_router(lambda: getattr(app, "frequency", None), read))
 
     # --- live -----------------------------------------------------------------------------
 

@@ -189,6 +189,11 @@ class SiteCollector(Collector):
         yield alarms
 
         yield self._dr_compliance()
+        frequency = getattr(app, "frequency", None)
+        if frequency is not None:
+            from gridshare.api.frequency import metrics as frequency_metrics
+
+            yield from frequency_metrics(frequency)
 
         yield from self._errors(status.counters)
         yield from self._ingest(status)
