@@ -16,7 +16,7 @@ import json
 import logging
 import os
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,8 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -168,8 +170,26 @@ ami_readings = Table(
     Index("ux_ami_meter_ts", "meter_id", "ts", unique=True),
 )
 
+demand_windows = Table(
+    "demand_windows", metadata,
+    # Demand of one feeder, substation or region in one closed tumbling window (event
+    # time), from the AMI readings of its meters (docs/telemetry.md defines each figure).
+    Column("id", Integer, primary_key=True),
+    Column("level", String(16), nullable=False),  # feeder | substation | region
+    Column("key", String(64), nullable=False),  # the feeder's (substation's ...) id
+    Column("window_start", DateTime(timezone=True), nullable=False),
+    Column("window_end", DateTime(timezone=True), nullable=False),
+    Column("demand_kw", Float, nullable=False),  # sum of its meters' mean power
+    Column("max_meter_kw", Float, nullable=False),
+    Column("meters_reporting", Integer, nullable=False),
+    Column("meters_expected", Integer, nullable=False),
+    Column("readings", Integer, nullable=False),
+    Column("closed_at", DateTime(timezone=True), nullable=False),
+    Index("ux_demand_level_key_start", "level", "key", "window_start", unique=True),
+)
+
 TABLES = {t.name: t for t in (events, sessions, meter_readings, setpoint_commands, alarms,
-                              dr_events, ami_readings)}
+                              dr_events, ami_readings, demand_windows)}
 UPSERT_KEYS = {"dr_events": "signal_id"}
 """Tables whose rows are written by key: the latest row for a key replaces the earlier."""
 
@@ -443,6 +463,25 @@ class Store:
                                           .values(**row))
                 if done.rowcount == 0:
                     await conn.execute(insert(table), [row])
+
+    async def insert_now(self, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Insert ``rows`` and commit before returning (what is acknowledged upstream must
+        be on disk); a row whose unique key is already stored is skipped, not an error
+        (SQLite ``INSERT OR IGNORE``, PostgreSQL ``ON CONFLICT DO NOTHING``)."""
+        if not rows:
+            return
+        if self._engine is None:
+            raise RuntimeError("store not started")
+        name = self._engine.dialect.name
+        statement: Any
+        if name == "sqlite":
+            statement = sqlite_insert(table).on_conflict_do_nothing()
+        elif name == "postgresql":
+            statement = postgresql_insert(table).on_conflict_do_nothing()
+        else:
+            statement = insert(table)
+        async with self._engine.begin() as conn:
+            await conn.execute(statement, [dict(r) for r in rows])
 
     # --- reading (tests, the later API) ---------------------------------------------------
 
