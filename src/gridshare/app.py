@@ -25,7 +25,7 @@ from gridshare.adapters.ocpp import CentralSystem, ChargerCredentials, CsmsConfi
 from gridshare.adapters.ocpp.meter import OcppMeter
 from gridshare.bus import Bus, open_bus
 from gridshare.clock import Clock, SystemClock
-from gridshare.config import DemandResponseSpec, MeterSpec, MqttSpec, SiteConfig
+from gridshare.config import DemandResponseSpec, MeterSpec, MqttSpec, SiteConfig, TelemetrySpec
 from gridshare.controller.aggregate import LoadService
 from gridshare.controller.loop import Controller, ControllerSettings
 from gridshare.controller.state import MeterInfo
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from gridshare.adapters.meters import MeterSources
     from gridshare.api.server import ApiServer
     from gridshare.controller.dr import DrService
+    from gridshare.controller.telemetry import TelemetryService
 
 log = logging.getLogger("gridshare")
 
@@ -71,6 +72,10 @@ class ServeOptions:
     """The site file's ``mqtt:`` broker, for mqtt meters."""
     demand_response: DemandResponseSpec = field(default_factory=DemandResponseSpec)
     """The site file's ``demand_response:`` (used when the site declares zones)."""
+    telemetry: TelemetrySpec | None = None
+    """The site file's ``telemetry:`` (AMI and station topics, demand windows)."""
+    ami_meters: tuple[MeterSpec, ...] = ()
+    """The site file's AMI meters (``meters:`` entries with a feeder/substation/region)."""
     site_path: Path | None = None
     """The site file this runs (``POST /api/v1/chargers`` adds chargers to it); None: the
     site was not read from a file the operator owns (``gridshare demo``), so it is never
@@ -110,7 +115,8 @@ def serve_options(config: SiteConfig, *, host: str = "0.0.0.0", ocpp_port: int =
                         bus_url=bus_url, data_dir=data_dir, csms=csms_settings(config),
                         controller=ControllerSettings(lease_s=config.ocpp.lease),
                         meters=config.meters, mqtt=config.mqtt,
-                        demand_response=config.demand_response, site_path=site_path)
+                        demand_response=config.demand_response, site_path=site_path,
+                        telemetry=config.telemetry, ami_meters=config.ami_meters)
 
 
 def meter_where(spec: MeterSpec) -> str:
@@ -238,6 +244,16 @@ class GridshareApp:
 
             self.dr_openadr = OpenAdrVen(openadr, self.dr, self.clock,
                                          zone_kw=self.dr.zone_load_kw)
+        self.telemetry: TelemetryService | None = None
+        """AMI and station telemetry over the ``mqtt:`` broker (docs/telemetry.md): on
+        when the site has ``telemetry:`` or AMI meters."""
+        if options.mqtt is not None and (options.telemetry is not None or options.ami_meters):
+            from gridshare.controller.telemetry import TelemetryService
+
+            self.telemetry = TelemetryService(
+                topology.site, options.ami_meters, list(topology.chargers),
+                options.telemetry, self.clock, mqtt=options.mqtt, store=self.store,
+                publish=self.bus.publish)
         self.api_server: ApiServer | None = None
         if options.api_port is not None:
             from gridshare.api.app import create_api
@@ -274,6 +290,8 @@ class GridshareApp:
                     await dr_input.start()  # never raises for a peer that is down
             if self.meter_sources is not None:
                 await self.meter_sources.start()
+            if self.telemetry is not None:
+                await self.telemetry.start()  # never raises for a broker that is down
             await self.csms.start(self.options.host, self.options.ocpp_port)
             if self.homeassistant is not None:
                 await self.homeassistant.start()
@@ -296,6 +314,9 @@ class GridshareApp:
         if self.meter_sources is not None:
             with contextlib.suppress(Exception):
                 await self.meter_sources.stop()
+        if self.telemetry is not None:
+            with contextlib.suppress(Exception):
+                await self.telemetry.stop()
         for dr_input in (self.dr_openadr, self.dr_mqtt):
             if dr_input is not None:
                 with contextlib.suppress(Exception):

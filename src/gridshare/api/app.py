@@ -322,6 +322,10 @@ def create_api(app: GridshareApp, tokens: tuple[str, ...] | list[str] = (), *,
 
     api.include_router(zones_router(lambda: app.loads, read))
 
+    from gridshare.api.demand import create_router as demand_router
+
+    api.include_router(demand_router(lambda: getattr(app, "telemetry", None), read))
+
     # --- live -----------------------------------------------------------------------------
 
     @api.get("/api/v1/stream", tags=["site"], dependencies=[Read],
