@@ -22,13 +22,14 @@ ambiguous and rejected. Numbers are finite JSON numbers (the meter path's
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Container
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from gridshare.adapters.meters.parse import Rejected, echo, number, parse_json
+from gridshare.adapters.meters.parse import PAYLOAD_MAX, Rejected, echo, number, parse_json
 
 # Reason codes: stable strings, the ``reason`` label of gridshare_telemetry_rejected.
 BAD_JSON: Final = "bad_json"
@@ -101,6 +102,8 @@ class StationReading:
 
 def parse_ts(value: object, what: str) -> float | Invalid:
     """Epoch seconds from an ISO 8601 text with an offset or a JSON number of seconds."""
+    if type(value) is float and EPOCH_MIN <= value < EPOCH_MAX_MS_GUESS:
+        return value  # the fast path (NaN and inf fail the comparison)
     if isinstance(value, str):
         if len(value) > 64:
             return Invalid(BAD_TIMESTAMP, f"{what}: not an ISO 8601 time: {echo(value)}")
@@ -158,6 +161,11 @@ def _value(value: object, key: str, low: float, high: float, unit: str) -> float
 
 def _phases(value: object, key: str, high: float, unit: str) -> Phases3 | Invalid:
     """A list of three finite, non-negative numbers (L1, L2, L3)."""
+    if type(value) is list and len(value) == 3:  # the fast path: three plain numbers
+        a, b, c = value
+        if type(a) is float and type(b) is float and type(c) is float \
+                and 0.0 <= a <= high and 0.0 <= b <= high and 0.0 <= c <= high:
+            return (a, b, c)  # comparisons are False for NaN: it takes the slow path
     if not isinstance(value, list):
         return Invalid(WRONG_TYPE, f"{key}: expected [L1, L2, L3] (got {echo(value)})")
     if len(value) != 3:
@@ -172,10 +180,26 @@ def _phases(value: object, key: str, high: float, unit: str) -> Phases3 | Invali
     return (out[0], out[1], out[2])
 
 
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+"""Built once: ``json.loads`` with a keyword builds a decoder per call (a third of the
+parse time at 50,000 readings/s)."""
+
+
 def _document(payload: bytes) -> dict[str, Any] | Invalid:
-    doc = parse_json(payload)
-    if isinstance(doc, Rejected):
-        return Invalid(BAD_JSON, doc.reason)
+    doc: object
+    try:  # the fast path; anything unusual goes through the meter path's parse_json
+        doc = _DECODER.decode(payload.decode("utf-8")) if len(payload) <= PAYLOAD_MAX \
+            else None
+    except (ValueError, RecursionError):
+        doc = None
+    if doc is None:
+        doc = parse_json(payload)
+        if isinstance(doc, Rejected):
+            return Invalid(BAD_JSON, doc.reason)
     if not isinstance(doc, dict):
         return Invalid(NOT_OBJECT, f"expected a JSON object (got {echo(doc)})")
     return doc
