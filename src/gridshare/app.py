@@ -35,6 +35,7 @@ from gridshare.config import (
     MqttSpec,
     RegulationSpec,
     SiteConfig,
+    TelemetrySpec,
 )
 from gridshare.controller.aggregate import LoadService
 from gridshare.controller.loop import Controller, ControllerSettings
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     from gridshare.controller.frequency import FrequencyService
     from gridshare.controller.planning import PlanService
     from gridshare.controller.regulation import RegulationService
+    from gridshare.controller.telemetry import TelemetryService
 
 log = logging.getLogger("gridshare")
 
@@ -95,6 +97,10 @@ class ServeOptions:
     """``frequency_response.source.mqtt_topic`` (regulation's frequency, by default)."""
     frequency_response: FrequencyResponseSpec | None = None
     """The site file's ``frequency_response:`` (None: no frequency response)."""
+    telemetry: TelemetrySpec | None = None
+    """The site file's ``telemetry:`` (AMI and station topics, demand windows)."""
+    ami_meters: tuple[MeterSpec, ...] = ()
+    """The site file's AMI meters (``meters:`` entries with a feeder/substation/region)."""
     site_path: Path | None = None
     """The site file this runs (``POST /api/v1/chargers`` adds chargers to it); None: the
     site was not read from a file the operator owns (``gridshare demo``), so it is never
@@ -145,7 +151,8 @@ def serve_options(config: SiteConfig, *, host: str = "0.0.0.0", ocpp_port: int =
                         if config.frequency_response is not None else (),
                         frequency_topic=config.frequency_response.source.mqtt_topic
                         if config.frequency_response is not None else None,
-                        frequency_response=config.frequency_response)
+                        frequency_response=config.frequency_response,
+                        telemetry=config.telemetry, ami_meters=config.ami_meters)
 
 
 def meter_where(spec: MeterSpec) -> str:
@@ -308,6 +315,16 @@ class GridshareApp:
         self.frequency_mqtt: FrequencyMqtt | None = None
         if options.frequency_response is not None:
             self._build_frequency(options.frequency_response)
+        self.telemetry: TelemetryService | None = None
+        """AMI and station telemetry over the ``mqtt:`` broker (docs/telemetry.md): on
+        when the site has ``telemetry:`` or AMI meters."""
+        if options.mqtt is not None and (options.telemetry is not None or options.ami_meters):
+            from gridshare.controller.telemetry import TelemetryService
+
+            self.telemetry = TelemetryService(
+                topology.site, options.ami_meters, list(topology.chargers),
+                options.telemetry, self.clock, mqtt=options.mqtt, store=self.store,
+                publish=self.bus.publish)
         self.api_server: ApiServer | None = None
         if options.api_port is not None:
             from gridshare.api.app import create_api
@@ -368,6 +385,8 @@ class GridshareApp:
                 await self.frequency.start()  # safe state until the first sample
                 if self.frequency_mqtt is not None:
                     await self.frequency_mqtt.start()  # never raises for a broker down
+            if self.telemetry is not None:
+                await self.telemetry.start()  # never raises for a broker that is down
             await self.csms.start(self.options.host, self.options.ocpp_port)
             if self.homeassistant is not None:
                 await self.homeassistant.start()
@@ -396,6 +415,9 @@ class GridshareApp:
         if self.frequency is not None:
             with contextlib.suppress(Exception):
                 await self.frequency.stop()
+        if self.telemetry is not None:
+            with contextlib.suppress(Exception):
+                await self.telemetry.stop()
         for dr_input in (self.dr_openadr, self.dr_mqtt):
             if dr_input is not None:
                 with contextlib.suppress(Exception):

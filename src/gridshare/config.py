@@ -348,10 +348,19 @@ DotPath = Annotated[str, Field(min_length=1, max_length=200)]
 
 class MeterSpec(_Strict):
     """A meter that measures a group's whole load (its chargers included, unless
-    ``includes_chargers: false``), and where its readings come from."""
+    ``includes_chargers: false``), and where its readings come from; or, with no
+    ``source`` and a place (``feeder``/``substation``/``region``), a utility (AMI) meter
+    whose readings arrive on the telemetry topics and are summed per place
+    (docs/telemetry.md)."""
 
     id: Id
-    source: Literal["mqtt", "http", "ocpp"]
+    source: Literal["mqtt", "http", "ocpp", "ami"] = "ami"
+    """Where a group meter's readings come from; ``ami`` (the default, written by leaving
+    ``source`` out) is a utility meter of the telemetry ingest."""
+    feeder: Id | None = None
+    """AMI meters: the feeder, substation and region the meter is on (at least one)."""
+    substation: Id | None = None
+    region: Id | None = None
     topic: str | None = None
     """mqtt: the topic its readings are published on (JSON, or a plain number)."""
     url: Annotated[str, Field(pattern=r"^https?://")] | None = None
@@ -378,6 +387,11 @@ class MeterSpec(_Strict):
 
     @model_validator(mode="after")
     def _source_fields(self) -> MeterSpec:
+        if self.source == "ami":
+            return self._ami_fields()
+        if self.feeder is not None or self.substation is not None or self.region is not None:
+            raise ValueError("feeder, substation and region place an AMI meter: leave out "
+                             "source")
         need = {"mqtt": "topic", "http": "url", "ocpp": "charger"}[self.source]
         if getattr(self, need) is None:
             raise ValueError(f"source {self.source} needs {need}")
@@ -396,6 +410,63 @@ class MeterSpec(_Strict):
         if self.password_hash is not None and self.source != "ocpp":
             raise ValueError("password_hash is for a meter that connects over ocpp")
         return self
+
+    def _ami_fields(self) -> MeterSpec:
+        if self.feeder is None and self.substation is None and self.region is None:
+            raise ValueError("needs source (mqtt, http or ocpp) for a group meter, or "
+                             "feeder/substation/region for an AMI meter")
+        used = [name for name in ("topic", "url", "charger", "fields", "field",
+                                  "password_hash") if getattr(self, name) is not None]
+        if used:
+            raise ValueError(f"{', '.join(used)}: not used by an AMI meter (its readings "
+                             f"come on the telemetry topics)")
+        return self
+
+    @property
+    def is_ami(self) -> bool:
+        """A utility meter of the telemetry ingest, not a group's meter."""
+        return self.source == "ami"
+
+
+TopicPrefix = Annotated[str, Field(min_length=1, max_length=200,
+                                    pattern=r"^[^#+\s]+[^#+\s/]$|^[^#+\s/]$")]
+
+
+class TelemetrySpec(_Strict):
+    """Meter telemetry over the ``mqtt:`` broker: AMI meters and non-OCPP stations in,
+    demand per feeder/substation/region out (docs/telemetry.md states every default)."""
+
+    ami_prefix: TopicPrefix | None = None
+    """AMI readings arrive on ``<ami_prefix>/<meter id>``; default ``gridshare/<site>/ami``."""
+    stations_prefix: TopicPrefix | None = None
+    """Station meter values on ``<stations_prefix>/<station id>``; default
+    ``gridshare/<site>/stations``."""
+    qos: Literal[0, 1, 2] = 1
+    """Subscription QoS; 1 (or 2) with the persistent session: nothing acknowledged is lost."""
+    client_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    """The fixed MQTT client id of the persistent session; default
+    ``gridshare-telemetry-<site>``."""
+    window: Annotated[float, Field(ge=1, le=86400, allow_inf_nan=False)] = 60.0
+    """Seconds per tumbling demand window (by event time)."""
+    lateness: Annotated[float, Field(ge=0, le=86400, allow_inf_nan=False)] = 30.0
+    """Seconds a reading may arrive after its window ended; later ones are counted and
+    dropped."""
+    clock_skew: Annotated[float, Field(ge=0, le=3600, allow_inf_nan=False)] = 30.0
+    """Seconds a reading's ``ts`` may be ahead of our clock before it is rejected as in the
+    future."""
+    batch_rows: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    """Readings committed (and then acknowledged) together at most."""
+    batch_interval: Annotated[float, Field(gt=0, le=10, allow_inf_nan=False)] = 0.05
+    """Seconds a reading waits at most for its batch's commit."""
+
+    def ami_topic_prefix(self, site: str) -> str:
+        return self.ami_prefix or f"gridshare/{site}/ami"
+
+    def stations_topic_prefix(self, site: str) -> str:
+        return self.stations_prefix or f"gridshare/{site}/stations"
+
+    def session_client_id(self, site: str) -> str:
+        return self.client_id or f"gridshare-telemetry-{site}"
 
 
 class ZoneSpec(_Strict):
@@ -736,6 +807,7 @@ class _SiteHead(_Strict):
     charge_planning: ChargePlanningSpec | None = None
     regulation: RegulationSpec | None = None
     billing: BillingSpec | None = None
+    telemetry: TelemetrySpec | None = None
 
 
 class SiteSpec(_SiteHead):
@@ -1090,6 +1162,10 @@ class SiteConfig:
     """Area regulation from the meters, when the site file has the block."""
     billing: BillingSpec | None = None
     """Interval billing and its tariff (``gridshare bill``), when the file has the block."""
+    telemetry: TelemetrySpec | None = None
+    """Meter telemetry ingest settings (``telemetry:``), when the file has the block."""
+    ami_meters: tuple[MeterSpec, ...] = ()
+    """The utility (AMI) meters of ``meters:`` (no ``source``; ``meters`` holds the rest)."""
 
 
 def parse_site(text: str, source: str = "<string>") -> Topology:
@@ -1130,9 +1206,10 @@ def _parse_site_config(text: str, source: str) -> SiteConfig:
     assert spec is not None
     return SiteConfig(_build(spec), spec.ocpp,
                       {c.id: c.password_hash for c in spec.chargers if c.password_hash},
-                      tuple(spec.meters), spec.mqtt, spec.api, spec.demand_response,
-                      spec.frequency_response, spec.charge_planning, spec.regulation,
-                      spec.billing)
+                      tuple(m for m in spec.meters if not m.is_ami), spec.mqtt, spec.api,
+                      spec.demand_response, spec.frequency_response, spec.charge_planning,
+                      spec.regulation, spec.billing, spec.telemetry,
+                      tuple(m for m in spec.meters if m.is_ami))
 
 
 def _clean_loc(loc: tuple[Any, ...]) -> Loc:
@@ -1263,6 +1340,7 @@ class _Site:
     meters: list[tuple[str | None, Loc, MeterSpec | None]] = field(default_factory=list)
     zones: list[tuple[str | None, Loc]] = field(default_factory=list)
     mqtt_declared: bool = False
+    telemetry_declared: bool = False
 
 
 def _list_of(data: dict[str, Any], key: str, problems: ProblemList) -> list[Any]:
@@ -1285,7 +1363,8 @@ def _check_site(data: dict[str, Any], problems: ProblemList) -> SiteSpec | None:
         whole = SiteSpec.model_validate(data)
     except ValidationError:
         return _check_site_entries(data, problems)
-    site = _Site(whole, mqtt_declared=whole.mqtt is not None)
+    site = _Site(whole, mqtt_declared=whole.mqtt is not None,
+                 telemetry_declared=whole.telemetry is not None)
     for g, loc, nested_parent in _walk(whole.groups, ("groups",), None):
         site.groups.append(_GroupEntry(g.id, loc, nested_parent, g.parent,
                                        list(enumerate(g.chargers)), g.meter, g.phases))
@@ -1301,7 +1380,8 @@ def _check_site_entries(data: dict[str, Any], problems: ProblemList) -> SiteSpec
     """Each entry validated on its own, then the cross-checks on every readable one."""
     head = _validated(_SiteHead, {k: v for k, v in data.items() if k not in _LISTS}, (),
                       problems)
-    site = _Site(head, mqtt_declared=data.get("mqtt") is not None)
+    site = _Site(head, mqtt_declared=data.get("mqtt") is not None,
+                 telemetry_declared=data.get("telemetry") is not None)
     if "groups" not in data:
         problems.add(("groups",), "Field required")
     raw_groups = _list_of(data, "groups", problems)
@@ -1477,6 +1557,7 @@ def _cross_check(site: _Site, problems: ProblemList) -> None:
                 f"maximum of {most:.4g} A ({kind}); the charger would be told to draw it "
                 f"whenever it loses contact")
     meters: dict[str, Loc] = {}
+    ami: set[str] = set()
     for mid, loc, meter in site.meters:
         if mid is None:
             continue
@@ -1486,9 +1567,16 @@ def _cross_check(site: _Site, problems: ProblemList) -> None:
             meters[mid] = loc
         if meter is not None and meter.source == "mqtt" and not site.mqtt_declared:
             bad((*loc, "source"), "source mqtt needs the site's mqtt: {url: ...}")
+        if meter is not None and meter.is_ami:
+            ami.add(mid)
     for g in groups.values():
         if g.meter is not None and g.meter not in meters:
             bad((*g.loc, "meter"), f"unknown meter {shown(g.meter)} (declare it under meters:)")
+        elif g.meter is not None and g.meter in ami:
+            bad((*g.loc, "meter"), f"meter {g.meter!r} is an AMI meter (no source): a group's "
+                "meter needs source mqtt, http or ocpp")
+    if site.telemetry_declared and not site.mqtt_declared:
+        bad(("telemetry",), "telemetry needs the site's mqtt: {url: ...}")
     _check_zones(site, chargers, problems)
     _check_frequency(site, chargers, problems)
     _check_regulation(site, problems)

@@ -210,8 +210,26 @@ decisions = Table(
     Index("ix_decisions_at", "at"),
 )
 
+demand_windows = Table(
+    "demand_windows", metadata,
+    # Demand of one feeder, substation or region in one closed tumbling window (event
+    # time), from the AMI readings of its meters (docs/telemetry.md defines each figure).
+    Column("id", Integer, primary_key=True),
+    Column("level", String(16), nullable=False),  # feeder | substation | region
+    Column("key", String(64), nullable=False),  # the feeder's (substation's ...) id
+    Column("window_start", DateTime(timezone=True), nullable=False),
+    Column("window_end", DateTime(timezone=True), nullable=False),
+    Column("demand_kw", Float, nullable=False),  # sum of its meters' mean power
+    Column("max_meter_kw", Float, nullable=False),
+    Column("meters_reporting", Integer, nullable=False),
+    Column("meters_expected", Integer, nullable=False),
+    Column("readings", Integer, nullable=False),
+    Column("closed_at", DateTime(timezone=True), nullable=False),
+    Index("ux_demand_level_key_start", "level", "key", "window_start", unique=True),
+)
+
 TABLES = {t.name: t for t in (events, sessions, meter_readings, setpoint_commands, alarms,
-                              dr_events, ami_readings, decisions)}
+                              dr_events, ami_readings, decisions, demand_windows)}
 UPSERT_KEYS = {"dr_events": "signal_id"}
 """Tables whose rows are written by key: the latest row for a key replaces the earlier
 (``INSERT ... ON CONFLICT (key) DO UPDATE`` on both SQLite and PostgreSQL)."""

@@ -330,6 +330,9 @@ def create_api(app: GridshareApp, tokens: tuple[str, ...] | list[str] = (), *,
     from gridshare.api.frequency import create_router as frequency_router
 
     api.include_router(frequency_router(lambda: getattr(app, "frequency", None), read))
+    from gridshare.api.demand import create_router as demand_router
+
+    api.include_router(demand_router(lambda: getattr(app, "telemetry", None), read))
 
     # --- live -----------------------------------------------------------------------------
 

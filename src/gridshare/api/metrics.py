@@ -197,6 +197,7 @@ class SiteCollector(Collector):
 
         yield from self._errors(status.counters)
         yield from self._ingest(status)
+        yield from self._telemetry()
         yield from self._plumbing()
 
     def _dr_compliance(self) -> Metric:
@@ -393,6 +394,45 @@ class SiteCollector(Collector):
         for kind, n in sorted(counts.events_by_kind.items()):
             events.add_metric([kind], n)
         yield events
+
+    def _telemetry(self) -> Iterator[Metric]:
+        """AMI and station telemetry (docs/telemetry.md): per source, every reason shown."""
+        service = getattr(self._app, "telemetry", None)
+        if service is None:
+            return
+        from gridshare.adapters.telemetry.parse import REASONS
+
+        accepted = CounterMetricFamily("gridshare_telemetry_accepted",
+                                       "Valid telemetry readings, per source.",
+                                       labels=["source"])
+        duplicates = CounterMetricFamily(
+            "gridshare_telemetry_duplicates",
+            "Readings of a meter with a ts already counted (ignored), per source.",
+            labels=["source"])
+        late = CounterMetricFamily(
+            "gridshare_telemetry_late",
+            "Readings stored after their window closed (not in the demand).",
+            labels=["source"])
+        rejected = CounterMetricFamily(
+            "gridshare_telemetry_rejected",
+            "Malformed telemetry messages (never stored), per source and reason.",
+            labels=["source", "reason"])
+        lag = GaugeMetricFamily(
+            "gridshare_telemetry_lag_seconds",
+            "Receive time minus event time of the last batch's newest reading.",
+            labels=["source"])
+        for source, counts in service.counts.items():
+            accepted.add_metric([source], counts.accepted)
+            duplicates.add_metric([source], counts.duplicates)
+            late.add_metric([source], counts.late)
+            for reason in sorted(set(REASONS) | set(counts.rejected)):
+                rejected.add_metric([source, reason], counts.rejected.get(reason, 0))
+            if counts.lag_s is not None:
+                lag.add_metric([source], counts.lag_s)
+        yield from (accepted, duplicates, late, rejected, lag)
+        yield CounterMetricFamily("gridshare_telemetry_windows_closed",
+                                  "Demand windows closed and written (all levels).",
+                                  value=service.windows_closed)
 
     def _plumbing(self) -> Iterator[Metric]:
         app = self._app

@@ -1,0 +1,1 @@
+"""MQTT telemetry ingest: AMI meters and non-OCPP stations (docs/telemetry.md)."""

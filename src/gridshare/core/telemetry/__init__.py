@@ -1,0 +1,1 @@
+"""Meter telemetry: windowed demand per feeder, substation and region (pure)."""
