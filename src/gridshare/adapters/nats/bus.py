@@ -61,7 +61,7 @@ STREAM = "GRIDSHARE"
 @dataclass(frozen=True, slots=True)
 class NatsBusSettings:
     stream: str = STREAM
-    """The JetStream stream holding every site's events and readings (``gridshare.>``)."""
+    """The JetStream stream holding every site's events and readings."""
     max_age_s: float = 7 * 86400.0
     """How long the stream keeps a message (a controller down longer loses them)."""
     duplicate_window_s: float = 120.0
@@ -281,8 +281,11 @@ class NatsBus:
 
     # --- subscribing ----------------------------------------------------------------------
 
-    def subscribe(self, name: str = "") -> NatsSubscription:
-        sub = NatsSubscription(self, name or "sub")
+    def subscribe(self, name: str = "", *, readings_only: bool = False) -> NatsSubscription:
+        """A durable consumer ``<site>_<name>`` of the site's events and readings (only
+        its readings with ``readings_only``)."""
+        sub = NatsSubscription(self, name or "sub", subjects=codec.site_readings(self.site)
+                               if readings_only else None)
         self._subs.append(sub)
         return sub
 
@@ -318,7 +321,9 @@ class NatsBus:
 
 async def ensure_stream(js: JetStreamContext, settings: NatsBusSettings) -> None:
     """Create the stream, or bring an existing one to these settings."""
-    config = StreamConfig(name=settings.stream, subjects=[f"{codec.SUBJECT_PREFIX}.>"],
+    # Events and readings only: ``gridshare.<site>.cmd`` is request/reply, and a stream
+    # capturing it would answer the request with its own acknowledgement.
+    config = StreamConfig(name=settings.stream, subjects=list(codec.STREAM_SUBJECTS),
                           storage=StorageType.FILE, max_age=settings.max_age_s,
                           duplicate_window=settings.duplicate_window_s)
     try:
@@ -340,9 +345,11 @@ class NatsSubscription:
     """
 
     def __init__(self, bus: NatsBus, name: str, *,
-                 deliver: DeliverPolicy = DeliverPolicy.ALL) -> None:
+                 deliver: DeliverPolicy = DeliverPolicy.ALL,
+                 subjects: str | None = None) -> None:
         self._bus = bus
         self.name = name
+        self.subjects = subjects or codec.site_subjects(bus.site)
         self.durable = durable_name(bus.site, name)
         self._deliver = deliver
         self._psub: Any = None
@@ -361,7 +368,7 @@ class NatsSubscription:
                 deliver_policy=self._deliver, ack_wait=self._bus.settings.ack_wait_s,
                 max_ack_pending=self._bus.settings.max_ack_pending)
             self._psub = await js.pull_subscribe(
-                codec.site_subjects(self._bus.site), durable=self.durable,
+                self.subjects, durable=self.durable,
                 stream=self._bus.settings.stream, config=config)
         return self._psub
 

@@ -40,6 +40,8 @@ READING_TYPES: tuple[type[Any], ...] = (ev.MeterReading, ev.GroupMeterReading, e
 """The events that are meter readings: each has one idempotency key (source, event time)."""
 
 SUBJECT_PREFIX = "gridshare"
+STREAM_SUBJECTS = (f"{SUBJECT_PREFIX}.*.events.>", f"{SUBJECT_PREFIX}.*.readings.>")
+"""What the JetStream stream stores (not ``gridshare.<site>.cmd``: that is request/reply)."""
 _TOKEN_BAD = re.compile(r"[^A-Za-z0-9_\-]")
 
 
@@ -89,7 +91,17 @@ def subject(site: str, event: Event) -> str:
 
 def site_subjects(site: str) -> str:
     """The filter of everything a site publishes (events and readings)."""
-    return f"{SUBJECT_PREFIX}.{token(site)}.>"
+    return f"{SUBJECT_PREFIX}.{token(site)}.*.>"
+
+
+def site_readings(site: str) -> str:
+    """The filter of a site's readings only."""
+    return f"{SUBJECT_PREFIX}.{token(site)}.readings.>"
+
+
+def command_subject(site: str) -> str:
+    """Setpoint commands to the site's OCPP gateway (request/reply, not stored)."""
+    return f"{SUBJECT_PREFIX}.{token(site)}.cmd"
 
 
 def msg_id(site: str, event: Event, payload: bytes) -> str:
