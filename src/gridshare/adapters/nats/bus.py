@@ -297,6 +297,7 @@ class NatsBus:
         """End every subscription, send what is queued (up to ``flush_timeout_s``), close."""
         for sub in list(self._subs):
             sub.close()
+        await asyncio.sleep(0)  # let their fetches end before the connection does
         if self._queue and self._publisher is not None:
             try:
                 await self.flush(flush_timeout_s)
@@ -358,6 +359,8 @@ class NatsSubscription:
         self._closed = asyncio.Event()
         self.delivered = 0
         self.rejected = 0
+        self.fetch_errors = 0
+        self._error_streak = 0
         self.on_reject: Callable[[Msg, codec.CodecError], None] | None = None
 
     async def _ensure(self) -> Any:
@@ -449,12 +452,20 @@ class NatsSubscription:
             psub = await self._ensure()
             msgs: list[Msg] = await psub.fetch(self._bus.settings.fetch_batch,
                                                timeout=self._bus.settings.fetch_timeout_s)
+            self._error_streak = 0
             return msgs
         except (nats.errors.TimeoutError, TimeoutError):
+            self._error_streak = 0
             return []
         except Exception as exc:
-            # NATS away or restarting: the consumer is durable, try again shortly.
-            log.debug("NATS %s: fetch failed: %r", self.durable, exc)
+            # NATS away or restarting: the consumer is durable, try again shortly. Said
+            # at warning level once per streak (a refused consumer must not go unseen).
+            if self._closed.is_set() or self._bus._closed:
+                return []
+            self.fetch_errors += 1
+            level = logging.WARNING if self._error_streak == 0 else logging.DEBUG
+            self._error_streak += 1
+            log.log(level, "NATS %s: fetch failed (retrying): %r", self.durable, exc)
             await asyncio.sleep(0.5)
             return []
 

@@ -40,8 +40,11 @@ READING_TYPES: tuple[type[Any], ...] = (ev.MeterReading, ev.GroupMeterReading, e
 """The events that are meter readings: each has one idempotency key (source, event time)."""
 
 SUBJECT_PREFIX = "gridshare"
-STREAM_SUBJECTS = (f"{SUBJECT_PREFIX}.*.events.>", f"{SUBJECT_PREFIX}.*.readings.>")
-"""What the JetStream stream stores (not ``gridshare.<site>.cmd``: that is request/reply)."""
+STREAM_SUBJECTS = (f"{SUBJECT_PREFIX}.*.*.>",)
+"""What the JetStream stream stores: ``gridshare.<site>.events.<kind>`` and
+``gridshare.<site>.readings.<kind>.<source>``, not ``gridshare.<site>.cmd`` (three tokens:
+request/reply, never stored). One pattern, so that a consumer's filter (a site's
+everything, or its readings) is a subset of it, as nats-server requires."""
 _TOKEN_BAD = re.compile(r"[^A-Za-z0-9_\-]")
 
 

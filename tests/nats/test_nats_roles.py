@@ -1,0 +1,159 @@
+"""Gateway and controller as separate processes over NATS: a charger that connects to the
+gateway gets the controller's profile (events out through JetStream, the command back
+over request/reply); in-process pieces: the command server and driver, the site lease."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from natsserver import NatsServer
+from waits import eventually
+
+from gridshare.adapters.nats.bus import NatsBus
+from gridshare.adapters.nats.driver import CommandServer, NatsChargerDriver
+from gridshare.adapters.nats.lease import SiteLease
+from gridshare.drivers import CommandOutcome, CommandResult, SetpointRequest
+from gridshare.sim import SimCharger
+
+SITE = """
+site: roles
+groups:
+  - id: main
+    max_current: 32
+    chargers: [r-1]
+chargers:
+  - {id: r-1, max_current: 16, phases: 3}
+"""
+GATEWAY_READY = re.compile(r"^gridshare ready: site roles, role gateway, OCPP "
+                           r"ws://127\.0\.0\.1:(\d+), bus nats://127\.0\.0\.1:\d+, "
+                           r"1 chargers configured$")
+
+
+async def _serve(site: Path, nats: NatsServer, *extra: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gridshare", "serve", str(site), "--bus", nats.url,
+        "--host", "127.0.0.1", "--ocpp-port", "0", *extra,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+
+
+async def _line(proc: asyncio.subprocess.Process) -> str:
+    assert proc.stdout is not None
+    async with asyncio.timeout(30):
+        return (await proc.stdout.readline()).decode().strip()
+
+
+async def _stop(procs: Sequence[asyncio.subprocess.Process]) -> None:
+    for proc in procs:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            async with asyncio.timeout(20):
+                await proc.wait()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_gateway_and_controller_processes(tmp_path: Path, nats: NatsServer) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text(SITE)
+    gateway = await _serve(site, nats, "--role", "gateway")
+    ctl = await _serve(site, nats, "--role", "controller", "--controller-id", "c1",
+                       "--db", f"sqlite:///{tmp_path / 'c.db'}")
+    procs = [gateway, ctl]
+    try:
+        match = GATEWAY_READY.match(await _line(gateway))
+        assert match
+        assert (await _line(ctl)).startswith("gridshare standby: site roles, controller c1")
+        assert (await _line(ctl)).startswith("gridshare ready: site roles, role controller c1")
+        charger = SimCharger("r-1", f"ws://127.0.0.1:{match[1]}", protocol="ocpp2.0.1")
+        await charger.start(physics=False)
+        try:
+            assert await charger.wait_connected(10.0)
+            # ChargerBooted went gateway -> JetStream -> controller, whose failsafe profile
+            # came back controller -> request/reply -> gateway -> OCPP -> charger.
+            await eventually(lambda: bool(charger.profiles), timeout_s=30)
+        finally:
+            await charger.stop()
+    finally:
+        await _stop(procs)
+    assert gateway.returncode == 0 and ctl.returncode == 0
+
+
+class FakeCsms:
+    """Answers like a CSMS would (the command path, without OCPP)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[object, ...]] = []
+
+    def submit_setpoints(self, requests: Sequence[SetpointRequest],
+                         ) -> list[asyncio.Future[CommandOutcome]]:
+        raise AssertionError("the gateway runs commands one by one")
+
+    async def apply_setpoint(self, charger: str, connector: int, current_a: float,
+                             lease_s: float) -> CommandOutcome:
+        self.calls.append(("setpoint", charger, connector, current_a, lease_s))
+        if charger == "slow":
+            await asyncio.sleep(5)
+        return CommandOutcome(CommandResult.ACCEPTED, answer_seq=7)
+
+    async def apply_failsafe(self, charger: str, current_a: float) -> CommandOutcome:
+        self.calls.append(("failsafe", charger, current_a))
+        return CommandOutcome(CommandResult.REJECTED, detail="no")
+
+    async def apply_charger_cap(self, charger: str, current_a: float | None,
+                                ) -> CommandOutcome:
+        self.calls.append(("cap", charger, current_a))
+        return CommandOutcome(CommandResult.ACCEPTED)
+
+
+async def test_commands_over_request_reply(nats: NatsServer) -> None:
+    bus = NatsBus(nats.url, site="s")
+    driver = NatsChargerDriver(bus, timeout_s=0.5)
+    # No gateway: nothing was sent.
+    out = await driver.apply_setpoint("c", 1, 10.0, 60.0)
+    assert out.result is CommandResult.OFFLINE and not out.sent and not out.unknown
+    csms = FakeCsms()
+    server = CommandServer(NatsBus(nats.url, site="s"), csms)
+    await server.start()
+    try:
+        futures = driver.submit_setpoints([SetpointRequest("c", 1, 10.0, 60.0),
+                                           SetpointRequest("slow", 2, 6.0, 60.0)])
+        fast, slow = [await f for f in futures]
+        assert fast.result is CommandResult.ACCEPTED and fast.answer_seq == 7
+        assert slow.result is CommandResult.TIMEOUT and slow.unknown  # may have applied
+        assert (await driver.apply_failsafe("c", 6.0)).result is CommandResult.REJECTED
+        assert (await driver.apply_charger_cap("c", None)).result is CommandResult.ACCEPTED
+        assert ("cap", "c", None) in csms.calls and ("failsafe", "c", 6.0) in csms.calls
+        assert ("setpoint", "c", 1, 10.0, 60.0) in csms.calls
+    finally:
+        await server.stop()
+        await server.bus.close()
+        await bus.close()
+
+
+async def test_lease_one_holder_then_takeover(nats: NatsServer) -> None:
+    bus = NatsBus(nats.url, site="s")
+    a = SiteLease(bus, "s", "A", ttl_s=1.0)
+    b = SiteLease(bus, "s", "B", ttl_s=1.0)
+    assert await a.try_acquire()
+    assert not await b.try_acquire()
+    await asyncio.sleep(2.5)  # A renews: still held
+    assert a.held and await b.holder() == "A" and not await b.try_acquire()
+    a_again = SiteLease(bus, "s", "A", ttl_s=1.0)  # a restarted A waits like anyone
+    assert not await a_again.try_acquire()
+    assert a._renewer is not None
+    a._renewer.cancel()  # A dies: no more renewals
+    waiting = asyncio.ensure_future(b.acquire())
+    await asyncio.wait_for(waiting, 10)
+    assert b.held and await b.holder() == "B"
+    await b.release()  # a clean stop hands over at once
+    assert await a_again.try_acquire()
+    await a_again.release()
+    await bus.close()
