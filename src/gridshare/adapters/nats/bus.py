@@ -77,6 +77,9 @@ class NatsBusSettings:
     max_ack_pending: int = 10_000
     fetch_batch: int = 256
     fetch_timeout_s: float = 1.0
+    """How long one pull waits for the first event (then it pulls again)."""
+    fill_wait_s: float = 0.02
+    """After the first event, how long a pull waits for more to fill its batch."""
     retry_max_s: float = 5.0
     """The longest back-off between attempts while NATS is away."""
 
@@ -281,11 +284,14 @@ class NatsBus:
 
     # --- subscribing ----------------------------------------------------------------------
 
-    def subscribe(self, name: str = "", *, readings_only: bool = False) -> NatsSubscription:
-        """A durable consumer ``<site>_<name>`` of the site's events and readings (only
-        its readings with ``readings_only``)."""
-        sub = NatsSubscription(self, name or "sub", subjects=codec.site_readings(self.site)
-                               if readings_only else None)
+    def subscribe(self, name: str = "", *, only: str | None = None) -> NatsSubscription:
+        """A durable consumer ``<site>_<name>`` of the site's events and readings, or
+        only of one of them (``only="readings"`` or ``"events"``)."""
+        if only not in (None, "readings", "events"):
+            raise ValueError(f"only={only!r}: readings, events or None")
+        subjects = None if only is None else \
+            f"{codec.SUBJECT_PREFIX}.{codec.token(self.site)}.{only}.>"
+        sub = NatsSubscription(self, name or "sub", subjects=subjects)
         self._subs.append(sub)
         return sub
 
@@ -450,9 +456,15 @@ class NatsSubscription:
     async def _fetch_once(self) -> list[Msg]:
         try:
             psub = await self._ensure()
-            msgs: list[Msg] = await psub.fetch(self._bus.settings.fetch_batch,
-                                               timeout=self._bus.settings.fetch_timeout_s)
+            # One message, waiting up to fetch_timeout_s; then what else is there, waiting at
+            # most fill_wait_s: a pull of a whole batch would hold its first message until
+            # the batch is full or the pull expires (seconds of latency at low rates).
+            msgs: list[Msg] = await psub.fetch(1, timeout=self._bus.settings.fetch_timeout_s)
             self._error_streak = 0
+            if self._bus.settings.fetch_batch > 1:
+                with contextlib.suppress(nats.errors.TimeoutError, TimeoutError):
+                    msgs += await psub.fetch(self._bus.settings.fetch_batch - 1,
+                                             timeout=self._bus.settings.fill_wait_s)
             return msgs
         except (nats.errors.TimeoutError, TimeoutError):
             self._error_streak = 0

@@ -97,11 +97,6 @@ def site_subjects(site: str) -> str:
     return f"{SUBJECT_PREFIX}.{token(site)}.*.>"
 
 
-def site_readings(site: str) -> str:
-    """The filter of a site's readings only."""
-    return f"{SUBJECT_PREFIX}.{token(site)}.readings.>"
-
-
 def command_subject(site: str) -> str:
     """Setpoint commands to the site's OCPP gateway (request/reply, not stored)."""
     return f"{SUBJECT_PREFIX}.{token(site)}.cmd"
@@ -155,10 +150,27 @@ _HINTS: dict[type[Any], dict[str, Any]] = {
     cls: typing.get_type_hints(cls, vars(ev)) for cls in EVENT_TYPES.values()}
 
 
+_SHAPES: dict[Any, tuple[Any, tuple[Any, ...]]] = {}
+"""Field type -> (origin, args), computed once (typing's introspection is slow)."""
+
+
+def _shape(tp: Any) -> tuple[Any, tuple[Any, ...]]:
+    found = _SHAPES.get(tp)
+    if found is None:
+        found = _SHAPES[tp] = (typing.get_origin(tp), typing.get_args(tp))
+    return found
+
+
 def _value(tp: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
+    # Fast paths for what nearly every field is (the decode runs once per message).
+    kind = type(value)
+    if tp is str and kind is str:
+        return value
+    if tp is float and kind is float and math.isfinite(value):
+        return value
+    origin, args = _shape(tp)
     if origin in (typing.Union, types.UnionType):
-        arms = typing.get_args(tp)
+        arms = args
         if value is None:
             if type(None) in arms:
                 return None
@@ -175,7 +187,6 @@ def _value(tp: Any, value: Any, where: str) -> Any:
     if value is None:
         raise CodecError(f"{where}: null is not allowed")
     if origin is tuple:
-        args = typing.get_args(tp)
         if not isinstance(value, list):
             raise CodecError(f"{where}: expected an array")
         if len(args) == 2 and args[1] is Ellipsis:
@@ -185,7 +196,7 @@ def _value(tp: Any, value: Any, where: str) -> Any:
         return tuple(_value(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value,
                                                                                    strict=True)))
     if origin is not None and isinstance(origin, type) and issubclass(origin, Mapping):
-        key_tp, val_tp = typing.get_args(tp)
+        key_tp, val_tp = args
         if not isinstance(value, list):
             raise CodecError(f"{where}: expected an array of [key..., value]")
         out: dict[Any, Any] = {}

@@ -89,7 +89,7 @@ class ReadingRecorder:
             event.listen(self._engine.sync_engine, "connect", _sqlite_busy)
         async with self._engine.begin() as conn:
             await conn.run_sync(metadata.create_all, tables=[bus_readings])
-        self._sub = self.bus.subscribe("recorder", readings_only=True)
+        self._sub = self.bus.subscribe("recorder", only="readings")
         self._task = asyncio.create_task(self._run(), name="gridshare-nats-recorder")
 
     async def stop(self) -> None:

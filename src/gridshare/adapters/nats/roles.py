@@ -151,7 +151,8 @@ class ControllerProcess:
             if self.store is not None:
                 await self.store.start()
                 self._store_task = asyncio.create_task(
-                    committed_audit(self.store, self.bus.subscribe("store")),
+                    committed_audit(self.store, self.bus.subscribe("store", only=(
+                        "events" if self.recorder is not None else None))),
                     name="gridshare-nats-store")
             await self.controller.start()
             if self.recorder is not None:
@@ -179,8 +180,9 @@ class ControllerProcess:
 
 async def committed_audit(store: Store, sub: NatsSubscription) -> None:
     """The audit log from a durable consumer: a batch is acknowledged once the store has
-    written it (at least once: a batch redelivered after a crash may be logged twice;
-    the readings themselves are exactly once in ``bus_readings``)."""
+    written it (at least once: a batch redelivered after a crash may be logged twice).
+    Readings are not in it when the recorder runs: they are exactly once in
+    ``bus_readings``, written once, not twice."""
     while True:
         try:
             batch = await sub.fetch_batch(500)
