@@ -157,3 +157,26 @@ async def test_lease_one_holder_then_takeover(nats: NatsServer) -> None:
     assert await a_again.try_acquire()
     await a_again.release()
     await bus.close()
+
+
+async def test_one_process_over_nats(nats: NatsServer) -> None:
+    """``--role all --bus nats://``: the single-process app works over JetStream too."""
+    from gridshare.app import ServeOptions, build_app
+    from gridshare.config import parse_site
+
+    topology = parse_site(SITE)
+    app = build_app(topology, ServeOptions(host="127.0.0.1", ocpp_port=0, api_port=None,
+                                           db_url="none", bus_url=nats.url))
+    await app.start()
+    try:
+        assert isinstance(app.bus, NatsBus)
+        charger = SimCharger("r-1", app.ocpp_url, protocol="ocpp1.6")
+        await charger.start(physics=False)
+        try:
+            assert await charger.wait_connected(10.0)
+            await eventually(lambda: bool(charger.profiles), timeout_s=30)
+            assert app.controller.counters["events"] >= 1
+        finally:
+            await charger.stop()
+    finally:
+        await app.stop()
