@@ -100,7 +100,7 @@ class FakeCsms:
                              lease_s: float) -> CommandOutcome:
         self.calls.append(("setpoint", charger, connector, current_a, lease_s))
         if charger == "slow":
-            await asyncio.sleep(5)
+            await asyncio.sleep(10)
         return CommandOutcome(CommandResult.ACCEPTED, answer_seq=7)
 
     async def apply_failsafe(self, charger: str, current_a: float) -> CommandOutcome:
@@ -115,7 +115,7 @@ class FakeCsms:
 
 async def test_commands_over_request_reply(nats: NatsServer) -> None:
     bus = NatsBus(nats.url, site="s")
-    driver = NatsChargerDriver(bus, timeout_s=0.5)
+    driver = NatsChargerDriver(bus, timeout_s=2.0)
     # No gateway: nothing was sent.
     out = await driver.apply_setpoint("c", 1, 10.0, 60.0)
     assert out.result is CommandResult.OFFLINE and not out.sent and not out.unknown
@@ -140,18 +140,19 @@ async def test_commands_over_request_reply(nats: NatsServer) -> None:
 
 async def test_lease_one_holder_then_takeover(nats: NatsServer) -> None:
     bus = NatsBus(nats.url, site="s")
-    a = SiteLease(bus, "s", "A", ttl_s=1.0)
-    b = SiteLease(bus, "s", "B", ttl_s=1.0)
+    # TTL 3 s, renewed every second: generous for a loaded machine.
+    a = SiteLease(bus, "s", "A", ttl_s=3.0)
+    b = SiteLease(bus, "s", "B", ttl_s=3.0)
     assert await a.try_acquire()
     assert not await b.try_acquire()
-    await asyncio.sleep(2.5)  # A renews: still held
+    await asyncio.sleep(4.0)  # past the TTL: A renewed, so it still holds the site
     assert a.held and await b.holder() == "A" and not await b.try_acquire()
-    a_again = SiteLease(bus, "s", "A", ttl_s=1.0)  # a restarted A waits like anyone
+    a_again = SiteLease(bus, "s", "A", ttl_s=3.0)  # a restarted A waits like anyone
     assert not await a_again.try_acquire()
     assert a._renewer is not None
     a._renewer.cancel()  # A dies: no more renewals
     waiting = asyncio.ensure_future(b.acquire())
-    await asyncio.wait_for(waiting, 10)
+    await asyncio.wait_for(waiting, 15)
     assert b.held and await b.holder() == "B"
     await b.release()  # a clean stop hands over at once
     assert await a_again.try_acquire()
