@@ -89,13 +89,16 @@ class SiteLease:
 
     async def acquire(self) -> None:
         """Wait until this controller holds the site (polls every ``ttl_s / 5``)."""
-        waited = False
+        waited = failing = False
         while True:
             try:
                 if await self.try_acquire():
                     return
+                failing = False
             except Exception as exc:
-                log.warning("lease: site %s: %r; retrying", self.site, exc)
+                if not failing:  # once per streak, not every poll while NATS is away
+                    log.warning("lease: site %s: %r; retrying", self.site, exc)
+                failing = True
             if not waited:
                 waited = True
                 log.info("lease: site %s is held by %s; controller %s waits", self.site,
