@@ -260,9 +260,11 @@ class NatsBus:
         futures: list[asyncio.Future[Any]] = []
         try:
             for subj, payload, mid in window:
-                futures.append(await js.publish_async(
-                    subj, payload, headers={"Nats-Msg-Id": mid},
-                    wait_stall=self.settings.publish_timeout_s))
+                # No wait_stall: with one, every publish yields to the loop (a timer
+                # task), and the client flushes each message in its own send(); the window
+                # stays far below the client's own limit of pending publishes (4,000).
+                futures.append(await js.publish_async(subj, payload,
+                                                      headers={"Nats-Msg-Id": mid}))
         except Exception as exc:
             log.debug("NATS bus: publish failed: %r", exc)
         if futures:
