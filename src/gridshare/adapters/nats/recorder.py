@@ -24,33 +24,19 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Index, Integer, String, Table, Text, event
+from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from gridshare.adapters.nats import codec
 from gridshare.adapters.nats.bus import NatsBus, NatsSubscription
+from gridshare.adapters.nats.tables import bus_readings
 from gridshare.store import metadata, normalise_url
 from gridshare.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
-bus_readings = Table(
-    "bus_readings", metadata,
-    # One reading that came over the JetStream bus, applied exactly once: its identity is
-    # (site, kind, source, event time), so a redelivered message is never a second row.
-    Column("id", Integer, primary_key=True),
-    Column("site", String(64), nullable=False),
-    Column("kind", String(40), nullable=False),  # meter_sample, group_meter_reading, ...
-    Column("source", String(160), nullable=False),  # meter, group or charger/connector
-    Column("at", DateTime(timezone=True), nullable=False),  # event time
-    Column("payload", Text, nullable=False),  # the event's JSON, as on the bus
-    Column("stream_seq", Integer, nullable=False),  # JetStream sequence (audit, not a key)
-    Column("controller", String(64), nullable=False),  # the controller that applied it
-    Column("recorded_at", DateTime(timezone=True), nullable=False),
-    Index("ux_bus_readings_key", "site", "kind", "source", "at", unique=True),
-)
 
 
 def _sqlite_busy(dbapi_connection: Any, _record: Any) -> None:

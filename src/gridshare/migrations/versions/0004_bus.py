@@ -28,7 +28,7 @@ def upgrade() -> None:
         sa.Column("source", sa.String(160), nullable=False),
         sa.Column("at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("payload", sa.Text, nullable=False),
-        sa.Column("stream_seq", sa.Integer, nullable=False),
+        sa.Column("stream_seq", sa.BigInteger, nullable=False),
         sa.Column("controller", sa.String(64), nullable=False),
         sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
     )
