@@ -68,7 +68,10 @@ async def test_order_per_subject_and_sites_apart(nats: NatsServer) -> None:
 
 
 async def test_durable_subscriber_resumes_after_last_ack(nats: NatsServer) -> None:
-    bus = NatsBus(nats.url, site="s", settings=FAST)
+    # ack_wait 60 s: what the first subscriber did not process comes back at once only
+    # because closing it handed those events back (nak).
+    slow = NatsBusSettings(ack_wait_s=60.0, fetch_timeout_s=0.3)
+    bus = NatsBus(nats.url, site="s", settings=slow)
     for i in range(10):
         bus.publish(sample(i))
     await bus.flush(10)
@@ -78,9 +81,9 @@ async def test_durable_subscriber_resumes_after_last_ack(nats: NatsServer) -> No
     await bus.close()
     assert [e.at for e in first] == [sample(i).at for i in range(4)]
 
-    again = NatsBus(nats.url, site="s", settings=FAST)
+    again = NatsBus(nats.url, site="s", settings=slow)
     sub2 = again.subscribe("store")
-    rest = await take(sub2, 7)  # the unacknowledged 4th comes again (after ack_wait)
+    rest = await take(sub2, 7, timeout_s=15)  # the unacknowledged 4th comes again
     assert [e.at for e in rest] == [sample(i).at for i in range(3, 10)]
     await again.close()
 

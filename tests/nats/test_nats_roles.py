@@ -187,3 +187,45 @@ async def test_one_process_over_nats(nats: NatsServer) -> None:
             await charger.stop()
     finally:
         await app.stop()
+
+
+async def test_takeover_rebuilds_state_from_acknowledged_events(tmp_path: Path,
+                                                                nats: NatsServer) -> None:
+    """B takes over after A: it knows what A knew (the charger online, its session) from
+    the events A acknowledged, not only from events that come after."""
+    from dataclasses import replace
+    from datetime import UTC, datetime
+
+    from gridshare.adapters.nats.roles import ControllerProcess
+    from gridshare.app import serve_options
+    from gridshare.config import parse_site_config
+    from gridshare.events import ChargerBooted, ChargerOnline, SessionStarted
+
+    config = parse_site_config(SITE)
+    options = replace(serve_options(config, bus_url=nats.url, api_port=None,
+                                    db_url=f"sqlite:///{tmp_path / 'c.db'}"),
+                      role="controller")
+    now = datetime.now(UTC)
+    gateway = NatsBus(nats.url, site="roles")
+    a = ControllerProcess(config.topology, replace(options, controller_id="A"))
+    await a.start()
+    try:
+        assert a.replayed == 0  # a new consumer: everything comes through it anyway
+        gateway.publish(ChargerBooted("r-1", now, "ocpp2.0.1"))
+        gateway.publish(ChargerOnline("r-1", now))
+        gateway.publish(SessionStarted("r-1", 1, "tx-1", now))
+        await gateway.flush(10)
+        await eventually(lambda: a.controller.counters["events"] >= 3)
+        assert a.controller.state.online("r-1")
+    finally:
+        await a.stop()  # releases the lease: B takes over at once
+    b = ControllerProcess(config.topology, replace(options, controller_id="B"))
+    await b.start()
+    try:
+        # A acknowledged all three (each when it asked for the next one).
+        assert b.replayed == 3
+        assert b.controller.state.online("r-1")
+        assert b.controller.state.active(("r-1", 1))  # the session A saw start
+    finally:
+        await b.stop()
+        await gateway.close()

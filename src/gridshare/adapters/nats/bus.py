@@ -126,6 +126,7 @@ class NatsBus:
         self._idle.set()
         self._publisher: asyncio.Task[None] | None = None
         self._subs: list[NatsSubscription] = []
+        self._naks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._next_warn = self.settings.warn_backlog
         self.published = 0
@@ -297,6 +298,19 @@ class NatsBus:
         self._subs.append(sub)
         return sub
 
+    def _hand_back(self, msgs: list[Msg]) -> None:
+        """``nak`` these messages (before the connection closes: see :meth:`close`)."""
+        if not msgs:
+            return
+
+        async def nak_all() -> None:
+            for msg in msgs:
+                with contextlib.suppress(Exception):
+                    await msg.nak()
+
+        with contextlib.suppress(RuntimeError):  # no running loop: ack_wait redelivers
+            self._naks.add(asyncio.get_running_loop().create_task(nak_all()))
+
     def _remove(self, sub: NatsSubscription) -> None:
         if sub in self._subs:
             self._subs.remove(sub)
@@ -306,6 +320,12 @@ class NatsBus:
         for sub in list(self._subs):
             sub.close()
         await asyncio.sleep(0)  # let their fetches end before the connection does
+        if self._naks:
+            await asyncio.wait(self._naks, timeout=2.0)
+            self._naks.clear()
+            if self._nc is not None:
+                with contextlib.suppress(Exception):
+                    await self._nc.flush(timeout=2)
         if self._queue and self._publisher is not None:
             try:
                 await self.flush(flush_timeout_s)
@@ -493,6 +513,15 @@ class NatsSubscription:
         return int(info.num_pending or 0), int(info.num_ack_pending or 0)
 
     def close(self) -> None:
+        """Stop. Events received but not processed (the last one returned, and those
+        fetched ahead) are handed back (``nak``): whoever resumes the consumer gets them at
+        once instead of after ``ack_wait_s``. Not acknowledged: they were not processed."""
         if not self._closed.is_set():
             self._closed.set()
+            unprocessed = [m for m, _ in self._buffer]
+            if self._current is not None:
+                unprocessed.insert(0, self._current)
+            self._buffer.clear()
+            self._current = None
+            self._bus._hand_back(unprocessed)
             self._bus._remove(self)

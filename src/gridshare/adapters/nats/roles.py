@@ -3,8 +3,9 @@
 - **gateway**: the OCPP central system and the meter sources. Publishes every charger
   event and reading to JetStream and executes the setpoint commands it receives on
   ``gridshare.<site>.cmd`` (:class:`~gridshare.adapters.nats.driver.CommandServer`).
-- **controller**: waits for the site's lease (:mod:`~gridshare.adapters.nats.lease`), then
-  runs the controller (with :class:`~gridshare.adapters.nats.driver.NatsChargerDriver`),
+- **controller**: waits for the site's lease (:mod:`~gridshare.adapters.nats.lease`),
+  rebuilds its state from the events its predecessor acknowledged, then runs the
+  controller (with :class:`~gridshare.adapters.nats.driver.NatsChargerDriver`),
   the audit store and the exactly-once reading recorder, each resuming its durable
   consumer. Losing the lease stops it (exit code 3): a supervisor restarts it as a
   standby, and whoever takes the lease resumes from the same consumers.
@@ -142,12 +143,15 @@ class ControllerProcess:
         self.finished = self.lease.lost
         """Set when the lease is lost: the process must stop running the site."""
         self._store_task: asyncio.Task[None] | None = None
+        self.replayed = 0
+        """Events folded into the state at takeover (see :func:`replay_state`)."""
 
     async def start(self) -> None:
         """Wait for the lease (a standby waits here), then start every part."""
         try:
             await self.bus.connect()
             await self.lease.acquire()
+            self.replayed = await replay_state(self.bus, self.controller)
             if self.store is not None:
                 await self.store.start()
                 self._store_task = asyncio.create_task(
@@ -176,6 +180,67 @@ class ControllerProcess:
     def ready_line(self) -> str:
         return (f"gridshare ready: site {self.topology.site}, role controller "
                 f"{self.controller_id} holds the lease, bus {self.bus.url}")
+
+
+async def replay_state(bus: NatsBus, controller: Controller, *, durable: str = "controller",
+                       timeout_s: float = 30.0) -> int:
+    """Rebuild a taking-over controller's state from the site's *events* that the
+    previous holder had already acknowledged on ``<site>_<durable>`` (stream sequence up
+    to the consumer's ack floor): statuses, sessions, limits, caps and priorities are
+    latest-value state, so folding them again in order gives what the previous controller
+    knew. Readings are not replayed (the next one replaces a stale one). The durable
+    consumer then continues after its ack floor. Returns how many events were folded;
+    0 when the consumer is new (it delivers everything from the start anyway)."""
+    import nats.js.errors
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+    from gridshare.adapters.nats import codec
+    from gridshare.adapters.nats.bus import durable_name
+
+    js = await bus.connect()
+    try:
+        info = await js.consumer_info(bus.settings.stream, durable_name(bus.site, durable))
+    except nats.js.errors.NotFoundError:
+        return 0
+    upto = int(info.ack_floor.stream_seq or 0) if info.ack_floor is not None else 0
+    if upto == 0:
+        return 0
+    subject = f"{codec.SUBJECT_PREFIX}.{codec.token(bus.site)}.events.>"
+    psub = await js.pull_subscribe(subject, stream=bus.settings.stream, config=ConsumerConfig(
+        ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL, inactive_threshold=60.0))
+    folded = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                try:
+                    msgs = await psub.fetch(256, timeout=1.0)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    break  # nothing more on the events subjects
+                done = False
+                for msg in msgs:
+                    meta = msg.metadata
+                    if meta.sequence.stream > upto:
+                        done = True
+                        break
+                    try:
+                        controller.state.apply(codec.decode(msg.data))
+                        folded += 1
+                    except Exception as exc:  # a bad or unfoldable event: skip it
+                        log.warning("replay: event at stream seq %d skipped: %s",
+                                    meta.sequence.stream, exc)
+                    if meta.num_pending == 0:
+                        done = True
+                if done:
+                    break
+    except TimeoutError:
+        log.error("replay: site %s: stopped after %.0f s with %d events folded", bus.site,
+                  timeout_s, folded)
+    finally:
+        with contextlib.suppress(Exception):
+            await psub.unsubscribe()
+    log.info("replay: site %s: %d events folded into the state (up to stream seq %d)",
+             bus.site, folded, upto)
+    return folded
 
 
 async def committed_audit(store: Store, sub: NatsSubscription) -> None:
