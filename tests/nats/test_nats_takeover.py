@@ -128,3 +128,25 @@ async def test_kill_controller_mid_stream_exactly_once(tmp_path: Path,
                     proc.kill()
                     await proc.wait()
     assert b is not None and b.returncode == 0
+
+
+async def test_controller_that_loses_its_lease_stops_with_code_3(tmp_path: Path,
+                                                                 nats: NatsServer) -> None:
+    import nats as nats_client
+
+    site = tmp_path / "site.yaml"
+    site.write_text(SITE)
+    proc = await controller(site, nats, tmp_path / "g.db", "A")
+    try:
+        assert (await line(proc)).startswith("gridshare standby")
+        assert (await line(proc)).startswith("gridshare ready")
+        nc = await nats_client.connect(nats.url)
+        kv = await nc.jetstream().key_value("gridshare_sites")
+        await kv.put("takeover", b"B someone-else")  # the site was handed to B
+        await nc.close()
+        async with asyncio.timeout(20):
+            assert await proc.wait() == 3
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
