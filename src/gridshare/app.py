@@ -76,6 +76,13 @@ class ServeOptions:
     db_url: str | None = None
     """None: SQLite under ``data_dir``; "none": no audit store."""
     bus_url: str = "memory://"
+    role: str = "all"
+    """all (one process), gateway or controller (separate processes over a nats:// bus:
+    :mod:`gridshare.adapters.nats.roles`)."""
+    controller_id: str | None = None
+    """A controller's name in the site leases (None: host name and process id)."""
+    lease_ttl_s: float = 5.0
+    """A site lease not renewed for this long expires and another controller takes over."""
     data_dir: Path | None = None
     csms: CsmsConfig | None = None
     """CSMS settings (security profile, TLS, timeouts). Chargers, phases and voltage are
@@ -131,13 +138,15 @@ def serve_options(config: SiteConfig, *, host: str = "0.0.0.0", ocpp_port: int =
                   api_port: int | None = 8080, db_url: str | None = None,
                   bus_url: str = "memory://", data_dir: Path | None = None,
                   api_tokens: tuple[str, ...] = (),
-                  site_path: Path | None = None) -> ServeOptions:
+                  site_path: Path | None = None, role: str = "all",
+                  controller_id: str | None = None) -> ServeOptions:
     """How to run a site read from its file: where to listen and store and the API's
     tokens (from the command line), the CSMS settings and the controller's lease (from the
     file's ``ocpp:``), whether reads need a token (its ``api:``)."""
     return ServeOptions(host=host, ocpp_port=ocpp_port, api_port=api_port, db_url=db_url,
                         api_tokens=api_tokens, api_read_token=config.api.read_token,
-                        bus_url=bus_url, data_dir=data_dir, csms=csms_settings(config),
+                        bus_url=bus_url, role=role, controller_id=controller_id,
+                        data_dir=data_dir, csms=csms_settings(config),
                         controller=ControllerSettings(lease_s=config.ocpp.lease),
                         meters=config.meters, mqtt=config.mqtt,
                         demand_response=config.demand_response, site_path=site_path,
@@ -218,7 +227,7 @@ class GridshareApp:
         self.topology = topology
         self.options = options = options or ServeOptions()
         self.clock: Clock = clock or SystemClock()
-        self.bus: Bus = open_bus(options.bus_url)
+        self.bus: Bus = open_bus(options.bus_url, site=topology.site)
         url = options.db_url
         if url is None:
             url = default_url(options.data_dir)
@@ -468,6 +477,11 @@ def build_app(topology: Topology, options: ServeOptions | None = None, *,
 async def serve(topology: Topology, options: ServeOptions,
                 ready: asyncio.Event | None = None) -> None:
     """Run until SIGINT or SIGTERM; print the ready line once everything listens."""
+    if options.role != "all":
+        from gridshare.adapters.nats.roles import serve_role
+
+        await serve_role(topology, options, ready)
+        return
     app = build_app(topology, options)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

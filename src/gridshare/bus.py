@@ -3,7 +3,8 @@
 Adapters call ``publish`` synchronously from their receive loops: it must never block or
 await, so a slow consumer cannot stall a charger's WebSocket. Every subscriber gets every
 event published after it subscribed, in order. The in-process bus is the default; a NATS
-JetStream bus (several machines, durable consumers) can implement the same interface later.
+JetStream bus (several machines, durable consumers: ``gridshare.adapters.nats.bus``) implements
+the same interface.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from gridshare.events import Event
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_BUS_SCHEMES = ("memory",)
+SUPPORTED_BUS_SCHEMES = ("memory", "nats")
 
 
 class BusError(ValueError):
@@ -140,13 +141,25 @@ class MemoryBus:
             sub.close()
 
 
-def open_bus(url: str = "memory://") -> Bus:
-    """The bus named by ``url``. Only ``memory://`` exists for now."""
+def open_bus(url: str = "memory://", *, site: str = "default") -> Bus:
+    """The bus named by ``url``: ``memory://`` (one process, the default) or
+    ``nats://host:port[?option=value...]`` (NATS JetStream, the events of ``site``; the
+    options are :class:`gridshare.adapters.nats.bus.NatsBusSettings` fields). Connecting
+    to NATS happens on first use, so a bad host is reported (and retried) then."""
     scheme = urlsplit(url).scheme if "://" in url else ""
     if scheme == "memory":
         return MemoryBus()
     if scheme in ("nats", "tls"):
-        raise BusError(f"bus {url!r}: NATS JetStream is not supported yet; use memory:// "
-                       f"(one process)")
+        from gridshare.adapters.nats.bus import NatsBus, settings_from_query
+
+        parts = urlsplit(url)
+        if not parts.hostname:
+            raise BusError(f"bus {url!r}: a NATS URL needs a host, e.g. nats://127.0.0.1:4222")
+        try:
+            _ = parts.port
+        except ValueError as exc:
+            raise BusError(f"bus {url!r}: {exc}") from exc
+        settings = settings_from_query(parts.query)
+        return NatsBus(parts._replace(query="").geturl(), site=site, settings=settings)
     raise BusError(f"bus {url!r}: unknown bus URL; supported: "
                    + ", ".join(f"{s}://" for s in SUPPORTED_BUS_SCHEMES))

@@ -718,6 +718,8 @@ def _sqlite_pragmas(dbapi_connection: Any, synchronous: SqliteSync = "FULL") -> 
     cursor.close()
 
 
-# Billing's table lives with billing (billing_store.py) but belongs to this metadata, so
-# that create_all and the migrations' schema comparison always see it.
+# Billing's table (billing_store.py) and the NATS bus's (adapters/nats/tables.py) live
+# with their owners but belong to this metadata, so that the migrations' schema comparison
+# always sees them.
 from gridshare import billing_store as _billing_store  # noqa: E402, F401
+from gridshare.adapters.nats import tables as _bus_tables  # noqa: E402, F401

@@ -89,7 +89,7 @@ async def test_serve_refuses_bad_input_clearly(tmp_path: Path) -> None:
     site = tmp_path / "site.yaml"
     site.write_text(SITE)
     cases = [
-        (["--bus", "nats://localhost:4222"], "NATS JetStream is not supported yet"),
+        (["--bus", "nats://localhost:4222?bogus=1"], "bus URL option 'bogus' is unknown"),
         (["--db", "mysql://x/y"], "only SQLite and PostgreSQL"),
     ]
     for extra, message in cases:

@@ -75,8 +75,16 @@ def serve_cmd(
         "--db", metavar="URL", help="Audit log database URL (default: sqlite under --data-dir; "
         "'none' disables it).")] = None,
     bus: Annotated[str, typer.Option(
-        "--bus", metavar="URL", help="Event bus URL: memory:// (one process). NATS comes later.")
+        "--bus", metavar="URL", help="Event bus URL: memory:// (one process) or "
+        "nats://HOST:PORT (NATS JetStream; several processes, see docs/scale-out.md).")
     ] = "memory://",
+    role: Annotated[str, typer.Option(
+        "--role", metavar="ROLE", help="all (CSMS and controller in one process), gateway "
+        "(OCPP and meters, publishing to NATS) or controller (runs the site while it holds "
+        "its lease); gateway and controller need a nats:// --bus.")] = "all",
+    controller_id: Annotated[str | None, typer.Option(
+        "--controller-id", metavar="ID", help="This controller's name in the site leases "
+        "(default: host name and process id).")] = None,
     data_dir: Annotated[Path | None, typer.Option(
         "--data-dir", metavar="DIR",
         help="Where the default database lives ($GRIDSHARE_DATA_DIR or ./var).")
@@ -115,11 +123,16 @@ def serve_cmd(
     # is reported without waiting for OCPP, the controller and the store to load.
     import asyncio
 
+    from gridshare.adapters.nats.roles import LEASE_LOST_EXIT, ROLES, LeaseLost
     from gridshare.api.auth import TokenFileError, load_tokens
     from gridshare.app import serve, serve_options
     from gridshare.bus import BusError, open_bus
     from gridshare.store import StoreError, normalise_url
 
+    if role not in ROLES:
+        raise _fail(f"[red]--role must be one of {', '.join(ROLES)}[/]", 2)
+    if role != "all" and not bus.startswith(("nats://", "tls://")):
+        raise _fail(f"[red]--role {role} needs a nats:// --bus[/]", 2)
     try:
         open_bus(bus)
         if db is not None and db.lower() not in ("none", "off", ""):
@@ -130,13 +143,15 @@ def serve_cmd(
     options = serve_options(config, host=host, ocpp_port=ocpp_port,
                             api_port=None if api_port < 0 else api_port, db_url=db,
                             bus_url=bus, data_dir=data_dir, api_tokens=tokens,
-                            site_path=site)
+                            site_path=site, role=role, controller_id=controller_id)
     try:
         asyncio.run(serve(config.topology, options))
     except StoreError as exc:  # the database cannot be opened or migrated
         from rich.markup import escape
 
         raise _fail(f"[red]cannot start: {escape(str(exc))}[/]", 1) from exc
+    except LeaseLost as exc:
+        raise _fail(f"[red]{exc}[/]", LEASE_LOST_EXIT) from exc
     except OSError as exc:
         raise _fail(f"[red]cannot start: {exc.strerror or exc}[/] "
                     f"(OCPP port {ocpp_port}, API port {api_port} on {host})", 1) from exc
