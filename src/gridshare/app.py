@@ -25,11 +25,12 @@ from gridshare.adapters.ocpp import CentralSystem, ChargerCredentials, CsmsConfi
 from gridshare.adapters.ocpp.meter import OcppMeter
 from gridshare.bus import Bus, open_bus
 from gridshare.clock import Clock, SystemClock
-from gridshare.config import DemandResponseSpec, MeterSpec, MqttSpec, SiteConfig
+from gridshare.config import DemandResponseSpec, MeterSpec, MqttSpec, OpenEvseSpec, SiteConfig
 from gridshare.controller.aggregate import LoadService
 from gridshare.controller.loop import Controller, ControllerSettings
 from gridshare.controller.state import MeterInfo
 from gridshare.core.topology import Phase, Topology
+from gridshare.drivers import ChargerDriver
 from gridshare.store import Store, default_url, normalise_url
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from gridshare.adapters.dr.openadr import OpenAdrVen
     from gridshare.adapters.homeassistant import HomeAssistantBridge
     from gridshare.adapters.meters import MeterSources
+    from gridshare.adapters.openevse import OpenEvseDriver
     from gridshare.api.server import ApiServer
     from gridshare.controller.dr import DrService
 
@@ -71,6 +73,8 @@ class ServeOptions:
     """The site file's ``mqtt:`` broker, for mqtt meters."""
     demand_response: DemandResponseSpec = field(default_factory=DemandResponseSpec)
     """The site file's ``demand_response:`` (used when the site declares zones)."""
+    openevse: dict[str, OpenEvseSpec] = field(default_factory=dict)
+    """Charger id -> its OpenEVSE box (``driver: openevse``); the others speak OCPP."""
     site_path: Path | None = None
     """The site file this runs (``POST /api/v1/chargers`` adds chargers to it); None: the
     site was not read from a file the operator owns (``gridshare demo``), so it is never
@@ -110,7 +114,8 @@ def serve_options(config: SiteConfig, *, host: str = "0.0.0.0", ocpp_port: int =
                         bus_url=bus_url, data_dir=data_dir, csms=csms_settings(config),
                         controller=ControllerSettings(lease_s=config.ocpp.lease),
                         meters=config.meters, mqtt=config.mqtt,
-                        demand_response=config.demand_response, site_path=site_path)
+                        demand_response=config.demand_response, site_path=site_path,
+                        openevse=config.openevse)
 
 
 def meter_where(spec: MeterSpec) -> str:
@@ -188,13 +193,26 @@ class GridshareApp:
                 # Accepted like a charger (same security profile), never given a profile.
                 spec = next(m for m in options.meters if m.id == meter.meter)
                 csms.chargers[meter.charger] = ChargerCredentials(spec.password_hash)
+        for cid in options.openevse:  # an OpenEVSE box never connects over OCPP
+            csms.chargers.pop(cid, None)
         self.csms = CentralSystem(csms, self.bus.publish, clock=self.clock.now, meters=by_ocpp)
+        self.openevse: OpenEvseDriver | None = None
+        """The OpenEVSE boxes' driver (None: every charger speaks OCPP)."""
+        driver: ChargerDriver = self.csms
+        if options.openevse:
+            from gridshare.adapters.openevse import OpenEvseDriver
+            from gridshare.adapters.router import DriverRouter
+
+            self.openevse = OpenEvseDriver(options.openevse, options.mqtt or MqttSpec(),
+                                           self.bus.publish, clock=self.clock,
+                                           lease_s=options.controller.lease_s)
+            driver = DriverRouter(self.csms, dict.fromkeys(options.openevse, self.openevse))
         settings = options.controller
         if options.meters and not settings.state.meters:
             infos = tuple(MeterInfo(m.id, m.source, meter_where(m), m.max_age)
                           for m in options.meters)
             settings = replace(settings, state=replace(settings.state, meters=infos))
-        self.controller = Controller(topology, self.csms, self.clock, settings=settings,
+        self.controller = Controller(topology, driver, self.clock, settings=settings,
                                      bus=self.bus, audit=self.store)
         self.meter_sources: MeterSources | None = None
         if any(m.source != "ocpp" for m in options.meters):
@@ -274,6 +292,8 @@ class GridshareApp:
                     await dr_input.start()  # never raises for a peer that is down
             if self.meter_sources is not None:
                 await self.meter_sources.start()
+            if self.openevse is not None:
+                await self.openevse.start()  # never raises for a box or broker down
             await self.csms.start(self.options.host, self.options.ocpp_port)
             if self.homeassistant is not None:
                 await self.homeassistant.start()
@@ -293,6 +313,9 @@ class GridshareApp:
             await self.api_server.stop()
         with contextlib.suppress(Exception):
             await self.csms.stop()
+        if self.openevse is not None:
+            with contextlib.suppress(Exception):
+                await self.openevse.stop()
         if self.meter_sources is not None:
             with contextlib.suppress(Exception):
                 await self.meter_sources.stop()
