@@ -101,6 +101,7 @@ class SimOpenEvse:
         self._socket: socket.socket | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._last_tick = self.clock()
+        self._last_amps = 0.0
         self.app = self._build_app()
 
     # --- the box's logic -----------------------------------------------------------------
@@ -118,8 +119,9 @@ class SimOpenEvse:
             if self.shaper_failsafe():
                 out[0x10003] = Claim(PRIORITY_SHAPER_FAILSAFE, state="disabled")
             else:
+                # the firmware adds the box's own draw (its live power includes it)
                 amps = (self.shaper_max_pwr - self.shaper_live_pwr) / self.voltage / \
-                    self.phases + self.amps()
+                    self.phases + self._last_amps
                 out[0x10003] = Claim(PRIORITY_SHAPER, max_current=max(0, math.floor(amps)))
         return out
 
@@ -174,6 +176,7 @@ class SimOpenEvse:
         self.total_wh += wh
         self.session_wh += wh
         self._last_tick = now
+        self._last_amps = self.amps()
 
     def status_json(self) -> dict[str, Any]:
         self.tick()

@@ -212,6 +212,16 @@ class OpenEvseDriver:
             return CommandOutcome(CommandResult.REJECTED, detail=(
                 f"current_shaper_data_maxinterval {interval!r} s must be above heartbeat_s "
                 f"{box.spec.heartbeat_s:g} s and at most the lease {self.lease_s:g} s"))
+        if box.amps is None:
+            # Like an OCPP default profile: in force from now until a setpoint replaces it
+            # (a box that never heard of us charges at its own maximum).
+            box.seq += 1
+            async with box.lock:
+                outcome = await self._claim(box, current_a if box.cap is None
+                                            else min(current_a, box.cap), self.lease_s)
+            if outcome.result is not CommandResult.ACCEPTED:
+                return outcome
+            box.amps = current_a
         return CommandOutcome(CommandResult.ACCEPTED, detail=(
             f"falls to {current_a:g} A when a claim is not renewed, pauses after "
             f"{interval:g} s without gridshare"))
