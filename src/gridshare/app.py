@@ -274,6 +274,8 @@ class GridshareApp:
             found = sources.get(meter["id"])
             meter["errors"] = found.errors if found is not None else 0
             meter["last_error"] = found.last_error if found is not None else None
+        if self.openevse is not None:  # per box: heartbeats, bad messages, last error
+            out["openevse"] = self.openevse.status()
         return out
 
     async def start(self) -> None:

@@ -110,6 +110,10 @@ async def test_ocpp_and_openevse_share_one_line(broker: Mosquitto,
                          and oe["oe-1"].amps() >= 14.0, 30.0)
         await asyncio.sleep(2.0)
         assert violations == [], violations[:5]
+        boxes_status = app.status()["openevse"]
+        assert set(boxes_status) == {"oe-1", "oe-2"}
+        assert all(b["online"] and b["heartbeats"] > 0 and b["rejected"] == 0
+                   for b in boxes_status.values())
         counters = app.controller.counters
         assert counters.get("failsafe_accepted", 0) >= 3, dict(counters)
     finally:
