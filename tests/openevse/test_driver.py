@@ -18,6 +18,7 @@ from gridshare.adapters.openevse import OpenEvseDriver
 from gridshare.config import MqttSpec, OpenEvseSpec
 from gridshare.drivers import CommandResult, SetpointRequest
 from gridshare.events import (
+    ChargerBooted,
     ChargerOffline,
     ChargerOnline,
     ConnectorStatus,
@@ -268,3 +269,35 @@ async def test_silent_box_goes_offline(broker: Mosquitto, boxes: BoxFactory) -> 
         await asyncio.sleep(0)
     finally:
         await r.driver.stop()
+
+
+async def test_box_restart_loses_the_claim_and_gets_the_safe_one_before_its_feed(
+        one: tuple[SimOpenEvse, Running]) -> None:
+    """Claims live in the box's RAM: after a restart it would charge at its maximum once
+    its shaper is fed. The heartbeat finds the claim gone, claims the safe current first,
+    and tells the controller the box booted."""
+    box, r = one
+    box.plug(32.0)
+    assert (await r.driver.apply_failsafe("oe-1", 0.0)).result is CommandResult.ACCEPTED
+    assert (await r.driver.apply_setpoint("oe-1", 1, 16.0, 60.0)).result \
+        is CommandResult.ACCEPTED
+    assert box.amps() == 16.0
+    box.reboot()
+    drawn: list[float] = []
+
+    async def sample() -> None:
+        while True:
+            drawn.append(box.amps())
+            await asyncio.sleep(0.01)
+
+    sampler = asyncio.create_task(sample())
+    try:
+        await eventually(lambda: any(isinstance(e, ChargerBooted) for e in r.events), 10.0)
+        await eventually(lambda: box.shaper_fed_at is not None, 10.0)
+        await asyncio.sleep(0.2)
+    finally:
+        sampler.cancel()
+    assert box.claims[CLIENT].state == "disabled"
+    assert max(drawn) == 0.0  # never at the box's own maximum in between
+    (booted,) = [e for e in r.events if isinstance(e, ChargerBooted)]
+    assert booted.charger == "oe-1" and booted.protocol == "openevse"

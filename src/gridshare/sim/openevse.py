@@ -170,6 +170,12 @@ class SimOpenEvse:
         self.plugged = False
         self.claims = {c: k for c, k in self.claims.items() if not k.auto_release}
 
+    def reboot(self) -> None:
+        """A restart: claims (kept in RAM) are gone, the shaper is unfed (paused)."""
+        self.tick()
+        self.claims = {}
+        self.shaper_fed_at = None
+
     def tick(self) -> None:
         now = self.clock()
         wh = self.amps() * self.voltage * self.phases * (now - self._last_tick) / 3600.0

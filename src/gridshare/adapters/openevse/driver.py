@@ -41,7 +41,7 @@ from gridshare.adapters.openevse.status import TOPICS, BoxStatus
 from gridshare.clock import Clock, SystemClock
 from gridshare.config import MqttSpec, OpenEvseSpec
 from gridshare.drivers import CommandOutcome, CommandResult, SetpointRequest
-from gridshare.events import Event
+from gridshare.events import ChargerBooted, Event
 from gridshare.tasks import cancel_and_wait
 
 log = logging.getLogger("gridshare.openevse")
@@ -316,8 +316,15 @@ class OpenEvseDriver:
     # --- heartbeat and lease -------------------------------------------------------------
 
     async def _heartbeat(self, box: _Box) -> None:
-        """Feed the box's shaper every ``heartbeat_s``: its proof that gridshare lives."""
+        """Feed the box's shaper every ``heartbeat_s``: its proof that gridshare lives.
+        Before each feed, check that our claim is still there: a box that restarted has
+        lost it (claims live in its RAM) and its shaper is unfed, so it stays paused until
+        the safe current is claimed again, and only then is it fed."""
         while True:
+            if box.amps is not None and not box.lock.locked():
+                held = await self._request(box, "GET", f"/claims/{box.spec.claim_client}")
+                if isinstance(held, httpx.Response) and held.status_code == 404:
+                    await self._rebooted(box)
             got = await self._request(box, "POST", "/status", {"shaper_live_pwr": 0})
             if isinstance(got, httpx.Response) and got.is_success:
                 box.heartbeats += 1
@@ -348,6 +355,21 @@ class OpenEvseDriver:
                 if box.lease_until is not None and now >= box.lease_until \
                         and not box.lock.locked():
                     await self._expire(box)
+
+    async def _rebooted(self, box: _Box) -> None:
+        """The box lost our claim: claim the safe current again, and tell the controller
+        it booted (what it had accepted is gone; it sends the failsafe and setpoints)."""
+        safe = box.failsafe if box.failsafe is not None else box.spec.safe_current_a
+        box.seq += 1
+        box.lease_until = None
+        async with box.lock:
+            outcome = await self._claim(box, safe if box.cap is None else min(safe, box.cap),
+                                        self.lease_s)
+        box.amps = safe if outcome.result is CommandResult.ACCEPTED else None
+        log.warning("openevse %s: our claim is gone (the box restarted); claimed the safe "
+                    "current %g A: %s", box.charger, safe, outcome.result.value)
+        self._emit([ChargerBooted(box.charger, self._clock.now(), "openevse",
+                                  vendor="OpenEVSE")])
 
     async def _expire(self, box: _Box) -> None:
         """A claim not renewed within its lease falls to the safe current."""
