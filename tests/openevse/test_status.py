@@ -19,6 +19,7 @@ from gridshare.events import (
     SessionStopped,
     StatusChanged,
 )
+from gridshare.sim.openevse import Claim, SimOpenEvse
 
 T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
@@ -116,3 +117,26 @@ def test_bad_values_rejected_and_change_nothing() -> None:
                          ("status", b"maybe"), ("amp", b"\xff\xfe")):
         assert isinstance(box.message(sub, payload, T0), Rejected), (sub, payload)
     assert box.state == 3 and box.vehicle is None
+
+
+claims = st.lists(st.tuples(
+    st.sampled_from([10, 50, 100, 200, 1000, 1100, 5000]),
+    st.sampled_from([None, "active", "disabled"]),
+    st.one_of(st.none(), st.integers(6, 40)),
+    st.one_of(st.none(), st.integers(6, 40))), max_size=4)
+
+
+@given(claims, st.floats(min_value=0, max_value=40, allow_nan=False))
+def test_an_accepted_read_back_bounds_what_the_box_draws(
+        others: list[tuple[int, str | None, int | None, int | None]], amps: float) -> None:
+    """Whatever other claims a box holds, a target the driver accepts (evaluated the
+    firmware's way by the simulator) never lets the car draw more than the setpoint."""
+    box = SimOpenEvse("b", "127.0.0.1", 1, shaper_enabled=False)
+    for i, (prio, state, charge, most) in enumerate(others):
+        box.claims[100 + i] = Claim(prio, state, charge, most)
+    body = claim_body(amps)
+    box.claims[18259] = Claim(500, body["state"], body["charge_current"], body["max_current"])
+    box.plug(40.0)
+    props, won = box.target()
+    if target_obeys({"properties": props, "claims": won}, body) is None:
+        assert box.amps() <= (whole_amps(amps) if body["state"] == "active" else 0.0)
