@@ -348,4 +348,46 @@ class SimOpenEvse:
                 await asyncio.sleep(0.5)
 
 
-__all__ = ["Claim", "SimOpenEvse"]
+async def _serve(box: SimOpenEvse, port: int, car_a: float | None) -> None:
+    await box.start(port)
+    if car_a is not None:
+        box.plug(car_a)
+    print(f"simulated OpenEVSE {box.base}: http://127.0.0.1:{box.http_port}, status on "
+          f"mqtt://{box.broker_host}:{box.broker_port} under {box.base}/", flush=True)
+    try:
+        await asyncio.Event().wait()  # until Ctrl-C
+    finally:
+        await box.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m gridshare.sim.openevse``: one box until Ctrl-C."""
+    import argparse
+    from urllib.parse import urlsplit
+
+    parser = argparse.ArgumentParser(prog="python -m gridshare.sim.openevse",
+                                     description="A simulated OpenEVSE box.")
+    parser.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    parser.add_argument("--base", default="openevse-sim", help="MQTT base topic")
+    parser.add_argument("--port", type=int, default=8081, help="HTTP port (0: a free one)")
+    parser.add_argument("--max-current", type=int, default=32)
+    parser.add_argument("--shaper-interval", type=float, default=120.0,
+                        help="current_shaper_data_maxinterval, seconds")
+    parser.add_argument("--car", type=float, default=None,
+                        help="plug in a car drawing up to this many A")
+    parser.add_argument("--username", default=None)
+    parser.add_argument("--password", default=None)
+    args = parser.parse_args(argv)
+    broker = urlsplit(args.broker)
+    box = SimOpenEvse(args.base, broker.hostname or "127.0.0.1", broker.port or 1883,
+                      max_current=args.max_current, shaper_maxinterval_s=args.shaper_interval,
+                      username=args.username, password=args.password)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(box, args.port, args.car))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+__all__ = ["Claim", "SimOpenEvse", "main"]
