@@ -71,3 +71,20 @@ def test_driver_without_its_block() -> None:
     with pytest.raises(ConfigError) as info:
         parse_site_config(text, "home.yaml")
     assert "home.yaml:11" in str(info.value) and "needs openevse:" in str(info.value)
+
+
+def test_serve_runs_the_boxes_with_the_openevse_driver() -> None:
+    """``gridshare serve`` builds its options from the file: the box goes to the OpenEVSE
+    driver (and is no OCPP charger), the other charger stays with the CSMS."""
+    from gridshare.adapters.router import DriverRouter
+    from gridshare.app import build_app, serve_options
+
+    config = parse_site_config(SITE, "home.yaml")
+    options = serve_options(config, db_url="none", api_port=None)
+    assert options.openevse == config.openevse
+    app = build_app(config.topology, options)
+    assert app.openevse is not None and app.openevse.chargers == {"garage"}
+    router = app.controller.driver
+    assert isinstance(router, DriverRouter)
+    assert router.driver("garage") is app.openevse and router.driver("drive") is app.csms
+    assert "garage" not in app.csms.config.chargers and "drive" in app.csms.config.chargers
