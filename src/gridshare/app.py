@@ -33,6 +33,7 @@ from gridshare.config import (
     FrequencyUnitSpec,
     MeterSpec,
     MqttSpec,
+    OpenEvseSpec,
     RegulationSpec,
     SiteConfig,
     TelemetrySpec,
@@ -41,6 +42,7 @@ from gridshare.controller.aggregate import LoadService
 from gridshare.controller.loop import Controller, ControllerSettings
 from gridshare.controller.state import MeterInfo
 from gridshare.core.topology import Phase, Topology
+from gridshare.drivers import ChargerDriver
 from gridshare.store import Store, default_url, normalise_url
 
 if TYPE_CHECKING:
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
     from gridshare.adapters.frequency.mqtt import FrequencyMqtt
     from gridshare.adapters.homeassistant import HomeAssistantBridge
     from gridshare.adapters.meters import MeterSources
+    from gridshare.adapters.openevse import OpenEvseDriver
     from gridshare.api.server import ApiServer
     from gridshare.controller.dr import DrService
     from gridshare.controller.frequency import FrequencyService
@@ -108,6 +111,8 @@ class ServeOptions:
     """The site file's ``telemetry:`` (AMI and station topics, demand windows)."""
     ami_meters: tuple[MeterSpec, ...] = ()
     """The site file's AMI meters (``meters:`` entries with a feeder/substation/region)."""
+    openevse: dict[str, OpenEvseSpec] = field(default_factory=dict)
+    """Charger id -> its OpenEVSE box (``driver: openevse``); the others speak OCPP."""
     site_path: Path | None = None
     """The site file this runs (``POST /api/v1/chargers`` adds chargers to it); None: the
     site was not read from a file the operator owns (``gridshare demo``), so it is never
@@ -161,7 +166,8 @@ def serve_options(config: SiteConfig, *, host: str = "0.0.0.0", ocpp_port: int =
                         frequency_topic=config.frequency_response.source.mqtt_topic
                         if config.frequency_response is not None else None,
                         frequency_response=config.frequency_response,
-                        telemetry=config.telemetry, ami_meters=config.ami_meters)
+                        telemetry=config.telemetry, ami_meters=config.ami_meters,
+                        openevse=config.openevse)
 
 
 def meter_where(spec: MeterSpec) -> str:
@@ -239,13 +245,26 @@ class GridshareApp:
                 # Accepted like a charger (same security profile), never given a profile.
                 spec = next(m for m in options.meters if m.id == meter.meter)
                 csms.chargers[meter.charger] = ChargerCredentials(spec.password_hash)
+        for cid in options.openevse:  # an OpenEVSE box never connects over OCPP
+            csms.chargers.pop(cid, None)
         self.csms = CentralSystem(csms, self.bus.publish, clock=self.clock.now, meters=by_ocpp)
+        self.openevse: OpenEvseDriver | None = None
+        """The OpenEVSE boxes' driver (None: every charger speaks OCPP)."""
+        driver: ChargerDriver = self.csms
+        if options.openevse:
+            from gridshare.adapters.openevse import OpenEvseDriver
+            from gridshare.adapters.router import DriverRouter
+
+            self.openevse = OpenEvseDriver(options.openevse, options.mqtt or MqttSpec(),
+                                           self.bus.publish, clock=self.clock,
+                                           lease_s=options.controller.lease_s)
+            driver = DriverRouter(self.csms, dict.fromkeys(options.openevse, self.openevse))
         settings = options.controller
         if options.meters and not settings.state.meters:
             infos = tuple(MeterInfo(m.id, m.source, meter_where(m), m.max_age)
                           for m in options.meters)
             settings = replace(settings, state=replace(settings.state, meters=infos))
-        self.controller = Controller(topology, self.csms, self.clock, settings=settings,
+        self.controller = Controller(topology, driver, self.clock, settings=settings,
                                      bus=self.bus, audit=self.store)
         if self.store is not None:  # every cycle's decision in the audit log
             self.controller.on_cycle(self.store.record_cycle)
@@ -368,6 +387,8 @@ class GridshareApp:
             found = sources.get(meter["id"])
             meter["errors"] = found.errors if found is not None else 0
             meter["last_error"] = found.last_error if found is not None else None
+        if self.openevse is not None:  # per box: heartbeats, bad messages, last error
+            out["openevse"] = self.openevse.status()
         return out
 
     async def start(self) -> None:
@@ -396,6 +417,8 @@ class GridshareApp:
                     await self.frequency_mqtt.start()  # never raises for a broker down
             if self.telemetry is not None:
                 await self.telemetry.start()  # never raises for a broker that is down
+            if self.openevse is not None:
+                await self.openevse.start()  # never raises for a box or broker down
             await self.csms.start(self.options.host, self.options.ocpp_port)
             if self.homeassistant is not None:
                 await self.homeassistant.start()
@@ -415,6 +438,9 @@ class GridshareApp:
             await self.api_server.stop()
         with contextlib.suppress(Exception):
             await self.csms.stop()
+        if self.openevse is not None:
+            with contextlib.suppress(Exception):
+                await self.openevse.stop()
         if self.meter_sources is not None:
             with contextlib.suppress(Exception):
                 await self.meter_sources.stop()

@@ -221,8 +221,38 @@ class ConnectorSpec(_Strict):
     min_current: Amps | None = None
 
 
+class OpenEvseSpec(_Strict):
+    """How gridshare reaches an OpenEVSE box (``driver: openevse``): its HTTP API for the
+    claim and the shaper heartbeat, its MQTT status topics on the site's ``mqtt:`` broker
+    (docs/openevse.md)."""
+
+    url: Annotated[str, Field(pattern=r"^https?://[^/\s]+/?$")]
+    """``http://host[:port]`` of the box's web server."""
+    mqtt_base: Annotated[str, Field(pattern=r"^[^#+\s]+$", max_length=200)]
+    """The box's MQTT base topic (its ``mqtt_topic`` setting, e.g. ``openevse-1a2b``)."""
+    claim_client: Annotated[int, Field(ge=1, le=2147483647)] = 18259
+    """The numeric client id of gridshare's claim (``POST /claims/<id>``)."""
+    username: str | None = None
+    """HTTP basic auth user (the box's ``www_username``); none: no auth."""
+    password_file: Path | None = None
+    """A file holding the HTTP password (relative to the site file)."""
+    heartbeat_s: Annotated[float, Field(ge=1, le=3600, allow_inf_nan=False)] = 10.0
+    """Seconds between shaper heartbeats (``POST /status {"shaper_live_pwr": 0}``)."""
+    safe_current_a: Annotated[float, Field(ge=0, le=80, allow_inf_nan=False)] = 0.0
+    """A a claim falls to when its lease ends unrenewed while gridshare runs, until the
+    controller sends the charger's failsafe (below 6 A: paused)."""
+    offline_after_s: Annotated[float, Field(ge=5, le=86400, allow_inf_nan=False)] = 120.0
+    """A box whose status topics are silent this long is offline."""
+    timeout_s: Annotated[float, Field(gt=0, le=60, allow_inf_nan=False)] = 5.0
+    """Seconds an HTTP request to the box may take."""
+
+
 class ChargerSpec(_Strict):
     id: Id
+    driver: Literal["ocpp", "openevse"] = "ocpp"
+    """How gridshare controls it: OCPP (it connects to us) or an OpenEVSE box's HTTP API."""
+    openevse: OpenEvseSpec | None = None
+    """``driver: openevse``: where the box is (docs/openevse.md)."""
     max_current: PositiveAmps | None = None
     max_power: PositiveAmps | None = None
     """kW (typically DC); converted to A per phase at the site voltage."""
@@ -253,6 +283,10 @@ class ChargerSpec(_Strict):
             raise ValueError("a 1-phase charger needs phase: L1, L2 or L3")
         if self.phases == 3 and self.phase is not None:
             raise ValueError(f"phase: {self.phase} given for a 3-phase charger")
+        if self.driver == "openevse" and self.openevse is None:
+            raise ValueError("driver openevse needs openevse: {url: ..., mqtt_base: ...}")
+        if self.driver != "openevse" and self.openevse is not None:
+            raise ValueError("openevse: given for a charger whose driver is not openevse")
         return self
 
 
@@ -1166,6 +1200,8 @@ class SiteConfig:
     """Meter telemetry ingest settings (``telemetry:``), when the file has the block."""
     ami_meters: tuple[MeterSpec, ...] = ()
     """The utility (AMI) meters of ``meters:`` (no ``source``; ``meters`` holds the rest)."""
+    openevse: dict[str, OpenEvseSpec] = field(default_factory=dict)
+    """Charger id -> its box, for the chargers with ``driver: openevse``."""
 
 
 def parse_site(text: str, source: str = "<string>") -> Topology:
@@ -1209,7 +1245,8 @@ def _parse_site_config(text: str, source: str) -> SiteConfig:
                       tuple(m for m in spec.meters if not m.is_ami), spec.mqtt, spec.api,
                       spec.demand_response, spec.frequency_response, spec.charge_planning,
                       spec.regulation, spec.billing, spec.telemetry,
-                      tuple(m for m in spec.meters if m.is_ami))
+                      tuple(m for m in spec.meters if m.is_ami),
+                      {c.id: c.openevse for c in spec.chargers if c.openevse is not None})
 
 
 def _clean_loc(loc: tuple[Any, ...]) -> Loc:
@@ -1272,6 +1309,11 @@ def load_site_config(path: str | Path, max_size: int = DEFAULT_MAX_SIZE) -> Site
             "password_file": None if mqtt.password_file is None
             else p.parent / mqtt.password_file,
             "cafile": None if mqtt.cafile is None else p.parent / mqtt.cafile}))
+    if any(o.password_file is not None for o in config.openevse.values()):
+        config = replace(config, openevse={
+            cid: o if o.password_file is None
+            else o.model_copy(update={"password_file": p.parent / o.password_file})
+            for cid, o in config.openevse.items()})
     openadr = config.demand_response.openadr
     if openadr is not None:
         files = {name: p.parent / value for name in ("cert", "key", "passphrase_file", "ca_file")
@@ -1543,6 +1585,10 @@ def _cross_check(site: _Site, problems: ProblemList) -> None:
     _check_wiring(groups, chargers, placed, problems)
     voltage = site.head.voltage if site.head is not None else 230.0
     for c in chargers.values():
+        if c.spec is not None and c.spec.driver == "openevse" and not site.mqtt_declared:
+            bad((*c.loc, "driver"), "driver openevse needs the site's mqtt: {url: ...} "
+                "(the box's status topics are read there)")
+    for c in chargers.values():
         spec = c.spec
         if spec is None or spec.failsafe_current == 0:
             continue
@@ -1584,7 +1630,8 @@ def _cross_check(site: _Site, problems: ProblemList) -> None:
     if head is not None and head.ocpp.security_profile in (1, 2) \
             and not head.ocpp.allow_auto_register:
         for c in site.chargers:
-            if c.spec is not None and c.spec.password_hash is None:
+            if c.spec is not None and c.spec.password_hash is None \
+                    and c.spec.driver == "ocpp":
                 bad((*c.loc, "id"),
                     f"security_profile {head.ocpp.security_profile} needs a password_hash "
                     f"for {c.id!r} (gridshare hash-password)")

@@ -34,7 +34,7 @@ class ChargerBooted:
     charger: str
     at: datetime
     protocol: str
-    """"ocpp1.6" or "ocpp2.0.1"."""
+    """"ocpp1.6", "ocpp2.0.1" or "openevse" (a box found to have restarted)."""
     vendor: str = ""
     model: str = ""
     frame_seq: int | None = None
