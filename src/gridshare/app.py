@@ -94,7 +94,8 @@ def csms_settings(config: SiteConfig) -> CsmsConfig:
         command_timeout_s=ocpp.command_timeout, command_retries=ocpp.command_retries,
         no_subprotocol=ocpp.no_subprotocol, lease_s=ocpp.lease,
         chargers={cid: ChargerCredentials(config.passwords.get(cid))
-                  for cid in config.topology.chargers})
+                  for cid in config.topology.chargers},
+        v2x=frozenset(c.id for c in config.topology.chargers.values() if c.v2x))
 
 
 def serve_options(config: SiteConfig, *, host: str = "0.0.0.0", ocpp_port: int = 9000,
