@@ -140,7 +140,7 @@ async def test_older_versions_are_never_v2x(make_csms: CsmsFactory, version: str
             await _boot_raw(ws)
         await recorder.wait_kind(ChargerBooted, "old")
         assert not csms.v2x_capable("old")
-        with pytest.raises(V2xRefused, match="not ocpp2.1"):
+        with pytest.raises(V2xRefused, match=r"not ocpp2\.1"):
             await csms.send_v2x_setpoint("old", 1, -1000, valid_s=30)
 
 
