@@ -165,8 +165,9 @@ def csms_config(topology: Topology, base: CsmsConfig | None,
     base = base or CsmsConfig()
     chargers = {cid: base.chargers.get(cid, ChargerCredentials()) for cid in topology.chargers}
     phases = {cid: ch.phases for cid, ch in topology.chargers.items()}
+    v2x = base.v2x | {cid for cid, ch in topology.chargers.items() if ch.v2x}
     return replace(base, chargers=chargers, phases={**phases, **base.phases},
-                   voltage_v=topology.voltage, lease_s=settings.lease_s)
+                   voltage_v=topology.voltage, lease_s=settings.lease_s, v2x=frozenset(v2x))
 
 
 class GridshareApp:

@@ -322,6 +322,10 @@ def create_api(app: GridshareApp, tokens: tuple[str, ...] | list[str] = (), *,
 
     api.include_router(zones_router(lambda: app.loads, read))
 
+    from gridshare.api.v2g import create_router as v2g_router
+
+    api.include_router(v2g_router(lambda: app, write))
+
     # --- live -----------------------------------------------------------------------------
 
     @api.get("/api/v1/stream", tags=["site"], dependencies=[Read],

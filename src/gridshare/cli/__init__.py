@@ -20,6 +20,7 @@ from gridshare.cli import (
     plan_cmds,
     serve_cmds,
     simulate_cmds,
+    v2g_cmds,
 )
 
 
@@ -105,5 +106,6 @@ simulate_cmds.register(app)
 dr_cmds.register(app)
 plan_charge_cmds.register(app)
 plan_cmds.register(app)
+v2g_cmds.register(app)
 
 __all__ = ["app"]

@@ -443,9 +443,10 @@ class CentralSystem:
         over ``ocpp2.1``. Declared rather than discovered: a car that can discharge behind
         a charger that says so is a safety decision for the operator, not for a boot
         message. A 1.6 or 2.0.1 connection is never V2X (those have no discharge)."""
-        return self._v2x_refusal(charger) is None
+        return self.v2x_refusal(charger) is None
 
-    def _v2x_refusal(self, charger: str) -> str | None:
+    def v2x_refusal(self, charger: str) -> str | None:
+        """Why ``charger`` may not be asked to discharge now (None: it may)."""
         if charger not in self.config.v2x:
             return f"{charger} is not declared v2x: true"
         session = self._sessions.get(charger)
@@ -458,7 +459,7 @@ class CentralSystem:
         return None
 
     def _v2x_session(self, charger: str) -> Session:
-        why = self._v2x_refusal(charger)
+        why = self.v2x_refusal(charger)
         if why is not None:
             raise v2x.V2xRefused(why)
         return self._sessions[charger]
