@@ -166,3 +166,33 @@ def test_smaller_discharges_never_add_alarms(
     if guard.check_v2x(topology, EMPTY, {}, watts) == []:
         smaller = {key: w * scale for key, w in watts.items()}
         assert guard.check_v2x(topology, EMPTY, {}, smaller) == []
+
+
+def test_an_unanswered_discharge_counts_at_the_worst_of_old_and_new() -> None:
+    """a was asked for -11 kW, unanswered; b's new -11 kW alone would pass, but with a's
+    still possibly in force the reverse flow is 2 × 15.9 A > 25 A."""
+    site = _site(main_a=25)
+    assert guard.check_v2x(site, EMPTY, {}, {("b", 1): -11_000}) == []
+    alarms = guard.check_v2x(site, EMPTY, {}, {("b", 1): -11_000},
+                             in_force_w={("a", 1): -11_000})
+    assert alarms and all(a.group == "main" for a in alarms)
+    # lowering a's discharge: the old, larger one still counts until its validTo
+    alarms = guard.check_v2x(site, EMPTY, {}, {("a", 1): -1000, ("b", 1): -11_000},
+                             in_force_w={("a", 1): -11_000})
+    assert alarms
+    # an old charge and a new discharge: both directions are checked
+    alarms = guard.check_v2x(_site(), EMPTY, {("b", 1): 30.0}, {("a", 1): -5000},
+                             in_force_w={("a", 1): 7000})
+    assert alarms and "discharged back" not in alarms[0].message
+
+
+@settings(max_examples=100, deadline=None)
+@given(discharges(), st.floats(0.0, 1.0))
+def test_in_force_values_never_remove_alarms(
+        case: tuple[Topology, dict[ConnectorKey, float]], share: float) -> None:
+    """Counting what may still be in force can only add alarms, never hide one."""
+    topology, watts = case
+    plain = guard.check_v2x(topology, EMPTY, {}, watts)
+    old = {key: w * share for key, w in watts.items()}
+    with_old = guard.check_v2x(topology, EMPTY, {}, watts, in_force_w=old)
+    assert bool(with_old) or not plain

@@ -519,7 +519,8 @@ def check_plan(topology: Topology, snapshot: Snapshot, counted: Mapping[Connecto
 
 
 def check_v2x(topology: Topology, snapshot: Snapshot, counted: Mapping[ConnectorKey, float],
-              v2x_w: Mapping[ConnectorKey, float]) -> list[Alarm]:
+              v2x_w: Mapping[ConnectorKey, float], *,
+              in_force_w: Mapping[ConnectorKey, float] | None = None) -> list[Alarm]:
     """Whether V2X setpoints (W, + = charge, − = discharge) are safe in both directions;
     empty if so.
 
@@ -539,7 +540,32 @@ def check_v2x(topology: Topology, snapshot: Snapshot, counted: Mapping[Connector
       frees reaches the allocator through the meters, fail closed.
     * a discharge to a charger not declared ``v2x`` is refused, as is any non-finite value
       or a key the site does not have.
+
+    ``in_force_w``: V2X setpoints that may still be in force (accepted and not past their
+    validTo, or sent and unanswered: an unknown outcome). Like a current setpoint in
+    flight, each counts at the larger of old and new in each direction until its validTo:
+    the reverse sum takes max(|old discharge|, |new discharge|), the forward check
+    max(old charge, new charge); a connector with an old value and no new one keeps it.
     """
+    if in_force_w:
+        # Two passes, each connector at its worst in one direction: the larger charge
+        # (forward), the larger discharge (reverse); each pass checks both directions,
+        # the other direction's values there being the milder of the two.
+        charge_side: dict[ConnectorKey, float] = dict(in_force_w)
+        discharge_side: dict[ConnectorKey, float] = dict(in_force_w)
+        for key, new in v2x_w.items():
+            old = in_force_w.get(key)
+            if old is None or not math.isfinite(new):
+                charge_side[key] = discharge_side[key] = new
+            elif not math.isfinite(old):  # an unreadable old value stays: refused
+                continue
+            else:
+                charge_side[key], discharge_side[key] = max(old, new), min(old, new)
+        found = check_v2x(topology, snapshot, counted, charge_side)
+        seen = {a.message for a in found}
+        found.extend(a for a in check_v2x(topology, snapshot, counted, discharge_side)
+                     if a.message not in seen)
+        return found
     site = _site(topology)
     alarms: list[Alarm] = []
     reverse = [0.0] * len(site.connectors)
