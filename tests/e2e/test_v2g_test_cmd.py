@@ -145,6 +145,20 @@ async def test_http_answers_409_and_404(rig: V2gRig) -> None:
         assert answer.status_code == 409 and "guard" in answer.json()["detail"]
 
 
+async def test_one_test_at_a_time_on_a_connector(rig: V2gRig) -> None:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    body = {"charger": "v2g-1", "power_w": 2000, "duration_s": 2}
+    async with httpx.AsyncClient(base_url=rig.url, timeout=20) as client:
+        first = asyncio.ensure_future(client.post("/api/v1/v2g/test", headers=headers,
+                                                  json=body))
+        await eventually(lambda: any(p.id == v2x_profile_id(1) for p in rig.v2g.profiles),
+                         10)
+        second = await client.post("/api/v1/v2g/test", headers=headers, json=body)
+        assert second.status_code == 409 and "already running" in second.json()["detail"]
+        done = await first
+        assert done.status_code == 200 and done.json()["restored"] is True
+
+
 @pytest.mark.parametrize("text, watts", [("5kW", 5000.0), ("5000W", 5000.0),
                                          ("5 kW", 5000.0), ("7.4kw", 7400.0)])
 def test_power_forms(text: str, watts: float) -> None:

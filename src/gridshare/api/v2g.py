@@ -95,17 +95,20 @@ def _connector(app: GridshareApp, charger: str, asked: int | None) -> int:
 
 def create_router(app: Callable[[], GridshareApp], write: Any) -> APIRouter:
     router = APIRouter(prefix="/api/v1/v2g", tags=["v2g"])
+    running: set[tuple[str, int]] = set()
+    """The connectors a test is running on: one test at a time on a connector."""
 
     @router.post("/test", dependencies=[Depends(write)], response_model=V2gTestOut,
                  responses=problem_responses(401, 403, 404, 409, 422, 502),
                  summary="Discharge test: a CentralSetpoint for a while, measured, restored")
     async def v2g_test(body: V2gTestIn) -> V2gTestOut:
-        return await run_test(app(), body)
+        return await run_test(app(), body, running)
 
     return router
 
 
-async def run_test(app: GridshareApp, body: V2gTestIn) -> V2gTestOut:
+async def run_test(app: GridshareApp, body: V2gTestIn,
+                   running: set[tuple[str, int]] | None = None) -> V2gTestOut:
     """The test itself (see the module docstring); Problems: 404 unknown charger, 409 not
     V2X / offline / no session / refused by the guard, 502 the charger refused it."""
     csms, charger = app.csms, body.charger
@@ -115,6 +118,19 @@ async def run_test(app: GridshareApp, body: V2gTestIn) -> V2gTestOut:
         why = csms.v2x_refusal(charger) or "not V2X capable"
         raise Problem(409, f"{why}: it cannot be asked to discharge", kind="v2g-not-capable")
     connector = _connector(app, charger, body.connector)
+    running = set() if running is None else running
+    if (charger, connector) in running:
+        raise Problem(409, f"{charger}/{connector}: a V2G test is already running there",
+                      kind="v2g-busy")
+    running.add((charger, connector))
+    try:
+        return await _run(app, body, connector)
+    finally:
+        running.discard((charger, connector))
+
+
+async def _run(app: GridshareApp, body: V2gTestIn, connector: int) -> V2gTestOut:
+    csms, charger = app.csms, body.charger
     requested = -abs(body.power_w)
     snapshot = Snapshot(now=app.clock.now(), connectors={}, groups={})
     alarms = guard.check_v2x(app.topology, snapshot, {}, {(charger, connector): requested})
