@@ -262,3 +262,47 @@ async def test_package_v21_charger_gets_what_a_201_charger_gets_and_v2x(
 def test_recorder_is_the_publish_callback() -> None:
     """The shared Recorder is what the factory passes (a guard against drift)."""
     assert callable(Recorder())
+
+
+async def test_a_pending_21_charger_declared_v2x_becomes_capable(
+        make_csms: CsmsFactory) -> None:
+    csms, _ = await make_csms(allow_auto_register=False, pending_unknown=True)
+    async with raw_socket(csms, "new21", V21) as ws:
+        answer = await _boot_raw(ws)
+        assert answer[2]["status"] == "Pending"
+        assert not csms.v2x_capable("new21")
+        assert csms.declare("new21", v2x=True) == "triggered"
+        trigger = await _next_call(ws, "TriggerMessage")
+        await ws.send(json.dumps([3, trigger[1], {"status": "Accepted"}]))
+        again = json.dumps([2, "b2", "BootNotification", {
+            "chargingStation": {"model": "Bidi", "vendorName": "Acme"},
+            "reason": "Triggered"}])
+        assert (await exchange(ws, again))[2]["status"] == "Accepted"
+        assert csms.v2x_capable("new21")
+
+
+async def test_bad_21_input_is_answered_and_counted_never_fatal(
+        make_csms: CsmsFactory) -> None:
+    csms, recorder = await make_csms(v2x=frozenset({"cp21"}))
+    async with raw_socket(csms, "cp21", V21) as ws:
+        await _boot_raw(ws)
+        # a 2.1 field of the wrong type: a 2.x error code, the connection stays
+        bad = json.dumps([2, "x1", "TransactionEvent", {
+            "eventType": "Started", "timestamp": now_iso(), "triggerReason": "CablePluggedIn",
+            "seqNo": 0, "transactionInfo": {"transactionId": "T"}, "evseSleep": "yes"}])
+        answer = await exchange(ws, bad)
+        assert answer[0:3] == [4, "x1", "TypeConstraintViolation"]
+        await _start_raw(ws, "T9")
+        # an unusable export value is rejected alone; the import next to it is kept
+        meter = json.dumps([2, "m1", "MeterValues", {"evseId": 1, "meterValue": [{
+            "timestamp": now_iso(), "sampledValue": [
+                {"value": 1200.0, "measurand": "Power.Active.Import"},
+                {"value": -5.0, "measurand": "Power.Active.Export"}]}]}])
+        assert await exchange(ws, meter) == [3, "m1", {}]
+        [reading] = await recorder.wait_kind(MeterReading, "cp21")
+        assert reading.power_w == 1200.0
+        assert csms.counters.rejected["meter_negative"] == 1
+        assert csms.counters.rejected["schema_type"] == 1
+        # and the charger is still served
+        beat = await exchange(ws, json.dumps([2, "h1", "Heartbeat", {}]))
+        assert beat[0:2] == [3, "h1"] and "currentTime" in beat[2]

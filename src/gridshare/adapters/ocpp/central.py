@@ -143,7 +143,7 @@ class CentralSystem:
         return not self.config.pending_unknown or self._gatekeeper.declared(charger)
 
     def declare(self, charger: str, credentials: ChargerCredentials | None = None, *,
-                phases: int = 3) -> str:
+                phases: int = 3, v2x: bool = False) -> str:
         """Accept ``charger`` from now on (an operator adopted it into the site file).
 
         If it is connected as pending: with basic auth (profiles 1, 2) its password was
@@ -155,6 +155,8 @@ class CentralSystem:
             raise ValueError(f"phases must be 1..3, got {phases}")
         self._gatekeeper.credentials[charger] = credentials or ChargerCredentials()
         self.config.phases[charger] = phases
+        if v2x:  # declared bidirectional (docs/v2g.md)
+            self.config.v2x = self.config.v2x | {charger}
         self.pending.forget(charger)
         session = self._sessions.get(charger)
         if session is None or session.closing:
