@@ -5,12 +5,16 @@ reports signed power in frames valid against the official 2.1 schema."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gridshare.app import csms_settings
+from gridshare.config import load_site_config
 from gridshare.ocpp_version import OcppVersion
 from gridshare.sim import EV, ManualClock, SimCharger
+from gridshare.sim.__main__ import _build_site, _parse_args
 from gridshare.sim.ocpp201 import meter_value
 from gridshare.sim.profiles import format_time, profile_from_v201
 from gridshare.sim.schema import validate
@@ -161,3 +165,30 @@ def test_follow_curve_interpolates_and_holds_the_ends() -> None:
     assert follow_curve(curve, 50.0) == pytest.approx(0.0)
     assert follow_curve(curve, 40.0) == -1000.0
     assert follow_curve(curve, 60.0) == 1000.0
+
+
+V2X_SITE = """
+site: v2x
+voltage: 230
+groups:
+  - {id: main, max_current: 63, chargers: [v2g-1, ac-1]}
+chargers:
+  - {id: v2g-1, max_current: 16, phases: 3, v2x: true}
+  - {id: ac-1, max_current: 16, phases: 3}
+"""
+
+
+def test_ids_from_simulates_a_v2x_charger_as_v2g_over_21(tmp_path: Path) -> None:
+    site_file = tmp_path / "site.yaml"
+    site_file.write_text(V2X_SITE)
+    args = _parse_args(["--url", "ws://127.0.0.1:9/", "--ids-from", str(site_file),
+                        "--protocol", "ocpp2.0.1", "--grid-hz", "49.9"])
+    config = load_site_config(site_file)
+    sim = _build_site(args, config.topology)
+    v2g, plain = sim.chargers["v2g-1"], sim.chargers["ac-1"]
+    assert (v2g.protocol, plain.protocol) == ("ocpp2.1", "ocpp2.0.1")
+    assert v2g.v2g is not None and plain.v2g is None
+    assert v2g.v2g.grid_hz is not None and v2g.v2g.grid_hz() == 49.9
+    assert v2g.meter_interval_s == 1.0 and plain.meter_interval_s == 10.0
+    # and the central system is told who may discharge
+    assert csms_settings(config).v2x == frozenset({"v2g-1"})
