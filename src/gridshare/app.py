@@ -30,6 +30,7 @@ from gridshare.controller.aggregate import LoadService
 from gridshare.controller.loop import Controller, ControllerSettings
 from gridshare.controller.state import MeterInfo
 from gridshare.core.topology import Phase, Topology
+from gridshare.core.v2x_book import V2xBook
 from gridshare.store import Store, default_url, normalise_url
 
 if TYPE_CHECKING:
@@ -216,6 +217,8 @@ class GridshareApp:
                 topology, options.mqtt, self.controller, self.bus.publish, self.clock)
             self.controller.on_cycle(self.homeassistant.changed)
         self.loads = LoadService(topology, self.bus, self.clock)
+        self.v2x_book = V2xBook()
+        """V2X values that may be in force, shared by every sender (docs/v2g.md)."""
         """Live load per station and zone (one-minute windows), for every site."""
         self.dr: DrService | None = None
         """Demand response (None: the site declares no zones)."""

@@ -99,6 +99,8 @@ async def test_discharge_reaches_90_percent_and_the_normal_profile_is_back(
     assert report["samples"][-1]["measured_w"] == pytest.approx(-5000.0, abs=50)
     assert report["peak_w"] == pytest.approx(-5000.0, abs=50)
     assert report["restored"] is True
+    # the app's V2X book: the clear is what is in force now, nothing of the discharge
+    assert rig.app.v2x_book.bounds(rig.app.clock.now()) == {("v2g-1", 1): (0.0, 0.0)}
     # the V2X profile is gone from the charger; it charges again at the controller's value
     assert all(p.id != v2x_profile_id(1) for p in rig.v2g.profiles)
     await eventually(lambda: rig.v2g.v2g is not None and rig.v2g.v2g.mode(1) is None

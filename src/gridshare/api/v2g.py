@@ -27,9 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gridshare.adapters.ocpp.v2x import V2xRefused
 from gridshare.api.problems import Problem, problem_responses
-from gridshare.core import guard
 from gridshare.core.snapshot import Snapshot
-from gridshare.drivers import CommandResult
+from gridshare.drivers import CommandOutcome, CommandResult
 from gridshare.events import MeterReading
 
 if TYPE_CHECKING:
@@ -133,7 +132,8 @@ async def _run(app: GridshareApp, body: V2gTestIn, connector: int) -> V2gTestOut
     csms, charger = app.csms, body.charger
     requested = -abs(body.power_w)
     snapshot = Snapshot(now=app.clock.now(), connectors={}, groups={})
-    alarms = guard.check_v2x(app.topology, snapshot, {}, {(charger, connector): requested})
+    book = app.v2x_book
+    alarms = book.check(app.topology, snapshot, {}, {(charger, connector): requested})
     if alarms:
         raise Problem(409, "refused by the guard: " + "; ".join(a.message for a in alarms),
                       kind="v2g-guard")
@@ -153,11 +153,16 @@ async def _run(app: GridshareApp, body: V2gTestIn, connector: int) -> V2gTestOut
     watcher = asyncio.create_task(watch(), name=f"v2g-test-{charger}")
     restored, restore_detail = False, ""
     try:
+        valid_s = body.duration_s + RESTORE_MARGIN_S
+        command = book.sent((charger, connector), requested, app.clock.now(), valid_s)
         try:
-            outcome = await csms.send_v2x_setpoint(
-                charger, connector, requested, valid_s=body.duration_s + RESTORE_MARGIN_S)
+            outcome = await csms.send_v2x_setpoint(charger, connector, requested,
+                                                   valid_s=valid_s)
         except V2xRefused as exc:
+            book.outcome((charger, connector), command,
+                         CommandOutcome(CommandResult.OFFLINE, sent=False))
             raise Problem(409, str(exc), kind="v2g-not-capable") from None
+        book.outcome((charger, connector), command, outcome)
         answer_s = round(time.monotonic() - started, 3)
         accepted = outcome.result is CommandResult.ACCEPTED
         if not accepted and not outcome.unknown:
@@ -167,7 +172,9 @@ async def _run(app: GridshareApp, body: V2gTestIn, connector: int) -> V2gTestOut
         await asyncio.sleep(max(0.0, body.duration_s - (time.monotonic() - started)))
     finally:
         with contextlib.suppress(V2xRefused):
+            clear = book.sent((charger, connector), 0.0, app.clock.now(), RESTORE_MARGIN_S)
             cleared = await csms.clear_v2x(charger, connector)
+            book.outcome((charger, connector), clear, cleared)
             restored = cleared.result is CommandResult.ACCEPTED
             restore_detail = f"{cleared.result.value} {cleared.detail}".strip()
         if not restored and not restore_detail:
