@@ -42,6 +42,7 @@ from gridshare.controller.aggregate import LoadService
 from gridshare.controller.loop import Controller, ControllerSettings
 from gridshare.controller.state import MeterInfo
 from gridshare.core.topology import Phase, Topology
+from gridshare.core.v2x_book import V2xBook
 from gridshare.drivers import ChargerDriver
 from gridshare.store import Store, default_url, normalise_url
 
@@ -136,7 +137,8 @@ def csms_settings(config: SiteConfig) -> CsmsConfig:
         command_timeout_s=ocpp.command_timeout, command_retries=ocpp.command_retries,
         no_subprotocol=ocpp.no_subprotocol, lease_s=ocpp.lease,
         chargers={cid: ChargerCredentials(config.passwords.get(cid))
-                  for cid in config.topology.chargers})
+                  for cid in config.topology.chargers},
+        v2x=frozenset(c.id for c in config.topology.chargers.values() if c.v2x))
 
 
 def serve_options(config: SiteConfig, *, host: str = "0.0.0.0", ocpp_port: int = 9000,
@@ -221,8 +223,9 @@ def csms_config(topology: Topology, base: CsmsConfig | None,
     base = base or CsmsConfig()
     chargers = {cid: base.chargers.get(cid, ChargerCredentials()) for cid in topology.chargers}
     phases = {cid: ch.phases for cid, ch in topology.chargers.items()}
+    v2x = base.v2x | {cid for cid, ch in topology.chargers.items() if ch.v2x}
     return replace(base, chargers=chargers, phases={**phases, **base.phases},
-                   voltage_v=topology.voltage, lease_s=settings.lease_s)
+                   voltage_v=topology.voltage, lease_s=settings.lease_s, v2x=frozenset(v2x))
 
 
 class GridshareApp:
@@ -286,6 +289,8 @@ class GridshareApp:
                 topology, options.mqtt, self.controller, self.bus.publish, self.clock)
             self.controller.on_cycle(self.homeassistant.changed)
         self.loads = LoadService(topology, self.bus, self.clock)
+        self.v2x_book = V2xBook()
+        """V2X values that may be in force, shared by every sender (docs/v2g.md)."""
         """Live load per station and zone (one-minute windows), for every site."""
         self.dr: DrService | None = None
         """Demand response (None: the site declares no zones)."""

@@ -271,6 +271,9 @@ class ChargerSpec(_Strict):
     """The most the whole station may draw (kW): demand response never splits above it."""
     contract_max_kw: PositiveKw | None = None
     """The grid contract's kW ceiling for the station: drawing above it raises an alert."""
+    v2x: bool = False
+    """Bidirectional (V2G): it may be sent discharge setpoints, but only while connected
+    over OCPP 2.1 (docs/v2g.md)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> ChargerSpec:
@@ -1841,7 +1844,7 @@ def _build(spec: SiteSpec) -> Topology:
             max_current=max_a, min_current=c.min_current,
             failsafe_current=c.failsafe_current, priority=c.priority, connectors=conns,
             max_power_kw=max_power, group=charger_group[cid], zone=c.zone,
-            max_station_kw=c.max_station_kw, contract_max_kw=c.contract_max_kw)
+            max_station_kw=c.max_station_kw, contract_max_kw=c.contract_max_kw, v2x=c.v2x)
     roots = tuple(g.id for g, _, _ in flat if parents[g.id] is None)
     zones = {z.id: Zone(z.id, z.capacity_kw) for z in spec.zones}
     return Topology(site=spec.site, voltage=spec.voltage, policy=spec.policy, groups=groups,

@@ -257,7 +257,7 @@ async def test_client_without_subprotocol_closed_when_configured(
         with contextlib.suppress(ConnectionClosed):
             await asyncio.wait_for(ws.recv(), 5)
         assert ws.close_code == 1002
-    async with connect(f"ws://127.0.0.1:{server.port}/CP-0", subprotocols=["ocpp2.1"]) as ws:
+    async with connect(f"ws://127.0.0.1:{server.port}/CP-0", subprotocols=["ocpp1.5"]) as ws:
         with contextlib.suppress(ConnectionClosed):
             await asyncio.wait_for(ws.recv(), 5)
         assert ws.close_code == 1002

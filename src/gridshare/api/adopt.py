@@ -85,7 +85,7 @@ def apply_additions(app: GridshareApp, config: SiteConfig) -> dict[str, str]:
     for cid in added:
         charger = config.topology.chargers[cid]
         done[cid] = app.csms.declare(cid, ChargerCredentials(config.passwords.get(cid)),
-                                     phases=charger.phases)
+                                     phases=charger.phases, v2x=charger.v2x)
     return done
 
 

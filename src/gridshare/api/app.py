@@ -327,12 +327,18 @@ def create_api(app: GridshareApp, tokens: tuple[str, ...] | list[str] = (), *,
 
     api.include_router(plan_router(lambda: getattr(app, "planning", None), app.topology,
                                    write, read))
+
     from gridshare.api.frequency import create_router as frequency_router
 
     api.include_router(frequency_router(lambda: getattr(app, "frequency", None), read))
+
     from gridshare.api.demand import create_router as demand_router
 
     api.include_router(demand_router(lambda: getattr(app, "telemetry", None), read))
+
+    from gridshare.api.v2g import create_router as v2g_router
+
+    api.include_router(v2g_router(lambda: app, write))
 
     # --- live -----------------------------------------------------------------------------
 

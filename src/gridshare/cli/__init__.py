@@ -22,6 +22,7 @@ from gridshare.cli import (
     plan_cmds,
     serve_cmds,
     simulate_cmds,
+    v2g_cmds,
 )
 
 
@@ -109,5 +110,6 @@ plan_charge_cmds.register(app)
 plan_cmds.register(app)
 bill_cmds.register(app)
 db_cmds.register(app)
+v2g_cmds.register(app)
 
 __all__ = ["app"]

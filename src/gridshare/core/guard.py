@@ -513,3 +513,108 @@ def check_plan(topology: Topology, snapshot: Snapshot, counted: Mapping[Connecto
         alarms.append(breach.alarm(site, " if every command in flight and in this step took "
                                          f"effect; the step raises {shown}{more} under it"))
     return alarms
+
+
+# -- V2X: discharge setpoints ------------------------------------------------------------------
+
+
+def check_v2x(topology: Topology, snapshot: Snapshot, counted: Mapping[ConnectorKey, float],
+              v2x_w: Mapping[ConnectorKey, float], *,
+              in_force_w: Mapping[ConnectorKey, float] | None = None) -> list[Alarm]:
+    """Whether V2X setpoints (W, + = charge, − = discharge) are safe in both directions;
+    empty if so.
+
+    A discharging car pushes current *back* through its circuit: it frees capacity for the
+    loads beside it, but never more than the circuit can carry the other way. So:
+
+    * **reverse**: on every group phase and kW, and every charger, the discharges under it
+      (|W| → A per phase at the charger's phases) must stay within the limit in force
+      (:func:`effective_limit` ``current`` / ``power_kw``: the conductors' rating, not what
+      is left after uncontrolled load). Counted at their worst: every other load at 0 (a
+      charging car may stop, a machine may switch off at any moment), so nothing else is
+      credited against the reverse flow.
+    * **forward**: a V2X charge setpoint is checked as a send by :func:`check_plan`, each
+      connector at max(``counted``, its charge in A); a discharge is never credited against
+      forward load here (the car may stop discharging at any moment, and after the
+      profile's validTo the connector returns to its counted current) — the capacity it
+      frees reaches the allocator through the meters, fail closed.
+    * a discharge to a charger not declared ``v2x`` is refused, as is any non-finite value
+      or a key the site does not have.
+
+    ``in_force_w``: V2X setpoints that may still be in force (accepted and not past their
+    validTo, or sent and unanswered: an unknown outcome). Like a current setpoint in
+    flight, each counts at the larger of old and new in each direction until its validTo:
+    the reverse sum takes max(|old discharge|, |new discharge|), the forward check
+    max(old charge, new charge); a connector with an old value and no new one keeps it.
+    """
+    if in_force_w:
+        # Two passes, each connector at its worst in one direction: the larger charge
+        # (forward), the larger discharge (reverse); each pass checks both directions,
+        # the other direction's values there being the milder of the two.
+        charge_side: dict[ConnectorKey, float] = dict(in_force_w)
+        discharge_side: dict[ConnectorKey, float] = dict(in_force_w)
+        for key, new in v2x_w.items():
+            old = in_force_w.get(key)
+            if old is None or not math.isfinite(new):
+                charge_side[key] = discharge_side[key] = new
+            elif not math.isfinite(old):  # an unreadable old value stays: refused
+                continue
+            else:
+                charge_side[key], discharge_side[key] = max(old, new), min(old, new)
+        found = check_v2x(topology, snapshot, counted, charge_side)
+        seen = {a.message for a in found}
+        found.extend(a for a in check_v2x(topology, snapshot, counted, discharge_side)
+                     if a.message not in seen)
+        return found
+    site = _site(topology)
+    alarms: list[Alarm] = []
+    reverse = [0.0] * len(site.connectors)
+    charge_a: dict[ConnectorKey, float] = {}
+    chargers = list(topology.chargers.values())
+    for key, watts in v2x_w.items():
+        index = site.index.get(key)
+        if index is None:
+            alarms.append(Alarm("", None, watts, 0.0, f"{key[0]}/{key[1]}: V2X setpoint "
+                                f"{watts} W to a connector the site does not have"))
+            continue
+        conn = site.connectors[index]
+        gid = site.group_ids[conn.group]
+        if not math.isfinite(watts):
+            alarms.append(Alarm(gid, None, watts, 0.0,
+                                f"{key[0]}/{key[1]}: V2X setpoint {watts} W is not a number"))
+            continue
+        amps = abs(watts) / 1000.0 / conn.kw_per_amp
+        if watts < 0:
+            if not chargers[conn.charger].v2x:
+                alarms.append(Alarm(gid, None, watts, 0.0,
+                                    f"{key[0]}/{key[1]}: discharge {watts:.0f} W to a charger "
+                                    "not declared v2x"))
+                continue
+            reverse[index] = amps
+        elif watts > 0:
+            charge_a[key] = amps
+    if charge_a:
+        alarms.extend(check_plan(topology, snapshot, counted, charge_a))
+    if any(reverse):
+        flagged = [amps > 0 for amps in reverse]
+        totals = _add_up(site, reverse, flagged)
+        limits = _limits(topology, site, snapshot)
+        for group, limit in enumerate(limits):
+            gid = site.group_ids[group]
+            for phase in ALL_PHASES:
+                load = totals.amps[3 * group + phase]
+                if load > limit.current + EPS:
+                    alarms.append(Alarm(gid, phase, load, limit.current,
+                                        f"group {gid} {phase.name}: {load:.2f} A discharged "
+                                        f"back through it, above its {limit.current:.2f} A"))
+            if totals.kw[group] > limit.power_kw + EPS:
+                alarms.append(Alarm(gid, None, totals.kw[group], limit.power_kw,
+                                    f"group {gid}: {totals.kw[group]:.2f} kW discharged back "
+                                    f"through it, above its {limit.power_kw:.2f} kW"))
+        for charger, load in enumerate(totals.charger_amps):
+            if load > site.charger_max[charger] + EPS:
+                gid = site.group_ids[site.charger_group[charger]]
+                alarms.append(Alarm(gid, None, load, site.charger_max[charger],
+                                    f"charger {site.charger_ids[charger]}: discharging "
+                                    f"{load:.2f} A, above its {site.charger_max[charger]:g} A"))
+    return alarms

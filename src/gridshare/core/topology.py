@@ -89,6 +89,8 @@ class Charger:
     """The most the whole station may draw in kW (a DC cabinet's rating), if known."""
     contract_max_kw: float | None = None
     """The draw above which the station breaks its grid contract (an alert, not a limit)."""
+    v2x: bool = False
+    """Declared bidirectional: may be asked to discharge when connected over OCPP 2.1."""
 
     def loads(self, phase: Phase) -> bool:
         """Whether current drawn by this charger flows on ``phase``."""

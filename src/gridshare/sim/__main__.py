@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import re
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,7 +80,16 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help=f"how many (default {_DEFAULT_CHARGERS}; with --ids-from: all, or the first N)",
     )
-    p.add_argument("--protocol", choices=["ocpp1.6", "ocpp2.0.1", "mixed"], default="ocpp1.6")
+    p.add_argument(
+        "--protocol", choices=["ocpp1.6", "ocpp2.0.1", "ocpp2.1", "mixed"], default="ocpp1.6"
+    )
+    p.add_argument(
+        "--grid-hz",
+        type=float,
+        default=None,
+        help="grid frequency the V2G chargers (v2x: true in --ids-from) measure for "
+        "LocalFrequency (default: none, they hold 0 W in that mode)",
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--duration", type=float, default=60.0, help="simulated seconds")
     p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second")
@@ -155,18 +166,29 @@ def _site_from_file(
                 meter_interval_s=args.meter_interval, failsafe_current_a=ch.failsafe_current,
                 password=args.password, clock=site.clock, seed=args.seed, events_maxlen=16))
             continue
+        grid_hz: Callable[[], float] | None = None
+        if ch.v2x and args.grid_hz is not None:
+            grid_hz = functools.partial(float, args.grid_hz)
         site.add_charger(
             SimCharger(
                 ch.id,
                 args.url,
-                protocol=PROTOCOLS[i % 2] if args.protocol == "mixed" else args.protocol,
+                # a charger declared v2x: true is a V2G charger: OCPP 2.1, a power stage
+                # that discharges, a meter every second at most (docs/v2g.md)
+                protocol="ocpp2.1"
+                if ch.v2x
+                else PROTOCOLS[i % 2]
+                if args.protocol == "mixed"
+                else args.protocol,
+                v2x=ch.v2x,
+                grid_hz=grid_hz,
                 phases=ch.phases,
                 phase=ch.phase.name if ch.phase is not None else "L1",
                 max_current_a=ch.max_current,
                 min_current_a=ch.min_current,
                 connectors=len(ch.connectors),
                 voltage_v=topology.voltage,
-                meter_interval_s=args.meter_interval,
+                meter_interval_s=min(args.meter_interval, 1.0) if ch.v2x else args.meter_interval,
                 failsafe_current_a=ch.failsafe_current,
                 password=args.password,
                 clock=site.clock,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import ssl as ssl_mod
@@ -44,10 +45,12 @@ from gridshare.sim.profiles import ChargingProfile, Period, Purpose
 from gridshare.sim.rpc import AnswerFate
 from gridshare.sim.smart_charging import Rating, SmartCharging
 from gridshare.sim.transactions import Transactions
+from gridshare.sim.v2g import V2gStage
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS: tuple[str, ...] = ("ocpp1.6", "ocpp2.0.1")
+PROTOCOLS: tuple[str, ...] = ("ocpp1.6", "ocpp2.0.1", "ocpp2.1")
+"""The first two alternate in a ``mixed`` site; ``ocpp2.1`` is what a V2G charger speaks."""
 SetpointCallback = Callable[[int, float], None]
 """Called as ``callback(connector, offered_a)`` when the offered current changes."""
 RoundTripCallback = Callable[[str, float], None]
@@ -95,9 +98,14 @@ class SimCharger:
         offer_subprotocol: bool = True,
         vendor: str = "gridshare",
         model: str = "SimCharger",
+        v2x: bool = False,
+        grid_hz: Callable[[], float] | None = None,
+        v2x_ramp_s: float = 1.0,
     ) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}")
+        if v2x and protocol != "ocpp2.1":
+            raise ValueError("a V2G (v2x) charger speaks ocpp2.1")
         if phases not in (1, 3):
             raise ValueError("phases must be 1 or 3")
         if phase not in PHASE_NAMES:
@@ -169,6 +177,13 @@ class SimCharger:
         """Stop reason of a Reset scheduled for when no transaction is ongoing."""
         self._task: asyncio.Task[None] | None = None
         self._physics_task: asyncio.Task[None] | None = None
+        self.v2g: V2gStage | None = (
+            V2gStage(voltage_v=self.voltage_v, phases=phases, max_current_a=self.max_current_a,
+                     grid_hz=grid_hz, ramp_s=v2x_ramp_s)
+            if v2x
+            else None
+        )
+        """Bidirectional power stage (OCPP 2.1 V2X modes); None: charging only."""
 
     # ------------------------------------------------------------------ observability
 
@@ -179,7 +194,7 @@ class SimCharger:
 
     @property
     def ocpp_version(self) -> str:
-        return "1.6" if self.protocol == "ocpp1.6" else "2.0.1"
+        return self.protocol.removeprefix("ocpp")
 
     @property
     def connectors(self) -> int:
@@ -344,7 +359,15 @@ class SimCharger:
         time, when the caller already has it)."""
         now = self.clock.time() if now_ts is None else now_ts
         self._refresh(now)
+        v2g = self.v2g
+        at = self.clock.now() if v2g is not None else None
         for conn in self._conns:
+            if v2g is not None and at is not None and v2g.step(self.smart, conn, at, dt_s):
+                if conn.tx is not None and conn.tx.active and conn.status is not (
+                        status := Status.CHARGING if v2g.power_w(conn.id) else
+                        Status.SUSPENDED_EVSE):
+                    self.transactions.set_status(conn, status)
+                continue
             new_status = conn.advance(dt_s, now, self.voltage_v)
             if new_status is not None:
                 self.transactions.set_status(conn, new_status)
@@ -395,14 +418,23 @@ class SimCharger:
         return None if self._connected else self.failsafe_current_a
 
     def sample(self, conn: Connector, context: str = "Sample.Periodic") -> MeterSample:
-        """What the meter of ``conn`` reads now."""
-        return read_meter(
+        """What the meter of ``conn`` reads now (signed power on a V2G charger)."""
+        sample = read_meter(
             conn,
             self.clock.now(),
             charger_phases=self.phases,
             wired_phase=self.phase,
             voltage_v=self.voltage_v,
             context=context,
+        )
+        if self.v2g is None:
+            return sample
+        power = self.v2g.power_w(conn.id)
+        return dataclasses.replace(
+            sample,
+            power_w=max(power, 0.0),
+            power_export_w=max(-power, 0.0),
+            energy_export_wh=self.v2g.export_wh(conn.id),
         )
 
     def sample_transactions(self, context: str = "Sample.Periodic") -> None:

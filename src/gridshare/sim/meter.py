@@ -27,6 +27,10 @@ class MeterSample:
     soc_pct: float | None
     context: str = "Sample.Periodic"
     """OCPP ReadingContext: Sample.Periodic, Transaction.End, Trigger, ..."""
+    power_export_w: float | None = None
+    """A V2G charger (:mod:`gridshare.sim.v2g`): W fed back (``power_w`` is then the import
+    part only); None for a charger that cannot discharge."""
+    energy_export_wh: float | None = None
 
 
 def read_meter(

@@ -1,4 +1,5 @@
-"""OCPP 2.0.1 on the wire for a simulated charger: its outbox items as CALLs (a
+"""OCPP 2.0.1 (and 2.1, whose messages for all this are the same) on the wire for a
+simulated charger: its outbox items as CALLs (a
 transaction is a series of TransactionEvents), and the CSMS's requests as calls on the
 charger. Device-model variables map onto the 1.6-style configuration keys.
 """
@@ -92,6 +93,23 @@ def meter_value(s: MeterSample) -> Payload:
             "unitOfMeasure": {"unit": "V"},
         }
     )
+    if s.power_export_w is not None:  # a V2G charger: what it feeds back, W and Wh
+        sv.append(
+            {
+                "value": round(s.power_export_w, 1),
+                "context": ctx,
+                "measurand": "Power.Active.Export",
+                "unitOfMeasure": {"unit": "W"},
+            }
+        )
+        sv.append(
+            {
+                "value": round(s.energy_export_wh or 0.0, 1),
+                "context": ctx,
+                "measurand": "Energy.Active.Export.Register",
+                "unitOfMeasure": {"unit": "Wh"},
+            }
+        )
     if s.soc_pct is not None:
         sv.append(
             {
@@ -136,6 +154,9 @@ class Ocpp201Wire:
 
     def __init__(self, charger: SimCharger) -> None:
         self.charger = charger
+        if charger.protocol == OcppVersion.V21:  # 2.1: the 2.0.1 messages, its own schemas
+            self.version = OcppVersion.V21
+            self.known_actions = actions(OcppVersion.V21)
         self._sent_status: dict[int, str] = {}
         """Connector status last sent on this connection (2.0.1 has only Available /
         Occupied; the rest travels in TransactionEvents)."""

@@ -49,6 +49,14 @@ class Period:
     start_s: int
     limit: float
     number_phases: int | None = None
+    operation_mode: str | None = None
+    """OCPP 2.1 V2X: CentralSetpoint, LocalFrequency, … (None: plain charging)."""
+    setpoint: float | None = None
+    """OCPP 2.1, in the profile's unit, negative = discharge."""
+    discharge_limit: float | None = None
+    """OCPP 2.1, ≤ 0."""
+    freq_watt_curve: tuple[tuple[float, float], ...] | None = None
+    """OCPP 2.1 LocalFrequency: (Hz, W) points, + = charge."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,8 +310,19 @@ def _periods(raw: Iterable[Mapping[str, Any]]) -> tuple[Period, ...]:
     periods = [
         Period(
             start_s=int(p["startPeriod"]),
-            limit=float(p["limit"]),
+            # 2.1 may leave the limit out when the operation mode does not need it
+            limit=float(p["limit"]) if p.get("limit") is not None else math.inf,
             number_phases=int(p["numberPhases"]) if p.get("numberPhases") else None,
+            operation_mode=p.get("operationMode"),
+            setpoint=float(p["setpoint"]) if p.get("setpoint") is not None else None,
+            discharge_limit=(
+                float(p["dischargeLimit"]) if p.get("dischargeLimit") is not None else None
+            ),
+            freq_watt_curve=(
+                tuple((float(q["frequency"]), float(q["power"])) for q in p["v2xFreqWattCurve"])
+                if p.get("v2xFreqWattCurve")
+                else None
+            ),
         )
         for p in raw
     ]

@@ -38,7 +38,7 @@ class SchemaViolation(Exception):
 
 
 def _schema_path(version: OcppVersion, action: str, response: bool) -> Path:
-    folder = "v16" if version == "ocpp1.6" else "v201"
+    folder = {"ocpp1.6": "v16", "ocpp2.0.1": "v201", "ocpp2.1": "v21"}[version]
     suffix = "Response" if response else ("" if version == "ocpp1.6" else "Request")
     return _SCHEMA_ROOT / folder / "schemas" / f"{action}{suffix}.json"
 
@@ -54,7 +54,7 @@ def actions(version: OcppVersion) -> frozenset[str]:
     """Every action ``version`` defines: those with an official request schema. (Listing
     the files is cheap; importing the package's Action enums costs ~0.15 s.)"""
     folder = _schema_path(version, "", response=False).parent
-    suffix = "Request" if version == "ocpp2.0.1" else ""
+    suffix = "" if version == "ocpp1.6" else "Request"
     names = (p.stem for p in folder.glob("*.json") if not p.stem.endswith("Response"))
     return frozenset(n.removesuffix(suffix) for n in names if n.endswith(suffix))
 

@@ -158,7 +158,8 @@ class SimSite:
         **charger_kwargs: Any,
     ) -> SimSite:
         """``count`` chargers named ``<prefix>0001``…; ``protocol="mixed"`` alternates
-        1.6 and 2.0.1; 1-phase chargers are spread over L1, L2, L3 in turn."""
+        1.6 and 2.0.1; 1-phase chargers are spread over L1, L2, L3 in turn. V2G chargers:
+        ``protocol="ocpp2.1", v2x=True`` (and ``grid_hz``) in ``charger_kwargs``."""
         if protocol != "mixed" and protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be mixed or one of {PROTOCOLS}")
         rng = random.Random(seed)

@@ -135,7 +135,7 @@ class SmartCharging:
             if tx is None or tx.ended or tx.id is None:
                 return "no transaction"
             if profile.transaction_id is None:
-                if self.version == "ocpp2.0.1":
+                if self.version != "ocpp1.6":
                     return "TxProfile without transactionId"
             elif profile.transaction_id != tx.id:
                 return "transaction id mismatch"

@@ -70,7 +70,7 @@ class Transactions:
         charger = self.charger
         now = charger.clock.now()
         tx = Transaction(conn.id, id_tag, now, uuid.uuid4().hex)
-        if charger.protocol == "ocpp2.0.1":
+        if charger.protocol != "ocpp1.6":
             tx.id = tx.local_id  # 2.0.1: the station names its transactions
         conn.tx = tx
         self.set_status(conn, Status.PREPARING)
@@ -131,7 +131,7 @@ class Transactions:
         tx.meter_start_wh = conn.energy_wh
         charger.log_event(f"tx_start c{tx.connector}" + (" (offline)" if offline else ""))
         charger.enqueue(Outgoing("started", tx.connector, now, tx=tx, offline=offline))
-        if charger.charging_needs and charger.protocol == "ocpp2.0.1":
+        if charger.charging_needs and charger.protocol != "ocpp1.6":
             charger.enqueue(Outgoing("needs", tx.connector, now, tx=tx))
         charger.offer_changed()
 
@@ -143,7 +143,7 @@ class Transactions:
         tx.ended = True
         tx.stop_reason = reason
         # 2.0.1 reported the transaction at plug-in; 1.6 only once it started
-        reported = tx.active or charger.protocol == "ocpp2.0.1"
+        reported = tx.active or charger.protocol != "ocpp1.6"
         tx.active = False
         if reported:
             final = charger.sample(conn, "Transaction.End")

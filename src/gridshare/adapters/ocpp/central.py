@@ -31,7 +31,7 @@ from gridshare.events import (
 )
 from gridshare.ocpp_version import OcppVersion
 
-from . import profiles
+from . import profiles, v2x
 from .auth import charger_id_from_path, server_ssl_context
 from .config import ChargerCredentials, CsmsConfig
 from .meter import OcppMeter, meter_sample
@@ -143,7 +143,7 @@ class CentralSystem:
         return not self.config.pending_unknown or self._gatekeeper.declared(charger)
 
     def declare(self, charger: str, credentials: ChargerCredentials | None = None, *,
-                phases: int = 3) -> str:
+                phases: int = 3, v2x: bool = False) -> str:
         """Accept ``charger`` from now on (an operator adopted it into the site file).
 
         If it is connected as pending: with basic auth (profiles 1, 2) its password was
@@ -155,6 +155,8 @@ class CentralSystem:
             raise ValueError(f"phases must be 1..3, got {phases}")
         self._gatekeeper.credentials[charger] = credentials or ChargerCredentials()
         self.config.phases[charger] = phases
+        if v2x:  # declared bidirectional (docs/v2g.md)
+            self.config.v2x = self.config.v2x | {charger}
         self.pending.forget(charger)
         session = self._sessions.get(charger)
         if session is None or session.closing:
@@ -434,6 +436,64 @@ class CentralSystem:
             self._check_current(current_a)
         self.charger_state(charger).cap_a = current_a
         return await self._submit(charger, lambda s: s.cap_command(current_a))
+
+    # --- V2X (OCPP 2.1): the API the frequency service and `gridshare v2g test` use -------
+
+    def v2x_capable(self, charger: str) -> bool:
+        """Whether ``charger`` may be asked to discharge now: declared bidirectional
+        (``v2x: true`` in the site file, :attr:`CsmsConfig.v2x`) *and* connected, accepted,
+        over ``ocpp2.1``. Declared rather than discovered: a car that can discharge behind
+        a charger that says so is a safety decision for the operator, not for a boot
+        message. A 1.6 or 2.0.1 connection is never V2X (those have no discharge)."""
+        return self.v2x_refusal(charger) is None
+
+    def v2x_refusal(self, charger: str) -> str | None:
+        """Why ``charger`` may not be asked to discharge now (None: it may)."""
+        if charger not in self.config.v2x:
+            return f"{charger} is not declared v2x: true"
+        session = self._sessions.get(charger)
+        if session is None or session.closing:
+            return f"{charger} is not connected"
+        if session.pending:
+            return f"{charger} is not declared (pending)"
+        if session.protocol is not OcppVersion.V21:
+            return f"{charger} is connected over {session.protocol.value}, not ocpp2.1"
+        return None
+
+    def _v2x_session(self, charger: str) -> Session:
+        why = self.v2x_refusal(charger)
+        if why is not None:
+            raise v2x.V2xRefused(why)
+        return self._sessions[charger]
+
+    async def send_v2x_setpoint(self, charger: str, connector: int, setpoint_w: float,
+                                *, valid_s: float) -> CommandOutcome:
+        """CentralSetpoint of ``setpoint_w`` W (negative = discharge) on ``connector``'s
+        running transaction for ``valid_s`` seconds (then the charger falls back to the
+        controller's setpoint). Raises :class:`~.v2x.V2xRefused` (nothing sent) unless
+        :meth:`v2x_capable`. The outcome follows the setpoint rules: one attempt, a newer
+        V2X command supersedes a queued one, TIMEOUT/LOST carry ``valid_to`` (count it at
+        the larger of old and new until then). Passing the guard
+        (:func:`gridshare.core.guard.check_v2x`) is the caller's job."""
+        period = v2x.central_setpoint(setpoint_w)
+        session = self._v2x_session(charger)
+        return await session.submit(session.v2x_command(connector, period, valid_s))
+
+    async def send_v2x_local_frequency(self, charger: str, connector: int,
+                                       curve: Sequence[tuple[float, float]],
+                                       *, valid_s: float) -> CommandOutcome:
+        """LocalFrequency with ``curve`` [(Hz, W), …] (+ = charge; build it with
+        :func:`~.v2x.freq_watt_curve`) for ``valid_s`` seconds; otherwise as
+        :meth:`send_v2x_setpoint`."""
+        period = v2x.local_frequency(curve)
+        session = self._v2x_session(charger)
+        return await session.submit(session.v2x_command(connector, period, valid_s))
+
+    async def clear_v2x(self, charger: str, connector: int) -> CommandOutcome:
+        """Remove the V2X profile of ``connector`` (ClearChargingProfile by its id): the
+        controller's own setpoint applies again at once."""
+        session = self._v2x_session(charger)
+        return await session.submit(session.v2x_clear_command(connector))
 
     async def clear_profile(self, charger: str, connector: int, purpose: str,
                             ) -> CommandOutcome:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from gridshare.ocpp_version import OcppVersion
 
-SUPPORTED_SUBPROTOCOLS: tuple[str, ...] = (OcppVersion.V201.value, OcppVersion.V16.value)
+SUPPORTED_SUBPROTOCOLS: tuple[str, ...] = (OcppVersion.V21.value, OcppVersion.V201.value,
+                                           OcppVersion.V16.value)
 RATE_UNITS: frozenset[str] = frozenset({"A", "W"})
 
 
@@ -88,6 +89,10 @@ class CsmsConfig:
     """Per charger number of phases used in schedules (default 3)."""
     voltage_v: float = 230.0
     """Phase-to-neutral voltage used to convert A ↔ W."""
+    v2x: frozenset[str] = frozenset()
+    """Chargers declared bidirectional (``v2x: true`` in the site file): only these, and
+    only while connected over ``ocpp2.1``, are ever sent a discharge (see
+    :meth:`CentralSystem.v2x_capable`)."""
 
     def __post_init__(self) -> None:
         if self.security_profile not in (0, 1, 2, 3):

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
-from gridshare.ocpp_version import V16, V201, OcppVersion
+from gridshare.ocpp_version import V16, V21, V201, OcppVersion
 
 MAX_UNIQUE_ID_CHARS = 36
 """OCPP 2.0.1 messageId maxLength; 1.6 chargers use UUIDs too."""
@@ -44,6 +44,7 @@ ERROR_CODES: dict[OcppVersion, dict[str, str]] = {
         "internal": "InternalError",
     },
 }
+ERROR_CODES[V21] = ERROR_CODES[V201]  # 2.1 keeps 2.0.1's RPC error codes
 
 @dataclass(frozen=True, slots=True)
 class InboundCall:
@@ -103,7 +104,7 @@ def decode_frame(raw: str | bytes, *, protocol: OcppVersion, max_bytes: int) -> 
     ``protocol`` decides only what can be answered: OCPP 2.0.1 answers an unreadable frame
     with RpcFrameworkError and messageId "-1"; 1.6 has no such rule, so it is dropped.
     """
-    unreadable_id = "-1" if protocol == V201 else None
+    unreadable_id = "-1" if protocol.v2 else None
     if isinstance(raw, bytes):
         return BadFrame("frame_binary", "rpc", "OCPP-J uses text frames", unreadable_id)
     size = len(raw) if raw.isascii() else len(raw.encode("utf-8", "surrogatepass"))

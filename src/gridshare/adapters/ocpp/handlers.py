@@ -179,7 +179,24 @@ HANDLERS_V201: Mapping[str, Handler] = {
     "PublishFirmwareStatusNotification": _empty,
 }
 
+# --- OCPP 2.1 -------------------------------------------------------------------------------
+# Every 2.0.1 message we handle is in 2.1 with the fields we read unchanged (checked against
+# ocpp/v21/schemas; 2.1 only adds optional fields), so 2.1 reuses the 2.0.1 handlers. New
+# 2.1 notifications are acknowledged.
+
+HANDLERS_V21: Mapping[str, Handler] = {
+    **HANDLERS_V201,
+    "NotifyDERAlarm": _empty,
+    "NotifyDERStartStop": _empty,
+    "NotifyPriorityCharging": _empty,
+    "NotifySettlement": _empty,
+    "ReportDERControl": _empty,
+    "NotifyWebPaymentStarted": _empty,
+    "BatterySwap": _empty,
+}
+
 HANDLERS: Mapping[OcppVersion, Mapping[str, Handler]] = {
     OcppVersion.V16: HANDLERS_V16,
     OcppVersion.V201: HANDLERS_V201,
+    OcppVersion.V21: HANDLERS_V21,
 }

@@ -20,6 +20,8 @@ FUTURE_TOLERANCE = timedelta(seconds=60)
 
 _ENERGY = "Energy.Active.Import.Register"
 _POWER = "Power.Active.Import"
+_EXPORT = "Power.Active.Export"
+"""A V2G charger discharging reports it: the reading's ``power_w`` is then import − export."""
 _CURRENT = "Current.Import"
 _VOLTAGE = "Voltage"
 _SOC = "SoC"
@@ -28,7 +30,8 @@ _PHASE_INDEX = {"L1": 0, "L2": 1, "L3": 2, "L1-N": 0, "L2-N": 1, "L3-N": 2}
 
 _ENERGY_SCALE = {"Wh": 1.0, "kWh": 1000.0}
 _POWER_SCALE = {"W": 1.0, "kW": 1000.0}
-_DEFAULT_UNIT = {_ENERGY: "Wh", _POWER: "W", _CURRENT: "A", _VOLTAGE: "V", _SOC: "Percent"}
+_DEFAULT_UNIT = {_ENERGY: "Wh", _POWER: "W", _EXPORT: "W", _CURRENT: "A", _VOLTAGE: "V",
+                 _SOC: "Percent"}
 
 
 def parse_timestamp(value: Any) -> datetime | None:
@@ -56,6 +59,7 @@ class _Sample:
     energy_wh: float | None = None
     power_total_w: float | None = None
     power_phase_w: list[float] = field(default_factory=list)
+    export_w: float | None = None
     current: list[float | None] = field(default_factory=lambda: [None, None, None])
     current_unphased: float | None = None
     voltages: list[float] = field(default_factory=list)
@@ -63,7 +67,8 @@ class _Sample:
 
     def empty(self) -> bool:
         return (self.energy_wh is None and self.power_total_w is None
-                and not self.power_phase_w and self.current == [None, None, None]
+                and self.export_w is None and not self.power_phase_w
+                and self.current == [None, None, None]
                 and self.current_unphased is None and not self.voltages and self.soc is None)
 
 
@@ -134,6 +139,11 @@ def _apply(sample: _Sample, sv: Mapping[str, Any], protocol: OcppVersion) -> str
             sample.power_phase_w.append(value * _POWER_SCALE[unit])
         else:
             sample.power_total_w = value * _POWER_SCALE[unit]
+    elif measurand == _EXPORT:
+        if unit not in _POWER_SCALE:
+            return "meter_bad_unit"
+        if phase is None:  # a phase-wise export is not used (totals only)
+            sample.export_w = value * _POWER_SCALE[unit]
     elif measurand == _CURRENT:
         if unit != "A":
             return "meter_bad_unit"
@@ -184,6 +194,8 @@ def parse_meter_values(meter_values: Sequence[Mapping[str, Any]], *, protocol: O
         power = sample.power_total_w
         if power is None and sample.power_phase_w:
             power = sum(sample.power_phase_w)
+        if sample.export_w is not None:  # signed: negative while discharging
+            power = (power or 0.0) - sample.export_w
         voltage = sum(sample.voltages) / len(sample.voltages) if sample.voltages else None
         out.readings.append(MeterReading(
             charger=charger, connector=connector, at=at, transaction_id=transaction_id,

@@ -1,4 +1,5 @@
-"""Smart-charging payload builders for OCPP 1.6 and 2.0.1: pure functions, wire-exact.
+"""Smart-charging payload builders for OCPP 1.6 and 2.0.1 (and 2.1, whose payloads for
+these are 2.0.1's): pure functions, wire-exact.
 
 Their output is sent without the ocpp package's per-message jsonschema validation (that
 costs ~320 µs a call); tests/ocpp/test_profiles.py proves it valid against the official
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from gridshare.ocpp_version import V16, V201, OcppVersion
+from gridshare.ocpp_version import V16, V21, V201, OcppVersion
 
 CAP_PROFILE_ID = 1
 FAILSAFE_PROFILE_ID = 2
@@ -46,6 +47,7 @@ _PURPOSE_NAMES: dict[OcppVersion, dict[Purpose, str]] = {
     V201: {"max": "ChargingStationMaxProfile", "tx_default": "TxDefaultProfile",
            "tx": "TxProfile"},
 }
+_PURPOSE_NAMES[V21] = _PURPOSE_NAMES[V201]
 _PURPOSE_ALIASES: dict[str, Purpose] = {
     "max": "max", "ChargePointMaxProfile": "max", "ChargingStationMaxProfile": "max",
     "tx_default": "tx_default", "TxDefaultProfile": "tx_default",
@@ -151,14 +153,14 @@ def set_charging_profile(protocol: OcppVersion, *, connector: int, profile_id: i
             profile["validTo"] = valid_to
         profile["chargingSchedule"] = schedule
         return {"connectorId": connector, "csChargingProfiles": profile}
-    if protocol == V201:
+    if protocol.v2:
         schedule = {"id": profile_id, "startSchedule": iso_utc(start)}
         if duration_s:
             schedule["duration"] = duration_s
         schedule["chargingRateUnit"] = limit.unit
         schedule["chargingSchedulePeriod"] = [_period(limit)]
         profile = {"id": profile_id, "stackLevel": stack_level,
-                   "chargingProfilePurpose": purpose_name(V201, purpose),
+                   "chargingProfilePurpose": purpose_name(protocol, purpose),
                    "chargingProfileKind": "Absolute"}
         if valid_to:
             profile["validTo"] = valid_to
@@ -210,7 +212,7 @@ def setpoint_json(protocol: OcppVersion, *, connector: int, limit: ScheduleLimit
                 f'"validTo":"{valid_to}","chargingSchedule":{{"duration":{duration_s},'
                 f'"startSchedule":"{start_iso}","chargingRateUnit":"{limit.unit}",'
                 f'"chargingSchedulePeriod":{period}}}}}}}')
-    if protocol == V201:
+    if protocol.v2:
         tx_part = (f',"transactionId":{json.dumps(transaction_id)}'
                    if transaction_id is not None else "")
         return (f'{{"evseId":{connector},"chargingProfile":{{"id":{profile_id},'
@@ -238,7 +240,7 @@ def cap_request(protocol: OcppVersion, *, limit: ScheduleLimit, now: datetime) -
 def clear_by_id_request(protocol: OcppVersion, profile_id: int) -> dict[str, Any]:
     if protocol == V16:
         return {"id": profile_id}
-    if protocol == V201:
+    if protocol.v2:
         return {"chargingProfileId": profile_id}
     raise ValueError(f"unsupported protocol {protocol!r}")
 
@@ -247,9 +249,9 @@ def clear_request(protocol: OcppVersion, *, connector: int, purpose: Purpose) ->
     """Clear every profile of ``purpose`` on ``connector`` (what the operator asks for)."""
     if protocol == V16:
         return {"connectorId": connector, "chargingProfilePurpose": purpose_name(V16, purpose)}
-    if protocol == V201:
+    if protocol.v2:
         return {"chargingProfileCriteria": {"evseId": connector,
-                                            "chargingProfilePurpose": purpose_name(V201,
+                                            "chargingProfilePurpose": purpose_name(protocol,
                                                                                    purpose)}}
     raise ValueError(f"unsupported protocol {protocol!r}")
 
@@ -258,7 +260,7 @@ def composite_schedule_request(protocol: OcppVersion, *, connector: int,
                                duration_s: int) -> dict[str, Any]:
     if protocol == V16:
         return {"connectorId": connector, "duration": duration_s, "chargingRateUnit": "A"}
-    if protocol == V201:
+    if protocol.v2:
         return {"duration": duration_s, "chargingRateUnit": "A", "evseId": connector}
     raise ValueError(f"unsupported protocol {protocol!r}")
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ocpp.v16.enums import Action as Action16
+from ocpp.v21.enums import Action as Action21
 from ocpp.v201.enums import Action as Action201
 from websockets.exceptions import ConnectionClosed
 
@@ -38,6 +39,7 @@ LOG = logging.getLogger("gridshare.ocpp")
 KNOWN_ACTIONS: Mapping[OcppVersion, frozenset[str]] = {
     OcppVersion.V16: frozenset(a.value for a in Action16),
     OcppVersion.V201: frozenset(a.value for a in Action201),
+    OcppVersion.V21: frozenset(a.value for a in Action21),
 }
 """Every action the version defines, in either direction."""
 

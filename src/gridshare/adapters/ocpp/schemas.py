@@ -17,7 +17,7 @@ import ocpp
 
 from gridshare.ocpp_version import OcppVersion
 
-_SCHEMA_DIRS = {OcppVersion.V16: "v16", OcppVersion.V201: "v201"}
+_SCHEMA_DIRS = {OcppVersion.V16: "v16", OcppVersion.V201: "v201", OcppVersion.V21: "v21"}
 
 SCHEMA_RULE_KIND = {
     "type": "type",

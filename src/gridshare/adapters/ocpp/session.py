@@ -46,7 +46,7 @@ from gridshare.events import (
 )
 from gridshare.ocpp_version import OcppVersion
 
-from . import profiles
+from . import profiles, v2x
 from .config import CsmsConfig
 from .frames import (
     BadFrame,
@@ -484,6 +484,32 @@ class Session:
 
         return self._command(("setpoint", connector), "SetChargingProfile", build, _ACCEPTED,
                              connector, profile=True)
+
+    def v2x_command(self, connector: int, period: v2x.V2xPeriod, valid_s: float) -> Command:
+        """A V2X TxProfile (OCPP 2.1) for the running transaction on ``connector``, built at
+        send time; with no transaction then it is not sent (REJECTED, ``sent=False``). Its
+        key is the connector's V2X slot: a newer one supersedes a queued one."""
+        if self.protocol is not OcppVersion.V21:
+            raise v2x.V2xRefused(f"{self.charger} speaks {self.protocol.value}, not ocpp2.1")
+        profiles.lease_seconds(valid_s)  # fail now, in the caller
+        state = self.state
+        phases = self.ctx.config.phases_of(self.charger)
+
+        def build(now: datetime) -> Built:
+            tx = state.tx_by_connector.get(connector)
+            if tx is None:
+                raise v2x.V2xRefused(f"no transaction on EVSE {connector}")
+            payload = v2x.v2x_request(connector=connector, transaction_id=tx, period=period,
+                                      valid_s=valid_s, now=now, number_phases=phases)
+            return Built(payload_json(payload), v2x.v2x_valid_to(now, valid_s))
+
+        return self._command(("v2x", connector), "SetChargingProfile", build, _ACCEPTED,
+                             connector, profile=True)
+
+    def v2x_clear_command(self, connector: int) -> Command:
+        payload = v2x.v2x_clear_request(connector)
+        return self._command(("v2x", connector), "ClearChargingProfile",
+                             lambda now: Built.of(payload), _CLEARED, connector)
 
     def failsafe_command(self, current_a: float) -> Command:
         limit = self._limit(current_a)

@@ -1,0 +1,121 @@
+"""What a connector's V2X setpoint may be right now: the ledger's rule for W setpoints.
+
+A V2X command whose answer has not come (in flight, timed out, link lost) may or may not
+have been applied, and an applied profile stays in force until its validTo, online or not.
+So, as for current setpoints (:mod:`gridshare.core.ledger`), every value that may be in
+force is kept until it certainly is not: the accepted one until its validTo or until a
+newer one is accepted (which also settles every older unknown: the charger handles our
+calls in order and each replaces the same profile), each unanswered or unknown one until
+its own validTo. A rejected
+command, or one that never left, leaves the previous value in force.
+
+:meth:`V2xBook.bounds` gives, per connector, the most it may charge and the most it may
+discharge now; :meth:`V2xBook.check` passes a new set of setpoints through
+:func:`gridshare.core.guard.check_v2x` counting those bounds. Pure: times are passed in.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from gridshare.core import guard
+from gridshare.core.decision import Alarm
+from gridshare.core.snapshot import Snapshot
+from gridshare.core.topology import ConnectorKey, Topology
+from gridshare.drivers import CommandOutcome, CommandResult
+
+
+@dataclass(frozen=True, slots=True)
+class _Value:
+    command_id: int
+    watts: float
+    valid_to: datetime
+
+
+@dataclass(slots=True)
+class _Connector:
+    accepted: _Value | None = None
+    open: dict[int, _Value] = field(default_factory=dict)
+    """Sent and unanswered, or answered with an unknown outcome (TIMEOUT/LOST): each may
+    be in force until its validTo."""
+
+
+class V2xBook:
+    """Per connector, every V2X value that may be in force (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self._by_key: dict[ConnectorKey, _Connector] = {}
+
+    def sent(self, key: ConnectorKey, watts: float, now: datetime, valid_s: float) -> int:
+        """A command of ``watts`` (0 for a clear) left for ``key``, valid ``valid_s`` s."""
+        command_id = next(self._ids)
+        entry = self._by_key.setdefault(key, _Connector())
+        entry.open[command_id] = _Value(command_id, watts,
+                                        now + timedelta(seconds=valid_s))
+        return command_id
+
+    def outcome(self, key: ConnectorKey, command_id: int, outcome: CommandOutcome) -> None:
+        """Its outcome: accepted → in force (it replaces the previous one); rejected or
+        never sent → gone; unknown → kept until its validTo (``outcome.valid_to`` when the
+        adapter reports one)."""
+        entry = self._by_key.get(key)
+        if entry is None or command_id not in entry.open:
+            return
+        value = entry.open[command_id]
+        if outcome.valid_to is not None:
+            value = _Value(command_id, value.watts, outcome.valid_to)
+        if outcome.result is CommandResult.ACCEPTED:
+            del entry.open[command_id]
+            if entry.accepted is None or entry.accepted.command_id < command_id:
+                entry.accepted = value
+                # every older command was handled before it (one call in flight, in
+                # order, one profile id): if applied at all, this one replaced it
+                for older in [c for c in entry.open if c < command_id]:
+                    del entry.open[older]
+        elif outcome.unknown:
+            entry.open[command_id] = value
+        else:
+            del entry.open[command_id]
+
+    def bounds(self, now: datetime) -> dict[ConnectorKey, tuple[float, float]]:
+        """Per connector with any value that may be in force: (lowest W, highest W), the
+        range its power may be set anywhere in (0 counts when nothing may be in force but
+        commands are open: the charger may still be at its plain setpoint)."""
+        out: dict[ConnectorKey, tuple[float, float]] = {}
+        for key, entry in list(self._by_key.items()):
+            self._prune(entry, now)
+            values = [v.watts for v in entry.open.values()]
+            if entry.accepted is not None:
+                values.append(entry.accepted.watts)
+            elif values:
+                values.append(0.0)  # the plain setpoint below may be what applies
+            if values:
+                out[key] = (min(values), max(values))
+            elif not entry.open:
+                del self._by_key[key]
+        return out
+
+    @staticmethod
+    def _prune(entry: _Connector, now: datetime) -> None:
+        if entry.accepted is not None and now >= entry.accepted.valid_to:
+            entry.accepted = None
+        for command_id in [c for c, v in entry.open.items() if now >= v.valid_to]:
+            del entry.open[command_id]
+
+    def check(self, topology: Topology, snapshot: Snapshot,
+              counted: Mapping[ConnectorKey, float],
+              new_w: Mapping[ConnectorKey, float]) -> list[Alarm]:
+        """:func:`guard.check_v2x` of ``new_w`` with what may still be in force counted at
+        its worst in each direction (both ends of :meth:`bounds`)."""
+        ranges = self.bounds(snapshot.now)
+        low = {key: lo for key, (lo, _) in ranges.items()}
+        high = {key: hi for key, (_, hi) in ranges.items()}
+        found = guard.check_v2x(topology, snapshot, counted, new_w, in_force_w=low)
+        seen = {a.message for a in found}
+        found.extend(a for a in guard.check_v2x(topology, snapshot, counted, new_w,
+                                                in_force_w=high) if a.message not in seen)
+        return found

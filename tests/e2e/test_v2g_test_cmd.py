@@ -1,0 +1,178 @@
+"""``gridshare v2g test`` end to end: the command as a process, against the real app (CSMS
+serving ocpp2.1, controller, API) and a simulated V2G charger over WebSockets. The
+discharge reaches 90 % of the request, the report says so, and the normal profile is back
+afterwards; a charger that cannot discharge is refused (exit 2, HTTP 409)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from waits import eventually
+
+from gridshare.adapters.ocpp.v2x import v2x_profile_id
+from gridshare.app import GridshareApp, ServeOptions, build_app
+from gridshare.cli.v2g_cmds import parse_duration_s, parse_power_w
+from gridshare.config import parse_site
+from gridshare.controller.loop import ControllerSettings
+from gridshare.sim import EV, SimCharger
+
+TOKEN = "v2g-test-token-0123456789"
+SITE = """
+site: v2g
+voltage: 230
+groups:
+  - {id: main, max_current: 63, chargers: [v2g-1, v2g-2, plain-1]}
+chargers:
+  - {id: v2g-1, max_current: 16, phases: 3, v2x: true}
+  - {id: v2g-2, max_current: 16, phases: 3, v2x: true}
+  - {id: plain-1, max_current: 16, phases: 3}
+"""
+
+
+@dataclass
+class V2gRig:
+    app: GridshareApp
+    v2g: SimCharger
+    plain: SimCharger
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.app.api_port}"
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[V2gRig]:
+    topology = parse_site(SITE, "v2g")
+    settings = ControllerSettings(lease_s=60.0, settle_s=1.0, debounce_s=0.02, tick_s=0.25,
+                                  retry_backoff_s=0.2)
+    app = build_app(topology, ServeOptions(host="127.0.0.1", ocpp_port=0, api_port=0,
+                                           api_tokens=(TOKEN,), db_url="none",
+                                           controller=settings))
+    await app.start()
+    url = f"ws://127.0.0.1:{app.ocpp_port}"
+    v2g = SimCharger("v2g-1", url, protocol="ocpp2.1", v2x=True, max_current_a=16.0,
+                     meter_interval_s=1.0, reconnect_min_s=0.2, reconnect_max_s=0.5)
+    plain = SimCharger("plain-1", url, protocol="ocpp2.0.1", max_current_a=16.0,
+                       meter_interval_s=1.0, reconnect_min_s=0.2, reconnect_max_s=0.5)
+    try:
+        for charger in (v2g, plain):
+            await charger.start(physics=True, tick_s=0.1)
+            assert await charger.wait_connected(10)
+            await charger.plug(1, EV(capacity_kwh=60.0, soc=0.6, max_current_a=16.0,
+                                     target_soc=0.9, setpoint_lag_s=0.5))
+        await eventually(lambda: app.csms.transaction_of("v2g-1", 1) is not None
+                         and app.csms.transaction_of("plain-1", 1) is not None, 10)
+        yield V2gRig(app, v2g, plain)
+    finally:
+        await v2g.stop()
+        await plain.stop()
+        await app.stop()
+
+
+async def gridshare(rig: V2gRig, *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gridshare", "v2g", "test", "--url", rig.url, *args,
+        env={**os.environ, "GRIDSHARE_API_TOKEN": TOKEN},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 90)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_discharge_reaches_90_percent_and_the_normal_profile_is_back(
+        rig: V2gRig) -> None:
+    code, out, err = await gridshare(rig, "--charger", "v2g-1", "--power", "5kW",
+                                     "--duration", "5s", "--json")
+    assert code == 0, err + out
+    report = json.loads(out)
+    assert report["requested_w"] == -5000.0 and report["accepted"]
+    assert report["reached_90"] is True
+    assert report["time_to_90_s"] is not None and report["time_to_90_s"] < 3.5
+    assert report["samples"], "no meter value during the test"
+    assert report["samples"][-1]["measured_w"] == pytest.approx(-5000.0, abs=50)
+    assert report["peak_w"] == pytest.approx(-5000.0, abs=50)
+    assert report["restored"] is True
+    # the app's V2X book: the clear is what is in force now, nothing of the discharge
+    assert rig.app.v2x_book.bounds(rig.app.clock.now()) == {("v2g-1", 1): (0.0, 0.0)}
+    # the V2X profile is gone from the charger; it charges again at the controller's value
+    assert all(p.id != v2x_profile_id(1) for p in rig.v2g.profiles)
+    await eventually(lambda: rig.v2g.v2g is not None and rig.v2g.v2g.mode(1) is None
+                     and rig.v2g.drawn_a(1)[0] > 0, 10)
+
+
+async def test_table_output_for_people(rig: V2gRig) -> None:
+    code, out, err = await gridshare(rig, "--charger", "v2g-1", "--power", "3000 W",
+                                     "--duration", "3s")
+    assert code == 0, err + out
+    assert "requested -3.00 kW for 3 s" in out
+    assert "time to 90 %:" in out and "not reached" not in out
+    assert "normal profile restored" in out
+
+
+@pytest.mark.parametrize("charger, why", [
+    ("plain-1", "not declared v2x"),  # a 2.0.1 charger: never asked to discharge
+    ("v2g-2", "not connected"),  # declared v2x, offline
+])
+async def test_a_charger_that_cannot_discharge_is_refused(rig: V2gRig, charger: str,
+                                                          why: str) -> None:
+    code, out, err = await gridshare(rig, "--charger", charger, "--power", "5kW",
+                                     "--duration", "60s", "--json")
+    assert code == 2
+    assert why in err and "(HTTP 409)" in err
+    assert json.loads(out)["exit_code"] == 2
+
+
+async def test_http_answers_409_and_404(rig: V2gRig) -> None:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(base_url=rig.url, timeout=10) as client:
+        answer = await client.post("/api/v1/v2g/test", headers=headers, json={
+            "charger": "plain-1", "power_w": 5000, "duration_s": 10})
+        assert answer.status_code == 409
+        answer = await client.post("/api/v1/v2g/test", headers=headers, json={
+            "charger": "nope", "power_w": 5000, "duration_s": 10})
+        assert answer.status_code == 404
+        answer = await client.post("/api/v1/v2g/test", json={
+            "charger": "v2g-1", "power_w": 5000, "duration_s": 10})
+        assert answer.status_code == 401
+        # the guard: 30 kW back through a 16 A charger is refused before anything is sent
+        answer = await client.post("/api/v1/v2g/test", headers=headers, json={
+            "charger": "v2g-1", "power_w": 30_000, "duration_s": 10})
+        assert answer.status_code == 409 and "guard" in answer.json()["detail"]
+
+
+async def test_one_test_at_a_time_on_a_connector(rig: V2gRig) -> None:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    body = {"charger": "v2g-1", "power_w": 2000, "duration_s": 2}
+    async with httpx.AsyncClient(base_url=rig.url, timeout=20) as client:
+        first = asyncio.ensure_future(client.post("/api/v1/v2g/test", headers=headers,
+                                                  json=body))
+        await eventually(lambda: any(p.id == v2x_profile_id(1) for p in rig.v2g.profiles),
+                         10)
+        second = await client.post("/api/v1/v2g/test", headers=headers, json=body)
+        assert second.status_code == 409 and "already running" in second.json()["detail"]
+        done = await first
+        assert done.status_code == 200 and done.json()["restored"] is True
+
+
+@pytest.mark.parametrize("text, watts", [("5kW", 5000.0), ("5000W", 5000.0),
+                                         ("5 kW", 5000.0), ("7.4kw", 7400.0)])
+def test_power_forms(text: str, watts: float) -> None:
+    assert parse_power_w(text) == watts
+
+
+@pytest.mark.parametrize("text, seconds", [("60s", 60.0), ("2m", 120.0), ("1.5 min", 90.0)])
+def test_duration_forms(text: str, seconds: float) -> None:
+    assert parse_duration_s(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["5", "five kW", "-5kW", "0W", "5 kWh"])
+def test_bad_powers(bad: str) -> None:
+    with pytest.raises(ValueError):
+        parse_power_w(bad)
