@@ -11,9 +11,11 @@ import json
 import sys
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
+
+from gridshare.cli.remote import fail, post_json
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 TOKEN_ENV = "GRIDSHARE_API_TOKEN"
@@ -73,12 +75,12 @@ def send_cmd(
                                        ("--shed", shed is not None), ("--restore", restore))
               if given]
     if len(chosen) != 1:
-        _fail(2, "usage", "--curtail/--shed/--restore",
-              "give exactly one of --curtail KW, --shed KW, --restore"
-              + (f" (got {' and '.join(chosen)})" if chosen else ""), as_json)
+        fail("dr send", 2, "usage", "--curtail/--shed/--restore",
+             "give exactly one of --curtail KW, --shed KW, --restore"
+             + (f" (got {' and '.join(chosen)})" if chosen else ""), as_json)
     if not minutes > 0 or minutes == float("inf"):
-        _fail(2, "usage", "--minutes", f"must be a number of minutes > 0 (got {minutes:g})",
-              as_json)
+        fail("dr send", 2, "usage", "--minutes",
+             f"must be a number of minutes > 0 (got {minutes:g})", as_json)
     begin = _start(start, as_json)
     kind, target = ("CURTAIL", curtail) if curtail is not None else (
         ("SHED", shed) if shed is not None else ("RESTORE", 0.0))
@@ -88,7 +90,8 @@ def send_cmd(
         "end_ts": _iso(begin + timedelta(minutes=minutes)), "priority": priority,
         "received_ts": _iso(datetime.now(UTC)),
     }
-    status, answer = _post(url.rstrip("/") + "/api/v1/dr/signals", body, token, as_json)
+    status, answer = post_json("dr send", url.rstrip("/") + "/api/v1/dr/signals", body, token,
+                               TIMEOUT_S, as_json)
     if status in (200, 201):
         _done(status, answer, as_json)
         return
@@ -96,8 +99,8 @@ def send_cmd(
     detail = detail or f"HTTP {status}"
     if status in (409, 422):
         where, reason = _reason(answer)
-        _fail(2, "signal refused", where, f"{reason or detail} (HTTP {status})", as_json)
-    _fail(1, "request failed", "", f"{url}: {detail} (HTTP {status})", as_json)
+        fail("dr send", 2, "signal refused", where, f"{reason or detail} (HTTP {status})", as_json)
+    fail("dr send", 1, "request failed", "", f"{url}: {detail} (HTTP {status})", as_json)
 
 
 def _start(text: str | None, as_json: bool) -> datetime:
@@ -106,36 +109,15 @@ def _start(text: str | None, as_json: bool) -> datetime:
     try:
         value = datetime.fromisoformat(text)
     except ValueError:
-        _fail(2, "usage", "--start", f"not an ISO 8601 time: {text!r}", as_json)
+        fail("dr send", 2, "usage", "--start", f"not an ISO 8601 time: {text!r}", as_json)
     if value.tzinfo is None:
-        _fail(2, "usage", "--start", f"{text!r} has no UTC offset (add Z or +01:00)",
-              as_json)
+        fail("dr send", 2, "usage", "--start", f"{text!r} has no UTC offset (add Z or +01:00)",
+             as_json)
     return value
 
 
 def _iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _post(url: str, body: dict[str, Any], token: str | None,
-          as_json: bool) -> tuple[int, Any]:
-    import httpx
-
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    try:
-        response = httpx.post(url, json=body, headers=headers, timeout=TIMEOUT_S)
-    except httpx.InvalidURL as exc:
-        _fail(2, "usage", "--url", f"not a URL: {exc}", as_json)
-    except httpx.UnsupportedProtocol:
-        _fail(2, "usage", "--url", f"not an http:// or https:// URL: {url}", as_json)
-    except httpx.HTTPError as exc:
-        _fail(1, "request failed", "", f"{url}: {type(exc).__name__}: {exc or 'no answer'} "
-              "(is gridshare serve running there?)", as_json)
-    try:
-        answer = response.json()
-    except ValueError:
-        answer = None
-    return response.status_code, answer
 
 
 def _reason(answer: Any) -> tuple[str, str | None]:
@@ -162,16 +144,6 @@ def _done(status: int, event: Any, as_json: bool) -> None:
             f"{event.get('priority')}, {event.get('state')}\n")
     else:
         sys.stdout.write(f"signal {verb}\n")
-
-
-def _fail(code: int, error: str, path: str, message: str, as_json: bool) -> NoReturn:
-    sys.stderr.write(f"gridshare dr send: {path + ': ' if path else ''}{message}\n")
-    if as_json:
-        sys.stdout.write(json.dumps({
-            "error": error, "problems": [{"file": None, "line": None, "path": path,
-                                          "message": message}],
-            "more": 0, "exit_code": code}, indent=2) + "\n")
-    raise typer.Exit(code)
 
 
 dr_app.command("send", epilog=SEND_EPILOG)(send_cmd)

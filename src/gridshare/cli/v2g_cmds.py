@@ -13,9 +13,11 @@ import json
 import math
 import re
 import sys
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
+
+from gridshare.cli.remote import fail, post_json
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 TOKEN_ENV = "GRIDSHARE_API_TOKEN"
@@ -91,17 +93,17 @@ def test_cmd(
     try:
         power_w = parse_power_w(power)
     except ValueError as exc:
-        _fail(2, "usage", "--power", str(exc), as_json)
+        fail("v2g test", 2, "usage", "--power", str(exc), as_json)
     try:
         duration_s = parse_duration_s(duration)
     except ValueError as exc:
-        _fail(2, "usage", "--duration", str(exc), as_json)
+        fail("v2g test", 2, "usage", "--duration", str(exc), as_json)
     if duration_s < 1 or duration_s > 3600:
-        _fail(2, "usage", "--duration", f"must be 1 s to 1 h (got {duration})", as_json)
+        fail("v2g test", 2, "usage", "--duration", f"must be 1 s to 1 h (got {duration})", as_json)
     body: dict[str, Any] = {"charger": charger, "power_w": power_w, "duration_s": duration_s}
     if connector is not None:
         body["connector"] = connector
-    status, answer = _post(url.rstrip("/") + "/api/v1/v2g/test", body, token,
+    status, answer = post_json("v2g test", url.rstrip("/") + "/api/v1/v2g/test", body, token,
                            duration_s + ANSWER_MARGIN_S, as_json)
     if status == 200 and isinstance(answer, dict):
         _report(answer, as_json)
@@ -109,29 +111,8 @@ def test_cmd(
     detail = answer.get("detail") if isinstance(answer, dict) else None
     detail = detail or f"HTTP {status}"
     if status in (404, 409, 422):
-        _fail(2, "test refused", "--charger", f"{detail} (HTTP {status})", as_json)
-    _fail(1, "test failed", "", f"{url}: {detail} (HTTP {status})", as_json)
-
-
-def _post(url: str, body: dict[str, Any], token: str | None, timeout_s: float,
-          as_json: bool) -> tuple[int, Any]:
-    import httpx
-
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    try:
-        response = httpx.post(url, json=body, headers=headers, timeout=timeout_s)
-    except httpx.InvalidURL as exc:
-        _fail(2, "usage", "--url", f"not a URL: {exc}", as_json)
-    except httpx.UnsupportedProtocol:
-        _fail(2, "usage", "--url", f"not an http:// or https:// URL: {url}", as_json)
-    except httpx.HTTPError as exc:
-        _fail(1, "request failed", "", f"{url}: {type(exc).__name__}: {exc or 'no answer'} "
-              "(is gridshare serve running there?)", as_json)
-    try:
-        answer = response.json()
-    except ValueError:
-        answer = None
-    return response.status_code, answer
+        fail("v2g test", 2, "test refused", "--charger", f"{detail} (HTTP {status})", as_json)
+    fail("v2g test", 1, "test failed", "", f"{url}: {detail} (HTTP {status})", as_json)
 
 
 def _kw(watts: float | None) -> str:
@@ -158,16 +139,6 @@ def _report(report: dict[str, Any], as_json: bool) -> None:
     lines.append("normal profile restored" if report.get("restored") else
                  f"normal profile NOT confirmed restored ({report.get('restore_detail')})")
     sys.stdout.write("\n".join(lines) + "\n")
-
-
-def _fail(code: int, error: str, path: str, message: str, as_json: bool) -> NoReturn:
-    sys.stderr.write(f"gridshare v2g test: {path + ': ' if path else ''}{message}\n")
-    if as_json:
-        sys.stdout.write(json.dumps({
-            "error": error, "problems": [{"file": None, "line": None, "path": path,
-                                          "message": message}],
-            "more": 0, "exit_code": code}, indent=2) + "\n")
-    raise typer.Exit(code)
 
 
 v2g_app.command("test", epilog=TEST_EPILOG)(test_cmd)
