@@ -199,7 +199,8 @@ class TelemetryService:
         received = self.clock.now().timestamp()
         ami, stations, rejected = self.validate(messages, received)
         if ami and self.store is not None:
-            await self.store.insert_now(ami_readings, [_ami_row(r, received) for r in ami])
+            at = _dt(received)
+            await self.store.insert_now(ami_readings, [_ami_row(r, at) for r in ami])
         for source, reason, detail in rejected:
             self._reject(source, reason, detail)
         self.aggregate(ami, received)
@@ -395,10 +396,10 @@ def _window_json(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _ami_row(r: AmiReading, received: float) -> dict[str, Any]:
+def _ami_row(r: AmiReading, received: datetime) -> dict[str, Any]:
     cur = r.current_a or (None, None, None)
     volt = r.voltage_v or (None, None, None)
-    return {"meter_id": r.meter_id, "ts": _dt(r.ts), "received_at": _dt(received),
+    return {"meter_id": r.meter_id, "ts": _dt(r.ts), "received_at": received,
             "power_w": r.power_w, "energy_wh": r.energy_wh, "current_l1_a": cur[0],
             "current_l2_a": cur[1], "current_l3_a": cur[2], "voltage_l1_v": volt[0],
             "voltage_l2_v": volt[1], "voltage_l3_v": volt[2]}
