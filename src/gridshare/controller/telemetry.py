@@ -120,6 +120,8 @@ class TelemetryService:
                                      lateness_s=spec.lateness)
         self.counts = {source: SourceCounts() for source in SOURCES}
         self.windows_closed = 0
+        self.restored = 0
+        """Readings counted back into the open windows at start (see :meth:`restore`)."""
         self.recent: dict[tuple[str, str], deque[DemandWindow]] = {}
         self._logged: set[tuple[str, str]] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -136,6 +138,8 @@ class TelemetryService:
     # --- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.store is not None:
+            await self.restore()
         self._tasks.append(asyncio.create_task(self._ticker(), name="telemetry-windows"))
         if self.link is not None:
             self._tasks.append(asyncio.create_task(self.link.run(), name="telemetry-mqtt"))
@@ -143,6 +147,34 @@ class TelemetryService:
     async def stop(self) -> None:
         await cancel_and_wait(self._tasks, swallow_errors=True)
         self._tasks.clear()
+
+    async def restore(self) -> int:
+        """Refill the windows that may still be open from ``ami_readings`` (a restart
+        must not close them with only the readings that come after it); returns how many
+        readings were counted back in."""
+        assert self.store is not None
+        engine = self.store._engine  # read-only query; the store owns the engine
+        if engine is None:
+            return 0
+        now = self.clock.now().timestamp()
+        since = self.aggregator.window_of(now - self.spec.lateness) - self.spec.window
+        t = ami_readings
+        query = select(t.c.meter_id, t.c.ts, t.c.power_w).where(t.c.ts >= _dt(since)) \
+            .order_by(t.c.id)
+        add = self.aggregator.add
+        count = 0
+        async with engine.connect() as conn:
+            result = await conn.stream(query)
+            async for meter_id, ts, power_w in result:
+                when = ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+                if add(meter_id, when.timestamp(), power_w) == ADDED:
+                    count += 1
+        self.restored = count
+        if count:
+            log.info("telemetry: %d readings of the open windows read back from the "
+                     "database", count)
+        await self._close(now)
+        return count
 
     async def _ticker(self) -> None:
         while True:
@@ -167,7 +199,8 @@ class TelemetryService:
         received = self.clock.now().timestamp()
         ami, stations, rejected = self.validate(messages, received)
         if ami and self.store is not None:
-            await self.store.insert_now(ami_readings, [_ami_row(r, received) for r in ami])
+            at = _dt(received)
+            await self.store.insert_now(ami_readings, [_ami_row(r, at) for r in ami])
         for source, reason, detail in rejected:
             self._reject(source, reason, detail)
         self.aggregate(ami, received)
@@ -304,7 +337,7 @@ class TelemetryService:
             "meters": len(self.meters), "stations": len(self.stations),
             "window_s": self.spec.window, "lateness_s": self.spec.lateness,
             "open_windows": self.aggregator.open_windows(),
-            "windows_closed": self.windows_closed,
+            "windows_closed": self.windows_closed, "restored": self.restored,
             "mqtt": None if link is None else {
                 "connected": link.connected, "connects": link.connects,
                 "received": link.received, "acknowledged": link.acked,
@@ -363,10 +396,10 @@ def _window_json(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _ami_row(r: AmiReading, received: float) -> dict[str, Any]:
+def _ami_row(r: AmiReading, received: datetime) -> dict[str, Any]:
     cur = r.current_a or (None, None, None)
     volt = r.voltage_v or (None, None, None)
-    return {"meter_id": r.meter_id, "ts": _dt(r.ts), "received_at": _dt(received),
+    return {"meter_id": r.meter_id, "ts": _dt(r.ts), "received_at": received,
             "power_w": r.power_w, "energy_wh": r.energy_wh, "current_l1_a": cur[0],
             "current_l2_a": cur[1], "current_l3_a": cur[2], "voltage_l1_v": volt[0],
             "voltage_l2_v": volt[1], "voltage_l3_v": volt[2]}
