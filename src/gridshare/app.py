@@ -289,9 +289,9 @@ class GridshareApp:
                 topology, options.mqtt, self.controller, self.bus.publish, self.clock)
             self.controller.on_cycle(self.homeassistant.changed)
         self.loads = LoadService(topology, self.bus, self.clock)
+        """Live load per station and zone (one-minute windows), for every site."""
         self.v2x_book = V2xBook()
         """V2X values that may be in force, shared by every sender (docs/v2g.md)."""
-        """Live load per station and zone (one-minute windows), for every site."""
         self.dr: DrService | None = None
         """Demand response (None: the site declares no zones)."""
         if topology.zones:
