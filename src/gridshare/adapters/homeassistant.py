@@ -49,13 +49,7 @@ import aiomqtt
 from pydantic import ValidationError
 
 from gridshare import __version__
-from gridshare.adapters.meters.mqtt import (
-    CONNECT_TIMEOUT,
-    BrokerAddress,
-    keep_connected,
-    read_password,
-    tls_context,
-)
+from gridshare.adapters.meters.mqtt import BrokerAddress, keep_connected, make_client
 from gridshare.api.models import LimitOverride
 from gridshare.clock import Clock
 from gridshare.config import HomeAssistantSpec, MqttSpec
@@ -370,17 +364,8 @@ class HomeAssistantBridge:
             await task
 
     def _make_client(self) -> aiomqtt.Client:
-        password = (read_password(self._spec.password_file)
-                    if self._spec.password_file is not None else None)
-        context = tls_context(self._spec.cafile) if self._address.tls else None
-        # Never the meters' client id: the broker would drop one of the two connections.
-        identifier = (f"{self._spec.client_id}-homeassistant"
-                      if self._spec.client_id is not None else None)
-        return aiomqtt.Client(
-            self._address.host, self._address.port, username=self._spec.username,
-            password=password, identifier=identifier, tls_context=context,
-            timeout=CONNECT_TIMEOUT, keepalive=30, logger=log.getChild("client"),
-            will=aiomqtt.Will(self.topics.status, OFFLINE, qos=1, retain=True))
+        return make_client(self._spec, self._address, suffix="homeassistant", logger=log,
+                           will=aiomqtt.Will(self.topics.status, OFFLINE, qos=1, retain=True))
 
     async def _run(self) -> None:
         await keep_connected(self, self._make_client, self._connected, self._serve,

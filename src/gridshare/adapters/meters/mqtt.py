@@ -19,7 +19,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import aiomqtt
@@ -137,6 +137,24 @@ async def keep_connected(owner: Connection, connect: Callable[[], aiomqtt.Client
         backoff = min(backoff * 2, BACKOFF_MAX)
 
 
+def make_client(spec: MqttSpec, address: BrokerAddress, *, suffix: str | None = None,
+                logger: logging.Logger = log, **options: Any) -> aiomqtt.Client:
+    """A fresh client for the site's broker: the password file is re-read (a changed
+    password is picked up at the next connect), TLS for ``mqtts://``. Every connection but
+    the meters' adds a ``suffix`` to the configured client id: the broker drops one of two
+    connections that share one. ``options`` go to ``aiomqtt.Client`` as they are."""
+    password = read_password(spec.password_file) if spec.password_file is not None else None
+    context = tls_context(spec.cafile) if address.tls else None
+    identifier = spec.client_id
+    if identifier is not None and suffix:
+        identifier = f"{identifier}-{suffix}"
+    options.setdefault("identifier", identifier)
+    return aiomqtt.Client(
+        address.host, address.port, username=spec.username, password=password,
+        tls_context=context, timeout=CONNECT_TIMEOUT, keepalive=30,
+        logger=logger.getChild("client"), **options)
+
+
 class MqttLink:
     """Subscribes to ``topics`` and hands every message to ``on_message``; reconnects."""
 
@@ -159,14 +177,7 @@ class MqttLink:
         return self._address
 
     def _client(self) -> aiomqtt.Client:
-        """A fresh client; the password file is re-read so a changed password is picked up."""
-        password = (read_password(self._spec.password_file)
-                    if self._spec.password_file is not None else None)
-        context = tls_context(self._spec.cafile) if self._address.tls else None
-        return aiomqtt.Client(
-            self._address.host, self._address.port, username=self._spec.username,
-            password=password, identifier=self._spec.client_id, tls_context=context,
-            timeout=CONNECT_TIMEOUT, keepalive=30, logger=log.getChild("client"))
+        return make_client(self._spec, self._address)
 
     async def run(self) -> None:
         """Connect, subscribe, deliver; on any failure wait (capped backoff) and reconnect."""

@@ -26,13 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import aiomqtt
 
-from gridshare.adapters.meters.mqtt import (
-    CONNECT_TIMEOUT,
-    BrokerAddress,
-    keep_connected,
-    read_password,
-    tls_context,
-)
+from gridshare.adapters.meters.mqtt import BrokerAddress, keep_connected, make_client
 from gridshare.config import MqttSpec
 from gridshare.tasks import cancel_and_wait
 
@@ -83,14 +77,8 @@ class TelemetryLink:
         return self._address
 
     def _client(self) -> aiomqtt.Client:
-        password = (read_password(self._spec.password_file)
-                    if self._spec.password_file is not None else None)
-        context = tls_context(self._spec.cafile) if self._address.tls else None
-        client = aiomqtt.Client(
-            self._address.host, self._address.port, username=self._spec.username,
-            password=password, identifier=self._client_id, clean_session=False,
-            tls_context=context, timeout=CONNECT_TIMEOUT, keepalive=30,
-            logger=log.getChild("client"))
+        client = make_client(self._spec, self._address, logger=log,
+                             identifier=self._client_id, clean_session=False)
         client._client.manual_ack_set(True)
         return client
 
