@@ -274,7 +274,8 @@ async def test_local_mode_the_chargers_follow_the_frequency_themselves(
         counters = rig.svc.status()["counters"]
         curves_before = counters.get("v2x_curve_accepted", 0)
         assert curves_before >= len(V2G)
-        assert counters.get("v2x_setpoints", 0) == 0
+        # (before the first sample the units were in their safe state: setpoints then)
+        setpoints_before = counters.get("v2x_setpoints", 0)
         before = {c: rig.power_w(c) for c in V2G}
         source.hz = DIP
         # the chargers hear the dip themselves and move down their curve: the row's two
@@ -291,8 +292,10 @@ async def test_local_mode_the_chargers_follow_the_frequency_themselves(
         source.hz = NOMINAL
         await eventually(lambda: all(rig.power_w(c) > 0 for c in V2G), 5)
         counters = rig.svc.status()["counters"]
-        assert counters.get("v2x_setpoints", 0) == 0, "gridshare only supervises"
+        assert counters.get("v2x_setpoints", 0) == setpoints_before, "only supervises"
         assert counters.get("v2x_curve_accepted", 0) == curves_before, "the curve once"
-        assert not [a for a in rig.svc.active_alarms if "curve" in a]
+        assert not [a for a in rig.svc.active_alarms if "draws" in a]  # on their curves
+        # the row cannot carry both curves' ends back: one is clipped, and says so
+        assert any("discharge guard" in a and "row" in a for a in rig.svc.active_alarms)
         assert rig.worst_row_reverse_a <= ROW_A + 0.05
         assert rig.plain_v2x_profiles == 0

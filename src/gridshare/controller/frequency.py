@@ -192,6 +192,8 @@ class _Unit:
     curve_base_kw: float = 0.0
     """The allocation's value the curve in force was built around."""
     curve_in_force: Curve | None = None
+    curve_share: float = 1.0
+    """The share of its discharge end the guard passed (below 1: tried again later)."""
     """The curve last accepted (what supervision compares the meter with)."""
     curve_task: bool = False
     safe_override: bool = False
@@ -776,18 +778,21 @@ class FrequencyService:
 
     # --- local mode ----------------------------------------------------------------------
 
-    def curve(self, unit: _Unit, base_kw: float, share: float = 1.0) -> Curve:
+    def curve(self, unit: _Unit, base_kw: float, low_w: float | None = None) -> Curve:
         """The droop as the charger's frequency-watt curve (:func:`freq_watt_curve`, the
         one builder): absolute (Hz, W) points of what it draws, + = charging, built
         around the allocation's value ``base_kw``.
 
         The allocation's value inside the dead band, falling linearly to it minus
-        ``max_discharge_kw`` (× ``share``, what the discharge guard passed) at nominal −
-        full activation (held below); flat above nominal (a charger never charges above
-        the allocation: its circuit's limit)."""
-        return freq_watt_curve(self.settings, base_w=max(base_kw, 0.0) * 1000.0,
-                               max_charge_w=0.0,
-                               max_discharge_w=unit.spec.max_discharge_kw * 1000.0 * share)
+        ``max_discharge_kw`` at nominal − full activation (or to ``low_w``, what the
+        discharge guard passed, when that is higher), held below; flat above nominal (a
+        charger never charges above the allocation: its circuit's limit)."""
+        base_w = max(base_kw, 0.0) * 1000.0
+        drop_w = unit.spec.max_discharge_kw * 1000.0
+        if low_w is not None:
+            drop_w = max(0.0, min(drop_w, base_w - low_w))
+        return freq_watt_curve(self.settings, base_w=base_w, max_charge_w=0.0,
+                               max_discharge_w=drop_w)
 
     def curve_power_kw(self, unit: _Unit, hz: float) -> float:
         """What the curve in force asks of the unit at ``hz`` (kW, + = charging)."""
@@ -811,6 +816,10 @@ class FrequencyService:
                     at - unit.curve_at >= self.options.curve_valid_s / 2 or
                     abs(unit.base_kw - unit.curve_base_kw) > self.options.step_kw):
                 unit.curve_sent = False  # old, or the allocation moved: a new curve
+            elif unit.curve_sent and unit.curve_share < 1.0 and \
+                    at - unit.curve_at >= self.options.retry_after_s and \
+                    self._curve_share(unit, unit.base_kw, at)[0] > unit.curve_share + 0.01:
+                unit.curve_sent = False  # clipped by the guard, and more passes now
             if not unit.curve_sent and not unit.curve_task and not unit.in_flight and (
                     unit.failed_at is None or
                     at - unit.failed_at >= self.options.retry_after_s):
@@ -827,9 +836,7 @@ class FrequencyService:
         assert driver is not None and unit.charger is not None
         try:
             at, base = self._now_s(), unit.base_kw
-            key = (unit.charger.id, unit.connector)
-            low_w = min(p for _, p in self.curve(unit, base))
-            share, alarms = self._guard_scale({key: _guarded_w(low_w)}, at)
+            share, alarms, low_w = self._curve_share(unit, base, at)
             if alarms:
                 self.counters["v2x_guard_clipped"] += 1
                 self._raise(f"v2x_guard:{unit.id}", "frequency_guard",
@@ -842,7 +849,7 @@ class FrequencyService:
             if share < 0:
                 unit.failed_at = at  # tried again after retry_after_s
                 return
-            curve = self.curve(unit, base, min(share, 1.0))
+            curve = self.curve(unit, base, low_w * share)
             outcome = await self._booked(
                 unit, min(p for _, p in curve), self.options.curve_valid_s,
                 driver.send_v2x_local_frequency(unit.charger.id, unit.connector, curve,
@@ -850,9 +857,17 @@ class FrequencyService:
             unit.curve_sent = self._sent(unit, outcome, "curve")
             unit.curve_at, unit.curve_base_kw = at, base
             if unit.curve_sent:
-                unit.curve_in_force = curve
+                unit.curve_in_force, unit.curve_share = curve, share
         finally:
             unit.curve_task = False
+
+    def _curve_share(self, unit: _Unit, base_kw: float, at: float
+                     ) -> tuple[float, list[str], float]:
+        """(share of the curve's discharge end the guard passes, its alarms, that end W)."""
+        assert unit.charger is not None
+        low_w = _guarded_w(min(p for _, p in self.curve(unit, base_kw)))
+        share, alarms = self._guard_scale({(unit.charger.id, unit.connector): low_w}, at)
+        return share, alarms, low_w
 
     def _supervise(self, unit: _Unit, at: float) -> None:
         """Alarm once when the measured power has been off the curve for too long."""
