@@ -748,16 +748,35 @@ async def test_a_discharge_in_force_elsewhere_is_counted_by_the_guard() -> None:
     assert not any("discharge guard" in a for a in rig.svc.active_alarms)
 
 
-async def test_a_curve_the_guard_refuses_is_clipped_before_it_is_sent() -> None:
-    """Local mode: the curve's discharge end passes the same guard (8 A group: 5.52 kW)."""
-    rig = Rig(mode="local", group_a=8, capable={"v1"})
+async def test_a_curve_is_clipped_by_the_guards_before_it_is_sent() -> None:
+    """Local mode: the curve's discharge end passes the group guard (8 A group: 5.52 kW)
+    and check_v2x with what is in force (a discharge test holding c1 at -4 kW)."""
+    book = V2xBook()
+    rig = Rig(mode="local", group_a=8, capable={"v1"}, book=book)
     rig.plug("v1", 0.0, soc=90)
     rig.sample(50.0)
     await rig.settle()
     _, _, curve, _ = rig.v2x.curves[-1]
-    assert min(p for _, p in curve) >= -8 * KW_PER_A * 1000 - 10
-    assert min(p for _, p in curve) < -8 * KW_PER_A * 1000 + 50  # clipped, not dropped
-    assert rig.svc.counters["v2x_guard_clipped"] == 1
+    group_w = 8 * KW_PER_A * 1000
+    assert -group_w - 10 <= min(p for _, p in curve) < -group_w + 50  # clipped, not dropped
+    assert rig.svc.counters["v2x_guard_clipped"] == 0  # the group guard did it
+    command = book.sent(("c1", 1), -4000.0, rig.clock.now(), 60.0)
+    book.outcome(("c1", 1), command, CommandOutcome(CommandResult.ACCEPTED))
+    rig.svc.units["v1"].curve_sent = False  # as after a reconnection: a new curve
+    rig.sample(50.0)
+    await rig.settle()
+    # the old curve counts until the new one is accepted: even no discharge passes, so
+    # the new curve discharges nothing (flat at the allocation: it can only lower it) ...
+    _, _, curve, _ = rig.v2x.curves[-1]
+    assert min(p for _, p in curve) == 0.0
+    # ... and once that is in force, the retry gets what the group has left
+    rig.clock.advance(1.1)
+    rig.sample(50.0)
+    await rig.settle()
+    _, _, curve, _ = rig.v2x.curves[-1]
+    assert -(group_w - 4000) - 10 <= min(p for _, p in curve) < -(group_w - 4000) + 50
+    assert rig.svc.counters["v2x_guard_clipped"] == 2
+    assert any("discharge guard" in a for a in rig.svc.active_alarms)
 
 
 SETTINGS = st.builds(

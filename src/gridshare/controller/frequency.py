@@ -495,16 +495,11 @@ class FrequencyService:
         self._alarms_of(decision, at)
         setpoints = self._circuit_guards(decision)
         if self.mode == "central" or decision.mode is Mode.SAFE:
-            blocked = self._v2x_guard(setpoints, at)
-        else:
-            blocked = set()
+            self._v2x_guard(setpoints, at)
         caps: dict[ConnectorKey, float] = {}
         for d in decision.units:
             unit = self.units[d.id]
             kw, held = setpoints[d.id]
-            if d.id in blocked:
-                unit.setpoint_kw, unit.held = None, held
-                continue
             base = d.setpoint_kw - d.delta_kw  # the base this decision was made from
             unit.decided_base_kw = base
             unit.setpoint_kw, unit.delta_kw, unit.held = kw, kw - base, held
@@ -536,6 +531,12 @@ class FrequencyService:
                 kw = max(base, 0.0)
                 held = "charging above the allocation is not sent (its circuit's limit)"
             out[d.id] = (kw, held)
+        self._group_scale(out)
+        return out
+
+    def _group_scale(self, out: dict[str, tuple[float, str | None]]) -> None:
+        """Scale the discharges (negative kW) in ``out`` under each group with a limit
+        together, so they stay within what the group carries (in place)."""
         for guard in self._guards:
             kw = 0.0
             amps = [0.0, 0.0, 0.0]
@@ -558,7 +559,6 @@ class FrequencyService:
                                     f"group {guard.group}: the discharges under it limited "
                                     f"to what it carries ({guard.max_current:g} A per phase"
                                     f", {guard.max_kw:g} kW)")
-        return out
 
     # --- the discharge guard (core.guard.check_v2x through the shared V2xBook) ---------
 
@@ -574,8 +574,9 @@ class FrequencyService:
     def _guard_scale(self, new_w: Mapping[ConnectorKey, float], at: float
                      ) -> tuple[float, list[str]]:
         """The largest share (0–1, to 1/1024) of every discharge in ``new_w`` that the
-        guard passes (charges kept as they are), and the alarms at full share; −1 when
-        even no discharge passes."""
+        guard passes, and the alarms at full share. 0 also when even no discharge passes:
+        what may still be in force already exceeds a limit (it counts until the new value
+        is accepted), and sending no discharge can only lower the reverse flow."""
         found = self._guard_check(new_w, at)
         if not found:
             return 1.0, []
@@ -584,7 +585,7 @@ class FrequencyService:
             return {k: w * share if w < 0 else w for k, w in new_w.items()}
 
         if self._guard_check(scaled(0.0), at):
-            return -1.0, found
+            return 0.0, found
         lo, hi = 0.0, 1.0
         for _ in range(10):
             mid = (lo + hi) / 2
@@ -595,10 +596,9 @@ class FrequencyService:
         return lo, found
 
     def _v2x_guard(self, setpoints: dict[str, tuple[float, str | None]], at: float
-                   ) -> set[str]:
+                   ) -> None:
         """Pass the V2X setpoints about to be offered through ``check_v2x`` (in place:
-        discharges the guard refuses are clipped, together, to the share it passes), and
-        the ids of units not to send anything to (even 0 W discharge fails: held).
+        discharges the guard refuses are clipped, together, to the share it passes).
         Checked again only when a setpoint moved or a second passed (the book's values
         in force only ever shrink in between, or are booked by someone who checked
         against ours)."""
@@ -612,7 +612,7 @@ class FrequencyService:
             new_w[key] = _guarded_w(kw * 1000.0)
             ids[key] = uid
         if not new_w:
-            return set()
+            return
         last = self._guard_last
         if last is not None and last[0] == new_w and at - last[1] < 1.0:
             share, why = last[2], last[3]
@@ -626,18 +626,13 @@ class FrequencyService:
                 self.counters["v2x_guard_clipped"] += 1
                 self._raise("v2x_guard", "frequency_guard",
                             f"frequency: V2X setpoints refused by the discharge guard ({why})"
-                            + (": discharges clipped to "
-                               f"{share * 100:.1f} %" if share >= 0 else
-                               ": nothing sent"), at, share, 1.0)
+                            f": discharges clipped to {share * 100:.1f} %", at, share, 1.0)
         if share >= 1.0:
-            return set()
-        if share < 0:
-            return set(ids.values())
+            return
         for uid in ids.values():
             kw, _ = setpoints[uid]
             if kw < 0:
                 setpoints[uid] = (kw * share, f"discharge guard: {why}")
-        return set()
 
     def _group_guards(self) -> list[_GroupGuard]:
         topo = self.topology
@@ -841,14 +836,10 @@ class FrequencyService:
                 self.counters["v2x_guard_clipped"] += 1
                 self._raise(f"v2x_guard:{unit.id}", "frequency_guard",
                             f"frequency: curve of {unit.id} refused by the discharge guard "
-                            f"({alarms[0]})" + (f": discharge clipped to {share * 100:.1f} %"
-                                                if share >= 0 else ": not sent"),
+                            f"({alarms[0]}): discharge clipped to {share * 100:.1f} %",
                             at, share, 1.0)
             else:
                 self._clear(f"v2x_guard:{unit.id}", at)
-            if share < 0:
-                unit.failed_at = at  # tried again after retry_after_s
-                return
             curve = self.curve(unit, base, low_w * share)
             outcome = await self._booked(
                 unit, min(p for _, p in curve), self.options.curve_valid_s,
@@ -866,6 +857,17 @@ class FrequencyService:
         """(share of the curve's discharge end the guard passes, its alarms, that end W)."""
         assert unit.charger is not None
         low_w = _guarded_w(min(p for _, p in self.curve(unit, base_kw)))
+        # the group guard first, as in central mode: every local curve's discharge end
+        # under a group shares what the group carries (so the first curve sent does not
+        # take it all), then check_v2x with what is in force
+        ends: dict[str, tuple[float, str | None]] = {}
+        for other in self.units.values():
+            if other.charger is not None and other.present and other.v2x:
+                base = base_kw if other is unit else other.base_kw
+                ends[other.id] = (max(base, 0.0) - other.spec.max_discharge_kw, None)
+        self._group_scale(ends)
+        if unit.id in ends:
+            low_w = max(low_w, _guarded_w(ends[unit.id][0] * 1000.0))
         share, alarms = self._guard_scale({(unit.charger.id, unit.connector): low_w}, at)
         return share, alarms, low_w
 
