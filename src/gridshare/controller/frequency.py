@@ -18,11 +18,15 @@ out at once, without one unit waiting on another:
   per-connector cap, one ``ConnectorCapsChanged(source="frequency")`` on the bus, which the
   controller folds as one more limit (the tightest wins).
 
-Two guards sit between the core and the wire, both about the circuits (the core knows only
+Guards sit between the core and the wire, all about the circuits (the core knows only
 units): a charger is never asked to charge above the allocation's value (charging more
-could overload its circuit; batteries, outside the charger tree, do), and the discharge of
-the V2X chargers under one group never exceeds what that group carries (a discharging car
-frees capacity on its circuit, never more than the circuit carries the other way).
+could overload its circuit; batteries, outside the charger tree, do); the discharge of the
+V2X chargers under one group is scaled to what that group carries (a discharging car frees
+capacity on its circuit, never more than the circuit carries the other way); and then
+every V2X setpoint or curve takes **the one safe path** the discharge test takes too:
+checked by :func:`gridshare.core.guard.check_v2x` through the app's shared
+:class:`~gridshare.core.v2x_book.V2xBook` (counting every value that may still be in force,
+whoever sent it), clipped to what passes (with an alarm), and booked before it leaves.
 
 Outside the safety window, or with a stale source, every unit goes to its safe state (no
 discharge, charging at the allocation's value or less) and an alarm says why (once per
