@@ -68,7 +68,7 @@ def site_text(units: int, port: int) -> str:
         lines.append(f"  - {{id: g{g // per}, max_current: 4000, chargers: [{ids}]}}")
     lines.append("chargers:")
     for i in range(chargers):
-        lines.append(f"  - {{id: v{i}, max_current: 16, phases: 3}}")
+        lines.append(f"  - {{id: v{i}, max_current: 16, phases: 3, v2x: true}}")
     return "\n".join(lines) + "\n"
 
 

@@ -379,7 +379,8 @@ class GridshareApp:
                 soc_topics(spec))
         self.frequency = FrequencyService(
             spec, self.topology, self.clock, bus=self.bus, state_view=self.controller.state,
-            v2x=v2x_driver(self.csms), batteries=self.frequency_mqtt, store=self.store)
+            v2x=v2x_driver(self.csms), batteries=self.frequency_mqtt, store=self.store,
+            book=self.v2x_book, counted=self.controller.counted)
         if self.frequency_mqtt is not None:
             self.frequency_mqtt.attach(self.frequency)
 

@@ -221,7 +221,7 @@ async def test_a_step_reaches_every_v2x_charger_within_two_seconds(broker: Mosqu
     text = (SITE.replace("URL", broker.url).split("  units:\n")[0] + "  units:\n" + units +
             "\ngroups:\n  - {id: main, max_current: 2000, chargers: [" +
             ", ".join(f"v{i}" for i in range(n)) + "]}\nchargers:\n" +
-            "".join(f"  - {{id: v{i}, max_current: 16, phases: 3}}\n" for i in range(n)))
+            "".join(f"  - {{id: v{i}, max_current: 16, phases: 3, v2x: true}}\n" for i in range(n)))
     config = parse_site_config(text, "plant.yaml")
     spec = config.frequency_response
     assert spec is not None and config.mqtt is not None

@@ -16,13 +16,22 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gridshare.adapters.frequency import SocReading, setpoint_payload
+from gridshare.adapters.ocpp.v2x import curve_power_w, freq_watt_curve
 from gridshare.bus import MemoryBus
 from gridshare.clock import FakeClock
 from gridshare.config import SiteConfig, parse_site_config
 from gridshare.controller.audit import AlarmRecord
 from gridshare.controller.frequency import FrequencyOptions, FrequencyService
 from gridshare.controller.state import SiteState
-from gridshare.core.frequency import Mode
+from gridshare.core.frequency import (
+    FrequencyResponder,
+    FrequencySettings,
+    Mode,
+    UnitKind,
+    UnitSpec,
+    UnitState,
+)
+from gridshare.core.v2x_book import V2xBook
 from gridshare.drivers import CommandOutcome, CommandResult
 from gridshare.events import (
     ChargerOnline,
@@ -57,8 +66,8 @@ groups:
     max_current: GROUP_A
     chargers: [v1, c1]
 chargers:
-  - {id: v1, max_current: 16, phases: 3}
-  - {id: c1, max_current: 16, phases: 3}
+  - {id: v1, max_current: 16, phases: 3, v2x: true}
+  - {id: c1, max_current: 16, phases: 3, v2x: true}
 """
 
 KW_PER_A = 3 * 230 / 1000.0
@@ -132,8 +141,8 @@ class FakeStore:
 
 class Rig:
     def __init__(self, *, mode: str = "central", rtt_s: float = 0.0, group_a: float = 63,
-                 capable: set[str] | None = None, options: FrequencyOptions | None = None
-                 ) -> None:
+                 capable: set[str] | None = None, options: FrequencyOptions | None = None,
+                 book: V2xBook | None = None) -> None:
         text = SITE.replace("MODE", mode).replace("GROUP_A", str(group_a))
         self.config: SiteConfig = parse_site_config(text, "freq.yaml")
         assert self.config.frequency_response is not None
@@ -148,7 +157,7 @@ class Rig:
         self.svc = FrequencyService(
             self.config.frequency_response, self.topology, self.clock, bus=self.bus,
             state_view=self.state, v2x=self.v2x, batteries=self.link, store=self.store,
-            options=options or FrequencyOptions(tick_s=None))
+            options=options or FrequencyOptions(tick_s=None), book=book)
 
     def plug(self, charger: str, amps: float, soc: float | None = 80.0,
              power_w: float | None = None) -> None:
@@ -520,7 +529,7 @@ async def test_local_mode_sends_the_curve_once_again_on_reconnect_and_supervises
     base_w = 10 * KW_PER_A * 1000
     # what the charger draws: the allocation, down to it - 11 kW at 49.8 Hz, flat above
     assert curve == [(49.8, pytest.approx(base_w - 11000)), (49.98, pytest.approx(base_w)),
-                     (50.2, pytest.approx(base_w))]
+                     (50.02, pytest.approx(base_w)), (50.2, pytest.approx(base_w))]
     for _ in range(5):
         rig.sample(49.9)
         rig.svc.tick()
@@ -662,9 +671,9 @@ groups:
     max_current: 20
     chargers: [p1, p2, p3]
 chargers:
-  - {id: p1, max_current: 16, phases: 1, phase: L1}
-  - {id: p2, max_current: 16, phases: 1, phase: L1}
-  - {id: p3, max_current: 16, phases: 1, phase: L2}
+  - {id: p1, max_current: 16, phases: 1, phase: L1, v2x: true}
+  - {id: p2, max_current: 16, phases: 1, phase: L1, v2x: true}
+  - {id: p3, max_current: 16, phases: 1, phase: L2, v2x: true}
 """
 
 
@@ -695,3 +704,107 @@ async def test_the_group_guard_counts_one_phase_chargers_on_their_line() -> None
     # one scale for every discharge under the group (simple, and never more than asked)
     assert sent["p3"] == pytest.approx(sent["p1"]) and sent["p1"] == pytest.approx(sent["p2"])
     assert "group main" in str(svc.status()["units"][0]["held"])
+
+
+# --- the one safe path: the shared V2xBook and check_v2x ------------------------------
+
+
+async def test_every_v2x_setpoint_is_booked_in_the_shared_book() -> None:
+    """What the service sends is in the app's book (the discharge test reads it too)."""
+    book = V2xBook()
+    rig = Rig(book=book)
+    setup_fleet(rig)
+    rig.sample(49.7)  # full activation
+    await rig.settle()
+    sent = rig.v2x.last_w("v1")
+    assert sent < 0
+    low, high = book.bounds(rig.clock.now())[("v1", 1)]
+    assert low == high == pytest.approx(sent, abs=0.1)  # accepted: in force, alone
+
+
+async def test_a_discharge_in_force_elsewhere_is_counted_by_the_guard() -> None:
+    """A discharge test holds c1 at -4 kW in the shared book; the group carries 8 A
+    (5.52 kW) back: v1's discharge is clipped to what is left, with an alarm."""
+    book = V2xBook()
+    rig = Rig(group_a=8, capable={"v1"}, book=book)
+    rig.plug("v1", 6.0, soc=90)
+    now = rig.clock.now()
+    command = book.sent(("c1", 1), -4000.0, now, 60.0)
+    book.outcome(("c1", 1), command, CommandOutcome(CommandResult.ACCEPTED))
+    rig.sample(49.7)
+    await rig.settle()
+    sent = rig.v2x.last_w("v1")
+    assert -(8 * KW_PER_A * 1000 - 4000) - 10 <= sent < 0  # within what the group has left
+    assert rig.svc.counters["v2x_guard_clipped"] >= 1
+    assert any("discharge guard" in a for a in rig.svc.active_alarms)
+    assert "discharge guard" in str(rig.unit("v1")["held"])
+    # the discharge test ends: the whole request passes again, the alarm clears
+    clear = book.sent(("c1", 1), 0.0, rig.clock.now(), 60.0)
+    book.outcome(("c1", 1), clear, CommandOutcome(CommandResult.ACCEPTED))
+    rig.clock.advance(1.5)
+    rig.sample(49.69)
+    await rig.settle()
+    assert rig.v2x.last_w("v1") < sent - 100
+    assert not any("discharge guard" in a for a in rig.svc.active_alarms)
+
+
+async def test_a_curve_is_clipped_by_the_guards_before_it_is_sent() -> None:
+    """Local mode: the curve's discharge end passes the group guard (8 A group: 5.52 kW)
+    and check_v2x with what is in force (a discharge test holding c1 at -4 kW)."""
+    book = V2xBook()
+    rig = Rig(mode="local", group_a=8, capable={"v1"}, book=book)
+    rig.plug("v1", 0.0, soc=90)
+    rig.sample(50.0)
+    await rig.settle()
+    _, _, curve, _ = rig.v2x.curves[-1]
+    group_w = 8 * KW_PER_A * 1000
+    assert -group_w - 10 <= min(p for _, p in curve) < -group_w + 50  # clipped, not dropped
+    assert rig.svc.counters["v2x_guard_clipped"] == 0  # the group guard did it
+    command = book.sent(("c1", 1), -4000.0, rig.clock.now(), 60.0)
+    book.outcome(("c1", 1), command, CommandOutcome(CommandResult.ACCEPTED))
+    rig.svc.units["v1"].curve_sent = False  # as after a reconnection: a new curve
+    rig.sample(50.0)
+    await rig.settle()
+    # the old curve counts until the new one is accepted: even no discharge passes, so
+    # the new curve discharges nothing (flat at the allocation: it can only lower it) ...
+    _, _, curve, _ = rig.v2x.curves[-1]
+    assert min(p for _, p in curve) == 0.0
+    # ... and once that is in force, the retry gets what the group has left
+    rig.clock.advance(1.1)
+    rig.sample(50.0)
+    await rig.settle()
+    _, _, curve, _ = rig.v2x.curves[-1]
+    assert -(group_w - 4000) - 10 <= min(p for _, p in curve) < -(group_w - 4000) + 50
+    assert rig.svc.counters["v2x_guard_clipped"] == 2
+    assert any("discharge guard" in a for a in rig.svc.active_alarms)
+
+
+SETTINGS = st.builds(
+    lambda nominal, band, full: FrequencySettings(nominal, band, full, nominal - 0.5,
+                                                  nominal + 0.5, hysteresis_hz=band / 2),
+    st.sampled_from([50.0, 60.0]), st.floats(0.0, 0.05), st.floats(0.06, 0.4))
+
+
+@settings(max_examples=200, deadline=None)
+@given(SETTINGS, st.lists(st.tuples(st.floats(0.0, 22.0), st.floats(0.5, 22.0)),
+                          min_size=1, max_size=5), st.floats(-0.49, 0.49))
+def test_the_local_curve_and_the_central_droop_agree(
+        s: FrequencySettings, units: list[tuple[float, float]], offset: float) -> None:
+    """At any frequency, the curves (what each charger does on its own in local mode)
+    ask in total what the central droop dispatches (after the circuit guard: never above
+    the allocation); with one unit, exactly its setpoint."""
+    specs = [UnitSpec(f"u{i}", UnitKind.CHARGER, max_discharge_kw=p, max_charge_kw=p,
+                      capacity_kwh=10_000.0, min_soc_pct=0.0)
+             for i, (_, p) in enumerate(units)]
+    responder = FrequencyResponder(s, specs, 0.0)
+    states = {f"u{i}": UnitState(f"u{i}", base, 100.0, True, True)
+              for i, (base, _) in enumerate(units)}
+    hz = s.nominal_hz + offset
+    decision = responder.sample(1.0, hz, states)
+    central = [min(d.setpoint_kw, states[d.id].base_kw) for d in decision.units]
+    local = [curve_power_w(freq_watt_curve(s, base_w=base * 1000.0, max_charge_w=0.0,
+                                           max_discharge_w=p * 1000.0), hz) / 1000.0
+             for base, p in units]
+    assert sum(central) == pytest.approx(sum(local), abs=0.01)
+    if len(units) == 1:
+        assert central[0] == pytest.approx(local[0], abs=0.01)

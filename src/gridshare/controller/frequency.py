@@ -18,11 +18,15 @@ out at once, without one unit waiting on another:
   per-connector cap, one ``ConnectorCapsChanged(source="frequency")`` on the bus, which the
   controller folds as one more limit (the tightest wins).
 
-Two guards sit between the core and the wire, both about the circuits (the core knows only
+Guards sit between the core and the wire, all about the circuits (the core knows only
 units): a charger is never asked to charge above the allocation's value (charging more
-could overload its circuit; batteries, outside the charger tree, do), and the discharge of
-the V2X chargers under one group never exceeds what that group carries (a discharging car
-frees capacity on its circuit, never more than the circuit carries the other way).
+could overload its circuit; batteries, outside the charger tree, do); the discharge of the
+V2X chargers under one group is scaled to what that group carries (a discharging car frees
+capacity on its circuit, never more than the circuit carries the other way); and then
+every V2X setpoint or curve takes **the one safe path** the discharge test takes too:
+checked by :func:`gridshare.core.guard.check_v2x` through the app's shared
+:class:`~gridshare.core.v2x_book.V2xBook` (counting every value that may still be in force,
+whoever sent it), clipped to what passes (with an alarm), and booked before it leaves.
 
 Outside the safety window, or with a stale source, every unit goes to its safe state (no
 discharge, charging at the allocation's value or less) and an alarm says why (once per
@@ -38,11 +42,12 @@ import logging
 import math
 import time
 from collections import Counter, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
+from gridshare.adapters.ocpp.v2x import Curve, V2xRefused, curve_power_w, freq_watt_curve
 from gridshare.bus import Bus
 from gridshare.clock import Clock
 from gridshare.controller.audit import AlarmRecord
@@ -53,10 +58,10 @@ from gridshare.core.frequency import (
     Mode,
     UnitKind,
     UnitState,
-    droop_fraction,
 )
-from gridshare.core.snapshot import PhaseCurrents
+from gridshare.core.snapshot import PhaseCurrents, Snapshot
 from gridshare.core.topology import Charger, ConnectorKey, Topology, amps_to_kw
+from gridshare.core.v2x_book import V2xBook
 from gridshare.drivers import CommandOutcome, CommandResult
 from gridshare.events import ConnectorCapsChanged
 
@@ -190,6 +195,10 @@ class _Unit:
     curve_at: float = -math.inf
     curve_base_kw: float = 0.0
     """The allocation's value the curve in force was built around."""
+    curve_in_force: Curve | None = None
+    curve_share: float = 1.0
+    """The share of its discharge end the guard passed (below 1: tried again later)."""
+    """The curve last accepted (what supervision compares the meter with)."""
     curve_task: bool = False
     safe_override: bool = False
     """Local mode: a safe-state setpoint overrides the curve (sent again after)."""
@@ -221,7 +230,12 @@ class FrequencyService:
     def __init__(self, spec: FrequencyResponseSpec, topology: Topology, clock: Clock, *,
                  bus: Bus | None, state_view: StateView, v2x: V2xDriver | None = None,
                  batteries: BatteryLink | None = None, store: AlarmSink | None = None,
-                 options: FrequencyOptions | None = None) -> None:
+                 options: FrequencyOptions | None = None, book: V2xBook | None = None,
+                 counted: Callable[[], Mapping[ConnectorKey, float]] | None = None
+                 ) -> None:
+        """``book``: the app's shared :class:`V2xBook` (the discharge test books in it
+        too, so the two never double-count; a private one when None). ``counted``: the
+        controller's counted current per connector (A), for the guard's forward check."""
         self.spec = spec
         self.mode = spec.mode
         self.settings = spec.settings()
@@ -233,6 +247,8 @@ class FrequencyService:
         self._v2x = v2x
         self._batteries = batteries
         self._store = store
+        self.book = book if book is not None else V2xBook()
+        self._counted = counted
         self._voltage = topology.voltage
         self.units: dict[str, _Unit] = {}
         for u in spec.units:
@@ -244,6 +260,9 @@ class FrequencyService:
                 unit.connector = unit.charger.connectors[0].number
             self.units[u.id] = unit
         self._guards = self._group_guards()
+        self._guard_last: tuple[dict[ConnectorKey, float], float, float, str | None] | \
+            None = None
+        """(setpoints W checked, when, share passed, why clipped) of the last guard run."""
         at = self._now_s()
         self.responder = FrequencyResponder(self.settings, [u.unit() for u in spec.units],
                                             at)
@@ -406,6 +425,9 @@ class FrequencyService:
         to say counts as no: the charger is then only curtailed)."""
         if self._v2x is None:
             return False
+        declared = self.topology.chargers.get(charger)
+        if declared is None or not declared.v2x:
+            return False  # the guard refuses a discharge to it: only curtailed
         try:
             return bool(self._v2x.v2x_capable(charger))
         except Exception:
@@ -476,6 +498,8 @@ class FrequencyService:
         self.decision = decision
         self._alarms_of(decision, at)
         setpoints = self._circuit_guards(decision)
+        if self.mode == "central" or decision.mode is Mode.SAFE:
+            self._v2x_guard(setpoints, at)
         caps: dict[ConnectorKey, float] = {}
         for d in decision.units:
             unit = self.units[d.id]
@@ -511,6 +535,12 @@ class FrequencyService:
                 kw = max(base, 0.0)
                 held = "charging above the allocation is not sent (its circuit's limit)"
             out[d.id] = (kw, held)
+        self._group_scale(out)
+        return out
+
+    def _group_scale(self, out: dict[str, tuple[float, str | None]]) -> None:
+        """Scale the discharges (negative kW) in ``out`` under each group with a limit
+        together, so they stay within what the group carries (in place)."""
         for guard in self._guards:
             kw = 0.0
             amps = [0.0, 0.0, 0.0]
@@ -533,7 +563,80 @@ class FrequencyService:
                                     f"group {guard.group}: the discharges under it limited "
                                     f"to what it carries ({guard.max_current:g} A per phase"
                                     f", {guard.max_kw:g} kW)")
-        return out
+
+    # --- the discharge guard (core.guard.check_v2x through the shared V2xBook) ---------
+
+    def _guard_check(self, new_w: Mapping[ConnectorKey, float], at: float) -> list[str]:
+        """:meth:`V2xBook.check` of ``new_w`` (W per connector) against the conductors'
+        static ratings, with the controller's counted currents and every V2X value that
+        may still be in force (ours and the discharge test's): the alarms' messages."""
+        snapshot = Snapshot(now=datetime.fromtimestamp(at, UTC))
+        counted = self._counted() if self._counted is not None else {}
+        self.counters["v2x_guard_checks"] += 1
+        return [a.message for a in self.book.check(self.topology, snapshot, counted, new_w)]
+
+    def _guard_scale(self, new_w: Mapping[ConnectorKey, float], at: float
+                     ) -> tuple[float, list[str]]:
+        """The largest share (0–1, to 1/1024) of every discharge in ``new_w`` that the
+        guard passes, and the alarms at full share. 0 also when even no discharge passes:
+        what may still be in force already exceeds a limit (it counts until the new value
+        is accepted), and sending no discharge can only lower the reverse flow."""
+        found = self._guard_check(new_w, at)
+        if not found:
+            return 1.0, []
+
+        def scaled(share: float) -> dict[ConnectorKey, float]:
+            return {k: w * share if w < 0 else w for k, w in new_w.items()}
+
+        if self._guard_check(scaled(0.0), at):
+            return 0.0, found
+        lo, hi = 0.0, 1.0
+        for _ in range(10):
+            mid = (lo + hi) / 2
+            if self._guard_check(scaled(mid), at):
+                hi = mid
+            else:
+                lo = mid
+        return lo, found
+
+    def _v2x_guard(self, setpoints: dict[str, tuple[float, str | None]], at: float
+                   ) -> None:
+        """Pass the V2X setpoints about to be offered through ``check_v2x`` (in place:
+        discharges the guard refuses are clipped, together, to the share it passes).
+        Checked again only when a setpoint moved or a second passed (the book's values
+        in force only ever shrink in between, or are booked by someone who checked
+        against ours)."""
+        new_w: dict[ConnectorKey, float] = {}
+        ids: dict[ConnectorKey, str] = {}
+        for uid, (kw, _) in setpoints.items():
+            unit = self.units[uid]
+            if unit.charger is None or not unit.v2x or not unit.present:
+                continue
+            key = (unit.charger.id, unit.connector)
+            new_w[key] = _guarded_w(kw * 1000.0)
+            ids[key] = uid
+        if not new_w:
+            return
+        last = self._guard_last
+        if last is not None and last[0] == new_w and at - last[1] < 1.0:
+            share, why = last[2], last[3]
+        else:
+            share, alarms = self._guard_scale(new_w, at)
+            why = alarms[0] if alarms else None
+            self._guard_last = (new_w, at, share, why)
+            if why is None:
+                self._clear("v2x_guard", at)
+            else:
+                self.counters["v2x_guard_clipped"] += 1
+                self._raise("v2x_guard", "frequency_guard",
+                            f"frequency: V2X setpoints refused by the discharge guard ({why})"
+                            f": discharges clipped to {share * 100:.1f} %", at, share, 1.0)
+        if share >= 1.0:
+            return
+        for uid in ids.values():
+            kw, _ = setpoints[uid]
+            if kw < 0:
+                setpoints[uid] = (kw * share, f"discharge guard: {why}")
 
     def _group_guards(self) -> list[_GroupGuard]:
         topo = self.topology
@@ -605,13 +708,10 @@ class FrequencyService:
                 unit.sent_kw, unit.sent_at = kw, at
                 unit.sends += 1
                 self.counters["v2x_setpoints"] += 1
-                try:
-                    outcome = await driver.send_v2x_setpoint(
-                        unit.charger.id, unit.connector, kw * 1000.0,
-                        valid_s=self.options.setpoint_valid_s)
-                except Exception as exc:  # a refusal by the driver (not V2X now, ...)
-                    outcome = CommandOutcome(CommandResult.REJECTED, sent=False,
-                                             detail=f"{type(exc).__name__}: {exc}")
+                outcome = await self._booked(
+                    unit, kw * 1000.0, self.options.setpoint_valid_s,
+                    driver.send_v2x_setpoint(unit.charger.id, unit.connector, kw * 1000.0,
+                                             valid_s=self.options.setpoint_valid_s))
                 if not self._sent(unit, outcome, "setpoint"):
                     unit.sent_kw = None  # not in force: the next offer goes out
                     break
@@ -620,6 +720,27 @@ class FrequencyService:
                     break
         finally:
             unit.in_flight = False
+
+    async def _booked(self, unit: _Unit, watts: float, valid_s: float,
+                      send: Any) -> CommandOutcome:
+        """Await ``send`` (the driver's coroutine) with the command booked in the shared
+        :class:`V2xBook` before it leaves and its outcome after (an exception is a
+        refusal: nothing in force)."""
+        assert unit.charger is not None
+        key = (unit.charger.id, unit.connector)
+        command = self.book.sent(key, _guarded_w(watts), self.clock.now(), valid_s)
+        try:
+            outcome: CommandOutcome = await send
+        except V2xRefused as exc:  # not V2X now (offline, not 2.1): nothing sent
+            outcome = CommandOutcome(CommandResult.OFFLINE, sent=False, detail=str(exc))
+        except Exception as exc:  # a refusal by the driver
+            outcome = CommandOutcome(CommandResult.REJECTED, sent=False,
+                                     detail=f"{type(exc).__name__}: {exc}")
+        except BaseException:  # cancelled: unknown, kept until its validTo
+            self.book.outcome(key, command, CommandOutcome(CommandResult.TIMEOUT))
+            raise
+        self.book.outcome(key, command, outcome)
+        return outcome
 
     def _sent(self, unit: _Unit, outcome: CommandOutcome, what: str) -> bool:
         """Record a V2X command's outcome; False (and a back-off) unless accepted. The
@@ -656,27 +777,28 @@ class FrequencyService:
 
     # --- local mode ----------------------------------------------------------------------
 
-    def curve(self, unit: _Unit, base_kw: float) -> list[tuple[float, float]]:
-        """The droop as the charger's frequency-watt curve: (Hz, W) points of what it
-        draws, + = charging, built around the allocation's value ``base_kw``.
+    def curve(self, unit: _Unit, base_kw: float, low_w: float | None = None) -> Curve:
+        """The droop as the charger's frequency-watt curve (:func:`freq_watt_curve`, the
+        one builder): absolute (Hz, W) points of what it draws, + = charging, built
+        around the allocation's value ``base_kw``.
 
         The allocation's value inside the dead band, falling linearly to it minus
-        ``max_discharge_kw`` at nominal − full activation (held below: the charger holds
-        the end points); flat above nominal (a charger never charges above the allocation:
-        its circuit's limit). Frequencies strictly increase whatever the settings."""
-        s = self.settings
+        ``max_discharge_kw`` at nominal − full activation (or to ``low_w``, what the
+        discharge guard passed, when that is higher), held below; flat above nominal (a
+        charger never charges above the allocation: its circuit's limit)."""
         base_w = max(base_kw, 0.0) * 1000.0
-        low_w = base_w - unit.spec.max_discharge_kw * 1000.0
-        band = s.deadband_hz
-        return [(round(s.nominal_hz - s.full_activation_hz, 4), round(low_w, 1)),
-                (round(s.nominal_hz - band, 4), round(base_w, 1)),
-                (round(s.nominal_hz + max(band, s.full_activation_hz), 4), round(base_w, 1))]
+        drop_w = unit.spec.max_discharge_kw * 1000.0
+        if low_w is not None:
+            drop_w = max(0.0, min(drop_w, base_w - low_w))
+        return freq_watt_curve(self.settings, base_w=base_w, max_charge_w=0.0,
+                               max_discharge_w=drop_w)
 
     def curve_power_kw(self, unit: _Unit, hz: float) -> float:
         """What the curve in force asks of the unit at ``hz`` (kW, + = charging)."""
-        s = self.settings
-        fraction = droop_fraction(hz - s.nominal_hz, s.deadband_hz, s.full_activation_hz)
-        return max(unit.curve_base_kw, 0.0) + min(fraction, 0.0) * unit.spec.max_discharge_kw
+        curve = unit.curve_in_force
+        if curve is None:
+            curve = self.curve(unit, unit.curve_base_kw)
+        return curve_power_w(curve, hz) / 1000.0
 
     def _local(self, at: float) -> None:
         safe = self.decision is None or self.decision.mode is Mode.SAFE
@@ -693,6 +815,10 @@ class FrequencyService:
                     at - unit.curve_at >= self.options.curve_valid_s / 2 or
                     abs(unit.base_kw - unit.curve_base_kw) > self.options.step_kw):
                 unit.curve_sent = False  # old, or the allocation moved: a new curve
+            elif unit.curve_sent and unit.curve_share < 1.0 and \
+                    at - unit.curve_at >= self.options.retry_after_s and \
+                    self._curve_share(unit, unit.base_kw, at)[0] > unit.curve_share + 0.01:
+                unit.curve_sent = False  # clipped by the guard, and more passes now
             if not unit.curve_sent and not unit.curve_task and not unit.in_flight and (
                     unit.failed_at is None or
                     at - unit.failed_at >= self.options.retry_after_s):
@@ -702,21 +828,52 @@ class FrequencyService:
                 self._supervise(unit, at)
 
     async def _send_curve(self, unit: _Unit) -> None:
+        """Send the unit's curve, its discharge end first passed through the guard
+        (clipped to what passes, or not sent) and booked in the shared book at its most
+        discharging point."""
         driver = self._v2x
         assert driver is not None and unit.charger is not None
         try:
             at, base = self._now_s(), unit.base_kw
-            try:
-                outcome = await driver.send_v2x_local_frequency(
-                    unit.charger.id, unit.connector, self.curve(unit, base),
-                    valid_s=self.options.curve_valid_s)
-            except Exception as exc:  # a refusal by the driver (not V2X now, ...)
-                outcome = CommandOutcome(CommandResult.REJECTED, sent=False,
-                                         detail=f"{type(exc).__name__}: {exc}")
+            share, alarms, low_w = self._curve_share(unit, base, at)
+            if alarms:
+                self.counters["v2x_guard_clipped"] += 1
+                self._raise(f"v2x_guard:{unit.id}", "frequency_guard",
+                            f"frequency: curve of {unit.id} refused by the discharge guard "
+                            f"({alarms[0]}): discharge clipped to {share * 100:.1f} %",
+                            at, share, 1.0)
+            else:
+                self._clear(f"v2x_guard:{unit.id}", at)
+            curve = self.curve(unit, base, low_w * share)
+            outcome = await self._booked(
+                unit, min(p for _, p in curve), self.options.curve_valid_s,
+                driver.send_v2x_local_frequency(unit.charger.id, unit.connector, curve,
+                                                valid_s=self.options.curve_valid_s))
             unit.curve_sent = self._sent(unit, outcome, "curve")
             unit.curve_at, unit.curve_base_kw = at, base
+            if unit.curve_sent:
+                unit.curve_in_force, unit.curve_share = curve, share
         finally:
             unit.curve_task = False
+
+    def _curve_share(self, unit: _Unit, base_kw: float, at: float
+                     ) -> tuple[float, list[str], float]:
+        """(share of the curve's discharge end the guard passes, its alarms, that end W)."""
+        assert unit.charger is not None
+        low_w = _guarded_w(min(p for _, p in self.curve(unit, base_kw)))
+        # the group guard first, as in central mode: every local curve's discharge end
+        # under a group shares what the group carries (so the first curve sent does not
+        # take it all), then check_v2x with what is in force
+        ends: dict[str, tuple[float, str | None]] = {}
+        for other in self.units.values():
+            if other.charger is not None and other.present and other.v2x:
+                base = base_kw if other is unit else other.base_kw
+                ends[other.id] = (max(base, 0.0) - other.spec.max_discharge_kw, None)
+        self._group_scale(ends)
+        if unit.id in ends:
+            low_w = max(low_w, _guarded_w(ends[unit.id][0] * 1000.0))
+        share, alarms = self._guard_scale({(unit.charger.id, unit.connector): low_w}, at)
+        return share, alarms, low_w
 
     def _supervise(self, unit: _Unit, at: float) -> None:
         """Alarm once when the measured power has been off the curve for too long."""
@@ -844,6 +1001,17 @@ class FrequencyService:
             "counters": dict(sorted(self.counters.items())),
             "units": units,
         }
+
+
+def _guarded_w(watts: float) -> float:
+    """What the guard and the book see of a V2X setpoint: its discharge (≤ 0 W, to 0.1 W).
+
+    A V2X *charge* setpoint is never above the allocation's value (the circuit guard),
+    which the controller's own guard passed and its ledger counts; checking it again as a
+    current send would refuse the small charges a ramp towards discharge passes through
+    (``check_plan``: 0 or within the connector's [min, max] A). The discharge side is the
+    news: every discharge, and every one that may still be in force, is counted."""
+    return min(round(watts, 1), 0.0) + 0.0
 
 
 def v2x_driver(csms: object) -> V2xDriver | None:

@@ -12,7 +12,9 @@ transfer"):
   overshoots never exceeds what the guard passed.
 * ``LocalFrequency``: the charger follows a ``v2xFreqWattCurve`` of up to 20
   ``{frequency Hz, power W}`` points (positive = charge) on its own, every cycle; gridshare
-  only supervises. The curve is built from the same droop as the central mode
+  only supervises. Each point is the absolute power at that frequency (no
+  ``v2xBaseline`` is sent), so the curve is built around the allocation's value
+  (:func:`freq_watt_curve`, the one builder), from the same droop as the central mode
   (:func:`gridshare.core.frequency.droop_fraction` with :class:`FrequencySettings`), so both
   modes answer a frequency with the same power.
 
@@ -82,24 +84,35 @@ def check_curve(curve: Sequence[tuple[float, float]]) -> Curve:
 
 
 def freq_watt_curve(settings: FrequencySettings, *, max_charge_w: float,
-                    max_discharge_w: float) -> Curve:
-    """The droop as a frequency-watt curve: 0 W inside the dead band, linear to
-    ``-max_discharge_w`` at nominal − full activation and ``+max_charge_w`` at nominal +
-    full activation, held beyond (the charger holds the end points). Each point's power is
-    :func:`droop_fraction` of its frequency, the same function the central mode uses.
+                    max_discharge_w: float, base_w: float = 0.0) -> Curve:
+    """The droop as a frequency-watt curve of **absolute** power (W, + = charge): the
+    one curve builder, used by the frequency service in ``local`` mode.
+
+    OCPP 2.1 reads each point's ``power`` as "power in W to charge (positive) or
+    discharge (negative) at specified frequency" — what the charger draws, not a change —
+    unless the period also carries ``v2xBaseline`` (then the curve is added to it). We
+    send no ``v2xBaseline``, so the curve is built around ``base_w``, what the allocation
+    gives the car: ``base_w`` inside the dead band, linear to ``base_w - max_discharge_w``
+    at nominal − full activation and ``base_w + max_charge_w`` at nominal + full
+    activation, held beyond (the charger holds the end points). Each point is
+    ``base_w + droop_fraction(offset) × max``, the same function the central mode uses.
+    The frequency service passes ``max_charge_w=0`` (a charger never charges above its
+    allocation: its circuit's limit), so above nominal the curve is flat at ``base_w``.
 
     Four points when the dead band is above 0, three when it is 0 (the two middle points
     coincide)."""
     up = _finite("max_charge_w", max_charge_w)
     down = _finite("max_discharge_w", max_discharge_w)
+    base = _finite("base_w", base_w)
     if up < 0 or down < 0:
         raise ValueError("max_charge_w and max_discharge_w are magnitudes (>= 0 W)")
     nominal, band, full = settings.nominal_hz, settings.deadband_hz, settings.full_activation_hz
-    offsets = [-full, -band, band, full] if band > 0 else [-full, 0.0, full]
+    # a dead band below the rounding of the frequencies (1 µHz) is none: three points
+    offsets = [-full, -band, band, full] if round(band, 6) > 0 else [-full, 0.0, full]
     points: list[tuple[float, float]] = []
     for offset in offsets:
         share = droop_fraction(offset, band, full)
-        power = share * (up if share > 0 else down)
+        power = base + share * (up if share > 0 else down)
         points.append((round(nominal + offset, 6), round(power, 3) + 0.0))
     return check_curve(points)
 
