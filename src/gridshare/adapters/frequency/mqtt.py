@@ -35,13 +35,7 @@ from gridshare.adapters.frequency import (
     parse_soc,
     setpoint_json,
 )
-from gridshare.adapters.meters.mqtt import (
-    CONNECT_TIMEOUT,
-    BrokerAddress,
-    keep_connected,
-    read_password,
-    tls_context,
-)
+from gridshare.adapters.meters.mqtt import BrokerAddress, keep_connected, make_client
 from gridshare.config import MqttSpec
 
 log = logging.getLogger("gridshare.frequency.mqtt")
@@ -119,17 +113,8 @@ class FrequencyMqtt:
             await task
 
     def _client(self) -> aiomqtt.Client:
-        password = (read_password(self._spec.password_file)
-                    if self._spec.password_file is not None else None)
-        context = tls_context(self._spec.cafile) if self._address.tls else None
-        # Never the meters' client id: the broker would drop one of the two connections.
-        identifier = (f"{self._spec.client_id}-freq" if self._spec.client_id is not None
-                      else None)
-        client = aiomqtt.Client(
-            self._address.host, self._address.port, username=self._spec.username,
-            password=password, identifier=identifier, tls_context=context,
-            timeout=CONNECT_TIMEOUT, keepalive=30, logger=log.getChild("client"),
-            max_inflight_messages=MAX_INFLIGHT)
+        client = make_client(self._spec, self._address, suffix="freq", logger=log,
+                             max_inflight_messages=MAX_INFLIGHT)
         client.pending_calls_threshold = MAX_INFLIGHT  # a batch of setpoints is expected
         return client
 
