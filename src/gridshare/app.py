@@ -18,6 +18,7 @@ import contextlib
 import gc
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,7 @@ from gridshare.controller.state import MeterInfo
 from gridshare.core.topology import Phase, Topology
 from gridshare.core.v2x_book import V2xBook
 from gridshare.drivers import ChargerDriver
+from gridshare.events import Event
 from gridshare.store import Store, default_url, normalise_url
 
 if TYPE_CHECKING:
@@ -228,6 +230,35 @@ def csms_config(topology: Topology, base: CsmsConfig | None,
                    voltage_v=topology.voltage, lease_s=settings.lease_s, v2x=frozenset(v2x))
 
 
+def build_csms(topology: Topology, options: ServeOptions, publish: Callable[[Event], None],
+               clock: Clock) -> CentralSystem:
+    """The OCPP central system of a site (one process, or a NATS gateway): its chargers,
+    the meters that are OCPP devices of their own (accepted like a charger with the same
+    security profile, never given a profile), and not the OpenEVSE boxes (they never
+    connect over OCPP)."""
+    by_ocpp = ocpp_meters(topology, options.meters)
+    csms = csms_config(topology, options.csms, options.controller)
+    for meter in by_ocpp:
+        if meter.dedicated and meter.charger not in csms.chargers:
+            spec = next(m for m in options.meters if m.id == meter.meter)
+            csms.chargers[meter.charger] = ChargerCredentials(spec.password_hash)
+    for cid in options.openevse:
+        csms.chargers.pop(cid, None)
+    return CentralSystem(csms, publish, clock=clock.now, meters=by_ocpp)
+
+
+def build_meter_sources(topology: Topology, options: ServeOptions,
+                        publish: Callable[[Event], None], clock: Clock) -> MeterSources | None:
+    """The MQTT and HTTP meters of the site (None: every meter is an OCPP device)."""
+    if all(m.source == "ocpp" for m in options.meters):
+        return None
+    from gridshare.adapters.meters import MeterSources
+
+    return MeterSources(options.meters, options.mqtt, publish, clock,
+                        voltage=topology.voltage, phases=meter_phases(topology, options.meters),
+                        lines=meter_lines(topology, options.meters))
+
+
 class GridshareApp:
     """One running site: bus, CSMS, controller, audit store and the API."""
 
@@ -241,16 +272,7 @@ class GridshareApp:
         if url is None:
             url = default_url(options.data_dir)
         self.store: Store | None = None if url.lower() in NO_DB else Store(normalise_url(url))
-        by_ocpp = ocpp_meters(topology, options.meters)
-        csms = csms_config(topology, options.csms, options.controller)
-        for meter in by_ocpp:
-            if meter.dedicated and meter.charger not in csms.chargers:
-                # Accepted like a charger (same security profile), never given a profile.
-                spec = next(m for m in options.meters if m.id == meter.meter)
-                csms.chargers[meter.charger] = ChargerCredentials(spec.password_hash)
-        for cid in options.openevse:  # an OpenEVSE box never connects over OCPP
-            csms.chargers.pop(cid, None)
-        self.csms = CentralSystem(csms, self.bus.publish, clock=self.clock.now, meters=by_ocpp)
+        self.csms = build_csms(topology, options, self.bus.publish, self.clock)
         self.openevse: OpenEvseDriver | None = None
         """The OpenEVSE boxes' driver (None: every charger speaks OCPP)."""
         driver: ChargerDriver = self.csms
@@ -271,14 +293,8 @@ class GridshareApp:
                                      bus=self.bus, audit=self.store)
         if self.store is not None:  # every cycle's decision in the audit log
             self.controller.on_cycle(self.store.record_cycle)
-        self.meter_sources: MeterSources | None = None
-        if any(m.source != "ocpp" for m in options.meters):
-            from gridshare.adapters.meters import MeterSources
-
-            self.meter_sources = MeterSources(
-                options.meters, options.mqtt, self.bus.publish, self.clock,
-                voltage=topology.voltage, phases=meter_phases(topology, options.meters),
-                lines=meter_lines(topology, options.meters))
+        self.meter_sources = build_meter_sources(topology, options, self.bus.publish,
+                                                 self.clock)
         self.homeassistant: HomeAssistantBridge | None = None
         """Home Assistant over the ``mqtt:`` broker (on unless ``homeassistant.enabled``
         is false)."""

@@ -61,29 +61,16 @@ class GatewayProcess:
 
     def __init__(self, topology: Topology, options: ServeOptions, *,
                  clock: Clock | None = None) -> None:
-        from gridshare.adapters.ocpp import CentralSystem, ChargerCredentials
-        from gridshare.app import csms_config, meter_lines, meter_phases, ocpp_meters
+        from gridshare.app import build_csms, build_meter_sources
 
         self.topology = topology
         self.options = options
         self.clock: Clock = clock or SystemClock()
         self.bus = _nats_bus(options, topology.site)
-        by_ocpp = ocpp_meters(topology, options.meters)
-        csms = csms_config(topology, options.csms, options.controller)
-        for meter in by_ocpp:
-            if meter.dedicated and meter.charger not in csms.chargers:
-                spec = next(m for m in options.meters if m.id == meter.meter)
-                csms.chargers[meter.charger] = ChargerCredentials(spec.password_hash)
-        self.csms = CentralSystem(csms, self.bus.publish, clock=self.clock.now, meters=by_ocpp)
+        self.csms = build_csms(topology, options, self.bus.publish, self.clock)
         self.commands = CommandServer(self.bus, self.csms)
-        self.meter_sources: MeterSources | None = None
-        if any(m.source != "ocpp" for m in options.meters):
-            from gridshare.adapters.meters import MeterSources
-
-            self.meter_sources = MeterSources(
-                options.meters, options.mqtt, self.bus.publish, self.clock,
-                voltage=topology.voltage, phases=meter_phases(topology, options.meters),
-                lines=meter_lines(topology, options.meters))
+        self.meter_sources: MeterSources | None = build_meter_sources(
+            topology, options, self.bus.publish, self.clock)
         self.finished: asyncio.Event = asyncio.Event()
         """Never set: a gateway runs until it is stopped."""
 
