@@ -18,7 +18,7 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -531,13 +531,12 @@ async def serve(topology: Topology, options: ServeOptions,
         await serve_role(topology, options, ready)
         return
     app = build_app(topology, options)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-            installed.append(sig)
+    with stop_on_signals() as stop:
+        await _serve_until(app, stop, ready)
+
+
+async def _serve_until(app: GridshareApp, stop: asyncio.Event,
+                       ready: asyncio.Event | None) -> None:
     try:
         await app.start()
         # What is alive now (config, topology, libraries) stays for the whole run: out of
@@ -551,5 +550,21 @@ async def serve(topology: Topology, options: ServeOptions,
         log.info("stopping: chargers fall back to their failsafe when their lease ends")
     finally:
         await app.stop()
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[asyncio.Event]:
+    """An event that SIGINT or SIGTERM sets while inside (where the loop can take signal
+    handlers); the handlers are removed on the way out."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    try:
+        yield stop
+    finally:
         for sig in installed:
             loop.remove_signal_handler(sig)

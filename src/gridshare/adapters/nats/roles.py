@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -266,15 +265,19 @@ async def serve_role(topology: Topology, options: ServeOptions,
     """Run a gateway or a controller until SIGINT/SIGTERM; LeaseLost when a controller
     lost its site (the caller exits with :data:`LEASE_LOST_EXIT`)."""
     app = build_role(topology, options)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-            installed.append(sig)
+    from gridshare.app import stop_on_signals
+
+    with stop_on_signals() as stop:
+        lost = await _serve_until(app, stop, ready)
+    if lost:
+        raise LeaseLost(f"controller lost the lease of site {topology.site}")
+
+
+async def _serve_until(app: GatewayProcess | ControllerProcess, stop: asyncio.Event,
+                       ready: asyncio.Event | None) -> bool:
+    """Run ``app`` until ``stop``; whether it ended by losing its lease."""
     if isinstance(app, ControllerProcess):
-        print(f"gridshare standby: site {topology.site}, controller {app.controller_id} "
+        print(f"gridshare standby: site {app.topology.site}, controller {app.controller_id} "
               f"waits for the lease", flush=True)
     lost = False
     try:
@@ -283,7 +286,7 @@ async def serve_role(topology: Topology, options: ServeOptions,
         await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if not starting.done():  # stopped while waiting for the lease
             await cancel_and_wait([starting], swallow_errors=True)
-            return
+            return False
         stopping.cancel()
         starting.result()
         print(app.ready_line(), flush=True)
@@ -297,7 +300,4 @@ async def serve_role(topology: Topology, options: ServeOptions,
         stopping.cancel()
     finally:
         await app.stop()
-        for sig in installed:
-            loop.remove_signal_handler(sig)
-    if lost:
-        raise LeaseLost(f"controller lost the lease of site {topology.site}")
+    return lost
