@@ -246,8 +246,8 @@ class RegulationService:
         self.load_source = load_source
         self.clock = clock
         self.mqtt = mqtt
-        self.frequency_topic = frequency_topic or spec.frequency_topic or \
-            f"gridshare/{site}/grid/frequency"
+        self.frequency_topic = (frequency_topic or spec.frequency_topic or
+                                f"gridshare/{site}/grid/frequency").replace("<site>", site)
         self._store = store
         self._publish_to = publish
         self._run_worker = run_worker
