@@ -401,6 +401,8 @@ class GridshareApp:
             meter["last_error"] = found.last_error if found is not None else None
         if self.openevse is not None:  # per box: heartbeats, bad messages, last error
             out["openevse"] = self.openevse.status()
+        if self.regulation is not None:  # area, load and its age, holding, setpoints
+            out["regulation"] = self.regulation.status()
         return out
 
     async def start(self) -> None:

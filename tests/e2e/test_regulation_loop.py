@@ -148,6 +148,10 @@ async def test_meter_stream_to_storage_dispatch_restores_balance_and_a_stall_hol
             while not await alarmed():
                 assert time.monotonic() < deadline, "no regulation alarm in the API"
                 await asyncio.sleep(0.2)
+            status = (await api.get("/status")).json()["regulation"]
+            assert status["area"] == "F1" and status["source"] == "TelemetryAreaLoad"
+            assert "area load" in status["holding"] and status["setpoints"] == {"bess-1": 0.0}
+            assert status["load_age_s"] > reg.spec.deadline_s
         finally:
             await api.aclose()
             await fleet.stop()

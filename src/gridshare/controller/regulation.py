@@ -262,6 +262,8 @@ class RegulationService:
         self._soc_topics = {u.soc_topic: u.id for u in self.units if u.soc_topic}
         self._last_step: datetime | None = None
         self.last: RegulationStep | None = None
+        self.last_load: tuple[float | None, float | None] = (None, None)
+        """The last step's area load (kW) and its age (s); None: there was none."""
         self.holding: str | None = None
         self.setpoints: dict[str, float] = {}
         self._alarms: deque[dict[str, Any]] = deque(maxlen=MAX_ALARMS)
@@ -313,6 +315,7 @@ class RegulationService:
             why = str(exc)
         else:
             why = ""
+        self.last_load = (load_kw, load_age)
         hz, hz_age = (None, None) if self._hz is None else \
             (self._hz[0], (at - self._hz[1]).total_seconds())
         result = self.regulator.step(load_kw=load_kw, load_age_s=load_age, hz=hz,
@@ -381,7 +384,12 @@ class RegulationService:
 
     def status(self) -> dict[str, Any]:
         last = self.last
-        return {"area": self.spec.area, "holding": self.holding,
+        load_kw, load_age = self.last_load
+        age = round(load_age, 3) if load_age is not None and math.isfinite(load_age) \
+            else None
+        return {"area": self.spec.area, "source": type(self.load_source).__name__,
+                "load_kw": load_kw, "load_age_s": age,
+                "holding": self.holding,
                 "ace_kw": None if last is None else last.ace_kw,
                 "correction_kw": None if last is None else last.correction_kw,
                 "setpoints": dict(self.setpoints), "alarms": self.alarms()}
