@@ -245,3 +245,24 @@ def test_one_master_per_battery() -> None:
     every = parse_site_config(SITE + "regulation: {area: F1, scheduled_kw: 5}\n", "s.yaml")
     assert every.frequency_response is not None
     assert frequency_without_regulated(every.frequency_response, every.regulation) is None
+
+
+def test_the_app_wires_the_source_and_leaves_the_rest_to_frequency_response() -> None:
+    from gridshare.app import GridshareApp, build_app, serve_options
+
+    def app_of(block: str) -> GridshareApp:
+        config = parse_site_config(SITE + f"regulation: {block}\n", "s.yaml")
+        return build_app(config.topology, serve_options(config, host="127.0.0.1",
+                                                        ocpp_port=0, api_port=None,
+                                                        db_url="none"))
+
+    zone = app_of("{area: Z1, scheduled_kw: 5, units: [bess-2]}")
+    assert zone.regulation is not None and isinstance(zone.regulation.load_source, ZoneLoad)
+    assert zone.frequency is not None  # bess-1 stays with the frequency response
+    assert [u.battery for u in zone.frequency.spec.units] == ["bess-1"]
+    feeder = app_of("{area: F1, scheduled_kw: 5}")
+    assert feeder.regulation is not None and feeder.telemetry is not None
+    assert isinstance(feeder.regulation.load_source, TelemetryAreaLoad)
+    assert feeder.regulation.load_source.telemetry is feeder.telemetry
+    assert feeder.frequency is None  # both batteries are regulation's
+    assert feeder.status()["regulation"]["source"] == "TelemetryAreaLoad"
