@@ -341,29 +341,17 @@ class GridshareApp:
                 topology, options.charge_planning, self.bus, self.clock,
                 state_view=self.controller.state, store=self.store,
                 tariff=load_tariff_steps(options.charge_planning, base))
-        self.regulation: RegulationService | None = None
-        """Area regulation from the meters (None: no ``regulation:`` block)."""
-        if options.regulation is not None and options.mqtt is not None:
-            from gridshare.controller.regulation import (
-                AreaLoadSource,
-                MqttAreaLoad,
-                RegulationService,
-                ZoneLoad,
-                batteries,
-            )
-
-            reg = options.regulation
-            source: AreaLoadSource = ZoneLoad(self.loads) if reg.load_topics is None else \
-                MqttAreaLoad({reg.area: reg.load_topics}, self.clock)
-            self.regulation = RegulationService(
-                reg, batteries(options.regulation_units, reg.units), source, self.clock,
-                site=topology.site, mqtt=options.mqtt, store=self.store,
-                frequency_topic=reg.frequency_topic or options.frequency_topic)
         self.frequency: FrequencyService | None = None
         """Frequency response (None: the site file has no ``frequency_response:``)."""
         self.frequency_mqtt: FrequencyMqtt | None = None
         if options.frequency_response is not None:
-            self._build_frequency(options.frequency_response)
+            from gridshare.controller.regulation import frequency_without_regulated
+
+            frequency = frequency_without_regulated(
+                options.frequency_response,
+                options.regulation if options.mqtt is not None else None)
+            if frequency is not None:
+                self._build_frequency(frequency)
         self.telemetry: TelemetryService | None = None
         """AMI and station telemetry over the ``mqtt:`` broker (docs/telemetry.md): on
         when the site has ``telemetry:`` or AMI meters."""
@@ -374,6 +362,25 @@ class GridshareApp:
                 topology.site, options.ami_meters, list(topology.chargers),
                 options.telemetry, self.clock, mqtt=options.mqtt, store=self.store,
                 publish=self.bus.publish)
+        self.regulation: RegulationService | None = None
+        """Area regulation from the meters (None: no ``regulation:`` block); its area load
+        from MQTT feeder meters, a zone, or an AMI feeder/substation/region of
+        ``self.telemetry`` (docs/regulation.md)."""
+        if options.regulation is not None and options.mqtt is not None:
+            from gridshare.controller.regulation import (
+                RegulationService,
+                area_source,
+                batteries,
+            )
+
+            reg = options.regulation
+            source = area_source(reg, zone_areas=topology.zones, ami_meters=options.ami_meters,
+                                 clock=self.clock, loads=self.loads,
+                                 telemetry=self.telemetry)
+            self.regulation = RegulationService(
+                reg, batteries(options.regulation_units, reg.units), source, self.clock,
+                site=topology.site, mqtt=options.mqtt, store=self.store,
+                frequency_topic=reg.frequency_topic or options.frequency_topic)
         self.api_server: ApiServer | None = None
         if options.api_port is not None:
             from gridshare.api.app import create_api
@@ -411,6 +418,8 @@ class GridshareApp:
             meter["last_error"] = found.last_error if found is not None else None
         if self.openevse is not None:  # per box: heartbeats, bad messages, last error
             out["openevse"] = self.openevse.status()
+        if self.regulation is not None:  # area, load and its age, holding, setpoints
+            out["regulation"] = self.regulation.status()
         return out
 
     async def start(self) -> None:

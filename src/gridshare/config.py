@@ -12,7 +12,7 @@ import itertools
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -816,7 +816,21 @@ class RegulationSpec(_Strict):
     load_topics: Annotated[list[MqttTopic], Field(min_length=1)] | None = None
     """Feeder/substation meters of the area on MQTT (``{"ts", "kw"}`` or a number, net of
     the storage behind them), summed; None: the area is a zone of the live load
-    aggregation (``zones:``)."""
+    aggregation (``zones:``) or a place of the AMI meters (see ``area_level``)."""
+    area_level: Literal["zone", "feeder", "substation", "region"] | None = None
+    """What ``area`` names: a zone of ``zones:``, or a feeder/substation/region of the AMI
+    meters (their demand windows, docs/telemetry.md). Default: a zone with that id, else
+    the AMI feeder, then substation, then region with that id."""
+    min_reporting: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.9
+    """AMI areas: the share of the area's meters that must have reported in a demand
+    window for it to be used (scaled up to all of them); a window with fewer is skipped."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RegulationSpec:
+        if self.load_topics is not None and self.area_level is not None:
+            raise ValueError("give load_topics (MQTT feeder meters) or area_level (a zone "
+                             "or an AMI feeder/substation/region), not both")
+        return self
 
 
 class ApiSpec(_Strict):
@@ -1726,10 +1740,8 @@ def _check_regulation(site: _Site, problems: ProblemList) -> None:
         problems.add(("regulation",), "no battery to dispatch: declare batteries under "
                      "frequency_response.units (with their setpoint_topic)")
     zones = {zid for zid, _ in site.zones}
-    if spec.load_topics is None and spec.area not in zones:
-        problems.add(("regulation", "area"), f"area {shown(spec.area)} is no zone of the "
-                     f"site (zones: {', '.join(sorted(z for z in zones if z)) or 'none'}); "
-                     "declare it, or give load_topics")
+    if spec.load_topics is None:
+        _check_regulation_area(site, spec, zones, problems)
     if freq is not None and spec.nominal_hz is not None and \
             spec.nominal_hz != freq.nominal_hz:
         problems.add(("regulation", "nominal_hz"), f"{spec.nominal_hz} Hz, but "
@@ -1738,6 +1750,54 @@ def _check_regulation(site: _Site, problems: ProblemList) -> None:
         if uid not in batteries:
             problems.add(("regulation", "units", i), f"unknown battery {shown(uid)} "
                          f"(frequency_response batteries: {', '.join(batteries) or 'none'})")
+
+
+def regulation_area_level(spec: RegulationSpec, zones: Iterable[str | None],
+                          ami_meters: Iterable[MeterSpec]) -> str | None:
+    """What a ``regulation.area`` without ``load_topics`` names: ``zone``, ``feeder``,
+    ``substation`` or ``region`` (``area_level``, else the first that has that id), or
+    None when nothing does."""
+    meters = list(ami_meters)
+    places = {level: {getattr(m, level) for m in meters} - {None}
+              for level in ("feeder", "substation", "region")}
+    if spec.area_level is not None:
+        known = set(zones) if spec.area_level == "zone" else places[spec.area_level]
+        return spec.area_level if spec.area in known else None
+    if spec.area in set(zones):
+        return "zone"
+    return next((level for level, keys in places.items() if spec.area in keys), None)
+
+
+def _check_regulation_area(site: _Site, spec: RegulationSpec, zones: set[str | None],
+                           problems: ProblemList) -> None:
+    """The area must be a zone or a place of the AMI meters; AMI demand windows must
+    close well within the deadline."""
+    ami = [m for _, _, m in site.meters if m is not None and m.is_ami]
+    level = regulation_area_level(spec, zones, ami)
+    if level is None:
+        names = [f"zones: {', '.join(sorted(z for z in zones if z)) or 'none'}"]
+        for lv in ("feeder", "substation", "region"):
+            keys = sorted({getattr(m, lv) for m in ami} - {None})
+            names.append(f"{lv}s: {', '.join(keys) or 'none'}")
+        if spec.area_level is None:
+            what = "no zone of the site nor a feeder, substation or region of its AMI meters"
+        elif spec.area_level == "zone":
+            what = "no zone of the site"
+        else:
+            what = f"no {spec.area_level} of the site's AMI meters"
+        problems.add(("regulation", "area"), f"area {shown(spec.area)} is {what} "
+                     f"({'; '.join(names)}); declare it, or give load_topics")
+        return
+    if level == "zone":
+        return
+    telemetry = site.head.telemetry if site.head is not None else None
+    tele = telemetry or TelemetrySpec()
+    if tele.window + tele.lateness >= spec.deadline_s:
+        problems.add(("regulation", "area"),
+                     f"the demand windows of {level} {spec.area!r} close "
+                     f"{tele.window:g} + {tele.lateness:g} s (telemetry window + lateness) "
+                     f"after they start: not within deadline_s {spec.deadline_s:g} s; "
+                     "set e.g. telemetry: {window: 1, lateness: 0.5}")
 
 
 def _check_wiring(groups: dict[str, _GroupEntry], chargers: dict[str, _ChargerEntry],

@@ -67,7 +67,7 @@ async def test_area_load_without_store_and_unknown_area() -> None:
     svc = service(clock, None)
     assert svc.area_load_kw("feeder:F2") == (0.0, math.inf)
     await svc.commit([msg("m-3", 10, 2000), msg("m-3", 20, 4000)])
-    assert svc.area_load_kw("north") == (pytest.approx(3.0), 0.0)
+    assert svc.area_load_kw("north") == (pytest.approx(3.0), pytest.approx(80.0))
     clock.set(T0 + timedelta(seconds=75))
     await svc._close(clock.now().timestamp())
     assert svc.area_load_kw("region:north") == (pytest.approx(3.0), pytest.approx(15.0))

@@ -2,8 +2,9 @@
 step, becomes a power target for the storage units (docs/regulation.md).
 
 Each ``step_s`` the service reads the area's net load (an :class:`AreaLoadSource`: MQTT
-feeder/substation meters, the live zone aggregation, or the feeder aggregation of
-``ingest``), the last frequency sample, and steps the pure regulator
+feeder/substation meters, the live zone aggregation, or an AMI feeder/substation/region of
+the telemetry ingest, :class:`TelemetryAreaLoad`), the last frequency sample, and steps the
+pure regulator
 (:mod:`gridshare.core.regulation`). The correction (kW, + = discharge) is shared across the
 batteries of ``frequency_response.units`` in proportion to their limits (a battery at its
 SoC floor is not discharged, a full one not charged; one whose SoC is unknown is not
@@ -40,8 +41,15 @@ from gridshare.tasks import cancel_and_wait
 if TYPE_CHECKING:
     import aiomqtt
 
-    from gridshare.config import FrequencyUnitSpec, MqttSpec, RegulationSpec
+    from gridshare.config import (
+        FrequencyResponseSpec,
+        FrequencyUnitSpec,
+        MeterSpec,
+        MqttSpec,
+        RegulationSpec,
+    )
     from gridshare.controller.aggregate import LoadService
+    from gridshare.controller.telemetry import TelemetryService
 
 log = logging.getLogger("gridshare.regulation")
 
@@ -54,7 +62,7 @@ class AreaLoadSource(Protocol):
     aggregation, MQTT meters)."""
 
     def area_load_kw(self, area: str) -> tuple[float, float]:
-        """(kW, age of the oldest reading in s); LookupError when there is none."""
+        """(kW, age in s of the data behind it); LookupError when there is none."""
         ...
 
 
@@ -127,6 +135,61 @@ class ZoneLoad:
             raise LookupError(str(exc)) from exc
 
 
+class TelemetryAreaLoad:
+    """An AMI feeder, substation or region as an area: the demand of the newest *closed*
+    window of the telemetry ingest (docs/telemetry.md) in which at least ``min_reporting``
+    of the area's meters reported, scaled up to all of them (a missing meter counted at
+    the others' mean). Its age is now minus that window's end.
+
+    The open window is never used: it holds only the meters that reported so far, and
+    would read as a load drop. A window in which too few meters reported (the stream
+    stalling part way through it, a feeder losing its backhaul) is skipped, so the
+    value does not jump; when the stream stops, the age grows until the deadline holds the
+    safe state."""
+
+    def __init__(self, telemetry: TelemetryService, level: str,
+                 min_reporting: float = 0.9) -> None:
+        self.telemetry = telemetry
+        self.level = level
+        self.min_reporting = min_reporting
+        self.skipped = 0
+        """Windows passed over because too few meters reported in them."""
+
+    def area_load_kw(self, area: str) -> tuple[float, float]:
+        kept = self.telemetry.recent.get((self.level, area))
+        now = self.telemetry.clock.now().timestamp()
+        for w in reversed(kept or ()):
+            if w.meters_reporting >= math.ceil(self.min_reporting * w.meters_expected - 1e-9):
+                scale = w.meters_expected / w.meters_reporting
+                return w.demand_kw * scale, max(0.0, now - w.window_end)
+            self.skipped += 1
+        if kept:
+            raise LookupError(f"{self.level} {area}: no closed demand window with "
+                              f"{self.min_reporting:.0%} of its meters reporting")
+        raise LookupError(f"{self.level} {area}: no closed demand window yet")
+
+
+def area_source(spec: RegulationSpec, *, zone_areas: Iterable[str | None],
+                ami_meters: Iterable[MeterSpec], clock: Clock,
+                loads: LoadService | None, telemetry: TelemetryService | None
+                ) -> AreaLoadSource:
+    """The area load source a ``regulation:`` block asks for: its ``load_topics`` on
+    MQTT, a zone of the live load aggregation, or an AMI feeder/substation/region of the
+    telemetry ingest."""
+    from gridshare.config import regulation_area_level
+
+    if spec.load_topics is not None:
+        return MqttAreaLoad({spec.area: spec.load_topics}, clock)
+    level = regulation_area_level(spec, zone_areas, ami_meters)
+    if level in (None, "zone"):
+        if loads is None:
+            raise ValueError(f"regulation: area {spec.area!r} needs the load aggregation")
+        return ZoneLoad(loads)
+    if telemetry is None:
+        raise ValueError(f"regulation: {level} {spec.area!r} needs the telemetry ingest")
+    return TelemetryAreaLoad(telemetry, level, spec.min_reporting)
+
+
 @dataclass(frozen=True, slots=True)
 class Battery:
     id: str
@@ -183,8 +246,8 @@ class RegulationService:
         self.load_source = load_source
         self.clock = clock
         self.mqtt = mqtt
-        self.frequency_topic = frequency_topic or spec.frequency_topic or \
-            f"gridshare/{site}/grid/frequency"
+        self.frequency_topic = (frequency_topic or spec.frequency_topic or
+                                f"gridshare/{site}/grid/frequency").replace("<site>", site)
         self._store = store
         self._publish_to = publish
         self._run_worker = run_worker
@@ -199,6 +262,8 @@ class RegulationService:
         self._soc_topics = {u.soc_topic: u.id for u in self.units if u.soc_topic}
         self._last_step: datetime | None = None
         self.last: RegulationStep | None = None
+        self.last_load: tuple[float | None, float | None] = (None, None)
+        """The last step's area load (kW) and its age (s); None: there was none."""
         self.holding: str | None = None
         self.setpoints: dict[str, float] = {}
         self._alarms: deque[dict[str, Any]] = deque(maxlen=MAX_ALARMS)
@@ -250,6 +315,7 @@ class RegulationService:
             why = str(exc)
         else:
             why = ""
+        self.last_load = (load_kw, load_age)
         hz, hz_age = (None, None) if self._hz is None else \
             (self._hz[0], (at - self._hz[1]).total_seconds())
         result = self.regulator.step(load_kw=load_kw, load_age_s=load_age, hz=hz,
@@ -318,7 +384,12 @@ class RegulationService:
 
     def status(self) -> dict[str, Any]:
         last = self.last
-        return {"area": self.spec.area, "holding": self.holding,
+        load_kw, load_age = self.last_load
+        age = round(load_age, 3) if load_age is not None and math.isfinite(load_age) \
+            else None
+        return {"area": self.spec.area, "source": type(self.load_source).__name__,
+                "load_kw": load_kw, "load_age_s": age,
+                "holding": self.holding,
                 "ace_kw": None if last is None else last.ace_kw,
                 "correction_kw": None if last is None else last.correction_kw,
                 "setpoints": dict(self.setpoints), "alarms": self.alarms()}
@@ -389,3 +460,22 @@ def batteries(frequency_units: Iterable[FrequencyUnitSpec],
     wanted = set(chosen) if chosen is not None else None
     return [Battery.of(u) for u in frequency_units
             if u.battery is not None and (wanted is None or u.battery in wanted)]
+
+
+def frequency_without_regulated(frequency: FrequencyResponseSpec,
+                                regulation: RegulationSpec | None
+                                ) -> FrequencyResponseSpec | None:
+    """One master per battery: the frequency response without the batteries regulation
+    dispatches (it would renew its own setpoint, 0 kW inside the dead band, on the same
+    topic every few seconds); None when no unit is left to it."""
+    if regulation is None:
+        return frequency
+    taken = set(regulation.units) if regulation.units is not None else \
+        {u.battery for u in frequency.units if u.battery is not None}
+    left = [u for u in frequency.units if u.battery is None or u.battery not in taken]
+    if len(left) == len(frequency.units):
+        return frequency
+    if not left:
+        log.info("frequency response: every unit is dispatched by regulation; none left")
+        return None
+    return frequency.model_copy(update={"units": left})

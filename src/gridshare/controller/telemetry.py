@@ -300,9 +300,10 @@ class TelemetryService:
 
     def area_load_kw(self, area: str) -> tuple[float, float]:
         """Demand (kW) of a feeder, substation or region and its age (s): the latest
-        closed window (age: now minus its end), else the open window so far (age 0),
-        else (0.0, inf). ``area`` is ``level:key`` or a key (feeder, then substation,
-        then region); an area the site does not place a meter in raises KeyError."""
+        closed window (age: now minus its end), else the open window so far (age: now
+        minus its start, the oldest reading it may hold), else (0.0, inf). ``area`` is
+        ``level:key`` or a key (feeder, then substation, then region); an area the site
+        does not place a meter in raises KeyError."""
         level_name, key = self._area(area)
         now = self.clock.now().timestamp()
         kept = self.recent.get((level_name, key))
@@ -311,7 +312,7 @@ class TelemetryService:
             return last.demand_kw, max(0.0, now - last.window_end)
         for w in reversed(self.aggregator.running()):
             if w.level == level_name and w.key == key:
-                return w.demand_kw, 0.0
+                return w.demand_kw, max(0.0, now - w.window_start)
         return 0.0, math.inf
 
     def _area(self, area: str) -> tuple[str, str]:
