@@ -250,7 +250,10 @@ class GridshareApp:
                 csms.chargers[meter.charger] = ChargerCredentials(spec.password_hash)
         for cid in options.openevse:  # an OpenEVSE box never connects over OCPP
             csms.chargers.pop(cid, None)
-        self.csms = CentralSystem(csms, self.bus.publish, clock=self.clock.now, meters=by_ocpp)
+        self.csms = CentralSystem(
+            csms, self.bus.publish, clock=self.clock.now, meters=by_ocpp,
+            # transaction messages and meter values are answered after their rows commit
+            durable=None if self.store is None else self.store.durable.write)
         self.openevse: OpenEvseDriver | None = None
         """The OpenEVSE boxes' driver (None: every charger speaks OCPP)."""
         driver: ChargerDriver = self.csms
