@@ -19,6 +19,7 @@ import gc
 import logging
 import signal
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -309,7 +310,9 @@ class GridshareApp:
         if self.dr is not None and options.mqtt is not None:
             from gridshare.adapters.dr.mqtt import DrMqtt
 
-            self.dr_mqtt = DrMqtt(options.mqtt, topology.site, self.dr, self.clock)
+            self.dr_mqtt = DrMqtt(  # PUBACK once the signal is committed
+                options.mqtt, topology.site, self.dr, self.clock,
+                commit=None if self.store is None else partial(self.store.flush, strict=True))
         self.dr_openadr: OpenAdrVen | None = None
         """The OpenADR 2.0b VEN of ``demand_response: {openadr: ...}``."""
         openadr = options.demand_response.openadr
