@@ -29,7 +29,6 @@ from websockets.asyncio.client import connect
 from gridshare.adapters.ocpp import CentralSystem, CsmsConfig
 from gridshare.store import Store
 
-
 TESTS = str(Path(__file__).resolve().parents[1] / "tests")
 
 
