@@ -63,8 +63,11 @@ async def charger(port: int, cid: str, until: float, latencies: list[float]) -> 
                         "measurand": "Energy.Active.Import.Register"}]}]}))
 
 
-async def run(url: str, durable: bool, chargers: int, seconds: float) -> dict[str, Any]:
+async def run(url: str, durable: bool, chargers: int, seconds: float,
+              window_ms: float | None = None) -> dict[str, Any]:
     store = Store(url)
+    if window_ms is not None:
+        store.durable.max_delay_s = window_ms / 1000.0
     await store.start()
     csms = CentralSystem(CsmsConfig(allow_auto_register=True), store.record_event,
                          durable=store.durable.write if durable else None)
@@ -91,13 +94,16 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--chargers", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--window-ms", type=float, default=None,
+                        help="the writer's gathering window (default: the store's)")
     parser.add_argument("--db", help="database URL (default: SQLite in a temp dir)")
     parser.add_argument("--postgres", action="store_true",
                         help="a throwaway PostgreSQL cluster (as the tests start)")
     args = parser.parse_args()
     async def both(url_of: Any) -> None:
         for durable in (False, True):
-            r = await run(url_of(durable), durable, args.chargers, args.seconds)
+            r = await run(url_of(durable), durable, args.chargers, args.seconds,
+                        args.window_ms)
             extra = (f", {r['commits']} commits, {r['rows_per_commit']:.1f} rows/commit"
                      if durable else "")
             print(f"{r['mode']:>12}: {args.chargers} chargers, {r['answers']} answers, "

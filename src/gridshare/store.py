@@ -719,16 +719,19 @@ within milliseconds; the bound only matters if the store is not consuming)."""
 class DurableWriter:
     """Group commit: ``await write(events)`` returns once the events' rows are committed.
 
-    Every caller's rows wait at most ``max_delay_s`` (5 ms) after the first of a group
-    arrived, or until ``max_rows`` rows are waiting, then all of them are written in one
-    transaction (one fsync) and every waiter is resumed — or gets the exception, all of
-    them, if the transaction failed (nothing of it is stored then). While a transaction is
-    being committed the next group gathers, so under load the groups grow by themselves.
+    When no transaction is being committed, the rows waiting are committed at once (after
+    one loop pass, so what arrived together goes together); while one is being committed
+    the next group gathers, so under load the groups grow by themselves to whatever
+    arrived during one commit (one fsync for all of them) — the classic group commit, no
+    waiting when idle. ``max_delay_s`` > 0 adds a gathering window (at most that long, or
+    until ``max_rows`` rows wait): measured slower on SQLite (docs/benchmarks.md), so 0
+    by default. Every waiter of a group is resumed when it is committed — or gets the
+    exception, all of them, if the transaction failed (nothing of it is stored then).
     The events are marked before the write, so the batched path never writes their rows a
     second time, even when the write failed (the caller then owes them: see the OCPP
     session's ``unstored``)."""
 
-    def __init__(self, store: Store, *, max_delay_s: float = 0.005,
+    def __init__(self, store: Store, *, max_delay_s: float = 0.0,
                  max_rows: int = 2000) -> None:
         self.store = store
         self.max_delay_s = max_delay_s
@@ -763,9 +766,12 @@ class DurableWriter:
     async def _run(self) -> None:
         """One group per pass; ends when nobody is waiting (started again by ``write``)."""
         while self._waiting:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.max_delay_s):
-                    await self._full.wait()
+            if self.max_delay_s > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.max_delay_s):
+                        await self._full.wait()
+            else:
+                await asyncio.sleep(0)  # what this loop pass brought joins
             self._full.clear()
             group, self._waiting, self._rows = self._waiting, [], 0
             try:
