@@ -139,3 +139,38 @@ async def test_a_refused_write_is_a_call_error_and_the_retry_stores_it_once(
     await store.flush()
     assert await store.count("sessions") == 1  # the batched path did not add it again
     assert csms.counters.rejected.get("store_failed") == 1
+
+
+async def test_ocpp201_transaction_events_are_committed_before_their_answers(
+        site: tuple[Store, CentralSystem]) -> None:
+    store, csms = site
+    async with connect(f"ws://127.0.0.1:{csms.port}/cp-2",
+                       subprotocols=["ocpp2.0.1"]) as ws:  # type: ignore[list-item]
+        charger = Charger(ws)
+        boot = await charger.call("BootNotification", {
+            "chargingStation": {"model": "m", "vendorName": "v"}, "reason": "PowerUp"})
+        assert boot[0] == 3
+
+        def event(kind: str, seq: int, wh: float, **info: Any) -> dict[str, Any]:
+            at = iso(BASE + timedelta(seconds=seq))
+            return {"eventType": kind, "timestamp": at, "triggerReason": "MeterValuePeriodic",
+                    "seqNo": seq, "transactionInfo": {"transactionId": "tx-a", **info},
+                    "evse": {"id": 1, "connectorId": 1},
+                    "meterValue": [{"timestamp": at, "sampledValue": [{
+                        "value": wh, "measurand": "Energy.Active.Import.Register"}]}]}
+
+        assert (await charger.call("TransactionEvent", event("Started", 0, 500.0)))[0] == 3
+        [row] = await store.rows("sessions")
+        assert (row["transaction_id"], row["meter_start_wh"]) == ("tx-a", 500.0)
+        assert await store.count("meter_readings") == 1
+        assert (await charger.call("TransactionEvent", event("Updated", 1, 700.0)))[0] == 3
+        assert await store.count("meter_readings") == 2
+        ended = await charger.call("TransactionEvent",
+                                   event("Ended", 2, 900.0, stoppedReason="Local"))
+        assert ended[0] == 3
+        [row] = await store.rows("sessions")
+        assert (row["meter_stop_wh"], row["stop_reason"]) == (900.0, "Local")
+        assert await store.count("meter_readings") == 3
+    await store.flush()
+    assert await store.count("sessions") == 1
+    assert await store.count("meter_readings") == 3
