@@ -63,6 +63,10 @@ async def charger(port: int, cid: str, until: float, latencies: list[float]) -> 
                         "measurand": "Energy.Active.Import.Register"}]}]}))
 
 
+def _p99(ordered: list[float]) -> float:
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
 async def run(url: str, durable: bool, chargers: int, seconds: float,
               window_ms: float | None = None) -> dict[str, Any]:
     store = Store(url)
@@ -83,11 +87,13 @@ async def run(url: str, durable: bool, chargers: int, seconds: float,
         await csms.stop()
         await store.stop()
     latencies.sort()
-    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    p99 = _p99(latencies)
     return {"mode": "after commit" if durable else "at once", "answers": len(latencies),
             "p50_ms": statistics.median(latencies) * 1000, "p99_ms": p99 * 1000,
             "per_s": len(latencies) / elapsed, "commits": store.durable.commits,
-            "rows_per_commit": store.durable.rows / max(1, store.durable.commits)}
+            "rows_per_commit": store.durable.rows / max(1, store.durable.commits),
+            "commit_p50_ms": statistics.median(store.durable.commit_s or [0.0]) * 1000,
+            "commit_p99_ms": _p99(sorted(store.durable.commit_s or [0.0])) * 1000}
 
 
 async def main() -> None:
@@ -104,7 +110,8 @@ async def main() -> None:
         for durable in (False, True):
             r = await run(url_of(durable), durable, args.chargers, args.seconds,
                         args.window_ms)
-            extra = (f", {r['commits']} commits, {r['rows_per_commit']:.1f} rows/commit"
+            extra = (f", {r['commits']} commits, {r['rows_per_commit']:.1f} rows/commit, "
+                     f"commit p50 {r['commit_p50_ms']:.2f} ms p99 {r['commit_p99_ms']:.2f} ms"
                      if durable else "")
             print(f"{r['mode']:>12}: {args.chargers} chargers, {r['answers']} answers, "
                   f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, "

@@ -39,6 +39,7 @@ import dataclasses
 import json
 import logging
 import os
+import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -744,6 +745,8 @@ class DurableWriter:
         """Transactions committed (rows / commits = the group size)."""
         self.rows = 0
         self.failures = 0
+        self.commit_s: deque[float] = deque(maxlen=10_000)
+        """How long the latest transactions took (seconds; the benchmark reports them)."""
 
     async def write(self, items: Sequence[Event]) -> None:
         """Commit the rows of ``items`` (meter readings, session starts and stops; other
@@ -774,6 +777,7 @@ class DurableWriter:
                 await asyncio.sleep(0)  # what this loop pass brought joins
             self._full.clear()
             group, self._waiting, self._rows = self._waiting, [], 0
+            started = time.perf_counter()
             try:
                 await self._commit([e for items, _ in group for e in items])
             except Exception as exc:
@@ -792,6 +796,7 @@ class DurableWriter:
                         future.exception()
                 raise
             self.commits += 1
+            self.commit_s.append(time.perf_counter() - started)
             for items, future in group:
                 self.rows += len(items)
                 if not future.done():
