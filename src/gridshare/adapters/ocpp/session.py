@@ -5,7 +5,10 @@ before the next frame (say, a BootNotification) is looked at, and every frame ge
 per-charger sequence number that keeps increasing across reconnects, so the controller can
 order a boot after every answer that came before it. The events a call causes are published
 only once its answer has been written: a SessionStarted reaches the controller when the
-charger already knows its transaction id, so the first TxProfile is not refused.
+charger already knows its transaction id, so the first TxProfile is not refused. With a
+store, transaction messages and meter values are answered only once their rows are
+committed (``SessionContext.durable``, a group commit; a CallError if the database
+refused them), so a crash never loses what a charger was told is taken.
 Bad input never closes the connection: it is answered with the right CallError (or dropped
 when unanswerable) and counted.
 
