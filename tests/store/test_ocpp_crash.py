@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import WebSocketException
 
 from gridshare.store import Store
 
@@ -72,7 +72,8 @@ async def charger(url: str, cid: str, acked: Acked, start_at: datetime) -> None:
             acked.reached.set()
         return dict(answer[2])
 
-    with contextlib.suppress(ConnectionClosed, OSError):
+    # the server dies at any moment: mid-call, or while a late charger is still connecting
+    with contextlib.suppress(WebSocketException, OSError):
         async with connect(f"{url}/{cid}", subprotocols=["ocpp1.6"]) as ws:  # type: ignore[list-item]
             await call(ws, "BootNotification", {"chargePointVendor": "t",
                                                 "chargePointModel": "crash"})
