@@ -18,8 +18,9 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -231,7 +232,9 @@ def csms_config(topology: Topology, base: CsmsConfig | None,
 
 
 def build_csms(topology: Topology, options: ServeOptions, publish: Callable[[Event], None],
-               clock: Clock) -> CentralSystem:
+               clock: Clock, *,
+               durable: Callable[[Sequence[Event]], Awaitable[None]] | None = None,
+               ) -> CentralSystem:
     """The OCPP central system of a site (one process, or a NATS gateway): its chargers,
     the meters that are OCPP devices of their own (accepted like a charger with the same
     security profile, never given a profile), and not the OpenEVSE boxes (they never
@@ -244,7 +247,7 @@ def build_csms(topology: Topology, options: ServeOptions, publish: Callable[[Eve
             csms.chargers[meter.charger] = ChargerCredentials(spec.password_hash)
     for cid in options.openevse:
         csms.chargers.pop(cid, None)
-    return CentralSystem(csms, publish, clock=clock.now, meters=by_ocpp)
+    return CentralSystem(csms, publish, clock=clock.now, meters=by_ocpp, durable=durable)
 
 
 def build_meter_sources(topology: Topology, options: ServeOptions,
@@ -272,7 +275,10 @@ class GridshareApp:
         if url is None:
             url = default_url(options.data_dir)
         self.store: Store | None = None if url.lower() in NO_DB else Store(normalise_url(url))
-        self.csms = build_csms(topology, options, self.bus.publish, self.clock)
+        self.csms = build_csms(
+            topology, options, self.bus.publish, self.clock,
+            # transaction messages and meter values are answered after their rows commit
+            durable=None if self.store is None else self.store.durable.write)
         self.openevse: OpenEvseDriver | None = None
         """The OpenEVSE boxes' driver (None: every charger speaks OCPP)."""
         driver: ChargerDriver = self.csms
@@ -322,7 +328,9 @@ class GridshareApp:
         if self.dr is not None and options.mqtt is not None:
             from gridshare.adapters.dr.mqtt import DrMqtt
 
-            self.dr_mqtt = DrMqtt(options.mqtt, topology.site, self.dr, self.clock)
+            self.dr_mqtt = DrMqtt(  # PUBACK once the signal is committed
+                options.mqtt, topology.site, self.dr, self.clock,
+                commit=None if self.store is None else partial(self.store.flush, strict=True))
         self.dr_openadr: OpenAdrVen | None = None
         """The OpenADR 2.0b VEN of ``demand_response: {openadr: ...}``."""
         openadr = options.demand_response.openadr

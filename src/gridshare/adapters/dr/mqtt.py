@@ -17,6 +17,15 @@ Topics (``<site>`` is the site file's ``site:``):
 One connection of its own (client id ``<client_id>-dr``), kept up by the meters' loop
 (:func:`gridshare.adapters.meters.mqtt.keep_connected`): capped backoff, one log line per
 outage, never raises because the broker is down.
+
+Acknowledged after commit (with a ``commit``, as ``gridshare serve`` gives it the store's
+``flush(strict=True)``): like the telemetry ingest (:mod:`gridshare.adapters.telemetry.link`)
+the session is persistent (``clean_session`` false, a fixed client id: ``<client_id>-dr``,
+else ``gridshare-<site>-dr``) and paho's automatic PUBACK is off; a signal's PUBACK goes
+out only once its event is committed, so a ``kill -9`` before the commit leaves it
+unacknowledged and the broker redelivers it (idempotent: same id, same content). A refused
+signal is acknowledged at once (there is nothing to store; it is answered on the rejected
+topic). If the commit fails the connection is dropped on purpose, so the broker redelivers.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import contextlib
 import json
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiomqtt
@@ -60,8 +70,13 @@ def topics(site: str) -> tuple[str, str, str]:
 class DrMqtt:
     """Takes DR signals from the broker into ``dr`` and publishes its alerts."""
 
-    def __init__(self, spec: MqttSpec, site: str, dr: DrInput, clock: Clock) -> None:
+    def __init__(self, spec: MqttSpec, site: str, dr: DrInput, clock: Clock, *,
+                 commit: Callable[[], Awaitable[None]] | None = None) -> None:
+        """``commit``: waits until the stored signal is committed (raises if it was not);
+        None: no store, the client acknowledges on arrival."""
         self._spec = spec
+        self._site = site
+        self._commit = commit
         self._address = BrokerAddress.parse(spec.url)
         self.signals_topic, self.rejected_topic, self.alerts_topic = topics(site)
         self._dr = dr
@@ -81,6 +96,9 @@ class DrMqtt:
         """Signals refused (invalid or conflicting)."""
         self.dropped = 0
         """Rejections and alerts dropped because the outbox was full."""
+        self.acked = 0
+        """Signals acknowledged after their commit (with ``commit``)."""
+        self.commit_failures = 0
         dr.on_alert(self.alert)
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -104,10 +122,17 @@ class DrMqtt:
         context = tls_context(self._spec.cafile) if self._address.tls else None
         # Never the meters' client id: the broker would drop one of the two connections.
         identifier = f"{self._spec.client_id}-dr" if self._spec.client_id is not None else None
-        return aiomqtt.Client(
+        durable = self._commit is not None
+        if durable and identifier is None:  # a persistent session needs a fixed id
+            identifier = f"gridshare-{self._site}-dr"
+        client = aiomqtt.Client(
             self._address.host, self._address.port, username=self._spec.username,
             password=password, identifier=identifier, tls_context=context,
+            clean_session=False if durable else None,
             timeout=CONNECT_TIMEOUT, keepalive=30, logger=log.getChild("client"))
+        if durable:
+            client._client.manual_ack_set(True)  # PUBACK after the commit (_read)
+        return client
 
     async def _run(self) -> None:
         await keep_connected(self, self._client, self._subscribe, self._serve,
@@ -142,15 +167,32 @@ class DrMqtt:
             payload = message.payload
             data = payload if isinstance(payload, bytes | bytearray) else (
                 str(payload).encode() if payload is not None else b"")
+            stored = False
             try:
-                self.handle(bytes(data))
+                stored = self.handle(bytes(data))
             except Exception:  # a bug must not take the broker link down
                 log.exception("dr: handling a signal on %s failed", self.signals_topic)
+            if self._commit is None:
+                continue
+            if stored:
+                try:
+                    await self._commit()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self.commit_failures += 1
+                    log.warning("dr: signal not stored (%s); reconnecting so the broker "
+                                "redelivers it", exc)
+                    raise aiomqtt.MqttError(f"dr signal not stored: {exc}") from exc
+                self.acked += 1
+            if message.qos > 0:
+                client._client.ack(message.mid, message.qos)
 
     # --- signals in, rejections and alerts out -----------------------------------------------
 
-    def handle(self, payload: bytes) -> None:
-        """One message of the signals topic: stored, or refused with a reason."""
+    def handle(self, payload: bytes) -> bool:
+        """One message of the signals topic: stored (True: the DR service took it, new or
+        redelivered), or refused with a reason (False)."""
         self.received += 1
         data: Any = None
         try:
@@ -166,7 +208,7 @@ class DrMqtt:
             outcome, event = submit_json(self._dr, data, now=self._clock.now(), source="mqtt")
         except (SignalInvalid, SignalConflict) as exc:
             self._reject(data, str(exc))
-            return
+            return False
         if outcome is Submitted.CREATED:
             self.accepted += 1
             log.warning("dr: signal %s from mqtt stored: %s %g kW in zone %s",
@@ -176,6 +218,7 @@ class DrMqtt:
             self.redelivered += 1
             log.info("dr: signal %s from mqtt redelivered (same content, nothing changed)",
                      event.signal.signal_id)
+        return True
 
     def _reject(self, data: Any, reason: str) -> None:
         self.rejected += 1

@@ -75,7 +75,8 @@ class CentralSystem:
 
     def __init__(self, config: CsmsConfig, publish: Callable[[Event], None],
                  clock: Callable[[], datetime] | None = None, *,
-                 meters: Sequence[OcppMeter] = ()) -> None:
+                 meters: Sequence[OcppMeter] = (),
+                 durable: Callable[[Sequence[Event]], Awaitable[None]] | None = None) -> None:
         """``meters``: site meters read from MeterValues; a dedicated one's id must be in
         ``config.chargers`` to be accepted (same security rules as a charger)."""
         self.config = config
@@ -101,7 +102,8 @@ class CentralSystem:
             writer=FrameWriter(self.spawn), deadlines=Deadlines(), now=self.now,
             emit=self.emit, spawn=self.spawn,
             charger_state=self.charger_state, next_transaction_id=lambda: next(self._tx_ids),
-            command_done=self._command_done, pending_event=self._pending_event)
+            command_done=self._command_done, pending_event=self._pending_event,
+            durable=durable)
 
     # --- plumbing shared with the sessions ----------------------------------------------
 

@@ -5,7 +5,10 @@ before the next frame (say, a BootNotification) is looked at, and every frame ge
 per-charger sequence number that keeps increasing across reconnects, so the controller can
 order a boot after every answer that came before it. The events a call causes are published
 only once its answer has been written: a SessionStarted reaches the controller when the
-charger already knows its transaction id, so the first TxProfile is not refused.
+charger already knows its transaction id, so the first TxProfile is not refused. With a
+store, transaction messages and meter values are answered only once their rows are
+committed (``SessionContext.durable``, a group commit; a CallError if the database
+refused them), so a crash never loses what a charger was told is taken.
 Bad input never closes the connection: it is answered with the right CallError (or dropped
 when unanswerable) and counted.
 
@@ -23,7 +26,7 @@ import logging
 import math
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Coroutine, Hashable
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -98,6 +101,10 @@ class ChargerState:
     """Number of the last inbound frame, over every connection of this charger."""
     call_seq: int = 0
     """Number of our last call: message ids stay unique across reconnects."""
+    unstored: list[Event] = field(default_factory=list)
+    """Events of calls answered with a CallError because their rows could not be
+    committed: written before the next transaction message of this charger is answered
+    (the charger retries the refused one, which is then a duplicate producing nothing)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +153,17 @@ class SessionContext:
     """Called once per command that was answered, timed out or lost."""
     pending_event: Callable[[str, Event], None] = lambda _charger, _event: None
     """Takes the events of a pending connection instead of ``emit`` (see :mod:`.pending`)."""
+    durable: Callable[[Sequence[Event]], Awaitable[None]] | None = None
+    """Commits the rows of a transaction message's events before it is answered (the
+    store's group-commit writer); None (no database): answer at once."""
+
+
+DURABLE_ACTIONS = frozenset({"StartTransaction", "StopTransaction", "MeterValues",
+                             "TransactionEvent"})
+"""Calls answered only once their rows (sessions, meter readings) are committed: the
+charger drops a message once it is answered, so an answer before the commit could be a
+lie a crash exposes. Everything else is answered at once."""
+_UNSTORED_MAX = 1000
 
 
 _ACCEPTED = frozenset({"Accepted"})
@@ -241,8 +259,10 @@ class Session:
             frame = call_error_frame(call.unique_id, routed.code, routed.description)
         else:
             self._held_events = held
+            handled = False
             try:
                 frame = call_result_frame(call.unique_id, routed.handler(self, routed.payload))
+                handled = True
             except Exception as error:  # a handler bug: the charger gets InternalError
                 self.ctx.counters.reject("handler_error")
                 LOG.exception("%s: %s handler failed", self.charger, call.action)
@@ -250,12 +270,45 @@ class Session:
                                          f"{call.action} failed: {type(error).__name__}")
             finally:
                 self._held_events = None
+            if handled and call.action in DURABLE_ACTIONS and self.ctx.durable is not None:
+                refused = await self._commit_first(call, held)
+                if refused is not None:
+                    try:  # not cached: the charger's retry must be handled anew
+                        await self.ws.send(refused)
+                    finally:
+                        for event in held:
+                            self.ctx.emit(event)
+                    return
         _bounded_add(self._replies, call.unique_id, frame, _REPLY_CACHE)
         try:
             await self.ws.send(frame)
         finally:
             for event in held:
                 self.ctx.emit(event)
+
+    async def _commit_first(self, call: InboundCall, held: list[Event]) -> str | None:
+        """Commit the rows of ``held`` (and of refused calls before) before the answer.
+        None: committed (or nothing to store); else the CallError frame to answer instead:
+        OCPP 1.6 (§4.10, TransactionMessageAttempts) and 2.x (E, MessageAttempts-
+        TransactionEvent) chargers resend a transaction message answered with a CallError,
+        which is what we want when the database could not take it."""
+        assert self.ctx.durable is not None
+        owed = self.state.unstored
+        batch = [*owed, *held] if owed else held
+        if not batch:
+            return None
+        try:
+            await self.ctx.durable(batch)
+        except Exception as error:
+            self.state.unstored = batch[-_UNSTORED_MAX:]
+            self.ctx.counters.reject("store_failed")
+            LOG.warning("%s: %s not stored (%s): answered InternalError so the charger "
+                        "sends it again", self.charger, call.action, error)
+            return call_error_frame(call.unique_id, "InternalError",
+                                    f"{call.action} could not be stored: try again")
+        if owed:
+            self.state.unstored = []
+        return None
 
     def _emit(self, event: Event) -> None:
         """Publish now, or once the answer to the call being handled has been written; a
