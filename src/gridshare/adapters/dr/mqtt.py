@@ -42,11 +42,10 @@ import aiomqtt
 
 from gridshare.adapters.dr import DrInput, submit_json
 from gridshare.adapters.meters.mqtt import (
-    CONNECT_TIMEOUT,
     BrokerAddress,
     keep_connected,
-    read_password,
-    tls_context,
+    make_client,
+    read_while_sending,
 )
 from gridshare.clock import Clock
 from gridshare.config import MqttSpec
@@ -117,21 +116,15 @@ class DrMqtt:
             await task
 
     def _client(self) -> aiomqtt.Client:
-        password = (read_password(self._spec.password_file)
-                    if self._spec.password_file is not None else None)
-        context = tls_context(self._spec.cafile) if self._address.tls else None
-        # Never the meters' client id: the broker would drop one of the two connections.
-        identifier = f"{self._spec.client_id}-dr" if self._spec.client_id is not None else None
-        durable = self._commit is not None
-        if durable and identifier is None:  # a persistent session needs a fixed id
-            identifier = f"gridshare-{self._site}-dr"
-        client = aiomqtt.Client(
-            self._address.host, self._address.port, username=self._spec.username,
-            password=password, identifier=identifier, tls_context=context,
-            clean_session=False if durable else None,
-            timeout=CONNECT_TIMEOUT, keepalive=30, logger=log.getChild("client"))
-        if durable:
-            client._client.manual_ack_set(True)  # PUBACK after the commit (_read)
+        if self._commit is None:
+            return make_client(self._spec, self._address, suffix="dr", logger=log)
+        # A persistent session (a fixed id) so that the broker keeps what we did not
+        # acknowledge yet: PUBACK only after the commit (_read).
+        identifier = (f"{self._spec.client_id}-dr" if self._spec.client_id is not None
+                      else f"gridshare-{self._site}-dr")
+        client = make_client(self._spec, self._address, logger=log, identifier=identifier,
+                             clean_session=False)
+        client._client.manual_ack_set(True)
         return client
 
     async def _run(self) -> None:
@@ -143,24 +136,17 @@ class DrMqtt:
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         """Read signals while sending the outbox; return or raise when the link ends."""
-        reader = asyncio.create_task(self._read(client), name="dr-mqtt-signals")
-        try:
-            while not reader.done():
-                while self._outbox:
-                    topic, payload = self._outbox[0]
-                    await client.publish(topic, payload, qos=1)
-                    self._outbox.popleft()  # only once sent: a broken link keeps it
-                self._wake.clear()
-                waiter = asyncio.ensure_future(self._wake.wait())
-                try:
-                    await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    waiter.cancel()
-            reader.result()
-        finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                await reader
+
+        async def send_pending() -> bool:
+            sent = bool(self._outbox)
+            while self._outbox:
+                topic, payload = self._outbox[0]
+                await client.publish(topic, payload, qos=1)
+                self._outbox.popleft()  # only once sent: a broken link keeps it
+            return sent
+
+        await read_while_sending(self._read(client), self._wake, send_pending,
+                                 name="dr-mqtt-signals")
 
     async def _read(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:

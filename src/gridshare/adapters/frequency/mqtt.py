@@ -35,7 +35,12 @@ from gridshare.adapters.frequency import (
     parse_soc,
     setpoint_json,
 )
-from gridshare.adapters.meters.mqtt import BrokerAddress, keep_connected, make_client
+from gridshare.adapters.meters.mqtt import (
+    BrokerAddress,
+    keep_connected,
+    make_client,
+    read_while_sending,
+)
 from gridshare.config import MqttSpec
 
 log = logging.getLogger("gridshare.frequency.mqtt")
@@ -155,32 +160,24 @@ class FrequencyMqtt:
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         """Read while sending the outbox; return or raise when the link ends."""
-        reader = asyncio.create_task(self._read(client), name="frequency-mqtt-read")
-        try:
-            while not reader.done():
-                if self._outbox:
-                    batch, self._outbox = self._outbox, {}
-                    try:
-                        await asyncio.gather(*(client.publish(topic, payload, qos=1)
-                                               for topic, payload in batch.items()))
-                    except BaseException:
-                        for topic, payload in batch.items():  # a broken link keeps them
-                            self._outbox.setdefault(topic, payload)
-                        raise
-                    self.published += len(batch)
-                    self.last_published_at = time.perf_counter()
-                    continue
-                self._wake.clear()
-                waiter = asyncio.ensure_future(self._wake.wait())
-                try:
-                    await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    waiter.cancel()
-            reader.result()
-        finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                await reader
+
+        async def send_pending() -> bool:
+            if not self._outbox:
+                return False
+            batch, self._outbox = self._outbox, {}
+            try:
+                await asyncio.gather(*(client.publish(topic, payload, qos=1)
+                                       for topic, payload in batch.items()))
+            except BaseException:
+                for topic, payload in batch.items():  # a broken link keeps them
+                    self._outbox.setdefault(topic, payload)
+                raise
+            self.published += len(batch)
+            self.last_published_at = time.perf_counter()
+            return True
+
+        await read_while_sending(self._read(client), self._wake, send_pending,
+                                 name="frequency-mqtt-read")
 
     # --- samples and SoC in --------------------------------------------------------------
 

@@ -14,9 +14,10 @@ subscribed reaches us as a live one (the broker clears the flag), so it is read 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -153,6 +154,32 @@ def make_client(spec: MqttSpec, address: BrokerAddress, *, suffix: str | None = 
         address.host, address.port, username=spec.username, password=password,
         tls_context=context, timeout=CONNECT_TIMEOUT, keepalive=30,
         logger=logger.getChild("client"), **options)
+
+
+async def read_while_sending(reader: Coroutine[Any, Any, None], wake: asyncio.Event,
+                             send_pending: Callable[[], Awaitable[bool]], *,
+                             name: str) -> None:
+    """Run ``reader`` (a connection's message loop) while sending what is pending each
+    time ``wake`` is set; return or raise when the reader ends (the link closed or broke).
+    ``send_pending`` sends what is queued, keeps what it could not send for the next
+    connection, and says whether it sent anything (then it is asked again before waiting:
+    what was queued meanwhile goes out at once)."""
+    task = asyncio.create_task(reader, name=name)
+    try:
+        while not task.done():
+            if await send_pending():
+                continue
+            wake.clear()
+            waiter = asyncio.ensure_future(wake.wait())
+            try:
+                await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+        task.result()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+            await task
 
 
 class MqttLink:
