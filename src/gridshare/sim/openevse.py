@@ -39,7 +39,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from gridshare.tasks import cancel_and_wait
+from gridshare.tasks import cancel_and_wait, raise_if_cancelled
 
 log = logging.getLogger("gridshare.sim.openevse")
 
@@ -344,6 +344,7 @@ class SimOpenEvse:
                                 await client.publish(f"{self.base}/{key}", str(value))
                         await asyncio.sleep(self.publish_s)
             except aiomqtt.MqttError as exc:
+                raise_if_cancelled()
                 log.debug("sim openevse %s: mqtt %s", self.base, exc)
                 await asyncio.sleep(0.5)
 

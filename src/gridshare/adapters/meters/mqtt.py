@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import aiomqtt
 
 from gridshare.config import MqttSpec
+from gridshare.tasks import raise_if_cancelled
 
 log = logging.getLogger("gridshare.meters")
 
@@ -128,6 +129,7 @@ async def keep_connected(owner: Connection, connect: Callable[[], aiomqtt.Client
             owner.connected = False
             if on_closed is not None:
                 on_closed()
+        raise_if_cancelled()  # stopped while connecting or closing: not an outage
         if not down:
             log.warning("%s: %s; retrying with backoff up to %.0f s", label, reason,
                         BACKOFF_MAX)
