@@ -10,7 +10,6 @@ import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiomqtt
 import pytest
@@ -85,6 +84,10 @@ async def test_status_and_caps_follow_the_samples(frig: tuple[FreqRig, Mosquitto
         await rig.wait_until(lambda: app.frequency is not None and
                              app.frequency.units["bess"].soc_pct == 70)
 
+        # No sample for stale_after_s (1 s) since start: the source is stale, an alarm.
+        # (Waited for: on a quick machine the first sample could come before it.)
+        await rig.wait_until(lambda: app.frequency is not None and any(
+            "stale" in message for message in app.frequency.active_alarms))
         hz = [49.8]
 
         async def source() -> None:
@@ -114,14 +117,9 @@ async def test_status_and_caps_follow_the_samples(frig: tuple[FreqRig, Mosquitto
             # the source was stale until the first sample (an alarm), then it cleared:
             # both in the audit store, as GET /api/v1/alarms shows
             assert app.store is not None
-            mine: list[dict[str, Any]] = []
-            for _ in range(100):  # the store writes in batches: a busy machine lags
-                await app.store.flush()
-                alarms = (await rig.client.get("/api/v1/alarms")).json()["alarms"]
-                mine = [a for a in alarms if a["kind"] == "frequency"]
-                if len(mine) >= 2:
-                    break
-                await asyncio.sleep(0.1)
+            await app.store.flush()
+            alarms = (await rig.client.get("/api/v1/alarms")).json()["alarms"]
+            mine = [a for a in alarms if a["kind"] == "frequency"]
             assert [a["cleared"] for a in mine] == [True, False], mine  # newest first
             assert "stale" in mine[1]["message"]
             await client.publish(SOURCE, b"not a number", qos=1)
