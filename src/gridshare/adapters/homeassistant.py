@@ -57,6 +57,7 @@ from gridshare.controller.views import ConnectorView, ControllerStatus, GroupVie
 from gridshare.core.snapshot import GroupLimit
 from gridshare.core.topology import Topology
 from gridshare.events import Event, LimitChanged
+from gridshare.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from gridshare.controller.loop import Controller
@@ -359,9 +360,7 @@ class HomeAssistantBridge:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(2.0):
                     await client.publish(self.topics.status, OFFLINE, qos=1, retain=True)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait([task])
 
     def _make_client(self) -> aiomqtt.Client:
         return make_client(self._spec, self._address, suffix="homeassistant", logger=log,

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
+
+from gridshare.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from gridshare.sim.grid import GridModel
@@ -93,9 +94,7 @@ class AmiFleet:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task])
             self._task = None
 
     async def _run(self) -> None:

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from gridshare.tasks import cancel_and_wait
+
 
 @dataclass(slots=True)
 class BatteryState:
@@ -63,9 +65,7 @@ class SimBattery:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task])
             self._task = None
 
     def _take(self, payload: bytes) -> None:

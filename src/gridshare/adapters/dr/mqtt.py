@@ -31,7 +31,6 @@ topic). If the commit fails the connection is dropped on purpose, so the broker 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections import deque
@@ -51,6 +50,7 @@ from gridshare.clock import Clock
 from gridshare.config import MqttSpec
 from gridshare.core.dr.book import SignalConflict, Submitted
 from gridshare.core.dr.signals import SignalInvalid
+from gridshare.tasks import cancel_and_wait
 
 log = logging.getLogger("gridshare.dr.mqtt")
 
@@ -111,9 +111,7 @@ class DrMqtt:
         task, self._task = self._task, None
         if task is None:
             return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait([task])
 
     def _client(self) -> aiomqtt.Client:
         if self._commit is None:

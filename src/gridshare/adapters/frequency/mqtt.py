@@ -19,7 +19,6 @@ unknown, and a dead source must not look alive.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -42,6 +41,7 @@ from gridshare.adapters.meters.mqtt import (
     read_while_sending,
 )
 from gridshare.config import MqttSpec
+from gridshare.tasks import cancel_and_wait
 
 log = logging.getLogger("gridshare.frequency.mqtt")
 
@@ -113,9 +113,7 @@ class FrequencyMqtt:
         task, self._task = self._task, None
         if task is None:
             return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait([task])
 
     def _client(self) -> aiomqtt.Client:
         client = make_client(self._spec, self._address, suffix="freq", logger=log,
