@@ -65,7 +65,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from gridshare.bus import Subscription
@@ -347,19 +347,26 @@ class Store:
 
     async def start(self) -> None:
         url = make_url(self.url)
-        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        file_sqlite = url.get_backend_name() == "sqlite" and \
+            url.database not in (None, "", ":memory:")
+        if file_sqlite and url.database:
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        self._engine = create_async_engine(self.url)
+        # A local name: a stop() while this start is still waiting must not pull the
+        # engine from under it.
+        engine = self._engine = create_async_engine(self.url)
         if url.get_backend_name() == "sqlite":
             sync = self.sqlite_synchronous
-            event.listen(self._engine.sync_engine, "connect",
+            event.listen(engine.sync_engine, "connect",
                          lambda dbapi_conn, _rec: _sqlite_pragmas(dbapi_conn, sync))
         try:
-            async with self._engine.begin() as conn:
+            if file_sqlite:
+                await _sqlite_to_wal(engine)
+            async with engine.begin() as conn:
                 self.revision = await conn.run_sync(_migrate)
         except BaseException as exc:
-            await self._engine.dispose()
-            self._engine = None
+            await engine.dispose()
+            if self._engine is engine:
+                self._engine = None
             if isinstance(exc, StoreError) or not isinstance(exc, Exception):
                 raise
             # Unreachable server, refused login, unwritable file: one error type, naming
@@ -877,16 +884,37 @@ def _insert_ignore(conn: Any, table: Table) -> Any:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, synchronous: SqliteSync = "FULL") -> None:
-    """WAL: readers (the API, psql-like tools) do not block the writer, and a commit is
-    one append to the log. synchronous=FULL fsyncs the log at each commit (an
-    acknowledged row survives power loss; batching keeps it to one fsync per batch);
-    NORMAL would survive a killed process only. busy_timeout: a second writer (the CLI,
-    another connection of the pool) waits for the lock instead of failing at once."""
+    """Per connection. synchronous=FULL fsyncs the log at each commit (an acknowledged
+    row survives power loss; batching keeps it to one fsync per batch); NORMAL would
+    survive a killed process only. busy_timeout: a second writer (the CLI, another
+    connection of the pool, another process) waits for the lock instead of failing at
+    once. The journal mode belongs to the file: ``_sqlite_to_wal`` sets it once."""
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute(f"PRAGMA synchronous={synchronous}")
     cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute(f"PRAGMA synchronous={synchronous}")
     cursor.close()
+
+
+async def _sqlite_to_wal(engine: AsyncEngine, within_s: float = 10.0) -> None:
+    """Put the database file in WAL mode: readers (the API, the CLI) do not block the
+    writer, and a commit is one append to the log. The switch needs the file to itself
+    and SQLite answers "database is locked" at once, without its busy handler, while
+    another process holds it (two services starting on one new file): retried here,
+    without blocking the loop, until ``within_s``."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    while True:
+        try:
+            async with engine.connect() as conn:
+                mode = (await conn.exec_driver_sql("PRAGMA journal_mode=WAL")).scalar()
+            if str(mode).lower() == "wal":
+                return
+            raise StoreError(f"SQLite refused WAL mode (journal_mode is {mode})")
+        except OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if asyncio.get_running_loop().time() >= deadline:
+                raise
+            await asyncio.sleep(0.05)
 
 
 # Billing's table (billing_store.py) and the NATS bus's (adapters/nats/tables.py) live

@@ -131,6 +131,34 @@ async def test_store_start_migrates_to_head(db_url: str) -> None:
         await store.stop()
 
 
+def test_services_starting_together_on_new_sqlite_files_all_start(tmp_path: Path) -> None:
+    """Switching a new file to WAL needs it to itself, and SQLite refuses at once
+    ("database is locked", no busy handler) while another connection holds it: three
+    stores on one new file failed about one round in two before the switch was retried.
+    Thirty rounds, each on a fresh file, every store must start in WAL mode."""
+    import asyncio
+
+    async def round_on(path: Path) -> set[str]:
+        stores = [Store(f"sqlite:///{path}") for _ in range(3)]
+        try:
+            results = await asyncio.gather(*(s.start() for s in stores),
+                                           return_exceptions=True)
+            assert [r for r in results if r is not None] == []
+            modes = set()
+            for store in stores:
+                assert store._engine is not None
+                async with store._engine.connect() as conn:
+                    modes.add(str((await conn.execute(
+                        text("PRAGMA journal_mode"))).scalar_one()))
+            return modes
+        finally:
+            for store in stores:
+                await store.stop()
+
+    for n in range(30):
+        assert asyncio.run(round_on(tmp_path / f"g{n}.db")) == {"wal"}
+
+
 def test_sqlite_is_in_wal_mode_with_full_sync(tmp_path: Path) -> None:
     import asyncio
 
