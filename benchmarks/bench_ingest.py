@@ -7,6 +7,8 @@ Three runs (issue 11's goals):
 - ``mqtt``: end to end through a Mosquitto this script spawns (QoS 1, persistent session,
   acknowledged after the SQLite commit), the publisher(s) in separate processes
   (goal ≥ 10,000 readings/s).
+- ``config``: a site file with ``--meters`` AMI meters (``meters:`` with feeder, substation,
+  region) read and checked by the one pass of ``gridshare serve``: seconds and memory.
 - ``sustained``: ``--meters`` meters, one reading each per ``--interval`` seconds, for
   ``--duration`` seconds through Mosquitto: the rate kept, the lag (receive → committed,
   and event time → committed) and the ingest's memory (RSS).
@@ -14,6 +16,7 @@ Three runs (issue 11's goals):
     python benchmarks/bench_ingest.py core [--readings 200000] [--meters 10000] [--db]
     python benchmarks/bench_ingest.py mqtt [--readings 50000] [--publishers 2]
     python benchmarks/bench_ingest.py sustained --meters 100000 --interval 15 --duration 60
+    python benchmarks/bench_ingest.py config --meters 100000
 
 Mosquitto is started with ``max_inflight_messages 0`` and ``max_queued_messages 0``
 (docs/telemetry.md: with acknowledgement after commit the broker's defaults, 20 in
@@ -311,9 +314,29 @@ async def bench_sustained(args: argparse.Namespace) -> dict[str, Any]:
             "offered_per_s": round(args.meters / args.interval), **out}
 
 
+async def bench_config(args: argparse.Namespace) -> dict[str, Any]:
+    from gridshare.config import parse_site_config
+
+    head = ("site: bench\nmqtt: {url: \"mqtt://127.0.0.1:1883\"}\n"
+            "groups:\n  - {id: main, max_current: 100}\nmeters:\n")
+    text = head + "".join(
+        f"  - {{id: m-{i:06d}, feeder: F{i // 500}, substation: S{i // 5000}, "
+        f"region: R{i // 50_000}}}\n" for i in range(args.meters))
+    rss0 = rss_mb()
+    took = []
+    for _ in range(args.reps):
+        t0 = time.perf_counter()
+        config = parse_site_config(text, "bench.yaml")
+        took.append(time.perf_counter() - t0)
+    assert len(config.ami_meters) == args.meters
+    return {"mode": "config", "meters": args.meters, "bytes": len(text), "reps": args.reps,
+            "seconds_p50": round(pct(took, 0.5), 3), "seconds_max": round(max(took), 3),
+            "rss_growth_mb": round(rss_mb() - rss0, 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
-    parser.add_argument("mode", choices=["core", "mqtt", "sustained"])
+    parser.add_argument("mode", choices=["core", "mqtt", "sustained", "config"])
     parser.add_argument("--readings", type=int, default=200_000)
     parser.add_argument("--meters", type=int, default=10_000)
     parser.add_argument("--batch", type=int, default=1000, help="readings per commit")
@@ -322,9 +345,11 @@ def main() -> None:
     parser.add_argument("--publishers", type=int, default=2)
     parser.add_argument("--interval", type=float, default=15.0)
     parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument("--reps", type=int, default=3, help="config: files read")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    run = {"core": bench_core, "mqtt": bench_mqtt, "sustained": bench_sustained}[args.mode]
+    run = {"core": bench_core, "mqtt": bench_mqtt, "sustained": bench_sustained,
+           "config": bench_config}[args.mode]
     result = asyncio.run(run(args))
     result["python"] = platform.python_version()
     result["at"] = datetime.now(UTC).isoformat(timespec="seconds")

@@ -1,8 +1,6 @@
-"""AMI meters and the telemetry: block in the site file: one pass, file:line, fast."""
+"""AMI meters and the telemetry: block in the site file: one pass, file:line, all of them."""
 
 from __future__ import annotations
-
-import time
 
 import pytest
 
@@ -64,13 +62,15 @@ meters:
     assert "duplicate meter id 'm-1'" in found[(10, "meters[4].id")]
 
 
-def test_100000_meters_load_in_seconds() -> None:
+def test_100000_meters_load() -> None:
+    """All of them, each with its levels (the time it takes: ``python
+    benchmarks/bench_ingest.py config --meters 100000``)."""
     lines = [HEAD]
     lines += [f"  - {{id: m-{i:06d}, feeder: F{i % 500}, substation: S{i % 50}, "
               f"region: R{i % 5}}}\n" for i in range(100_000)]
     text = "".join(lines)
-    started = time.perf_counter()
     config = parse_site_config(text)
-    took = time.perf_counter() - started
     assert len(config.ami_meters) == 100_000
-    assert took < 30.0, took  # about 4 s on the shared 2-vCPU machine; a bound, not a goal
+    assert config.ami_meters[-1].id == "m-099999"
+    assert (config.ami_meters[12_345].feeder, config.ami_meters[12_345].substation,
+            config.ami_meters[12_345].region) == ("F345", "S45", "R0")
