@@ -1,20 +1,29 @@
 """A NATS gateway (no store) answers OCPP transaction messages and meter values only once
 JetStream has acknowledged their events: a raw OCPP 1.6 charger finds each one in the
 stream as soon as it is answered, stored once; with NATS away it gets a CallError
-InternalError, and its resend after NATS is back is accepted, the event still stored once.
+InternalError, and its resend after NATS is back is accepted, the event still stored once;
+a gateway killed with SIGKILL mid-stream loses no answered message and stores none twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import random
+import re
+import signal
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import nats as nats_client
 import pytest
 from natsserver import NatsServer
+from store.test_ocpp_crash import CHARGERS, ROUNDS, Acked, site_yaml
+from store.test_ocpp_crash import charger as crash_charger
 from waits import eventually
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -222,3 +231,106 @@ async def test_no_acknowledgement_in_time_raises_and_keeps_the_event(nats: NatsS
         assert bus.pending == 1  # already queued: not a second time
     finally:
         await bus.close(flush_timeout_s=0.1)
+
+
+# --- kill -9: every answered message is in the stream, once --------------------------------
+
+GATEWAY_READY = re.compile(r"^gridshare ready: site crash, role gateway, OCPP "
+                           r"ws://127\.0\.0\.1:(\d+),")
+
+
+async def gateway_killed(site: Path, nats: NatsServer, round_no: int,
+                         rng: random.Random) -> Acked:
+    """A ``gridshare serve --role gateway`` subprocess, chargers as fast as it answers,
+    SIGKILL after a random number of answers (and a random moment after that)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gridshare", "serve", str(site), "--role", "gateway",
+        "--bus", nats.url, "--host", "127.0.0.1", "--ocpp-port", "0",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    acked = Acked(target=rng.randint(20, 300))
+    try:
+        async with asyncio.timeout(60):
+            line = (await proc.stdout.readline()).decode().rstrip("\n")
+        match = GATEWAY_READY.match(line)
+        assert match, (line, await proc.stderr.read())
+        url = f"ws://127.0.0.1:{match[1]}"
+        base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=3 - round_no)
+        tasks = [asyncio.create_task(crash_charger(url, f"r{round_no}-c{i}", acked,
+                                                   base + timedelta(minutes=20 * i)))
+                 for i in range(CHARGERS)]
+        async with asyncio.timeout(60):
+            await acked.reached.wait()
+        await asyncio.sleep(rng.uniform(0.0, 0.05))
+        proc.send_signal(signal.SIGKILL)  # mid-stream: answers and PubAcks in flight
+        await proc.wait()
+        async with asyncio.timeout(20):
+            await asyncio.gather(*tasks)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    return acked
+
+
+async def stored_events(js: Any, subjects: str) -> list[Any]:
+    """Every event stored on ``subjects``, in stream order."""
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+    info = await js.stream_info(STREAM, subjects_filter=subjects)
+    total = sum((info.state.subjects or {}).values())
+    psub = await js.pull_subscribe(subjects, stream=STREAM, config=ConsumerConfig(
+        ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL))
+    out: list[Any] = []
+    try:
+        async with asyncio.timeout(60):
+            while len(out) < total:
+                with contextlib.suppress(nats_client.errors.TimeoutError, TimeoutError):
+                    out += [codec.decode(m.data) for m in await psub.fetch(500, timeout=1)]
+    finally:
+        await psub.unsubscribe()
+    return out
+
+
+async def test_kill_9_gateway_loses_no_answered_message(tmp_path: Path, nats: NatsServer,
+                                                        stream: Any) -> None:
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    total = Acked()
+    for round_no in range(ROUNDS):
+        site = tmp_path / f"site{round_no}.yaml"
+        site.write_text(site_yaml(round_no))
+        acked = await gateway_killed(site, nats, round_no, rng)
+        assert acked.starts and acked.readings, f"seed {seed}: nothing answered"
+        total.starts |= acked.starts
+        total.stops.update(acked.stops)
+        total.readings.update(acked.readings)
+    starts: dict[tuple[str, str], int] = {}
+    stops: dict[tuple[str, str], list[float | None]] = {}
+    readings: dict[tuple[str, datetime], list[float | None]] = {}
+    last_at: dict[str, datetime] = {}
+    for event in await stored_events(stream, codec.site_subjects("crash")):
+        if isinstance(event, SessionStarted | SessionStopped | MeterReading):
+            # one charger's events reach the stream in the order they happened
+            assert event.at >= last_at.get(event.charger, event.at), f"seed {seed}: {event}"
+            last_at[event.charger] = event.at
+        if isinstance(event, SessionStarted):
+            key = (event.charger, event.transaction_id)
+            starts[key] = starts.get(key, 0) + 1
+        elif isinstance(event, SessionStopped):
+            stops.setdefault((event.charger, event.transaction_id), []).append(
+                event.meter_stop_wh)
+        elif isinstance(event, MeterReading):
+            readings.setdefault((event.charger, event.at), []).append(event.energy_wh)
+    # Answered: stored once. Not answered (killed before the answer): at most once.
+    for key in total.starts:
+        assert starts.get(key) == 1, f"seed {seed}: start {key} stored {starts.get(key)}x"
+    assert all(n == 1 for n in starts.values()), f"seed {seed}: a start stored twice"
+    for key, register in total.stops.items():
+        assert stops.get(key) == [register], f"seed {seed}: stop {key}: {stops.get(key)}"
+    assert all(len(v) == 1 for v in stops.values()), f"seed {seed}: a stop stored twice"
+    for key, register in total.readings.items():
+        assert readings.get(key) == [register], \
+            f"seed {seed}: reading {key}: {readings.get(key)} != [{register}]"
+    assert all(len(v) == 1 for v in readings.values()), f"seed {seed}: a reading twice"
