@@ -7,7 +7,12 @@ without it (``--db none``-like: answered at once, rows batched).
 Prints per mode: answer latency p50/p99 (client round trip), answers/s, and for the
 durable mode the commits and mean rows per commit (group size); peak RSS at the end.
 
-    python benchmarks/bench_ocpp_durable.py [--chargers 200] [--seconds 5] [--postgres | --db URL]
+``--nats``: a NATS gateway instead (no store; its own ``nats-server -js``, file storage
+in a temporary directory): events published to JetStream, answered at once or only once
+JetStream acknowledged them (``NatsBus.durable``, what ``--role gateway`` does).
+
+    python benchmarks/bench_ocpp_durable.py [--chargers 200] [--seconds 5]
+                                            [--postgres | --db URL | --nats]
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,13 +33,14 @@ from typing import Any
 from websockets.asyncio.client import connect
 
 from gridshare.adapters.ocpp import CentralSystem, CsmsConfig
+from gridshare.events import Event
 from gridshare.store import Store
 
 TESTS = str(Path(__file__).resolve().parents[1] / "tests")
 
 
 async def charger(port: int, cid: str, until: float, latencies: list[float]) -> None:
-    at = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=6)
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=24)
     async with connect(f"ws://127.0.0.1:{port}/{cid}",
                        subprotocols=["ocpp1.6"], max_queue=None) as ws:  # type: ignore[list-item]
         seq = 0
@@ -96,6 +103,60 @@ async def run(url: str, durable: bool, chargers: int, seconds: float,
             "commit_p99_ms": _p99(sorted(store.durable.commit_s or [0.0])) * 1000}
 
 
+async def run_nats(url: str, durable: bool, chargers: int, seconds: float) -> dict[str, Any]:
+    """The gateway's wiring (``GatewayProcess``): publish to JetStream, and with ``durable``
+    answer after the PubAck of exactly what the central system publishes."""
+    from gridshare.adapters.nats.bus import NatsBus
+
+    bus = NatsBus(url, site=f"bench{durable:d}")
+    await bus.connect()
+    csms: CentralSystem | None = None
+
+    async def after_puback(events: Sequence[Event]) -> None:
+        assert csms is not None
+        await bus.durable(csms.published_as(events))
+
+    csms = CentralSystem(CsmsConfig(allow_auto_register=True), bus.publish,
+                         durable=after_puback if durable else None)
+    await csms.start(port=0)
+    latencies: list[float] = []
+    try:
+        until = time.perf_counter() + seconds
+        t0 = time.perf_counter()
+        await asyncio.gather(*(charger(csms.port, f"b-{i}", until, latencies)
+                               for i in range(chargers)))
+        elapsed = time.perf_counter() - t0
+        backlog = bus.pending
+        await bus.flush(60)
+    finally:
+        await csms.stop()
+        await bus.close()
+    latencies.sort()
+    return {"mode": "after PubAck" if durable else "at once", "answers": len(latencies),
+            "p50_ms": statistics.median(latencies) * 1000,
+            "p99_ms": _p99(latencies) * 1000, "per_s": len(latencies) / elapsed,
+            "backlog": backlog, "published": bus.published, "duplicates": bus.duplicates,
+            "failures": bus.durable_failures}
+
+
+async def nats_modes(chargers: int, seconds: float) -> None:
+    from bench_nats import start_nats
+
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url = start_nats(Path(tmp))
+        try:
+            for durable in (False, True):
+                r = await run_nats(url, durable, chargers, seconds)
+                print(f"{r['mode']:>12}: {chargers} chargers, {r['answers']} answers, "
+                      f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, "
+                      f"{r['per_s']:.0f} answers/s; {r['backlog']} not yet in JetStream "
+                      f"when the chargers stopped, {r['published']} acknowledged, "
+                      f"{r['duplicates']} duplicates, {r['failures']} refused", flush=True)
+        finally:
+            proc.kill()
+            proc.wait()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--chargers", type=int, default=200)
@@ -105,7 +166,14 @@ async def main() -> None:
     parser.add_argument("--db", help="database URL (default: SQLite in a temp dir)")
     parser.add_argument("--postgres", action="store_true",
                         help="a throwaway PostgreSQL cluster (as the tests start)")
+    parser.add_argument("--nats", action="store_true",
+                        help="a NATS gateway: answered at once vs after JetStream's PubAck")
     args = parser.parse_args()
+    if args.nats:
+        await nats_modes(args.chargers, args.seconds)
+        print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+        return
+
     async def both(url_of: Any) -> None:
         for durable in (False, True):
             r = await run(url_of(durable), durable, args.chargers, args.seconds,

@@ -393,7 +393,8 @@ def test_csms_publishes_a_meters_samples_and_nothing_else_of_a_dedicated_meter()
                              OcppMeter("house", "meter-1", 0, dedicated=True),
                              OcppMeter("garage", "cp-1", 0)])
     csms.emit(ChargerOnline("meter-1", t(0)))
-    csms.emit(MeterReading("meter-1", 0, t(1), current_a=(20.0, 20.0, 20.0)))
+    meters_reading = MeterReading("meter-1", 0, t(1), current_a=(20.0, 20.0, 20.0))
+    csms.emit(meters_reading)
     assert published == [MeterSample("house", t(1), (20.0, 20.0, 20.0))]
     published.clear()
     # A charger's connector 0 is its whole supply: a meter, and still the charger's reading.
@@ -404,6 +405,15 @@ def test_csms_publishes_a_meters_samples_and_nothing_else_of_a_dedicated_meter()
     other = MeterReading("cp-1", 1, t(3), current_a=(16.0, 16.0, 16.0))
     csms.emit(other)
     assert published == [other]
+    # What a NATS gateway waits for JetStream to acknowledge: exactly what emit publishes.
+    assert csms.published_as([meters_reading, reading, other]) == [
+        MeterSample("house", t(1), (20.0, 20.0, 20.0)),
+        MeterSample("garage", t(2), (16.0, 16.0, 16.0)), reading, other]
+    no_numbers = MeterReading("meter-1", 0, t(4), energy_wh=5.0)
+    assert csms.published_as([no_numbers]) == []
+    assert "meter_no_current_or_power" not in csms.counters.rejected  # counted by emit only
+    csms.emit(no_numbers)
+    assert csms.counters.rejected["meter_no_current_or_power"] == 1
 
 
 async def test_a_dedicated_meter_is_never_sent_a_profile() -> None:

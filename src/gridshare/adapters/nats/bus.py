@@ -15,6 +15,17 @@ queued events is an event dropped, each one counted in ``dropped`` and logged as
 error: memory is finite, and a gateway that has been cut off that long is an outage the
 operator must see.
 
+``durable(events)`` is the other way in, for what must not be answered before it is
+stored (an OCPP gateway's transaction messages and meter values): the events join the
+same queue, in order behind everything published before them, with the same subjects and
+``Nats-Msg-Id``, and the call returns once JetStream has acknowledged them — or raises
+:class:`NotAcknowledged` at once when NATS is away, when the connection drops while it
+waits, or after ``durable_timeout_s`` (the events stay queued: they are still sent when
+NATS is back). Their ids are remembered, so the same events handed to ``publish``
+afterwards (the session publishes what a call caused once it answered) are not queued a
+second time, and handed to ``durable`` again (the resent call) wait for the copy already
+queued instead of adding one.
+
 ``subscribe(name)`` is a durable pull consumer ``<site>_<name>`` with explicit
 acknowledgement on the site's subjects: a subscriber that restarts (the same process or
 another one) resumes after the last event it acknowledged. The iterator acknowledges an
@@ -29,9 +40,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import heapq
+import itertools
 import logging
-from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +69,14 @@ from gridshare.tasks import cancel_and_wait
 log = logging.getLogger(__name__)
 
 STREAM = "GRIDSHARE"
+_OWNED_MAX = 100_000
+"""Message ids remembered as queued by :meth:`NatsBus.durable` (their ``publish`` follows
+within milliseconds; a resent call within seconds to minutes)."""
+
+
+class NotAcknowledged(RuntimeError):
+    """JetStream has not acknowledged events handed to :meth:`NatsBus.durable` (NATS away,
+    or no acknowledgement in time); they stay queued and are sent when it is back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +103,9 @@ class NatsBusSettings:
     """After the first event, how long a pull waits for more to fill its batch."""
     retry_max_s: float = 5.0
     """The longest back-off between attempts while NATS is away."""
+    durable_timeout_s: float = 5.0
+    """How long :meth:`NatsBus.durable` waits for JetStream's acknowledgement (an OCPP
+    charger waits this long for its answer, at most)."""
 
 
 def settings_from_query(query: str) -> NatsBusSettings:
@@ -124,11 +148,24 @@ class NatsBus:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._retry_now = asyncio.Event()
+        """Set on reconnect: a publisher backing off re-sends at once (a charger waits)."""
         self._publisher: asyncio.Task[None] | None = None
         self._subs: list[NatsSubscription] = []
         self._naks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._next_warn = self.settings.warn_backlog
+        self._queued = 0
+        """Entries ever put in the queue: an entry's number is this count after it."""
+        self._acked = 0
+        """Entries ever acknowledged (they leave the queue in order: the first ``_acked``)."""
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        """(entry number, tie-break, future) of ``durable`` calls, a heap."""
+        self._tie = itertools.count()
+        self._owned: OrderedDict[str, int] = OrderedDict()
+        """Message id -> entry number, of what ``durable`` queued."""
+        self.durable_failures = 0
+        """``durable`` calls that raised :class:`NotAcknowledged`."""
         self.published = 0
         """Events acknowledged by JetStream."""
         self.duplicates = 0
@@ -187,28 +224,87 @@ class NatsBus:
         if not self._closed:
             log.warning("NATS %s: disconnected; %d events queued, reconnecting", self.url,
                         len(self._queue))
+        self._fail_waiters("NATS disconnected")
 
     async def _on_reconnect(self) -> None:
         log.info("NATS %s: reconnected", self.url)
+        self._retry_now.set()
 
     # --- publishing -----------------------------------------------------------------------
 
     def publish(self, event: Event) -> None:
-        """Queue ``event`` for JetStream; never blocks (see the module's outage rules)."""
+        """Queue ``event`` for JetStream; never blocks (see the module's outage rules).
+        An event :meth:`durable` already queued is not queued again."""
         try:
             payload = codec.encode(event)
         except codec.CodecError as exc:
             self.rejected += 1
             log.error("NATS bus: %s not published: %s", type(event).__name__, exc)
             return
+        mid = codec.msg_id(self.site, event, payload)
+        if self._owned and mid in self._owned:
+            return
+        self._enqueue(codec.subject(self.site, event), payload, mid)
+
+    async def durable(self, events: Sequence[Event]) -> None:
+        """Queue ``events`` as :meth:`publish` does and return once JetStream has
+        acknowledged every one of them (and so everything queued before them).
+
+        Raises :class:`NotAcknowledged` at once when NATS is away or the queue is full,
+        when the connection drops while waiting, or after ``durable_timeout_s``. Events
+        already queued by an earlier call (a resent OCPP call, or what a refused one
+        owed) are waited for where they are, not queued again. An event that cannot be
+        encoded is skipped: it can never be stored (``publish`` logs and counts it)."""
+        if self._closed:
+            raise NotAcknowledged("the bus is closed")
+        last = 0
+        for event in events:
+            try:
+                payload = codec.encode(event)
+            except codec.CodecError:
+                continue
+            mid = codec.msg_id(self.site, event, payload)
+            number = self._owned.get(mid)
+            if number is None:
+                number = self._enqueue(codec.subject(self.site, event), payload, mid)
+                if number is None:
+                    self.durable_failures += 1
+                    raise NotAcknowledged(f"{len(self._queue)} events queued for NATS: full")
+                self._owned[mid] = number
+                while len(self._owned) > _OWNED_MAX:
+                    self._owned.popitem(last=False)
+            else:
+                self._owned.move_to_end(mid)
+            last = max(last, number)
+        if last <= self._acked:
+            return
+        if not self.connected:
+            self.durable_failures += 1
+            raise NotAcknowledged(f"NATS {self.url} is away ({len(self._queue)} events queued)")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (last, next(self._tie), future))
+        try:
+            async with asyncio.timeout(self.settings.durable_timeout_s):
+                await future
+        except TimeoutError:
+            self.durable_failures += 1
+            raise NotAcknowledged(
+                f"JetStream did not acknowledge within {self.settings.durable_timeout_s} s "
+                f"({len(self._queue)} events queued)") from None
+        except NotAcknowledged:
+            self.durable_failures += 1
+            raise
+
+    def _enqueue(self, subj: str, payload: bytes, mid: str) -> int | None:
+        """Append to the queue and wake the publisher; the entry's number, None: dropped."""
         if len(self._queue) >= self.settings.max_pending:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 10_000 == 0:
                 log.error("NATS bus: %d events dropped: %d queued for %s (NATS away or too "
                           "slow)", self.dropped, len(self._queue), self.url)
-            return
-        self._queue.append((codec.subject(self.site, event), payload,
-                            codec.msg_id(self.site, event, payload)))
+            return None
+        self._queue.append((subj, payload, mid))
+        self._queued += 1
         if len(self._queue) >= self._next_warn:
             log.warning("NATS bus: %d events queued for %s (NATS away or too slow)",
                         len(self._queue), self.url)
@@ -218,6 +314,22 @@ class NatsBus:
         if self._publisher is None:
             self._publisher = asyncio.get_running_loop().create_task(
                 self._publish_loop(), name="gridshare-nats-publisher")
+        return self._queued
+
+    def _wake_waiters(self) -> None:
+        """Resume the ``durable`` calls whose last entry has been acknowledged."""
+        while self._waiters and self._waiters[0][0] <= self._acked:
+            future = heapq.heappop(self._waiters)[2]
+            if not future.done():
+                future.set_result(None)
+
+    def _fail_waiters(self, why: str) -> None:
+        """Every waiting ``durable`` call raises NotAcknowledged (its events stay queued)."""
+        waiters, self._waiters = self._waiters, []
+        for _, _, future in waiters:
+            if not future.done():
+                future.set_exception(NotAcknowledged(why))
+                future.exception()  # a caller that gave up leaves no warning
 
     @property
     def pending(self) -> int:
@@ -242,15 +354,20 @@ class NatsBus:
             js = await self.connect()
             window = [self._queue[i] for i in range(min(self.settings.publish_window,
                                                         len(self._queue)))]
+            self._retry_now.clear()
             done = await self._send(js, window)
             for _ in range(done):
                 self._queue.popleft()
+            self._acked += done
+            self._wake_waiters()
             if done < len(window):
                 self.publish_errors += 1
                 log.warning("NATS bus: %d of %d events not acknowledged by JetStream; "
                             "re-sending in %.1f s (%d queued)", len(window) - done,
                             len(window), backoff, len(self._queue))
-                await asyncio.sleep(backoff)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(backoff):
+                        await self._retry_now.wait()
                 backoff = min(backoff * 2, self.settings.retry_max_s)
             else:
                 backoff = 0.1
@@ -333,6 +450,7 @@ class NatsBus:
                 log.error("NATS bus: closing with %d events not acknowledged by JetStream",
                           len(self._queue))
         self._closed = True
+        self._fail_waiters("the bus is closed")
         tasks = [t for t in (self._publisher, self._connecting) if t is not None]
         await cancel_and_wait(tasks, swallow_errors=True)
         self._publisher = None
@@ -345,7 +463,8 @@ class NatsBus:
         return {"url": self.url, "site": self.site, "connected": self.connected,
                 "pending": self.pending, "published": self.published,
                 "duplicates": self.duplicates, "dropped": self.dropped,
-                "rejected": self.rejected, "publish_errors": self.publish_errors}
+                "rejected": self.rejected, "publish_errors": self.publish_errors,
+                "durable_failures": self.durable_failures}
 
 
 async def ensure_stream(js: JetStreamContext, settings: NatsBusSettings) -> None:

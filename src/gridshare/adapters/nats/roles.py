@@ -3,6 +3,9 @@
 - **gateway**: the OCPP central system and the meter sources. Publishes every charger
   event and reading to JetStream and executes the setpoint commands it receives on
   ``gridshare.<site>.cmd`` (:class:`~gridshare.adapters.nats.driver.CommandServer`).
+  Transaction messages and meter values are answered only once JetStream acknowledged
+  the events they caused (:meth:`~gridshare.adapters.nats.bus.NatsBus.durable`): the
+  stream is the gateway's durable storage.
 - **controller**: waits for the site's lease (:mod:`~gridshare.adapters.nats.lease`),
   rebuilds its state from the events its predecessor acknowledged, then runs the
   controller (with :class:`~gridshare.adapters.nats.driver.NatsChargerDriver`),
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -37,6 +41,7 @@ if TYPE_CHECKING:
     from gridshare.adapters.meters import MeterSources
     from gridshare.adapters.nats.bus import NatsSubscription
     from gridshare.app import ServeOptions
+    from gridshare.events import Event
 
 log = logging.getLogger("gridshare")
 
@@ -66,12 +71,19 @@ class GatewayProcess:
         self.options = options
         self.clock: Clock = clock or SystemClock()
         self.bus = _nats_bus(options, topology.site)
-        self.csms = build_csms(topology, options, self.bus.publish, self.clock)
+        self.csms = build_csms(topology, options, self.bus.publish, self.clock,
+                               durable=self._durable)
         self.commands = CommandServer(self.bus, self.csms)
         self.meter_sources: MeterSources | None = build_meter_sources(
             topology, options, self.bus.publish, self.clock)
         self.finished: asyncio.Event = asyncio.Event()
         """Never set: a gateway runs until it is stopped."""
+
+    async def _durable(self, events: Sequence[Event]) -> None:
+        """In JetStream before the charger is answered: exactly what the central system
+        will publish for these events (a dedicated meter's reading as its MeterSample), so
+        that publish finds them already queued and sends nothing twice."""
+        await self.bus.durable(self.csms.published_as(events))
 
     async def start(self) -> None:
         try:

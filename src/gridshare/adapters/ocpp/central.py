@@ -113,18 +113,28 @@ class CentralSystem:
     def emit(self, event: Event) -> None:
         """Publish a session's event; a meter's MeterValues also as its MeterSample, and
         nothing else of a dedicated meter (it is no charger to the controller)."""
-        charger = getattr(event, "charger", None)
+        for out in self._outgoing(event, count=True):
+            self._send(out)
+
+    def published_as(self, events: Sequence[Event]) -> list[Event]:
+        """What :meth:`emit` publishes for ``events``, in order (counting nothing): a NATS
+        gateway waits for exactly these to be acknowledged before it answers."""
+        return [out for event in events for out in self._outgoing(event, count=False)]
+
+    def _outgoing(self, event: Event, *, count: bool) -> list[Event]:
+        out: list[Event] = []
         if self._meters and isinstance(event, MeterReading):
             meter = self._meters.get((event.charger, event.connector))
             if meter is not None:
                 sample = meter_sample(event, meter, voltage_v=self.config.voltage_v)
-                if sample is None:
+                if sample is not None:
+                    out.append(sample)
+                elif count:
                     self.counters.reject("meter_no_current_or_power")
-                else:
-                    self._send(sample)
-        if charger is not None and charger in self._meter_only:
-            return
-        self._send(event)
+        charger = getattr(event, "charger", None)
+        if charger is None or charger not in self._meter_only:
+            out.append(event)
+        return out
 
     def _pending_event(self, charger: str, event: Event) -> None:
         """A pending charger's event: what it says of itself is remembered, and nothing

@@ -8,7 +8,8 @@ only once its answer has been written: a SessionStarted reaches the controller w
 charger already knows its transaction id, so the first TxProfile is not refused. With a
 store, transaction messages and meter values are answered only once their rows are
 committed (``SessionContext.durable``, a group commit; a CallError if the database
-refused them), so a crash never loses what a charger was told is taken.
+refused them) — on a NATS gateway, once JetStream acknowledged their events — so a crash
+never loses what a charger was told is taken.
 Bad input never closes the connection: it is answered with the right CallError (or dropped
 when unanswerable) and counted.
 
@@ -154,8 +155,10 @@ class SessionContext:
     pending_event: Callable[[str, Event], None] = lambda _charger, _event: None
     """Takes the events of a pending connection instead of ``emit`` (see :mod:`.pending`)."""
     durable: Callable[[Sequence[Event]], Awaitable[None]] | None = None
-    """Commits the rows of a transaction message's events before it is answered (the
-    store's group-commit writer); None (no database): answer at once."""
+    """Stores a transaction message's events before it is answered: the store's
+    group-commit writer (``--role all``), or a NATS gateway's wait for JetStream's
+    acknowledgement (``NatsBus.durable``); raises if they could not be stored. None (no
+    database, no JetStream): answer at once."""
 
 
 DURABLE_ACTIONS = frozenset({"StartTransaction", "StopTransaction", "MeterValues",
