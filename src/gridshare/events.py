@@ -12,6 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from gridshare.core.topology import ConnectorKey
+from gridshare.core.v2x_offer import V2xOffer
 
 
 class ConnectorStatus(StrEnum):
@@ -89,7 +90,7 @@ class SessionStopped:
 
 @dataclass(frozen=True, slots=True)
 class ChargingNeeds:
-    """What the EV told us it needs (2.0.1 NotifyEVChargingNeeds, or an app)."""
+    """What the EV told us it needs (2.0.1/2.1 NotifyEVChargingNeeds, or an app)."""
 
     charger: str
     connector: int
@@ -97,6 +98,9 @@ class ChargingNeeds:
     energy_needed_kwh: float | None = None
     departure: datetime | None = None
     max_current: float | None = None
+    v2x_offer: V2xOffer | None = None
+    """Over OCPP 2.1: what the car offers for V2X (its modes, discharge limits), kept
+    while it is plugged in; None over 2.0.1 or from an app (the site file decides)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,13 +32,16 @@ from gridshare.core.frequency import (
     UnitState,
 )
 from gridshare.core.v2x_book import V2xBook
+from gridshare.core.v2x_offer import V2xOffer
 from gridshare.drivers import CommandOutcome, CommandResult
 from gridshare.events import (
     ChargerOnline,
+    ChargingNeeds,
     ConnectorCapsChanged,
     ConnectorStatus,
     MeterReading,
     SessionStarted,
+    SessionStopped,
     StatusChanged,
 )
 
@@ -808,3 +811,113 @@ def test_the_local_curve_and_the_central_droop_agree(
     assert sum(central) == pytest.approx(sum(local), abs=0.01)
     if len(units) == 1:
         assert central[0] == pytest.approx(local[0], abs=0.01)
+
+
+# --- the car's V2X offer (OCPP 2.1 NotifyEVChargingNeeds) ------------------------------
+
+NO_BPT = V2xOffer(modes=("AC_three_phase",), requested="AC_three_phase")
+
+
+def bpt(max_discharge_w: float | None) -> V2xOffer:
+    return V2xOffer(modes=("AC_three_phase", "AC_BPT"), requested="AC_BPT",
+                    control_mode="DynamicControl", max_discharge_w=max_discharge_w)
+
+
+def offer(rig: Rig, charger: str, what: V2xOffer) -> None:
+    rig.state.apply(ChargingNeeds(charger, 1, rig.clock.now(), energy_needed_kwh=10.0,
+                                  v2x_offer=what))
+
+
+async def test_a_car_without_bpt_is_only_curtailed_while_a_bpt_car_discharges() -> None:
+    rig = Rig(capable={"v1", "c1"})
+    rig.plug("v1", 10.0, soc=80.0)
+    rig.plug("c1", 10.0, soc=80.0)
+    offer(rig, "v1", NO_BPT)
+    offer(rig, "c1", bpt(None))
+    rig.sample(50.0)
+    await rig.settle()
+    rig.sample(49.8)  # full activation
+    await rig.settle()
+    v1, c1 = rig.unit("v1"), rig.unit("c1")
+    assert v1["v2x"] is False and "no bidirectional transfer" in str(v1["v2x_detail"])
+    assert "AC_three_phase" in str(v1["v2x_detail"])
+    assert v1["ev_offer"] == NO_BPT.json() and v1["max_discharge_kw"] == 0.0
+    assert float(v1["setpoint_kw"]) >= 0  # charges less, never discharges
+    assert not [c for c, *_ in rig.v2x.setpoints if c == "v1"]  # never a V2X profile
+    assert ("v1", 1) in rig.svc.caps  # curtailed by a cap, like a charger without V2X
+    assert c1["v2x"] is True and float(c1["setpoint_kw"]) < 0
+    assert rig.v2x.last_w("c1") < 0
+
+
+async def test_a_car_that_says_nothing_keeps_the_site_file_decision() -> None:
+    rig = Rig()
+    setup_fleet(rig)
+    rig.sample(49.8)
+    await rig.settle()
+    v1 = rig.unit("v1")
+    assert v1["v2x"] is True and v1["ev_offer"] is None and v1["max_discharge_kw"] == 11.0
+    assert rig.v2x.last_w("v1") < 0
+
+
+async def test_the_discharge_is_clipped_to_the_cars_max_discharge_power() -> None:
+    rig = Rig()
+    setup_fleet(rig)
+    offer(rig, "v1", bpt(2000.0))
+    rig.sample(49.7)  # beyond full activation
+    await rig.settle()
+    v1 = rig.unit("v1")
+    assert v1["max_discharge_kw"] == 2.0
+    assert float(v1["setpoint_kw"]) == pytest.approx(-2.0, abs=1e-3)
+    assert rig.v2x.last_w("v1") == pytest.approx(-2000.0, abs=0.1)
+    assert min(w for c, _, w, _ in rig.v2x.setpoints if c == "v1") >= -2000.0 - 0.1
+    assert "maxDischargePower" in str(v1["held"])
+    # the car leaves: its offer goes with it (and the next one may offer more)
+    rig.state.apply(SessionStopped("v1", 1, "tx-v1", rig.clock.now()))
+    assert rig.state.session_info(("v1", 1)).v2x_offer is None
+
+
+async def test_local_mode_the_curve_never_discharges_beyond_the_car() -> None:
+    rig = Rig(mode="local")
+    setup_fleet(rig)
+    offer(rig, "v1", bpt(1500.0))
+    rig.sample(50.0)
+    await rig.settle()
+    rig.svc.tick()
+    await rig.settle()
+    assert rig.v2x.curves
+    _, _, curve, _ = rig.v2x.curves[-1]
+    assert min(p for _, p in curve) == pytest.approx(-1500.0, abs=0.01)
+    assert curve_power_w(tuple(curve), 49.0) >= -1500.0 - 0.01
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(["central", "local"]),
+       st.lists(st.sampled_from(["AC_three_phase", "AC_BPT", "DC_BPT", "AC_DER"]),
+                min_size=1, max_size=3),
+       st.none() | st.floats(0, 20_000), st.floats(0, 16), st.floats(41, 100),
+       st.lists(st.floats(49.0, 51.0), min_size=1, max_size=6))
+def test_any_offer_the_discharge_sent_stays_within_the_car_and_the_unit(
+        mode: str, modes: list[str], max_w: float | None, amps: float, soc: float,
+        hzs: list[float]) -> None:
+    """Whatever the car offers and the frequency does, no setpoint or curve sent discharges
+    more than the car's maxDischargePower nor the unit's 11 kW; a car without BPT gets no
+    V2X command at all."""
+
+    async def run() -> None:
+        rig = Rig(mode=mode)
+        rig.plug("v1", amps, soc=soc)
+        what = V2xOffer(modes=tuple(modes), requested=modes[0], max_discharge_w=max_w)
+        offer(rig, "v1", what)
+        for hz in hzs:
+            rig.sample(hz, 0.5)
+            rig.svc.tick()
+            await rig.settle()
+        most_w = 11_000.0 if max_w is None else min(11_000.0, max_w)
+        lows = [w for c, _, w, _ in rig.v2x.setpoints if c == "v1"]
+        lows += [min(p for _, p in curve) for c, _, curve, _ in rig.v2x.curves if c == "v1"]
+        if not what.bidirectional:
+            assert lows == []
+        for low in lows:
+            assert -low <= most_w + 0.1
+
+    asyncio.run(run())

@@ -13,10 +13,12 @@ from gridshare.core import guard
 from gridshare.core.allocation import allocate
 from gridshare.core.snapshot import LimitSource, Snapshot
 from gridshare.core.topology import Topology
+from gridshare.core.v2x_offer import V2xOffer
 from gridshare.drivers import CommandOutcome, CommandResult
 from gridshare.events import (
     ChargerBooted,
     ChargerOffline,
+    ChargerOnline,
     ChargingNeeds,
     ConnectorStatus,
     Event,
@@ -96,6 +98,31 @@ def test_session_lifecycle_and_charging_needs(topology: Topology) -> None:
     assert state.apply(SessionStopped("a2", 1, "tx-1", t(7))) is Impact.CHANGED
     d = state.to_snapshot(t(8)).demand(("a2", 1))
     assert not d.active and d.max_current is None and d.arrival is None
+
+
+@pytest.mark.parametrize("leaves", ["stopped", "available", "offline", "reconnect"])
+def test_a_cars_v2x_offer_is_kept_while_it_is_plugged_in(topology: Topology,
+                                                         leaves: str) -> None:
+    """The 2.1 offer (NotifyEVChargingNeeds) lives as long as its car: forgotten at the end
+    of the transaction, when the EVSE is Available, and with the connection."""
+    state = SiteState(topology)
+    boot_all(state)
+    key = ("a2", 1)
+    offer = V2xOffer(modes=("AC_three_phase", "AC_BPT"), max_discharge_w=7400.0)
+    state.apply(SessionStarted("a2", 1, "tx-1", t(3)))
+    state.apply(ChargingNeeds("a2", 1, t(4), energy_needed_kwh=20.0, v2x_offer=offer))
+    assert state.session_info(key).v2x_offer == offer
+    # needs without an offer (an app, 2.0.1) leave it as it is
+    state.apply(ChargingNeeds("a2", 1, t(5), energy_needed_kwh=15.0))
+    assert state.session_info(key).v2x_offer == offer
+    event: Event = {
+        "stopped": SessionStopped("a2", 1, "tx-1", t(6)),
+        "available": StatusChanged("a2", 1, ConnectorStatus.AVAILABLE, t(6)),
+        "offline": ChargerOffline("a2", t(6)),
+        "reconnect": ChargerOnline("a2", t(6)),
+    }[leaves]
+    state.apply(event)
+    assert state.session_info(key).v2x_offer is None
 
 
 def test_stopped_session_with_stale_charging_status_is_over(topology: Topology) -> None:

@@ -126,6 +126,22 @@ def test_unknown_soc_or_no_v2x_charges_less_only() -> None:
     assert {u.id: u.setpoint_kw for u in d.units} == pytest.approx({"v2g-1": 0, "bess-1": 0})
 
 
+@pytest.mark.parametrize(("car_kw", "setpoint_kw"), [
+    (None, -10.0),  # no offer: the unit's 10 kW
+    (12.0, -10.0),  # the car offers more: the unit's still
+    (3.0, -3.0),  # the car's maxDischargePower
+    (0.0, 0.0),
+    (math.nan, 0.0),  # fail closed
+], ids=["none", "above", "below", "zero", "nan"])
+def test_the_cars_max_discharge_clips_the_unit(car_kw: float | None,
+                                               setpoint_kw: float) -> None:
+    state = UnitState("v2g-1", base_kw=0.0, soc_pct=90, max_discharge_kw=car_kw)
+    d = responder(V2G).sample(1.0, 59.7, {"v2g-1": state})
+    assert d.units[0].setpoint_kw == pytest.approx(setpoint_kw)
+    if car_kw is not None and not car_kw >= 10:
+        assert "maxDischargePower" in (d.units[0].held or "")
+
+
 def test_absent_unit_takes_no_part() -> None:
     d = responder().sample(1.0, 59.89, {"bess-1": STATES["bess-1"]})
     assert [u.id for u in d.units] == ["bess-1"]

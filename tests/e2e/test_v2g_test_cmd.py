@@ -17,7 +17,9 @@ import pytest
 from waits import eventually
 
 from gridshare.adapters.ocpp.v2x import v2x_profile_id
+from gridshare.api import schemas
 from gridshare.app import GridshareApp, ServeOptions, build_app
+from gridshare.cli import v2g_cmds
 from gridshare.cli.v2g_cmds import parse_duration_s, parse_power_w
 from gridshare.config import parse_site
 from gridshare.controller.loop import ControllerSettings
@@ -176,3 +178,72 @@ def test_duration_forms(text: str, seconds: float) -> None:
 def test_bad_powers(bad: str) -> None:
     with pytest.raises(ValueError):
         parse_power_w(bad)
+
+
+async def start_second(rig: V2gRig, ev: EV) -> SimCharger:
+    """v2g-2 (declared v2x) connected with ``ev`` plugged in, its charging needs in."""
+    url = f"ws://127.0.0.1:{rig.app.ocpp_port}"
+    charger = SimCharger("v2g-2", url, protocol="ocpp2.1", v2x=True, max_current_a=16.0,
+                         meter_interval_s=1.0, reconnect_min_s=0.2, reconnect_max_s=0.5)
+    await charger.start(physics=True, tick_s=0.1)
+    assert await charger.wait_connected(10)
+    await charger.plug(1, ev)
+    await eventually(lambda: rig.app.csms.v2x_offer("v2g-2", 1) is not None, 10)
+    return charger
+
+
+async def test_a_car_without_bpt_is_refused_with_what_it_offered(rig: V2gRig) -> None:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    second = await start_second(rig, EV(capacity_kwh=60.0, soc=0.6, max_current_a=16.0,
+                                        target_soc=0.9, bpt=False))
+    try:
+        async with httpx.AsyncClient(base_url=rig.url, timeout=10) as client:
+            answer = await client.post("/api/v1/v2g/test", headers=headers, json={
+                "charger": "v2g-2", "power_w": 3000, "duration_s": 5})
+            assert answer.status_code == 409
+            detail = answer.json()["detail"]
+            assert "v2g-2 connector 1" in detail and "no bidirectional transfer" in detail
+            assert "AC_three_phase" in detail
+            view = (await client.get("/api/v1/chargers/v2g-2", headers=headers)).json()
+            schemas.Charger.model_validate(view)
+            offer = view["connectors"][0]["ev_offer"]
+            assert offer["bidirectional"] is False and offer["modes"] == ["AC_three_phase"]
+        assert all(p.id != v2x_profile_id(1) for p in second.profiles)  # nothing sent
+    finally:
+        await second.stop()
+
+
+async def test_the_test_is_clipped_to_the_cars_max_discharge_power(rig: V2gRig) -> None:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    second = await start_second(rig, EV(capacity_kwh=60.0, soc=0.6, max_current_a=16.0,
+                                        target_soc=0.9, setpoint_lag_s=0.5,
+                                        max_discharge_w=3000.0))
+    try:
+        async with httpx.AsyncClient(base_url=rig.url, timeout=20) as client:
+            view = (await client.get("/api/v1/chargers/v2g-2", headers=headers)).json()
+            schemas.Charger.model_validate(view)
+            offer = view["connectors"][0]["ev_offer"]
+            assert offer["bidirectional"] is True and "AC_BPT" in offer["modes"]
+            assert offer["max_discharge_w"] == 3000.0
+            answer = await client.post("/api/v1/v2g/test", headers=headers, json={
+                "charger": "v2g-2", "power_w": 5000, "duration_s": 3})
+        assert answer.status_code == 200, answer.text
+        report = answer.json()
+        assert report["asked_w"] == -5000.0 and report["requested_w"] == -3000.0
+        assert report["ev_max_discharge_w"] == 3000.0
+        assert report["peak_w"] is not None and report["peak_w"] >= -3000.0 - 50
+        assert report["restored"] is True
+    finally:
+        await second.stop()
+
+
+def test_the_table_says_when_the_car_clipped_the_request(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    report = {"charger": "v2g-2", "connector": 1, "requested_w": -3000.0,
+              "asked_w": -5000.0, "ev_max_discharge_w": 3000.0, "duration_s": 3.0,
+              "accepted": True, "answer_s": 0.1, "samples": [], "time_to_90_s": None,
+              "peak_w": None, "restored": True}
+    v2g_cmds._report(report, False)
+    out = capsys.readouterr().out
+    assert "requested -3.00 kW" in out
+    assert "asked -5.00 kW: clipped to what the car offers (maxDischargePower 3.00 kW)" in out

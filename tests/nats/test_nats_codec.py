@@ -38,7 +38,10 @@ def strategy(tp: Any) -> st.SearchStrategy[Any]:
         return st.one_of(*(st.none() if a is type(None) else strategy(a)
                            for a in typing.get_args(tp)))
     if origin is tuple:
-        return st.tuples(*(strategy(a) for a in typing.get_args(tp)))
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return st.lists(strategy(args[0]), max_size=4).map(tuple)
+        return st.tuples(*(strategy(a) for a in args))
     if origin is not None and issubclass(origin, Mapping):
         key, value = typing.get_args(tp)
         return st.dictionaries(strategy(key), strategy(value), max_size=4)
@@ -46,6 +49,10 @@ def strategy(tp: Any) -> st.SearchStrategy[Any]:
         return TIMES
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return st.sampled_from(list(tp))
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):  # nested (a V2X offer)
+        hints = typing.get_type_hints(tp)
+        return st.builds(tp, **{f.name: strategy(hints[f.name])
+                                for f in dataclasses.fields(tp)})
     return {bool: st.booleans(), int: st.integers(-2**40, 2**40), float: NUMBERS,
             str: TEXT}[tp]
 
@@ -118,3 +125,15 @@ def test_nan_never_leaves() -> None:
         encode(ev.MeterSample("m", at, (1.0, float("nan"), 0.0)))
     with pytest.raises(CodecError, match="naive"):
         encode(ev.ChargerOnline("c", datetime(2026, 1, 1)))
+
+
+def test_charging_needs_carries_the_cars_v2x_offer() -> None:
+    from gridshare.core.v2x_offer import V2xOffer
+
+    offer = V2xOffer(modes=("AC_three_phase", "AC_BPT"), requested="AC_BPT",
+                     control_mode="DynamicControl", max_discharge_w=7400.0, target_soc=80)
+    event = ev.ChargingNeeds("cp", 1, datetime(2026, 1, 1, tzinfo=UTC),
+                             energy_needed_kwh=20.0, v2x_offer=offer)
+    decoded = decode(encode(event))
+    assert decoded == event and isinstance(decoded, ev.ChargingNeeds)
+    assert decoded.v2x_offer is not None and decoded.v2x_offer.modes == offer.modes

@@ -18,7 +18,7 @@ from gridshare.sim.__main__ import _build_site, _parse_args
 from gridshare.sim.ocpp201 import meter_value
 from gridshare.sim.profiles import format_time, profile_from_v201
 from gridshare.sim.schema import validate
-from gridshare.sim.v2g import follow_curve
+from gridshare.sim.v2g import follow_curve, v2x_needs
 
 START = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -158,6 +158,66 @@ def test_meter_value_with_export_is_valid_ocpp21() -> None:
 def test_v2x_needs_ocpp21() -> None:
     with pytest.raises(ValueError, match=r"speaks ocpp2\.1"):
         SimCharger("X", "ws://x", protocol="ocpp2.0.1", v2x=True)
+
+
+def _needs_request(charger: SimCharger, ev: EV) -> dict[str, Any]:
+    """NotifyEVChargingNeeds as the simulated charger sends it over 2.1 (its 2.0.1 part,
+    as in ``Ocpp201Wire._charging_needs``, plus :func:`v2x_needs`), schema-checked."""
+    needs: dict[str, Any] = {
+        "requestedEnergyTransfer": "AC_three_phase",
+        "acChargingParameters": {"energyAmount": 18000, "evMinCurrent": 6,
+                                 "evMaxCurrent": 16, "evMaxVoltage": 230}}
+    needs.update(v2x_needs(ev, charger.v2g, ev.phases_used(charger.phases)))
+    request = {"evseId": 1, "chargingNeeds": needs}
+    validate(OcppVersion.V21, "NotifyEVChargingNeeds", request, response=False)
+    return needs
+
+
+def test_a_bpt_car_offers_ac_bpt_with_its_limits() -> None:
+    charger = _charger()
+    needs = _needs_request(charger, EV(capacity_kwh=60.0, soc=0.6, max_current_a=16.0,
+                                       target_soc=0.9, max_discharge_w=7000.0))
+    assert needs["requestedEnergyTransfer"] == "AC_BPT"
+    assert needs["availableEnergyTransfer"] == ["AC_three_phase", "AC_BPT"]
+    assert needs["controlMode"] == "DynamicControl"
+    v2x = needs["v2xChargingParameters"]
+    assert v2x["maxChargePower"] == 16 * 230 * 3 and v2x["maxDischargePower"] == 7000.0
+    assert v2x["evMinV2XEnergyRequest"] == pytest.approx(-24000.0)  # 20 % floor, at 60 %
+    assert v2x["evMaxV2XEnergyRequest"] == pytest.approx(18000.0)
+    assert v2x["targetSoC"] == 90
+    # its on-board charger's rating when it names no limit of its own
+    assert _needs_request(charger, _ev())["v2xChargingParameters"][
+        "maxDischargePower"] == 16 * 230 * 3
+
+
+def test_a_car_without_bpt_offers_its_ac_mode_only_and_never_discharges() -> None:
+    charger = _charger()
+    ev = EV(capacity_kwh=60.0, soc=0.6, max_current_a=16.0, target_soc=0.9, bpt=False)
+    needs = _needs_request(charger, ev)
+    assert needs["requestedEnergyTransfer"] == "AC_three_phase"
+    assert needs["availableEnergyTransfer"] == ["AC_three_phase"]
+    assert "v2xChargingParameters" not in needs
+    charger.plug_nowait(1, ev)
+    _install(charger, {"limit": 0.0, "dischargeLimit": -5000.0, "setpoint": -5000.0,
+                       "operationMode": "CentralSetpoint"})
+    assert min(_run(charger, 2.0)) == 0.0  # the discharge is ignored: 0 W
+    assert ev.soc == 0.6
+
+
+def test_the_discharge_stops_at_the_cars_own_limit() -> None:
+    charger = _charger()
+    ev = EV(capacity_kwh=60.0, soc=0.6, max_current_a=16.0, target_soc=0.9,
+            max_discharge_w=3000.0)
+    charger.plug_nowait(1, ev)
+    _install(charger, {"limit": 0.0, "dischargeLimit": -5000.0, "setpoint": -5000.0,
+                       "operationMode": "CentralSetpoint"})
+    assert _run(charger, 2.0)[-1] == pytest.approx(-3000.0)
+
+
+def test_a_charger_without_v2x_offers_the_plain_mode() -> None:
+    plain = SimCharger("P1", "ws://127.0.0.1:1", protocol="ocpp2.1", clock=ManualClock(START))
+    needs = _needs_request(plain, _ev())
+    assert needs["availableEnergyTransfer"] == ["AC_three_phase"]
 
 
 def test_follow_curve_interpolates_and_holds_the_ends() -> None:

@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from pydantic import BaseModel, ConfigDict, Field
 
 from gridshare.api.problems import Problem, problem_responses
+from gridshare.api.schemas import EvOfferOut
 from gridshare.api.views import alarm_dict, dumps
 from gridshare.controller.audit import AlarmRecord
 
@@ -45,6 +46,14 @@ class UnitOut(BaseModel):
     present: bool = Field(description="A car plugged in and online / the battery's link up.")
     v2x: bool | None = Field(description="Charger speaks V2X (else only curtailed); null "
                              "for a battery.")
+    v2x_detail: str | None = Field(default=None, description="Why a charger declared V2X "
+                                   "takes part as a plain one now (its car offers no "
+                                   "bidirectional mode).")
+    ev_offer: EvOfferOut | None = Field(default=None, description="The car's V2X offer "
+                                        "(OCPP 2.1 charging needs); null: none.")
+    max_discharge_kw: float | None = Field(default=None, description="The unit's "
+                                           "max_discharge_kw clipped to the car's "
+                                           "maxDischargePower.")
     base_kw: float = Field(description="The allocation's value (+ = charging).")
     setpoint_kw: float | None = Field(description="Base + the droop's delta, after the "
                                       "guards.")

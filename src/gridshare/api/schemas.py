@@ -82,6 +82,24 @@ class SessionNow(_Out):
     departure: str | None
 
 
+class EvOfferOut(_Out):
+    """What the car offered for V2X in its OCPP 2.1 NotifyEVChargingNeeds (W, Wh)."""
+
+    bidirectional: bool = Field(description="It offers a *_BPT mode: it may discharge.")
+    modes: list[str] = Field(description="availableEnergyTransfer (its requested mode "
+                             "alone when it sent none).")
+    requested: str | None = Field(description="requestedEnergyTransfer")
+    control_mode: str | None = Field(description="ScheduledControl or DynamicControl")
+    max_discharge_w: float | None = Field(description="maxDischargePower: the most it "
+                                          "discharges (discharges are clipped to it).")
+    min_discharge_w: float | None
+    max_charge_w: float | None
+    min_charge_w: float | None
+    min_v2x_energy_wh: float | None = Field(description="evMinV2XEnergyRequest")
+    max_v2x_energy_wh: float | None = Field(description="evMaxV2XEnergyRequest")
+    target_soc: int | None = Field(description="%")
+
+
 class ConnectorOut(_Out):
     connector: int
     status: str | None = Field(description="OCPP status (Available, Charging, ...).")
@@ -100,6 +118,9 @@ class ConnectorOut(_Out):
     violator: bool
     rejected: RejectedOut | None
     max_current: float | None
+    ev_offer: EvOfferOut | None = Field(description="The car's V2X offer (OCPP 2.1), while "
+                                        "it is plugged in; null: it said nothing (the site "
+                                        "file's v2x decides).")
     session: SessionNow | None
 
 

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gridshare.adapters.ocpp.v2x import V2xRefused
 from gridshare.api.problems import Problem, problem_responses
 from gridshare.core.snapshot import Snapshot
+from gridshare.core.v2x_offer import discharge_cap_w
 from gridshare.drivers import CommandOutcome, CommandResult
 from gridshare.events import MeterReading
 
@@ -65,7 +66,13 @@ class V2gSample(BaseModel):
 class V2gTestOut(BaseModel):
     charger: str
     connector: int
-    requested_w: float = Field(description="Signed: negative = discharge.")
+    requested_w: float = Field(description="Signed: negative = discharge. What was sent: "
+                               "`asked_w` clipped to the car's maxDischargePower.")
+    asked_w: float | None = Field(default=None, description="Signed: the discharge the "
+                                  "operator asked for.")
+    ev_max_discharge_w: float | None = Field(default=None, description="The car's "
+                                             "maxDischargePower (OCPP 2.1 charging needs); "
+                                             "null when it sent none.")
     duration_s: float
     accepted: bool = Field(description="The charger accepted the CentralSetpoint profile.")
     answer_s: float = Field(description="Seconds from sending to the charger's answer.")
@@ -109,7 +116,8 @@ def create_router(app: Callable[[], GridshareApp], write: Any) -> APIRouter:
 async def run_test(app: GridshareApp, body: V2gTestIn,
                    running: set[tuple[str, int]] | None = None) -> V2gTestOut:
     """The test itself (see the module docstring); Problems: 404 unknown charger, 409 not
-    V2X / offline / no session / refused by the guard, 502 the charger refused it."""
+    V2X / offline / no session / the car offers no BPT mode / refused by the guard, 502
+    the charger refused it."""
     csms, charger = app.csms, body.charger
     if charger not in app.topology.chargers:
         raise Problem(404, f"unknown charger {charger!r}", kind="unknown-charger")
@@ -117,6 +125,10 @@ async def run_test(app: GridshareApp, body: V2gTestIn,
         why = csms.v2x_refusal(charger) or "not V2X capable"
         raise Problem(409, f"{why}: it cannot be asked to discharge", kind="v2g-not-capable")
     connector = _connector(app, charger, body.connector)
+    refused = csms.v2x_refusal(charger, connector)  # the car there: does it offer BPT?
+    if refused is not None:
+        raise Problem(409, f"{refused}: it cannot be asked to discharge",
+                      kind="v2g-not-capable")
     running = set() if running is None else running
     if (charger, connector) in running:
         raise Problem(409, f"{charger}/{connector}: a V2G test is already running there",
@@ -130,10 +142,21 @@ async def run_test(app: GridshareApp, body: V2gTestIn,
 
 async def _run(app: GridshareApp, body: V2gTestIn, connector: int) -> V2gTestOut:
     csms, charger = app.csms, body.charger
-    requested = -abs(body.power_w)
+    asked = -abs(body.power_w)
+    offer = csms.v2x_offer(charger, connector)
+    # what the car offers clips the test (the one rule, as for the frequency service)
+    requested = -discharge_cap_w(abs(body.power_w), offer)
     snapshot = Snapshot(now=app.clock.now(), connectors={}, groups={})
     book = app.v2x_book
-    alarms = book.check(app.topology, snapshot, {}, {(charger, connector): requested})
+    # the guard sees the request as asked (one the circuits cannot carry is refused
+    # whatever the car offers) and what is sent
+    alarms = book.check(app.topology, snapshot, {}, {(charger, connector): asked})
+    if not alarms and requested != asked:
+        alarms = book.check(app.topology, snapshot, {}, {(charger, connector): requested})
+    if requested > -1.0:
+        raise Problem(409, f"{charger} connector {connector}: the car offers no discharge "
+                      f"(maxDischargePower {0.0 if offer is None else offer.max_discharge_w}"
+                      " W): it cannot be asked to discharge", kind="v2g-not-capable")
     if alarms:
         raise Problem(409, "refused by the guard: " + "; ".join(a.message for a in alarms),
                       kind="v2g-guard")
@@ -187,6 +210,8 @@ async def _run(app: GridshareApp, body: V2gTestIn, connector: int) -> V2gTestOut
     reached = next((s.t_s for s in samples if s.measured_w <= target), None)
     peak = min((s.measured_w for s in samples), default=None)
     return V2gTestOut(charger=charger, connector=connector, requested_w=requested,
+                      asked_w=asked,
+                      ev_max_discharge_w=None if offer is None else offer.max_discharge_w,
                       duration_s=body.duration_s, accepted=accepted, answer_s=answer_s,
                       samples=samples, time_to_90_s=reached, reached_90=reached is not None,
                       peak_w=peak, restored=restored, restore_detail=restore_detail)

@@ -219,6 +219,7 @@ def charger_view(controller: Controller, charger_id: str,
                 "current": _num(rejected.value_a), "at": _time(rejected.at),
                 "detail": rejected.detail},
             "max_current": _num(conn.max_current),
+            "ev_offer": None if session.v2x_offer is None else session.v2x_offer.json(),
             "session": None if session.transaction_id is None and not state.active(key) else {
                 "transaction_id": session.transaction_id, "started": _time(session.started),
                 "arrival": _time(session.arrival), "energy_wh": _num(session.energy_wh),

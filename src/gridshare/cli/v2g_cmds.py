@@ -129,6 +129,10 @@ def _report(report: dict[str, Any], as_json: bool) -> None:
              f"(answer after {report['answer_s']:.2f} s, "
              f"{'accepted' if report['accepted'] else 'outcome unknown'})",
              f"{'t (s)':>8}  {'requested kW':>12}  {'measured kW':>11}  {'SoC %':>6}"]
+    asked = report.get("asked_w")
+    if asked is not None and float(asked) != requested:
+        lines.insert(1, f"asked {_kw(float(asked))} kW: clipped to what the car offers "
+                        f"(maxDischargePower {_kw(report.get('ev_max_discharge_w'))} kW)")
     for s in report["samples"]:
         soc = "-" if s.get("soc_percent") is None else f"{s['soc_percent']:.1f}"
         lines.append(f"{s['t_s']:>8.2f}  {_kw(s['requested_w']):>12}  "

@@ -62,6 +62,7 @@ from gridshare.core.frequency import (
 from gridshare.core.snapshot import PhaseCurrents, Snapshot
 from gridshare.core.topology import Charger, ConnectorKey, Topology, amps_to_kw
 from gridshare.core.v2x_book import V2xBook
+from gridshare.core.v2x_offer import V2xOffer, discharge_cap_w, offer_refusal
 from gridshare.drivers import CommandOutcome, CommandResult
 from gridshare.events import ConnectorCapsChanged
 
@@ -170,6 +171,10 @@ class _Unit:
     connector: int = 1
     present: bool = False
     v2x: bool = False
+    offer: V2xOffer | None = None
+    """What the car plugged in offered for V2X (OCPP 2.1), as last read; None: nothing."""
+    not_v2x: str | None = None
+    """Why a declared V2X charger takes part as a plain one now (its car's offer)."""
     base_kw: float = 0.0
     """The allocation's value as last read."""
     decided_base_kw: float = 0.0
@@ -457,13 +462,19 @@ class FrequencyService:
                     break
         if key is None:
             unit.present = False
+            unit.offer, unit.not_v2x = None, None
             if unit.sent_kw is not None:
                 unit.sent_kw, unit.target_kw = None, None
             return UnitState(unit.id, present=False)
         unit.connector = key[1]
         unit.present = True
-        unit.v2x = self._v2x_capable(charger.id)
         info = state.session_info(key)
+        unit.offer = info.v2x_offer
+        unit.not_v2x = offer_refusal(charger.id, key[1], unit.offer)
+        # a car that offers no BPT mode: a plain charger (cap only, never a discharge)
+        unit.v2x = unit.not_v2x is None and self._v2x_capable(charger.id)
+        if not unit.v2x and unit.sent_kw is not None:
+            unit.sent_kw, unit.target_kw = None, None  # no V2X renewals to it
         alloc_a = state.in_force_a(key, now)
         if alloc_a is None:
             # No accepted setpoint in its lease (one in flight, a lapse): what every limit
@@ -487,7 +498,16 @@ class FrequencyService:
             unit.measured_kw = None if amps is None else \
                 sum(amps) * self._voltage / 1000.0
         unit.soc_pct = info.soc_percent
-        return UnitState(unit.id, base, info.soc_percent, True, unit.v2x)
+        cap = self.discharge_cap_kw(unit)
+        return UnitState(unit.id, base, info.soc_percent, True, unit.v2x,
+                         max_discharge_kw=cap if cap < unit.spec.max_discharge_kw else None)
+
+    def discharge_cap_kw(self, unit: _Unit) -> float:
+        """The most ``unit`` may discharge (kW): its ``max_discharge_kw`` clipped by the
+        car's offer (:func:`gridshare.core.v2x_offer.discharge_cap_w`, the one rule). The
+        core gets it with the unit's state (central setpoints), and the local curve's
+        discharge end is held to it; the guard checks what comes out either way."""
+        return discharge_cap_w(unit.spec.max_discharge_kw * 1000.0, unit.offer) / 1000.0
 
     # --- decisions to the wire -----------------------------------------------------------
 
@@ -788,6 +808,8 @@ class FrequencyService:
         charger never charges above the allocation: its circuit's limit)."""
         base_w = max(base_kw, 0.0) * 1000.0
         drop_w = unit.spec.max_discharge_kw * 1000.0
+        # never past what the car offers to discharge (an absolute end, W)
+        drop_w = min(drop_w, base_w + self.discharge_cap_kw(unit) * 1000.0)
         if low_w is not None:
             drop_w = max(0.0, min(drop_w, base_w - low_w))
         return freq_watt_curve(self.settings, base_w=base_w, max_charge_w=0.0,
@@ -868,7 +890,8 @@ class FrequencyService:
         for other in self.units.values():
             if other.charger is not None and other.present and other.v2x:
                 base = base_kw if other is unit else other.base_kw
-                ends[other.id] = (max(base, 0.0) - other.spec.max_discharge_kw, None)
+                ends[other.id] = (max(max(base, 0.0) - other.spec.max_discharge_kw,
+                                      -self.discharge_cap_kw(other)), None)
         self._group_scale(ends)
         if unit.id in ends:
             low_w = max(low_w, _guarded_w(ends[unit.id][0] * 1000.0))
@@ -968,6 +991,10 @@ class FrequencyService:
             units.append({
                 "id": u.id, "kind": u.kind.value, "present": u.present,
                 "v2x": u.v2x if u.charger is not None else None,
+                "v2x_detail": u.not_v2x if u.charger is not None else None,
+                "ev_offer": u.offer.json() if u.charger is not None and u.offer is not None
+                else None,
+                "max_discharge_kw": round(self.discharge_cap_kw(u), 3),
                 "connector": u.connector if u.charger is not None else None,
                 "base_kw": round(u.decided_base_kw, 3),
                 "setpoint_kw": None if u.setpoint_kw is None else round(u.setpoint_kw, 3),

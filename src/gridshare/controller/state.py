@@ -48,6 +48,7 @@ from gridshare.core.snapshot import (
     Snapshot,
 )
 from gridshare.core.topology import Charger, ConnectorKey, Topology
+from gridshare.core.v2x_offer import V2xOffer
 from gridshare.drivers import CommandOutcome, CommandResult
 from gridshare.events import (
     ChargerBooted,
@@ -161,6 +162,8 @@ class SessionInfo:
     soc_percent: float | None
     energy_needed_kwh: float | None
     departure: datetime | None
+    v2x_offer: V2xOffer | None = None
+    """What the car offered for V2X over OCPP 2.1 (None: it said nothing)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +186,8 @@ class _ConnectorState:
     ev_max_current_a: float | None = None
     energy_needed_kwh: float | None = None
     departure: datetime | None = None
+    v2x_offer: V2xOffer | None = None
+    """The car's V2X offer (2.1 NotifyEVChargingNeeds), while that car is plugged in."""
     priority: int | None = None
     # last meter reading, on site phases
     measured_a: PhaseCurrents | None = None
@@ -348,10 +353,11 @@ class SiteState:
             charger.boots += 1
             self.record_boot(event.charger, event.at, event.frame_seq)
             return max(self.set_online(event.charger, True, event.at), Impact.CHANGED)
-        if isinstance(event, ChargerOnline):
-            return self.set_online(event.charger, True, event.at)
-        if isinstance(event, ChargerOffline):
-            return self.set_online(event.charger, False, event.at)
+        if isinstance(event, ChargerOnline | ChargerOffline):
+            # a new connection, or none: the CSMS keeps a car's V2X offer per connection
+            for left in self._charger_connectors(event.charger):
+                left.v2x_offer = None
+            return self.set_online(event.charger, isinstance(event, ChargerOnline), event.at)
         if not charger.online and not isinstance(event, ProfileRejected) and \
                 (charger.changed_at is None or event.at > charger.changed_at):
             # A charger that talks after it went offline is connected, whatever we missed.
@@ -365,6 +371,8 @@ class SiteState:
         was_active = conn.active
         if isinstance(event, StatusChanged):
             conn.status = event.status
+            if event.status is ConnectorStatus.AVAILABLE:
+                conn.v2x_offer = None  # no car: its offer left with it
         elif isinstance(event, SessionStarted):
             conn.transaction_id = event.transaction_id
             conn.session_started, conn.meter_start_wh = event.at, event.meter_start_wh
@@ -373,11 +381,14 @@ class SiteState:
         elif isinstance(event, SessionStopped):
             if conn.transaction_id in (None, event.transaction_id):
                 conn.transaction_id = None
+                conn.v2x_offer = None
                 if conn.status in CAR_STATUSES:
                     conn.status = ConnectorStatus.FINISHING
         elif isinstance(event, ChargingNeeds):
             conn.energy_needed_kwh = event.energy_needed_kwh
             conn.departure = event.departure
+            if event.v2x_offer is not None:  # needs without one (2.0.1, an app) keep it
+                conn.v2x_offer = event.v2x_offer
             if event.max_current is not None:
                 conn.ev_max_current_a = event.max_current
             return max(impact, Impact.CHANGED if conn.active else Impact.NONE)
@@ -419,6 +430,7 @@ class SiteState:
         conn.arrival = None
         conn.ev_max_current_a = conn.energy_needed_kwh = None
         conn.departure = None
+        conn.v2x_offer = None
         conn.priority = None
         conn.lowered_at = at
 
@@ -1053,7 +1065,7 @@ class SiteState:
         return SessionInfo(conn.transaction_id, conn.session_started if open_ else None,
                            conn.arrival, energy, conn.power_w if conn.active else None,
                            conn.soc_percent if conn.active else None, conn.energy_needed_kwh,
-                           conn.departure)
+                           conn.departure, conn.v2x_offer)
 
     def group_meter(self, group_id: str) -> tuple[PhaseCurrents, datetime] | None:
         meter = self._meters.get(group_id)

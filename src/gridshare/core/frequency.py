@@ -150,6 +150,9 @@ class UnitState:
     """False: the car or charger cannot discharge (no V2X): it may only charge less."""
     need_soc_pct: float = 0.0
     """The driver's need by departure, when it is above the unit's ``min_soc``."""
+    max_discharge_kw: float | None = None
+    """The most the car offers to discharge now (OCPP 2.1 ``maxDischargePower``), when it
+    is below the unit's ``max_discharge_kw``; None: the unit's own maximum holds."""
 
 
 class Mode(StrEnum):
@@ -405,9 +408,15 @@ class FrequencyResponder:
                 else:
                     floor = max(spec.soc_floor_pct, st.need_soc_pct)
                     above_kwh = (st.soc_pct - floor) / 100.0 * spec.capacity_kwh
-                    limit = min(spec.max_discharge_kw, max(above_kwh, 0.0) / endurance_h)
+                    most = spec.max_discharge_kw
+                    car = st.max_discharge_kw
+                    if car is not None and not car >= most:  # NaN: 0 (fail closed)
+                        most = car if car > 0 else 0.0
+                        held = (f"the car offers at most {most:.3g} kW of discharge "
+                                f"(maxDischargePower)")
+                    limit = min(most, max(above_kwh, 0.0) / endurance_h)
                     lower = -limit
-                    if limit < spec.max_discharge_kw - EPS:
+                    if limit < most - EPS:
                         which = ("min_soc" if floor == spec.min_soc_pct else
                                  "departure need" if floor == st.need_soc_pct else "max_dod")
                         held = (f"{which}: SoC {st.soc_pct:g} % with floor {floor:g} %: "

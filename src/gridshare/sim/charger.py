@@ -133,9 +133,11 @@ class SimCharger:
         """Real seconds to wait for the CSMS's answer before dropping the connection."""
         self.open_timeout_s = open_timeout_s
         self.id_tag = id_tag
-        self.charging_needs = charging_needs
-        """OCPP 2.0.1: send NotifyEVChargingNeeds (departure time, energy) once authorized,
-        as an ISO 15118 car would."""
+        self.charging_needs = charging_needs or v2x
+        """OCPP 2.0.1/2.1: send NotifyEVChargingNeeds (departure time, energy) once
+        authorized, as an ISO 15118 car would. A V2G (``v2x``) charger always sends it,
+        with the car's V2X offer (:func:`gridshare.sim.v2g.v2x_needs`; ``EV.bpt`` False
+        for a car without bidirectional transfer)."""
         self.offer_subprotocol = offer_subprotocol
         """False: offer no WebSocket subprotocol, as many real (1.6) chargers do, and speak
         ``protocol`` on a link that negotiated none."""

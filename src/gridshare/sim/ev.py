@@ -44,6 +44,13 @@ class EV:
     id: str = ""
     energy_charged_wh: float = 0.0
     """Energy delivered to this car so far (all steps)."""
+    bpt: bool = True
+    """ISO 15118-20 bidirectional power transfer: on a V2G (OCPP 2.1) charger the car
+    offers AC_BPT in its charging needs and can discharge. False: a car that only
+    charges (it offers no BPT mode; a discharge setpoint leaves it at 0 W)."""
+    max_discharge_w: float | None = None
+    """The most it discharges (W, all phases), sent as ``maxDischargePower``; None: its
+    on-board charger's rating either way."""
 
     def __post_init__(self) -> None:
         if self.capacity_kwh <= 0:
@@ -54,6 +61,8 @@ class EV:
             raise ValueError("soc and target_soc are fractions between 0 and 1")
         if self.max_current_a < 0 or self.setpoint_lag_s < 0:
             raise ValueError("max_current_a and setpoint_lag_s must be >= 0")
+        if self.max_discharge_w is not None and not self.max_discharge_w >= 0:
+            raise ValueError("max_discharge_w must be >= 0 W")
 
     @property
     def energy_needed_kwh(self) -> float:

@@ -14,6 +14,7 @@ from gridshare.sim.outbox import Outgoing
 from gridshare.sim.profiles import Purpose, format_time, profile_from_v201
 from gridshare.sim.rpc import Handler, Payload, RpcConnection
 from gridshare.sim.schema import actions
+from gridshare.sim.v2g import v2x_needs
 
 if TYPE_CHECKING:
     from gridshare.sim.charger import SimCharger
@@ -307,6 +308,8 @@ class Ocpp201Wire:
         }
         if ev.departure is not None:
             needs["departureTime"] = format_time(ev.departure)
+        if charger.protocol == "ocpp2.1":
+            needs.update(v2x_needs(ev, charger.v2g, phases))
         res = await rpc.call(
             "NotifyEVChargingNeeds", {"evseId": item.connector, "chargingNeeds": needs}
         )

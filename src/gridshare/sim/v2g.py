@@ -12,8 +12,11 @@ the power, every physics step:
 * ``ChargingOnly`` / ``Idle`` / anything else: the plain charging physics
   (``Idle``: 0 W).
 
-The car's limits always apply: at most its on-board charger's power either way, no
-discharge at or below ``min_soc``, no charge when full. Power follows its target at a
+The car's limits always apply: at most its on-board charger's power either way (and its
+``max_discharge_w`` when discharging), no discharge at all from a car without BPT
+(``EV.bpt`` False: it holds 0 W, as a real charger ignores a discharge the car cannot
+do), no discharge at or below ``min_soc``, no charge when full. The car tells the CSMS
+what it offers in its NotifyEVChargingNeeds (:func:`v2x_needs`). Power follows its target at a
 finite rate (full power in ``ramp_s``, ~1 s by default, as real inverters do). The meter
 then reports signed power: ``Power.Active.Import`` and ``Power.Active.Export`` (both ≥ 0,
 as the spec has them) and ``Energy.Active.Export.Register``.
@@ -29,9 +32,10 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gridshare.sim.connector import Connector
+from gridshare.sim.ev import EV
 from gridshare.sim.profiles import Period
 
 if TYPE_CHECKING:
@@ -49,6 +53,31 @@ def follow_curve(curve: tuple[tuple[float, float], ...], hz: float) -> float:
         if hz <= f1:
             return p0 + (p1 - p0) * (hz - f0) / (f1 - f0) if f1 > f0 else p1
     return curve[-1][1]
+
+
+def v2x_needs(ev: EV, stage: V2gStage | None, phases_used: int) -> dict[str, Any]:
+    """The OCPP 2.1 fields of a car's NotifyEVChargingNeeds ``chargingNeeds`` (merged
+    into the 2.0.1 ones): what it can do. On a V2G charger a BPT car requests AC_BPT,
+    offers it beside its plain AC mode, with its power limits and V2X energy range in
+    ``v2xChargingParameters``; any other car offers its plain AC mode only."""
+    plain = "AC_three_phase" if phases_used == 3 else "AC_single_phase"
+    if stage is None or not ev.bpt:
+        return {"availableEnergyTransfer": [plain]}
+    rated = stage.rated_w(ev)
+    discharge = rated if ev.max_discharge_w is None else min(rated, ev.max_discharge_w)
+    capacity_wh = ev.capacity_kwh * 1000.0
+    return {
+        "requestedEnergyTransfer": "AC_BPT",
+        "availableEnergyTransfer": [plain, "AC_BPT"],
+        "controlMode": "DynamicControl",
+        "v2xChargingParameters": {
+            "maxChargePower": round(rated, 1),
+            "maxDischargePower": round(discharge, 1),
+            "evMinV2XEnergyRequest": round((stage.min_soc - ev.soc) * capacity_wh, 1),
+            "evMaxV2XEnergyRequest": round((ev.target_soc - ev.soc) * capacity_wh, 1),
+            "targetSoC": round(ev.target_soc * 100),
+        },
+    }
 
 
 @dataclass(slots=True)
@@ -98,6 +127,11 @@ class V2gStage:
         st = self._states.get(connector)
         return st.mode if st is not None else None
 
+    def rated_w(self, ev: EV) -> float:
+        """The car's power through this charger either way (W, all phases used)."""
+        return min(ev.max_current_a, self.max_current_a) * self.voltage_v * \
+            ev.phases_used(self.phases)
+
     def period_in_force(self, smart: SmartCharging, conn: Connector,
                         t: datetime) -> Period | None:
         """The TxProfile period in force on ``conn`` at ``t`` (the profile the charger's
@@ -140,11 +174,13 @@ class V2gStage:
             return False
         st.mode = period.operation_mode
         n = ev.phases_used(self.phases)
-        rated_w = min(ev.max_current_a, self.max_current_a) * self.voltage_v * n
+        rated_w = self.rated_w(ev)
         target = self._target_w(period, rated_w)
         capacity_wh = ev.capacity_kwh * 1000.0
-        if target < 0 and ev.soc <= self.min_soc + 1e-12:
+        if target < 0 and (not ev.bpt or ev.soc <= self.min_soc + 1e-12):
             target = 0.0
+        if target < 0 and ev.max_discharge_w is not None:
+            target = max(target, -ev.max_discharge_w)
         if target > 0 and ev.full:
             target = 0.0
         step_w = rated_w / self.ramp_s * dt_s if self.ramp_s > 0 else math.inf

@@ -3,9 +3,11 @@
 One generic codec driven by the dataclass fields of :mod:`gridshare.events`, so a field
 added to an event travels without touching this file: ``{"t": "<EventClass>", <field>:
 <value>, ...}`` with datetimes as ISO 8601 text, tuples as arrays, enums as their value,
-and a connector-keyed mapping (``ConnectorCapsChanged.caps``) as ``[[charger, connector,
-value], ...]`` (JSON object keys are text only). NaN and infinities are refused on both
-sides: a reading that was validated once must not turn into NaN in transit.
+a connector-keyed mapping (``ConnectorCapsChanged.caps``) as ``[[charger, connector,
+value], ...]`` (JSON object keys are text only), and a nested frozen dataclass
+(``ChargingNeeds.v2x_offer``) as an object of its fields, decoded by the same rules. NaN
+and infinities are refused on both sides: a reading that was validated once must not turn
+into NaN in transit.
 
 Subjects: charger and control events go to ``gridshare.<site>.events.<kind>``, readings
 (:data:`READING_TYPES`) to ``gridshare.<site>.readings.<kind>.<source>``, where ``kind``
@@ -126,6 +128,8 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if isinstance(value, Mapping):
         return [[*(k if isinstance(k, tuple) else (k,)), _plain(v)] for k, v in value.items()]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     return value
 
 
@@ -245,7 +249,34 @@ def _value(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise CodecError(f"{where}: expected text")
         return value
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise CodecError(f"{where}: expected an object")
+        return tp(**_fields(tp, value, where))
     raise CodecError(f"{where}: unsupported field type {tp!r}")
+
+
+def _hints(cls: type[Any]) -> dict[str, Any]:
+    found = _HINTS.get(cls)
+    if found is None:  # a nested dataclass: its own module resolves its annotations
+        found = _HINTS[cls] = typing.get_type_hints(cls)
+    return found
+
+
+def _fields(cls: type[Any], data: dict[str, Any], where: str) -> dict[str, Any]:
+    """The constructor arguments of dataclass ``cls`` from ``data``."""
+    hints = _hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            if (f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING):
+                raise CodecError(f"{where}.{f.name}: missing")
+            continue
+        kwargs[f.name] = _value(hints[f.name], data[f.name], f"{where}.{f.name}")
+    # Fields this build does not know are ignored: a newer gateway may add one while an
+    # older controller still runs (rolling upgrade).
+    return kwargs
 
 
 def from_dict(data: Any) -> Event:
@@ -255,18 +286,7 @@ def from_dict(data: Any) -> Event:
     cls = EVENT_TYPES.get(tag) if isinstance(tag, str) else None
     if cls is None:
         raise CodecError(f"unknown event type {tag!r}")
-    hints = _HINTS[cls]
-    kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in data:
-            if (f.default is dataclasses.MISSING
-                    and f.default_factory is dataclasses.MISSING):
-                raise CodecError(f"{tag}.{f.name}: missing")
-            continue
-        kwargs[f.name] = _value(hints[f.name], data[f.name], f"{tag}.{f.name}")
-    # Fields this build does not know are ignored: a newer gateway may add one while an
-    # older controller still runs (rolling upgrade).
-    event: Event = cls(**kwargs)
+    event: Event = cls(**_fields(cls, data, str(tag)))
     return event
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.typing import Subprotocol
 
+from gridshare.core.v2x_offer import V2xOffer, discharge_cap_w, offer_refusal
 from gridshare.drivers import CommandOutcome, CommandResult, SetpointRequest
 from gridshare.events import (
     ChargerBooted,
@@ -451,16 +452,19 @@ class CentralSystem:
 
     # --- V2X (OCPP 2.1): the API the frequency service and `gridshare v2g test` use -------
 
-    def v2x_capable(self, charger: str) -> bool:
+    def v2x_capable(self, charger: str, connector: int | None = None) -> bool:
         """Whether ``charger`` may be asked to discharge now: declared bidirectional
         (``v2x: true`` in the site file, :attr:`CsmsConfig.v2x`) *and* connected, accepted,
         over ``ocpp2.1``. Declared rather than discovered: a car that can discharge behind
         a charger that says so is a safety decision for the operator, not for a boot
-        message. A 1.6 or 2.0.1 connection is never V2X (those have no discharge)."""
-        return self.v2x_refusal(charger) is None
+        message. A 1.6 or 2.0.1 connection is never V2X (those have no discharge). With
+        ``connector``, also the car there: one whose 2.1 charging needs offer no BPT mode
+        may not (see :meth:`v2x_offer`)."""
+        return self.v2x_refusal(charger, connector) is None
 
-    def v2x_refusal(self, charger: str) -> str | None:
-        """Why ``charger`` may not be asked to discharge now (None: it may)."""
+    def v2x_refusal(self, charger: str, connector: int | None = None) -> str | None:
+        """Why ``charger`` (and the car on ``connector``, when given) may not be asked to
+        discharge now (None: it may)."""
         if charger not in self.config.v2x:
             return f"{charger} is not declared v2x: true"
         session = self._sessions.get(charger)
@@ -470,25 +474,45 @@ class CentralSystem:
             return f"{charger} is not declared (pending)"
         if session.protocol is not OcppVersion.V21:
             return f"{charger} is connected over {session.protocol.value}, not ocpp2.1"
+        if connector is not None:
+            return offer_refusal(charger, connector, session.v2x_offer(connector))
         return None
 
-    def _v2x_session(self, charger: str) -> Session:
-        why = self.v2x_refusal(charger)
+    def v2x_offer(self, charger: str, connector: int) -> V2xOffer | None:
+        """What the car on ``connector`` offered in its OCPP 2.1 NotifyEVChargingNeeds
+        (modes, maxDischargePower, ...), while it is plugged in on this connection; None
+        when it said nothing (then the site file decides, docs/v2g.md)."""
+        session = self._sessions.get(charger)
+        return None if session is None or session.closing else session.v2x_offer(connector)
+
+    def _v2x_session(self, charger: str, connector: int, lowest_w: float) -> Session:
+        """The session to send a V2X command to, or V2xRefused: not capable, the car
+        offers no BPT, or ``lowest_w`` (its most discharging point, W) asks more than the
+        car's maxDischargePower (the senders clip to it first: this is the last check)."""
+        why = self.v2x_refusal(charger, connector)
         if why is not None:
             raise v2x.V2xRefused(why)
-        return self._sessions[charger]
+        session = self._sessions[charger]
+        offer = session.v2x_offer(connector)
+        most = discharge_cap_w(math.inf, offer)
+        if -lowest_w > most + v2x.OFFER_TOLERANCE_W:
+            raise v2x.V2xRefused(
+                f"{charger} connector {connector}: a discharge of {-lowest_w:g} W is more "
+                f"than the car offers (maxDischargePower {most:g} W)")
+        return session
 
     async def send_v2x_setpoint(self, charger: str, connector: int, setpoint_w: float,
                                 *, valid_s: float) -> CommandOutcome:
         """CentralSetpoint of ``setpoint_w`` W (negative = discharge) on ``connector``'s
         running transaction for ``valid_s`` seconds (then the charger falls back to the
         controller's setpoint). Raises :class:`~.v2x.V2xRefused` (nothing sent) unless
-        :meth:`v2x_capable`. The outcome follows the setpoint rules: one attempt, a newer
+        :meth:`v2x_capable` for that connector, or when it discharges more than the car
+        offered. The outcome follows the setpoint rules: one attempt, a newer
         V2X command supersedes a queued one, TIMEOUT/LOST carry ``valid_to`` (count it at
         the larger of old and new until then). Passing the guard
         (:func:`gridshare.core.guard.check_v2x`) is the caller's job."""
         period = v2x.central_setpoint(setpoint_w)
-        session = self._v2x_session(charger)
+        session = self._v2x_session(charger, connector, period.discharge_limit_w)
         return await session.submit(session.v2x_command(connector, period, valid_s))
 
     async def send_v2x_local_frequency(self, charger: str, connector: int,
@@ -498,13 +522,16 @@ class CentralSystem:
         :func:`~.v2x.freq_watt_curve`) for ``valid_s`` seconds; otherwise as
         :meth:`send_v2x_setpoint`."""
         period = v2x.local_frequency(curve)
-        session = self._v2x_session(charger)
+        session = self._v2x_session(charger, connector, period.discharge_limit_w)
         return await session.submit(session.v2x_command(connector, period, valid_s))
 
     async def clear_v2x(self, charger: str, connector: int) -> CommandOutcome:
         """Remove the V2X profile of ``connector`` (ClearChargingProfile by its id): the
         controller's own setpoint applies again at once."""
-        session = self._v2x_session(charger)
+        why = self.v2x_refusal(charger)  # a clear is always allowed to a capable charger
+        if why is not None:
+            raise v2x.V2xRefused(why)
+        session = self._sessions[charger]
         return await session.submit(session.v2x_clear_command(connector))
 
     async def clear_profile(self, charger: str, connector: int, purpose: str,

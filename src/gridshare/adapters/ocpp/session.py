@@ -36,6 +36,7 @@ from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_ex
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from gridshare.core.v2x_offer import V2xOffer
 from gridshare.drivers import CommandOutcome, CommandResult
 from gridshare.events import (
     ChargerBooted,
@@ -64,6 +65,7 @@ from .frames import (
     payload_json,
 )
 from .meter import FUTURE_TOLERANCE, energy_register_wh, parse_meter_values, parse_timestamp
+from .needs import parse_charging_needs
 from .rpc import Deadlines, FrameWriter, Outgoing, PendingCall, Refusal, route, write_next
 from .schemas import schema_violation
 from .stats import CsmsStats
@@ -203,6 +205,8 @@ class Session:
         self._unique_keys = 0
         self._held_events: list[Event] | None = None
         self._frame_seq: int | None = None
+        self.v2x_offers: dict[int, V2xOffer] = {}
+        """EVSE → the V2X offer its car sent (2.1 NotifyEVChargingNeeds)."""
 
     # --- receive loop -------------------------------------------------------------------
 
@@ -364,6 +368,8 @@ class Session:
         if status not in _STATUSES or connector < 0:
             self._reject("status_unknown", f"{connector} {status}")
             return
+        if status == ConnectorStatus.AVAILABLE:
+            self.v2x_offers.pop(connector, None)  # no car: its offer left with it
         self._emit(StatusChanged(self.charger, connector, ConnectorStatus(status),
                                  self._event_time(timestamp), error_code))
 
@@ -389,6 +395,7 @@ class Session:
             del st.tx_by_connector[connector]
         st.seq_by_tx.pop(tx, None)
         _bounded_add(st.ended, tx, None, _ENDED_MEMORY)
+        self.v2x_offers.pop(connector, None)
         self._emit(SessionStopped(self.charger, connector, tx, at, meter_stop_wh, reason))
 
     def on_start_v16(self, connector: int, id_tag: str, meter_start_wh: float,
@@ -484,28 +491,23 @@ class Session:
             self._end(tx, at, meter_stop, str(transaction_info.get("stopped_reason", "")))
 
     def on_charging_needs(self, evse_id: int, charging_needs: dict[str, Any]) -> None:
-        ac = charging_needs.get("ac_charging_parameters") or {}
-        dc = charging_needs.get("dc_charging_parameters") or {}
-
-        def number(value: Any, name: str) -> float | None:
-            if value is None:
-                return None
-            if isinstance(value, bool) or not isinstance(value, int | float) or not (
-                    math.isfinite(value) and value >= 0):
-                self._reject("needs_bad_value", name)
-                return None
-            return float(value)
-
-        energy_wh = number(ac.get("energy_amount", dc.get("energy_amount")), "energyAmount")
-        max_current = number(ac.get("ev_max_current"), "evMaxCurrent")
-        departure_raw = charging_needs.get("departure_time")
-        departure = parse_timestamp(departure_raw)
-        if departure_raw is not None and departure is None:
-            self._reject("needs_bad_value", "departureTime")
+        needs = parse_charging_needs(charging_needs, protocol=self.protocol)
+        for reason, name in needs.rejects:
+            self._reject(reason, name)
+        if needs.offer is not None:
+            # this connection's car on that EVSE, until it leaves (see v2x_offer)
+            self.v2x_offers[evse_id] = needs.offer
         self._emit(ChargingNeeds(
             self.charger, evse_id, self.now(),
-            energy_needed_kwh=None if energy_wh is None else energy_wh / 1000.0,
-            departure=departure, max_current=max_current))
+            energy_needed_kwh=None if needs.energy_wh is None else needs.energy_wh / 1000.0,
+            departure=needs.departure, max_current=needs.max_current_a,
+            v2x_offer=needs.offer))
+
+    def v2x_offer(self, connector: int) -> V2xOffer | None:
+        """What the car on ``connector`` offered over 2.1 (None: nothing said). Kept per
+        connection: forgotten at the end of its transaction, when the EVSE reports
+        Available, and with the connection (a new one starts empty)."""
+        return self.v2x_offers.get(connector)
 
     # --- commands: building ---------------------------------------------------------------
 

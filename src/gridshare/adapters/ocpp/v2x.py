@@ -42,6 +42,9 @@ V2X_BASE_ID = 30_000
 """Profile id of a V2X TxProfile: this + the connector (EVSE) number."""
 MAX_CURVE_POINTS = 20
 """``v2xFreqWattCurve`` maxItems in the 2.1 schema."""
+OFFER_TOLERANCE_W = 1.0
+"""A discharge this far above the car's maxDischargePower is rounding (setpoints go out to
+0.1 W, curve points to 1 mW), not a breach."""
 
 Curve = tuple[tuple[float, float], ...]
 """(frequency Hz, power W) points, frequencies strictly increasing, + = charge."""
@@ -49,7 +52,8 @@ Curve = tuple[tuple[float, float], ...]
 
 class V2xRefused(ValueError):
     """A V2X command that must not be sent: the charger is not declared bidirectional, is
-    not connected over OCPP 2.1, or is not connected at all. Nothing left."""
+    not connected over OCPP 2.1, or is not connected at all; or the car on the connector
+    offers no bidirectional mode, or less discharge than asked. Nothing left."""
 
 
 def v2x_profile_id(connector: int) -> int:
