@@ -30,6 +30,7 @@ from gridshare.api.problems import Problem, problem_responses
 from gridshare.core.snapshot import Snapshot
 from gridshare.drivers import CommandOutcome, CommandResult
 from gridshare.events import MeterReading
+from gridshare.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from gridshare.app import GridshareApp
@@ -180,9 +181,7 @@ async def _run(app: GridshareApp, body: V2gTestIn, connector: int) -> V2gTestOut
         if not restored and not restore_detail:
             restore_detail = "not connected: the V2X profile ends at its validTo"
         subscription.close()
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        await cancel_and_wait([watcher])
     target = REACHED_SHARE * requested
     reached = next((s.t_s for s in samples if s.measured_w <= target), None)
     peak = min((s.measured_w for s in samples), default=None)

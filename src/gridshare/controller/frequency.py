@@ -37,7 +37,6 @@ Nothing here reads the system clock: times come from the injected clock.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -64,6 +63,7 @@ from gridshare.core.snapshot import PhaseCurrents, Snapshot
 from gridshare.core.topology import Charger, ConnectorKey, Topology, amps_to_kw
 from gridshare.core.v2x_book import V2xBook
 from gridshare.drivers import CommandOutcome, CommandResult
+from gridshare.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from gridshare.adapters.frequency import SocReading
@@ -296,15 +296,8 @@ class FrequencyService:
         """Stop sending; lift the non-V2X caps (setpoints lapse by their validity)."""
         ticker, self._ticker = self._ticker, None
         if ticker is not None:
-            ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await cancel_and_wait([ticker])
+        await cancel_and_wait(list(self._tasks), swallow_errors=True)
         self._publisher.lift(self.clock.now())
 
     async def _tick_loop(self) -> None:
