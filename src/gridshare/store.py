@@ -384,9 +384,7 @@ class Store:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(10.0):
                     await self.flush()
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+            await cancel_and_wait([self._writer])
             self._writer = None
         if self._engine is not None:
             await self._engine.dispose()

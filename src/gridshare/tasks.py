@@ -13,15 +13,20 @@ again."""
 
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any]], *,
-                          swallow_errors: bool = False) -> None:
+                          swallow_errors: bool = False,
+                          absorb: tuple[type[Exception], ...] = ()) -> None:
     """Cancel every task, then wait for each to finish, so nothing it owns outlives the
     caller's stop. ``swallow_errors``: a task that had already failed is not re-raised
-    here (its supervisor logged it); otherwise only the cancellation is absorbed."""
+    here (its supervisor logged it); otherwise only the cancellation and the errors in
+    ``absorb`` are: those a task ends with when its connection goes as it is stopped (a
+    reader's ``aiomqtt.MqttError``, websockets' ``ConnectionClosed``), which its owner
+    already handles or is about to raise itself."""
     pending = list(tasks)
     for task in pending:
         task.cancel()
     absorbed: tuple[type[BaseException], ...] = (
-        (asyncio.CancelledError, Exception) if swallow_errors else (asyncio.CancelledError,))
+        (asyncio.CancelledError, Exception) if swallow_errors
+        else (asyncio.CancelledError, *absorb))
     for task in pending:
         while not task.done():
             # Python 3.11's asyncio.wait_for returns the result and drops a cancel that

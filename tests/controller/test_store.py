@@ -9,18 +9,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from stores import ONE_OF_EACH_COUNTS, record_one_of_each, started_store, table_counts
 
 from gridshare.bus import MemoryBus
-from gridshare.controller.loop import AlarmRecord, CommandRecord
-from gridshare.drivers import CommandResult
-from gridshare.events import (
-    ChargerBooted,
-    GroupMeterReading,
-    LimitChanged,
-    MeterReading,
-    SessionStarted,
-    SessionStopped,
-)
+from gridshare.events import ChargerBooted, MeterReading
 from gridshare.store import Store, StoreError, default_url, normalise_url
 
 from .conftest import t
@@ -28,28 +20,14 @@ from .conftest import t
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = Store(f"sqlite:///{tmp_path / 'audit.db'}", flush_interval_s=0.05)
-    await s.start()
-    yield s
-    await s.stop()
+    async with started_store(f"sqlite:///{tmp_path / 'audit.db'}") as s:
+        yield s
 
 
 async def test_every_kind_of_record_lands_in_its_table(store: Store) -> None:
-    store.record_event(ChargerBooted("cp-1", t(0), "ocpp1.6", "acme", "x1"))
-    store.record_event(SessionStarted("cp-1", 1, "42", t(1), "TAG", 100.0))
-    store.record_event(MeterReading("cp-1", 1, t(2), "42", power_w=7000.0,
-                                    current_a=(10.0, 10.1, None), energy_wh=150.0))
-    store.record_event(GroupMeterReading("service", t(2), (40.0, 41.0, 39.0)))
-    store.record_event(SessionStopped("cp-1", 1, "42", t(3), 900.0, "EVDisconnected"))
-    store.record_event(LimitChanged("service", t(4), "demand_response", max_current=50.0))
-    store.record_command(CommandRecord(t(1), "cp-1", 1, "increase", 16.0, 6.0,
-                                       CommandResult.ACCEPTED, 0.012))
-    store.record_alarm(AlarmRecord(t(5), "limit", "service", "L1", 52.0, 50.0, "over"))
+    record_one_of_each(store, t)
     await store.flush()
-    counts = {name: await store.count(name) for name in
-              ("events", "sessions", "meter_readings", "setpoint_commands", "alarms")}
-    assert counts == {"events": 4, "sessions": 1, "meter_readings": 2,
-                      "setpoint_commands": 1, "alarms": 1}
+    assert await table_counts(store) == ONE_OF_EACH_COUNTS
     (session,) = await store.rows("sessions")
     assert (session["transaction_id"], session["meter_start_wh"], session["meter_stop_wh"],
             session["stop_reason"]) == ("42", 100.0, 900.0, "EVDisconnected")
@@ -88,12 +66,8 @@ async def test_stop_writes_what_is_queued(tmp_path: Path) -> None:
     await s.start()
     s.record_event(ChargerBooted("cp-1", t(0), "ocpp1.6"))
     await s.stop()
-    again = Store(url)
-    await again.start()
-    try:
+    async with started_store(url) as again:
         assert await again.count("events") == 1
-    finally:
-        await again.stop()
 
 
 @pytest.mark.parametrize(("url", "expected"), [

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from controller.conftest import SITE, T0, RecordingDriver
+from stores import started_store
 
 from gridshare.clock import FakeClock
 from gridshare.config import parse_site
@@ -22,10 +23,8 @@ FAST = ControllerSettings(tick_s=None, debounce_s=0.005, lease_s=60.0, settle_s=
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = Store(f"sqlite:///{tmp_path / 'g.db'}", flush_interval_s=0.05)
-    await s.start()
-    yield s
-    await s.stop()
+    async with started_store(f"sqlite:///{tmp_path / 'g.db'}") as s:
+        yield s
 
 
 async def test_each_deciding_cycle_is_one_row(store: Store) -> None:

@@ -9,17 +9,9 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from stores import ONE_OF_EACH_COUNTS, record_one_of_each, started_store, table_counts
 
-from gridshare.controller.audit import AlarmRecord, CommandRecord
-from gridshare.drivers import CommandResult
-from gridshare.events import (
-    ChargerBooted,
-    GroupMeterReading,
-    LimitChanged,
-    MeterReading,
-    SessionStarted,
-    SessionStopped,
-)
+from gridshare.events import MeterReading
 from gridshare.store import Store, ami_readings, events
 
 T0 = datetime(2026, 3, 29, 0, 30, tzinfo=UTC)
@@ -31,29 +23,15 @@ def t(seconds: float) -> datetime:
 
 @pytest.fixture
 async def store(db_url: str) -> AsyncIterator[Store]:
-    s = Store(db_url, flush_interval_s=0.05)
-    await s.start()
-    yield s
-    await s.stop()
+    async with started_store(db_url) as s:
+        yield s
 
 
 async def test_every_kind_of_record_lands(store: Store) -> None:
-    store.record_event(ChargerBooted("cp-1", t(0), "ocpp1.6", "acme", "x1"))
-    store.record_event(SessionStarted("cp-1", 1, "42", t(1), "TAG", 100.0))
-    store.record_event(MeterReading("cp-1", 1, t(2), "42", power_w=7000.0,
-                                    current_a=(10.0, 10.1, None), energy_wh=150.0))
-    store.record_event(GroupMeterReading("service", t(2), (40.0, 41.0, 39.0)))
-    store.record_event(SessionStopped("cp-1", 1, "42", t(3), 900.0, "EVDisconnected"))
-    store.record_event(LimitChanged("service", t(4), "demand_response", max_current=50.0))
-    store.record_command(CommandRecord(t(1), "cp-1", 1, "increase", 16.0, 6.0,
-                                       CommandResult.ACCEPTED, 0.012))
-    store.record_alarm(AlarmRecord(t(5), "limit", "service", "L1", 52.0, 50.0, "over"))
+    record_one_of_each(store, t)
     await store.flush()
     assert store.failed_batches == 0
-    counts = {name: await store.count(name) for name in
-              ("events", "sessions", "meter_readings", "setpoint_commands", "alarms")}
-    assert counts == {"events": 4, "sessions": 1, "meter_readings": 2,
-                      "setpoint_commands": 1, "alarms": 1}
+    assert await table_counts(store) == ONE_OF_EACH_COUNTS
     (session,) = await store.sessions()
     assert (session["started_at"], session["stopped_at"], session["energy_wh"]) == \
         (t(1), t(3), 800.0)
@@ -96,12 +74,8 @@ def ami(meter: str, second: int, power_w: float = 1000.0) -> dict[str, object]:
 async def test_insert_now_is_committed_when_it_returns(store: Store, db_url: str) -> None:
     await store.insert_now(ami_readings, [ami("m-1", 0), ami("m-1", 15)])
     # Another store (another connection, another process in real life) sees it at once.
-    other = Store(db_url)
-    await other.start()
-    try:
+    async with started_store(db_url) as other:
         assert await other.count("ami_readings") == 2
-    finally:
-        await other.stop()
 
 
 async def test_insert_now_ignores_duplicates(store: Store) -> None:

@@ -414,9 +414,7 @@ class HomeAssistantBridge:
                     waiter.cancel()
             reader.result()  # the reader's error ends the connection (and reconnects)
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                await reader
+            await cancel_and_wait([reader], absorb=(aiomqtt.MqttError,))
 
     async def _publish_states(self, client: aiomqtt.Client, *, full: bool) -> float:
         """Publish the states that changed (all of them when ``full``); return how long

@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from gridshare.api.views import LiveViews, alarm_dict, dumps
+from gridshare.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from gridshare.controller.audit import AlarmRecord
@@ -143,8 +144,6 @@ class StreamHub:
         for client in tuple(self.clients):
             client.close()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task])
             self._task = None
 

@@ -31,6 +31,7 @@ from gridshare.core.snapshot import Snapshot
 from gridshare.core.v2x_offer import discharge_cap_w
 from gridshare.drivers import CommandOutcome, CommandResult
 from gridshare.events import MeterReading
+from gridshare.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from gridshare.app import GridshareApp
@@ -203,9 +204,7 @@ async def _run(app: GridshareApp, body: V2gTestIn, connector: int) -> V2gTestOut
         if not restored and not restore_detail:
             restore_detail = "not connected: the V2X profile ends at its validTo"
         subscription.close()
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        await cancel_and_wait([watcher])
     target = REACHED_SHARE * requested
     reached = next((s.t_s for s in samples if s.measured_w <= target), None)
     peak = min((s.measured_w for s in samples), default=None)

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from gridshare.bus import Bus, Subscription
 from gridshare.clock import Clock
 from gridshare.controller.audit import AlarmRecord
+from gridshare.controller.caps import CapPublisher
 from gridshare.core.dr import (
     ComplianceRecord,
     ComplianceTracker,
@@ -67,7 +68,6 @@ from gridshare.core.snapshot import PhaseCurrents
 from gridshare.core.topology import Charger, ConnectorKey, Topology, amps_to_kw
 from gridshare.events import (
     ChargerOffline,
-    ConnectorCapsChanged,
     MeterReading,
     SessionStarted,
     SessionStopped,
@@ -191,7 +191,6 @@ class DrService:
         self._unfollowed: dict[str, dict[str, tuple[dict[ConnectorKey, float], float]]] = {}
         """Zone -> station -> (the caps it ignores, the kW it was asked to shed): stations
         found above their caps at an escalation, no longer counted on."""
-        self._caps: dict[ConnectorKey, float] = {}
         self._alerts: deque[dict[str, Any]] = deque(maxlen=MAX_ALERTS)
         self._listeners: list[AlertCallback] = []
         self._over_contract: set[str] = set()
@@ -204,7 +203,8 @@ class DrService:
         self._subscription: Subscription | None = None
         self.counters: Counter[str] = Counter()
         self.last_cycle_at: datetime | None = None
-        self.caps_published_at: datetime | None = None
+        self._publisher = CapPublisher(SOURCE, bus, self.counters, logger=log,
+                                       log_format="DR caps: %s")
 
     # --- the interface of the API, MQTT, OpenADR and the CLI ------------------------------
 
@@ -279,7 +279,12 @@ class DrService:
     @property
     def caps(self) -> dict[ConnectorKey, float]:
         """The caps last published, A per phase."""
-        return dict(self._caps)
+        return dict(self._publisher.caps)
+
+    @property
+    def caps_published_at(self) -> datetime | None:
+        """When the caps last changed (None: never)."""
+        return self._publisher.published_at
 
     def baseline(self, zone: str) -> Baseline | None:
         return self._baselines.get(zone)
@@ -409,14 +414,7 @@ class DrService:
         for zone in self.zones:
             caps.update(self._zone_cycle(zone, at))
         self._finish_ended(at)
-        if caps != self._caps:
-            self._caps = caps
-            self.caps_published_at = at
-            self.counters["caps_published"] += 1
-            if self._bus is not None:
-                self._bus.publish(ConnectorCapsChanged(at, SOURCE, dict(caps)))
-            log.info("DR caps: %s", ", ".join(f"{k[0]}/{k[1]} {a:g} A"
-                                             for k, a in sorted(caps.items())) or "none")
+        self._publisher.publish(caps, at)
         return caps
 
     def _zone_cycle(self, zone: str, now: datetime) -> dict[ConnectorKey, float]:
@@ -476,18 +474,19 @@ class DrService:
         violators too), and the reduction they were asked for is left to the others."""
         unfollowed = self._unfollowed.setdefault(zone, {})
         tolerance = self.settings.tolerance_kw
+        published = self._publisher.caps
         for cid in self.topology.zone_chargers(zone):
             if cid in unfollowed:
                 continue
             keys = [c.key for c in self.topology.chargers[cid].connectors]
-            if not all(k in self._caps for k in keys):
+            if not all(k in published for k in keys):
                 continue
             charger = self.topology.chargers[cid]
-            capped_kw = sum(amps_to_kw(charger, self._caps[k], self._voltage) for k in keys)
+            capped_kw = sum(amps_to_kw(charger, published[k], self._voltage) for k in keys)
             drawn_kw = sum(self._connector_load(k, now) for k in keys)
             if drawn_kw > capped_kw + tolerance:
                 asked_kw = max(0.0, sum(baseline.loads.get(k, 0.0) for k in keys) - capped_kw)
-                unfollowed[cid] = ({k: self._caps[k] for k in keys}, asked_kw)
+                unfollowed[cid] = ({k: published[k] for k in keys}, asked_kw)
                 log.warning("DR zone %s: station %s draws %.1f kW above its cap %.1f kW; the "
                             "others shed its %.1f kW", zone, cid, drawn_kw, capped_kw,
                             asked_kw)

@@ -37,7 +37,6 @@ Nothing here reads the system clock: times come from the injected clock.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -51,6 +50,7 @@ from gridshare.adapters.ocpp.v2x import Curve, V2xRefused, curve_power_w, freq_w
 from gridshare.bus import Bus
 from gridshare.clock import Clock
 from gridshare.controller.audit import AlarmRecord
+from gridshare.controller.caps import CapPublisher
 from gridshare.core.frequency import (
     EPS,
     FrequencyDecision,
@@ -64,7 +64,7 @@ from gridshare.core.topology import Charger, ConnectorKey, Topology, amps_to_kw
 from gridshare.core.v2x_book import V2xBook
 from gridshare.core.v2x_offer import V2xOffer, discharge_cap_w, offer_refusal
 from gridshare.drivers import CommandOutcome, CommandResult
-from gridshare.events import ConnectorCapsChanged
+from gridshare.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from gridshare.adapters.frequency import SocReading
@@ -281,7 +281,8 @@ class FrequencyService:
         self.counters: Counter[str] = Counter()
         self._last_at = at
         self._last_ts: float | None = None
-        self._caps: dict[ConnectorKey, float] = {}
+        self._publisher = CapPublisher(SOURCE, bus, self.counters,
+                                       same=self._caps_within_step)
         self._held_base: dict[ConnectorKey, float] = {}
         self._alarm_keys: dict[str, AlarmRecord] = {}
         self._alarms: deque[AlarmRecord] = deque(maxlen=MAX_ALARMS)
@@ -300,18 +301,9 @@ class FrequencyService:
         """Stop sending; lift the non-V2X caps (setpoints lapse by their validity)."""
         ticker, self._ticker = self._ticker, None
         if ticker is not None:
-            ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        if self._caps and self._bus is not None:
-            self._caps = {}
-            self._bus.publish(ConnectorCapsChanged(self.clock.now(), SOURCE, {}))
+            await cancel_and_wait([ticker])
+        await cancel_and_wait(list(self._tasks), swallow_errors=True)
+        self._publisher.lift(self.clock.now())
 
     async def _tick_loop(self) -> None:
         assert self.options.tick_s is not None
@@ -482,7 +474,7 @@ class FrequencyService:
             # curtail the car to a standstill).
             alloc_a = state.believed_a(key, now)
         base = amps_to_kw(charger, alloc_a, self._voltage)
-        if key in self._caps:
+        if key in self._publisher.caps:
             # While our own cap is in force the allocation's value cannot be seen (it is
             # the cap, or 0 when the cap is below the connector's minimum and pauses the
             # car): the value from before the cap holds until the cap is lifted (reading
@@ -538,7 +530,7 @@ class FrequencyService:
                 key = (unit.charger.id, unit.connector)
                 caps[key] = math.floor(max(kw, 0.0) * 1000.0 / (
                     self._voltage * unit.charger.phases) * 100 + 1e-6) / 100
-        self._publish_caps(caps, at)
+        self._publisher.publish(caps, datetime.fromtimestamp(at, UTC))
         if self.mode == "local" and decision.mode is not Mode.SAFE:
             self._local(at)
 
@@ -778,22 +770,18 @@ class FrequencyService:
                         unit.id, unit.failures, unit.last_result)
         return False
 
-    def _publish_caps(self, caps: dict[ConnectorKey, float], at: float) -> None:
-        old = self._caps
-        if caps.keys() == old.keys() and all(
-                abs(caps[k] - old[k]) <= self.options.cap_step_a and
-                (caps[k] == 0) == (old[k] == 0) for k in caps):
-            return
-        self._caps = caps
-        self.counters["caps_published"] += 1
-        if self._bus is not None:
-            self._bus.publish(ConnectorCapsChanged(datetime.fromtimestamp(at, UTC), SOURCE,
-                                                   dict(caps)))
+    def _caps_within_step(self, caps: Mapping[ConnectorKey, float],
+                          old: Mapping[ConnectorKey, float]) -> bool:
+        """The same connectors, none moved more than ``cap_step_a`` and none paused or
+        resumed: not worth a new set (each one is a command to the chargers)."""
+        return caps.keys() == old.keys() and all(
+            abs(caps[k] - old[k]) <= self.options.cap_step_a and
+            (caps[k] == 0) == (old[k] == 0) for k in caps)
 
     @property
     def caps(self) -> dict[ConnectorKey, float]:
         """The non-V2X caps last published, A per phase."""
-        return dict(self._caps)
+        return dict(self._publisher.caps)
 
     # --- local mode ----------------------------------------------------------------------
 
@@ -1023,7 +1011,7 @@ class FrequencyService:
             "rejected": self.rejected_counts(),
             "last_rejected": self.last_rejected,
             "soc_rejected": dict(self.soc_rejected),
-            "caps_a": [[k[0], k[1], a] for k, a in sorted(self._caps.items())],
+            "caps_a": [[k[0], k[1], a] for k, a in sorted(self._publisher.caps.items())],
             "compute_ms": self.compute_ms(),
             "counters": dict(sorted(self.counters.items())),
             "units": units,

@@ -43,12 +43,12 @@ from zoneinfo import ZoneInfo
 from gridshare.bus import Bus, Subscription
 from gridshare.clock import Clock
 from gridshare.controller.audit import AlarmRecord
+from gridshare.controller.caps import CapPublisher
 from gridshare.core.planning import CarNeed, ChargePlan, plan_charging
 from gridshare.core.topology import ConnectorKey, Topology
 from gridshare.events import (
     ChargerOffline,
     ChargingNeeds,
-    ConnectorCapsChanged,
     LimitChanged,
     SessionStarted,
     SessionStopped,
@@ -185,7 +185,6 @@ class PlanService:
         self._planned: Planned | None = None
         self._failed: str | None = None
         """Why the caps are lifted (None: following the plan)."""
-        self._caps: dict[ConnectorKey, float] = {}
         self._alarms: deque[dict[str, Any]] = deque(maxlen=MAX_ALARMS)
         self._told_short: dict[ConnectorKey, float] = {}
         self._wake = asyncio.Event()
@@ -194,6 +193,8 @@ class PlanService:
         self._subscription: Subscription | None = None
         self._last_plan_at: datetime | None = None
         self.counters: Counter[str] = Counter()
+        self._publisher = CapPublisher(SOURCE, bus, self.counters, logger=log,
+                                       log_format="charge plan caps: %s")
 
     # --- inputs ---------------------------------------------------------------------------
 
@@ -328,7 +329,7 @@ class PlanService:
             log.info("charge plan (%s): %d cars, cost %.2f, short %.2f kWh", reason or "re-plan",
                      len(plan.cars), plan.cost, plan.shortfall_kwh)
             self._report_short(plan)
-            self._publish(self._follow(done), done)
+            self._publisher.publish(self._follow(done), done)
             return self._planned
 
     def check(self, now: datetime | None = None) -> None:
@@ -348,7 +349,7 @@ class PlanService:
                            f"{self.settings.late_after_s:g} s after it began: caps lifted")
             return
         if self._failed is None:
-            self._publish(self._follow(at), at)
+            self._publisher.publish(self._follow(at), at)
 
     def _follow(self, now: datetime) -> dict[ConnectorKey, float]:
         """The caps of the current period: each planned car still plugged in."""
@@ -371,20 +372,10 @@ class PlanService:
             caps[car.key] = floor
         return caps
 
-    def _publish(self, caps: dict[ConnectorKey, float], at: datetime) -> None:
-        if caps == self._caps:
-            return
-        self._caps = caps
-        self.counters["caps_published"] += 1
-        if self._bus is not None:
-            self._bus.publish(ConnectorCapsChanged(at, SOURCE, dict(caps)))
-        log.info("charge plan caps: %s", ", ".join(f"{k[0]}/{k[1]} {a:g} A"
-                                                  for k, a in sorted(caps.items())) or "none")
-
     def _fail(self, why: str) -> None:
         now = self.clock.now()
         self._failed = why
-        self._publish({}, now)
+        self._publisher.publish({}, now)
         self._alarm(now, why)
 
     def _clear_alarm(self, now: datetime) -> None:
@@ -417,7 +408,7 @@ class PlanService:
 
     @property
     def caps(self) -> dict[ConnectorKey, float]:
-        return dict(self._caps)
+        return dict(self._publisher.caps)
 
     @property
     def failed(self) -> str | None:
@@ -435,7 +426,7 @@ class PlanService:
             "periods": self.settings.periods, "planned_at": None, "start": None,
             "cost": None, "shortfall_kwh": 0.0, "cars_short": 0, "cars": [],
             "caps": [{"charger": k[0], "connector": k[1], "current": a}
-                     for k, a in sorted(self._caps.items())],
+                     for k, a in sorted(self._publisher.caps.items())],
             "alarm": self._failed, "alarms": self.alarms()}
         if self._failed is not None:
             base["status"] = "failed"
@@ -456,7 +447,7 @@ class PlanService:
                          "planned_kwh": round(car.planned_kwh, 6),
                          "shortfall_kwh": round(car.shortfall_kwh, 6), "met": car.met,
                          "departure": departure.isoformat(), "need_source": source,
-                         "cap_a": self._caps.get(car.key),
+                         "cap_a": self._publisher.caps.get(car.key),
                          "current": [round(a, 3) for a in car.current_a]})
         base["cars"] = cars
         return base

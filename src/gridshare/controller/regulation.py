@@ -445,9 +445,7 @@ class RegulationService:
                     topic, body = await outbox.get()
                     await client.publish(topic, body)
             finally:
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await reader
+                await cancel_and_wait([reader], swallow_errors=True)
 
         await keep_connected(self, link._client, prepare, serve,
                              label=f"regulation mqtt {link.address}")

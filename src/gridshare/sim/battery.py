@@ -11,7 +11,6 @@ topic (``{"ts", "soc"}``) and its actual power on ``<setpoint_topic>/power``
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import time
@@ -111,6 +110,4 @@ class SimBattery:
                     await client.publish(self.soc_topic, json.dumps(
                         {"ts": ts, "soc": round(self.state.soc, 4)}))
             finally:
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reader
+                await cancel_and_wait([reader])

@@ -46,6 +46,7 @@ from gridshare.sim.rpc import AnswerFate
 from gridshare.sim.smart_charging import Rating, SmartCharging
 from gridshare.sim.transactions import Transactions
 from gridshare.sim.v2g import V2gStage
+from gridshare.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -593,10 +594,7 @@ class SimCharger:
         tasks = (self._task, self._physics_task, self.link.reboot_task)
         pending = {t for t in tasks if t is not None and not t.done()}
         self._task = self._physics_task = self.link.reboot_task = None
-        for t in pending:
-            t.cancel()
-        if pending:
-            await asyncio.wait(pending)
+        await cancel_and_wait(pending, swallow_errors=True)
         self.set_connected(False)
 
     async def disconnect(self, *, offline_for_s: float | None = None) -> None:

@@ -32,7 +32,6 @@ charging, as the battery setpoints) and optional measured-load topics.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import math
@@ -237,9 +236,7 @@ class GridSim:
             try:
                 await self._clock(client)
             finally:
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reader
+                await cancel_and_wait([reader])
 
     async def _clock(self, client: object) -> None:
         model = self.model

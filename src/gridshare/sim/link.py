@@ -36,6 +36,7 @@ from gridshare.sim.ocpp201 import Ocpp201Wire
 from gridshare.sim.outbox import Outgoing
 from gridshare.sim.rpc import AnswerFate, CallError, Handler, LinkClosed, RpcConnection
 from gridshare.sim.schema import SchemaViolation
+from gridshare.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -322,9 +323,8 @@ class Session:
             self.link.ws = None
         self.charger.set_connected(False)
         await self.ws.close()
-        self.reader.cancel()
-        # wait() rather than await: a cancellation of our own task must not be swallowed
-        await asyncio.wait([self.reader])
+        # A receive loop that failed was logged by _reader_done: not raised again here.
+        await cancel_and_wait([self.reader], swallow_errors=True)
 
     async def _wait(self, sim_s: float) -> None:
         """Sleep ``sim_s`` simulated seconds, or until woken (outbox, config change, link

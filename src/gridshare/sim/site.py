@@ -24,6 +24,7 @@ from gridshare.sim.charger import PROTOCOLS, SimCharger
 from gridshare.sim.clock import ManualClock, ScaledClock, SimClock
 from gridshare.sim.dc import DcEV, DcStation
 from gridshare.sim.ev import EV
+from gridshare.tasks import cancel_and_wait
 
 PhaseCurrents = tuple[float, float, float]
 
@@ -218,9 +219,7 @@ class SimSite:
 
     async def stop(self) -> None:
         if self._tick_task is not None:
-            self._tick_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tick_task
+            await cancel_and_wait([self._tick_task])
             self._tick_task = None
         await asyncio.gather(*(ch.stop() for ch in self.chargers.values()))
         self._started = False

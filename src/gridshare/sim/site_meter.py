@@ -10,7 +10,6 @@ after a lost link, so a restart of the central system is survived like a real me
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import logging
@@ -20,6 +19,8 @@ from datetime import UTC, datetime
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.typing import Subprotocol
+
+from gridshare.tasks import cancel_and_wait
 
 log = logging.getLogger("gridshare.sim.meter")
 
@@ -52,9 +53,7 @@ class SimSiteMeter:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait([task])
 
     async def _run(self) -> None:
         backoff_s = 0.5
@@ -90,9 +89,7 @@ class SimSiteMeter:
                     await self._call(ws, "Heartbeat", {})
                     since_heartbeat = 0.0
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
-                await reader
+            await cancel_and_wait([reader], absorb=(ConnectionClosed,))
 
     def _meter_values(self) -> dict[str, object]:
         amps = self.read()

@@ -42,6 +42,7 @@ from gridshare.simulate.scenario import (
     when_hours,
 )
 from gridshare.simulate.vloop import VirtualClock
+from gridshare.tasks import cancel_and_wait
 
 PhaseCurrents = tuple[float, float, float]
 EXCESS_A = 1e-6
@@ -498,9 +499,7 @@ async def run_scenario(scenario: Scenario, *, policy: str | None = None,
             if task.done() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks, swallow_errors=True)
         sim.probe = None
         for _charger, _conn, result, ev in where.values():
             result.delivered_kwh = ev.energy_charged_wh / 1000

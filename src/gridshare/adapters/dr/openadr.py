@@ -48,6 +48,7 @@ from gridshare.core.dr.signals import (
     SignalType,
     signal_from_json,
 )
+from gridshare.tasks import cancel_and_wait
 
 log = logging.getLogger("gridshare.dr.openadr")
 
@@ -97,9 +98,7 @@ class OpenAdrVen:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait([task])
         client, self.client = self.client, None
         if client is not None:
             await _close(client)

@@ -14,7 +14,6 @@ subscribed reaches us as a live one (the broker clears the flag), so it is read 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
@@ -26,7 +25,7 @@ from urllib.parse import urlsplit
 import aiomqtt
 
 from gridshare.config import MqttSpec
-from gridshare.tasks import raise_if_cancelled
+from gridshare.tasks import cancel_and_wait, raise_if_cancelled
 
 log = logging.getLogger("gridshare.meters")
 
@@ -179,9 +178,7 @@ async def read_while_sending(reader: Coroutine[Any, Any, None], wake: asyncio.Ev
                 waiter.cancel()
         task.result()
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-            await task
+        await cancel_and_wait([task], absorb=(aiomqtt.MqttError,))
 
 
 class MqttLink:

@@ -10,7 +10,6 @@ adapter and are not handled here.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from gridshare.clock import Clock
 from gridshare.config import MeterSpec, MqttSpec
 from gridshare.core.topology import Phase
 from gridshare.events import MeterSample
+from gridshare.tasks import cancel_and_wait
 
 log = logging.getLogger("gridshare.meters")
 
@@ -142,10 +142,7 @@ class MeterSources:
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.remove_done_callback(self._task_done)
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(tasks)
         if self._http is not None:
             await self._http.aclose()
             self._http = None

@@ -31,6 +31,7 @@ from gridshare.events import (
     ProfileRejected,
 )
 from gridshare.ocpp_version import OcppVersion
+from gridshare.tasks import cancel_and_wait
 
 from . import profiles, v2x
 from .auth import charger_id_from_path, server_ssl_context
@@ -281,10 +282,7 @@ class CentralSystem:
         if server is not None:
             server.close(close_connections=True)
             await server.wait_closed()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(list(self._tasks), swallow_errors=True)
 
     # --- connections ----------------------------------------------------------------------
 

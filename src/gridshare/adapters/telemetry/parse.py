@@ -205,11 +205,35 @@ def _document(payload: bytes) -> dict[str, Any] | Invalid:
     return doc
 
 
-def _future(ts: float, now: float, skew: float, key: str) -> Invalid | None:
+def _source_id(doc: dict[str, Any], key: str, topic_id: str, known: Container[str] | None,
+               unknown: str, what: str) -> str | Invalid:
+    """The id in ``key`` (``meter_id``, ``station_id``): a text, the one of the topic it
+    came on, and one of ``known`` (else ``unknown``, the reason for a ``what`` the site
+    file does not declare)."""
+    value = doc.get(key)
+    if value is None:
+        return Invalid(MISSING_FIELD, f"{key} missing")
+    if not isinstance(value, str):
+        return Invalid(WRONG_TYPE, f"{key}: not a text: {echo(value)}")
+    if value != topic_id:
+        return Invalid(ID_MISMATCH, f"{key} {echo(value)} on the topic of {echo(topic_id)}")
+    if known is not None and value not in known:
+        return Invalid(unknown, f"{what} {echo(value)} is not in the site file")
+    return value
+
+
+def _event_time(doc: dict[str, Any], key: str, now: float, skew: float) -> float | Invalid:
+    """The required time in ``key`` (``ts``, ``event_ts``), not more than ``skew`` s
+    (the ``clock_skew`` of docs/telemetry.md) ahead of ``now``."""
+    if key not in doc:
+        return Invalid(MISSING_FIELD, f"{key} missing")
+    ts = parse_ts(doc[key], key)
+    if isinstance(ts, Invalid):
+        return ts
     if ts > now + skew:
         return Invalid(FUTURE_TIMESTAMP, f"{key} is {ts - now:.0f} s ahead of our clock "
                                          f"(allowed: {skew:g} s)")
-    return None
+    return ts
 
 
 def parse_ami(topic_id: str, payload: bytes, *, now: float, skew: float,
@@ -221,24 +245,12 @@ def parse_ami(topic_id: str, payload: bytes, *, now: float, skew: float,
     doc = _document(payload)
     if isinstance(doc, Invalid):
         return doc
-    meter_id = doc.get("meter_id")
-    if meter_id is None:
-        return Invalid(MISSING_FIELD, "meter_id missing")
-    if not isinstance(meter_id, str):
-        return Invalid(WRONG_TYPE, f"meter_id: not a text: {echo(meter_id)}")
-    if meter_id != topic_id:
-        return Invalid(ID_MISMATCH, f"meter_id {echo(meter_id)} on the topic of "
-                                    f"{echo(topic_id)}")
-    if known is not None and meter_id not in known:
-        return Invalid(UNKNOWN_METER, f"meter {echo(meter_id)} is not in the site file")
-    if "ts" not in doc:
-        return Invalid(MISSING_FIELD, "ts missing")
-    ts = parse_ts(doc["ts"], "ts")
+    meter_id = _source_id(doc, "meter_id", topic_id, known, UNKNOWN_METER, "meter")
+    if isinstance(meter_id, Invalid):
+        return meter_id
+    ts = _event_time(doc, "ts", now, skew)
     if isinstance(ts, Invalid):
         return ts
-    ahead = _future(ts, now, skew, "ts")
-    if ahead is not None:
-        return ahead
     power = _number(doc, "power_w", low=-MAX_POWER_W, high=MAX_POWER_W, unit="W")
     if isinstance(power, Invalid):
         return power
@@ -308,16 +320,9 @@ def parse_station(topic_id: str, payload: bytes, *, now: float, skew: float,
     doc = _document(payload)
     if isinstance(doc, Invalid):
         return doc
-    station = doc.get("station_id")
-    if station is None:
-        return Invalid(MISSING_FIELD, "station_id missing")
-    if not isinstance(station, str):
-        return Invalid(WRONG_TYPE, f"station_id: not a text: {echo(station)}")
-    if station != topic_id:
-        return Invalid(ID_MISMATCH, f"station_id {echo(station)} on the topic of "
-                                    f"{echo(topic_id)}")
-    if known is not None and station not in known:
-        return Invalid(UNKNOWN_STATION, f"station {echo(station)} is not in the site file")
+    station = _source_id(doc, "station_id", topic_id, known, UNKNOWN_STATION, "station")
+    if isinstance(station, Invalid):
+        return station
     connector = doc.get("connector_id")
     if connector is None:
         return Invalid(MISSING_FIELD, "connector_id missing")
@@ -325,14 +330,9 @@ def parse_station(topic_id: str, payload: bytes, *, now: float, skew: float,
         return Invalid(WRONG_TYPE, f"connector_id: not an integer: {echo(connector)}")
     if not 0 <= connector <= 64:
         return Invalid(OUT_OF_RANGE, f"connector_id: {connector} outside [0, 64]")
-    if "event_ts" not in doc:
-        return Invalid(MISSING_FIELD, "event_ts missing")
-    ts = parse_ts(doc["event_ts"], "event_ts")
+    ts = _event_time(doc, "event_ts", now, skew)
     if isinstance(ts, Invalid):
         return ts
-    ahead = _future(ts, now, skew, "event_ts")
-    if ahead is not None:
-        return ahead
     session = _optional_text(doc, "session_id")
     if isinstance(session, Invalid):
         return session
