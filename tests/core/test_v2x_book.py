@@ -157,13 +157,13 @@ def test_passes_is_exactly_not_check(
     counted = {c.key: 8.0 for c in topology.connectors()}
     for values in (new_w, {k: w * share if w < 0 else w for k, w in new_w.items()}):
         full = book.check(topology, snapshot, counted, values)
-        assert book.passes(topology, snapshot, counted, values) is (not full)
+        assert book.passes(topology, snapshot, lambda: counted, values) is (not full)
 
 
 def test_passes_agrees_on_a_refused_unknown_discharge() -> None:
     book = V2xBook()
     snapshot = Snapshot(now=at(5), connectors={}, groups={})
-    assert book.passes(_site(), snapshot, {}, {("b", 1): -11_000})
+    assert book.passes(_site(), snapshot, dict, {("b", 1): -11_000})
     book.outcome(KEY, book.sent(KEY, -11_000, T0, 60), TIMEOUT)
-    assert not book.passes(_site(), snapshot, {}, {("b", 1): -11_000})
-    assert book.passes(_site(), snapshot, {}, {("b", 1): -3_000})  # 15.9 + 4.3 A <= 25 A
+    assert not book.passes(_site(), snapshot, dict, {("b", 1): -11_000})
+    assert book.passes(_site(), snapshot, dict, {("b", 1): -3_000})  # 15.9 + 4.3 A <= 25 A

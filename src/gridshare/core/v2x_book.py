@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -89,23 +89,26 @@ class V2xBook:
         out: dict[ConnectorKey, tuple[float, float]] = {}
         for key, entry in list(self._by_key.items()):
             self._prune(entry, now)
+            accepted = entry.accepted
+            if not entry.open:  # the usual case, one accepted value: no list to build
+                if accepted is not None:
+                    out[key] = (accepted.watts, accepted.watts)
+                else:
+                    del self._by_key[key]
+                continue
             values = [v.watts for v in entry.open.values()]
-            if entry.accepted is not None:
-                values.append(entry.accepted.watts)
-            elif values:
-                values.append(0.0)  # the plain setpoint below may be what applies
-            if values:
-                out[key] = (min(values), max(values))
-            elif not entry.open:
-                del self._by_key[key]
+            # the plain setpoint below may be what applies when nothing was accepted
+            values.append(accepted.watts if accepted is not None else 0.0)
+            out[key] = (min(values), max(values))
         return out
 
     @staticmethod
     def _prune(entry: _Connector, now: datetime) -> None:
         if entry.accepted is not None and now >= entry.accepted.valid_to:
             entry.accepted = None
-        for command_id in [c for c, v in entry.open.items() if now >= v.valid_to]:
-            del entry.open[command_id]
+        if entry.open:
+            for command_id in [c for c, v in entry.open.items() if now >= v.valid_to]:
+                del entry.open[command_id]
 
     def check(self, topology: Topology, snapshot: Snapshot,
               counted: Mapping[ConnectorKey, float],
@@ -127,11 +130,12 @@ class V2xBook:
         return found
 
     def passes(self, topology: Topology, snapshot: Snapshot,
-               counted: Mapping[ConnectorKey, float],
+               counted: Callable[[], Mapping[ConnectorKey, float]],
                new_w: Mapping[ConnectorKey, float]) -> bool:
-        """``not self.check(...)``, in one pass of :func:`guard.check_v2x` instead of four
-        when every value, new and in force, is a finite discharge or 0 (what the frequency
-        service checks; otherwise the full check decides).
+        """``not self.check(topology, snapshot, counted(), new_w)``, in one pass of
+        :func:`guard.check_v2x` instead of four when every value, new and in force, is a
+        finite discharge or 0 (what the frequency service checks; otherwise the full check
+        decides). ``counted`` is called only then: a discharge is never checked forward.
 
         Why one pass is enough then: :meth:`check` runs ``check_v2x`` on four sets of values
         (new against the low and the high end in force, each on its charge and its
@@ -146,11 +150,11 @@ class V2xBook:
         isfinite = math.isfinite
         for watts in new_w.values():
             if not (isfinite(watts) and watts <= 0.0):
-                return not self._check(topology, snapshot, counted, new_w, ranges)
+                return not self._check(topology, snapshot, counted(), new_w, ranges)
         worst = dict(new_w)
         for key, (lo, hi) in ranges.items():
             if not (isfinite(lo) and isfinite(hi) and hi <= 0.0):
-                return not self._check(topology, snapshot, counted, new_w, ranges)
+                return not self._check(topology, snapshot, counted(), new_w, ranges)
             new = worst.get(key)
             worst[key] = lo if new is None else min(lo, new)
-        return not guard.check_v2x(topology, snapshot, counted, worst)
+        return not guard.check_v2x(topology, snapshot, {}, worst)  # nothing forward
