@@ -119,6 +119,10 @@ class StateView(Protocol):
 
     def session_info(self, key: ConnectorKey) -> SessionInfo: ...
 
+    def live_reading(self, key: ConnectorKey) -> tuple[float | None, float | None]:
+        """(power W, SoC %) of the car on ``key``: ``session_info``'s ``power_w`` and
+        ``soc_percent``, read at every sample without building the whole record."""
+
     def measured_a(self, key: ConnectorKey, now: datetime) -> PhaseCurrents | None: ...
 
 
@@ -472,7 +476,7 @@ class FrequencyService:
         unit.key, unit.connector = key, key[1]
         unit.present = True
         v2x = unit.v2x = self._v2x_capable(unit, charger)
-        info = state.session_info(key)
+        power_w, soc = state.live_reading(key)
         alloc_a = state.in_force_a(key, now)
         if alloc_a is None:
             # No accepted setpoint in its lease (one in flight, a lapse): what every limit
@@ -489,14 +493,13 @@ class FrequencyService:
         else:
             self._held_base[key] = base
         unit.base_kw = base
-        power_w = info.power_w
         if power_w is not None and math.isfinite(power_w):
             unit.measured_kw = power_w / 1000.0
         else:
             amps = state.measured_a(key, now)
             unit.measured_kw = None if amps is None else \
                 sum(amps) * self._voltage / 1000.0
-        soc = unit.soc_pct = info.soc_percent
+        unit.soc_pct = soc
         return UnitState(unit.id, base, soc, True, v2x)
 
     # --- decisions to the wire -----------------------------------------------------------
