@@ -87,6 +87,12 @@ class View:
     def session_info(self, key: ConnectorKey) -> SessionInfo:
         return SessionInfo("tx", None, None, None, None, 80.0, None, None)
 
+    def live_reading(self, key: ConnectorKey) -> tuple[float | None, float | None]:
+        return None, 80.0
+
+    def v2x_offer(self, key: ConnectorKey) -> None:
+        return None
+
     def measured_a(self, key: ConnectorKey, now: object) -> PhaseCurrents | None:
         return None
 

@@ -4,7 +4,11 @@ CentralSetpoint step to many simulated V2G chargers at once, end to end.
 1. ``build``: one CentralSetpoint SetChargingProfile built and serialised (µs).
 2. ``guard``: :func:`gridshare.core.guard.check_v2x` on ``--units`` discharging connectors
    under a three-level tree (ms).
-3. ``wire``: the real central system (ocpp2.1) and ``--chargers`` simulated V2G chargers
+3. ``book``: the shared :class:`~gridshare.core.v2x_book.V2xBook` with an accepted
+   discharge in force on each of the ``--units`` connectors: its full ``check`` (four
+   ``check_v2x`` passes: what the frequency service reads the alarms from) and ``passes``
+   (the same verdict in one pass: what it bisects a refused set with), ms.
+4. ``wire``: the real central system (ocpp2.1) and ``--chargers`` simulated V2G chargers
    (each with a car) over WebSockets on this machine; every charger is sent a −5 kW
    CentralSetpoint at once: send → accepted per charger, to the last accepted, and send →
    the simulated power stage at 90 % of the request (1 s ramp, physics every 50 ms).
@@ -31,7 +35,8 @@ from gridshare.adapters.ocpp.v2x import central_setpoint, v2x_request
 from gridshare.core import guard
 from gridshare.core.snapshot import Snapshot
 from gridshare.core.topology import Charger, Connector, Group, Policy, Topology
-from gridshare.drivers import CommandResult
+from gridshare.core.v2x_book import V2xBook
+from gridshare.drivers import CommandOutcome, CommandResult
 from gridshare.sim import EV, SimCharger
 
 
@@ -89,6 +94,33 @@ def bench_guard(units: int, runs: int = 300) -> dict[str, float]:
         times.append((time.perf_counter() - t0) * 1000)
     return {"guard_units": units, "guard_p50_ms": round(statistics.median(times), 3),
             "guard_p99_ms": round(_pct(times, 0.99), 3)}
+
+
+def bench_book(units: int, runs: int = 300) -> dict[str, float]:
+    topology = tree(units)
+    now = datetime.now(UTC)
+    snapshot = Snapshot(now=now, connectors={}, groups={})
+    book = V2xBook()
+    for i in range(units):
+        key = (f"v{i}", 1)
+        book.outcome(key, book.sent(key, -2000.0, now, 60.0),
+                     CommandOutcome(CommandResult.ACCEPTED))
+    counted = {(f"v{i}", 1): 8.0 for i in range(units)}
+    full, fast = [], []
+    for k in range(runs):
+        watts = {(f"v{i}", 1): -1000.0 * (1 + (i + k) % 11) for i in range(units)}
+        t0 = time.perf_counter()
+        refused = book.check(topology, snapshot, counted, watts)
+        t1 = time.perf_counter()
+        passed = book.passes(topology, snapshot, lambda: counted, watts)
+        t2 = time.perf_counter()
+        assert passed is (not refused)
+        full.append((t1 - t0) * 1000)
+        fast.append((t2 - t1) * 1000)
+    return {"book_check_p50_ms": round(statistics.median(full), 3),
+            "book_check_p99_ms": round(_pct(full, 0.99), 3),
+            "book_passes_p50_ms": round(statistics.median(fast), 3),
+            "book_passes_p99_ms": round(_pct(fast, 0.99), 3)}
 
 
 async def _round(csms: CentralSystem, chargers: list[SimCharger],
@@ -167,6 +199,7 @@ def main() -> None:
                                  "python": platform.python_version()}
     result.update(bench_build())
     result.update(bench_guard(args.units))
+    result.update(bench_book(args.units))
     result.update(asyncio.run(bench_wire(args.chargers)))
     result["max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     if args.json:

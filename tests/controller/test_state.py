@@ -440,3 +440,28 @@ def test_a_setpoint_outlives_the_session_and_the_idle_connector_is_reserved(
     assert state.refresh(t(70)) is Impact.URGENT
     assert state.believed_a(("a1", 1), t(70)) == 6.0
     assert state.to_snapshot(t(70)).conditions("c1").uncontrolled == (6.0, 6.0, 6.0)
+
+
+def test_live_reading_is_what_session_info_says_of_power_and_soc(topology: Topology) -> None:
+    """The frequency service's per-sample read: the same two fields, with or without a
+    car, before and after its meter value, and once the session is over."""
+    state = SiteState(topology)
+    boot_all(state)
+    key = ("a1", 1)
+
+    def same() -> None:
+        info = state.session_info(key)
+        assert state.live_reading(key) == (info.power_w, info.soc_percent)
+
+    same()
+    plug(state, "a1", 1)
+    state.apply(SessionStarted("a1", 1, "tx-1", t(1)))
+    same()
+    state.apply(MeterReading("a1", 1, t(2), "tx-1", soc_percent=55.0, power_w=7000.0))
+    same()
+    assert state.live_reading(key) == (7000.0, 55.0)
+    state.apply(SessionStopped("a1", 1, "tx-1", t(3)))
+    state.apply(StatusChanged("a1", 1, ConnectorStatus.AVAILABLE, t(3)))
+    same()
+    assert state.live_reading(key) == (None, None)
+

@@ -3,15 +3,19 @@ as the ledger does for current setpoints; the guard then counts both ends."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from datetime import UTC, datetime, timedelta
 
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gridshare.core.snapshot import Snapshot
-from gridshare.core.topology import Charger, Connector, Group, Policy, Topology
+from gridshare.core.topology import Charger, Connector, ConnectorKey, Group, Policy, Topology
 from gridshare.core.v2x_book import V2xBook
 from gridshare.drivers import CommandOutcome, CommandResult
+
+from .strategies import examples, snapshots, topologies
 
 T0 = datetime(2026, 11, 30, 15, 0, tzinfo=UTC)
 KEY = ("a", 1)
@@ -103,3 +107,63 @@ def test_bounds_hold_every_value_that_may_be_in_force(
     bounds = book.bounds(now).get(KEY)
     for watts in possible:
         assert bounds is not None and bounds[0] <= watts <= bounds[1]
+
+
+_DISCHARGE = st.one_of(st.floats(-2_000, 0), st.floats(-2_000, 0), st.floats(-30_000, 0),
+                       st.just(0.0))
+_ANY_W = st.one_of(_DISCHARGE, st.floats(0, 30_000),
+                   st.sampled_from([math.nan, -math.inf, math.inf]))
+"""Discharges only (the frequency service's case: the shortcut), or with charges and
+non-finite values too (the full check then decides)."""
+_MOSTLY_V2X = st.sampled_from([True, True, True, False])
+
+
+@st.composite
+def _books(draw: st.DrawFn) -> tuple[Topology, Snapshot, V2xBook, dict[ConnectorKey, float]]:
+    """A random site (some chargers not v2x), a book of commands with random outcomes on
+    its connectors (and one it does not have), and new setpoints."""
+    topology = draw(topologies(max_chargers=12))
+    chargers = {cid: dataclasses.replace(c, v2x=draw(_MOSTLY_V2X))
+                for cid, c in topology.chargers.items()}
+    topology = dataclasses.replace(topology, chargers=chargers, _ancestors={}, _cache={})
+    keys = [c.key for c in topology.connectors()]
+    if draw(st.integers(0, 3)) == 0:
+        keys.append(("nowhere", 1))  # a connector the site does not have
+    watts = _DISCHARGE if draw(st.booleans()) else _ANY_W
+    book = V2xBook()
+    for i in range(draw(st.integers(0, 10))):
+        key = draw(st.sampled_from(keys))
+        cid = book.sent(key, draw(watts), at(i), draw(st.integers(1, 30)))
+        outcome = draw(_OUTCOMES)
+        if outcome is not None:
+            book.outcome(key, cid, outcome)
+    chosen = draw(st.lists(st.sampled_from(keys), unique=True, max_size=len(keys)))
+    new_w = {key: draw(watts) for key in chosen}
+    snapshot = draw(snapshots(topology))
+    return topology, dataclasses.replace(snapshot, now=at(draw(st.integers(0, 40)))), \
+        book, new_w
+
+
+@settings(max_examples=examples(300), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(_books(), st.floats(0.0, 1.0))
+def test_passes_is_exactly_not_check(
+        case: tuple[Topology, Snapshot, V2xBook, dict[ConnectorKey, float]],
+        share: float) -> None:
+    """The one-pass shortcut the frequency service bisects with agrees with the full
+    four-pass check, on the setpoints and on every share of their discharges (as the
+    service scales them)."""
+    topology, snapshot, book, new_w = case
+    counted = {c.key: 8.0 for c in topology.connectors()}
+    for values in (new_w, {k: w * share if w < 0 else w for k, w in new_w.items()}):
+        full = book.check(topology, snapshot, counted, values)
+        assert book.passes(topology, snapshot, lambda: counted, values) is (not full)
+
+
+def test_passes_agrees_on_a_refused_unknown_discharge() -> None:
+    book = V2xBook()
+    snapshot = Snapshot(now=at(5), connectors={}, groups={})
+    assert book.passes(_site(), snapshot, dict, {("b", 1): -11_000})
+    book.outcome(KEY, book.sent(KEY, -11_000, T0, 60), TIMEOUT)
+    assert not book.passes(_site(), snapshot, dict, {("b", 1): -11_000})
+    assert book.passes(_site(), snapshot, dict, {("b", 1): -3_000})  # 15.9 + 4.3 A <= 25 A

@@ -120,6 +120,13 @@ class StateView(Protocol):
 
     def session_info(self, key: ConnectorKey) -> SessionInfo: ...
 
+    def live_reading(self, key: ConnectorKey) -> tuple[float | None, float | None]:
+        """(power W, SoC %) of the car on ``key``: ``session_info``'s ``power_w`` and
+        ``soc_percent``, read at every sample without building the whole record."""
+
+    def v2x_offer(self, key: ConnectorKey) -> V2xOffer | None:
+        """``session_info``'s ``v2x_offer``, read at every sample the same way."""
+
     def measured_a(self, key: ConnectorKey, now: datetime) -> PhaseCurrents | None: ...
 
 
@@ -169,6 +176,15 @@ class _Unit:
     kind: UnitKind
     charger: Charger | None = None
     connector: int = 1
+    id: str = field(init=False)
+    """``spec.id``, kept plain: it is read for every unit at every sample."""
+    keys: tuple[ConnectorKey, ...] = ()
+    """The charger's connector keys, in order (precomputed: read at every sample)."""
+    declared_v2x: bool = False
+    """The site file declares the charger ``v2x: true`` (static)."""
+    key: ConnectorKey = ("", 0)
+    """``(charger id, connector)``: the connector it takes part on (kept with
+    ``connector``, so no key is built per sample)."""
     present: bool = False
     v2x: bool = False
     offer: V2xOffer | None = None
@@ -210,9 +226,8 @@ class _Unit:
     was_online: bool = False
     departing_since: float | None = None
 
-    @property
-    def id(self) -> str:
-        return self.spec.id
+    def __post_init__(self) -> None:
+        self.id = self.spec.id
 
 
 @dataclass(slots=True)
@@ -263,6 +278,9 @@ class FrequencyService:
                 if unit.charger is None:
                     raise ValueError(f"frequency unit {u.charger!r}: no such charger")
                 unit.connector = unit.charger.connectors[0].number
+                unit.keys = tuple(c.key for c in unit.charger.connectors)
+                unit.key = unit.keys[0]
+                unit.declared_v2x = unit.charger.v2x
             self.units[u.id] = unit
         self._guards = self._group_guards()
         self._guard_last: tuple[dict[ConnectorKey, float], float, float, str | None] | \
@@ -410,23 +428,21 @@ class FrequencyService:
     def _states(self, at: float) -> dict[str, UnitState]:
         now = datetime.fromtimestamp(at, UTC)
         out: dict[str, UnitState] = {}
+        charger_state, battery_state = self._charger_state, self._battery_state
         for uid, unit in self.units.items():
             if unit.charger is None:
-                out[uid] = self._battery_state(unit, at)
+                out[uid] = battery_state(unit, at)
             else:
-                out[uid] = self._charger_state(unit, unit.charger, now)
+                out[uid] = charger_state(unit, unit.charger, now)
         return out
 
-    def _v2x_capable(self, charger: str) -> bool:
+    def _v2x_capable(self, unit: _Unit, charger: Charger) -> bool:
         """Whether the CSMS can send this charger V2X commands now (a driver that fails
         to say counts as no: the charger is then only curtailed)."""
-        if self._v2x is None:
-            return False
-        declared = self.topology.chargers.get(charger)
-        if declared is None or not declared.v2x:
+        if self._v2x is None or not unit.declared_v2x:
             return False  # the guard refuses a discharge to it: only curtailed
         try:
-            return bool(self._v2x.v2x_capable(charger))
+            return bool(self._v2x.v2x_capable(charger.id))
         except Exception:
             self.counters["v2x_capable_errors"] += 1
             return False
@@ -448,9 +464,9 @@ class FrequencyService:
         unit.was_online = online
         key: ConnectorKey | None = None
         if online:
-            for c in charger.connectors:
-                if state.active(c.key):
-                    key = c.key
+            for k in unit.keys:
+                if state.active(k):
+                    key = k
                     break
         if key is None:
             unit.present = False
@@ -458,15 +474,15 @@ class FrequencyService:
             if unit.sent_kw is not None:
                 unit.sent_kw, unit.target_kw = None, None
             return UnitState(unit.id, present=False)
-        unit.connector = key[1]
+        unit.key, unit.connector = key, key[1]
         unit.present = True
-        info = state.session_info(key)
-        unit.offer = info.v2x_offer
+        unit.offer = state.v2x_offer(key)
         unit.not_v2x = offer_refusal(charger.id, key[1], unit.offer)
         # a car that offers no BPT mode: a plain charger (cap only, never a discharge)
-        unit.v2x = unit.not_v2x is None and self._v2x_capable(charger.id)
+        unit.v2x = unit.not_v2x is None and self._v2x_capable(unit, charger)
         if not unit.v2x and unit.sent_kw is not None:
             unit.sent_kw, unit.target_kw = None, None  # no V2X renewals to it
+        power_w, soc = state.live_reading(key)
         alloc_a = state.in_force_a(key, now)
         if alloc_a is None:
             # No accepted setpoint in its lease (one in flight, a lapse): what every limit
@@ -483,15 +499,15 @@ class FrequencyService:
         else:
             self._held_base[key] = base
         unit.base_kw = base
-        if info.power_w is not None and math.isfinite(info.power_w):
-            unit.measured_kw = info.power_w / 1000.0
+        if power_w is not None and math.isfinite(power_w):
+            unit.measured_kw = power_w / 1000.0
         else:
             amps = state.measured_a(key, now)
             unit.measured_kw = None if amps is None else \
                 sum(amps) * self._voltage / 1000.0
-        unit.soc_pct = info.soc_percent
+        unit.soc_pct = soc
         cap = self.discharge_cap_kw(unit)
-        return UnitState(unit.id, base, info.soc_percent, True, unit.v2x,
+        return UnitState(unit.id, base, soc, True, unit.v2x,
                          max_discharge_kw=cap if cap < unit.spec.max_discharge_kw else None)
 
     def discharge_cap_kw(self, unit: _Unit) -> float:
@@ -539,15 +555,20 @@ class FrequencyService:
         """Per unit (setpoint kW, why held): chargers never above the allocation's value;
         V2X discharge under a group within what the group carries."""
         out: dict[str, tuple[float, str | None]] = {}
+        units = self.units
+        discharging = False
         for d in decision.units:
-            unit = self.units[d.id]
             kw, held = d.setpoint_kw, d.held
-            base = d.setpoint_kw - d.delta_kw
-            if unit.charger is not None and kw > max(base, 0.0) + EPS:
-                kw = max(base, 0.0)
-                held = "charging above the allocation is not sent (its circuit's limit)"
+            if units[d.id].charger is not None:
+                base = d.setpoint_kw - d.delta_kw
+                if kw > max(base, 0.0) + EPS:
+                    kw = max(base, 0.0)
+                    held = "charging above the allocation is not sent (its circuit's limit)"
+            if kw < 0:
+                discharging = True
             out[d.id] = (kw, held)
-        self._group_scale(out)
+        if discharging:  # without a discharge no group's reverse flow is scaled
+            self._group_scale(out)
         return out
 
     def _group_scale(self, out: dict[str, tuple[float, str | None]]) -> None:
@@ -584,8 +605,14 @@ class FrequencyService:
         may still be in force (ours and the discharge test's): the alarms' messages."""
         snapshot = Snapshot(now=datetime.fromtimestamp(at, UTC))
         counted = self._counted() if self._counted is not None else {}
-        self.counters["v2x_guard_checks"] += 1
         return [a.message for a in self.book.check(self.topology, snapshot, counted, new_w)]
+
+    def _guard_passes(self, new_w: Mapping[ConnectorKey, float], at: float) -> bool:
+        """Whether :meth:`_guard_check` would find nothing (:meth:`V2xBook.passes`: the
+        same verdict, a quarter of the work; the messages are only read on a refusal)."""
+        snapshot = Snapshot(now=datetime.fromtimestamp(at, UTC))
+        self.counters["v2x_guard_checks"] += 1
+        return self.book.passes(self.topology, snapshot, self._counted or dict, new_w)
 
     def _guard_scale(self, new_w: Mapping[ConnectorKey, float], at: float
                      ) -> tuple[float, list[str]]:
@@ -593,22 +620,22 @@ class FrequencyService:
         guard passes, and the alarms at full share. 0 also when even no discharge passes:
         what may still be in force already exceeds a limit (it counts until the new value
         is accepted), and sending no discharge can only lower the reverse flow."""
-        found = self._guard_check(new_w, at)
-        if not found:
+        if self._guard_passes(new_w, at):
             return 1.0, []
+        found = self._guard_check(new_w, at)
 
         def scaled(share: float) -> dict[ConnectorKey, float]:
             return {k: w * share if w < 0 else w for k, w in new_w.items()}
 
-        if self._guard_check(scaled(0.0), at):
+        if not self._guard_passes(scaled(0.0), at):
             return 0.0, found
         lo, hi = 0.0, 1.0
         for _ in range(10):
             mid = (lo + hi) / 2
-            if self._guard_check(scaled(mid), at):
-                hi = mid
-            else:
+            if self._guard_passes(scaled(mid), at):
                 lo = mid
+            else:
+                hi = mid
         return lo, found
 
     def _v2x_guard(self, setpoints: dict[str, tuple[float, str | None]], at: float
@@ -619,14 +646,15 @@ class FrequencyService:
         in force only ever shrink in between, or are booked by someone who checked
         against ours)."""
         new_w: dict[ConnectorKey, float] = {}
-        ids: dict[ConnectorKey, str] = {}
+        ids: list[str] = []
+        units = self.units
         for uid, (kw, _) in setpoints.items():
-            unit = self.units[uid]
+            unit = units[uid]
             if unit.charger is None or not unit.v2x or not unit.present:
                 continue
-            key = (unit.charger.id, unit.connector)
-            new_w[key] = _guarded_w(kw * 1000.0)
-            ids[key] = uid
+            # _guarded_w of a charge (or 0) is 0.0: not rounded for nothing at each sample
+            new_w[unit.key] = 0.0 if kw >= 0.0 else _guarded_w(kw * 1000.0)
+            ids.append(uid)
         if not new_w:
             return
         last = self._guard_last
@@ -645,7 +673,7 @@ class FrequencyService:
                             f": discharges clipped to {share * 100:.1f} %", at, share, 1.0)
         if share >= 1.0:
             return
-        for uid in ids.values():
+        for uid in ids:
             kw, _ = setpoints[uid]
             if kw < 0:
                 setpoints[uid] = (kw * share, f"discharge guard: {why}")

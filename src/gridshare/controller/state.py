@@ -1067,6 +1067,20 @@ class SiteState:
                            conn.soc_percent if conn.active else None, conn.energy_needed_kwh,
                            conn.departure, conn.v2x_offer)
 
+    def live_reading(self, key: ConnectorKey) -> tuple[float | None, float | None]:
+        """(power W, SoC %) of the car on ``key`` from its last meter value, None each when
+        unknown or no car: :meth:`session_info`'s ``power_w`` and ``soc_percent`` without
+        building it (the frequency service reads them for every unit at every sample)."""
+        conn = self._connectors[key]
+        if not conn.active:
+            return None, None
+        return conn.power_w, conn.soc_percent
+
+    def v2x_offer(self, key: ConnectorKey) -> V2xOffer | None:
+        """What the car on ``key`` offers for V2X (2.1 charging needs), None when it said
+        nothing: :meth:`session_info`'s ``v2x_offer`` without building it."""
+        return self._connectors[key].v2x_offer
+
     def group_meter(self, group_id: str) -> tuple[PhaseCurrents, datetime] | None:
         meter = self._meters.get(group_id)
         return None if meter is None else (meter.current_a, meter.at)

@@ -205,7 +205,11 @@ class CycleCounter:
 
     def add(self, at: float, kwh: float) -> None:
         """Record ``|kwh|`` moved through the battery in the bin of ``at``."""
-        b = math.floor(at / CYCLE_BIN_S)
+        self.add_in_bin(math.floor(at / CYCLE_BIN_S), kwh)
+
+    def add_in_bin(self, b: int, kwh: float) -> None:
+        """:meth:`add` with the bin of ``at`` already worked out (one per sample for all
+        units, not one per unit)."""
         if self._bins and self._bins[-1][0] >= b:
             self._bins[-1][1] += abs(kwh)
         else:
@@ -344,9 +348,10 @@ class FrequencyResponder:
         if dt > 0:
             hours = dt / 3600.0
             counters = self._cycles
+            b = math.floor(at / CYCLE_BIN_S)
             for uid, kw in self._commanded.items():
                 if kw:
-                    counters[uid].add(at, kw * hours)
+                    counters[uid].add_in_bin(b, kw * hours)
         self._last_at = max(self._last_at, at)
 
     def _safe(self, at: float, hz: float | None, states: Mapping[str, UnitState],
@@ -371,6 +376,8 @@ class FrequencyResponder:
     def _dispatch(self, at: float, hz: float, fraction: float,
                   states: Mapping[str, UnitState]) -> FrequencyDecision:
         self._accrue(at)
+        if fraction == 0.0:
+            return self._idle(at, hz, fraction, states)
         up = fraction > 0
         endurance_h = self.settings.endurance_s / 3600.0
         rows: list[tuple[str, float, float, str | None]] = []  # id, base, headroom, held
@@ -381,9 +388,6 @@ class FrequencyResponder:
             if st is None or not st.present:
                 continue
             base = st.base_kw
-            if fraction == 0.0:
-                rows.append((uid, base, 0.0, None))
-                continue
             held: str | None = None
             # every present unit counts in the request; one a guard holds back leaves its
             # share to the others' headroom
@@ -440,3 +444,24 @@ class FrequencyResponder:
         decision = FrequencyDecision(at, hz, self.mode, fraction, request, total, units)
         self._last = decision
         return decision
+
+    def _idle(self, at: float, hz: float, fraction: float, states: Mapping[str, UnitState]
+              ) -> FrequencyDecision:
+        """:meth:`_dispatch` at fraction 0 (inside the dead band: most samples), without
+        the headroom rows: every present unit at its base, its delta ``-0.0`` exactly as
+        the general path gives (sign −1 × headroom 0 × share 0)."""
+        out = []
+        commanded: dict[str, float] = {}
+        for uid in self.units:
+            st = states.get(uid)
+            if st is None or not st.present:
+                continue
+            setpoint = st.base_kw + -0.0
+            out.append(UnitDispatch(uid, -0.0, setpoint, None))
+            commanded[uid] = setpoint
+        self._commanded = commanded
+        decision = FrequencyDecision(at, hz, self.mode, fraction, 0.0 * fraction, 0.0,
+                                     tuple(out))
+        self._last = decision
+        return decision
+

@@ -17,7 +17,8 @@ discharge now; :meth:`V2xBook.check` passes a new set of setpoints through
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -88,30 +89,38 @@ class V2xBook:
         out: dict[ConnectorKey, tuple[float, float]] = {}
         for key, entry in list(self._by_key.items()):
             self._prune(entry, now)
+            accepted = entry.accepted
+            if not entry.open:  # the usual case, one accepted value: no list to build
+                if accepted is not None:
+                    out[key] = (accepted.watts, accepted.watts)
+                else:
+                    del self._by_key[key]
+                continue
             values = [v.watts for v in entry.open.values()]
-            if entry.accepted is not None:
-                values.append(entry.accepted.watts)
-            elif values:
-                values.append(0.0)  # the plain setpoint below may be what applies
-            if values:
-                out[key] = (min(values), max(values))
-            elif not entry.open:
-                del self._by_key[key]
+            # the plain setpoint below may be what applies when nothing was accepted
+            values.append(accepted.watts if accepted is not None else 0.0)
+            out[key] = (min(values), max(values))
         return out
 
     @staticmethod
     def _prune(entry: _Connector, now: datetime) -> None:
         if entry.accepted is not None and now >= entry.accepted.valid_to:
             entry.accepted = None
-        for command_id in [c for c, v in entry.open.items() if now >= v.valid_to]:
-            del entry.open[command_id]
+        if entry.open:
+            for command_id in [c for c, v in entry.open.items() if now >= v.valid_to]:
+                del entry.open[command_id]
 
     def check(self, topology: Topology, snapshot: Snapshot,
               counted: Mapping[ConnectorKey, float],
               new_w: Mapping[ConnectorKey, float]) -> list[Alarm]:
         """:func:`guard.check_v2x` of ``new_w`` with what may still be in force counted at
         its worst in each direction (both ends of :meth:`bounds`)."""
-        ranges = self.bounds(snapshot.now)
+        return self._check(topology, snapshot, counted, new_w, self.bounds(snapshot.now))
+
+    @staticmethod
+    def _check(topology: Topology, snapshot: Snapshot, counted: Mapping[ConnectorKey, float],
+               new_w: Mapping[ConnectorKey, float],
+               ranges: Mapping[ConnectorKey, tuple[float, float]]) -> list[Alarm]:
         low = {key: lo for key, (lo, _) in ranges.items()}
         high = {key: hi for key, (_, hi) in ranges.items()}
         found = guard.check_v2x(topology, snapshot, counted, new_w, in_force_w=low)
@@ -119,3 +128,33 @@ class V2xBook:
         found.extend(a for a in guard.check_v2x(topology, snapshot, counted, new_w,
                                                 in_force_w=high) if a.message not in seen)
         return found
+
+    def passes(self, topology: Topology, snapshot: Snapshot,
+               counted: Callable[[], Mapping[ConnectorKey, float]],
+               new_w: Mapping[ConnectorKey, float]) -> bool:
+        """``not self.check(topology, snapshot, counted(), new_w)``, in one pass of
+        :func:`guard.check_v2x` instead of four when every value, new and in force, is a
+        finite discharge or 0 (what the frequency service checks; otherwise the full check
+        decides). ``counted`` is called only then: a discharge is never checked forward.
+
+        Why one pass is enough then: :meth:`check` runs ``check_v2x`` on four sets of values
+        (new against the low and the high end in force, each on its charge and its
+        discharge side), and with no value above 0 nothing is checked forward, so each
+        pass can only find discharges (to a connector the site does not have, to a charger
+        not declared v2x, or whose reverse sums exceed a limit). Per connector, the
+        discharge side against the low end, ``min(low, new)``, discharges the most of the
+        four; the reverse sums only add |W| (float rounding is monotone), so whatever
+        another pass finds, that one finds too. ``tests/core/test_v2x_book.py`` checks the
+        equivalence against :meth:`check` with hypothesis."""
+        ranges = self.bounds(snapshot.now)
+        isfinite = math.isfinite
+        for watts in new_w.values():
+            if not (isfinite(watts) and watts <= 0.0):
+                return not self._check(topology, snapshot, counted(), new_w, ranges)
+        worst = dict(new_w)
+        for key, (lo, hi) in ranges.items():
+            if not (isfinite(lo) and isfinite(hi) and hi <= 0.0):
+                return not self._check(topology, snapshot, counted(), new_w, ranges)
+            new = worst.get(key)
+            worst[key] = lo if new is None else min(lo, new)
+        return not guard.check_v2x(topology, snapshot, {}, worst)  # nothing forward
