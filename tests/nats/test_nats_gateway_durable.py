@@ -12,8 +12,6 @@ import contextlib
 import json
 import random
 import re
-import signal
-import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,8 +20,7 @@ from typing import Any
 import nats as nats_client
 import pytest
 from natsserver import NatsServer
-from store.test_ocpp_crash import CHARGERS, ROUNDS, Acked, site_yaml
-from store.test_ocpp_crash import charger as crash_charger
+from store.test_ocpp_crash import ROUNDS, Acked, kill_mid_stream, site_yaml
 from waits import eventually
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -243,35 +240,8 @@ async def gateway_killed(site: Path, nats: NatsServer, round_no: int,
                          rng: random.Random) -> Acked:
     """A ``gridshare serve --role gateway`` subprocess, chargers as fast as it answers,
     SIGKILL after a random number of answers (and a random moment after that)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gridshare", "serve", str(site), "--role", "gateway",
-        "--bus", nats.url, "--host", "127.0.0.1", "--ocpp-port", "0",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    assert proc.stdout is not None and proc.stderr is not None
-    acked = Acked(target=rng.randint(20, 300))
-    try:
-        async with asyncio.timeout(60):
-            line = (await proc.stdout.readline()).decode().rstrip("\n")
-        match = GATEWAY_READY.match(line)
-        assert match, (line, await proc.stderr.read())
-        url = f"ws://127.0.0.1:{match[1]}"
-        base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=3 - round_no)
-        tasks = [asyncio.create_task(crash_charger(url, f"r{round_no}-c{i}", acked,
-                                                   base + timedelta(minutes=20 * i)))
-                 for i in range(CHARGERS)]
-        async with asyncio.timeout(60):
-            await acked.reached.wait()
-        await asyncio.sleep(rng.uniform(0.0, 0.05))
-        proc.send_signal(signal.SIGKILL)  # mid-stream: answers and PubAcks in flight
-        await proc.wait()
-        async with asyncio.timeout(20):
-            await asyncio.gather(*tasks)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    return acked
+    return await kill_mid_stream(["--role", "gateway", "--bus", nats.url], GATEWAY_READY,
+                                 site, round_no, rng)
 
 
 async def stored_events(js: Any, subjects: str) -> list[Any]:

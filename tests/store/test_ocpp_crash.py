@@ -102,16 +102,24 @@ async def charger(url: str, cid: str, acked: Acked, start_at: datetime) -> None:
 
 
 async def serve_and_kill(site: Path, db: str, round_no: int, rng: random.Random) -> Acked:
+    return await kill_mid_stream(["--api-port", "0", "--db", db], READY, site, round_no, rng)
+
+
+async def kill_mid_stream(serve_args: list[str], ready: re.Pattern[str], site: Path,
+                          round_no: int, rng: random.Random) -> Acked:
+    """``gridshare serve SITE --host 127.0.0.1 --ocpp-port 0 *serve_args`` (its first line
+    matching ``ready``, OCPP port in group 1), :data:`CHARGERS` raw-1.6 chargers as fast as
+    it answers, SIGKILL after a random number of answers (and a random moment after)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gridshare", "serve", str(site), "--host", "127.0.0.1",
-        "--ocpp-port", "0", "--api-port", "0", "--db", db,
+        "--ocpp-port", "0", *serve_args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     acked = Acked(target=rng.randint(20, 300))
     try:
         async with asyncio.timeout(60):
             line = (await proc.stdout.readline()).decode().rstrip("\n")
-        match = READY.match(line)
+        match = ready.match(line)
         assert match, (line, await proc.stderr.read())
         url = f"ws://127.0.0.1:{match[1]}"
         base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=3 - round_no)
