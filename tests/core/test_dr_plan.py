@@ -13,12 +13,16 @@ from __future__ import annotations
 import itertools
 import math
 import random
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gridshare.core.dr import plan as plan_module
 from gridshare.core.dr.plan import Kind, Plan, Resource, plan, storage_range
+
+from .dr_plan_reference import reference_solve
 
 ISSUE = [
     Resource("F1", Kind.ON_OFF, 300, 19, name="Incandescent lamp"),
@@ -214,7 +218,7 @@ prio = st.integers(1, 4)
 
 
 @st.composite
-def resource(draw: st.DrawFn, i: int) -> Resource:
+def resource(draw: st.DrawFn, i: int, prio: st.SearchStrategy[int] = prio) -> Resource:
     kind = draw(st.sampled_from(list(Kind)))
     rid = f"R{i}"
     if kind is Kind.ON_OFF:
@@ -280,6 +284,28 @@ def test_every_setpoint_is_one_the_resource_can_hold(
                    for r, s in zip(resources, p.setpoints, strict=True))
     assert p.achieved == pytest.approx(achieved, abs=tol)
     assert p.shortfall == pytest.approx(max(0.0, requested - p.achieved), abs=tol)
+
+
+@st.composite
+def medium_cases(draw: st.DrawFn) -> tuple[list[Resource], float, float]:
+    """20-60 resources on up to 8 levels: past brute force, and enough on/off loads and
+    coupled cars at every level for the reduced models to matter."""
+    n = draw(st.integers(20, 60))
+    rs = [draw(resource(i, st.integers(1, 8))) for i in range(n)]
+    return rs, draw(st.integers(0, 1500)) * 50.0, draw(st.sampled_from([0.25, 1.0, 3.0]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(medium_cases())
+def test_the_reduced_models_find_the_full_models_optimum(
+        case: tuple[list[Resource], float, float]) -> None:
+    # The previous solver (every level a MILP over all the columns) as the reference:
+    # same shortfall and same W per level, to within the kept optima's slack.
+    resources, requested, hours = case
+    p = plan(resources, requested, hours)
+    with mock.patch.object(plan_module, "_solve", reference_solve):
+        want = plan(resources, requested, hours)
+    assert solved(p, resources) == pytest.approx(solved(want, resources), abs=1e-2)
 
 
 def test_a_model_presolve_reduces_to_nothing_is_still_solved_exactly() -> None:

@@ -214,6 +214,46 @@ def _level(priority: int | None) -> int:
     return 0 if priority is None else priority
 
 
+_ZERO, _KEPT, _CURRENT, _FULL = "zero", "kept", "current", "full"
+"""How a level enters a model: fixed at 0 (untouched); its columns free under its kept
+optimum; the level being minimised; or taken whole (a level provably taken whole, or one
+after the current level, which only ever helps to take whole: dominance)."""
+
+
+@dataclass(slots=True)
+class _Group:
+    """The columns of one priority level, by how a model treats them."""
+
+    level: int
+    cont: list[int]
+    """Uncoupled continuous columns: W anywhere in [0, sum of uppers], one variable."""
+    binary: list[int]
+    charge: list[int]
+    """Charging columns of coupled cars (each its own variable: it gates a discharge)."""
+    discharge: list[int]
+    """Discharging columns of coupled cars."""
+    state: str = _FULL
+    kept: float = 0.0
+    ones: set[int] | None = None
+    """Binaries every plan keeping this level's optimum takes (fixed at 1)."""
+
+    def members(self) -> list[int]:
+        return [*self.cont, *self.binary, *self.charge, *self.discharge]
+
+
+@dataclass(slots=True)
+class _Model:
+    """A reduced model as loaded into HiGHS, and how to read its solution back."""
+
+    var_of: dict[int, int]
+    """Column -> variable (coupled discharges of full levels map to their z)."""
+    agg_of: dict[int, int]
+    """Level -> the variable of its aggregated continuous columns."""
+    counts: list[tuple[int, list[int]]]
+    """(integer variable, the on/off columns of one level and one power it counts)."""
+    integer: list[int]
+
+
 def _solve(highspy: Any, cols: list[_Col], couplings: list[tuple[int, int, float, float]],
            need: float) -> list[float]:
     """W taken from each column: each level from the most important, minimised in turn.
@@ -221,6 +261,14 @@ def _solve(highspy: Any, cols: list[_Col], couplings: list[tuple[int, int, float
     When the columns together cannot give ``need`` they are all taken (the shortfall is
     the least it can be); otherwise taking them all meets it (a coupled car stops
     charging, then discharges), so the shortfall is 0 and only the levels are solved.
+
+    Each level's minimum is found on a small model rather than on all the columns
+    (docs/dr-plan.md, "How it is solved"): levels fixed at 0 are left out; a level's
+    uncoupled continuous columns are one variable (any W of a level counts the same);
+    columns of levels after the current one are taken whole (they appear only in the
+    reduction row, where more only helps: some optimum takes them whole), except a
+    discharge whose charging is still undecided, which follows its binary; binaries
+    that every plan keeping a level's optimum must take are fixed at 1.
     """
     if not cols or need <= 0:
         return [0.0] * len(cols)
@@ -229,6 +277,17 @@ def _solve(highspy: Any, cols: list[_Col], couplings: list[tuple[int, int, float
     levels = sorted({c.level for c in cols})
     charge_of = {d: c for c, d, _, _ in couplings}
     discharge_of = {c: d for c, d, _, _ in couplings}
+    groups = {lv: _Group(lv, [], [], [], []) for lv in levels}
+    for j, c in enumerate(cols):
+        g = groups[c.level]
+        if c.binary:
+            g.binary.append(j)
+        elif j in discharge_of:
+            g.charge.append(j)
+        elif j in charge_of:
+            g.discharge.append(j)
+        else:
+            g.cont.append(j)
     free_below: dict[int, float] = {}
     """W the levels less important than each one can give with none from it or a more
     important one (a coupled discharge counts once its charge is less important too)."""
@@ -245,97 +304,242 @@ def _solve(highspy: Any, cols: list[_Col], couplings: list[tuple[int, int, float
     # coefficient can miss a row by 1e-6 W, which the default 1e-7 check would refuse.
     h.setOptionValue("primal_feasibility_tolerance", 1e-5)
     h.setOptionValue("mip_feasibility_tolerance", 1e-5)
-    inf = highspy.kHighsInf
-    # x_j in [0, 1]: the share of column j taken (binary for on/off loads and couplings)
-    k = len(cols)
-    h.addVars(k, [0.0] * k, [1.0] * k)
-    for j, c in enumerate(cols):
-        if c.binary:
-            h.changeColIntegrality(j, highspy.HighsVarType.kInteger)
-    for c_col, d_col, _b, _d in couplings:
-        z = h.getNumCol()
-        h.addVar(0.0, 1.0)
-        h.changeColIntegrality(z, highspy.HighsVarType.kInteger)
-        # x_c >= z (charge fully stopped when z), x_d <= z (discharge only then)
-        h.addRow(0.0, inf, 2, [c_col, z], [1.0, -1.0])
-        h.addRow(-inf, 0.0, 2, [d_col, z], [1.0, -1.0])
-    # sum upper_j x_j >= need
-    h.addRow(need, inf, k, list(range(k)), [c.upper for c in cols])
-    ncol = h.getNumCol()
-
-    kept: list[tuple[int, float]] = []  # (row, optimum) of the levels solved
     slack = [max(TOLERANCE_W, RELATIVE_SLACK * sum(c.upper for c in cols))]
     widest = 100 * slack[0]
+    margin = max(1e-3, 100 * slack[0])
+    """W by which a binary's absence must miss a kept optimum before it is fixed at 1."""
+    dead: set[int] = set()  # discharge columns fixed at 0: their car keeps charging
+    cap = {lv: sum(cols[j].upper for j in g.members()) for lv, g in groups.items()}
 
-    def minimise(costs: dict[int, float]) -> float:
-        h.changeColsCost(ncol, list(range(ncol)), [costs.get(j, 0.0) for j in range(ncol)])
-        h.run()
-        status = h.getModelStatus()
-        while status == highspy.HighsModelStatus.kInfeasible and slack[0] < widest:
-            # Rows of 1e6 W kept to 1e-4 W: the solver's tolerances can call the last
-            # optimum's neighbourhood empty. Widened tenfold, at most twice.
-            slack[0] *= 10
-            for row, value in kept:
-                h.changeRowBounds(row, -inf, value + slack[0])
+    def solve(current: int | None, incumbent: float | None = None
+              ) -> tuple[float, tuple[_Model, list[float]] | None]:
+        """Load the model with ``current`` as the level minimised (None: any plan that
+        keeps every optimum) and solve it: its optimum, the model and its solution.
+
+        The relaxation (integers continuous: a lower bound) is solved first; when its
+        solution is integral it is the optimum. ``incumbent``: the W the last solution
+        takes from ``current`` (that solution is feasible here): when the bound comes
+        within the slack of it, that solution stays (None) and the bound is the optimum
+        kept. Otherwise the MILP.
+        """
+        while True:
+            model = _load(highspy, h, cols, couplings, groups, dead, need, current,
+                          slack[0])
+            if current is not None and h.getNumCol() > 0:
+                relaxed = _relaxed(highspy, h, model)
+                if relaxed is not None:
+                    bound, values = relaxed
+                    if values is not None:
+                        return bound, (model, values)
+                    if incumbent is not None and bound >= incumbent - slack[0]:
+                        return min(bound, incumbent), None
+            if h.getNumCol() == 0:  # every column fixed: nothing to choose
+                return 0.0, (model, [])
             h.run()
             status = h.getModelStatus()
-        if status != highspy.HighsModelStatus.kOptimal:
-            # Presolve can reduce a tiny model to nothing and leave a 1e-6 W residual
-            # HiGHS then refuses: solved again without it (the model is always feasible).
-            h.setOptionValue("presolve", "off")
-            h.run()
-            h.setOptionValue("presolve", "choose")
-            status = h.getModelStatus()
-        if status != highspy.HighsModelStatus.kOptimal:  # pragma: no cover - feasible
-            raise RuntimeError(f"HiGHS: {h.modelStatusToString(status)}")
-        return float(h.getInfo().objective_function_value)
+            if status != highspy.HighsModelStatus.kOptimal:
+                # Presolve can reduce a tiny model to nothing and leave a 1e-6 W residual
+                # HiGHS then refuses: solved again without it (the model is feasible).
+                h.setOptionValue("presolve", "off")
+                h.run()
+                h.setOptionValue("presolve", "choose")
+                status = h.getModelStatus()
+            if status != highspy.HighsModelStatus.kOptimal and slack[0] < widest:
+                # Rows of 1e6 W kept to 1e-4 W: the solver's tolerances can call the last
+                # optimum's neighbourhood empty. Widened tenfold, at most twice.
+                slack[0] *= 10
+                continue
+            if status != highspy.HighsModelStatus.kOptimal:  # pragma: no cover
+                raise RuntimeError(f"HiGHS: {h.modelStatusToString(status)}")
+            return (float(h.getInfo().objective_function_value),
+                    (model, list(h.getSolution().col_value)))
 
-    cap = {level: sum(c.upper for c in cols if c.level == level) for level in levels}
-    dead: set[int] = set()  # columns fixed at 0 by a coupling
-    solved_at: int | None = None
+    last: tuple[_Model, list[float]] | None = None
+    zeroed_since = False  # a level fixed at 0 since the last solve: its model is stale
     untouched_so_far = True
     taken = 0.0  # W the levels done so far give (each exactly its optimum, within slack)
     for n, level in enumerate(levels):
-        members = [j for j, c in enumerate(cols) if c.level == level and j not in dead]
+        g = groups[level]
         # The less important levels give at most their all (couplings relaxed): what they
         # cannot give, this level must.
         must = need - taken - sum(cap[lv] for lv in levels[n + 1:])
         if untouched_so_far and free_below[level] >= need:
             value = 0.0  # the less important levels can give it all: none from this one
+            zeroed_since = True
         elif must >= cap[level] - slack[0] * (n + 1):
             # All of it (to within the kept optima's slack) in every plan that meets the
-            # need: nothing to minimise, and nothing to fix either (fixing it at exactly
-            # all could contradict a kept optimum by that slack).
+            # need: nothing to minimise; it stays "full", as the levels after it.
             untouched_so_far = False
             taken += cap[level]
             continue
         else:
-            value = minimise({j: cols[j].upper for j in members})
-            solved_at = level
+            g.state = _CURRENT
+            incumbent = None
+            if last is not None and not zeroed_since:
+                share = _shares(groups, last)
+                incumbent = sum(_share(j, cols, groups, dead, share, charge_of)
+                                * cols[j].upper for j in g.members())
+            value, solution = solve(level, incumbent)
+            if solution is not None:
+                last = solution
+            zeroed_since = False
         taken += value
         if value <= 1e-9:
-            for j in members:  # untouched: fix them, a smaller model for what follows
-                h.changeColBounds(j, 0.0, 0.0)
-                d = discharge_of.get(j)
-                if d is not None:  # a car that keeps charging does not discharge either
-                    dead.add(d)
-                    h.changeColBounds(d, 0.0, 0.0)
-                    cap[cols[d].level] -= cols[d].upper
+            g.state = _ZERO
+            for j in g.charge:  # a car that keeps charging does not discharge either
+                d = discharge_of[j]
+                dead.add(d)
+                cap[cols[d].level] -= cols[d].upper
         else:
             untouched_so_far = False
-            kept.append((h.getNumRow(), value))
-            h.addRow(-inf, value + slack[0], len(members), members,
-                     [cols[j].upper for j in members])
-    if solved_at != levels[-1]:  # bounds changed since the last solve: its values too
-        minimise({})
-    values = h.getSolution().col_value
-    out = []
-    for j, c in enumerate(cols):
-        x = min(max(values[j], 0.0), 1.0)
-        if c.binary:
-            x = float(round(x))
-        out.append(x * c.upper)
-    return out
+            g.state, g.kept = _KEPT, value
+            g.ones = {j for j in g.binary if cap[level] - cols[j].upper < value - margin}
+    if last is None or zeroed_since:
+        kept = any(g.state == _KEPT for g in groups.values())
+        last = solve(None)[1] if kept else None  # else: every level untouched or whole
+    return _read(cols, couplings, groups, dead, last)
+
+
+def _load(highspy: Any, h: Any, cols: list[_Col],
+          couplings: list[tuple[int, int, float, float]], groups: dict[int, _Group],
+          dead: set[int], need: float, current: int | None, slack: float) -> _Model:
+    """Load the reduced model (see :func:`_solve`) into ``h``."""
+    h.clearModel()
+    inf = highspy.kHighsInf
+    charge_of = {d: c for c, d, _, _ in couplings}
+    var_of: dict[int, int] = {}
+    agg_of: dict[int, int] = {}
+    counts: list[tuple[int, list[int]]] = []
+    costs: list[float] = []
+    uppers: list[float] = []
+    integer: list[int] = []
+    rows: list[tuple[float, float, dict[int, float]]] = []
+    reduction: dict[int, float] = {}
+    const = 0.0  # W of the columns taken whole
+
+    def var(coef: float, cost: bool, binary: bool = False, upper: float = 1.0) -> int:
+        v = len(costs)
+        costs.append(coef if cost else 0.0)
+        uppers.append(upper)
+        if binary:
+            integer.append(v)
+        return v
+
+    for g in groups.values():
+        if g.state == _ZERO:
+            continue
+        if g.state == _FULL:
+            const += sum(cols[j].upper for j in (*g.cont, *g.binary, *g.charge))
+            for j in g.discharge:  # a coupled discharge: whole once its charge is
+                if j not in dead and groups[cols[charge_of[j]].level].state == _FULL:
+                    const += cols[j].upper
+            continue
+        cost = g.state == _CURRENT
+        row: dict[int, float] = {}
+        fixed = 0.0
+        if g.cont:
+            upper = sum(cols[j].upper for j in g.cont)
+            agg_of[g.level] = v = var(upper, cost)
+            row[v] = upper
+        # on/off loads of one power are interchangeable: one integer, how many are off
+        by_power: dict[float, list[int]] = {}
+        for j in g.binary:
+            if g.ones is not None and j in g.ones:
+                fixed += cols[j].upper
+            else:
+                by_power.setdefault(cols[j].upper, []).append(j)
+        for power, members in by_power.items():
+            v = var(power, cost, binary=True, upper=float(len(members)))
+            counts.append((v, members))
+            row[v] = power
+        for j in (*g.charge, *g.discharge):
+            if j in dead:
+                continue
+            var_of[j] = v = var(cols[j].upper, cost)
+            row[v] = cols[j].upper
+        const += fixed
+        reduction.update(row)
+        if g.state == _KEPT:
+            rows.append((-inf, g.kept - fixed + slack, row))
+    for c_col, d_col, _b, d in couplings:
+        if d_col in dead or groups[cols[d_col].level].state == _ZERO:
+            continue  # the discharge is fixed at 0: the charge is free
+        if groups[cols[c_col].level].state == _FULL:
+            continue  # the charge is taken whole: the discharge is free (or whole)
+        z = var(0.0, False, binary=True)
+        rows.append((0.0, inf, {var_of[c_col]: 1.0, z: -1.0}))  # x_c >= z
+        if d_col in var_of:
+            rows.append((-inf, 0.0, {var_of[d_col]: 1.0, z: -1.0}))  # x_d <= z
+        else:  # the discharge's level is full: it discharges whenever it may
+            var_of[d_col] = z
+            reduction[z] = d
+    rows.append((need - const, inf, reduction))
+    k = len(costs)
+    h.addVars(k, [0.0] * k, uppers)
+    if integer:
+        h.changeColsIntegrality(len(integer), integer,
+                                [highspy.HighsVarType.kInteger] * len(integer))
+    h.changeColsCost(k, list(range(k)), costs)
+    for lo, hi, coefs in rows:
+        h.addRow(lo, hi, len(coefs), list(coefs), list(coefs.values()))
+    return _Model(var_of, agg_of, counts, integer)
+
+
+def _relaxed(highspy: Any, h: Any, model: _Model
+             ) -> tuple[float, list[float] | None] | None:
+    """The optimum of the loaded model with its integers continuous, and its solution
+    when that is integral (then it is the model's optimum too); None: not found."""
+    k = len(model.integer)
+    h.changeColsIntegrality(k, model.integer, [highspy.HighsVarType.kContinuous] * k)
+    h.run()
+    ok = h.getModelStatus() == highspy.HighsModelStatus.kOptimal
+    bound = float(h.getInfo().objective_function_value)
+    values = list(h.getSolution().col_value)
+    h.changeColsIntegrality(k, model.integer, [highspy.HighsVarType.kInteger] * k)
+    if not ok:
+        return None
+    integral = all(abs(values[v] - round(values[v])) <= 1e-9 for v in model.integer)
+    return bound, values if integral else None
+
+
+def _shares(groups: dict[int, _Group], last: tuple[_Model, list[float]]
+            ) -> dict[int, float]:
+    """The share of each column the model's solution gives a value to."""
+    model, values = last
+    share = {j: values[v] for j, v in model.var_of.items()}
+    for level, v in model.agg_of.items():
+        share.update(dict.fromkeys(groups[level].cont, values[v]))
+    for v, members in model.counts:
+        on = round(values[v])
+        share.update({j: float(n < on) for n, j in enumerate(members)})
+    return share
+
+
+def _share(j: int, cols: list[_Col], groups: dict[int, _Group], dead: set[int],
+           share: dict[int, float], charge_of: dict[int, int]) -> float:
+    """The share of column ``j`` taken, in [0, 1]."""
+    c = cols[j]
+    if groups[c.level].state == _ZERO or j in dead:
+        x = 0.0
+    elif j in share:
+        x = share[j]
+    elif j in charge_of and groups[cols[charge_of[j]].level].state == _ZERO:
+        x = 0.0
+    else:
+        x = 1.0  # full, or a binary fixed at 1
+    x = min(max(x, 0.0), 1.0)
+    return float(round(x)) if c.binary else x
+
+
+def _read(cols: list[_Col], couplings: list[tuple[int, int, float, float]],
+          groups: dict[int, _Group], dead: set[int],
+          last: tuple[_Model, list[float]] | None) -> list[float]:
+    """W taken from each column, from the last model's solution (None: no level kept, so
+    every level is either untouched or taken whole)."""
+    charge_of = {d: c for c, d, _, _ in couplings}
+    share = {} if last is None else _shares(groups, last)
+    return [_share(j, cols, groups, dead, share, charge_of) * c.upper
+            for j, c in enumerate(cols)]
 
 
 def exact_w(value: float) -> float:
