@@ -10,18 +10,27 @@ the same way by ``load_tariff_file``.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gridshare.core.billing import DayPlan, IntervalSettings, Season, Tariff, TariffPeriod
+from gridshare.core.billing import (
+    DEFAULT_COST_DECIMALS,
+    MAX_COST_DECIMALS,
+    DayPlan,
+    IntervalSettings,
+    Season,
+    Tariff,
+    TariffPeriod,
+    to_price,
+)
 
 if TYPE_CHECKING:
     from gridshare.config import SiteConfig
@@ -32,6 +41,7 @@ Problem = tuple[Loc, str]
 _DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m(?:in)?)?")
 _CLOCK = re.compile(r"(\d{1,2}):([0-5]\d)")
 _MONTH_DAY = re.compile(r"(\d{1,2})-(\d{1,2})")
+_DECIMAL = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
 _DAYS_IN_MONTH = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 
@@ -62,6 +72,10 @@ class BillingSpec(BaseModel):
     register_modulus_wh: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
     """Where the registers roll over to 0, when known (then a drop loses nothing)."""
     currency: Annotated[str, Field(min_length=1, max_length=16)] | None = None
+    cost_decimals: Annotated[int, Field(ge=0, le=MAX_COST_DECIMALS, strict=True)] = \
+        DEFAULT_COST_DECIMALS
+    """Places each interval's cost is rounded to (half-even, once); totals are the exact
+    sum of the rounded lines."""
     tariff: Any = None
     """Inline tariff: a list of steps, or seasons/weekdays/weekends/holidays."""
     tariff_file: Path | None = None
@@ -149,10 +163,18 @@ def _month_day(raw: object) -> tuple[int, int] | None:
     return month, day
 
 
-def _price(raw: object) -> float | None:
-    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
+def _price(raw: object) -> Decimal | None:
+    """The exact decimal of a price: a YAML number (a float read through its shortest
+    repr, so ``0.1`` is 0.1) or a quoted decimal (``"0.123456789012345678"``: every digit
+    kept)."""
+    if not isinstance(raw, int | float | str) or isinstance(raw, bool):
         return None
-    return float(raw)
+    if isinstance(raw, str) and not _DECIMAL.fullmatch(raw.strip()):
+        return None  # Decimal() would also take "NaN", "Infinity", "1_000", "1e3"
+    try:
+        return to_price(raw)
+    except ValueError:
+        return None
 
 
 def _runs(covered: list[int], fmt: Callable[[int], str], *, inclusive: bool) -> list[str]:
@@ -184,7 +206,7 @@ def _day_plan(raw: Any, loc: Loc, problems: list[Problem]) -> DayPlan | None:
         return None
     before = len(problems)
     with_to = [isinstance(s, dict) and "to" in s for s in raw]
-    steps: list[tuple[int, int | None, float, str | None]] = []
+    steps: list[tuple[int, int | None, Decimal, str | None]] = []
     for i, step in enumerate(raw):
         sloc = (*loc, i)
         if not isinstance(step, dict):
@@ -207,8 +229,8 @@ def _day_plan(raw: Any, loc: Loc, problems: list[Problem]) -> DayPlan | None:
             problems.append(((*sloc, "to"), "required: every step has a `to` once one has"))
         price = _price(step.get("price"))
         if price is None:
-            problems.append(((*sloc, "price"), f"must be a number (got "
-                             f"{step.get('price')!r})"))
+            problems.append(((*sloc, "price"), f"must be a number, or a decimal in "
+                             f"quotes like \"0.2235\" (got {step.get('price')!r})"))
         name = step.get("name")
         if name is not None and (not isinstance(name, str) or not 0 < len(name) <= 64):
             problems.append(((*sloc, "name"), "must be a text of 1 to 64 characters"))

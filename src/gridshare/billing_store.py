@@ -33,13 +33,16 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    inspect,
     or_,
     select,
+    text,
     tuple_,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gridshare.core.billing import BillLine, Reading, wh_to_mwh
+from gridshare.core.billing import BillLine, Reading, decimal_text, wh_to_mwh
 from gridshare.store import ami_readings, metadata, meter_readings, sessions
 
 By = Literal["meter", "charger", "session"]
@@ -56,12 +59,23 @@ billing_intervals = Table(
     Column("interval_start", DateTime(timezone=True), nullable=False),
     Column("interval_end", DateTime(timezone=True), nullable=False),
     Column("energy_mwh", BigInteger, nullable=False),  # exact: integer milliwatt-hours
-    Column("cost", Float),  # None: no tariff
+    Column("cost", Float),  # None: no tariff; the float nearest cost_decimal (SQL sums)
     Column("tariff_period", String(64)),
     Column("flags", String(200), nullable=False),  # comma-separated, "" when none
     Column("computed_at", DateTime(timezone=True), nullable=False),
+    Column("cost_decimal", String(48)),  # the exact cost as printed, "0.055" (0005: last)
     Index("ux_billing_by_subject_start", "by", "subject", "interval_start", unique=True),
 )
+
+
+def ensure_table(conn: Connection) -> None:
+    """Create ``billing_intervals`` on a database not yet migrated that far, and add
+    ``cost_decimal`` to one made before it (0003): migrations 0003 and 0005 then adopt
+    what is there instead of failing on it."""
+    billing_intervals.create(conn, checkfirst=True)
+    columns = {c["name"] for c in inspect(conn).get_columns("billing_intervals")}
+    if "cost_decimal" not in columns:
+        conn.execute(text("ALTER TABLE billing_intervals ADD COLUMN cost_decimal VARCHAR(48)"))
 
 
 def to_us(at: datetime) -> int:
@@ -210,7 +224,9 @@ async def insert_intervals(conn: AsyncConnection, by: By, lines: Sequence[BillLi
         await conn.execute(insert(billing_intervals), [
             {"by": by, "subject": line.id, "interval_start": from_us(line.start_us),
              "interval_end": from_us(line.end_us), "energy_mwh": line.energy_mwh,
-             "cost": line.cost, "tariff_period": line.tariff_period,
+             "cost": None if line.cost is None else float(line.cost),
+             "cost_decimal": None if line.cost is None else decimal_text(line.cost),
+             "tariff_period": line.tariff_period,
              "flags": ",".join(line.flags), "computed_at": computed_at}
             for line in lines[first:first + batch]])
     return len(lines)

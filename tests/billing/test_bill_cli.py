@@ -8,6 +8,7 @@ import csv
 import io
 import json
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -324,3 +325,69 @@ def test_a_long_bill_on_a_terminal_shows_progress(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(shown, "isatty", lambda: False)
     with bill_cmds._progress(10 * bill_cmds.PROGRESS_AFTER) as tick:
         assert tick is None  # not a terminal: no bar
+
+
+EXACT_SITE = SITE.replace("  currency: EUR\n", "  currency: EUR\n  cost_decimals: 2\n").replace(
+    """    - {from: "00:00", price: 0.20, name: night}
+    - {from: "07:00", price: 0.40, name: day}
+    - {from: "22:00", price: 0.20, name: night}
+""", """    - {from: "00:00", price: 0.1, name: night}
+    - {from: "07:00", price: "0.333333333333333333333333", name: day}
+""")
+
+
+def test_lines_add_up_to_the_totals_exactly_as_printed(setup: tuple[Path, str]) -> None:
+    """The costs printed are exact decimals, rounded once per line (to cost_decimals,
+    half-even), and each total is the sum of its printed lines to the last digit, in JSON,
+    CSV and the stored rows."""
+    setup[0].write_text(EXACT_SITE)
+    code, out, err = bill(setup, "--from", "2026-11-03T06:00", "--to", "2026-11-03T08:00",
+                          "--format", "json")
+    assert code == 0, err
+    data = json.loads(out, parse_float=Decimal)
+    m1 = of(data, "m-1")
+    # 0.25 kWh at 0.1 = 0.025 -> 0.02 (a tie, to even); at 0.333... = 0.0833... -> 0.08
+    assert [i["cost"] for i in m1] == [Decimal("0.02")] * 4 + [Decimal("0.08")] * 4
+    totals = {t["id"]: t for t in data["totals"]}
+    # 0.40, where rounding the unrounded sum (0.1 + 0.3333...) would print 0.43
+    assert totals["m-1"]["cost"] == Decimal("0.4")
+    assert '"cost": 0.4}' in out  # the digits themselves, not a float's
+    for id_, total in totals.items():
+        assert sum(i["cost"] for i in of(data, id_)) == total["cost"]
+        assert sum(i["energy_kwh"] for i in of(data, id_)) == total["energy_kwh"]
+    code, out_csv, err = bill(setup, "--from", "2026-11-03T06:00", "--to",
+                              "2026-11-03T08:00", "--format", "csv")
+    assert code == 0, err
+    rows = list(csv.reader(io.StringIO(out_csv)))[1:]
+    assert [r[5] for r in rows if r[0] == "interval"] == \
+        [str(i["cost"]) for i in data["intervals"]]
+    for id_, total in totals.items():
+        assert sum(Decimal(r[5]) for r in rows if r[:2] == ["interval", id_]) \
+            == Decimal(next(r[5] for r in rows if r[:2] == ["total", id_])) == total["cost"]
+
+    async def stored() -> list[Any]:
+        engine = create_async_engine(setup[1].replace("sqlite://", "sqlite+aiosqlite://"))
+        async with engine.connect() as conn:
+            got = list(await conn.execute(select(
+                billing_intervals.c.subject, billing_intervals.c.cost,
+                billing_intervals.c.cost_decimal).order_by(
+                billing_intervals.c.subject, billing_intervals.c.interval_start)))
+        await engine.dispose()
+        return got
+
+    rows_db = asyncio.run(stored())
+    assert [Decimal(r.cost_decimal) for r in rows_db] == [i["cost"] for i in data["intervals"]]
+    assert all(r.cost == float(r.cost_decimal) for r in rows_db)
+
+
+@pytest.mark.parametrize(("billing", "message"), [
+    ("  cost_decimals: 13\n", "billing.cost_decimals"),
+    ("  cost_decimals: -1\n", "billing.cost_decimals"),
+    ("  cost_decimals: \"2\"\n", "billing.cost_decimals"),
+])
+def test_cost_decimals_is_checked(setup: tuple[Path, str], billing: str,
+                                  message: str) -> None:
+    setup[0].write_text(SITE.replace("  currency: EUR\n", "  currency: EUR\n" + billing))
+    code, _, err = bill(setup, "--from", "2026-11-03T06:00", "--to", "2026-11-03T07:00")
+    assert code == 2
+    assert message in err

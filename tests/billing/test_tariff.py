@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import textwrap
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -67,7 +68,7 @@ def test_weekday_boundary_at_local_seven() -> None:
     assert t.period_at(utc("2026-11-03T06:45+01:00")).name == "night"
     assert t.period_at(utc("2026-11-03T07:00+01:00")).name == "day"
     assert t.period_at(utc("2026-11-03T21:45+01:00")).name == "day"
-    assert t.period_at(utc("2026-11-03T22:00+01:00")).price == pytest.approx(0.20)
+    assert t.period_at(utc("2026-11-03T22:00+01:00")).price == Decimal("0.20")
 
 
 def test_weekend_and_holiday() -> None:
@@ -126,7 +127,7 @@ def test_step_list_wraps_midnight_like_charge_plan() -> None:
     t, _ = tariff_problems([{"from": "07:00", "price": 0.3}, {"from": "22:00", "price": 0.1}],
                            ("t",), BERLIN)
     assert t is not None
-    assert t.period_at(utc("2026-11-03T03:00+01:00")).price == pytest.approx(0.1)
+    assert t.period_at(utc("2026-11-03T03:00+01:00")).price == Decimal("0.1")
     assert t.period_at(utc("2026-11-03T03:00+01:00")).name == "22:00-07:00"
 
 
@@ -205,7 +206,7 @@ def test_tariff_file_is_the_charge_plan_format(tmp_path: Path) -> None:
     site.write_text(SITE_HEAD + "billing:\n  tariff_file: tariff.yaml\n")
     billing = billing_of(load_site_config(site))
     assert billing.tariff is not None
-    assert billing.tariff.period_at(utc("2026-11-03T08:00+00:00")).price == pytest.approx(0.3)
+    assert billing.tariff.period_at(utc("2026-11-03T08:00+00:00")).price == Decimal("0.3")
     # and charge-plan reads the same file
     from gridshare.cli.plan_charge_cmds import load_tariff
     assert load_tariff(tmp_path / "tariff.yaml", start_h=6.0, periods=2, period_h=1.0) \
@@ -244,7 +245,7 @@ def test_a_local_day_bills_its_real_length(day: str, quarters: int) -> None:
     assert totals[0].energy_mwh == quarters * 1_000_000
     # all three are Sundays: every quarter hour at the weekend price
     assert {x.tariff_period for x in lines} == {"weekend"}
-    assert totals[0].cost == pytest.approx(quarters * 0.25)
+    assert totals[0].cost == quarters * Decimal("0.25")  # exact
 
 
 def test_check_reads_the_tariff_file_too(tmp_path: Path) -> None:
@@ -262,3 +263,25 @@ def test_uncovered_days_are_named_inclusively() -> None:
                        {"from": "05-01", "to": "12-30", "weekdays": [{"from": 0, "price": 1}]}]}
     _, problems = tariff_problems(raw, ("tariff",), BERLIN)
     assert problems == [(("tariff", "seasons"), "no season covers 04-01–04-30, 12-31")]
+
+
+def test_prices_are_exact_decimals_as_written() -> None:
+    """A YAML number is the decimal written (0.1, not the float's binary noise); a quoted
+    decimal keeps every digit; anything else is a problem at the price's path."""
+    text = SITE_HEAD + textwrap.dedent("""\
+        billing:
+          tariff:
+            - {from: "00:00", price: 0.1, name: a}
+            - {from: "07:00", price: "0.1234567890123456789", name: b}
+            - {from: "12:00", price: -0.07, name: c}
+        """)
+    billing = billing_of(parse_site_config(text, "site.yaml"))
+    assert billing.tariff is not None
+    got = [p.price for p in billing.tariff.seasons[0].weekdays.periods]
+    assert got == [Decimal("0.1"), Decimal("0.1234567890123456789"), Decimal("-0.07")]
+    for bad in ('"NaN"', '"1e3"', '"0,2"', ".inf", "true"):
+        broken = text.replace('"0.1234567890123456789"', bad)
+        with pytest.raises(ConfigError) as caught:
+            parse_site_config(broken, "site.yaml")
+        assert [(i.line, i.path) for i in caught.value.issues] == \
+            [(12, "billing.tariff[1].price")], bad

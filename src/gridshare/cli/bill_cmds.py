@@ -165,12 +165,11 @@ async def _bill(url: str, by: By, start: datetime, end: datetime, billing: Any,
     from gridshare import billing_store as bs
     from gridshare.billing_store import to_us
     from gridshare.core.billing import Flag, bill_each
-    from gridshare.store import metadata
 
     engine = create_async_engine(url)
     try:
         async with engine.begin() as conn:
-            await conn.run_sync(metadata.create_all, tables=[bs.billing_intervals])
+            await conn.run_sync(bs.ensure_table)
             ids = await bs.subjects(conn, by.value, start, end)
             if save:
                 await bs.clear_intervals(conn, by.value, ids, start, end)
@@ -183,7 +182,8 @@ async def _bill(url: str, by: By, start: datetime, end: datetime, billing: Any,
                     readings = await bs.readings_of(conn, by.value, chunk, start, end)
                     pending: list[BillLine] = []
                     for computed, total in bill_each(readings, to_us(start), to_us(end),
-                                                     settings, billing.tariff):
+                                                     settings, billing.tariff,
+                                                     billing.spec.cost_decimals):
                         # before and after a session: no session then, not missing data
                         lines = computed if by is not By.session else \
                             [x for x in computed if Flag.NO_DATA not in x.flags]
@@ -222,14 +222,6 @@ def _iso(us: int, zone: tzinfo) -> str:
     return datetime.fromtimestamp(us / 1_000_000, zone).isoformat()
 
 
-def _kwh(mwh: int) -> float:
-    return mwh / 1_000_000  # exact to the mWh in decimal: the shortest repr of n / 10**6
-
-
-def _cost(cost: float | None) -> float | None:
-    return None if cost is None else round(cost, 6)
-
-
 class BillWriter:
     """The bill as text, written as it is computed into a spooled file (memory up to
     8 MB, then disk) and copied to stdout once the database transaction is committed.
@@ -258,31 +250,42 @@ class BillWriter:
             self.csv.writerow(CSV_COLUMNS)
 
     def add(self, lines: list[BillLine], total: BillTotal) -> None:
+        from gridshare.core.billing.money import decimal_text, kwh_text
+
         zone = self.zone
         if self.fmt is Format.json:
+            dumps = json.dumps
             for x in lines:
-                self.out.write(",\n  " if self.count else "\n  ")
-                self.out.write(json.dumps({
-                    "id": x.id, "start": _iso(x.start_us, zone), "end": _iso(x.end_us, zone),
-                    "energy_kwh": _kwh(x.energy_mwh), "cost": _cost(x.cost),
-                    "tariff_period": x.tariff_period, "flags": [str(f) for f in x.flags]}))
+                # by hand, not json.dumps(dict), which would write the numbers via floats:
+                # they are exact decimal text, so a parser reads exactly the digits shown
+                sep = ",\n  " if self.count else "\n  "
+                cost = "null" if x.cost is None else decimal_text(x.cost)
+                self.out.write(
+                    f'{sep}{{"id": {dumps(x.id)}, "start": "{_iso(x.start_us, zone)}", '
+                    f'"end": "{_iso(x.end_us, zone)}", "energy_kwh": {kwh_text(x.energy_mwh)}, '
+                    f'"cost": {cost}, "tariff_period": {dumps(x.tariff_period)}, '
+                    f'"flags": {dumps([str(f) for f in x.flags])}}}')
                 self.count += 1
         else:
             self.csv.writerows(
                 ("interval", x.id, _iso(x.start_us, zone), _iso(x.end_us, zone),
-                 _kwh(x.energy_mwh), "" if x.cost is None else _cost(x.cost),
+                 kwh_text(x.energy_mwh), "" if x.cost is None else decimal_text(x.cost),
                  x.tariff_period or "", ";".join(x.flags)) for x in lines)
         self.totals.append(total)
 
     def finish(self) -> None:
+        from gridshare.core.billing.money import decimal_text, kwh_text
+
         if self.fmt is Format.json:
-            totals = ",\n  ".join(json.dumps({"id": t.id, "energy_kwh": _kwh(t.energy_mwh),
-                                              "cost": _cost(t.cost)}) for t in self.totals)
+            totals = ",\n  ".join(
+                f'{{"id": {json.dumps(t.id)}, "energy_kwh": {kwh_text(t.energy_mwh)}, '
+                f'"cost": {"null" if t.cost is None else decimal_text(t.cost)}}}'
+                for t in self.totals)
             self.out.write(("\n]" if self.count else "]") + ', "totals": ['
                            + (f"\n  {totals}\n]" if totals else "]") + "}\n")
         else:
-            self.csv.writerows(("total", t.id, self.first, self.last, _kwh(t.energy_mwh),
-                                "" if t.cost is None else _cost(t.cost), "", "")
+            self.csv.writerows(("total", t.id, self.first, self.last, kwh_text(t.energy_mwh),
+                                "" if t.cost is None else decimal_text(t.cost), "", "")
                                for t in self.totals)
 
     def copy_to(self, target: IO[str]) -> None:

@@ -1,7 +1,8 @@
 """Interval billing: exact interval energy from registers, priced by a time-of-use tariff.
 
 Pure: no I/O, no clock. ``intervals`` turns readings into intervals, ``tariff`` prices
-them, ``bill`` puts the two together per id (meter, charger or session).
+them, ``money`` keeps the costs exact, ``bill`` puts them together per id (meter, charger
+or session).
 """
 
 from gridshare.core.billing.bill import BillLine, BillTotal, bill_all, bill_each, bill_for
@@ -17,9 +18,21 @@ from gridshare.core.billing.intervals import (
     value_at,
     wh_to_mwh,
 )
+from gridshare.core.billing.money import (
+    DEFAULT_COST_DECIMALS,
+    MAX_COST_DECIMALS,
+    check_decimals,
+    cost_of_units,
+    decimal_text,
+    kwh_text,
+    line_cost,
+    to_price,
+)
 from gridshare.core.billing.tariff import DayPlan, Season, Tariff, TariffPeriod, flat, prices_for
 
 __all__ = [
+    "DEFAULT_COST_DECIMALS",
+    "MAX_COST_DECIMALS",
     "BillLine",
     "BillTotal",
     "DayPlan",
@@ -35,10 +48,16 @@ __all__ = [
     "bill_each",
     "bill_for",
     "build_track",
+    "check_decimals",
+    "cost_of_units",
+    "decimal_text",
     "flat",
     "intervals",
+    "kwh_text",
+    "line_cost",
     "merge",
     "prices_for",
+    "to_price",
     "value_at",
     "wh_to_mwh",
 ]

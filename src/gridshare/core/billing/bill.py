@@ -1,12 +1,16 @@
-"""Intervals priced: the lines and totals of a bill for one id."""
+"""Intervals priced: the lines and totals of a bill for one id.
+
+Costs are exact decimals (money.py): each line rounded once to the bill's cost decimals,
+each total the exact sum of its lines, so the lines of a bill add up to its totals.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 
 from gridshare.core.billing.intervals import (
-    MWH_PER_KWH,
     Flag,
     Interval,
     IntervalSettings,
@@ -16,6 +20,7 @@ from gridshare.core.billing.intervals import (
     intervals,
     merge,
 )
+from gridshare.core.billing.money import DEFAULT_COST_DECIMALS, Rate, cost_of_units
 from gridshare.core.billing.tariff import Tariff, TariffPeriod, prices_for
 
 
@@ -25,7 +30,8 @@ class BillLine:
     start_us: int
     end_us: int
     energy_mwh: int
-    cost: float | None
+    cost: Decimal | None
+    """Rounded to the bill's cost decimals; None: no tariff."""
     tariff_period: str | None
     flags: tuple[Flag, ...]
 
@@ -34,31 +40,38 @@ class BillLine:
 class BillTotal:
     id: str
     energy_mwh: int
-    cost: float | None
+    cost: Decimal | None
+    """The exact sum of the lines' (rounded) costs; None: no tariff."""
 
 
-def bill_for(id_: str, items: Sequence[Interval],
-             periods: Sequence[TariffPeriod] | None) -> tuple[list[BillLine], BillTotal]:
+def bill_for(id_: str, items: Sequence[Interval], periods: Sequence[TariffPeriod] | None,
+             cost_decimals: int = DEFAULT_COST_DECIMALS) -> tuple[list[BillLine], BillTotal]:
     """Each interval at its period's price (``periods[i]`` for ``items[i]``; None: no
-    tariff, no cost). The total's energy is the exact sum; its cost the sum of the lines'."""
+    tariff, no cost), rounded half-even to ``cost_decimals`` places. The total's energy is
+    the exact sum; its cost the exact sum of the lines' rounded costs."""
+    if periods is None:
+        lines = [BillLine(id_, i.start_us, i.end_us, i.energy_mwh, None, None, i.flags)
+                 for i in items]
+        return lines, BillTotal(id_, sum(i.energy_mwh for i in items), None)
+    rates: dict[Decimal, Rate] = {}  # a tariff has a handful of prices
     lines = []
-    cost_sum = 0.0
+    total_units = 0
     for n, i in enumerate(items):
-        if periods is None:
-            lines.append(BillLine(id_, i.start_us, i.end_us, i.energy_mwh, None, None,
-                                  i.flags))
-            continue
         p = periods[n]
-        cost = i.energy_mwh * p.price / MWH_PER_KWH
-        cost_sum += cost
-        lines.append(BillLine(id_, i.start_us, i.end_us, i.energy_mwh, cost, p.name, i.flags))
-    total = BillTotal(id_, sum(i.energy_mwh for i in items),
-                      None if periods is None else cost_sum)
-    return lines, total
+        rate = rates.get(p.price)
+        if rate is None:
+            rate = rates[p.price] = Rate.of(p.price, cost_decimals)
+        units = rate.units(i.energy_mwh)
+        total_units += units
+        lines.append(BillLine(id_, i.start_us, i.end_us, i.energy_mwh,
+                              cost_of_units(units, cost_decimals), p.name, i.flags))
+    return lines, BillTotal(id_, sum(i.energy_mwh for i in items),
+                            cost_of_units(total_units, cost_decimals))
 
 
 def bill_each(readings: Mapping[str, Sequence[Sequence[Reading]]], start_us: int,
-              end_us: int, settings: IntervalSettings, tariff: Tariff | None
+              end_us: int, settings: IntervalSettings, tariff: Tariff | None,
+              cost_decimals: int = DEFAULT_COST_DECIMALS
               ) -> Iterator[tuple[list[BillLine], BillTotal]]:
     """The bill of each id over ``[start_us, end_us)``, ids in sorted order, one at a time
     (a month of 1,000 meters is millions of lines: the caller writes them as they come).
@@ -70,16 +83,17 @@ def bill_each(readings: Mapping[str, Sequence[Sequence[Reading]]], start_us: int
         parts = [intervals(build_track(r, settings), start_us, end_us, settings)
                  for r in readings[id_]]
         items = parts[0] if len(parts) == 1 else merge(parts)
-        yield bill_for(id_, items, periods)
+        yield bill_for(id_, items, periods, cost_decimals)
 
 
 def bill_all(readings: Mapping[str, Sequence[Sequence[Reading]]], start_us: int, end_us: int,
-             settings: IntervalSettings, tariff: Tariff | None
+             settings: IntervalSettings, tariff: Tariff | None,
+             cost_decimals: int = DEFAULT_COST_DECIMALS
              ) -> tuple[list[BillLine], list[BillTotal]]:
     """Every id's lines and totals at once (``bill_each``, collected)."""
     lines: list[BillLine] = []
     totals: list[BillTotal] = []
-    for got, total in bill_each(readings, start_us, end_us, settings, tariff):
+    for got, total in bill_each(readings, start_us, end_us, settings, tariff, cost_decimals):
         lines.extend(got)
         totals.append(total)
     return lines, totals

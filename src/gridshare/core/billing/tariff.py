@@ -13,6 +13,9 @@ from __future__ import annotations
 from bisect import bisect_right
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, tzinfo
+from decimal import Decimal
+
+from gridshare.core.billing.money import to_price
 
 MINUTES_PER_DAY = 24 * 60
 
@@ -20,8 +23,8 @@ MINUTES_PER_DAY = 24 * 60
 @dataclass(frozen=True, slots=True)
 class TariffPeriod:
     name: str
-    price: float
-    """Per kWh, in the tariff's currency."""
+    price: Decimal
+    """Per kWh, in the tariff's currency; exact (money.to_price reads what was written)."""
     start_min: int
     """Local minutes after midnight; the period runs until the next one starts."""
 
@@ -78,8 +81,9 @@ class Tariff:
         return self.seasons[-1]  # unreachable for a checked tariff: seasons cover the year
 
 
-def flat(price: float, zone: tzinfo = UTC, name: str = "flat") -> Tariff:
-    plan = DayPlan((TariffPeriod(name, price, 0),))
+def flat(price: Decimal | int | float | str, zone: tzinfo = UTC, name: str = "flat"
+         ) -> Tariff:
+    plan = DayPlan((TariffPeriod(name, to_price(price), 0),))
     return Tariff(zone, (Season("all year", (1, 1), (12, 31), plan, plan),))
 
 
