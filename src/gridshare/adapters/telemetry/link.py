@@ -61,13 +61,18 @@ class _Inbox:
 
     def on_message(self, _client: paho.Client, _userdata: object,
                    message: paho.MQTTMessage) -> None:
+        """paho's callback, for the messages paho parses itself (see bulkread)."""
         try:
             topic = message.topic
         except UnicodeDecodeError:  # brokers refuse these; if one comes, reject it (bad_topic)
             topic = "\ufffd"
         payload = message.payload  # bytes from paho's decoder; typed bytes | bytearray
-        self.messages.append((topic, payload if isinstance(payload, bytes) else bytes(payload)))
-        self.acks.append((message.mid, message.qos))  # one per message, QoS 0 too
+        self.add(topic, payload if isinstance(payload, bytes) else bytes(payload),
+                 message.mid, message.qos)
+
+    def add(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
+        self.messages.append((topic, payload))
+        self.acks.append((mid, qos))  # one per message, QoS 0 too
         self.received += 1
         if len(self.messages) >= self._rows:
             self.full.set()
@@ -135,7 +140,8 @@ class TelemetryLink:
         # when the connection ends.
         client._client.manual_ack_set(True)
         client._client.on_message = inbox.on_message
-        bulkread.install(client._client, asyncio.get_running_loop(), inbox.broken)
+        bulkread.install(client._client, asyncio.get_running_loop(), inbox.broken,
+                         inbox.add)
         return client
 
     async def run(self) -> None:
