@@ -342,6 +342,8 @@ class Store:
         self._durable_marks: OrderedDict[Event, None] = OrderedDict()
         """Events whose sessions/meter_readings row the durable writer owns: the batched
         path skips that row (value-equal events: the bus may hand over a copy)."""
+        self._driver_inserts: dict[tuple[str, tuple[str, ...]], _DriverInsert] = {}
+        """insert_now's compiled SQLite statements, by table and columns."""
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -531,7 +533,11 @@ class Store:
         if not rows:
             return
         async with self._engine.begin() as conn:
-            await conn.execute(_insert_ignore(conn, table), list(rows))
+            fast = _driver_rows(conn, table, rows, self._driver_inserts)
+            if fast is not None:
+                await conn.exec_driver_sql(*fast)
+            else:
+                await conn.execute(_insert_ignore(conn, table), list(rows))
 
     # --- writing --------------------------------------------------------------------------
 
@@ -879,6 +885,55 @@ def _dialect_insert(conn: Any, table: Table) -> Any:
 
 def _insert_ignore(conn: Any, table: Table) -> Any:
     return _dialect_insert(conn, table).on_conflict_do_nothing()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _DriverInsert:
+    sql: str
+    keys: tuple[str, ...]
+    """The rows' keys in the statement's parameter order."""
+    processors: tuple[Any, ...]
+    """Each column type's bind processor for the dialect (None: the value as it is)."""
+
+
+def _driver_rows(conn: Any, table: Table, rows: Sequence[Mapping[str, Any]],
+                 cache: dict[tuple[str, tuple[str, ...]], _DriverInsert]
+                 ) -> tuple[str, list[tuple[Any, ...]]] | None:
+    """``INSERT ... ON CONFLICT DO NOTHING`` and its parameters, ready for the driver's
+    executemany, when every row has the first row's keys (else None: the caller takes
+    SQLAlchemy's path). Why: SQLAlchemy builds the parameters row by row, 5.5 µs a row of
+    telemetry on the event loop; this 2.0 µs. The values are the same: the columns' own
+    bind processors (test_insert_now_stores_what_sqlalchemy_would). SQLite only
+    (positional ``?``); PostgreSQL takes the general path."""
+    if conn.dialect.name != "sqlite":
+        return None
+    first = tuple(rows[0])
+    plan = cache.get((table.name, first))
+    if plan is None:
+        compiled = _insert_ignore(conn, table).compile(dialect=conn.dialect,
+                                                         column_keys=list(first))
+        order = tuple(compiled.positiontup or ())
+        if not compiled.positional or sorted(order) != sorted(first):
+            return None  # a default or expression adds parameters: not for this path
+        plan = cache[(table.name, first)] = _DriverInsert(
+            str(compiled), order,
+            tuple(table.c[k].type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+                  for k in order))
+    width = len(first)
+    if any(len(row) != width for row in rows):
+        return None
+    try:  # column by column: a value the whole batch shares (received_at) is bound once
+        columns = [[row[k] for row in rows] for k in plan.keys]
+    except KeyError:
+        return None
+    for i, process in enumerate(plan.processors):
+        if process is not None:
+            values = columns[i]
+            shared = values[0]
+            columns[i] = [process(shared)] * len(values) \
+                if all(v is shared for v in values) else list(map(process, values))
+    params = list(zip(*columns, strict=True))
+    return plan.sql, params
 
 
 def _sqlite_pragmas(dbapi_connection: Any, synchronous: SqliteSync = "FULL") -> None:

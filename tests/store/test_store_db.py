@@ -5,8 +5,10 @@ on return, duplicates ignored)."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from stores import ONE_OF_EACH_COUNTS, record_one_of_each, started_store, table_counts
@@ -100,6 +102,33 @@ async def test_insert_now_raises_when_the_database_refuses(store: Store) -> None
     with pytest.raises(Exception, match=r"(?i)null"):
         await store.insert_now(ami_readings, [{"meter_id": "m-1", "ts": t(0)}])
     assert await store.count("ami_readings") == 0
+
+
+async def test_insert_now_stores_what_sqlalchemy_would(tmp_path: Path) -> None:
+    """On SQLite, insert_now hands its rows to the driver with the columns' own bind
+    processors: the stored text must be SQLAlchemy's, byte for byte (the unique key
+    (meter_id, ts) compares it: a different format would store a redelivery twice)."""
+    from sqlalchemy.dialects import sqlite as sqlite_dialect
+
+    db = tmp_path / "same.db"
+    async with started_store(f"sqlite:///{db}") as store:
+        row = {**ami("m-1", 0, 12.5), "ts": T0 + timedelta(microseconds=7),
+               "energy_wh": None, "current_l1_a": 3.0}
+        await store.insert_now(ami_readings, [row])  # the driver path
+        engine = store._engine
+        assert engine is not None
+        async with engine.begin() as conn:  # SQLAlchemy's own path, for the same values
+            await conn.execute(sqlite_dialect.insert(ami_readings),
+                               [{**row, "meter_id": "m-2"}])
+        # Rows with different keys take SQLAlchemy's path; the duplicate is skipped.
+        await store.insert_now(ami_readings, [ami("m-3", 0), {**row, "power_w": 1.0}])
+    with sqlite3.connect(db) as raw:
+        stored = raw.execute("select meter_id, ts, received_at, power_w, energy_wh, "
+                             "current_l1_a from ami_readings order by meter_id").fetchall()
+    assert [r[0] for r in stored] == ["m-1", "m-2", "m-3"]
+    assert stored[0][1:] == stored[1][1:]
+    assert stored[0][1:4] == ("2026-03-29 00:30:00.000007", "2026-03-29 00:30:00.000000",
+                              12.5)
 
 
 async def test_insert_now_needs_a_started_store(db_url: str) -> None:
