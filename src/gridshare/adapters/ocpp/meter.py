@@ -32,8 +32,8 @@ _PHASE_INDEX = {"L1": 0, "L2": 1, "L3": 2, "L1-N": 0, "L2-N": 1, "L3-N": 2}
 
 _ENERGY_SCALE = {"Wh": 1.0, "kWh": 1000.0}
 _POWER_SCALE = {"W": 1.0, "kW": 1000.0}
-_DEFAULT_UNIT = {_ENERGY: "Wh", _ENERGY_EXPORT: "Wh", _POWER: "W", _EXPORT: "W", _CURRENT: "A", _VOLTAGE: "V",
-                 _SOC: "Percent"}
+_DEFAULT_UNIT = {_ENERGY: "Wh", _ENERGY_EXPORT: "Wh", _POWER: "W", _EXPORT: "W",
+                 _CURRENT: "A", _VOLTAGE: "V", _SOC: "Percent"}
 
 
 def parse_timestamp(value: Any) -> datetime | None:
