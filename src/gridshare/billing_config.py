@@ -200,21 +200,24 @@ def _runs(covered: list[int], fmt: Callable[[int], str], *, inclusive: bool) -> 
 def _day_plan(raw: Any, loc: Loc, problems: list[Problem]) -> DayPlan | None:
     """A day's steps: ``[{from, price, name?}]`` (each until the next; the last runs over
     midnight into the first) or ``[{from, to, price, name?}]`` (periods that must cover
-    the day exactly once)."""
+    the day exactly once); ``export_price`` (per kWh fed back) on every step or none."""
     if not isinstance(raw, list) or not raw:
         problems.append((loc, "must be a list of steps {from: \"HH:MM\", price: P}"))
         return None
     before = len(problems)
     with_to = [isinstance(s, dict) and "to" in s for s in raw]
+    with_export = any(isinstance(s, dict) and "export_price" in s for s in raw)
     steps: list[tuple[int, int | None, Decimal, str | None]] = []
+    exports: list[Decimal | None] = []
     for i, step in enumerate(raw):
         sloc = (*loc, i)
         if not isinstance(step, dict):
             problems.append((sloc, "must be {from: \"HH:MM\", price: P} (to, name optional)"))
             continue
         for key in step:
-            if key not in ("from", "to", "price", "name"):
-                problems.append(((*sloc, str(key)), "unknown field (from, to, price, name)"))
+            if key not in ("from", "to", "price", "name", "export_price"):
+                problems.append(((*sloc, str(key)), "unknown field (from, to, price, name, "
+                                 "export_price)"))
         start = clock_minutes(step.get("from"))
         if start is None:
             problems.append(((*sloc, "from"), f"must be a time of day like \"07:00\" (got "
@@ -231,11 +234,21 @@ def _day_plan(raw: Any, loc: Loc, problems: list[Problem]) -> DayPlan | None:
         if price is None:
             problems.append(((*sloc, "price"), f"must be a number, or a decimal in "
                              f"quotes like \"0.2235\" (got {step.get('price')!r})"))
+        export: Decimal | None = None
+        if "export_price" in step:
+            export = _price(step["export_price"])
+            if export is None:
+                problems.append(((*sloc, "export_price"), f"must be a number, or a decimal "
+                                 f"in quotes like \"0.08\" (got {step['export_price']!r})"))
+        elif with_export:
+            problems.append(((*sloc, "export_price"), "required: every step has an "
+                             "export_price once one has"))
         name = step.get("name")
         if name is not None and (not isinstance(name, str) or not 0 < len(name) <= 64):
             problems.append(((*sloc, "name"), "must be a text of 1 to 64 characters"))
         if start is not None and price is not None:
             steps.append((start, end, price, name if isinstance(name, str) else None))
+            exports.append(export)
     if len(problems) > before:
         return None
     if not any(with_to):
@@ -245,11 +258,11 @@ def _day_plan(raw: Any, loc: Loc, problems: list[Problem]) -> DayPlan | None:
         if len(problems) > before:
             return None
         bounds = [s[0] for s in steps] + [steps[0][0] + 24 * 60]
-        periods = [TariffPeriod(n or _span(s, bounds[k + 1]), p, s)
+        periods = [TariffPeriod(n or _span(s, bounds[k + 1]), p, s, exports[k])
                    for k, (s, _, p, n) in enumerate(steps)]
         if periods[0].start_min > 0:  # before the first step: the last one, from the day before
             last = periods[-1]
-            periods.insert(0, TariffPeriod(last.name, last.price, 0))
+            periods.insert(0, TariffPeriod(last.name, last.price, 0, last.export_price))
         return DayPlan(tuple(periods))
     owner = [-1] * (24 * 60)
     for k, (s, e, _p, _n) in enumerate(steps):
@@ -272,7 +285,7 @@ def _day_plan(raw: Any, loc: Loc, problems: list[Problem]) -> DayPlan | None:
         if m == 0 or owner[m] != owner[m - 1]:
             s, e, p, n = steps[owner[m]]
             assert e is not None
-            periods.append(TariffPeriod(n or _span(s, e), p, m))
+            periods.append(TariffPeriod(n or _span(s, e), p, m, exports[owner[m]]))
     return DayPlan(tuple(periods))
 
 
@@ -386,6 +399,10 @@ def tariff_problems(raw: Any, loc: Loc, spec: BillingSpec) -> tuple[Tariff | Non
         seasons = []
     if problems or not seasons:
         return None, problems
+    priced = {p.export_price is not None for s in seasons for plan in (s.weekdays, s.weekends)
+              for p in plan.periods}
+    if len(priced) > 1:  # else some export lines would have a cost and others none
+        return None, [(loc, "export_price: give it on every step of every day, or on none")]
     return Tariff(spec.zone, tuple(seasons), holidays, spec.currency), problems
 
 

@@ -5,7 +5,9 @@ Sources (docs/billing.md): ``meter`` reads ``ami_readings`` (utility and house m
 ``charger`` reads the charger rows of ``meter_readings`` (one register per connector,
 summed per charger), ``session`` reads ``sessions`` and the session's rows of
 ``meter_readings``, with ``meter_start_wh`` and ``meter_stop_wh`` as readings at the
-session's start and stop. For each id the readings in the range are read together with the
+session's start and stop. Each reading carries the export register too
+(``energy_export_wh``, migration 0006), read as null from a database not migrated that
+far. For each id the readings in the range are read together with the
 last one before it and the first one after it, so a boundary value is the same whatever
 range it is read in (a bill split in two gives the same intervals). Ids are read in
 chunks (``subjects`` first, then ``readings_of`` a chunk of them), so a month of thousands
@@ -34,6 +36,7 @@ from sqlalchemy import (
     func,
     insert,
     inspect,
+    null,
     or_,
     select,
     text,
@@ -113,8 +116,18 @@ def _covers(readings: list[Reading], start: datetime, end: datetime) -> bool:
     return any(lo <= t <= hi for t in times) or (min(times) < lo and max(times) > hi)
 
 
-def _reading(ts: datetime, energy_wh: float | None, power_w: float | None) -> Reading:
-    return Reading(to_us(ts), None if energy_wh is None else wh_to_mwh(energy_wh), power_w)
+def _reading(ts: datetime, energy_wh: float | None, power_w: float | None,
+             export_wh: float | None = None) -> Reading:
+    return Reading(to_us(ts), None if energy_wh is None else wh_to_mwh(energy_wh), power_w,
+                   None if export_wh is None else wh_to_mwh(export_wh))
+
+
+def _export_column(conn: Connection, table: Table) -> Any:
+    """``table.energy_export_wh``, or a null in its place on a database from before
+    0006 (a bill must not need a migrated database: it never creates reading tables)."""
+    names = {c["name"] for c in inspect(conn).get_columns(table.name)}
+    column = table.c.energy_export_wh
+    return column if column.name in names else null().label(column.name)
 
 
 def _session_key(charger: str, transaction_id: str) -> str:
@@ -157,10 +170,11 @@ async def _meters(conn: AsyncConnection, ids: Sequence[str], start: datetime, en
                   ) -> dict[str, list[Reading]]:
     t = ami_readings
     out: dict[str, list[Reading]] = defaultdict(list)
-    rows = await _around(conn, [t.c.meter_id, t.c.ts, t.c.energy_wh, t.c.power_w],
+    export = await conn.run_sync(_export_column, t)
+    rows = await _around(conn, [t.c.meter_id, t.c.ts, t.c.energy_wh, t.c.power_w, export],
                          [t.c.meter_id], t.c.ts, start, end, t.c.meter_id.in_(list(ids)))
     for r in rows:
-        out[r.meter_id].append(_reading(r.ts, r.energy_wh, r.power_w))
+        out[r.meter_id].append(_reading(r.ts, r.energy_wh, r.power_w, r.energy_export_wh))
     return {k: v for k, v in out.items() if _covers(v, start, end)}
 
 
@@ -170,11 +184,13 @@ async def _connectors(conn: AsyncConnection, ids: Sequence[str], start: datetime
     the charger's own meter)."""
     t = meter_readings
     out: dict[str, dict[int, list[Reading]]] = defaultdict(lambda: defaultdict(list))
+    export = await conn.run_sync(_export_column, t)
     rows = await _around(conn, [t.c.charger, t.c.connector, t.c.at, t.c.energy_wh,
-                                t.c.power_w], [t.c.charger, t.c.connector], t.c.at, start,
-                         end, t.c.charger.in_(list(ids)))
+                                t.c.power_w, export], [t.c.charger, t.c.connector], t.c.at,
+                         start, end, t.c.charger.in_(list(ids)))
     for r in rows:
-        out[r.charger][r.connector or 0].append(_reading(r.at, r.energy_wh, r.power_w))
+        out[r.charger][r.connector or 0].append(
+            _reading(r.at, r.energy_wh, r.power_w, r.energy_export_wh))
     kept = {k: {c: r for c, r in v.items() if _covers(r, start, end)} for k, v in out.items()}
     return {k: v for k, v in kept.items() if v}
 
@@ -197,11 +213,12 @@ async def _sessions(conn: AsyncConnection, ids: Sequence[str], start: datetime,
             readings.append(_reading(row.stopped_at, row.meter_stop_wh, None))
         out[_session_key(row.charger, row.transaction_id)] = readings
     t = meter_readings
-    query = select(t.c.charger, t.c.transaction_id, t.c.at, t.c.energy_wh, t.c.power_w) \
-        .where(tuple_(t.c.charger, t.c.transaction_id).in_(pairs))
+    export = await conn.run_sync(_export_column, t)
+    query = select(t.c.charger, t.c.transaction_id, t.c.at, t.c.energy_wh, t.c.power_w,
+                   export).where(tuple_(t.c.charger, t.c.transaction_id).in_(pairs))
     for r in await conn.execute(query):
         out[_session_key(r.charger, r.transaction_id)].append(
-            _reading(r.at, r.energy_wh, r.power_w))
+            _reading(r.at, r.energy_wh, r.power_w, r.energy_export_wh))
     return out
 
 
@@ -218,8 +235,11 @@ async def clear_intervals(conn: AsyncConnection, by: By, ids: Sequence[str],
 
 async def insert_intervals(conn: AsyncConnection, by: By, lines: Sequence[BillLine],
                            computed_at: datetime, batch: int = 10_000) -> int:
-    """Insert ``lines`` (after ``clear_intervals`` of their range), ``batch`` rows per
-    statement; how many."""
+    """Insert the import ``lines`` (after ``clear_intervals`` of their range), ``batch``
+    rows per statement; how many. Export lines are not stored (yet): the table's key
+    ``(by, subject, interval_start)`` has no direction, and they would replace the import
+    row of their interval."""
+    lines = [x for x in lines if x.direction == "import"]
     for first in range(0, len(lines), batch):
         await conn.execute(insert(billing_intervals), [
             {"by": by, "subject": line.id, "interval_start": from_us(line.start_us),

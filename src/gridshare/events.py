@@ -115,7 +115,11 @@ class MeterReading:
     current_a: tuple[float | None, float | None, float | None] = (None, None, None)
     voltage_v: float | None = None
     energy_wh: float | None = None
+    """The import register (energy drawn), Wh."""
     soc_percent: float | None = None
+    energy_export_wh: float | None = None
+    """The export register (energy fed back: V2G discharge), Wh; None: not sent (unknown,
+    never 0)."""
 
 
 @dataclass(frozen=True, slots=True)

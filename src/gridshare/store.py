@@ -132,6 +132,7 @@ meter_readings = Table(
     Column("energy_wh", Float),
     Column("soc_percent", Float),
     Column("includes_chargers", Boolean),
+    Column("energy_export_wh", Float),  # the export register (0006; None: none sent)
     Index("ix_meter_charger_at", "charger", "at"),
     Index("ix_meter_group_at", "group_id", "at"),
 )
@@ -194,6 +195,7 @@ ami_readings = Table(
     Column("voltage_l1_v", Float),
     Column("voltage_l2_v", Float),
     Column("voltage_l3_v", Float),
+    Column("energy_export_wh", Float),  # the export register (0006; None: none sent)
     Index("ux_ami_meter_ts", "meter_id", "ts", unique=True),
 )
 
@@ -460,7 +462,7 @@ class Store:
                 "power_w": item.power_w, "current_l1_a": cur[0], "current_l2_a": cur[1],
                 "current_l3_a": cur[2], "voltage_v": item.voltage_v,
                 "energy_wh": item.energy_wh, "soc_percent": item.soc_percent,
-                "includes_chargers": None})
+                "includes_chargers": None, "energy_export_wh": item.energy_export_wh})
             return
         if isinstance(item, GroupMeterReading):
             cur3 = item.current_a
@@ -469,7 +471,7 @@ class Store:
                 "transaction_id": None, "power_w": None, "current_l1_a": cur3[0],
                 "current_l2_a": cur3[1], "current_l3_a": cur3[2], "voltage_v": None,
                 "energy_wh": None, "soc_percent": None,
-                "includes_chargers": item.includes_chargers})
+                "includes_chargers": item.includes_chargers, "energy_export_wh": None})
             return
         if isinstance(item, SessionStarted):
             self._put(sessions, {
@@ -717,7 +719,7 @@ def _reading_row(item: MeterReading) -> dict[str, Any]:
             "power_w": item.power_w, "current_l1_a": cur[0], "current_l2_a": cur[1],
             "current_l3_a": cur[2], "voltage_v": item.voltage_v,
             "energy_wh": item.energy_wh, "soc_percent": item.soc_percent,
-            "includes_chargers": None}
+            "includes_chargers": None, "energy_export_wh": item.energy_export_wh}
 
 
 DurableEvent = MeterReading | SessionStarted | SessionStopped

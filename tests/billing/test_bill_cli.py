@@ -391,3 +391,102 @@ def test_cost_decimals_is_checked(setup: tuple[Path, str], billing: str,
     code, _, err = bill(setup, "--from", "2026-11-03T06:00", "--to", "2026-11-03T07:00")
     assert code == 2
     assert message in err
+
+
+V2G_SITE = SITE.replace("price: 0.20,", "price: 0.20, export_price: 0.05,").replace(
+    "price: 0.40,", 'price: 0.40, export_price: "0.125",')
+
+
+async def _seed_v2g(url: str) -> None:
+    """cp-v2g's session v-1 (06:00-07:00 local): charges 1 kWh in the first quarter hour,
+    then discharges 0.5 kWh per quarter hour, 250 Wh of it after 06:45, by its
+    Energy.Active.Export.Register; its meter sent no export value at 06:30. After the
+    session (07:00-07:15, no transaction) the charger feeds back 250 Wh more."""
+    engine = create_async_engine(url)
+    async with engine.begin() as conn:
+        rows = [{"at": at(q), "charger": "cp-v2g", "connector": 1, "transaction_id": "v-1",
+                 "power_w": p, "energy_wh": imp, "energy_export_wh": exp}
+                for q, p, imp, exp in ((0, 4000.0, 2000.0, 700.0),
+                                       (1, -2000.0, 3000.0, 700.0),
+                                       (2, -2000.0, 3000.0, None),
+                                       (3, -2000.0, 3000.0, 1700.0),
+                                       (4, 0.0, 3000.0, 1950.0))]
+        # after the session: 250 Wh more fed back from 07:00 (the day's export price)
+        rows.append({"at": at(5), "charger": "cp-v2g", "connector": 1,
+                     "transaction_id": None, "power_w": -1000.0, "energy_wh": 3000.0,
+                     "energy_export_wh": 2200.0})
+        await conn.execute(insert(meter_readings), rows)
+        await conn.execute(insert(sessions), [{
+            "charger": "cp-v2g", "connector": 1, "transaction_id": "v-1", "started_at": at(0),
+            "stopped_at": at(4), "meter_start_wh": 2000.0, "meter_stop_wh": 3000.0}])
+    await engine.dispose()
+
+
+@pytest.fixture
+def v2g(setup: tuple[Path, str]) -> tuple[Path, str]:
+    site, url = setup
+    site.write_text(V2G_SITE)
+    asyncio.run(_seed_v2g(url.replace("sqlite://", "sqlite+aiosqlite://")))
+    return site, url
+
+
+def test_a_v2g_session_bills_its_export_register(v2g: tuple[Path, str]) -> None:
+    data = bill_json(v2g, "--by", "session", "--from", "2026-11-03T06:00",
+                     "--to", "2026-11-03T07:15")
+    lines = of(data, "cp-v2g/v-1")
+    imports = [x for x in lines if "direction" not in x]
+    exports = [x for x in lines if x.get("direction") == "export"]
+    assert [x["energy_kwh"] for x in imports] == [1.0, 0.0, 0.0, 0.0]
+    assert list(exports[0]) == ["id", "start", "end", "energy_kwh", "cost", "tariff_period",
+                                "flags", "direction"]
+    assert [(x["start"][11:16], x["energy_kwh"], x["cost"], x["tariff_period"])
+            for x in exports] == [("06:00", 0.0, 0.0, "night"), ("06:15", 0.5, 0.025, "night"),
+                                  ("06:30", 0.5, 0.025, "night"),
+                                  ("06:45", 0.25, 0.0125, "night")]
+    # 07:00-07:15: after the session's last reading, like its import line: left out
+    assert len(imports) == len(exports) == 4
+    totals = {t["id"]: t for t in data["totals"]}
+    assert totals["cp-v2g/v-1"] == {"id": "cp-v2g/v-1", "energy_kwh": 1.0, "cost": 0.2,
+                                    "export_energy_kwh": 1.25, "export_cost": 0.0625}
+    # ids without an export register: the totals and lines they always had
+    assert list(totals["cp-1/tx-9"]) == ["id", "energy_kwh", "cost"]
+    assert all("direction" not in x for x in of(data, "cp-1/tx-9"))
+    # stored: the import lines only (the table has no direction yet; docs/billing.md)
+    import sqlite3
+
+    with sqlite3.connect(v2g[1].removeprefix("sqlite:///")) as db:
+        stored = db.execute("SELECT energy_mwh FROM billing_intervals WHERE subject = "
+                            "'cp-v2g/v-1' ORDER BY interval_start").fetchall()
+    assert stored == [(1_000_000,), (0,), (0,), (0,)]
+
+
+def test_export_lines_in_csv_and_the_day_price(v2g: tuple[Path, str]) -> None:
+    code, out, err = bill(v2g, "--by", "charger", "--from", "2026-11-03T06:45",
+                          "--to", "2026-11-03T07:15", "--format", "csv")
+    assert code == 0, err
+    rows = list(csv.reader(io.StringIO(out)))
+    assert rows[0] == ["kind", "id", "start", "end", "energy_kwh", "cost", "tariff_period",
+                       "flags", "direction"]
+    assert {len(r) for r in rows} == {9}
+    v2g_rows = [r for r in rows if r[1] == "cp-v2g"]
+    assert [(r[0], r[2][11:16], r[4], r[5], r[7], r[8]) for r in v2g_rows] == [
+        ("interval", "06:45", "0.0", "0.0", "", "import"),
+        ("interval", "07:00", "0.0", "0.0", "", "import"),
+        ("interval", "06:45", "0.25", "0.0125", "", "export"),
+        ("interval", "07:00", "0.25", "0.03125", "", "export"),
+        ("total", "06:45", "0.0", "0.0", "", "import"),
+        ("total", "06:45", "0.5", "0.04375", "", "export")]
+    assert all(r[8] == "import" for r in rows[1:] if r[1] == "cp-1")
+
+
+def test_a_database_before_the_export_register_bills_imports(v2g: tuple[Path, str]) -> None:
+    import sqlite3
+
+    _, url = v2g
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+        db.execute("ALTER TABLE meter_readings DROP COLUMN energy_export_wh")
+    data = bill_json(v2g, "--by", "charger", "--from", "2026-11-03T06:00",
+                     "--to", "2026-11-03T07:00")
+    assert all("direction" not in x for x in data["intervals"])
+    totals = {t["id"]: t for t in data["totals"]}
+    assert totals["cp-v2g"] == {"id": "cp-v2g", "energy_kwh": 1.0, "cost": 0.2}

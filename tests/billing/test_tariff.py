@@ -285,3 +285,30 @@ def test_prices_are_exact_decimals_as_written() -> None:
             parse_site_config(broken, "site.yaml")
         assert [(i.line, i.path) for i in caught.value.issues] == \
             [(12, "billing.tariff[1].price")], bad
+
+
+def test_export_price_per_step_exact_and_kept_across_midnight() -> None:
+    t, problems = tariff_problems([{"from": "07:00", "price": 0.3, "export_price": 0.08},
+                                   {"from": "22:00", "price": 0.1,
+                                    "export_price": "-0.0123456789012"}], ("t",), BERLIN)
+    assert problems == [] and t is not None
+    night = t.period_at(utc("2026-11-03T03:00+01:00"))  # the wrapped step before 07:00
+    assert (night.price, night.export_price) == (Decimal("0.1"), Decimal("-0.0123456789012"))
+    assert t.period_at(utc("2026-11-03T08:00+01:00")).export_price == Decimal("0.08")
+    plain, _ = tariff_problems([{"from": "00:00", "price": 0.3}], ("t",), BERLIN)
+    assert plain is not None and plain.seasons[0].weekdays.periods[0].export_price is None
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ([{"from": "00:00", "price": 0.3, "export_price": 0.1}, {"from": "07:00", "price": 0.4}],
+     [(("t", 1, "export_price"), "required: every step has an export_price once one has")]),
+    ([{"from": "00:00", "price": 0.3, "export_price": "NaN"}],
+     [(("t", 0, "export_price"), "must be a number, or a decimal in quotes like \"0.08\" "
+                                 "(got 'NaN')")]),
+    ({"weekdays": [{"from": "00:00", "price": 0.3, "export_price": 0.1}],
+      "weekends": [{"from": "00:00", "price": 0.2}]},
+     [(("t",), "export_price: give it on every step of every day, or on none")]),
+], ids=["one-step-missing", "not-a-number", "one-day-missing"])
+def test_export_price_on_every_step_or_none(raw: object, expected: list[object]) -> None:
+    t, problems = tariff_problems(raw, ("t",), BERLIN)
+    assert t is None and problems == expected

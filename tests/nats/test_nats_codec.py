@@ -137,3 +137,16 @@ def test_charging_needs_carries_the_cars_v2x_offer() -> None:
     decoded = decode(encode(event))
     assert decoded == event and isinstance(decoded, ev.ChargingNeeds)
     assert decoded.v2x_offer is not None and decoded.v2x_offer.modes == offer.modes
+
+
+def test_export_register_round_trips_and_old_messages_decode_without_it() -> None:
+    at = datetime(2026, 11, 30, 14, tzinfo=UTC)
+    reading = ev.MeterReading("cp1", 1, at, "T1", power_w=-4000.0, energy_wh=12500.0,
+                              energy_export_wh=3250.5)
+    wire = encode(reading)
+    assert b'"energy_export_wh":3250.5' in wire
+    assert decode(wire) == reading
+    # a gateway from before the export register: the field is unknown, never 0
+    old = wire.replace(b',"energy_export_wh":3250.5', b"")
+    assert b"energy_export_wh" not in old
+    assert decode(old) == dataclasses.replace(reading, energy_export_wh=None)

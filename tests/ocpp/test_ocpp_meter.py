@@ -58,6 +58,51 @@ def test_v201_multiplier_and_unphased_current_and_phase_power() -> None:
     assert reading.power_w == 2500.0
 
 
+def _sv(protocol: str, value: float, measurand: str, unit: str, **extra: Any) -> dict[str, Any]:
+    """One sampled value as the protocol writes it (1.6: text and ``unit``)."""
+    if protocol == "ocpp1.6":
+        return {"value": repr(value), "measurand": measurand, "unit": unit, **extra}
+    return {"value": value, "measurand": measurand, "unit_of_measure": {"unit": unit},
+            **extra}
+
+
+@pytest.mark.parametrize("protocol", ["ocpp1.6", "ocpp2.0.1", "ocpp2.1"])
+def test_export_register_read_apart_from_import(protocol: str) -> None:
+    out = parse(protocol, [{"timestamp": TS, "sampled_value": [
+        _sv(protocol, 12.5, "Energy.Active.Import.Register", "kWh"),
+        _sv(protocol, 3.25, "Energy.Active.Export.Register", "kWh"),
+        _sv(protocol, 4000.0, "Power.Active.Export", "W"),
+    ]}, {"timestamp": TS, "sampled_value": [
+        _sv(protocol, 3300.0, "Energy.Active.Export.Register", "Wh"),  # alone: a reading
+        _sv(protocol, 9.0, "Energy.Active.Export.Register", "Wh", phase="L1"),  # not total
+    ]}])
+    assert out.rejects == []
+    first, second = out.readings
+    assert (first.energy_wh, first.energy_export_wh, first.power_w) == (12500.0, 3250.0,
+                                                                       -4000.0)
+    assert (second.energy_wh, second.energy_export_wh) == (None, 3300.0)
+
+
+def test_export_register_absent_is_unknown() -> None:
+    (reading,) = parse("ocpp1.6", [{"timestamp": TS, "sampled_value": [
+        {"value": "12500", "measurand": "Energy.Active.Import.Register"}]}]).readings
+    assert reading.energy_export_wh is None
+
+
+@pytest.mark.parametrize("protocol", ["ocpp1.6", "ocpp2.0.1", "ocpp2.1"])
+@pytest.mark.parametrize(("value", "unit", "reason"), [
+    (math.nan, "Wh", "meter_not_finite"), (-1.0, "Wh", "meter_negative"),
+    (5.0, "W", "meter_bad_unit")], ids=["nan", "negative", "power-unit"])
+def test_bad_export_register_rejected_and_counted(protocol: str, value: float, unit: str,
+                                                   reason: str) -> None:
+    out = parse(protocol, [{"timestamp": TS, "sampled_value": [
+        _sv(protocol, value, "Energy.Active.Export.Register", unit),
+        _sv(protocol, 700.0, "Energy.Active.Import.Register", "Wh")]}])
+    assert out.rejects == [reason]
+    (reading,) = out.readings
+    assert (reading.energy_wh, reading.energy_export_wh) == (700.0, None)
+
+
 @pytest.mark.parametrize(("protocol", "bad", "reason"), [
     ("ocpp1.6", {"value": "NaN", "measurand": "Power.Active.Import"}, "meter_not_finite"),
     ("ocpp1.6", {"value": "inf", "measurand": "Power.Active.Import"}, "meter_not_finite"),
@@ -102,6 +147,7 @@ _values = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(
 _sampled = st.fixed_dictionaries(
     {"value": _values},
     optional={"measurand": st.sampled_from(["Energy.Active.Import.Register",
+                                            "Energy.Active.Export.Register",
                                             "Power.Active.Import", "Current.Import", "Voltage",
                                             "SoC", "Frequency"]),
               "phase": st.sampled_from(["L1", "L2", "L3", "N", "L1-N"]),
@@ -122,7 +168,7 @@ def test_parser_never_raises_and_publishes_only_sane_numbers(
     out = parse(protocol, elements)
     for reading in out.readings:
         assert reading.at <= NOW + timedelta(seconds=60)
-        for value in (reading.power_w, reading.energy_wh, reading.voltage_v,
-                      *reading.current_a):
+        for value in (reading.power_w, reading.energy_wh, reading.energy_export_wh,
+                      reading.voltage_v, *reading.current_a):
             assert value is None or (math.isfinite(value) and value >= 0)
         assert reading.soc_percent is None or 0 <= reading.soc_percent <= 100

@@ -297,10 +297,13 @@ async def test_bad_21_input_is_answered_and_counted_never_fatal(
         meter = json.dumps([2, "m1", "MeterValues", {"evseId": 1, "meterValue": [{
             "timestamp": now_iso(), "sampledValue": [
                 {"value": 1200.0, "measurand": "Power.Active.Import"},
-                {"value": -5.0, "measurand": "Power.Active.Export"}]}]}])
+                {"value": -5.0, "measurand": "Power.Active.Export"},
+                {"value": 2.5, "measurand": "Energy.Active.Export.Register",
+                 "unitOfMeasure": {"unit": "kWh"}}]}]}])
         assert await exchange(ws, meter) == [3, "m1", {}]
         [reading] = await recorder.wait_kind(MeterReading, "cp21")
         assert reading.power_w == 1200.0
+        assert reading.energy_export_wh == 2500.0  # the V2G export register, kept apart
         assert csms.counters.rejected["meter_negative"] == 1
         assert csms.counters.rejected["schema_type"] == 1
         # and the charger is still served

@@ -110,6 +110,22 @@ def test_a_database_from_create_all_is_stamped_and_keeps_its_rows(db_url: str) -
         text("SELECT message FROM alarms")).scalar_one()) == "old"
 
 
+def test_a_database_from_before_the_export_register_gets_it(db_url: str) -> None:
+    """A create_all database made before 0006 lacks energy_export_wh: it is adopted as
+    0001 (not refused) and 0006 adds the column, rows kept."""
+    run_sync(db_url, _legacy_create_all)
+    for table in ("meter_readings", "ami_readings"):
+        run_sync(db_url, lambda c, t=table: c.execute(text(
+            f"ALTER TABLE {t} DROP COLUMN energy_export_wh")))
+    run_sync(db_url, lambda c: c.execute(text(
+        "INSERT INTO meter_readings (at, charger, connector, energy_wh) "
+        "VALUES ('2026-01-01 00:00:00+00:00', 'cp1', 1, 5.0)")))
+    assert run_sync(db_url, migrations.upgrade) == (migrations.head(),)
+    assert run_sync(db_url, migrations.diff) == []
+    assert run_sync(db_url, lambda c: c.execute(text(
+        "SELECT energy_wh, energy_export_wh FROM meter_readings")).one()) == (5.0, None)
+
+
 def test_a_damaged_old_database_is_refused_not_stamped(db_url: str) -> None:
     run_sync(db_url, _legacy_create_all)
     run_sync(db_url, lambda c: c.execute(text("DROP TABLE dr_events")))

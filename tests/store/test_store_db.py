@@ -167,3 +167,18 @@ async def test_acknowledged_and_batched_writes_side_by_side(store: Store) -> Non
     assert (store.failed_batches, store.dropped) == (0, 0)
     assert await store.count("ami_readings") == 200
     assert await store.count("meter_readings") == 10_000
+
+
+async def test_export_register_is_stored_by_both_writers(store: Store) -> None:
+    """The batched writer and the durable (acknowledged) writer both keep the export
+    register next to the import register; a reading without one stores null, not 0."""
+    from gridshare.store import DurableWriter
+
+    store.record_event(MeterReading("cp-1", 1, t(1), energy_wh=100.0, energy_export_wh=40.5))
+    store.record_event(MeterReading("cp-1", 1, t(2), energy_wh=101.0))
+    await store.flush(strict=True)
+    await DurableWriter(store).write([MeterReading("cp-2", 1, t(3), energy_wh=7.0,
+                                                   energy_export_wh=2.25)])
+    rows = await store.rows("meter_readings")
+    assert sorted((r["charger"], r["energy_wh"], r["energy_export_wh"]) for r in rows) == [
+        ("cp-1", 100.0, 40.5), ("cp-1", 101.0, None), ("cp-2", 7.0, 2.25)]

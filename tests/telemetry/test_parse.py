@@ -74,6 +74,9 @@ def test_optional_phases_and_iso_time() -> None:
     ({"current_a": 5}, parse.WRONG_TYPE),
     ({"current_a": [1, -2, 3]}, parse.OUT_OF_RANGE),
     ({"voltage_v": [230, "x", 230]}, parse.WRONG_TYPE),
+    ({"energy_export_wh": -1}, parse.OUT_OF_RANGE),
+    ({"energy_export_wh": "5"}, parse.WRONG_TYPE),
+    ({"energy_export_wh": [5]}, parse.WRONG_TYPE),
     ({"ts": "yesterday"}, parse.BAD_TIMESTAMP),
     ({"ts": "2026-11-30T14:00:00"}, parse.BAD_TIMESTAMP),  # no offset
     ({"ts": NOW * 1000}, parse.BAD_TIMESTAMP),  # milliseconds
@@ -86,6 +89,24 @@ def test_bad_ami_field(change: dict[str, object], reason: str) -> None:
     got = ami(doc)
     assert isinstance(got, Invalid), got
     assert got.reason == reason, got.detail
+
+
+def test_export_register_optional_and_absent_is_unknown() -> None:
+    with_export = ami({**GOOD_AMI, "energy_export_wh": 250.5})
+    assert isinstance(with_export, AmiReading) and with_export.energy_export_wh == 250.5
+    assert with_export.energy_wh == 12345.0  # the import register is unchanged
+    zero = ami({**GOOD_AMI, "energy_export_wh": 0})
+    assert isinstance(zero, AmiReading) and zero.energy_export_wh == 0.0
+    for doc in (GOOD_AMI, {**GOOD_AMI, "energy_export_wh": None}):
+        got = ami(doc)
+        assert isinstance(got, AmiReading) and got.energy_export_wh is None  # not 0
+
+
+def test_export_register_not_finite() -> None:
+    payload = (b'{"meter_id": "m-1", "ts": %d, "power_w": 1, "energy_wh": 1, '
+               b'"energy_export_wh": 1e999}' % int(NOW))
+    got = ami(payload)
+    assert isinstance(got, Invalid) and got.reason == parse.NOT_FINITE, got
 
 
 def test_ami_within_skew_accepted_and_unknown_meter() -> None:
@@ -163,7 +184,8 @@ FIELD_VALUES = JSON | st.sampled_from([NOW, NOW + 100, "2026-11-30T14:00:00Z", -
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.dictionaries(st.sampled_from(sorted({*GOOD_AMI, *GOOD_STATION, "x"})),
+@given(st.dictionaries(st.sampled_from(sorted({*GOOD_AMI, *GOOD_STATION, "x",
+                                                 "energy_export_wh"})),
                        FIELD_VALUES, max_size=12) | JSON)
 def test_any_json_is_accepted_or_rejected_with_a_reason(doc: object) -> None:
     payload = json.dumps(doc).encode()

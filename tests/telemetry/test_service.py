@@ -62,6 +62,21 @@ async def test_restart_refills_open_windows(tmp_path: Path) -> None:
         await store.stop()
 
 
+async def test_ami_export_register_is_stored(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'x.db'}")
+    await store.start()
+    try:
+        svc = service(FakeClock(T0 + timedelta(seconds=40)), store)
+        topic, payload = msg("m-1", 5, -2000)
+        exported = json.dumps({**json.loads(payload), "energy_export_wh": 812.5}).encode()
+        await svc.commit([(topic, exported), msg("m-2", 5, 100)])
+        rows = await store.rows("ami_readings")
+        assert sorted((r["meter_id"], r["energy_export_wh"]) for r in rows) == [
+            ("m-1", 812.5), ("m-2", None)]
+    finally:
+        await store.stop()
+
+
 async def test_area_load_without_store_and_unknown_area() -> None:
     clock = FakeClock(T0 + timedelta(seconds=80))
     svc = service(clock, None)

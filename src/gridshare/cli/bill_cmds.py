@@ -35,6 +35,8 @@ from gridshare.cli.core_cmds import (
 )
 
 if TYPE_CHECKING:
+    from decimal import Decimal
+
     from gridshare.core.billing import BillLine, BillTotal
 
 EPILOG = """\b
@@ -51,6 +53,9 @@ MAX_RANGE = timedelta(days=366)
 CHUNK = 20
 """Ids read, computed and written at a time (a month of 20 meters: 57,600 readings)."""
 CSV_COLUMNS = ("kind", "id", "start", "end", "energy_kwh", "cost", "tariff_period", "flags")
+CSV_DIRECTION = "direction"
+"""The column added after ``flags`` when the bill has export lines (else left out, so a
+bill without export registers is what it always was)."""
 
 
 class By(StrEnum):
@@ -229,7 +234,12 @@ class BillWriter:
     JSON: the shape of issue 11 (``intervals``, ``totals``) plus ``by``, ``from``, ``to``,
     ``currency`` and ``interval_minutes``; one interval and one total per line. CSV: a
     header, one ``interval`` row per interval, then one ``total`` row per id (its start
-    and end are the range's); flags separated by ``;`` (docs/billing.md)."""
+    and end are the range's); flags separated by ``;`` (docs/billing.md).
+
+    Export lines (an id with an export register) carry ``"direction": "export"`` in JSON,
+    and that id's total ``export_energy_kwh`` and ``export_cost``; import lines keep
+    their shape. In CSV a bill with export lines gains a last column ``direction``
+    (``import``/``export``, also on the totals: one total row per id and direction)."""
 
     def __init__(self, fmt: Format, zone: tzinfo, *, by: str, start: datetime,
                  end: datetime, currency: str | None, interval_s: int) -> None:
@@ -241,13 +251,15 @@ class BillWriter:
                                                  encoding="utf-8", newline="")
         self.totals: list[BillTotal] = []
         self.count = 0
+        self.exports = False
+        """Whether any line is an export line (CSV: the direction column is added)."""
         if fmt is Format.json:
             head = {"by": by, "from": self.first, "to": self.last, "currency": currency,
                     "interval_minutes": interval_s // 60}
             self.out.write(json.dumps(head)[:-1] + ', "intervals": [')
         else:
+            # the header is written by copy_to, once it is known whether there is export
             self.csv = csv.writer(self.out, lineterminator="\n")
-            self.csv.writerow(CSV_COLUMNS)
 
     def add(self, lines: list[BillLine], total: BillTotal) -> None:
         from gridshare.core.billing.money import decimal_text, kwh_text
@@ -260,37 +272,60 @@ class BillWriter:
                 # they are exact decimal text, so a parser reads exactly the digits shown
                 sep = ",\n  " if self.count else "\n  "
                 cost = "null" if x.cost is None else decimal_text(x.cost)
+                direction = ', "direction": "export"' if x.direction == "export" else ""
                 self.out.write(
                     f'{sep}{{"id": {dumps(x.id)}, "start": "{_iso(x.start_us, zone)}", '
                     f'"end": "{_iso(x.end_us, zone)}", "energy_kwh": {kwh_text(x.energy_mwh)}, '
                     f'"cost": {cost}, "tariff_period": {dumps(x.tariff_period)}, '
-                    f'"flags": {dumps([str(f) for f in x.flags])}}}')
+                    f'"flags": {dumps([str(f) for f in x.flags])}{direction}}}')
                 self.count += 1
         else:
+            # export rows have the direction column; import rows get theirs in copy_to
             self.csv.writerows(
                 ("interval", x.id, _iso(x.start_us, zone), _iso(x.end_us, zone),
                  kwh_text(x.energy_mwh), "" if x.cost is None else decimal_text(x.cost),
-                 x.tariff_period or "", ";".join(x.flags)) for x in lines)
+                 x.tariff_period or "", ";".join(x.flags),
+                 *(("export",) if x.direction == "export" else ())) for x in lines)
+        self.exports = self.exports or total.export_energy_mwh is not None
         self.totals.append(total)
 
     def finish(self) -> None:
         from gridshare.core.billing.money import decimal_text, kwh_text
 
+        def money(cost: Decimal | None, none: str) -> str:
+            return none if cost is None else decimal_text(cost)
+
         if self.fmt is Format.json:
             totals = ",\n  ".join(
                 f'{{"id": {json.dumps(t.id)}, "energy_kwh": {kwh_text(t.energy_mwh)}, '
-                f'"cost": {"null" if t.cost is None else decimal_text(t.cost)}}}'
+                f'"cost": {money(t.cost, "null")}'
+                + ("" if t.export_energy_mwh is None else
+                   f', "export_energy_kwh": {kwh_text(t.export_energy_mwh)}, '
+                   f'"export_cost": {money(t.export_cost, "null")}') + "}"
                 for t in self.totals)
             self.out.write(("\n]" if self.count else "]") + ', "totals": ['
                            + (f"\n  {totals}\n]" if totals else "]") + "}\n")
         else:
             self.csv.writerows(("total", t.id, self.first, self.last, kwh_text(t.energy_mwh),
-                                "" if t.cost is None else decimal_text(t.cost), "", "")
-                               for t in self.totals)
+                                money(t.cost, ""), "", "") for t in self.totals)
+            self.csv.writerows(("total", t.id, self.first, self.last,
+                                kwh_text(t.export_energy_mwh), money(t.export_cost, ""), "",
+                                "", "export") for t in self.totals
+                               if t.export_energy_mwh is not None)
 
     def copy_to(self, target: IO[str]) -> None:
         self.finish()
         self.out.seek(0)
+        if self.fmt is Format.csv:
+            out = csv.writer(target, lineterminator="\n")
+            if not self.exports:  # byte for byte what a bill without export always was
+                out.writerow(CSV_COLUMNS)
+            else:
+                out.writerow((*CSV_COLUMNS, CSV_DIRECTION))
+                out.writerows(row if len(row) > len(CSV_COLUMNS) else (*row, "import")
+                              for row in csv.reader(self.out))
+                self.out.close()
+                return
         shutil.copyfileobj(self.out, target)
         self.out.close()
 

@@ -401,7 +401,8 @@ def _ami_row(r: AmiReading, received: datetime) -> dict[str, Any]:
     cur = r.current_a or (None, None, None)
     volt = r.voltage_v or (None, None, None)
     return {"meter_id": r.meter_id, "ts": _dt(r.ts), "received_at": received,
-            "power_w": r.power_w, "energy_wh": r.energy_wh, "current_l1_a": cur[0],
+            "power_w": r.power_w, "energy_wh": r.energy_wh,
+            "energy_export_wh": r.energy_export_wh, "current_l1_a": cur[0],
             "current_l2_a": cur[1], "current_l3_a": cur[2], "voltage_l1_v": volt[0],
             "voltage_l2_v": volt[1], "voltage_l3_v": volt[2]}
 

@@ -32,6 +32,10 @@ INITIAL_TABLES = ("events", "sessions", "meter_readings", "setpoint_commands", "
 LEGACY_TABLES = INITIAL_TABLES[:-1]
 """Those an old ``create_all`` database has (``decisions`` came with the migrations: it is
 created when such a database is adopted)."""
+LATER_COLUMNS = frozenset({("meter_readings", "energy_export_wh"),
+                           ("ami_readings", "energy_export_wh")})
+"""Columns of initial tables that later migrations add (0006): a legacy database without
+them is what 0001 made, and the upgrade after stamping adds them."""
 _PG_LOCK_ID = 0x67726964  # "grid": one migrating process at a time per database
 
 
@@ -104,7 +108,7 @@ def _adopt_legacy(connection: Connection, cfg: Config) -> None:
     missing = sorted(set(LEGACY_TABLES) - present)
     problems = [f"table {name} is missing" for name in missing]
     problems += [_describe(d) for d in diff(connection)
-                 if _diff_table(d) in initial]
+                 if _diff_table(d) in initial and _later_column(d) not in LATER_COLUMNS]
     if problems:
         raise SchemaError(
             "the database has gridshare tables but no migration history, and they differ "
@@ -127,6 +131,13 @@ def _diff_table(entry: Any) -> str | None:
         return str(rest[0].table.name)
     if kind in ("add_column", "remove_column") or kind.startswith("modify_"):
         return str(rest[1])
+    return None
+
+
+def _later_column(entry: Any) -> tuple[str, str] | None:
+    """(table, column) of an entry saying a column of the models is missing."""
+    if isinstance(entry, tuple) and entry[0] == "add_column":
+        return (str(entry[2]), str(entry[3].name))
     return None
 
 

@@ -19,6 +19,8 @@ from gridshare.ocpp_version import OcppVersion
 FUTURE_TOLERANCE = timedelta(seconds=60)
 
 _ENERGY = "Energy.Active.Import.Register"
+_ENERGY_EXPORT = "Energy.Active.Export.Register"
+"""Energy fed back (V2G discharge): kept apart from the import register, for billing."""
 _POWER = "Power.Active.Import"
 _EXPORT = "Power.Active.Export"
 """A V2G charger discharging reports it: the reading's ``power_w`` is then import − export."""
@@ -30,8 +32,8 @@ _PHASE_INDEX = {"L1": 0, "L2": 1, "L3": 2, "L1-N": 0, "L2-N": 1, "L3-N": 2}
 
 _ENERGY_SCALE = {"Wh": 1.0, "kWh": 1000.0}
 _POWER_SCALE = {"W": 1.0, "kW": 1000.0}
-_DEFAULT_UNIT = {_ENERGY: "Wh", _POWER: "W", _EXPORT: "W", _CURRENT: "A", _VOLTAGE: "V",
-                 _SOC: "Percent"}
+_DEFAULT_UNIT = {_ENERGY: "Wh", _ENERGY_EXPORT: "Wh", _POWER: "W", _EXPORT: "W",
+                 _CURRENT: "A", _VOLTAGE: "V", _SOC: "Percent"}
 
 
 def parse_timestamp(value: Any) -> datetime | None:
@@ -57,6 +59,7 @@ class MeterParse:
 @dataclass(slots=True)
 class _Sample:
     energy_wh: float | None = None
+    energy_export_wh: float | None = None
     power_total_w: float | None = None
     power_phase_w: list[float] = field(default_factory=list)
     export_w: float | None = None
@@ -66,7 +69,8 @@ class _Sample:
     soc: float | None = None
 
     def empty(self) -> bool:
-        return (self.energy_wh is None and self.power_total_w is None
+        return (self.energy_wh is None and self.energy_export_wh is None
+                and self.power_total_w is None
                 and self.export_w is None and not self.power_phase_w
                 and self.current == [None, None, None]
                 and self.current_unphased is None and not self.voltages and self.soc is None)
@@ -132,6 +136,11 @@ def _apply(sample: _Sample, sv: Mapping[str, Any], protocol: OcppVersion) -> str
         if unit not in _ENERGY_SCALE:
             return "meter_bad_unit"
         sample.energy_wh = value * _ENERGY_SCALE[unit]
+    elif measurand == _ENERGY_EXPORT:
+        if unit not in _ENERGY_SCALE:
+            return "meter_bad_unit"
+        if phase is None:  # a phase-wise register is not used (totals only, as import)
+            sample.energy_export_wh = value * _ENERGY_SCALE[unit]
     elif measurand == _POWER:
         if unit not in _POWER_SCALE:
             return "meter_bad_unit"
@@ -200,7 +209,8 @@ def parse_meter_values(meter_values: Sequence[Mapping[str, Any]], *, protocol: O
         out.readings.append(MeterReading(
             charger=charger, connector=connector, at=at, transaction_id=transaction_id,
             power_w=power, current_a=(current[0], current[1], current[2]), voltage_v=voltage,
-            energy_wh=sample.energy_wh, soc_percent=sample.soc))
+            energy_wh=sample.energy_wh, soc_percent=sample.soc,
+            energy_export_wh=sample.energy_export_wh))
     return out
 
 

@@ -3,8 +3,8 @@
 Two schemas (docs/telemetry.md):
 
 - AMI readings on ``<ami prefix>/<meter id>``: ``{"meter_id", "ts", "power_w",
-  "energy_wh", "current_a": [L1, L2, L3], "voltage_v": [L1, L2, L3]}``, the last two
-  optional.
+  "energy_wh", "energy_export_wh", "current_a": [L1, L2, L3], "voltage_v": [L1, L2,
+  L3]}``, the last three optional.
 - Station meter values on ``<stations prefix>/<station id>``: ``{"station_id",
   "connector_id", "session_id", "connector_type", "power_kw", "current_a", "voltage_v",
   "energy_kwh", "soc_percent", "event_ts"}``; ``station_id``, ``connector_id``,
@@ -82,6 +82,8 @@ class AmiReading:
     energy_wh: float
     current_a: Phases3 | None = None
     voltage_v: Phases3 | None = None
+    energy_export_wh: float | None = None
+    """The export register (energy fed back); None: not sent (unknown, never 0)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +259,9 @@ def parse_ami(topic_id: str, payload: bytes, *, now: float, skew: float,
     energy = _number(doc, "energy_wh", unit="Wh")
     if isinstance(energy, Invalid):
         return energy
+    export = _optional_number(doc, "energy_export_wh", math.inf, "Wh")
+    if isinstance(export, Invalid):
+        return export
     phases: list[Phases3 | None] = []
     for key, high, unit in (("current_a", MAX_CURRENT_A, "A"), ("voltage_v", MAX_VOLTAGE_V,
                                                                  "V")):
@@ -268,7 +273,7 @@ def parse_ami(topic_id: str, payload: bytes, *, now: float, skew: float,
         if isinstance(got, Invalid):
             return got
         phases.append(got)
-    return AmiReading(meter_id, ts, power, energy, phases[0], phases[1])
+    return AmiReading(meter_id, ts, power, energy, phases[0], phases[1], export)
 
 
 def _optional_text(doc: dict[str, Any], key: str) -> str | Invalid | None:

@@ -5,7 +5,14 @@ them, ``money`` keeps the costs exact, ``bill`` puts them together per id (meter
 or session).
 """
 
-from gridshare.core.billing.bill import BillLine, BillTotal, bill_all, bill_each, bill_for
+from gridshare.core.billing.bill import (
+    BillLine,
+    BillTotal,
+    Direction,
+    bill_all,
+    bill_each,
+    bill_for,
+)
 from gridshare.core.billing.intervals import (
     Flag,
     Interval,
@@ -13,6 +20,7 @@ from gridshare.core.billing.intervals import (
     Reading,
     Track,
     build_track,
+    export_readings,
     intervals,
     merge,
     value_at,
@@ -36,6 +44,7 @@ __all__ = [
     "BillLine",
     "BillTotal",
     "DayPlan",
+    "Direction",
     "Flag",
     "Interval",
     "IntervalSettings",
@@ -51,6 +60,7 @@ __all__ = [
     "check_decimals",
     "cost_of_units",
     "decimal_text",
+    "export_readings",
     "flat",
     "intervals",
     "kwh_text",

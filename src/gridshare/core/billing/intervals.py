@@ -49,11 +49,19 @@ class Flag(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Reading:
-    """One reading of a meter: ``energy_mwh`` is its cumulative register (None: none sent)."""
+    """One reading of a meter: ``energy_mwh`` is its cumulative (import) register, and
+    ``export_mwh`` its export register (energy fed back); None: none sent."""
 
     ts_us: int
     energy_mwh: int | None
     power_w: float | None = None
+    export_mwh: int | None = None
+
+
+def export_readings(readings: Iterable[Reading]) -> list[Reading]:
+    """The export register as readings of a register of its own (no power: exported
+    energy is never estimated from power), so it goes through the same interval code."""
+    return [Reading(r.ts_us, r.export_mwh) for r in readings if r.export_mwh is not None]
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,8 @@ class TariffPeriod:
     """Per kWh, in the tariff's currency; exact (money.to_price reads what was written)."""
     start_min: int
     """Local minutes after midnight; the period runs until the next one starts."""
+    export_price: Decimal | None = None
+    """Per kWh fed back (export), exact; None: exported energy is not priced (cost null)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,9 +83,10 @@ class Tariff:
         return self.seasons[-1]  # unreachable for a checked tariff: seasons cover the year
 
 
-def flat(price: Decimal | int | float | str, zone: tzinfo = UTC, name: str = "flat"
-         ) -> Tariff:
-    plan = DayPlan((TariffPeriod(name, to_price(price), 0),))
+def flat(price: Decimal | int | float | str, zone: tzinfo = UTC, name: str = "flat",
+         export_price: Decimal | int | float | str | None = None) -> Tariff:
+    plan = DayPlan((TariffPeriod(name, to_price(price), 0,
+                                 None if export_price is None else to_price(export_price)),))
     return Tariff(zone, (Season("all year", (1, 1), (12, 31), plan, plan),))
 
 
