@@ -74,6 +74,20 @@ def _p99(ordered: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
+async def drive(csms: CentralSystem, chargers: int, seconds: float
+                ) -> tuple[list[float], float]:
+    """``chargers`` chargers sending MeterValues for ``seconds``: each answer's round trip
+    (sorted) and the seconds it took."""
+    latencies: list[float] = []
+    until = time.perf_counter() + seconds
+    t0 = time.perf_counter()
+    await asyncio.gather(*(charger(csms.port, f"b-{i}", until, latencies)
+                           for i in range(chargers)))
+    elapsed = time.perf_counter() - t0
+    latencies.sort()
+    return latencies, elapsed
+
+
 async def run(url: str, durable: bool, chargers: int, seconds: float,
               window_ms: float | None = None) -> dict[str, Any]:
     store = Store(url)
@@ -83,17 +97,11 @@ async def run(url: str, durable: bool, chargers: int, seconds: float,
     csms = CentralSystem(CsmsConfig(allow_auto_register=True), store.record_event,
                          durable=store.durable.write if durable else None)
     await csms.start(port=0)
-    latencies: list[float] = []
     try:
-        until = time.perf_counter() + seconds
-        t0 = time.perf_counter()
-        await asyncio.gather(*(charger(csms.port, f"b-{i}", until, latencies)
-                               for i in range(chargers)))
-        elapsed = time.perf_counter() - t0
+        latencies, elapsed = await drive(csms, chargers, seconds)
     finally:
         await csms.stop()
         await store.stop()
-    latencies.sort()
     p99 = _p99(latencies)
     return {"mode": "after commit" if durable else "at once", "answers": len(latencies),
             "p50_ms": statistics.median(latencies) * 1000, "p99_ms": p99 * 1000,
@@ -119,19 +127,13 @@ async def run_nats(url: str, durable: bool, chargers: int, seconds: float) -> di
     csms = CentralSystem(CsmsConfig(allow_auto_register=True), bus.publish,
                          durable=after_puback if durable else None)
     await csms.start(port=0)
-    latencies: list[float] = []
     try:
-        until = time.perf_counter() + seconds
-        t0 = time.perf_counter()
-        await asyncio.gather(*(charger(csms.port, f"b-{i}", until, latencies)
-                               for i in range(chargers)))
-        elapsed = time.perf_counter() - t0
+        latencies, elapsed = await drive(csms, chargers, seconds)
         backlog = bus.pending
         await bus.flush(60)
     finally:
         await csms.stop()
         await bus.close()
-    latencies.sort()
     return {"mode": "after PubAck" if durable else "at once", "answers": len(latencies),
             "p50_ms": statistics.median(latencies) * 1000,
             "p99_ms": _p99(latencies) * 1000, "per_s": len(latencies) / elapsed,

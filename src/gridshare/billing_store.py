@@ -124,10 +124,14 @@ def _reading(ts: datetime, energy_wh: float | None, power_w: float | None,
 
 def _export_column(conn: Connection, table: Table) -> Any:
     """``table.energy_export_wh``, or a null in its place on a database from before
-    0006 (a bill must not need a migrated database: it never creates reading tables)."""
-    names = {c["name"] for c in inspect(conn).get_columns(table.name)}
+    0006 (a bill must not need a migrated database: it never creates reading tables).
+    The table is inspected once per connection, not for every chunk of ids."""
+    known: dict[str, bool] = conn.info.setdefault("gridshare_export_column", {})
     column = table.c.energy_export_wh
-    return column if column.name in names else null().label(column.name)
+    if table.name not in known:
+        names = {c["name"] for c in inspect(conn).get_columns(table.name)}
+        known[table.name] = column.name in names
+    return column if known[table.name] else null().label(column.name)
 
 
 def _session_key(charger: str, transaction_id: str) -> str:

@@ -21,8 +21,9 @@ import nats as nats_client
 import pytest
 from natsserver import NatsServer
 from store.test_ocpp_crash import ROUNDS, Acked, kill_mid_stream, site_yaml
+from store.test_ocpp_durable import Charger
 from waits import eventually
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 
 from gridshare.adapters.nats import codec
 from gridshare.adapters.nats.bus import STREAM, NatsBus, NatsBusSettings, NotAcknowledged
@@ -56,25 +57,6 @@ def meter(tx: int | None, at: datetime, wh: float) -> dict[str, Any]:
     return payload
 
 
-class Charger:
-    """Raw OCPP 1.6 frames, one call at a time; the gateway's own calls are accepted."""
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.seq = 0
-
-    async def call(self, action: str, payload: dict[str, Any]) -> list[Any]:
-        self.seq += 1
-        await self.ws.send(json.dumps([2, f"m{self.seq}", action, payload]))
-        async with asyncio.timeout(60):
-            while True:
-                frame = json.loads(await self.ws.recv())
-                if frame[0] != 2:
-                    assert frame[1] == f"m{self.seq}", frame
-                    return list(frame)
-                await self.ws.send(json.dumps([3, frame[1], {"status": "Accepted"}]))
-
-
 async def start_gateway(nats: NatsServer, query: str = "") -> GatewayProcess:
     from gridshare.app import serve_options
     from gridshare.config import parse_site_config
@@ -103,6 +85,16 @@ async def counts(js: Any) -> dict[str, int]:
     return dict(info.state.subjects or {})
 
 
+async def boot_and_start(charger: Charger) -> int:
+    """Boot, then a transaction from 100 Wh at BASE: its id (both calls answered)."""
+    assert (await charger.call("BootNotification", {
+        "chargePointVendor": "t", "chargePointModel": "m"}))[0] == 3
+    start = await charger.call("StartTransaction", {
+        "connectorId": 1, "idTag": "T", "meterStart": 100, "timestamp": iso(BASE)})
+    assert start[0] == 3
+    return int(start[2]["transactionId"])
+
+
 async def last(js: Any, subject: str) -> Any:
     return codec.decode((await js.get_last_msg(STREAM, subject)).data)
 
@@ -114,12 +106,7 @@ async def test_answered_only_once_in_the_stream_and_stored_once(
         async with connect(f"ws://127.0.0.1:{gateway.csms.port}/cp-1",
                            subprotocols=["ocpp1.6"]) as ws:  # type: ignore[list-item]
             charger = Charger(ws)
-            assert (await charger.call("BootNotification", {
-                "chargePointVendor": "t", "chargePointModel": "m"}))[0] == 3
-            start = await charger.call("StartTransaction", {
-                "connectorId": 1, "idTag": "T", "meterStart": 100, "timestamp": iso(BASE)})
-            assert start[0] == 3
-            tx = start[2]["transactionId"]
+            tx = await boot_and_start(charger)
             # In the stream when answered: no flush, no waiting.
             started = await last(stream, "gridshare.gwd.events.session_started")
             assert isinstance(started, SessionStarted)
@@ -181,11 +168,7 @@ async def test_nats_away_is_a_call_error_and_the_resend_is_stored_once(
         async with connect(f"ws://127.0.0.1:{gateway.csms.port}/cp-1",
                            subprotocols=["ocpp1.6"]) as ws:  # type: ignore[list-item]
             charger = Charger(ws)
-            assert (await charger.call("BootNotification", {
-                "chargePointVendor": "t", "chargePointModel": "m"}))[0] == 3
-            start = await charger.call("StartTransaction", {
-                "connectorId": 1, "idTag": "T", "meterStart": 100, "timestamp": iso(BASE)})
-            tx = start[2]["transactionId"]
+            tx = await boot_and_start(charger)
             nats.stop()
             await eventually(lambda: not gateway.bus.connected)
             values = meter(tx, BASE + timedelta(seconds=1), 150)

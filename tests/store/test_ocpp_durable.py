@@ -40,6 +40,9 @@ async def site(tmp_path: Path) -> AsyncIterator[tuple[Store, CentralSystem]]:
 
 
 class Charger:
+    """Raw OCPP 1.6 frames, one call at a time; the central system's own calls are
+    accepted. Also the NATS gateway tests' charger."""
+
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
         self.seq = 0
@@ -47,11 +50,13 @@ class Charger:
     async def call(self, action: str, payload: dict[str, Any]) -> list[Any]:
         self.seq += 1
         await self.ws.send(json.dumps([2, f"m{self.seq}", action, payload]))
-        while True:
-            frame = json.loads(await self.ws.recv())
-            if frame[0] != 2:
-                return list(frame)
-            await self.ws.send(json.dumps([3, frame[1], {"status": "Accepted"}]))
+        async with asyncio.timeout(60):
+            while True:
+                frame = json.loads(await self.ws.recv())
+                if frame[0] != 2:
+                    assert frame[1] == f"m{self.seq}", frame
+                    return list(frame)
+                await self.ws.send(json.dumps([3, frame[1], {"status": "Accepted"}]))
 
 
 async def open_charger(csms: CentralSystem, cid: str) -> AsyncIterator[Charger]:
