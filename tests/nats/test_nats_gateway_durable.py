@@ -20,7 +20,7 @@ from typing import Any
 import nats as nats_client
 import pytest
 from natsserver import NatsServer
-from store.test_ocpp_crash import ROUNDS, Acked, kill_mid_stream, site_yaml
+from store.test_ocpp_crash import killed_rounds
 from store.test_ocpp_durable import Charger
 from waits import eventually
 from websockets.asyncio.client import connect
@@ -219,14 +219,6 @@ GATEWAY_READY = re.compile(r"^gridshare ready: site crash, role gateway, OCPP "
                            r"ws://127\.0\.0\.1:(\d+),")
 
 
-async def gateway_killed(site: Path, nats: NatsServer, round_no: int,
-                         rng: random.Random) -> Acked:
-    """A ``gridshare serve --role gateway`` subprocess, chargers as fast as it answers,
-    SIGKILL after a random number of answers (and a random moment after that)."""
-    return await kill_mid_stream(["--role", "gateway", "--bus", nats.url], GATEWAY_READY,
-                                 site, round_no, rng)
-
-
 async def stored_events(js: Any, subjects: str) -> list[Any]:
     """Every event stored on ``subjects``, in stream order."""
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -249,16 +241,8 @@ async def stored_events(js: Any, subjects: str) -> list[Any]:
 async def test_kill_9_gateway_loses_no_answered_message(tmp_path: Path, nats: NatsServer,
                                                         stream: Any) -> None:
     seed = random.randrange(1 << 30)
-    rng = random.Random(seed)
-    total = Acked()
-    for round_no in range(ROUNDS):
-        site = tmp_path / f"site{round_no}.yaml"
-        site.write_text(site_yaml(round_no))
-        acked = await gateway_killed(site, nats, round_no, rng)
-        assert acked.starts and acked.readings, f"seed {seed}: nothing answered"
-        total.starts |= acked.starts
-        total.stops.update(acked.stops)
-        total.readings.update(acked.readings)
+    total = await killed_rounds(["--role", "gateway", "--bus", nats.url], GATEWAY_READY,
+                                tmp_path, seed)
     starts: dict[tuple[str, str], int] = {}
     stops: dict[tuple[str, str], list[float | None]] = {}
     readings: dict[tuple[str, datetime], list[float | None]] = {}

@@ -101,8 +101,21 @@ async def charger(url: str, cid: str, acked: Acked, start_at: datetime) -> None:
                 acked.stops[(cid, tx)] = register
 
 
-async def serve_and_kill(site: Path, db: str, round_no: int, rng: random.Random) -> Acked:
-    return await kill_mid_stream(["--api-port", "0", "--db", db], READY, site, round_no, rng)
+async def killed_rounds(serve_args: list[str], ready: re.Pattern[str], tmp_path: Path,
+                        seed: int) -> Acked:
+    """:data:`ROUNDS` rounds of :func:`kill_mid_stream` (a new site file each): what was
+    answered over all of them."""
+    rng = random.Random(seed)
+    total = Acked()
+    for round_no in range(ROUNDS):
+        site = tmp_path / f"site{round_no}.yaml"
+        site.write_text(site_yaml(round_no))
+        acked = await kill_mid_stream(serve_args, ready, site, round_no, rng)
+        assert acked.starts and acked.readings, f"seed {seed}: nothing answered"
+        total.starts |= acked.starts
+        total.stops.update(acked.stops)
+        total.readings.update(acked.readings)
+    return total
 
 
 async def kill_mid_stream(serve_args: list[str], ready: re.Pattern[str], site: Path,
@@ -143,16 +156,7 @@ async def kill_mid_stream(serve_args: list[str], ready: re.Pattern[str], site: P
 
 async def test_kill_9_loses_no_answered_ocpp_message(db_url: str, tmp_path: Path) -> None:
     seed = random.randrange(1 << 30)
-    rng = random.Random(seed)
-    total = Acked()
-    for round_no in range(ROUNDS):
-        site = tmp_path / f"site{round_no}.yaml"
-        site.write_text(site_yaml(round_no))
-        acked = await serve_and_kill(site, db_url, round_no, rng)
-        assert acked.starts and acked.readings, f"seed {seed}: nothing answered"
-        total.starts |= acked.starts
-        total.stops.update(acked.stops)
-        total.readings.update(acked.readings)
+    total = await killed_rounds(["--api-port", "0", "--db", db_url], READY, tmp_path, seed)
     store = Store(db_url)
     await store.start()
     try:
