@@ -76,7 +76,7 @@ def test_closed_window_with_every_meter_and_its_real_age() -> None:
     assert area.area_load_kw("F1")[1] == pytest.approx(2.6)  # ages with the clock
 
 
-def test_a_window_with_too_few_meters_is_skipped_and_a_nearly_full_one_scaled() -> None:
+def test_a_window_with_too_few_meters_is_skipped_and_a_nearly_full_one_completed() -> None:
     service, _ = ingest()
     area = TelemetryAreaLoad(service, "feeder", min_reporting=0.9)
     feed(service, 0.2, everyone(2.0))
@@ -84,7 +84,7 @@ def test_a_window_with_too_few_meters_is_skipped_and_a_nearly_full_one_scaled() 
     feed(service, 2.2, {f"m{i}": 4.0 for i in range(9)})  # 9 of 10
     feed(service, 3.6, {"m0": 1.0})  # closes [1, 2) and [2, 3)
     kw, age = area.area_load_kw("F1")
-    assert kw == pytest.approx(40.0)  # 9 × 4 kW scaled to 10 meters
+    assert kw == pytest.approx(38.0)  # 9 × 4 kW + m9 carried from [0, 1) at 2 kW
     assert age == pytest.approx(0.6)
     assert area.skipped == 0
     service2, _ = ingest()
@@ -95,6 +95,25 @@ def test_a_window_with_too_few_meters_is_skipped_and_a_nearly_full_one_scaled() 
     kw, age = area2.area_load_kw("F1")
     assert kw == pytest.approx(20.0) and age == pytest.approx(1.6)  # the older full one
     assert area2.skipped == 1
+
+
+def test_a_meter_missing_from_a_window_counts_at_its_last_demand_not_the_mean() -> None:
+    """A battery's meter (−20 kW) among 9 meters of 10 kW: when its reading falls past a
+    window's edge, the area is not read 110 kW above the truth (the mean of the others)
+    but at the battery's last demand; a meter never seen yet still counts at the mean."""
+    service, _ = ingest()
+    area = TelemetryAreaLoad(service, "feeder", min_reporting=0.9)
+    loads = {f"m{i}": 10.0 for i in range(9)}
+    feed(service, 0.2, {**loads, "m9": -20.0})
+    feed(service, 1.2, loads)  # m9 lost in [1, 2)
+    feed(service, 2.6, {"x": 1.0})  # closes [1, 2)
+    kw, _ = area.area_load_kw("F1")
+    assert kw == pytest.approx(70.0)  # 9 × 10 − 20, not 9 × 10 × 10 / 9
+    fresh, _ = ingest()
+    first = TelemetryAreaLoad(fresh, "feeder", min_reporting=0.9)
+    feed(fresh, 0.2, loads)
+    feed(fresh, 1.6, {"x": 1.0})
+    assert first.area_load_kw("F1")[0] == pytest.approx(100.0)  # never seen: the mean
 
 
 def test_substation_and_region_levels() -> None:

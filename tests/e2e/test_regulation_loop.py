@@ -96,13 +96,16 @@ async def test_meter_stream_to_storage_dispatch_restores_balance_and_a_stall_hol
             # balanced: windows close, regulation runs with nothing to correct
             await eventually(lambda: reg.last is not None and not reg.last.hold
                              and "bess-1" in reg.soc, timeout_s=20)
-            # the first windows of a starting stream can be partial (scaled from >= 90 %
-            # of the meters): the loop may move the battery a little, then settles back
-            # at balance (Δf < 10 mHz, battery within 2 kW of 0) — waited for, not slept
-            await eventually(lambda: abs(model.delta_hz) < 0.01
-                             and abs(battery.state.power_kw) < 2, timeout_s=30)
-            load, age = reg.load_source.area_load_kw("F1")
-            assert abs(load - LOAD_KW) < 2 and 0 <= age < 3, (load, age)
+            # the first windows of a starting stream can be partial (a meter not seen yet
+            # counts at the others' mean: the battery's meter as 10 kW): the loop may move
+            # the battery a little, then settles back at balance (Δf < 10 mHz, battery
+            # within 2 kW of 0, F1 read at its schedule) — waited for, not slept
+            def balanced() -> bool:
+                load, age = reg.load_source.area_load_kw("F1")
+                return abs(model.delta_hz) < 0.01 and abs(battery.state.power_kw) < 2 \
+                    and abs(load - LOAD_KW) < 2 and 0 <= age < 3
+
+            await eventually(balanced, timeout_s=30)
 
             # +20 kW across the 50 meters: without storage −200 mHz at steady state
             fleet.set_total_kw(LOAD_KW + STEP_KW)

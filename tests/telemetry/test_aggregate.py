@@ -135,3 +135,37 @@ def test_levels_add_up_and_duplicates_ignored(readings: list[tuple[str, int, flo
     assert feeders == pytest.approx(sum(region.values()), rel=1e-9, abs=1e-6)
     assert all(r.meters_reporting <= r.meters_expected for r in rows)
     assert all(math.isfinite(r.max_meter_kw) for r in rows)
+
+
+def test_a_missing_meter_is_carried_at_its_last_closed_demand() -> None:
+    """The demand of a meter that skipped a window is carried from the newest earlier
+    closed window it reported in: never stored in ``demand_kw``, never from a window
+    still open, and a meter never seen is not carried."""
+    agg = Aggregator(PLACES, window_s=60, lateness_s=10)
+    agg.add("m1", T0 + 5, 1000)
+    agg.add("m2", T0 + 5, -3000)  # a battery discharging
+    rows = by_key(agg.advance(T0 + 70))
+    first = rows[("feeder", "F1", T0)]
+    assert (first.carried_kw, first.meters_carried) == (0.0, 0)
+    agg.add("m1", T0 + 65, 2000)  # m2's reading is lost
+    agg.add("m1", T0 + 125, 2000)
+    running = by_key(agg.running())[("feeder", "F1", T0 + 60)]
+    assert running.carried_kw == pytest.approx(-3.0)
+    rows = by_key(agg.advance(T0 + 130))
+    second = rows[("feeder", "F1", T0 + 60)]
+    assert second.demand_kw == pytest.approx(2.0) and second.meters_reporting == 1
+    assert second.carried_kw == pytest.approx(-3.0) and second.meters_carried == 1
+    region = rows[("region", "north", T0 + 60)]  # m3 never reported: not carried
+    assert region.meters_carried == 1 and region.carried_kw == pytest.approx(-3.0)
+    agg.add("m2", T0 + 125, -1000)
+    agg.add("m1", T0 + 185, 1000)
+    agg.add("m2", T0 + 190, -500)
+    rows = by_key(agg.advance(T0 + 190))
+    third = rows[("feeder", "F1", T0 + 120)]
+    assert third.meters_carried == 0 and third.carried_kw == 0.0
+    agg.add("m1", T0 + 245, 1000)
+    rows = by_key(agg.advance(T0 + 250))
+    fourth = rows[("feeder", "F1", T0 + 180)]
+    assert fourth.meters_carried == 0  # both reported
+    fifth = by_key(agg.running())[("feeder", "F1", T0 + 240)]
+    assert fifth.carried_kw == pytest.approx(-0.5)  # m2 as of its newest closed window

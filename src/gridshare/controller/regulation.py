@@ -138,8 +138,11 @@ class ZoneLoad:
 class TelemetryAreaLoad:
     """An AMI feeder, substation or region as an area: the demand of the newest *closed*
     window of the telemetry ingest (docs/telemetry.md) in which at least ``min_reporting``
-    of the area's meters reported, scaled up to all of them (a missing meter counted at
-    the others' mean). Its age is now minus that window's end.
+    of the area's meters reported, completed for the rest: a missing meter counted at its
+    demand in the newest earlier window it reported in (a battery's meter near 0 kW among
+    10 kW loads must not count as 10 kW), one never seen yet at the others' mean. Its age
+    is now minus that window's end. Carried meters never count as reporting: a stalled
+    stream still ages out.
 
     The open window is never used: it holds only the meters that reported so far, and
     would read as a load drop. A window in which too few meters reported (the stream
@@ -160,8 +163,10 @@ class TelemetryAreaLoad:
         now = self.telemetry.clock.now().timestamp()
         for w in reversed(kept or ()):
             if w.meters_reporting >= math.ceil(self.min_reporting * w.meters_expected - 1e-9):
-                scale = w.meters_expected / w.meters_reporting
-                return w.demand_kw * scale, max(0.0, now - w.window_end)
+                unknown = w.meters_expected - w.meters_reporting - w.meters_carried
+                mean = w.demand_kw / w.meters_reporting
+                return (w.demand_kw + w.carried_kw + unknown * mean,
+                        max(0.0, now - w.window_end))
             self.skipped += 1
         if kept:
             raise LookupError(f"{self.level} {area}: no closed demand window with "

@@ -10,6 +10,12 @@ Definitions (docs/telemetry.md says the same):
   sum over its meters that reported in the window; ``meters_reporting`` says how many did,
   ``meters_expected`` how many the site file places there, so a reader can tell a quiet
   feeder from a feeder whose meters went silent.
+- A placed meter missing from a closed window (its reading fell just past the window's
+  edge, a lost message) is *carried*: ``carried_kw`` sums such meters' demand in the
+  newest earlier closed window they reported in, ``meters_carried`` counts them. Not
+  stored, and not part of ``demand_kw``: a reader estimating a whole area (regulation)
+  uses it rather than assuming a missing meter draws the mean of the others — wrong
+  for a battery's meter near 0 kW among 10 kW loads.
 - The watermark is the latest event time seen (or the clock, whichever is later, when the
   service ticks). A window closes once the watermark passes its end plus ``lateness_s``;
   a reading for a window already closed is *late*: counted and left out. Within the
@@ -62,6 +68,9 @@ class DemandWindow:
     meters_reporting: int
     meters_expected: int
     readings: int
+    carried_kw: float = 0.0
+    """The missing meters' demand in the newest earlier closed window they reported in."""
+    meters_carried: int = 0
 
     def as_row(self) -> dict[str, object]:
         return {"level": self.level, "key": self.key, "window_start": self.window_start,
@@ -123,6 +132,8 @@ class Aggregator:
             _Level("region", [p.region for p in placed]),
         )
         self._n = len(placed)
+        self._last_kw = np.full(self._n, np.nan)
+        """Each meter's demand in the newest closed window it reported in (NaN: none)."""
         self._open: dict[float, _Open] = {}
         self.closed_until = -math.inf
         """Every window ending at or before this has closed (its readings are late)."""
@@ -199,15 +210,25 @@ class Aggregator:
         return len(self._open)
 
     def _close(self, acc: _Open) -> list[DemandWindow]:
-        return self._summarise(acc)
+        out = self._summarise(acc)
+        reporting, kw = self._meter_kw(acc)
+        self._last_kw[reporting] = kw[reporting]
+        return out
 
-    def _summarise(self, acc: _Open) -> list[DemandWindow]:
+    def _meter_kw(self, acc: _Open) -> tuple[np.ndarray, np.ndarray]:
+        """Which meters reported in the window, and each one's mean demand (kW)."""
         counts = np.asarray(acc.counts, dtype=np.int64)
         reporting = counts > 0
         sums = np.asarray(acc.sums, dtype=np.float64)
         kw = np.zeros(self._n, dtype=np.float64)
         np.divide(sums, counts, out=kw, where=reporting)
         kw /= 1000.0
+        return reporting, kw
+
+    def _summarise(self, acc: _Open) -> list[DemandWindow]:
+        counts = np.asarray(acc.counts, dtype=np.int64)
+        reporting, kw = self._meter_kw(acc)
+        carried = ~reporting & ~np.isnan(self._last_kw)
         max_kw = np.where(reporting, kw, -np.inf)
         end = acc.start + self.window_s
         out: list[DemandWindow] = []
@@ -222,9 +243,14 @@ class Aggregator:
             readings = np.bincount(keys, weights=counts[mask], minlength=size)
             top = np.full(size, -np.inf)
             np.maximum.at(top, keys, max_kw[mask])
+            carry = carried & level.placed
+            carried_keys = level.of_meter[carry]
+            carried_kw = np.bincount(carried_keys, weights=self._last_kw[carry],
+                                     minlength=size)
+            carried_n = np.bincount(carried_keys, minlength=size)
             for k in np.flatnonzero(meters):
                 out.append(DemandWindow(
                     level.name, level.keys[k], acc.start, end, float(demand[k]),
                     float(top[k]), int(meters[k]), int(level.expected[k]),
-                    int(readings[k])))
+                    int(readings[k]), float(carried_kw[k]), int(carried_n[k])))
         return out
