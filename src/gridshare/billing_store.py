@@ -39,7 +39,6 @@ from sqlalchemy import (
     null,
     or_,
     select,
-    text,
     tuple_,
 )
 from sqlalchemy.engine import Connection
@@ -66,19 +65,12 @@ billing_intervals = Table(
     Column("tariff_period", String(64)),
     Column("flags", String(200), nullable=False),  # comma-separated, "" when none
     Column("computed_at", DateTime(timezone=True), nullable=False),
-    Column("cost_decimal", String(48)),  # the exact cost as printed, "0.055" (0005: last)
-    Index("ux_billing_by_subject_start", "by", "subject", "interval_start", unique=True),
+    Column("cost_decimal", String(48)),  # the exact cost as printed, "0.055" (0005)
+    Column("direction", String(8), nullable=False,  # import or export (0007: last)
+           server_default="import"),
+    Index("ux_billing_by_subject_direction_start", "by", "subject", "direction",
+          "interval_start", unique=True),
 )
-
-
-def ensure_table(conn: Connection) -> None:
-    """Create ``billing_intervals`` on a database not yet migrated that far, and add
-    ``cost_decimal`` to one made before it (0003): migrations 0003 and 0005 then adopt
-    what is there instead of failing on it."""
-    billing_intervals.create(conn, checkfirst=True)
-    columns = {c["name"] for c in inspect(conn).get_columns("billing_intervals")}
-    if "cost_decimal" not in columns:
-        conn.execute(text("ALTER TABLE billing_intervals ADD COLUMN cost_decimal VARCHAR(48)"))
 
 
 def to_us(at: datetime) -> int:
@@ -239,18 +231,15 @@ async def clear_intervals(conn: AsyncConnection, by: By, ids: Sequence[str],
 
 async def insert_intervals(conn: AsyncConnection, by: By, lines: Sequence[BillLine],
                            computed_at: datetime, batch: int = 10_000) -> int:
-    """Insert the import ``lines`` (after ``clear_intervals`` of their range), ``batch``
-    rows per statement; how many. Export lines are not stored (yet): the table's key
-    ``(by, subject, interval_start)`` has no direction, and they would replace the import
-    row of their interval."""
-    lines = [x for x in lines if x.direction == "import"]
+    """Insert ``lines``, import and export (after ``clear_intervals`` of their range),
+    ``batch`` rows per statement; how many."""
     for first in range(0, len(lines), batch):
         await conn.execute(insert(billing_intervals), [
             {"by": by, "subject": line.id, "interval_start": from_us(line.start_us),
              "interval_end": from_us(line.end_us), "energy_mwh": line.energy_mwh,
              "cost": None if line.cost is None else float(line.cost),
              "cost_decimal": None if line.cost is None else decimal_text(line.cost),
-             "tariff_period": line.tariff_period,
+             "tariff_period": line.tariff_period, "direction": line.direction,
              "flags": ",".join(line.flags), "computed_at": computed_at}
             for line in lines[first:first + batch]])
     return len(lines)

@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 
 from gridshare.billing_store import billing_intervals
 from gridshare.cli import app
-from gridshare.store import ami_readings, metadata, meter_readings, sessions
+from gridshare.migrations import upgrade as migrate
+from gridshare.store import ami_readings, meter_readings, sessions
 
 runner = CliRunner()
 SITE = """\
@@ -52,7 +53,7 @@ def at(quarters: float) -> datetime:
 async def _seed(url: str) -> None:
     engine = create_async_engine(url)
     async with engine.begin() as conn:
-        await conn.run_sync(metadata.create_all)
+        await conn.run_sync(migrate)  # the database serve makes
         rows: list[dict[str, Any]] = []
         # m-1: 250 Wh every quarter hour from 05:00 to 09:00 local
         rows += [{"meter_id": "m-1", "ts": at(q), "received_at": at(q), "power_w": 1000.0,
@@ -251,7 +252,7 @@ def test_the_household_example_splits_the_bill_by_charger(tmp_path: Path) -> Non
     async def seed() -> None:
         engine = create_async_engine(url.replace("sqlite://", "sqlite+aiosqlite://"))
         async with engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
+            await conn.run_sync(migrate)  # the database serve makes
             # flat-a charges 2 kWh per quarter hour from 18:00 to 19:00 local (peak),
             # flat-b 1 kWh per quarter hour from 23:00 to 24:00 (night), Tuesday 3 Nov
             rows = []
@@ -293,6 +294,25 @@ def test_a_database_that_cannot_be_reached_exits_1(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "cannot be used" in result.stderr and "secret" not in result.stderr
     assert json.loads(result.stdout)["error"] == "database"
+
+
+def test_a_database_of_a_newer_version_is_not_saved_into(setup: tuple[Path, str]) -> None:
+    """A schema revision this version does not know: exit 1 naming it, nothing written;
+    ``--no-save`` still prints the bill (it only reads)."""
+    import sqlite3
+
+    with sqlite3.connect(setup[1].removeprefix("sqlite:///")) as db:
+        db.execute("UPDATE alembic_version SET version_num = '0099_from_the_future'")
+    code, out, err = bill(setup, "--from", "2026-11-03T06:00", "--to", "2026-11-03T07:00",
+                          "--format", "json")
+    assert code == 1 and "0099_from_the_future" in err and "migrat" in err, err
+    assert json.loads(out)["error"] == "database"
+    code, out, err = bill(setup, "--from", "2026-11-03T06:00", "--to", "2026-11-03T07:00",
+                          "--format", "json", "--no-save")
+    assert code == 0, err
+    assert of(json.loads(out), "m-1")
+    with sqlite3.connect(setup[1].removeprefix("sqlite:///")) as db:
+        assert db.execute("SELECT count(*) FROM billing_intervals").fetchone() == (0,)
 
 
 def test_a_chargers_own_meter_is_not_added_to_its_connectors(setup: tuple[Path, str]) -> None:
@@ -451,13 +471,22 @@ def test_a_v2g_session_bills_its_export_register(v2g: tuple[Path, str]) -> None:
     # ids without an export register: the totals and lines they always had
     assert list(totals["cp-1/tx-9"]) == ["id", "energy_kwh", "cost"]
     assert all("direction" not in x for x in of(data, "cp-1/tx-9"))
-    # stored: the import lines only (the table has no direction yet; docs/billing.md)
+    # stored: both directions, each line beside the other of its interval
     import sqlite3
 
     with sqlite3.connect(v2g[1].removeprefix("sqlite:///")) as db:
-        stored = db.execute("SELECT energy_mwh FROM billing_intervals WHERE subject = "
-                            "'cp-v2g/v-1' ORDER BY interval_start").fetchall()
-    assert stored == [(1_000_000,), (0,), (0,), (0,)]
+        stored = db.execute("SELECT direction, energy_mwh, cost_decimal FROM "
+                            "billing_intervals WHERE subject = 'cp-v2g/v-1' "
+                            "ORDER BY direction DESC, interval_start").fetchall()
+    assert stored == [("import", 1_000_000, "0.2"), ("import", 0, "0.0"), ("import", 0, "0.0"),
+                      ("import", 0, "0.0"), ("export", 0, "0.0"), ("export", 500_000, "0.025"),
+                      ("export", 500_000, "0.025"), ("export", 250_000, "0.0125")]
+    again = bill_json(v2g, "--by", "session", "--from", "2026-11-03T06:00",
+                      "--to", "2026-11-03T07:15")  # a second run replaces, never doubles
+    assert again["totals"] == data["totals"]
+    with sqlite3.connect(v2g[1].removeprefix("sqlite:///")) as db:
+        assert db.execute("SELECT count(*) FROM billing_intervals WHERE subject = "
+                          "'cp-v2g/v-1'").fetchone() == (8,)
 
 
 def test_export_lines_in_csv_and_the_day_price(v2g: tuple[Path, str]) -> None:

@@ -147,12 +147,14 @@ def bill_cmd(
                     "set GRIDSHARE_DATA_DIR as for serve)", as_json)
     from sqlalchemy.exc import SQLAlchemyError
 
+    from gridshare.store import StoreError
+
     writer = BillWriter(fmt, zone, by=by.value, start=start, end=end,
                         currency=spec.currency, interval_s=step)
     try:
         asyncio.run(_bill(url, by, start.astimezone(UTC), end.astimezone(UTC), billing, save,
                           writer))
-    except (SQLAlchemyError, OSError) as exc:
+    except (SQLAlchemyError, OSError, StoreError) as exc:
         message = f"cannot be used: {(str(exc) or type(exc).__name__).splitlines()[0]}"
         where = parsed.render_as_string()  # the password hidden
         write_problems(Path(where), [f"gridshare bill: the database {where} {message}"],
@@ -174,7 +176,8 @@ async def _bill(url: str, by: By, start: datetime, end: datetime, billing: Any,
     engine = create_async_engine(url)
     try:
         async with engine.begin() as conn:
-            await conn.run_sync(bs.ensure_table)
+            if save:  # the table as serve's store makes it: the same migrations
+                await conn.run_sync(_migrate)
             ids = await bs.subjects(conn, by.value, start, end)
             if save:
                 await bs.clear_intervals(conn, by.value, ids, start, end)
@@ -202,6 +205,20 @@ async def _bill(url: str, by: By, start: datetime, end: datetime, billing: Any,
                         tick(done)
     finally:
         await engine.dispose()
+
+
+def _migrate(connection: Any) -> None:
+    """Bring the database to this version's schema before saving (as ``serve`` does on
+    start): ``billing_intervals`` is the table the migrations make."""
+    from alembic.util import CommandError
+
+    from gridshare.migrations import upgrade
+    from gridshare.store import StoreError
+
+    try:
+        upgrade(connection)
+    except CommandError as exc:  # a revision this version does not know (a newer one)
+        raise StoreError(f"schema not migratable by this version: {exc}") from exc
 
 
 @contextlib.contextmanager
