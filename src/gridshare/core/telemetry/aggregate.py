@@ -210,24 +210,17 @@ class Aggregator:
         return len(self._open)
 
     def _close(self, acc: _Open) -> list[DemandWindow]:
-        out = self._summarise(acc)
-        reporting, kw = self._meter_kw(acc)
-        self._last_kw[reporting] = kw[reporting]
-        return out
+        return self._summarise(acc, closing=True)
 
-    def _meter_kw(self, acc: _Open) -> tuple[np.ndarray, np.ndarray]:
-        """Which meters reported in the window, and each one's mean demand (kW)."""
+    def _summarise(self, acc: _Open, *, closing: bool = False) -> list[DemandWindow]:
+        """The window's rows; ``closing``: its meters' demand is then their latest (what
+        later windows carry for a meter missing from them)."""
         counts = np.asarray(acc.counts, dtype=np.int64)
         reporting = counts > 0
         sums = np.asarray(acc.sums, dtype=np.float64)
         kw = np.zeros(self._n, dtype=np.float64)
         np.divide(sums, counts, out=kw, where=reporting)
         kw /= 1000.0
-        return reporting, kw
-
-    def _summarise(self, acc: _Open) -> list[DemandWindow]:
-        counts = np.asarray(acc.counts, dtype=np.int64)
-        reporting, kw = self._meter_kw(acc)
         carried = ~reporting & ~np.isnan(self._last_kw)
         max_kw = np.where(reporting, kw, -np.inf)
         end = acc.start + self.window_s
@@ -253,4 +246,6 @@ class Aggregator:
                     level.name, level.keys[k], acc.start, end, float(demand[k]),
                     float(top[k]), int(meters[k]), int(level.expected[k]),
                     int(readings[k]), float(carried_kw[k]), int(carried_n[k])))
+        if closing:
+            self._last_kw[reporting] = kw[reporting]
         return out
