@@ -364,12 +364,12 @@ class GridshareApp:
         """AMI and station telemetry over the ``mqtt:`` broker (docs/telemetry.md): on
         when the site has ``telemetry:`` or AMI meters."""
         if options.mqtt is not None and (options.telemetry is not None or options.ami_meters):
-            from gridshare.controller.telemetry import TelemetryService
+            from gridshare.controller.telemetry import TelemetryService, station_ratings
 
             self.telemetry = TelemetryService(
                 topology.site, options.ami_meters, list(topology.chargers),
                 options.telemetry, self.clock, mqtt=options.mqtt, store=self.store,
-                publish=self.bus.publish)
+                publish=self.bus.publish, station_ratings=station_ratings(topology))
         self.regulation: RegulationService | None = None
         """Area regulation from the meters (None: no ``regulation:`` block); its area load
         from MQTT feeder meters, a zone, or an AMI feeder/substation/region of

@@ -33,6 +33,7 @@ from sqlalchemy import (
     Table,
     and_,
     delete,
+    exists,
     func,
     insert,
     inspect,
@@ -141,9 +142,16 @@ async def subjects(conn: AsyncConnection, by: By, start: datetime, end: datetime
         m = meter_readings
         query = select(m.c.charger).where(m.c.charger.is_not(None), m.c.at <= end).distinct()
     else:
-        s = sessions
-        found = await conn.execute(select(s.c.charger, s.c.transaction_id).where(
-            s.c.started_at < end, or_(s.c.stopped_at.is_(None), s.c.stopped_at > start)))
+        s, m = sessions, meter_readings
+        found = list(await conn.execute(select(s.c.charger, s.c.transaction_id).where(
+            s.c.started_at < end, or_(s.c.stopped_at.is_(None), s.c.stopped_at > start))))
+        # Sessions known only from their meter values: a station that does not speak OCPP
+        # sends its session_id with each value (docs/telemetry.md), and no start or stop.
+        found += await conn.execute(select(m.c.charger, m.c.transaction_id).where(
+            m.c.charger.is_not(None), m.c.transaction_id.is_not(None), m.c.at >= start,
+            m.c.at < end, ~exists().where(s.c.charger == m.c.charger,
+                                          s.c.transaction_id == m.c.transaction_id)
+        ).distinct())
         return sorted({_session_key(c, tx) for c, tx in found})
     return sorted(str(v) for (v,) in await conn.execute(query))
 
@@ -213,7 +221,7 @@ async def _sessions(conn: AsyncConnection, ids: Sequence[str], start: datetime,
     query = select(t.c.charger, t.c.transaction_id, t.c.at, t.c.energy_wh, t.c.power_w,
                    export).where(tuple_(t.c.charger, t.c.transaction_id).in_(pairs))
     for r in await conn.execute(query):
-        out[_session_key(r.charger, r.transaction_id)].append(
+        out.setdefault(_session_key(r.charger, r.transaction_id), []).append(
             _reading(r.at, r.energy_wh, r.power_w, r.energy_export_wh))
     return out
 

@@ -75,7 +75,10 @@ class SessionStarted:
     transaction_id: str
     at: datetime
     id_tag: str = ""
-    meter_start_wh: float = 0.0
+    meter_start_wh: float | None = None
+    """The energy register at the start (Wh); None: the charger sent none (an OCPP 2.x
+    ``Started`` event without a meter value, a start we missed) -- unknown, never 0,
+    which would bill the whole register as the session's energy."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -160,6 +160,32 @@ def test_by_session_sums_to_stop_minus_start(setup: tuple[Path, str]) -> None:
     assert data["intervals"][-1]["flags"] == ["partial"]
 
 
+def test_a_session_known_only_from_its_meter_values_is_billed(
+        setup: tuple[Path, str]) -> None:
+    # A station that does not speak OCPP sends session_id with its values (MQTT, docs/
+    # telemetry.md) and no start or stop: no `sessions` row, so its session was missing
+    # from --by session although its energy was in --by charger.
+    _, url = setup
+
+    async def add() -> None:
+        engine = create_async_engine(url.replace("sqlite://", "sqlite+aiosqlite://"))
+        async with engine.begin() as conn:
+            await conn.execute(insert(meter_readings), [
+                {"at": at(q), "charger": "st-1", "connector": 1, "transaction_id": "s-5",
+                 "power_w": 7400.0, "energy_wh": wh}
+                for q, wh in ((0, 3250.0), (1, 3750.0), (2, 4500.0))])
+        await engine.dispose()
+
+    asyncio.run(add())
+    data = bill_json(setup, "--from", "2026-11-03T06:00", "--to", "2026-11-03T08:00",
+                     "--by", "session")
+    assert [t["id"] for t in data["totals"]] == ["cp-1/tx-9", "st-1/s-5"]
+    assert [(i["energy_kwh"], i["flags"]) for i in of(data, "st-1/s-5")] == [
+        (0.5, []), (0.75, [])]
+    assert data["totals"][1]["energy_kwh"] == 1.25
+    assert data["totals"][0]["energy_kwh"] == 2.333  # the OCPP session as before
+
+
 def test_splitting_the_range_gives_the_same_intervals(setup: tuple[Path, str]) -> None:
     whole = bill_json(setup, "--from", "2026-11-03T05:00", "--to", "2026-11-03T09:00")
     a = bill_json(setup, "--from", "2026-11-03T05:00", "--to", "2026-11-03T06:45")

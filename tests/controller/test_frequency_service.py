@@ -589,6 +589,52 @@ async def test_local_mode_safe_state_overrides_the_curve_then_sends_it_again() -
     assert len(rig.v2x.curves) == 2
 
 
+async def test_central_mode_stands_aside_during_a_discharge_test_then_sends_again() -> None:
+    # `gridshare v2g test` on a unit writes the same V2X profile id: the service's renewal
+    # (every 5 s) overrode the test's discharge while the test reported it reached 90 %.
+    rig = Rig()
+    setup_fleet(rig)
+    rig.sample(49.89)
+    await rig.settle()
+    assert rig.v2x.last_w("v1") < 0
+    n = len([c for c, *_ in rig.v2x.setpoints if c == "v1"])
+    rig.svc.testing.add(("v1", 1))  # what POST /api/v1/v2g/test does while it runs
+    for _ in range(40):  # 8 s: past the renewal, and a move of the setpoint
+        rig.sample(49.85, dt=0.2)
+        rig.svc.tick()
+    await rig.settle()
+    assert len([c for c, *_ in rig.v2x.setpoints if c == "v1"]) == n
+    assert rig.unit("v1")["present"] is False
+    assert rig.link.last_kw() < 0  # the battery still responds
+    rig.svc.testing.discard(("v1", 1))  # the test restored the normal profile
+    rig.sample(49.85)
+    await rig.settle()
+    assert len([c for c, *_ in rig.v2x.setpoints if c == "v1"]) == n + 1
+    assert rig.v2x.last_w("v1") == pytest.approx(float(rig.unit("v1")["setpoint_kw"]) * 1000,
+                                                 abs=1)
+
+
+async def test_local_mode_sends_the_curve_again_after_a_discharge_test() -> None:
+    # The test's restore clears the V2X profile by id: that is the curve too, so the
+    # charger no longer followed the frequency while the service believed it did (the
+    # curve was sent again only after 12 h or a reconnection).
+    rig = Rig(mode="local")
+    setup_fleet(rig)
+    rig.sample(50.0)
+    await rig.settle()
+    assert len(rig.v2x.curves) == 1
+    rig.svc.testing.add(("v1", 1))
+    for _ in range(10):
+        rig.sample(50.0, dt=0.5)
+        rig.svc.tick()
+    await rig.settle()
+    assert len(rig.v2x.curves) == 1 and rig.v2x.setpoints == []
+    rig.svc.testing.discard(("v1", 1))
+    rig.sample(50.0)
+    await rig.settle()
+    assert len(rig.v2x.curves) == 2 and rig.unit("v1")["curve_sent"] is True
+
+
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.floats(49.0, 51.0), st.floats(0.001, 2.0)), min_size=1,

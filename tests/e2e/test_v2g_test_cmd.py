@@ -6,6 +6,7 @@ afterwards; a charger that cannot discharge is refused (exit 2, HTTP 409)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -14,14 +15,15 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from brokers import free_port
 from waits import eventually
 
 from gridshare.adapters.ocpp.v2x import v2x_profile_id
 from gridshare.api import schemas
-from gridshare.app import GridshareApp, ServeOptions, build_app
+from gridshare.app import GridshareApp, ServeOptions, build_app, serve_options
 from gridshare.cli import v2g_cmds
 from gridshare.cli.v2g_cmds import parse_duration_s, parse_power_w
-from gridshare.config import parse_site
+from gridshare.config import parse_site, parse_site_config
 from gridshare.controller.loop import ControllerSettings
 from gridshare.sim import EV, SimCharger
 
@@ -247,3 +249,67 @@ def test_the_table_says_when_the_car_clipped_the_request(
     out = capsys.readouterr().out
     assert "requested -3.00 kW" in out
     assert "asked -5.00 kW: clipped to what the car offers (maxDischargePower 3.00 kW)" in out
+
+
+FREQUENCY_SITE = SITE + """
+mqtt: {url: "mqtt://127.0.0.1:PORT"}
+frequency_response:
+  nominal_hz: 50
+  deadband_mhz: 20
+  full_activation_mhz: 200
+  safety_window_hz: [49.5, 50.5]
+  mode: MODE
+  source: {mqtt_topic: "gridshare/<site>/grid/frequency"}
+  units:
+    - {charger: v2g-1, max_discharge_kw: 10, max_charge_kw: 11, capacity_kwh: 60,
+       min_soc: 20}
+"""
+
+
+@pytest.mark.parametrize("mode", ["central", "local"])
+async def test_a_frequency_unit_is_left_to_the_test_and_taken_back_after(mode: str) -> None:
+    # The frequency service and the test write the same V2X profile id. Here its source
+    # is away (no broker): the service holds v2g-1 at its safe state and renews that
+    # setpoint every 5 s (central and local alike), which used to end the test's discharge
+    # mid-test while the report still said 90 % was reached; and in local mode the test's
+    # restore cleared the curve, which the service never sent again.
+    config = parse_site_config(
+        FREQUENCY_SITE.replace("PORT", str(free_port())).replace("MODE", mode), "f.yaml")
+    options = dataclasses.replace(
+        serve_options(config, host="127.0.0.1", ocpp_port=0, api_port=0, db_url="none",
+                      api_tokens=(TOKEN,)),
+        controller=ControllerSettings(lease_s=60.0, settle_s=1.0, debounce_s=0.02,
+                                      tick_s=0.25, retry_backoff_s=0.2))
+    app = build_app(config.topology, options)
+    await app.start()
+    v2g = SimCharger("v2g-1", f"ws://127.0.0.1:{app.ocpp_port}", protocol="ocpp2.1",
+                     v2x=True, max_current_a=16.0, meter_interval_s=0.5,
+                     reconnect_min_s=0.2, reconnect_max_s=0.5)
+    try:
+        await v2g.start(physics=True, tick_s=0.1)
+        assert await v2g.wait_connected(10)
+        await v2g.plug(1, EV(capacity_kwh=60.0, soc=0.6, max_current_a=16.0, target_soc=0.9,
+                             setpoint_lag_s=0.5))
+        frequency = app.frequency
+        assert frequency is not None
+        # the service has sent v2g-1 its safe-state setpoint (no sample yet)
+        await eventually(lambda: frequency.units["v2g-1"].sent_kw is not None, 10)
+        sends = frequency.units["v2g-1"].sends
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{app.api_port}",
+                                     timeout=30) as client:
+            answer = await client.post(
+                "/api/v1/v2g/test", headers={"Authorization": f"Bearer {TOKEN}"},
+                json={"charger": "v2g-1", "power_w": 5000, "duration_s": 8})
+        assert answer.status_code == 200, answer.text
+        report = answer.json()
+        assert report["reached_90"] is True and report["restored"] is True
+        reached = report["time_to_90_s"]
+        after = [s["measured_w"] for s in report["samples"] if s["t_s"] > reached]
+        assert after and max(after) <= -4500.0, report["samples"]  # held to the end
+        assert frequency.units["v2g-1"].sends == sends  # nothing of ours meanwhile
+        assert frequency.testing == set()
+        # the service takes the unit back: its safe-state setpoint again
+        await eventually(lambda: frequency.units["v2g-1"].sends > sends, 10)
+    finally:
+        await v2g.stop()
+        await app.stop()

@@ -165,6 +165,18 @@ async def test_v201_transaction_events(csms: tuple) -> None:
     assert server.counters.rejected["tx_event_after_end"] == 1
 
 
+async def test_v201_started_without_a_register_has_no_meter_start(csms: tuple) -> None:
+    # A Started event need not carry a meter value (2.0.1 E02): the start register is then
+    # unknown (None), not 0 Wh -- 0 made `gridshare bill --by session` count the whole
+    # register (from 0 to the first meter value) as the session's energy.
+    server, events = csms
+    async with charger(server, "CP-S", "ocpp2.0.1") as cp:
+        await cp.call(_tx_event("Started", 0))
+        await cp.call(_tx_event("Updated", 1, energy_wh=1000.0, evse=False))
+        (started,) = await events.wait_kind(SessionStarted, "CP-S")
+    assert started.transaction_id == "tx-A" and started.meter_start_wh is None
+
+
 async def test_v201_update_for_unknown_transaction_starts_it(csms: tuple) -> None:
     server, events = csms
     async with charger(server, "CP-U", "ocpp2.0.1") as cp:

@@ -96,6 +96,14 @@ def test_topics_become_charger_events() -> None:
     assert box.message("status", b"online", later) == [ChargerOnline("oe-1", later)]
 
 
+def test_a_plug_in_before_the_total_energy_has_no_meter_start() -> None:
+    # total_energy not heard yet: the start register is unknown (None), never 0 Wh
+    box = BoxStatus("oe-1")
+    box.message("state", b"1", T0)
+    started = box.message("vehicle", b"1", T0)[0]
+    assert isinstance(started, SessionStarted) and started.meter_start_wh is None
+
+
 def test_each_plug_in_is_a_new_session() -> None:
     box = BoxStatus("oe-1")
     ids = []

@@ -161,6 +161,22 @@ def test_bad_station_field(change: dict[str, object], reason: str) -> None:
     assert got.reason == reason, got.detail
 
 
+@pytest.mark.parametrize(("change", "refused"), [
+    ({}, False),  # 11 kW, 16 A on a 22 kW / 32 A charger
+    ({"power_kw": 60.0, "current_a": 90}, False),  # an overdraw: seen, not refused
+    ({"power_kw": 11000.0}, True),  # W sent as kW
+    ({"power_kw": None, "current_a": [16000, 0, 0]}, True),  # mA sent as A
+])
+def test_a_value_far_beyond_the_chargers_rating_is_a_unit_mistake(
+        change: dict[str, object], refused: bool) -> None:
+    got = station({k: v for k, v in {**GOOD_STATION, **change}.items() if v is not None})
+    assert isinstance(got, StationReading)
+    bad = parse.beyond_rating(got, 22_080.0, 32.0)
+    assert (bad is not None) == refused
+    if bad is not None:
+        assert bad.reason == parse.OUT_OF_RANGE and "rating" in bad.detail
+
+
 def test_unknown_station() -> None:
     got = station({**GOOD_STATION, "station_id": "cp-x"}, topic="cp-x")
     assert isinstance(got, Invalid) and got.reason == parse.UNKNOWN_STATION

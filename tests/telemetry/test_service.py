@@ -96,6 +96,39 @@ async def test_area_load_without_store_and_unknown_area() -> None:
         await svc.demand_json("feeder", "F9", None, None)
 
 
+async def test_a_station_value_in_the_wrong_unit_is_refused_not_published() -> None:
+    # power_kw 7400 from a 22 kW station (W sent as kW) read as 10,700 A drawn on a 32 A
+    # charger, in a 63 A group: refused and counted, never on the bus nor stored
+    from gridshare.bus import MemoryBus
+    from gridshare.config import parse_site
+    from gridshare.controller.telemetry import station_ratings
+
+    topology = parse_site("""
+site: s
+voltage: 230
+groups: [{id: g, max_current: 63, chargers: [cp-1]}]
+chargers: [{id: cp-1, max_current: 32, phases: 3}]
+""", "s.yaml")
+    assert station_ratings(topology) == {"cp-1": (22_080.0, 32.0)}
+    bus = MemoryBus()
+    sub = bus.subscribe("t")
+    svc = TelemetryService("s", METERS, ["cp-1"], TelemetrySpec(), FakeClock(T0),
+                           publish=bus.publish, station_ratings=station_ratings(topology))
+
+    def value(power_kw: float) -> tuple[str, bytes]:
+        return ("gridshare/s/stations/cp-1", json.dumps(
+            {"station_id": "cp-1", "connector_id": 1, "power_kw": power_kw,
+             "event_ts": T0.timestamp()}).encode())
+
+    await svc.commit([value(7400.0), value(7.4)])
+    assert svc.counts["stations"].rejected == {"out_of_range": 1}
+    assert svc.counts["stations"].accepted == 1
+    published = []
+    while (event := sub.get_nowait()) is not None:
+        published.append(event)
+    assert [e.power_w for e in published] == [7400.0]
+
+
 async def test_bad_topic_and_station_counts() -> None:
     svc = service(FakeClock(T0), None)
     await svc.commit([("gridshare/s/ami/m-1/extra", b"{}"),

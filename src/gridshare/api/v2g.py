@@ -135,10 +135,18 @@ async def run_test(app: GridshareApp, body: V2gTestIn,
         raise Problem(409, f"{charger}/{connector}: a V2G test is already running there",
                       kind="v2g-busy")
     running.add((charger, connector))
+    # A frequency-response unit: the service stands aside while the test owns the
+    # connector's V2X profile (else it overrides the test at its next renewal, or its
+    # local curve is gone after the test's clear), and sends again once it is restored.
+    frequency = app.frequency
+    if frequency is not None:
+        frequency.testing.add((charger, connector))
     try:
         return await _run(app, body, connector)
     finally:
         running.discard((charger, connector))
+        if frequency is not None:
+            frequency.testing.discard((charger, connector))
 
 
 async def _run(app: GridshareApp, body: V2gTestIn, connector: int) -> V2gTestOut:

@@ -270,6 +270,11 @@ class FrequencyService:
         self.book = book if book is not None else V2xBook()
         self._counted = counted
         self._voltage = topology.voltage
+        self.testing: set[ConnectorKey] = set()
+        """Connectors a discharge test (``gridshare v2g test``, api/v2g.py) runs on: the
+        test owns their V2X profile (the same profile id), so a unit there takes no part
+        (absent) until the test has restored it; then it gets its setpoint or curve
+        again (the test's clear removed ours)."""
         self.units: dict[str, _Unit] = {}
         for u in spec.units:
             unit = _Unit(u, UnitKind.CHARGER if u.charger is not None else UnitKind.BATTERY)
@@ -473,6 +478,13 @@ class FrequencyService:
             unit.offer, unit.not_v2x = None, None
             if unit.sent_kw is not None:
                 unit.sent_kw, unit.target_kw = None, None
+            return UnitState(unit.id, present=False)
+        if self.testing and key in self.testing:
+            # A discharge test owns the V2X profile: neither override it (central) nor
+            # believe our curve survives its clear (local); send again after it.
+            unit.present = False
+            unit.curve_sent, unit.curve_in_force = False, None
+            unit.sent_kw, unit.target_kw = None, None
             return UnitState(unit.id, present=False)
         unit.key, unit.connector = key, key[1]
         unit.present = True
@@ -743,7 +755,8 @@ class FrequencyService:
         driver = self._v2x
         assert driver is not None and unit.charger is not None
         try:
-            while unit.target_kw is not None and unit.present:
+            while unit.target_kw is not None and unit.present and \
+                    unit.key not in self.testing:
                 kw, at = unit.target_kw, self._now_s()
                 unit.sent_kw, unit.sent_at = kw, at
                 unit.sends += 1

@@ -25,7 +25,7 @@ import asyncio
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -36,6 +36,7 @@ from gridshare.adapters.telemetry.parse import (
     AmiReading,
     Invalid,
     StationReading,
+    beyond_rating,
     parse_ami,
     parse_station,
     topic_id,
@@ -51,6 +52,7 @@ from gridshare.core.telemetry.aggregate import (
     DemandWindow,
     Placement,
 )
+from gridshare.core.topology import Topology
 from gridshare.events import Event, MeterReading
 from gridshare.store import Store, ami_readings, demand_windows
 from gridshare.tasks import cancel_and_wait
@@ -106,7 +108,11 @@ class TelemetryService:
     def __init__(self, site: str, ami_meters: Sequence[MeterSpec], stations: Sequence[str],
                  spec: TelemetrySpec | None, clock: Clock, *, mqtt: MqttSpec | None = None,
                  store: Store | None = None,
-                 publish: Callable[[Event], None] | None = None) -> None:
+                 publish: Callable[[Event], None] | None = None,
+                 station_ratings: Mapping[str, tuple[float, float]] | None = None) -> None:
+        """``station_ratings``: per station, its charger's rating from the site file (W,
+        A per phase); a value far above it is refused as a unit mistake
+        (:func:`~gridshare.adapters.telemetry.parse.beyond_rating`)."""
         self.spec = spec = spec or TelemetrySpec()
         self.site = site
         self.clock = clock
@@ -116,6 +122,7 @@ class TelemetryService:
         self.stations_prefix = spec.stations_topic_prefix(site)
         self.meters = frozenset(m.id for m in ami_meters)
         self.stations = frozenset(stations)
+        self.station_ratings = dict(station_ratings or {})
         self.aggregator = Aggregator(placements(ami_meters), window_s=spec.window,
                                      lateness_s=spec.lateness)
         self.counts = {source: SourceCounts() for source in SOURCES}
@@ -235,7 +242,12 @@ class TelemetryService:
             if isinstance(got, AmiReading):
                 ami.append(got)
             elif isinstance(got, StationReading):
-                stations.append(got)
+                rating = self.station_ratings.get(got.station_id)
+                bad = None if rating is None else beyond_rating(got, *rating)
+                if bad is None:
+                    stations.append(got)
+                else:
+                    rejected.append((source, bad.reason, f"{topic}: {bad.detail}"))
             else:
                 rejected.append((source, got.reason, f"{topic}: {got.detail}"))
         return ami, stations, rejected
@@ -405,6 +417,19 @@ def _ami_row(r: AmiReading, received: datetime) -> dict[str, Any]:
             "energy_export_wh": r.energy_export_wh, "current_l1_a": cur[0],
             "current_l2_a": cur[1], "current_l3_a": cur[2], "voltage_l1_v": volt[0],
             "voltage_l2_v": volt[1], "voltage_l3_v": volt[2]}
+
+
+def station_ratings(topology: Topology) -> dict[str, tuple[float, float]]:
+    """Per charger of the site file, its rating (W, A per phase): ``max_current`` x
+    voltage x phases, or ``max_power`` when larger; what a station's values are checked
+    against for unit mistakes (the larger: a lenient bound refuses no real value)."""
+    out = {}
+    for c in topology.chargers.values():
+        watts = c.max_current * topology.voltage * c.phases
+        if c.max_power_kw is not None:
+            watts = max(watts, c.max_power_kw * 1000.0)
+        out[c.id] = (watts, c.max_current)
+    return out
 
 
 def station_event(r: StationReading) -> MeterReading:

@@ -374,7 +374,7 @@ class Session:
                                  self._event_time(timestamp), error_code))
 
     def _start(self, connector: int, tx: str, at: datetime, id_tag: str,
-               meter_start_wh: float) -> None:
+               meter_start_wh: float | None) -> None:
         st = self.state
         old = st.tx_by_connector.get(connector)
         if old is not None and old != tx:
@@ -478,7 +478,8 @@ class Session:
             meter_start = energy_register_wh(meter_value, protocol=self.protocol,
                                              now=self.now()) if event_type == "Started" else None
             id_tag = str(id_token.get("id_token", "")) if id_token else ""
-            self._start(connector, tx, at, id_tag, meter_start or 0.0)
+            # no register in the Started event: unknown (None), not 0 Wh
+            self._start(connector, tx, at, id_tag, meter_start)
         elif evse and st.connector_by_tx[tx] != connector:
             st.connector_by_tx[tx] = connector
         published = self._publish_meter(connector, meter_value, tx) if meter_value else []

@@ -134,7 +134,7 @@ class BoxStatus:
             self.sessions += 1
             self.session_id = f"{self.charger}-{int(at.timestamp())}-{self.sessions}"
             return [SessionStarted(self.charger, CONNECTOR, self.session_id, at,
-                                   meter_start_wh=self.total_wh or 0.0)]
+                                   meter_start_wh=self.total_wh)]
         if not plugged and was and self.session_id is not None:
             tx, self.session_id = self.session_id, None
             return [SessionStopped(self.charger, CONNECTOR, tx, at,

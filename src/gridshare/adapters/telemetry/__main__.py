@@ -20,7 +20,7 @@ from pathlib import Path
 
 from gridshare.clock import SystemClock
 from gridshare.config import ConfigError, load_site_config
-from gridshare.controller.telemetry import TelemetryService
+from gridshare.controller.telemetry import TelemetryService, station_ratings
 from gridshare.store import Store, default_url, normalise_url
 
 
@@ -37,7 +37,8 @@ async def run(site: Path, db_url: str | None, report_s: float) -> int:
     await store.start()
     service = TelemetryService(config.topology.site, config.ami_meters,
                                list(config.topology.chargers), config.telemetry,
-                               SystemClock(), mqtt=config.mqtt, store=store)
+                               SystemClock(), mqtt=config.mqtt, store=store,
+                               station_ratings=station_ratings(config.topology))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

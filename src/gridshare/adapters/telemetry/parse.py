@@ -365,6 +365,28 @@ def parse_station(topic_id: str, payload: bytes, *, now: float, skew: float,
                           energy, soc)
 
 
+UNIT_MISTAKE_FACTOR: Final = 10.0
+"""A station value above this many times its charger's rating is a unit mistake (W sent
+as kW, mA as A: a factor of 1,000), not an overdraw: no charger draws 10 times its rating,
+while a real overdraw (a car above its setpoint) stays well below and must stay visible."""
+
+
+def beyond_rating(r: StationReading, max_w: float, max_a: float) -> Invalid | None:
+    """``out_of_range`` when ``r``'s power or a phase current is more than
+    :data:`UNIT_MISTAKE_FACTOR` times its charger's rating (``max_w`` W, ``max_a`` A per
+    phase, from the site file), else None."""
+    if r.power_kw is not None and r.power_kw * 1000.0 > UNIT_MISTAKE_FACTOR * max_w:
+        return Invalid(OUT_OF_RANGE, f"power_kw: {r.power_kw:g} kW is more than "
+                                     f"{UNIT_MISTAKE_FACTOR:g} x {r.station_id}'s rating "
+                                     f"({max_w / 1000.0:g} kW): W sent as kW?")
+    for amps in r.current_a:
+        if amps is not None and amps > UNIT_MISTAKE_FACTOR * max_a:
+            return Invalid(OUT_OF_RANGE, f"current_a: {amps:g} A is more than "
+                                         f"{UNIT_MISTAKE_FACTOR:g} x {r.station_id}'s "
+                                         f"rating ({max_a:g} A): mA sent as A?")
+    return None
+
+
 def topic_id(topic: str, prefix: str) -> str | None:
     """The meter or station id of ``<prefix>/<id>`` (one level, not empty), else None."""
     if len(topic) <= len(prefix) + 1 or not topic.startswith(prefix) \
