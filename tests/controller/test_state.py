@@ -100,6 +100,26 @@ def test_session_lifecycle_and_charging_needs(topology: Topology) -> None:
     assert not d.active and d.max_current is None and d.arrival is None
 
 
+def test_a_start_without_its_register_counts_energy_from_the_first_reading(
+        topology: Topology) -> None:
+    """An OCPP 2.x Started event without a meter value: the session's energy counts from
+    its first reading, never from the register's zero (a 40 MWh register is not the
+    session's energy); another transaction's reading does not set it."""
+    state = SiteState(topology)
+    boot_all(state)
+    key = ("a2", 1)
+    state.apply(SessionStarted("a2", 1, "tx-1", t(3), meter_start_wh=None))
+    assert state.session_info(key).energy_wh is None
+    state.apply(MeterReading("a2", 1, t(4), energy_wh=39_000_000.0, transaction_id="tx-0"))
+    assert state.session_info(key).energy_wh is None
+    state.apply(MeterReading("a2", 1, t(5), energy_wh=40_000_000.0, transaction_id="tx-1"))
+    state.apply(MeterReading("a2", 1, t(6), energy_wh=40_000_600.0, transaction_id="tx-1"))
+    assert state.session_info(key).energy_wh == 600.0
+    state.apply(SessionStarted("a2", 1, "tx-2", t(7), meter_start_wh=40_000_700.0))
+    state.apply(MeterReading("a2", 1, t(8), energy_wh=40_001_000.0, transaction_id="tx-2"))
+    assert state.session_info(key).energy_wh == 300.0  # a register given is kept
+
+
 @pytest.mark.parametrize("leaves", ["stopped", "available", "offline", "reconnect"])
 def test_a_cars_v2x_offer_is_kept_while_it_is_plugged_in(topology: Topology,
                                                          leaves: str) -> None:

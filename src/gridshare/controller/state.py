@@ -439,6 +439,12 @@ class SiteState:
         amps = _site_phase_currents(charger, event, self.topology.voltage)
         if event.energy_wh is not None:
             conn.energy_wh = event.energy_wh
+            if conn.transaction_id is not None and conn.meter_start_wh is None and \
+                    event.transaction_id == conn.transaction_id:
+                # A start without its register (an OCPP 2.x Started event without a
+                # meter value): the session's energy counts from its first reading (a
+                # little short, never the whole register)
+                conn.meter_start_wh = event.energy_wh
         if event.power_w is not None:
             conn.power_w = event.power_w
         if event.soc_percent is not None:
