@@ -614,6 +614,34 @@ async def test_central_mode_stands_aside_during_a_discharge_test_then_sends_agai
                                                  abs=1)
 
 
+async def test_local_mode_counts_what_the_curve_does_and_the_battery_gives_the_rest(
+        ) -> None:
+    """In local mode the V2X car answers on its own curve (to its base − 11 kW at full
+    activation), not with a headroom share: at 49.75 Hz the request (−72 kW) less the
+    curve's −11 kW is shared by the battery and the curtailed car, and what the service
+    reports dispatched is what the units do (it was ≈ 10 % more: the car's share counted
+    at its headroom while its curve gave less)."""
+    rig = Rig(mode="local")
+    setup_fleet(rig)
+    rig.sample(50.0)
+    await rig.settle()
+    assert len(rig.v2x.curves) == 1
+    rig.sample(49.75)  # fraction −1
+    await rig.settle()
+    d = rig.svc.decision
+    assert d is not None and d.request_kw == pytest.approx(-72.0)
+    by = {u.id: u for u in d.units}
+    base = 10 * KW_PER_A
+    assert by["v1"].delta_kw == pytest.approx(-11.0)  # its curve at 49.75 Hz
+    assert by["b1"].delta_kw == pytest.approx(-50.0)  # the rest, to its maximum
+    assert by["c1"].delta_kw == pytest.approx(-base)  # curtailed to 0 (61 > 50 + base)
+    assert d.dispatched_kw == pytest.approx(-11.0 - 50.0 - base)
+    assert rig.link.last_kw() == pytest.approx(-50.0)
+    curve = rig.v2x.curves[-1][2]
+    assert curve_power_w(tuple(curve), 49.75) / 1000.0 == pytest.approx(base - 11.0)
+    assert rig.v2x.setpoints == []  # the car still only has its curve
+
+
 async def test_local_mode_sends_the_curve_again_after_a_discharge_test() -> None:
     # The test's restore clears the V2X profile by id: that is the curve too, so the
     # charger no longer followed the frequency while the service believed it did (the

@@ -386,3 +386,62 @@ def test_the_request_is_met_when_headroom_allows(units: list[tuple[float, float]
         assert d.dispatched_kw == pytest.approx(d.request_kw, rel=1e-9, abs=1e-9)
     else:
         assert d.dispatched_kw == pytest.approx(room if up else -room, rel=1e-9, abs=1e-9)
+
+
+# --- units on their own curve (local mode) ----------------------------------------------
+
+
+def test_a_unit_on_its_own_curve_takes_what_the_curve_does_and_others_the_rest() -> None:
+    """The issue's fleet in local mode at 59.75 Hz (fraction -1, request -60 kW): v2g-1's
+    curve takes it from 7 kW to -3 kW (-10 kW), whatever its headroom share (-60 × 17/67
+    = -15.2 kW) would be; the battery gives the other 50 kW, its maximum."""
+    curve = ((59.8, -3.0), (59.98, 7.0), (60.02, 7.0), (60.2, 7.0))
+    states = {**STATES, "v2g-1": UnitState("v2g-1", base_kw=7.0, soc_pct=80, curve_kw=curve)}
+    d = responder().sample(1.0, 59.75, states)
+    by = {u.id: u for u in d.units}
+    assert d.request_kw == pytest.approx(-60.0)
+    assert by["v2g-1"].delta_kw == pytest.approx(-10.0)
+    assert by["bess-1"].delta_kw == pytest.approx(-50.0)
+    assert d.dispatched_kw == pytest.approx(-60.0)
+    half = responder().sample(1.0, 59.89, states)  # -30 kW: the curve's -5, the battery -25
+    by = {u.id: u for u in half.units}
+    assert by["v2g-1"].delta_kw == pytest.approx(-5.0)
+    assert by["bess-1"].delta_kw == pytest.approx(-25.0)
+    up = responder().sample(1.0, 60.11, states)  # above nominal: as before (no curve part)
+    assert {u.id: u.delta_kw for u in up.units} == \
+        {u.id: u.delta_kw for u in responder().sample(1.0, 60.11, STATES).units}
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(st.floats(0.1, 60), st.floats(0, 1)), min_size=1, max_size=8),
+       st.lists(st.tuples(st.floats(0, 20), st.floats(0, 30)), min_size=1, max_size=4),
+       st.floats(0.0201, 0.4))
+def test_units_on_curves_never_make_the_others_do_more_than_the_rest(
+        units: list[tuple[float, float]], curves: list[tuple[float, float]],
+        size: float) -> None:
+    """Below nominal, units on their own curve take exactly what the curve does there;
+    the others share what remains of the request (nothing when the curves already cover
+    it) within their headroom: the total meets the request when the headroom allows and
+    never exceeds it unless the curves alone do."""
+    specs = [UnitSpec(f"u{i}", UnitKind.BATTERY, p, p, 1e6, 0) for i, (p, _) in
+             enumerate(units)]
+    states = {f"u{i}": UnitState(f"u{i}", base_kw=p * b, soc_pct=50)
+              for i, (p, b) in enumerate(units)}
+    for j, (base, drop) in enumerate(curves):
+        uid = f"c{j}"
+        specs.append(UnitSpec(uid, UnitKind.CHARGER, drop, 11, 60, 0))
+        states[uid] = UnitState(uid, base_kw=base, soc_pct=80, curve_kw=(
+            (59.8, base - drop), (59.98, base), (60.02, base), (60.2, base)))
+    hz = 60.0 - size
+    d = responder(*specs).sample(1.0, hz, states)
+    by = {u.id: u for u in d.units}
+    own = 0.0
+    for j, (_, drop) in enumerate(curves):
+        expected = -drop * min(1.0, max(0.0, (59.98 - hz) / 0.18))
+        assert by[f"c{j}"].delta_kw == pytest.approx(expected, abs=1e-9)
+        own += expected
+    rest = min(0.0, d.request_kw - own)
+    room = sum(p * (1 + b) for p, b in units)
+    others = sum(by[f"u{i}"].delta_kw for i in range(len(units)))
+    assert others <= 1e-9
+    assert others == pytest.approx(max(rest, -room), rel=1e-9, abs=1e-9)

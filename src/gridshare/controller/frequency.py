@@ -519,8 +519,14 @@ class FrequencyService:
                 sum(amps) * self._voltage / 1000.0
         unit.soc_pct = soc
         cap = self.discharge_cap_kw(unit)
+        own: tuple[tuple[float, float], ...] | None = None
+        if self.mode == "local" and unit.v2x and unit.curve_sent and \
+                unit.curve_in_force is not None and not unit.safe_override:
+            # it answers the frequency itself: the core counts what its curve does
+            own = tuple((hz, w / 1000.0) for hz, w in unit.curve_in_force)
         return UnitState(unit.id, base, soc, True, unit.v2x,
-                         max_discharge_kw=cap if cap < unit.spec.max_discharge_kw else None)
+                         max_discharge_kw=cap if cap < unit.spec.max_discharge_kw else None,
+                         curve_kw=own)
 
     def discharge_cap_kw(self, unit: _Unit) -> float:
         """The most ``unit`` may discharge (kW): its ``max_discharge_kw`` clipped by the

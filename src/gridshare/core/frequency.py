@@ -13,6 +13,7 @@ guards (state of charge floor, depth of discharge, cycles per rolling day).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -29,6 +30,18 @@ bounded whatever the sample rate (the day's edge is accurate to one bin)."""
 PLAUSIBLE_DEVIATION_HZ = 5.0
 """A sample further than this from nominal is a sensor or parsing error, not the grid: it
 is rejected (counted), not acted on."""
+
+
+def curve_at(curve: tuple[tuple[float, float], ...], hz: float) -> float:
+    """The value of a frequency-watt curve at ``hz`` (its own unit): linear between
+    points, the end point's value beyond either end (OCPP 2.1: the charger interpolates
+    the curve linearly)."""
+    if hz <= curve[0][0]:
+        return curve[0][1]
+    for (f0, p0), (f1, p1) in itertools.pairwise(curve):
+        if hz <= f1:
+            return p0 + (p1 - p0) * (hz - f0) / (f1 - f0)
+    return curve[-1][1]
 
 
 def droop_fraction(deviation_hz: float, deadband: float, full_activation: float) -> float:
@@ -153,6 +166,11 @@ class UnitState:
     max_discharge_kw: float | None = None
     """The most the car offers to discharge now (OCPP 2.1 ``maxDischargePower``), when it
     is below the unit's ``max_discharge_kw``; None: the unit's own maximum holds."""
+    curve_kw: tuple[tuple[float, float], ...] | None = None
+    """(Hz, kW) of the frequency-watt curve the unit follows by itself (local mode, the
+    curve in force on the charger): below nominal it does what the curve says, whatever
+    its headroom share would be, so it takes that and the other units share the rest of
+    the request. None: the unit does what it is sent."""
 
 
 class Mode(StrEnum):
@@ -380,9 +398,11 @@ class FrequencyResponder:
             return self._idle(at, hz, fraction, states)
         up = fraction > 0
         endurance_h = self.settings.endurance_s / 3600.0
-        rows: list[tuple[str, float, float, str | None]] = []  # id, base, headroom, held
+        # id, base, headroom, held, the delta of a unit on its own curve (else None)
+        rows: list[tuple[str, float, float, str | None, float | None]] = []
         pmax_sum = 0.0
         room_sum = 0.0
+        own_sum = 0.0
         for uid, spec in self.units.items():
             st = states.get(uid)
             if st is None or not st.present:
@@ -392,12 +412,19 @@ class FrequencyResponder:
             # every present unit counts in the request; one a guard holds back leaves its
             # share to the others' headroom
             pmax_sum += spec.max_charge_kw if up else spec.max_discharge_kw
+            if not up and st.curve_kw is not None:
+                # a unit on its own curve (local mode) does what the curve says; the rest
+                # of the request goes to the others' headroom
+                own = min(0.0, curve_at(st.curve_kw, hz) - base)
+                own_sum += own
+                rows.append((uid, base, 0.0, None, own))
+                continue
             cap = spec.max_cycles_per_day
             if cap is not None:
                 used = self._cycles[uid].cycles(at, spec.capacity_kwh)
                 if used >= cap:
                     rows.append((uid, base, 0.0, f"max_cycles_per_day: {used:.2f} of {cap:g} "
-                                                 f"equivalent full cycles used in 24 h"))
+                                                 f"equivalent full cycles used in 24 h", None))
                     continue
             if up:
                 room = spec.max_charge_kw - base
@@ -428,15 +455,15 @@ class FrequencyResponder:
                 room = base - lower
             room = max(room, 0.0)
             room_sum += room
-            rows.append((uid, base, room, held))
+            rows.append((uid, base, room, held, None))
         request = pmax_sum * fraction
-        want = abs(request)
+        want = max(0.0, abs(request) - abs(own_sum))
         share = min(1.0, want / room_sum) if room_sum > EPS else 0.0
         sign = 1.0 if up else -1.0
         out = []
         total = 0.0
-        for uid, base, room, held in rows:
-            delta = sign * room * share
+        for uid, base, room, held, on_curve in rows:
+            delta = sign * room * share if on_curve is None else on_curve
             total += delta
             out.append(UnitDispatch(uid, delta, base + delta, held))
         units = tuple(out)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from gridshare.core.frequency import FrequencySettings, droop_fraction
+from gridshare.core.frequency import FrequencySettings, curve_at, droop_fraction
 
 from .profiles import iso_utc, lease_seconds, profile_start
 
@@ -125,12 +125,7 @@ def curve_power_w(curve: Curve, hz: float) -> float:
     """What a charger following ``curve`` draws at ``hz`` (W, + = charge): linear between
     points, the end point's power beyond either end (OCPP 2.1 Q: the curve is
     interpolated linearly)."""
-    if hz <= curve[0][0]:
-        return curve[0][1]
-    for (f0, p0), (f1, p1) in itertools.pairwise(curve):
-        if hz <= f1:
-            return p0 + (p1 - p0) * (hz - f0) / (f1 - f0)
-    return curve[-1][1]
+    return curve_at(curve, hz)
 
 
 @dataclass(frozen=True, slots=True)
