@@ -313,3 +313,55 @@ async def test_a_frequency_unit_is_left_to_the_test_and_taken_back_after(mode: s
     finally:
         await v2g.stop()
         await app.stop()
+
+
+async def test_a_test_ends_early_when_the_grid_leaves_the_safety_window() -> None:
+    """A discharge test while the grid's frequency is outside the safety window would
+    break the rule that every unit is then in its safe state (no discharge): a test
+    running then is ended and restored at once (``stopped_early`` says why), and a new
+    one is refused with 409 while the safe state lasts. A silent frequency source (the
+    test above) is not such a reason."""
+    config = parse_site_config(
+        FREQUENCY_SITE.replace("PORT", str(free_port())).replace("MODE", "central"),
+        "f.yaml")
+    options = dataclasses.replace(
+        serve_options(config, host="127.0.0.1", ocpp_port=0, api_port=0, db_url="none",
+                      api_tokens=(TOKEN,)),
+        controller=ControllerSettings(lease_s=60.0, settle_s=1.0, debounce_s=0.02,
+                                      tick_s=0.25, retry_backoff_s=0.2))
+    app = build_app(config.topology, options)
+    await app.start()
+    v2g = SimCharger("v2g-1", f"ws://127.0.0.1:{app.ocpp_port}", protocol="ocpp2.1",
+                     v2x=True, max_current_a=16.0, meter_interval_s=0.5,
+                     reconnect_min_s=0.2, reconnect_max_s=0.5)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        await v2g.start(physics=True, tick_s=0.1)
+        assert await v2g.wait_connected(10)
+        await v2g.plug(1, EV(capacity_kwh=60.0, soc=0.6, max_current_a=16.0, target_soc=0.9,
+                             setpoint_lag_s=0.5))
+        frequency = app.frequency
+        assert frequency is not None
+        await eventually(lambda: app.csms.transaction_of("v2g-1", 1) is not None, 10)
+        frequency.on_sample(None, 50.0)
+        assert frequency.grid_unsafe() is None
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{app.api_port}",
+                                     timeout=60) as client:
+            test = asyncio.create_task(client.post(
+                "/api/v1/v2g/test", headers=headers,
+                json={"charger": "v2g-1", "power_w": 5000, "duration_s": 30}))
+            await eventually(lambda: v2g.v2g.power_w(1) < -4000, 15)
+            frequency.on_sample(None, 49.3)  # below the window: the safe state
+            answer = await asyncio.wait_for(test, 10)  # long before its 30 s
+            assert answer.status_code == 200, answer.text
+            report = answer.json()
+            assert "safety window" in report["stopped_early"]
+            assert report["restored"] is True
+            await eventually(lambda: v2g.v2g.power_w(1) >= 0, 10)
+            refused = await client.post("/api/v1/v2g/test", headers=headers, json={
+                "charger": "v2g-1", "power_w": 5000, "duration_s": 5})
+            assert refused.status_code == 409, refused.text
+            assert "safety window" in refused.json()["detail"]
+    finally:
+        await v2g.stop()
+        await app.stop()

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 MAX_DURATION_S = 3600.0
 REACHED_SHARE = 0.9
 """The test reports when the measured discharge first reaches this share of the request."""
+HOLD_CHECK_S = 0.1
+"""During a test, how often the grid's frequency state is looked at."""
 RESTORE_MARGIN_S = 30.0
 """The V2X profile is valid this much past the test's end: if the restore is lost, the
 charger still stops discharging on its own then."""
@@ -86,6 +88,10 @@ class V2gTestOut(BaseModel):
     restored: bool = Field(description="The V2X profile was cleared: the normal profile "
                            "applies again.")
     restore_detail: str = ""
+    stopped_early: str | None = Field(default=None, description="Why the test ended before "
+                                      "its duration (the grid's frequency left the safety "
+                                      "window: no discharge then); null when it ran its "
+                                      "course.")
 
 
 def _connector(app: GridshareApp, charger: str, asked: int | None) -> int:
@@ -130,6 +136,10 @@ async def run_test(app: GridshareApp, body: V2gTestIn,
     if refused is not None:
         raise Problem(409, f"{refused}: it cannot be asked to discharge",
                       kind="v2g-not-capable")
+    unsafe = app.frequency.grid_unsafe() if app.frequency is not None else None
+    if unsafe is not None:
+        raise Problem(409, f"the grid is outside the frequency safety window, no discharge "
+                      f"now: {unsafe}", kind="v2g-grid-unsafe")
     running = set() if running is None else running
     if (charger, connector) in running:
         raise Problem(409, f"{charger}/{connector}: a V2G test is already running there",
@@ -183,7 +193,7 @@ async def _run(app: GridshareApp, body: V2gTestIn, connector: int) -> V2gTestOut
                                          soc_percent=event.soc_percent))
 
     watcher = asyncio.create_task(watch(), name=f"v2g-test-{charger}")
-    restored, restore_detail = False, ""
+    restored, restore_detail, stopped = False, "", None
     try:
         valid_s = body.duration_s + RESTORE_MARGIN_S
         command = book.sent((charger, connector), requested, app.clock.now(), valid_s)
@@ -201,7 +211,7 @@ async def _run(app: GridshareApp, body: V2gTestIn, connector: int) -> V2gTestOut
             raise Problem(502, f"{charger} did not take the discharge setpoint: "
                           f"{outcome.result.value} {outcome.detail}".rstrip(),
                           kind="v2g-refused")
-        await asyncio.sleep(max(0.0, body.duration_s - (time.monotonic() - started)))
+        stopped = await _hold(app, started + body.duration_s)
     finally:
         with contextlib.suppress(V2xRefused):
             clear = book.sent((charger, connector), 0.0, app.clock.now(), RESTORE_MARGIN_S)
@@ -221,4 +231,16 @@ async def _run(app: GridshareApp, body: V2gTestIn, connector: int) -> V2gTestOut
                       ev_max_discharge_w=None if offer is None else offer.max_discharge_w,
                       duration_s=body.duration_s, accepted=accepted, answer_s=answer_s,
                       samples=samples, time_to_90_s=reached, reached_90=reached is not None,
-                      peak_w=peak, restored=restored, restore_detail=restore_detail)
+                      peak_w=peak, restored=restored, restore_detail=restore_detail,
+                      stopped_early=stopped)
+
+
+async def _hold(app: GridshareApp, until: float) -> str | None:
+    """Wait until ``until`` (monotonic), ending early when the grid's frequency leaves the
+    safety window (every unit to its safe state: no discharge); why it ended early."""
+    frequency = app.frequency
+    while (left := until - time.monotonic()) > 0:
+        if frequency is not None and (why := frequency.grid_unsafe()) is not None:
+            return f"the grid's frequency left the safety window: {why}"
+        await asyncio.sleep(min(HOLD_CHECK_S, left))
+    return None

@@ -107,7 +107,8 @@ def test_cmd(
                            duration_s + ANSWER_MARGIN_S, as_json)
     if status == 200 and isinstance(answer, dict):
         _report(answer, as_json)
-        raise typer.Exit(0 if answer.get("reached_90") else 1)
+        raise typer.Exit(0 if answer.get("reached_90") and not answer.get("stopped_early")
+                         else 1)
     detail = answer.get("detail") if isinstance(answer, dict) else None
     detail = detail or f"HTTP {status}"
     if status in (404, 409, 422):
@@ -140,6 +141,8 @@ def _report(report: dict[str, Any], as_json: bool) -> None:
     reached = report.get("time_to_90_s")
     lines.append("time to 90 %: " + (f"{reached:.2f} s" if reached is not None else
                                      "not reached") + f"; peak {_kw(report.get('peak_w'))} kW")
+    if report.get("stopped_early"):
+        lines.append(f"stopped early: {report['stopped_early']}")
     lines.append("normal profile restored" if report.get("restored") else
                  f"normal profile NOT confirmed restored ({report.get('restore_detail')})")
     sys.stdout.write("\n".join(lines) + "\n")

@@ -1012,6 +1012,15 @@ class FrequencyService:
                                                                          int(n * 0.99))], 3),
                 "last": round(self._compute_ms[-1], 3)}
 
+    def grid_unsafe(self) -> str | None:
+        """Why no discharge may run now because of the grid's frequency (its safe state:
+        outside the safety window, or the hold after coming back), else None. A silent
+        source is not such a reason: nothing is known of the grid then."""
+        d = self.decision
+        if d is None or d.mode is not Mode.SAFE or d.hz is None:
+            return None
+        return d.alarm or f"frequency {d.hz:.3f} Hz: the units are in their safe state"
+
     def status(self) -> dict[str, Any]:
         """What ``GET /api/v1/frequency`` serves (docs/frequency.md)."""
         d = self.decision
