@@ -343,7 +343,13 @@ async def test_above_nominal_the_battery_charges_more_but_no_charger_exceeds_its
     rig.sample(50.15)
     await rig.settle()
     base = 10 * KW_PER_A
-    assert rig.link.last_kw() > 0
+    # the request (0.72 × 72 kW = 52 kW) goes to the one unit that can charge more: the
+    # battery, to its 50 kW (it took 44.7 kW when the chargers' shares were counted and
+    # then cut at their allocation)
+    d = rig.svc.decision
+    assert d is not None and d.request_kw == pytest.approx(72 * 0.13 / 0.18)
+    assert rig.link.last_kw() == pytest.approx(50.0)
+    assert d.dispatched_kw == pytest.approx(50.0)
     for uid in ("v1", "c1"):
         u = rig.unit(uid)
         assert float(u["setpoint_kw"]) <= base + 1e-9

@@ -445,3 +445,22 @@ def test_units_on_curves_never_make_the_others_do_more_than_the_rest(
     others = sum(by[f"u{i}"].delta_kw for i in range(len(units)))
     assert others <= 1e-9
     assert others == pytest.approx(max(rest, -room), rel=1e-9, abs=1e-9)
+
+
+def test_a_unit_that_may_not_charge_more_leaves_its_share_above_nominal() -> None:
+    """A charger held at its allocation's value (its circuit) has no headroom above
+    nominal: the battery takes the request (to its own maximum), and the charger's held
+    says why."""
+    states = {**STATES, "v2g-1": UnitState("v2g-1", base_kw=7.0, soc_pct=80,
+                                          max_charge_kw=7.0)}
+    d = responder().sample(1.0, 60.11, states)  # +0.5: request (11 + 50) × 0.5
+    by = {u.id: u for u in d.units}
+    assert d.request_kw == pytest.approx(30.5)
+    assert by["v2g-1"].delta_kw == 0.0 and "at most 7 kW" in (by["v2g-1"].held or "")
+    assert by["bess-1"].delta_kw == pytest.approx(30.5)
+    full = responder().sample(1.0, 60.3, states)  # +1: 61 kW asked, the battery's 50
+    assert full.dispatched_kw == pytest.approx(50.0)
+    nan = {**states, "v2g-1": UnitState("v2g-1", base_kw=7.0, soc_pct=80,
+                                       max_charge_kw=math.nan)}
+    assert {u.id: u.delta_kw for u in responder().sample(1.0, 60.11, nan).units}[
+        "v2g-1"] == 0.0  # NaN: fail closed (no charging more)

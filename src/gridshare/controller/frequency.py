@@ -524,9 +524,11 @@ class FrequencyService:
                 unit.curve_in_force is not None and not unit.safe_override:
             # it answers the frequency itself: the core counts what its curve does
             own = tuple((hz, w / 1000.0) for hz, w in unit.curve_in_force)
+        # never charged above the allocation's value (its circuit): the batteries take
+        # what it cannot above nominal
         return UnitState(unit.id, base, soc, True, unit.v2x,
                          max_discharge_kw=cap if cap < unit.spec.max_discharge_kw else None,
-                         curve_kw=own)
+                         max_charge_kw=max(base, 0.0), curve_kw=own)
 
     def discharge_cap_kw(self, unit: _Unit) -> float:
         """The most ``unit`` may discharge (kW): its ``max_discharge_kw`` clipped by the

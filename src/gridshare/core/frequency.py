@@ -166,6 +166,10 @@ class UnitState:
     max_discharge_kw: float | None = None
     """The most the car offers to discharge now (OCPP 2.1 ``maxDischargePower``), when it
     is below the unit's ``max_discharge_kw``; None: the unit's own maximum holds."""
+    max_charge_kw: float | None = None
+    """The most the unit may charge now, when it is below the unit's ``max_charge_kw``
+    (a charger: the allocation's value, as its circuit carries no more); above nominal
+    its headroom ends there and the others take its share. None: its own maximum."""
     curve_kw: tuple[tuple[float, float], ...] | None = None
     """(Hz, kW) of the frequency-watt curve the unit follows by itself (local mode, the
     curve in force on the charger): below nominal it does what the curve says, whatever
@@ -427,7 +431,12 @@ class FrequencyResponder:
                                                  f"equivalent full cycles used in 24 h", None))
                     continue
             if up:
-                room = spec.max_charge_kw - base
+                top = spec.max_charge_kw
+                if st.max_charge_kw is not None and not st.max_charge_kw >= top:
+                    top = st.max_charge_kw if st.max_charge_kw > 0 else 0.0  # NaN: 0
+                    held = (f"charges at most {top:.3g} kW now (the allocation's value: "
+                            f"its circuit's limit)")
+                room = top - base
                 if st.soc_pct is not None and st.soc_pct >= 100.0:
                     room, held = 0.0, "full (SoC 100 %)"
             else:
