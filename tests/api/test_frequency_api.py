@@ -123,13 +123,16 @@ async def test_status_and_caps_follow_the_samples(frig: tuple[FreqRig, Mosquitto
             assert [a["cleared"] for a in mine] == [True, False], mine  # newest first
             assert "stale" in mine[1]["message"]
             await client.publish(SOURCE, b"not a number", qos=1)
+            await client.publish("e2e/bess/soc", b"NaN", qos=1)
             await rig.wait_until(lambda: app.frequency is not None and
-                                 app.frequency.rejected_counts().get("payload") == 1)
+                                 app.frequency.rejected_counts().get("payload") == 1
+                                 and app.frequency.soc_rejected["bess"] == 1)
             metrics = (await rig.client.get("/metrics")).text
             assert "gridshare_frequency_hz 49.8" in metrics
             assert 'gridshare_frequency_state{state="responding"} 1.0' in metrics
             assert 'gridshare_frequency_rejected_samples_total{reason="payload"} 1.0' in metrics
             assert 'gridshare_frequency_unit_soc_percent{unit="bess"} 70.0' in metrics
+            assert 'gridshare_frequency_rejected_soc_total{unit="bess"} 1.0' in metrics
             # recovery: the cap goes, the car gets its allocation back
             hz[0] = 50.0
             await rig.wait_until(lambda: "frequency" not in

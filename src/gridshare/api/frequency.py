@@ -123,6 +123,12 @@ def metrics(service: FrequencyView) -> Iterator[Metric]:
     for reason in sorted(set(REJECT_REASONS) | set(counts)):
         rejected.add_metric([reason], counts.get(reason, 0))
     yield rejected
+    soc_rejected = CounterMetricFamily("gridshare_frequency_rejected_soc",
+                                       "Battery SoC messages refused, by battery.",
+                                       labels=["unit"])
+    for unit_id, count in sorted(status["soc_rejected"].items()):
+        soc_rejected.add_metric([unit_id], count)
+    yield soc_rejected
     setpoint = GaugeMetricFamily("gridshare_frequency_unit_setpoint_kw",
                                  "Each present unit's setpoint (kW, + = charging).",
                                  labels=["unit"])
