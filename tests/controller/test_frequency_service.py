@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -618,6 +619,27 @@ async def test_central_mode_stands_aside_during_a_discharge_test_then_sends_agai
     assert len([c for c, *_ in rig.v2x.setpoints if c == "v1"]) == n + 1
     assert rig.v2x.last_w("v1") == pytest.approx(float(rig.unit("v1")["setpoint_kw"]) * 1000,
                                                  abs=1)
+
+
+@pytest.mark.parametrize("mode", ["central", "local"])
+async def test_standing_aside_waits_for_a_send_in_flight(mode: str) -> None:
+    """A setpoint (central) or curve (local) already on its way when a discharge test
+    starts could land after the test's own profile and override it: ``stand_aside``
+    returns only once the charger has answered it, and nothing is sent after."""
+    rig = Rig(mode=mode, rtt_s=0.3)
+    setup_fleet(rig)
+    rig.sample(49.89 if mode == "central" else 50.0)
+    await asyncio.sleep(0)  # the send task starts: the charger answers in 0.3 s
+    assert rig.v2x.in_flight.get("v1") == 1
+    started = time.monotonic()
+    await rig.svc.stand_aside(("v1", 1))
+    assert rig.v2x.in_flight.get("v1") == 0 and time.monotonic() - started >= 0.2
+    sent = len(rig.v2x.setpoints) + len(rig.v2x.curves)
+    for _ in range(10):
+        rig.sample(49.85, dt=0.2)
+        rig.svc.tick()
+    await rig.settle()
+    assert len(rig.v2x.setpoints) + len(rig.v2x.curves) == sent
 
 
 async def test_local_mode_counts_what_the_curve_does_and_the_battery_gives_the_rest(

@@ -149,9 +149,9 @@ async def run_test(app: GridshareApp, body: V2gTestIn,
     # connector's V2X profile (else it overrides the test at its next renewal, or its
     # local curve is gone after the test's clear), and sends again once it is restored.
     frequency = app.frequency
-    if frequency is not None:
-        frequency.testing.add((charger, connector))
     try:
+        if frequency is not None:
+            await frequency.stand_aside((charger, connector))
         return await _run(app, body, connector)
     finally:
         running.discard((charger, connector))

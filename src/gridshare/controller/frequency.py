@@ -1014,6 +1014,18 @@ class FrequencyService:
                                                                          int(n * 0.99))], 3),
                 "last": round(self._compute_ms[-1], 3)}
 
+    async def stand_aside(self, key: ConnectorKey, timeout_s: float = 15.0) -> None:
+        """Leave ``key`` to a discharge test: nothing new is sent to it (``testing``),
+        and this returns once a setpoint or curve already in flight to it has been
+        answered (or ``timeout_s`` passed), so that it cannot land after the test's own
+        profile and override it."""
+        self.testing.add(key)
+        names = {f"frequency-{kind}-{u.id}" for u in self.units.values()
+                 if u.charger is not None and u.key == key for kind in ("v2x", "curve")}
+        sending = [t for t in self._tasks if t.get_name() in names]
+        if sending:
+            await asyncio.wait(sending, timeout=timeout_s)
+
     def grid_unsafe(self) -> str | None:
         """Why no discharge may run now because of the grid's frequency (its safe state:
         outside the safety window, or the hold after coming back), else None. A silent
