@@ -6,6 +6,7 @@ afterwards; a charger that cannot discharge is refused (exit 2, HTTP 409)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -266,13 +267,10 @@ frequency_response:
 """
 
 
-@pytest.mark.parametrize("mode", ["central", "local"])
-async def test_a_frequency_unit_is_left_to_the_test_and_taken_back_after(mode: str) -> None:
-    # The frequency service and the test write the same V2X profile id. Here its source
-    # is away (no broker): the service holds v2g-1 at its safe state and renews that
-    # setpoint every 5 s (central and local alike), which used to end the test's discharge
-    # mid-test while the report still said 90 % was reached; and in local mode the test's
-    # restore cleared the curve, which the service never sent again.
+@contextlib.asynccontextmanager
+async def frequency_site(mode: str) -> AsyncIterator[tuple[GridshareApp, SimCharger]]:
+    """The app on FREQUENCY_SITE (its frequency source away: no broker) and v2g-1, a
+    simulated 2.1 charger with a car plugged in."""
     config = parse_site_config(
         FREQUENCY_SITE.replace("PORT", str(free_port())).replace("MODE", mode), "f.yaml")
     options = dataclasses.replace(
@@ -290,6 +288,20 @@ async def test_a_frequency_unit_is_left_to_the_test_and_taken_back_after(mode: s
         assert await v2g.wait_connected(10)
         await v2g.plug(1, EV(capacity_kwh=60.0, soc=0.6, max_current_a=16.0, target_soc=0.9,
                              setpoint_lag_s=0.5))
+        yield app, v2g
+    finally:
+        await v2g.stop()
+        await app.stop()
+
+
+@pytest.mark.parametrize("mode", ["central", "local"])
+async def test_a_frequency_unit_is_left_to_the_test_and_taken_back_after(mode: str) -> None:
+    # The frequency service and the test write the same V2X profile id. Here its source
+    # is away (no broker): the service holds v2g-1 at its safe state and renews that
+    # setpoint every 5 s (central and local alike), which used to end the test's discharge
+    # mid-test while the report still said 90 % was reached; and in local mode the test's
+    # restore cleared the curve, which the service never sent again.
+    async with frequency_site(mode) as (app, _):
         frequency = app.frequency
         assert frequency is not None
         # the service has sent v2g-1 its safe-state setpoint (no sample yet)
@@ -310,9 +322,6 @@ async def test_a_frequency_unit_is_left_to_the_test_and_taken_back_after(mode: s
         assert frequency.testing == set()
         # the service takes the unit back: its safe-state setpoint again
         await eventually(lambda: frequency.units["v2g-1"].sends > sends, 10)
-    finally:
-        await v2g.stop()
-        await app.stop()
 
 
 async def test_a_test_ends_early_when_the_grid_leaves_the_safety_window() -> None:
@@ -321,25 +330,8 @@ async def test_a_test_ends_early_when_the_grid_leaves_the_safety_window() -> Non
     running then is ended and restored at once (``stopped_early`` says why), and a new
     one is refused with 409 while the safe state lasts. A silent frequency source (the
     test above) is not such a reason."""
-    config = parse_site_config(
-        FREQUENCY_SITE.replace("PORT", str(free_port())).replace("MODE", "central"),
-        "f.yaml")
-    options = dataclasses.replace(
-        serve_options(config, host="127.0.0.1", ocpp_port=0, api_port=0, db_url="none",
-                      api_tokens=(TOKEN,)),
-        controller=ControllerSettings(lease_s=60.0, settle_s=1.0, debounce_s=0.02,
-                                      tick_s=0.25, retry_backoff_s=0.2))
-    app = build_app(config.topology, options)
-    await app.start()
-    v2g = SimCharger("v2g-1", f"ws://127.0.0.1:{app.ocpp_port}", protocol="ocpp2.1",
-                     v2x=True, max_current_a=16.0, meter_interval_s=0.5,
-                     reconnect_min_s=0.2, reconnect_max_s=0.5)
     headers = {"Authorization": f"Bearer {TOKEN}"}
-    try:
-        await v2g.start(physics=True, tick_s=0.1)
-        assert await v2g.wait_connected(10)
-        await v2g.plug(1, EV(capacity_kwh=60.0, soc=0.6, max_current_a=16.0, target_soc=0.9,
-                             setpoint_lag_s=0.5))
+    async with frequency_site("central") as (app, v2g):
         frequency = app.frequency
         assert frequency is not None
         await eventually(lambda: app.csms.transaction_of("v2g-1", 1) is not None, 10)
@@ -362,6 +354,3 @@ async def test_a_test_ends_early_when_the_grid_leaves_the_safety_window() -> Non
                 "charger": "v2g-1", "power_w": 5000, "duration_s": 5})
             assert refused.status_code == 409, refused.text
             assert "safety window" in refused.json()["detail"]
-    finally:
-        await v2g.stop()
-        await app.stop()
