@@ -263,7 +263,6 @@ class _Model:
     """Level -> the variable of its aggregated continuous columns."""
     counts: list[tuple[int, list[int]]]
     """(integer variable, the on/off columns of one level and one power it counts)."""
-    integer: list[int]
     per_share: list[float]
     """Each variable's value for a whole column (its W upper in units; 1 for integers):
     a variable's value divided by it is the share of its columns taken."""
@@ -344,29 +343,18 @@ def _solve(highspy: Any, cols: list[_Col], couplings: list[tuple[int, int, float
         g.whole = sum(cols[j].upper for j in (*g.cont, *g.binary, *g.charge))
         g.cont_w = sum(cols[j].upper for j in g.cont)
 
-    def solve(current: int | None, incumbent: float | None = None
-              ) -> tuple[float, tuple[_Model, list[float]] | None]:
+    def solve(current: int | None) -> tuple[float, tuple[_Model, list[float]]]:
         """Load the model with ``current`` as the level minimised (None: any plan that
         keeps every optimum) and solve it: its optimum, the model and its solution.
 
-        The relaxation (integers continuous: a lower bound) is solved first; when its
-        solution is integral it is the optimum. ``incumbent``: the W the last solution
-        takes from ``current`` (that solution is feasible here): when the bound comes
-        within the slack of it, that solution stays (None) and the bound is the optimum
-        kept. Otherwise the MILP.
+        The MILP directly: solving its relaxation first (to skip the MILP when that is
+        integral, or when it proves the last solution optimal) cost more than it saved,
+        since the cars' binaries make the relaxation weak (HiGHS solves the same LP at
+        its root, and stops there when it is integral).
         """
         while True:
             model = _load(highspy, h, cols, couplings, charge_of, groups, dead, need,
                           current, slack[0], unit)
-            if current is not None and h.getNumCol() > 0:
-                relaxed = _relaxed(highspy, h, model)
-                if relaxed is not None:
-                    bound, values = relaxed
-                    bound *= unit
-                    if values is not None:
-                        return bound, (model, values)
-                    if incumbent is not None and bound >= incumbent - slack[0]:
-                        return min(bound, incumbent), None
             if h.getNumCol() == 0:  # every column fixed: nothing to choose
                 return 0.0, (model, [])
             h.run()
@@ -410,14 +398,7 @@ def _solve(highspy: Any, cols: list[_Col], couplings: list[tuple[int, int, float
             continue
         else:
             g.state = _CURRENT
-            incumbent = None
-            if last is not None and not zeroed_since:
-                share = _shares(groups, last)
-                incumbent = sum(_share(j, cols, groups, dead, share, charge_of)
-                                * cols[j].upper for j in g.members())
-            value, solution = solve(level, incumbent)
-            if solution is not None:
-                last = solution
+            value, last = solve(level)
             zeroed_since = False
         taken += value
         if value <= 1e-9:
@@ -547,25 +528,8 @@ def _load(highspy: Any, h: Any, cols: list[_Col],
         lp.integrality_ = [highspy.HighsVarType.kInteger if kind else
                            highspy.HighsVarType.kContinuous for kind in integral]
     h.passModel(lp)
-    return _Model(var_of, agg_of, counts, integer,
+    return _Model(var_of, agg_of, counts,
                   [1.0 if kind else upper for upper, kind in zip(uppers, integral, strict=True)])
-
-
-def _relaxed(highspy: Any, h: Any, model: _Model
-             ) -> tuple[float, list[float] | None] | None:
-    """The optimum of the loaded model with its integers continuous, and its solution
-    when that is integral (then it is the model's optimum too); None: not found."""
-    k = len(model.integer)
-    h.changeColsIntegrality(k, model.integer, [highspy.HighsVarType.kContinuous] * k)
-    h.run()
-    ok = h.getModelStatus() == highspy.HighsModelStatus.kOptimal
-    bound = float(h.getInfo().objective_function_value)
-    values = list(h.getSolution().col_value)
-    h.changeColsIntegrality(k, model.integer, [highspy.HighsVarType.kInteger] * k)
-    if not ok:
-        return None
-    integral = all(abs(values[v] - round(values[v])) <= 1e-9 for v in model.integer)
-    return bound, model.shares(values) if integral else None
 
 
 def _shares(groups: dict[int, _Group], last: tuple[_Model, list[float]]
