@@ -6,14 +6,20 @@ can be cut, plus a tenth of the runs asking for more than can be had (the shortf
 path). One command prints p50/p99/max of :func:`gridshare.core.dr.plan.plan`:
 
     python benchmarks/bench_dr_plan.py [--resources 1000] [--repeat 50] [--json]
+
+``--run N`` plans only the N-th building of the seed's sequence (counted from 0, drawn as
+in the full run), ``--repeat`` times, and ``--profile`` prints where its time goes
+(cProfile, by cumulative time): seed 4, run 31 was the slowest of the five seeds.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
 import platform
+import pstats
 import random
 import time
 
@@ -58,6 +64,16 @@ def most(resources: list[Resource], hours: float) -> float:
     return total
 
 
+def building(run: int, n: int, rng: random.Random
+             ) -> tuple[list[Resource], float, float]:
+    """The ``run``-th building of a sequence: resources, W requested, hours."""
+    resources = draw(n, rng)
+    hours = rng.choice([0.25, 1.0, 2.0])
+    top = most(resources, hours)
+    requested = top * (1.2 if run % 10 == 9 else rng.uniform(0.1, 0.9))
+    return resources, requested, hours
+
+
 def percentile(sorted_ms: list[float], q: int) -> float:
     return sorted_ms[max(0, -(-len(sorted_ms) * q // 100) - 1)]
 
@@ -68,21 +84,30 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=50)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="print JSON on stdout")
+    parser.add_argument("--run", type=int, default=None,
+                        help="plan only this building of the sequence (from 0), --repeat times")
+    parser.add_argument("--profile", action="store_true",
+                        help="with --run: print a cProfile of one more plan of it")
     args = parser.parse_args()
 
     rng = random.Random(args.seed)
     times: list[float] = []
     short = 0
     plan(draw(10, rng), 100.0, 1.0)  # load highspy before timing
-    for run in range(args.repeat):
-        resources = draw(args.resources, rng)
-        hours = rng.choice([0.25, 1.0, 2.0])
-        top = most(resources, hours)
-        requested = top * (1.2 if run % 10 == 9 else rng.uniform(0.1, 0.9))
+    buildings = (building(run, args.resources, rng)
+                 for run in range(args.repeat if args.run is None else args.run + 1))
+    if args.run is not None:
+        *_, only = buildings
+        buildings = (only for _ in range(args.repeat))
+    for resources, requested, hours in buildings:
         started = time.perf_counter()
         result = plan(resources, requested, hours)
         times.append(1000 * (time.perf_counter() - started))
         short += result.shortfall > 0
+    if args.run is not None and args.profile:
+        profile = cProfile.Profile()
+        profile.runcall(plan, resources, requested, hours)
+        pstats.Stats(profile).sort_stats("cumulative").print_stats(20)
     times.sort()
     figures = {"resources": args.resources, "runs": args.repeat, "short_runs": short,
                "p50_ms": round(percentile(times, 50), 1),

@@ -10,6 +10,7 @@ is the smallest (shortfall, W per level from the most important) vector.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import random
@@ -256,6 +257,32 @@ def test_the_plan_is_the_brute_force_optimum(case: tuple[list[Resource], float, 
     want = brute(resources, requested, hours)
     got = solved(p, resources)
     assert got == pytest.approx(want, abs=1e-3), (got, want)
+
+
+def scaled(resources: list[Resource], k: float) -> list[Resource]:
+    """The same resources with every W and Wh times ``k``."""
+    return [dataclasses.replace(
+        r, power=r.power * k, min_power=r.min_power * k, energy=r.energy * k,
+        capacity=r.capacity * k, min_energy=r.min_energy * k, max_charge=r.max_charge * k,
+        max_discharge=r.max_discharge * k) for r in resources]
+
+
+@settings(max_examples=150, deadline=None)
+@given(cases(), st.sampled_from([1e3, 2e4]))
+def test_the_plan_is_the_brute_force_optimum_at_mw_scale(
+        case: tuple[list[Resource], float, float], k: float) -> None:
+    # The same small buildings with loads of up to 40 kW or 800 kW (tens of MW in all):
+    # the reduced models' units follow the kept optima's slack (1e-8 of the W all
+    # resources can give), so HiGHS's tolerances stay a tenth of it at any size. Each
+    # level may be off by its slack, no more (ten of them at most here).
+    resources, requested, hours = case
+    rs = scaled(resources, k)
+    p = plan(rs, requested * k, hours)
+    want = brute(rs, requested * k, hours)
+    flexible = sum(r.power - storage_range(r, hours)[0] if r.is_storage else
+                   r.power - r.min_power if r.kind is Kind.VARIABLE else
+                   r.power if r.kind is Kind.ON_OFF else 0.0 for r in rs)
+    assert solved(p, rs) == pytest.approx(want, abs=1e-3 + 10 * 1e-8 * abs(flexible))
 
 
 @settings(max_examples=150, deadline=None)

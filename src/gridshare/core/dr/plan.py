@@ -44,6 +44,14 @@ RELATIVE_SLACK = 1e-8
 """Slack as a share of the W all resources can give together: a binary within HiGHS's
 integrality tolerance times a 10 kW coefficient misses a row by about 0.01 W, so a kept
 optimum of a MW building needs a few tens of mW of room (30 mW at 3 MW)."""
+FEASIBILITY = 1e-5
+"""HiGHS's primal and integrality feasibility tolerances, in the model's units: its
+continuous variables, rows and objective are in units of ``max(1 W, slack / (10 ×
+FEASIBILITY))``, so a bound or a row may be missed by a tenth of the kept optima's slack
+at most, whatever the building's size. Before, rows were in W checked to 1e-5 W (HiGHS's
+postsolve called a MW building's optimum infeasible: a row of 800 kW missed by 1.6 mW,
+and each such solve was run again without presolve or with the slack widened) while the
+variables were shares checked to 1e-5 (0.2 W of a 23 kW level)."""
 
 
 class Kind(StrEnum):
@@ -236,6 +244,10 @@ class _Group:
     kept: float = 0.0
     ones: set[int] | None = None
     """Binaries every plan keeping this level's optimum takes (fixed at 1)."""
+    whole: float = 0.0
+    """W of its continuous, on/off and charging columns together."""
+    cont_w: float = 0.0
+    """W of its uncoupled continuous columns together."""
 
     def members(self) -> list[int]:
         return [*self.cont, *self.binary, *self.charge, *self.discharge]
@@ -251,7 +263,12 @@ class _Model:
     """Level -> the variable of its aggregated continuous columns."""
     counts: list[tuple[int, list[int]]]
     """(integer variable, the on/off columns of one level and one power it counts)."""
-    integer: list[int]
+    per_share: list[float]
+    """Each variable's value for a whole column (its W upper in units; 1 for integers):
+    a variable's value divided by it is the share of its columns taken."""
+
+    def shares(self, values: Sequence[float]) -> list[float]:
+        return [x / d if d > 0 else 0.0 for x, d in zip(values, self.per_share, strict=True)]
 
 
 def _solve(highspy: Any, cols: list[_Col], couplings: list[tuple[int, int, float, float]],
@@ -288,51 +305,56 @@ def _solve(highspy: Any, cols: list[_Col], couplings: list[tuple[int, int, float
             g.discharge.append(j)
         else:
             g.cont.append(j)
+    # W the levels less important than each one can give with none from it or a more
+    # important one (a coupled discharge counts once its charge is less important too):
+    # a column counts below every level under min(its level, its charge's level).
+    opens_at = dict.fromkeys(levels, 0.0)
+    for j, c in enumerate(cols):
+        opens_at[c.level if j not in charge_of else
+                 min(c.level, cols[charge_of[j]].level)] += c.upper
     free_below: dict[int, float] = {}
-    """W the levels less important than each one can give with none from it or a more
-    important one (a coupled discharge counts once its charge is less important too)."""
-    for level in levels:
-        free_below[level] = sum(
-            c.upper for j, c in enumerate(cols)
-            if c.level > level and (j not in charge_of or cols[charge_of[j]].level > level))
+    below = 0.0
+    for level in reversed(levels):
+        free_below[level] = below
+        below += opens_at[level]
     h = highspy.Highs()
     h.silent()
     h.setOptionValue("mip_rel_gap", 0.0)
     h.setOptionValue("mip_abs_gap", 1e-7)
     h.setOptionValue("threads", 1)
-    # Rows are in W: a binary within HiGHS's integrality tolerance (1e-6) times a W
-    # coefficient can miss a row by 1e-6 W, which the default 1e-7 check would refuse.
-    h.setOptionValue("primal_feasibility_tolerance", 1e-5)
-    h.setOptionValue("mip_feasibility_tolerance", 1e-5)
+    # A binary within HiGHS's integrality tolerance (1e-6 by default) times a coefficient
+    # can miss a row by more than the default 1e-7 check: both at FEASIBILITY.
+    h.setOptionValue("primal_feasibility_tolerance", FEASIBILITY)
+    h.setOptionValue("mip_feasibility_tolerance", FEASIBILITY)
+    # Feasibility jump finds nothing on these small models that the LP-based heuristics
+    # do not, and took half of each MILP's time (148 of the benchmark's slowest MILPs
+    # replayed: 1.14 s with it, 0.53 s without). A heuristic: the optimum and its proof
+    # are the same with or without it.
+    h.setOptionValue("mip_heuristic_run_feasibility_jump", False)
     slack = [max(TOLERANCE_W, RELATIVE_SLACK * sum(c.upper for c in cols))]
     widest = 100 * slack[0]
+    unit = max(1.0, slack[0] / (10 * FEASIBILITY))
+    """W of one unit of the model's rows and objective (see FEASIBILITY)."""
     margin = max(1e-3, 100 * slack[0])
     """W by which a binary's absence must miss a kept optimum before it is fixed at 1."""
     dead: set[int] = set()  # discharge columns fixed at 0: their car keeps charging
     cap = {lv: sum(cols[j].upper for j in g.members()) for lv, g in groups.items()}
+    for g in groups.values():
+        g.whole = sum(cols[j].upper for j in (*g.cont, *g.binary, *g.charge))
+        g.cont_w = sum(cols[j].upper for j in g.cont)
 
-    def solve(current: int | None, incumbent: float | None = None
-              ) -> tuple[float, tuple[_Model, list[float]] | None]:
+    def solve(current: int | None) -> tuple[float, tuple[_Model, list[float]]]:
         """Load the model with ``current`` as the level minimised (None: any plan that
         keeps every optimum) and solve it: its optimum, the model and its solution.
 
-        The relaxation (integers continuous: a lower bound) is solved first; when its
-        solution is integral it is the optimum. ``incumbent``: the W the last solution
-        takes from ``current`` (that solution is feasible here): when the bound comes
-        within the slack of it, that solution stays (None) and the bound is the optimum
-        kept. Otherwise the MILP.
+        The MILP directly: solving its relaxation first (to skip the MILP when that is
+        integral, or when it proves the last solution optimal) cost more than it saved,
+        since the cars' binaries make the relaxation weak (HiGHS solves the same LP at
+        its root, and stops there when it is integral).
         """
         while True:
-            model = _load(highspy, h, cols, couplings, groups, dead, need, current,
-                          slack[0])
-            if current is not None and h.getNumCol() > 0:
-                relaxed = _relaxed(highspy, h, model)
-                if relaxed is not None:
-                    bound, values = relaxed
-                    if values is not None:
-                        return bound, (model, values)
-                    if incumbent is not None and bound >= incumbent - slack[0]:
-                        return min(bound, incumbent), None
+            model = _load(highspy, h, cols, couplings, charge_of, groups, dead, need,
+                          current, slack[0], unit)
             if h.getNumCol() == 0:  # every column fixed: nothing to choose
                 return 0.0, (model, [])
             h.run()
@@ -345,14 +367,16 @@ def _solve(highspy: Any, cols: list[_Col], couplings: list[tuple[int, int, float
                 h.setOptionValue("presolve", "choose")
                 status = h.getModelStatus()
             if status != highspy.HighsModelStatus.kOptimal and slack[0] < widest:
-                # Rows of 1e6 W kept to 1e-4 W: the solver's tolerances can call the last
-                # optimum's neighbourhood empty. Widened tenfold, at most twice.
+                # Kept optima of 1e6 W with a slack of 1e-8 of that: should the solver's
+                # tolerances still call their neighbourhood empty, widened tenfold, at
+                # most twice (once in the benchmark's 500 buildings of seeds 1-5, four
+                # times before the models were in units of the slack).
                 slack[0] *= 10
                 continue
             if status != highspy.HighsModelStatus.kOptimal:  # pragma: no cover
                 raise RuntimeError(f"HiGHS: {h.modelStatusToString(status)}")
-            return (float(h.getInfo().objective_function_value),
-                    (model, list(h.getSolution().col_value)))
+            return (unit * float(h.getInfo().objective_function_value),
+                    (model, model.shares(h.getSolution().col_value)))
 
     last: tuple[_Model, list[float]] | None = None
     zeroed_since = False  # a level fixed at 0 since the last solve: its model is stale
@@ -374,14 +398,7 @@ def _solve(highspy: Any, cols: list[_Col], couplings: list[tuple[int, int, float
             continue
         else:
             g.state = _CURRENT
-            incumbent = None
-            if last is not None and not zeroed_since:
-                share = _shares(groups, last)
-                incumbent = sum(_share(j, cols, groups, dead, share, charge_of)
-                                * cols[j].upper for j in g.members())
-            value, solution = solve(level, incumbent)
-            if solution is not None:
-                last = solution
+            value, last = solve(level)
             zeroed_since = False
         taken += value
         if value <= 1e-9:
@@ -401,46 +418,41 @@ def _solve(highspy: Any, cols: list[_Col], couplings: list[tuple[int, int, float
 
 
 def _load(highspy: Any, h: Any, cols: list[_Col],
-          couplings: list[tuple[int, int, float, float]], groups: dict[int, _Group],
-          dead: set[int], need: float, current: int | None, slack: float) -> _Model:
-    """Load the reduced model (see :func:`_solve`) into ``h``."""
-    h.clearModel()
+          couplings: list[tuple[int, int, float, float]], charge_of: dict[int, int],
+          groups: dict[int, _Group], dead: set[int], need: float, current: int | None,
+          slack: float, unit: float) -> _Model:
+    """Load the reduced model (see :func:`_solve`) into ``h`` in one call; its rows in W
+    (the reduction and the kept optima) and its objective are in ``unit`` W."""
     inf = highspy.kHighsInf
-    charge_of = {d: c for c, d, _, _ in couplings}
     var_of: dict[int, int] = {}
     agg_of: dict[int, int] = {}
     counts: list[tuple[int, list[int]]] = []
     costs: list[float] = []
     uppers: list[float] = []
     integer: list[int] = []
-    rows: list[tuple[float, float, dict[int, float]]] = []
-    reduction: dict[int, float] = {}
+    rows: list[tuple[float, float, list[int], list[float]]] = []
+    """(lower, upper, variables, coefficients), already in the model's units."""
+    reduction_vars: list[int] = []
+    reduction_coefs: list[float] = []
     const = 0.0  # W of the columns taken whole
-
-    def var(coef: float, cost: bool, binary: bool = False, upper: float = 1.0) -> int:
-        v = len(costs)
-        costs.append(coef if cost else 0.0)
-        uppers.append(upper)
-        if binary:
-            integer.append(v)
-        return v
 
     for g in groups.values():
         if g.state == _ZERO:
             continue
         if g.state == _FULL:
-            const += sum(cols[j].upper for j in (*g.cont, *g.binary, *g.charge))
+            const += g.whole
             for j in g.discharge:  # a coupled discharge: whole once its charge is
                 if j not in dead and groups[cols[charge_of[j]].level].state == _FULL:
                     const += cols[j].upper
             continue
-        cost = g.state == _CURRENT
-        row: dict[int, float] = {}
+        cost = 1.0 if g.state == _CURRENT else 0.0  # per unit of W taken
+        first = len(costs)
         fixed = 0.0
         if g.cont:
-            upper = sum(cols[j].upper for j in g.cont)
-            agg_of[g.level] = v = var(upper, cost)
-            row[v] = upper
+            agg_of[g.level] = len(costs)
+            costs.append(cost)
+            uppers.append(g.cont_w / unit)
+            reduction_coefs.append(1.0)
         # on/off loads of one power are interchangeable: one integer, how many are off
         by_power: dict[float, list[int]] = {}
         for j in g.binary:
@@ -449,57 +461,75 @@ def _load(highspy: Any, h: Any, cols: list[_Col],
             else:
                 by_power.setdefault(cols[j].upper, []).append(j)
         for power, members in by_power.items():
-            v = var(power, cost, binary=True, upper=float(len(members)))
+            v = len(costs)
+            integer.append(v)
             counts.append((v, members))
-            row[v] = power
+            costs.append(power / unit * cost)
+            uppers.append(float(len(members)))
+            reduction_coefs.append(power / unit)
         for j in (*g.charge, *g.discharge):
             if j in dead:
                 continue
-            var_of[j] = v = var(cols[j].upper, cost)
-            row[v] = cols[j].upper
+            var_of[j] = len(costs)
+            costs.append(cost)
+            uppers.append(cols[j].upper / unit)
+            reduction_coefs.append(1.0)
         const += fixed
-        reduction.update(row)
+        members = list(range(first, len(costs)))
+        reduction_vars.extend(members)
         if g.state == _KEPT:
-            rows.append((-inf, g.kept - fixed + slack, row))
-    for c_col, d_col, _b, d in couplings:
+            rows.append((-inf, (g.kept - fixed + slack) / unit, members,
+                         reduction_coefs[len(reduction_coefs) - len(members):]))
+    for c_col, d_col, b, d in couplings:
         if d_col in dead or groups[cols[d_col].level].state == _ZERO:
             continue  # the discharge is fixed at 0: the charge is free
         if groups[cols[c_col].level].state == _FULL:
             continue  # the charge is taken whole: the discharge is free (or whole)
-        z = var(0.0, False, binary=True)
-        rows.append((0.0, inf, {var_of[c_col]: 1.0, z: -1.0}))  # x_c >= z
+        z = len(costs)
+        integer.append(z)
+        costs.append(0.0)
+        uppers.append(1.0)
+        # x_c >= b z (the charge wholly stopped when z), x_d <= d z (discharge only then)
+        rows.append((0.0, inf, [var_of[c_col], z], [1.0, -b / unit]))
         if d_col in var_of:
-            rows.append((-inf, 0.0, {var_of[d_col]: 1.0, z: -1.0}))  # x_d <= z
+            rows.append((-inf, 0.0, [var_of[d_col], z], [1.0, -d / unit]))
         else:  # the discharge's level is full: it discharges whenever it may
             var_of[d_col] = z
-            reduction[z] = d
-    rows.append((need - const, inf, reduction))
+            reduction_vars.append(z)
+            reduction_coefs.append(d / unit)
+    rows.append(((need - const) / unit, inf, reduction_vars, reduction_coefs))
     k = len(costs)
-    h.addVars(k, [0.0] * k, uppers)
+    lp = highspy.HighsLp()
+    lp.num_col_ = k
+    lp.num_row_ = len(rows)
+    lp.col_cost_ = costs
+    lp.col_lower_ = [0.0] * k
+    lp.col_upper_ = uppers
+    lp.row_lower_ = [lo for lo, _, _, _ in rows]
+    lp.row_upper_ = [hi for _, hi, _, _ in rows]
+    start = [0]
+    index: list[int] = []
+    value: list[float] = []
+    for _, _, row_vars, row_coefs in rows:
+        index.extend(row_vars)
+        value.extend(row_coefs)
+        start.append(len(index))
+    matrix = lp.a_matrix_
+    matrix.format_ = highspy.MatrixFormat.kRowwise
+    matrix.num_col_ = k
+    matrix.num_row_ = len(rows)
+    matrix.start_ = start
+    matrix.index_ = index
+    matrix.value_ = value
+    integral = [False] * k
+    for v in integer:
+        integral[v] = True
     if integer:
-        h.changeColsIntegrality(len(integer), integer,
-                                [highspy.HighsVarType.kInteger] * len(integer))
-    h.changeColsCost(k, list(range(k)), costs)
-    for lo, hi, coefs in rows:
-        h.addRow(lo, hi, len(coefs), list(coefs), list(coefs.values()))
-    return _Model(var_of, agg_of, counts, integer)
-
-
-def _relaxed(highspy: Any, h: Any, model: _Model
-             ) -> tuple[float, list[float] | None] | None:
-    """The optimum of the loaded model with its integers continuous, and its solution
-    when that is integral (then it is the model's optimum too); None: not found."""
-    k = len(model.integer)
-    h.changeColsIntegrality(k, model.integer, [highspy.HighsVarType.kContinuous] * k)
-    h.run()
-    ok = h.getModelStatus() == highspy.HighsModelStatus.kOptimal
-    bound = float(h.getInfo().objective_function_value)
-    values = list(h.getSolution().col_value)
-    h.changeColsIntegrality(k, model.integer, [highspy.HighsVarType.kInteger] * k)
-    if not ok:
-        return None
-    integral = all(abs(values[v] - round(values[v])) <= 1e-9 for v in model.integer)
-    return bound, values if integral else None
+        lp.integrality_ = [highspy.HighsVarType.kInteger if kind else
+                           highspy.HighsVarType.kContinuous for kind in integral]
+    h.passModel(lp)
+    return _Model(var_of, agg_of, counts,
+                  [1.0 if kind else upper for upper, kind in zip(uppers, integral, strict=True)])
 
 
 def _shares(groups: dict[int, _Group], last: tuple[_Model, list[float]]
