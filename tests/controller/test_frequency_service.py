@@ -632,14 +632,15 @@ async def test_standing_aside_waits_for_a_send_in_flight(mode: str) -> None:
     await asyncio.sleep(0)  # the send task starts: the charger answers in 0.3 s
     assert rig.v2x.in_flight.get("v1") == 1
     started = time.monotonic()
-    await rig.svc.stand_aside(("v1", 1))
-    assert rig.v2x.in_flight.get("v1") == 0 and time.monotonic() - started >= 0.2
-    sent = len(rig.v2x.setpoints) + len(rig.v2x.curves)
-    for _ in range(10):
-        rig.sample(49.85, dt=0.2)
-        rig.svc.tick()
-    await rig.settle()
-    assert len(rig.v2x.setpoints) + len(rig.v2x.curves) == sent
+    async with rig.svc.stand_aside(("v1", 1)):
+        assert rig.v2x.in_flight.get("v1") == 0 and time.monotonic() - started >= 0.2
+        sent = len(rig.v2x.setpoints) + len(rig.v2x.curves)
+        for _ in range(10):
+            rig.sample(49.85, dt=0.2)
+            rig.svc.tick()
+        await rig.settle()
+        assert len(rig.v2x.setpoints) + len(rig.v2x.curves) == sent
+    assert rig.svc.testing == set()  # taken back after the block
 
 
 async def test_local_mode_counts_what_the_curve_does_and_the_battery_gives_the_rest(

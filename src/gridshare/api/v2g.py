@@ -148,15 +148,13 @@ async def run_test(app: GridshareApp, body: V2gTestIn,
     # A frequency-response unit: the service stands aside while the test owns the
     # connector's V2X profile (else it overrides the test at its next renewal, or its
     # local curve is gone after the test's clear), and sends again once it is restored.
-    frequency = app.frequency
     try:
-        if frequency is not None:
-            await frequency.stand_aside((charger, connector))
-        return await _run(app, body, connector)
+        if app.frequency is None:
+            return await _run(app, body, connector)
+        async with app.frequency.stand_aside((charger, connector)):
+            return await _run(app, body, connector)
     finally:
         running.discard((charger, connector))
-        if frequency is not None:
-            frequency.testing.discard((charger, connector))
 
 
 async def _run(app: GridshareApp, body: V2gTestIn, connector: int) -> V2gTestOut:

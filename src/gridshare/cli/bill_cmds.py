@@ -173,11 +173,15 @@ async def _bill(url: str, by: By, start: datetime, end: datetime, billing: Any,
     from gridshare.billing_store import to_us
     from gridshare.core.billing import Flag, bill_each
 
+    if save:  # billing_intervals as serve makes it: the store's own start-up migrates
+        from gridshare.store import Store
+
+        store = Store(url)  # a revision this version does not know: StoreError
+        await store.start()
+        await store.stop()
     engine = create_async_engine(url)
     try:
         async with engine.begin() as conn:
-            if save:  # the table as serve's store makes it: the same migrations
-                await conn.run_sync(_migrate)
             ids = await bs.subjects(conn, by.value, start, end)
             if save:
                 await bs.clear_intervals(conn, by.value, ids, start, end)
@@ -205,20 +209,6 @@ async def _bill(url: str, by: By, start: datetime, end: datetime, billing: Any,
                         tick(done)
     finally:
         await engine.dispose()
-
-
-def _migrate(connection: Any) -> None:
-    """Bring the database to this version's schema before saving (as ``serve`` does on
-    start): ``billing_intervals`` is the table the migrations make."""
-    from alembic.util import CommandError
-
-    from gridshare.migrations import upgrade
-    from gridshare.store import StoreError
-
-    try:
-        upgrade(connection)
-    except CommandError as exc:  # a revision this version does not know (a newer one)
-        raise StoreError(f"schema not migratable by this version: {exc}") from exc
 
 
 @contextlib.contextmanager

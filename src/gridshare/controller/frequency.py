@@ -37,11 +37,12 @@ Nothing here reads the system clock: times come from the injected clock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
@@ -242,6 +243,12 @@ class _GroupGuard:
     """kW (inf: none)."""
     units: list[tuple[str, tuple[float, float, float]]] = field(default_factory=list)
     """(unit id, A per phase per kW of its discharge)."""
+
+
+def _send_task(kind: str, unit_id: str) -> str:
+    """The name of the task sending a unit its setpoint (``v2x``) or curve (``curve``):
+    how :meth:`FrequencyService.stand_aside` finds one in flight."""
+    return f"frequency-{kind}-{unit_id}"
 
 
 class FrequencyService:
@@ -751,7 +758,7 @@ class FrequencyService:
         if unit.in_flight or self._v2x is None or not self._due(unit, kw, at, force=force):
             return
         unit.in_flight = True  # before the task runs: a second offer must not spawn one
-        self._spawn(self._send_v2x(unit), f"frequency-v2x-{unit.id}")
+        self._spawn(self._send_v2x(unit), _send_task("v2x", unit.id))
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -882,7 +889,7 @@ class FrequencyService:
                     unit.failed_at is None or
                     at - unit.failed_at >= self.options.retry_after_s):
                 unit.curve_task = True
-                self._spawn(self._send_curve(unit), f"frequency-curve-{unit.id}")
+                self._spawn(self._send_curve(unit), _send_task("curve", unit.id))
             elif unit.curve_sent:
                 self._supervise(unit, at)
 
@@ -1014,17 +1021,23 @@ class FrequencyService:
                                                                          int(n * 0.99))], 3),
                 "last": round(self._compute_ms[-1], 3)}
 
-    async def stand_aside(self, key: ConnectorKey, timeout_s: float = 15.0) -> None:
-        """Leave ``key`` to a discharge test: nothing new is sent to it (``testing``),
-        and this returns once a setpoint or curve already in flight to it has been
-        answered (or ``timeout_s`` passed), so that it cannot land after the test's own
-        profile and override it."""
+    @contextlib.asynccontextmanager
+    async def stand_aside(self, key: ConnectorKey, timeout_s: float = 15.0
+                          ) -> AsyncIterator[None]:
+        """Leave ``key`` to a discharge test while the block runs: nothing new is sent to
+        it (``testing``), and the block starts only once a setpoint or curve already in
+        flight to it has been answered (or ``timeout_s`` passed), so that it cannot land
+        after the test's own profile and override it. Taken back after the block."""
         self.testing.add(key)
-        names = {f"frequency-{kind}-{u.id}" for u in self.units.values()
-                 if u.charger is not None and u.key == key for kind in ("v2x", "curve")}
-        sending = [t for t in self._tasks if t.get_name() in names]
-        if sending:
-            await asyncio.wait(sending, timeout=timeout_s)
+        try:
+            names = {_send_task(kind, u.id) for u in self.units.values()
+                     if u.charger is not None and u.key == key for kind in ("v2x", "curve")}
+            sending = [t for t in self._tasks if t.get_name() in names]
+            if sending:
+                await asyncio.wait(sending, timeout=timeout_s)
+            yield
+        finally:
+            self.testing.discard(key)
 
     def grid_unsafe(self) -> str | None:
         """Why no discharge may run now because of the grid's frequency (its safe state:
